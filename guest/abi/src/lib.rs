@@ -1,0 +1,2 @@
+//! Hypercall ABI shared by host and guest (in progress).
+#![no_std]

@@ -1,0 +1,2 @@
+//! Guest heaps (in progress).
+#![no_std]

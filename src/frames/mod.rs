@@ -1,0 +1,1 @@
+//! Frame management (in progress).
