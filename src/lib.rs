@@ -2,8 +2,18 @@
 //!
 //! The host VMM owns every 4 KiB frame of guest RAM ([`frames`]), builds and owns the guest's
 //! x86_64 4-level page tables ([`paging`]), and serves the guest's memory requests by
-//! hypercall. See `README.md` for the tour.
+//! hypercall ([`hypercall`], [`space`]). [`vmm::run`] boots the embedded guest kernel and
+//! returns a [`report::Report`]. See `README.md` for the tour.
 
 pub mod addr;
+pub mod boot;
 pub mod frames;
+pub mod guest_image;
+pub mod hypercall;
+pub mod layout;
+pub mod memory;
 pub mod paging;
+pub mod report;
+pub mod scenario;
+pub mod space;
+pub mod vmm;

@@ -1,1 +1,167 @@
-fn main() {}
+//! `memvisor`: boot the guest kernel under KVM on host-managed memory and print a report.
+//!
+//! Exit codes: 0 the guest exited 0; 1 the guest failed (non-zero exit, panic, triple fault,
+//! timeout); 2 bad input or the VMM could not start (one line on stderr).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use memvisor::frames::ZonePreset;
+use memvisor::memory::parse_size;
+use memvisor::report::{set_json_mode, Report};
+use memvisor::vmm::{self, VmConfig};
+use memvisor::{guest_image, layout, scenario};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "memvisor", version, about = "A hypervisor-style guest physical memory manager on KVM")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Boot the guest and run a scenario (the default command).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RunArgs {
+    /// Guest RAM, e.g. 256M, 4G, 64G (K/M/G/T suffixes; a multiple of 4 KiB).
+    #[arg(long, default_value = "256M")]
+    mem: String,
+    /// Guest kernel ELF (default: the embedded memvisor guest).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Scenario to run in the guest.
+    #[arg(long, default_value = "demo")]
+    scenario: String,
+    /// Wall-clock limit for the guest in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Zone layout: x86-64 (DMA/DMA32/Normal, as Linux) or legacy (DMA/Normal/HighMem).
+    #[arg(long, value_enum, default_value_t = Zones::X86_64)]
+    zones: Zones,
+    /// Print the report as one JSON object on stdout (guest console goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Quick mode: fewer iterations in benchmark-like scenarios.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Zones {
+    #[value(name = "x86-64")]
+    X86_64,
+    Legacy,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("memvisor: {msg}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            return fail(line.trim_start_matches("error: "));
+        }
+    };
+    let args = match cli.cmd {
+        Some(Cmd::Run(a)) => a,
+        None => cli.run,
+    };
+    run(args)
+}
+
+fn run(a: RunArgs) -> ExitCode {
+    let mem_bytes = match parse_size(&a.mem) {
+        Ok(0) => return fail("--mem must be greater than 0"),
+        Ok(b) if b % 4096 != 0 => {
+            return fail(format!("--mem {} is not a multiple of 4 KiB", a.mem))
+        }
+        Ok(b) if b > layout::MAX_MEM_SIZE => {
+            return fail(format!(
+                "--mem {} exceeds the maximum of {} GiB",
+                a.mem,
+                layout::MAX_MEM_SIZE >> 30
+            ))
+        }
+        Ok(b) => b,
+        Err(e) => return fail(format!("--mem: {e}")),
+    };
+    if !(a.timeout.is_finite() && a.timeout > 0.0 && a.timeout <= 86_400.0) {
+        return fail("--timeout must be a number of seconds in (0, 86400]");
+    }
+    let Some(scenario_nr) = scenario::by_name(&a.scenario) else {
+        return fail(format!(
+            "unknown scenario '{}' (known: {})",
+            a.scenario,
+            scenario::names()
+        ));
+    };
+    let kernel = match &a.kernel {
+        Some(p) => match std::fs::read(p) {
+            Ok(k) => k,
+            Err(e) => return fail(format!("--kernel {}: {e}", p.display())),
+        },
+        None => guest_image::GUEST_ELF.to_vec(),
+    };
+    let mut flags = 0;
+    if a.quick {
+        flags |= memvisor_abi::flags::QUICK;
+    }
+    let cfg = VmConfig {
+        mem_bytes,
+        kernel,
+        scenario: scenario_nr,
+        scenario_name: a.scenario.clone(),
+        flags,
+        arg: [0; 4],
+        timeout: Duration::from_secs_f64(a.timeout),
+        zone_preset: match a.zones {
+            Zones::X86_64 => ZonePreset::X86_64,
+            Zones::Legacy => ZonePreset::Legacy,
+        },
+    };
+    set_json_mode(a.json);
+    let report: Report = match vmm::run(&cfg) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if a.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(format!("cannot encode the report: {e}")),
+        }
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        if !a.json {
+            eprintln!(
+                "memvisor: guest failed: {}",
+                report.message.clone().unwrap_or_else(|| format!(
+                    "exit code {}",
+                    report.guest_exit_code.unwrap_or(1)
+                ))
+            );
+        }
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,153 @@
+//! Hypercalls: build a request block in a static page, `out` its GPA to the hypercall port.
+//!
+//! The block lives in the kernel image's .bss, so its GPA is its GVA minus
+//! [`KERNEL_VIRT_OFFSET`]. One vCPU, and hypercalls are not made from interrupt context while
+//! another is in flight except by the #PF handler, which uses its own block.
+
+use core::cell::UnsafeCell;
+use memvisor_abi::{Batch, Call, Request, Status, KERNEL_VIRT_OFFSET, MAX_BATCH, PORT_HYPERCALL};
+
+/// A request block: header plus up to `N` requests.
+#[repr(C, align(4096))]
+pub struct Block<const N: usize> {
+    head: Batch,
+    reqs: [Request; N],
+}
+
+/// A request block in a static.
+pub struct StaticBlock<const N: usize>(UnsafeCell<Block<N>>);
+
+// SAFETY: the guest runs on one vCPU; each block is used by one context (main code or the
+// #PF handler), never concurrently.
+unsafe impl<const N: usize> Sync for StaticBlock<N> {}
+
+impl<const N: usize> StaticBlock<N> {
+    pub const fn new() -> Self {
+        StaticBlock(UnsafeCell::new(Block {
+            head: Batch {
+                count: 0,
+                completed: 0,
+            },
+            reqs: [Request {
+                nr: 0,
+                reserved: 0,
+                args: [0; 5],
+                status: 0,
+                pad: 0,
+                value: 0,
+            }; N],
+        }))
+    }
+
+    /// Run `reqs` (at most N, at most MAX_BATCH) in one exit; results are written back.
+    pub fn run(&self, reqs: &mut [Request]) {
+        let n = reqs.len().min(N).min(MAX_BATCH as usize);
+        let p = self.0.get();
+        // SAFETY: exclusive use of this block (see the Sync impl); volatile so the compiler
+        // neither elides the stores before the `out` nor caches the host's writes after it.
+        unsafe {
+            for (i, r) in reqs.iter().take(n).enumerate() {
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).reqs[i]), *r);
+            }
+            core::ptr::write_volatile(
+                core::ptr::addr_of_mut!((*p).head),
+                Batch {
+                    count: n as u32,
+                    completed: 0,
+                },
+            );
+            let gpa = (p as u64).wrapping_sub(KERNEL_VIRT_OFFSET) as u32;
+            core::arch::asm!("out dx, eax", in("dx") PORT_HYPERCALL, in("eax") gpa,
+                options(nostack, preserves_flags));
+            for (i, r) in reqs.iter_mut().take(n).enumerate() {
+                *r = core::ptr::read_volatile(core::ptr::addr_of!((*p).reqs[i]));
+            }
+        }
+    }
+}
+
+static MAIN: StaticBlock<64> = StaticBlock::new();
+static FAULT: StaticBlock<4> = StaticBlock::new();
+
+/// Run a batch from normal (non-handler) context.
+pub fn batch(reqs: &mut [Request]) {
+    MAIN.run(reqs)
+}
+
+/// Run a batch from the #PF handler.
+pub fn batch_in_fault(reqs: &mut [Request]) {
+    FAULT.run(reqs)
+}
+
+/// A single call; returns `Ok(value)` or the error status.
+pub fn call(c: Call, args: [u64; 5]) -> Result<u64, Status> {
+    let mut r = [Request::new(c, args)];
+    batch(&mut r);
+    result(&r[0])
+}
+
+/// Status of a completed request.
+pub fn result(r: &Request) -> Result<u64, Status> {
+    match Status::from_i32(r.status) {
+        Some(Status::Ok) => Ok(r.value),
+        Some(s) => Err(s),
+        None => Err(Status::Inval),
+    }
+}
+
+/// Exit the VM with `code`.
+pub fn exit(code: u32) -> ! {
+    let _ = call(Call::Exit, [code as u64, 0, 0, 0, 0]);
+    loop {
+        x86_64::instructions::hlt();
+    }
+}
+
+/// Report a panic message and stop.
+pub fn panic_str(msg: &str) -> ! {
+    let _ = call(Call::Panic, [msg.as_ptr() as u64, msg.len() as u64, 0, 0, 0]);
+    loop {
+        x86_64::instructions::hlt();
+    }
+}
+
+/// mmap: `len` bytes, protection, zone, flags → GVA.
+pub fn mmap(len: u64, prot: u64, zone: u64, flags: u64) -> Result<u64, Status> {
+    call(Call::Mmap, [len, prot, zone, flags, 0])
+}
+
+/// munmap, then flush the TLB for the range (the guest's job, see the ABI docs).
+pub fn munmap(gva: u64, len: u64) -> Result<u64, Status> {
+    let r = call(Call::Munmap, [gva, len, 0, 0, 0]);
+    flush_range(gva, len);
+    r
+}
+
+/// mprotect, then flush the TLB for the range.
+pub fn mprotect(gva: u64, len: u64, prot: u64) -> Result<u64, Status> {
+    let r = call(Call::Mprotect, [gva, len, prot, 0, 0]);
+    flush_range(gva, len);
+    r
+}
+
+/// Host translation of a GVA → GPA.
+pub fn translate(gva: u64) -> Result<u64, Status> {
+    call(Call::Translate, [gva, 0, 0, 0, 0])
+}
+
+/// Send a `key=value` record line for the host's report.
+pub fn record(line: &str) {
+    let _ = call(Call::Record, [line.as_ptr() as u64, line.len() as u64, 0, 0, 0]);
+}
+
+/// invlpg each page of a range, or reload CR3 for more than 64 pages.
+pub fn flush_range(gva: u64, len: u64) {
+    let pages = len.div_ceil(4096);
+    if pages > 64 {
+        x86_64::instructions::tlb::flush_all();
+    } else {
+        for i in 0..pages {
+            x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(gva + i * 4096));
+        }
+    }
+}

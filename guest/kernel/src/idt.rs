@@ -1,0 +1,201 @@
+//! GDT, TSS and IDT: entry stubs for vectors 0–31 (`global_asm!`), #DF on IST1, and the
+//! Rust-side dispatcher. Intel SDM Vol. 3A §6.14 (64-bit IDT gates), §7.7 (64-bit TSS).
+
+use core::cell::UnsafeCell;
+use memvisor_abi::{BootInfo, Call, Request};
+use x86_64::instructions::tables::load_tss;
+use x86_64::registers::segmentation::{Segment, CS, DS, ES, SS};
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::VirtAddr;
+
+/// Registers saved by the entry stubs, lowest address first. Handlers may edit them; the
+/// stub restores them and `iretq`s.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+// Vectors that push an error code: 8, 10–14, 17, 21, 29, 30 (SDM Vol. 3A Table 6-1).
+macro_rules! stubs {
+    ($($v:literal $err:literal),*) => {
+        core::arch::global_asm!(
+            $(
+                concat!(".global isr_stub_", $v),
+                concat!("isr_stub_", $v, ":"),
+                concat!(".if ", $err, " == 0"),
+                "    push 0",
+                ".endif",
+                concat!("    push ", $v),
+                "    jmp isr_common",
+            )*
+            "isr_common:",
+            "    push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
+            "    push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
+            "    mov rdi, rsp",
+            "    cld",
+            "    call {dispatch}",
+            "    pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
+            "    pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
+            "    add rsp, 16",
+            "    iretq",
+            ".section .rodata",
+            ".balign 8",
+            ".global isr_stub_table",
+            "isr_stub_table:",
+            $( concat!("    .quad isr_stub_", $v), )*
+            ".text",
+            dispatch = sym dispatch,
+        );
+    };
+}
+
+stubs!(0 0, 1 0, 2 0, 3 0, 4 0, 5 0, 6 0, 7 0, 8 1, 9 0, 10 1, 11 1, 12 1, 13 1, 14 1, 15 0,
+       16 0, 17 1, 18 0, 19 0, 20 0, 21 1, 22 0, 23 0, 24 0, 25 0, 26 0, 27 0, 28 0, 29 1, 30 1, 31 0);
+
+extern "C" {
+    static isr_stub_table: [u64; 32];
+}
+
+#[repr(C, align(16))]
+struct Idt([[u64; 2]; 256]);
+
+struct Tables {
+    idt: Idt,
+    gdt: GlobalDescriptorTable,
+    tss: TaskStateSegment,
+}
+
+struct TablesCell(UnsafeCell<Tables>);
+// SAFETY: written once in init() on the single vCPU before interrupts can use them.
+unsafe impl Sync for TablesCell {}
+
+static TABLES: TablesCell = TablesCell(UnsafeCell::new(Tables {
+    idt: Idt([[0; 2]; 256]),
+    gdt: GlobalDescriptorTable::new(),
+    tss: TaskStateSegment::new(),
+}));
+
+/// Encode a 64-bit interrupt gate (type 0xE, present, DPL 0) to `handler`, using IST `ist`.
+fn gate(handler: u64, selector: u16, ist: u8) -> [u64; 2] {
+    let low = (handler & 0xffff)
+        | ((selector as u64) << 16)
+        | (((ist & 7) as u64) << 32)
+        | (0x8e_u64 << 40)
+        | (((handler >> 16) & 0xffff) << 48);
+    [low, handler >> 32]
+}
+
+/// Load our GDT (code, data, TSS with IST1 = the #DF stack) and an IDT for vectors 0–31.
+pub fn init(info: &BootInfo) {
+    // SAFETY: single vCPU, called once at boot before any exception is expected; the tables
+    // live in a static, so the pointers loaded into GDTR/IDTR/TR stay valid forever.
+    unsafe {
+        let t = &mut *TABLES.0.get();
+        t.tss.interrupt_stack_table[0] = VirtAddr::new_truncate(info.df_stack[1]);
+        let code = t.gdt.append(Descriptor::kernel_code_segment());
+        let data = t.gdt.append(Descriptor::kernel_data_segment());
+        let tss = t.gdt.append(Descriptor::tss_segment(&*core::ptr::addr_of!(t.tss)));
+        let gdt: &'static GlobalDescriptorTable = &*core::ptr::addr_of!(t.gdt);
+        gdt.load();
+        CS::set_reg(code);
+        DS::set_reg(data);
+        ES::set_reg(data);
+        SS::set_reg(SegmentSelector(data.0));
+        load_tss(tss);
+        let stubs = &*core::ptr::addr_of!(isr_stub_table);
+        for (v, &addr) in stubs.iter().enumerate() {
+            let ist = if v == 8 { 1 } else { 0 };
+            t.idt.0[v] = gate(addr, code.0, ist);
+        }
+        let idtr = x86_64::structures::DescriptorTablePointer {
+            limit: (core::mem::size_of::<Idt>() - 1) as u16,
+            base: VirtAddr::new_truncate(core::ptr::addr_of!(t.idt) as u64),
+        };
+        x86_64::instructions::tables::lidt(&idtr);
+    }
+}
+
+/// Exception names (SDM Vol. 3A Table 6-1).
+pub fn vector_name(v: u64) -> &'static str {
+    match v {
+        0 => "#DE divide error",
+        1 => "#DB debug",
+        2 => "NMI",
+        3 => "#BP breakpoint",
+        4 => "#OF overflow",
+        5 => "#BR bound range",
+        6 => "#UD invalid opcode",
+        7 => "#NM device not available",
+        8 => "#DF double fault",
+        10 => "#TS invalid TSS",
+        11 => "#NP segment not present",
+        12 => "#SS stack fault",
+        13 => "#GP general protection",
+        14 => "#PF page fault",
+        16 => "#MF x87 error",
+        17 => "#AC alignment check",
+        18 => "#MC machine check",
+        19 => "#XM SIMD error",
+        20 => "#VE virtualization",
+        21 => "#CP control protection",
+        _ => "reserved",
+    }
+}
+
+/// Report a fault to the host's fault log.
+pub fn report(vector: u64, error_code: u64, cr2: u64, rip: u64, resolved: bool) {
+    let mut r = [Request::new(
+        Call::FaultReport,
+        [vector, error_code, cr2, rip, resolved as u64],
+    )];
+    crate::hc::batch_in_fault(&mut r);
+}
+
+extern "C" fn dispatch(f: &mut TrapFrame) {
+    if f.vector == 14 {
+        crate::probe::page_fault(f);
+        return;
+    }
+    if crate::probe::other_fault(f) {
+        return;
+    }
+    let cr2 = x86_64::registers::control::Cr2::read_raw();
+    report(f.vector, f.error_code, cr2, f.rip, false);
+    let mut line = crate::console::Line::new();
+    let _ = core::fmt::Write::write_fmt(
+        &mut line,
+        format_args!(
+            "unhandled exception {} ({}) error_code={:#x} rip={:#x} rsp={:#x} cr2={:#x}",
+            f.vector,
+            vector_name(f.vector),
+            f.error_code,
+            f.rip,
+            f.rsp,
+            cr2
+        ),
+    );
+    crate::hc::panic_str(line.as_str());
+}

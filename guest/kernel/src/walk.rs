@@ -1,0 +1,30 @@
+//! A software page-table walk from inside the guest: reads the tables the host built through
+//! the (read-only for table frames) direct map. SDM Vol. 3A §4.5.
+
+use crate::boot;
+
+/// Translate `gva` by walking CR3's tables: `Some((gpa, page_size_bytes))` or `None` if not
+/// present at some level.
+pub fn translate(gva: u64) -> Option<(u64, u64)> {
+    let info = boot();
+    let (cr3, _) = x86_64::registers::control::Cr3::read_raw();
+    let mut table = cr3.start_address().as_u64();
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    for level in (1..=4u32).rev() {
+        let idx = (gva >> (12 + 9 * (level - 1))) & 0x1ff;
+        let ptr = (info.direct_map_base + table + idx * 8) as *const u64;
+        // SAFETY: `table` is a page-table frame inside guest RAM, which the direct map covers
+        // (read-only for table frames); reading an 8-byte aligned entry is sound.
+        let e = unsafe { core::ptr::read_volatile(ptr) };
+        if e & 1 == 0 {
+            return None;
+        }
+        let size = 1u64 << (12 + 9 * (level - 1));
+        if level == 1 || (level <= 3 && e & 0x80 != 0) {
+            let base = e & ADDR & !(size - 1);
+            return Some((base + (gva & (size - 1)), size));
+        }
+        table = e & ADDR;
+    }
+    None
+}

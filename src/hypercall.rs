@@ -1,0 +1,220 @@
+//! Hypercall dispatch: decode a request block from guest memory, validate it, run each
+//! request against the [`AddressSpace`], write the results back.
+//!
+//! The block's GPA comes from the guest and is hostile: the header and every request must lie
+//! inside guest RAM and in frames the host may write (never a page-table frame or the kernel's
+//! read-only segments), `count` must be 1..=`MAX_BATCH`. A bad block is counted and ignored
+//! (the guest sees `completed == 0`); a bad request gets an error status. Nothing here panics.
+
+use crate::addr::PAGE_SIZE;
+use crate::space::{AddressSpace, FaultRecord};
+use memvisor_abi::{Batch, Call, MemStats, Request, Status, MAX_BATCH, MAX_CONSOLE_WRITE};
+use std::collections::BTreeMap;
+use std::time::Instant;
+use vm_memory::{Bytes, GuestAddress};
+
+/// What the vCPU loop does after a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    /// Resume the guest.
+    Continue,
+    /// The guest asked to exit with this code.
+    Exit(u32),
+    /// The guest panicked with this message.
+    Panic(String),
+}
+
+/// Per-call statistics.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CallStats {
+    /// Requests of this call.
+    pub count: u64,
+    /// Requests that returned an error status.
+    pub errors: u64,
+    /// Host time spent, in nanoseconds (sum).
+    pub total_ns: u64,
+}
+
+/// Hypercall bookkeeping kept by the VMM.
+#[derive(Debug, Default)]
+pub struct Hypercalls {
+    /// By call name.
+    pub by_call: BTreeMap<&'static str, CallStats>,
+    /// By status name.
+    pub by_status: BTreeMap<&'static str, u64>,
+    /// Blocks rejected as a whole (bad GPA or count).
+    pub bad_blocks: u64,
+    /// Blocks served.
+    pub blocks: u64,
+    /// Console output of the guest.
+    pub console: String,
+    /// `key=value` records the guest sent.
+    pub records: Vec<(String, String)>,
+}
+
+impl Hypercalls {
+    /// Serve the block whose GPA the guest wrote to the hypercall port.
+    pub fn handle(&mut self, space: &mut AddressSpace, gpa: u64) -> Flow {
+        let Some(count) = self.check_block(space, gpa) else {
+            self.bad_blocks += 1;
+            return Flow::Continue;
+        };
+        self.blocks += 1;
+        let mut flow = Flow::Continue;
+        let mut completed = 0u32;
+        for i in 0..count as u64 {
+            let at = gpa + 8 + i * 64;
+            let Ok(mut req) = space.ram.mem.read_obj::<Request>(GuestAddress(at)) else {
+                break;
+            };
+            let t0 = Instant::now();
+            let (result, next) = if flow == Flow::Continue {
+                self.one(space, &req)
+            } else {
+                (Err(Status::Skipped), None)
+            };
+            let name = Call::from_u32(req.nr).map_or("unknown", Call::name);
+            let st = self.by_call.entry(name).or_default();
+            st.count += 1;
+            st.total_ns += t0.elapsed().as_nanos() as u64;
+            let status = match result {
+                Ok(v) => {
+                    req.value = v;
+                    Status::Ok
+                }
+                Err(s) => {
+                    st.errors += 1;
+                    req.value = 0;
+                    s
+                }
+            };
+            *self.by_status.entry(status.name()).or_default() += 1;
+            req.status = status as i32;
+            req.pad = 0;
+            let _ = space.ram.mem.write_obj(req, GuestAddress(at));
+            completed += 1;
+            if let Some(f) = next {
+                flow = f;
+            }
+        }
+        let _ = space
+            .ram
+            .mem
+            .write_obj(completed, GuestAddress(gpa + 4));
+        flow
+    }
+
+    /// Validate the block; returns its request count.
+    fn check_block(&self, space: &AddressSpace, gpa: u64) -> Option<u32> {
+        if gpa % 8 != 0 || !space.ram.contains(gpa, 8) {
+            return None;
+        }
+        let head: Batch = space.ram.mem.read_obj(GuestAddress(gpa)).ok()?;
+        if head.count == 0 || head.count > MAX_BATCH {
+            return None;
+        }
+        let len = 8 + head.count as u64 * 64;
+        if !space.ram.contains(gpa, len) {
+            return None;
+        }
+        let first = gpa / PAGE_SIZE;
+        let last = (gpa + len - 1) / PAGE_SIZE;
+        (first..=last)
+            .all(|p| space.host_may_write(crate::addr::Pfn(p)))
+            .then_some(head.count)
+    }
+
+    /// Run one request: its result and, for exit/panic, the flow change.
+    fn one(&mut self, space: &mut AddressSpace, r: &Request) -> (Result<u64, Status>, Option<Flow>) {
+        let a = r.args;
+        if r.reserved != 0 {
+            return (Err(Status::Inval), None);
+        }
+        let Some(call) = Call::from_u32(r.nr) else {
+            return (Err(Status::NoSys), None);
+        };
+        match call {
+            Call::Nop => (Ok(0), None),
+            Call::ConsoleWrite => (self.console_write(space, a[0], a[1]), None),
+            Call::Exit => (Ok(0), Some(Flow::Exit(a[0] as u32))),
+            Call::Mmap => (space.mmap(a[0], a[1], a[2], a[3]), None),
+            Call::Munmap => (space.munmap(a[0], a[1]), None),
+            Call::Mprotect => (space.mprotect(a[0], a[1], a[2]), None),
+            Call::Translate => (space.translate_gva(a[0]), None),
+            Call::Stats => (stats(space, a[0]), None),
+            Call::FaultReport => {
+                space.log_fault(FaultRecord {
+                    vector: a[0],
+                    error_code: a[1],
+                    cr2: a[2],
+                    rip: a[3],
+                    resolved: a[4] != 0,
+                    kind: "reported",
+                });
+                (Ok(0), None)
+            }
+            Call::LazyFault => (space.lazy_fault(a[0], a[1], a[2]), None),
+            Call::Panic => {
+                let msg = read_text(space, a[0], a[1]).unwrap_or_else(|_| "<unreadable>".into());
+                (Ok(0), Some(Flow::Panic(msg)))
+            }
+            Call::Record => match read_text(space, a[0], a[1]) {
+                Ok(line) => {
+                    let (k, v) = line.split_once('=').unwrap_or((line.as_str(), ""));
+                    self.records.push((k.trim().to_string(), v.trim().to_string()));
+                    (Ok(0), None)
+                }
+                Err(s) => (Err(s), None),
+            },
+        }
+    }
+
+    fn console_write(&mut self, space: &AddressSpace, gva: u64, len: u64) -> Result<u64, Status> {
+        let text = read_text(space, gva, len)?;
+        print_console(&text);
+        self.console.push_str(&text);
+        Ok(len)
+    }
+}
+
+/// Echo guest console output live (to stderr when stdout carries JSON).
+fn print_console(text: &str) {
+    use std::io::Write;
+    if crate::report::json_mode() {
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    } else {
+        let _ = std::io::stdout().write_all(text.as_bytes());
+    }
+}
+
+/// Read at most [`MAX_CONSOLE_WRITE`] bytes of (lossy) UTF-8 at a GVA.
+fn read_text(space: &AddressSpace, gva: u64, len: u64) -> Result<String, Status> {
+    if len > MAX_CONSOLE_WRITE {
+        return Err(Status::Inval);
+    }
+    let bytes = space.read_gva(gva, len)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn stats(space: &AddressSpace, gva: u64) -> Result<u64, Status> {
+    let s = MemStats {
+        total_frames: space.zones.zones().iter().map(|z| z.present).sum(),
+        free_frames: space.zones.total_free(),
+        mapped_frames: space.counters.mapped_frames,
+        table_frames: space.pool.in_use(),
+        regions: space.regions.len() as u64,
+        lazy_faults: space.counters.lazy_faults,
+    };
+    // SAFETY-free byte view: MemStats is repr(C) of u64s only.
+    let words = [
+        s.total_frames,
+        s.free_frames,
+        s.mapped_frames,
+        s.table_frames,
+        s.regions,
+        s.lazy_faults,
+    ];
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    space.write_gva(gva, &bytes)?;
+    Ok(0)
+}

@@ -1,0 +1,270 @@
+//! Guest RAM: vm-memory regions (one KVM memslot each) laid out around the 32-bit MMIO hole,
+//! and the e820 map the guest receives.
+//!
+//! Regions are anonymous `MAP_NORESERVE | MAP_PRIVATE` mappings (vm-memory's default), so a
+//! 64 GiB guest costs nothing until pages are touched. KVM API doc §4.35
+//! (`KVM_SET_USER_MEMORY_REGION`).
+
+use crate::layout::{MAX_MEM_SIZE, MMIO_HOLE_END, MMIO_HOLE_START};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use memvisor_abi::{E820Entry, E820_RAM, E820_RESERVED};
+use serde::Serialize;
+use thiserror::Error;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// Errors of this module.
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    /// The requested size is zero.
+    #[error("memory size must be greater than 0")]
+    Zero,
+    /// The requested size is not a multiple of 4 KiB.
+    #[error("memory size {bytes} bytes is not a multiple of 4 KiB")]
+    Unaligned {
+        /// The size in bytes.
+        bytes: u64,
+    },
+    /// The requested size exceeds [`MAX_MEM_SIZE`].
+    #[error("memory size {bytes} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The size in bytes.
+        bytes: u64,
+        /// The limit in bytes.
+        max: u64,
+    },
+    /// The host could not reserve the address space.
+    #[error("cannot map {bytes} bytes of guest memory: {source}")]
+    Mmap {
+        /// The size in bytes.
+        bytes: u64,
+        /// vm-memory's error.
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// KVM refused a memslot.
+    #[error("KVM_SET_USER_MEMORY_REGION slot {slot} (gpa {gpa:#x}, {size} bytes) failed: {source}")]
+    Memslot {
+        /// Slot number.
+        slot: u32,
+        /// First GPA.
+        gpa: u64,
+        /// Size in bytes.
+        size: u64,
+        /// The ioctl error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Parse a size such as `256M`, `4G`, `65536`, `512K` (binary units; suffix case-insensitive,
+/// optional `B`/`iB`). Returns bytes.
+///
+/// # Errors
+/// A one-line message for an empty string, an unknown suffix, or an overflow.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits_end == 0 {
+        return Err(format!("invalid size '{s}': expected a number with optional K/M/G/T suffix"));
+    }
+    let n: u64 = t[..digits_end]
+        .parse()
+        .map_err(|_| format!("invalid size '{s}': number too large"))?;
+    let suffix = t[digits_end..].to_ascii_lowercase();
+    let shift = match suffix.as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "invalid size '{s}': unknown suffix '{}' (use K, M, G or T)",
+                &t[digits_end..]
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("invalid size '{s}': overflows 64 bits"))
+}
+
+/// One memslot as registered with KVM.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Memslot {
+    /// KVM slot number.
+    pub slot: u32,
+    /// First GPA.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// KVM memslot flags (`KVM_MEM_LOG_DIRTY_PAGES` = 1, `KVM_MEM_READONLY` = 2).
+    pub flags: u32,
+}
+
+/// Guest RAM and its map.
+pub struct GuestRam {
+    /// The backing memory (one region per RAM range).
+    pub mem: GuestMemoryMmap,
+    /// RAM ranges `(first GPA, bytes)`, ascending.
+    pub ram: Vec<(u64, u64)>,
+    /// The e820 map given to the guest.
+    pub e820: Vec<E820Entry>,
+    /// Total RAM in bytes.
+    pub bytes: u64,
+}
+
+/// RAM ranges for `bytes` of guest RAM: below the MMIO hole, then from 4 GiB.
+pub fn ram_ranges(bytes: u64) -> Vec<(u64, u64)> {
+    if bytes <= MMIO_HOLE_START {
+        vec![(0, bytes)]
+    } else {
+        vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, bytes - MMIO_HOLE_START)]
+    }
+}
+
+/// The e820 map for the given RAM ranges: RAM entries plus the MMIO hole as reserved when RAM
+/// continues above it.
+pub fn e820_for(ram: &[(u64, u64)]) -> Vec<E820Entry> {
+    let mut out = Vec::new();
+    for (i, &(addr, size)) in ram.iter().enumerate() {
+        if i > 0 {
+            out.push(E820Entry {
+                addr: MMIO_HOLE_START,
+                size: MMIO_HOLE_END - MMIO_HOLE_START,
+                kind: E820_RESERVED,
+                pad: 0,
+            });
+        }
+        out.push(E820Entry {
+            addr,
+            size,
+            kind: E820_RAM,
+            pad: 0,
+        });
+    }
+    out
+}
+
+impl GuestRam {
+    /// Reserve `bytes` of guest RAM (lazily backed).
+    ///
+    /// # Errors
+    /// [`MemoryError::Zero`], [`MemoryError::Unaligned`], [`MemoryError::TooLarge`] or
+    /// [`MemoryError::Mmap`].
+    pub fn new(bytes: u64) -> Result<Self, MemoryError> {
+        if bytes == 0 {
+            return Err(MemoryError::Zero);
+        }
+        if bytes % 4096 != 0 {
+            return Err(MemoryError::Unaligned { bytes });
+        }
+        if bytes > MAX_MEM_SIZE {
+            return Err(MemoryError::TooLarge {
+                bytes,
+                max: MAX_MEM_SIZE,
+            });
+        }
+        let ram = ram_ranges(bytes);
+        let ranges: Vec<(GuestAddress, usize)> = ram
+            .iter()
+            .map(|&(a, s)| (GuestAddress(a), s as usize))
+            .collect();
+        let mem = GuestMemoryMmap::from_ranges(&ranges)
+            .map_err(|source| MemoryError::Mmap { bytes, source })?;
+        Ok(GuestRam {
+            e820: e820_for(&ram),
+            mem,
+            ram,
+            bytes,
+        })
+    }
+
+    /// Register every region as a KVM memslot (slot numbers from 0, flags 0).
+    ///
+    /// # Errors
+    /// [`MemoryError::Memslot`] if KVM refuses one.
+    pub fn register(&self, vm: &VmFd) -> Result<Vec<Memslot>, MemoryError> {
+        let mut slots = Vec::new();
+        for (i, region) in self.mem.iter().enumerate() {
+            let slot = Memslot {
+                slot: i as u32,
+                gpa: region.start_addr().0,
+                size: region.len(),
+                flags: 0,
+            };
+            let kvm_region = kvm_userspace_memory_region {
+                slot: slot.slot,
+                guest_phys_addr: slot.gpa,
+                memory_size: slot.size,
+                userspace_addr: region.as_ptr() as u64,
+                flags: slot.flags,
+            };
+            // SAFETY: the host range [as_ptr, as_ptr + len) is a live mapping owned by
+            // `self.mem`, which outlives the VM (the Vmm keeps both and drops the VM first).
+            unsafe { vm.set_user_memory_region(kvm_region) }.map_err(|source| {
+                MemoryError::Memslot {
+                    slot: slot.slot,
+                    gpa: slot.gpa,
+                    size: slot.size,
+                    source,
+                }
+            })?;
+            slots.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// True if `[gpa, gpa + len)` lies wholly inside one RAM range.
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        self.ram.iter().any(|&(a, s)| gpa >= a && end <= a + s)
+    }
+
+    /// One past the highest RAM GPA.
+    pub fn end(&self) -> u64 {
+        self.ram.last().map_or(0, |&(a, s)| a + s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("4g"), Ok(4 << 30));
+        assert_eq!(parse_size("64GiB"), Ok(64 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("16777216T").is_err());
+    }
+
+    #[test]
+    fn layout_around_hole() {
+        assert_eq!(ram_ranges(256 << 20), vec![(0, 256 << 20)]);
+        assert_eq!(
+            ram_ranges(4 << 30),
+            vec![(0, 3 << 30), (4 << 30, 1 << 30)]
+        );
+        let e = e820_for(&ram_ranges(4 << 30));
+        assert_eq!(e.len(), 3);
+        assert_eq!((e[1].addr, e[1].size, e[1].kind), (3 << 30, 1 << 30, E820_RESERVED));
+        assert_eq!((e[2].addr, e[2].kind), (4 << 30, E820_RAM));
+    }
+
+    #[test]
+    fn bad_sizes() {
+        assert!(matches!(GuestRam::new(0), Err(MemoryError::Zero)));
+        assert!(matches!(GuestRam::new(4097), Err(MemoryError::Unaligned { .. })));
+        assert!(matches!(GuestRam::new(2 << 40), Err(MemoryError::TooLarge { .. })));
+        let r = GuestRam::new(8 << 20).expect("8 MiB");
+        assert!(r.contains(0, 8 << 20));
+        assert!(!r.contains(0, (8 << 20) + 1));
+        assert!(!r.contains(u64::MAX, 2));
+    }
+}

@@ -1,0 +1,400 @@
+//! The guest's address space, owned by the host: guest RAM, the zone allocator, the page
+//! tables, the mmap window and its regions.
+//!
+//! [`AddressSpace::build`] lays out a fresh guest (kernel image W^X, direct map, stacks with
+//! guard pages, boot info); [`ops`] implements the memory hypercalls with every argument
+//! treated as hostile.
+
+pub mod ops;
+pub mod pool;
+
+use crate::addr::{Gpa, Gva, Pfn, PAGE_SIZE};
+use crate::boot::cpuid::Features;
+use crate::boot::loader::{self, KernelImage, LoaderError};
+use crate::frames::{FrameError, FreeMap, ZoneKind, ZonePreset, ZoneTable};
+use crate::layout::*;
+use crate::memory::{GuestRam, MemoryError};
+use crate::paging::{map_direct, PageSize, PageTables, PagingError, Protection, PteFlags};
+use memvisor_abi::{BootInfo, Status, ABI_VERSION, BOOT_MAGIC, MAX_E820};
+pub use pool::TablePool;
+use std::collections::BTreeMap;
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress};
+
+/// Errors of building or editing the address space.
+#[derive(Debug, Error)]
+pub enum SpaceError {
+    /// Guest RAM could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The kernel image is unusable.
+    #[error("kernel: {0}")]
+    Loader(#[from] LoaderError),
+    /// The frame allocator refused.
+    #[error("frames: {0}")]
+    Frames(#[from] FrameError),
+    /// A page-table edit failed.
+    #[error("page tables: {0}")]
+    Paging(#[from] PagingError),
+    /// A kernel segment is both writable and executable.
+    #[error("kernel segment at GVA {gva:#x} is writable and executable (W^X)")]
+    WritableExecutable {
+        /// The segment's GVA.
+        gva: u64,
+    },
+    /// Guest RAM too small for the boot layout.
+    #[error("guest RAM of {bytes} bytes is too small: {why}")]
+    TooSmall {
+        /// RAM in bytes.
+        bytes: u64,
+        /// What did not fit.
+        why: String,
+    },
+    /// Address arithmetic overflowed.
+    #[error(transparent)]
+    Addr(#[from] crate::addr::AddrError),
+    /// Writing boot structures failed.
+    #[error("cannot write {what} to guest memory")]
+    Write {
+        /// Which structure.
+        what: &'static str,
+    },
+}
+
+/// How a region's pages get their frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Every page was backed at mmap time.
+    Populated,
+    /// Pages are backed on first touch (LazyFault).
+    Lazy,
+}
+
+/// One mmap region: `[start, end)` plus an unmapped guard page after `end` when `guard`.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// Region id (increasing; 0 is never used).
+    pub id: u64,
+    /// First GVA.
+    pub start: u64,
+    /// One past the last GVA.
+    pub end: u64,
+    /// Whether the page at `end` is this region's reserved guard.
+    pub guard: bool,
+    /// Protection by range: key = first GVA of a run, value = `prot` bits until the next key.
+    pub prot: BTreeMap<u64, u64>,
+    /// Zone number frames come from (ABI `zone` value).
+    pub zone: u64,
+    /// Populated or lazy.
+    pub backing: Backing,
+}
+
+impl Region {
+    /// Protection bits in effect at `gva` (inside the region).
+    pub fn prot_at(&self, gva: u64) -> u64 {
+        self.prot
+            .range(..=gva)
+            .next_back()
+            .map_or(0, |(_, &p)| p)
+    }
+}
+
+/// One entry of the fault log.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+pub struct FaultRecord {
+    /// Exception vector (14 for #PF).
+    pub vector: u64,
+    /// Error code (for #PF: P W U RSVD I/D, SDM Vol. 3A §4.7).
+    pub error_code: u64,
+    /// CR2 (the faulting GVA for #PF).
+    pub cr2: u64,
+    /// Guest RIP of the faulting instruction.
+    pub rip: u64,
+    /// Whether the fault was resolved (lazy page backed, or recovered by the guest).
+    pub resolved: bool,
+    /// `lazy` (demand paging served by the host) or `reported` (reported by the guest).
+    pub kind: &'static str,
+}
+
+/// Counters of the address space.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SpaceCounters {
+    /// Data frames currently mapped for mmap regions.
+    pub mapped_frames: u64,
+    /// Lazy faults served.
+    pub lazy_faults: u64,
+    /// Faults reported by the guest or logged by the host (all kinds).
+    pub faults: u64,
+}
+
+/// Most entries kept in the fault log; later faults are only counted.
+pub const FAULT_LOG_MAX: usize = 4096;
+
+/// The guest's memory, owned by the host.
+pub struct AddressSpace {
+    /// Guest RAM and the e820 map.
+    pub ram: GuestRam,
+    /// Frame allocator by zone.
+    pub zones: ZoneTable,
+    /// The guest's page tables (CR3 = `pt.root()`).
+    pub pt: PageTables,
+    /// Frames for page tables.
+    pub pool: TablePool,
+    /// Free GVA ranges of the mmap window.
+    pub window: FreeMap,
+    /// Live mmap regions by start GVA.
+    pub regions: BTreeMap<u64, Region>,
+    /// The loaded kernel image.
+    pub kernel: KernelImage,
+    /// Paging features of the guest CPUID.
+    pub features: Features,
+    /// Fault log (first [`FAULT_LOG_MAX`] faults).
+    pub faults: Vec<FaultRecord>,
+    /// Counters.
+    pub counters: SpaceCounters,
+    /// Frames of the boot stacks.
+    pub stack_frames: Vec<Pfn>,
+    next_region: u64,
+}
+
+fn prot_flags(p: Protection, nx: bool) -> PteFlags {
+    p.to_pte_flags(nx)
+}
+
+impl AddressSpace {
+    /// Build a fresh guest: RAM of `mem_bytes`, the kernel ELF `kernel` loaded and mapped W^X,
+    /// the direct map, boot and #DF stacks with guard pages, and the boot info.
+    ///
+    /// # Errors
+    /// Any [`SpaceError`]; nothing is leaked (the whole space is dropped).
+    pub fn build(
+        mem_bytes: u64,
+        kernel: &[u8],
+        preset: ZonePreset,
+        features: Features,
+    ) -> Result<Self, SpaceError> {
+        let ram = GuestRam::new(mem_bytes)?;
+        let ranges: Vec<(Gpa, u64)> = ram.ram.iter().map(|&(a, s)| (Gpa(a), s)).collect();
+        let mut zones = ZoneTable::new(&ranges, preset)?;
+        let min = KERNEL_PHYS_BASE + (4 << 20);
+        if mem_bytes < min {
+            return Err(SpaceError::TooSmall {
+                bytes: mem_bytes,
+                why: format!("at least {} MiB are needed", min >> 20),
+            });
+        }
+        // Page 0 and the boot-info frame.
+        zones.reserve(Pfn(0), 2)?;
+        let image = loader::load(&ram, kernel)?;
+        let kframes = (image.phys_end - image.phys_start) / PAGE_SIZE;
+        zones.reserve(Gpa(image.phys_start).pfn(), kframes)?;
+
+        let mut pool = TablePool::new();
+        let chunk0 = pool.grow(&mut zones).map_err(|_| SpaceError::TooSmall {
+            bytes: mem_bytes,
+            why: "no 2 MiB-aligned run of 512 free frames for page tables".into(),
+        })?;
+        let mut pt = PageTables::new(&ram.mem, &mut pool)?;
+        let nx = features.nx;
+
+        // Kernel image, per segment, W^X.
+        for seg in &image.segments {
+            if seg.write && seg.exec {
+                return Err(SpaceError::WritableExecutable { gva: seg.gva });
+            }
+            let prot = if seg.exec {
+                Protection::KERNEL_CODE
+            } else if seg.write {
+                Protection::KERNEL_DATA
+            } else {
+                Protection::KERNEL_RODATA
+            };
+            let gva = seg.gva & !(PAGE_SIZE - 1);
+            let gpa = seg.gpa & !(PAGE_SIZE - 1);
+            let len = (seg.gva + seg.memsz).div_ceil(PAGE_SIZE) * PAGE_SIZE - gva;
+            pt.map_range(
+                &ram.mem,
+                &mut pool,
+                Gva(gva),
+                Gpa(gpa),
+                len,
+                PageSize::Size4K,
+                prot_flags(prot, nx),
+            )?;
+        }
+
+        // Direct map of all RAM: read/write, except the table pool chunk and the 2 MiB
+        // span(s) holding the kernel image, which are read-only (never writable aliases).
+        let direct_flags = prot_flags(Protection::KERNEL_DATA, nx);
+        let ro_flags = prot_flags(Protection::KERNEL_RODATA, nx);
+        let chunk_bytes = TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
+        let kstart = image.phys_start & !(LARGE_PAGE - 1);
+        let kend = image.phys_end.div_ceil(LARGE_PAGE) * LARGE_PAGE;
+        let ro = vec![(chunk0.0 * PAGE_SIZE, chunk_bytes), (kstart, kend - kstart)];
+        let (rw_ranges, ro_ranges) = split_ranges(&ranges, &ro);
+        for (list, flags) in [(&rw_ranges, direct_flags), (&ro_ranges, ro_flags)] {
+            map_direct(
+                &mut pt,
+                &ram.mem,
+                &mut pool,
+                Gva(DIRECT_MAP_BASE),
+                list,
+                features.page_1g,
+                flags,
+            )?;
+        }
+
+        // Stacks: guard | boot stack | guard | #DF stack.
+        let mut stack_frames = Vec::new();
+        for (bottom, size) in [
+            (BOOT_STACK_BOTTOM, BOOT_STACK_SIZE),
+            (DF_STACK_BOTTOM, DF_STACK_SIZE),
+        ] {
+            for i in 0..size / PAGE_SIZE {
+                let pfn = zones.alloc(ZoneKind::Dma32, 1, 1)?;
+                stack_frames.push(pfn);
+                let gpa = pfn.gpa()?;
+                zero_frame(&ram, gpa.0)?;
+                pt.map(
+                    &ram.mem,
+                    &mut pool,
+                    Gva(bottom + i * PAGE_SIZE),
+                    gpa,
+                    PageSize::Size4K,
+                    direct_flags,
+                )?;
+            }
+        }
+
+        let window = FreeMap::new(MMAP_WINDOW_START, MMAP_WINDOW_END - MMAP_WINDOW_START);
+        let space = AddressSpace {
+            ram,
+            zones,
+            pt,
+            pool,
+            window,
+            regions: BTreeMap::new(),
+            kernel: image,
+            features,
+            faults: Vec::new(),
+            counters: SpaceCounters::default(),
+            stack_frames,
+            next_region: 1,
+        };
+        Ok(space)
+    }
+
+    /// Write the boot info for `scenario` into its frame; returns its GVA (for `rdi`).
+    ///
+    /// # Errors
+    /// [`SpaceError::Write`] if guest memory cannot be written.
+    pub fn write_boot_info(
+        &self,
+        scenario: u32,
+        flags: u32,
+        arg: [u64; 4],
+        tsc_khz: u64,
+    ) -> Result<u64, SpaceError> {
+        let mut e820 = [memvisor_abi::E820Entry::default(); MAX_E820];
+        for (dst, src) in e820.iter_mut().zip(&self.ram.e820) {
+            *dst = *src;
+        }
+        let info = BootInfo {
+            magic: BOOT_MAGIC,
+            version: ABI_VERSION,
+            e820_count: self.ram.e820.len().min(MAX_E820) as u32,
+            e820,
+            ram_bytes: self.ram.bytes,
+            direct_map_base: DIRECT_MAP_BASE,
+            pml4_gpa: self.pt.root().0 * PAGE_SIZE,
+            heap_window: [MMAP_WINDOW_START, MMAP_WINDOW_END],
+            stack: [BOOT_STACK_BOTTOM, BOOT_STACK_TOP],
+            df_stack: [DF_STACK_BOTTOM, DF_STACK_TOP],
+            tsc_khz,
+            features: self.features.abi_bits(),
+            scenario,
+            flags,
+            arg,
+        };
+        self.ram
+            .mem
+            .write_obj(info, GuestAddress(BOOT_INFO_GPA))
+            .map_err(|_| SpaceError::Write { what: "boot info" })?;
+        let gdt_bytes: Vec<u8> = crate::boot::gdt::BOOT_GDT
+            .iter()
+            .flat_map(|e| e.to_le_bytes())
+            .collect();
+        self.ram
+            .mem
+            .write_slice(&gdt_bytes, GuestAddress(BOOT_GDT_GPA))
+            .map_err(|_| SpaceError::Write { what: "GDT" })?;
+        Ok(DIRECT_MAP_BASE + BOOT_INFO_GPA)
+    }
+
+    /// Append to the fault log (bounded) and count.
+    pub fn log_fault(&mut self, rec: FaultRecord) {
+        self.counters.faults += 1;
+        if self.faults.len() < FAULT_LOG_MAX {
+            self.faults.push(rec);
+        }
+    }
+
+    /// GPA of the PML4 (the CR3 value).
+    pub fn cr3(&self) -> u64 {
+        self.pt.root().0 * PAGE_SIZE
+    }
+
+    /// Allocate a region id.
+    fn region_id(&mut self) -> u64 {
+        let id = self.next_region;
+        self.next_region += 1;
+        id
+    }
+}
+
+/// Split RAM `ranges` into the parts outside and inside the `ro` spans (`(gpa, bytes)`).
+pub fn split_ranges(ranges: &[(Gpa, u64)], ro: &[(u64, u64)]) -> (Vec<(Gpa, u64)>, Vec<(Gpa, u64)>) {
+    let mut cuts: Vec<(u64, u64)> = ro.iter().map(|&(a, l)| (a, a.saturating_add(l))).collect();
+    cuts.sort_unstable();
+    let (mut outside, mut inside) = (Vec::new(), Vec::new());
+    for &(Gpa(start), len) in ranges {
+        let end = start + len;
+        let mut cur = start;
+        for &(a, b) in &cuts {
+            let (a, b) = (a.max(cur), b.min(end));
+            if a >= b {
+                continue;
+            }
+            if a > cur {
+                outside.push((Gpa(cur), a - cur));
+            }
+            inside.push((Gpa(a), b - a));
+            cur = b;
+        }
+        if cur < end {
+            outside.push((Gpa(cur), end - cur));
+        }
+    }
+    (outside, inside)
+}
+
+/// Bytes in a 2 MiB page.
+const LARGE_PAGE: u64 = crate::addr::LARGE_PAGE_SIZE;
+
+/// Zero one 4 KiB frame.
+pub(crate) fn zero_frame(ram: &GuestRam, gpa: u64) -> Result<(), SpaceError> {
+    static ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+    ram.mem
+        .write_slice(&ZEROS, GuestAddress(gpa))
+        .map_err(|_| SpaceError::Write { what: "frame" })
+}
+
+/// ABI status for a space error seen while serving a hypercall.
+pub fn status_of(e: &SpaceError) -> Status {
+    match e {
+        SpaceError::Frames(_) => Status::NoMem,
+        SpaceError::Paging(PagingError::OutOfFrames) => Status::NoMem,
+        SpaceError::Paging(_) => Status::Inval,
+        _ => Status::Fault,
+    }
+}

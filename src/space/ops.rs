@@ -1,0 +1,472 @@
+//! The memory hypercalls: mmap, munmap, mprotect, lazy faults, translate, and checked access
+//! to guest memory on the guest's behalf.
+//!
+//! Every argument is hostile: lengths and addresses are checked for alignment, overflow and
+//! canonical form; ranges must lie inside one region the guest got from mmap (never the
+//! kernel image, the stacks and their guards, the direct map or the page tables); a failing
+//! call changes nothing (frames and GVA ranges taken so far are given back).
+//! Who flushes the TLB: the guest, after the call returns (see the ABI crate docs).
+
+use super::{zero_frame, AddressSpace, Backing, FaultRecord, Region, SpaceError};
+use crate::addr::{is_canonical, Gpa, Gva, Pfn, LARGE_PAGE_SIZE, PAGE_SIZE};
+use crate::frames::ZoneKind;
+use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
+use crate::paging::{PageSize, PteFlags};
+use memvisor_abi::{map, prot, zone, Status};
+
+/// Result of a hypercall operation: a value or an ABI status.
+pub type HcResult = Result<u64, Status>;
+
+/// PTE flags for ABI protection bits (`prot` must be non-zero). NX is set unless EXEC, when
+/// the CPU supports NX.
+pub fn pte_flags_for(p: u64, nx: bool) -> PteFlags {
+    let mut f = PteFlags::PRESENT;
+    if p & prot::WRITE != 0 {
+        f |= PteFlags::WRITABLE;
+    }
+    if p & prot::USER != 0 {
+        f |= PteFlags::USER;
+    }
+    if p & prot::EXEC == 0 && nx {
+        f |= PteFlags::NO_EXECUTE;
+    }
+    f
+}
+
+fn check_prot(p: u64) -> Result<(), Status> {
+    if p & !prot::ALL != 0 || p == prot::NONE {
+        return Err(Status::Inval);
+    }
+    if p & prot::WRITE != 0 && p & prot::EXEC != 0 {
+        return Err(Status::Perm);
+    }
+    Ok(())
+}
+
+/// Check `[gva, gva + len)`: page aligned, non-empty, no overflow, canonical; returns the end.
+fn check_range(gva: u64, len: u64) -> Result<u64, Status> {
+    if len == 0 || gva % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+        return Err(Status::Inval);
+    }
+    let end = gva.checked_add(len).ok_or(Status::Inval)?;
+    if !is_canonical(gva) || !is_canonical(end - 1) {
+        return Err(Status::Inval);
+    }
+    Ok(end)
+}
+
+impl AddressSpace {
+    fn zone_kind(&self, z: u64) -> Result<ZoneKind, Status> {
+        let kind = match z {
+            zone::ANY => {
+                // Highest zone present: Normal, else DMA32, else DMA.
+                return [ZoneKind::Normal, ZoneKind::Dma32, ZoneKind::Dma]
+                    .into_iter()
+                    .find(|k| self.zone_present(*k))
+                    .ok_or(Status::NoZone);
+            }
+            zone::DMA => ZoneKind::Dma,
+            zone::DMA32 => ZoneKind::Dma32,
+            zone::NORMAL => ZoneKind::Normal,
+            _ => return Err(Status::NoZone),
+        };
+        if self.zone_present(kind) {
+            Ok(kind)
+        } else {
+            Err(Status::NoZone)
+        }
+    }
+
+    fn zone_present(&self, kind: ZoneKind) -> bool {
+        self.zones
+            .zones()
+            .iter()
+            .any(|z| z.kind == kind && z.present > 0)
+    }
+
+    /// The region containing all of `[gva, end)`, by start key.
+    fn region_for(&self, gva: u64, end: u64) -> Option<u64> {
+        let (&start, r) = self.regions.range(..=gva).next_back()?;
+        (end <= r.end).then_some(start)
+    }
+
+    /// Status for a range that is in no region: `Perm` if it touches memory the guest may
+    /// never unmap or protect (anything outside the mmap window), else `NotMapped`.
+    fn outside_status(&self, gva: u64, end: u64) -> Status {
+        if gva < MMAP_WINDOW_START || end > MMAP_WINDOW_END {
+            Status::Perm
+        } else {
+            Status::NotMapped
+        }
+    }
+
+    /// Give back one data frame run.
+    fn release(&mut self, gpa: u64, size: PageSize) {
+        let frames = size.bytes() / PAGE_SIZE;
+        if self.zones.free(Gpa(gpa).pfn(), frames).is_ok() {
+            self.counters.mapped_frames = self.counters.mapped_frames.saturating_sub(frames);
+        } else {
+            log::error!("frame run at GPA {gpa:#x} could not be freed (accounting bug)");
+        }
+    }
+
+    /// `Mmap`: reserve `len` bytes of the window (plus a guard page) and back them now
+    /// (`POPULATE`, the default) or on first touch (`LAZY`). Returns the GVA.
+    pub fn mmap(&mut self, len: u64, p: u64, z: u64, flags: u64) -> HcResult {
+        check_prot(p)?;
+        if flags & !map::ALL != 0 {
+            return Err(Status::Inval);
+        }
+        let lazy = flags & map::LAZY != 0;
+        let huge = flags & map::HUGE != 0;
+        if lazy && (flags & map::POPULATE != 0 || huge) {
+            return Err(Status::Inval);
+        }
+        if len == 0 || len % PAGE_SIZE != 0 || len > MMAP_WINDOW_END - MMAP_WINDOW_START {
+            return Err(Status::Inval);
+        }
+        if huge && len % LARGE_PAGE_SIZE != 0 {
+            return Err(Status::Inval);
+        }
+        let kind = self.zone_kind(z)?;
+        let reserve = len.checked_add(MMAP_GUARD).ok_or(Status::Inval)?;
+        let align = if huge { LARGE_PAGE_SIZE } else { PAGE_SIZE };
+        let gva = self.window.alloc(reserve, align).map_err(|_| Status::NoMem)?;
+        let id = self.region_id();
+        let mut region = Region {
+            id,
+            start: gva,
+            end: gva + len,
+            guard: true,
+            prot: [(gva, p)].into_iter().collect(),
+            zone: z,
+            backing: if lazy { Backing::Lazy } else { Backing::Populated },
+        };
+        if !lazy {
+            if let Err(st) = self.populate(&region, kind, huge) {
+                let _ = self.window.free(gva, reserve);
+                return Err(st);
+            }
+        }
+        region.zone = z;
+        self.regions.insert(gva, region);
+        Ok(gva)
+    }
+
+    /// Back and map every page of a fresh region; on failure unmap and free what was done.
+    fn populate(&mut self, r: &Region, kind: ZoneKind, huge: bool) -> Result<(), Status> {
+        let flags = pte_flags_for(r.prot_at(r.start), self.features.nx);
+        let (step, size) = if huge {
+            (LARGE_PAGE_SIZE, PageSize::Size2M)
+        } else {
+            (PAGE_SIZE, PageSize::Size4K)
+        };
+        let frames = step / PAGE_SIZE;
+        let mut done: Vec<(u64, u64)> = Vec::new();
+        let mut gva = r.start;
+        let result = loop {
+            if gva >= r.end {
+                break Ok(());
+            }
+            // Keep enough table frames for this page's walk.
+            if let Err(e) = self.ensure_pool(4) {
+                break Err(e);
+            }
+            let pfn = match self.zones.alloc(kind, frames, frames) {
+                Ok(p) => p,
+                Err(_) => break Err(Status::NoMem),
+            };
+            let gpa = pfn.0 * PAGE_SIZE;
+            let zeroed = (0..frames).all(|i| zero_frame(&self.ram, gpa + i * PAGE_SIZE).is_ok());
+            let mapped = zeroed
+                && self
+                    .pt
+                    .map(&self.ram.mem, &mut self.pool, Gva(gva), Gpa(gpa), size, flags)
+                    .is_ok();
+            if !mapped {
+                let _ = self.zones.free(pfn, frames);
+                break Err(Status::NoMem);
+            }
+            self.counters.mapped_frames += frames;
+            done.push((gva, gpa));
+            gva += step;
+        };
+        if result.is_err() {
+            for (g, _) in done {
+                if let Ok(leaves) = self.pt.unmap(&self.ram.mem, &mut self.pool, Gva(g), step) {
+                    for (_, gpa, sz) in leaves {
+                        self.release(gpa.0, sz);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// Make sure the table pool has at least `n` free frames, growing it by a chunk (and
+    /// marking that chunk read-only in the direct map) if needed.
+    pub fn ensure_pool(&mut self, n: u64) -> Result<(), Status> {
+        if self.pool.available() >= n {
+            return Ok(());
+        }
+        let chunk = self.pool.grow(&mut self.zones).map_err(|_| Status::NoMem)?;
+        let ro = pte_flags_for(prot::READ, self.features.nx);
+        let len = crate::layout::TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
+        self.pt
+            .protect(
+                &self.ram.mem,
+                Gva(crate::layout::DIRECT_MAP_BASE + chunk.0 * PAGE_SIZE),
+                len,
+                ro,
+            )
+            .map_err(|_| Status::NoMem)?;
+        Ok(())
+    }
+
+    /// Unmap the present pages of `[gva, end)` (holes allowed) and free their frames.
+    fn unmap_present(&mut self, gva: u64, end: u64) {
+        let mut page = gva;
+        while page < end {
+            match self.pt.translate(&self.ram.mem, Gva(page)) {
+                Ok(t) => {
+                    let size = t.page_size.bytes();
+                    let base = page & !(size - 1);
+                    if let Ok(leaves) = self.pt.unmap(&self.ram.mem, &mut self.pool, Gva(base), size)
+                    {
+                        for (_, gpa, sz) in leaves {
+                            self.release(gpa.0, sz);
+                        }
+                    }
+                    page = base + size;
+                }
+                Err(_) => page += PAGE_SIZE,
+            }
+        }
+    }
+
+    /// `Munmap`: the range must lie inside one region. Frees the frames and the GVA range.
+    pub fn munmap(&mut self, gva: u64, len: u64) -> HcResult {
+        let end = check_range(gva, len)?;
+        let Some(key) = self.region_for(gva, end) else {
+            return Err(self.outside_status(gva, end));
+        };
+        let Some(r) = self.regions.remove(&key) else {
+            return Err(Status::NotMapped);
+        };
+        // A huge-page region may only be unmapped in whole 2 MiB pages.
+        if r.backing == Backing::Populated
+            && matches!(
+                self.pt.translate(&self.ram.mem, Gva(gva)).map(|t| t.page_size),
+                Ok(PageSize::Size2M)
+            )
+            && (gva % LARGE_PAGE_SIZE != 0 || len % LARGE_PAGE_SIZE != 0)
+        {
+            self.regions.insert(key, r);
+            return Err(Status::Inval);
+        }
+        self.unmap_present(gva, end);
+        let head = gva > r.start;
+        let tail = end < r.end;
+        let free_start = if head { gva + MMAP_GUARD } else { gva };
+        let free_end = if tail {
+            end
+        } else if r.guard {
+            r.end + MMAP_GUARD
+        } else {
+            r.end
+        };
+        if free_start < free_end {
+            let _ = self.window.free(free_start, free_end - free_start);
+        }
+        if head {
+            let mut h = r.clone();
+            h.end = gva;
+            h.guard = true;
+            h.prot = r.prot.range(..gva).map(|(&k, &v)| (k, v)).collect();
+            self.regions.insert(h.start, h);
+        }
+        if tail {
+            let mut t = r.clone();
+            t.start = end;
+            let p = r.prot_at(end);
+            t.prot = r.prot.range(end..).map(|(&k, &v)| (k, v)).collect();
+            t.prot.insert(end, p);
+            t.id = self.region_id();
+            self.regions.insert(t.start, t);
+        }
+        Ok(0)
+    }
+
+    /// `Mprotect`: new protection for a range inside one region (W^X enforced). Returns the
+    /// number of present pages changed.
+    pub fn mprotect(&mut self, gva: u64, len: u64, p: u64) -> HcResult {
+        let end = check_range(gva, len)?;
+        check_prot(p)?;
+        let Some(key) = self.region_for(gva, end) else {
+            return Err(self.outside_status(gva, end));
+        };
+        let flags = pte_flags_for(p, self.features.nx);
+        // Apply to present pages first (all-or-nothing per run is the paging layer's job).
+        let mut changed = 0;
+        let mut page = gva;
+        while page < end {
+            match self.pt.translate(&self.ram.mem, Gva(page)) {
+                Ok(t) => {
+                    let size = t.page_size.bytes();
+                    let base = page & !(size - 1);
+                    if base < gva || base + size > end {
+                        return Err(Status::Inval);
+                    }
+                    page = base + size;
+                }
+                Err(_) => page += PAGE_SIZE,
+            }
+        }
+        let mut page = gva;
+        while page < end {
+            match self.pt.translate(&self.ram.mem, Gva(page)) {
+                Ok(t) => {
+                    let size = t.page_size.bytes();
+                    let n = self
+                        .pt
+                        .protect(&self.ram.mem, Gva(page), size, flags)
+                        .map_err(|_| Status::Inval)?;
+                    changed += n;
+                    page += size;
+                }
+                Err(_) => page += PAGE_SIZE,
+            }
+        }
+        if let Some(r) = self.regions.get_mut(&key) {
+            let after = r.prot_at(end);
+            let stale: Vec<u64> = r.prot.range(gva..end).map(|(&k, _)| k).collect();
+            for k in stale {
+                r.prot.remove(&k);
+            }
+            r.prot.insert(gva, p);
+            if end < r.end {
+                r.prot.insert(end, after);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// `LazyFault`: back the page at `cr2` if it lies in a lazy region and is not present.
+    pub fn lazy_fault(&mut self, cr2: u64, error_code: u64, rip: u64) -> HcResult {
+        if !is_canonical(cr2) {
+            return Err(Status::NotMapped);
+        }
+        let page = cr2 & !(PAGE_SIZE - 1);
+        let Some(key) = self.region_for(page, page + PAGE_SIZE) else {
+            return Err(Status::NotMapped);
+        };
+        let (p, z) = match self.regions.get(&key) {
+            Some(r) if r.backing == Backing::Lazy => (r.prot_at(page), r.zone),
+            _ => return Err(Status::NotMapped),
+        };
+        if self.pt.translate(&self.ram.mem, Gva(page)).is_ok() {
+            return Err(Status::Perm);
+        }
+        let kind = self.zone_kind(z)?;
+        self.ensure_pool(4)?;
+        let pfn = self.zones.alloc(kind, 1, 1).map_err(|_| Status::NoMem)?;
+        let gpa = pfn.0 * PAGE_SIZE;
+        let flags = pte_flags_for(p, self.features.nx);
+        let ok = zero_frame(&self.ram, gpa).is_ok()
+            && self
+                .pt
+                .map(&self.ram.mem, &mut self.pool, Gva(page), Gpa(gpa), PageSize::Size4K, flags)
+                .is_ok();
+        if !ok {
+            let _ = self.zones.free(pfn, 1);
+            return Err(Status::NoMem);
+        }
+        self.counters.mapped_frames += 1;
+        self.counters.lazy_faults += 1;
+        self.log_fault(FaultRecord {
+            vector: 14,
+            error_code,
+            cr2,
+            rip,
+            resolved: true,
+            kind: "lazy",
+        });
+        Ok(1)
+    }
+
+    /// `Translate`: GPA of the byte at `gva`.
+    pub fn translate_gva(&self, gva: u64) -> HcResult {
+        if !is_canonical(gva) {
+            return Err(Status::Inval);
+        }
+        self.pt
+            .translate(&self.ram.mem, Gva(gva))
+            .map(|t| t.gpa.0)
+            .map_err(|_| Status::NotMapped)
+    }
+
+    /// True if the host may write guest frame `pfn` on the guest's behalf: RAM, not a
+    /// page-table pool frame, not inside the kernel's read-only or executable segments.
+    pub fn host_may_write(&self, pfn: Pfn) -> bool {
+        let gpa = pfn.0 * PAGE_SIZE;
+        if !self.ram.contains(gpa, PAGE_SIZE) || self.pool.owns(pfn) {
+            return false;
+        }
+        !self.kernel.segments.iter().any(|s| {
+            !s.write && gpa + PAGE_SIZE > (s.gpa & !(PAGE_SIZE - 1)) && gpa < s.gpa + s.memsz
+        })
+    }
+
+    /// Read `len` bytes at guest virtual `gva` (walking the page tables page by page).
+    pub fn read_gva(&self, gva: u64, len: u64) -> Result<Vec<u8>, Status> {
+        let end = gva.checked_add(len).ok_or(Status::Fault)?;
+        let mut out = Vec::with_capacity(len as usize);
+        let mut cur = gva;
+        while cur < end {
+            let gpa = self.translate_gva(cur).map_err(|_| Status::Fault)?;
+            let n = (PAGE_SIZE - (cur % PAGE_SIZE)).min(end - cur);
+            let start = out.len();
+            out.resize(start + n as usize, 0);
+            vm_memory::Bytes::read_slice(
+                &self.ram.mem,
+                &mut out[start..],
+                vm_memory::GuestAddress(gpa),
+            )
+            .map_err(|_| Status::Fault)?;
+            cur += n;
+        }
+        Ok(out)
+    }
+
+    /// Write `bytes` at guest virtual `gva`: every page must be mapped writable and be a
+    /// frame the host may write (see [`Self::host_may_write`]).
+    pub fn write_gva(&self, gva: u64, bytes: &[u8]) -> Result<(), Status> {
+        let end = gva.checked_add(bytes.len() as u64).ok_or(Status::Fault)?;
+        let mut cur = gva;
+        while cur < end {
+            let t = self
+                .pt
+                .translate(&self.ram.mem, Gva(cur))
+                .map_err(|_| Status::Fault)?;
+            if !t.effective.writable || !self.host_may_write(t.gpa.pfn()) {
+                return Err(Status::Fault);
+            }
+            let n = (PAGE_SIZE - (cur % PAGE_SIZE)).min(end - cur);
+            let off = (cur - gva) as usize;
+            vm_memory::Bytes::write_slice(
+                &self.ram.mem,
+                &bytes[off..off + n as usize],
+                vm_memory::GuestAddress(t.gpa.0),
+            )
+            .map_err(|_| Status::Fault)?;
+            cur += n;
+        }
+        Ok(())
+    }
+}
+
+impl From<SpaceError> for Status {
+    fn from(e: SpaceError) -> Status {
+        super::status_of(&e)
+    }
+}

@@ -1,0 +1,255 @@
+//! The VMM: create the VM, build the guest's address space, run the vCPU loop, and collect
+//! a [`Report`].
+//!
+//! Exits handled (KVM API doc §5, `struct kvm_run`): `KVM_EXIT_IO` (hypercall port, null
+//! port, COM1), `KVM_EXIT_MMIO` (a GPA with no memslot: a stage-2 fault, reported with GPA,
+//! size, direction and RIP; reads return all-ones), `KVM_EXIT_HLT`, `KVM_EXIT_SHUTDOWN`
+//! (triple fault), `KVM_EXIT_FAIL_ENTRY`, `KVM_EXIT_INTERNAL_ERROR`. A watchdog kicks a
+//! runaway vCPU out of `KVM_RUN` with a signal after `timeout`.
+
+use crate::boot::{self, cpuid::Features};
+use crate::frames::ZonePreset;
+use crate::hypercall::{Flow, Hypercalls};
+use crate::layout::BOOT_STACK_TOP;
+use crate::report::{Outcome, Registers, Report, Stage2Fault};
+use crate::space::{AddressSpace, SpaceError};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VcpuExit};
+use memvisor_abi::{PORT_HYPERCALL, PORT_NULL, PORT_SERIAL};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Most stage-2 faults kept in the report (later ones are counted).
+pub const STAGE2_LOG_MAX: usize = 1024;
+
+/// Errors that stop the VMM before or outside the guest's run.
+#[derive(Debug, Error)]
+pub enum VmmError {
+    /// /dev/kvm cannot be opened.
+    #[error("cannot open /dev/kvm: {source} (fix: load the kvm module and make sure this user can read and write /dev/kvm, e.g. add it to the 'kvm' group)")]
+    NoKvm {
+        /// The open error.
+        source: kvm_ioctls::Error,
+    },
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Kvm {
+        /// Which operation.
+        what: &'static str,
+        /// The ioctl error.
+        source: kvm_ioctls::Error,
+    },
+    /// Building the guest failed.
+    #[error(transparent)]
+    Space(#[from] SpaceError),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest RAM in bytes.
+    pub mem_bytes: u64,
+    /// The kernel ELF.
+    pub kernel: Vec<u8>,
+    /// Scenario number (ABI `scenario`).
+    pub scenario: u32,
+    /// Scenario name for the report.
+    pub scenario_name: String,
+    /// Boot flags (ABI `flags`).
+    pub flags: u32,
+    /// Scenario arguments.
+    pub arg: [u64; 4],
+    /// Wall-clock limit for the guest's run.
+    pub timeout: Duration,
+    /// Zone layout.
+    pub zone_preset: ZonePreset,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Signal used to kick the vCPU out of KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+/// Boot and run a guest; returns its report (also for guest failures: see
+/// [`Report::outcome`]).
+///
+/// # Errors
+/// [`VmmError`] when the VM cannot be created or the guest cannot be built.
+pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
+    let t_start = Instant::now();
+    let kvm = Kvm::new().map_err(|source| VmmError::NoKvm { source })?;
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let features = Features::from_cpuid(&cpuid);
+    let mut space = AddressSpace::build(cfg.mem_bytes, &cfg.kernel, cfg.zone_preset, features)?;
+    let memslots = space
+        .ram
+        .register(&vm)
+        .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
+    let tsc_khz = if features.tsc_khz != 0 {
+        features.tsc_khz
+    } else {
+        boot::cpuid::calibrate_tsc_khz()
+    };
+    let boot_gva = space.write_boot_info(cfg.scenario, cfg.flags, cfg.arg, tsc_khz)?;
+    let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    boot::setup_sregs(&mut sregs, space.cr3(), features.nx);
+    vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    let regs = boot::entry_regs(space.kernel.entry, BOOT_STACK_TOP, boot_gva);
+    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+
+    // Watchdog: after the timeout, kick the vCPU thread until the loop notices.
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
+        .map_err(|e| kvm_err("signal handler")(kvm_ioctls::Error::new(e.errno())))?;
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    let watchdog = {
+        let (timed_out, done, timeout) = (timed_out.clone(), done.clone(), cfg.timeout);
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                if t0.elapsed() >= timeout {
+                    timed_out.store(true, Ordering::SeqCst);
+                    // SAFETY: `me` is the vCPU thread, alive until `done` is set; the signal
+                    // has a no-op handler installed, so it only interrupts KVM_RUN.
+                    unsafe { libc::pthread_kill(me, kick_signal()) };
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+
+    let setup_us = t_start.elapsed().as_micros() as u64;
+    let mut hc = Hypercalls::default();
+    let mut exits: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stage2: Vec<Stage2Fault> = Vec::new();
+    let mut stage2_total = 0u64;
+    let t_run = Instant::now();
+    let mut first_entry_us = None;
+    let outcome = loop {
+        if first_entry_us.is_none() {
+            first_entry_us = Some(t_start.elapsed().as_micros() as u64);
+        }
+        if timed_out.load(Ordering::SeqCst) {
+            break Outcome::Timeout;
+        }
+        let exit = vcpu.run();
+        let mut bump = |name: &str| *exits.entry(name.to_string()).or_default() += 1;
+        let mut mmio: Option<(u64, u32, bool, u64)> = None;
+        match exit {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                bump("io_out");
+                match port {
+                    PORT_HYPERCALL if data.len() == 4 => {
+                        let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
+                        match hc.handle(&mut space, gpa) {
+                            Flow::Continue => {}
+                            Flow::Exit(code) => break Outcome::Exited(code),
+                            Flow::Panic(msg) => break Outcome::Panicked(msg),
+                        }
+                    }
+                    PORT_NULL => {}
+                    PORT_SERIAL => {
+                        let s = String::from_utf8_lossy(data).into_owned();
+                        hc.console.push_str(&s);
+                    }
+                    _ => bump("io_out_unknown_port"),
+                }
+            }
+            Ok(VcpuExit::IoIn(_, data)) => {
+                bump("io_in");
+                data.fill(0xff);
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                bump("mmio");
+                data.fill(0xff);
+                mmio = Some((addr, data.len() as u32, false, 0));
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                bump("mmio");
+                let mut v = [0u8; 8];
+                let n = data.len().min(8);
+                v[..n].copy_from_slice(&data[..n]);
+                mmio = Some((addr, data.len() as u32, true, u64::from_le_bytes(v)));
+            }
+            Ok(VcpuExit::Hlt) => {
+                bump("hlt");
+                break Outcome::Halted;
+            }
+            Ok(VcpuExit::Shutdown) => {
+                bump("shutdown");
+                break Outcome::TripleFault;
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                bump("fail_entry");
+                break Outcome::FailEntry { reason, cpu };
+            }
+            Ok(VcpuExit::InternalError) => {
+                bump("internal_error");
+                break Outcome::InternalError;
+            }
+            Ok(other) => {
+                bump("other");
+                break Outcome::UnexpectedExit(format!("{other:?}"));
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                bump("intr");
+                continue;
+            }
+            Err(e) => break Outcome::KvmError(e.to_string()),
+        }
+        if let Some((gpa, size, write, value)) = mmio {
+            stage2_total += 1;
+            if stage2.len() < STAGE2_LOG_MAX {
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                stage2.push(Stage2Fault {
+                    gpa,
+                    size,
+                    write,
+                    value: if write { Some(value) } else { None },
+                    rip,
+                });
+            }
+        }
+    };
+    let run_us = t_run.elapsed().as_micros() as u64;
+    done.store(true, Ordering::SeqCst);
+    let _ = watchdog.join();
+    let registers = match outcome {
+        Outcome::Exited(_) => None,
+        _ => Registers::read(&vcpu),
+    };
+    Ok(Report::collect(
+        cfg,
+        &space,
+        memslots,
+        features,
+        hc,
+        exits,
+        stage2,
+        stage2_total,
+        outcome,
+        registers,
+        crate::report::Timings {
+            setup_us,
+            first_entry_us: first_entry_us.unwrap_or(setup_us),
+            run_us,
+            total_us: t_start.elapsed().as_micros() as u64,
+        },
+    ))
+}
