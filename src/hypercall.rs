@@ -50,6 +50,8 @@ pub struct Hypercalls {
     pub console: String,
     /// `key=value` records the guest sent.
     pub records: Vec<(String, String)>,
+    /// Echo console output live.
+    pub echo: bool,
 }
 
 impl Hypercalls {
@@ -171,7 +173,9 @@ impl Hypercalls {
 
     fn console_write(&mut self, space: &AddressSpace, gva: u64, len: u64) -> Result<u64, Status> {
         let text = read_text(space, gva, len)?;
-        print_console(&text);
+        if self.echo {
+            print_console(&text);
+        }
         self.console.push_str(&text);
         Ok(len)
     }

@@ -40,7 +40,7 @@ struct RunArgs {
     #[arg(long, default_value = "demo")]
     scenario: String,
     /// Wall-clock limit for the guest in seconds.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, allow_negative_numbers = true)]
     timeout: f64,
     /// Zone layout: x86-64 (DMA/DMA32/Normal, as Linux) or legacy (DMA/Normal/HighMem).
     #[arg(long, value_enum, default_value_t = Zones::X86_64)]
@@ -136,6 +136,7 @@ fn run(a: RunArgs) -> ExitCode {
             Zones::X86_64 => ZonePreset::X86_64,
             Zones::Legacy => ZonePreset::Legacy,
         },
+        echo_console: true,
     };
     set_json_mode(a.json);
     let report: Report = match vmm::run(&cfg) {

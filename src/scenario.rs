@@ -3,11 +3,17 @@
 use memvisor_abi::scenario;
 
 /// Known scenarios: (name, ABI number, description).
-pub const SCENARIOS: &[(&str, u32, &str)] = &[(
-    "demo",
-    scenario::DEMO,
-    "the main job: mmap populated and lazy memory, demand faults, a protection fault recovered, translate, munmap",
-)];
+pub const SCENARIOS: &[(&str, u32, &str)] = &[
+    (
+        "demo",
+        scenario::DEMO,
+        "the main job: mmap populated and lazy memory, demand faults, a protection fault recovered, translate, munmap",
+    ),
+    ("runaway", scenario::RUNAWAY, "spin forever; --timeout stops the vCPU"),
+    ("guest-panic", scenario::GUEST_PANIC, "the guest panics; the VMM reports the message and fails"),
+    ("triple-fault", scenario::TRIPLE_FAULT, "empty IDT + exception: KVM_EXIT_SHUTDOWN"),
+    ("double-fault", scenario::DOUBLE_FAULT, "stack overflow into the guard page: #DF on its IST stack"),
+];
 
 /// Look up a scenario number by name.
 pub fn by_name(name: &str) -> Option<u32> {

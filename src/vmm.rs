@@ -70,6 +70,8 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// Zone layout.
     pub zone_preset: ZonePreset,
+    /// Echo the guest's console output live (stdout, or stderr in JSON mode).
+    pub echo_console: bool,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -92,19 +94,25 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let features = Features::from_cpuid(&cpuid);
+    log::debug!("setup: KVM VM + CPUID after {:?}", t_start.elapsed());
     let mut space = AddressSpace::build(cfg.mem_bytes, &cfg.kernel, cfg.zone_preset, features)?;
     let memslots = space
         .ram
         .register(&vm)
         .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
+    log::debug!("setup: memslots registered after {:?}", t_start.elapsed());
+    let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    // TSC frequency: CPUID 0x15 if it has it, else KVM_GET_TSC_KHZ, else calibrate.
     let tsc_khz = if features.tsc_khz != 0 {
         features.tsc_khz
     } else {
-        boot::cpuid::calibrate_tsc_khz()
+        match vcpu.get_tsc_khz() {
+            Ok(k) if k > 0 => k as u64,
+            _ => boot::cpuid::calibrate_tsc_khz(),
+        }
     };
     let boot_gva = space.write_boot_info(cfg.scenario, cfg.flags, cfg.arg, tsc_khz)?;
-    let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
     let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     boot::setup_sregs(&mut sregs, space.cr3(), features.nx);
     vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
@@ -135,7 +143,10 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
     };
 
     let setup_us = t_start.elapsed().as_micros() as u64;
-    let mut hc = Hypercalls::default();
+    let mut hc = Hypercalls {
+        echo: cfg.echo_console,
+        ..Hypercalls::default()
+    };
     let mut exits: BTreeMap<String, u64> = BTreeMap::new();
     let mut stage2: Vec<Stage2Fault> = Vec::new();
     let mut stage2_total = 0u64;
@@ -148,7 +159,9 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
         if timed_out.load(Ordering::SeqCst) {
             break Outcome::Timeout;
         }
+        let t_exit = Instant::now();
         let exit = vcpu.run();
+        log::trace!("KVM_RUN returned after {:?}", t_exit.elapsed());
         let mut bump = |name: &str| *exits.entry(name.to_string()).or_default() += 1;
         let mut mmio: Option<(u64, u32, bool, u64)> = None;
         match exit {

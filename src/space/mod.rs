@@ -173,9 +173,11 @@ impl AddressSpace {
         preset: ZonePreset,
         features: Features,
     ) -> Result<Self, SpaceError> {
+        let t0 = std::time::Instant::now();
         let ram = GuestRam::new(mem_bytes)?;
         let ranges: Vec<(Gpa, u64)> = ram.ram.iter().map(|&(a, s)| (Gpa(a), s)).collect();
         let mut zones = ZoneTable::new(&ranges, preset)?;
+        log::debug!("build: RAM + zones after {:?}", t0.elapsed());
         let min = KERNEL_PHYS_BASE + (4 << 20);
         if mem_bytes < min {
             return Err(SpaceError::TooSmall {
@@ -189,11 +191,18 @@ impl AddressSpace {
         let kframes = (image.phys_end - image.phys_start) / PAGE_SIZE;
         zones.reserve(Gpa(image.phys_start).pfn(), kframes)?;
 
+        // Table frames for the boot mappings: one PD per GiB and one PDPT per 512 GiB of the
+        // direct map, edge PTs, the kernel image and stacks, plus slack.
+        let end = ram.end();
+        let boot_tables = end.div_ceil(1 << 30) + end.div_ceil(512 << 30) + 32;
         let mut pool = TablePool::new();
-        let chunk0 = pool.grow(&mut zones).map_err(|_| SpaceError::TooSmall {
-            bytes: mem_bytes,
-            why: "no 2 MiB-aligned run of 512 free frames for page tables".into(),
-        })?;
+        while pool.available() < boot_tables {
+            pool.grow(&mut zones).map_err(|_| SpaceError::TooSmall {
+                bytes: mem_bytes,
+                why: "no 2 MiB-aligned run of 512 free frames for page tables".into(),
+            })?;
+        }
+        log::debug!("build: kernel loaded, pool ready after {:?}", t0.elapsed());
         let mut pt = PageTables::new(&ram.mem, &mut pool)?;
         let nx = features.nx;
 
@@ -230,7 +239,9 @@ impl AddressSpace {
         let chunk_bytes = TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
         let kstart = image.phys_start & !(LARGE_PAGE - 1);
         let kend = image.phys_end.div_ceil(LARGE_PAGE) * LARGE_PAGE;
-        let ro = vec![(chunk0.0 * PAGE_SIZE, chunk_bytes), (kstart, kend - kstart)];
+        let mut ro: Vec<(u64, u64)> =
+            pool.chunks.iter().map(|c| (c.0 * PAGE_SIZE, chunk_bytes)).collect();
+        ro.push((kstart, kend - kstart));
         let (rw_ranges, ro_ranges) = split_ranges(&ranges, &ro);
         for (list, flags) in [(&rw_ranges, direct_flags), (&ro_ranges, ro_flags)] {
             map_direct(
@@ -244,6 +255,7 @@ impl AddressSpace {
             )?;
         }
 
+        log::debug!("build: direct map after {:?}", t0.elapsed());
         // Stacks: guard | boot stack | guard | #DF stack.
         let mut stack_frames = Vec::new();
         for (bottom, size) in [

@@ -345,6 +345,15 @@ pub mod flags {
 pub mod scenario {
     /// The main demonstration.
     pub const DEMO: u32 = 0;
+    /// Spin forever (the VMM's `--timeout` must stop it).
+    pub const RUNAWAY: u32 = 1;
+    /// Panic with a message.
+    pub const GUEST_PANIC: u32 = 2;
+    /// Load an empty IDT and raise an exception: a triple fault (KVM_EXIT_SHUTDOWN).
+    pub const TRIPLE_FAULT: u32 = 3;
+    /// Overflow the boot stack into its guard page: #PF cannot be delivered, #DF runs on its
+    /// IST stack and reports.
+    pub const DOUBLE_FAULT: u32 = 4;
 }
 
 /// Memory statistics the host writes for `Stats`.

@@ -183,6 +183,19 @@ extern "C" fn dispatch(f: &mut TrapFrame) {
         return;
     }
     let cr2 = x86_64::registers::control::Cr2::read_raw();
+    if f.vector == 8 {
+        // On IST1: the faulting stack is unusable. Report and stop.
+        report(8, f.error_code, cr2, f.rip, false);
+        let mut line = crate::console::Line::new();
+        let _ = core::fmt::Write::write_fmt(
+            &mut line,
+            format_args!(
+                "double fault (#DF) on the IST stack: rip={:#x} rsp={:#x} cr2={:#x} (stack overflow into the guard page?)",
+                f.rip, f.rsp, cr2
+            ),
+        );
+        crate::hc::panic_str(line.as_str());
+    }
     report(f.vector, f.error_code, cr2, f.rip, false);
     let mut line = crate::console::Line::new();
     let _ = core::fmt::Write::write_fmt(

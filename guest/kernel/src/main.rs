@@ -10,6 +10,7 @@
 
 
 mod console;
+mod crash;
 mod demo;
 mod hc;
 mod idt;
@@ -55,6 +56,10 @@ extern "C" fn kmain(boot_info: *const BootInfo) -> ! {
     idt::init(&info);
     let code = match info.scenario {
         memvisor_abi::scenario::DEMO => demo::run(),
+        memvisor_abi::scenario::RUNAWAY => crash::runaway(),
+        memvisor_abi::scenario::GUEST_PANIC => crash::guest_panic(),
+        memvisor_abi::scenario::TRIPLE_FAULT => crash::triple_fault(),
+        memvisor_abi::scenario::DOUBLE_FAULT => crash::double_fault(),
         other => {
             println!("unknown scenario {}", other);
             1

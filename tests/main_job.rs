@@ -1,0 +1,100 @@
+//! The main job under KVM: boot the real guest, run the demo, assert on the report.
+
+mod common;
+
+use memvisor::layout::{MMAP_WINDOW_START, MMIO_HOLE_END, MMIO_HOLE_START};
+
+const PAGE: u64 = 4096;
+
+#[test]
+fn demo_boots_faults_and_exits_zero() {
+    if !common::kvm_or_skip("demo_boots_faults_and_exits_zero") {
+        return;
+    }
+    let r = common::run(&common::config("demo", 256 << 20));
+    assert_eq!(r.outcome, "exit", "report: {}", r.to_text());
+    assert_eq!(r.guest_exit_code, Some(0), "console: {}", r.console);
+
+    // The guest's regions are handed out from the start of the mmap window: 16 populated
+    // pages + guard, then 64 lazy pages + guard.
+    let pop = MMAP_WINDOW_START;
+    let lazy = pop + 17 * PAGE;
+    let lazy_faults: Vec<_> = r.faults.iter().filter(|f| f.kind == "lazy").collect();
+    assert_eq!(lazy_faults.len(), 8);
+    for (i, f) in lazy_faults.iter().enumerate() {
+        assert_eq!(f.vector, 14);
+        // Supervisor write to a not-present page: W only (SDM Vol. 3A §4.7).
+        assert_eq!(f.error_code, 0x2, "fault {i}");
+        assert_eq!(f.cr2, lazy + (i as u64) * 8 * PAGE + 8);
+        assert!(f.resolved);
+        assert!(f.rip >= memvisor::layout::KERNEL_VIRT_OFFSET);
+    }
+    let reported: Vec<_> = r.faults.iter().filter(|f| f.kind == "reported").collect();
+    assert_eq!(reported.len(), 2, "{:?}", r.faults);
+    // Write to a read-only present page: P|W.
+    assert_eq!((reported[0].error_code, reported[0].cr2), (0x3, pop + 3 * PAGE + 16));
+    // Read after munmap: not present, read.
+    assert_eq!((reported[1].error_code, reported[1].cr2), (0x0, pop));
+    assert!(reported.iter().all(|f| f.resolved));
+    assert_eq!(r.lazy_faults, 8);
+
+    // Everything the guest mapped was given back.
+    assert_eq!(r.regions_live, 0);
+    assert_eq!(r.mapped_frames, 0);
+    assert!(r.exits.get("io_out").copied().unwrap_or(0) >= 20, "{:?}", r.exits);
+    assert_eq!(r.bad_blocks, 0);
+    for call in ["mmap", "munmap", "mprotect", "translate", "lazy_fault", "stats", "exit"] {
+        assert!(r.hypercalls.contains_key(call), "no {call} in {:?}", r.hypercalls);
+    }
+    assert_eq!(r.hypercalls["mmap"].errors, 0);
+
+    // Zones: 256 MiB = DMA (4096 frames) + DMA32; the DMA mmap came from DMA.
+    let dma = r.zones.iter().find(|z| z.name == "DMA").expect("DMA zone");
+    assert_eq!((dma.start, dma.end, dma.present_frames), (0, 16 << 20, 4096));
+    assert!(dma.allocations >= 1);
+    let dma32 = r.zones.iter().find(|z| z.name == "DMA32").expect("DMA32 zone");
+    assert_eq!(dma32.present_frames, (256 << 20) / PAGE - 4096);
+    assert!(r.buddyinfo.contains("zone      DMA"));
+    assert!(r.zoneinfo.contains("Node 0, zone"));
+
+    // Page tables: the direct map of 256 MiB is 128 2 MiB pages.
+    assert_eq!(r.page_tables.mappings_2m, 128);
+    assert_eq!(r.page_tables.mappings_1g, 0);
+    assert!(r.page_tables.table_frames >= 4);
+    assert_eq!(r.memslots.len(), 1);
+    assert_eq!(r.e820.len(), 1);
+    assert!(r.console.contains("exiting 0"));
+}
+
+#[test]
+fn ram_above_the_mmio_hole_gets_two_memslots() {
+    if !common::kvm_or_skip("ram_above_the_mmio_hole_gets_two_memslots") {
+        return;
+    }
+    let r = common::run(&common::config("demo", 4 << 30));
+    assert_eq!(r.guest_exit_code, Some(0), "{}", r.to_text());
+    let slots: Vec<(u64, u64)> = r.memslots.iter().map(|m| (m.gpa, m.size)).collect();
+    assert_eq!(slots, vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)]);
+    let e820: Vec<(u64, u64, &str)> = r.e820.iter().map(|e| (e.start, e.size, e.kind)).collect();
+    assert_eq!(
+        e820,
+        vec![
+            (0, MMIO_HOLE_START, "ram"),
+            (MMIO_HOLE_START, MMIO_HOLE_END - MMIO_HOLE_START, "reserved"),
+            (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START, "ram")
+        ]
+    );
+    let normal = r.zones.iter().find(|z| z.name == "Normal").expect("Normal zone");
+    assert_eq!(normal.present_frames, (1 << 30) / PAGE);
+}
+
+#[test]
+fn a_64_gib_guest_boots_lazily() {
+    if !common::kvm_or_skip("a_64_gib_guest_boots_lazily") {
+        return;
+    }
+    let r = common::run(&common::config("demo", 64 << 30));
+    assert_eq!(r.guest_exit_code, Some(0), "{}", r.to_text());
+    // 64 GiB of RAM with the 1 GiB hole: 65 GiB of GPA space, direct-mapped in 2 MiB pages.
+    assert_eq!(r.page_tables.mappings_2m + r.page_tables.mappings_1g * 512, 64 * 512);
+}
