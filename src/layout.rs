@@ -11,17 +11,21 @@
 //! 0x0020_0000 ├──────────────────────┤                                │ unmapped guard page      │
 //!             │ kernel image (ELF)   │          0x0000_2000_0000_0000 ├──────────────────────────┤
 //!             ├──────────────────────┤                                │ (not mapped)             │
-//!             │ free: data frames,   │          0xffff_8880_0000_0000 ├──────────────────────────┤
-//!             │ page-table pool      │                                │ direct map of all RAM:   │
-//!             │ chunks (2 MiB each), │                                │ 2 MiB pages, NX; table   │
-//!             │ stacks               │                                │ pool + kernel image RO   │
+//!             │ free: data frames,   │          0x0000_7fff_0000_1000 ├──────────────────────────┤
+//!             │ page-table pool      │                                │ ring-3 stack 1 MiB (US)  │
+//!             │ chunks (2 MiB each), │                                │ (guard page below)       │
+//!             │ stacks               │          0xffff_8880_0000_0000 ├──────────────────────────┤
+//!             │                      │                                │ direct map of all RAM:   │
+//!             │                      │                                │ 2 MiB pages, NX, US;     │
+//!             │                      │                                │ pool + kernel image RO   │
 //! 0xc000_0000 ├──────────────────────┤          0xffff_c900_0000_0000 ├──────────────────────────┤
 //!             │ 32-bit MMIO hole     │                                │ guard | boot stack 64 KiB│
 //!             │ (no memslot; e820    │                                │ guard | #DF stack 16 KiB │
 //!             │  reserved)           │          0xffff_ffff_8000_0000 ├──────────────────────────┤
 //! 0x1_0000_0000├─────────────────────┤                                │ kernel image at          │
 //!             │ RAM above 4 GiB      │                                │ GPA + 0xffff_ffff_8000_0000│
-//!             │ (zone Normal)        │                                │ text RX, rodata R, data RW│
+//!             │ (zone Normal)        │                                │ text RX, rodata R, data  │
+//!             │                      │                                │ RW; US (ring 3 runs it)  │
 //!             └──────────────────────┘                                └──────────────────────────┘
 //! ```
 //!
@@ -69,6 +73,13 @@ pub const DF_STACK_SIZE: u64 = 16 << 10;
 pub const DF_STACK_BOTTOM: u64 = BOOT_STACK_TOP + 0x1000;
 /// Top of the #DF stack (loaded into TSS.IST1 by the guest).
 pub const DF_STACK_TOP: u64 = DF_STACK_BOTTOM + DF_STACK_SIZE;
+
+/// Ring-3 stack size in bytes (256 frames = 1 MiB): scenarios run in ring 3.
+pub const USER_STACK_SIZE: u64 = 1 << 20;
+/// Lowest GVA of the ring-3 stack (low canonical half); the page below it is a guard.
+pub const USER_STACK_BOTTOM: u64 = 0x0000_7fff_0000_1000;
+/// Top of the ring-3 stack.
+pub const USER_STACK_TOP: u64 = USER_STACK_BOTTOM + USER_STACK_SIZE;
 
 /// GDT location (GPA, inside the boot-info frame's second half) used for the first entry.
 pub const BOOT_GDT_GPA: u64 = BOOT_INFO_GPA + 0x800;

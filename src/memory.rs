@@ -227,6 +227,93 @@ impl GuestRam {
     }
 }
 
+/// GPA of the one-page flush slot (in the 32-bit MMIO hole, above the doorbell page).
+pub const FLUSH_SLOT_GPA: u64 = 0xdfff_f000;
+
+/// A one-page memslot whose deletion and re-registration makes KVM drop every shadow page
+/// (`KVM_SET_USER_MEMORY_REGION` with size 0 → `kvm_arch_flush_shadow_memslot`, which zaps all
+/// shadow pages under the default `KVM_X86_QUIRK_SLOT_ZAP_ALL`).
+///
+/// Why: with shadow paging (PVM), code running natively (guest ring 3) uses KVM's shadow page
+/// tables, which are built from the guest's tables when a page is first touched and are kept
+/// in sync by write-protecting the guest's table frames against *guest* writes. The VMM edits
+/// those tables from userspace, which KVM does not see: a new mapping is picked up on the next
+/// not-present fault, but a removed or reduced mapping (munmap, mprotect) would stay usable
+/// through the stale shadow entry. After such edits the VMM flushes the shadow with this slot
+/// before resuming the vCPU; the guest then flushes its TLB as usual.
+pub struct FlushSlot {
+    slot: u32,
+    page: vm_memory::mmap::MmapRegion,
+    /// Flushes done.
+    pub count: u64,
+}
+
+impl FlushSlot {
+    /// Register the flush slot as KVM slot `slot`.
+    ///
+    /// # Errors
+    /// [`MemoryError::Memslot`] if KVM refuses it.
+    pub fn new(vm: &VmFd, slot: u32) -> Result<Self, MemoryError> {
+        let page = vm_memory::mmap::MmapRegion::new(4096).map_err(|_| MemoryError::Memslot {
+            slot,
+            gpa: FLUSH_SLOT_GPA,
+            size: 4096,
+            source: kvm_ioctls::Error::new(libc::ENOMEM),
+        })?;
+        let me = FlushSlot {
+            slot,
+            page,
+            count: 0,
+        };
+        me.set(vm, 4096)?;
+        Ok(me)
+    }
+
+    fn set(&self, vm: &VmFd, size: u64) -> Result<(), MemoryError> {
+        let region = kvm_userspace_memory_region {
+            slot: self.slot,
+            guest_phys_addr: FLUSH_SLOT_GPA,
+            memory_size: size,
+            userspace_addr: self.page.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the host page is owned by `self.page`, which lives as long as the slot
+        // (the VMM drops the VM before the FlushSlot).
+        unsafe { vm.set_user_memory_region(region) }.map_err(|source| MemoryError::Memslot {
+            slot: self.slot,
+            gpa: FLUSH_SLOT_GPA,
+            size,
+            source,
+        })
+    }
+
+    /// Drop all of KVM's shadow pages (delete and re-add the slot).
+    ///
+    /// # Errors
+    /// [`MemoryError::Memslot`] if KVM refuses either step.
+    pub fn flush(&mut self, vm: &VmFd) -> Result<(), MemoryError> {
+        self.set(vm, 0)?;
+        self.set(vm, 4096)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Flush if the address space says a mapping was removed or reduced since the last flush.
+    ///
+    /// # Errors
+    /// As [`Self::flush`].
+    pub fn flush_if_needed(
+        &mut self,
+        vm: &VmFd,
+        space: &mut crate::space::AddressSpace,
+    ) -> Result<(), MemoryError> {
+        if std::mem::take(&mut space.shadow_stale) {
+            self.flush(vm)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

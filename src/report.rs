@@ -139,6 +139,9 @@ pub struct Timings {
     pub setup_us: u64,
     /// VMM start → first KVM_RUN.
     pub first_entry_us: u64,
+    /// VMM start → the guest's first instruction (its `out` to the null port, seen by the
+    /// VMM); None if the guest never got there.
+    pub first_guest_instruction_us: Option<u64>,
     /// Guest run time.
     pub run_us: u64,
     /// Whole run.
@@ -252,6 +255,8 @@ pub struct Report {
     pub mapped_frames: u64,
     /// Lazy faults served.
     pub lazy_faults: u64,
+    /// Times the VMM flushed KVM's shadow page tables after removing or reducing mappings.
+    pub shadow_flushes: u64,
     /// `key=value` records from the guest.
     pub records: BTreeMap<String, String>,
     /// Guest console output.
@@ -276,6 +281,7 @@ impl Report {
         exits: BTreeMap<String, u64>,
         stage2: Vec<Stage2Fault>,
         stage2_total: u64,
+        shadow_flushes: u64,
         outcome: Outcome,
         registers: Option<Registers>,
         timings: Timings,
@@ -364,6 +370,7 @@ impl Report {
             regions_live: space.regions.len() as u64,
             mapped_frames: space.counters.mapped_frames,
             lazy_faults: space.counters.lazy_faults,
+            shadow_flushes,
             records: hc.records.into_iter().collect(),
             console: hc.console,
             registers,
@@ -498,15 +505,16 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "-- at exit: {} live regions holding {} frames; bad request blocks {}",
-            self.regions_live, self.mapped_frames, self.bad_blocks
+            "-- at exit: {} live regions holding {} frames; bad request blocks {}; shadow page-table flushes {}",
+            self.regions_live, self.mapped_frames, self.bad_blocks, self.shadow_flushes
         );
         let t = &self.timings;
         let _ = writeln!(
             o,
-            "-- timings: setup {} µs, first guest entry {} µs after start, guest run {:.2} ms, total {:.2} ms",
+            "-- timings: setup {} µs, first KVM_RUN {} µs and first guest instruction {} µs after start, guest run {:.2} ms, total {:.2} ms",
             t.setup_us,
             t.first_entry_us,
+            t.first_guest_instruction_us.map_or("-".to_string(), |v| v.to_string()),
             t.run_us as f64 / 1000.0,
             t.total_us as f64 / 1000.0
         );

@@ -100,6 +100,8 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
         .ram
         .register(&vm)
         .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
+    let mut flush_slot = crate::memory::FlushSlot::new(&vm, memslots.len() as u32)
+        .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
     log::debug!("setup: memslots registered after {:?}", t_start.elapsed());
     let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
@@ -152,6 +154,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
     let mut stage2_total = 0u64;
     let t_run = Instant::now();
     let mut first_entry_us = None;
+    let mut first_guest_us = None;
     let outcome = loop {
         if first_entry_us.is_none() {
             first_entry_us = Some(t_start.elapsed().as_micros() as u64);
@@ -170,13 +173,21 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
                 match port {
                     PORT_HYPERCALL if data.len() == 4 => {
                         let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
-                        match hc.handle(&mut space, gpa) {
+                        let flow = hc.handle(&mut space, gpa);
+                        if let Err(e) = flush_slot.flush_if_needed(&vm, &mut space) {
+                            break Outcome::KvmError(e.to_string());
+                        }
+                        match flow {
                             Flow::Continue => {}
                             Flow::Exit(code) => break Outcome::Exited(code),
                             Flow::Panic(msg) => break Outcome::Panicked(msg),
                         }
                     }
-                    PORT_NULL => {}
+                    PORT_NULL => {
+                        if first_guest_us.is_none() {
+                            first_guest_us = Some(t_start.elapsed().as_micros() as u64);
+                        }
+                    }
                     PORT_SERIAL => {
                         let s = String::from_utf8_lossy(data).into_owned();
                         hc.console.push_str(&s);
@@ -192,6 +203,22 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
                 bump("mmio");
                 data.fill(0xff);
                 mmio = Some((addr, data.len() as u32, false, 0));
+            }
+            Ok(VcpuExit::MmioWrite(addr, data))
+                if addr == memvisor_abi::DOORBELL_GPA && data.len() == 8 =>
+            {
+                bump("doorbell");
+                let mut v = [0u8; 8];
+                v.copy_from_slice(data);
+                let flow = hc.handle(&mut space, u64::from_le_bytes(v));
+                if let Err(e) = flush_slot.flush_if_needed(&vm, &mut space) {
+                    break Outcome::KvmError(e.to_string());
+                }
+                match flow {
+                    Flow::Continue => {}
+                    Flow::Exit(code) => break Outcome::Exited(code),
+                    Flow::Panic(msg) => break Outcome::Panicked(msg),
+                }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 bump("mmio");
@@ -256,11 +283,13 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
         exits,
         stage2,
         stage2_total,
+        flush_slot.count,
         outcome,
         registers,
         crate::report::Timings {
             setup_us,
             first_entry_us: first_entry_us.unwrap_or(setup_us),
+            first_guest_instruction_us: first_guest_us,
             run_us,
             total_us: t_start.elapsed().as_micros() as u64,
         },

@@ -83,7 +83,7 @@ fn main_job_json_has_the_documented_keys() {
     for k in ["vector", "error_code", "cr2", "rip", "resolved"] {
         assert!(f.get(k).is_some(), "fault lacks {k}");
     }
-    assert!(v["exits"]["io_out"].as_u64().unwrap_or(0) > 0);
+    assert!(v["exits"]["doorbell"].as_u64().unwrap_or(0) > 0);
 }
 
 #[test]

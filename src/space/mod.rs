@@ -154,6 +154,9 @@ pub struct AddressSpace {
     pub counters: SpaceCounters,
     /// Frames of the boot stacks.
     pub stack_frames: Vec<Pfn>,
+    /// A mapping was removed or its rights reduced since the VMM last flushed KVM's shadow
+    /// page tables (see [`crate::memory::FlushSlot`]).
+    pub shadow_stale: bool,
     next_region: u64,
 }
 
@@ -211,12 +214,14 @@ impl AddressSpace {
             if seg.write && seg.exec {
                 return Err(SpaceError::WritableExecutable { gva: seg.gva });
             }
+            // The image is user-accessible (US=1): the guest runs its scenarios in ring 3,
+            // where PVM executes them natively (CPL0 code is emulated there). W^X holds.
             let prot = if seg.exec {
-                Protection::KERNEL_CODE
+                Protection::USER_CODE
             } else if seg.write {
-                Protection::KERNEL_DATA
+                Protection::USER_DATA
             } else {
-                Protection::KERNEL_RODATA
+                Protection::USER_RODATA
             };
             let gva = seg.gva & !(PAGE_SIZE - 1);
             let gpa = seg.gpa & !(PAGE_SIZE - 1);
@@ -234,8 +239,9 @@ impl AddressSpace {
 
         // Direct map of all RAM: read/write, except the table pool chunk and the 2 MiB
         // span(s) holding the kernel image, which are read-only (never writable aliases).
-        let direct_flags = prot_flags(Protection::KERNEL_DATA, nx);
-        let ro_flags = prot_flags(Protection::KERNEL_RODATA, nx);
+        // US=1 so ring-3 scenario code can walk the page tables (read-only) and read RAM.
+        let direct_flags = prot_flags(Protection::USER_DATA, nx);
+        let ro_flags = prot_flags(Protection::USER_RODATA, nx);
         let chunk_bytes = TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
         let kstart = image.phys_start & !(LARGE_PAGE - 1);
         let kend = image.phys_end.div_ceil(LARGE_PAGE) * LARGE_PAGE;
@@ -256,11 +262,14 @@ impl AddressSpace {
         }
 
         log::debug!("build: direct map after {:?}", t0.elapsed());
-        // Stacks: guard | boot stack | guard | #DF stack.
+        // Stacks: guard | boot stack | guard | #DF stack (supervisor), and the ring-3 stack
+        // (user) with its own guard below.
+        let kstack_flags = prot_flags(Protection::KERNEL_DATA, nx);
         let mut stack_frames = Vec::new();
-        for (bottom, size) in [
-            (BOOT_STACK_BOTTOM, BOOT_STACK_SIZE),
-            (DF_STACK_BOTTOM, DF_STACK_SIZE),
+        for (bottom, size, flags) in [
+            (BOOT_STACK_BOTTOM, BOOT_STACK_SIZE, kstack_flags),
+            (DF_STACK_BOTTOM, DF_STACK_SIZE, kstack_flags),
+            (USER_STACK_BOTTOM, USER_STACK_SIZE, direct_flags),
         ] {
             for i in 0..size / PAGE_SIZE {
                 let pfn = zones.alloc(ZoneKind::Dma32, 1, 1)?;
@@ -273,10 +282,20 @@ impl AddressSpace {
                     Gva(bottom + i * PAGE_SIZE),
                     gpa,
                     PageSize::Size4K,
-                    direct_flags,
+                    flags,
                 )?;
             }
         }
+
+        // The MMIO doorbell page (no memslot behind it): ring 3 can ring the VMM with a write.
+        pt.map(
+            &ram.mem,
+            &mut pool,
+            Gva(memvisor_abi::DOORBELL_GVA),
+            Gpa(memvisor_abi::DOORBELL_GPA),
+            PageSize::Size4K,
+            direct_flags,
+        )?;
 
         let window = FreeMap::new(MMAP_WINDOW_START, MMAP_WINDOW_END - MMAP_WINDOW_START);
         let space = AddressSpace {
@@ -291,6 +310,7 @@ impl AddressSpace {
             faults: Vec::new(),
             counters: SpaceCounters::default(),
             stack_frames,
+            shadow_stale: false,
             next_region: 1,
         };
         Ok(space)
@@ -322,6 +342,7 @@ impl AddressSpace {
             heap_window: [MMAP_WINDOW_START, MMAP_WINDOW_END],
             stack: [BOOT_STACK_BOTTOM, BOOT_STACK_TOP],
             df_stack: [DF_STACK_BOTTOM, DF_STACK_TOP],
+            user_stack: [USER_STACK_BOTTOM, USER_STACK_TOP],
             tsc_khz,
             features: self.features.abi_bits(),
             scenario,

@@ -100,8 +100,9 @@ impl AddressSpace {
         }
     }
 
-    /// Give back one data frame run.
+    /// Give back one data frame run (its mapping is already gone: the shadow is stale).
     fn release(&mut self, gpa: u64, size: PageSize) {
+        self.shadow_stale = true;
         let frames = size.bytes() / PAGE_SIZE;
         if self.zones.free(Gpa(gpa).pfn(), frames).is_ok() {
             self.counters.mapped_frames = self.counters.mapped_frames.saturating_sub(frames);
@@ -220,6 +221,7 @@ impl AddressSpace {
                 ro,
             )
             .map_err(|_| Status::NoMem)?;
+        self.shadow_stale = true;
         Ok(())
     }
 
@@ -332,6 +334,7 @@ impl AddressSpace {
                         .protect(&self.ram.mem, Gva(page), size, flags)
                         .map_err(|_| Status::Inval)?;
                     changed += n;
+                    self.shadow_stale = true;
                     page += size;
                 }
                 Err(_) => page += PAGE_SIZE,

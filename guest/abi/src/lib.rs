@@ -28,6 +28,12 @@ pub const KERNEL_PHYS_BASE: u64 = 0x20_0000;
 
 /// Port for hypercalls: 32-bit `out` of the request block's GPA.
 pub const PORT_HYPERCALL: u16 = 0x0510;
+/// GPA of the MMIO doorbell: an 8-byte write of a request block's GPA here is a hypercall
+/// (no memslot covers it: the write exits as `KVM_EXIT_MMIO`). In the 32-bit MMIO hole.
+pub const DOORBELL_GPA: u64 = 0xd000_0000;
+/// GVA where the host maps the doorbell page (US=1, so ring 3 can ring it).
+pub const DOORBELL_GVA: u64 = 0x0000_7ffe_0000_0000;
+
 /// Port the VMM ignores (only counts): a bare exit, the floor for hypercall cost.
 pub const PORT_NULL: u16 = 0x0511;
 /// COM1 data register: the guest may write console bytes here one at a time.
@@ -305,6 +311,8 @@ pub struct BootInfo {
     pub stack: [u64; 2],
     /// GVA range of the #DF IST stack `[bottom, top)`.
     pub df_stack: [u64; 2],
+    /// GVA range of the ring-3 stack `[bottom, top)` (US=1; the page below is a guard).
+    pub user_stack: [u64; 2],
     /// TSC frequency in kHz (from CPUID 0x15/0x16 or KVM), 0 if unknown.
     pub tsc_khz: u64,
     /// Feature bits, see [`feature`].
@@ -402,7 +410,7 @@ mod tests {
         // BootInfo has no implicit padding: the sum of its fields' sizes.
         assert_eq!(
             size_of::<BootInfo>(),
-            8 + 4 + 4 + 24 * MAX_E820 + 8 * 3 + 16 * 3 + 8 * 2 + 4 * 2 + 8 * 4
+            8 + 4 + 4 + 24 * MAX_E820 + 8 * 3 + 16 * 4 + 8 * 2 + 4 * 2 + 8 * 4
         );
     }
 

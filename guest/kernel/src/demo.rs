@@ -22,7 +22,7 @@ fn recover_ro(f: &mut TrapFrame, cr2: u64) -> bool {
     crate::idt::report(14, f.error_code, cr2, f.rip, true);
     let mut r = [memvisor_abi::Request::new(
         Call::Mprotect,
-        [page, PAGE, prot::READ | prot::WRITE, 0, 0],
+        [page, PAGE, prot::READ | prot::WRITE | prot::USER, 0, 0],
     )];
     hc::batch_in_fault(&mut r);
     x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(page));
@@ -37,6 +37,11 @@ fn check(ok: bool, what: &str) -> Result<(), u32> {
         println!("FAILED: {}", what);
         Err(1)
     }
+}
+
+/// Ring-3 entry point.
+pub extern "C" fn run_user(_: u64) -> u64 {
+    run() as u64
 }
 
 pub fn run() -> u32 {
@@ -58,7 +63,8 @@ fn demo() -> Result<(), u32> {
     );
 
     // 1. Populated memory: 16 pages, backed at mmap time; touching them takes no fault.
-    let rw = prot::READ | prot::WRITE;
+    // Ring 3 touches these pages: user-accessible.
+    let rw = prot::READ | prot::WRITE | prot::USER;
     let pop = hc::mmap(16 * PAGE, rw, zone::ANY, map::POPULATE).map_err(|s| {
         println!("mmap populate failed: {:?}", s);
         1u32
@@ -93,7 +99,7 @@ fn demo() -> Result<(), u32> {
 
     // 3. Protection fault: make one populated page read-only and write it.
     let target = pop + 3 * PAGE;
-    hc::mprotect(target, PAGE, prot::READ).map_err(|_| 1u32)?;
+    hc::mprotect(target, PAGE, prot::READ | prot::USER).map_err(|_| 1u32)?;
     RO_PAGE.store(target, Ordering::SeqCst);
     probe::set_hook(Some(recover_ro));
     // SAFETY: the page is ours; the write faults once (read-only), the hook makes it writable
@@ -103,7 +109,7 @@ fn demo() -> Result<(), u32> {
     // SAFETY: mapped and readable.
     let v = unsafe { ((target + 16) as *const u64).read_volatile() };
     check(v == 0xdead_beef && RO_PAGE.load(Ordering::SeqCst) == 0, "protection fault recovered")?;
-    println!("guest: write to read-only page {:#x}: #PF (P|W) caught, reported, page made writable, write retried", target);
+    println!("guest: write to read-only page {:#x}: #PF (P|W|U) caught, reported, page made writable, write retried", target);
 
     // 4. Translation: our own walk of the page tables vs the host's translate.
     for gva in [pop, pop + 5 * PAGE + 123, lazy + 8 * PAGE] {
@@ -132,8 +138,8 @@ fn demo() -> Result<(), u32> {
     hc::munmap(dma, PAGE).map_err(|_| 1u32)?;
     match probe::read(pop) {
         Probe::Fault { error_code, cr2 } => {
-            crate::idt::report(14, error_code, cr2, 0, true);
-            check(error_code == 0 && cr2 == pop, "read after munmap: not-present fault")?;
+            crate::idt::report(14, error_code, cr2, probe::last_rip(), true);
+            check(error_code == 0x4 && cr2 == pop, "read after munmap: user not-present fault")?;
             println!("guest: read after munmap at {:#x}: #PF error code {:#x} (not present), caught", cr2, error_code);
         }
         Probe::Ok => return check(false, "read after munmap faults"),

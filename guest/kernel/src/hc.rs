@@ -57,11 +57,28 @@ impl<const N: usize> StaticBlock<N> {
                 },
             );
             let gpa = (p as u64).wrapping_sub(KERNEL_VIRT_OFFSET) as u32;
-            core::arch::asm!("out dx, eax", in("dx") PORT_HYPERCALL, in("eax") gpa,
-                options(nostack, preserves_flags));
+            doorbell(gpa);
             for (i, r) in reqs.iter_mut().take(n).enumerate() {
                 *r = core::ptr::read_volatile(core::ptr::addr_of!((*p).reqs[i]));
             }
+        }
+    }
+}
+
+/// Ring the VMM with a request block's GPA: `out` to the hypercall port in ring 0; from ring
+/// 3 an 8-byte write to the MMIO doorbell (ring 3 cannot do port IO on a PVM host; see
+/// `user.rs`).
+#[inline(always)]
+pub fn doorbell(gpa: u32) {
+    // SAFETY: both paths only exit to the VMM, which reads the block at `gpa`; the doorbell
+    // page is mapped by the host at DOORBELL_GVA (US=1, no RAM behind it).
+    unsafe {
+        if crate::user::cpl() == 0 {
+            core::arch::asm!("out dx, eax", in("dx") PORT_HYPERCALL, in("eax") gpa,
+                options(nostack, preserves_flags));
+        } else {
+            core::arch::asm!("mov qword ptr [{db}], {v}", db = in(reg) memvisor_abi::DOORBELL_GVA,
+                v = in(reg) gpa as u64, options(nostack, preserves_flags));
         }
     }
 }
@@ -140,8 +157,13 @@ pub fn record(line: &str) {
     let _ = call(Call::Record, [line.as_ptr() as u64, line.len() as u64, 0, 0, 0]);
 }
 
-/// invlpg each page of a range, or reload CR3 for more than 64 pages.
+/// invlpg each page of a range, or reload CR3 for more than 64 pages. From ring 3 this asks
+/// the kernel (`int 0x81`).
 pub fn flush_range(gva: u64, len: u64) {
+    if crate::user::cpl() != 0 {
+        crate::user::flush_from_user(gva, len);
+        return;
+    }
     let pages = len.div_ceil(4096);
     if pages > 64 {
         x86_64::instructions::tlb::flush_all();

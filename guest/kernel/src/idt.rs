@@ -79,13 +79,49 @@ extern "C" {
     static isr_stub_table: [u64; 32];
 }
 
+/// GDT selector of the 64-bit kernel code segment.
+pub const KERNEL_CS: u16 = 0x08;
+/// GDT selector of the kernel data segment.
+pub const KERNEL_DS: u16 = 0x10;
+/// GDT selector of the 64-bit ring-3 code segment (RPL 0; OR in 3 to use it).
+pub const USER_CS: u16 = 0x20;
+/// GDT selector of the ring-3 data segment.
+pub const USER_DS: u16 = 0x18;
 #[repr(C, align(16))]
 struct Idt([[u64; 2]; 256]);
+
+/// The TSS followed by its I/O permission bitmap (SDM Vol. 3A §20.5.2): ring 3 may use the
+/// hypercall, null and COM1 ports (bit clear = allowed), no others. Needed because a PVM host
+/// keeps RFLAGS.IOPL at 0 in ring 3.
+#[repr(C)]
+struct TssWithIoMap {
+    tss: TaskStateSegment,
+    iomap: [u8; IOMAP_BYTES],
+}
+
+/// Bitmap bytes: ports 0..=0x517 plus the required trailing 0xff byte.
+const IOMAP_BYTES: usize = 0x518 / 8 + 1;
+
+const fn iomap() -> [u8; IOMAP_BYTES] {
+    let mut m = [0xffu8; IOMAP_BYTES];
+    let ports = [
+        memvisor_abi::PORT_HYPERCALL,
+        memvisor_abi::PORT_NULL,
+        memvisor_abi::PORT_SERIAL,
+    ];
+    let mut i = 0;
+    while i < ports.len() {
+        let p = ports[i] as usize;
+        m[p / 8] &= !(1 << (p % 8));
+        i += 1;
+    }
+    m
+}
 
 struct Tables {
     idt: Idt,
     gdt: GlobalDescriptorTable,
-    tss: TaskStateSegment,
+    tss: TssWithIoMap,
 }
 
 struct TablesCell(UnsafeCell<Tables>);
@@ -95,15 +131,19 @@ unsafe impl Sync for TablesCell {}
 static TABLES: TablesCell = TablesCell(UnsafeCell::new(Tables {
     idt: Idt([[0; 2]; 256]),
     gdt: GlobalDescriptorTable::new(),
-    tss: TaskStateSegment::new(),
+    tss: TssWithIoMap {
+        tss: TaskStateSegment::new(),
+        iomap: iomap(),
+    },
 }));
 
-/// Encode a 64-bit interrupt gate (type 0xE, present, DPL 0) to `handler`, using IST `ist`.
-fn gate(handler: u64, selector: u16, ist: u8) -> [u64; 2] {
+/// Encode a 64-bit interrupt gate (type 0xE, present) to `handler`, using IST `ist`, callable
+/// by `int n` from privilege level `dpl`.
+fn gate(handler: u64, selector: u16, ist: u8, dpl: u8) -> [u64; 2] {
     let low = (handler & 0xffff)
         | ((selector as u64) << 16)
         | (((ist & 7) as u64) << 32)
-        | (0x8e_u64 << 40)
+        | ((0x8e_u64 | ((dpl as u64 & 3) << 5)) << 40)
         | (((handler >> 16) & 0xffff) << 48);
     [low, handler >> 32]
 }
@@ -114,10 +154,22 @@ pub fn init(info: &BootInfo) {
     // live in a static, so the pointers loaded into GDTR/IDTR/TR stay valid forever.
     unsafe {
         let t = &mut *TABLES.0.get();
-        t.tss.interrupt_stack_table[0] = VirtAddr::new_truncate(info.df_stack[1]);
+        t.tss.tss.interrupt_stack_table[0] = VirtAddr::new_truncate(info.df_stack[1]);
+        // Order matters for SYSRET-style layouts: kernel code 0x08, kernel data 0x10,
+        // user data 0x18, user code 0x20, TSS 0x28.
         let code = t.gdt.append(Descriptor::kernel_code_segment());
         let data = t.gdt.append(Descriptor::kernel_data_segment());
-        let tss = t.gdt.append(Descriptor::tss_segment(&*core::ptr::addr_of!(t.tss)));
+        let udata = t.gdt.append(Descriptor::user_data_segment());
+        let ucode = t.gdt.append(Descriptor::user_code_segment());
+        debug_assert!(udata.0 & !3 == USER_DS && ucode.0 & !3 == USER_CS);
+        let tss_desc = match Descriptor::tss_segment_with_iomap(
+            &*core::ptr::addr_of!(t.tss.tss),
+            &*core::ptr::addr_of!(t.tss.iomap),
+        ) {
+            Ok(d) => d,
+            Err(_) => crate::hc::panic_str("TSS I/O bitmap rejected"),
+        };
+        let tss = t.gdt.append(tss_desc);
         let gdt: &'static GlobalDescriptorTable = &*core::ptr::addr_of!(t.gdt);
         gdt.load();
         CS::set_reg(code);
@@ -128,13 +180,23 @@ pub fn init(info: &BootInfo) {
         let stubs = &*core::ptr::addr_of!(isr_stub_table);
         for (v, &addr) in stubs.iter().enumerate() {
             let ist = if v == 8 { 1 } else { 0 };
-            t.idt.0[v] = gate(addr, code.0, ist);
+            t.idt.0[v] = gate(addr, code.0, ist, 0);
         }
         let idtr = x86_64::structures::DescriptorTablePointer {
             limit: (core::mem::size_of::<Idt>() - 1) as u16,
             base: VirtAddr::new_truncate(core::ptr::addr_of!(t.idt) as u64),
         };
         x86_64::instructions::tables::lidt(&idtr);
+    }
+
+}
+
+/// Address of TSS.RSP0 (the stack the CPU switches to on an exception from ring 3).
+pub fn tss_rsp0_slot() -> *mut u64 {
+    // SAFETY: only the address is taken; TABLES lives forever.
+    unsafe {
+        let t = TABLES.0.get();
+        core::ptr::addr_of_mut!((*t).tss.tss.privilege_stack_table[0]) as *mut u64
     }
 }
 
@@ -179,6 +241,9 @@ extern "C" fn dispatch(f: &mut TrapFrame) {
         crate::probe::page_fault(f);
         return;
     }
+    if f.vector == 13 && crate::user::gp_service(f) {
+        return;
+    }
     if crate::probe::other_fault(f) {
         return;
     }
@@ -201,12 +266,14 @@ extern "C" fn dispatch(f: &mut TrapFrame) {
     let _ = core::fmt::Write::write_fmt(
         &mut line,
         format_args!(
-            "unhandled exception {} ({}) error_code={:#x} rip={:#x} rsp={:#x} cr2={:#x}",
+            "unhandled exception {} ({}) error_code={:#x} rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr2={:#x}",
             f.vector,
             vector_name(f.vector),
             f.error_code,
             f.rip,
             f.rsp,
+            f.rflags,
+            f.cs,
             cr2
         ),
     );

@@ -15,6 +15,7 @@ mod demo;
 mod hc;
 mod idt;
 mod probe;
+mod user;
 mod walk;
 
 use core::panic::PanicInfo;
@@ -24,11 +25,16 @@ core::arch::global_asm!(
     ".section .text.entry, \"ax\"",
     ".global _start",
     "_start:",
+    // First instruction: one bare exit to the null port, so the VMM can time
+    // "VMM start -> first guest instruction".
+    "    mov dx, {null_port}",
+    "    out dx, al",
     "    xor ebp, ebp",
     "    call {kmain}",
     "2:  hlt",
     "    jmp 2b",
     kmain = sym kmain,
+    null_port = const memvisor_abi::PORT_NULL,
 );
 
 /// The boot information, copied out of the page the host wrote.
@@ -55,7 +61,7 @@ extern "C" fn kmain(boot_info: *const BootInfo) -> ! {
     unsafe { *core::ptr::addr_of_mut!(BOOT) = Some(info) };
     idt::init(&info);
     let code = match info.scenario {
-        memvisor_abi::scenario::DEMO => demo::run(),
+        memvisor_abi::scenario::DEMO => user::run(demo::run_user, 0) as u32,
         memvisor_abi::scenario::RUNAWAY => crash::runaway(),
         memvisor_abi::scenario::GUEST_PANIC => crash::guest_panic(),
         memvisor_abi::scenario::TRIPLE_FAULT => crash::triple_fault(),

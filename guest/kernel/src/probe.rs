@@ -49,6 +49,12 @@ pub enum Probe {
 }
 
 static LAST_CR2: AtomicU64 = AtomicU64::new(0);
+static LAST_RIP: AtomicU64 = AtomicU64::new(0);
+
+/// RIP of the last faulting probe instruction.
+pub fn last_rip() -> u64 {
+    LAST_RIP.load(Ordering::Relaxed)
+}
 
 fn outcome(r: u64) -> Probe {
     if r & FAULTED != 0 {
@@ -121,6 +127,7 @@ pub fn page_fault(f: &mut TrapFrame) {
     }
     if let Some(fix) = extable_fixup(f.rip) {
         LAST_CR2.store(cr2, Ordering::Relaxed);
+        LAST_RIP.store(f.rip, Ordering::Relaxed);
         f.rax = FAULTED | (err & 0xffff_ffff);
         f.rip = fix;
         return;

@@ -7,8 +7,8 @@ use crate::boot;
 /// present at some level.
 pub fn translate(gva: u64) -> Option<(u64, u64)> {
     let info = boot();
-    let (cr3, _) = x86_64::registers::control::Cr3::read_raw();
-    let mut table = cr3.start_address().as_u64();
+    // The PML4's GPA from the boot info (reading CR3 is privileged; this runs in ring 3).
+    let mut table = info.pml4_gpa;
     const ADDR: u64 = 0x000f_ffff_ffff_f000;
     for level in (1..=4u32).rev() {
         let idx = (gva >> (12 + 9 * (level - 1))) & 0x1ff;
