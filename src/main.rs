@@ -26,6 +26,22 @@ struct Cli {
 enum Cmd {
     /// Boot the guest and run a scenario (the default command).
     Run(RunArgs),
+    /// Measure: a table of figures, each beside a peer measured in the same run.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct BenchArgs {
+    /// Print the figures as JSON (one entry per figure: name, value, unit, peer, peer_value,
+    /// ratio).
+    #[arg(long)]
+    json: bool,
+    /// Few iterations (for tests; figures are noisy).
+    #[arg(long)]
+    quick: bool,
+    /// Write the table with today's date into BENCHMARKS.md (section "memvisor bench").
+    #[arg(long)]
+    update_md: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -82,9 +98,61 @@ fn main() -> ExitCode {
     };
     let args = match cli.cmd {
         Some(Cmd::Run(a)) => a,
+        Some(Cmd::Bench(b)) => return bench(b),
         None => cli.run,
     };
     run(args)
+}
+
+fn bench(b: BenchArgs) -> ExitCode {
+    set_json_mode(b.json);
+    let result = match memvisor::bench::run(b.quick) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if b.json {
+        match serde_json::to_string_pretty(&result) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(format!("cannot encode the figures: {e}")),
+        }
+    } else {
+        print!("{}", result.table());
+    }
+    if b.update_md {
+        if let Err(e) = update_md(&result) {
+            return fail(format!("BENCHMARKS.md: {e}"));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Replace (or append) the "memvisor bench" section of BENCHMARKS.md, writing a temporary file
+/// and renaming it so a failure never leaves a partial file.
+fn update_md(r: &memvisor::bench::BenchResult) -> std::io::Result<()> {
+    const HEAD: &str = "## memvisor bench";
+    let path = std::path::Path::new("BENCHMARKS.md");
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let date = std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let section = format!(
+        "{HEAD}\n\nRun {date} with `cargo run --release -- bench --update-md`.\n\n{}\n",
+        r.table()
+    );
+    let new = match old.find(HEAD) {
+        Some(start) => {
+            let rest = &old[start + HEAD.len()..];
+            let end = rest.find("\n## ").map_or(old.len(), |i| start + HEAD.len() + i + 1);
+            format!("{}{}{}", &old[..start], section, &old[end..])
+        }
+        None => format!("{}\n{}", old.trim_end(), "\n".to_string() + &section),
+    };
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, new)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn run(a: RunArgs) -> ExitCode {

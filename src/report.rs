@@ -137,6 +137,8 @@ impl Registers {
 pub struct Timings {
     /// VMM start → ready to enter the guest.
     pub setup_us: u64,
+    /// Time spent in KVM_SET_USER_MEMORY_REGION for guest RAM.
+    pub memslot_us: u64,
     /// VMM start → first KVM_RUN.
     pub first_entry_us: u64,
     /// VMM start → the guest's first instruction (its `out` to the null port, seen by the
@@ -267,6 +269,8 @@ pub struct Report {
     pub timings: Timings,
     /// Guest CPU paging features.
     pub cpu: Features,
+    /// TSC frequency the guest was told (kHz; KVM_GET_TSC_KHZ when CPUID lacks it).
+    pub tsc_khz: u64,
 }
 
 impl Report {
@@ -285,6 +289,7 @@ impl Report {
         outcome: Outcome,
         registers: Option<Registers>,
         timings: Timings,
+        tsc_khz: u64,
     ) -> Report {
         let e820 = space
             .ram
@@ -376,6 +381,7 @@ impl Report {
             registers,
             timings,
             cpu,
+            tsc_khz,
         }
     }
 

@@ -96,10 +96,12 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
     let features = Features::from_cpuid(&cpuid);
     log::debug!("setup: KVM VM + CPUID after {:?}", t_start.elapsed());
     let mut space = AddressSpace::build(cfg.mem_bytes, &cfg.kernel, cfg.zone_preset, features)?;
+    let t_slots = Instant::now();
     let memslots = space
         .ram
         .register(&vm)
         .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
+    let memslot_us = t_slots.elapsed().as_micros() as u64;
     let mut flush_slot = crate::memory::FlushSlot::new(&vm, memslots.len() as u32)
         .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
     log::debug!("setup: memslots registered after {:?}", t_start.elapsed());
@@ -288,10 +290,12 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
         registers,
         crate::report::Timings {
             setup_us,
+            memslot_us,
             first_entry_us: first_entry_us.unwrap_or(setup_us),
             first_guest_instruction_us: first_guest_us,
             run_us,
             total_us: t_start.elapsed().as_micros() as u64,
         },
+        tsc_khz,
     ))
 }

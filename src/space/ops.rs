@@ -33,6 +33,19 @@ pub fn pte_flags_for(p: u64, nx: bool) -> PteFlags {
     f
 }
 
+/// True if going from leaf `old` to leaf flags `new` takes a right away: RW or US cleared,
+/// NX set, or P cleared.
+fn reduces(old: u64, new: u64) -> bool {
+    let (p, rw, us, nx) = (
+        PteFlags::PRESENT.bits(),
+        PteFlags::WRITABLE.bits(),
+        PteFlags::USER.bits(),
+        PteFlags::NO_EXECUTE.bits(),
+    );
+    let lost = |bit: u64| old & bit != 0 && new & bit == 0;
+    lost(p) || lost(rw) || lost(us) || (new & nx != 0 && old & nx == 0)
+}
+
 fn check_prot(p: u64) -> Result<(), Status> {
     if p & !prot::ALL != 0 || p == prot::NONE {
         return Err(Status::Inval);
@@ -100,9 +113,8 @@ impl AddressSpace {
         }
     }
 
-    /// Give back one data frame run (its mapping is already gone: the shadow is stale).
+    /// Give back one data frame run (its mapping is already gone).
     fn release(&mut self, gpa: u64, size: PageSize) {
-        self.shadow_stale = true;
         let frames = size.bytes() / PAGE_SIZE;
         if self.zones.free(Gpa(gpa).pfn(), frames).is_ok() {
             self.counters.mapped_frames = self.counters.mapped_frames.saturating_sub(frames);
@@ -204,6 +216,16 @@ impl AddressSpace {
         result
     }
 
+    /// A leaf PTE with these bits is being removed or its rights reduced: if KVM may hold a
+    /// shadow entry for it, the VMM must flush the shadow before the guest runs again. KVM
+    /// builds shadow entries only from guest PTEs with the Accessed bit set (its walker sets A;
+    /// prefetch skips A=0 entries), so a never-accessed leaf needs no flush.
+    fn note_shadow(&mut self, old_leaf: u64) {
+        if old_leaf & PteFlags::ACCESSED.bits() != 0 {
+            self.shadow_stale = true;
+        }
+    }
+
     /// Make sure the table pool has at least `n` free frames, growing it by a chunk (and
     /// marking that chunk read-only in the direct map) if needed.
     pub fn ensure_pool(&mut self, n: u64) -> Result<(), Status> {
@@ -233,6 +255,7 @@ impl AddressSpace {
                 Ok(t) => {
                     let size = t.page_size.bytes();
                     let base = page & !(size - 1);
+                    self.note_shadow(t.leaf_pte.raw());
                     if let Ok(leaves) = self.pt.unmap(&self.ram.mem, &mut self.pool, Gva(base), size)
                     {
                         for (_, gpa, sz) in leaves {
@@ -329,12 +352,15 @@ impl AddressSpace {
             match self.pt.translate(&self.ram.mem, Gva(page)) {
                 Ok(t) => {
                     let size = t.page_size.bytes();
+                    let old = t.leaf_pte.raw();
                     let n = self
                         .pt
                         .protect(&self.ram.mem, Gva(page), size, flags)
                         .map_err(|_| Status::Inval)?;
                     changed += n;
-                    self.shadow_stale = true;
+                    if reduces(old, flags.bits()) {
+                        self.note_shadow(old);
+                    }
                     page += size;
                 }
                 Err(_) => page += PAGE_SIZE,

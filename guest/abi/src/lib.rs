@@ -362,6 +362,10 @@ pub mod scenario {
     /// Overflow the boot stack into its guard page: #PF cannot be delivered, #DF runs on its
     /// IST stack and reports.
     pub const DOUBLE_FAULT: u32 = 4;
+    /// Exit 0 as soon as the kernel is up (for boot-time measurements).
+    pub const BOOT: u32 = 5;
+    /// In-guest measurements for `memvisor bench` (records `bench.NAME=CYCLES`).
+    pub const BENCH: u32 = 6;
 }
 
 /// Memory statistics the host writes for `Stats`.

@@ -39,6 +39,22 @@ impl<const N: usize> StaticBlock<N> {
         }))
     }
 
+    /// Write the header (count 1) and `req` as request 0, for blocks the assembly rings itself.
+    pub fn preset(&self, req: Request) {
+        let p = self.0.get();
+        // SAFETY: exclusive use at init time (see the Sync impl).
+        unsafe {
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).reqs[0]), req);
+            core::ptr::write_volatile(
+                core::ptr::addr_of_mut!((*p).head),
+                Batch {
+                    count: 1,
+                    completed: 0,
+                },
+            );
+        }
+    }
+
     /// Run `reqs` (at most N, at most MAX_BATCH) in one exit; results are written back.
     pub fn run(&self, reqs: &mut [Request]) {
         let n = reqs.len().min(N).min(MAX_BATCH as usize);

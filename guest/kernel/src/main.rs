@@ -9,6 +9,7 @@
 #![allow(dead_code)] // some probes and hypercall wrappers serve only later scenarios
 
 
+mod bench;
 mod console;
 mod crash;
 mod demo;
@@ -62,6 +63,11 @@ extern "C" fn kmain(boot_info: *const BootInfo) -> ! {
     idt::init(&info);
     let code = match info.scenario {
         memvisor_abi::scenario::DEMO => user::run(demo::run_user, 0) as u32,
+        memvisor_abi::scenario::BOOT => 0,
+        memvisor_abi::scenario::BENCH => {
+            bench::run_kernel();
+            user::run(bench::run_user, 0) as u32
+        }
         memvisor_abi::scenario::RUNAWAY => crash::runaway(),
         memvisor_abi::scenario::GUEST_PANIC => crash::guest_panic(),
         memvisor_abi::scenario::TRIPLE_FAULT => crash::triple_fault(),

@@ -14,22 +14,79 @@ use memvisor_abi::{Call, Request};
 /// Bit 63 of a probe's return value: the access faulted; bits 0–31 hold the error code.
 pub const FAULTED: u64 = 1 << 63;
 
+// Probes live in 16-byte slots of `probe_block`: the faulting instruction is 3 bytes at the
+// start of its slot and is followed by `ret`, so the #PF fast path resumes a faulting probe at
+// rip + 3 with rax = FAULTED | error code, without leaving assembly. The extable entries
+// serve the slow (Rust) path too.
 core::arch::global_asm!(
+    ".balign 64",
+    ".global probe_block",
+    "probe_block:",
     ".global probe_read_u8",
     "probe_read_u8:",
-    "    xor eax, eax",
     "1:  movzx edx, byte ptr [rdi]",
     "2:  ret",
+    ".balign 16",
     ".global probe_write_u8",
     "probe_write_u8:",
-    "    xor eax, eax",
     "3:  mov byte ptr [rdi], sil",
     "4:  ret",
+    ".balign 16",
+    "probe_block_end:",
     ".pushsection .extable, \"a\"",
     ".balign 8",
     "    .quad 1b, 2b",
     "    .quad 3b, 4b",
     ".popsection",
+    // The #PF entry. Stack: [rsp] = error code, [rsp+8] = rip, then cs, rflags, rsp, ss.
+    ".global pf_fast_entry",
+    "pf_fast_entry:",
+    "    push rax",
+    "    push rdx",
+    "    mov rax, [rsp + 24]",
+    "    lea rdx, [rip + probe_block]",
+    "    sub rax, rdx",
+    "    cmp rax, 64",
+    "    jae 5f",
+    // A probe faulted: resume after its 3-byte instruction.
+    "    add qword ptr [rsp + 24], 3",
+    "    mov rdx, cr2",
+    "    mov [rip + {last_cr2}], rdx",
+    "    mov rax, [rsp + 16]",
+    "    bts rax, 63",
+    "    mov [rsp + 8], rax",
+    "    pop rdx",
+    "    pop rax",
+    "    add rsp, 8",
+    "    iretq",
+    // Not present: ask the host to back a lazy page (pre-built LazyFault request).
+    "5:  test byte ptr [rsp + 16], 1",
+    "    jnz 6f",
+    "    mov rax, cr2",
+    "    mov [rip + {blk} + 16], rax",
+    "    mov rax, [rsp + 16]",
+    "    mov [rip + {blk} + 24], rax",
+    "    mov rax, [rsp + 24]",
+    "    mov [rip + {blk} + 32], rax",
+    "    lea rax, [rip + {blk}]",
+    "    add eax, 0x80000000",
+    "    mov dx, {port}",
+    "    out dx, eax",
+    "    cmp dword ptr [rip + {blk} + 56], 0",
+    "    jne 6f",
+    "    lock inc qword ptr [rip + {lazy}]",
+    "    pop rdx",
+    "    pop rax",
+    "    add rsp, 8",
+    "    iretq",
+    // Everything else: the Rust handler.
+    "6:  pop rdx",
+    "    pop rax",
+    "    jmp isr_stub_14",
+    last_cr2 = sym LAST_CR2,
+    blk = sym PF_LAZY_BLOCK,
+    lazy = sym LAZY_FAULTS,
+    port = const memvisor_abi::PORT_HYPERCALL,
 );
 
 extern "C" {
@@ -37,6 +94,17 @@ extern "C" {
     fn probe_write_u8(addr: u64, val: u8) -> u64;
     static __extable_start: [u64; 0];
     static __extable_end: [u64; 0];
+}
+
+/// The pre-built LazyFault request the #PF fast path sends (offsets used by the assembly:
+/// args at +16, status at +56; the kernel image maps GVA = GPA + KERNEL_VIRT_OFFSET, so the
+/// block's GPA is its GVA's low 32 bits + 0x8000_0000).
+#[no_mangle]
+static PF_LAZY_BLOCK: crate::hc::StaticBlock<1> = crate::hc::StaticBlock::new();
+
+/// Prepare the fast path's request block (count 1, call LazyFault).
+pub fn init() {
+    PF_LAZY_BLOCK.preset(Request::new(Call::LazyFault, [0; 5]));
 }
 
 /// Outcome of a probe.
@@ -48,6 +116,7 @@ pub enum Probe {
     Fault { error_code: u64, cr2: u64 },
 }
 
+#[no_mangle]
 static LAST_CR2: AtomicU64 = AtomicU64::new(0);
 static LAST_RIP: AtomicU64 = AtomicU64::new(0);
 
@@ -104,7 +173,8 @@ fn extable_fixup(rip: u64) -> Option<u64> {
 /// A scenario's #PF hook: returns true if it handled the fault (the access is retried).
 pub type Hook = fn(&mut TrapFrame, u64) -> bool;
 static HOOK: AtomicUsize = AtomicUsize::new(0);
-/// Demand-paging faults served by the host.
+/// Demand-paging faults served by the host (counted by the fast path).
+#[no_mangle]
 pub static LAZY_FAULTS: AtomicU64 = AtomicU64::new(0);
 
 /// Install (or with `None` remove) the #PF hook.
@@ -115,16 +185,7 @@ pub fn set_hook(h: Option<Hook>) {
 pub fn page_fault(f: &mut TrapFrame) {
     let cr2 = x86_64::registers::control::Cr2::read_raw();
     let err = f.error_code;
-    if err & 1 == 0 {
-        // Not present: maybe a lazy page the host backs on demand.
-        let mut r = [Request::new(Call::LazyFault, [cr2, err, f.rip, 0, 0])];
-        crate::hc::batch_in_fault(&mut r);
-        if r[0].status == 0 {
-            x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(cr2));
-            LAZY_FAULTS.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    }
+    // The fast path (pf_fast_entry) already asked the host about not-present faults.
     if let Some(fix) = extable_fixup(f.rip) {
         LAST_CR2.store(cr2, Ordering::Relaxed);
         LAST_RIP.store(f.rip, Ordering::Relaxed);

@@ -1,0 +1,134 @@
+//! In-guest measurements for `memvisor bench` (rdtsc; the host converts cycles to ns with the
+//! TSC frequency). Each figure is sent as a `bench.NAME=CYCLES` record: the median over
+//! batches of the mean cycles per operation. Figures and their peers are measured in the same
+//! run; the host computes the ratios.
+
+use crate::probe::{self, Probe};
+use crate::{boot, hc, println};
+use core::fmt::Write;
+use memvisor_abi::{flags, map, prot, zone, Call};
+
+const PAGE: u64 = 4096;
+
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no side effects (CR4.TSD is clear, so ring 3 may use it).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+fn quick() -> bool {
+    boot().flags & flags::QUICK != 0
+}
+
+/// Median over `batches` of the mean cycles of `per_batch` calls of `op`.
+fn measure(batches: usize, per_batch: u64, mut op: impl FnMut()) -> u64 {
+    let mut v = [0u64; 32];
+    let n = batches.min(v.len());
+    for slot in v.iter_mut().take(n) {
+        let t0 = rdtsc();
+        for _ in 0..per_batch {
+            op();
+        }
+        *slot = (rdtsc() - t0) / per_batch.max(1);
+    }
+    let s = &mut v[..n];
+    s.sort_unstable();
+    s[n / 2]
+}
+
+fn record(name: &str, value: u64) {
+    let mut line = crate::console::Line::new();
+    let _ = write!(line, "bench.{}={}", name, value);
+    hc::record(line.as_str());
+}
+
+/// Ring-3 entry point.
+pub extern "C" fn run_user(_: u64) -> u64 {
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            println!("bench failed: {}", e);
+            1
+        }
+    }
+}
+
+fn run() -> Result<(), &'static str> {
+    let (batches, per) = if quick() { (3, 20) } else { (15, 200) };
+    let rw = prot::READ | prot::WRITE | prot::USER;
+
+    // Exit floor and hypercall round trip from ring 3.
+    let null_gva = memvisor_abi::DOORBELL_GVA + 8;
+    record(
+        "r3_bare_exit",
+        measure(batches, per, || {
+            // SAFETY: a write to the doorbell page at a non-doorbell offset: an MMIO exit the
+            // VMM counts and ignores.
+            unsafe { core::ptr::write_volatile(null_gva as *mut u64, 0) };
+        }),
+    );
+    record(
+        "r3_null_hypercall",
+        measure(batches, per, || {
+            let _ = hc::call(Call::Nop, [0; 5]);
+        }),
+    );
+
+    // A #PF the guest handles alone: a write to a read-only page, resumed by the exception
+    // table (no hypercall).
+    let ro = hc::mmap(PAGE, prot::READ | prot::USER, zone::ANY, map::POPULATE).map_err(|_| "mmap ro")?;
+    record(
+        "r3_guest_pf",
+        measure(batches, per, || {
+            // SAFETY: the write faults (read-only page) and the probe resumes; nothing is written.
+            let r = unsafe { probe::write(ro, 0) };
+            debug_assert!(matches!(r, Probe::Fault { .. }));
+        }),
+    );
+    hc::munmap(ro, PAGE).map_err(|_| "munmap ro")?;
+
+    // Demand paging: each first touch of a lazy page takes #PF -> hypercall -> host maps.
+    let pages = if quick() { 64 } else { 1024 };
+    let lazy = hc::mmap(pages * PAGE, rw, zone::ANY, map::LAZY).map_err(|_| "mmap lazy")?;
+    let t0 = rdtsc();
+    for i in 0..pages {
+        // SAFETY: inside our lazy region; the #PF handler has the host back the page.
+        unsafe { core::ptr::write_volatile((lazy + i * PAGE) as *mut u8, 1) };
+    }
+    record("r3_demand_fault", (rdtsc() - t0) / pages);
+    hc::munmap(lazy, pages * PAGE).map_err(|_| "munmap lazy")?;
+
+    // mmap throughput: populate + munmap of 1, 16 and 512 pages per call (cycles per page).
+    for n in [1u64, 16, 512] {
+        let reps = if quick() { 2 } else { if n == 512 { 8 } else { 64 } };
+        let t0 = rdtsc();
+        for _ in 0..reps {
+            let va = hc::mmap(n * PAGE, rw, zone::ANY, map::POPULATE).map_err(|_| "mmap n")?;
+            hc::munmap(va, n * PAGE).map_err(|_| "munmap n")?;
+        }
+        let mut name = crate::console::Line::new();
+        let _ = write!(name, "r3_mmap_munmap_{}p_per_page", n);
+        record(name.as_str(), (rdtsc() - t0) / (reps * n));
+    }
+    Ok(())
+}
+
+/// Ring-0 figures (CPL 0 is emulated on PVM hosts): bare port-IO exit and null hypercall.
+pub fn run_kernel() {
+    let (batches, per) = if quick() { (3, 10) } else { (9, 50) };
+    record(
+        "r0_bare_exit",
+        measure(batches, per, || {
+            // SAFETY: an `out` to the null port: the VMM counts it and resumes.
+            unsafe {
+                core::arch::asm!("out dx, al", in("dx") memvisor_abi::PORT_NULL, in("al") 0u8,
+                    options(nomem, nostack, preserves_flags))
+            };
+        }),
+    );
+    record(
+        "r0_null_hypercall",
+        measure(batches, per, || {
+            let _ = hc::call(Call::Nop, [0; 5]);
+        }),
+    );
+}

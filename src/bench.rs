@@ -1,0 +1,359 @@
+//! `memvisor bench`: one process, one guest, a table of figures each beside a peer measured in
+//! the same run, and their ratio.
+//!
+//! Guest figures come from the `bench` scenario (rdtsc in the guest, converted to ns with the
+//! TSC frequency KVM reports); host figures are timed here with `Instant` over many
+//! repetitions (median of batches). Targets are read from the table, never asserted by a
+//! timed test.
+
+use crate::addr::{Gpa, Gva, Pfn};
+use crate::frames::BitmapAllocator;
+use crate::paging::{map_direct, FramePool, PageSize, PageTables, PteFlags};
+use crate::report::Report;
+use crate::vmm::{self, VmConfig, VmmError};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+/// One figure of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// Figure name.
+    pub name: String,
+    /// Its value.
+    pub value: f64,
+    /// Unit of `value` and `peer_value`.
+    pub unit: &'static str,
+    /// The peer measured in the same run.
+    pub peer: String,
+    /// The peer's value.
+    pub peer_value: f64,
+    /// value / peer_value.
+    pub ratio: f64,
+    /// The target, as text (empty if none).
+    pub target: &'static str,
+}
+
+fn fig(name: &str, value: f64, unit: &'static str, peer: &str, peer_value: f64, target: &'static str) -> Figure {
+    Figure {
+        name: name.into(),
+        value,
+        unit,
+        peer: peer.into(),
+        peer_value,
+        ratio: if peer_value != 0.0 { value / peer_value } else { f64::NAN },
+        target,
+    }
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// CPU model (from /proc/cpuinfo).
+    pub cpu: String,
+    /// `pvm` (KVM with the PVM backend) or `vmx/svm` or `unknown`.
+    pub kvm_backend: String,
+    /// TSC frequency used for guest figures, kHz.
+    pub tsc_khz: u64,
+    /// Quick mode (few iterations).
+    pub quick: bool,
+    /// The figures.
+    pub figures: Vec<Figure>,
+}
+
+/// Median over `batches` of the mean duration of `per` calls of `f`, in ns.
+fn median_ns(batches: usize, per: u32, mut f: impl FnMut()) -> f64 {
+    let mut v: Vec<f64> = (0..batches.max(1))
+        .map(|_| {
+            let t0 = Instant::now();
+            for _ in 0..per {
+                f();
+            }
+            t0.elapsed().as_nanos() as f64 / per.max(1) as f64
+        })
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn kvm_backend() -> String {
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        "pvm".into()
+    } else if std::path::Path::new("/sys/module/kvm_intel").exists()
+        || std::path::Path::new("/sys/module/kvm_amd").exists()
+    {
+        "vmx/svm".into()
+    } else {
+        "unknown".into()
+    }
+}
+
+/// Host Linux minor fault: first touch of fresh anonymous pages in this process, ns per page.
+fn host_minor_fault_ns(pages: usize) -> f64 {
+    let len = pages * 4096;
+    // SAFETY: a private anonymous mapping we own and unmap below; no other reference to it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return f64::NAN;
+    }
+    let t0 = Instant::now();
+    for i in 0..pages {
+        // SAFETY: inside the mapping.
+        unsafe { std::ptr::write_volatile((p as *mut u8).add(i * 4096), 1) };
+    }
+    let ns = t0.elapsed().as_nanos() as f64 / pages as f64;
+    // SAFETY: unmapping exactly what we mapped.
+    unsafe { libc::munmap(p, len) };
+    ns
+}
+
+/// Page-table build figures: ns per entry for a direct map of `bytes` with `size` pages, and
+/// memset of the same number of PTE bytes.
+fn pt_build(bytes: u64, size: PageSize, reps: usize) -> (f64, f64) {
+    let entries = bytes / size.bytes();
+    let tables = (entries / 512 + 8) as usize;
+    let mem_bytes = (tables + 16) * 4096;
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_bytes)]) else {
+        return (f64::NAN, f64::NAN);
+    };
+    let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::NO_EXECUTE;
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let Ok(mut pool) = FramePool::new(Pfn(1), (mem_bytes / 4096 - 1) as u64) else {
+            return (f64::NAN, f64::NAN);
+        };
+        let Ok(mut pt) = PageTables::new(&mem, &mut pool) else {
+            return (f64::NAN, f64::NAN);
+        };
+        // Map GPAs above the table memory (a writable mapping over table frames is refused).
+        let base = Gpa(1 << 40);
+        let t0 = Instant::now();
+        let ok = match size {
+            PageSize::Size4K => pt
+                .map_range(&mem, &mut pool, Gva(0xffff_8880_0000_0000), base, bytes, size, flags)
+                .is_ok(),
+            _ => map_direct(
+                &mut pt,
+                &mem,
+                &mut pool,
+                Gva(0xffff_8880_0000_0000),
+                &[(base, bytes)],
+                false,
+                flags,
+            )
+            .is_ok(),
+        };
+        let dt = t0.elapsed();
+        if !ok {
+            return (f64::NAN, f64::NAN);
+        }
+        times.push(dt.as_nanos() as f64 / entries as f64);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let mut buf = vec![0xffu8; (entries * 8) as usize];
+    let memset = median_ns(reps.max(3), 1, || {
+        buf.fill(0);
+        std::hint::black_box(&buf);
+    }) / entries as f64;
+    (times[times.len() / 2], memset)
+}
+
+/// Single-frame alloc+free pair on our bitmap allocator and on buddy_system_allocator's
+/// FrameAllocator, 1 GiB of frames (ns per pair).
+fn frames_pair() -> (f64, f64) {
+    let frames = (1u64 << 30) / 4096;
+    let mut ours = BitmapAllocator::new(Pfn(0), frames);
+    let a = median_ns(9, 100_000, || {
+        if let Ok(p) = ours.alloc() {
+            let _ = ours.free(p, 1);
+        }
+    });
+    let mut buddy = buddy_system_allocator::FrameAllocator::<32>::new();
+    buddy.add_frame(0, frames as usize);
+    let b = median_ns(9, 100_000, || {
+        if let Some(p) = buddy.alloc(1) {
+            buddy.dealloc(p, 1);
+        }
+    });
+    (a, b)
+}
+
+fn guest_config(quick: bool) -> VmConfig {
+    VmConfig {
+        mem_bytes: 256 << 20,
+        kernel: crate::guest_image::GUEST_ELF.to_vec(),
+        scenario: memvisor_abi::scenario::BENCH,
+        scenario_name: "bench".into(),
+        flags: if quick { memvisor_abi::flags::QUICK } else { 0 },
+        arg: [0; 4],
+        timeout: Duration::from_secs(300),
+        zone_preset: crate::frames::ZonePreset::X86_64,
+        echo_console: false,
+    }
+}
+
+fn rec(r: &Report, name: &str, tsc_khz: u64) -> f64 {
+    r.records
+        .get(&format!("bench.{name}"))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|cycles| cycles * 1e6 / tsc_khz.max(1) as f64)
+        .unwrap_or(f64::NAN)
+}
+
+/// Errors of the bench command.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The VMM could not run the guest.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// The guest did not finish its measurements.
+    #[error("the bench scenario failed: {0}")]
+    Guest(String),
+}
+
+/// Run everything.
+///
+/// # Errors
+/// [`BenchError`] when the guest cannot run or fails.
+pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
+    let cfg = guest_config(quick);
+    let r = vmm::run(&cfg)?;
+    if !r.success() {
+        return Err(BenchError::Guest(r.message.clone().unwrap_or_else(|| r.outcome.to_string())));
+    }
+    let khz = r.tsc_khz;
+    let g = |n: &str| rec(&r, n, khz);
+    let mut f = Vec::new();
+    let r3_exit = g("r3_bare_exit");
+    let r0_exit = g("r0_bare_exit");
+    f.push(fig("null_hypercall_ring3", g("r3_null_hypercall"), "ns", "bare_exit_ring3 (MMIO write the VMM ignores)", r3_exit, "<= 1.10"));
+    f.push(fig("null_hypercall_ring0", g("r0_null_hypercall"), "ns", "bare_exit_ring0 (out to the null port)", r0_exit, "<= 1.10"));
+    f.push(fig("guest_handled_pf_ring3", g("r3_guest_pf"), "ns", "bare_exit_ring3", r3_exit, ""));
+    f.push(fig("demand_paging_fault_ring3", g("r3_demand_fault"), "ns", "bare_exit_ring3", r3_exit, "<= 1.5"));
+    let minor = host_minor_fault_ns(if quick { 256 } else { 4096 });
+    f.push(fig("host_linux_minor_fault", minor, "ns", "bare_exit_ring3", r3_exit, "for scale"));
+    let per_page = |n: &str| {
+        let ns = g(n);
+        if ns > 0.0 { 1e9 / ns } else { f64::NAN }
+    };
+    let one = per_page("r3_mmap_munmap_1p_per_page");
+    for n in [1, 16, 512] {
+        f.push(fig(
+            &format!("mmap_munmap_{n}_pages_per_call"),
+            per_page(&format!("r3_mmap_munmap_{n}p_per_page")),
+            "pages/s",
+            "mmap_munmap_1_pages_per_call",
+            one,
+            "grows with batch size",
+        ));
+    }
+    let reps = if quick { 3 } else { 9 };
+    let (pt2m, ms2m) = pt_build(64 << 30, PageSize::Size2M, reps);
+    f.push(fig("pt_build_64GiB_direct_map_2M", pt2m, "ns/entry", "memset of the same PTE bytes", ms2m, "total <= 1 ms"));
+    let (pt4k, ms4k) = pt_build(1 << 30, PageSize::Size4K, reps);
+    f.push(fig("pt_build_1GiB_4K", pt4k, "ns/entry", "memset of the same PTE bytes", ms4k, "<= 2.0"));
+    f.push(fig(
+        "pt_build_64GiB_direct_map_2M_total",
+        pt2m * 32768.0 / 1000.0,
+        "us",
+        "memset of the same PTE bytes",
+        ms2m * 32768.0 / 1000.0,
+        "<= 1000 us",
+    ));
+    let boot = boot_figures(if quick { 3 } else { 15 })?;
+    f.push(fig("vmm_start_to_first_guest_instruction_256MiB", boot.0, "us", "kvm_memslot_registration_256MiB", boot.1, "<= 5000 us"));
+    let (slot_gib, setup_gib) = memslot_per_gib(quick)?;
+    f.push(fig("kvm_memslot_registration_per_GiB", slot_gib, "us", "vmm_setup_per_GiB (4 GiB guest)", setup_gib, ""));
+    let (ours, buddy) = frames_pair();
+    f.push(fig("frames_single_alloc_free_pair_1GiB", ours, "ns", "buddy_system_allocator::FrameAllocator", buddy, "<= 25 ns, ratio <= 0.33"));
+    Ok(BenchResult {
+        cpu: cpu_model(),
+        kvm_backend: kvm_backend(),
+        tsc_khz: khz,
+        quick,
+        figures: f,
+    })
+}
+
+/// Median VMM start → first guest instruction (µs) and memslot registration (µs), 256 MiB.
+fn boot_figures(runs: usize) -> Result<(f64, f64), BenchError> {
+    let mut cfg = guest_config(true);
+    cfg.scenario = memvisor_abi::scenario::BOOT;
+    cfg.scenario_name = "boot".into();
+    let mut first = Vec::new();
+    let mut slots = Vec::new();
+    for _ in 0..runs {
+        let r = vmm::run(&cfg)?;
+        first.push(r.timings.first_guest_instruction_us.unwrap_or(0) as f64);
+        slots.push(r.timings.memslot_us as f64);
+    }
+    first.sort_by(|a, b| a.total_cmp(b));
+    slots.sort_by(|a, b| a.total_cmp(b));
+    Ok((first[first.len() / 2], slots[slots.len() / 2]))
+}
+
+/// KVM memslot registration per GiB vs the VMM's whole setup per GiB, for a 4 GiB guest.
+fn memslot_per_gib(quick: bool) -> Result<(f64, f64), BenchError> {
+    let mut cfg = guest_config(true);
+    cfg.mem_bytes = 4 << 30;
+    cfg.scenario = memvisor_abi::scenario::BOOT;
+    cfg.scenario_name = "boot".into();
+    let runs = if quick { 1 } else { 5 };
+    let mut slot = Vec::new();
+    let mut setup = Vec::new();
+    for _ in 0..runs {
+        let r = vmm::run(&cfg)?;
+        slot.push(r.timings.memslot_us as f64 / 4.0);
+        setup.push(r.timings.setup_us as f64 / 4.0);
+    }
+    slot.sort_by(|a, b| a.total_cmp(b));
+    setup.sort_by(|a, b| a.total_cmp(b));
+    Ok((slot[slot.len() / 2], setup[setup.len() / 2]))
+}
+
+impl BenchResult {
+    /// The table as text (Markdown).
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "machine: {} — KVM backend: {} — TSC {} kHz{}\n",
+            self.cpu,
+            self.kvm_backend,
+            self.tsc_khz,
+            if self.quick { " — QUICK mode (few iterations)" } else { "" }
+        );
+        let _ = writeln!(o, "| figure | value | peer (same run) | peer value | ratio | target |");
+        let _ = writeln!(o, "| --- | ---: | --- | ---: | ---: | --- |");
+        for f in &self.figures {
+            let _ = writeln!(
+                o,
+                "| {} | {:.1} {} | {} | {:.1} {} | {:.2} | {} |",
+                f.name, f.value, f.unit, f.peer, f.peer_value, f.unit, f.ratio, f.target
+            );
+        }
+        o
+    }
+}
