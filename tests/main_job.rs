@@ -36,8 +36,10 @@ fn demo_boots_faults_and_exits_zero() {
     assert_eq!((reported[0].error_code, reported[0].cr2), (0x7, pop + 3 * PAGE + 16));
     // User read after munmap: not present, read, U.
     assert_eq!((reported[1].error_code, reported[1].cr2), (0x4, pop));
-    // Unmapping and reducing rights made the VMM flush KVM's shadow page tables.
-    assert!(r.shadow_flushes >= 4, "{}", r.shadow_flushes);
+    // Reducing rights of a touched page (mprotect RO) and unmapping touched pages (the
+    // populated and the lazy region) made the VMM flush KVM's shadow page tables; unmapping
+    // the never-touched DMA page did not (its PTE has A=0, so no shadow entry can exist).
+    assert_eq!(r.shadow_flushes, 3);
     assert!(reported.iter().all(|f| f.resolved));
     assert_eq!(r.lazy_faults, 8);
 
