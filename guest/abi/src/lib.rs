@@ -366,6 +366,10 @@ pub mod scenario {
     pub const BOOT: u32 = 5;
     /// In-guest measurements for `memvisor bench` (records `bench.NAME=CYCLES`).
     pub const BENCH: u32 = 6;
+    /// A hostile guest: random and crafted hypercalls (`memvisor run --scenario hostile`).
+    pub const HOSTILE: u32 = 7;
+    /// Stage-2 faults: unbacked GPAs, read-only and lazy memslots, slot removal, dirty log.
+    pub const STAGE2: u32 = 8;
 }
 
 /// Memory statistics the host writes for `Stats`.

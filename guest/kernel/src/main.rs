@@ -13,6 +13,7 @@ mod bench;
 mod console;
 mod crash;
 mod demo;
+mod hostile;
 mod hc;
 mod idt;
 mod probe;
@@ -64,6 +65,7 @@ extern "C" fn kmain(boot_info: *const BootInfo) -> ! {
     let code = match info.scenario {
         memvisor_abi::scenario::DEMO => user::run(demo::run_user, 0) as u32,
         memvisor_abi::scenario::BOOT => 0,
+        memvisor_abi::scenario::HOSTILE => user::run(hostile::run_user, 0) as u32,
         memvisor_abi::scenario::BENCH => {
             bench::run_kernel();
             user::run(bench::run_user, 0) as u32
