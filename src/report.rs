@@ -75,6 +75,43 @@ impl Outcome {
     }
 }
 
+/// Upper bounds (µs) of the exit-latency histogram buckets; the last bucket is open.
+pub const LATENCY_BUCKETS_US: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
+/// Host-side handling time of one exit reason: from KVM_RUN's return to the next KVM_RUN.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExitLatencyStats {
+    /// Exits of this reason.
+    pub count: u64,
+    /// Sum of handling times, ns.
+    pub total_ns: u64,
+    /// Largest handling time, ns.
+    pub max_ns: u64,
+    /// Counts per bucket: `< 1 µs`, `< 2 µs`, ... `< 1024 µs`, `>= 1024 µs` (12 buckets).
+    pub histogram: [u64; 12],
+}
+
+/// Exit-handling latency by exit reason.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExitLatency(pub BTreeMap<String, ExitLatencyStats>);
+
+impl ExitLatency {
+    /// Account one exit of `reason` handled in `d`.
+    pub fn record(&mut self, reason: &str, d: std::time::Duration) {
+        let ns = d.as_nanos() as u64;
+        let e = self.0.entry(reason.to_string()).or_default();
+        e.count += 1;
+        e.total_ns += ns;
+        e.max_ns = e.max_ns.max(ns);
+        let us = ns / 1000;
+        let b = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&ub| us < ub)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        e.histogram[b] += 1;
+    }
+}
+
 /// A stage-2 fault: an access to a GPA with no memslot (KVM_EXIT_MMIO).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Stage2Fault {
@@ -245,6 +282,10 @@ pub struct Report {
     pub stage2_total: u64,
     /// Exits by reason.
     pub exits: BTreeMap<String, u64>,
+    /// Host handling time of exits by reason (count, total, max, histogram).
+    pub exit_latency: ExitLatency,
+    /// Faults by kind (`lazy`, `reported`) and vector, e.g. `lazy/14`.
+    pub faults_by_kind: BTreeMap<String, u64>,
     /// Hypercalls by call.
     pub hypercalls: BTreeMap<&'static str, CallStats>,
     /// Hypercall results by status.
@@ -290,6 +331,7 @@ impl Report {
         registers: Option<Registers>,
         timings: Timings,
         tsc_khz: u64,
+        exit_latency: ExitLatency,
     ) -> Report {
         let e820 = space
             .ram
@@ -369,6 +411,8 @@ impl Report {
             stage2,
             stage2_total,
             exits,
+            exit_latency,
+            faults_by_kind: space.counters.by_kind.clone(),
             hypercalls: hc.by_call,
             hypercall_status: hc.by_status,
             bad_blocks: hc.bad_blocks,
@@ -496,9 +540,22 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(o, "-- exits by reason");
+        let _ = writeln!(o, "-- exits by reason (count; host handling mean / max µs; histogram <1 <2 <4 .. <1024 >=1024 µs)");
         for (k, v) in &self.exits {
-            let _ = writeln!(o, "  {k:<22} {v}");
+            match self.exit_latency.0.get(k) {
+                Some(l) if l.count > 0 => {
+                    let _ = writeln!(
+                        o,
+                        "  {k:<22} {v:>8}  {:>8.2} / {:>8.2}  {:?}",
+                        l.total_ns as f64 / l.count as f64 / 1000.0,
+                        l.max_ns as f64 / 1000.0,
+                        l.histogram
+                    );
+                }
+                _ => {
+                    let _ = writeln!(o, "  {k:<22} {v:>8}");
+                }
+            }
         }
         let _ = writeln!(o, "-- hypercalls (count / errors / mean host µs)");
         for (k, v) in &self.hypercalls {

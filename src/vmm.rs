@@ -154,6 +154,8 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
     let mut exits: BTreeMap<String, u64> = BTreeMap::new();
     let mut stage2: Vec<Stage2Fault> = Vec::new();
     let mut stage2_total = 0u64;
+    let mut latency = crate::report::ExitLatency::default();
+    let mut last_exit: Option<(String, Instant)> = None;
     let t_run = Instant::now();
     let mut first_entry_us = None;
     let mut first_guest_us = None;
@@ -164,10 +166,15 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
         if timed_out.load(Ordering::SeqCst) {
             break Outcome::Timeout;
         }
-        let t_exit = Instant::now();
+        if let Some((reason, t)) = last_exit.take() {
+            latency.record(&reason, t.elapsed());
+        }
         let exit = vcpu.run();
-        log::trace!("KVM_RUN returned after {:?}", t_exit.elapsed());
-        let mut bump = |name: &str| *exits.entry(name.to_string()).or_default() += 1;
+        let t_ret = Instant::now();
+        let mut bump = |name: &str| {
+            *exits.entry(name.to_string()).or_default() += 1;
+            last_exit = Some((name.to_string(), t_ret));
+        };
         let mut mmio: Option<(u64, u32, bool, u64)> = None;
         match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
@@ -297,5 +304,6 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
             total_us: t_start.elapsed().as_micros() as u64,
         },
         tsc_khz,
+        latency,
     ))
 }

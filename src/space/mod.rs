@@ -117,8 +117,10 @@ pub struct FaultRecord {
 }
 
 /// Counters of the address space.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SpaceCounters {
+    /// Faults by kind and vector (`lazy/14`, `reported/14`, `reported/8`, ...).
+    pub by_kind: BTreeMap<String, u64>,
     /// Data frames currently mapped for mmap regions.
     pub mapped_frames: u64,
     /// Lazy faults served.
@@ -367,6 +369,11 @@ impl AddressSpace {
     /// Append to the fault log (bounded) and count.
     pub fn log_fault(&mut self, rec: FaultRecord) {
         self.counters.faults += 1;
+        *self
+            .counters
+            .by_kind
+            .entry(format!("{}/{}", rec.kind, rec.vector))
+            .or_default() += 1;
         if self.faults.len() < FAULT_LOG_MAX {
             self.faults.push(rec);
         }
