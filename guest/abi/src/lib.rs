@@ -85,6 +85,9 @@ pub enum Call {
     /// `args[0]` = GVA of a UTF-8 line of scenario output, `args[1]` = length: a `key=value`
     /// line the host parses into the report (e.g. `heap.events=123`).
     Record = 11,
+    /// Stage-2 test control (the `stage2` scenario): `args[0]` = a [`stage2`] op,
+    /// `args[1]` = its operand. `value` = op-specific result.
+    Stage2 = 12,
 }
 
 impl Call {
@@ -103,6 +106,7 @@ impl Call {
             9 => Call::LazyFault,
             10 => Call::Panic,
             11 => Call::Record,
+            12 => Call::Stage2,
             _ => return None,
         })
     }
@@ -122,6 +126,7 @@ impl Call {
             Call::LazyFault => "lazy_fault",
             Call::Panic => "panic",
             Call::Record => "record",
+            Call::Stage2 => "stage2",
         }
     }
 }
@@ -349,6 +354,38 @@ pub mod flags {
     pub const QUICK: u32 = 2;
 }
 
+/// The `stage2` scenario's guest-physical test layout and control ops ([`Call::Stage2`]).
+///
+/// Four 64 KiB regions above RAM at 1 TiB, mapped by the host at `GVA_BASE + (gpa - GPA_BASE)`
+/// (US, RW, NX) whatever is (or is not) behind them.
+pub mod stage2 {
+    /// First GPA of the test regions (1 TiB).
+    pub const GPA_BASE: u64 = 1 << 40;
+    /// GVA where `GPA_BASE` is mapped.
+    pub const GVA_BASE: u64 = 0x0000_3000_0000_0000;
+    /// Bytes in each region.
+    pub const REGION: u64 = 64 << 10;
+    /// No memslot: every access exits as KVM_EXIT_MMIO.
+    pub const UNBACKED: u64 = GPA_BASE;
+    /// A KVM_MEM_READONLY memslot filled by the host with byte `i & 0xff` at offset `i`.
+    pub const READONLY: u64 = GPA_BASE + (1 << 20);
+    /// Declared lazy: the first access to a page makes the host add a memslot for it.
+    pub const LAZY: u64 = GPA_BASE + (2 << 20);
+    /// A memslot the guest can have removed and added back (op REMOVE / ADD).
+    pub const REMOVABLE: u64 = GPA_BASE + (3 << 20);
+    /// Op: remove the REMOVABLE slot (its contents are kept by the host).
+    pub const OP_REMOVE: u64 = 0;
+    /// Op: add the REMOVABLE slot back.
+    pub const OP_ADD: u64 = 1;
+    /// Op: start dirty logging on guest RAM (clears the log).
+    pub const OP_DIRTY_START: u64 = 2;
+    /// Op: read (and clear) the dirty log; the host records it in its report. `value` = number
+    /// of dirty pages.
+    pub const OP_DIRTY_READ: u64 = 3;
+    /// Op: is KVM_MEM_READONLY supported? `value` = 1 or 0.
+    pub const OP_READONLY_SUPPORTED: u64 = 4;
+}
+
 /// Scenario numbers for [`BootInfo::scenario`].
 pub mod scenario {
     /// The main demonstration.
@@ -429,7 +466,7 @@ mod tests {
                 assert_eq!(c as u32, nr);
             }
         }
-        assert_eq!(Call::from_u32(12), None);
+        assert_eq!(Call::from_u32(13), None);
         for v in -8..=0 {
             assert_eq!(Status::from_i32(v).map(|s| s as i32), Some(v));
         }
