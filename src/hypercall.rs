@@ -13,6 +13,20 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
 
+/// Calls served by the VMM rather than the address space (they need the VM: memslots, dirty
+/// log). The default answers `NoSys`.
+pub trait VmmCalls {
+    /// [`Call::Stage2`] with `op` and its operand.
+    fn stage2(&mut self, space: &mut AddressSpace, op: u64, arg: u64) -> Result<u64, Status> {
+        let _ = (space, op, arg);
+        Err(Status::NoSys)
+    }
+}
+
+/// No VMM-served calls.
+pub struct NoVmmCalls;
+impl VmmCalls for NoVmmCalls {}
+
 /// What the vCPU loop does after a block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {
@@ -57,6 +71,11 @@ pub struct Hypercalls {
 impl Hypercalls {
     /// Serve the block whose GPA the guest wrote to the hypercall port.
     pub fn handle(&mut self, space: &mut AddressSpace, gpa: u64) -> Flow {
+        self.handle_with(space, gpa, &mut NoVmmCalls)
+    }
+
+    /// [`Self::handle`], with `vmm` serving the calls that need the VM.
+    pub fn handle_with(&mut self, space: &mut AddressSpace, gpa: u64, vmm: &mut dyn VmmCalls) -> Flow {
         let Some(count) = self.check_block(space, gpa) else {
             self.bad_blocks += 1;
             return Flow::Continue;
@@ -71,7 +90,7 @@ impl Hypercalls {
             };
             let t0 = Instant::now();
             let (result, next) = if flow == Flow::Continue {
-                self.one(space, &req)
+                self.one(space, &req, vmm)
             } else {
                 (Err(Status::Skipped), None)
             };
@@ -127,7 +146,12 @@ impl Hypercalls {
     }
 
     /// Run one request: its result and, for exit/panic, the flow change.
-    fn one(&mut self, space: &mut AddressSpace, r: &Request) -> (Result<u64, Status>, Option<Flow>) {
+    fn one(
+        &mut self,
+        space: &mut AddressSpace,
+        r: &Request,
+        vmm: &mut dyn VmmCalls,
+    ) -> (Result<u64, Status>, Option<Flow>) {
         let a = r.args;
         if r.reserved != 0 {
             return (Err(Status::Inval), None);
@@ -160,6 +184,7 @@ impl Hypercalls {
                 let msg = read_text(space, a[0], a[1]).unwrap_or_else(|_| "<unreadable>".into());
                 (Ok(0), Some(Flow::Panic(msg)))
             }
+            Call::Stage2 => (vmm.stage2(space, a[0], a[1]), None),
             Call::Record => match read_text(space, a[0], a[1]) {
                 Ok(line) => {
                     let (k, v) = line.split_once('=').unwrap_or((line.as_str(), ""));
