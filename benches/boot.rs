@@ -19,6 +19,7 @@ fn config() -> VmConfig {
         timeout: Duration::from_secs(30),
         zone_preset: ZonePreset::X86_64,
         echo_console: false,
+        check_invariants: false,
     }
 }
 

@@ -211,6 +211,7 @@ fn guest_config(quick: bool) -> VmConfig {
         timeout: Duration::from_secs(300),
         zone_preset: crate::frames::ZonePreset::X86_64,
         echo_console: false,
+        check_invariants: false,
     }
 }
 

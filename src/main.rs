@@ -205,6 +205,7 @@ fn run(a: RunArgs) -> ExitCode {
             Zones::Legacy => ZonePreset::Legacy,
         },
         echo_console: true,
+        check_invariants: scenario_nr == memvisor_abi::scenario::HOSTILE,
     };
     set_json_mode(a.json);
     let report: Report = match vmm::run(&cfg) {

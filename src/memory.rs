@@ -11,7 +11,13 @@ use kvm_ioctls::VmFd;
 use memvisor_abi::{E820Entry, E820_RAM, E820_RESERVED};
 use serde::Serialize;
 use thiserror::Error;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+/// Guest memory with vm-memory's dirty bitmap: every host write through vm-memory marks its
+/// 4 KiB page, so dirty logging can merge the VMM's own writes with KVM's log (as Firecracker
+/// does).
+pub type GuestMem = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 
 /// Errors of this module.
 #[derive(Debug, Error)]
@@ -40,6 +46,40 @@ pub enum MemoryError {
         bytes: u64,
         /// vm-memory's error.
         source: vm_memory::mmap::FromRangesError,
+    },
+    /// A new memslot would overlap an existing one.
+    #[error("memslot at GPA {gpa:#x} (+{size:#x} bytes) overlaps slot {other} at GPA {other_gpa:#x} (+{other_size:#x})")]
+    Overlap {
+        /// First GPA of the new slot.
+        gpa: u64,
+        /// Its size in bytes.
+        size: u64,
+        /// The slot it overlaps.
+        other: u32,
+        /// That slot's first GPA.
+        other_gpa: u64,
+        /// That slot's size.
+        other_size: u64,
+    },
+    /// More memslots than KVM allows (KVM_CAP_NR_MEMSLOTS).
+    #[error("too many memslots: KVM allows {limit} (KVM_CAP_NR_MEMSLOTS)")]
+    TooManySlots {
+        /// The limit.
+        limit: usize,
+    },
+    /// A memslot that is not registered.
+    #[error("memslot {slot} is not registered")]
+    NoSuchSlot {
+        /// The slot number.
+        slot: u32,
+    },
+    /// A zero-sized or misaligned memslot.
+    #[error("memslot at GPA {gpa:#x} (+{size:#x} bytes) is empty or not 4 KiB aligned")]
+    BadSlot {
+        /// First GPA.
+        gpa: u64,
+        /// Size in bytes.
+        size: u64,
     },
     /// KVM refused a memslot.
     #[error("KVM_SET_USER_MEMORY_REGION slot {slot} (gpa {gpa:#x}, {size} bytes) failed: {source}")]
@@ -103,7 +143,7 @@ pub struct Memslot {
 /// Guest RAM and its map.
 pub struct GuestRam {
     /// The backing memory (one region per RAM range).
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestMem,
     /// RAM ranges `(first GPA, bytes)`, ascending.
     pub ram: Vec<(u64, u64)>,
     /// The e820 map given to the guest.
@@ -168,7 +208,7 @@ impl GuestRam {
             .iter()
             .map(|&(a, s)| (GuestAddress(a), s as usize))
             .collect();
-        let mem = GuestMemoryMmap::from_ranges(&ranges)
+        let mem = GuestMem::from_ranges(&ranges)
             .map_err(|source| MemoryError::Mmap { bytes, source })?;
         Ok(GuestRam {
             e820: e820_for(&ram),
@@ -227,6 +267,142 @@ impl GuestRam {
     }
 }
 
+/// The VM's memslots: every slot the VMM registers goes through here, which refuses overlaps
+/// and more slots than KVM allows before asking KVM (KVM API doc §4.35).
+#[derive(Debug)]
+pub struct Memslots {
+    slots: std::collections::BTreeMap<u32, (Memslot, u64)>,
+    limit: usize,
+}
+
+impl Memslots {
+    /// A registry allowing `limit` slots (KVM_CAP_NR_MEMSLOTS).
+    pub fn new(limit: usize) -> Self {
+        Memslots {
+            slots: Default::default(),
+            limit,
+        }
+    }
+
+    /// Registered slots, by number.
+    pub fn slots(&self) -> impl Iterator<Item = &Memslot> {
+        self.slots.values().map(|(m, _)| m)
+    }
+
+    /// Check that a slot `[gpa, gpa + size)` can be added (no overlap, under the limit).
+    ///
+    /// # Errors
+    /// [`MemoryError::BadSlot`], [`MemoryError::Overlap`] or [`MemoryError::TooManySlots`].
+    pub fn check(&self, gpa: u64, size: u64, except: Option<u32>) -> Result<(), MemoryError> {
+        let end = gpa.checked_add(size).ok_or(MemoryError::BadSlot { gpa, size })?;
+        if size == 0 || gpa % 4096 != 0 || size % 4096 != 0 {
+            return Err(MemoryError::BadSlot { gpa, size });
+        }
+        for (m, _) in self.slots.values() {
+            if Some(m.slot) != except && gpa < m.gpa + m.size && m.gpa < end {
+                return Err(MemoryError::Overlap {
+                    gpa,
+                    size,
+                    other: m.slot,
+                    other_gpa: m.gpa,
+                    other_size: m.size,
+                });
+            }
+        }
+        if except.is_none() && self.slots.len() >= self.limit {
+            return Err(MemoryError::TooManySlots { limit: self.limit });
+        }
+        Ok(())
+    }
+
+    fn free_number(&self) -> u32 {
+        (0u32..)
+            .find(|n| !self.slots.contains_key(n))
+            .unwrap_or(u32::MAX)
+    }
+
+    /// Register `[gpa, gpa + size)` backed at host address `hva` with `flags`; returns the slot.
+    ///
+    /// # Errors
+    /// As [`Self::check`], or [`MemoryError::Memslot`] if KVM refuses.
+    ///
+    /// # Safety
+    /// `[hva, hva + size)` must stay mapped while the slot is registered.
+    pub unsafe fn add(
+        &mut self,
+        vm: &VmFd,
+        gpa: u64,
+        size: u64,
+        hva: u64,
+        flags: u32,
+    ) -> Result<u32, MemoryError> {
+        self.check(gpa, size, None)?;
+        let slot = self.free_number();
+        let m = Memslot {
+            slot,
+            gpa,
+            size,
+            flags,
+        };
+        // SAFETY: the caller keeps the host range mapped while the slot exists.
+        unsafe { set_region(vm, &m, hva)? };
+        self.slots.insert(slot, (m, hva));
+        Ok(slot)
+    }
+
+    /// Record a slot registered elsewhere (guest RAM, the flush slot).
+    pub fn track(&mut self, m: Memslot, hva: u64) {
+        self.slots.insert(m.slot, (m, hva));
+    }
+
+    /// Delete a slot (KVM drops its shadow pages); returns it so it can be added back.
+    ///
+    /// # Errors
+    /// [`MemoryError::NoSuchSlot`], or [`MemoryError::Memslot`] if KVM refuses.
+    pub fn remove(&mut self, vm: &VmFd, slot: u32) -> Result<(Memslot, u64), MemoryError> {
+        let (m, hva) = *self.slots.get(&slot).ok_or(MemoryError::NoSuchSlot { slot })?;
+        let gone = Memslot { size: 0, ..m };
+        // SAFETY: deleting a slot (size 0) maps nothing.
+        unsafe { set_region(vm, &gone, hva)? };
+        self.slots.remove(&slot);
+        Ok((m, hva))
+    }
+
+    /// Change a slot's flags (e.g. start dirty logging).
+    ///
+    /// # Errors
+    /// [`MemoryError::NoSuchSlot`], or [`MemoryError::Memslot`] if KVM refuses.
+    pub fn set_flags(&mut self, vm: &VmFd, slot: u32, flags: u32) -> Result<(), MemoryError> {
+        let (m, hva) = *self.slots.get(&slot).ok_or(MemoryError::NoSuchSlot { slot })?;
+        let new = Memslot { flags, ..m };
+        // SAFETY: same host range as when the slot was added, still mapped.
+        unsafe { set_region(vm, &new, hva)? };
+        self.slots.insert(slot, (new, hva));
+        Ok(())
+    }
+}
+
+/// KVM_SET_USER_MEMORY_REGION for `m` at host address `hva`.
+///
+/// # Safety
+/// `[hva, hva + m.size)` must stay mapped while the slot is registered.
+unsafe fn set_region(vm: &VmFd, m: &Memslot, hva: u64) -> Result<(), MemoryError> {
+    let region = kvm_userspace_memory_region {
+        slot: m.slot,
+        guest_phys_addr: m.gpa,
+        memory_size: m.size,
+        userspace_addr: hva,
+        flags: m.flags,
+    };
+    // SAFETY: forwarded to the caller.
+    unsafe { vm.set_user_memory_region(region) }.map_err(|source| MemoryError::Memslot {
+        slot: m.slot,
+        gpa: m.gpa,
+        size: m.size,
+        source,
+    })
+}
+
 /// GPA of the one-page flush slot (in the 32-bit MMIO hole, above the doorbell page).
 pub const FLUSH_SLOT_GPA: u64 = 0xdfff_f000;
 
@@ -249,51 +425,34 @@ pub struct FlushSlot {
 }
 
 impl FlushSlot {
-    /// Register the flush slot as KVM slot `slot`.
+    /// Register the flush slot.
     ///
     /// # Errors
-    /// [`MemoryError::Memslot`] if KVM refuses it.
-    pub fn new(vm: &VmFd, slot: u32) -> Result<Self, MemoryError> {
-        let page = vm_memory::mmap::MmapRegion::new(4096).map_err(|_| MemoryError::Memslot {
-            slot,
+    /// As [`Memslots::add`].
+    pub fn new(vm: &VmFd, slots: &mut Memslots) -> Result<Self, MemoryError> {
+        let page = vm_memory::mmap::MmapRegion::new(4096).map_err(|_| MemoryError::BadSlot {
             gpa: FLUSH_SLOT_GPA,
             size: 4096,
-            source: kvm_ioctls::Error::new(libc::ENOMEM),
         })?;
-        let me = FlushSlot {
+        // SAFETY: the page is owned by the returned FlushSlot, which the VMM keeps as long as
+        // the VM.
+        let slot = unsafe { slots.add(vm, FLUSH_SLOT_GPA, 4096, page.as_ptr() as u64, 0)? };
+        Ok(FlushSlot {
             slot,
             page,
             count: 0,
-        };
-        me.set(vm, 4096)?;
-        Ok(me)
-    }
-
-    fn set(&self, vm: &VmFd, size: u64) -> Result<(), MemoryError> {
-        let region = kvm_userspace_memory_region {
-            slot: self.slot,
-            guest_phys_addr: FLUSH_SLOT_GPA,
-            memory_size: size,
-            userspace_addr: self.page.as_ptr() as u64,
-            flags: 0,
-        };
-        // SAFETY: the host page is owned by `self.page`, which lives as long as the slot
-        // (the VMM drops the VM before the FlushSlot).
-        unsafe { vm.set_user_memory_region(region) }.map_err(|source| MemoryError::Memslot {
-            slot: self.slot,
-            gpa: FLUSH_SLOT_GPA,
-            size,
-            source,
         })
     }
 
     /// Drop all of KVM's shadow pages (delete and re-add the slot).
     ///
     /// # Errors
-    /// [`MemoryError::Memslot`] if KVM refuses either step.
-    pub fn flush(&mut self, vm: &VmFd) -> Result<(), MemoryError> {
-        self.set(vm, 0)?;
-        self.set(vm, 4096)?;
+    /// As [`Memslots::remove`] and [`Memslots::add`].
+    pub fn flush(&mut self, vm: &VmFd, slots: &mut Memslots) -> Result<(), MemoryError> {
+        slots.remove(vm, self.slot)?;
+        // SAFETY: as in `new`.
+        self.slot =
+            unsafe { slots.add(vm, FLUSH_SLOT_GPA, 4096, self.page.as_ptr() as u64, 0)? };
         self.count += 1;
         Ok(())
     }
@@ -305,10 +464,11 @@ impl FlushSlot {
     pub fn flush_if_needed(
         &mut self,
         vm: &VmFd,
+        slots: &mut Memslots,
         space: &mut crate::space::AddressSpace,
     ) -> Result<(), MemoryError> {
         if std::mem::take(&mut space.shadow_stale) {
-            self.flush(vm)?;
+            self.flush(vm, slots)?;
         }
         Ok(())
     }
@@ -342,6 +502,40 @@ mod tests {
         assert_eq!(e.len(), 3);
         assert_eq!((e[1].addr, e[1].size, e[1].kind), (3 << 30, 1 << 30, E820_RESERVED));
         assert_eq!((e[2].addr, e[2].kind), (4 << 30, E820_RAM));
+    }
+
+    #[test]
+    fn memslot_registry_refuses_overlaps_and_excess() {
+        let mut m = Memslots::new(2);
+        m.track(
+            Memslot {
+                slot: 0,
+                gpa: 0,
+                size: 1 << 20,
+                flags: 0,
+            },
+            0,
+        );
+        assert!(matches!(
+            m.check(0x8_0000, 0x1000, None),
+            Err(MemoryError::Overlap { other: 0, .. })
+        ));
+        assert!(m.check(1 << 20, 0x1000, None).is_ok());
+        assert!(matches!(m.check(1 << 20, 0, None), Err(MemoryError::BadSlot { .. })));
+        assert!(matches!(m.check(u64::MAX - 0xfff, 0x2000, None), Err(MemoryError::BadSlot { .. })));
+        m.track(
+            Memslot {
+                slot: 1,
+                gpa: 2 << 20,
+                size: 0x1000,
+                flags: 0,
+            },
+            0,
+        );
+        assert!(matches!(
+            m.check(8 << 20, 0x1000, None),
+            Err(MemoryError::TooManySlots { limit: 2 })
+        ));
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub enum Outcome {
     UnexpectedExit(String),
     /// KVM_RUN failed.
     KvmError(String),
+    /// A host invariant broke after a hypercall batch (checked runs only).
+    InvariantViolation(Vec<crate::invariants::Violation>),
 }
 
 impl Outcome {
@@ -71,6 +73,7 @@ impl Outcome {
             Outcome::InternalError => "internal_error",
             Outcome::UnexpectedExit(_) => "unexpected_exit",
             Outcome::KvmError(_) => "kvm_error",
+            Outcome::InvariantViolation(_) => "invariant_violation",
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct Stage2Fault {
     pub value: Option<u64>,
     /// Guest RIP.
     pub rip: u64,
+    /// The GPA was in a declared lazy range: the VMM added a memslot and completed the access.
+    pub lazy_backed: bool,
 }
 
 /// vCPU registers at a crash.
@@ -284,6 +289,8 @@ pub struct Report {
     pub exits: BTreeMap<String, u64>,
     /// Host handling time of exits by reason (count, total, max, histogram).
     pub exit_latency: ExitLatency,
+    /// What the stage-2 scenario did (slot operations, lazy backing, dirty-log reads).
+    pub stage2_report: Option<crate::stage2::Stage2Report>,
     /// Faults by kind (`lazy`, `reported`) and vector, e.g. `lazy/14`.
     pub faults_by_kind: BTreeMap<String, u64>,
     /// Hypercalls by call.
@@ -306,6 +313,9 @@ pub struct Report {
     pub console: String,
     /// Registers at a crash.
     pub registers: Option<Registers>,
+    /// Host invariants: checks run, violations, frames by state and leaks at exit, teardown
+    /// (see [`crate::invariants`]).
+    pub invariants: Option<crate::invariants::InvariantSummary>,
     /// Timings.
     pub timings: Timings,
     /// Guest CPU paging features.
@@ -332,6 +342,7 @@ impl Report {
         timings: Timings,
         tsc_khz: u64,
         exit_latency: ExitLatency,
+        stage2_rep: Option<crate::stage2::Stage2Report>,
     ) -> Report {
         let e820 = space
             .ram
@@ -393,6 +404,14 @@ impl Report {
             Outcome::InternalError => (None, Some("KVM_EXIT_INTERNAL_ERROR".into())),
             Outcome::UnexpectedExit(e) => (None, Some(format!("unexpected exit: {e}"))),
             Outcome::KvmError(e) => (None, Some(format!("KVM_RUN failed: {e}"))),
+            Outcome::InvariantViolation(v) => (
+                None,
+                Some(format!(
+                    "host invariant violated after a hypercall batch: {} ({} violation(s))",
+                    v.first().map(|x| x.to_string()).unwrap_or_default(),
+                    v.len()
+                )),
+            ),
         };
         Report {
             scenario: cfg.scenario_name.clone(),
@@ -412,6 +431,7 @@ impl Report {
             stage2_total,
             exits,
             exit_latency,
+            stage2_report: stage2_rep,
             faults_by_kind: space.counters.by_kind.clone(),
             hypercalls: hc.by_call,
             hypercall_status: hc.by_status,
@@ -423,6 +443,13 @@ impl Report {
             records: hc.records.into_iter().collect(),
             console: hc.console,
             registers,
+            invariants: match &outcome {
+                Outcome::InvariantViolation(v) => Some(crate::invariants::InvariantSummary {
+                    violations: v.clone(),
+                    ..Default::default()
+                }),
+                _ => None,
+            },
             timings,
             cpu,
             tsc_khz,
@@ -531,12 +558,13 @@ impl Report {
             for s in &self.stage2 {
                 let _ = writeln!(
                     o,
-                    "  gpa {:#014x}  {} bytes  {}{}  rip {:#x}",
+                    "  gpa {:#014x}  {} bytes  {}{}  rip {:#x}{}",
                     s.gpa,
                     s.size,
                     if s.write { "write" } else { "read" },
                     s.value.map(|v| format!(" value {v:#x}")).unwrap_or_default(),
-                    s.rip
+                    s.rip,
+                    if s.lazy_backed { "  (lazy: memslot added, access completed)" } else { "" }
                 );
             }
         }
@@ -571,6 +599,12 @@ impl Report {
             "-- at exit: {} live regions holding {} frames; bad request blocks {}; shadow page-table flushes {}",
             self.regions_live, self.mapped_frames, self.bad_blocks, self.shadow_flushes
         );
+        if let Some(inv) = &self.invariants {
+            let _ = writeln!(o, "-- invariants: {}", inv.line());
+            for v in inv.violations.iter().take(16) {
+                let _ = writeln!(o, "  VIOLATION {v}");
+            }
+        }
         let t = &self.timings;
         let _ = writeln!(
             o,

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use vm_memory::GuestMemoryBackend;
 
 /// Most stage-2 faults kept in the report (later ones are counted).
 pub const STAGE2_LOG_MAX: usize = 1024;
@@ -72,6 +73,9 @@ pub struct VmConfig {
     pub zone_preset: ZonePreset,
     /// Echo the guest's console output live (stdout, or stderr in JSON mode).
     pub echo_console: bool,
+    /// Check the host invariants ([`crate::invariants::check`]) after every hypercall batch;
+    /// a violation ends the run (outcome `invariant_violation`, exit code 1).
+    pub check_invariants: bool,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -101,9 +105,24 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
         .ram
         .register(&vm)
         .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
+    let mut slots = crate::memory::Memslots::new(kvm.get_nr_memslots());
+    for m in &memslots {
+        let hva = space
+            .ram
+            .mem
+            .get_host_address(vm_memory::GuestAddress(m.gpa))
+            .map(|p| p as u64)
+            .unwrap_or(0);
+        slots.track(*m, hva);
+    }
     let memslot_us = t_slots.elapsed().as_micros() as u64;
-    let mut flush_slot = crate::memory::FlushSlot::new(&vm, memslots.len() as u32)
+    let mut flush_slot = crate::memory::FlushSlot::new(&vm, &mut slots)
         .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
+    let mut s2ctl = if cfg.scenario == memvisor_abi::scenario::STAGE2 {
+        Some(crate::stage2::Stage2::setup(&kvm, &vm, &mut slots, &mut space)?)
+    } else {
+        None
+    };
     log::debug!("setup: memslots registered after {:?}", t_start.elapsed());
     let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
@@ -154,6 +173,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
     let mut exits: BTreeMap<String, u64> = BTreeMap::new();
     let mut stage2: Vec<Stage2Fault> = Vec::new();
     let mut stage2_total = 0u64;
+    let mut inv_checks = 0u64;
     let mut latency = crate::report::ExitLatency::default();
     let mut last_exit: Option<(String, Instant)> = None;
     let t_run = Instant::now();
@@ -175,15 +195,23 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
             *exits.entry(name.to_string()).or_default() += 1;
             last_exit = Some((name.to_string(), t_ret));
         };
-        let mut mmio: Option<(u64, u32, bool, u64)> = None;
+        let mut mmio: Option<(u64, u32, bool, u64, bool)> = None;
         match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
                 bump("io_out");
                 match port {
                     PORT_HYPERCALL if data.len() == 4 => {
                         let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
-                        let flow = hc.handle(&mut space, gpa);
-                        if let Err(e) = flush_slot.flush_if_needed(&vm, &mut space) {
+                        let mut side = crate::stage2::VmmSide {
+                            vm: &vm,
+                            slots: &mut slots,
+                            stage2: s2ctl.as_mut(),
+                        };
+                        let flow = hc.handle_with(&mut space, gpa, &mut side);
+                        if let Err(v) = crate::invariants::after_batch(cfg.check_invariants, &space, &mut inv_checks) {
+                            break Outcome::InvariantViolation(v);
+                        }
+                        if let Err(e) = flush_slot.flush_if_needed(&vm, &mut slots, &mut space) {
                             break Outcome::KvmError(e.to_string());
                         }
                         match flow {
@@ -210,8 +238,17 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 bump("mmio");
-                data.fill(0xff);
-                mmio = Some((addr, data.len() as u32, false, 0));
+                let lazy = match s2ctl.as_mut() {
+                    Some(s) => match s.on_mmio(&vm, &mut slots, addr, data, false) {
+                        Ok(h) => h,
+                        Err(e) => break Outcome::KvmError(e.to_string()),
+                    },
+                    None => false,
+                };
+                if !lazy {
+                    data.fill(0xff);
+                }
+                mmio = Some((addr, data.len() as u32, false, 0, lazy));
             }
             Ok(VcpuExit::MmioWrite(addr, data))
                 if addr == memvisor_abi::DOORBELL_GPA && data.len() == 8 =>
@@ -219,8 +256,16 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
                 bump("doorbell");
                 let mut v = [0u8; 8];
                 v.copy_from_slice(data);
-                let flow = hc.handle(&mut space, u64::from_le_bytes(v));
-                if let Err(e) = flush_slot.flush_if_needed(&vm, &mut space) {
+                let mut side = crate::stage2::VmmSide {
+                    vm: &vm,
+                    slots: &mut slots,
+                    stage2: s2ctl.as_mut(),
+                };
+                let flow = hc.handle_with(&mut space, u64::from_le_bytes(v), &mut side);
+                if let Err(v) = crate::invariants::after_batch(cfg.check_invariants, &space, &mut inv_checks) {
+                    break Outcome::InvariantViolation(v);
+                }
+                if let Err(e) = flush_slot.flush_if_needed(&vm, &mut slots, &mut space) {
                     break Outcome::KvmError(e.to_string());
                 }
                 match flow {
@@ -234,7 +279,15 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
                 let mut v = [0u8; 8];
                 let n = data.len().min(8);
                 v[..n].copy_from_slice(&data[..n]);
-                mmio = Some((addr, data.len() as u32, true, u64::from_le_bytes(v)));
+                let mut copy = v;
+                let lazy = match s2ctl.as_mut() {
+                    Some(s) => match s.on_mmio(&vm, &mut slots, addr, &mut copy[..n], true) {
+                        Ok(h) => h,
+                        Err(e) => break Outcome::KvmError(e.to_string()),
+                    },
+                    None => false,
+                };
+                mmio = Some((addr, data.len() as u32, true, u64::from_le_bytes(v), lazy));
             }
             Ok(VcpuExit::Hlt) => {
                 bump("hlt");
@@ -262,7 +315,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
             }
             Err(e) => break Outcome::KvmError(e.to_string()),
         }
-        if let Some((gpa, size, write, value)) = mmio {
+        if let Some((gpa, size, write, value, lazy_backed)) = mmio {
             stage2_total += 1;
             if stage2.len() < STAGE2_LOG_MAX {
                 let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
@@ -272,6 +325,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
                     write,
                     value: if write { Some(value) } else { None },
                     rip,
+                    lazy_backed,
                 });
             }
         }
@@ -283,7 +337,7 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
         Outcome::Exited(_) => None,
         _ => Registers::read(&vcpu),
     };
-    Ok(Report::collect(
+    let mut report = Report::collect(
         cfg,
         &space,
         memslots,
@@ -305,5 +359,8 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
         },
         tsc_khz,
         latency,
-    ))
+        s2ctl.map(|s| s.report),
+    );
+    crate::invariants::finish(&mut report, &mut space, cfg.check_invariants, inv_checks);
+    Ok(report)
 }

@@ -33,6 +33,7 @@ pub fn config(scenario: &str, mem_bytes: u64) -> VmConfig {
         timeout: Duration::from_secs(60),
         zone_preset: ZonePreset::X86_64,
         echo_console: false,
+        check_invariants: true,
     }
 }
 

@@ -1,0 +1,284 @@
+//! Stage-2 (guest-physical) test regions and their control: a GPA with no memslot, a
+//! `KVM_MEM_READONLY` slot, a lazily backed range, a slot removed and re-added at run time,
+//! and dirty logging (`KVM_MEM_LOG_DIRTY_PAGES` + `KVM_GET_DIRTY_LOG`) merged with the VMM's
+//! own writes (vm-memory's dirty bitmap), as Firecracker does. KVM API doc §4.35 (memory
+//! regions, read-only slots), §4.8 (`KVM_GET_DIRTY_LOG`).
+//!
+//! The layout is [`memvisor_abi::stage2`]; the host maps all four regions in the guest's page
+//! tables (US, RW, NX) whatever is behind them, so the guest's accesses reach KVM.
+
+use crate::addr::{Gpa, Gva, PAGE_SIZE};
+use crate::memory::{MemoryError, Memslots};
+use crate::paging::{PageSize, Protection};
+use crate::space::{AddressSpace, SpaceError};
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use memvisor_abi::{stage2 as s2, Status};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use vm_memory::bitmap::Bitmap;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+/// One read of the dirty log: GPAs of dirty 4 KiB pages.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DirtyRead {
+    /// Pages KVM logged (guest writes).
+    pub kvm: Vec<u64>,
+    /// Pages the VMM itself wrote (page tables, zeroed frames, hypercall results, boot info).
+    pub host: Vec<u64>,
+    /// The union, ascending.
+    pub merged: Vec<u64>,
+}
+
+/// What the stage-2 scenario did, for the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stage2Report {
+    /// KVM_MEM_READONLY supported (else the read-only checks are "skipped: unsupported by
+    /// host").
+    pub readonly_supported: bool,
+    /// Lazy-range accesses that made the host add a memslot.
+    pub lazy_backed: u64,
+    /// Slot operations in order (`remove REMOVABLE`, `add REMOVABLE`, `lazy +slot gpa`).
+    pub slot_ops: Vec<String>,
+    /// Dirty-log reads in order.
+    pub dirty_reads: Vec<DirtyRead>,
+}
+
+/// The VMM side of the stage-2 regions.
+pub struct Stage2 {
+    readonly: Option<MmapRegion>,
+    lazy: BTreeMap<u64, MmapRegion>,
+    removable: MmapRegion,
+    removable_slot: Option<u32>,
+    dirty: bool,
+    /// The report.
+    pub report: Stage2Report,
+}
+
+fn region(len: u64) -> Result<MmapRegion, MemoryError> {
+    MmapRegion::new(len as usize).map_err(|_| MemoryError::BadSlot { gpa: 0, size: len })
+}
+
+impl Stage2 {
+    /// Register the regions: map all four in the guest page tables, add the read-only slot
+    /// (filled with byte `i & 0xff`) if KVM supports it, and the removable slot.
+    ///
+    /// # Errors
+    /// A memslot or page-table error.
+    pub fn setup(
+        kvm: &Kvm,
+        vm: &VmFd,
+        slots: &mut Memslots,
+        space: &mut AddressSpace,
+    ) -> Result<Self, SpaceError> {
+        let flags = Protection::USER_DATA.to_pte_flags(space.features.nx);
+        space
+            .ensure_pool(8)
+            .map_err(|_| SpaceError::TooSmall {
+                bytes: space.ram.bytes,
+                why: "no frames for the stage-2 page tables".into(),
+            })?;
+        space.pt.map_range(
+            &space.ram.mem,
+            &mut space.pool,
+            Gva(s2::GVA_BASE),
+            Gpa(s2::GPA_BASE),
+            4 * (1 << 20),
+            PageSize::Size4K,
+            flags,
+        )?;
+        let ro_ok = kvm.check_extension(Cap::ReadonlyMem);
+        let readonly = if ro_ok {
+            let r = region(s2::REGION)?;
+            for i in 0..s2::REGION as usize {
+                // SAFETY: i < the region's length; the region is ours and not yet shared.
+                unsafe { *r.as_ptr().add(i) = i as u8 };
+            }
+            // SAFETY: the region lives in `self` as long as the VM (the Vmm drops the VM first).
+            unsafe { slots.add(vm, s2::READONLY, s2::REGION, r.as_ptr() as u64, KVM_MEM_READONLY)? };
+            Some(r)
+        } else {
+            None
+        };
+        let removable = region(s2::REGION)?;
+        // SAFETY: as above.
+        let slot = unsafe { slots.add(vm, s2::REMOVABLE, s2::REGION, removable.as_ptr() as u64, 0)? };
+        Ok(Stage2 {
+            readonly,
+            lazy: BTreeMap::new(),
+            removable,
+            removable_slot: Some(slot),
+            dirty: false,
+            report: Stage2Report {
+                readonly_supported: ro_ok,
+                ..Default::default()
+            },
+        })
+    }
+
+    /// An MMIO exit at `gpa`: if it lies in the lazy range, add a memslot for its page and
+    /// complete the access against it (write: store the data; read: fill `data` from the
+    /// fresh backing). Returns true if handled that way.
+    ///
+    /// # Errors
+    /// A memslot error.
+    pub fn on_mmio(
+        &mut self,
+        vm: &VmFd,
+        slots: &mut Memslots,
+        gpa: u64,
+        data: &mut [u8],
+        write: bool,
+    ) -> Result<bool, MemoryError> {
+        if !(s2::LAZY..s2::LAZY + s2::REGION).contains(&gpa) {
+            return Ok(false);
+        }
+        let page = gpa & !(PAGE_SIZE - 1);
+        let off = (gpa - page) as usize;
+        if off + data.len() > PAGE_SIZE as usize || self.lazy.contains_key(&page) {
+            return Ok(false);
+        }
+        let r = region(PAGE_SIZE)?;
+        // SAFETY: off + data.len() <= 4096 (checked); the region is ours.
+        unsafe {
+            let p = r.as_ptr().add(off);
+            if write {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len());
+            } else {
+                std::ptr::copy_nonoverlapping(p, data.as_mut_ptr(), data.len());
+            }
+        }
+        // SAFETY: the region is kept in `self.lazy` as long as the VM.
+        let slot = unsafe { slots.add(vm, page, PAGE_SIZE, r.as_ptr() as u64, 0)? };
+        self.lazy.insert(page, r);
+        self.report.lazy_backed += 1;
+        self.report.slot_ops.push(format!("lazy +slot {slot} gpa {page:#x}"));
+        Ok(true)
+    }
+
+    fn op(
+        &mut self,
+        vm: &VmFd,
+        slots: &mut Memslots,
+        space: &mut AddressSpace,
+        op: u64,
+    ) -> Result<u64, Status> {
+        match op {
+            s2::OP_REMOVE => {
+                let slot = self.removable_slot.take().ok_or(Status::Inval)?;
+                slots.remove(vm, slot).map_err(|_| Status::Fault)?;
+                self.report.slot_ops.push("remove REMOVABLE".into());
+                Ok(0)
+            }
+            s2::OP_ADD => {
+                if self.removable_slot.is_some() {
+                    return Err(Status::Inval);
+                }
+                let hva = self.removable.as_ptr() as u64;
+                // SAFETY: the backing region lives in `self`.
+                let slot = unsafe { slots.add(vm, s2::REMOVABLE, s2::REGION, hva, 0) }
+                    .map_err(|_| Status::Fault)?;
+                self.removable_slot = Some(slot);
+                self.report.slot_ops.push("add REMOVABLE".into());
+                Ok(0)
+            }
+            s2::OP_DIRTY_START => {
+                for m in ram_slots(space, slots) {
+                    slots
+                        .set_flags(vm, m, KVM_MEM_LOG_DIRTY_PAGES)
+                        .map_err(|_| Status::Fault)?;
+                }
+                reset_host_dirty(space);
+                self.dirty = true;
+                Ok(0)
+            }
+            s2::OP_DIRTY_READ => {
+                if !self.dirty {
+                    return Err(Status::Inval);
+                }
+                let read = read_dirty(vm, slots, space).map_err(|_| Status::Fault)?;
+                let n = read.merged.len() as u64;
+                self.report.dirty_reads.push(read);
+                Ok(n)
+            }
+            s2::OP_READONLY_SUPPORTED => Ok(self.readonly.is_some() as u64),
+            _ => Err(Status::Inval),
+        }
+    }
+}
+
+/// Slot numbers of guest RAM (slots whose range lies in guest RAM).
+fn ram_slots(space: &AddressSpace, slots: &Memslots) -> Vec<u32> {
+    slots
+        .slots()
+        .filter(|m| space.ram.contains(m.gpa, m.size))
+        .map(|m| m.slot)
+        .collect()
+}
+
+fn reset_host_dirty(space: &AddressSpace) {
+    for r in space.ram.mem.iter() {
+        MmapRegion::bitmap(r).reset();
+    }
+}
+
+/// Read and clear KVM's dirty log for the RAM slots and the VMM's own dirty bitmap.
+fn read_dirty(vm: &VmFd, slots: &Memslots, space: &AddressSpace) -> Result<DirtyRead, MemoryError> {
+    let mut read = DirtyRead::default();
+    for slot in ram_slots(space, slots) {
+        let Some(m) = slots.slots().find(|m| m.slot == slot).copied() else {
+            continue;
+        };
+        let bits = vm
+            .get_dirty_log(slot, m.size as usize)
+            .map_err(|source| MemoryError::Memslot {
+                slot,
+                gpa: m.gpa,
+                size: m.size,
+                source,
+            })?;
+        for (w, word) in bits.iter().enumerate() {
+            let mut x = *word;
+            while x != 0 {
+                let b = x.trailing_zeros() as u64;
+                read.kvm.push(m.gpa + (w as u64 * 64 + b) * PAGE_SIZE);
+                x &= x - 1;
+            }
+        }
+    }
+    for r in space.ram.mem.iter() {
+        let base = r.start_addr().0;
+        for page in 0..r.len() / PAGE_SIZE {
+            if MmapRegion::bitmap(r).dirty_at((page * PAGE_SIZE) as usize) {
+                read.host.push(base + page * PAGE_SIZE);
+            }
+        }
+        MmapRegion::bitmap(r).reset();
+    }
+    let mut merged: Vec<u64> = read.kvm.iter().chain(&read.host).copied().collect();
+    merged.sort_unstable();
+    merged.dedup();
+    read.merged = merged;
+    Ok(read)
+}
+
+/// The VMM-served calls during a run: the VM, its memslots, and the stage-2 regions if this
+/// run has them.
+pub struct VmmSide<'a> {
+    /// The VM.
+    pub vm: &'a VmFd,
+    /// Its memslots.
+    pub slots: &'a mut Memslots,
+    /// Stage-2 regions, if set up.
+    pub stage2: Option<&'a mut Stage2>,
+}
+
+impl crate::hypercall::VmmCalls for VmmSide<'_> {
+    fn stage2(&mut self, space: &mut AddressSpace, op: u64, _arg: u64) -> Result<u64, Status> {
+        match self.stage2.as_deref_mut() {
+            Some(s) => s.op(self.vm, self.slots, space, op),
+            None => Err(Status::NoSys),
+        }
+    }
+}
