@@ -244,6 +244,8 @@ pub struct PageTablesJson {
     pub pt_tables: u64,
     /// 2 MiB pool chunks.
     pub pool_chunks: u64,
+    /// First GPA of each pool chunk (every page-table frame lies in one of these 2 MiB runs).
+    pub pool_chunk_gpas: Vec<u64>,
     /// Leaf mappings by size.
     pub mappings_4k: u64,
     /// 2 MiB leaves.
@@ -379,6 +381,7 @@ impl Report {
             pd_tables: s.pd_tables,
             pt_tables: s.pt_tables,
             pool_chunks: space.pool.chunks.len() as u64,
+            pool_chunk_gpas: space.pool.chunks.iter().map(|c| c.0 * 4096).collect(),
             mappings_4k: s.mappings_4k,
             mappings_2m: s.mappings_2m,
             mappings_1g: s.mappings_1g,

@@ -11,6 +11,7 @@ pub const SCENARIOS: &[(&str, u32, &str)] = &[
     ),
     ("bench", scenario::BENCH, "in-guest measurements used by `memvisor bench`"),
     ("hostile", scenario::HOSTILE, "a hostile guest: 10^6 random and crafted hypercalls; invariants checked"),
+    ("stage2", scenario::STAGE2, "stage-2 faults: unbacked GPAs, read-only and lazy memslots, slot removal, dirty log"),
     ("boot", scenario::BOOT, "exit 0 as soon as the kernel is up (boot-time measurement)"),
     ("runaway", scenario::RUNAWAY, "spin forever; --timeout stops the vCPU"),
     ("guest-panic", scenario::GUEST_PANIC, "the guest panics; the VMM reports the message and fails"),

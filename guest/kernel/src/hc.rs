@@ -102,6 +102,11 @@ pub fn doorbell(gpa: u32) {
 static MAIN: StaticBlock<64> = StaticBlock::new();
 static FAULT: StaticBlock<4> = StaticBlock::new();
 
+/// GPA of the main request block (for tests that account for the guest's own writes).
+pub fn main_block_gpa() -> u64 {
+    (MAIN.0.get() as u64).wrapping_sub(KERNEL_VIRT_OFFSET)
+}
+
 /// Run a batch from normal (non-handler) context.
 pub fn batch(reqs: &mut [Request]) {
     MAIN.run(reqs)

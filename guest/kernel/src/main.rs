@@ -13,6 +13,7 @@ mod bench;
 mod console;
 mod crash;
 mod demo;
+mod stage2;
 mod hostile;
 mod hc;
 mod idt;
@@ -65,6 +66,7 @@ extern "C" fn kmain(boot_info: *const BootInfo) -> ! {
     let code = match info.scenario {
         memvisor_abi::scenario::DEMO => user::run(demo::run_user, 0) as u32,
         memvisor_abi::scenario::BOOT => 0,
+        memvisor_abi::scenario::STAGE2 => user::run(stage2::run_user, 0) as u32,
         memvisor_abi::scenario::HOSTILE => user::run(hostile::run_user, 0) as u32,
         memvisor_abi::scenario::BENCH => {
             bench::run_kernel();

@@ -1,0 +1,153 @@
+//! Stage-2 faults under KVM: unbacked GPAs (exact GPA, size, direction, value), a read-only
+//! memslot, lazy GPA backing, slot removal at run time, dirty logging merged with the VMM's
+//! own writes, and memslot limits.
+
+mod common;
+
+use memvisor::memory::{MemoryError, Memslots};
+use memvisor_abi::stage2 as s2;
+use std::collections::BTreeSet;
+
+fn rec(r: &memvisor::report::Report, key: &str) -> Option<u64> {
+    r.records
+        .get(&format!("stage2.{key}"))
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+}
+
+#[test]
+fn stage2_faults_slots_and_dirty_log() {
+    if !common::kvm_or_skip("stage2_faults_slots_and_dirty_log") {
+        return;
+    }
+    let r = common::run(&common::config("stage2", 256 << 20));
+    assert_eq!(r.guest_exit_code, Some(0), "{}", r.to_text());
+    let s2r = r.stage2_report.clone().expect("stage-2 report");
+
+    // Unbacked GPA: exact accesses, in order.
+    let unbacked: Vec<(u64, u32, bool, Option<u64>)> = r
+        .stage2
+        .iter()
+        .filter(|f| (s2::UNBACKED..s2::UNBACKED + s2::REGION).contains(&f.gpa))
+        .map(|f| (f.gpa, f.size, f.write, f.value))
+        .collect();
+    let u = s2::UNBACKED;
+    assert_eq!(
+        unbacked,
+        vec![
+            (u + 0x10, 1, false, None),
+            (u + 0x20, 2, false, None),
+            (u + 0x30, 4, false, None),
+            (u + 0x40, 8, false, None),
+            (u + 0x50, 1, true, Some(0x5a)),
+            (u + 0x60, 2, true, Some(0x1234)),
+            (u + 0x70, 4, true, Some(0xdead_beef)),
+            (u + 0x80, 8, true, Some(0x0102_0304_0506_0708)),
+        ]
+    );
+    assert!(r.stage2.iter().all(|f| f.rip >= memvisor::layout::KERNEL_VIRT_OFFSET));
+
+    // Read-only slot: only the write exits, with its value.
+    let ro: Vec<_> = r
+        .stage2
+        .iter()
+        .filter(|f| (s2::READONLY..s2::READONLY + s2::REGION).contains(&f.gpa))
+        .collect();
+    if s2r.readonly_supported {
+        assert_eq!(ro.len(), 1, "{ro:?}");
+        assert_eq!((ro[0].gpa, ro[0].size, ro[0].write, ro[0].value), (s2::READONLY + 0x40, 4, true, Some(0xcafe_f00d)));
+    } else {
+        assert!(r.console.contains("read-only slot: skipped: unsupported by host"));
+    }
+
+    // Lazy range: two first accesses, each backed by a new memslot and completed.
+    let lazy: Vec<_> = r.stage2.iter().filter(|f| f.lazy_backed).collect();
+    assert_eq!(lazy.len(), 2, "{lazy:?}");
+    assert_eq!((lazy[0].gpa, lazy[0].write), (s2::LAZY + 0x10, true));
+    assert_eq!((lazy[1].gpa, lazy[1].write), (s2::LAZY + 0x1000 + 0x20, false));
+    assert_eq!(s2r.lazy_backed, 2);
+
+    // Removed slot: exactly one exit, a read, between remove and add.
+    let removed: Vec<_> = r
+        .stage2
+        .iter()
+        .filter(|f| (s2::REMOVABLE..s2::REMOVABLE + s2::REGION).contains(&f.gpa))
+        .collect();
+    assert_eq!(removed.len(), 1);
+    assert_eq!((removed[0].gpa, removed[0].size, removed[0].write), (s2::REMOVABLE + 0x100, 8, false));
+    assert!(s2r.slot_ops.contains(&"remove REMOVABLE".to_string()));
+    assert!(s2r.slot_ops.contains(&"add REMOVABLE".to_string()));
+
+    // Dirty log: the first read holds exactly the chosen pages plus the guest's incidental
+    // writes (its hypercall block and ring-3 stack, and the page-table frames whose A/D bits
+    // the MMU — KVM's walker — set), and the pages the VMM wrote itself.
+    assert_eq!(s2r.dirty_reads.len(), 2);
+    let written: BTreeSet<u64> = (0..4).filter_map(|i| rec(&r, &format!("written{i}"))).collect();
+    assert_eq!(written.len(), 4);
+    let mut incidental: BTreeSet<u64> = (0..3).filter_map(|i| rec(&r, &format!("stack{i}"))).collect();
+    incidental.insert(rec(&r, "block").expect("block GPA"));
+    let in_pool = |p: u64| {
+        r.page_tables
+            .pool_chunk_gpas
+            .iter()
+            .any(|&c| (c..c + (2 << 20)).contains(&p))
+    };
+    let first = &s2r.dirty_reads[0];
+    let kvm: BTreeSet<u64> = first.kvm.iter().copied().collect();
+    assert!(written.is_subset(&kvm), "written {written:x?} not all in {kvm:x?}");
+    let extra: BTreeSet<u64> = kvm
+        .difference(&written)
+        .copied()
+        .filter(|p| !in_pool(*p))
+        .collect();
+    assert!(extra.is_subset(&incidental), "unexpected guest-dirty pages {extra:x?}");
+    let host: BTreeSet<u64> = first.host.iter().copied().collect();
+    assert!(host.contains(&rec(&r, "block").unwrap_or(0)), "hypercall results are host writes");
+    let merged: BTreeSet<u64> = first.merged.iter().copied().collect();
+    assert_eq!(merged, kvm.union(&host).copied().collect());
+    // The log is clear after it is read: none of the chosen pages again.
+    let second = &s2r.dirty_reads[1];
+    assert!(second.merged.iter().all(|p| !written.contains(p)), "{second:?}");
+    assert!(second.kvm.iter().all(|p| incidental.contains(p) || in_pool(*p)), "{second:?}");
+}
+
+#[test]
+fn memslot_overlap_and_limit_are_refused() {
+    if !common::kvm_or_skip("memslot_overlap_and_limit_are_refused") {
+        return;
+    }
+    let kvm = kvm_ioctls::Kvm::new().expect("kvm");
+    let vm = kvm.create_vm().expect("vm");
+    let limit = kvm.get_nr_memslots();
+    let mem = vm_memory::mmap::MmapRegion::<()>::new(2 << 20).expect("host memory");
+    let hva = mem.as_ptr() as u64;
+    let mut slots = Memslots::new(limit);
+    // SAFETY: `mem` outlives `vm` in this test (declared later drops first: vm is dropped at the
+    // end of scope after slots; both live until the end).
+    let a = unsafe { slots.add(&vm, 0, 1 << 20, hva, 0) }.expect("first slot");
+    let err = unsafe { slots.add(&vm, 0x8_0000, 1 << 20, hva, 0) }.expect_err("overlap");
+    assert!(matches!(err, MemoryError::Overlap { other, .. } if other == a), "{err}");
+    assert!(err.to_string().contains("overlaps slot"));
+    // A second real slot works; then fill the registry up to KVM's limit (recorded without
+    // ioctls: registering 32k real slots takes minutes) and one more is refused before KVM is
+    // asked.
+    let b = unsafe { slots.add(&vm, 1 << 20, 4096, hva, 0) }.expect("second slot");
+    assert_ne!(a, b);
+    let mut gpa = 1u64 << 30;
+    let mut n = 1000;
+    while slots.slots().count() < limit {
+        slots.track(
+            memvisor::memory::Memslot {
+                slot: n,
+                gpa,
+                size: 4096,
+                flags: 0,
+            },
+            hva,
+        );
+        n += 1;
+        gpa += 4096;
+    }
+    let err = unsafe { slots.add(&vm, gpa, 4096, hva, 0) }.expect_err("over the limit");
+    assert!(matches!(err, MemoryError::TooManySlots { .. }), "{err}");
+    assert!(err.to_string().contains("KVM_CAP_NR_MEMSLOTS"));
+}
