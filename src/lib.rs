@@ -6,6 +6,7 @@
 //! returns a [`report::Report`]. See `README.md` for the tour.
 
 pub mod addr;
+pub mod api;
 pub mod bench;
 pub mod boot;
 pub mod frames;

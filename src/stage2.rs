@@ -45,9 +45,30 @@ pub struct Stage2Report {
     pub dirty_reads: Vec<DirtyRead>,
 }
 
+/// Extra guest-physical ranges a test author asks for (see [`crate::api::VmBuilder`]): each
+/// `(gpa, bytes)` must lie in `[GPA_BASE, GPA_BASE + 1 TiB)`, 4 KiB aligned, and is mapped for
+/// the guest at `GVA_BASE + (gpa - GPA_BASE)` (US, RW, NX).
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// KVM_MEM_READONLY memslots, filled with byte `i & 0xff` at offset `i`.
+    pub read_only: Vec<(u64, u64)>,
+    /// Lazily backed ranges: the first access to a page adds a memslot for it.
+    pub lazy: Vec<(u64, u64)>,
+}
+
+impl Extras {
+    /// True if no extra range is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.read_only.is_empty() && self.lazy.is_empty()
+    }
+}
+
 /// The VMM side of the stage-2 regions.
 pub struct Stage2 {
     readonly: Option<MmapRegion>,
+    /// Backing of the extra read-only slots (kept alive while the VM runs).
+    _extra_ro: Vec<MmapRegion>,
+    lazy_ranges: Vec<(u64, u64)>,
     lazy: BTreeMap<u64, MmapRegion>,
     removable: MmapRegion,
     removable_slot: Option<u32>,
@@ -71,6 +92,7 @@ impl Stage2 {
         vm: &VmFd,
         slots: &mut Memslots,
         space: &mut AddressSpace,
+        extras: &Extras,
     ) -> Result<Self, SpaceError> {
         let flags = Protection::USER_DATA.to_pte_flags(space.features.nx);
         space
@@ -104,8 +126,54 @@ impl Stage2 {
         let removable = region(s2::REGION)?;
         // SAFETY: as above.
         let slot = unsafe { slots.add(vm, s2::REMOVABLE, s2::REGION, removable.as_ptr() as u64, 0)? };
+        let window = s2::GPA_BASE..s2::GPA_BASE + (1 << 40);
+        let bad = |gpa: u64, len: u64| {
+            len == 0
+                || gpa % PAGE_SIZE != 0
+                || len % PAGE_SIZE != 0
+                || !window.contains(&gpa)
+                || gpa.checked_add(len).is_none_or(|e| e > window.end)
+        };
+        let mut extra_ro = Vec::new();
+        for &(gpa, len) in extras.read_only.iter().chain(&extras.lazy) {
+            if bad(gpa, len) {
+                return Err(SpaceError::Memory(MemoryError::BadSlot { gpa, size: len }));
+            }
+            let gva = s2::GVA_BASE + (gpa - s2::GPA_BASE);
+            if space.pt.translate(&space.ram.mem, Gva(gva)).is_err() {
+                space.ensure_pool(8).map_err(|_| SpaceError::TooSmall {
+                    bytes: space.ram.bytes,
+                    why: "no frames for extra ranges".into(),
+                })?;
+                space.pt.map_range(
+                    &space.ram.mem,
+                    &mut space.pool,
+                    Gva(gva),
+                    Gpa(gpa),
+                    len,
+                    PageSize::Size4K,
+                    flags,
+                )?;
+            }
+        }
+        if ro_ok {
+            for &(gpa, len) in &extras.read_only {
+                let r = region(len)?;
+                for i in 0..len as usize {
+                    // SAFETY: i < the region's length; the region is ours.
+                    unsafe { *r.as_ptr().add(i) = i as u8 };
+                }
+                // SAFETY: kept in `self.extra_ro` as long as the VM.
+                unsafe { slots.add(vm, gpa, len, r.as_ptr() as u64, KVM_MEM_READONLY)? };
+                extra_ro.push(r);
+            }
+        }
+        let mut lazy_ranges = vec![(s2::LAZY, s2::REGION)];
+        lazy_ranges.extend(extras.lazy.iter().copied());
         Ok(Stage2 {
             readonly,
+            _extra_ro: extra_ro,
+            lazy_ranges,
             lazy: BTreeMap::new(),
             removable,
             removable_slot: Some(slot),
@@ -131,7 +199,11 @@ impl Stage2 {
         data: &mut [u8],
         write: bool,
     ) -> Result<bool, MemoryError> {
-        if !(s2::LAZY..s2::LAZY + s2::REGION).contains(&gpa) {
+        if !self
+            .lazy_ranges
+            .iter()
+            .any(|&(start, len)| (start..start + len).contains(&gpa))
+        {
             return Ok(false);
         }
         let page = gpa & !(PAGE_SIZE - 1);

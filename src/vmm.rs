@@ -91,6 +91,15 @@ fn kick_signal() -> libc::c_int {
 /// # Errors
 /// [`VmmError`] when the VM cannot be created or the guest cannot be built.
 pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
+    run_with(cfg, &crate::stage2::Extras::default())
+}
+
+/// [`run`] with extra read-only and lazy guest-physical ranges (see
+/// [`crate::stage2::Extras`]).
+///
+/// # Errors
+/// As [`run`]; a bad range is a [`VmmError::Space`].
+pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report, VmmError> {
     let t_start = Instant::now();
     let kvm = Kvm::new().map_err(|source| VmmError::NoKvm { source })?;
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
@@ -118,8 +127,8 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
     let memslot_us = t_slots.elapsed().as_micros() as u64;
     let mut flush_slot = crate::memory::FlushSlot::new(&vm, &mut slots)
         .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
-    let mut s2ctl = if cfg.scenario == memvisor_abi::scenario::STAGE2 {
-        Some(crate::stage2::Stage2::setup(&kvm, &vm, &mut slots, &mut space)?)
+    let mut s2ctl = if cfg.scenario == memvisor_abi::scenario::STAGE2 || !extras.is_empty() {
+        Some(crate::stage2::Stage2::setup(&kvm, &vm, &mut slots, &mut space, extras)?)
     } else {
         None
     };

@@ -151,3 +151,30 @@ fn memslot_overlap_and_limit_are_refused() {
     assert!(matches!(err, MemoryError::TooManySlots { .. }), "{err}");
     assert!(err.to_string().contains("KVM_CAP_NR_MEMSLOTS"));
 }
+
+#[test]
+fn builder_api_runs_with_extra_ranges_and_rejects_bad_ones() {
+    if !common::kvm_or_skip("builder_api_runs_with_extra_ranges_and_rejects_bad_ones") {
+        return;
+    }
+    use memvisor::api::VmBuilder;
+    let base = s2::GPA_BASE;
+    let r = VmBuilder::new()
+        .mem("128M")
+        .expect("size")
+        .scenario("stage2")
+        .expect("scenario")
+        .read_only_range(base + (8 << 20), 0x2000)
+        .lazy_range(base + (9 << 20), 0x4000)
+        .run()
+        .expect("run");
+    assert_eq!(r.guest_exit_code, Some(0), "{}", r.to_text());
+    // A range outside the stage-2 window is refused before the guest runs.
+    let err = VmBuilder::new()
+        .lazy_range(0x1000, 0x1000)
+        .run()
+        .expect_err("bad range");
+    assert!(err.to_string().contains("not 4 KiB aligned") || err.to_string().contains("memslot"), "{err}");
+    assert!(VmBuilder::new().scenario("nope").is_err());
+    assert!(VmBuilder::new().mem("12Q").is_err());
+}

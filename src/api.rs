@@ -1,0 +1,173 @@
+//! The library API for integration tests: configure a guest, pick a scenario, run it, and
+//! assert on the typed [`Report`] (faults, exits, stage-2 events, dirty pages, zones).
+//!
+//! ```no_run
+//! use memvisor::api::VmBuilder;
+//!
+//! let report = VmBuilder::new()
+//!     .mem("512M")?                        // guest RAM (K/M/G suffixes)
+//!     .scenario("stage2")?                 // see `memvisor::scenario::SCENARIOS`
+//!     .lazy_range(1 << 40 | 0x40_0000, 0x4000)
+//!     .run()?;
+//! assert_eq!(report.guest_exit_code, Some(0));
+//! assert!(report.stage2.iter().any(|f| f.write && f.size == 8));
+//! assert!(report.faults.iter().all(|f| f.vector == 14));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::frames::ZonePreset;
+use crate::report::Report;
+use crate::stage2::Extras;
+use crate::vmm::{self, VmConfig, VmmError};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Errors of the builder.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// A size string that does not parse.
+    #[error("{0}")]
+    Size(String),
+    /// An unknown scenario name.
+    #[error("unknown scenario '{name}' (known: {known})")]
+    Scenario {
+        /// The name asked for.
+        name: String,
+        /// The known names.
+        known: String,
+    },
+    /// The VMM failed.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+}
+
+/// Builds and runs one guest.
+#[derive(Debug, Clone)]
+pub struct VmBuilder {
+    cfg: VmConfig,
+    extras: Extras,
+}
+
+impl Default for VmBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VmBuilder {
+    /// 256 MiB, the `demo` scenario, the embedded guest, Linux x86-64 zones, 30 s timeout,
+    /// quiet console.
+    pub fn new() -> Self {
+        VmBuilder {
+            cfg: VmConfig {
+                mem_bytes: crate::layout::DEFAULT_MEM_SIZE,
+                kernel: crate::guest_image::GUEST_ELF.to_vec(),
+                scenario: memvisor_abi::scenario::DEMO,
+                scenario_name: "demo".into(),
+                flags: 0,
+                arg: [0; 4],
+                timeout: Duration::from_secs(30),
+                zone_preset: ZonePreset::X86_64,
+                echo_console: false,
+                check_invariants: false,
+            },
+            extras: Extras::default(),
+        }
+    }
+
+    /// Guest RAM in bytes (a multiple of 4 KiB).
+    pub fn mem_bytes(mut self, bytes: u64) -> Self {
+        self.cfg.mem_bytes = bytes;
+        self
+    }
+
+    /// Guest RAM as a size string (`256M`, `4G`, ...).
+    ///
+    /// # Errors
+    /// [`ApiError::Size`].
+    pub fn mem(self, size: &str) -> Result<Self, ApiError> {
+        let b = crate::memory::parse_size(size).map_err(ApiError::Size)?;
+        Ok(self.mem_bytes(b))
+    }
+
+    /// The guest scenario to run, by name.
+    ///
+    /// # Errors
+    /// [`ApiError::Scenario`] for an unknown name.
+    pub fn scenario(mut self, name: &str) -> Result<Self, ApiError> {
+        let nr = crate::scenario::by_name(name).ok_or_else(|| ApiError::Scenario {
+            name: name.into(),
+            known: crate::scenario::names(),
+        })?;
+        self.cfg.scenario = nr;
+        self.cfg.scenario_name = name.into();
+        Ok(self)
+    }
+
+    /// Zone layout.
+    pub fn zones(mut self, preset: ZonePreset) -> Self {
+        self.cfg.zone_preset = preset;
+        self
+    }
+
+    /// Wall-clock limit for the guest.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.cfg.timeout = t;
+        self
+    }
+
+    /// Quick mode (fewer iterations in benchmark-like scenarios).
+    pub fn quick(mut self, on: bool) -> Self {
+        if on {
+            self.cfg.flags |= memvisor_abi::flags::QUICK;
+        } else {
+            self.cfg.flags &= !memvisor_abi::flags::QUICK;
+        }
+        self
+    }
+
+    /// Another guest kernel ELF instead of the embedded one.
+    pub fn kernel(mut self, elf: Vec<u8>) -> Self {
+        self.cfg.kernel = elf;
+        self
+    }
+
+    /// Check the host invariants after every hypercall batch.
+    pub fn check_invariants(mut self, on: bool) -> Self {
+        self.cfg.check_invariants = on;
+        self
+    }
+
+    /// Echo the guest console on stdout.
+    pub fn echo_console(mut self, on: bool) -> Self {
+        self.cfg.echo_console = on;
+        self
+    }
+
+    /// Add a KVM_MEM_READONLY memslot `[gpa, gpa + bytes)` (in the stage-2 window at 1 TiB;
+    /// mapped for the guest at `stage2::GVA_BASE + (gpa - stage2::GPA_BASE)`).
+    pub fn read_only_range(mut self, gpa: u64, bytes: u64) -> Self {
+        self.extras.read_only.push((gpa, bytes));
+        self
+    }
+
+    /// Declare `[gpa, gpa + bytes)` lazily backed: the first access to each page exits and the
+    /// VMM adds a memslot for it (in the stage-2 window, mapped like `read_only_range`).
+    pub fn lazy_range(mut self, gpa: u64, bytes: u64) -> Self {
+        self.extras.lazy.push((gpa, bytes));
+        self
+    }
+
+    /// The configuration built so far.
+    pub fn config(&self) -> &VmConfig {
+        &self.cfg
+    }
+
+    /// Boot and run; the report also describes guest failures (see [`Report::outcome`]).
+    ///
+    /// # Errors
+    /// [`ApiError::Vmm`] if the VM cannot be created or the guest cannot be built.
+    pub fn run(self) -> Result<Report, ApiError> {
+        Ok(vmm::run_with(&self.cfg, &self.extras)?)
+    }
+}
