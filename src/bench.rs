@@ -289,6 +289,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
     f.push(fig("kvm_memslot_registration_per_GiB", slot_gib, "us", "vmm_setup_per_GiB (4 GiB guest)", setup_gib, ""));
     let (ours, buddy) = frames_pair();
     f.push(fig("frames_single_alloc_free_pair_1GiB", ours, "ns", "buddy_system_allocator::FrameAllocator", buddy, "<= 25 ns, ratio <= 0.33"));
+    f.extend(heap_figures(quick)?);
     Ok(BenchResult {
         cpu: cpu_model(),
         kvm_backend: kvm_backend(),
@@ -296,6 +297,48 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         quick,
         figures: f,
     })
+}
+
+/// Guest heap figures (issue 4), from the `heap-bench` guest (see `crate::replay::bench_report`):
+/// page families vs talc on alloc+free pairs of ≤ 256-byte objects (and the other sizes,
+/// for scale), and the memvisor heap vs talc replaying each sample trace (throughput and
+/// efficiency).
+fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
+    let r = crate::replay::bench_report(quick).map_err(BenchError::Guest)?;
+    let khz = r.tsc_khz;
+    let raw = |n: &str| {
+        r.records
+            .get(&format!("bench.{n}"))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let mut f = Vec::new();
+    for size in [16, 64, 256, 1024, 4096] {
+        let target = if size <= 256 { "ratio <= 1.0" } else { "" };
+        for kind in ["pair", "batch"] {
+            let ns = |h: &str| rec(&r, &format!("heap_{kind}_{h}_{size}"), khz);
+            f.push(fig(
+                &format!("heap_{kind}_page_family_{size}B"),
+                ns("page-family"),
+                "ns",
+                "talc",
+                ns("talc"),
+                target,
+            ));
+        }
+        let ns = |h: &str| rec(&r, &format!("heap_pair_{h}_{size}"), khz);
+        f.push(fig(&format!("heap_pair_memvisor_{size}B"), ns("memvisor"), "ns", "talc", ns("talc"), ""));
+    }
+    for p in crate::replay::sample_traces() {
+        let Some(t) = p.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let ops = |h: &str| raw(&format!("heap_replay_{t}_{h}_ops"));
+        let eff = |h: &str| raw(&format!("heap_replay_{t}_{h}_eff_bp")) / 100.0;
+        f.push(fig(&format!("heap_replay_{t}_memvisor"), ops("memvisor"), "ops/s", "talc", ops("talc"), ">= 1.0"));
+        f.push(fig(&format!("heap_replay_{t}_memvisor_efficiency"), eff("memvisor"), "%", "talc", eff("talc"), ">= 90 %"));
+    }
+    Ok(f)
 }
 
 /// Median VMM start → first guest instruction (µs) and memslot registration (µs), 256 MiB.

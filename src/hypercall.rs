@@ -27,6 +27,16 @@ pub trait VmmCalls {
 pub struct NoVmmCalls;
 impl VmmCalls for NoVmmCalls {}
 
+/// Most bytes of guest console output kept for the report; a guest can send 32 MiB per exit,
+/// so later output is dropped (once marked) rather than growing the VMM without bound.
+pub const CONSOLE_KEEP_MAX: usize = 4 << 20;
+/// Most `key=value` records kept; later `Record` calls get `NoMem`.
+pub const RECORDS_MAX: usize = 16384;
+/// Longest `Record` line in bytes (longer lines get `Inval`).
+pub const RECORD_LINE_MAX: u64 = 1024;
+/// Marker appended once when console output is dropped.
+const CONSOLE_DROPPED: &str = "\n[memvisor: further console output not kept]\n";
+
 /// What the vCPU loop does after a block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {
@@ -66,6 +76,8 @@ pub struct Hypercalls {
     pub records: Vec<(String, String)>,
     /// Echo console output live.
     pub echo: bool,
+    /// The fault matrix's state (`fault-matrix` scenario only), for `MatrixSync`.
+    pub matrix: Option<Box<crate::matrix::MatrixRun>>,
 }
 
 impl Hypercalls {
@@ -185,6 +197,12 @@ impl Hypercalls {
                 (Ok(0), Some(Flow::Panic(msg)))
             }
             Call::Stage2 => (vmm.stage2(space, a[0], a[1]), None),
+            Call::MatrixSync => match self.matrix.as_mut() {
+                Some(m) => (m.sync(space, a[0], a[1]), None),
+                None => (Err(Status::NoSys), None),
+            },
+            Call::Record if a[1] > RECORD_LINE_MAX => (Err(Status::Inval), None),
+            Call::Record if self.records.len() >= RECORDS_MAX => (Err(Status::NoMem), None),
             Call::Record => match read_text(space, a[0], a[1]) {
                 Ok(line) => {
                     let (k, v) = line.split_once('=').unwrap_or((line.as_str(), ""));
@@ -201,7 +219,11 @@ impl Hypercalls {
         if self.echo {
             print_console(&text);
         }
-        self.console.push_str(&text);
+        if self.console.len() + text.len() <= CONSOLE_KEEP_MAX {
+            self.console.push_str(&text);
+        } else if !self.console.ends_with(CONSOLE_DROPPED) {
+            self.console.push_str(CONSOLE_DROPPED);
+        }
         Ok(len)
     }
 }

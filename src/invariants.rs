@@ -30,12 +30,16 @@
 //! unmaps every region and checks that every data frame, and then every frame but the boot
 //! structures', is free.
 
+pub mod harness;
+
 use crate::addr::{Gva, PAGE_SIZE};
 use crate::layout::{
     BOOT_INFO_GPA, BOOT_STACK_BOTTOM, BOOT_STACK_TOP, DF_STACK_BOTTOM, DF_STACK_TOP,
     DIRECT_MAP_BASE, MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START, TABLE_POOL_CHUNK_FRAMES,
     USER_STACK_BOTTOM, USER_STACK_TOP,
 };
+use crate::layout::BLOB_GVA;
+use crate::matrix::tables::AREA as MATRIX_AREA;
 use crate::paging::{Leaf, PteFlags};
 use crate::space::ops::pte_flags_for;
 use crate::space::{AddressSpace, Backing};
@@ -46,6 +50,8 @@ use std::fmt;
 
 /// Bytes of the stage-2 test layout the host may map outside RAM (four regions, 1 MiB apart).
 const STAGE2_SPAN: u64 = 4 << 20;
+/// The blob area: the PML4 slot of [`crate::layout::BLOB_GVA`].
+const BLOB_AREA: core::ops::Range<u64> = BLOB_GVA..BLOB_GVA + (1 << 39);
 
 /// Most violations one check reports (the rest are counted in the last one's detail).
 pub const MAX_VIOLATIONS: usize = 64;
@@ -103,6 +109,12 @@ pub enum FrameState {
     TablePool,
     /// A boot, #DF or ring-3 stack frame (allocated).
     Stack,
+    /// A read-only blob the host mapped for the guest at [`crate::layout::BLOB_GVA`] (e.g. a
+    /// replay trace; allocated).
+    Blob,
+    /// The fault matrix's data frame and records buffer
+    /// ([`AddressSpace::matrix_frames`]; allocated).
+    Matrix,
     /// Mapped for the mmap region with this id (allocated).
     Mapped {
         /// The owner region's id.
@@ -135,6 +147,8 @@ pub struct FrameCounts {
     pub stacks: u64,
     /// Frames mapped for mmap regions.
     pub mapped: u64,
+    /// Blob frames and fault-matrix frames (other host-owned guest data).
+    pub host_data: u64,
 }
 
 /// Per-zone accounting as checked.
@@ -173,6 +187,8 @@ pub struct LeafCounts {
     pub stage2_test: u64,
     /// Leaves in mmap regions.
     pub mmap: u64,
+    /// Leaves of the blob area and of the fault matrix's area.
+    pub host_data: u64,
 }
 
 /// Frames still mapped for one region (the leak report, at exit).
@@ -212,7 +228,8 @@ pub struct TeardownReport {
     pub regions_unmapped: u64,
     /// Data frames given back.
     pub data_frames_freed: u64,
-    /// Frames that would be given back with the page tables, pool chunks and stacks.
+    /// Frames that would be given back with the page tables, pool chunks, stacks and other
+    /// host-owned guest data (blob, fault matrix).
     pub boot_frames: u64,
     /// Free frames in the end (with the boot structures given back).
     pub free_frames: u64,
@@ -238,29 +255,29 @@ pub struct InvariantSummary {
 impl InvariantSummary {
     /// One line for the text report.
     pub fn line(&self) -> String {
-        let mut s = format!(
-            "{} check(s){}; ",
+        let mut parts = vec![format!(
+            "{} check(s){}",
             self.checks,
             if self.checked_every_batch { " (after every batch)" } else { "" }
-        );
+        )];
         if let Some(r) = &self.at_exit {
             let f = &r.frames;
-            s += &format!(
-                "at exit: {} RAM frames = {} free + {} boot + {} kernel + {} table pool ({} tables) + {} stacks + {} mapped; {} leaf(s) still mapped for {} region(s)",
+            parts.push(format!(
+                "at exit: {} RAM frames = {} free + {} boot + {} kernel + {} table pool ({} tables) + {} stacks + {} blob/matrix + {} mapped; {} frame(s) still mapped for {} region(s)",
                 f.ram, f.free, f.boot_reserved, f.kernel, f.table_pool, f.page_tables, f.stacks,
-                f.mapped, r.leaks.iter().map(|l| l.frames).sum::<u64>(), r.leaks.len()
-            );
+                f.host_data, f.mapped, r.leaks.iter().map(|l| l.frames).sum::<u64>(), r.leaks.len()
+            ));
         }
         if let Some(t) = &self.teardown {
-            s += &format!(
-                "; teardown: {} region(s) unmapped, {} data frames freed, all {} managed frames free",
+            parts.push(format!(
+                "teardown: {} region(s) unmapped, {} data frames freed, all {} managed frames free",
                 t.regions_unmapped, t.data_frames_freed, t.managed_frames
-            );
+            ));
         }
-        if !self.violations.is_empty() {
-            s += &format!("; {} VIOLATION(S), first: {}", self.violations.len(), self.violations[0]);
+        if let Some(v) = self.violations.first() {
+            parts.push(format!("{} VIOLATION(S), first: {v}", self.violations.len()));
         }
-        s
+        parts.join("; ")
     }
 }
 
@@ -340,6 +357,7 @@ fn leaf_pte(space: &AddressSpace, gva: u64) -> (Option<u64>, Option<(u64, u16)>)
 enum Area {
     Doorbell,
     Stage2Test,
+    Blob,
     Direct,
     Kernel(usize),
     Stack(u64),
@@ -386,7 +404,9 @@ pub fn check(space: &AddressSpace) -> Result<InvariantReport, Vec<Violation>> {
 fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
     let space = c.space;
     let mem = &space.ram.mem;
-    let nx = space.features.nx;
+    // W^X is checked where the host enforces it: with NX, and not in the fault matrix's
+    // documented no-NX relaxation (`BuildOptions::no_nx`).
+    let nx = space.features.nx && !space.build_options.no_nx;
     let pool_frames = |gpa: u64, size: u64| -> Option<u64> {
         space.pool.chunks.iter().find_map(|ch| {
             let (s, n) = (ch.0 * PAGE_SIZE, TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE);
@@ -428,15 +448,42 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
         );
     }
     let direct_end = DIRECT_MAP_BASE.saturating_add(space.ram.end());
+    let mut counts = LeafCounts::default();
 
-    let leaves: Vec<Leaf> = match space.pt.try_leaves(mem) {
+    let leaves: Vec<Leaf> = match walk_leaves(space) {
         Ok(l) => l,
         Err(e) => {
             c.plain("walk", format!("the page-table walk failed: {e}"));
             space.pt.leaves(mem)
         }
     };
-    let mut counts = LeafCounts::default();
+    let matrix = !space.matrix_frames.is_empty();
+    if matrix {
+        // The fault matrix maps its frames (data frame, records buffer) in its own area, on
+        // tables with deliberately non-present or reserved-bit entries: only what can be
+        // walked is checked: every leaf there maps one of its frames.
+        let len = MATRIX_AREA.end - MATRIX_AREA.start;
+        let mine = space
+            .pt
+            .leaves_in_range(mem, Gva(MATRIX_AREA.start), len)
+            .unwrap_or_default();
+        for l in mine {
+            let (first, n) = (l.gpa.0 / PAGE_SIZE, l.size.bytes() / PAGE_SIZE);
+            let owned = space
+                .matrix_frames
+                .iter()
+                .any(|&(p, k)| first >= p.0 && first + n <= p.0 + k);
+            counts.host_data += 1;
+            if !owned {
+                c.at(
+                    "stray_leaf",
+                    Some(first),
+                    l.gva.0,
+                    "a leaf of the fault matrix's area maps a frame the matrix does not own".into(),
+                );
+            }
+        }
+    }
     let mut claims: Vec<Claim> = Vec::new();
     let mut mapped_in_region: BTreeMap<u64, (u64, Vec<u64>)> = BTreeMap::new();
     let mut stack_leaves = 0u64;
@@ -456,6 +503,8 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
             && !space.ram.contains(gpa, size)
         {
             Area::Stage2Test
+        } else if BLOB_AREA.contains(&gva) {
+            Area::Blob
         } else if (DIRECT_MAP_BASE..direct_end).contains(&gva) {
             Area::Direct
         } else if let Some(i) = segs.iter().position(|&(lo, hi, _)| gva >= lo && gva < hi) {
@@ -525,6 +574,18 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
         }
         match area {
             Area::Doorbell | Area::Stage2Test => {}
+            Area::Blob => {
+                counts.host_data += 1;
+                if w {
+                    c.at("blob", Some(pfn), gva, "a blob page is writable".into());
+                }
+                claims.push(Claim {
+                    start: pfn,
+                    count: size / PAGE_SIZE,
+                    state: FrameState::Blob,
+                    gva: Some(gva),
+                });
+            }
             Area::Direct => {
                 counts.direct += 1;
                 if !w {
@@ -775,7 +836,11 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
     }
 
     // Frame claims: every owner's frames.
-    let data_frames: u64 = claims.iter().map(|c| c.count).sum();
+    let data_frames: u64 = claims
+        .iter()
+        .filter(|c| matches!(c.state, FrameState::Mapped { .. }))
+        .map(|c| c.count)
+        .sum();
     let boot_info = BOOT_INFO_GPA / PAGE_SIZE;
     claims.push(Claim {
         start: 0,
@@ -810,6 +875,14 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
             start: p.0,
             count: 1,
             state: FrameState::Stack,
+            gva: None,
+        });
+    }
+    for &(p, n) in &space.matrix_frames {
+        claims.push(Claim {
+            start: p.0,
+            count: n,
+            state: FrameState::Matrix,
             gva: None,
         });
     }
@@ -926,11 +999,14 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
             FrameState::TablePool => counts_by_state.table_pool += n,
             FrameState::Stack => counts_by_state.stacks += n,
             FrameState::Mapped { .. } => counts_by_state.mapped += n,
+            FrameState::Blob | FrameState::Matrix => counts_by_state.host_data += n,
         }
     }
     counts_by_state.page_tables = tables;
     let f = &counts_by_state;
-    if f.free + f.boot_reserved + f.kernel + f.table_pool + f.stacks + f.mapped != f.ram {
+    if f.free + f.boot_reserved + f.kernel + f.table_pool + f.stacks + f.mapped + f.host_data
+        != f.ram
+    {
         c.plain("zone_count", format!("frames by state do not add up to the RAM frames: {f:?}"));
     }
     if data_frames != space.counters.mapped_frames {
@@ -949,6 +1025,25 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
         regions: space.regions.len() as u64,
         leaks,
     }
+}
+
+/// Every leaf, outside the fault matrix's area when it is in use (see [`run_checks`]).
+fn walk_leaves(space: &AddressSpace) -> Result<Vec<Leaf>, crate::paging::PagingError> {
+    let mem = &space.ram.mem;
+    if space.matrix_frames.is_empty() {
+        return space.pt.try_leaves(mem);
+    }
+    let mut out = space
+        .pt
+        .leaves_in_range(mem, Gva(0), MATRIX_AREA.start)?;
+    let low_end = 1u64 << 47;
+    out.extend(space.pt.leaves_in_range(
+        mem,
+        Gva(MATRIX_AREA.end),
+        low_end - MATRIX_AREA.end,
+    )?);
+    out.extend(space.pt.leaves_in_range(mem, Gva(!(low_end - 1)), low_end)?);
+    Ok(out)
 }
 
 /// Name (some of) the allocated frames of zone span `[zs, ze)` that no owner claims.
@@ -990,11 +1085,17 @@ pub fn teardown_check(space: &mut AddressSpace) -> Result<TeardownReport, Vec<Vi
     };
     let mut out = Vec::new();
     let mut data: Vec<u64> = Vec::new();
-    for leaf in space.pt.leaves(&space.ram.mem) {
-        if (MMAP_WINDOW_START..MMAP_WINDOW_END).contains(&leaf.gva.0) {
-            let first = leaf.gpa.0 / PAGE_SIZE;
-            data.extend(first..first + leaf.size.bytes() / PAGE_SIZE);
-        }
+    let window = space
+        .pt
+        .leaves_in_range(
+            &space.ram.mem,
+            Gva(MMAP_WINDOW_START),
+            MMAP_WINDOW_END - MMAP_WINDOW_START,
+        )
+        .unwrap_or_default();
+    for leaf in window {
+        let first = leaf.gpa.0 / PAGE_SIZE;
+        data.extend(first..first + leaf.size.bytes() / PAGE_SIZE);
     }
     let regions: Vec<(u64, u64)> = space.regions.values().map(|r| (r.start, r.end)).collect();
     for &(s, e) in &regions {
@@ -1057,6 +1158,28 @@ pub fn teardown_check(space: &mut AddressSpace) -> Result<TeardownReport, Vec<Vi
                 pte: None,
                 pte_at: None,
                 detail: "page-table pool chunk cannot be freed".into(),
+            });
+        }
+    }
+    let blob: Vec<(u64, u64)> = space
+        .pt
+        .leaves_in_range(&space.ram.mem, Gva(BLOB_AREA.start), BLOB_AREA.end - BLOB_AREA.start)
+        .unwrap_or_default()
+        .iter()
+        .map(|l| (l.gpa.0 / PAGE_SIZE, l.size.bytes() / PAGE_SIZE))
+        .collect();
+    let host_data = space.matrix_frames.iter().map(|&(p, n)| (p.0, n)).chain(blob);
+    for (p, n) in host_data {
+        if zones.free(crate::addr::Pfn(p), n).is_ok() {
+            boot_frames += n;
+        } else {
+            out.push(Violation {
+                kind: "teardown",
+                frame: Some(p),
+                gva: None,
+                pte: None,
+                pte_at: None,
+                detail: "blob or fault-matrix frames cannot be freed".into(),
             });
         }
     }

@@ -58,6 +58,10 @@ pub const MMAP_WINDOW_END: u64 = 0x0000_2000_0000_0000;
 /// Unmapped guard gap after each mmap region, in bytes (one 4 KiB page).
 pub const MMAP_GUARD: u64 = 0x1000;
 
+/// GVA where the host maps a blob it hands the guest (e.g. an encoded allocation trace for
+/// `memvisor replay`): read-only, user-accessible, no-execute; length in `BootInfo.arg[1]`.
+pub const BLOB_GVA: u64 = 0x0000_4000_0000_0000;
+
 /// Base of the kernel-stack area (Linux's vmalloc base); its first page is the boot stack's
 /// guard.
 pub const STACKS_BASE: u64 = 0xffff_c900_0000_0000;

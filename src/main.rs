@@ -28,6 +28,27 @@ enum Cmd {
     Run(RunArgs),
     /// Measure: a table of figures, each beside a peer measured in the same run.
     Bench(BenchArgs),
+    /// Replay an allocation trace inside the guest on one heap (format:
+    /// tests/data/traces/README.md).
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ReplayArgs {
+    /// The trace file.
+    trace: PathBuf,
+    /// Heap: page-family, mems, memvisor, talc, linked-list, buddy.
+    #[arg(long, default_value = "memvisor")]
+    heap: String,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Guest RAM (K/M/G/T suffixes).
+    #[arg(long, default_value = "512M")]
+    mem: String,
+    /// Wall-clock limit for the guest in seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -55,9 +76,9 @@ struct RunArgs {
     /// Scenario to run in the guest.
     #[arg(long, default_value = "demo")]
     scenario: String,
-    /// Wall-clock limit for the guest in seconds.
-    #[arg(long, default_value_t = 30.0, allow_negative_numbers = true)]
-    timeout: f64,
+    /// Wall-clock limit for the guest in seconds [default: 30; 300 for fault-matrix].
+    #[arg(long, allow_negative_numbers = true)]
+    timeout: Option<f64>,
     /// Zone layout: x86-64 (DMA/DMA32/Normal, as Linux) or legacy (DMA/Normal/HighMem).
     #[arg(long, value_enum, default_value_t = Zones::X86_64)]
     zones: Zones,
@@ -67,6 +88,14 @@ struct RunArgs {
     /// Quick mode: fewer iterations in benchmark-like scenarios.
     #[arg(long)]
     quick: bool,
+    /// Heap debugging: `guard` puts every allocation of the guest's global allocator on its
+    /// own pages, its end at an unmapped guard page (overflows and uses after free fault).
+    #[arg(long, value_name = "MODE", value_parser = ["guard"])]
+    heap_debug: Option<String>,
+    /// fault-matrix only: write every case to FILE, one tab-separated line per case after a
+    /// header line (written to a temporary file and renamed: never a partial file).
+    #[arg(long, value_name = "FILE")]
+    cases_out: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -99,9 +128,61 @@ fn main() -> ExitCode {
     let args = match cli.cmd {
         Some(Cmd::Run(a)) => a,
         Some(Cmd::Bench(b)) => return bench(b),
+        Some(Cmd::Replay(r)) => return replay(r),
         None => cli.run,
     };
     run(args)
+}
+
+/// `memvisor replay`: exit 0 if every event replayed without error, 1 if the guest failed or
+/// reported errors, 2 for a bad trace or arguments (one line on stderr).
+fn replay(a: ReplayArgs) -> ExitCode {
+    use memvisor::replay as rp;
+    let Some(heap) = rp::heap_id(&a.heap) else {
+        return fail(format!(
+            "unknown heap '{}' (known: {})",
+            a.heap,
+            rp::HEAPS.join(", ")
+        ));
+    };
+    let mem_bytes = match parse_size(&a.mem) {
+        Ok(b) if b >= 64 << 20 && b % 4096 == 0 && b <= layout::MAX_MEM_SIZE => b,
+        Ok(_) => return fail("--mem must be a multiple of 4 KiB between 64 MiB and 1 TiB"),
+        Err(e) => return fail(format!("--mem: {e}")),
+    };
+    if !(a.timeout.is_finite() && a.timeout > 0.0 && a.timeout <= 86_400.0) {
+        return fail("--timeout must be a number of seconds in (0, 86400]");
+    }
+    let trace = match rp::load(&a.trace) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    set_json_mode(a.json);
+    let report = match rp::run(&trace, heap, mem_bytes, Duration::from_secs_f64(a.timeout)) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let res = rp::ReplayResult::from_report(&trace, &a.heap, &report);
+    if a.json {
+        match serde_json::to_string_pretty(&res) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(format!("cannot encode the result: {e}")),
+        }
+    } else {
+        print!("{}", res.text());
+    }
+    if res.ok() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "memvisor: replay failed: {}",
+            res.first_error
+                .clone()
+                .or(report.message.clone())
+                .unwrap_or_else(|| format!("{} errors, guest outcome {}", res.errors, res.outcome))
+        );
+        ExitCode::from(1)
+    }
 }
 
 fn bench(b: BenchArgs) -> ExitCode {
@@ -171,7 +252,8 @@ fn run(a: RunArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return fail(format!("--mem: {e}")),
     };
-    if !(a.timeout.is_finite() && a.timeout > 0.0 && a.timeout <= 86_400.0) {
+    let timeout = a.timeout.unwrap_or(if a.scenario == "fault-matrix" { 300.0 } else { 30.0 });
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
         return fail("--timeout must be a number of seconds in (0, 86400]");
     }
     let Some(scenario_nr) = scenario::by_name(&a.scenario) else {
@@ -192,6 +274,17 @@ fn run(a: RunArgs) -> ExitCode {
     if a.quick {
         flags |= memvisor_abi::flags::QUICK;
     }
+    if a.heap_debug.is_some() {
+        flags |= memvisor_abi::flags::HEAP_DEBUG_GUARD;
+    }
+    if let Some(path) = &a.cases_out {
+        if scenario_nr != memvisor_abi::scenario::FAULT_MATRIX {
+            return fail("--cases-out is only for --scenario fault-matrix");
+        }
+        if let Err(e) = check_cases_out(path) {
+            return fail(format!("--cases-out {}: {e}", path.display()));
+        }
+    }
     let cfg = VmConfig {
         mem_bytes,
         kernel,
@@ -199,7 +292,7 @@ fn run(a: RunArgs) -> ExitCode {
         scenario_name: a.scenario.clone(),
         flags,
         arg: [0; 4],
-        timeout: Duration::from_secs_f64(a.timeout),
+        timeout: Duration::from_secs_f64(timeout),
         zone_preset: match a.zones {
             Zones::X86_64 => ZonePreset::X86_64,
             Zones::Legacy => ZonePreset::Legacy,
@@ -220,18 +313,51 @@ fn run(a: RunArgs) -> ExitCode {
     } else {
         print!("{}", report.to_text());
     }
+    if let Some(path) = &a.cases_out {
+        match &report.matrix {
+            Some(m) => {
+                if let Err(e) = m.data.write_tsv(path) {
+                    return fail(format!("--cases-out {}: {e}", path.display()));
+                }
+            }
+            None => {
+                eprintln!(
+                    "memvisor: --cases-out {}: the fault matrix did not finish; nothing written",
+                    path.display()
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
     if report.success() {
         ExitCode::SUCCESS
     } else {
         if !a.json {
-            eprintln!(
-                "memvisor: guest failed: {}",
-                report.message.clone().unwrap_or_else(|| format!(
-                    "exit code {}",
-                    report.guest_exit_code.unwrap_or(1)
-                ))
-            );
+            match &report.matrix {
+                Some(m) if report.guest_exit_code == Some(0) => eprintln!(
+                    "memvisor: fault matrix: {} case(s) differ from the SDM oracle",
+                    m.summary.fail
+                ),
+                _ => eprintln!(
+                    "memvisor: guest failed: {}",
+                    report.message.clone().unwrap_or_else(|| format!(
+                        "exit code {}",
+                        report.guest_exit_code.unwrap_or(1)
+                    ))
+                ),
+            }
         }
         ExitCode::from(1)
     }
+}
+
+/// Fail early if `--cases-out` cannot be written: not a directory, and its temporary file
+/// can be created (and is removed again).
+fn check_cases_out(path: &std::path::Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        return Err(std::io::Error::other("is a directory"));
+    }
+    let tmp = memvisor::matrix::temp_path(path);
+    std::fs::File::create(&tmp)?;
+    std::fs::remove_file(&tmp)
 }

@@ -320,6 +320,8 @@ pub struct Report {
     pub invariants: Option<crate::invariants::InvariantSummary>,
     /// Timings.
     pub timings: Timings,
+    /// The fault matrix's totals (`fault-matrix` scenario; null otherwise).
+    pub matrix: Option<crate::matrix::MatrixReport>,
     /// Guest CPU paging features.
     pub cpu: Features,
     /// TSC frequency the guest was told (kHz; KVM_GET_TSC_KHZ when CPUID lacks it).
@@ -454,14 +456,18 @@ impl Report {
                 _ => None,
             },
             timings,
+            matrix: hc
+                .matrix
+                .as_deref()
+                .and_then(crate::matrix::MatrixReport::from_run),
             cpu,
             tsc_khz,
         }
     }
 
-    /// True if the guest exited with code 0.
+    /// True if the guest exited with code 0 (and the fault matrix, if any, has no failures).
     pub fn success(&self) -> bool {
-        self.guest_exit_code == Some(0)
+        self.guest_exit_code == Some(0) && self.matrix.as_ref().is_none_or(|m| m.summary.fail == 0)
     }
 
     /// The last exception in the fault log, if any.
@@ -607,6 +613,9 @@ impl Report {
             for v in inv.violations.iter().take(16) {
                 let _ = writeln!(o, "  VIOLATION {v}");
             }
+        }
+        if let Some(m) = &self.matrix {
+            o.push_str(&m.to_text());
         }
         let t = &self.timings;
         let _ = writeln!(

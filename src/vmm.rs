@@ -108,7 +108,24 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let features = Features::from_cpuid(&cpuid);
     log::debug!("setup: KVM VM + CPUID after {:?}", t_start.elapsed());
-    let mut space = AddressSpace::build(cfg.mem_bytes, &cfg.kernel, cfg.zone_preset, features)?;
+    let fault_matrix = cfg.scenario == memvisor_abi::scenario::FAULT_MATRIX;
+    let mut space = AddressSpace::build_with(
+        cfg.mem_bytes,
+        &cfg.kernel,
+        cfg.zone_preset,
+        features,
+        crate::space::BuildOptions {
+            no_nx: fault_matrix,
+        },
+    )?;
+    let mut boot_arg = cfg.arg;
+    let matrix = if fault_matrix {
+        let (run, plan_gva) = crate::matrix::setup(&mut space, crate::matrix::phys_bits(&cpuid))?;
+        boot_arg[0] = plan_gva;
+        Some(run)
+    } else {
+        None
+    };
     let t_slots = Instant::now();
     let memslots = space
         .ram
@@ -144,7 +161,7 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
             _ => boot::cpuid::calibrate_tsc_khz(),
         }
     };
-    let boot_gva = space.write_boot_info(cfg.scenario, cfg.flags, cfg.arg, tsc_khz)?;
+    let boot_gva = space.write_boot_info(cfg.scenario, cfg.flags, boot_arg, tsc_khz)?;
     let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     boot::setup_sregs(&mut sregs, space.cr3(), features.nx);
     vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
@@ -177,6 +194,7 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
     let setup_us = t_start.elapsed().as_micros() as u64;
     let mut hc = Hypercalls {
         echo: cfg.echo_console,
+        matrix,
         ..Hypercalls::default()
     };
     let mut exits: BTreeMap<String, u64> = BTreeMap::new();

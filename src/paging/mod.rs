@@ -53,7 +53,8 @@
 //! `pte.rs` (entry and flag bits, reserved bits), `protection.rs` (presets), `table.rs`
 //! (`PageTables` state and public editing API), `checks.rs` (argument and range checks),
 //! `edit.rs` (the recursive map / unmap / protect editors), `walk.rs` (translate, leaves, dump,
-//! summary), `direct.rs` (direct map), `io.rs` (guest-memory access to tables),
+//! summary), `entry.rs` (single entries at any level, for test tables such as the fault
+//! matrix's: flags of intermediate entries, reserved bits), `direct.rs` (direct map), `io.rs` (guest-memory access to tables),
 //! `tableset.rs` (the set of table frames).
 //!
 //! Sources: Intel SDM Vol. 3A §4.5 (4-level paging, entry formats), §4.6 (access rights),
@@ -66,6 +67,7 @@ compile_error!("paging writes x86 page-table entries in host byte order: little-
 mod checks;
 mod direct;
 mod edit;
+mod entry;
 mod io;
 pub mod protection;
 pub mod pte;

@@ -52,6 +52,9 @@ pub struct PageTables {
     /// Leaf entries per page size, index [`PageSize::index`].
     pub(super) leaves_per_size: [u64; 3],
     pub(super) config: PagingConfig,
+    /// Entries given reserved bits by [`PageTables::poison_entry`] (test tables only):
+    /// entry GPA → the bits set.
+    pub(super) poisoned: std::collections::BTreeMap<u64, u64>,
 }
 
 /// Span in bytes covered by one entry of a table at `level` (1–4).
@@ -93,6 +96,7 @@ impl PageTables {
             tables_per_level: [0; 4],
             leaves_per_size: [0; 3],
             config,
+            poisoned: std::collections::BTreeMap::new(),
         };
         let (root, view) = pt.alloc_table(mem, frames, 4)?;
         if let Err(e) = view.write_back(mem, &Slots::whole(), Dirty::ALL) {

@@ -139,12 +139,15 @@ impl PageTables {
         let buf =
             io::view(mem, table)?.read(entry_index(first, level), entry_index(last, level))?;
         let span = entry_span(level);
+        let table_gpa = table.gpa()?.0;
         let mut va = first;
         loop {
             let idx = entry_index(va, level);
             let sub_last = last.min(va | (span - 1));
             let pte = Pte::from_raw(buf.get(idx));
-            if !pte.is_present() {
+            let poisoned = !self.poisoned.is_empty()
+                && self.poisoned_bits(table_gpa | (idx as u64 * 8)).is_some();
+            if !pte.is_present() || poisoned {
                 f(Visit::Hole { va })?;
             } else if pte.is_leaf(level) {
                 let size = PageSize::from_level(level).unwrap_or(PageSize::Size4K);
@@ -192,7 +195,10 @@ impl PageTables {
             if !pte.is_present() {
                 return Err(PagingError::NotMapped { gva });
             }
-            let bits = pte.reserved_bits(level, cfg.phys_addr_bits, cfg.nx_enabled);
+            let poisoned = self
+                .poisoned_bits(table.gpa()?.0 | (index as u64 * 8))
+                .unwrap_or(0);
+            let bits = pte.reserved_bits(level, cfg.phys_addr_bits, cfg.nx_enabled) | poisoned;
             if bits != 0 {
                 return Err(PagingError::ReservedBits {
                     gva,

@@ -159,7 +159,24 @@ pub struct AddressSpace {
     /// A mapping was removed or its rights reduced since the VMM last flushed KVM's shadow
     /// page tables (see [`crate::memory::FlushSlot`]).
     pub shadow_stale: bool,
+    /// How the space was built (e.g. `no_nx` for the fault matrix).
+    pub build_options: BuildOptions,
+    /// Frame runs `(first, count)` owned by the fault matrix (its data frame and records
+    /// buffer; its test tables are pool frames), mapped under
+    /// [`crate::matrix::tables::AREA`]. Empty in other scenarios.
+    pub matrix_frames: Vec<(Pfn, u64)>,
     next_region: u64,
+}
+
+/// Options of [`AddressSpace::build_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Map the kernel's own pages (image, direct map, stacks, doorbell) without NX even when
+    /// the CPU has it: a **W^X relaxation for the `fault-matrix` scenario only**, whose guest
+    /// runs half its passes with EFER.NXE = 0, where NX is a reserved bit and every NX
+    /// mapping (the kernel's stack and data included) would fault with RSVD = 1. Writable
+    /// pages are then executable; nothing else changes.
+    pub no_nx: bool,
 }
 
 fn prot_flags(p: Protection, nx: bool) -> PteFlags {
@@ -177,6 +194,20 @@ impl AddressSpace {
         kernel: &[u8],
         preset: ZonePreset,
         features: Features,
+    ) -> Result<Self, SpaceError> {
+        Self::build_with(mem_bytes, kernel, preset, features, BuildOptions::default())
+    }
+
+    /// [`AddressSpace::build`] with [`BuildOptions`].
+    ///
+    /// # Errors
+    /// As [`AddressSpace::build`].
+    pub fn build_with(
+        mem_bytes: u64,
+        kernel: &[u8],
+        preset: ZonePreset,
+        features: Features,
+        opts: BuildOptions,
     ) -> Result<Self, SpaceError> {
         let t0 = std::time::Instant::now();
         let ram = GuestRam::new(mem_bytes)?;
@@ -209,7 +240,7 @@ impl AddressSpace {
         }
         log::debug!("build: kernel loaded, pool ready after {:?}", t0.elapsed());
         let mut pt = PageTables::new(&ram.mem, &mut pool)?;
-        let nx = features.nx;
+        let nx = features.nx && !opts.no_nx;
 
         // Kernel image, per segment, W^X.
         for seg in &image.segments {
@@ -258,7 +289,9 @@ impl AddressSpace {
                 &mut pool,
                 Gva(DIRECT_MAP_BASE),
                 list,
-                features.page_1g,
+                // 2 MiB pages only: a page-table pool chunk grown later must be made
+                // read-only with one PD entry, and 1 GiB leaves are never split.
+                false,
                 flags,
             )?;
         }
@@ -274,7 +307,10 @@ impl AddressSpace {
             (USER_STACK_BOTTOM, USER_STACK_SIZE, direct_flags),
         ] {
             for i in 0..size / PAGE_SIZE {
-                let pfn = zones.alloc(ZoneKind::Dma32, 1, 1)?;
+                // DMA32 on x86-64; the legacy preset has no DMA32 (its Normal is below 896 MiB).
+                let pfn = zones
+                    .alloc(ZoneKind::Dma32, 1, 1)
+                    .or_else(|_| zones.alloc(ZoneKind::Normal, 1, 1))?;
                 stack_frames.push(pfn);
                 let gpa = pfn.gpa()?;
                 zero_frame(&ram, gpa.0)?;
@@ -313,9 +349,50 @@ impl AddressSpace {
             counters: SpaceCounters::default(),
             stack_frames,
             shadow_stale: false,
+            build_options: opts,
+            matrix_frames: Vec::new(),
             next_region: 1,
         };
+        let mut space = space;
+        crate::replay::map_pending_blob(&mut space)?;
         Ok(space)
+    }
+
+    /// Map `bytes` read-only (US, NX) at `gva` (page aligned, outside every other mapping) on
+    /// fresh frames: a blob the host hands the guest, e.g. an encoded trace
+    /// ([`crate::layout::BLOB_GVA`]). Returns the number of pages mapped.
+    ///
+    /// # Errors
+    /// [`SpaceError`] when frames or table frames run out or guest memory cannot be written.
+    pub fn map_blob(&mut self, gva: u64, bytes: &[u8]) -> Result<u64, SpaceError> {
+        let pages = (bytes.len() as u64).div_ceil(PAGE_SIZE);
+        let flags = prot_flags(Protection::USER_RODATA, self.features.nx);
+        for i in 0..pages {
+            self.ensure_pool(4).map_err(|_| SpaceError::Write {
+                what: "blob page tables",
+            })?;
+            let pfn = match self.zones.alloc(ZoneKind::Dma32, 1, 1) {
+                Ok(p) => p,
+                Err(_) => self.zones.alloc(ZoneKind::Normal, 1, 1)?,
+            };
+            let gpa = pfn.gpa()?;
+            zero_frame(&self.ram, gpa.0)?;
+            let off = (i * PAGE_SIZE) as usize;
+            let chunk = &bytes[off..bytes.len().min(off + PAGE_SIZE as usize)];
+            self.ram
+                .mem
+                .write_slice(chunk, GuestAddress(gpa.0))
+                .map_err(|_| SpaceError::Write { what: "blob" })?;
+            self.pt.map(
+                &self.ram.mem,
+                &mut self.pool,
+                Gva(gva + i * PAGE_SIZE),
+                gpa,
+                PageSize::Size4K,
+                flags,
+            )?;
+        }
+        Ok(pages)
     }
 
     /// Write the boot info for `scenario` into its frame; returns its GVA (for `rdi`).
@@ -372,7 +449,12 @@ impl AddressSpace {
         *self
             .counters
             .by_kind
-            .entry(format!("{}/{}", rec.kind, rec.vector))
+            // Vectors are 0-255; a hostile FaultReport may send any u64: one key for all
+            // out-of-range values, so the map stays bounded.
+            .entry(match rec.vector {
+                v @ 0..=255 => format!("{}/{v}", rec.kind),
+                _ => format!("{}/invalid", rec.kind),
+            })
             .or_default() += 1;
         if self.faults.len() < FAULT_LOG_MAX {
             self.faults.push(rec);
@@ -392,8 +474,11 @@ impl AddressSpace {
     }
 }
 
+/// RAM ranges `(first GPA, bytes)`.
+pub type Ranges = Vec<(Gpa, u64)>;
+
 /// Split RAM `ranges` into the parts outside and inside the `ro` spans (`(gpa, bytes)`).
-pub fn split_ranges(ranges: &[(Gpa, u64)], ro: &[(u64, u64)]) -> (Vec<(Gpa, u64)>, Vec<(Gpa, u64)>) {
+pub fn split_ranges(ranges: &[(Gpa, u64)], ro: &[(u64, u64)]) -> (Ranges, Ranges) {
     let mut cuts: Vec<(u64, u64)> = ro.iter().map(|&(a, l)| (a, a.saturating_add(l))).collect();
     cuts.sort_unstable();
     let (mut outside, mut inside) = (Vec::new(), Vec::new());

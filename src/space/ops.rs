@@ -232,39 +232,45 @@ impl AddressSpace {
         if self.pool.available() >= n {
             return Ok(());
         }
-        let chunk = self.pool.grow(&mut self.zones).map_err(|_| Status::NoMem)?;
+        // Make the chunk read-only in the direct map *before* it joins the pool: if that fails
+        // (e.g. the chunk lies inside a 1 GiB direct-map page, which is never split), the
+        // chunk goes back to the zones and no table is ever built in a writable frame.
+        let chunk = super::pool::TablePool::alloc_chunk(&mut self.zones).map_err(|_| Status::NoMem)?;
         let ro = pte_flags_for(prot::READ, self.features.nx);
         let len = crate::layout::TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
-        self.pt
+        if self
+            .pt
             .protect(
                 &self.ram.mem,
                 Gva(crate::layout::DIRECT_MAP_BASE + chunk.0 * PAGE_SIZE),
                 len,
                 ro,
             )
-            .map_err(|_| Status::NoMem)?;
+            .is_err()
+        {
+            let _ = self.zones.free(chunk, crate::layout::TABLE_POOL_CHUNK_FRAMES);
+            return Err(Status::NoMem);
+        }
+        self.pool.add_chunk(chunk);
         self.shadow_stale = true;
         Ok(())
     }
 
     /// Unmap the present pages of `[gva, end)` (holes allowed) and free their frames.
     fn unmap_present(&mut self, gva: u64, end: u64) {
-        let mut page = gva;
-        while page < end {
-            match self.pt.translate(&self.ram.mem, Gva(page)) {
-                Ok(t) => {
-                    let size = t.page_size.bytes();
-                    let base = page & !(size - 1);
-                    self.note_shadow(t.leaf_pte.raw());
-                    if let Ok(leaves) = self.pt.unmap(&self.ram.mem, &mut self.pool, Gva(base), size)
-                    {
-                        for (_, gpa, sz) in leaves {
-                            self.release(gpa.0, sz);
-                        }
-                    }
-                    page = base + size;
+        // The leaves of the range (the walk skips holes a table at a time: a lazy region may
+        // span the whole 16 TiB window, too many pages to translate one by one).
+        let present = self
+            .pt
+            .leaves_in_range(&self.ram.mem, Gva(gva), end - gva)
+            .unwrap_or_default();
+        for leaf in present {
+            let size = leaf.size.bytes();
+            self.note_shadow(leaf.flags.bits());
+            if let Ok(leaves) = self.pt.unmap(&self.ram.mem, &mut self.pool, leaf.gva, size) {
+                for (_, gpa, sz) in leaves {
+                    self.release(gpa.0, sz);
                 }
-                Err(_) => page += PAGE_SIZE,
             }
         }
     }
@@ -332,38 +338,28 @@ impl AddressSpace {
         };
         let flags = pte_flags_for(p, self.features.nx);
         // Apply to present pages first (all-or-nothing per run is the paging layer's job).
+        // The leaves of the range, holes skipped a table at a time (see `unmap_present`).
         let mut changed = 0;
-        let mut page = gva;
-        while page < end {
-            match self.pt.translate(&self.ram.mem, Gva(page)) {
-                Ok(t) => {
-                    let size = t.page_size.bytes();
-                    let base = page & !(size - 1);
-                    if base < gva || base + size > end {
-                        return Err(Status::Inval);
-                    }
-                    page = base + size;
-                }
-                Err(_) => page += PAGE_SIZE,
+        let present = self
+            .pt
+            .leaves_in_range(&self.ram.mem, Gva(gva), len)
+            .map_err(|_| Status::Inval)?;
+        for leaf in &present {
+            let size = leaf.size.bytes();
+            if leaf.gva.0 < gva || leaf.gva.0 + size > end {
+                return Err(Status::Inval);
             }
         }
-        let mut page = gva;
-        while page < end {
-            match self.pt.translate(&self.ram.mem, Gva(page)) {
-                Ok(t) => {
-                    let size = t.page_size.bytes();
-                    let old = t.leaf_pte.raw();
-                    let n = self
-                        .pt
-                        .protect(&self.ram.mem, Gva(page), size, flags)
-                        .map_err(|_| Status::Inval)?;
-                    changed += n;
-                    if reduces(old, flags.bits()) {
-                        self.note_shadow(old);
-                    }
-                    page += size;
-                }
-                Err(_) => page += PAGE_SIZE,
+        for leaf in present {
+            let size = leaf.size.bytes();
+            let old = leaf.flags.bits();
+            let n = self
+                .pt
+                .protect(&self.ram.mem, leaf.gva, size, flags)
+                .map_err(|_| Status::Inval)?;
+            changed += n;
+            if reduces(old, flags.bits()) {
+                self.note_shadow(old);
             }
         }
         if let Some(r) = self.regions.get_mut(&key) {
@@ -386,7 +382,10 @@ impl AddressSpace {
             return Err(Status::NotMapped);
         }
         let page = cr2 & !(PAGE_SIZE - 1);
-        let Some(key) = self.region_for(page, page + PAGE_SIZE) else {
+        // The last page of the address space has no end: it lies in no region (a wrapping
+        // end of 0 would match the highest region).
+        let end = page.checked_add(PAGE_SIZE).ok_or(Status::NotMapped)?;
+        let Some(key) = self.region_for(page, end) else {
             return Err(Status::NotMapped);
         };
         let (p, z) = match self.regions.get(&key) {

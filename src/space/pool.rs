@@ -29,17 +29,30 @@ impl TablePool {
     /// # Errors
     /// The zone allocator's error when no 2 MiB-aligned run of 512 free frames exists.
     pub fn grow(&mut self, zones: &mut ZoneTable) -> Result<Pfn, crate::frames::FrameError> {
-        let first = zones
+        let first = Self::alloc_chunk(zones)?;
+        self.add_chunk(first);
+        Ok(first)
+    }
+
+    /// Allocate a chunk's frames from `zones` as [`Self::grow`] does, without adding it.
+    ///
+    /// # Errors
+    /// As [`Self::grow`].
+    pub fn alloc_chunk(zones: &mut ZoneTable) -> Result<Pfn, crate::frames::FrameError> {
+        zones
             .alloc(ZoneKind::Dma32, TABLE_POOL_CHUNK_FRAMES, TABLE_POOL_CHUNK_FRAMES)
             .or_else(|_| {
                 zones.alloc(ZoneKind::Normal, TABLE_POOL_CHUNK_FRAMES, TABLE_POOL_CHUNK_FRAMES)
-            })?;
+            })
+    }
+
+    /// Add an allocated chunk starting at `first` to the pool.
+    pub fn add_chunk(&mut self, first: Pfn) {
         self.chunks.push(first);
         // Hand out low frames first: push in reverse so pop() yields ascending PFNs.
         for i in (0..TABLE_POOL_CHUNK_FRAMES).rev() {
             self.free.push(Pfn(first.0 + i));
         }
-        Ok(first)
     }
 
     /// Free frames left in the pool.

@@ -9,7 +9,11 @@ use std::time::Duration;
 /// True if /dev/kvm can be opened. Without it a test is skipped with a message — except
 /// under CI=true, where a missing /dev/kvm fails the test (CI machines have KVM).
 pub fn kvm_or_skip(test: &str) -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {

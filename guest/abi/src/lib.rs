@@ -88,6 +88,11 @@ pub enum Call {
     /// Stage-2 test control (the `stage2` scenario): `args[0]` = a [`stage2`] op,
     /// `args[1]` = its operand. `value` = op-specific result.
     Stage2 = 12,
+    /// Fault matrix pass boundary (the `fault-matrix` scenario): `args[0]` = index of the
+    /// pass that just ended (or [`matrix::NO_PASS`]), `args[1]` = index of the pass about to
+    /// start (or [`matrix::NO_PASS`]). The host snapshots the test leaves for the ended pass,
+    /// clears A/D in every test entry and flushes KVM's shadow before the guest runs again.
+    MatrixSync = 16,
 }
 
 impl Call {
@@ -107,6 +112,7 @@ impl Call {
             10 => Call::Panic,
             11 => Call::Record,
             12 => Call::Stage2,
+            16 => Call::MatrixSync,
             _ => return None,
         })
     }
@@ -127,6 +133,7 @@ impl Call {
             Call::Panic => "panic",
             Call::Record => "record",
             Call::Stage2 => "stage2",
+            Call::MatrixSync => "matrix_sync",
         }
     }
 }
@@ -407,6 +414,83 @@ pub mod scenario {
     pub const HOSTILE: u32 = 7;
     /// Stage-2 faults: unbacked GPAs, read-only and lazy memslots, slot removal, dirty log.
     pub const STAGE2: u32 = 8;
+    /// The #PF permission matrix (`memvisor run --scenario fault-matrix`); `arg[0]` = GVA of
+    /// the host's [`matrix::Plan`](crate::matrix::Plan).
+    pub const FAULT_MATRIX: u32 = 9;
+    /// Guest heaps (issue 4): the page-family seed's test application with its reports.
+    pub const SEED_PAGE_FAMILY: u32 = 10;
+    /// Guest heaps: MeMS's classic example (`mems_get` cross-checked against the host).
+    pub const SEED_MEMS: u32 = 11;
+    /// Guest heaps: random operations on each heap, checked with patterns and audits.
+    pub const HEAP_STRESS: u32 = 12;
+    /// Guest heaps: guard-page heap debugging, an overflow and a use after free caught.
+    pub const HEAP_DEBUG: u32 = 13;
+    /// Guest heaps: replay the trace the host mapped (`arg` = GVA, length, heap id).
+    pub const REPLAY: u32 = 14;
+    /// Guest heaps: in-guest heap figures for `memvisor bench` (`arg` = traces blob).
+    pub const HEAP_BENCH: u32 = 15;
+}
+
+/// The fault-matrix scenario's shared layout: the host builds the test page tables and a
+/// [`Plan`] of passes; each pass probes every record's VA once with one access at one CPL
+/// in one mode and the guest's #PF handler fills in the record.
+pub mod matrix {
+    /// [`Plan::magic`].
+    pub const PLAN_MAGIC: u64 = 0x5849_5254_414d_4650; // "PFMATRIX"
+    /// Most passes in a plan.
+    pub const MAX_PASSES: usize = 64;
+    /// "No pass" in `MatrixSync` arguments.
+    pub const NO_PASS: u64 = u64::MAX;
+    /// [`Pass::access`]: a 1-byte read.
+    pub const ACCESS_READ: u32 = 0;
+    /// [`Pass::access`]: a 1-byte write (of 0xC3, the byte already there).
+    pub const ACCESS_WRITE: u32 = 1;
+    /// [`Pass::access`]: an instruction fetch (`call` to the VA, whose byte is `ret`).
+    pub const ACCESS_EXEC: u32 = 2;
+    /// [`Pass::mode`]: CR0.WP = 1.
+    pub const MODE_WP: u32 = 1;
+    /// [`Pass::mode`]: IA32_EFER.NXE = 1.
+    pub const MODE_NXE: u32 = 2;
+    /// [`Pass::mode`]: CR4.SMEP = 1.
+    pub const MODE_SMEP: u32 = 4;
+    /// [`Pass::mode`]: CR4.SMAP = 1 (with RFLAGS.AC = 0 for the probes).
+    pub const MODE_SMAP: u32 = 8;
+    /// [`Pass::mode`]: CR4.PKE = 1 and PKRU = [`Pass::pkru`].
+    pub const MODE_PKE: u32 = 16;
+    /// Bytes of one record: `[va, cr2, error_code]` (u64 each).
+    pub const RECORD_BYTES: u64 = 24;
+    /// A record's `error_code` before the probe (and after it, if it did not fault).
+    pub const NOT_FAULTED: u64 = u64::MAX;
+
+    /// One pass: `count` records at `records`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Pass {
+        /// `ACCESS_*`.
+        pub access: u32,
+        /// 0 or 3.
+        pub cpl: u32,
+        /// `MODE_*` bits.
+        pub mode: u32,
+        /// PKRU value when `MODE_PKE` is set.
+        pub pkru: u32,
+        /// GVA of the first record.
+        pub records: u64,
+        /// Number of records.
+        pub count: u64,
+    }
+
+    /// The passes the guest runs, in order.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct Plan {
+        /// [`PLAN_MAGIC`].
+        pub magic: u64,
+        /// Valid entries of `pass`.
+        pub passes: u64,
+        /// The passes.
+        pub pass: [Pass; MAX_PASSES],
+    }
 }
 
 /// Memory statistics the host writes for `Stats`.
@@ -438,6 +522,8 @@ mod host_impls {
     unsafe impl vm_memory::ByteValued for E820Entry {}
     unsafe impl vm_memory::ByteValued for BootInfo {}
     unsafe impl vm_memory::ByteValued for MemStats {}
+    unsafe impl vm_memory::ByteValued for matrix::Pass {}
+    unsafe impl vm_memory::ByteValued for matrix::Plan {}
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 #![no_main]
 #![allow(dead_code)] // some probes and hypercall wrappers serve only later scenarios
 
+extern crate alloc;
+
 
 mod bench;
 mod console;
@@ -16,7 +18,9 @@ mod demo;
 mod stage2;
 mod hostile;
 mod hc;
+mod heap;
 mod idt;
+mod matrix;
 mod probe;
 mod user;
 mod walk;
@@ -66,12 +70,21 @@ extern "C" fn kmain(boot_info: *const BootInfo) -> ! {
     let code = match info.scenario {
         memvisor_abi::scenario::DEMO => user::run(demo::run_user, 0) as u32,
         memvisor_abi::scenario::BOOT => 0,
+        memvisor_abi::scenario::FAULT_MATRIX => matrix::run(),
         memvisor_abi::scenario::STAGE2 => user::run(stage2::run_user, 0) as u32,
         memvisor_abi::scenario::HOSTILE => user::run(hostile::run_user, 0) as u32,
         memvisor_abi::scenario::BENCH => {
             bench::run_kernel();
             user::run(bench::run_user, 0) as u32
         }
+        memvisor_abi::scenario::SEED_PAGE_FAMILY => {
+            user::run(heap::scenarios::seed_page_family, 0) as u32
+        }
+        memvisor_abi::scenario::SEED_MEMS => user::run(heap::scenarios::seed_mems, 0) as u32,
+        memvisor_abi::scenario::HEAP_STRESS => user::run(heap::scenarios::heap_stress, 0) as u32,
+        memvisor_abi::scenario::HEAP_DEBUG => user::run(heap::scenarios::heap_debug, 0) as u32,
+        memvisor_abi::scenario::REPLAY => user::run(heap::replay::run_user, 0) as u32,
+        memvisor_abi::scenario::HEAP_BENCH => user::run(heap::bench::run_user, 0) as u32,
         memvisor_abi::scenario::RUNAWAY => crash::runaway(),
         memvisor_abi::scenario::GUEST_PANIC => crash::guest_panic(),
         memvisor_abi::scenario::TRIPLE_FAULT => crash::triple_fault(),

@@ -1,0 +1,295 @@
+//! The fault matrix's test page tables, data frame and records buffer.
+//!
+//! * **Matrix VAs** (65,536): for the flag combinations `i4, i3, i2, i1` (each 0–15: bit 0 P,
+//!   bit 1 RW, bit 2 US, bit 3 NX) of the PML4E, PDPTE, PDE and PTE, the VA
+//!   `((64 + i4) << 39) | (i3 << 30) | (i2 << 21) | (i1 << 12)` in the low half. Every path
+//!   has its own tables: 16 PDPTs, 256 PDs and 4,096 PTs from the table pool.
+//! * **Reserved-bit VAs** (4): `(80 + r) << 39` for `r` = PML4E, PDPTE, PDE, PTE: every entry
+//!   is `P | RW | US` and bit 51 (reserved while MAXPHYADDR < 52) is set in the entry of
+//!   level `r`. Each has its own PDPT, PD and PT.
+//! * Every leaf points to one **data frame** filled with `0xC3` (`ret`), so a fetch probe can
+//!   `call` any test VA and a write probe stores the byte already there.
+//! * The **records buffer** at [`BUF_GVA`] (US=1, RW, no NX): the [`Plan`] in its first
+//!   [`PLAN_BYTES`], then one `[va, cr2, error_code]` record per case, pass after pass,
+//!   prefilled with `[va, NOT_FAULTED, NOT_FAULTED]`.
+//!
+//! The scenario's address space is built without NX in the kernel's own mappings (see
+//! [`crate::space::BuildOptions::no_nx`]), so these helpers map with the same no-NX flags.
+
+use crate::addr::{Gpa, Gva, Pfn, PAGE_SIZE};
+use crate::frames::ZoneKind;
+use crate::layout::{DIRECT_MAP_BASE, TABLE_POOL_CHUNK_FRAMES};
+use crate::paging::{PageSize, PteFlags};
+use crate::space::{AddressSpace, SpaceError};
+use memvisor_abi::matrix::{Plan, NOT_FAULTED, RECORD_BYTES};
+use vm_memory::{Bytes, GuestAddress};
+
+/// First PML4 slot of the matrix VAs.
+pub const MATRIX_SLOT: u64 = 64;
+/// First PML4 slot of the reserved-bit VAs.
+pub const RSVD_SLOT: u64 = 80;
+/// GVA of the records buffer (PML4 slot 90).
+pub const BUF_GVA: u64 = 90 << 39;
+/// Bytes at the start of the buffer for the plan (whole pages).
+pub const PLAN_BYTES: u64 = (core::mem::size_of::<Plan>() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+/// The GVAs this module maps: PML4 slots 64 (first matrix VA) to 90 (records buffer).
+pub const AREA: core::ops::Range<u64> = (MATRIX_SLOT << 39)..((BUF_GVA >> 39) + 1) << 39;
+/// Matrix VAs (16^4).
+pub const MATRIX_VAS: usize = 1 << 16;
+/// Reserved-bit VAs.
+pub const RSVD_VAS: usize = 4;
+/// Bit 51: reserved in a present entry when MAXPHYADDR < 52.
+pub const RSVD_BIT: u64 = 1 << 51;
+
+const T: u64 = 0x7; // P | RW | US
+
+/// Entry flags for combination `c` (0–15): bit 0 P, bit 1 RW, bit 2 US, bit 3 NX.
+pub const fn combo_flags(c: u64) -> u64 {
+    (c & 7) | ((c >> 3) & 1) << 63
+}
+
+/// One test VA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestVa {
+    /// The VA.
+    pub va: u64,
+    /// Flag bits of the PML4E, PDPTE, PDE and PTE (address bits zero; bit 51 where set).
+    pub entries: [u64; 4],
+    /// Level (4 = PML4E … 1 = PTE) whose entry has bit 51 set, if any.
+    pub rsvd_level: Option<u8>,
+}
+
+/// The 65,540 test VAs in matrix order.
+pub fn test_vas() -> Vec<TestVa> {
+    let mut v = Vec::with_capacity(MATRIX_VAS + RSVD_VAS);
+    for k in 0..MATRIX_VAS as u64 {
+        let (i4, i3, i2, i1) = (k >> 12, (k >> 8) & 15, (k >> 4) & 15, k & 15);
+        v.push(TestVa {
+            va: ((MATRIX_SLOT + i4) << 39) | (i3 << 30) | (i2 << 21) | (i1 << 12),
+            entries: [i4, i3, i2, i1].map(combo_flags),
+            rsvd_level: None,
+        });
+    }
+    for r in 0..RSVD_VAS as u64 {
+        let mut entries = [T; 4];
+        entries[r as usize] |= RSVD_BIT;
+        v.push(TestVa {
+            va: (RSVD_SLOT + r) << 39,
+            entries,
+            rsvd_level: Some(4 - r as u8),
+        });
+    }
+    v
+}
+
+/// What [`build`] made.
+#[derive(Debug)]
+pub struct Built {
+    /// GPA of each test VA's leaf entry, in [`test_vas`] order.
+    pub leaf_gpas: Vec<u64>,
+    /// Each leaf's value as built (A and D clear).
+    pub leaf_raw: Vec<u64>,
+    /// GPAs of every test entry at every level (A/D cleared before each pass).
+    pub entry_gpas: Vec<u64>,
+    /// GPA of the data frame.
+    pub data_gpa: u64,
+    /// GPA of the records buffer (contiguous).
+    pub buf_gpa: u64,
+    /// Its size in bytes.
+    pub buf_bytes: u64,
+    /// False if MAXPHYADDR is 52 (bit 51 not reserved): the reserved-bit VAs were built
+    /// without it and their cases are skipped.
+    pub rsvd_built: bool,
+}
+
+fn paging(e: crate::paging::PagingError) -> SpaceError {
+    SpaceError::Paging(e)
+}
+
+/// Grow the table pool until it has `n` free frames, mapping each new chunk read-only (and
+/// without NX, as the rest of this scenario's kernel mappings) in the direct map.
+fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
+    let ro = PteFlags::PRESENT | PteFlags::USER;
+    while space.pool.available() < n {
+        let chunk = space.pool.grow(&mut space.zones)?;
+        space
+            .pt
+            .protect(
+                &space.ram.mem,
+                Gva(DIRECT_MAP_BASE + chunk.0 * PAGE_SIZE),
+                TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE,
+                ro,
+            )
+            .map_err(paging)?;
+    }
+    Ok(())
+}
+
+/// A run of `n` contiguous frames (DMA32 first, then Normal).
+fn frames(space: &mut AddressSpace, n: u64) -> Result<Pfn, SpaceError> {
+    Ok(space
+        .zones
+        .alloc(ZoneKind::Dma32, n, 1)
+        .or_else(|_| space.zones.alloc(ZoneKind::Normal, n, 1))?)
+}
+
+/// Build the test tables for `vas`, the data frame and a records buffer of `buf_bytes`
+/// (plan included) filled with `records` (already laid out by the caller). `phys_bits` is
+/// the guest's MAXPHYADDR.
+pub fn build(
+    space: &mut AddressSpace,
+    vas: &[TestVa],
+    buf: &[u8],
+    phys_bits: u8,
+) -> Result<Built, SpaceError> {
+    // 16 PDPT + 256 PD + 4096 PT, 3 per reserved-bit VA, the buffer's tables, slack.
+    let buf_bytes = (buf.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let need = 16 + 256 + 4096 + 3 * RSVD_VAS as u64 + buf_bytes / (512 * PAGE_SIZE) + 16;
+    reserve_tables(space, need)?;
+
+    let data = frames(space, 1)?;
+    let data_gpa = data.gpa()?.0;
+    space
+        .ram
+        .mem
+        .write_slice(&[0xc3u8; PAGE_SIZE as usize], GuestAddress(data_gpa))
+        .map_err(|_| SpaceError::Write {
+            what: "matrix data frame",
+        })?;
+
+    space.matrix_frames.push((data, 1));
+    let buf_pfn = frames(space, buf_bytes / PAGE_SIZE)?;
+    space.matrix_frames.push((buf_pfn, buf_bytes / PAGE_SIZE));
+    let buf_gpa = buf_pfn.gpa()?.0;
+    space
+        .ram
+        .mem
+        .write_slice(buf, GuestAddress(buf_gpa))
+        .map_err(|_| SpaceError::Write {
+            what: "matrix records",
+        })?;
+    let rw_user = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
+    space
+        .pt
+        .map_range(
+            &space.ram.mem,
+            &mut space.pool,
+            Gva(BUF_GVA),
+            Gpa(buf_gpa),
+            buf_bytes,
+            PageSize::Size4K,
+            rw_user,
+        )
+        .map_err(paging)?;
+
+    // Map every test VA P | RW | US (this allocates each path's tables), then give each
+    // entry its flags: leaves first, then the tables above (a non-present intermediate
+    // entry cannot be mapped through, so those come last), then the reserved bits.
+    let mem = &space.ram.mem;
+    for t in vas {
+        space
+            .pt
+            .map(
+                mem,
+                &mut space.pool,
+                Gva(t.va),
+                Gpa(data_gpa),
+                PageSize::Size4K,
+                rw_user,
+            )
+            .map_err(paging)?;
+    }
+    let mut leaf_gpas = Vec::with_capacity(vas.len());
+    let mut leaf_raw = Vec::with_capacity(vas.len());
+    let mut entry_gpas = Vec::with_capacity(vas.len() + 4400);
+    for level in 1..=4u8 {
+        let i = 4 - level as usize;
+        let mut last_gpa = None;
+        for t in vas {
+            let gpa = space.pt.entry_gpa(mem, Gva(t.va), level).map_err(paging)?;
+            if level == 1 {
+                leaf_gpas.push(gpa.0);
+            }
+            // Consecutive VAs share their upper entries: set each entry once.
+            if last_gpa == Some(gpa.0) {
+                continue;
+            }
+            last_gpa = Some(gpa.0);
+            entry_gpas.push(gpa.0);
+            let flags = PteFlags::from_bits_truncate(t.entries[i] & !RSVD_BIT);
+            space
+                .pt
+                .set_entry_flags(mem, Gva(t.va), level, flags)
+                .map_err(paging)?;
+        }
+    }
+    for &g in &leaf_gpas {
+        let raw = mem
+            .read_obj::<u64>(GuestAddress(g))
+            .map_err(|_| SpaceError::Write {
+                what: "matrix leaf",
+            })?;
+        leaf_raw.push(raw);
+    }
+    let rsvd_built = phys_bits < 52;
+    for (k, t) in vas.iter().enumerate() {
+        if let (Some(level), true) = (t.rsvd_level, rsvd_built) {
+            space
+                .pt
+                .poison_entry(mem, Gva(t.va), level, RSVD_BIT, phys_bits)
+                .map_err(paging)?;
+            if level == 1 {
+                leaf_raw[k] |= RSVD_BIT;
+            }
+        }
+    }
+    Ok(Built {
+        leaf_gpas,
+        leaf_raw,
+        entry_gpas,
+        data_gpa,
+        buf_gpa,
+        buf_bytes,
+        rsvd_built,
+    })
+}
+
+/// Records for `passes` passes over `vas`, after a plan area of [`PLAN_BYTES`] (zeros).
+pub fn records_image(vas: &[TestVa], passes: usize) -> Vec<u8> {
+    let n = vas.len();
+    let mut buf = vec![0u8; PLAN_BYTES as usize + passes * n * RECORD_BYTES as usize];
+    let mut off = PLAN_BYTES as usize;
+    for _ in 0..passes {
+        for t in vas {
+            for w in [t.va, NOT_FAULTED, NOT_FAULTED] {
+                buf[off..off + 8].copy_from_slice(&w.to_le_bytes());
+                off += 8;
+            }
+        }
+    }
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vas_are_distinct_and_canonical() {
+        let v = test_vas();
+        assert_eq!(v.len(), 65_540);
+        let mut vas: Vec<u64> = v.iter().map(|t| t.va).collect();
+        vas.sort_unstable();
+        vas.dedup();
+        assert_eq!(vas.len(), 65_540);
+        assert!(v.iter().all(|t| t.va < 1 << 47));
+        assert_eq!(v[0].va, 64 << 39);
+        assert_eq!(v[0].entries, [0; 4]);
+        let last = v[65_535];
+        assert_eq!(last.entries, [combo_flags(15); 4]);
+        assert_eq!(combo_flags(15), 0x8000_0000_0000_0007);
+        assert_eq!(v[65_536].entries[0], 0x7 | RSVD_BIT);
+        assert_eq!(v[65_539].rsvd_level, Some(1));
+        const { assert!(BUF_GVA > (RSVD_SLOT + 4) << 39) };
+    }
+}
