@@ -249,7 +249,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
     let mut f = Vec::new();
     let r3_exit = g("r3_bare_exit");
     let r0_exit = g("r0_bare_exit");
-    f.push(fig("null_hypercall_ring3", g("r3_null_hypercall"), "ns", "bare_exit_ring3 (MMIO write the VMM ignores)", r3_exit, "<= 1.10"));
+    f.push(fig("null_hypercall_ring3", g("r3_null_hypercall"), "ns", "bare_exit_ring3 (write to the null doorbell)", r3_exit, "<= 1.10"));
     f.push(fig("null_hypercall_ring0", g("r0_null_hypercall"), "ns", "bare_exit_ring0 (out to the null port)", r0_exit, "<= 1.10"));
     f.push(fig("guest_handled_pf_ring3", g("r3_guest_pf"), "ns", "bare_exit_ring3", r3_exit, ""));
     f.push(fig("demand_paging_fault_ring3", g("r3_demand_fault"), "ns", "bare_exit_ring3", r3_exit, "<= 1.5"));

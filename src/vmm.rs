@@ -277,6 +277,9 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
                 }
                 mmio = Some((addr, data.len() as u32, false, 0, lazy));
             }
+            Ok(VcpuExit::MmioWrite(addr, _)) if addr == memvisor_abi::NULL_DOORBELL_GPA => {
+                bump("null_doorbell");
+            }
             Ok(VcpuExit::MmioWrite(addr, data))
                 if addr == memvisor_abi::DOORBELL_GPA && data.len() == 8 =>
             {

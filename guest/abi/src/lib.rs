@@ -31,6 +31,9 @@ pub const PORT_HYPERCALL: u16 = 0x0510;
 /// GPA of the MMIO doorbell: an 8-byte write of a request block's GPA here is a hypercall
 /// (no memslot covers it: the write exits as `KVM_EXIT_MMIO`). In the 32-bit MMIO hole.
 pub const DOORBELL_GPA: u64 = 0xd000_0000;
+/// GPA of the null doorbell: a write here is a bare exit the VMM counts and ignores (the
+/// ring-3 counterpart of [`PORT_NULL`], the floor for a ring-3 hypercall).
+pub const NULL_DOORBELL_GPA: u64 = DOORBELL_GPA + 8;
 /// GVA where the host maps the doorbell page (US=1, so ring 3 can ring it).
 pub const DOORBELL_GVA: u64 = 0x0000_7ffe_0000_0000;
 

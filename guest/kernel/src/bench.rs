@@ -3,7 +3,7 @@
 //! batches of the mean cycles per operation. Figures and their peers are measured in the same
 //! run; the host computes the ratios.
 
-use crate::probe::{self, Probe};
+use crate::probe;
 use crate::{boot, hc, println};
 use core::fmt::Write;
 use memvisor_abi::{flags, map, prot, zone, Call};
@@ -53,49 +53,61 @@ pub extern "C" fn run_user(_: u64) -> u64 {
 }
 
 fn run() -> Result<(), &'static str> {
-    let (batches, per) = if quick() { (3, 20) } else { (15, 200) };
+    let (batches, per) = if quick() { (3usize, 20u64) } else { (15, 100) };
     let rw = prot::READ | prot::WRITE | prot::USER;
 
-    // Exit floor and hypercall round trip from ring 3.
-    let null_gva = memvisor_abi::DOORBELL_GVA + 8;
-    record(
-        "r3_bare_exit",
-        measure(batches, per, || {
-            // SAFETY: a write to the doorbell page at a non-doorbell offset: an MMIO exit the
-            // VMM counts and ignores.
-            unsafe { core::ptr::write_volatile(null_gva as *mut u64, 0) };
-        }),
-    );
-    record(
-        "r3_null_hypercall",
-        measure(batches, per, || {
-            let _ = hc::call(Call::Nop, [0; 5]);
-        }),
-    );
-
-    // A #PF the guest handles alone: a write to a read-only page, resumed by the exception
-    // table (no hypercall).
+    // Exit floor, hypercall round trip, guest-handled #PF and demand-paging fault from ring 3,
+    // measured in interleaved rounds so that each figure and its peer (the bare exit) see the
+    // same machine load; each value is the median over rounds of the per-operation mean.
+    let null_gva = memvisor_abi::DOORBELL_GVA
+        + (memvisor_abi::NULL_DOORBELL_GPA - memvisor_abi::DOORBELL_GPA);
     let ro = hc::mmap(PAGE, prot::READ | prot::USER, zone::ANY, map::POPULATE).map_err(|_| "mmap ro")?;
-    record(
-        "r3_guest_pf",
-        measure(batches, per, || {
-            // SAFETY: the write faults (read-only page) and the probe resumes; nothing is written.
-            let r = unsafe { probe::write(ro, 0) };
-            debug_assert!(matches!(r, Probe::Fault { .. }));
-        }),
-    );
-    hc::munmap(ro, PAGE).map_err(|_| "munmap ro")?;
-
-    // Demand paging: each first touch of a lazy page takes #PF -> hypercall -> host maps.
-    let pages = if quick() { 64 } else { 1024 };
-    let lazy = hc::mmap(pages * PAGE, rw, zone::ANY, map::LAZY).map_err(|_| "mmap lazy")?;
-    let t0 = rdtsc();
-    for i in 0..pages {
-        // SAFETY: inside our lazy region; the #PF handler has the host back the page.
-        unsafe { core::ptr::write_volatile((lazy + i * PAGE) as *mut u8, 1) };
+    let rounds = batches.min(32);
+    let pages_per_round = if quick() { 8 } else { 32 };
+    let lazy_pages = rounds as u64 * pages_per_round;
+    let lazy = hc::mmap(lazy_pages * PAGE, rw, zone::ANY, map::LAZY).map_err(|_| "mmap lazy")?;
+    let mut bare = [0u64; 32];
+    let mut null = [0u64; 32];
+    let mut gpf = [0u64; 32];
+    let mut demand = [0u64; 32];
+    for r in 0..rounds {
+        let t0 = rdtsc();
+        for _ in 0..per {
+            // SAFETY: a write to the null doorbell: an MMIO exit the VMM counts and ignores.
+            unsafe { core::ptr::write_volatile(null_gva as *mut u64, 0) };
+        }
+        let t1 = rdtsc();
+        for _ in 0..per {
+            let _ = hc::call(Call::Nop, [0; 5]);
+        }
+        let t2 = rdtsc();
+        for _ in 0..per {
+            // SAFETY: the write faults (read-only page) and the probe resumes; nothing is
+            // written.
+            let _ = unsafe { probe::write(ro, 0) };
+        }
+        let t3 = rdtsc();
+        for i in 0..pages_per_round {
+            let page = lazy + (r as u64 * pages_per_round + i) * PAGE;
+            // SAFETY: inside our lazy region; the #PF handler has the host back the page.
+            unsafe { core::ptr::write_volatile(page as *mut u8, 1) };
+        }
+        let t4 = rdtsc();
+        bare[r] = (t1 - t0) / per;
+        null[r] = (t2 - t1) / per;
+        gpf[r] = (t3 - t2) / per;
+        demand[r] = (t4 - t3) / pages_per_round;
     }
-    record("r3_demand_fault", (rdtsc() - t0) / pages);
-    hc::munmap(lazy, pages * PAGE).map_err(|_| "munmap lazy")?;
+    let median = |v: &mut [u64]| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    record("r3_bare_exit", median(&mut bare[..rounds]));
+    record("r3_null_hypercall", median(&mut null[..rounds]));
+    record("r3_guest_pf", median(&mut gpf[..rounds]));
+    record("r3_demand_fault", median(&mut demand[..rounds]));
+    hc::munmap(ro, PAGE).map_err(|_| "munmap ro")?;
+    hc::munmap(lazy, lazy_pages * PAGE).map_err(|_| "munmap lazy")?;
 
     // mmap throughput: populate + munmap of 1, 16 and 512 pages per call (cycles per page).
     for n in [1u64, 16, 512] {
