@@ -46,7 +46,8 @@ fn target_installed() -> bool {
 }
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let guest = manifest.join("guest/kernel");
     for p in [
@@ -84,7 +85,10 @@ fn main() {
         .arg(&target_dir)
         .status()
         .expect("failed to run cargo for the guest kernel");
-    assert!(status.success(), "building the guest kernel failed (see the output above)");
+    assert!(
+        status.success(),
+        "building the guest kernel failed (see the output above)"
+    );
     let elf = target_dir.join(TARGET).join("release/memvisor-guest");
     std::fs::copy(&elf, out.join("memvisor-guest.elf")).expect("copy the guest ELF");
 }

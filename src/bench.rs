@@ -35,14 +35,25 @@ pub struct Figure {
     pub target: &'static str,
 }
 
-fn fig(name: &str, value: f64, unit: &'static str, peer: &str, peer_value: f64, target: &'static str) -> Figure {
+fn fig(
+    name: &str,
+    value: f64,
+    unit: &'static str,
+    peer: &str,
+    peer_value: f64,
+    target: &'static str,
+) -> Figure {
     Figure {
         name: name.into(),
         value,
         unit,
         peer: peer.into(),
         peer_value,
-        ratio: if peer_value != 0.0 { value / peer_value } else { f64::NAN },
+        ratio: if peer_value != 0.0 {
+            value / peer_value
+        } else {
+            f64::NAN
+        },
         target,
     }
 }
@@ -152,7 +163,15 @@ fn pt_build(bytes: u64, size: PageSize, reps: usize) -> (f64, f64) {
         let t0 = Instant::now();
         let ok = match size {
             PageSize::Size4K => pt
-                .map_range(&mem, &mut pool, Gva(0xffff_8880_0000_0000), base, bytes, size, flags)
+                .map_range(
+                    &mem,
+                    &mut pool,
+                    Gva(0xffff_8880_0000_0000),
+                    base,
+                    bytes,
+                    size,
+                    flags,
+                )
                 .is_ok(),
             _ => map_direct(
                 &mut pt,
@@ -242,22 +261,63 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
     let cfg = guest_config(quick);
     let r = vmm::run(&cfg)?;
     if !r.success() {
-        return Err(BenchError::Guest(r.message.clone().unwrap_or_else(|| r.outcome.to_string())));
+        return Err(BenchError::Guest(
+            r.message.clone().unwrap_or_else(|| r.outcome.to_string()),
+        ));
     }
     let khz = r.tsc_khz;
     let g = |n: &str| rec(&r, n, khz);
     let mut f = Vec::new();
     let r3_exit = g("r3_bare_exit");
     let r0_exit = g("r0_bare_exit");
-    f.push(fig("null_hypercall_ring3", g("r3_null_hypercall"), "ns", "bare_exit_ring3 (write to the null doorbell)", r3_exit, "<= 1.10"));
-    f.push(fig("null_hypercall_ring0", g("r0_null_hypercall"), "ns", "bare_exit_ring0 (out to the null port)", r0_exit, "<= 1.10"));
-    f.push(fig("guest_handled_pf_ring3", g("r3_guest_pf"), "ns", "bare_exit_ring3", r3_exit, ""));
-    f.push(fig("demand_paging_fault_ring3", g("r3_demand_fault"), "ns", "bare_exit_ring3", r3_exit, "<= 1.5"));
+    f.push(fig(
+        "null_hypercall_ring3",
+        g("r3_null_hypercall"),
+        "ns",
+        "bare_exit_ring3 (write to the null doorbell)",
+        r3_exit,
+        "<= 1.10",
+    ));
+    f.push(fig(
+        "null_hypercall_ring0",
+        g("r0_null_hypercall"),
+        "ns",
+        "bare_exit_ring0 (out to the null port)",
+        r0_exit,
+        "<= 1.10",
+    ));
+    f.push(fig(
+        "guest_handled_pf_ring3",
+        g("r3_guest_pf"),
+        "ns",
+        "bare_exit_ring3",
+        r3_exit,
+        "",
+    ));
+    f.push(fig(
+        "demand_paging_fault_ring3",
+        g("r3_demand_fault"),
+        "ns",
+        "bare_exit_ring3",
+        r3_exit,
+        "<= 1.5",
+    ));
     let minor = host_minor_fault_ns(if quick { 256 } else { 4096 });
-    f.push(fig("host_linux_minor_fault", minor, "ns", "bare_exit_ring3", r3_exit, "for scale"));
+    f.push(fig(
+        "host_linux_minor_fault",
+        minor,
+        "ns",
+        "bare_exit_ring3",
+        r3_exit,
+        "for scale",
+    ));
     let per_page = |n: &str| {
         let ns = g(n);
-        if ns > 0.0 { 1e9 / ns } else { f64::NAN }
+        if ns > 0.0 {
+            1e9 / ns
+        } else {
+            f64::NAN
+        }
     };
     let one = per_page("r3_mmap_munmap_1p_per_page");
     for n in [1, 16, 512] {
@@ -272,9 +332,23 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
     }
     let reps = if quick { 3 } else { 9 };
     let (pt2m, ms2m) = pt_build(64 << 30, PageSize::Size2M, reps);
-    f.push(fig("pt_build_64GiB_direct_map_2M", pt2m, "ns/entry", "memset of the same PTE bytes", ms2m, "total <= 1 ms"));
+    f.push(fig(
+        "pt_build_64GiB_direct_map_2M",
+        pt2m,
+        "ns/entry",
+        "memset of the same PTE bytes",
+        ms2m,
+        "total <= 1 ms",
+    ));
     let (pt4k, ms4k) = pt_build(1 << 30, PageSize::Size4K, reps);
-    f.push(fig("pt_build_1GiB_4K", pt4k, "ns/entry", "memset of the same PTE bytes", ms4k, "<= 2.0"));
+    f.push(fig(
+        "pt_build_1GiB_4K",
+        pt4k,
+        "ns/entry",
+        "memset of the same PTE bytes",
+        ms4k,
+        "<= 2.0",
+    ));
     f.push(fig(
         "pt_build_64GiB_direct_map_2M_total",
         pt2m * 32768.0 / 1000.0,
@@ -284,11 +358,32 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "<= 1000 us",
     ));
     let boot = boot_figures(if quick { 3 } else { 15 })?;
-    f.push(fig("vmm_start_to_first_guest_instruction_256MiB", boot.0, "us", "kvm_memslot_registration_256MiB", boot.1, "<= 5000 us"));
+    f.push(fig(
+        "vmm_start_to_first_guest_instruction_256MiB",
+        boot.0,
+        "us",
+        "kvm_memslot_registration_256MiB",
+        boot.1,
+        "<= 5000 us",
+    ));
     let (slot_gib, setup_gib) = memslot_per_gib(quick)?;
-    f.push(fig("kvm_memslot_registration_per_GiB", slot_gib, "us", "vmm_setup_per_GiB (4 GiB guest)", setup_gib, ""));
+    f.push(fig(
+        "kvm_memslot_registration_per_GiB",
+        slot_gib,
+        "us",
+        "vmm_setup_per_GiB (4 GiB guest)",
+        setup_gib,
+        "",
+    ));
     let (ours, buddy) = frames_pair();
-    f.push(fig("frames_single_alloc_free_pair_1GiB", ours, "ns", "buddy_system_allocator::FrameAllocator", buddy, "<= 25 ns, ratio <= 0.33"));
+    f.push(fig(
+        "frames_single_alloc_free_pair_1GiB",
+        ours,
+        "ns",
+        "buddy_system_allocator::FrameAllocator",
+        buddy,
+        "<= 25 ns, ratio <= 0.33",
+    ));
     f.extend(heap_figures(quick)?);
     Ok(BenchResult {
         cpu: cpu_model(),
@@ -327,7 +422,14 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
             ));
         }
         let ns = |h: &str| rec(&r, &format!("heap_pair_{h}_{size}"), khz);
-        f.push(fig(&format!("heap_pair_memvisor_{size}B"), ns("memvisor"), "ns", "talc", ns("talc"), ""));
+        f.push(fig(
+            &format!("heap_pair_memvisor_{size}B"),
+            ns("memvisor"),
+            "ns",
+            "talc",
+            ns("talc"),
+            "",
+        ));
     }
     for p in crate::replay::sample_traces() {
         let Some(t) = p.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
@@ -335,8 +437,22 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
         };
         let ops = |h: &str| raw(&format!("heap_replay_{t}_{h}_ops"));
         let eff = |h: &str| raw(&format!("heap_replay_{t}_{h}_eff_bp")) / 100.0;
-        f.push(fig(&format!("heap_replay_{t}_memvisor"), ops("memvisor"), "ops/s", "talc", ops("talc"), ">= 1.0"));
-        f.push(fig(&format!("heap_replay_{t}_memvisor_efficiency"), eff("memvisor"), "%", "talc", eff("talc"), ">= 90 %"));
+        f.push(fig(
+            &format!("heap_replay_{t}_memvisor"),
+            ops("memvisor"),
+            "ops/s",
+            "talc",
+            ops("talc"),
+            ">= 1.0",
+        ));
+        f.push(fig(
+            &format!("heap_replay_{t}_memvisor_efficiency"),
+            eff("memvisor"),
+            "%",
+            "talc",
+            eff("talc"),
+            ">= 90 %",
+        ));
     }
     Ok(f)
 }
@@ -387,9 +503,16 @@ impl BenchResult {
             self.cpu,
             self.kvm_backend,
             self.tsc_khz,
-            if self.quick { " — QUICK mode (few iterations)" } else { "" }
+            if self.quick {
+                " — QUICK mode (few iterations)"
+            } else {
+                ""
+            }
         );
-        let _ = writeln!(o, "| figure | value | peer (same run) | peer value | ratio | target |");
+        let _ = writeln!(
+            o,
+            "| figure | value | peer (same run) | peer value | ratio | target |"
+        );
         let _ = writeln!(o, "| --- | ---: | --- | ---: | ---: | --- |");
         for f in &self.figures {
             let _ = writeln!(

@@ -87,7 +87,12 @@ impl Hypercalls {
     }
 
     /// [`Self::handle`], with `vmm` serving the calls that need the VM.
-    pub fn handle_with(&mut self, space: &mut AddressSpace, gpa: u64, vmm: &mut dyn VmmCalls) -> Flow {
+    pub fn handle_with(
+        &mut self,
+        space: &mut AddressSpace,
+        gpa: u64,
+        vmm: &mut dyn VmmCalls,
+    ) -> Flow {
         let Some(count) = self.check_block(space, gpa) else {
             self.bad_blocks += 1;
             return Flow::Continue;
@@ -130,10 +135,7 @@ impl Hypercalls {
                 flow = f;
             }
         }
-        let _ = space
-            .ram
-            .mem
-            .write_obj(completed, GuestAddress(gpa + 4));
+        let _ = space.ram.mem.write_obj(completed, GuestAddress(gpa + 4));
         flow
     }
 
@@ -206,7 +208,8 @@ impl Hypercalls {
             Call::Record => match read_text(space, a[0], a[1]) {
                 Ok(line) => {
                     let (k, v) = line.split_once('=').unwrap_or((line.as_str(), ""));
-                    self.records.push((k.trim().to_string(), v.trim().to_string()));
+                    self.records
+                        .push((k.trim().to_string(), v.trim().to_string()));
                     (Ok(0), None)
                 }
                 Err(s) => (Err(s), None),

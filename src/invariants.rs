@@ -33,12 +33,12 @@
 pub mod harness;
 
 use crate::addr::{Gva, PAGE_SIZE};
+use crate::layout::BLOB_GVA;
 use crate::layout::{
     BOOT_INFO_GPA, BOOT_STACK_BOTTOM, BOOT_STACK_TOP, DF_STACK_BOTTOM, DF_STACK_TOP,
     DIRECT_MAP_BASE, MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START, TABLE_POOL_CHUNK_FRAMES,
     USER_STACK_BOTTOM, USER_STACK_TOP,
 };
-use crate::layout::BLOB_GVA;
 use crate::matrix::tables::AREA as MATRIX_AREA;
 use crate::paging::{Leaf, PteFlags};
 use crate::space::ops::pte_flags_for;
@@ -258,7 +258,11 @@ impl InvariantSummary {
         let mut parts = vec![format!(
             "{} check(s){}",
             self.checks,
-            if self.checked_every_batch { " (after every batch)" } else { "" }
+            if self.checked_every_batch {
+                " (after every batch)"
+            } else {
+                ""
+            }
         )];
         if let Some(r) = &self.at_exit {
             let f = &r.frames;
@@ -275,7 +279,10 @@ impl InvariantSummary {
             ));
         }
         if let Some(v) = self.violations.first() {
-            parts.push(format!("{} VIOLATION(S), first: {v}", self.violations.len()));
+            parts.push(format!(
+                "{} VIOLATION(S), first: {v}",
+                self.violations.len()
+            ));
         }
         parts.join("; ")
     }
@@ -494,7 +501,12 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
         let x = !nx || !f.contains(PteFlags::NO_EXECUTE);
         let pfn = gpa / PAGE_SIZE;
         if nx && w && x {
-            c.at("wx", Some(pfn), gva, "leaf is writable and executable".into());
+            c.at(
+                "wx",
+                Some(pfn),
+                gva,
+                "leaf is writable and executable".into(),
+            );
         }
         let area = if gva == DOORBELL_GVA && size == PAGE_SIZE {
             Area::Doorbell
@@ -560,9 +572,11 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
         }
         // No writable alias of a non-writable kernel segment (text, rodata) anywhere.
         if w && overlaps(gpa, size, kstart, kend - kstart) {
-            let bad = space.kernel.segments.iter().find(|s| {
-                !s.write && overlaps(gpa, size, s.gpa & !(PAGE_SIZE - 1), s.memsz)
-            });
+            let bad = space
+                .kernel
+                .segments
+                .iter()
+                .find(|s| !s.write && overlaps(gpa, size, s.gpa & !(PAGE_SIZE - 1), s.memsz));
             if let Some(s) = bad {
                 c.at(
                     "kernel_alias_writable",
@@ -596,7 +610,10 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
                         "direct_map",
                         Some(pfn),
                         gva,
-                        format!("direct-map leaf maps GPA {gpa:#x}, not {:#x}", gva - DIRECT_MAP_BASE),
+                        format!(
+                            "direct-map leaf maps GPA {gpa:#x}, not {:#x}",
+                            gva - DIRECT_MAP_BASE
+                        ),
                     );
                 }
                 if w && overlaps(gpa, size, kstart, kend - kstart) {
@@ -608,7 +625,12 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
                     );
                 }
                 if x && nx {
-                    c.at("direct_map", Some(pfn), gva, "direct-map leaf is executable".into());
+                    c.at(
+                        "direct_map",
+                        Some(pfn),
+                        gva,
+                        "direct-map leaf is executable".into(),
+                    );
                 }
             }
             Area::Kernel(i) => {
@@ -620,7 +642,10 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
                         "kernel_rights",
                         Some(pfn),
                         gva,
-                        format!("kernel leaf maps GPA {gpa:#x}, not {:#x}", gpa_lo + (gva - lo)),
+                        format!(
+                            "kernel leaf maps GPA {gpa:#x}, not {:#x}",
+                            gpa_lo + (gva - lo)
+                        ),
                     );
                 }
                 if w != s.write || (nx && x != s.exec) {
@@ -668,7 +693,8 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
                     continue;
                 };
                 let want = pte_flags_for(r.prot_at(gva), nx);
-                let mask = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER | PteFlags::NO_EXECUTE;
+                let mask =
+                    PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER | PteFlags::NO_EXECUTE;
                 if (f & mask) != (want & mask) {
                     c.at(
                         "region_prot",
@@ -709,7 +735,10 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
     if stack_leaves != stack_map.len() as u64 {
         c.plain(
             "stack",
-            format!("{stack_leaves} stack pages mapped, {} expected", stack_map.len()),
+            format!(
+                "{stack_leaves} stack pages mapped, {} expected",
+                stack_map.len()
+            ),
         );
     }
 
@@ -717,7 +746,12 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
     for (bottom, _) in STACKS {
         let g = bottom - PAGE_SIZE;
         if space.pt.translate(mem, Gva(g)).is_ok() {
-            c.at("guard_mapped", None, g, "a stack guard page is mapped".into());
+            c.at(
+                "guard_mapped",
+                None,
+                g,
+                "a stack guard page is mapped".into(),
+            );
         }
     }
 
@@ -729,13 +763,18 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
         let guard = if r.guard { MMAP_GUARD } else { 0 };
         let aligned = r.start % PAGE_SIZE == 0 && r.end % PAGE_SIZE == 0;
         let in_window = r.start >= MMAP_WINDOW_START
-            && r.end.checked_add(guard).is_some_and(|e| e <= MMAP_WINDOW_END);
+            && r.end
+                .checked_add(guard)
+                .is_some_and(|e| e <= MMAP_WINDOW_END);
         if key != r.start || r.start >= r.end || !aligned || !in_window {
             c.at(
                 "region",
                 None,
                 r.start,
-                format!("region {} [{:#x}, {:#x}) is malformed or outside the window", r.id, r.start, r.end),
+                format!(
+                    "region {} [{:#x}, {:#x}) is malformed or outside the window",
+                    r.id, r.start, r.end
+                ),
             );
             continue;
         }
@@ -744,7 +783,10 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
                 "region",
                 None,
                 r.start,
-                format!("region {} overlaps the previous region or its guard page", r.id),
+                format!(
+                    "region {} overlaps the previous region or its guard page",
+                    r.id
+                ),
             );
         }
         prev_end = r.end + guard;
@@ -762,11 +804,19 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
                 "region",
                 None,
                 r.start,
-                format!("region {} has a malformed protection map {:?}", r.id, r.prot),
+                format!(
+                    "region {} has a malformed protection map {:?}",
+                    r.id, r.prot
+                ),
             );
         }
         if r.guard && space.pt.translate(mem, Gva(r.end)).is_ok() {
-            c.at("guard_mapped", None, r.end, format!("the guard page of region {} is mapped", r.id));
+            c.at(
+                "guard_mapped",
+                None,
+                r.end,
+                format!("the guard page of region {} is mapped", r.id),
+            );
         }
         let (frames, pfns) = mapped_in_region.remove(&r.start).unwrap_or_default();
         let pages = (r.end - r.start) / PAGE_SIZE;
@@ -775,7 +825,10 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
                 "region",
                 None,
                 r.start,
-                format!("populated region {} has {frames} of its {pages} pages mapped", r.id),
+                format!(
+                    "populated region {} has {frames} of its {pages} pages mapped",
+                    r.id
+                ),
             );
         }
         if frames > 0 {
@@ -789,7 +842,12 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
         }
     }
     let mut items: Vec<(u64, u64, bool)> = owned_gva.iter().map(|&(s, e)| (s, e, true)).collect();
-    items.extend(space.window.extents().map(|(s, l)| (s, s.saturating_add(l), false)));
+    items.extend(
+        space
+            .window
+            .extents()
+            .map(|(s, l)| (s, s.saturating_add(l), false)),
+    );
     items.sort_unstable();
     let mut cur = MMAP_WINDOW_START;
     for (s, e, owned) in items {
@@ -831,7 +889,10 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
     if tables != space.pool.in_use() {
         c.plain(
             "table_frame_outside_pool",
-            format!("{tables} page-table frames, but the pool has {} in use", space.pool.in_use()),
+            format!(
+                "{tables} page-table frames, but the pool has {} in use",
+                space.pool.in_use()
+            ),
         );
     }
 
@@ -917,10 +978,19 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
                 space.zones.is_allocated(p)
             };
             if !ok {
-                let want = if cl.state.reserved() { "reserved RAM" } else { "allocated" };
+                let want = if cl.state.reserved() {
+                    "reserved RAM"
+                } else {
+                    "allocated"
+                };
                 let detail = format!("{:?} frame is not {want} in the zone allocator", cl.state);
                 match cl.gva {
-                    Some(g) => c.at("frame_state", Some(pfn), g + (pfn - cl.start) * PAGE_SIZE, detail),
+                    Some(g) => c.at(
+                        "frame_state",
+                        Some(pfn),
+                        g + (pfn - cl.start) * PAGE_SIZE,
+                        detail,
+                    ),
                     None => c.frame("frame_state", pfn, detail),
                 }
                 break;
@@ -966,7 +1036,10 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
         if owned != allocated {
             c.plain(
                 "zone_count",
-                format!("zone {}: {allocated} allocated frames, {owned} with an owner", z.name),
+                format!(
+                    "zone {}: {allocated} allocated frames, {owned} with an owner",
+                    z.name
+                ),
             );
             if owned < allocated {
                 hunt_unowned(c, &claims, zs, ze);
@@ -988,7 +1061,10 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
     if ram_frames != counts_by_state.ram {
         c.plain(
             "zone_count",
-            format!("{ram_frames} RAM frames, but the zones hold {} present frames", counts_by_state.ram),
+            format!(
+                "{ram_frames} RAM frames, but the zones hold {} present frames",
+                counts_by_state.ram
+            ),
         );
     }
     for cl in &claims {
@@ -1007,7 +1083,10 @@ fn run_checks(c: &mut Checker<'_>) -> InvariantReport {
     if f.free + f.boot_reserved + f.kernel + f.table_pool + f.stacks + f.mapped + f.host_data
         != f.ram
     {
-        c.plain("zone_count", format!("frames by state do not add up to the RAM frames: {f:?}"));
+        c.plain(
+            "zone_count",
+            format!("frames by state do not add up to the RAM frames: {f:?}"),
+        );
     }
     if data_frames != space.counters.mapped_frames {
         c.plain(
@@ -1033,16 +1112,18 @@ fn walk_leaves(space: &AddressSpace) -> Result<Vec<Leaf>, crate::paging::PagingE
     if space.matrix_frames.is_empty() {
         return space.pt.try_leaves(mem);
     }
-    let mut out = space
-        .pt
-        .leaves_in_range(mem, Gva(0), MATRIX_AREA.start)?;
+    let mut out = space.pt.leaves_in_range(mem, Gva(0), MATRIX_AREA.start)?;
     let low_end = 1u64 << 47;
-    out.extend(space.pt.leaves_in_range(
-        mem,
-        Gva(MATRIX_AREA.end),
-        low_end - MATRIX_AREA.end,
-    )?);
-    out.extend(space.pt.leaves_in_range(mem, Gva(!(low_end - 1)), low_end)?);
+    out.extend(
+        space
+            .pt
+            .leaves_in_range(mem, Gva(MATRIX_AREA.end), low_end - MATRIX_AREA.end)?,
+    );
+    out.extend(
+        space
+            .pt
+            .leaves_in_range(mem, Gva(!(low_end - 1)), low_end)?,
+    );
     Ok(out)
 }
 
@@ -1079,10 +1160,7 @@ fn hunt_unowned(c: &mut Checker<'_>, claims: &[Claim], zs: u64, ze: u64) {
 /// # Errors
 /// The violations found.
 pub fn teardown_check(space: &mut AddressSpace) -> Result<TeardownReport, Vec<Violation>> {
-    let before = match check(space) {
-        Ok(r) => r,
-        Err(v) => return Err(v),
-    };
+    let before = check(space)?;
     let mut out = Vec::new();
     let mut data: Vec<u64> = Vec::new();
     let window = space
@@ -1163,12 +1241,20 @@ pub fn teardown_check(space: &mut AddressSpace) -> Result<TeardownReport, Vec<Vi
     }
     let blob: Vec<(u64, u64)> = space
         .pt
-        .leaves_in_range(&space.ram.mem, Gva(BLOB_AREA.start), BLOB_AREA.end - BLOB_AREA.start)
+        .leaves_in_range(
+            &space.ram.mem,
+            Gva(BLOB_AREA.start),
+            BLOB_AREA.end - BLOB_AREA.start,
+        )
         .unwrap_or_default()
         .iter()
         .map(|l| (l.gpa.0 / PAGE_SIZE, l.size.bytes() / PAGE_SIZE))
         .collect();
-    let host_data = space.matrix_frames.iter().map(|&(p, n)| (p.0, n)).chain(blob);
+    let host_data = space
+        .matrix_frames
+        .iter()
+        .map(|&(p, n)| (p.0, n))
+        .chain(blob);
     for (p, n) in host_data {
         if zones.free(crate::addr::Pfn(p), n).is_ok() {
             boot_frames += n;

@@ -14,7 +14,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "memvisor", version, about = "A hypervisor-style guest physical memory manager on KVM")]
+#[command(
+    name = "memvisor",
+    version,
+    about = "A hypervisor-style guest physical memory manager on KVM"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -226,14 +230,20 @@ fn update_md(r: &memvisor::bench::BenchResult) -> std::io::Result<()> {
     let new = match old.find(HEAD) {
         Some(start) => {
             let rest = &old[start + HEAD.len()..];
-            let end = rest.find("\n## ").map_or(old.len(), |i| start + HEAD.len() + i + 1);
+            let end = rest
+                .find("\n## ")
+                .map_or(old.len(), |i| start + HEAD.len() + i + 1);
             format!("{}{}{}", &old[..start], section, &old[end..])
         }
         None => format!("{}\n{}", old.trim_end(), "\n".to_string() + &section),
     };
     let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, new)?;
-    std::fs::rename(&tmp, path)
+    let res = std::fs::write(&tmp, new).and_then(|()| std::fs::rename(&tmp, path));
+    if res.is_err() {
+        // Never leave the partial file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
 }
 
 fn run(a: RunArgs) -> ExitCode {
@@ -252,7 +262,11 @@ fn run(a: RunArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return fail(format!("--mem: {e}")),
     };
-    let timeout = a.timeout.unwrap_or(if a.scenario == "fault-matrix" { 300.0 } else { 30.0 });
+    let timeout = a.timeout.unwrap_or(if a.scenario == "fault-matrix" {
+        300.0
+    } else {
+        30.0
+    });
     if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
         return fail("--timeout must be a number of seconds in (0, 86400]");
     }
@@ -264,7 +278,7 @@ fn run(a: RunArgs) -> ExitCode {
         ));
     };
     let kernel = match &a.kernel {
-        Some(p) => match std::fs::read(p) {
+        Some(p) => match read_bounded(p, memvisor::boot::loader::MAX_KERNEL_FILE) {
             Ok(k) => k,
             Err(e) => return fail(format!("--kernel {}: {e}", p.display())),
         },
@@ -349,6 +363,17 @@ fn run(a: RunArgs) -> ExitCode {
         }
         ExitCode::from(1)
     }
+}
+
+/// Read at most `max + 1` bytes of `path` (the loader refuses more than `max`): a huge or
+/// endless file (`/dev/zero`) is never read whole into memory.
+fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut v = Vec::new();
+    std::fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut v)?;
+    Ok(v)
 }
 
 /// Fail early if `--cases-out` cannot be written: not a directory, and its temporary file

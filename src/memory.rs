@@ -82,7 +82,9 @@ pub enum MemoryError {
         size: u64,
     },
     /// KVM refused a memslot.
-    #[error("KVM_SET_USER_MEMORY_REGION slot {slot} (gpa {gpa:#x}, {size} bytes) failed: {source}")]
+    #[error(
+        "KVM_SET_USER_MEMORY_REGION slot {slot} (gpa {gpa:#x}, {size} bytes) failed: {source}"
+    )]
     Memslot {
         /// Slot number.
         slot: u32,
@@ -104,7 +106,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     if digits_end == 0 {
-        return Err(format!("invalid size '{s}': expected a number with optional K/M/G/T suffix"));
+        return Err(format!(
+            "invalid size '{s}': expected a number with optional K/M/G/T suffix"
+        ));
     }
     let n: u64 = t[..digits_end]
         .parse()
@@ -157,7 +161,10 @@ pub fn ram_ranges(bytes: u64) -> Vec<(u64, u64)> {
     if bytes <= MMIO_HOLE_START {
         vec![(0, bytes)]
     } else {
-        vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, bytes - MMIO_HOLE_START)]
+        vec![
+            (0, MMIO_HOLE_START),
+            (MMIO_HOLE_END, bytes - MMIO_HOLE_START),
+        ]
     }
 }
 
@@ -208,8 +215,8 @@ impl GuestRam {
             .iter()
             .map(|&(a, s)| (GuestAddress(a), s as usize))
             .collect();
-        let mem = GuestMem::from_ranges(&ranges)
-            .map_err(|source| MemoryError::Mmap { bytes, source })?;
+        let mem =
+            GuestMem::from_ranges(&ranges).map_err(|source| MemoryError::Mmap { bytes, source })?;
         Ok(GuestRam {
             e820: e820_for(&ram),
             mem,
@@ -294,7 +301,9 @@ impl Memslots {
     /// # Errors
     /// [`MemoryError::BadSlot`], [`MemoryError::Overlap`] or [`MemoryError::TooManySlots`].
     pub fn check(&self, gpa: u64, size: u64, except: Option<u32>) -> Result<(), MemoryError> {
-        let end = gpa.checked_add(size).ok_or(MemoryError::BadSlot { gpa, size })?;
+        let end = gpa
+            .checked_add(size)
+            .ok_or(MemoryError::BadSlot { gpa, size })?;
         if size == 0 || gpa % 4096 != 0 || size % 4096 != 0 {
             return Err(MemoryError::BadSlot { gpa, size });
         }
@@ -360,7 +369,10 @@ impl Memslots {
     /// # Errors
     /// [`MemoryError::NoSuchSlot`], or [`MemoryError::Memslot`] if KVM refuses.
     pub fn remove(&mut self, vm: &VmFd, slot: u32) -> Result<(Memslot, u64), MemoryError> {
-        let (m, hva) = *self.slots.get(&slot).ok_or(MemoryError::NoSuchSlot { slot })?;
+        let (m, hva) = *self
+            .slots
+            .get(&slot)
+            .ok_or(MemoryError::NoSuchSlot { slot })?;
         let gone = Memslot { size: 0, ..m };
         // SAFETY: deleting a slot (size 0) maps nothing.
         unsafe { set_region(vm, &gone, hva)? };
@@ -373,7 +385,10 @@ impl Memslots {
     /// # Errors
     /// [`MemoryError::NoSuchSlot`], or [`MemoryError::Memslot`] if KVM refuses.
     pub fn set_flags(&mut self, vm: &VmFd, slot: u32, flags: u32) -> Result<(), MemoryError> {
-        let (m, hva) = *self.slots.get(&slot).ok_or(MemoryError::NoSuchSlot { slot })?;
+        let (m, hva) = *self
+            .slots
+            .get(&slot)
+            .ok_or(MemoryError::NoSuchSlot { slot })?;
         let new = Memslot { flags, ..m };
         // SAFETY: same host range as when the slot was added, still mapped.
         unsafe { set_region(vm, &new, hva)? };
@@ -451,8 +466,7 @@ impl FlushSlot {
     pub fn flush(&mut self, vm: &VmFd, slots: &mut Memslots) -> Result<(), MemoryError> {
         slots.remove(vm, self.slot)?;
         // SAFETY: as in `new`.
-        self.slot =
-            unsafe { slots.add(vm, FLUSH_SLOT_GPA, 4096, self.page.as_ptr() as u64, 0)? };
+        self.slot = unsafe { slots.add(vm, FLUSH_SLOT_GPA, 4096, self.page.as_ptr() as u64, 0)? };
         self.count += 1;
         Ok(())
     }
@@ -494,13 +508,13 @@ mod tests {
     #[test]
     fn layout_around_hole() {
         assert_eq!(ram_ranges(256 << 20), vec![(0, 256 << 20)]);
-        assert_eq!(
-            ram_ranges(4 << 30),
-            vec![(0, 3 << 30), (4 << 30, 1 << 30)]
-        );
+        assert_eq!(ram_ranges(4 << 30), vec![(0, 3 << 30), (4 << 30, 1 << 30)]);
         let e = e820_for(&ram_ranges(4 << 30));
         assert_eq!(e.len(), 3);
-        assert_eq!((e[1].addr, e[1].size, e[1].kind), (3 << 30, 1 << 30, E820_RESERVED));
+        assert_eq!(
+            (e[1].addr, e[1].size, e[1].kind),
+            (3 << 30, 1 << 30, E820_RESERVED)
+        );
         assert_eq!((e[2].addr, e[2].kind), (4 << 30, E820_RAM));
     }
 
@@ -521,8 +535,14 @@ mod tests {
             Err(MemoryError::Overlap { other: 0, .. })
         ));
         assert!(m.check(1 << 20, 0x1000, None).is_ok());
-        assert!(matches!(m.check(1 << 20, 0, None), Err(MemoryError::BadSlot { .. })));
-        assert!(matches!(m.check(u64::MAX - 0xfff, 0x2000, None), Err(MemoryError::BadSlot { .. })));
+        assert!(matches!(
+            m.check(1 << 20, 0, None),
+            Err(MemoryError::BadSlot { .. })
+        ));
+        assert!(matches!(
+            m.check(u64::MAX - 0xfff, 0x2000, None),
+            Err(MemoryError::BadSlot { .. })
+        ));
         m.track(
             Memslot {
                 slot: 1,
@@ -541,8 +561,14 @@ mod tests {
     #[test]
     fn bad_sizes() {
         assert!(matches!(GuestRam::new(0), Err(MemoryError::Zero)));
-        assert!(matches!(GuestRam::new(4097), Err(MemoryError::Unaligned { .. })));
-        assert!(matches!(GuestRam::new(2 << 40), Err(MemoryError::TooLarge { .. })));
+        assert!(matches!(
+            GuestRam::new(4097),
+            Err(MemoryError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            GuestRam::new(2 << 40),
+            Err(MemoryError::TooLarge { .. })
+        ));
         let r = GuestRam::new(8 << 20).expect("8 MiB");
         assert!(r.contains(0, 8 << 20));
         assert!(!r.contains(0, (8 << 20) + 1));

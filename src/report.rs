@@ -355,7 +355,11 @@ impl Report {
             .map(|e| E820Json {
                 start: e.addr,
                 size: e.size,
-                kind: if e.kind == E820_RAM { "ram" } else { "reserved" },
+                kind: if e.kind == E820_RAM {
+                    "ram"
+                } else {
+                    "reserved"
+                },
             })
             .collect();
         let zones = space
@@ -391,14 +395,14 @@ impl Report {
         let (code, message) = match &outcome {
             Outcome::Exited(c) => (Some(*c), None),
             Outcome::Panicked(m) => (None, Some(format!("guest panicked: {m}"))),
-            Outcome::TripleFault => (
-                None,
-                Some("triple fault (KVM_EXIT_SHUTDOWN)".to_string()),
-            ),
+            Outcome::TripleFault => (None, Some("triple fault (KVM_EXIT_SHUTDOWN)".to_string())),
             Outcome::Halted => (None, Some("guest halted without calling exit".into())),
             Outcome::Timeout => (
                 None,
-                Some(format!("timeout: guest still running after {:?}", cfg.timeout)),
+                Some(format!(
+                    "timeout: guest still running after {:?}",
+                    cfg.timeout
+                )),
             ),
             Outcome::FailEntry { reason, cpu } => (
                 None,
@@ -571,9 +575,15 @@ impl Report {
                     s.gpa,
                     s.size,
                     if s.write { "write" } else { "read" },
-                    s.value.map(|v| format!(" value {v:#x}")).unwrap_or_default(),
+                    s.value
+                        .map(|v| format!(" value {v:#x}"))
+                        .unwrap_or_default(),
                     s.rip,
-                    if s.lazy_backed { "  (lazy: memslot added, access completed)" } else { "" }
+                    if s.lazy_backed {
+                        "  (lazy: memslot added, access completed)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -632,7 +642,11 @@ impl Report {
 }
 
 fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("  {l}\n")).collect::<String>().trim_end().to_string()
+    s.lines()
+        .map(|l| format!("  {l}\n"))
+        .collect::<String>()
+        .trim_end()
+        .to_string()
 }
 
 /// #PF error-code bits as text: P W U RSVD I/D (Intel SDM Vol. 3A §4.7).

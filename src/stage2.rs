@@ -95,12 +95,10 @@ impl Stage2 {
         extras: &Extras,
     ) -> Result<Self, SpaceError> {
         let flags = Protection::USER_DATA.to_pte_flags(space.features.nx);
-        space
-            .ensure_pool(8)
-            .map_err(|_| SpaceError::TooSmall {
-                bytes: space.ram.bytes,
-                why: "no frames for the stage-2 page tables".into(),
-            })?;
+        space.ensure_pool(8).map_err(|_| SpaceError::TooSmall {
+            bytes: space.ram.bytes,
+            why: "no frames for the stage-2 page tables".into(),
+        })?;
         space.pt.map_range(
             &space.ram.mem,
             &mut space.pool,
@@ -118,14 +116,23 @@ impl Stage2 {
                 unsafe { *r.as_ptr().add(i) = i as u8 };
             }
             // SAFETY: the region lives in `self` as long as the VM (the Vmm drops the VM first).
-            unsafe { slots.add(vm, s2::READONLY, s2::REGION, r.as_ptr() as u64, KVM_MEM_READONLY)? };
+            unsafe {
+                slots.add(
+                    vm,
+                    s2::READONLY,
+                    s2::REGION,
+                    r.as_ptr() as u64,
+                    KVM_MEM_READONLY,
+                )?
+            };
             Some(r)
         } else {
             None
         };
         let removable = region(s2::REGION)?;
         // SAFETY: as above.
-        let slot = unsafe { slots.add(vm, s2::REMOVABLE, s2::REGION, removable.as_ptr() as u64, 0)? };
+        let slot =
+            unsafe { slots.add(vm, s2::REMOVABLE, s2::REGION, removable.as_ptr() as u64, 0)? };
         let window = s2::GPA_BASE..s2::GPA_BASE + (1 << 40);
         let bad = |gpa: u64, len: u64| {
             len == 0
@@ -225,7 +232,9 @@ impl Stage2 {
         let slot = unsafe { slots.add(vm, page, PAGE_SIZE, r.as_ptr() as u64, 0)? };
         self.lazy.insert(page, r);
         self.report.lazy_backed += 1;
-        self.report.slot_ops.push(format!("lazy +slot {slot} gpa {page:#x}"));
+        self.report
+            .slot_ops
+            .push(format!("lazy +slot {slot} gpa {page:#x}"));
         Ok(true)
     }
 
@@ -302,14 +311,14 @@ fn read_dirty(vm: &VmFd, slots: &Memslots, space: &AddressSpace) -> Result<Dirty
         let Some(m) = slots.slots().find(|m| m.slot == slot).copied() else {
             continue;
         };
-        let bits = vm
-            .get_dirty_log(slot, m.size as usize)
-            .map_err(|source| MemoryError::Memslot {
-                slot,
-                gpa: m.gpa,
-                size: m.size,
-                source,
-            })?;
+        let bits =
+            vm.get_dirty_log(slot, m.size as usize)
+                .map_err(|source| MemoryError::Memslot {
+                    slot,
+                    gpa: m.gpa,
+                    size: m.size,
+                    source,
+                })?;
         for (w, word) in bits.iter().enumerate() {
             let mut x = *word;
             while x != 0 {

@@ -145,7 +145,9 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
     let mut flush_slot = crate::memory::FlushSlot::new(&vm, &mut slots)
         .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
     let mut s2ctl = if cfg.scenario == memvisor_abi::scenario::STAGE2 || !extras.is_empty() {
-        Some(crate::stage2::Stage2::setup(&kvm, &vm, &mut slots, &mut space, extras)?)
+        Some(crate::stage2::Stage2::setup(
+            &kvm, &vm, &mut slots, &mut space, extras,
+        )?)
     } else {
         None
     };
@@ -235,7 +237,11 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
                             stage2: s2ctl.as_mut(),
                         };
                         let flow = hc.handle_with(&mut space, gpa, &mut side);
-                        if let Err(v) = crate::invariants::after_batch(cfg.check_invariants, &space, &mut inv_checks) {
+                        if let Err(v) = crate::invariants::after_batch(
+                            cfg.check_invariants,
+                            &space,
+                            &mut inv_checks,
+                        ) {
                             break Outcome::InvariantViolation(v);
                         }
                         if let Err(e) = flush_slot.flush_if_needed(&vm, &mut slots, &mut space) {
@@ -292,7 +298,9 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
                     stage2: s2ctl.as_mut(),
                 };
                 let flow = hc.handle_with(&mut space, u64::from_le_bytes(v), &mut side);
-                if let Err(v) = crate::invariants::after_batch(cfg.check_invariants, &space, &mut inv_checks) {
+                if let Err(v) =
+                    crate::invariants::after_batch(cfg.check_invariants, &space, &mut inv_checks)
+                {
                     break Outcome::InvariantViolation(v);
                 }
                 if let Err(e) = flush_slot.flush_if_needed(&vm, &mut slots, &mut space) {

@@ -19,7 +19,11 @@ fn assert_bad(args: &[&str], needle: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{args:?}: want one line, got {stderr:?}");
     assert!(lines[0].starts_with("memvisor: "), "{args:?}: {}", lines[0]);
-    assert!(lines[0].contains(needle), "{args:?}: {:?} lacks {needle:?}", lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {:?} lacks {needle:?}",
+        lines[0]
+    );
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     assert!(out.stdout.is_empty(), "{args:?}: wrote to stdout");
 }
@@ -61,9 +65,22 @@ fn main_job_json_has_the_documented_keys() {
         return;
     }
     let out = memvisor(&["run", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
-    for key in ["memslots", "e820", "zones", "page_tables", "faults", "exits", "guest_exit_code"] {
+    for key in [
+        "memslots",
+        "e820",
+        "zones",
+        "page_tables",
+        "faults",
+        "exits",
+        "guest_exit_code",
+    ] {
         assert!(v.get(key).is_some(), "missing key {key}");
     }
     assert_eq!(v["guest_exit_code"], 0);
@@ -94,7 +111,16 @@ fn text_report_is_readable() {
     let out = memvisor(&[]);
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
-    for section in ["-- memslots", "-- e820", "-- zones", "-- buddyinfo", "-- page tables", "-- fault log", "-- exits by reason", "-- timings"] {
+    for section in [
+        "-- memslots",
+        "-- e820",
+        "-- zones",
+        "-- buddyinfo",
+        "-- page tables",
+        "-- fault log",
+        "-- exits by reason",
+        "-- timings",
+    ] {
         assert!(text.contains(section), "missing {section} in\n{text}");
     }
     assert!(text.contains("outcome: guest exited with code 0"));

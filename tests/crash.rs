@@ -19,7 +19,11 @@ fn runaway_guest_is_stopped_by_the_timeout() {
     assert_eq!(r.guest_exit_code, None);
     assert!(r.message.as_deref().unwrap_or("").contains("timeout"));
     let regs = r.registers.expect("registers at timeout");
-    assert!(regs.rip >= memvisor::layout::KERNEL_VIRT_OFFSET, "rip {:#x}", regs.rip);
+    assert!(
+        regs.rip >= memvisor::layout::KERNEL_VIRT_OFFSET,
+        "rip {:#x}",
+        regs.rip
+    );
 }
 
 #[test]
@@ -53,7 +57,11 @@ fn double_fault_runs_on_its_ist_stack_and_reports() {
     let r = common::run(&common::config("double-fault", 64 << 20));
     assert_eq!(r.outcome, "panic", "{}", r.to_text());
     assert!(r.message.unwrap_or_default().contains("double fault"));
-    let df = r.faults.iter().find(|f| f.vector == 8).expect("#DF in the fault log");
+    let df = r
+        .faults
+        .iter()
+        .find(|f| f.vector == 8)
+        .expect("#DF in the fault log");
     assert_eq!(df.error_code, 0, "#DF pushes error code 0");
     assert!(!df.resolved);
 }

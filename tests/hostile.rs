@@ -28,23 +28,56 @@ fn assert_hostile_run(r: &Report, min_calls: u64) {
     assert!(calls >= min_calls, "{calls} calls");
     // The host saw them too (the guest's count excludes its own console/record/exit calls).
     let host_calls: u64 = r.hypercall_status.values().sum();
-    assert!(host_calls >= calls, "host counted {host_calls}, guest {calls}");
+    assert!(
+        host_calls >= calls,
+        "host counted {host_calls}, guest {calls}"
+    );
     // Counts by result: every kind of error shows up.
-    for status in ["ok", "inval", "nomem", "fault", "perm", "not_mapped", "no_zone", "nosys"] {
+    for status in [
+        "ok",
+        "inval",
+        "nomem",
+        "fault",
+        "perm",
+        "not_mapped",
+        "no_zone",
+        "nosys",
+    ] {
         let n = r.hypercall_status.get(status).copied().unwrap_or(0);
         assert!(n > 0, "no {status} results: {:?}", r.hypercall_status);
         assert_eq!(
             n,
-            record(r, &format!("status.{status}")) + if status == "ok" { host_calls - calls } else { 0 },
+            record(r, &format!("status.{status}"))
+                + if status == "ok" {
+                    host_calls - calls
+                } else {
+                    0
+                },
             "{status}: host and guest disagree: {:?}",
             r.hypercall_status
         );
     }
-    for call in ["mmap", "munmap", "mprotect", "lazy_fault", "translate", "stats", "unknown"] {
-        assert!(r.hypercalls.get(call).is_some_and(|c| c.count > 1000), "{call}: {:?}", r.hypercalls.get(call));
+    for call in [
+        "mmap",
+        "munmap",
+        "mprotect",
+        "lazy_fault",
+        "translate",
+        "stats",
+        "unknown",
+    ] {
+        assert!(
+            r.hypercalls.get(call).is_some_and(|c| c.count > 1000),
+            "{call}: {:?}",
+            r.hypercalls.get(call)
+        );
     }
     // Bad request blocks were refused whole (the planted ones came back untouched).
-    assert!(r.bad_blocks >= record(r, "bad_rings"), "{} bad blocks", r.bad_blocks);
+    assert!(
+        r.bad_blocks >= record(r, "bad_rings"),
+        "{} bad blocks",
+        r.bad_blocks
+    );
     assert!(record(r, "planted_refused") >= 4);
     // Ran out of frames, then gave everything back.
     assert!(record(r, "nomem_regions") > 1000);
@@ -61,7 +94,10 @@ fn assert_hostile_run(r: &Report, min_calls: u64) {
     assert!(at_exit.leaks.is_empty(), "leaks: {:?}", at_exit.leaks);
     assert_eq!(at_exit.frames.mapped, 0);
     let f = &at_exit.frames;
-    assert_eq!(f.free + f.boot_reserved + f.kernel + f.table_pool + f.stacks + f.host_data, f.ram);
+    assert_eq!(
+        f.free + f.boot_reserved + f.kernel + f.table_pool + f.stacks + f.host_data,
+        f.ram
+    );
     let teardown = inv.teardown.expect("teardown check");
     assert_eq!(teardown.free_frames, teardown.managed_frames);
 }
@@ -104,10 +140,18 @@ fn hostile_cli_exits_0_and_reports_the_invariants() {
         .args(["run", "--scenario", "hostile", "--quick", "--json"])
         .output()
         .expect("run memvisor");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(v["invariants"]["checked_every_batch"], true);
-    assert_eq!(v["invariants"]["violations"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        v["invariants"]["violations"].as_array().map(Vec::len),
+        Some(0)
+    );
     assert!(v["invariants"]["checks"].as_u64().unwrap_or(0) > 100);
     assert_eq!(v["records"]["hostile.mismatches"], "0");
     assert!(v["hypercall_status"]["perm"].as_u64().unwrap_or(0) > 0);

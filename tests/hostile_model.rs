@@ -118,7 +118,11 @@ fn the_kernel_stacks_guards_and_page_tables_are_not_the_guests() {
         memvisor_abi::DOORBELL_GVA,
     ];
     for &t in &targets {
-        assert_eq!(one(&mut h, req(Call::Munmap, [t, PAGE, 0, 0, 0])).0, Status::Perm, "munmap {t:#x}");
+        assert_eq!(
+            one(&mut h, req(Call::Munmap, [t, PAGE, 0, 0, 0])).0,
+            Status::Perm,
+            "munmap {t:#x}"
+        );
         for p in [RW, prot::READ, prot::READ | prot::EXEC] {
             assert_eq!(
                 one(&mut h, req(Call::Mprotect, [t, PAGE, p, 0, 0])).0,
@@ -128,12 +132,25 @@ fn the_kernel_stacks_guards_and_page_tables_are_not_the_guests() {
         }
     }
     // W+X is refused before anything else is looked at.
-    assert_eq!(one(&mut h, req(Call::Mprotect, [text, PAGE, prot::ALL, 0, 0])).0, Status::Perm);
-    assert_eq!(one(&mut h, req(Call::Mmap, [PAGE, prot::WRITE | prot::EXEC, 0, 0, 0])).0, Status::Perm);
+    assert_eq!(
+        one(&mut h, req(Call::Mprotect, [text, PAGE, prot::ALL, 0, 0])).0,
+        Status::Perm
+    );
+    assert_eq!(
+        one(
+            &mut h,
+            req(Call::Mmap, [PAGE, prot::WRITE | prot::EXEC, 0, 0, 0])
+        )
+        .0,
+        Status::Perm
+    );
     // Lazy faults outside lazy regions do not map anything.
     for &t in &targets {
         let (st, _) = one(&mut h, req(Call::LazyFault, [t, 6, 0, 0, 0]));
-        assert!(matches!(st, Status::NotMapped | Status::Perm), "{t:#x}: {st:?}");
+        assert!(
+            matches!(st, Status::NotMapped | Status::Perm),
+            "{t:#x}: {st:?}"
+        );
     }
     h.finish().expect("teardown");
 }
@@ -142,29 +159,39 @@ fn the_kernel_stacks_guards_and_page_tables_are_not_the_guests() {
 fn crafted_ranges_get_the_documented_errors() {
     let mut h = harness();
     // A first region, so that the one under test does not start at the window's start.
-    assert_eq!(one(&mut h, req(Call::Mmap, [PAGE, RW, zone::ANY, map::LAZY, 0])).0, Status::Ok);
-    let (st, a) = one(&mut h, req(Call::Mmap, [16 * PAGE, RW, zone::ANY, map::POPULATE, 0]));
+    assert_eq!(
+        one(&mut h, req(Call::Mmap, [PAGE, RW, zone::ANY, map::LAZY, 0])).0,
+        Status::Ok
+    );
+    let (st, a) = one(
+        &mut h,
+        req(Call::Mmap, [16 * PAGE, RW, zone::ANY, map::POPULATE, 0]),
+    );
     assert_eq!(st, Status::Ok);
     assert!(a > MMAP_WINDOW_START);
     let cases: &[(u64, u64, Status)] = &[
         (a + 1, PAGE, Status::Inval),
         (a, 1, Status::Inval),
         (a, 0, Status::Inval),
-        (a, u64::MAX & !(PAGE - 1), Status::Inval),
-        (u64::MAX & !(PAGE - 1), PAGE, Status::Inval), // the end wraps past 2^64
+        (a, !(PAGE - 1), Status::Inval),
+        (!(PAGE - 1), PAGE, Status::Inval), // the end wraps past 2^64
         (0x0000_8000_0000_0000, PAGE, Status::Inval),
         (0xffff_7fff_ffff_f000, PAGE, Status::Inval),
         ((1 << 47) - PAGE, 2 * PAGE, Status::Inval), // crosses into the non-canonical hole
-        (a, 0u64.wrapping_sub(a), Status::Inval),     // wraps to 0
-        (a, 17 * PAGE, Status::NotMapped),            // runs into the guard page
-        (a + 16 * PAGE, PAGE, Status::NotMapped),     // the guard page
-        (a - PAGE, 2 * PAGE, Status::NotMapped),      // starts in the previous guard page
+        (a, 0u64.wrapping_sub(a), Status::Inval),    // wraps to 0
+        (a, 17 * PAGE, Status::NotMapped),           // runs into the guard page
+        (a + 16 * PAGE, PAGE, Status::NotMapped),    // the guard page
+        (a - PAGE, 2 * PAGE, Status::NotMapped),     // starts in the previous guard page
         (MMAP_WINDOW_END - PAGE, 2 * PAGE, Status::Perm),
         (MMAP_WINDOW_START - PAGE, PAGE, Status::Perm),
-        (a + (1 << 30), PAGE, Status::NotMapped),     // never mapped
+        (a + (1 << 30), PAGE, Status::NotMapped), // never mapped
     ];
     for &(g, l, want) in cases {
-        assert_eq!(one(&mut h, req(Call::Munmap, [g, l, 0, 0, 0])).0, want, "munmap {g:#x}+{l:#x}");
+        assert_eq!(
+            one(&mut h, req(Call::Munmap, [g, l, 0, 0, 0])).0,
+            want,
+            "munmap {g:#x}+{l:#x}"
+        );
         assert_eq!(
             one(&mut h, req(Call::Mprotect, [g, l, prot::READ, 0, 0])).0,
             want,
@@ -172,24 +199,51 @@ fn crafted_ranges_get_the_documented_errors() {
         );
     }
     // Partly mapped: punch a hole, then a range across it fails; each side still works.
-    assert_eq!(one(&mut h, req(Call::Munmap, [a + 4 * PAGE, PAGE, 0, 0, 0])).0, Status::Ok);
-    assert_eq!(one(&mut h, req(Call::Munmap, [a, 8 * PAGE, 0, 0, 0])).0, Status::NotMapped);
-    assert_eq!(one(&mut h, req(Call::Mprotect, [a, 8 * PAGE, prot::READ, 0, 0])).0, Status::NotMapped);
+    assert_eq!(
+        one(&mut h, req(Call::Munmap, [a + 4 * PAGE, PAGE, 0, 0, 0])).0,
+        Status::Ok
+    );
+    assert_eq!(
+        one(&mut h, req(Call::Munmap, [a, 8 * PAGE, 0, 0, 0])).0,
+        Status::NotMapped
+    );
+    assert_eq!(
+        one(&mut h, req(Call::Mprotect, [a, 8 * PAGE, prot::READ, 0, 0])).0,
+        Status::NotMapped
+    );
     // Double munmap.
-    assert_eq!(one(&mut h, req(Call::Munmap, [a + 4 * PAGE, PAGE, 0, 0, 0])).0, Status::NotMapped);
-    assert_eq!(one(&mut h, req(Call::Munmap, [a, 4 * PAGE, 0, 0, 0])).0, Status::Ok);
-    assert_eq!(one(&mut h, req(Call::Munmap, [a, 4 * PAGE, 0, 0, 0])).0, Status::NotMapped);
+    assert_eq!(
+        one(&mut h, req(Call::Munmap, [a + 4 * PAGE, PAGE, 0, 0, 0])).0,
+        Status::NotMapped
+    );
+    assert_eq!(
+        one(&mut h, req(Call::Munmap, [a, 4 * PAGE, 0, 0, 0])).0,
+        Status::Ok
+    );
+    assert_eq!(
+        one(&mut h, req(Call::Munmap, [a, 4 * PAGE, 0, 0, 0])).0,
+        Status::NotMapped
+    );
     // Zones that do not exist (no RAM above 4 GiB here; 4 and up are no zones).
     for z in [zone::NORMAL, 4, 99, u64::MAX] {
-        assert_eq!(one(&mut h, req(Call::Mmap, [PAGE, RW, z, 0, 0])).0, Status::NoZone, "zone {z}");
+        assert_eq!(
+            one(&mut h, req(Call::Mmap, [PAGE, RW, z, 0, 0])).0,
+            Status::NoZone,
+            "zone {z}"
+        );
     }
     // Bad lengths, flags and protections for mmap.
     for (len, p, f, want) in [
         (0, RW, 0, Status::Inval),
         (PAGE + 1, RW, 0, Status::Inval),
         (u64::MAX, RW, 0, Status::Inval),
-        (u64::MAX & !(PAGE - 1), RW, 0, Status::Inval),
-        (MMAP_WINDOW_END - MMAP_WINDOW_START + PAGE, RW, 0, Status::Inval),
+        (!(PAGE - 1), RW, 0, Status::Inval),
+        (
+            MMAP_WINDOW_END - MMAP_WINDOW_START + PAGE,
+            RW,
+            0,
+            Status::Inval,
+        ),
         (PAGE, 0, 0, Status::Inval),
         (PAGE, 0x10, 0, Status::Inval),
         (PAGE, RW, 8, Status::Inval),
@@ -197,7 +251,11 @@ fn crafted_ranges_get_the_documented_errors() {
         (PAGE, RW, map::HUGE | map::POPULATE, Status::Inval),
         (PAGE, RW, u64::MAX, Status::Inval),
     ] {
-        assert_eq!(one(&mut h, req(Call::Mmap, [len, p, 0, f, 0])).0, want, "mmap {len:#x} {p:#x} {f:#x}");
+        assert_eq!(
+            one(&mut h, req(Call::Mmap, [len, p, 0, f, 0])).0,
+            want,
+            "mmap {len:#x} {p:#x} {f:#x}"
+        );
     }
     h.finish().expect("teardown");
 }
@@ -206,12 +264,23 @@ fn crafted_ranges_get_the_documented_errors() {
 fn mmap_until_nomem_then_free_it_all() {
     let mut h = harness();
     let free0 = h.space.zones.total_free();
-    for (pages, z) in [(1, zone::ANY), (64, zone::DMA), (512, zone::DMA32), (16, zone::ANY)] {
+    for (pages, z) in [
+        (1, zone::ANY),
+        (64, zone::DMA),
+        (512, zone::DMA32),
+        (16, zone::ANY),
+    ] {
         let n = h.flood(pages, z, 100_000).expect("flood");
-        assert!(n > 0, "flood of {pages}-page regions in zone {z} never ran out");
+        assert!(
+            n > 0,
+            "flood of {pages}-page regions in zone {z} never ran out"
+        );
     }
     // Lazy regions can be reserved far beyond RAM; touching them runs out, then all is freed.
-    let (st, big) = one(&mut h, req(Call::Mmap, [1 << 30, RW, zone::ANY, map::LAZY, 0]));
+    let (st, big) = one(
+        &mut h,
+        req(Call::Mmap, [1 << 30, RW, zone::ANY, map::LAZY, 0]),
+    );
     assert_eq!(st, Status::Ok);
     let mut served = 0;
     let mut nomem = false;
@@ -222,9 +291,15 @@ fn mmap_until_nomem_then_free_it_all() {
         ok(&mut h, &reqs);
         served += MAX_BATCH as u64;
         nomem = h.results.get("nomem").copied().unwrap_or(0) > 0 && served > 4096;
-        assert!(served < (64 << 20) / PAGE, "lazy faults never ran out of frames");
+        assert!(
+            served < (64 << 20) / PAGE,
+            "lazy faults never ran out of frames"
+        );
     }
-    assert_eq!(one(&mut h, req(Call::Munmap, [big, 1 << 30, 0, 0, 0])).0, Status::Ok);
+    assert_eq!(
+        one(&mut h, req(Call::Munmap, [big, 1 << 30, 0, 0, 0])).0,
+        Status::Ok
+    );
     // Everything is back, except page-table pool chunks grown on the way (owned by the host).
     let pool = (h.space.pool.chunks.len() as u64 - 1) * 512;
     assert_eq!(h.space.zones.total_free() + pool, free0);
@@ -237,10 +312,17 @@ fn lazy_fault_on_the_last_page_of_the_address_space() {
     // page, so the highest lazy region "contained" it and the host mapped a frame at
     // 0xffff_ffff_ffff_f000 for the guest (a debug build panicked on the overflow instead).
     let mut h = harness();
-    let (st, _) = one(&mut h, req(Call::Mmap, [4 * PAGE, RW, zone::ANY, map::LAZY, 0]));
+    let (st, _) = one(
+        &mut h,
+        req(Call::Mmap, [4 * PAGE, RW, zone::ANY, map::LAZY, 0]),
+    );
     assert_eq!(st, Status::Ok);
-    for cr2 in [u64::MAX, u64::MAX & !(PAGE - 1), u64::MAX - PAGE] {
-        assert_eq!(h.space.lazy_fault(cr2, 6, 0), Err(Status::NotMapped), "{cr2:#x}");
+    for cr2 in [u64::MAX, !(PAGE - 1), u64::MAX - PAGE] {
+        assert_eq!(
+            h.space.lazy_fault(cr2, 6, 0),
+            Err(Status::NotMapped),
+            "{cr2:#x}"
+        );
         check(&h.space).expect("invariants");
     }
     h.finish().expect("teardown");
@@ -257,14 +339,43 @@ fn window_sized_lazy_regions_unmap_and_protect_quickly() {
     let (st, a) = one(&mut h, req(Call::Mmap, [len, RW, zone::ANY, map::LAZY, 0]));
     assert_eq!(st, Status::Ok);
     for off in [0, len / 2, len - PAGE] {
-        assert_eq!(one(&mut h, req(Call::LazyFault, [a + off, 6, 0, 0, 0])).0, Status::Ok);
+        assert_eq!(
+            one(&mut h, req(Call::LazyFault, [a + off, 6, 0, 0, 0])).0,
+            Status::Ok
+        );
     }
-    assert_eq!(one(&mut h, req(Call::Mprotect, [a, len, prot::READ | prot::USER, 0, 0])), (Status::Ok, 3));
-    assert_eq!(one(&mut h, req(Call::Mprotect, [a, len, RW, 0, 0])), (Status::Ok, 3));
-    assert_eq!(one(&mut h, req(Call::Munmap, [a + PAGE, len - 2 * PAGE, 0, 0, 0])).0, Status::Ok);
-    assert_eq!(one(&mut h, req(Call::Munmap, [a, PAGE, 0, 0, 0])).0, Status::Ok);
-    assert_eq!(one(&mut h, req(Call::Munmap, [a + len - PAGE, PAGE, 0, 0, 0])).0, Status::Ok);
-    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    assert_eq!(
+        one(
+            &mut h,
+            req(Call::Mprotect, [a, len, prot::READ | prot::USER, 0, 0])
+        ),
+        (Status::Ok, 3)
+    );
+    assert_eq!(
+        one(&mut h, req(Call::Mprotect, [a, len, RW, 0, 0])),
+        (Status::Ok, 3)
+    );
+    assert_eq!(
+        one(
+            &mut h,
+            req(Call::Munmap, [a + PAGE, len - 2 * PAGE, 0, 0, 0])
+        )
+        .0,
+        Status::Ok
+    );
+    assert_eq!(
+        one(&mut h, req(Call::Munmap, [a, PAGE, 0, 0, 0])).0,
+        Status::Ok
+    );
+    assert_eq!(
+        one(&mut h, req(Call::Munmap, [a + len - PAGE, PAGE, 0, 0, 0])).0,
+        Status::Ok
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
     assert!(h.space.regions.is_empty());
     h.finish().expect("teardown");
 }
@@ -282,21 +393,35 @@ fn pool_growth_inside_a_1g_direct_map_page_never_exposes_tables() {
     // (The host now builds the direct map with 2 MiB pages only, so every chunk can be made
     // read-only; this test keeps the guest's 1 GiB-page CPU to show it stays that way.)
     // Fill the first GiB so the next chunks come from higher GiBs.
-    let (st, _) = one(&mut h, req(Call::Mmap, [1000 << 20, RW, zone::ANY, map::POPULATE | map::HUGE, 0]));
+    let (st, _) = one(
+        &mut h,
+        req(
+            Call::Mmap,
+            [1000 << 20, RW, zone::ANY, map::POPULATE | map::HUGE, 0],
+        ),
+    );
     assert_eq!(st, Status::Ok);
     // Lazy pages 2 MiB apart: one new page table each, more than the pool holds.
-    let (st, a) = one(&mut h, req(Call::Mmap, [1 << 40, RW, zone::ANY, map::LAZY, 0]));
+    let (st, a) = one(
+        &mut h,
+        req(Call::Mmap, [1 << 40, RW, zone::ANY, map::LAZY, 0]),
+    );
     assert_eq!(st, Status::Ok);
     let mut results = std::collections::BTreeMap::new();
     for i in 0..1200u64 {
         let r = h.space.lazy_fault(a + i * (2 << 20), 6, 0);
-        *results.entry(format!("{r:?}").split('(').next().unwrap_or("").to_string()).or_insert(0) += 1;
+        *results
+            .entry(format!("{r:?}").split('(').next().unwrap_or("").to_string())
+            .or_insert(0) += 1;
         if i % 64 == 0 {
             check(&h.space).expect("invariants while the pool grows");
         }
     }
     check(&h.space).expect("invariants after the pool grew");
-    assert!(h.space.pool.chunks.len() > 1, "the pool never grew: {results:?}");
+    assert!(
+        h.space.pool.chunks.len() > 1,
+        "the pool never grew: {results:?}"
+    );
     // And it can always grow: every lazy fault got its page (and its page table).
     assert_eq!(results.get("Ok"), Some(&1200), "{results:?}");
     h.space.shadow_stale = false;
@@ -315,30 +440,48 @@ fn bad_request_blocks_are_refused_whole() {
     // Blocks whose header says "1 request" (or 2) but which lie where the host must not
     // read or write: the header is planted there directly (host side), then rung.
     let planted: &[(u64, u32)] = &[
-        (end - 8, 1),             // header at the very end of RAM, requests beyond it
-        (end - 128, 2),           // 136 bytes: straddles the end of RAM
-        (chunk_last, 1),          // a page-table pool frame
-        (text, 1),                // kernel text (read-only for the host)
-        (block + 4, 1),           // unaligned
+        (end - 8, 1),    // header at the very end of RAM, requests beyond it
+        (end - 128, 2),  // 136 bytes: straddles the end of RAM
+        (chunk_last, 1), // a page-table pool frame
+        (text, 1),       // kernel text (read-only for the host)
+        (block + 4, 1),  // unaligned
     ];
     for &(g, count) in planted {
         let mut saved = [0u8; 8];
-        h.space.ram.mem.read_slice(&mut saved, GuestAddress(g)).expect("read");
-        h.space.ram.mem.write_obj(memvisor_abi::Batch { count, completed: 0 }, GuestAddress(g)).expect("plant");
+        h.space
+            .ram
+            .mem
+            .read_slice(&mut saved, GuestAddress(g))
+            .expect("read");
+        h.space
+            .ram
+            .mem
+            .write_obj(
+                memvisor_abi::Batch {
+                    count,
+                    completed: 0,
+                },
+                GuestAddress(g),
+            )
+            .expect("plant");
         let _ = h.hc.handle(&mut h.space, g);
-        h.space.ram.mem.write_slice(&saved, GuestAddress(g)).expect("restore");
+        h.space
+            .ram
+            .mem
+            .write_slice(&saved, GuestAddress(g))
+            .expect("restore");
         check(&h.space).expect("invariants");
     }
     assert_eq!(h.hc.bad_blocks - bad0, planted.len() as u64);
     // GPAs that are not RAM at all.
     let rings = [
-        end,               // past RAM
-        0xc000_0000,       // the MMIO hole
-        DOORBELL_GPA,      // the doorbell page
-        0xdfff_f000,       // the flush-slot page (host memory, not guest RAM)
-        u64::MAX - 7,      // wraps
+        end,          // past RAM
+        0xc000_0000,  // the MMIO hole
+        DOORBELL_GPA, // the doorbell page
+        0xdfff_f000,  // the flush-slot page (host memory, not guest RAM)
+        u64::MAX - 7, // wraps
         u64::MAX,
-        1 << 40,           // far above RAM
+        1 << 40, // far above RAM
     ];
     let one_req = {
         let mut b = vec![0u8; 8 + 64];
@@ -348,16 +491,29 @@ fn bad_request_blocks_are_refused_whole() {
     for &g in &rings {
         h.raw(&one_req, g).expect("raw");
     }
-    let header = |count: u32| count.to_le_bytes().iter().chain([0u8; 4].iter()).copied().collect::<Vec<u8>>();
+    let header = |count: u32| {
+        count
+            .to_le_bytes()
+            .iter()
+            .chain([0u8; 4].iter())
+            .copied()
+            .collect::<Vec<u8>>()
+    };
     h.raw(&header(0), block).expect("raw");
     h.raw(&header(MAX_BATCH + 1), block).expect("raw");
     h.raw(&header(u32::MAX), block).expect("raw");
-    assert_eq!(h.hc.bad_blocks - bad0, (planted.len() + rings.len() + 3) as u64);
+    assert_eq!(
+        h.hc.bad_blocks - bad0,
+        (planted.len() + rings.len() + 3) as u64
+    );
     // A count larger than the requests written: the host runs what is in memory after them
     // (stale requests or zeros); the block still lies in host-writable frames.
     h.raw(&header(h.block_cap as u32), block).expect("raw");
     h.raw(&one_req, block).expect("raw");
-    assert_eq!(h.hc.bad_blocks - bad0, (planted.len() + rings.len() + 3) as u64);
+    assert_eq!(
+        h.hc.bad_blocks - bad0,
+        (planted.len() + rings.len() + 3) as u64
+    );
     h.finish().expect("teardown");
 }
 
@@ -365,25 +521,48 @@ fn bad_request_blocks_are_refused_whole() {
 fn blocks_straddling_the_mmio_hole_are_refused() {
     use vm_memory::{Bytes, GuestAddress};
     // RAM [0, 3 GiB) and [4 GiB, 5 GiB + 64 MiB): the MMIO hole is a memslot hole.
-    let mut h = Harness::new((4 << 30) + (64 << 20), ZonePreset::X86_64, features(false)).expect("harness");
+    let mut h =
+        Harness::new((4 << 30) + (64 << 20), ZonePreset::X86_64, features(false)).expect("harness");
     let hole = memvisor::layout::MMIO_HOLE_START;
     let bad0 = h.hc.bad_blocks;
     for (g, count, refused) in [
-        (hole - 8, 1u32, true),    // requests would lie in the hole
-        (hole - 128, 2, true),     // straddles into the hole
-        (hole - 72, 1, false),     // exactly fits below the hole: a valid block
+        (hole - 8, 1u32, true), // requests would lie in the hole
+        (hole - 128, 2, true),  // straddles into the hole
+        (hole - 72, 1, false),  // exactly fits below the hole: a valid block
         (hole - 64 * 512 - 8, 512, false),
         (hole - 64 * 512, 512, true),
     ] {
-        h.space.ram.mem.write_obj(memvisor_abi::Batch { count, completed: 0 }, GuestAddress(g)).expect("plant");
+        h.space
+            .ram
+            .mem
+            .write_obj(
+                memvisor_abi::Batch {
+                    count,
+                    completed: 0,
+                },
+                GuestAddress(g),
+            )
+            .expect("plant");
         for i in 0..count as u64 {
-            h.space.ram.mem.write_obj(req(Call::Nop, [0; 5]), GuestAddress(g + 8 + i * 64)).ok();
+            h.space
+                .ram
+                .mem
+                .write_obj(req(Call::Nop, [0; 5]), GuestAddress(g + 8 + i * 64))
+                .ok();
         }
         let before = h.hc.bad_blocks;
         let _ = h.hc.handle(&mut h.space, g);
         let back: memvisor_abi::Batch = h.space.ram.mem.read_obj(GuestAddress(g)).expect("read");
-        assert_eq!(h.hc.bad_blocks - before, u64::from(refused), "block at {g:#x} count {count}");
-        assert_eq!(back.completed, if refused { 0 } else { count }, "block at {g:#x}");
+        assert_eq!(
+            h.hc.bad_blocks - before,
+            u64::from(refused),
+            "block at {g:#x} count {count}"
+        );
+        assert_eq!(
+            back.completed,
+            if refused { 0 } else { count },
+            "block at {g:#x}"
+        );
         check(&h.space).expect("invariants");
     }
     for g in [hole, hole + 64, memvisor::layout::MMIO_HOLE_END - 8] {
@@ -407,7 +586,10 @@ fn console_records_and_fault_reports_are_bounded() {
     assert!(h.hc.console.len() <= memvisor::hypercall::CONSOLE_KEEP_MAX + 64);
     assert!(h.hc.console.ends_with("not kept]\n"));
     // Records: lines longer than RECORD_LINE_MAX are refused; past RECORDS_MAX, NoMem.
-    assert_eq!(one(&mut h, req(Call::Record, [text, 4096, 0, 0, 0])).0, Status::Inval);
+    assert_eq!(
+        one(&mut h, req(Call::Record, [text, 4096, 0, 0, 0])).0,
+        Status::Inval
+    );
     let line = h.scratch_gva;
     let reqs: Vec<Request> = (0..h.block_cap as u32)
         .map(|_| req(Call::Record, [line, 8, 0, 0, 0]))
@@ -416,23 +598,36 @@ fn console_records_and_fault_reports_are_bounded() {
         ok(&mut h, &reqs);
     }
     assert_eq!(h.hc.records.len(), memvisor::hypercall::RECORDS_MAX);
-    assert_eq!(one(&mut h, req(Call::Record, [line, 8, 0, 0, 0])).0, Status::NoMem);
+    assert_eq!(
+        one(&mut h, req(Call::Record, [line, 8, 0, 0, 0])).0,
+        Status::NoMem
+    );
     // Fault reports with any vector: the per-kind counters stay bounded.
     let reqs: Vec<Request> = (0..h.block_cap as u64)
         .map(|i| req(Call::FaultReport, [i * 0x1_0000_0001, 1, 2, 3, 1]))
         .collect();
     ok(&mut h, &reqs);
-    assert!(h.space.counters.by_kind.len() <= 257, "{}", h.space.counters.by_kind.len());
+    assert!(
+        h.space.counters.by_kind.len() <= 257,
+        "{}",
+        h.space.counters.by_kind.len()
+    );
     h.finish().expect("teardown");
 }
 
 #[test]
 fn stats_are_exact() {
     let mut h = harness();
-    let (st, _) = one(&mut h, req(Call::Mmap, [8 * PAGE, RW, zone::DMA, map::POPULATE, 0]));
+    let (st, _) = one(
+        &mut h,
+        req(Call::Mmap, [8 * PAGE, RW, zone::DMA, map::POPULATE, 0]),
+    );
     assert_eq!(st, Status::Ok);
     let scratch = h.scratch_gva;
-    assert_eq!(one(&mut h, req(Call::Stats, [scratch, 0, 0, 0, 0])).0, Status::Ok);
+    assert_eq!(
+        one(&mut h, req(Call::Stats, [scratch, 0, 0, 0, 0])).0,
+        Status::Ok
+    );
     let s = read_stats(&h).expect("stats");
     let r = check(&h.space).expect("invariants");
     assert_eq!(s.mapped_frames, 8);
@@ -446,7 +641,11 @@ fn stats_are_exact() {
     let text = h.space.kernel.segments[0].gva;
     let pt = DIRECT_MAP_BASE + h.space.cr3();
     for g in [text, pt, 0, u64::MAX - 8, memvisor_abi::DOORBELL_GVA] {
-        assert_eq!(one(&mut h, req(Call::Stats, [g, 0, 0, 0, 0])).0, Status::Fault, "{g:#x}");
+        assert_eq!(
+            one(&mut h, req(Call::Stats, [g, 0, 0, 0, 0])).0,
+            Status::Fault,
+            "{g:#x}"
+        );
     }
     h.finish().expect("teardown");
 }

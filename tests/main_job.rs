@@ -33,7 +33,10 @@ fn demo_boots_faults_and_exits_zero() {
     let reported: Vec<_> = r.faults.iter().filter(|f| f.kind == "reported").collect();
     assert_eq!(reported.len(), 2, "{:?}", r.faults);
     // User write to a read-only present page: P|W|U.
-    assert_eq!((reported[0].error_code, reported[0].cr2), (0x7, pop + 3 * PAGE + 16));
+    assert_eq!(
+        (reported[0].error_code, reported[0].cr2),
+        (0x7, pop + 3 * PAGE + 16)
+    );
     // User read after munmap: not present, read, U.
     assert_eq!((reported[1].error_code, reported[1].cr2), (0x4, pop));
     // Reducing rights of a touched page (mprotect RO) and unmapping touched pages (the
@@ -47,20 +50,50 @@ fn demo_boots_faults_and_exits_zero() {
     assert_eq!(r.regions_live, 0);
     assert_eq!(r.mapped_frames, 0);
     // Ring 3 rings the MMIO doorbell; the kernel (exception handlers, exit) uses port IO.
-    assert!(r.exits.get("doorbell").copied().unwrap_or(0) >= 15, "{:?}", r.exits);
-    assert!(r.exits.get("io_out").copied().unwrap_or(0) >= 5, "{:?}", r.exits);
-    assert_eq!(r.stage2_total, 0, "doorbell writes are hypercalls, not stage-2 faults");
+    assert!(
+        r.exits.get("doorbell").copied().unwrap_or(0) >= 15,
+        "{:?}",
+        r.exits
+    );
+    assert!(
+        r.exits.get("io_out").copied().unwrap_or(0) >= 5,
+        "{:?}",
+        r.exits
+    );
+    assert_eq!(
+        r.stage2_total, 0,
+        "doorbell writes are hypercalls, not stage-2 faults"
+    );
     assert_eq!(r.bad_blocks, 0);
-    for call in ["mmap", "munmap", "mprotect", "translate", "lazy_fault", "stats", "exit"] {
-        assert!(r.hypercalls.contains_key(call), "no {call} in {:?}", r.hypercalls);
+    for call in [
+        "mmap",
+        "munmap",
+        "mprotect",
+        "translate",
+        "lazy_fault",
+        "stats",
+        "exit",
+    ] {
+        assert!(
+            r.hypercalls.contains_key(call),
+            "no {call} in {:?}",
+            r.hypercalls
+        );
     }
     assert_eq!(r.hypercalls["mmap"].errors, 0);
 
     // Zones: 256 MiB = DMA (4096 frames) + DMA32; the DMA mmap came from DMA.
     let dma = r.zones.iter().find(|z| z.name == "DMA").expect("DMA zone");
-    assert_eq!((dma.start, dma.end, dma.present_frames), (0, 16 << 20, 4096));
+    assert_eq!(
+        (dma.start, dma.end, dma.present_frames),
+        (0, 16 << 20, 4096)
+    );
     assert!(dma.allocations >= 1);
-    let dma32 = r.zones.iter().find(|z| z.name == "DMA32").expect("DMA32 zone");
+    let dma32 = r
+        .zones
+        .iter()
+        .find(|z| z.name == "DMA32")
+        .expect("DMA32 zone");
     assert_eq!(dma32.present_frames, (256 << 20) / PAGE - 4096);
     assert!(r.buddyinfo.contains("zone      DMA"));
     assert!(r.zoneinfo.contains("Node 0, zone"));
@@ -82,7 +115,13 @@ fn ram_above_the_mmio_hole_gets_two_memslots() {
     let r = common::run(&common::config("demo", 4 << 30));
     assert_eq!(r.guest_exit_code, Some(0), "{}", r.to_text());
     let slots: Vec<(u64, u64)> = r.memslots.iter().map(|m| (m.gpa, m.size)).collect();
-    assert_eq!(slots, vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)]);
+    assert_eq!(
+        slots,
+        vec![
+            (0, MMIO_HOLE_START),
+            (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)
+        ]
+    );
     let e820: Vec<(u64, u64, &str)> = r.e820.iter().map(|e| (e.start, e.size, e.kind)).collect();
     assert_eq!(
         e820,
@@ -92,7 +131,11 @@ fn ram_above_the_mmio_hole_gets_two_memslots() {
             (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START, "ram")
         ]
     );
-    let normal = r.zones.iter().find(|z| z.name == "Normal").expect("Normal zone");
+    let normal = r
+        .zones
+        .iter()
+        .find(|z| z.name == "Normal")
+        .expect("Normal zone");
     assert_eq!(normal.present_frames, (1 << 30) / PAGE);
 }
 
@@ -104,5 +147,8 @@ fn a_64_gib_guest_boots_lazily() {
     let r = common::run(&common::config("demo", 64 << 30));
     assert_eq!(r.guest_exit_code, Some(0), "{}", r.to_text());
     // 64 GiB of RAM with the 1 GiB hole: 65 GiB of GPA space, direct-mapped in 2 MiB pages.
-    assert_eq!(r.page_tables.mappings_2m + r.page_tables.mappings_1g * 512, 64 * 512);
+    assert_eq!(
+        r.page_tables.mappings_2m + r.page_tables.mappings_1g * 512,
+        64 * 512
+    );
 }

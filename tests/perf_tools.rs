@@ -15,7 +15,12 @@ fn bench_quick_json_has_every_figure_finite() {
         .args(["bench", "--quick", "--json"])
         .output()
         .expect("run memvisor bench");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let figures = v["figures"].as_array().expect("figures");
     let names: Vec<&str> = figures.iter().filter_map(|f| f["name"].as_str()).collect();
@@ -65,7 +70,10 @@ fn perf_trace_counters_agree_with_the_vmm() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     match out.status.code() {
         Some(77) => {
-            eprintln!("skipped perf_trace_counters_agree_with_the_vmm: {}", stdout.trim());
+            eprintln!(
+                "skipped perf_trace_counters_agree_with_the_vmm: {}",
+                stdout.trim()
+            );
         }
         Some(0) => {
             assert!(stdout.contains("counters agree"), "{stdout}");

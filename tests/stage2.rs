@@ -44,7 +44,10 @@ fn stage2_faults_slots_and_dirty_log() {
             (u + 0x80, 8, true, Some(0x0102_0304_0506_0708)),
         ]
     );
-    assert!(r.stage2.iter().all(|f| f.rip >= memvisor::layout::KERNEL_VIRT_OFFSET));
+    assert!(r
+        .stage2
+        .iter()
+        .all(|f| f.rip >= memvisor::layout::KERNEL_VIRT_OFFSET));
 
     // Read-only slot: only the write exits, with its value.
     let ro: Vec<_> = r
@@ -54,16 +57,24 @@ fn stage2_faults_slots_and_dirty_log() {
         .collect();
     if s2r.readonly_supported {
         assert_eq!(ro.len(), 1, "{ro:?}");
-        assert_eq!((ro[0].gpa, ro[0].size, ro[0].write, ro[0].value), (s2::READONLY + 0x40, 4, true, Some(0xcafe_f00d)));
+        assert_eq!(
+            (ro[0].gpa, ro[0].size, ro[0].write, ro[0].value),
+            (s2::READONLY + 0x40, 4, true, Some(0xcafe_f00d))
+        );
     } else {
-        assert!(r.console.contains("read-only slot: skipped: unsupported by host"));
+        assert!(r
+            .console
+            .contains("read-only slot: skipped: unsupported by host"));
     }
 
     // Lazy range: two first accesses, each backed by a new memslot and completed.
     let lazy: Vec<_> = r.stage2.iter().filter(|f| f.lazy_backed).collect();
     assert_eq!(lazy.len(), 2, "{lazy:?}");
     assert_eq!((lazy[0].gpa, lazy[0].write), (s2::LAZY + 0x10, true));
-    assert_eq!((lazy[1].gpa, lazy[1].write), (s2::LAZY + 0x1000 + 0x20, false));
+    assert_eq!(
+        (lazy[1].gpa, lazy[1].write),
+        (s2::LAZY + 0x1000 + 0x20, false)
+    );
     assert_eq!(s2r.lazy_backed, 2);
 
     // Removed slot: exactly one exit, a read, between remove and add.
@@ -73,7 +84,10 @@ fn stage2_faults_slots_and_dirty_log() {
         .filter(|f| (s2::REMOVABLE..s2::REMOVABLE + s2::REGION).contains(&f.gpa))
         .collect();
     assert_eq!(removed.len(), 1);
-    assert_eq!((removed[0].gpa, removed[0].size, removed[0].write), (s2::REMOVABLE + 0x100, 8, false));
+    assert_eq!(
+        (removed[0].gpa, removed[0].size, removed[0].write),
+        (s2::REMOVABLE + 0x100, 8, false)
+    );
     assert!(s2r.slot_ops.contains(&"remove REMOVABLE".to_string()));
     assert!(s2r.slot_ops.contains(&"add REMOVABLE".to_string()));
 
@@ -81,9 +95,13 @@ fn stage2_faults_slots_and_dirty_log() {
     // writes (its hypercall block and ring-3 stack, and the page-table frames whose A/D bits
     // the MMU — KVM's walker — set), and the pages the VMM wrote itself.
     assert_eq!(s2r.dirty_reads.len(), 2);
-    let written: BTreeSet<u64> = (0..4).filter_map(|i| rec(&r, &format!("written{i}"))).collect();
+    let written: BTreeSet<u64> = (0..4)
+        .filter_map(|i| rec(&r, &format!("written{i}")))
+        .collect();
     assert_eq!(written.len(), 4);
-    let mut incidental: BTreeSet<u64> = (0..3).filter_map(|i| rec(&r, &format!("stack{i}"))).collect();
+    let mut incidental: BTreeSet<u64> = (0..3)
+        .filter_map(|i| rec(&r, &format!("stack{i}")))
+        .collect();
     incidental.insert(rec(&r, "block").expect("block GPA"));
     let in_pool = |p: u64| {
         r.page_tables
@@ -93,21 +111,39 @@ fn stage2_faults_slots_and_dirty_log() {
     };
     let first = &s2r.dirty_reads[0];
     let kvm: BTreeSet<u64> = first.kvm.iter().copied().collect();
-    assert!(written.is_subset(&kvm), "written {written:x?} not all in {kvm:x?}");
+    assert!(
+        written.is_subset(&kvm),
+        "written {written:x?} not all in {kvm:x?}"
+    );
     let extra: BTreeSet<u64> = kvm
         .difference(&written)
         .copied()
         .filter(|p| !in_pool(*p))
         .collect();
-    assert!(extra.is_subset(&incidental), "unexpected guest-dirty pages {extra:x?}");
+    assert!(
+        extra.is_subset(&incidental),
+        "unexpected guest-dirty pages {extra:x?}"
+    );
     let host: BTreeSet<u64> = first.host.iter().copied().collect();
-    assert!(host.contains(&rec(&r, "block").unwrap_or(0)), "hypercall results are host writes");
+    assert!(
+        host.contains(&rec(&r, "block").unwrap_or(0)),
+        "hypercall results are host writes"
+    );
     let merged: BTreeSet<u64> = first.merged.iter().copied().collect();
     assert_eq!(merged, kvm.union(&host).copied().collect());
     // The log is clear after it is read: none of the chosen pages again.
     let second = &s2r.dirty_reads[1];
-    assert!(second.merged.iter().all(|p| !written.contains(p)), "{second:?}");
-    assert!(second.kvm.iter().all(|p| incidental.contains(p) || in_pool(*p)), "{second:?}");
+    assert!(
+        second.merged.iter().all(|p| !written.contains(p)),
+        "{second:?}"
+    );
+    assert!(
+        second
+            .kvm
+            .iter()
+            .all(|p| incidental.contains(p) || in_pool(*p)),
+        "{second:?}"
+    );
 }
 
 #[test]
@@ -125,7 +161,10 @@ fn memslot_overlap_and_limit_are_refused() {
     // end of scope after slots; both live until the end).
     let a = unsafe { slots.add(&vm, 0, 1 << 20, hva, 0) }.expect("first slot");
     let err = unsafe { slots.add(&vm, 0x8_0000, 1 << 20, hva, 0) }.expect_err("overlap");
-    assert!(matches!(err, MemoryError::Overlap { other, .. } if other == a), "{err}");
+    assert!(
+        matches!(err, MemoryError::Overlap { other, .. } if other == a),
+        "{err}"
+    );
     assert!(err.to_string().contains("overlaps slot"));
     // A second real slot works; then fill the registry up to KVM's limit (recorded without
     // ioctls: registering 32k real slots takes minutes) and one more is refused before KVM is
@@ -174,7 +213,10 @@ fn builder_api_runs_with_extra_ranges_and_rejects_bad_ones() {
         .lazy_range(0x1000, 0x1000)
         .run()
         .expect_err("bad range");
-    assert!(err.to_string().contains("not 4 KiB aligned") || err.to_string().contains("memslot"), "{err}");
+    assert!(
+        err.to_string().contains("not 4 KiB aligned") || err.to_string().contains("memslot"),
+        "{err}"
+    );
     assert!(VmBuilder::new().scenario("nope").is_err());
     assert!(VmBuilder::new().mem("12Q").is_err());
 }

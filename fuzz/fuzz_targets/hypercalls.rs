@@ -21,7 +21,11 @@ fuzz_target!(|data: &[u8]| {
         pse: true,
         ..Features::default()
     };
-    let preset = if sel & 4 != 0 { ZonePreset::Legacy } else { ZonePreset::X86_64 };
+    let preset = if sel & 4 != 0 {
+        ZonePreset::Legacy
+    } else {
+        ZonePreset::X86_64
+    };
     let mut h = match Harness::new(32 << 20, preset, features) {
         Ok(h) => h,
         Err(e) => panic!("harness: {e}"),

@@ -67,7 +67,10 @@ mod tests {
     fn kvm_segments() {
         let cs = kvm_segment_from_gdt(BOOT_GDT[1], 1);
         assert_eq!(cs.selector, CODE_SELECTOR);
-        assert_eq!((cs.l, cs.db, cs.g, cs.present, cs.s, cs.type_), (1, 0, 1, 1, 1, 0xb));
+        assert_eq!(
+            (cs.l, cs.db, cs.g, cs.present, cs.s, cs.type_),
+            (1, 0, 1, 1, 1, 0xb)
+        );
         assert_eq!(cs.limit, 0xffff_ffff);
         let ds = kvm_segment_from_gdt(BOOT_GDT[2], 2);
         assert_eq!(ds.selector, DATA_SELECTOR);

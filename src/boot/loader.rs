@@ -15,6 +15,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 /// Largest kernel file accepted, in bytes (64 MiB).
 pub const MAX_KERNEL_FILE: u64 = 64 << 20;
+/// Largest in-memory size (`p_memsz`) of one segment, in bytes (1 GiB): a tiny file may
+/// declare a huge BSS, which would otherwise be zeroed byte by byte in host memory.
+pub const MAX_SEGMENT_MEMSZ: u64 = 1 << 30;
 
 /// Errors of this module.
 #[derive(Debug, Error)]
@@ -162,6 +165,12 @@ pub fn load(ram: &GuestRam, data: &[u8]) -> Result<KernelImage, LoaderError> {
         if memsz == 0 {
             continue;
         }
+        if memsz > MAX_SEGMENT_MEMSZ {
+            return Err(LoaderError::BadSegment {
+                index,
+                why: "p_memsz exceeds the 1 GiB limit",
+            });
+        }
         if gpa % 4096 != gva % 4096 {
             return Err(LoaderError::BadSegment {
                 index,
@@ -182,12 +191,10 @@ pub fn load(ram: &GuestRam, data: &[u8]) -> Result<KernelImage, LoaderError> {
                 size: memsz,
             });
         }
-        let bytes = ph
-            .data(endian, data)
-            .map_err(|_| LoaderError::BadSegment {
-                index,
-                why: "file data lies outside the file",
-            })?;
+        let bytes = ph.data(endian, data).map_err(|_| LoaderError::BadSegment {
+            index,
+            why: "file data lies outside the file",
+        })?;
         let flags = ph.p_flags(endian);
         segments.push((
             index,
@@ -227,15 +234,23 @@ pub fn load(ram: &GuestRam, data: &[u8]) -> Result<KernelImage, LoaderError> {
         ram.mem
             .write_slice(bytes, GuestAddress(seg.gpa))
             .map_err(|_| LoaderError::Write { index: *index })?;
-        let tail = (seg.memsz - bytes.len() as u64) as usize;
-        if tail > 0 {
-            let zeros = vec![0u8; tail];
+        // Zero the BSS tail in bounded pieces (no allocation of its size).
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut at = seg.gpa + bytes.len() as u64;
+        let end = seg.gpa + seg.memsz;
+        while at < end {
+            let n = (end - at).min(ZEROS.len() as u64) as usize;
             ram.mem
-                .write_slice(&zeros, GuestAddress(seg.gpa + bytes.len() as u64))
+                .write_slice(&ZEROS[..n], GuestAddress(at))
                 .map_err(|_| LoaderError::Write { index: *index })?;
+            at += n as u64;
         }
     }
-    let phys_start = segments.iter().map(|(_, s)| s.gpa & !0xfff).min().unwrap_or(0);
+    let phys_start = segments
+        .iter()
+        .map(|(_, s)| s.gpa & !0xfff)
+        .min()
+        .unwrap_or(0);
     let phys_end = segments
         .iter()
         .map(|(_, s)| (s.gpa + s.memsz + 0xfff) & !0xfff)

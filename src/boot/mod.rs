@@ -87,6 +87,9 @@ mod tests {
         setup_sregs(&mut s, 0x40_0000, false);
         assert_eq!(s.efer, 0x500);
         let r = entry_regs(0xffff_ffff_8020_0000, 0x1000, 0x2000);
-        assert_eq!((r.rip, r.rsp, r.rdi, r.rflags), (0xffff_ffff_8020_0000, 0x1000, 0x2000, 2));
+        assert_eq!(
+            (r.rip, r.rsp, r.rdi, r.rflags),
+            (0xffff_ffff_8020_0000, 0x1000, 0x2000, 2)
+        );
     }
 }

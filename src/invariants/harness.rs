@@ -116,8 +116,15 @@ impl Harness {
     ///
     /// # Errors
     /// If the address space cannot be built or the kernel has no writable segment.
-    pub fn new(mem_bytes: u64, preset: ZonePreset, features: Features) -> Result<Self, HarnessError> {
-        let space = AddressSpace::build(mem_bytes, &crate::guest_image::GUEST_ELF.to_vec(), preset, features)
+    pub fn new(
+        mem_bytes: u64,
+        preset: ZonePreset,
+        features: Features,
+    ) -> Result<Self, HarnessError> {
+        // A copy: the embedded bytes (`include_bytes!`) are only byte-aligned, and the ELF
+        // parser wants its header 8-byte aligned; a Vec's buffer is.
+        let kernel: Vec<u8> = crate::guest_image::GUEST_ELF.to_vec();
+        let space = AddressSpace::build(mem_bytes, &kernel, preset, features)
             .map_err(|e| format!("build: {e}"))?;
         let seg = space
             .kernel
@@ -152,7 +159,11 @@ impl Harness {
             scratch_gva,
             results: BTreeMap::new(),
             steps: 0,
-            populate_cap: if mem_bytes <= 64 << 20 { mem_bytes } else { 16 << 20 },
+            populate_cap: if mem_bytes <= 64 << 20 {
+                mem_bytes
+            } else {
+                16 << 20
+            },
             model: Model::default(),
             ro_image,
             rng: 0x9e37_79b9_7f4a_7c15,
@@ -265,7 +276,10 @@ impl Harness {
                         Status(memvisor_abi::Status::NotMapped)
                     }
                 } else {
-                    AnyOf(vec![memvisor_abi::Status::Ok, memvisor_abi::Status::NotMapped])
+                    AnyOf(vec![
+                        memvisor_abi::Status::Ok,
+                        memvisor_abi::Status::NotMapped,
+                    ])
                 }
             }
             Call::Mmap => self.predict_mmap(a[0], a[1], a[2], a[3]),
@@ -378,7 +392,8 @@ impl Harness {
                 let gva = value;
                 let align = if huge { LARGE_PAGE_SIZE } else { PAGE_SIZE };
                 let end = gva.checked_add(len).ok_or("mmap: region end overflows")?;
-                if gva % align != 0 || gva < MMAP_WINDOW_START || end + MMAP_GUARD > MMAP_WINDOW_END {
+                if gva % align != 0 || gva < MMAP_WINDOW_START || end + MMAP_GUARD > MMAP_WINDOW_END
+                {
                     return Err(format!("mmap returned a bad GVA {gva:#x} (len {len:#x})"));
                 }
                 if let Some((&s, o)) = self.model.regions.range(..end + MMAP_GUARD).next_back() {
@@ -409,8 +424,15 @@ impl Harness {
             Some(Call::Munmap) => {
                 let (gva, len) = (a[0], a[1]);
                 let end = gva + len;
-                let key = self.model.region_for(gva, end).ok_or("munmap succeeded outside the model")?;
-                let r = self.model.regions.remove(&key).ok_or("model region vanished")?;
+                let key = self
+                    .model
+                    .region_for(gva, end)
+                    .ok_or("munmap succeeded outside the model")?;
+                let r = self
+                    .model
+                    .regions
+                    .remove(&key)
+                    .ok_or("model region vanished")?;
                 let gone: Vec<u64> = self.model.backed.range(gva..end).copied().collect();
                 for g in gone {
                     self.model.backed.remove(&g);
@@ -432,7 +454,10 @@ impl Harness {
             Some(Call::Mprotect) => {
                 let (gva, len, p) = (a[0], a[1], a[2]);
                 let end = gva + len;
-                let key = self.model.region_for(gva, end).ok_or("mprotect succeeded outside the model")?;
+                let key = self
+                    .model
+                    .region_for(gva, end)
+                    .ok_or("mprotect succeeded outside the model")?;
                 if let Some(r) = self.model.regions.get_mut(&key) {
                     let after = r.prot_at(end);
                     let stale: Vec<u64> = r.prot.range(gva..end).map(|(&k, _)| k).collect();
@@ -453,7 +478,13 @@ impl Harness {
         Ok(())
     }
 
-    fn judge(&self, r: &Request, expect: &Expect, st: Status, value: u64) -> Result<(), HarnessError> {
+    fn judge(
+        &self,
+        r: &Request,
+        expect: &Expect,
+        st: Status,
+        value: u64,
+    ) -> Result<(), HarnessError> {
         let ok = match expect {
             Expect::Status(s) => *s == st,
             Expect::Value(v) => st == Status::Ok && value == *v,
@@ -511,7 +542,10 @@ impl Harness {
             .read_obj(GuestAddress(self.block_gpa))
             .map_err(|e| format!("read block: {e}"))?;
         if head.completed as usize != n {
-            return Err(format!("block of {n} requests: host completed {}", head.completed));
+            return Err(format!(
+                "block of {n} requests: host completed {}",
+                head.completed
+            ));
         }
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
@@ -536,7 +570,13 @@ impl Harness {
                 r.reserved = 0;
                 if !matches!(
                     Call::from_u32(r.nr),
-                    Some(Call::Mmap | Call::Munmap | Call::Mprotect | Call::LazyFault | Call::Translate)
+                    Some(
+                        Call::Mmap
+                            | Call::Munmap
+                            | Call::Mprotect
+                            | Call::LazyFault
+                            | Call::Translate
+                    )
                 ) {
                     continue;
                 }
@@ -560,7 +600,11 @@ impl Harness {
             *self.results.entry(st.name()).or_default() += 1;
             let expect = if stopped {
                 Expect::Status(Status::Skipped)
-            } else if i > 0 && reqs[..i].iter().any(|p| p.nr == Call::Stats as u32 && p.reserved == 0) {
+            } else if i > 0
+                && reqs[..i]
+                    .iter()
+                    .any(|p| p.nr == Call::Stats as u32 && p.reserved == 0)
+            {
                 // A Stats may have written into memory later requests read.
                 Expect::Any
             } else {
@@ -570,7 +614,10 @@ impl Harness {
             if !matches!(expect, Expect::Any) {
                 self.apply(r, st, v)?;
             }
-            if matches!(Call::from_u32(r.nr), Some(Call::Exit | Call::Panic)) && r.reserved == 0 && !stopped {
+            if matches!(Call::from_u32(r.nr), Some(Call::Exit | Call::Panic))
+                && r.reserved == 0
+                && !stopped
+            {
                 stopped = true;
             }
         }
@@ -584,7 +631,10 @@ impl Harness {
             (Some(a), b) if a == b => {}
             (a, b) => return Err(format!("block flow {b:?}, expected {a:?}")),
         }
-        if reqs[..n].iter().any(|r| r.nr == Call::Stats as u32 && r.reserved == 0) {
+        if reqs[..n]
+            .iter()
+            .any(|r| r.nr == Call::Stats as u32 && r.reserved == 0)
+        {
             self.resync();
         }
         self.after_step()
@@ -613,13 +663,18 @@ impl Harness {
                 return Err(format!("block at unreadable GPA {ring:#x} accepted"));
             };
             if head.count == 0 || head.count > MAX_BATCH || ring % 8 != 0 {
-                return Err(format!("bad block at {ring:#x} (count {}) accepted", head.count));
+                return Err(format!(
+                    "bad block at {ring:#x} (count {}) accepted",
+                    head.count
+                ));
             }
             let len = 8 + u64::from(head.count) * 64;
             let all_writable = (ring / PAGE_SIZE..=(ring + len - 1) / PAGE_SIZE)
                 .all(|p| self.space.host_may_write(crate::addr::Pfn(p)));
             if !all_writable {
-                return Err(format!("block at {ring:#x} covering frames the host may not write accepted"));
+                return Err(format!(
+                    "block at {ring:#x} covering frames the host may not write accepted"
+                ));
             }
         }
         self.resync();
@@ -653,7 +708,11 @@ impl Harness {
     fn window_pages(&self) -> BTreeSet<u64> {
         let mut out = BTreeSet::new();
         let len = MMAP_WINDOW_END - MMAP_WINDOW_START;
-        if let Ok(leaves) = self.space.pt.leaves_in_range(&self.space.ram.mem, Gva(MMAP_WINDOW_START), len) {
+        if let Ok(leaves) =
+            self.space
+                .pt
+                .leaves_in_range(&self.space.ram.mem, Gva(MMAP_WINDOW_START), len)
+        {
             for l in leaves {
                 let mut g = l.gva.0;
                 while g < l.gva.0 + l.size.bytes() {
@@ -679,10 +738,22 @@ impl Harness {
             return Err(format!("invariants broken:\n  {}", lines.join("\n  ")));
         }
         // Model: the same regions, the same mapped pages, the same protection.
-        let host: Vec<(u64, u64)> = self.space.regions.values().map(|r| (r.start, r.end)).collect();
-        let model: Vec<(u64, u64)> = self.model.regions.iter().map(|(&s, r)| (s, r.end)).collect();
+        let host: Vec<(u64, u64)> = self
+            .space
+            .regions
+            .values()
+            .map(|r| (r.start, r.end))
+            .collect();
+        let model: Vec<(u64, u64)> = self
+            .model
+            .regions
+            .iter()
+            .map(|(&s, r)| (s, r.end))
+            .collect();
         if host != model {
-            return Err(format!("regions differ: host {host:#x?}, model {model:#x?}"));
+            return Err(format!(
+                "regions differ: host {host:#x?}, model {model:#x?}"
+            ));
         }
         let pages = self.window_pages();
         if pages != self.model.backed {
@@ -693,7 +764,9 @@ impl Harness {
             ));
         }
         for (s, r) in &self.model.regions {
-            let Some(h) = self.space.regions.get(s) else { continue };
+            let Some(h) = self.space.regions.get(s) else {
+                continue;
+            };
             for &g in self.model.backed.range(*s..r.end) {
                 if h.prot_at(g) != r.prot_at(g) {
                     return Err(format!(
@@ -722,7 +795,9 @@ impl Harness {
                 .is_ok()
                 && now == *bytes;
             if !same {
-                return Err(format!("the kernel's read-only segment at GPA {gpa:#x} changed"));
+                return Err(format!(
+                    "the kernel's read-only segment at GPA {gpa:#x} changed"
+                ));
             }
         }
         Ok(())
@@ -738,9 +813,14 @@ impl Harness {
         let mut got = Vec::new();
         let mut nomem = false;
         for _ in 0..max {
-            let r = Request::new(Call::Mmap, [pages * PAGE_SIZE, rw, zone_nr, map::POPULATE, 0]);
+            let r = Request::new(
+                Call::Mmap,
+                [pages * PAGE_SIZE, rw, zone_nr, map::POPULATE, 0],
+            );
             let expect = self.predict(&r);
-            let res = self.space.mmap(pages * PAGE_SIZE, rw, zone_nr, map::POPULATE);
+            let res = self
+                .space
+                .mmap(pages * PAGE_SIZE, rw, zone_nr, map::POPULATE);
             let (st, v) = (status_of(res), res.unwrap_or(0));
             *self.results.entry(st.name()).or_default() += 1;
             self.judge(&r, &expect, st, v)?;
@@ -863,12 +943,22 @@ impl Harness {
     /// overflowing values.
     fn gva_from(&mut self, cur: &mut Cursor<'_>) -> u64 {
         let sel = cur.byte();
-        let regions: Vec<(u64, u64)> = self.model.regions.iter().map(|(&s, r)| (s, r.end)).collect();
+        let regions: Vec<(u64, u64)> = self
+            .model
+            .regions
+            .iter()
+            .map(|(&s, r)| (s, r.end))
+            .collect();
         let pick = |i: u8| regions.get(i as usize % regions.len().max(1)).copied();
         let k = &self.space.kernel;
         let text = k.segments.first().map_or(0, |s| s.gva);
-        let chunk = self.space.pool.chunks.first().map_or(0, |c| c.0 * PAGE_SIZE);
-        let v = match sel % 32 {
+        let chunk = self
+            .space
+            .pool
+            .chunks
+            .first()
+            .map_or(0, |c| c.0 * PAGE_SIZE);
+        match sel % 32 {
             0..=5 => match pick(cur.byte()) {
                 Some((s, e)) => {
                     let pages = (e - s) / PAGE_SIZE;
@@ -893,17 +983,21 @@ impl Harness {
             19 => 0x0000_8000_0000_0000,
             20 => 0xffff_7fff_ffff_f000,
             21 => u64::MAX,
-            22 => u64::MAX & !(PAGE_SIZE - 1),
+            22 => !(PAGE_SIZE - 1),
             23 => (1 << 47) - PAGE_SIZE,
             24 => 0,
             25 => self.scratch_gva,
             26 => pick(cur.byte()).map_or(MMAP_WINDOW_START, |(s, _)| s + 1),
-            27 => (MMAP_WINDOW_START + cur.u64() % (MMAP_WINDOW_END - MMAP_WINDOW_START)) & !(PAGE_SIZE - 1),
-            28 => pick(cur.byte()).map_or(MMAP_WINDOW_START, |(s, _)| (s + LARGE_PAGE_SIZE) & !(LARGE_PAGE_SIZE - 1)),
+            27 => {
+                (MMAP_WINDOW_START + cur.u64() % (MMAP_WINDOW_END - MMAP_WINDOW_START))
+                    & !(PAGE_SIZE - 1)
+            }
+            28 => pick(cur.byte()).map_or(MMAP_WINDOW_START, |(s, _)| {
+                (s + LARGE_PAGE_SIZE) & !(LARGE_PAGE_SIZE - 1)
+            }),
             29 => self.next_rand(),
             _ => cur.u64(),
-        };
-        v
+        }
     }
 
     fn len_from(&mut self, cur: &mut Cursor<'_>, gva: u64) -> u64 {
@@ -924,7 +1018,7 @@ impl Harness {
             12 => region_len + PAGE_SIZE,
             13 => region_len.saturating_sub(PAGE_SIZE).max(PAGE_SIZE),
             14 => u64::MAX,
-            15 => u64::MAX & !(PAGE_SIZE - 1),
+            15 => !(PAGE_SIZE - 1),
             16 => 0u64.wrapping_sub(gva),
             17 => 1 << 47,
             18 => 1 << 48,
@@ -964,7 +1058,12 @@ impl Harness {
             12 | 13 => Call::LazyFault as u32,
             14 => Call::Translate as u32,
             15 => Call::Stats as u32,
-            16 => [Call::Nop, Call::FaultReport, Call::ConsoleWrite, Call::Record][(cur.byte() % 4) as usize] as u32,
+            16 => [
+                Call::Nop,
+                Call::FaultReport,
+                Call::ConsoleWrite,
+                Call::Record,
+            ][(cur.byte() % 4) as usize] as u32,
             17 => 12 + u32::from(cur.byte()),
             18 => [Call::Exit, Call::Panic][(cur.byte() % 2) as usize] as u32,
             _ => cur.u64() as u32,
@@ -1011,12 +1110,18 @@ impl Harness {
                 };
             }
             Some(Call::LazyFault | Call::Translate) => {
-                args[0] = self.gva_from(cur).wrapping_add(u64::from(cur.byte() % 2) * 0x123);
+                args[0] = self
+                    .gva_from(cur)
+                    .wrapping_add(u64::from(cur.byte() % 2) * 0x123);
                 args[1] = u64::from(cur.byte());
                 args[2] = cur.u64();
             }
             Some(Call::Stats) => {
-                args[0] = if cur.byte() % 4 == 0 { self.gva_from(cur) } else { self.scratch_gva };
+                args[0] = if cur.byte() % 4 == 0 {
+                    self.gva_from(cur)
+                } else {
+                    self.scratch_gva
+                };
             }
             Some(Call::ConsoleWrite | Call::Record | Call::Panic) => {
                 args[0] = self.gva_from(cur);

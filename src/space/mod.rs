@@ -42,6 +42,16 @@ pub enum SpaceError {
         /// The segment's GVA.
         gva: u64,
     },
+    /// A kernel segment lies in the mmap window (which belongs to the guest's regions).
+    #[error(
+        "kernel segment at GVA {gva:#x} lies in the mmap window [{:#x}, {:#x})",
+        MMAP_WINDOW_START,
+        MMAP_WINDOW_END
+    )]
+    KernelInWindow {
+        /// The segment's GVA.
+        gva: u64,
+    },
     /// Guest RAM too small for the boot layout.
     #[error("guest RAM of {bytes} bytes is too small: {why}")]
     TooSmall {
@@ -92,10 +102,7 @@ pub struct Region {
 impl Region {
     /// Protection bits in effect at `gva` (inside the region).
     pub fn prot_at(&self, gva: u64) -> u64 {
-        self.prot
-            .range(..=gva)
-            .next_back()
-            .map_or(0, |(_, &p)| p)
+        self.prot.range(..=gva).next_back().map_or(0, |(_, &p)| p)
     }
 }
 
@@ -247,6 +254,10 @@ impl AddressSpace {
             if seg.write && seg.exec {
                 return Err(SpaceError::WritableExecutable { gva: seg.gva });
             }
+            // The mmap window is the guest's to map and unmap: no kernel page may lie there.
+            if seg.gva < MMAP_WINDOW_END && seg.gva.saturating_add(seg.memsz) > MMAP_WINDOW_START {
+                return Err(SpaceError::KernelInWindow { gva: seg.gva });
+            }
             // The image is user-accessible (US=1): the guest runs its scenarios in ring 3,
             // where PVM executes them natively (CPL0 code is emulated there). W^X holds.
             let prot = if seg.exec {
@@ -278,8 +289,11 @@ impl AddressSpace {
         let chunk_bytes = TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
         let kstart = image.phys_start & !(LARGE_PAGE - 1);
         let kend = image.phys_end.div_ceil(LARGE_PAGE) * LARGE_PAGE;
-        let mut ro: Vec<(u64, u64)> =
-            pool.chunks.iter().map(|c| (c.0 * PAGE_SIZE, chunk_bytes)).collect();
+        let mut ro: Vec<(u64, u64)> = pool
+            .chunks
+            .iter()
+            .map(|c| (c.0 * PAGE_SIZE, chunk_bytes))
+            .collect();
         ro.push((kstart, kend - kstart));
         let (rw_ranges, ro_ranges) = split_ranges(&ranges, &ro);
         for (list, flags) in [(&rw_ranges, direct_flags), (&ro_ranges, ro_flags)] {

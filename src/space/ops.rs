@@ -144,7 +144,10 @@ impl AddressSpace {
         let kind = self.zone_kind(z)?;
         let reserve = len.checked_add(MMAP_GUARD).ok_or(Status::Inval)?;
         let align = if huge { LARGE_PAGE_SIZE } else { PAGE_SIZE };
-        let gva = self.window.alloc(reserve, align).map_err(|_| Status::NoMem)?;
+        let gva = self
+            .window
+            .alloc(reserve, align)
+            .map_err(|_| Status::NoMem)?;
         let id = self.region_id();
         let mut region = Region {
             id,
@@ -153,7 +156,11 @@ impl AddressSpace {
             guard: true,
             prot: [(gva, p)].into_iter().collect(),
             zone: z,
-            backing: if lazy { Backing::Lazy } else { Backing::Populated },
+            backing: if lazy {
+                Backing::Lazy
+            } else {
+                Backing::Populated
+            },
         };
         if !lazy {
             if let Err(st) = self.populate(&region, kind, huge) {
@@ -194,7 +201,14 @@ impl AddressSpace {
             let mapped = zeroed
                 && self
                     .pt
-                    .map(&self.ram.mem, &mut self.pool, Gva(gva), Gpa(gpa), size, flags)
+                    .map(
+                        &self.ram.mem,
+                        &mut self.pool,
+                        Gva(gva),
+                        Gpa(gpa),
+                        size,
+                        flags,
+                    )
                     .is_ok();
             if !mapped {
                 let _ = self.zones.free(pfn, frames);
@@ -235,7 +249,8 @@ impl AddressSpace {
         // Make the chunk read-only in the direct map *before* it joins the pool: if that fails
         // (e.g. the chunk lies inside a 1 GiB direct-map page, which is never split), the
         // chunk goes back to the zones and no table is ever built in a writable frame.
-        let chunk = super::pool::TablePool::alloc_chunk(&mut self.zones).map_err(|_| Status::NoMem)?;
+        let chunk =
+            super::pool::TablePool::alloc_chunk(&mut self.zones).map_err(|_| Status::NoMem)?;
         let ro = pte_flags_for(prot::READ, self.features.nx);
         let len = crate::layout::TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
         if self
@@ -248,7 +263,9 @@ impl AddressSpace {
             )
             .is_err()
         {
-            let _ = self.zones.free(chunk, crate::layout::TABLE_POOL_CHUNK_FRAMES);
+            let _ = self
+                .zones
+                .free(chunk, crate::layout::TABLE_POOL_CHUNK_FRAMES);
             return Err(Status::NoMem);
         }
         self.pool.add_chunk(chunk);
@@ -287,7 +304,9 @@ impl AddressSpace {
         // A huge-page region may only be unmapped in whole 2 MiB pages.
         if r.backing == Backing::Populated
             && matches!(
-                self.pt.translate(&self.ram.mem, Gva(gva)).map(|t| t.page_size),
+                self.pt
+                    .translate(&self.ram.mem, Gva(gva))
+                    .map(|t| t.page_size),
                 Ok(PageSize::Size2M)
             )
             && (gva % LARGE_PAGE_SIZE != 0 || len % LARGE_PAGE_SIZE != 0)
@@ -403,7 +422,14 @@ impl AddressSpace {
         let ok = zero_frame(&self.ram, gpa).is_ok()
             && self
                 .pt
-                .map(&self.ram.mem, &mut self.pool, Gva(page), Gpa(gpa), PageSize::Size4K, flags)
+                .map(
+                    &self.ram.mem,
+                    &mut self.pool,
+                    Gva(page),
+                    Gpa(gpa),
+                    PageSize::Size4K,
+                    flags,
+                )
                 .is_ok();
         if !ok {
             let _ = self.zones.free(pfn, 1);

@@ -40,9 +40,17 @@ impl TablePool {
     /// As [`Self::grow`].
     pub fn alloc_chunk(zones: &mut ZoneTable) -> Result<Pfn, crate::frames::FrameError> {
         zones
-            .alloc(ZoneKind::Dma32, TABLE_POOL_CHUNK_FRAMES, TABLE_POOL_CHUNK_FRAMES)
+            .alloc(
+                ZoneKind::Dma32,
+                TABLE_POOL_CHUNK_FRAMES,
+                TABLE_POOL_CHUNK_FRAMES,
+            )
             .or_else(|_| {
-                zones.alloc(ZoneKind::Normal, TABLE_POOL_CHUNK_FRAMES, TABLE_POOL_CHUNK_FRAMES)
+                zones.alloc(
+                    ZoneKind::Normal,
+                    TABLE_POOL_CHUNK_FRAMES,
+                    TABLE_POOL_CHUNK_FRAMES,
+                )
             })
     }
 

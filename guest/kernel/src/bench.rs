@@ -59,9 +59,10 @@ fn run() -> Result<(), &'static str> {
     // Exit floor, hypercall round trip, guest-handled #PF and demand-paging fault from ring 3,
     // measured in interleaved rounds so that each figure and its peer (the bare exit) see the
     // same machine load; each value is the median over rounds of the per-operation mean.
-    let null_gva = memvisor_abi::DOORBELL_GVA
-        + (memvisor_abi::NULL_DOORBELL_GPA - memvisor_abi::DOORBELL_GPA);
-    let ro = hc::mmap(PAGE, prot::READ | prot::USER, zone::ANY, map::POPULATE).map_err(|_| "mmap ro")?;
+    let null_gva =
+        memvisor_abi::DOORBELL_GVA + (memvisor_abi::NULL_DOORBELL_GPA - memvisor_abi::DOORBELL_GPA);
+    let ro =
+        hc::mmap(PAGE, prot::READ | prot::USER, zone::ANY, map::POPULATE).map_err(|_| "mmap ro")?;
     let rounds = batches.min(32);
     let pages_per_round = if quick() { 8 } else { 32 };
     let lazy_pages = rounds as u64 * pages_per_round;
@@ -111,7 +112,15 @@ fn run() -> Result<(), &'static str> {
 
     // mmap throughput: populate + munmap of 1, 16 and 512 pages per call (cycles per page).
     for n in [1u64, 16, 512] {
-        let reps = if quick() { 2 } else { if n == 512 { 8 } else { 64 } };
+        let reps = if quick() {
+            2
+        } else {
+            if n == 512 {
+                8
+            } else {
+                64
+            }
+        };
         let t0 = rdtsc();
         for _ in 0..reps {
             let va = hc::mmap(n * PAGE, rw, zone::ANY, map::POPULATE).map_err(|_| "mmap n")?;

@@ -55,7 +55,10 @@ static CONSOLE: Console = Console(UnsafeCell::new(Line::new()));
 
 fn write_out(s: &str) {
     if !s.is_empty() {
-        let _ = crate::hc::call(Call::ConsoleWrite, [s.as_ptr() as u64, s.len() as u64, 0, 0, 0]);
+        let _ = crate::hc::call(
+            Call::ConsoleWrite,
+            [s.as_ptr() as u64, s.len() as u64, 0, 0, 0],
+        );
     }
 }
 

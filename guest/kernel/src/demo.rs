@@ -79,7 +79,10 @@ fn demo() -> Result<(), u32> {
         sum_ok &= unsafe { ((pop + i * 8) as *const u64).read_volatile() } == i ^ 0x5a5a;
     }
     check(sum_ok, "populated region keeps its data")?;
-    println!("guest: mmap populate 16 pages at {:#x}: written and verified", pop);
+    println!(
+        "guest: mmap populate 16 pages at {:#x}: written and verified",
+        pop
+    );
 
     // 2. Lazy memory: 64 pages, backed on first touch; touch every 8th page.
     let lazy = hc::mmap(64 * PAGE, rw, zone::ANY, map::LAZY).map_err(|_| 1u32)?;
@@ -89,13 +92,19 @@ fn demo() -> Result<(), u32> {
         unsafe { ((lazy + i * PAGE + 8) as *mut u64).write_volatile(0xfeed_0000 + i) };
     }
     let served = probe::LAZY_FAULTS.load(Ordering::Relaxed) - before;
-    check(served == 8, "8 demand-paging faults for 8 touched lazy pages")?;
+    check(
+        served == 8,
+        "8 demand-paging faults for 8 touched lazy pages",
+    )?;
     for i in (0..64).step_by(8) {
         // SAFETY: the page is now backed.
         let v = unsafe { ((lazy + i * PAGE + 8) as *const u64).read_volatile() };
         check(v == 0xfeed_0000 + i, "lazy page keeps its data")?;
     }
-    println!("guest: mmap lazy 64 pages at {:#x}: 8 pages touched, {} demand-paging faults served", lazy, served);
+    println!(
+        "guest: mmap lazy 64 pages at {:#x}: 8 pages touched, {} demand-paging faults served",
+        lazy, served
+    );
 
     // 3. Protection fault: make one populated page read-only and write it.
     let target = pop + 3 * PAGE;
@@ -108,7 +117,10 @@ fn demo() -> Result<(), u32> {
     probe::set_hook(None);
     // SAFETY: mapped and readable.
     let v = unsafe { ((target + 16) as *const u64).read_volatile() };
-    check(v == 0xdead_beef && RO_PAGE.load(Ordering::SeqCst) == 0, "protection fault recovered")?;
+    check(
+        v == 0xdead_beef && RO_PAGE.load(Ordering::SeqCst) == 0,
+        "protection fault recovered",
+    )?;
     println!("guest: write to read-only page {:#x}: #PF (P|W|U) caught, reported, page made writable, write retried", target);
 
     // 4. Translation: our own walk of the page tables vs the host's translate.
@@ -127,25 +139,45 @@ fn demo() -> Result<(), u32> {
 
     // 6. Stats, then unmap everything; an access after munmap faults (caught by a probe).
     let mut stats = MemStats::default();
-    hc::call(Call::Stats, [&mut stats as *mut MemStats as u64, 0, 0, 0, 0]).map_err(|_| 1u32)?;
+    hc::call(
+        Call::Stats,
+        [&mut stats as *mut MemStats as u64, 0, 0, 0, 0],
+    )
+    .map_err(|_| 1u32)?;
     println!(
         "guest: stats: {} frames, {} free, {} mapped for mmap, {} page-table frames, {} regions, {} lazy faults",
         stats.total_frames, stats.free_frames, stats.mapped_frames, stats.table_frames, stats.regions, stats.lazy_faults
     );
-    check(stats.mapped_frames == 16 + 8 + 1, "host counts 25 mapped frames")?;
+    check(
+        stats.mapped_frames == 16 + 8 + 1,
+        "host counts 25 mapped frames",
+    )?;
     hc::munmap(pop, 16 * PAGE).map_err(|_| 1u32)?;
     hc::munmap(lazy, 64 * PAGE).map_err(|_| 1u32)?;
     hc::munmap(dma, PAGE).map_err(|_| 1u32)?;
     match probe::read(pop) {
         Probe::Fault { error_code, cr2 } => {
             crate::idt::report(14, error_code, cr2, probe::last_rip(), true);
-            check(error_code == 0x4 && cr2 == pop, "read after munmap: user not-present fault")?;
-            println!("guest: read after munmap at {:#x}: #PF error code {:#x} (not present), caught", cr2, error_code);
+            check(
+                error_code == 0x4 && cr2 == pop,
+                "read after munmap: user not-present fault",
+            )?;
+            println!(
+                "guest: read after munmap at {:#x}: #PF error code {:#x} (not present), caught",
+                cr2, error_code
+            );
         }
         Probe::Ok => return check(false, "read after munmap faults"),
     }
-    hc::call(Call::Stats, [&mut stats as *mut MemStats as u64, 0, 0, 0, 0]).map_err(|_| 1u32)?;
-    check(stats.mapped_frames == 0 && stats.regions == 0, "everything unmapped")?;
+    hc::call(
+        Call::Stats,
+        [&mut stats as *mut MemStats as u64, 0, 0, 0, 0],
+    )
+    .map_err(|_| 1u32)?;
+    check(
+        stats.mapped_frames == 0 && stats.regions == 0,
+        "everything unmapped",
+    )?;
     println!("guest: all regions unmapped; exiting 0");
     Ok(())
 }

@@ -143,7 +143,10 @@ pub fn exit(code: u32) -> ! {
 
 /// Report a panic message and stop.
 pub fn panic_str(msg: &str) -> ! {
-    let _ = call(Call::Panic, [msg.as_ptr() as u64, msg.len() as u64, 0, 0, 0]);
+    let _ = call(
+        Call::Panic,
+        [msg.as_ptr() as u64, msg.len() as u64, 0, 0, 0],
+    );
     loop {
         x86_64::instructions::hlt();
     }
@@ -175,7 +178,10 @@ pub fn translate(gva: u64) -> Result<u64, Status> {
 
 /// Send a `key=value` record line for the host's report.
 pub fn record(line: &str) {
-    let _ = call(Call::Record, [line.as_ptr() as u64, line.len() as u64, 0, 0, 0]);
+    let _ = call(
+        Call::Record,
+        [line.as_ptr() as u64, line.len() as u64, 0, 0, 0],
+    );
 }
 
 /// invlpg each page of a range, or reload CR3 for more than 64 pages. From ring 3 this asks

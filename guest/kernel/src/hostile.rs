@@ -282,7 +282,7 @@ enum Expect {
 }
 
 fn range_check(gva: u64, len: u64) -> Result<u64, Status> {
-    if len == 0 || gva % PAGE != 0 || len % PAGE != 0 {
+    if len == 0 || !gva.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
         return Err(Status::Inval);
     }
     let end = gva.checked_add(len).ok_or(Status::Inval)?;
@@ -359,7 +359,10 @@ impl Model {
                     Expect::Is(Status::Inval)
                 } else if g >= self.window[0] && g < self.window[1] {
                     let page = g & !(PAGE - 1);
-                    match self.find(page, page + PAGE).map(|i| self.r[i].is_backed(page)) {
+                    match self
+                        .find(page, page + PAGE)
+                        .map(|i| self.r[i].is_backed(page))
+                    {
                         Some(Some(true)) => Expect::OkOr(Status::Ok),
                         Some(None) => Expect::OkOr(Status::NotMapped),
                         _ => Expect::Is(Status::NotMapped),
@@ -460,7 +463,7 @@ impl Model {
                 let Some(end) = value.checked_add(len) else {
                     return false;
                 };
-                if value % align != 0
+                if !value.is_multiple_of(align)
                     || value < self.window[0]
                     || end + PAGE > self.window[1]
                     || self.overlaps(value, end)
@@ -489,7 +492,11 @@ impl Model {
                     h.end = gva;
                     if r.lazy && r.exact {
                         let n = (gva - r.start) / PAGE;
-                        h.backed = if n >= 64 { r.backed } else { r.backed & ((1u64 << n) - 1) };
+                        h.backed = if n >= 64 {
+                            r.backed
+                        } else {
+                            r.backed & ((1u64 << n) - 1)
+                        };
                     }
                     self.push(h);
                 }
@@ -544,7 +551,11 @@ struct Tally {
 impl Tally {
     fn count(&mut self, raw: i32) {
         self.calls += 1;
-        let i = if (-8..=0).contains(&raw) { (-raw) as usize } else { 9 };
+        let i = if (-8..=0).contains(&raw) {
+            (-raw) as usize
+        } else {
+            9
+        };
         self.by_status[i] += 1;
     }
 }
@@ -604,7 +615,10 @@ impl Ctx {
         self.t.batches += 1;
         if done as usize != n {
             self.t.mismatches += 1;
-            println!("hostile: MISMATCH {}: host completed {} of {} requests", what, done, n);
+            println!(
+                "hostile: MISMATCH {}: host completed {} of {} requests",
+                what, done, n
+            );
         }
         let mut stats_seen = false;
         for r in reqs[..n].iter() {
@@ -612,7 +626,11 @@ impl Ctx {
             if r.nr == Call::FaultReport as u32 {
                 self.t.fault_reports += 1;
             }
-            let expect = if stats_seen { Expect::Any } else { self.m.predict(r) };
+            let expect = if stats_seen {
+                Expect::Any
+            } else {
+                self.m.predict(r)
+            };
             self.judge(what, r, expect);
             let st = status_of(r.status).unwrap_or(Status::Inval);
             if !self.m.apply(r, st, r.value) {
@@ -624,7 +642,11 @@ impl Ctx {
             }
             // A Stats writes guest memory: later requests of the batch may have been changed
             // (never in practice: its buffer is STATS), so they are not judged.
-            if r.nr == Call::Stats as u32 && r.reserved == 0 && r.args[0] != stats_gva() && r.status == 0 {
+            if r.nr == Call::Stats as u32
+                && r.reserved == 0
+                && r.args[0] != stats_gva()
+                && r.status == 0
+            {
                 stats_seen = true;
             }
         }
@@ -668,7 +690,12 @@ impl Ctx {
             out[k] = status_of(r[0].status).unwrap_or(Status::Inval);
             if out[k] == Status::Ok {
                 self.t.self_hits += 1;
-                println!("hostile: FAILED: {} of {} at {:#x} SUCCEEDED", c.name(), what, gva);
+                println!(
+                    "hostile: FAILED: {} of {} at {:#x} SUCCEEDED",
+                    c.name(),
+                    what,
+                    gva
+                );
             } else if out[k] != Status::Perm {
                 self.mismatch(what, &r[0], Expect::Is(Status::Perm));
             }
@@ -742,21 +769,75 @@ fn crafted_not_mine(c: &mut Ctx) {
     c.not_mine("kernel text", text, PAGE, user_x, true);
     c.not_mine("kernel rodata", ro, PAGE, user_ro, true);
     c.not_mine("kernel bss", sac, 2 * PAGE, RW, true);
-    c.not_mine("whole kernel", c.text & !(PAGE - 1), 16 * PAGE, user_x, false);
+    c.not_mine(
+        "whole kernel",
+        c.text & !(PAGE - 1),
+        16 * PAGE,
+        user_x,
+        false,
+    );
     // Stacks and their guards (munmap only where nothing we use lives).
-    c.not_mine("boot stack guard", info.stack[0] - PAGE, PAGE, prot::READ | prot::WRITE, true);
-    c.not_mine("boot stack bottom", info.stack[0], PAGE, prot::READ | prot::WRITE, true);
-    c.not_mine("boot stack", info.stack[0], info.stack[1] - info.stack[0], prot::READ | prot::WRITE, false);
-    c.not_mine("#DF stack", info.df_stack[0], PAGE, prot::READ | prot::WRITE, true);
-    c.not_mine("#DF stack guard", info.df_stack[0] - PAGE, PAGE, prot::READ | prot::WRITE, true);
-    c.not_mine("user stack guard", info.user_stack[0] - PAGE, PAGE, RW, true);
+    c.not_mine(
+        "boot stack guard",
+        info.stack[0] - PAGE,
+        PAGE,
+        prot::READ | prot::WRITE,
+        true,
+    );
+    c.not_mine(
+        "boot stack bottom",
+        info.stack[0],
+        PAGE,
+        prot::READ | prot::WRITE,
+        true,
+    );
+    c.not_mine(
+        "boot stack",
+        info.stack[0],
+        info.stack[1] - info.stack[0],
+        prot::READ | prot::WRITE,
+        false,
+    );
+    c.not_mine(
+        "#DF stack",
+        info.df_stack[0],
+        PAGE,
+        prot::READ | prot::WRITE,
+        true,
+    );
+    c.not_mine(
+        "#DF stack guard",
+        info.df_stack[0] - PAGE,
+        PAGE,
+        prot::READ | prot::WRITE,
+        true,
+    );
+    c.not_mine(
+        "user stack guard",
+        info.user_stack[0] - PAGE,
+        PAGE,
+        RW,
+        true,
+    );
     c.not_mine("user stack bottom", info.user_stack[0], PAGE, RW, true);
-    c.not_mine("user stack", info.user_stack[0], info.user_stack[1] - info.user_stack[0], RW, false);
+    c.not_mine(
+        "user stack",
+        info.user_stack[0],
+        info.user_stack[1] - info.user_stack[0],
+        RW,
+        false,
+    );
     // Page tables, through the direct map (read-only there): making them writable is the
     // classic PV escape (Xen XSA-182).
     let pml4 = dm + info.pml4_gpa;
     c.not_mine("PML4 (direct map)", pml4, PAGE, user_ro, true);
-    c.not_mine("page-table pool (direct map)", pml4 & !(HUGE - 1), HUGE, user_ro, true);
+    c.not_mine(
+        "page-table pool (direct map)",
+        pml4 & !(HUGE - 1),
+        HUGE,
+        user_ro,
+        true,
+    );
     c.not_mine("direct map", dm, HUGE, RW, true);
     c.not_mine("doorbell", DOORBELL_GVA, PAGE, RW, false);
     // The tables really are read-only: a write of the byte already there must fault (P|W|U).
@@ -766,29 +847,62 @@ fn crafted_not_mine(c: &mut Ctx) {
             Probe::Fault { error_code, .. } if error_code & 0x7 == 0x7 => {}
             other => {
                 c.t.self_hits += 1;
-                println!("hostile: FAILED: write to the PML4 through the direct map: {:?}", other);
+                println!(
+                    "hostile: FAILED: write to the PML4 through the direct map: {:?}",
+                    other
+                );
             }
         }
     }
     // Lazy faults and translations outside the guest's regions.
-    for g in [text, ro, info.stack[0] - PAGE, pml4, DOORBELL_GVA, u64::MAX, u64::MAX & !(PAGE - 1), 0x0000_8000_0000_0000] {
+    for g in [
+        text,
+        ro,
+        info.stack[0] - PAGE,
+        pml4,
+        DOORBELL_GVA,
+        u64::MAX,
+        !(PAGE - 1),
+        0x0000_8000_0000_0000,
+    ] {
         c.expect(Call::LazyFault, [g, 6, 0, 0, 0], Status::NotMapped);
     }
     let (_, gpa) = c.expect(Call::Translate, [text + 0x123, 0, 0, 0, 0], Status::Ok);
     if gpa != text + 0x123 - KERNEL_VIRT_OFFSET {
         c.t.mismatches += 1;
-        println!("hostile: MISMATCH translate of kernel text gave GPA {:#x}", gpa);
+        println!(
+            "hostile: MISMATCH translate of kernel text gave GPA {:#x}",
+            gpa
+        );
     }
     let (_, gpa) = c.expect(Call::Translate, [pml4, 0, 0, 0, 0], Status::Ok);
     if gpa != info.pml4_gpa {
         c.t.mismatches += 1;
-        println!("hostile: MISMATCH translate of the PML4 gave GPA {:#x}", gpa);
+        println!(
+            "hostile: MISMATCH translate of the PML4 gave GPA {:#x}",
+            gpa
+        );
     }
     c.t.translate_checked += 2;
-    c.expect(Call::Translate, [info.stack[0] - PAGE, 0, 0, 0, 0], Status::NotMapped);
-    c.expect(Call::Translate, [0x0000_8000_0000_0000, 0, 0, 0, 0], Status::Inval);
+    c.expect(
+        Call::Translate,
+        [info.stack[0] - PAGE, 0, 0, 0, 0],
+        Status::NotMapped,
+    );
+    c.expect(
+        Call::Translate,
+        [0x0000_8000_0000_0000, 0, 0, 0, 0],
+        Status::Inval,
+    );
     // Buffers the host must not write (Stats) or read (console, record).
-    for g in [text, pml4, DOORBELL_GVA, u64::MAX - 8, 0, info.stack[0] - PAGE] {
+    for g in [
+        text,
+        pml4,
+        DOORBELL_GVA,
+        u64::MAX - 8,
+        0,
+        info.stack[0] - PAGE,
+    ] {
         c.expect(Call::Stats, [g, 0, 0, 0, 0], Status::Fault);
     }
     for (g, len, want) in [
@@ -801,7 +915,11 @@ fn crafted_not_mine(c: &mut Ctx) {
     ] {
         c.expect(Call::ConsoleWrite, [g, len, 0, 0, 0], want);
     }
-    c.expect(Call::Record, [text, RECORD_LINE_MAX + 1, 0, 0, 0], Status::Inval);
+    c.expect(
+        Call::Record,
+        [text, RECORD_LINE_MAX + 1, 0, 0, 0],
+        Status::Inval,
+    );
     c.expect(Call::Record, [u64::MAX - 4, 8, 0, 0, 0], Status::Fault);
     // Unknown calls and reserved bits.
     for nr in [13u32, 99, 0x8000_0000, u32::MAX] {
@@ -821,7 +939,11 @@ fn crafted_ranges(c: &mut Ctx) {
     let (win0, win1) = (c.m.window[0], c.m.window[1]);
     // A first small region so the one under test does not start at the window's start.
     let (_, first) = c.expect(Call::Mmap, [PAGE, RW, zone::ANY, map::LAZY, 0], Status::Ok);
-    let (st, a) = c.expect(Call::Mmap, [16 * PAGE, RW, zone::ANY, map::POPULATE, 0], Status::Ok);
+    let (st, a) = c.expect(
+        Call::Mmap,
+        [16 * PAGE, RW, zone::ANY, map::POPULATE, 0],
+        Status::Ok,
+    );
     if st != Status::Ok {
         return;
     }
@@ -841,8 +963,8 @@ fn crafted_ranges(c: &mut Ctx) {
         (a + 1, PAGE, Status::Inval),
         (a, 1, Status::Inval),
         (a, 0, Status::Inval),
-        (a, u64::MAX & !(PAGE - 1), Status::Inval),
-        (u64::MAX & !(PAGE - 1), PAGE, Status::Inval),
+        (a, !(PAGE - 1), Status::Inval),
+        (!(PAGE - 1), PAGE, Status::Inval),
         (0x0000_8000_0000_0000, PAGE, Status::Inval),
         (0xffff_7fff_ffff_f000, PAGE, Status::Inval),
         ((1 << 47) - PAGE, 2 * PAGE, Status::Inval),
@@ -860,12 +982,20 @@ fn crafted_ranges(c: &mut Ctx) {
     }
     // W+X, bad protections.
     c.expect(Call::Mprotect, [a, PAGE, prot::ALL, 0, 0], Status::Perm);
-    c.expect(Call::Mprotect, [a, PAGE, prot::WRITE | prot::EXEC, 0, 0], Status::Perm);
+    c.expect(
+        Call::Mprotect,
+        [a, PAGE, prot::WRITE | prot::EXEC, 0, 0],
+        Status::Perm,
+    );
     c.expect(Call::Mprotect, [a, PAGE, 0, 0, 0], Status::Inval);
     c.expect(Call::Mprotect, [a, PAGE, 0x10, 0, 0], Status::Inval);
     // Read-only, then a write faults (P|W|U); writable again, the write works.
     let target = a + 8 * PAGE;
-    c.expect(Call::Mprotect, [target, PAGE, prot::READ | prot::USER, 0, 0], Status::Ok);
+    c.expect(
+        Call::Mprotect,
+        [target, PAGE, prot::READ | prot::USER, 0, 0],
+        Status::Ok,
+    );
     hc::flush_range(target, PAGE);
     // SAFETY: our page; the write must fault (read-only) and the probe catches it.
     match unsafe { probe::write(target + 8, 1) } {
@@ -893,8 +1023,16 @@ fn crafted_ranges(c: &mut Ctx) {
         }
     }
     c.expect(Call::Munmap, [a, 8 * PAGE, 0, 0, 0], Status::NotMapped);
-    c.expect(Call::Mprotect, [a, 8 * PAGE, prot::READ | prot::USER, 0, 0], Status::NotMapped);
-    c.expect(Call::Munmap, [a + 4 * PAGE, PAGE, 0, 0, 0], Status::NotMapped);
+    c.expect(
+        Call::Mprotect,
+        [a, 8 * PAGE, prot::READ | prot::USER, 0, 0],
+        Status::NotMapped,
+    );
+    c.expect(
+        Call::Munmap,
+        [a + 4 * PAGE, PAGE, 0, 0, 0],
+        Status::NotMapped,
+    );
     // The rest of the region kept its data.
     for i in [0u64, 3, 5, 15] {
         // SAFETY: still mapped (only page 4 was unmapped).
@@ -919,7 +1057,7 @@ fn crafted_ranges(c: &mut Ctx) {
         (0, RW, 0, Status::Inval),
         (PAGE + 1, RW, 0, Status::Inval),
         (u64::MAX, RW, 0, Status::Inval),
-        (u64::MAX & !(PAGE - 1), RW, 0, Status::Inval),
+        (!(PAGE - 1), RW, 0, Status::Inval),
         (win1 - win0 + PAGE, RW, 0, Status::Inval),
         (PAGE, 0, 0, Status::Inval),
         (PAGE, 0x10, 0, Status::Inval),
@@ -932,27 +1070,51 @@ fn crafted_ranges(c: &mut Ctx) {
         c.expect(Call::Mmap, [len, p, zone::ANY, f, 0], want);
     }
     // Huge pages are never split.
-    let (st, h) = c.expect(Call::Mmap, [2 * HUGE, RW, zone::ANY, map::POPULATE | map::HUGE, 0], Status::Ok);
+    let (st, h) = c.expect(
+        Call::Mmap,
+        [2 * HUGE, RW, zone::ANY, map::POPULATE | map::HUGE, 0],
+        Status::Ok,
+    );
     if st == Status::Ok {
         if h % HUGE != 0 {
             c.t.mismatches += 1;
         }
         c.expect(Call::Munmap, [h + PAGE, PAGE, 0, 0, 0], Status::Inval);
         c.expect(Call::Munmap, [h, PAGE, 0, 0, 0], Status::Inval);
-        c.expect(Call::Mprotect, [h, PAGE, prot::READ | prot::USER, 0, 0], Status::Inval);
-        c.expect(Call::Mprotect, [h, HUGE, prot::READ | prot::USER, 0, 0], Status::Ok);
+        c.expect(
+            Call::Mprotect,
+            [h, PAGE, prot::READ | prot::USER, 0, 0],
+            Status::Inval,
+        );
+        c.expect(
+            Call::Mprotect,
+            [h, HUGE, prot::READ | prot::USER, 0, 0],
+            Status::Ok,
+        );
         c.expect(Call::Munmap, [h, HUGE, 0, 0, 0], Status::Ok);
         c.expect(Call::Munmap, [h + HUGE, HUGE, 0, 0, 0], Status::Ok);
         hc::flush_range(h, 2 * HUGE);
     }
     // Lazy regions: a lazy fault backs a page once; other pages stay unbacked.
-    let (st, l) = c.expect(Call::Mmap, [8 * PAGE, RW, zone::ANY, map::LAZY, 0], Status::Ok);
+    let (st, l) = c.expect(
+        Call::Mmap,
+        [8 * PAGE, RW, zone::ANY, map::LAZY, 0],
+        Status::Ok,
+    );
     if st == Status::Ok {
         c.expect(Call::LazyFault, [l + 3 * PAGE + 5, 6, 0, 0, 0], Status::Ok);
         c.expect(Call::LazyFault, [l + 3 * PAGE, 6, 0, 0, 0], Status::Perm);
         c.expect(Call::Translate, [l + 3 * PAGE, 0, 0, 0, 0], Status::Ok);
-        c.expect(Call::Translate, [l + 4 * PAGE, 0, 0, 0, 0], Status::NotMapped);
-        c.expect(Call::LazyFault, [l + 8 * PAGE, 6, 0, 0, 0], Status::NotMapped);
+        c.expect(
+            Call::Translate,
+            [l + 4 * PAGE, 0, 0, 0, 0],
+            Status::NotMapped,
+        );
+        c.expect(
+            Call::LazyFault,
+            [l + 8 * PAGE, 6, 0, 0, 0],
+            Status::NotMapped,
+        );
         // A real first touch (the #PF handler asks the host) also works, and reads zero.
         // SAFETY: inside our lazy region; the #PF handler has the host back the page.
         unsafe { core::ptr::write_volatile((l + 5 * PAGE) as *mut u64, 77) };
@@ -1014,7 +1176,13 @@ fn bad_blocks(c: &mut Ctx) {
     // SAFETY: BLOCK is ours (see Shared).
     unsafe {
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).reqs[0]), NOP);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).head), Batch { count: 1, completed: 0 });
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*p).head),
+            Batch {
+                count: 1,
+                completed: 0,
+            },
+        );
     }
     let rings = [
         blk + 1,
@@ -1078,7 +1246,10 @@ fn bad_blocks(c: &mut Ctx) {
             Some(v) if v == count as u64 => c.t.refused_ok += 1,
             other => {
                 c.t.mismatches += 1;
-                println!("hostile: MISMATCH planted block at GPA {:#x} (count {}) came back as {:?}", gpa, count, other);
+                println!(
+                    "hostile: MISMATCH planted block at GPA {:#x} (count {}) came back as {:?}",
+                    gpa, count, other
+                );
             }
         }
         let _ = plant(at, saved.unwrap_or(0));
@@ -1126,10 +1297,19 @@ fn exhaust(c: &mut Ctx) {
         }
         if !nomem {
             c.t.mismatches += 1;
-            println!("hostile: MISMATCH {} regions of {} pages in zone {} and still no NoMem", got, pages, z);
+            println!(
+                "hostile: MISMATCH {} regions of {} pages in zone {} and still no NoMem",
+                got, pages, z
+            );
         }
         c.t.nomem_regions += got as u64;
-        println!("hostile: mmap of {}-page regions in zone {}: NoMem after {} regions ({} MiB)", pages, z, got, got as u64 * pages * PAGE >> 20);
+        println!(
+            "hostile: mmap of {}-page regions in zone {}: NoMem after {} regions ({} MiB)",
+            pages,
+            z,
+            got,
+            (got as u64 * pages * PAGE) >> 20
+        );
         for part in flood[..got].chunks(NB) {
             let mut reqs = [NOP; NB];
             for (r, &g) in reqs.iter_mut().zip(part) {
@@ -1173,7 +1353,11 @@ fn exhaust(c: &mut Ctx) {
             c.t.mismatches += 1;
             println!("hostile: MISMATCH lazy faults never ran out of frames");
         }
-        println!("hostile: lazy faults: NoMem after {} pages ({} MiB)", c.t.nomem_lazy_pages, c.t.nomem_lazy_pages * PAGE >> 20);
+        println!(
+            "hostile: lazy faults: NoMem after {} pages ({} MiB)",
+            c.t.nomem_lazy_pages,
+            (c.t.nomem_lazy_pages * PAGE) >> 20
+        );
         let mut r = [Request::new(Call::Munmap, [l, len, 0, 0, 0])];
         c.batch_exact(&mut r, Status::Ok);
     }
@@ -1201,8 +1385,12 @@ impl Ctx {
                 None => w0,
             },
             10 | 11 => self.any_region().map_or(w0, |r| r.end),
-            12 => self.any_region().map_or(w0, |r| (r.start + HUGE) & !(HUGE - 1)),
-            13 => self.any_region().map_or(w0, |r| r.start + 1 + self.rng.below(PAGE - 1)),
+            12 => self
+                .any_region()
+                .map_or(w0, |r| (r.start + HUGE) & !(HUGE - 1)),
+            13 => self
+                .any_region()
+                .map_or(w0, |r| r.start + 1 + self.rng.below(PAGE - 1)),
             14 => w0,
             15 => w1 - PAGE,
             16 => w1,
@@ -1214,7 +1402,7 @@ impl Ctx {
             22 => 0x0000_8000_0000_0000,
             23 => 0xffff_7fff_ffff_f000,
             24 => u64::MAX,
-            25 => u64::MAX & !(PAGE - 1),
+            25 => !(PAGE - 1),
             26 => (1 << 47) - PAGE,
             27 => 0,
             28 => (w0 + self.rng.below(w1 - w0)) & !(PAGE - 1),
@@ -1236,7 +1424,7 @@ impl Ctx {
             12 => 1 + self.rng.below(PAGE - 1),
             13 => HUGE,
             14 => u64::MAX,
-            15 => u64::MAX & !(PAGE - 1),
+            15 => !(PAGE - 1),
             16 => 0u64.wrapping_sub(gva),
             17 => 1 << 47,
             18 => 1 << 48,
@@ -1280,7 +1468,8 @@ impl Ctx {
                 // A large valid populate runs the host out of frames (then it rolls back):
                 // ~100 ms of zeroing each. Rare here; the exhaustion phase does it on purpose.
                 let populate = f & map::LAZY == 0 && f & !map::ALL == 0;
-                let f = if populate && len > 64 * PAGE && len % PAGE == 0 && !self.rng.chance(1024) {
+                let f = if populate && len > 64 * PAGE && len % PAGE == 0 && !self.rng.chance(1024)
+                {
                     map::LAZY
                 } else {
                     f
@@ -1314,7 +1503,13 @@ impl Ctx {
             }
             13..=15 => {
                 let g = self.gva();
-                args = [g.wrapping_add(self.rng.below(2) * 0x123), self.rng.below(32), self.rng.next(), 0, 0];
+                args = [
+                    g.wrapping_add(self.rng.below(2) * 0x123),
+                    self.rng.below(32),
+                    self.rng.next(),
+                    0,
+                    0,
+                ];
                 Call::LazyFault as u32
             }
             16 | 17 => {
@@ -1322,19 +1517,42 @@ impl Ctx {
                 Call::Translate as u32
             }
             18 => {
-                args[0] = if self.rng.chance(4) { self.text } else { stats_gva() };
+                args[0] = if self.rng.chance(4) {
+                    self.text
+                } else {
+                    stats_gva()
+                };
                 Call::Stats as u32
             }
             19 => {
                 // Console and record only with arguments the host must refuse (garbage must
                 // not reach the report).
-                let bad = [u64::MAX - 3, 0x0000_8000_0000_0000, boot().stack[0] - PAGE, 0];
+                let bad = [
+                    u64::MAX - 3,
+                    0x0000_8000_0000_0000,
+                    boot().stack[0] - PAGE,
+                    0,
+                ];
                 args[0] = bad[self.rng.below(4) as usize];
-                args[1] = if self.rng.chance(2) { 1 + self.rng.below(64) } else { u64::MAX };
-                if self.rng.chance(2) { Call::ConsoleWrite as u32 } else { Call::Record as u32 }
+                args[1] = if self.rng.chance(2) {
+                    1 + self.rng.below(64)
+                } else {
+                    u64::MAX
+                };
+                if self.rng.chance(2) {
+                    Call::ConsoleWrite as u32
+                } else {
+                    Call::Record as u32
+                }
             }
             20 if self.t.fault_reports < 64 => {
-                args = [self.rng.next(), self.rng.next(), self.rng.next(), self.rng.next(), self.rng.below(2)];
+                args = [
+                    self.rng.next(),
+                    self.rng.next(),
+                    self.rng.next(),
+                    self.rng.next(),
+                    self.rng.below(2),
+                ];
                 Call::FaultReport as u32
             }
             20 | 21 => {
@@ -1363,7 +1581,11 @@ fn random_phase(c: &mut Ctx, target_calls: u64) {
     let mut reqs = [NOP; NB];
     let mut k = 0u64;
     while c.t.calls < target_calls {
-        let n = if c.rng.chance(2) { NB } else { 1 + c.rng.below(NB as u64) as usize };
+        let n = if c.rng.chance(2) {
+            NB
+        } else {
+            1 + c.rng.below(NB as u64) as usize
+        };
         let mut budget = (MAXR - c.m.n).saturating_sub(4) / 2;
         let backed_room = c.m.backed_total().unwrap_or(0) < 16384;
         for r in reqs.iter_mut().take(n) {
@@ -1372,12 +1594,64 @@ fn random_phase(c: &mut Ctx, target_calls: u64) {
         c.t.random += n as u64;
         c.batch(&mut reqs[..n], "random");
         k += 1;
-        if k % 64 == 0 {
+        if c.rng.chance(8) {
+            random_bad_ring(c);
+        }
+        if k.is_multiple_of(64) {
             check_stats(c, "during random batches");
         }
-        if k % 512 == 0 {
-            println!("hostile: {} calls, {} batches, {} regions live", c.t.calls, c.t.batches, c.m.n);
+        if k.is_multiple_of(512) {
+            println!(
+                "hostile: {} calls, {} batches, {} regions live",
+                c.t.calls, c.t.batches, c.m.n
+            );
         }
+    }
+}
+
+/// Ring with a random GPA that cannot be a valid block (unaligned, or past RAM), or with our
+/// block under a random header count of 0 or more than 512: the host must refuse it whole
+/// (our block comes back with `completed == 0`). Random GPAs inside RAM are always made
+/// unaligned: an aligned one could hit memory that parses as a block (a stack, .data) and
+/// the host would run it, which is the guest attacking itself, not the host.
+fn random_bad_ring(c: &mut Ctx) {
+    let ram_end = boot().ram_bytes.max(memvisor_abi::KERNEL_PHYS_BASE) + (1 << 30);
+    let p = BLOCK.0.get();
+    let count = match c.rng.below(4) {
+        0 => 0,
+        1 => MAX_BATCH + 1 + c.rng.below(1000) as u32,
+        _ => (c.rng.next() as u32) | 0x8000_0000,
+    };
+    // SAFETY: BLOCK is ours (see Shared).
+    unsafe {
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*p).head),
+            Batch {
+                count,
+                completed: 0,
+            },
+        );
+    }
+    let gpa = if c.rng.chance(2) {
+        block_gpa()
+    } else {
+        let g = c.rng.next();
+        if g < ram_end && g.is_multiple_of(8) {
+            g | (1 + c.rng.below(7))
+        } else {
+            g
+        }
+    };
+    ring(gpa);
+    c.t.bad_rings += 1;
+    // SAFETY: as above.
+    let head = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*p).head)) };
+    if head.completed != 0 || head.count != count {
+        c.t.mismatches += 1;
+        println!(
+            "hostile: MISMATCH ring at {:#x} with our block's count {}: the host ran it",
+            gpa, count
+        );
     }
 }
 
@@ -1402,7 +1676,10 @@ fn cleanup(c: &mut Ctx) {
     let s = unsafe { core::ptr::read_volatile(STATS.0.get()) };
     if s.regions != 0 || s.mapped_frames != 0 {
         c.t.mismatches += 1;
-        println!("hostile: MISMATCH {} regions / {} frames left at the end", s.regions, s.mapped_frames);
+        println!(
+            "hostile: MISMATCH {} regions / {} frames left at the end",
+            s.regions, s.mapped_frames
+        );
     }
 }
 
@@ -1411,7 +1688,11 @@ pub extern "C" fn run_user(_: u64) -> u64 {
     let info = *boot();
     let quick = info.flags & flags::QUICK != 0;
     let target = if quick { 100_000 } else { 1_000_000 };
-    let seed = if info.arg[0] != 0 { info.arg[0] } else { 0x6d65_6d76_6973_6f72 };
+    let seed = if info.arg[0] != 0 {
+        info.arg[0]
+    } else {
+        0x6d65_6d76_6973_6f72
+    };
     let mut c = Ctx {
         m: Model {
             r: [Reg::default(); MAXR],
@@ -1448,14 +1729,31 @@ pub extern "C" fn run_user(_: u64) -> u64 {
     probe_zones(&mut c);
     crafted_not_mine(&mut c);
     crafted_ranges(&mut c);
-    println!("hostile: crafted calls done ({} calls, {} mismatches)", c.t.calls, c.t.mismatches);
+    println!(
+        "hostile: crafted calls done ({} calls, {} mismatches)",
+        c.t.calls, c.t.mismatches
+    );
     bad_blocks(&mut c);
-    println!("hostile: bad request blocks done ({} rings refused as expected)", c.t.refused_ok);
+    println!(
+        "hostile: bad request blocks done ({} rings refused as expected)",
+        c.t.refused_ok
+    );
     exhaust(&mut c);
     random_phase(&mut c, target);
     cleanup(&mut c);
     let t = &c.t;
-    let names = ["ok", "nosys", "inval", "nomem", "fault", "perm", "not_mapped", "no_zone", "skipped", "unknown"];
+    let names = [
+        "ok",
+        "nosys",
+        "inval",
+        "nomem",
+        "fault",
+        "perm",
+        "not_mapped",
+        "no_zone",
+        "skipped",
+        "unknown",
+    ];
     for (name, &n) in names.iter().zip(&t.by_status) {
         let mut key = crate::console::Line::new();
         let _ = write!(key, "status.{}", name);

@@ -193,7 +193,6 @@ pub fn init(info: &BootInfo) {
         x86_64::instructions::tables::lidt(&idtr);
     }
     crate::probe::init();
-
 }
 
 /// Address of TSS.RSP0 (the stack the CPU switches to on an exception from ring 3).

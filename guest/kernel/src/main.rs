@@ -10,18 +10,17 @@
 
 extern crate alloc;
 
-
 mod bench;
 mod console;
 mod crash;
 mod demo;
-mod stage2;
-mod hostile;
 mod hc;
 mod heap;
+mod hostile;
 mod idt;
 mod matrix;
 mod probe;
+mod stage2;
 mod user;
 mod walk;
 

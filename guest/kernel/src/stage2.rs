@@ -49,25 +49,46 @@ fn run() -> Result<(), &'static str> {
     let u = gva(s2::UNBACKED);
     // SAFETY: the page is mapped (US, RW) with no RAM behind it: every access exits to the VMM.
     unsafe {
-        check(read_volatile((u + 0x10) as *const u8) == 0xff, "unbacked u8 read")?;
-        check(read_volatile((u + 0x20) as *const u16) == 0xffff, "unbacked u16 read")?;
-        check(read_volatile((u + 0x30) as *const u32) == 0xffff_ffff, "unbacked u32 read")?;
-        check(read_volatile((u + 0x40) as *const u64) == u64::MAX, "unbacked u64 read")?;
+        check(
+            read_volatile((u + 0x10) as *const u8) == 0xff,
+            "unbacked u8 read",
+        )?;
+        check(
+            read_volatile((u + 0x20) as *const u16) == 0xffff,
+            "unbacked u16 read",
+        )?;
+        check(
+            read_volatile((u + 0x30) as *const u32) == 0xffff_ffff,
+            "unbacked u32 read",
+        )?;
+        check(
+            read_volatile((u + 0x40) as *const u64) == u64::MAX,
+            "unbacked u64 read",
+        )?;
         write_volatile((u + 0x50) as *mut u8, 0x5a);
         write_volatile((u + 0x60) as *mut u16, 0x1234);
         write_volatile((u + 0x70) as *mut u32, 0xdead_beef);
         write_volatile((u + 0x80) as *mut u64, 0x0102_0304_0506_0708);
     }
-    println!("stage2: unbacked GPA {:#x}: 4 reads, 4 writes exited as MMIO", s2::UNBACKED);
+    println!(
+        "stage2: unbacked GPA {:#x}: 4 reads, 4 writes exited as MMIO",
+        s2::UNBACKED
+    );
 
     // 2. Read-only memslot.
     if op(s2::OP_READONLY_SUPPORTED)? == 1 {
         let r = gva(s2::READONLY);
         // SAFETY: mapped; reads are served from the read-only slot, the write exits as MMIO.
         unsafe {
-            check(read_volatile((r + 0x41) as *const u8) == 0x41, "read-only slot read")?;
+            check(
+                read_volatile((r + 0x41) as *const u8) == 0x41,
+                "read-only slot read",
+            )?;
             write_volatile((r + 0x40) as *mut u32, 0xcafe_f00d);
-            check(read_volatile((r + 0x40) as *const u32) == 0x4342_4140, "read-only slot unchanged")?;
+            check(
+                read_volatile((r + 0x40) as *const u32) == 0x4342_4140,
+                "read-only slot unchanged",
+            )?;
         }
         println!("stage2: read-only slot: read ok, write exited as MMIO, contents unchanged");
     } else {
@@ -79,10 +100,19 @@ fn run() -> Result<(), &'static str> {
     // SAFETY: mapped; the first access exits, the VMM backs the page and completes it.
     unsafe {
         write_volatile((l + 0x10) as *mut u64, 0x1122_3344_5566_7788);
-        check(read_volatile((l + 0x10) as *const u64) == 0x1122_3344_5566_7788, "lazy write kept")?;
-        check(read_volatile((l + PAGE + 0x20) as *const u32) == 0, "lazy read of a fresh page")?;
+        check(
+            read_volatile((l + 0x10) as *const u64) == 0x1122_3344_5566_7788,
+            "lazy write kept",
+        )?;
+        check(
+            read_volatile((l + PAGE + 0x20) as *const u32) == 0,
+            "lazy read of a fresh page",
+        )?;
         write_volatile((l + PAGE + 0x20) as *mut u32, 7);
-        check(read_volatile((l + PAGE + 0x20) as *const u32) == 7, "lazy page now RAM")?;
+        check(
+            read_volatile((l + PAGE + 0x20) as *const u32) == 7,
+            "lazy page now RAM",
+        )?;
     }
     println!("stage2: lazy range: 2 pages backed on first access");
 
@@ -92,9 +122,15 @@ fn run() -> Result<(), &'static str> {
     unsafe {
         write_volatile((m + 0x100) as *mut u64, 0xabcd_ef01_2345_6789);
         op(s2::OP_REMOVE)?;
-        check(read_volatile((m + 0x100) as *const u64) == u64::MAX, "removed slot exits")?;
+        check(
+            read_volatile((m + 0x100) as *const u64) == u64::MAX,
+            "removed slot exits",
+        )?;
         op(s2::OP_ADD)?;
-        check(read_volatile((m + 0x100) as *const u64) == 0xabcd_ef01_2345_6789, "data restored")?;
+        check(
+            read_volatile((m + 0x100) as *const u64) == 0xabcd_ef01_2345_6789,
+            "data restored",
+        )?;
     }
     println!("stage2: removed slot: access exited; added back: data restored");
 
@@ -115,9 +151,13 @@ fn run() -> Result<(), &'static str> {
     // SAFETY: reading rsp.
     unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp) };
     record("block", hc::main_block_gpa() & !(PAGE - 1));
-    for (i, page) in [sp & !(PAGE - 1), (sp & !(PAGE - 1)) - PAGE, (sp & !(PAGE - 1)) + PAGE]
-        .iter()
-        .enumerate()
+    for (i, page) in [
+        sp & !(PAGE - 1),
+        (sp & !(PAGE - 1)) - PAGE,
+        (sp & !(PAGE - 1)) + PAGE,
+    ]
+    .iter()
+    .enumerate()
     {
         if let Ok(g) = hc::translate(*page) {
             let mut k = crate::console::Line::new();
@@ -133,6 +173,9 @@ fn run() -> Result<(), &'static str> {
     let first = op(s2::OP_DIRTY_READ)?;
     let second = op(s2::OP_DIRTY_READ)?;
     hc::munmap(buf, n * PAGE).map_err(|_| "munmap")?;
-    println!("stage2: dirty log: {} dirty pages after the writes, {} at the next read", first, second);
+    println!(
+        "stage2: dirty log: {} dirty pages after the writes, {} at the next read",
+        first, second
+    );
     Ok(())
 }

@@ -68,7 +68,12 @@ core::arch::global_asm!(
 );
 
 extern "C" {
-    fn enter_user(entry: extern "C" fn(u64) -> u64, arg: u64, stack_top: u64, rsp0: *mut u64) -> u64;
+    fn enter_user(
+        entry: extern "C" fn(u64) -> u64,
+        arg: u64,
+        stack_top: u64,
+        rsp0: *mut u64,
+    ) -> u64;
     fn user_flush(gva: u64, len: u64);
     static user_exit_hlt: u8;
     static user_return_landing: u8;
@@ -91,7 +96,9 @@ pub fn run(f: extern "C" fn(u64) -> u64, arg: u64) -> u64 {
 pub fn cpl() -> u16 {
     let cs: u16;
     // SAFETY: reading CS has no side effects.
-    unsafe { core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags))
+    };
     cs & 3
 }
 
