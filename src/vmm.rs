@@ -225,33 +225,15 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
             last_exit = Some((name.to_string(), t_ret));
         };
         let mut mmio: Option<(u64, u32, bool, u64, bool)> = None;
+        // A request block to serve (port-IO hypercall from ring 0, doorbell from ring 3).
+        let mut block: Option<u64> = None;
         match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
                 bump("io_out");
                 match port {
                     PORT_HYPERCALL if data.len() == 4 => {
                         let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
-                        let mut side = crate::stage2::VmmSide {
-                            vm: &vm,
-                            slots: &mut slots,
-                            stage2: s2ctl.as_mut(),
-                        };
-                        let flow = hc.handle_with(&mut space, gpa, &mut side);
-                        if let Err(v) = crate::invariants::after_batch(
-                            cfg.check_invariants,
-                            &space,
-                            &mut inv_checks,
-                        ) {
-                            break Outcome::InvariantViolation(v);
-                        }
-                        if let Err(e) = flush_slot.flush_if_needed(&vm, &mut slots, &mut space) {
-                            break Outcome::KvmError(e.to_string());
-                        }
-                        match flow {
-                            Flow::Continue => {}
-                            Flow::Exit(code) => break Outcome::Exited(code),
-                            Flow::Panic(msg) => break Outcome::Panicked(msg),
-                        }
+                        block = Some(gpa);
                     }
                     PORT_NULL => {
                         if first_guest_us.is_none() {
@@ -292,25 +274,7 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
                 bump("doorbell");
                 let mut v = [0u8; 8];
                 v.copy_from_slice(data);
-                let mut side = crate::stage2::VmmSide {
-                    vm: &vm,
-                    slots: &mut slots,
-                    stage2: s2ctl.as_mut(),
-                };
-                let flow = hc.handle_with(&mut space, u64::from_le_bytes(v), &mut side);
-                if let Err(v) =
-                    crate::invariants::after_batch(cfg.check_invariants, &space, &mut inv_checks)
-                {
-                    break Outcome::InvariantViolation(v);
-                }
-                if let Err(e) = flush_slot.flush_if_needed(&vm, &mut slots, &mut space) {
-                    break Outcome::KvmError(e.to_string());
-                }
-                match flow {
-                    Flow::Continue => {}
-                    Flow::Exit(code) => break Outcome::Exited(code),
-                    Flow::Panic(msg) => break Outcome::Panicked(msg),
-                }
+                block = Some(u64::from_le_bytes(v));
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 bump("mmio");
@@ -352,6 +316,27 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
                 continue;
             }
             Err(e) => break Outcome::KvmError(e.to_string()),
+        }
+        if let Some(gpa) = block {
+            let mut side = crate::stage2::VmmSide {
+                vm: &vm,
+                slots: &mut slots,
+                stage2: s2ctl.as_mut(),
+            };
+            let flow = hc.handle_with(&mut space, gpa, &mut side);
+            if let Err(v) =
+                crate::invariants::after_batch(cfg.check_invariants, &space, &mut inv_checks)
+            {
+                break Outcome::InvariantViolation(v);
+            }
+            if let Err(e) = flush_slot.flush_if_needed(&vm, &mut slots, &mut space) {
+                break Outcome::KvmError(e.to_string());
+            }
+            match flow {
+                Flow::Continue => {}
+                Flow::Exit(code) => break Outcome::Exited(code),
+                Flow::Panic(msg) => break Outcome::Panicked(msg),
+            }
         }
         if let Some((gpa, size, write, value, lazy_backed)) = mmio {
             stage2_total += 1;
