@@ -53,7 +53,7 @@ fn one(h: &mut Harness, r: Request) -> (Status, u64) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 1000,
+        cases: 2500,
         max_shrink_iters: 2000,
         failure_persistence: None,
         .. ProptestConfig::default()
