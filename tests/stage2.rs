@@ -160,6 +160,7 @@ fn memslot_overlap_and_limit_are_refused() {
     // SAFETY: `mem` outlives `vm` in this test (declared later drops first: vm is dropped at the
     // end of scope after slots; both live until the end).
     let a = unsafe { slots.add(&vm, 0, 1 << 20, hva, 0) }.expect("first slot");
+    // SAFETY: as above (refused: overlaps the first slot).
     let err = unsafe { slots.add(&vm, 0x8_0000, 1 << 20, hva, 0) }.expect_err("overlap");
     assert!(
         matches!(err, MemoryError::Overlap { other, .. } if other == a),
@@ -169,6 +170,7 @@ fn memslot_overlap_and_limit_are_refused() {
     // A second real slot works; then fill the registry up to KVM's limit (recorded without
     // ioctls: registering 32k real slots takes minutes) and one more is refused before KVM is
     // asked.
+    // SAFETY: `mem` stays mapped until the end of the test, after the VM's last use.
     let b = unsafe { slots.add(&vm, 1 << 20, 4096, hva, 0) }.expect("second slot");
     assert_ne!(a, b);
     let mut gpa = 1u64 << 30;
@@ -186,6 +188,7 @@ fn memslot_overlap_and_limit_are_refused() {
         n += 1;
         gpa += 4096;
     }
+    // SAFETY: as above (and this call is refused before KVM is asked).
     let err = unsafe { slots.add(&vm, gpa, 4096, hva, 0) }.expect_err("over the limit");
     assert!(matches!(err, MemoryError::TooManySlots { .. }), "{err}");
     assert!(err.to_string().contains("KVM_CAP_NR_MEMSLOTS"));
