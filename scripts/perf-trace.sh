@@ -71,7 +71,7 @@ with open(sys.argv[1]) as f:
             perf[row[2]] = float('nan')
 rep = json.load(open(sys.argv[2]))
 ex = rep.get('exits', {})
-vmm_pio = ex.get('io_out', 0) + ex.get('io_in', 0)
+vmm_pio = ex.get('io_out', 0) + ex.get('io_in', 0) + ex.get('pf_assist', 0)
 vmm_mmio = ex.get('mmio', 0) + ex.get('doorbell', 0) + ex.get('null_doorbell', 0)
 print(f"scenario {rep.get('scenario')}: outcome {rep.get('outcome')}, guest exit code {rep.get('guest_exit_code')}")
 print(f"{'counter':<46}{'perf':>10}{'memvisor':>10}")

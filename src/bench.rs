@@ -302,6 +302,14 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         r3_exit,
         "<= 1.5",
     ));
+    f.push(fig(
+        "first_touch_populated_ring3",
+        g("r3_first_touch"),
+        "ns",
+        "bare_exit_ring3",
+        r3_exit,
+        "for scale",
+    ));
     let minor = host_minor_fault_ns(if quick { 256 } else { 4096 });
     f.push(fig(
         "host_linux_minor_fault",

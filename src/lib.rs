@@ -17,6 +17,7 @@ pub mod layout;
 pub mod matrix;
 pub mod memory;
 pub mod paging;
+pub mod pf_assist;
 pub mod replay;
 pub mod report;
 pub mod scenario;

@@ -307,6 +307,10 @@ pub struct Report {
     pub mapped_frames: u64,
     /// Lazy faults served.
     pub lazy_faults: u64,
+    /// Of those, served through the #PF assist exit (`crate::pf_assist`).
+    pub lazy_faults_assisted: u64,
+    /// Of those, returned to the guest by the VMM's own iretq.
+    pub vmm_irets: u64,
     /// Times the VMM flushed KVM's shadow page tables after removing or reducing mappings.
     pub shadow_flushes: u64,
     /// `key=value` records from the guest.
@@ -448,6 +452,8 @@ impl Report {
             regions_live: space.regions.len() as u64,
             mapped_frames: space.counters.mapped_frames,
             lazy_faults: space.counters.lazy_faults,
+            lazy_faults_assisted: space.counters.lazy_faults_assisted,
+            vmm_irets: space.counters.vmm_irets,
             shadow_flushes,
             records: hc.records.into_iter().collect(),
             console: hc.console,
@@ -550,8 +556,8 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "-- fault log ({} total, {} lazy faults served)",
-            self.faults_total, self.lazy_faults
+            "-- fault log ({} total, {} lazy faults served: {} through the #PF assist exit, {} returned by the VMM's iretq)",
+            self.faults_total, self.lazy_faults, self.lazy_faults_assisted, self.vmm_irets
         );
         for f in &self.faults {
             let _ = writeln!(

@@ -815,6 +815,8 @@ fn run_zones(ram: Vec<(u64, u64)>, legacy: bool, ops: Vec<ZOp>) {
     let mut anchors: Vec<u64> = ram.iter().map(|&(s, _)| s / 4096).collect();
     anchors.push(4096);
     let mut live: Vec<(u64, u64)> = Vec::new();
+    // Frames ever allocated or reserved.
+    let mut ever: std::collections::HashSet<u64> = std::collections::HashSet::new();
     for (step, op) in ops.into_iter().enumerate() {
         match op {
             ZOp::Alloc {
@@ -829,11 +831,20 @@ fn run_zones(ram: Vec<(u64, u64)>, legacy: bool, ops: Vec<ZOp>) {
                 let got = if exact {
                     t.alloc_exact(z, n, align)
                 } else {
-                    t.alloc(z, n, align)
+                    // alloc_fresh: "fresh" must mean no frame of the run was ever allocated
+                    // or reserved (the caller then skips zeroing it).
+                    t.alloc_fresh(z, n, align).map(|(p, fresh)| {
+                        if fresh {
+                            let used = (p.0..p.0 + n).find(|f| ever.contains(f));
+                            assert_eq!(used, None, "fresh run at {} reuses a frame", p.0);
+                        }
+                        p
+                    })
                 };
                 assert_eq!(got.map(|p| p.0), want, "alloc({z}, {n}, {align}, {exact})");
                 if let Ok(p) = want {
                     live.push((p, n));
+                    ever.extend(p..p + n);
                 }
             }
             ZOp::FreeLive { idx } => {
@@ -853,6 +864,9 @@ fn run_zones(ram: Vec<(u64, u64)>, legacy: bool, ops: Vec<ZOp>) {
                 let p = (anchors[at % anchors.len()] as i64 + off).max(0) as u64;
                 let want = m.reserve(p, n);
                 assert_eq!(t.reserve(Pfn(p), n), want, "reserve({p}, {n})");
+                if want.is_ok() {
+                    ever.extend(p..p + n);
+                }
             }
             ZOp::Drain { zone, keep } => {
                 let z = ZoneKind::ALL[zone];
@@ -862,7 +876,10 @@ fn run_zones(ram: Vec<(u64, u64)>, legacy: bool, ops: Vec<ZOp>) {
                         let want = m.alloc(z, chunk, 1, true);
                         assert_eq!(t.alloc_exact(z, chunk, 1).map(|p| p.0), want, "drain {z}");
                         match want {
-                            Ok(p) => live.push((p, chunk)),
+                            Ok(p) => {
+                                live.push((p, chunk));
+                                ever.extend(p..p + chunk);
+                            }
                             Err(_) => break,
                         }
                     }

@@ -8,7 +8,7 @@
 use crate::layout::{BOOT_INFO_GPA, KERNEL_PHYS_BASE};
 use crate::memory::GuestRam;
 use object::elf::{ELFCLASS64, EM_X86_64, ET_EXEC, PF_R, PF_W, PF_X, PT_LOAD};
-use object::read::elf::{FileHeader, ProgramHeader};
+use object::read::elf::{FileHeader, ProgramHeader, Sym};
 use object::Endianness;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
@@ -118,6 +118,9 @@ pub struct KernelImage {
     pub phys_start: u64,
     /// One past the highest GPA used (page aligned up).
     pub phys_end: u64,
+    /// GVA of [`memvisor_abi::PF_ASSIST_DONE_SYMBOL`] if the symbol table has it inside an
+    /// executable segment; `None` turns host-assisted demand paging off.
+    pub pf_assist_done: Option<u64>,
 }
 
 /// Validate `data` as our kernel and copy it into `ram`.
@@ -256,10 +259,36 @@ pub fn load(ram: &GuestRam, data: &[u8]) -> Result<KernelImage, LoaderError> {
         .map(|(_, s)| (s.gpa + s.memsz + 0xfff) & !0xfff)
         .max()
         .unwrap_or(0);
+    let segments: Vec<Segment> = segments.into_iter().map(|(_, s)| s).collect();
+    let pf_assist_done = find_symbol(header, endian, data, memvisor_abi::PF_ASSIST_DONE_SYMBOL)
+        .filter(|&a| {
+            segments
+                .iter()
+                .any(|s| s.exec && a >= s.gva && a < s.gva + s.memsz)
+        });
     Ok(KernelImage {
         entry,
-        segments: segments.into_iter().map(|(_, s)| s).collect(),
+        segments,
         phys_start,
         phys_end,
+        pf_assist_done,
+    })
+}
+
+/// Value of the symbol `name` in the ELF symbol table, if there is one. A missing or corrupt
+/// section or symbol table gives `None` (the symbol is optional).
+fn find_symbol(
+    header: &object::elf::FileHeader64<Endianness>,
+    endian: Endianness,
+    data: &[u8],
+    name: &str,
+) -> Option<u64> {
+    let sections = header.sections(endian, data).ok()?;
+    let symbols = sections
+        .symbols(endian, data, object::elf::SHT_SYMTAB)
+        .ok()?;
+    symbols.iter().find_map(|sym| {
+        let n = symbols.symbol_name(endian, sym).ok()?;
+        (n == name.as_bytes()).then(|| sym.st_value(endian))
     })
 }

@@ -51,6 +51,9 @@ struct Zone {
     start: u64,
     end: u64,
     alloc: Option<BitmapAllocator>,
+    /// Frames at and above this PFN have never been allocated or reserved since the table
+    /// was built (a conservative watermark: a gap skipped by first fit stops counting).
+    fresh_from: u64,
     present: u64,
     allocations: u64,
     frees: u64,
@@ -179,6 +182,7 @@ impl ZoneTable {
                 start,
                 end,
                 alloc,
+                fresh_from: start,
                 present,
                 allocations: 0,
                 frees: 0,
@@ -241,6 +245,28 @@ impl ZoneTable {
     /// [`FrameError::NoSuchZone`], [`FrameError::ZeroCount`], [`FrameError::BadAlign`],
     /// [`FrameError::OutOfFrames`] (`zone: Some(zone)`). Failures count in `zone`'s stats.
     pub fn alloc(&mut self, zone: ZoneKind, n: u64, align_frames: u64) -> Result<Pfn> {
+        self.alloc_fresh(zone, n, align_frames).map(|(p, _)| p)
+    }
+
+    /// Like [`alloc`](Self::alloc), and also says whether every frame of the run is *fresh*:
+    /// never allocated or reserved since the table was built. Guest RAM is anonymous memory
+    /// that reads as zero until written, and only allocated or reserved frames are ever
+    /// written, so a fresh run needs no zeroing before it is handed to the guest (the host
+    /// then never touches its pages at all; the first guest access faults them in).
+    ///
+    /// Fresh is tracked per zone with a watermark: frames at or above the highest end of any
+    /// run handed out or reserved so far. First fit hands out frames from the bottom, so
+    /// almost every never-used frame counts; frames below the watermark are never reported
+    /// fresh, even if first fit skipped them.
+    ///
+    /// # Errors
+    /// As [`alloc`](Self::alloc).
+    pub fn alloc_fresh(
+        &mut self,
+        zone: ZoneKind,
+        n: u64,
+        align_frames: u64,
+    ) -> Result<(Pfn, bool)> {
         let list = self
             .preset
             .zonelist(zone)
@@ -257,10 +283,16 @@ impl ZoneTable {
             Some(l) => &l[..1],
             None => return Err(FrameError::NoSuchZone { zone }),
         };
-        self.alloc_from(zone, list, n, align_frames)
+        self.alloc_from(zone, list, n, align_frames).map(|(p, _)| p)
     }
 
-    fn alloc_from(&mut self, req: ZoneKind, list: &[ZoneKind], n: u64, align: u64) -> Result<Pfn> {
+    fn alloc_from(
+        &mut self,
+        req: ZoneKind,
+        list: &[ZoneKind],
+        n: u64,
+        align: u64,
+    ) -> Result<(Pfn, bool)> {
         let req_i = self
             .index_of(req)
             .ok_or(FrameError::NoSuchZone { zone: req })?;
@@ -289,11 +321,13 @@ impl ZoneTable {
             }
             if let Ok(p) = a.alloc_uncounted(n, align) {
                 z.allocations += 1;
+                let fresh = p.0 >= z.fresh_from;
+                z.fresh_from = z.fresh_from.max(p.0 + n);
                 if i != req_i {
                     z.fallbacks_in += 1;
                     self.zones[req_i].fallbacks_out += 1;
                 }
-                return Ok(p);
+                return Ok((p, fresh));
             }
         }
         self.zones[req_i].failures += 1;
@@ -373,10 +407,14 @@ impl ZoneTable {
             pieces.push((i, bit, piece_end - cur));
             cur = piece_end;
         }
+        let mut at = pfn.0;
         for (i, bit, len) in pieces {
-            if let Some(a) = self.zones[i].alloc.as_mut() {
+            let z = &mut self.zones[i];
+            z.fresh_from = z.fresh_from.max(at + len);
+            if let Some(a) = z.alloc.as_mut() {
                 a.apply_reserve(bit, len);
             }
+            at += len;
         }
         Ok(())
     }
@@ -516,5 +554,35 @@ impl ZoneTable {
     /// The preset's lower bound of `zone`, if the zone exists.
     pub fn zone_lower_bound(&self, zone: ZoneKind) -> Option<Pfn> {
         self.index_of(zone).map(|i| Pfn(self.zones[i].lo))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_frames_are_never_reused_frames() {
+        let mut t = ZoneTable::new(&[(Gpa(0), 64 << 20)], ZonePreset::X86_64).unwrap();
+        assert_eq!(t.alloc_fresh(ZoneKind::Dma, 4, 1).unwrap(), (Pfn(0), true));
+        assert_eq!(t.alloc_fresh(ZoneKind::Dma, 4, 1).unwrap(), (Pfn(4), true));
+        t.free(Pfn(0), 4).unwrap();
+        assert_eq!(t.alloc_fresh(ZoneKind::Dma, 1, 1).unwrap(), (Pfn(0), false));
+        // A reservation moves the watermark past itself: never-used frames below it no
+        // longer count (conservative), frames above it still do.
+        t.reserve(Pfn(0x200), 16).unwrap();
+        assert_eq!(
+            t.alloc_fresh(ZoneKind::Dma, 1, 0x100).unwrap(),
+            (Pfn(0x100), false)
+        );
+        assert_eq!(
+            t.alloc_fresh(ZoneKind::Dma, 1, 0x400).unwrap(),
+            (Pfn(0x400), true)
+        );
+        // DMA32 has its own watermark.
+        assert_eq!(
+            t.alloc_fresh(ZoneKind::Dma32, 1, 1).unwrap(),
+            (Pfn(0x1000), true)
+        );
     }
 }

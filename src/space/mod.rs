@@ -132,6 +132,10 @@ pub struct SpaceCounters {
     pub mapped_frames: u64,
     /// Lazy faults served.
     pub lazy_faults: u64,
+    /// Of those, served through the #PF assist exit (`crate::pf_assist`).
+    pub lazy_faults_assisted: u64,
+    /// Of those, returned to the guest by the VMM's own iretq.
+    pub vmm_irets: u64,
     /// Faults reported by the guest or logged by the host (all kinds).
     pub faults: u64,
 }

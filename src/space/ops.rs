@@ -11,7 +11,7 @@ use super::{zero_frame, AddressSpace, Backing, FaultRecord, Region, SpaceError};
 use crate::addr::{is_canonical, Gpa, Gva, Pfn, LARGE_PAGE_SIZE, PAGE_SIZE};
 use crate::frames::ZoneKind;
 use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
-use crate::paging::{PageSize, PteFlags};
+use crate::paging::{PageSize, PagingError, PteFlags};
 use memvisor_abi::{map, prot, zone, Status};
 
 /// Result of a hypercall operation: a value or an ABI status.
@@ -192,12 +192,14 @@ impl AddressSpace {
             if let Err(e) = self.ensure_pool(4) {
                 break Err(e);
             }
-            let pfn = match self.zones.alloc(kind, frames, frames) {
+            let (pfn, fresh) = match self.zones.alloc_fresh(kind, frames, frames) {
                 Ok(p) => p,
                 Err(_) => break Err(Status::NoMem),
             };
             let gpa = pfn.0 * PAGE_SIZE;
-            let zeroed = (0..frames).all(|i| zero_frame(&self.ram, gpa + i * PAGE_SIZE).is_ok());
+            // A fresh run still reads as zero (ZoneTable::alloc_fresh).
+            let zeroed =
+                fresh || (0..frames).all(|i| zero_frame(&self.ram, gpa + i * PAGE_SIZE).is_ok());
             let mapped = zeroed
                 && self
                     .pt
@@ -411,29 +413,44 @@ impl AddressSpace {
             Some(r) if r.backing == Backing::Lazy => (r.prot_at(page), r.zone),
             _ => return Err(Status::NotMapped),
         };
-        if self.pt.translate(&self.ram.mem, Gva(page)).is_ok() {
-            return Err(Status::Perm);
-        }
+        // No separate walk to see whether the page is present: `map` refuses a mapped page
+        // (AlreadyMapped), and only failures pay for a walk to pick the status.
+        let present = |s: &Self| s.pt.translate(&s.ram.mem, Gva(page)).is_ok();
         let kind = self.zone_kind(z)?;
-        self.ensure_pool(4)?;
-        let pfn = self.zones.alloc(kind, 1, 1).map_err(|_| Status::NoMem)?;
+        if let Err(e) = self.ensure_pool(4) {
+            return Err(if present(self) { Status::Perm } else { e });
+        }
+        let Ok((pfn, fresh)) = self.zones.alloc_fresh(kind, 1, 1) else {
+            return Err(if present(self) {
+                Status::Perm
+            } else {
+                Status::NoMem
+            });
+        };
         let gpa = pfn.0 * PAGE_SIZE;
         let flags = pte_flags_for(p, self.features.nx);
-        let ok = zero_frame(&self.ram, gpa).is_ok()
-            && self
-                .pt
-                .map(
-                    &self.ram.mem,
-                    &mut self.pool,
-                    Gva(page),
-                    Gpa(gpa),
-                    PageSize::Size4K,
-                    flags,
-                )
-                .is_ok();
-        if !ok {
+        // A fresh frame still reads as zero (ZoneTable::alloc_fresh).
+        let mapped = if fresh || zero_frame(&self.ram, gpa).is_ok() {
+            self.pt.map(
+                &self.ram.mem,
+                &mut self.pool,
+                Gva(page),
+                Gpa(gpa),
+                PageSize::Size4K,
+                flags,
+            )
+        } else {
+            Err(PagingError::OutOfFrames)
+        };
+        if let Err(e) = mapped {
             let _ = self.zones.free(pfn, 1);
-            return Err(Status::NoMem);
+            return Err(match e {
+                PagingError::AlreadyMapped { .. } | PagingError::WouldSplitLargePage { .. } => {
+                    Status::Perm
+                }
+                _ if present(self) => Status::Perm,
+                _ => Status::NoMem,
+            });
         }
         self.counters.mapped_frames += 1;
         self.counters.lazy_faults += 1;

@@ -41,6 +41,17 @@ pub const DOORBELL_GVA: u64 = 0x0000_7ffe_0000_0000;
 pub const PORT_NULL: u16 = 0x0511;
 /// COM1 data register: the guest may write console bytes here one at a time.
 pub const PORT_SERIAL: u16 = 0x03f8;
+/// Host-assisted demand paging: the guest's #PF entry does `out PORT_PF_ASSIST, al` for a
+/// not-present fault, changing no register. The VMM reads CR2 (`KVM_GET_SREGS`) and the
+/// exception frame at RSP (error code, RIP) itself; if CR2 lies in a lazy region and is not
+/// backed, it backs the page and resumes the vCPU at the kernel symbol
+/// [`PF_ASSIST_DONE_SYMBOL`] (which drops the error code and `iretq`s); otherwise the guest
+/// continues after the `out` with its own #PF path. Below 0x100 so that the one-instruction
+/// `out imm8, al` form can be used.
+pub const PORT_PF_ASSIST: u16 = 0x00ee;
+/// ELF symbol of the kernel's resume point after an assisted demand-paging fault (see
+/// [`PORT_PF_ASSIST`]); without it in the kernel's symbol table the VMM does not assist.
+pub const PF_ASSIST_DONE_SYMBOL: &str = "memvisor_pf_assist_done";
 
 /// Magic value in [`BootInfo::magic`] (`"MEMVISOR"` little-endian-ish).
 pub const BOOT_MAGIC: u64 = 0x524f_5349_564d_454d;

@@ -77,7 +77,7 @@ stubs!(0 0, 1 0, 2 0, 3 0, 4 0, 5 0, 6 0, 7 0, 8 1, 9 0, 10 1, 11 1, 12 1, 13 1,
 
 extern "C" {
     static isr_stub_table: [u64; 32];
-    fn pf_fast_entry();
+    fn pf_assist_entry();
 }
 
 /// GDT selector of the 64-bit kernel code segment.
@@ -183,16 +183,16 @@ pub fn init(info: &BootInfo) {
             let ist = if v == 8 { 1 } else { 0 };
             t.idt.0[v] = gate(addr, code.0, ist, 0);
         }
-        // #PF enters through the assembly fast path (probes, lazy pages), which falls back to
+        // #PF enters through the host-assisted entry (not-present faults go to the host at
+        // once), then the assembly fast path (probes, lazy pages), which falls back to
         // isr_stub_14.
-        t.idt.0[14] = gate(pf_fast_entry as *const () as u64, code.0, 0, 0);
+        t.idt.0[14] = gate(pf_assist_entry as *const () as u64, code.0, 0, 0);
         let idtr = x86_64::structures::DescriptorTablePointer {
             limit: (core::mem::size_of::<Idt>() - 1) as u16,
             base: VirtAddr::new_truncate(core::ptr::addr_of!(t.idt) as u64),
         };
         x86_64::instructions::tables::lidt(&idtr);
     }
-    crate::probe::init();
 }
 
 /// Address of TSS.RSP0 (the stack the CPU switches to on an exception from ring 3).

@@ -1,7 +1,9 @@
 //! #PF handling and fault probes.
 //!
-//! * Demand paging: a not-present fault first asks the host (`LazyFault`); if the page is in a
-//!   lazy region the host maps it, we `invlpg` and return to retry the access.
+//! * Demand paging: a not-present fault goes to the host at once through the #PF assist exit
+//!   (`memvisor_abi::PORT_PF_ASSIST`, one `out` that changes no register; the host side is
+//!   `src/pf_assist.rs`): if the page lies in a lazy region the host backs and maps it and
+//!   returns to the faulting instruction itself; otherwise the fault continues here.
 //! * Probes: `probe_read`/`probe_write` perform one access whose fault is caught through an
 //!   exception table (like Linux's `__ex_table`): the handler resumes at a fixup label and the
 //!   probe returns the error code and CR2 instead of crashing.
@@ -9,7 +11,6 @@
 
 use crate::idt::TrapFrame;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use memvisor_abi::{Call, Request};
 
 /// Bit 63 of a probe's return value: the access faulted; bits 0–31 hold the error code.
 pub const FAULTED: u64 = 1 << 63;
@@ -38,17 +39,17 @@ core::arch::global_asm!(
     "    .quad 1b, 2b",
     "    .quad 3b, 4b",
     ".popsection",
-    // The #PF entry. Stack: [rsp] = error code, [rsp+8] = rip, then cs, rflags, rsp, ss.
-    ".global pf_fast_entry",
-    "pf_fast_entry:",
+    // PF_PROBE_CHECK: saves rax and rdx; if a probe faulted, resumes it after its 3-byte
+    // instruction with rax = FAULTED | error code; otherwise jumps to `other` with rax and rdx
+    // still pushed.
+    ".macro PF_PROBE_CHECK other",
     "    push rax",
     "    push rdx",
     "    mov rax, [rsp + 24]",
     "    lea rdx, [rip + probe_block]",
     "    sub rax, rdx",
     "    cmp rax, 64",
-    "    jae 5f",
-    // A probe faulted: resume after its 3-byte instruction.
+    "    jae \\other",
     "    add qword ptr [rsp + 24], 3",
     "    mov rdx, cr2",
     "    mov [rip + {last_cr2}], rdx",
@@ -59,34 +60,34 @@ core::arch::global_asm!(
     "    pop rax",
     "    add rsp, 8",
     "    iretq",
-    // Not present: ask the host to back a lazy page (pre-built LazyFault request).
-    "5:  test byte ptr [rsp + 16], 1",
-    "    jnz 6f",
-    "    mov rax, cr2",
-    "    mov [rip + {blk} + 16], rax",
-    "    mov rax, [rsp + 16]",
-    "    mov [rip + {blk} + 24], rax",
-    "    mov rax, [rsp + 24]",
-    "    mov [rip + {blk} + 32], rax",
-    "    lea rax, [rip + {blk}]",
-    "    add eax, 0x80000000",
-    "    mov dx, {port}",
-    "    out dx, eax",
-    "    cmp dword ptr [rip + {blk} + 56], 0",
-    "    jne 6f",
-    "    lock inc qword ptr [rip + {lazy}]",
-    "    pop rdx",
-    "    pop rax",
+    ".endm",
+    // The #PF entry (IDT vector 14). Stack: [rsp] = error code, [rsp+8] = rip, then cs,
+    // rflags, rsp, ss. Every instruction here before the exit is emulated on a PVM host, so
+    // a not-present fault goes to the host at once: `out` to PORT_PF_ASSIST touches no
+    // register; the host reads CR2 and this frame itself, backs the page if it lies in a
+    // lazy region and then resumes the vCPU at `memvisor_pf_assist_done`. If the host
+    // declines (not a lazy page), execution falls through to the in-guest path.
+    ".global pf_assist_entry",
+    "pf_assist_entry:",
+    "    test byte ptr [rsp], 1",
+    "    jnz pf_fast_entry",
+    "    out {assist_port}, al",
+    "    PF_PROBE_CHECK 6f",
+    ".global memvisor_pf_assist_done",
+    "memvisor_pf_assist_done:",
     "    add rsp, 8",
     "    iretq",
+    // The in-guest #PF path for protection faults (P=1) and declined ones: probes, then
+    // the Rust handler.
+    ".global pf_fast_entry",
+    "pf_fast_entry:",
+    "    PF_PROBE_CHECK 6f",
     // Everything else: the Rust handler.
     "6:  pop rdx",
     "    pop rax",
     "    jmp isr_stub_14",
     last_cr2 = sym LAST_CR2,
-    blk = sym PF_LAZY_BLOCK,
-    lazy = sym LAZY_FAULTS,
-    port = const memvisor_abi::PORT_HYPERCALL,
+    assist_port = const memvisor_abi::PORT_PF_ASSIST,
 );
 
 extern "C" {
@@ -94,17 +95,6 @@ extern "C" {
     fn probe_write_u8(addr: u64, val: u8) -> u64;
     static __extable_start: [u64; 0];
     static __extable_end: [u64; 0];
-}
-
-/// The pre-built LazyFault request the #PF fast path sends (offsets used by the assembly:
-/// args at +16, status at +56; the kernel image maps GVA = GPA + KERNEL_VIRT_OFFSET, so the
-/// block's GPA is its GVA's low 32 bits + 0x8000_0000).
-#[no_mangle]
-static PF_LAZY_BLOCK: crate::hc::StaticBlock<1> = crate::hc::StaticBlock::new();
-
-/// Prepare the fast path's request block (count 1, call LazyFault).
-pub fn init() {
-    PF_LAZY_BLOCK.preset(Request::new(Call::LazyFault, [0; 5]));
 }
 
 /// Outcome of a probe.
@@ -173,9 +163,6 @@ fn extable_fixup(rip: u64) -> Option<u64> {
 /// A scenario's #PF hook: returns true if it handled the fault (the access is retried).
 pub type Hook = fn(&mut TrapFrame, u64) -> bool;
 static HOOK: AtomicUsize = AtomicUsize::new(0);
-/// Demand-paging faults served by the host (counted by the fast path).
-#[no_mangle]
-pub static LAZY_FAULTS: AtomicU64 = AtomicU64::new(0);
 
 /// Install (or with `None` remove) the #PF hook.
 pub fn set_hook(h: Option<Hook>) {
@@ -185,7 +172,7 @@ pub fn set_hook(h: Option<Hook>) {
 pub fn page_fault(f: &mut TrapFrame) {
     let cr2 = x86_64::registers::control::Cr2::read_raw();
     let err = f.error_code;
-    // The fast path (pf_fast_entry) already asked the host about not-present faults.
+    // The host has already seen not-present faults (the #PF assist exit) and declined them.
     if let Some(fix) = extable_fixup(f.rip) {
         LAST_CR2.store(cr2, Ordering::Relaxed);
         LAST_RIP.store(f.rip, Ordering::Relaxed);
