@@ -31,6 +31,9 @@ pub fn json_mode() -> bool {
 }
 
 /// How the run ended.
+/// Fault-log entries printed in the text report (the JSON report has the whole log).
+pub const FAULT_TEXT_MAX: usize = 20;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The guest called exit(code).
@@ -485,7 +488,8 @@ impl Report {
         self.faults.last()
     }
 
-    /// The readable text report.
+    /// The readable text report. The fault log shows its first [`FAULT_TEXT_MAX`] entries
+    /// (with counts by kind when it is longer); `--json` has all of them.
     pub fn to_text(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "\n=== memvisor report: scenario '{}' ===", self.scenario);
@@ -559,7 +563,15 @@ impl Report {
             "-- fault log ({} total, {} lazy faults served: {} through the #PF assist exit, {} returned by the VMM's iretq)",
             self.faults_total, self.lazy_faults, self.lazy_faults_assisted, self.vmm_irets
         );
-        for f in &self.faults {
+        if self.faults.len() > FAULT_TEXT_MAX {
+            let kinds: Vec<String> = self
+                .faults_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = writeln!(o, "  by kind/vector: {}", kinds.join(", "));
+        }
+        for f in self.faults.iter().take(FAULT_TEXT_MAX) {
             let _ = writeln!(
                 o,
                 "  vector {:>2}  error_code {:#06x} [{}]  cr2 {:#018x}  rip {:#018x}  {} ({})",
@@ -570,6 +582,13 @@ impl Report {
                 f.rip,
                 if f.resolved { "resolved" } else { "unresolved" },
                 f.kind
+            );
+        }
+        if self.faults.len() > FAULT_TEXT_MAX {
+            let _ = writeln!(
+                o,
+                "  ... {} more logged (all of them in --json)",
+                self.faults.len() - FAULT_TEXT_MAX
             );
         }
         if self.stage2_total > 0 {
