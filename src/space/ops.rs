@@ -17,6 +17,9 @@ use memvisor_abi::{map, prot, zone, Status};
 /// Result of a hypercall operation: a value or an ABI status.
 pub type HcResult = Result<u64, Status>;
 
+/// #PF error code bit 1: the access was a write.
+const PF_W: u64 = 1 << 1;
+
 /// PTE flags for ABI protection bits (`prot` must be non-zero). NX is set unless EXEC, when
 /// the CPU supports NX.
 pub fn pte_flags_for(p: u64, nx: bool) -> PteFlags {
@@ -428,7 +431,13 @@ impl AddressSpace {
             });
         };
         let gpa = pfn.0 * PAGE_SIZE;
-        let flags = pte_flags_for(p, self.features.nx);
+        // The faulting access is about to be retried: set A now, and D for a write fault
+        // on a writable page, as Linux's do_anonymous_page does, so the hypervisor's walker
+        // does not have to set them on the retry.
+        let mut flags = pte_flags_for(p, self.features.nx) | PteFlags::ACCESSED;
+        if error_code & PF_W != 0 && flags.contains(PteFlags::WRITABLE) {
+            flags |= PteFlags::DIRTY;
+        }
         // A fresh frame still reads as zero (ZoneTable::alloc_fresh).
         let mapped = if fresh || zero_frame(&self.ram, gpa).is_ok() {
             self.pt.map(
