@@ -56,6 +56,7 @@ mod error;
 #[cfg(any(test, feature = "host"))]
 pub mod host;
 pub mod mems;
+pub mod memvisor;
 pub mod page_family;
 mod registry;
 #[cfg(test)]
@@ -64,6 +65,7 @@ mod tests;
 use core::ptr::NonNull;
 
 pub use error::{HeapError, NameBuf};
+pub use memvisor::MemvisorHeap;
 pub use mems::{Mems, MemsAudit};
 pub use page_family::{FamilyId, FamilyInfo, FamilyRef, PageFamilies, PfAudit};
 
