@@ -57,7 +57,9 @@ fn lay(size: usize) -> Layout {
 }
 
 /// Replay once; returns (peak live bytes, peak pages, nanoseconds, bad frees).
-fn run(ev: &[Ev]) -> (usize, usize, u128, usize) {
+fn run(ev: &[Ev], detail: bool) -> (usize, usize, u128, usize) {
+    let mut brk = (0usize, [0usize; 7]);
+    let mut dump = String::new();
     let src = Shared(Rc::new(RefCell::new(HostPageSource::new())));
     let mut h = MemvisorHeap::new(src.clone(), src.clone());
     let mut live: HashMap<usize, (NonNull<u8>, usize)> = HashMap::with_capacity(1 << 16);
@@ -83,6 +85,33 @@ fn run(ev: &[Ev]) -> (usize, usize, u128, usize) {
             }
         }
         peak = peak.max(cur);
+        if detail {
+            let pf = h.slab_families();
+            let m = h.mems();
+            let now = pf.pages_in_use() + m.pages_in_use();
+            if now > brk.0 {
+                dump.clear();
+                let _ = m.mems_print_stats(&mut dump);
+                brk = (
+                    now,
+                    [
+                        pf.data_pages(),
+                        pf.metadata_pages(),
+                        m.data_pages(),
+                        m.metadata_pages(),
+                        m.hole_bytes(),
+                        cur,
+                        m.main_chain_len(),
+                    ],
+                );
+            }
+        }
+    }
+    if detail {
+        println!("  at peak pages {}: slab data {} slab registry {} mems data {} mems meta {} mems holes {} B live {} B mems nodes {}", brk.0, brk.1[0], brk.1[1], brk.1[2], brk.1[3], brk.1[4], brk.1[5], brk.1[6]);
+        if std::env::var_os("DUMP").is_some() {
+            println!("{dump}");
+        }
     }
     let ns = t0.elapsed().as_nanos();
     for (_, (p, s)) in live.drain() {
@@ -97,8 +126,8 @@ fn run(ev: &[Ev]) -> (usize, usize, u128, usize) {
 fn main() {
     for path in std::env::args().skip(1) {
         let ev = load(&path);
-        let (peak, pages, _, bad) = run(&ev);
-        let best = (0..5).map(|_| run(&ev).2).min().unwrap_or(0);
+        let (peak, pages, _, bad) = run(&ev, true);
+        let best = (0..5).map(|_| run(&ev, false).2).min().unwrap_or(0);
         println!(
             "{path}: events {} peak_live {peak} peak_pages {pages} ({} B) efficiency {:.2} % \
              {:.1} ns/event bad_frees {bad}",

@@ -65,8 +65,8 @@ mod tests;
 use core::ptr::NonNull;
 
 pub use error::{HeapError, NameBuf};
-pub use memvisor::MemvisorHeap;
 pub use mems::{Mems, MemsAudit};
+pub use memvisor::MemvisorHeap;
 pub use page_family::{FamilyId, FamilyInfo, FamilyRef, PageFamilies, PfAudit};
 
 /// Size in bytes of one page handed out by a [`PageSource`] (x86-64 base page).

@@ -41,9 +41,9 @@
 //! A slab that becomes empty goes back to its family (which unmaps the page, or keeps one
 //! empty page cached), unless it is its class's only partly used slab.
 
+use crate::{FamilyId, HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use crate::{FamilyId, HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
 
 /// Largest size served by the slab classes.
 pub const SLAB_MAX: usize = 984;
