@@ -31,21 +31,27 @@ impl<S: PageSource> Mems<S> {
         // grow: main + hole; carve: alignment-padding hole + tail hole.
         self.reserve_nodes(4)?;
         self.hreserve()?;
-        let mut h = self.find_hole(search);
+        let solo = size >= self.solo_min;
+        let mut h = if solo { 0 } else { self.find_hole(search) };
         if h == 0 {
             let lead = align.saturating_sub(PAGE_SIZE);
-            let pages = (size + lead).div_ceil(PAGE_SIZE);
-            h = self.grow(pages)?;
+            let mut pages = (size + lead).div_ceil(PAGE_SIZE);
+            if !solo {
+                pages = pages.max(self.min_grow_pages);
+            }
+            h = self.grow(pages, solo)?;
         }
-        // SAFETY: `h` is an indexed HOLE of at least `size` bytes after aligning its start.
+        // SAFETY: `h` is an indexed HOLE (or the HOLE of a new solo node) of at least `size`
+        // bytes after aligning its start.
         let p = unsafe { self.carve(h, size, align) };
         // SAFETY: segment starts are never 0.
         Ok(unsafe { NonNull::new_unchecked(at::<u8>(p)) })
     }
 
-    /// Append a main node of `pages` pages to the chain; returns its single (indexed) HOLE.
+    /// Append a main node of `pages` pages to the chain; returns its single HOLE (indexed
+    /// unless the node is `solo`).
     #[cold]
-    pub(super) fn grow(&mut self, pages: usize) -> Result<usize, HeapError> {
+    pub(super) fn grow(&mut self, pages: usize, solo: bool) -> Result<usize, HeapError> {
         let base = map(&mut self.source, pages).ok_or(HeapError::OutOfMemory { pages })?;
         let m = self.take_node();
         if let Err(e) = self.registry.insert_range(&mut self.source, base, pages, m) {
@@ -63,7 +69,7 @@ impl<S: PageSource> Mems<S> {
                 sub_len: 1,
                 prev: self.last_main,
                 next: 0,
-                _pad: 0,
+                flags: if solo { MAIN_SOLO } else { 0 },
                 kind: KIND_MAIN,
                 magic: NODE_MAGIC,
             };

@@ -29,6 +29,81 @@ impl<S: PageSource> Mems<S> {
         Ok(unsafe { (*seg(n)).size })
     }
 
+    /// Resize the PROCESS segment starting at `ptr` to `new_size` bytes (rounded up to 16)
+    /// without moving it: growing takes the front of the HOLE that follows it in its main
+    /// node, shrinking gives the cut tail to that HOLE (or makes it a new one). `Ok(false)`
+    /// (heap unchanged) when growing and that HOLE is missing or too small; errors as for
+    /// [`Mems::mems_free`]. The contents up to the smaller size stay in place.
+    pub fn mems_resize_in_place(
+        &mut self,
+        ptr: NonNull<u8>,
+        new_size: usize,
+    ) -> Result<bool, HeapError> {
+        let n = self.lookup_process(ptr.as_ptr().addr())?;
+        let Some(new) = round_up(new_size.max(1), ALIGN) else {
+            return Ok(false);
+        };
+        // SAFETY: `n` is a live PROCESS node; its sub-chain neighbours and main node are live.
+        unsafe {
+            let s = seg(n);
+            let old = (*s).size;
+            let nx = (*s).next;
+            let next_hole = nx != 0 && (*seg(nx)).kind == KIND_H;
+            if new > old {
+                let take = new - old;
+                if !next_hole || (*seg(nx)).size < take {
+                    return Ok(false);
+                }
+                self.index_remove(nx);
+                if (*seg(nx)).size == take {
+                    (*s).next = (*seg(nx)).next;
+                    if (*s).next != 0 {
+                        (*seg((*s).next)).prev = n;
+                    }
+                    (*mainp((*s).main)).sub_len -= 1;
+                    self.put_node(nx);
+                } else {
+                    (*seg(nx)).start += take;
+                    (*seg(nx)).size -= take;
+                    self.index_insert(nx);
+                }
+                (*s).size = new;
+                self.hole_bytes -= take;
+            } else if new < old {
+                let cut = old - new;
+                if next_hole {
+                    self.index_remove(nx);
+                    (*seg(nx)).start -= cut;
+                    (*seg(nx)).size += cut;
+                    self.index_insert(nx);
+                } else {
+                    self.reserve_nodes(1)?;
+                    let t = self.take_node();
+                    *seg(t) = Seg {
+                        start: (*s).start + new,
+                        size: cut,
+                        main: (*s).main,
+                        prev: n,
+                        next: nx,
+                        fprev: 0,
+                        fnext: 0,
+                        kind: KIND_H,
+                        magic: NODE_MAGIC,
+                    };
+                    if nx != 0 {
+                        (*seg(nx)).prev = t;
+                    }
+                    (*s).next = t;
+                    (*mainp((*s).main)).sub_len += 1;
+                    self.index_insert(t);
+                }
+                (*s).size = new;
+                self.hole_bytes += cut;
+            }
+        }
+        Ok(true)
+    }
+
     /// The seed's `mems_free`: the segment starting at `ptr` becomes a HOLE, merged with
     /// adjacent holes. Errors (heap unchanged): [`HeapError::DoubleFree`] if `ptr` lies in a
     /// hole, [`HeapError::InvalidPointer`] if it is not the start of a PROCESS segment.
@@ -67,9 +142,10 @@ impl<S: PageSource> Mems<S> {
                 (*mainp(m)).sub_len -= 1;
                 self.put_node(nx);
             }
-            if self.release_empty && (*mainp(m)).sub_len == 1 {
+            let solo = (*mainp(m)).flags & MAIN_SOLO != 0;
+            if (self.release_empty || solo) && (*mainp(m)).sub_len == 1 {
                 self.release_main(m);
-                if self.main_len == 0 {
+                if self.release_empty && self.main_len == 0 {
                     self.release_pool();
                     self.release_table();
                 }

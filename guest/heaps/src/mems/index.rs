@@ -5,11 +5,26 @@ use super::*;
 impl<S: PageSource> Mems<S> {
     // ---- hole index --------------------------------------------------------------------------
 
+    /// Is `h` (a live HOLE) in a solo main node, whose holes stay out of the index?
+    ///
+    /// # Safety
+    /// `h` must be a live HOLE node.
+    #[inline(always)]
+    pub(super) unsafe fn in_solo(&self, h: usize) -> bool {
+        // SAFETY: a live HOLE's main node is live.
+        unsafe { (*mainp((*seg(h)).main)).flags & MAIN_SOLO != 0 }
+    }
+
+    /// Index hole `h` (nothing for a hole of a solo node).
+    ///
     /// # Safety
     /// `h` must be a HOLE node not in the index.
     pub(super) unsafe fn index_insert(&mut self, h: usize) {
         // SAFETY: `h` and the current head are live HOLE nodes.
         unsafe {
+            if self.in_solo(h) {
+                return;
+            }
             let (fl, sl) = mapping((*seg(h)).size);
             let head = self.heads[fl][sl];
             (*seg(h)).fprev = 0;
@@ -23,11 +38,17 @@ impl<S: PageSource> Mems<S> {
         }
     }
 
+    /// Take hole `h` out of the index (nothing for a hole of a solo node).
+    ///
     /// # Safety
-    /// `h` must be a HOLE node in the index (its size unchanged since insertion).
+    /// `h` must be a HOLE node in the index (its size unchanged since insertion), or a HOLE
+    /// of a solo node.
     pub(super) unsafe fn index_remove(&mut self, h: usize) {
         // SAFETY: `h` and its list neighbours are live HOLE nodes.
         unsafe {
+            if self.in_solo(h) {
+                return;
+            }
             let (fl, sl) = mapping((*seg(h)).size);
             let (p, n) = ((*seg(h)).fprev, (*seg(h)).fnext);
             if p != 0 {

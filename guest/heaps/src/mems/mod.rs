@@ -25,6 +25,19 @@
 //!   larger class, which always fits. This is a good fit rather than the seed's first fit.
 //! * Optional: [`Mems::set_release_empty`] unmaps a main node as soon as it is one hole (the
 //!   seed keeps it until `mems_finish`; off by default).
+//! * Optional growth policy (both off by default, which is the seed's behaviour):
+//!   - [`Mems::set_min_grow_pages`]: when no hole fits, the chain grows by a main node of at
+//!     least that many pages, so the requests that follow share its remainder instead of each
+//!     growing a node of its own;
+//!   - [`Mems::set_solo_min`]: a request of at least that many bytes gets a **solo** main node
+//!     of its own, exactly `ceil(size / 4096)` pages. Its leftover (the tail of the last page,
+//!     alignment padding) stays a HOLE segment, so the report and the tiling are unchanged,
+//!     but it is kept out of the hole index: no other request is placed there, so the node is
+//!     unmapped as soon as its PROCESS segment is freed (like an `mmap` threshold). Without
+//!     it, a small block placed in the tail of a large block's node keeps the whole node
+//!     mapped after the large block is freed.
+//! * [`Mems::mems_resize_in_place`] grows a PROCESS segment into the HOLE that follows it in
+//!   its main node, or shrinks it (the cut tail becomes a HOLE, merged with the next one).
 //!
 //! # Where the metadata lives
 //! Never inside the regions handed to the program. Main and sub-chain nodes are 64-byte slots
@@ -59,6 +72,8 @@ const SLOTS_PER_POOL_PAGE: usize = PAGE_SIZE / NODE - 1;
 const KIND_P: u32 = 0x50; // 'P'
 const KIND_H: u32 = 0x48; // 'H'
 const KIND_MAIN: u32 = 0x4d; // 'M'
+/// Main-node flag: a solo node (its holes are not in the index).
+const MAIN_SOLO: usize = 1;
 const NODE_MAGIC: u32 = 0x4d65_4d53; // "MeMS"
 const FL: usize = 64;
 const SL: usize = 8;
@@ -87,7 +102,8 @@ struct Main {
     sub_len: usize,
     prev: usize,
     next: usize,
-    _pad: usize,
+    /// [`MAIN_SOLO`] or 0.
+    flags: usize,
     kind: u32,
     magic: u32,
 }
@@ -157,6 +173,8 @@ pub struct Mems<S: PageSource> {
     data_pages: usize,
     hole_bytes: usize,
     release_empty: bool,
+    min_grow_pages: usize,
+    solo_min: usize,
     // Node pool.
     pool_first: usize,
     pool_pages: usize,
@@ -184,6 +202,8 @@ impl<S: PageSource> Mems<S> {
             data_pages: 0,
             hole_bytes: 0,
             release_empty: false,
+            min_grow_pages: 1,
+            solo_min: usize::MAX,
             pool_first: 0,
             pool_pages: 0,
             free_nodes: 0,
@@ -217,6 +237,18 @@ impl<S: PageSource> Mems<S> {
     /// memory only goes back in `mems_finish`.
     pub fn set_release_empty(&mut self, on: bool) {
         self.release_empty = on;
+    }
+
+    /// When the chain has to grow for a request below the solo threshold, grow it by at least
+    /// `pages` pages (default 1: `ceil(size / 4096)` pages, as in the seed).
+    pub fn set_min_grow_pages(&mut self, pages: usize) {
+        self.min_grow_pages = pages.max(1);
+    }
+
+    /// Requests of at least `bytes` bytes get a solo main node (see the module docs); default
+    /// `usize::MAX` (never). Applies to requests made after the call.
+    pub fn set_solo_min(&mut self, bytes: usize) {
+        self.solo_min = bytes;
     }
 
     /// Pages mapped from the source: regions + node pool + hash table + registry.

@@ -75,6 +75,7 @@ impl<S: PageSource> Mems<S> {
         let mut m = self.first_main;
         let mut prev_m = 0;
         let mut nodes = 0;
+        let mut solo_holes = 0;
         while m != 0 {
             // SAFETY: chain members are live nodes; all links are checked as we go.
             unsafe {
@@ -95,6 +96,11 @@ impl<S: PageSource> Mems<S> {
                 let mut prev_s = 0;
                 let mut len = 0;
                 let mut prev_hole = false;
+                let solo = (*mn).flags & MAIN_SOLO != 0;
+                if (*mn).flags & !MAIN_SOLO != 0 {
+                    return corrupt(m, "main node flags");
+                }
+                let mut procs = 0;
                 while s != 0 {
                     let sn = seg(s);
                     if (*sn).magic != NODE_MAGIC
@@ -112,6 +118,7 @@ impl<S: PageSource> Mems<S> {
                                 return corrupt(s, "two adjacent holes");
                             }
                             a.holes += 1;
+                            solo_holes += usize::from(solo);
                             a.hole_bytes += (*sn).size;
                             prev_hole = true;
                         }
@@ -120,6 +127,7 @@ impl<S: PageSource> Mems<S> {
                                 return corrupt(s, "PROCESS segment not in the hash table");
                             }
                             a.process_segments += 1;
+                            procs += 1;
                             a.process_bytes += (*sn).size;
                             prev_hole = false;
                         }
@@ -133,6 +141,9 @@ impl<S: PageSource> Mems<S> {
                 }
                 if pos != (*mn).start + (*mn).pages * PAGE_SIZE || len != (*mn).sub_len {
                     return corrupt(m, "sub-chain does not tile its main node");
+                }
+                if solo && procs != 1 {
+                    return corrupt(m, "solo main node without exactly one PROCESS segment");
                 }
                 if self.release_empty && len == 1 && prev_hole {
                     return corrupt(m, "empty main node kept with release_empty on");
@@ -162,6 +173,7 @@ impl<S: PageSource> Mems<S> {
                         if (*seg(h)).kind != KIND_H
                             || mapping((*seg(h)).size) != (fl, sl)
                             || (*seg(h)).fprev != prev
+                            || self.in_solo(h)
                         {
                             return corrupt(h, "hole index entry");
                         }
@@ -175,7 +187,7 @@ impl<S: PageSource> Mems<S> {
                 }
             }
         }
-        if indexed != a.holes
+        if indexed + solo_holes != a.holes
             || self.table_len != a.process_segments
             || a.hole_bytes != self.hole_bytes
             || a.data_pages != self.data_pages

@@ -76,10 +76,10 @@ const CLASS_NAMES: [&str; NCLASS] = [
 ];
 /// Bytes of MeMS holes below which an emptied region is kept (see `dealloc`).
 pub const LARGE_SLACK: usize = 64 * 1024;
-/// Pages of a MeMS main node grown for a request of at most [`GROW_MAX`] bytes.
+/// Smallest MeMS main node grown for a request below [`SOLO_MIN`], in pages.
 pub const GROW_PAGES: usize = 16;
-/// Largest request that gets a [`GROW_PAGES`] main node.
-pub const GROW_MAX: usize = 16 * 1024;
+/// Requests of at least this many bytes get a solo MeMS main node (unmapped when freed).
+pub const SOLO_MIN: usize = 64 * 1024;
 /// Where a layout is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -225,6 +225,8 @@ impl<S: PageSource> MemvisorHeap<S> {
         }
         self.slabs.set_empty_page_cache(0);
         self.slabs.set_quick_cache(64);
+        self.large.set_min_grow_pages(GROW_PAGES);
+        self.large.set_solo_min(SOLO_MIN);
         self.ready = true;
         true
     }
@@ -327,14 +329,14 @@ impl<S: PageSource> MemvisorHeap<S> {
         let old = layout.size().max(1);
         let new = new_size.max(1);
         let (ro, rn) = (route(old, layout.align()), route(new, layout.align()));
-        if ro == rn {
-            let fits = match ro {
-                Route::Slab(_) => true,
-                Route::Large => self.large.mems_usable_size(ptr).is_ok_and(|u| u >= new),
-            };
-            if fits {
-                return Some(ptr);
+        match (ro, rn) {
+            (Route::Slab(a), Route::Slab(b)) if a == b => return Some(ptr),
+            (Route::Large, Route::Large) => {
+                if let Some(p) = self.large_realloc_in_place(ptr, old, new) {
+                    return Some(p);
+                }
             }
+            _ => {}
         }
         let nl = Layout::from_size_align(new, layout.align()).ok()?;
         let q = self.alloc(nl)?;
@@ -345,23 +347,33 @@ impl<S: PageSource> MemvisorHeap<S> {
         Some(q)
     }
 
-    /// MeMS allocation. When a request of at most [`GROW_MAX`] bytes made the chain grow by
-    /// a node smaller than [`GROW_PAGES`] pages, that node is given back and replaced by one of
-    /// [`GROW_PAGES`] pages (allocated and freed once while `release_empty` is off, so it
-    /// stays as one hole), and the request is placed again: later requests share its holes.
+    /// MeMS allocation (the growth policy is MeMS's own, set in `init`).
+    #[inline]
     fn large_alloc(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, HeapError> {
-        let before = self.large.data_pages();
-        let p = self.large.mems_alloc_aligned(size, align)?;
-        let grown = self.large.data_pages().saturating_sub(before);
-        if grown == 0 || grown >= GROW_PAGES || size > GROW_MAX {
-            return Ok(p);
-        }
-        self.large.mems_free(p)?;
-        self.large.set_release_empty(false);
-        if let Ok(big) = self.large.mems_malloc(GROW_PAGES * PAGE_SIZE) {
-            let _ = self.large.mems_free(big);
-        }
         self.large.mems_alloc_aligned(size, align)
+    }
+
+    /// A MeMS block resized without moving, if that is sensible: a shrink to at least half
+    /// keeps the block as it is; a smaller shrink gives the tail back to MeMS, unless the block
+    /// had a solo node and the new size does not (moving it lets the node go); a growth takes
+    /// the front of the hole behind the block. `None`: move it.
+    fn large_realloc_in_place(
+        &mut self,
+        ptr: NonNull<u8>,
+        old: usize,
+        new: usize,
+    ) -> Option<NonNull<u8>> {
+        let usable = self.large.mems_usable_size(ptr).ok()?;
+        if new <= usable && new >= usable / 2 {
+            return Some(ptr);
+        }
+        if new < usable && old >= SOLO_MIN && new < SOLO_MIN {
+            return None;
+        }
+        match self.large.mems_resize_in_place(ptr, new) {
+            Ok(true) => Some(ptr),
+            _ => None,
+        }
     }
 
     // ---- slabs ---------------------------------------------------------------------------
