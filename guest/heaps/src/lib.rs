@@ -92,7 +92,17 @@ pub unsafe trait PageSource {
     /// Map `pages` (≥ 1) fresh zeroed, contiguous, 4 KiB-aligned pages, read/write.
     /// `None` when out of memory.
     fn map_pages(&mut self, pages: usize) -> Option<NonNull<u8>>;
-    /// Unmap pages previously returned by `map_pages` (exactly the same base and count).
+    /// Like [`PageSource::map_pages`], except that the contents are unspecified: a source
+    /// that recycles pages may hand them out without zeroing them again (they may hold data
+    /// from an earlier owner in the same address space). For heaps that keep no metadata
+    /// in the pages and do not promise zeroed memory (MeMS data regions). Every other promise
+    /// of `map_pages` holds, and the pages go back through `unmap_pages`. Default:
+    /// `map_pages`.
+    fn map_pages_dirty(&mut self, pages: usize) -> Option<NonNull<u8>> {
+        self.map_pages(pages)
+    }
+    /// Unmap pages previously returned by `map_pages` or `map_pages_dirty` (exactly the same
+    /// base and count).
     fn unmap_pages(&mut self, base: NonNull<u8>, pages: usize);
     /// Guest-physical address of the virtual address `va` (a page-table walk in the guest).
     /// Default: `None` (no translation available).
@@ -106,6 +116,9 @@ pub unsafe trait PageSource {
 unsafe impl<S: PageSource + ?Sized> PageSource for &mut S {
     fn map_pages(&mut self, pages: usize) -> Option<NonNull<u8>> {
         (**self).map_pages(pages)
+    }
+    fn map_pages_dirty(&mut self, pages: usize) -> Option<NonNull<u8>> {
+        (**self).map_pages_dirty(pages)
     }
     fn unmap_pages(&mut self, base: NonNull<u8>, pages: usize) {
         (**self).unmap_pages(base, pages)
@@ -138,7 +151,14 @@ pub(crate) fn map<S: PageSource + ?Sized>(src: &mut S, pages: usize) -> Option<u
     Some(p.as_ptr().expose_provenance())
 }
 
-/// Give `pages` pages at `base` (from [`map`]) back to `src`.
+/// Map `pages` pages whose contents do not matter ([`PageSource::map_pages_dirty`]).
+#[inline]
+pub(crate) fn map_dirty<S: PageSource + ?Sized>(src: &mut S, pages: usize) -> Option<usize> {
+    let p = src.map_pages_dirty(pages)?;
+    Some(p.as_ptr().expose_provenance())
+}
+
+/// Give `pages` pages at `base` (from [`map`] or [`map_dirty`]) back to `src`.
 #[inline]
 pub(crate) fn unmap<S: PageSource + ?Sized>(src: &mut S, base: usize, pages: usize) {
     // `base` came from `map`, so it is non-null.

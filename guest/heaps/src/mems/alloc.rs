@@ -52,7 +52,8 @@ impl<S: PageSource> Mems<S> {
     /// unless the node is `solo`).
     #[cold]
     pub(super) fn grow(&mut self, pages: usize, solo: bool) -> Result<usize, HeapError> {
-        let base = map(&mut self.source, pages).ok_or(HeapError::OutOfMemory { pages })?;
+        // A region holds no metadata and MeMS does not promise zeroed memory.
+        let base = map_dirty(&mut self.source, pages).ok_or(HeapError::OutOfMemory { pages })?;
         let m = self.take_node();
         if let Err(e) = self.registry.insert_range(&mut self.source, base, pages, m) {
             unmap(&mut self.source, base, pages);

@@ -46,6 +46,8 @@
 //! entries, in pages, resized by doubling/halving); the page registry (see the crate docs) maps every region
 //! page to its main node (for `mems_get` and for classifying bad frees). All of it comes from
 //! the same page source and is counted by [`Mems::pages_in_use`]; `mems_finish` returns it all.
+//! Since the regions hold no metadata, they are mapped with [`PageSource::map_pages_dirty`]
+//! (a recycling source need not zero them; `mems_malloc` never promised zeroed memory).
 
 use core::fmt::{self, Write};
 use core::ptr::NonNull;
@@ -58,7 +60,7 @@ mod report;
 mod table;
 
 use crate::registry::PageRegistry;
-use crate::{at, map, round_up, unmap, HeapError, PageSource, PAGE_SIZE};
+use crate::{at, map, map_dirty, round_up, unmap, HeapError, PageSource, PAGE_SIZE};
 
 /// Alignment of every segment start, in bytes.
 pub const ALIGN: usize = 16;
