@@ -42,7 +42,7 @@ impl<S: PageSource> Mems<S> {
     pub(super) fn hinsert(&mut self, key: usize, val: usize) {
         let mask = self.table_cap - 1;
         let mut i = self.hslot(key);
-        // SAFETY: `i < table_cap`, the table is live and has a free entry (load ≤ 1/2).
+        // SAFETY: `i < table_cap`, the table is live and has a free entry (load ≤ 3/4).
         unsafe {
             while (*self.entry(i))[0] != 0 {
                 i = (i + 1) & mask;
@@ -92,7 +92,7 @@ impl<S: PageSource> Mems<S> {
     pub(super) fn hreserve(&mut self) -> Result<(), HeapError> {
         if self.table == 0 {
             self.hresize(MIN_TABLE)
-        } else if (self.table_len + 1) * 2 > self.table_cap {
+        } else if (self.table_len + 1) * 4 > self.table_cap * 3 {
             self.hresize(self.table_cap * 2)
         } else {
             Ok(())

@@ -7,8 +7,9 @@
 //!
 //! | request | heap |
 //! | --- | --- |
-//! | size ≤ 984, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes (every multiple of 8 up to 256, then 280, 296, 328, 352, 392, 432, 488, 560, 656, 784, 984: sizes that fill a page well), one family per class (`slab-48`, …) |
-//! | anything else | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB; an emptied region goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions) |
+//! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …), see [`slab`] |
+//! | size ≥ [`SOLO_MIN`] (64 KiB) | **MeMS**, a solo main node of its own, unmapped when the block is freed |
+//! | anything else | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
 //!
 //! # Why slabs, and what efficiency to expect
 //! A page-family block carries an 8-byte header and rounds to 16 bytes. On the python-json
@@ -16,69 +17,74 @@
 //! with a family for every size ≡ 8 (mod 16) and no fragmentation reaches only 89.7 % of the
 //! live bytes per mapped byte. So a class's blocks are **slabs**: one multi-unit block of the
 //! class's family that fills a one-page VM page and holds header-less slots. Per page that
-//! costs the family's 80 bytes plus a 64-byte slab header (3.5 %), plus rounding to the class;
-//! the python-json live set at its peak packs into 1,233 slab pages at best (90.8 % for the
-//! sizes ≤ 984) and this heap uses 1,237. The sparse larger blocks (320 live at the peak,
-//! 823 KB) go to MeMS, whose holes leave it near 80 % there; the measured whole-trace figures
-//! are in `BENCHMARKS.md`.
+//! costs the family's 88 bytes plus a 32–64-byte slab header (sized to the slot count), plus
+//! the rounding to the class and the slab's unused tail; the python-json live set at its peak
+//! packs into 1,220 slab pages at best (91.8 % for the sizes ≤ 992). Bigger slabs would cut
+//! the per-page costs but leave more empty slots in each class's last slab, which costs more
+//! than it saves on both sample traces.
 //!
-//! MeMS grows its chain by a main node of just `ceil(size / 4096)` pages, so a request of a
-//! few KiB would leave the rest of its page(s) as a hole that only its own node can use. When
-//! a request of at most [`GROW_MAX`] bytes makes the chain grow by a small node, that node is
-//! swapped for one of [`GROW_PAGES`] pages (see [`MemvisorHeap::large_alloc`]).
-//!
-//! # A slab (one block of family `slab-C`, filling one 4 KiB VM page)
-//! ```text
-//! page + 0     VM page header, allocation bitmap, block header (page families, 80 bytes)
-//! page + 80    slab header (64 bytes): magic, class, slot count, used count, partial-list
-//!              links, a 256-bit bitmap of free slots
-//! page + 144   slot 0, slot 1, … (C bytes each, no per-slot header)
-//! ```
-//! The slab of a slot is `(ptr & !4095) + 80`; a free is checked against the slab header
-//! (magic, class, slot boundary, free bit) after an O(1) registry lookup that the page
-//! belongs to the slab heap. Partly used slabs of a class sit on a doubly linked list;
-//! allocation takes the first free slot of the list's head (`trailing_zeros` over 4 words).
-//! A slab that becomes empty goes back to its family (which unmaps the page, or keeps one
-//! empty page cached), unless it is its class's only partly used slab.
+//! # MeMS policy
+//! MeMS on its own grows its chain by a main node of just `ceil(size / 4096)` pages, whose
+//! leftover is a hole other requests may take. Two settings make it a better general heap for
+//! the sizes between the slabs and the page allocator:
+//! * main nodes of at least [`GROW_PAGES`] pages ([`Mems::set_min_grow_pages`]), so the
+//!   medium blocks share nodes instead of each leaving the rest of its own page(s) unused;
+//! * a **solo** node for each request of at least [`SOLO_MIN`] bytes
+//!   ([`Mems::set_solo_min`]): no other block is placed in its leftover, so it is unmapped
+//!   as soon as its block is freed. Without it, a growing buffer (a `realloc` loop, as in
+//!   python-json's 92 → 120 → 207 KB list) left its old node pinned by the small blocks that
+//!   had been placed in its tail: two such holes held 212 KB at python-json's peak.
+//! A MeMS `realloc` grows or shrinks in place when the hole behind the block allows
+//! ([`Mems::mems_resize_in_place`]).
 
-use crate::{FamilyId, HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
+mod slab;
+
+pub use slab::{slab_layout, HDR, NSLOTS, SLAB_OFF, SLAB_PAYLOAD};
+
+use crate::{HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
 use core::alloc::Layout;
 use core::ptr::NonNull;
+use slab::Class;
 
 /// Largest size served by the slab classes.
-pub const SLAB_MAX: usize = 984;
-/// Offset of a one-page VM page's first payload (page-family layout: 32-byte page header,
-/// 32-byte allocation bitmap, 8-byte block header, 16-byte alignment).
-pub const SLAB_OFF: usize = 80;
-/// Bytes of slab header in front of the first slot.
-pub const SLAB_HDR: usize = 64;
-/// Largest payload of a one-page VM page: what a slab block may use.
-const SLAB_PAYLOAD: usize = 4008;
-const SLAB_MAGIC: u32 = 0x51ab_5eed;
-const NCLASS: usize = 42;
+pub const SLAB_MAX: usize = 992;
+/// Number of slab classes.
+pub const NCLASS: usize = 42;
 /// Index of the first class above 256 bytes.
 const FIRST_BIG: usize = 31;
 
-/// Slot sizes of the slab classes: every multiple of 8 up to 256, then sizes that fill a
-/// page's 3944 slab bytes well (`floor(3944 / n)` rounded down to 8, n = 14 … 4).
+/// Slot sizes of the slab classes: every multiple of 8 up to 256, then for n = 14 … 4 the
+/// largest multiple of 8 of which n slots fit in a slab with a 32-byte header (checked below).
 pub const CLASSES: [usize; NCLASS] = [
     16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 136, 144, 152, 160, 168, 176,
-    184, 192, 200, 208, 216, 224, 232, 240, 248, 256, 280, 296, 328, 352, 392, 432, 488, 560, 656,
-    784, 984,
+    184, 192, 200, 208, 216, 224, 232, 240, 248, 256, 280, 304, 328, 360, 392, 440, 496, 568, 656,
+    792, 992,
 ];
-const CLASS_NAMES: [&str; NCLASS] = [
+const _: () = {
+    let mut i = FIRST_BIG;
+    while i < NCLASS {
+        let n = 14 - (i - FIRST_BIG);
+        assert!(CLASSES[i] == ((SLAB_PAYLOAD - 32) / n) & !7);
+        assert!(slab_layout(CLASSES[i]).1 == n);
+        i += 1;
+    }
+    assert!(CLASSES[NCLASS - 1] == SLAB_MAX && CLASSES[FIRST_BIG - 1] == 256);
+};
+/// Family names of the classes (`slab-<size>`).
+pub const CLASS_NAMES: [&str; NCLASS] = [
     "slab-16", "slab-24", "slab-32", "slab-40", "slab-48", "slab-56", "slab-64", "slab-72",
     "slab-80", "slab-88", "slab-96", "slab-104", "slab-112", "slab-120", "slab-128", "slab-136",
     "slab-144", "slab-152", "slab-160", "slab-168", "slab-176", "slab-184", "slab-192", "slab-200",
     "slab-208", "slab-216", "slab-224", "slab-232", "slab-240", "slab-248", "slab-256", "slab-280",
-    "slab-296", "slab-328", "slab-352", "slab-392", "slab-432", "slab-488", "slab-560", "slab-656",
-    "slab-784", "slab-984",
+    "slab-304", "slab-328", "slab-360", "slab-392", "slab-440", "slab-496", "slab-568", "slab-656",
+    "slab-792", "slab-992",
 ];
 /// Bytes of MeMS holes below which an emptied region is kept (see `dealloc`).
 pub const LARGE_SLACK: usize = 64 * 1024;
 /// Smallest MeMS main node grown for a request below [`SOLO_MIN`], in pages.
 pub const GROW_PAGES: usize = 16;
-/// Requests of at least this many bytes get a solo MeMS main node (unmapped when freed).
+/// Requests of at least this many bytes get a solo MeMS main node (unmapped when freed):
+/// the page rounding of such a node wastes at most 1/16 of it.
 pub const SOLO_MIN: usize = 64 * 1024;
 /// Where a layout is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,8 +124,8 @@ pub const fn route(size: usize, align: usize) -> Route {
     Route::Large
 }
 
-// Every route of a size ≤ SLAB_MAX is a slab class that holds the size at the alignment, with
-// at most 256 slots (the bitmap's size); checked exhaustively at compile time.
+// Every route of a size ≤ SLAB_MAX is a slab class that holds the size at the alignment;
+// checked exhaustively at compile time.
 const _: () = {
     let mut s = 1;
     while s <= SLAB_MAX {
@@ -129,7 +135,7 @@ const _: () = {
                 Route::Slab(c) => assert!(
                     CLASSES[c] >= s
                         && CLASSES[c].is_multiple_of(a)
-                        && (SLAB_PAYLOAD - SLAB_HDR) / CLASSES[c] <= 256
+                        && (SLAB_OFF + HDR[c] as usize).is_multiple_of(16)
                 ),
                 Route::Large => assert!(s > 256 && a == 16),
             }
@@ -140,30 +146,6 @@ const _: () = {
     assert!(matches!(route(SLAB_MAX + 1, 8), Route::Large));
     assert!(matches!(route(8, 32), Route::Large));
 };
-
-/// Slab header at `page + SLAB_OFF`.
-#[repr(C)]
-struct Slab {
-    magic: u32,
-    class: u16,
-    nslots: u16,
-    used: u16,
-    _pad: [u16; 3],
-    next: usize,
-    prev: usize,
-    free: [u64; 4],
-}
-const _: () = assert!(core::mem::size_of::<Slab>() == SLAB_HDR);
-
-#[derive(Clone, Copy)]
-struct Class {
-    /// First slab with a free slot (header address), 0 if none.
-    partial: usize,
-    /// The class's family.
-    fid: Option<FamilyId>,
-    /// Slabs of this class.
-    slabs: usize,
-}
 
 /// Counters of the memvisor heap (all O(1)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -194,11 +176,7 @@ impl<S: PageSource> MemvisorHeap<S> {
         MemvisorHeap {
             slabs: PageFamilies::new(slab_src),
             large: Mems::new(large_src),
-            classes: [Class {
-                partial: 0,
-                fid: None,
-                slabs: 0,
-            }; NCLASS],
+            classes: [Class::EMPTY; NCLASS],
             ready: false,
             stats: Stats {
                 live: [0; 2],
@@ -373,165 +351,6 @@ impl<S: PageSource> MemvisorHeap<S> {
         match self.large.mems_resize_in_place(ptr, new) {
             Ok(true) => Some(ptr),
             _ => None,
-        }
-    }
-
-    // ---- slabs ---------------------------------------------------------------------------
-
-    #[inline(always)]
-    fn slab_alloc(&mut self, c: usize) -> Option<NonNull<u8>> {
-        let mut s = self.classes[c].partial;
-        if s == 0 {
-            s = self.new_slab(c)?;
-        }
-        let size = CLASSES[c];
-        // SAFETY: `s` is the header of a live slab of class `c` with at least one free slot
-        // (slabs leave the partial list when full).
-        unsafe {
-            let h = s as *mut Slab;
-            let mut w = 0;
-            while (*h).free[w] == 0 {
-                w += 1;
-            }
-            let bit = (*h).free[w].trailing_zeros() as usize;
-            (*h).free[w] &= !(1u64 << bit);
-            (*h).used += 1;
-            if (*h).used == (*h).nslots {
-                self.unlink(c, s);
-            }
-            self.stats.live[0] += 1;
-            let p = s + SLAB_HDR + (w * 64 + bit) * size;
-            Some(NonNull::new_unchecked(
-                core::ptr::with_exposed_provenance_mut(p),
-            ))
-        }
-    }
-
-    #[cold]
-    fn new_slab(&mut self, c: usize) -> Option<usize> {
-        let fid = self.classes[c].fid?;
-        let size = CLASSES[c];
-        let nslots = (SLAB_PAYLOAD - SLAB_HDR) / size;
-        let units = (SLAB_HDR + nslots * size).div_ceil(8);
-        let p = match self.slabs.xmalloc(fid, units) {
-            Ok(p) => p,
-            Err(e) => {
-                self.last_error = Some(e);
-                return None;
-            }
-        };
-        let s = p.as_ptr().expose_provenance();
-        if s & (PAGE_SIZE - 1) != SLAB_OFF {
-            // Not the page-filling block the layout promises: give it back.
-            let _ = self.slabs.xfree(p);
-            return None;
-        }
-        let mut free = [0u64; 4];
-        for (i, w) in free.iter_mut().enumerate() {
-            let lo = i * 64;
-            if nslots >= lo + 64 {
-                *w = !0;
-            } else if nslots > lo {
-                *w = (1u64 << (nslots - lo)) - 1;
-            }
-        }
-        // SAFETY: the block's payload is `8 * units ≥ SLAB_HDR` writable bytes at `s`.
-        unsafe {
-            (s as *mut Slab).write(Slab {
-                magic: SLAB_MAGIC,
-                class: c as u16,
-                nslots: nslots as u16,
-                used: 0,
-                _pad: [0; 3],
-                next: 0,
-                prev: 0,
-                free,
-            });
-        }
-        self.push(c, s);
-        self.classes[c].slabs += 1;
-        self.stats.slabs_made += 1;
-        Some(s)
-    }
-
-    #[inline(always)]
-    fn slab_free(&mut self, ptr: NonNull<u8>, c: usize) -> Result<(), HeapError> {
-        let addr = ptr.as_ptr().expose_provenance();
-        let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
-        if !self.slabs.contains(ptr.as_ptr()) {
-            return bad("not in a slab page");
-        }
-        let s = (addr & !(PAGE_SIZE - 1)) + SLAB_OFF;
-        let size = CLASSES[c];
-        // SAFETY: the page belongs to the slab heap (registry lookup above), so its header
-        // area is mapped; the fields are checked before anything is trusted.
-        unsafe {
-            let h = s as *mut Slab;
-            if (*h).magic != SLAB_MAGIC || (*h).class as usize != c || addr < s + SLAB_HDR {
-                return bad("not a slot of a slab of this size class");
-            }
-            let off = addr - s - SLAB_HDR;
-            let i = off / size;
-            if !off.is_multiple_of(size) || i >= (*h).nslots as usize {
-                return bad("not the start of a slot");
-            }
-            let (w, b) = (i / 64, 1u64 << (i % 64));
-            if (*h).free[w] & b != 0 {
-                return Err(HeapError::DoubleFree { addr });
-            }
-            (*h).free[w] |= b;
-            let was_full = (*h).used == (*h).nslots;
-            (*h).used -= 1;
-            self.stats.live[0] -= 1;
-            if was_full {
-                self.push(c, s);
-            } else if (*h).used == 0 && !((*h).prev == 0 && (*h).next == 0) {
-                // Empty and not the class's only partial slab: back to the family.
-                self.unlink(c, s);
-                (*h).magic = 0;
-                self.classes[c].slabs -= 1;
-                self.stats.slabs_freed += 1;
-                let p = NonNull::new_unchecked(core::ptr::with_exposed_provenance_mut::<u8>(s));
-                if let Err(e) = self.slabs.xfree(p) {
-                    self.last_error = Some(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Push slab `s` at the head of class `c`'s partial list.
-    #[inline(always)]
-    fn push(&mut self, c: usize, s: usize) {
-        let head = self.classes[c].partial;
-        // SAFETY: `s` and `head` (if non-zero) are live slab headers.
-        unsafe {
-            (*(s as *mut Slab)).prev = 0;
-            (*(s as *mut Slab)).next = head;
-            if head != 0 {
-                (*(head as *mut Slab)).prev = s;
-            }
-        }
-        self.classes[c].partial = s;
-    }
-
-    /// Unlink slab `s` from class `c`'s partial list.
-    #[inline(always)]
-    fn unlink(&mut self, c: usize, s: usize) {
-        // SAFETY: `s` is a live slab header on the list; its neighbours are live headers.
-        unsafe {
-            let h = s as *mut Slab;
-            let (p, n) = ((*h).prev, (*h).next);
-            if p != 0 {
-                (*(p as *mut Slab)).next = n;
-            } else {
-                self.classes[c].partial = n;
-            }
-            if n != 0 {
-                (*(n as *mut Slab)).prev = p;
-            }
-            (*h).prev = 0;
-            (*h).next = 0;
         }
     }
 }
