@@ -150,6 +150,7 @@ impl<S: PageSource> Mems<S> {
                     self.release_table();
                 }
             } else {
+                self.kept_empty |= (*mainp(m)).sub_len == 1;
                 self.index_insert(cur);
             }
         }
@@ -252,6 +253,7 @@ impl<S: PageSource> Mems<S> {
         self.first_main = 0;
         self.last_main = 0;
         self.main_len = 0;
+        self.kept_empty = false;
         self.data_pages = 0;
         self.hole_bytes = 0;
         self.fl_bitmap = 0;

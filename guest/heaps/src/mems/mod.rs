@@ -175,6 +175,9 @@ pub struct Mems<S: PageSource> {
     data_pages: usize,
     hole_bytes: usize,
     release_empty: bool,
+    /// A main node became one HOLE and was kept (`release_empty` off at the time); sticky
+    /// until `mems_finish`, so the audit knows empty nodes may exist.
+    kept_empty: bool,
     min_grow_pages: usize,
     solo_min: usize,
     // Node pool.
@@ -204,6 +207,7 @@ impl<S: PageSource> Mems<S> {
             data_pages: 0,
             hole_bytes: 0,
             release_empty: false,
+            kept_empty: false,
             min_grow_pages: 1,
             solo_min: usize::MAX,
             pool_first: 0,

@@ -145,7 +145,7 @@ impl<S: PageSource> Mems<S> {
                 if solo && procs != 1 {
                     return corrupt(m, "solo main node without exactly one PROCESS segment");
                 }
-                if self.release_empty && len == 1 && prev_hole {
+                if self.release_empty && !self.kept_empty && len == 1 && prev_hole {
                     return corrupt(m, "empty main node kept with release_empty on");
                 }
                 prev_m = m;
