@@ -12,8 +12,8 @@
 //! class gets as many slots as fit in the block's 4,008 bytes ([`slab_layout`]).
 //!
 //! The slab of a slot is `(ptr & !4095) + 80`; a free is checked against the slab header
-//! (magic, class, slot boundary, free bit) after an O(1) registry lookup that the page belongs
-//! to the slab heap. Partly used slabs of a class sit on a doubly linked list; allocation
+//! (magic, class, slot boundary, free bit) after making sure the page belongs to the slab
+//! heap: it is the class's current slab, or an O(1) registry lookup says so. Partly used slabs of a class sit on a doubly linked list; allocation
 //! takes the first free slot of the list's head (`trailing_zeros` over at most 4 words). A
 //! slab that becomes empty goes back to its family (which unmaps the page), unless it is its
 //! class's only partly used slab.
@@ -178,13 +178,16 @@ impl<S: PageSource> MemvisorHeap<S> {
     pub(super) fn slab_free(&mut self, ptr: NonNull<u8>, c: usize) -> Result<(), HeapError> {
         let addr = ptr.as_ptr().expose_provenance();
         let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
-        if !self.slabs.contains(ptr.as_ptr()) {
+        let s = (addr & !(PAGE_SIZE - 1)) + SLAB_OFF;
+        // The class's current slab is a live slab page; any other page is looked up in the
+        // page families' registry before anything in it is read.
+        if s != self.classes[c].partial && !self.slabs.contains(ptr.as_ptr()) {
             return bad("not in a slab page");
         }
-        let s = (addr & !(PAGE_SIZE - 1)) + SLAB_OFF;
         let (size, first) = (CLASSES[c], s + HDR[c] as usize);
-        // SAFETY: the page belongs to the slab heap (registry lookup above), so its header
-        // area is mapped; the fields are checked before anything else is trusted.
+        // SAFETY: the page belongs to the slab heap (a live slab, or the registry lookup
+        // above), so its header area is mapped; the fields are checked before anything else
+        // is trusted.
         unsafe {
             let h = hdr(s);
             if (*h).magic != SLAB_MAGIC || (*h).class as usize != c || addr < first {
