@@ -34,6 +34,7 @@
 //!   as soon as its block is freed. Without it, a growing buffer (a `realloc` loop, as in
 //!   python-json's 92 → 120 → 207 KB list) left its old node pinned by the small blocks that
 //!   had been placed in its tail: two such holes held 212 KB at python-json's peak.
+//!
 //! A MeMS `realloc` grows or shrinks in place when the hole behind the block allows
 //! ([`Mems::mems_resize_in_place`]).
 
