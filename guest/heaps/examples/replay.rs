@@ -233,7 +233,27 @@ fn new_src() -> Shared {
     Shared::new()
 }
 
+/// `PAIR=size`: ns per alloc + free pair of `size` bytes (best of 5 × 200,000).
+fn pair(size: usize) {
+    let src = new_src();
+    let mut h = MemvisorHeap::new(src.clone(), src);
+    let l = lay(size);
+    let mut best = u128::MAX;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        for _ in 0..200_000 {
+            let p = Heap::alloc(&mut h, l);
+            Heap::dealloc(&mut h, std::hint::black_box(p), l);
+        }
+        best = best.min(t0.elapsed().as_nanos());
+    }
+    println!("pair {size} B: {:.1} ns", best as f64 / 200_000.0);
+}
+
 fn main() {
+    if let Some(s) = std::env::var("PAIR").ok().and_then(|s| s.parse().ok()) {
+        return pair(s);
+    }
     let dump = std::env::var_os("DUMP").is_some();
     for path in std::env::args().skip(1) {
         let (ev, ids) = load(&path);
