@@ -40,7 +40,10 @@
 //!   (faster than `talc` on the host for ≤ 256-byte pairs and random workloads) and
 //!   [`PageFamilies::set_empty_page_cache`]`(1)` to avoid map/unmap churn at page boundaries.
 //! * Large sizes and alignments > 16: [`Mems::mems_alloc_aligned`], with
-//!   [`Mems::set_release_empty`]`(true)` so memory goes back when a region empties.
+//!   [`Mems::set_release_empty`]`(true)` so memory goes back when a region empties,
+//!   [`Mems::set_min_grow_pages`] so medium blocks share main nodes, and
+//!   [`Mems::set_solo_min`] so big blocks get nodes of their own that go back when freed.
+//! * [`memvisor::MemvisorHeap`] is such an allocator, ready to use (the guest kernel's).
 //! * `contains(ptr)` on either heap tells which heap owns a pointer (O(1)); `usable_size`
 //!   / `mems_usable_size` give the real block size (for `realloc` in place).
 //!
