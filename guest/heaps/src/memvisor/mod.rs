@@ -7,7 +7,7 @@
 //!
 //! | request | heap |
 //! | --- | --- |
-//! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …), see [`slab`] |
+//! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …); slab layout in `memvisor/slab.rs` |
 //! | size ≥ [`SOLO_MIN`] (64 KiB) | **MeMS**, a solo main node of its own, unmapped when the block is freed |
 //! | anything else | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
 //!

@@ -32,7 +32,7 @@ const FIXED_HDR: usize = 24;
 const SLAB_MAGIC: u32 = 0x51ab_5eed;
 
 /// `(header bytes, slots)` of a slab of `class`-byte slots: the most slots that fit in
-/// [`SLAB_PAYLOAD`] with a header of [`FIXED_HDR`] plus one bitmap word per 64 slots, rounded
+/// [`SLAB_PAYLOAD`] with a header of 24 bytes plus one bitmap word per 64 slots, rounded
 /// up to 16 bytes (so slots of a class that is a multiple of 16 are 16-byte aligned).
 pub const fn slab_layout(class: usize) -> (usize, usize) {
     let mut n = (SLAB_PAYLOAD - 32) / class;
