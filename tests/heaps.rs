@@ -275,7 +275,7 @@ fn the_memvisor_heap_is_efficient_on_the_sample_traces() {
         return;
     }
     // Efficiency is deterministic (no timing): guard the figures BENCHMARKS.md reports.
-    for (path, min) in traces().iter().zip([0.90, 0.85]) {
+    for (path, min) in traces().iter().zip([0.90, 0.90]) {
         let t = replay::load(path).expect("parses");
         let id = replay::heap_id("memvisor").expect("memvisor heap");
         let r = replay::run(&t, id, 512 << 20, Duration::from_secs(120)).expect("VMM runs");

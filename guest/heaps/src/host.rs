@@ -86,6 +86,15 @@ unsafe impl PageSource for HostPageSource {
         Some(p)
     }
 
+    /// Mapped as by `map_pages`, then filled with the byte 0xA5, so a heap that relies on
+    /// zero-filled pages from `map_pages_dirty` fails its tests.
+    fn map_pages_dirty(&mut self, pages: usize) -> Option<NonNull<u8>> {
+        let p = self.map_pages(pages)?;
+        // SAFETY: `p` is a fresh mapping of `pages * 4096` writable bytes.
+        unsafe { p.as_ptr().write_bytes(0xA5, pages * PAGE_SIZE) };
+        Some(p)
+    }
+
     fn unmap_pages(&mut self, base: NonNull<u8>, pages: usize) {
         let got = self.live.remove(&base.as_ptr().addr());
         assert_eq!(

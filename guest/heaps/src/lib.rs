@@ -40,7 +40,10 @@
 //!   (faster than `talc` on the host for ≤ 256-byte pairs and random workloads) and
 //!   [`PageFamilies::set_empty_page_cache`]`(1)` to avoid map/unmap churn at page boundaries.
 //! * Large sizes and alignments > 16: [`Mems::mems_alloc_aligned`], with
-//!   [`Mems::set_release_empty`]`(true)` so memory goes back when a region empties.
+//!   [`Mems::set_release_empty`]`(true)` so memory goes back when a region empties,
+//!   [`Mems::set_min_grow_pages`] so medium blocks share main nodes, and
+//!   [`Mems::set_solo_min`] so big blocks get nodes of their own that go back when freed.
+//! * [`memvisor::MemvisorHeap`] is such an allocator, ready to use (the guest kernel's).
 //! * `contains(ptr)` on either heap tells which heap owns a pointer (O(1)); `usable_size`
 //!   / `mems_usable_size` give the real block size (for `realloc` in place).
 //!
@@ -56,6 +59,7 @@ mod error;
 #[cfg(any(test, feature = "host"))]
 pub mod host;
 pub mod mems;
+pub mod memvisor;
 pub mod page_family;
 mod registry;
 #[cfg(test)]
@@ -65,6 +69,7 @@ use core::ptr::NonNull;
 
 pub use error::{HeapError, NameBuf};
 pub use mems::{Mems, MemsAudit};
+pub use memvisor::MemvisorHeap;
 pub use page_family::{FamilyId, FamilyInfo, FamilyRef, PageFamilies, PfAudit};
 
 /// Size in bytes of one page handed out by a [`PageSource`] (x86-64 base page).
@@ -90,7 +95,17 @@ pub unsafe trait PageSource {
     /// Map `pages` (≥ 1) fresh zeroed, contiguous, 4 KiB-aligned pages, read/write.
     /// `None` when out of memory.
     fn map_pages(&mut self, pages: usize) -> Option<NonNull<u8>>;
-    /// Unmap pages previously returned by `map_pages` (exactly the same base and count).
+    /// Like [`PageSource::map_pages`], except that the contents are unspecified: a source
+    /// that recycles pages may hand them out without zeroing them again (they may hold data
+    /// from an earlier owner in the same address space). For heaps that keep no metadata
+    /// in the pages and do not promise zeroed memory (MeMS data regions). Every other promise
+    /// of `map_pages` holds, and the pages go back through `unmap_pages`. Default:
+    /// `map_pages`.
+    fn map_pages_dirty(&mut self, pages: usize) -> Option<NonNull<u8>> {
+        self.map_pages(pages)
+    }
+    /// Unmap pages previously returned by `map_pages` or `map_pages_dirty` (exactly the same
+    /// base and count).
     fn unmap_pages(&mut self, base: NonNull<u8>, pages: usize);
     /// Guest-physical address of the virtual address `va` (a page-table walk in the guest).
     /// Default: `None` (no translation available).
@@ -104,6 +119,9 @@ pub unsafe trait PageSource {
 unsafe impl<S: PageSource + ?Sized> PageSource for &mut S {
     fn map_pages(&mut self, pages: usize) -> Option<NonNull<u8>> {
         (**self).map_pages(pages)
+    }
+    fn map_pages_dirty(&mut self, pages: usize) -> Option<NonNull<u8>> {
+        (**self).map_pages_dirty(pages)
     }
     fn unmap_pages(&mut self, base: NonNull<u8>, pages: usize) {
         (**self).unmap_pages(base, pages)
@@ -136,7 +154,14 @@ pub(crate) fn map<S: PageSource + ?Sized>(src: &mut S, pages: usize) -> Option<u
     Some(p.as_ptr().expose_provenance())
 }
 
-/// Give `pages` pages at `base` (from [`map`]) back to `src`.
+/// Map `pages` pages whose contents do not matter ([`PageSource::map_pages_dirty`]).
+#[inline]
+pub(crate) fn map_dirty<S: PageSource + ?Sized>(src: &mut S, pages: usize) -> Option<usize> {
+    let p = src.map_pages_dirty(pages)?;
+    Some(p.as_ptr().expose_provenance())
+}
+
+/// Give `pages` pages at `base` (from [`map`] or [`map_dirty`]) back to `src`.
 #[inline]
 pub(crate) fn unmap<S: PageSource + ?Sized>(src: &mut S, base: usize, pages: usize) {
     // `base` came from `map`, so it is non-null.

@@ -61,7 +61,7 @@ use core::fmt::{self, Write};
 use core::ptr::NonNull;
 
 use crate::registry::PageRegistry;
-use crate::{at, map, unmap, HeapError, Hex, NameBuf, PageSource, PAGE_SIZE};
+use crate::{at, map_dirty, unmap, HeapError, Hex, NameBuf, PageSource, PAGE_SIZE};
 
 /// Maximum number of page families (fixed array inside [`PageFamilies`]).
 pub const MAX_FAMILIES: usize = 64;
@@ -812,7 +812,9 @@ impl<S: PageSource> PageFamilies<S> {
     #[cold]
     fn new_vm_page(&mut self, fid: usize, total: usize) -> Result<usize, HeapError> {
         let p = pages_for(total);
-        let base = map(&mut self.source, p).ok_or(HeapError::OutOfMemory { pages: p })?;
+        // Everything the heap reads in the page is written below (header and bitmap zeroed
+        // here, block tags), so the source need not zero it.
+        let base = map_dirty(&mut self.source, p).ok_or(HeapError::OutOfMemory { pages: p })?;
         if let Err(e) = self.registry.insert_range(&mut self.source, base, p, base) {
             unmap(&mut self.source, base, p);
             return Err(e);
@@ -820,9 +822,11 @@ impl<S: PageSource> PageFamilies<S> {
         let fam = &mut self.families[fid];
         let h = base + first_off(p);
         let rt = region_bytes(p);
-        // SAFETY: `base` is a fresh zeroed mapping of `p` pages owned by this heap; the
-        // bitmap is already zero. `fam.first_page` (if any) is a live VM page.
+        // SAFETY: `base` is a fresh mapping of `p` pages owned by this heap (contents
+        // unspecified; the header and bitmap are zeroed first). `fam.first_page` (if any) is a
+        // live VM page.
         unsafe {
+            core::ptr::write_bytes(at::<u8>(base), 0, first_off(p) - BLOCK_HEADER);
             wr32(base + VP_MAGIC, PAGE_MAGIC);
             *at::<u16>(base + VP_FAMILY) = fid as u16;
             wr32(base + VP_PAGES, p as u32);

@@ -1,4 +1,5 @@
-//! MeMS vs a shadow model (proptest): random malloc/free (aligned too) including bad frees.
+//! MeMS vs a shadow model (proptest): random malloc/free (aligned too), in-place resizes and bad
+//! frees, with and without the growth policy (minimum node size, solo nodes).
 
 use core::ptr::NonNull;
 use proptest::prelude::*;
@@ -16,6 +17,7 @@ enum Op {
     DoubleFree { pick: usize },
     Interior { pick: usize, off: usize },
     Foreign { which: usize },
+    Resize { pick: usize, size: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -31,12 +33,29 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|pick| Op::DoubleFree { pick }),
         1 => (any::<usize>(), 1usize..40000).prop_map(|(pick, off)| Op::Interior { pick, off }),
         1 => (0usize..3).prop_map(|which| Op::Foreign { which }),
+        2 => (any::<usize>(), prop_oneof![3 => 0usize..5000, 1 => 5000usize..40000])
+            .prop_map(|(pick, size)| Op::Resize { pick, size }),
     ]
 }
 
 struct Live {
     len: usize,
     id: u64,
+    /// Pages of its solo main node, if it got one.
+    solo: Option<usize>,
+}
+
+/// Growth policy of a run: `(min_grow_pages, solo_min)`.
+type Policy = (usize, usize);
+
+fn policy() -> impl Strategy<Value = Policy> {
+    prop_oneof![
+        Just((1, usize::MAX)),
+        (
+            1usize..6,
+            prop_oneof![Just(4096usize), Just(8192), Just(20000)]
+        ),
+    ]
 }
 
 type M = Mems<HostPageSource>;
@@ -49,9 +68,11 @@ fn snapshot(m: &M) -> (std::string::String, crate::MemsAudit, usize) {
     )
 }
 
-fn run(ops: Vec<Op>, release_empty: bool) {
+fn run(ops: Vec<Op>, release_empty: bool, (min_grow, solo_min): Policy) {
     let mut m = Mems::new(HostPageSource::new());
     m.set_release_empty(release_empty);
+    m.set_min_grow_pages(min_grow);
+    m.set_solo_min(solo_min);
     let mut live: BTreeMap<usize, Live> = BTreeMap::new();
     let mut freed: Vec<usize> = Vec::new();
     let foreign = [0u128; 4];
@@ -77,11 +98,15 @@ fn run(ops: Vec<Op>, release_empty: bool) {
                 }
                 assert!(m.mems_get(p.as_ptr()).is_some());
                 fill(p.as_ptr(), size, next_id);
+                let rounded = size.max(1).next_multiple_of(16);
+                let solo = (rounded >= solo_min)
+                    .then(|| (rounded + align.saturating_sub(PAGE_SIZE)).div_ceil(PAGE_SIZE));
                 live.insert(
                     addr,
                     Live {
                         len: size,
                         id: next_id,
+                        solo,
                     },
                 );
                 freed.retain(|&f| f != addr);
@@ -97,8 +122,43 @@ fn run(ops: Vec<Op>, release_empty: bool) {
                     check(addr as *const u8, l.len, l.id),
                     "segment contents corrupted"
                 );
+                let pages = m.data_pages();
                 m.mems_free(NonNull::new(addr as *mut u8).unwrap()).unwrap();
+                if let Some(n) = l.solo {
+                    // A solo node goes back at once, whatever `release_empty` says.
+                    assert_eq!(m.data_pages(), pages - n, "solo node not released");
+                }
                 freed.push(addr);
+            }
+            Op::Resize { pick, size } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let addr = *live.keys().nth(pick % live.len()).unwrap();
+                let p = NonNull::new(addr as *mut u8).unwrap();
+                let old = m.mems_usable_size(p).unwrap();
+                let before = snapshot(&m);
+                let next_live = live.range(addr + 1..).next().map(|(&a, _)| a);
+                if m.mems_resize_in_place(p, size).unwrap() {
+                    let usable = m.mems_usable_size(p).unwrap();
+                    assert!(usable >= size.max(1) && usable < size.max(1) + 16);
+                    if let Some(nx) = next_live {
+                        assert!(addr + usable <= nx, "resize overlaps the next segment");
+                    }
+                    let l = live.get_mut(&addr).unwrap();
+                    assert!(
+                        check(p.as_ptr(), l.len.min(size), l.id),
+                        "contents moved or corrupted by a resize"
+                    );
+                    l.len = size;
+                    fill(p.as_ptr(), size, l.id);
+                } else {
+                    assert!(
+                        size.max(1).next_multiple_of(16) > old,
+                        "a shrink must succeed"
+                    );
+                    assert_eq!(before, snapshot(&m), "a refused resize changed the heap");
+                }
             }
             Op::DoubleFree { pick } => {
                 let cands: Vec<usize> = freed
@@ -213,7 +273,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
-    fn mems_matches_model(ops in proptest::collection::vec(op(), 1..400), release in any::<bool>()) {
-        run(ops, release);
+    fn mems_matches_model(
+        ops in proptest::collection::vec(op(), 1..400),
+        release in any::<bool>(),
+        policy in policy(),
+    ) {
+        run(ops, release, policy);
     }
 }

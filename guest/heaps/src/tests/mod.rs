@@ -2,6 +2,7 @@
 
 mod mems_model;
 mod mems_unit;
+mod memvisor_model;
 mod pf_model;
 mod pf_unit;
 mod registry;

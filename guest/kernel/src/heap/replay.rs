@@ -105,6 +105,12 @@ pub struct Outcome {
     pub refused: usize,
     /// Page-source exits during the timed pass.
     pub exits: u64,
+    /// TSC cycles of the timed pass spent in the page source (hypercalls, pool, zeroing).
+    pub source_cycles: u64,
+    /// Part of `source_cycles` zeroing reused pages.
+    pub zero_cycles: u64,
+    /// Part of `source_cycles` in hypercall exits.
+    pub hc_cycles: u64,
 }
 
 impl Outcome {
@@ -389,10 +395,19 @@ pub fn replay(t: &Trace, heap: usize) -> Option<Outcome> {
             {
                 let mut h = mk();
                 let before = source::pool_stats().exits;
+                let sc = source::SOURCE_CYCLES.load(core::sync::atomic::Ordering::Relaxed);
+                let zc = source::ZERO_CYCLES.load(core::sync::atomic::Ordering::Relaxed);
+                let hcc = source::HC_CYCLES.load(core::sync::atomic::Ordering::Relaxed);
                 let c = timed(&mut h, t);
                 if c < out.cycles {
                     out.cycles = c;
                     out.exits = source::pool_stats().exits - before;
+                    out.source_cycles =
+                        source::SOURCE_CYCLES.load(core::sync::atomic::Ordering::Relaxed) - sc;
+                    out.zero_cycles =
+                        source::ZERO_CYCLES.load(core::sync::atomic::Ordering::Relaxed) - zc;
+                    out.hc_cycles =
+                        source::HC_CYCLES.load(core::sync::atomic::Ordering::Relaxed) - hcc;
                 }
             }
             source::flush();
@@ -488,6 +503,9 @@ pub extern "C" fn run_user(_: u64) -> u64 {
     rec("peak_source_bytes", o.peak_source);
     rec("refused_frees", o.refused);
     rec("source_exits", o.exits);
+    rec("source_cycles", o.source_cycles);
+    rec("source_zero_cycles", o.zero_cycles);
+    rec("source_hc_cycles", o.hc_cycles);
     let ps = source::pool_stats();
     rec("pool_mmaps", ps.mmaps);
     rec("pool_munmaps", ps.munmaps);

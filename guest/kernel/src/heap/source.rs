@@ -8,8 +8,9 @@
 //!   page at a time;
 //! * freed pages are **cached** (as runs, up to [`CACHE_CAP`] runs and [`CACHE_PAGES`] pages)
 //!   and zeroed when handed out again (the `PageSource` contract promises zero-filled pages;
-//!   zeroing a page natively costs far less than an exit); a request takes an exact run, or
-//!   splits the smallest larger one;
+//!   zeroing a page natively costs far less than an exit), except for `map_pages_dirty`
+//!   (MeMS's data regions), which takes a recycled run as it is; a request takes an exact
+//!   run, or splits the smallest larger one;
 //! * when the cache is over its budget, its oldest runs are unmapped (adjacent runs merged)
 //!   until it is at a quarter of the budget: `munmap` requests go to the host up to
 //!   [`MAX_PENDING`] per exit, with one TLB
@@ -123,23 +124,40 @@ impl GuestPages {
     pub fn acct(&self) -> &'static Acct {
         self.acct
     }
+
+    /// `pages` pages from the pool, zeroed if `zeroed` (else a recycled run keeps its old
+    /// contents), counted in the accounting.
+    fn get(&mut self, pages: usize, zeroed: bool) -> Option<NonNull<u8>> {
+        let t0 = rdtsc();
+        let got = with_pool(|p| p.take(pages, zeroed)).flatten();
+        SOURCE_CYCLES.fetch_add(rdtsc().wrapping_sub(t0), Ordering::Relaxed);
+        let base = got?;
+        self.acct.add(pages);
+        NonNull::new(core::ptr::with_exposed_provenance_mut(base))
+    }
 }
 
 // SAFETY: every page handed out is either fresh from a POPULATE mmap (zero-filled by the
 // host, 4 KiB aligned, mapped read/write for ring 3 and ring 0, canonical low-half address in
-// the mmap window) or a page this pool took back and zeroes before handing it out again.
+// the mmap window) or a page this pool took back and zeroes before handing it out again
+// (`map_pages_dirty` alone skips that zeroing, as its contract allows).
 // Multi-page results are one contiguous mmap region or a contiguous run of one chunk. A page
 // is handed to one owner at a time and only unmapped after its owner gave it back.
 unsafe impl PageSource for GuestPages {
     fn map_pages(&mut self, pages: usize) -> Option<NonNull<u8>> {
-        let base = with_pool(|p| p.take(pages))??;
-        self.acct.add(pages);
-        NonNull::new(core::ptr::with_exposed_provenance_mut(base))
+        self.get(pages, true)
+    }
+
+    fn map_pages_dirty(&mut self, pages: usize) -> Option<NonNull<u8>> {
+        self.get(pages, false)
     }
 
     fn unmap_pages(&mut self, base: NonNull<u8>, pages: usize) {
         let b = base.as_ptr().expose_provenance();
-        if with_pool(|p| p.give(b, pages)).is_some() {
+        let t0 = rdtsc();
+        let given = with_pool(|p| p.give(b, pages)).is_some();
+        SOURCE_CYCLES.fetch_add(rdtsc().wrapping_sub(t0), Ordering::Relaxed);
+        if given {
             self.acct.sub(pages);
         }
     }
@@ -159,6 +177,21 @@ pub fn translate(va: usize) -> Option<u64> {
         return None;
     }
     mine
+}
+
+/// TSC cycles spent in the page source (`map_pages` / `unmap_pages` of every heap: pool work,
+/// zeroing of reused pages, hypercalls), for the replay's breakdown.
+pub static SOURCE_CYCLES: AtomicU64 = AtomicU64::new(0);
+
+/// Part of [`SOURCE_CYCLES`] spent zeroing reused pages.
+pub static ZERO_CYCLES: AtomicU64 = AtomicU64::new(0);
+/// Part of [`SOURCE_CYCLES`] spent in hypercall exits.
+pub static HC_CYCLES: AtomicU64 = AtomicU64::new(0);
+
+#[inline(always)]
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no side effects (CR4.TSD clear: allowed in ring 3 and ring 0).
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// Translations where the guest walk and the host disagreed.
@@ -263,8 +296,9 @@ pub fn flush() {
 }
 
 impl Pool {
-    /// `pages` zeroed contiguous pages; `None` when the host refuses.
-    fn take(&mut self, pages: usize) -> Option<usize> {
+    /// `pages` contiguous pages, zeroed if `zeroed` (fresh chunk pages always are); `None`
+    /// when the host refuses.
+    fn take(&mut self, pages: usize, zeroed: bool) -> Option<usize> {
         if pages == 0 {
             return None;
         }
@@ -289,7 +323,11 @@ impl Pool {
                 self.cache[i] = (b + pages * PAGE, n - pages);
             }
             self.cached_pages -= pages;
-            zero(b, pages);
+            if zeroed {
+                let t0 = rdtsc();
+                zero(b, pages);
+                ZERO_CYCLES.fetch_add(rdtsc().wrapping_sub(t0), Ordering::Relaxed);
+            }
             self.stats.reused += 1;
             return Some(b);
         }
@@ -401,7 +439,9 @@ impl Pool {
         if count == 0 {
             return None;
         }
+        let t0 = rdtsc();
         hc::batch(&mut reqs[..count]);
+        HC_CYCLES.fetch_add(rdtsc().wrapping_sub(t0), Ordering::Relaxed);
         self.stats.exits += 1;
         let mut lo = usize::MAX;
         let mut hi = 0;

@@ -1,0 +1,319 @@
+//! Host replay of an allocation trace (`tests/data/traces/*.trace`) on the memvisor heap, with
+//! the host page source: prints peak live bytes, peak pages the heap held, efficiency, the
+//! MeMS state at the peak (with `DUMP=1`), and ns per event against talc (best of several
+//! interleaved timed passes; talc claims 64 KiB chunks from the same kind of page source, as
+//! in the guest). A quick way to study the heap's layout decisions without booting the guest;
+//! the figures that count are the guest's (`memvisor replay TRACE --heap memvisor`), which
+//! run the same heap code.
+//!
+//! `cargo run -p memvisor-heaps --features host --release --example replay -- TRACE...`
+
+use std::cell::RefCell;
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::time::Instant;
+
+use core::alloc::Layout;
+use memvisor_heaps::host::HostPageSource;
+use memvisor_heaps::{MemvisorHeap, PageSource};
+
+/// One host page source shared by both sub-heaps (so the peak is of their sum), with a cache
+/// of freed runs that are zeroed when handed out again, as the guest's page pool does (so the
+/// timing is not dominated by `std::alloc` and fresh-page faults).
+#[derive(Clone)]
+struct Shared(Rc<RefCell<Pool>>);
+
+#[derive(Default)]
+struct Pool {
+    src: HostPageSource,
+    cache: std::collections::HashMap<usize, Vec<NonNull<u8>>>,
+    held: usize,
+    peak: usize,
+    calls: (u64, u64),
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared(Rc::new(RefCell::new(Pool::default())))
+    }
+    fn peak_pages(&self) -> usize {
+        self.0.borrow().peak
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (n, v) in std::mem::take(&mut self.cache) {
+            for p in v {
+                self.src.unmap_pages(p, n);
+            }
+        }
+    }
+}
+
+// SAFETY: pages come from `HostPageSource` (which upholds the contract) and are zeroed again
+// before a cached run is handed out a second time (except by `map_pages_dirty`).
+unsafe impl PageSource for Shared {
+    fn map_pages(&mut self, pages: usize) -> Option<NonNull<u8>> {
+        self.get(pages, true)
+    }
+    fn map_pages_dirty(&mut self, pages: usize) -> Option<NonNull<u8>> {
+        self.get(pages, false)
+    }
+    fn unmap_pages(&mut self, base: NonNull<u8>, pages: usize) {
+        let mut p = self.0.borrow_mut();
+        p.held -= pages;
+        p.calls.1 += 1;
+        p.cache.entry(pages).or_default().push(base);
+    }
+}
+
+impl Shared {
+    fn get(&mut self, pages: usize, zeroed: bool) -> Option<NonNull<u8>> {
+        let mut p = self.0.borrow_mut();
+        let got = match p.cache.get_mut(&pages).and_then(Vec::pop) {
+            Some(q) => {
+                if zeroed {
+                    // SAFETY: a cached run of `pages` pages owned by the pool.
+                    unsafe { q.as_ptr().write_bytes(0, pages * 4096) };
+                }
+                q
+            }
+            None => p.src.map_pages(pages)?,
+        };
+        p.held += pages;
+        p.peak = p.peak.max(p.held);
+        p.calls.0 += 1;
+        Some(got)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Ev {
+    A(usize, usize),
+    F(usize),
+    R(usize, usize),
+}
+
+fn load(path: &str) -> (Vec<Ev>, usize) {
+    let text = std::fs::read_to_string(path).expect("read trace");
+    let mut v = Vec::new();
+    let mut ids = 0;
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let n = |i: usize| f[i].parse::<usize>().expect("number");
+        match f.first() {
+            Some(&"a") => {
+                ids = ids.max(n(1) + 1);
+                v.push(Ev::A(n(1), n(2)))
+            }
+            Some(&"f") => v.push(Ev::F(n(1))),
+            Some(&"r") => v.push(Ev::R(n(1), n(2))),
+            _ => {}
+        }
+    }
+    (v, ids)
+}
+
+fn lay(size: usize) -> Layout {
+    Layout::from_size_align(size.max(1), 8).expect("layout")
+}
+
+trait Heap {
+    fn alloc(&mut self, l: Layout) -> NonNull<u8>;
+    fn dealloc(&mut self, p: NonNull<u8>, l: Layout);
+    fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> NonNull<u8>;
+}
+
+impl Heap for MemvisorHeap<Shared> {
+    fn alloc(&mut self, l: Layout) -> NonNull<u8> {
+        MemvisorHeap::alloc(self, l).expect("alloc")
+    }
+    fn dealloc(&mut self, p: NonNull<u8>, l: Layout) {
+        MemvisorHeap::dealloc(self, p, l)
+    }
+    fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> NonNull<u8> {
+        MemvisorHeap::realloc(self, p, l, new).expect("realloc")
+    }
+}
+
+/// talc growing by 64 KiB chunks of host pages (never given back, as in the guest).
+struct Oom(Shared, Vec<(NonNull<u8>, usize)>);
+
+impl talc::OomHandler for Oom {
+    fn handle_oom(talc: &mut talc::Talc<Self>, layout: Layout) -> Result<(), ()> {
+        let pages = (layout.size() + layout.align() + 2048)
+            .div_ceil(4096)
+            .max(16);
+        let p = talc.oom_handler.0.map_pages(pages).ok_or(())?;
+        talc.oom_handler.1.push((p, pages));
+        let span = talc::Span::from_base_size(p.as_ptr(), pages * 4096);
+        // SAFETY: fresh pages owned by this heap.
+        unsafe { talc.claim(span) }.map(|_| ())
+    }
+}
+
+struct Talc(talc::Talc<Oom>);
+
+impl Heap for Talc {
+    fn alloc(&mut self, l: Layout) -> NonNull<u8> {
+        // SAFETY: non-zero size.
+        unsafe { self.0.malloc(l) }.expect("talc alloc")
+    }
+    fn dealloc(&mut self, p: NonNull<u8>, l: Layout) {
+        // SAFETY: `p` is live, allocated with `l`.
+        unsafe { self.0.free(p, l) }
+    }
+    fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> NonNull<u8> {
+        let new = new.max(1);
+        // SAFETY: `p` is live, allocated with `l`.
+        unsafe {
+            if new > l.size() {
+                self.0.grow(p, l, new).expect("talc grow")
+            } else {
+                self.0.shrink(p, l, new);
+                p
+            }
+        }
+    }
+}
+
+impl Drop for Talc {
+    fn drop(&mut self) {
+        for (p, n) in std::mem::take(&mut self.0.oom_handler.1) {
+            self.0.oom_handler.0.unmap_pages(p, n);
+        }
+    }
+}
+
+/// Replay once; returns (peak live bytes, nanoseconds).
+fn replay<H: Heap>(
+    h: &mut H,
+    ev: &[Ev],
+    tab: &mut [(usize, usize)],
+    mut probe: impl FnMut(&H, usize),
+) -> (usize, u128) {
+    let (mut cur, mut peak) = (0usize, 0usize);
+    let t0 = Instant::now();
+    for e in ev {
+        match *e {
+            Ev::A(id, s) => {
+                let p = h.alloc(lay(s));
+                tab[id] = (p.as_ptr().addr(), s);
+                cur += s;
+            }
+            Ev::F(id) => {
+                let (p, s) = std::mem::take(&mut tab[id]);
+                h.dealloc(NonNull::new(p as *mut u8).expect("live"), lay(s));
+                cur -= s;
+            }
+            Ev::R(id, n) => {
+                let (p, s) = tab[id];
+                let q = h.realloc(NonNull::new(p as *mut u8).expect("live"), lay(s), n);
+                tab[id] = (q.as_ptr().addr(), n);
+                cur = cur + n - s;
+            }
+        }
+        peak = peak.max(cur);
+        probe(h, cur);
+    }
+    let ns = t0.elapsed().as_nanos();
+    for e in ev {
+        if let Ev::A(id, _) = *e {
+            let (p, s) = std::mem::take(&mut tab[id]);
+            if let Some(p) = NonNull::new(p as *mut u8) {
+                h.dealloc(p, lay(s));
+            }
+        }
+    }
+    (peak, ns)
+}
+
+fn new_src() -> Shared {
+    Shared::new()
+}
+
+/// `PAIR=size`: ns per alloc + free pair of `size` bytes (best of 5 × 200,000).
+fn pair(size: usize) {
+    let src = new_src();
+    let mut h = MemvisorHeap::new(src.clone(), src);
+    let l = lay(size);
+    let mut best = u128::MAX;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        for _ in 0..200_000 {
+            let p = Heap::alloc(&mut h, l);
+            Heap::dealloc(&mut h, std::hint::black_box(p), l);
+        }
+        best = best.min(t0.elapsed().as_nanos());
+    }
+    println!("pair {size} B: {:.1} ns", best as f64 / 200_000.0);
+}
+
+fn main() {
+    if let Some(s) = std::env::var("PAIR").ok().and_then(|s| s.parse().ok()) {
+        return pair(s);
+    }
+    let dump = std::env::var_os("DUMP").is_some();
+    for path in std::env::args().skip(1) {
+        let (ev, ids) = load(&path);
+        let mut tab = vec![(0usize, 0usize); ids];
+        // Checked pass: efficiency and the state at the peak.
+        let src = new_src();
+        let mut h = MemvisorHeap::new(src.clone(), src.clone());
+        let mut at_peak = (0usize, String::new());
+        let (peak, _) = replay(&mut h, &ev, &mut tab, |h, cur| {
+            if !dump {
+                return;
+            }
+            let (pf, m) = (h.slab_families(), h.mems());
+            let now = pf.pages_in_use() + m.pages_in_use();
+            if now > at_peak.0 {
+                let mut s = format!(
+                    "slab data {} slab registry {} mems data {} mems holes {} B live {cur} B nodes {}\n",
+                    pf.data_pages(), pf.metadata_pages(), m.data_pages(), m.hole_bytes(), m.main_chain_len()
+                );
+                if let Ok(a) = m.audit() {
+                    s += &format!(
+                        "mems pool {} table {} registry {} segments {} holes {}\n",
+                        a.pool_pages, a.table_pages, a.registry_pages, a.process_segments, a.holes
+                    );
+                }
+                let _ = m.mems_print_stats(&mut s);
+                at_peak = (now, s);
+            }
+        });
+        let bad = h.stats().bad_frees;
+        drop(h);
+        let pages = src.peak_pages();
+        let calls = src.0.borrow().calls;
+        println!("page source calls (map, unmap): {calls:?}");
+        let tsrc = new_src();
+        let mut t = Talc(talc::Talc::new(Oom(tsrc.clone(), Vec::new())));
+        replay(&mut t, &ev, &mut tab, |_, _| ());
+        drop(t);
+        let tpages = tsrc.peak_pages();
+        if dump {
+            println!("at the peak ({} pages):\n{}", at_peak.0, at_peak.1);
+        }
+        let (mut bm, mut bt) = (u128::MAX, u128::MAX);
+        for _ in 0..7 {
+            let src = new_src();
+            let mut h = MemvisorHeap::new(src.clone(), src);
+            bm = bm.min(replay(&mut h, &ev, &mut tab, |_, _| ()).1);
+            let mut t = Talc(talc::Talc::new(Oom(new_src(), Vec::new())));
+            bt = bt.min(replay(&mut t, &ev, &mut tab, |_, _| ()).1);
+        }
+        let n = ev.len() as f64;
+        println!(
+            "{path}: {} events, peak live {peak}: memvisor {pages} pages, {:.2} % ({:.1} ns/event, \
+             bad frees {bad}); talc {tpages} pages, {:.2} % ({:.1} ns/event); speed ratio {:.2}",
+            ev.len(),
+            peak as f64 * 100.0 / (pages * 4096) as f64,
+            bm as f64 / n,
+            peak as f64 * 100.0 / (tpages * 4096) as f64,
+            bt as f64 / n,
+            bt as f64 / bm as f64
+        );
+    }
+}

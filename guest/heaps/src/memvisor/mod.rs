@@ -1,0 +1,357 @@
+//! The `memvisor` heap: the guest kernel's general-purpose allocator (the type behind its
+//! `#[global_allocator]`, `guest/kernel/src/heap/global.rs`), built from the two heaps of this
+//! crate.
+//!
+//! Routing is decided by the [`Layout`] alone ([`route`]), so `dealloc` and `realloc`, which
+//! get the layout back, never look a pointer up to know which heap owns it:
+//!
+//! | request | heap |
+//! | --- | --- |
+//! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …); slab layout in `memvisor/slab.rs` |
+//! | size ≥ [`SOLO_MIN`] (64 KiB) | **MeMS**, a solo main node of its own, unmapped when the block is freed |
+//! | anything else | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
+//!
+//! # Why slabs, and what efficiency to expect
+//! A page-family block carries an 8-byte header and rounds to 16 bytes. On the python-json
+//! trace (43,572 live blocks at the peak, mostly 24–72 bytes) even an ideal page-family heap
+//! with a family for every size ≡ 8 (mod 16) and no fragmentation reaches only 89.7 % of the
+//! live bytes per mapped byte. So a class's blocks are **slabs**: one multi-unit block of the
+//! class's family that fills a one-page VM page and holds header-less slots. Per page that
+//! costs the family's 88 bytes plus a 32–64-byte slab header (sized to the slot count), plus
+//! the rounding to the class and the slab's unused tail; the python-json live set at its peak
+//! packs into 1,220 slab pages at best (91.8 % for the sizes ≤ 992). Bigger slabs would cut
+//! the per-page costs but leave more empty slots in each class's last slab, which costs more
+//! than it saves on both sample traces.
+//!
+//! # MeMS policy
+//! MeMS on its own grows its chain by a main node of just `ceil(size / 4096)` pages, whose
+//! leftover is a hole other requests may take. Two settings make it a better general heap for
+//! the sizes between the slabs and the page allocator:
+//! * main nodes of at least [`GROW_PAGES`] pages ([`Mems::set_min_grow_pages`]), so the
+//!   medium blocks share nodes instead of each leaving the rest of its own page(s) unused;
+//! * a **solo** node for each request of at least [`SOLO_MIN`] bytes
+//!   ([`Mems::set_solo_min`]): no other block is placed in its leftover, so it is unmapped
+//!   as soon as its block is freed. Without it, a growing buffer (a `realloc` loop, as in
+//!   python-json's 92 → 120 → 207 KB list) left its old node pinned by the small blocks that
+//!   had been placed in its tail: two such holes held 212 KB at python-json's peak.
+//!
+//! A MeMS `realloc` grows or shrinks in place when the hole behind the block allows
+//! ([`Mems::mems_resize_in_place`]).
+
+mod slab;
+
+pub use slab::{slab_layout, HDR, NSLOTS, SLAB_OFF, SLAB_PAYLOAD};
+
+use crate::{HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use slab::Class;
+
+/// Largest size served by the slab classes.
+pub const SLAB_MAX: usize = 992;
+/// Number of slab classes.
+pub const NCLASS: usize = 42;
+/// Index of the first class above 256 bytes.
+const FIRST_BIG: usize = 31;
+
+/// Slot sizes of the slab classes: every multiple of 8 up to 256, then for n = 14 … 4 the
+/// largest multiple of 8 of which n slots fit in a slab with a 32-byte header (checked below).
+pub const CLASSES: [usize; NCLASS] = [
+    16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 136, 144, 152, 160, 168, 176,
+    184, 192, 200, 208, 216, 224, 232, 240, 248, 256, 280, 304, 328, 360, 392, 440, 496, 568, 656,
+    792, 992,
+];
+const _: () = {
+    let mut i = FIRST_BIG;
+    while i < NCLASS {
+        let n = 14 - (i - FIRST_BIG);
+        assert!(CLASSES[i] == ((SLAB_PAYLOAD - 32) / n) & !7);
+        assert!(slab_layout(CLASSES[i]).1 == n);
+        i += 1;
+    }
+    assert!(CLASSES[NCLASS - 1] == SLAB_MAX && CLASSES[FIRST_BIG - 1] == 256);
+};
+/// Family names of the classes (`slab-<size>`).
+pub const CLASS_NAMES: [&str; NCLASS] = [
+    "slab-16", "slab-24", "slab-32", "slab-40", "slab-48", "slab-56", "slab-64", "slab-72",
+    "slab-80", "slab-88", "slab-96", "slab-104", "slab-112", "slab-120", "slab-128", "slab-136",
+    "slab-144", "slab-152", "slab-160", "slab-168", "slab-176", "slab-184", "slab-192", "slab-200",
+    "slab-208", "slab-216", "slab-224", "slab-232", "slab-240", "slab-248", "slab-256", "slab-280",
+    "slab-304", "slab-328", "slab-360", "slab-392", "slab-440", "slab-496", "slab-568", "slab-656",
+    "slab-792", "slab-992",
+];
+/// Bytes of MeMS holes below which an emptied region is kept (see `dealloc`).
+pub const LARGE_SLACK: usize = 64 * 1024;
+/// Smallest MeMS main node grown for a request below [`SOLO_MIN`], in pages.
+pub const GROW_PAGES: usize = 16;
+/// Requests of at least this many bytes get a solo MeMS main node (unmapped when freed):
+/// the page rounding of such a node wastes at most 1/16 of it.
+pub const SOLO_MIN: usize = 64 * 1024;
+/// Where a layout is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Slab class index into [`CLASSES`].
+    Slab(usize),
+    /// MeMS.
+    Large,
+}
+
+/// The heap a layout goes to (the same answer for `alloc` and `dealloc` of one layout).
+#[inline(always)]
+pub const fn route(size: usize, align: usize) -> Route {
+    if align > 16 {
+        return Route::Large;
+    }
+    if size <= SLAB_MAX {
+        let mut c = if size <= 256 {
+            let s = if size < 16 { 16 } else { size };
+            s.div_ceil(8) - 2
+        } else {
+            let mut c = FIRST_BIG;
+            while CLASSES[c] < size {
+                c += 1;
+            }
+            c
+        };
+        // Slots of a class ≡ 8 (mod 16) are only 8-byte aligned.
+        while align > 8 && !CLASSES[c].is_multiple_of(16) {
+            c += 1;
+            if c == NCLASS {
+                return Route::Large;
+            }
+        }
+        return Route::Slab(c);
+    }
+    Route::Large
+}
+
+// Every route of a size ≤ SLAB_MAX is a slab class that holds the size at the alignment;
+// checked exhaustively at compile time.
+const _: () = {
+    let mut s = 1;
+    while s <= SLAB_MAX {
+        let mut a = 1;
+        while a <= 16 {
+            match route(s, a) {
+                Route::Slab(c) => assert!(
+                    CLASSES[c] >= s
+                        && CLASSES[c].is_multiple_of(a)
+                        && (SLAB_OFF + HDR[c] as usize).is_multiple_of(16)
+                ),
+                Route::Large => assert!(s > 256 && a == 16),
+            }
+            a *= 2;
+        }
+        s += 1;
+    }
+    assert!(matches!(route(SLAB_MAX + 1, 8), Route::Large));
+    assert!(matches!(route(8, 32), Route::Large));
+};
+
+/// Counters of the memvisor heap (all O(1)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Live allocations by heap: slabs, MeMS.
+    pub live: [usize; 2],
+    /// Frees (and reallocs) the heaps refused: pointer not from this heap, double free.
+    pub bad_frees: usize,
+    /// Slabs created / given back.
+    pub slabs_made: usize,
+    /// Slabs given back to their family.
+    pub slabs_freed: usize,
+}
+
+/// The memvisor heap on three page sources (one per sub-heap; they may share accounting).
+pub struct MemvisorHeap<S: PageSource> {
+    slabs: PageFamilies<S>,
+    large: Mems<S>,
+    classes: [Class; NCLASS],
+    ready: bool,
+    stats: Stats,
+    last_error: Option<HeapError>,
+}
+
+impl<S: PageSource> MemvisorHeap<S> {
+    /// An empty heap; maps nothing until the first allocation.
+    pub const fn new(slab_src: S, large_src: S) -> Self {
+        MemvisorHeap {
+            slabs: PageFamilies::new(slab_src),
+            large: Mems::new(large_src),
+            classes: [Class::EMPTY; NCLASS],
+            ready: false,
+            stats: Stats {
+                live: [0; 2],
+                bad_frees: 0,
+                slabs_made: 0,
+                slabs_freed: 0,
+            },
+            last_error: None,
+        }
+    }
+
+    /// Register the families (once).
+    #[cold]
+    fn init(&mut self) -> bool {
+        for (i, name) in CLASS_NAMES.iter().enumerate() {
+            // 8-byte structs: a slab is one block of `slab_units(class)` units.
+            match self.slabs.mm_instantiate_new_page_family(name, 8) {
+                Ok(f) => self.classes[i].fid = Some(f),
+                Err(e) => {
+                    self.last_error = Some(e);
+                    return false;
+                }
+            }
+        }
+        self.slabs.set_empty_page_cache(0);
+        self.slabs.set_quick_cache(64);
+        self.large.set_min_grow_pages(GROW_PAGES);
+        self.large.set_solo_min(SOLO_MIN);
+        self.ready = true;
+        true
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The last error a sub-heap returned (for diagnostics).
+    pub fn last_error(&self) -> Option<HeapError> {
+        self.last_error
+    }
+
+    /// Pages mapped from the page sources by both sub-heaps (data and metadata).
+    pub fn pages_in_use(&self) -> usize {
+        self.slabs.pages_in_use() + self.large.pages_in_use()
+    }
+
+    /// Totals over the slab families: `(pages, bytes in slab blocks, free bytes beside
+    /// them, empty pages cached)`.
+    pub fn family_totals(&self) -> (usize, usize, usize, usize) {
+        let mut t = (0, 0, 0, 0);
+        for fid in self.classes.iter().filter_map(|c| c.fid) {
+            if let Ok(info) = self.slabs.family_info(fid) {
+                t.0 += info.pages;
+                t.1 += info.alloc_bytes;
+                t.2 += info.free_bytes;
+                t.3 += info.empty_pages;
+            }
+        }
+        t
+    }
+
+    /// The slab page families (reports).
+    pub fn slab_families(&self) -> &PageFamilies<S> {
+        &self.slabs
+    }
+
+    /// The MeMS heap (reports).
+    pub fn mems(&self) -> &Mems<S> {
+        &self.large
+    }
+
+    /// Allocate `layout` (size 0 is served as 1). `None` when out of memory or the alignment
+    /// is above MeMS's limit.
+    #[inline]
+    pub fn alloc(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        if !self.ready && !self.init() {
+            return None;
+        }
+        let size = layout.size().max(1);
+        match route(size, layout.align()) {
+            Route::Slab(c) => self.slab_alloc(c),
+            Route::Large => match self.large_alloc(size, layout.align()) {
+                Ok(p) => {
+                    self.stats.live[1] += 1;
+                    Some(p)
+                }
+                Err(e) => {
+                    self.last_error = Some(e);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Free `ptr`, allocated with `layout`. A pointer this heap did not hand out (or a double
+    /// free) is refused and counted in [`Stats::bad_frees`]; the heap stays unchanged.
+    #[inline]
+    pub fn dealloc(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        let size = layout.size().max(1);
+        let r = match route(size, layout.align()) {
+            Route::Slab(c) => self.slab_free(ptr, c),
+            Route::Large => {
+                // Keep emptied MeMS regions while the holes are few (no map/unmap churn for a
+                // program that frees and allocates a large buffer in a loop); release them
+                // once the holes exceed LARGE_SLACK or 1/32 of the regions.
+                let slack = LARGE_SLACK.max(self.large.data_pages() * PAGE_SIZE / 32);
+                self.large
+                    .set_release_empty(self.large.hole_bytes() > slack);
+                self.large.mems_free(ptr).map(|()| self.stats.live[1] -= 1)
+            }
+        };
+        if let Err(e) = r {
+            self.stats.bad_frees += 1;
+            self.last_error = Some(e);
+        }
+    }
+
+    /// Resize `ptr` (allocated with `layout`) to `new_size`, keeping the contents up to the
+    /// smaller size. In place when the new size routes to the same heap and the block is big
+    /// enough; otherwise allocate, copy, free. `None` (and `ptr` untouched) when out of memory.
+    pub fn realloc(
+        &mut self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let old = layout.size().max(1);
+        let new = new_size.max(1);
+        let (ro, rn) = (route(old, layout.align()), route(new, layout.align()));
+        match (ro, rn) {
+            (Route::Slab(a), Route::Slab(b)) if a == b => return Some(ptr),
+            (Route::Large, Route::Large) => {
+                if let Some(p) = self.large_realloc_in_place(ptr, old, new) {
+                    return Some(p);
+                }
+            }
+            _ => {}
+        }
+        let nl = Layout::from_size_align(new, layout.align()).ok()?;
+        let q = self.alloc(nl)?;
+        // SAFETY: `ptr` holds at least `old` bytes (the caller's layout) and `q` at least
+        // `new`; they are distinct live blocks.
+        unsafe { core::ptr::copy_nonoverlapping(ptr.as_ptr(), q.as_ptr(), old.min(new)) };
+        self.dealloc(ptr, layout);
+        Some(q)
+    }
+
+    /// MeMS allocation (the growth policy is MeMS's own, set in `init`).
+    #[inline]
+    fn large_alloc(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, HeapError> {
+        self.large.mems_alloc_aligned(size, align)
+    }
+
+    /// A MeMS block resized without moving, if that is sensible: a shrink to at least half
+    /// keeps the block as it is; a smaller shrink gives the tail back to MeMS, unless the block
+    /// had a solo node and the new size does not (moving it lets the node go); a growth takes
+    /// the front of the hole behind the block. `None`: move it.
+    fn large_realloc_in_place(
+        &mut self,
+        ptr: NonNull<u8>,
+        old: usize,
+        new: usize,
+    ) -> Option<NonNull<u8>> {
+        let usable = self.large.mems_usable_size(ptr).ok()?;
+        if new <= usable && new >= usable / 2 {
+            return Some(ptr);
+        }
+        if new < usable && old >= SOLO_MIN && new < SOLO_MIN {
+            return None;
+        }
+        match self.large.mems_resize_in_place(ptr, new) {
+            Ok(true) => Some(ptr),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Slabs of the memvisor heap's size classes: each slab is one block of its class's page
+//! family that fills a one-page VM page, cut into header-less slots.
+//!
+//! ```text
+//! page + 0     VM page header, allocation bitmap, block header (page families, 80 bytes)
+//! page + 80    slab header (hdr(C) bytes): magic, class, used count, partial-list links,
+//!              then a bitmap of free slots, one word per 64 slots, padded to 16 bytes
+//! page + 80 + hdr(C)   slot 0, slot 1, … (C bytes each, no per-slot header)
+//! ```
+//! The header is as long as the class's slot count needs: 32 bytes for up to 64 slots
+//! (classes ≥ 64 bytes), 48 for up to 192, 64 for up to 256 (class 16 only), so that every
+//! class gets as many slots as fit in the block's 4,008 bytes ([`slab_layout`]).
+//!
+//! The slab of a slot is `(ptr & !4095) + 80`; a free is checked against the slab header
+//! (magic, class, slot boundary, free bit) after making sure the page belongs to the slab
+//! heap: it is the class's current slab, or an O(1) registry lookup says so. Partly used slabs of a class sit on a doubly linked list; allocation
+//! takes the first free slot of the list's head (`trailing_zeros` over at most 4 words). A
+//! slab that becomes empty goes back to its family (which unmaps the page), unless it is its
+//! class's only partly used slab.
+
+use super::{MemvisorHeap, CLASSES, NCLASS};
+use crate::{FamilyId, HeapError, PageSource, PAGE_SIZE};
+use core::ptr::NonNull;
+
+/// Offset of a one-page VM page's first payload (page-family layout: 32-byte page header,
+/// 32-byte allocation bitmap, 8-byte block header, 16-byte alignment).
+pub const SLAB_OFF: usize = 80;
+/// Largest payload of a one-page VM page: what a slab block may use.
+pub const SLAB_PAYLOAD: usize = 4008;
+/// Bytes of slab header before the bitmap: magic, class, used (8), next, prev.
+const FIXED_HDR: usize = 24;
+const SLAB_MAGIC: u32 = 0x51ab_5eed;
+
+/// `(header bytes, slots)` of a slab of `class`-byte slots: the most slots that fit in
+/// [`SLAB_PAYLOAD`] with a header of 24 bytes plus one bitmap word per 64 slots, rounded
+/// up to 16 bytes (so slots of a class that is a multiple of 16 are 16-byte aligned).
+pub const fn slab_layout(class: usize) -> (usize, usize) {
+    let mut n = (SLAB_PAYLOAD - 32) / class;
+    loop {
+        let hdr = (FIXED_HDR + n.div_ceil(64) * 8).next_multiple_of(16);
+        if hdr + n * class <= SLAB_PAYLOAD {
+            return (hdr, n);
+        }
+        n -= 1;
+    }
+}
+
+const fn tables() -> ([u16; NCLASS], [u16; NCLASS]) {
+    let mut hdr = [0u16; NCLASS];
+    let mut slots = [0u16; NCLASS];
+    let mut c = 0;
+    while c < NCLASS {
+        let (h, n) = slab_layout(CLASSES[c]);
+        assert!(n <= 256 && n >= 4);
+        hdr[c] = h as u16;
+        slots[c] = n as u16;
+        c += 1;
+    }
+    (hdr, slots)
+}
+const TABLES: ([u16; NCLASS], [u16; NCLASS]) = tables();
+/// Header bytes of a slab of each class.
+pub const HDR: [u16; NCLASS] = TABLES.0;
+/// Slots of a slab of each class.
+pub const NSLOTS: [u16; NCLASS] = TABLES.1;
+
+/// The fixed part of a slab header at `page + SLAB_OFF`; the bitmap words follow (only
+/// `NSLOTS[class].div_ceil(64)` of them: the slots start right after).
+#[repr(C)]
+struct Slab {
+    magic: u32,
+    class: u16,
+    used: u16,
+    next: usize,
+    prev: usize,
+}
+const _: () = assert!(core::mem::size_of::<Slab>() == FIXED_HDR);
+
+/// Bitmap word `w` of the slab header at `s`.
+#[inline(always)]
+fn word(s: usize, w: usize) -> *mut u64 {
+    core::ptr::with_exposed_provenance_mut(s + FIXED_HDR + w * 8)
+}
+
+#[inline(always)]
+fn hdr(s: usize) -> *mut Slab {
+    core::ptr::with_exposed_provenance_mut(s)
+}
+
+/// A size class's state.
+#[derive(Clone, Copy)]
+pub(super) struct Class {
+    /// First slab with a free slot (header address), 0 if none.
+    pub(super) partial: usize,
+    /// The class's family.
+    pub(super) fid: Option<FamilyId>,
+    /// Slabs of this class.
+    pub(super) slabs: usize,
+}
+
+impl Class {
+    pub(super) const EMPTY: Class = Class {
+        partial: 0,
+        fid: None,
+        slabs: 0,
+    };
+}
+
+impl<S: PageSource> MemvisorHeap<S> {
+    #[inline(always)]
+    pub(super) fn slab_alloc(&mut self, c: usize) -> Option<NonNull<u8>> {
+        let mut s = self.classes[c].partial;
+        if s == 0 {
+            s = self.new_slab(c)?;
+        }
+        // SAFETY: `s` is the header of a live slab of class `c` with at least one free slot
+        // (slabs leave the partial list when full), so one of its bitmap words is non-zero.
+        unsafe {
+            let h = hdr(s);
+            let mut w = 0;
+            while *word(s, w) == 0 {
+                w += 1;
+            }
+            let bits = *word(s, w);
+            let bit = bits.trailing_zeros() as usize;
+            *word(s, w) = bits & (bits - 1);
+            (*h).used += 1;
+            if (*h).used == NSLOTS[c] {
+                self.unlink(c, s);
+            }
+            self.stats.live[0] += 1;
+            let p = s + HDR[c] as usize + (w * 64 + bit) * CLASSES[c];
+            Some(NonNull::new_unchecked(
+                core::ptr::with_exposed_provenance_mut(p),
+            ))
+        }
+    }
+
+    #[cold]
+    fn new_slab(&mut self, c: usize) -> Option<usize> {
+        let fid = self.classes[c].fid?;
+        let (hdr_bytes, nslots) = (HDR[c] as usize, NSLOTS[c] as usize);
+        let units = (hdr_bytes + nslots * CLASSES[c]).div_ceil(8);
+        let p = match self.slabs.xmalloc(fid, units) {
+            Ok(p) => p,
+            Err(e) => {
+                self.last_error = Some(e);
+                return None;
+            }
+        };
+        let s = p.as_ptr().expose_provenance();
+        if s & (PAGE_SIZE - 1) != SLAB_OFF {
+            // Not the page-filling block the layout promises: give it back.
+            let _ = self.slabs.xfree(p);
+            return None;
+        }
+        // SAFETY: the block's payload is `8 * units ≥ hdr_bytes` writable bytes at `s`.
+        unsafe {
+            hdr(s).write(Slab {
+                magic: SLAB_MAGIC,
+                class: c as u16,
+                used: 0,
+                next: 0,
+                prev: 0,
+            });
+            for w in 0..nslots.div_ceil(64) {
+                let left = nslots - w * 64;
+                *word(s, w) = if left >= 64 { !0 } else { (1u64 << left) - 1 };
+            }
+        }
+        self.push(c, s);
+        self.classes[c].slabs += 1;
+        self.stats.slabs_made += 1;
+        Some(s)
+    }
+
+    #[inline(always)]
+    pub(super) fn slab_free(&mut self, ptr: NonNull<u8>, c: usize) -> Result<(), HeapError> {
+        let addr = ptr.as_ptr().expose_provenance();
+        let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
+        let s = (addr & !(PAGE_SIZE - 1)) + SLAB_OFF;
+        // The class's current slab is a live slab page; any other page is looked up in the
+        // page families' registry before anything in it is read.
+        if s != self.classes[c].partial && !self.slabs.contains(ptr.as_ptr()) {
+            return bad("not in a slab page");
+        }
+        let (size, first) = (CLASSES[c], s + HDR[c] as usize);
+        // SAFETY: the page belongs to the slab heap (a live slab, or the registry lookup
+        // above), so its header area is mapped; the fields are checked before anything else
+        // is trusted.
+        unsafe {
+            let h = hdr(s);
+            if (*h).magic != SLAB_MAGIC || (*h).class as usize != c || addr < first {
+                return bad("not a slot of a slab of this size class");
+            }
+            let off = addr - first;
+            let i = off / size;
+            if !off.is_multiple_of(size) || i >= NSLOTS[c] as usize {
+                return bad("not the start of a slot");
+            }
+            let (w, b) = (i / 64, 1u64 << (i % 64));
+            if *word(s, w) & b != 0 {
+                return Err(HeapError::DoubleFree { addr });
+            }
+            *word(s, w) |= b;
+            let was_full = (*h).used == NSLOTS[c];
+            (*h).used -= 1;
+            self.stats.live[0] -= 1;
+            if was_full {
+                self.push(c, s);
+            } else if (*h).used == 0 && !((*h).prev == 0 && (*h).next == 0) {
+                // Empty and not the class's only partial slab: back to the family.
+                self.unlink(c, s);
+                (*h).magic = 0;
+                self.classes[c].slabs -= 1;
+                self.stats.slabs_freed += 1;
+                let p = NonNull::new_unchecked(core::ptr::with_exposed_provenance_mut::<u8>(s));
+                if let Err(e) = self.slabs.xfree(p) {
+                    self.last_error = Some(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Push slab `s` at the head of class `c`'s partial list.
+    #[inline(always)]
+    fn push(&mut self, c: usize, s: usize) {
+        let head = self.classes[c].partial;
+        // SAFETY: `s` and `head` (if non-zero) are live slab headers.
+        unsafe {
+            (*hdr(s)).prev = 0;
+            (*hdr(s)).next = head;
+            if head != 0 {
+                (*hdr(head)).prev = s;
+            }
+        }
+        self.classes[c].partial = s;
+    }
+
+    /// Unlink slab `s` from class `c`'s partial list.
+    #[inline(always)]
+    fn unlink(&mut self, c: usize, s: usize) {
+        // SAFETY: `s` is a live slab header on the list; its neighbours are live headers.
+        unsafe {
+            let h = hdr(s);
+            let (p, n) = ((*h).prev, (*h).next);
+            if p != 0 {
+                (*hdr(p)).next = n;
+            } else {
+                self.classes[c].partial = n;
+            }
+            if n != 0 {
+                (*hdr(n)).prev = p;
+            }
+            (*h).prev = 0;
+            (*h).next = 0;
+        }
+    }
+
+    /// Check every slab of every class against its header and the class's partial list:
+    /// `Ok(live slots)`. O(slabs); for tests.
+    pub fn audit_slabs(&self) -> Result<usize, HeapError> {
+        let corrupt = |addr, reason| Err(HeapError::Corrupted { addr, reason });
+        let mut live = 0;
+        for (c, cl) in self.classes.iter().enumerate() {
+            let mut s = cl.partial;
+            let mut prev = 0;
+            let mut n = 0;
+            while s != 0 {
+                // SAFETY: partial-list members are live slab headers (checked as we go).
+                unsafe {
+                    let h = hdr(s);
+                    if (*h).magic != SLAB_MAGIC
+                        || (*h).class as usize != c
+                        || (*h).prev != prev
+                        || (*h).used >= NSLOTS[c]
+                    {
+                        return corrupt(s, "slab on a partial list");
+                    }
+                    let nslots = NSLOTS[c] as usize;
+                    let mut free = 0;
+                    for w in 0..nslots.div_ceil(64) {
+                        let bits = *word(s, w);
+                        let valid = if nslots - w * 64 >= 64 {
+                            !0
+                        } else {
+                            (1u64 << (nslots - w * 64)) - 1
+                        };
+                        if bits & !valid != 0 {
+                            return corrupt(s, "free bit beyond the last slot");
+                        }
+                        free += bits.count_ones() as usize;
+                    }
+                    if free + (*h).used as usize != nslots {
+                        return corrupt(s, "used count disagrees with the bitmap");
+                    }
+                    live += (*h).used as usize;
+                    prev = s;
+                    s = (*h).next;
+                }
+                n += 1;
+                if n > cl.slabs {
+                    return corrupt(prev, "partial list longer than the class's slabs");
+                }
+            }
+            // Full slabs are off the list: the class's slabs hold the rest of the live slots.
+            live += (cl.slabs - n) * NSLOTS[c] as usize;
+        }
+        if live != self.stats.live[0] {
+            return corrupt(0, "live slot count");
+        }
+        Ok(live)
+    }
+}

@@ -1,0 +1,321 @@
+//! The memvisor heap (slab classes on page families, MeMS for the rest) vs a shadow model
+//! (proptest): random alloc / dealloc / realloc of every size range and alignment, with bad
+//! frees (double, interior, foreign, wrong layout). After every step: no overlap, alignment,
+//! contents intact, live counts and pages accounted (heap audits, page sources), refused
+//! frees change nothing; solo MeMS nodes go back as soon as their block is freed; at the end
+//! the heap keeps at most one empty slab per class and a bounded MeMS slack.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use super::{check, fill};
+use crate::host::HostPageSource;
+use crate::memvisor::{route, Route, CLASSES, GROW_PAGES, LARGE_SLACK, NCLASS, SOLO_MIN};
+use crate::{MemvisorHeap, PAGE_SIZE};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc { size: usize, align: usize },
+    Free { pick: usize },
+    Realloc { pick: usize, size: usize },
+    DoubleFree { pick: usize },
+    Interior { pick: usize, off: usize },
+    WrongLayout { pick: usize, size: usize },
+    Foreign { which: usize },
+}
+
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        8 => 0usize..300,
+        3 => 300usize..1100,
+        3 => 1100usize..20_000,
+        1 => 20_000usize..70_000,
+        1 => 60_000usize..140_000,
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let align = prop_oneof![
+        6 => Just(8usize), 2 => Just(1), 2 => Just(16), 1 => Just(4), 1 => Just(64), 1 => Just(4096)
+    ];
+    prop_oneof![
+        10 => (size(), align).prop_map(|(size, align)| Op::Alloc { size, align }),
+        7 => any::<usize>().prop_map(|pick| Op::Free { pick }),
+        3 => (any::<usize>(), size()).prop_map(|(pick, size)| Op::Realloc { pick, size }),
+        1 => any::<usize>().prop_map(|pick| Op::DoubleFree { pick }),
+        1 => (any::<usize>(), 1usize..5000).prop_map(|(pick, off)| Op::Interior { pick, off }),
+        1 => (any::<usize>(), size()).prop_map(|(pick, size)| Op::WrongLayout { pick, size }),
+        1 => (0usize..3).prop_map(|which| Op::Foreign { which }),
+    ]
+}
+
+struct Live {
+    layout: Layout,
+    id: u64,
+    /// Pages of the solo MeMS node it got, if any.
+    solo: Option<usize>,
+}
+
+type H = MemvisorHeap<HostPageSource>;
+
+/// Everything a refused free must leave unchanged.
+fn snapshot(h: &H) -> impl PartialEq + core::fmt::Debug {
+    (
+        h.slab_families().audit().expect("page-family audit"),
+        h.mems().audit().expect("MeMS audit"),
+        h.audit_slabs().expect("slab audit"),
+        h.pages_in_use(),
+        h.stats().live,
+    )
+}
+
+fn lay(size: usize, align: usize) -> Layout {
+    Layout::from_size_align(size.max(1), align).expect("layout")
+}
+
+fn solo_pages(size: usize, align: usize) -> Option<usize> {
+    let rounded = size.max(1).next_multiple_of(16);
+    (route(size.max(1), align) == Route::Large && rounded >= SOLO_MIN)
+        .then(|| (rounded + align.saturating_sub(PAGE_SIZE)).div_ceil(PAGE_SIZE))
+}
+
+fn check_no_overlap(live: &BTreeMap<usize, Live>, addr: usize, len: usize) {
+    if let Some((&a, l)) = live.range(..addr).next_back() {
+        assert!(a + l.layout.size() <= addr, "overlaps the block before");
+    }
+    if let Some((&a, _)) = live.range(addr + 1..).next() {
+        assert!(addr + len <= a, "overlaps the block after");
+    }
+}
+
+fn run(ops: Vec<Op>) {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    let mut live: BTreeMap<usize, Live> = BTreeMap::new();
+    let mut freed: Vec<(usize, Layout)> = Vec::new();
+    let foreign = [0u128; 8];
+    let mut next_id = 0u64;
+    let mut bad = 0;
+    for op in ops {
+        match op {
+            Op::Alloc { size, align } => {
+                let l = lay(size, align);
+                let p = h.alloc(l).expect("alloc");
+                let addr = p.as_ptr().addr();
+                assert_eq!(addr % align, 0, "misaligned");
+                assert!(!live.contains_key(&addr));
+                check_no_overlap(&live, addr, l.size());
+                fill(p.as_ptr(), l.size(), next_id);
+                let solo = solo_pages(size, align);
+                live.insert(
+                    addr,
+                    Live {
+                        layout: l,
+                        id: next_id,
+                        solo,
+                    },
+                );
+                freed.retain(|&(f, _)| f != addr);
+                next_id += 1;
+            }
+            Op::Free { pick } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let addr = *live.keys().nth(pick % live.len()).unwrap();
+                let l = live.remove(&addr).unwrap();
+                assert!(check(addr as *const u8, l.layout.size(), l.id), "corrupted");
+                let before = h.mems().data_pages();
+                h.dealloc(NonNull::new(addr as *mut u8).unwrap(), l.layout);
+                if let Some(n) = l.solo {
+                    assert_eq!(h.mems().data_pages(), before - n, "solo node kept");
+                }
+                freed.push((addr, l.layout));
+            }
+            Op::Realloc { pick, size } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let addr = *live.keys().nth(pick % live.len()).unwrap();
+                let l = live.remove(&addr).unwrap();
+                let p = NonNull::new(addr as *mut u8).unwrap();
+                let q = h.realloc(p, l.layout, size).expect("realloc");
+                let qa = q.as_ptr().addr();
+                let nl = lay(size, l.layout.align());
+                assert_eq!(qa % nl.align(), 0, "realloc misaligned");
+                check_no_overlap(&live, qa, nl.size());
+                assert!(
+                    check(q.as_ptr(), l.layout.size().min(nl.size()), l.id),
+                    "realloc lost the contents"
+                );
+                fill(q.as_ptr(), nl.size(), l.id);
+                // A block keeps its solo node when resized in place.
+                let solo = if qa == addr {
+                    l.solo
+                } else {
+                    solo_pages(size, nl.align())
+                };
+                if qa != addr {
+                    freed.push((addr, l.layout));
+                }
+                freed.retain(|&(f, _)| f != qa);
+                live.insert(
+                    qa,
+                    Live {
+                        layout: nl,
+                        id: l.id,
+                        solo,
+                    },
+                );
+            }
+            Op::DoubleFree { pick } => {
+                if freed.is_empty() {
+                    continue;
+                }
+                let (addr, l) = freed[pick % freed.len()];
+                if live.contains_key(&addr) {
+                    continue;
+                }
+                let before = snapshot(&h);
+                h.dealloc(NonNull::new(addr as *mut u8).unwrap(), l);
+                bad += 1;
+                assert_eq!(before, snapshot(&h), "a double free changed the heap");
+            }
+            Op::Interior { pick, off } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let (&a, l) = live.iter().nth(pick % live.len()).unwrap();
+                let addr = a + 1 + off % l.layout.size();
+                if live.contains_key(&addr) {
+                    continue;
+                }
+                let before = snapshot(&h);
+                h.dealloc(NonNull::new(addr as *mut u8).unwrap(), l.layout);
+                bad += 1;
+                assert_eq!(before, snapshot(&h), "an interior free changed the heap");
+            }
+            Op::WrongLayout { pick, size } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let (&a, l) = live.iter().nth(pick % live.len()).unwrap();
+                let wrong = lay(size, l.layout.align());
+                // Same route and class: indistinguishable from a correct free, skip.
+                let (r1, r2) = (
+                    route(l.layout.size(), l.layout.align()),
+                    route(wrong.size(), wrong.align()),
+                );
+                if r1 == r2 {
+                    continue;
+                }
+                let before = snapshot(&h);
+                h.dealloc(NonNull::new(a as *mut u8).unwrap(), wrong);
+                bad += 1;
+                assert_eq!(
+                    before,
+                    snapshot(&h),
+                    "a free with the wrong layout changed the heap"
+                );
+            }
+            Op::Foreign { which } => {
+                let addr = [foreign.as_ptr().addr() + 16, 4096, 0x7fff_ffff_f000][which];
+                let before = snapshot(&h);
+                h.dealloc(NonNull::new(addr as *mut u8).unwrap(), lay(24, 8));
+                h.dealloc(NonNull::new(addr as *mut u8).unwrap(), lay(5000, 8));
+                bad += 2;
+                assert_eq!(before, snapshot(&h), "a foreign free changed the heap");
+            }
+        }
+        // Accounting after every step.
+        assert_eq!(h.stats().bad_frees, bad, "refused frees counted");
+        let slabs = live
+            .values()
+            .filter(|l| matches!(route(l.layout.size(), l.layout.align()), Route::Slab(_)))
+            .count();
+        assert_eq!(h.stats().live, [slabs, live.len() - slabs], "live counts");
+        assert_eq!(h.audit_slabs().expect("slab audit"), slabs);
+        let m = h
+            .mems()
+            .audit()
+            .unwrap_or_else(|e| panic!("MeMS audit: {e}"));
+        assert_eq!(m.process_segments, live.len() - slabs);
+        h.slab_families()
+            .audit()
+            .unwrap_or_else(|e| panic!("page-family audit: {e}"));
+        assert_eq!(
+            h.slab_families().source().mapped_pages() + h.mems().source().mapped_pages(),
+            h.pages_in_use(),
+            "pages accounted"
+        );
+    }
+    for (&a, l) in &live {
+        assert!(check(a as *const u8, l.layout.size(), l.id), "corrupted");
+    }
+    for (&a, l) in &live {
+        h.dealloc(NonNull::new(a as *mut u8).unwrap(), l.layout);
+    }
+    assert_eq!(h.stats().live, [0, 0]);
+    assert_eq!(h.stats().bad_frees, bad);
+    // Empty: each class keeps at most its one (empty) partial slab; MeMS keeps emptied nodes
+    // only while their holes are within the slack.
+    assert!(h.slab_families().data_pages() <= NCLASS);
+    let m = h.mems().audit().expect("MeMS audit");
+    assert_eq!(m.process_segments, 0);
+    assert!(m.data_pages * PAGE_SIZE <= LARGE_SLACK + GROW_PAGES * PAGE_SIZE);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn memvisor_heap_matches_model(ops in proptest::collection::vec(op(), 1..300)) {
+        run(ops);
+    }
+}
+
+/// Every class's family is named after its size, and routing picks the smallest class that
+/// holds a size (ignoring alignment).
+#[test]
+fn classes_are_named_and_routed() {
+    for (c, name) in crate::memvisor::CLASS_NAMES.iter().enumerate() {
+        assert_eq!(*name, std::format!("slab-{}", CLASSES[c]));
+    }
+    for s in 1..=crate::memvisor::SLAB_MAX {
+        let Route::Slab(c) = route(s, 8) else {
+            panic!("size {s} not on a slab")
+        };
+        assert!(CLASSES[c] >= s && (c == 0 || CLASSES[c - 1] < s));
+    }
+}
+
+/// A realloc loop that grows a buffer through the solo threshold leaves nothing behind once
+/// the buffer is freed, even with small blocks allocated in between (the case that pinned
+/// nodes before solo nodes existed).
+#[test]
+fn growing_buffer_does_not_pin_nodes() {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    let mut buf = h.alloc(lay(2000, 8)).unwrap();
+    let mut size = 2000;
+    let mut small = Vec::new();
+    while size < 300_000 {
+        let new = size * 3 / 2;
+        buf = h.realloc(buf, lay(size, 8), new).unwrap();
+        size = new;
+        small.push(h.alloc(lay(1500, 8)).unwrap());
+    }
+    let pinned = h.mems().data_pages();
+    h.dealloc(buf, lay(size, 8));
+    assert_eq!(
+        h.mems().data_pages(),
+        pinned - size.next_multiple_of(16).div_ceil(PAGE_SIZE),
+        "the buffer's solo node went back"
+    );
+    assert!(h.mems().data_pages() * PAGE_SIZE <= 2 * GROW_PAGES * PAGE_SIZE);
+    for p in small {
+        h.dealloc(p, lay(1500, 8));
+    }
+    assert_eq!(h.stats().bad_frees, 0);
+}
