@@ -69,20 +69,16 @@ struct Frame {
 }
 
 impl Frame {
+    /// The six words at `rsp` (8-byte aligned, as the CPU leaves it after pushing them).
     fn read(space: &AddressSpace, rsp: u64) -> Option<Frame> {
-        let b = space.read_gva(rsp, 48).ok()?;
-        let w = |i: usize| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&b[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(x)
-        };
+        let w = |i: u64| space.read_gva_u64(rsp.checked_add(i * 8)?).ok();
         Some(Frame {
-            error_code: w(0),
-            rip: w(1),
-            cs: w(2),
-            rflags: w(3),
-            rsp: w(4),
-            ss: w(5),
+            error_code: w(0)?,
+            rip: w(1)?,
+            cs: w(2)?,
+            rflags: w(3)?,
+            rsp: w(4)?,
+            ss: w(5)?,
         })
     }
 }
@@ -174,8 +170,7 @@ fn descriptor(space: &AddressSpace, base: u64, limit: u32, sel: u16) -> Option<k
     if sel & 4 != 0 || index == 0 || index + 7 > u64::from(limit) {
         return None;
     }
-    let b = space.read_gva(base.checked_add(index)?, 8).ok()?;
-    let d = u64::from_le_bytes(b.try_into().ok()?);
+    let d = space.read_gva_u64(base.checked_add(index)?).ok()?;
     let bit = |n: u32| ((d >> n) & 1) as u8;
     let granular = bit(55) == 1;
     let raw_limit = ((d & 0xffff) | ((d >> 32) & 0xf_0000)) as u32;

@@ -649,3 +649,41 @@ fn stats_are_exact() {
     }
     h.finish().expect("teardown");
 }
+
+/// The #PF assist exit reads the exception frame and the GDT through `boot_fixed_gpa` (no
+/// page walk): it must agree with a real walk on every page of the kernel image and the boot
+/// stack, and decline everything else.
+#[test]
+fn boot_fixed_gpa_agrees_with_the_page_walk() {
+    let h = harness();
+    let s = &h.space;
+    let mut checked = 0;
+    // (start, end) of each range the host never edits; page tails past a segment's end are
+    // mapped too but left to the walk.
+    let mut ranges: Vec<(u64, u64)> = s
+        .kernel
+        .segments
+        .iter()
+        .map(|seg| (seg.gva, seg.gva + seg.memsz))
+        .collect();
+    ranges.push((
+        memvisor::layout::BOOT_STACK_BOTTOM,
+        memvisor::layout::BOOT_STACK_TOP,
+    ));
+    for (start, end) in ranges {
+        for va in (start..end).step_by(8).filter(|v| v % PAGE < 16 || v % PAGE >= PAGE - 8) {
+            let walked = s.translate_gva(va).expect("mapped at boot");
+            assert_eq!(s.boot_fixed_gpa(va), Some(walked), "{va:#x}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "{checked}");
+    for va in [
+        memvisor::layout::BOOT_STACK_BOTTOM - 8,
+        memvisor::layout::BOOT_STACK_TOP,
+        memvisor::layout::DIRECT_MAP_BASE,
+        0,
+    ] {
+        assert_eq!(s.boot_fixed_gpa(va), None, "{va:#x}");
+    }
+}

@@ -551,6 +551,12 @@ impl ZoneTable {
         s
     }
 
+    /// RAM frames in `zone` (Linux's `present_pages`); 0 if the zone does not exist. O(1),
+    /// unlike [`zones`](Self::zones), which builds every report field.
+    pub fn present(&self, zone: ZoneKind) -> u64 {
+        self.index_of(zone).map_or(0, |i| self.zones[i].present)
+    }
+
     /// The preset's lower bound of `zone`, if the zone exists.
     pub fn zone_lower_bound(&self, zone: ZoneKind) -> Option<Pfn> {
         self.index_of(zone).map(|i| Pfn(self.zones[i].lo))
@@ -579,6 +585,8 @@ mod tests {
             t.alloc_fresh(ZoneKind::Dma, 1, 0x400).unwrap(),
             (Pfn(0x400), true)
         );
+        assert_eq!(t.present(ZoneKind::Dma), 4096);
+        assert_eq!(t.present(ZoneKind::Normal), 0);
         // DMA32 has its own watermark.
         assert_eq!(
             t.alloc_fresh(ZoneKind::Dma32, 1, 1).unwrap(),

@@ -13,6 +13,7 @@ use crate::frames::ZoneKind;
 use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
 use crate::paging::{PageSize, PagingError, PteFlags};
 use memvisor_abi::{map, prot, zone, Status};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Result of a hypercall operation: a value or an ABI status.
 pub type HcResult = Result<u64, Status>;
@@ -94,10 +95,7 @@ impl AddressSpace {
     }
 
     fn zone_present(&self, kind: ZoneKind) -> bool {
-        self.zones
-            .zones()
-            .iter()
-            .any(|z| z.kind == kind && z.present > 0)
+        self.zones.present(kind) > 0
     }
 
     /// The region containing all of `[gva, end)`, by start key.
@@ -495,6 +493,45 @@ impl AddressSpace {
         !self.kernel.segments.iter().any(|s| {
             !s.write && gpa + PAGE_SIZE > (s.gpa & !(PAGE_SIZE - 1)) && gpa < s.gpa + s.memsz
         })
+    }
+
+    /// GPA of `gva` without a page walk, when it lies in a mapping the host built at boot
+    /// and never edits afterwards: a kernel image segment (GVA = GPA + the segment's offset)
+    /// or the boot stack, which is also the exception stack (TSS.RSP0). `None` elsewhere.
+    /// Exact: no hypercall can change these mappings (the invariants check that they stay
+    /// intact).
+    pub fn boot_fixed_gpa(&self, gva: u64) -> Option<u64> {
+        if let Some(seg) = self
+            .kernel
+            .segments
+            .iter()
+            .find(|s| gva >= s.gva && gva - s.gva < s.memsz)
+        {
+            return Some(seg.gpa + (gva - seg.gva));
+        }
+        let off = gva.checked_sub(crate::layout::BOOT_STACK_BOTTOM)?;
+        if off >= crate::layout::BOOT_STACK_SIZE {
+            return None;
+        }
+        // The boot stack's frames come first in `stack_frames`, in GVA order.
+        let pfn = self.stack_frames.get((off / PAGE_SIZE) as usize)?;
+        Some(pfn.0 * PAGE_SIZE + off % PAGE_SIZE)
+    }
+
+    /// Read the little-endian u64 at `gva` (8-byte aligned): through
+    /// [`boot_fixed_gpa`](Self::boot_fixed_gpa) when it applies, else by a page walk.
+    pub fn read_gva_u64(&self, gva: u64) -> Result<u64, Status> {
+        if gva % 8 != 0 {
+            return Err(Status::Fault);
+        }
+        let gpa = match self.boot_fixed_gpa(gva) {
+            Some(g) => g,
+            None => self.translate_gva(gva).map_err(|_| Status::Fault)?,
+        };
+        self.ram
+            .mem
+            .read_obj::<u64>(GuestAddress(gpa))
+            .map_err(|_| Status::Fault)
     }
 
     /// Read `len` bytes at guest virtual `gva` (walking the page tables page by page).
