@@ -671,7 +671,10 @@ fn boot_fixed_gpa_agrees_with_the_page_walk() {
         memvisor::layout::BOOT_STACK_TOP,
     ));
     for (start, end) in ranges {
-        for va in (start..end).step_by(8).filter(|v| v % PAGE < 16 || v % PAGE >= PAGE - 8) {
+        for va in (start..end)
+            .step_by(8)
+            .filter(|v| v % PAGE < 16 || v % PAGE >= PAGE - 8)
+        {
             let walked = s.translate_gva(va).expect("mapped at boot");
             assert_eq!(s.boot_fixed_gpa(va), Some(walked), "{va:#x}");
             checked += 1;
