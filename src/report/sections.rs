@@ -1,0 +1,144 @@
+//! Report sections gathered from the VM: stage-2 faults, registers at a crash, timings, and
+//! the JSON shapes of the e820 map, zones and page tables.
+
+use kvm_ioctls::VcpuFd;
+use serde::Serialize;
+
+/// A stage-2 fault: an access to a GPA with no memslot (KVM_EXIT_MMIO).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Stage2Fault {
+    /// The GPA accessed.
+    pub gpa: u64,
+    /// Access size in bytes.
+    pub size: u32,
+    /// True for a write.
+    pub write: bool,
+    /// The written value (writes only).
+    pub value: Option<u64>,
+    /// Guest RIP.
+    pub rip: u64,
+    /// The GPA was in a declared lazy range: the VMM added a memslot and completed the access.
+    pub lazy_backed: bool,
+}
+
+/// vCPU registers at a crash.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Registers {
+    /// RIP.
+    pub rip: u64,
+    /// RSP.
+    pub rsp: u64,
+    /// RFLAGS.
+    pub rflags: u64,
+    /// RAX.
+    pub rax: u64,
+    /// CR0.
+    pub cr0: u64,
+    /// CR2.
+    pub cr2: u64,
+    /// CR3.
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// EFER.
+    pub efer: u64,
+}
+
+impl Registers {
+    /// Read from the vCPU (None if KVM refuses).
+    pub fn read(vcpu: &VcpuFd) -> Option<Self> {
+        let r = vcpu.get_regs().ok()?;
+        let s = vcpu.get_sregs().ok()?;
+        Some(Registers {
+            rip: r.rip,
+            rsp: r.rsp,
+            rflags: r.rflags,
+            rax: r.rax,
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+        })
+    }
+}
+
+/// Timings in microseconds.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Timings {
+    /// VMM start → ready to enter the guest.
+    pub setup_us: u64,
+    /// Time spent in KVM_SET_USER_MEMORY_REGION for guest RAM.
+    pub memslot_us: u64,
+    /// VMM start → first KVM_RUN.
+    pub first_entry_us: u64,
+    /// VMM start → the guest's first instruction (its `out` to the null port, seen by the
+    /// VMM); None if the guest never got there.
+    pub first_guest_instruction_us: Option<u64>,
+    /// Guest run time.
+    pub run_us: u64,
+    /// Whole run.
+    pub total_us: u64,
+}
+
+/// An e820 entry in JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct E820Json {
+    /// First GPA.
+    pub start: u64,
+    /// Bytes.
+    pub size: u64,
+    /// `ram` or `reserved`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+/// A zone in JSON (frames are 4 KiB).
+#[derive(Debug, Clone, Serialize)]
+pub struct ZoneJson {
+    /// DMA, DMA32, Normal, HighMem.
+    pub name: &'static str,
+    /// First GPA of the zone's span.
+    pub start: u64,
+    /// One past the last GPA of the span.
+    pub end: u64,
+    /// Frames of RAM in the span.
+    pub present_frames: u64,
+    /// Frames the allocator manages (present minus reserved).
+    pub managed_frames: u64,
+    /// Free frames.
+    pub free_frames: u64,
+    /// Successful allocations.
+    pub allocations: u64,
+    /// Allocations served here for a higher zone.
+    pub fallbacks_in: u64,
+    /// Requests for this zone served by a lower one.
+    pub fallbacks_out: u64,
+    /// Failed allocations.
+    pub failures: u64,
+}
+
+/// Page-table summary in JSON.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PageTablesJson {
+    /// GPA of the PML4.
+    pub cr3: u64,
+    /// Table frames in use.
+    pub table_frames: u64,
+    /// PDPT / PD / PT frames.
+    pub pdpt_tables: u64,
+    /// PD frames.
+    pub pd_tables: u64,
+    /// PT frames.
+    pub pt_tables: u64,
+    /// 2 MiB pool chunks.
+    pub pool_chunks: u64,
+    /// First GPA of each pool chunk (every page-table frame lies in one of these 2 MiB runs).
+    pub pool_chunk_gpas: Vec<u64>,
+    /// Leaf mappings by size.
+    pub mappings_4k: u64,
+    /// 2 MiB leaves.
+    pub mappings_2m: u64,
+    /// 1 GiB leaves.
+    pub mappings_1g: u64,
+}
