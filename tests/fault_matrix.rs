@@ -25,7 +25,7 @@ fn full_matrix_matches_the_sdm() {
     }
     let mut cfg = common::config("fault-matrix", 256 << 20);
     cfg.timeout = Duration::from_secs(300);
-    // The host invariants (src/invariants.rs) do not know the matrix's test areas (PML4
+    // The host invariants (src/invariants/) do not know the matrix's test areas (PML4
     // slots 64-90, `memvisor::matrix::tables::AREA`, its data and records frames) nor the
     // scenario's no-NX build (`BuildOptions::no_nx`): they would flag them as stray leaves
     // and W^X breaches.
