@@ -199,6 +199,100 @@ fn descriptor(space: &AddressSpace, base: u64, limit: u32, sel: u16) -> Option<k
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::cpuid::Features;
+    use crate::frames::ZonePreset;
+    use crate::invariants::harness::Harness;
+
+    /// A harness whose 64-byte scratch buffer (in the kernel image) holds this GDT.
+    fn with_gdt(gdt: [u64; 8]) -> (Harness, u64) {
+        let features = Features {
+            nx: true,
+            pse: true,
+            ..Features::default()
+        };
+        let h = Harness::new(32 << 20, ZonePreset::X86_64, features).expect("harness");
+        let bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+        h.space.write_gva(h.scratch_gva, &bytes).expect("scratch");
+        let base = h.scratch_gva;
+        (h, base)
+    }
+
+    const GDT: [u64; 8] = [
+        0,                     // 0x00 null
+        0x00af_9b00_0000_ffff, // 0x08 kernel code, 64-bit
+        0x00cf_9300_0000_ffff, // 0x10 kernel data
+        0x00cf_f300_0000_ffff, // 0x18 user data, DPL 3
+        0x00af_fb00_0000_ffff, // 0x20 user code, 64-bit, DPL 3
+        0x00af_7b00_0000_ffff, // 0x28 user code, not present
+        0x0000_e900_0000_0067, // 0x30 a TSS (system descriptor), DPL 3
+        0x00cf_fb00_0000_ffff, // 0x38 user code, 32-bit (L=0, D=1), DPL 3
+    ];
+
+    fn frame(cs: u64, ss: u64) -> Frame {
+        Frame {
+            error_code: 6,
+            rip: 0x40_1000,
+            cs,
+            rflags: 0x202,
+            rsp: 0x7fff_f000,
+            ss,
+        }
+    }
+
+    #[test]
+    fn descriptors_decode_as_the_sdm_lays_them_out() {
+        let (h, base) = with_gdt(GDT);
+        let s = &h.space;
+        let cs = descriptor(s, base, 63, 0x23).expect("user code");
+        assert_eq!(
+            (
+                cs.base,
+                cs.limit,
+                cs.selector,
+                cs.type_,
+                cs.s,
+                cs.dpl,
+                cs.present
+            ),
+            (0, 0xffff_ffff, 0x23, 0xb, 1, 3, 1)
+        );
+        assert_eq!((cs.l, cs.db, cs.g, cs.avl), (1, 0, 1, 0));
+        let ss = descriptor(s, base, 63, 0x1b).expect("user data");
+        assert_eq!((ss.type_, ss.dpl, ss.l, ss.db, ss.g), (0x3, 3, 0, 1, 1));
+        assert_eq!(descriptor(s, base, 63, 0x2b), None, "not present");
+        assert_eq!(descriptor(s, base, 63, 0x33), None, "system descriptor");
+        assert_eq!(descriptor(s, base, 63, 0x03), None, "null selector");
+        assert_eq!(descriptor(s, base, 63, 0x27), None, "TI=1 (LDT)");
+        assert_eq!(descriptor(s, base, 31, 0x23), None, "beyond the GDT limit");
+        assert_eq!(
+            descriptor(s, 1 << 47, 63, 0x23),
+            None,
+            "GDT base not mapped"
+        );
+    }
+
+    #[test]
+    fn the_vmm_iret_takes_only_valid_user_segments() {
+        let (h, base) = with_gdt(GDT);
+        let s = &h.space;
+        let ok = user_segments(s, base, 63, &frame(0x23, 0x1b)).expect("valid return");
+        assert_eq!((ok.0.selector, ok.1.selector), (0x23, 0x1b));
+        for (cs, ss, why) in [
+            (0x20, 0x1b, "CS RPL 0"),
+            (0x23, 0x18, "SS RPL 0"),
+            (0x0b, 0x1b, "DPL 0 code"),
+            (0x23, 0x13, "DPL 0 data"),
+            (0x3b, 0x1b, "32-bit code"),
+            (0x23, 0x23, "code segment as SS"),
+            (0x2b, 0x1b, "not present"),
+            (0x1_0023, 0x1b, "selector wider than 16 bits"),
+        ] {
+            assert_eq!(user_segments(s, base, 63, &frame(cs, ss)), None, "{why}");
+        }
+        let mut f = frame(0x23, 0x1b);
+        f.rip = 0x8000_0000_0000;
+        assert_eq!(user_segments(s, base, 63, &f), None, "non-canonical RIP");
+    }
 
     #[test]
     fn rflags_mask_is_the_architectural_set() {
