@@ -81,6 +81,26 @@ pub struct VmConfig {
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// Signal used to kick the vCPU out of KVM_RUN.
+/// After the VMM edited the guest's memory or page tables (a hypercall batch, a #PF assist):
+/// check the invariants if asked, and flush KVM's shadow pages if a mapping was removed or
+/// reduced. `Some` is how the run ends when either fails.
+fn after_host_edit(
+    check_invariants: bool,
+    inv_checks: &mut u64,
+    flush_slot: &mut crate::memory::FlushSlot,
+    vm: &kvm_ioctls::VmFd,
+    slots: &mut crate::memory::Memslots,
+    space: &mut AddressSpace,
+) -> Option<Outcome> {
+    if let Err(v) = crate::invariants::after_batch(check_invariants, space, inv_checks) {
+        return Some(Outcome::InvariantViolation(v));
+    }
+    if let Err(e) = flush_slot.flush_if_needed(vm, slots, space) {
+        return Some(Outcome::KvmError(e.to_string()));
+    }
+    None
+}
+
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 1
 }
@@ -339,13 +359,15 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
                 Ok(_) => {}
                 Err(e) => break Outcome::KvmError(e.to_string()),
             }
-            if let Err(v) =
-                crate::invariants::after_batch(cfg.check_invariants, &space, &mut inv_checks)
-            {
-                break Outcome::InvariantViolation(v);
-            }
-            if let Err(e) = flush_slot.flush_if_needed(&vm, &mut slots, &mut space) {
-                break Outcome::KvmError(e.to_string());
+            if let Some(stop) = after_host_edit(
+                cfg.check_invariants,
+                &mut inv_checks,
+                &mut flush_slot,
+                &vm,
+                &mut slots,
+                &mut space,
+            ) {
+                break stop;
             }
         }
         if let Some(gpa) = block {
@@ -355,13 +377,15 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
                 stage2: s2ctl.as_mut(),
             };
             let flow = hc.handle_with(&mut space, gpa, &mut side);
-            if let Err(v) =
-                crate::invariants::after_batch(cfg.check_invariants, &space, &mut inv_checks)
-            {
-                break Outcome::InvariantViolation(v);
-            }
-            if let Err(e) = flush_slot.flush_if_needed(&vm, &mut slots, &mut space) {
-                break Outcome::KvmError(e.to_string());
+            if let Some(stop) = after_host_edit(
+                cfg.check_invariants,
+                &mut inv_checks,
+                &mut flush_slot,
+                &vm,
+                &mut slots,
+                &mut space,
+            ) {
+                break stop;
             }
             match flow {
                 Flow::Continue => {}
