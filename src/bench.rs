@@ -462,6 +462,16 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
             ops("talc"),
             ">= 1.0",
         ));
+        for peer in ["rlsf", "dlmalloc"] {
+            f.push(fig(
+                &format!("heap_replay_{t}_memvisor_vs_{peer}"),
+                ops("memvisor"),
+                "ops/s",
+                peer,
+                ops(peer),
+                ">= 1.0",
+            ));
+        }
         f.push(fig(
             &format!("heap_replay_{t}_memvisor_efficiency"),
             eff("memvisor"),

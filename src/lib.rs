@@ -19,6 +19,7 @@ pub mod memory;
 pub mod paging;
 pub mod pf_assist;
 pub mod replay;
+pub mod replay_many;
 pub mod report;
 pub mod scenario;
 pub mod space;

@@ -32,27 +32,32 @@ enum Cmd {
     Run(RunArgs),
     /// Measure: a table of figures, each beside a peer measured in the same run.
     Bench(BenchArgs),
-    /// Replay an allocation trace inside the guest on one heap (format:
-    /// tests/data/traces/README.md).
+    /// Replay allocation traces inside the guest on one or more heaps (format:
+    /// tests/data/traces/README.md); several traces or heaps make one interleaved table.
     Replay(ReplayArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
 struct ReplayArgs {
-    /// The trace file.
-    trace: PathBuf,
-    /// Heap: page-family, mems, memvisor, talc, linked-list, buddy.
+    /// The trace files (one or more).
+    #[arg(required = true, num_args = 1..)]
+    traces: Vec<PathBuf>,
+    /// Heap, or a comma-separated list (memvisor,talc,rlsf): page-family, mems, memvisor,
+    /// talc, linked-list, buddy, rlsf, dlmalloc.
     #[arg(long, default_value = "memvisor")]
     heap: String,
+    /// Timed passes per trace and heap when several traces or heaps run (the median counts).
+    #[arg(long, default_value_t = 5)]
+    runs: u32,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
     /// Guest RAM (K/M/G/T suffixes).
     #[arg(long, default_value = "512M")]
     mem: String,
-    /// Wall-clock limit for the guest in seconds.
-    #[arg(long, default_value_t = 120.0)]
-    timeout: f64,
+    /// Wall-clock limit for the guest in seconds (default 120 per trace and heap).
+    #[arg(long)]
+    timeout: Option<f64>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -142,31 +147,38 @@ fn main() -> ExitCode {
 /// reported errors, 2 for a bad trace or arguments (one line on stderr).
 fn replay(a: ReplayArgs) -> ExitCode {
     use memvisor::replay as rp;
-    let Some(heap) = rp::heap_id(&a.heap) else {
-        return fail(format!(
-            "unknown heap '{}' (known: {})",
-            a.heap,
-            rp::HEAPS.join(", ")
-        ));
+    let heaps = match memvisor::replay_many::heap_list(&a.heap) {
+        Ok(h) => h,
+        Err(e) => return fail(e),
     };
     let mem_bytes = match parse_size(&a.mem) {
         Ok(b) if b >= 64 << 20 && b % 4096 == 0 && b <= layout::MAX_MEM_SIZE => b,
         Ok(_) => return fail("--mem must be a multiple of 4 KiB between 64 MiB and 1 TiB"),
         Err(e) => return fail(format!("--mem: {e}")),
     };
-    if !(a.timeout.is_finite() && a.timeout > 0.0 && a.timeout <= 86_400.0) {
+    let pairs = (a.traces.len() * heaps.len()) as f64;
+    let timeout = a.timeout.unwrap_or(120.0 * pairs);
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
         return fail("--timeout must be a number of seconds in (0, 86400]");
     }
-    let trace = match rp::load(&a.trace) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
+    let mut traces = Vec::new();
+    for p in &a.traces {
+        match rp::load(p) {
+            Ok(t) => traces.push(t),
+            Err(e) => return fail(e),
+        }
+    }
     set_json_mode(a.json);
-    let report = match rp::run(&trace, heap, mem_bytes, Duration::from_secs_f64(a.timeout)) {
+    if traces.len() > 1 || heaps.len() > 1 {
+        return replay_many(&traces, &heaps, a.runs, mem_bytes, timeout, a.json);
+    }
+    let (trace, heap) = (&traces[0], heaps[0]);
+    let heap_name = rp::HEAPS[heap];
+    let report = match rp::run(trace, heap, mem_bytes, Duration::from_secs_f64(timeout)) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let res = rp::ReplayResult::from_report(&trace, &a.heap, &report);
+    let res = rp::ReplayResult::from_report(trace, heap_name, &report);
     if a.json {
         match serde_json::to_string_pretty(&res) {
             Ok(s) => println!("{s}"),
@@ -184,6 +196,49 @@ fn replay(a: ReplayArgs) -> ExitCode {
                 .clone()
                 .or(report.message.clone())
                 .unwrap_or_else(|| format!("{} errors, guest outcome {}", res.errors, res.outcome))
+        );
+        ExitCode::from(1)
+    }
+}
+
+/// Several traces or heaps in one guest: one table (or a JSON array); exit 1 if any replay
+/// reported an error or the guest failed.
+fn replay_many(
+    traces: &[memvisor::replay::Trace],
+    heaps: &[usize],
+    runs: u32,
+    mem_bytes: u64,
+    timeout: f64,
+    json: bool,
+) -> ExitCode {
+    use memvisor::replay_many as many;
+    let report = match many::run(
+        traces,
+        heaps,
+        runs,
+        mem_bytes,
+        Duration::from_secs_f64(timeout),
+    ) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let results = many::results(traces, heaps, &report);
+    if json {
+        match serde_json::to_string_pretty(&results) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(format!("cannot encode the result: {e}")),
+        }
+    } else {
+        print!("{}", many::table(&results));
+    }
+    let bad = results.iter().filter(|r| r.errors > 0).count();
+    if bad == 0 && report.guest_exit_code == Some(0) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "memvisor: replay failed: {bad} of {} replays reported errors, guest outcome {}",
+            results.len(),
+            report.outcome
         );
         ExitCode::from(1)
     }

@@ -23,13 +23,15 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Heap names accepted by `--heap`, by id (the guest's `peers::HEAPS`, same order).
-pub const HEAPS: [&str; 6] = [
+pub const HEAPS: [&str; 8] = [
     "page-family",
     "mems",
     "memvisor",
     "talc",
     "linked-list",
     "buddy",
+    "rlsf",
+    "dlmalloc",
 ];
 
 /// Blob magic (`"MVTRACE1"`).
@@ -245,8 +247,14 @@ pub struct ReplayResult {
     pub source_exits: u64,
     /// TSC cycles of the timed pass.
     pub cycles: u64,
-    /// Times the VMM flushed KVM's shadow page tables (after unmaps), both passes.
+    /// Times the VMM flushed KVM's shadow page tables (after unmaps), all passes (of a
+    /// several-traces run: the whole run's, every trace and heap).
     pub shadow_flushes: u64,
+    /// Timed passes (`ops_per_sec`, `cycles` and `source_exits` are of the fastest of a
+    /// single replay's passes, of the median pass of a several-traces run).
+    pub runs: u64,
+    /// Page-source exits per 1,000 events of that timed pass.
+    pub exits_per_1k_ops: f64,
     /// Every `replay.*` record the guest sent (diagnostics: page-source calls, ...).
     pub records: std::collections::BTreeMap<String, String>,
     /// Guest exit code.
@@ -258,7 +266,13 @@ pub struct ReplayResult {
 impl ReplayResult {
     /// Read the guest's `replay.*` records.
     pub fn from_report(t: &Trace, heap: &str, r: &Report) -> ReplayResult {
-        let get = |k: &str| r.records.get(&format!("replay.{k}"));
+        Self::from_records(t, heap, r, "replay.")
+    }
+
+    /// Read the records `PREFIX KEY` of one replay (`replay.` for a single replay,
+    /// `replay.I.HEAP.` for trace `I` on `HEAP` of a several-traces run).
+    pub fn from_records(t: &Trace, heap: &str, r: &Report, prefix: &str) -> ReplayResult {
+        let get = |k: &str| r.records.get(&format!("{prefix}{k}"));
         let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let first_error = get("first_error").map(|v| {
             let (i, what) = v.split_once(' ').unwrap_or((v.as_str(), ""));
@@ -284,10 +298,12 @@ impl ReplayResult {
             source_exits: num("source_exits"),
             cycles: num("cycles"),
             shadow_flushes: r.shadow_flushes,
+            runs: num("runs").max(1),
+            exits_per_1k_ops: num("source_exits") as f64 * 1000.0 / num("events").max(1) as f64,
             records: r
                 .records
                 .iter()
-                .filter(|(k, _)| k.starts_with("replay."))
+                .filter(|(k, _)| k.starts_with(prefix))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             guest_exit_code: r.guest_exit_code,

@@ -232,10 +232,9 @@ fn heap_debug_without_the_flag_checks_the_heaps_only() {
 
 fn traces() -> Vec<PathBuf> {
     let t = replay::sample_traces();
-    assert_eq!(
-        t.len(),
-        2,
-        "tests/data/traces should hold the two sample traces"
+    assert!(
+        t.len() >= 8,
+        "tests/data/traces should hold at least the eight sample traces"
     );
     t
 }
@@ -275,8 +274,12 @@ fn the_memvisor_heap_is_efficient_on_the_sample_traces() {
         return;
     }
     // Efficiency is deterministic (no timing): guard the figures BENCHMARKS.md reports.
-    for (path, min) in traces().iter().zip([0.90, 0.90]) {
-        let t = replay::load(path).expect("parses");
+    for (name, min) in [("gcc-cc1", 0.90), ("python-json", 0.90)] {
+        let path = traces()
+            .into_iter()
+            .find(|p| p.file_stem().is_some_and(|s| s == name))
+            .expect("sample trace");
+        let t = replay::load(&path).expect("parses");
         let id = replay::heap_id("memvisor").expect("memvisor heap");
         let r = replay::run(&t, id, 512 << 20, Duration::from_secs(120)).expect("VMM runs");
         let res = ReplayResult::from_report(&t, "memvisor", &r);
@@ -331,6 +334,95 @@ fn replay_cli_rejects_bad_traces_with_the_line_number() {
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
+    // Several traces: a malformed one is rejected with its path and line before any runs.
+    let bad = dir.path().join("bad2.trace");
+    std::fs::write(&bad, "a 0 16\nf 0\nf 0\n").expect("write");
+    let out = memvisor_bin()
+        .args(["replay", "tests/data/traces/bzip2.trace"])
+        .arg(&bad)
+        .args(["--heap", "memvisor,talc"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad2.trace:3: free of already freed id 0"),
+        "{err}"
+    );
+    for list in ["memvisor,memvisor", "memvisor,", "talc,glibc"] {
+        let out = memvisor_bin()
+            .args(["replay", "tests/data/traces/bzip2.trace", "--heap", list])
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{list}");
+    }
+}
+
+#[test]
+fn replay_cli_runs_several_traces_and_heaps_in_one_guest() {
+    if !common::kvm_or_skip("replay_cli_runs_several_traces_and_heaps_in_one_guest") {
+        return;
+    }
+    let out = memvisor_bin()
+        .args([
+            "replay",
+            "tests/data/traces/bzip2.trace",
+            "tests/data/traces/nginx.trace",
+            "--heap",
+            "memvisor,talc,rlsf,dlmalloc",
+            "--runs",
+            "3",
+            "--json",
+        ])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = v.as_array().expect("an array");
+    assert_eq!(rows.len(), 8);
+    let mut i = 0;
+    for (trace, events, live) in [("bzip2", 609, 7532877), ("nginx", 69863, 638137)] {
+        for heap in ["memvisor", "talc", "rlsf", "dlmalloc"] {
+            let r = &rows[i];
+            i += 1;
+            assert_eq!(r["trace"], trace, "{r}");
+            assert_eq!(r["heap"], heap, "{r}");
+            assert_eq!(r["events"], events, "{r}");
+            assert_eq!(r["peak_live_bytes"], live, "{r}");
+            assert_eq!(r["errors"], 0, "{r}");
+            assert_eq!(r["runs"], 3, "{r}");
+            assert!(r["ops_per_sec"].as_u64().is_some_and(|o| o > 0), "{r}");
+            let eff = r["efficiency"].as_f64().expect("efficiency");
+            assert!(eff > 0.3 && eff <= 1.0, "{r}");
+            assert!(r["exits_per_1k_ops"].as_f64().is_some(), "{r}");
+        }
+    }
+    // The text form: one table, a header and one row per (trace, heap).
+    let out = memvisor_bin()
+        .args([
+            "replay",
+            "tests/data/traces/bzip2.trace",
+            "--heap",
+            "memvisor,dlmalloc",
+            "--runs",
+            "1",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("trace") && lines[0].contains("exits/1k"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("bzip2") && lines[1].contains("memvisor"),
+        "{text}"
+    );
+    assert!(lines[2].contains("dlmalloc"), "{text}");
 }
 
 #[test]

@@ -11,14 +11,17 @@
 use super::peers::{self, BuddyHeap, Heap, LlHeap, MemsHeap, PfHeap, TalcHeap, HEAPS};
 use super::replay;
 use super::source::{self, Acct};
+use super::strong_peers::{DlHeap, RlsfHeap};
 use crate::{boot, hc, println};
 use core::alloc::Layout;
 use core::fmt::Write;
 use memvisor_abi::flags;
 
 static BENCH_ACCT: Acct = Acct::new();
-/// Extra interleaved timed passes of memvisor and talc per trace.
+/// Extra interleaved timed passes of memvisor and the peers of its targets per trace.
 const ROUNDS: usize = 6;
+/// The heaps of the replay targets (memvisor, talc, and the stronger peers).
+const TIMED: [&str; 4] = ["memvisor", "talc", "rlsf", "dlmalloc"];
 /// Object sizes of the alloc + free figures.
 pub const SIZES: [usize; 5] = [16, 64, 256, 1024, 4096];
 
@@ -89,6 +92,8 @@ fn heap_figures(name: &str, quick: bool) {
         "talc" => run(TalcHeap::new(a), name, quick),
         "linked-list" => run(LlHeap::new(a), name, quick),
         "buddy" => run(BuddyHeap::new(a), name, quick),
+        "rlsf" => run(RlsfHeap::new(a), name, quick),
+        "dlmalloc" => run(DlHeap::new(a), name, quick),
         _ => {}
     }
     source::flush();
@@ -105,16 +110,16 @@ pub extern "C" fn run_user(_: u64) -> u64 {
     for t in replay::traces(info.arg[0], info.arg[1]) {
         let mut outs = [None; HEAPS.len()];
         for (i, name) in HEAPS.iter().enumerate() {
-            // Quick mode: only the pair the targets compare.
-            if quick && !matches!(*name, "memvisor" | "talc") {
+            // Quick mode: only the heaps the targets compare.
+            if quick && !TIMED.contains(name) {
                 continue;
             }
             outs[i] = replay::replay(&t, i);
         }
-        // The host is shared and noisy: time memvisor and talc again, interleaved, and keep
-        // each one's fastest pass.
+        // The host is shared and noisy: time memvisor and its targets' peers again,
+        // interleaved, and keep each one's fastest pass.
         for _ in 0..if quick { 2 } else { ROUNDS } {
-            for name in ["memvisor", "talc"] {
+            for name in TIMED {
                 let Some(i) = HEAPS.iter().position(|h| *h == name) else {
                     continue;
                 };

@@ -9,5 +9,7 @@ pub mod guard;
 pub mod memvisor;
 pub mod peers;
 pub mod replay;
+pub mod replay_many;
 pub mod scenarios;
 pub mod source;
+pub mod strong_peers;

@@ -7,11 +7,12 @@
 //! | `mems` | [`Mems`], `mems_alloc_aligned`, regions released when empty |
 //! | `memvisor` | [`MemvisorHeap`], the global allocator's type |
 //! | `talc` | `talc::Talc`, claiming 64 KiB chunks from the page source on OOM |
-//! | `linked-list` | `linked_list_allocator::Heap`, one per 64 KiB chunk (it can only grow contiguously), first fit over the chunks |
+//! | `linked-list` | `linked_list_allocator::Heap`, one per chunk (it can only grow contiguously; 64 KiB chunks, doubling every 32 chunks), first fit over the chunks |
 //! | `buddy` | `buddy_system_allocator::Heap<33>`, chunks added on OOM (twice the rounded request for large ones, so an aligned block exists) |
+//! | `rlsf`, `dlmalloc` | the stronger peers of `strong_peers.rs` |
 //!
-//! The peers never give chunks back while they run (none of them can); every chunk is unmapped
-//! when the heap is dropped.
+//! talc, linked-list, buddy and rlsf never give chunks back while they run (none of them can);
+//! every chunk is unmapped when the heap is dropped. dlmalloc releases segments itself.
 
 use super::memvisor::MemvisorHeap;
 use super::source::{Acct, GuestPages};
@@ -26,13 +27,15 @@ pub const PEER_CHUNK_PAGES: usize = 16;
 const MAX_CHUNKS: usize = 2048;
 
 /// Heap names, by id (the host's `--heap` values, in the same order).
-pub const HEAPS: [&str; 6] = [
+pub const HEAPS: [&str; 8] = [
     "page-family",
     "mems",
     "memvisor",
     "talc",
     "linked-list",
     "buddy",
+    "rlsf",
+    "dlmalloc",
 ];
 
 /// What the replay and the benchmark need from a heap.
@@ -50,7 +53,7 @@ pub trait Heap {
 }
 
 /// Allocate, copy, free: the fallback `realloc`.
-fn move_block<H: Heap + ?Sized>(
+pub(super) fn move_block<H: Heap + ?Sized>(
     h: &mut H,
     p: NonNull<u8>,
     l: Layout,
@@ -227,14 +230,14 @@ impl Heap for MemvisorHeap<GuestPages> {
 // ---- chunks for the peers -------------------------------------------------------------------
 
 /// Chunks a peer got from the page source (unmapped on drop).
-pub struct Chunks {
+pub(super) struct Chunks {
     src: GuestPages,
     list: [(usize, usize); MAX_CHUNKS],
     n: usize,
 }
 
 impl Chunks {
-    fn new(acct: &'static Acct) -> Self {
+    pub(super) fn new(acct: &'static Acct) -> Self {
         Chunks {
             src: GuestPages::new(acct),
             list: [(0, 0); MAX_CHUNKS],
@@ -243,7 +246,7 @@ impl Chunks {
     }
 
     /// Map a chunk of at least `bytes` (at least [`PEER_CHUNK_PAGES`] pages): `(base, len)`.
-    fn grab(&mut self, bytes: usize) -> Option<(usize, usize)> {
+    pub(super) fn grab(&mut self, bytes: usize) -> Option<(usize, usize)> {
         if self.n == MAX_CHUNKS {
             return None;
         }
@@ -325,8 +328,9 @@ impl Heap for TalcHeap {
 
 // ---- linked_list_allocator ------------------------------------------------------------------
 
-/// linked_list_allocator, one `Heap` per chunk (sorted by address), first fit over chunks
-/// starting at the last one that served a request.
+/// linked_list_allocator, one `Heap` per chunk (sorted by address; chunks of 64 KiB, doubling
+/// every 32 chunks up to 4 MiB), first fit over chunks starting at the last one that served a
+/// request.
 pub struct LlHeap {
     chunks: Chunks,
     heaps: [(usize, usize, linked_list_allocator::Heap); MAX_CHUNKS / 8],
@@ -359,7 +363,10 @@ impl Heap for LlHeap {
         if self.n == self.heaps.len() {
             return None;
         }
-        let (base, len) = self.chunks.grab(l.size() + l.align() + 64)?;
+        // Chunks double every 32 (64 KiB … 4 MiB), so the fixed array of heaps holds large
+        // traces too.
+        let chunk = (PEER_CHUNK_PAGES * PAGE) << (self.n / 32).min(6);
+        let (base, len) = self.chunks.grab((l.size() + l.align() + 64).max(chunk))?;
         // Keep the array sorted by address for the binary search in dealloc.
         let pos = self.heaps[..self.n].partition_point(|h| h.0 < base);
         let mut i = self.n;

@@ -27,6 +27,7 @@
 
 use super::peers::{self, BuddyHeap, Heap, LlHeap, MemsHeap, PfHeap, TalcHeap, HEAPS};
 use super::source::{self, Acct};
+use super::strong_peers::{DlHeap, RlsfHeap};
 use crate::{boot, hc, println};
 use core::alloc::Layout;
 use core::fmt::Write;
@@ -372,6 +373,25 @@ pub const TIMED_RUNS: usize = 3;
 /// Pages of the heap under replay.
 static REPLAY_ACCT: Acct = Acct::new();
 
+/// `Some(run(|| a fresh heap named HEAPS[heap], t))`, or `None` for an unknown heap id; every
+/// heap counts its pages in [`REPLAY_ACCT`].
+macro_rules! with_heap {
+    ($heap:expr, $run:ident, $t:expr) => {{
+        let a = &REPLAY_ACCT;
+        Some(match *HEAPS.get($heap)? {
+            "page-family" => $run(|| PfHeap::new(a), $t),
+            "mems" => $run(|| MemsHeap::new(a), $t),
+            "memvisor" => $run(|| peers::memvisor(a), $t),
+            "talc" => $run(|| TalcHeap::new(a), $t),
+            "linked-list" => $run(|| LlHeap::new(a), $t),
+            "buddy" => $run(|| BuddyHeap::new(a), $t),
+            "rlsf" => $run(|| RlsfHeap::new(a), $t),
+            "dlmalloc" => $run(|| DlHeap::new(a), $t),
+            _ => return None,
+        })
+    }};
+}
+
 /// Replay `t` on the heap named by `heap` (index into [`HEAPS`]). `None` for an unknown heap.
 pub fn replay(t: &Trace, heap: usize) -> Option<Outcome> {
     fn run<H: Heap>(mk: impl Fn() -> H, t: &Trace) -> Outcome {
@@ -414,16 +434,47 @@ pub fn replay(t: &Trace, heap: usize) -> Option<Outcome> {
         }
         out
     }
-    let a = &REPLAY_ACCT;
-    Some(match *HEAPS.get(heap)? {
-        "page-family" => run(|| PfHeap::new(a), t),
-        "mems" => run(|| MemsHeap::new(a), t),
-        "memvisor" => run(|| peers::memvisor(a), t),
-        "talc" => run(|| TalcHeap::new(a), t),
-        "linked-list" => run(|| LlHeap::new(a), t),
-        "buddy" => run(|| BuddyHeap::new(a), t),
-        _ => return None,
-    })
+    with_heap!(heap, run, t)
+}
+
+/// The checked pass alone of `t` on a fresh instance of heap `heap` (no timing): events,
+/// peak live and mapped bytes, errors, refused frees.
+pub fn check_only(t: &Trace, heap: usize) -> Option<Outcome> {
+    fn run<H: Heap>(mk: impl Fn() -> H, t: &Trace) -> Outcome {
+        let mut out = Outcome {
+            events: t.events.len(),
+            ..Outcome::default()
+        };
+        source::flush();
+        source::reset_peak();
+        REPLAY_ACCT.reset_peak();
+        {
+            let mut h = mk();
+            checked(&mut h, t, &mut out);
+            out.refused = h.refused();
+        }
+        out.peak_mapped = REPLAY_ACCT.peak_pages() * PAGE;
+        out.peak_source = source::pool_stats().host_peak * PAGE;
+        source::flush();
+        out
+    }
+    with_heap!(heap, run, t)
+}
+
+/// One timed pass of `t` on a fresh instance of heap `heap`: (cycles, page-source exits
+/// during the pass). The heap is dropped and the pool flushed after the pass, outside it.
+pub fn time_with_exits(t: &Trace, heap: usize) -> Option<(u64, u64)> {
+    fn run<H: Heap>(mk: impl Fn() -> H, t: &Trace) -> (u64, u64) {
+        let r = {
+            let mut h = mk();
+            let before = source::pool_stats().exits;
+            let c = timed(&mut h, t);
+            (c, source::pool_stats().exits - before)
+        };
+        source::flush();
+        r
+    }
+    with_heap!(heap, run, t)
 }
 
 /// Cycles of one timed pass of `t` on a fresh instance of heap `heap` (`None`: unknown heap).
@@ -436,16 +487,7 @@ pub fn time_once(t: &Trace, heap: usize) -> Option<u64> {
         source::flush();
         c
     }
-    let a = &REPLAY_ACCT;
-    Some(match *HEAPS.get(heap)? {
-        "page-family" => run(|| PfHeap::new(a), t),
-        "mems" => run(|| MemsHeap::new(a), t),
-        "memvisor" => run(|| peers::memvisor(a), t),
-        "talc" => run(|| TalcHeap::new(a), t),
-        "linked-list" => run(|| LlHeap::new(a), t),
-        "buddy" => run(|| BuddyHeap::new(a), t),
-        _ => return None,
-    })
+    with_heap!(heap, run, t)
 }
 
 fn rec(key: &str, v: impl core::fmt::Display) {
@@ -458,6 +500,9 @@ fn rec(key: &str, v: impl core::fmt::Display) {
 pub extern "C" fn run_user(_: u64) -> u64 {
     let info = boot();
     let (gva, len, heap) = (info.arg[0], info.arg[1], info.arg[2] as usize);
+    if info.arg[3] & super::replay_many::MANY != 0 {
+        return super::replay_many::run(gva, len, info.arg[2], info.arg[3]);
+    }
     let Some(name) = HEAPS.get(heap) else {
         println!("replay: unknown heap id {}", heap);
         return 2;
@@ -503,6 +548,7 @@ pub extern "C" fn run_user(_: u64) -> u64 {
     rec("peak_source_bytes", o.peak_source);
     rec("refused_frees", o.refused);
     rec("source_exits", o.exits);
+    rec("runs", TIMED_RUNS);
     rec("source_cycles", o.source_cycles);
     rec("source_zero_cycles", o.zero_cycles);
     rec("source_hc_cycles", o.hc_cycles);
