@@ -218,6 +218,27 @@ pub fn map_pending_blob(space: &mut AddressSpace) -> Result<(), SpaceError> {
     Ok(())
 }
 
+/// The memvisor heap's page-return policy over the checked pass (guest
+/// `guest/heaps/src/memvisor/keep.rs`): freed MeMS runs kept for reuse up to a bound and
+/// returned in batches.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct KeepFigures {
+    /// Most pages the policy may keep.
+    pub bound_pages: u64,
+    /// Most pages kept at once.
+    pub peak_kept_pages: u64,
+    /// Pages kept when the trace ended.
+    pub kept_pages_at_end: u64,
+    /// Runs taken in.
+    pub kept_runs: u64,
+    /// Requests served from a kept run (no host exit).
+    pub reused_runs: u64,
+    /// Pages returned to the page source.
+    pub returned_pages: u64,
+    /// Batches the returns went in.
+    pub return_batches: u64,
+}
+
 /// What `memvisor replay` prints (`--json` keys).
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplayResult {
@@ -255,6 +276,8 @@ pub struct ReplayResult {
     pub runs: u64,
     /// Page-source exits per 1,000 events of that timed pass.
     pub exits_per_1k_ops: f64,
+    /// The memvisor heap's page-return policy (checked pass; `None` for the other heaps).
+    pub keep: Option<KeepFigures>,
     /// Every `replay.*` record the guest sent (diagnostics: page-source calls, ...).
     pub records: std::collections::BTreeMap<String, String>,
     /// Guest exit code.
@@ -299,6 +322,15 @@ impl ReplayResult {
             cycles: num("cycles"),
             shadow_flushes: r.shadow_flushes,
             runs: num("runs").max(1),
+            keep: get("keep_bound_pages").map(|_| KeepFigures {
+                bound_pages: num("keep_bound_pages"),
+                peak_kept_pages: num("keep_peak_pages"),
+                kept_pages_at_end: num("keep_pages_at_end"),
+                kept_runs: num("keep_kept_runs"),
+                reused_runs: num("keep_reused_runs"),
+                returned_pages: num("keep_returned_pages"),
+                return_batches: num("keep_return_batches"),
+            }),
             exits_per_1k_ops: num("source_exits") as f64 * 1000.0 / num("events").max(1) as f64,
             records: r
                 .records
@@ -333,6 +365,19 @@ impl ReplayResult {
         let _ = writeln!(o, "peak_source_bytes: {}", self.peak_source_bytes);
         let _ = writeln!(o, "source_exits: {}", self.source_exits);
         let _ = writeln!(o, "shadow_flushes: {}", self.shadow_flushes);
+        let _ = writeln!(o, "exits_per_1k_ops: {:.2}", self.exits_per_1k_ops);
+        if let Some(k) = &self.keep {
+            let _ = writeln!(
+                o,
+                "keep: bound {} pages, peak {} kept, {} runs kept, {} reused, {} pages returned in {} batches",
+                k.bound_pages,
+                k.peak_kept_pages,
+                k.kept_runs,
+                k.reused_runs,
+                k.returned_pages,
+                k.return_batches
+            );
+        }
         o
     }
 }

@@ -37,9 +37,19 @@
 //!
 //! A MeMS `realloc` grows or shrinks in place when the hole behind the block allows
 //! ([`Mems::mems_resize_in_place`]).
+//!
+//! # Page-return policy
+//! MeMS's page source is a [`Keep`] (`memvisor/keep.rs`): the runs MeMS gives back are kept
+//! for reuse by a request of the same size, up to a bound, and returned in batches (on the
+//! bound, on a request no kept run fits, after [`DECAY_OPS`] operations unused, and before
+//! the slabs grow past the heap's high-water mark), so a program that frees and re-allocates
+//! a large buffer does not pay a host exit (and a shadow flush) each time, and kept pages
+//! never raise the heap's peak footprint.
 
+mod keep;
 mod slab;
 
+pub use keep::{Keep, KeepStats, DECAY_OPS, KEEP_MAX_PAGES, KEEP_RUNS};
 pub use slab::{slab_layout, HDR, NSLOTS, SLAB_OFF, SLAB_PAYLOAD};
 
 use crate::{HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
@@ -164,7 +174,12 @@ pub struct Stats {
 /// The memvisor heap on three page sources (one per sub-heap; they may share accounting).
 pub struct MemvisorHeap<S: PageSource> {
     slabs: PageFamilies<S>,
-    large: Mems<S>,
+    large: Mems<Keep<S>>,
+    /// Most pages held at once (slabs, MeMS and kept runs): kept runs are returned before
+    /// the slabs grow past it.
+    high: usize,
+    /// Operations (alloc and dealloc calls): the clock of the page-return policy.
+    ops: u64,
     classes: [Class; NCLASS],
     ready: bool,
     stats: Stats,
@@ -176,7 +191,8 @@ impl<S: PageSource> MemvisorHeap<S> {
     pub const fn new(slab_src: S, large_src: S) -> Self {
         MemvisorHeap {
             slabs: PageFamilies::new(slab_src),
-            large: Mems::new(large_src),
+            large: Mems::new(Keep::new(large_src)),
+            high: 0,
             classes: [Class::EMPTY; NCLASS],
             ready: false,
             stats: Stats {
@@ -185,6 +201,7 @@ impl<S: PageSource> MemvisorHeap<S> {
                 slabs_made: 0,
                 slabs_freed: 0,
             },
+            ops: 0,
             last_error: None,
         }
     }
@@ -220,9 +237,49 @@ impl<S: PageSource> MemvisorHeap<S> {
         self.last_error
     }
 
-    /// Pages mapped from the page sources by both sub-heaps (data and metadata).
+    /// Pages mapped from the page sources by both sub-heaps (data and metadata) and kept
+    /// for reuse by the page-return policy.
     pub fn pages_in_use(&self) -> usize {
-        self.slabs.pages_in_use() + self.large.pages_in_use()
+        self.slabs.pages_in_use() + self.large.pages_in_use() + self.large.source().kept_pages()
+    }
+
+    /// Counters of the page-return policy.
+    pub fn keep_stats(&self) -> KeepStats {
+        self.large.source().stats()
+    }
+
+    /// The kept runs `(base, pages)` (tests).
+    pub fn kept_runs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.large.source().runs()
+    }
+
+    /// Return every kept run to the page source now (one batch).
+    pub fn release_kept(&mut self) {
+        self.large.source_mut().release_to(0);
+    }
+
+    /// Before the heap grows by `pages`: return kept runs so that the pages held stay within
+    /// the high-water mark where they can. Cold (slab growth).
+    #[cold]
+    pub(crate) fn make_room(&mut self, pages: usize) {
+        let kept = self.large.source().kept_pages();
+        if kept == 0 {
+            return;
+        }
+        let after = self.pages_in_use() + pages;
+        if after > self.high {
+            let keep = kept.saturating_sub(after - self.high);
+            self.large.source_mut().release_to(keep);
+        }
+    }
+
+    /// Raise the high-water mark to the pages held now.
+    #[inline(always)]
+    pub(crate) fn note_high(&mut self) {
+        let held = self.pages_in_use();
+        if held > self.high {
+            self.high = held;
+        }
     }
 
     /// Totals over the slab families: `(pages, bytes in slab blocks, free bytes beside
@@ -245,8 +302,8 @@ impl<S: PageSource> MemvisorHeap<S> {
         &self.slabs
     }
 
-    /// The MeMS heap (reports).
-    pub fn mems(&self) -> &Mems<S> {
+    /// The MeMS heap (reports); its page source is the [`Keep`].
+    pub fn mems(&self) -> &Mems<Keep<S>> {
         &self.large
     }
 
@@ -257,12 +314,14 @@ impl<S: PageSource> MemvisorHeap<S> {
         if !self.ready && !self.init() {
             return None;
         }
+        self.ops = self.ops.wrapping_add(1);
         let size = layout.size().max(1);
         match route(size, layout.align()) {
             Route::Slab(c) => self.slab_alloc(c),
             Route::Large => match self.large_alloc(size, layout.align()) {
                 Ok(p) => {
                     self.stats.live[1] += 1;
+                    self.note_high();
                     Some(p)
                 }
                 Err(e) => {
@@ -277,6 +336,7 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// free) is refused and counted in [`Stats::bad_frees`]; the heap stays unchanged.
     #[inline]
     pub fn dealloc(&mut self, ptr: NonNull<u8>, layout: Layout) {
+        self.ops = self.ops.wrapping_add(1);
         let size = layout.size().max(1);
         let r = match route(size, layout.align()) {
             Route::Slab(c) => self.slab_free(ptr, c),
@@ -287,7 +347,10 @@ impl<S: PageSource> MemvisorHeap<S> {
                 let slack = LARGE_SLACK.max(self.large.data_pages() * PAGE_SIZE / 32);
                 self.large
                     .set_release_empty(self.large.hole_bytes() > slack);
-                self.large.mems_free(ptr).map(|()| self.stats.live[1] -= 1)
+                let r = self.large.mems_free(ptr).map(|()| self.stats.live[1] -= 1);
+                let ops = self.ops;
+                self.large.source_mut().decay(ops);
+                r
             }
         };
         if let Err(e) = r {
@@ -329,6 +392,8 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// MeMS allocation (the growth policy is MeMS's own, set in `init`).
     #[inline]
     fn large_alloc(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, HeapError> {
+        let ops = self.ops;
+        self.large.source_mut().decay(ops);
         self.large.mems_alloc_aligned(size, align)
     }
 

@@ -141,6 +141,9 @@ impl<S: PageSource> MemvisorHeap<S> {
         let fid = self.classes[c].fid?;
         let (hdr_bytes, nslots) = (HDR[c] as usize, NSLOTS[c] as usize);
         let units = (hdr_bytes + nslots * CLASSES[c]).div_ceil(8);
+        // A new slab may map a page (and a registry page): kept runs go back first if the
+        // heap would pass its high-water mark.
+        self.make_room(2);
         let p = match self.slabs.xmalloc(fid, units) {
             Ok(p) => p,
             Err(e) => {
@@ -168,6 +171,7 @@ impl<S: PageSource> MemvisorHeap<S> {
                 *word(s, w) = if left >= 64 { !0 } else { (1u64 << left) - 1 };
             }
         }
+        self.note_high();
         self.push(c, s);
         self.classes[c].slabs += 1;
         self.stats.slabs_made += 1;

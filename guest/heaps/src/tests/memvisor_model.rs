@@ -13,7 +13,9 @@ use std::vec::Vec;
 
 use super::{check, fill};
 use crate::host::HostPageSource;
-use crate::memvisor::{route, Route, CLASSES, GROW_PAGES, LARGE_SLACK, NCLASS, SOLO_MIN};
+use crate::memvisor::{
+    route, Route, CLASSES, GROW_PAGES, KEEP_MAX_PAGES, LARGE_SLACK, NCLASS, SOLO_MIN,
+};
 use crate::{MemvisorHeap, PAGE_SIZE};
 
 #[derive(Debug, Clone)]
@@ -89,6 +91,39 @@ fn check_no_overlap(live: &BTreeMap<usize, Live>, addr: usize, len: usize) {
     if let Some((&a, _)) = live.range(addr + 1..).next() {
         assert!(addr + len <= a, "overlaps the block after");
     }
+}
+
+/// The page-return policy's invariants: kept runs are mapped in MeMS's source, disjoint from
+/// each other and from every live block (a kept page is never handed out twice), counted, and
+/// within the bound. (Returned runs are unmapped: the source's mapped pages equal the pages
+/// the heap holds, kept runs included, after every step.) Returns the kept runs.
+fn check_kept(h: &H, live: &BTreeMap<usize, Live>) -> Vec<(usize, usize)> {
+    let kept: Vec<(usize, usize)> = h.kept_runs().collect();
+    let regions: Vec<(usize, usize)> = h.mems().source().inner().regions().collect();
+    let mapped = |b: usize, pages: usize| {
+        regions
+            .iter()
+            .any(|&(rb, rp)| rb <= b && b + pages * PAGE_SIZE <= rb + rp * PAGE_SIZE)
+    };
+    let mut total = 0;
+    for (i, &(b, p)) in kept.iter().enumerate() {
+        assert!(p > 0 && b % PAGE_SIZE == 0, "kept run {b:#x} {p}");
+        assert!(
+            mapped(b, p),
+            "kept run {b:#x} ({p} pages) not mapped in the source"
+        );
+        let end = b + p * PAGE_SIZE;
+        for &(b2, p2) in &kept[i + 1..] {
+            assert!(end <= b2 || b2 + p2 * PAGE_SIZE <= b, "kept runs overlap");
+        }
+        if let Some((&a, l)) = live.range(..end).next_back() {
+            assert!(a + l.layout.size() <= b, "a live block lies in a kept run");
+        }
+        total += p;
+    }
+    assert_eq!(total, h.keep_stats().kept_pages, "kept pages counted");
+    assert!(total <= KEEP_MAX_PAGES, "kept pages within the bound");
+    kept
 }
 
 fn run(ops: Vec<Op>) {
@@ -246,10 +281,11 @@ fn run(ops: Vec<Op>) {
             .audit()
             .unwrap_or_else(|e| panic!("page-family audit: {e}"));
         assert_eq!(
-            h.slab_families().source().mapped_pages() + h.mems().source().mapped_pages(),
+            h.slab_families().source().mapped_pages() + h.mems().source().inner().mapped_pages(),
             h.pages_in_use(),
             "pages accounted"
         );
+        check_kept(&h, &live);
     }
     for (&a, l) in &live {
         assert!(check(a as *const u8, l.layout.size(), l.id), "corrupted");
@@ -259,6 +295,27 @@ fn run(ops: Vec<Op>) {
     }
     assert_eq!(h.stats().live, [0, 0]);
     assert_eq!(h.stats().bad_frees, bad);
+    let before = check_kept(&h, &BTreeMap::new());
+    // Every kept run goes back on request, unmapped in the source.
+    let returned = h.keep_stats().returned_pages;
+    h.release_kept();
+    assert_eq!(h.kept_runs().count(), 0);
+    assert_eq!(h.keep_stats().kept_pages, 0);
+    assert_eq!(
+        h.keep_stats().returned_pages - returned,
+        before.iter().map(|r| r.1 as u64).sum::<u64>()
+    );
+    for (b, p) in before {
+        assert!(
+            !h.mems().source().inner().regions().any(|r| r.0 == b),
+            "returned run {b:#x} ({p} pages) still mapped"
+        );
+    }
+    assert_eq!(
+        h.slab_families().source().mapped_pages() + h.mems().source().inner().mapped_pages(),
+        h.pages_in_use(),
+        "pages accounted after the release"
+    );
     // Empty: each class keeps at most its one (empty) partial slab; MeMS keeps emptied nodes
     // only while their holes are within the slack.
     assert!(h.slab_families().data_pages() <= NCLASS);
@@ -318,4 +375,54 @@ fn growing_buffer_does_not_pin_nodes() {
         h.dealloc(p, lay(1500, 8));
     }
     assert_eq!(h.stats().bad_frees, 0);
+}
+
+/// The page-return policy on a bzip2-like loop: a freed large buffer is kept and handed out
+/// again to a request of the same size without a call to the source; a request of another
+/// size returns the kept runs first (the heap does not grow beside them); runs unused for
+/// `DECAY_OPS` operations go back; the bound holds.
+#[test]
+fn freed_large_buffers_are_kept_and_reused() {
+    use crate::memvisor::DECAY_OPS;
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    let big = lay(3_600_000, 8);
+    let p = h.alloc(big).expect("alloc");
+    h.dealloc(p, big);
+    let calls = h.mems().source().inner().calls();
+    let kept = h.keep_stats().kept_pages;
+    assert!(kept * PAGE_SIZE >= 3_600_000, "kept {kept} pages");
+    for _ in 0..5 {
+        let q = h.alloc(big).expect("alloc");
+        fill(q.as_ptr(), big.size(), 7);
+        h.dealloc(q, big);
+    }
+    assert_eq!(h.mems().source().inner().calls(), calls, "no source call");
+    assert!(h.keep_stats().reused_runs >= 5);
+    // Another size: the kept run goes back before the heap maps more.
+    let other = lay(1_000_000, 8);
+    let q = h.alloc(other).expect("alloc");
+    assert_eq!(h.keep_stats().kept_pages, 0);
+    assert!(h.keep_stats().returned_pages >= kept as u64);
+    h.dealloc(q, other);
+    assert!(h.keep_stats().kept_pages > 0);
+    // Decay: many small operations later, the next large operation returns it.
+    let small = lay(24, 8);
+    for _ in 0..=DECAY_OPS / 2 {
+        let s = h.alloc(small).expect("alloc");
+        h.dealloc(s, small);
+    }
+    let r = h.alloc(lay(70_000, 8)).expect("alloc");
+    assert_eq!(h.keep_stats().kept_pages, 0, "decayed");
+    h.dealloc(r, lay(70_000, 8));
+    // The bound: many different sizes freed keep at most KEEP_MAX_PAGES.
+    let mut v = std::vec::Vec::new();
+    for i in 0..40 {
+        let l = lay(2_000_000 + i * 8192, 8);
+        v.push((h.alloc(l).expect("alloc"), l));
+    }
+    for (p, l) in v {
+        h.dealloc(p, l);
+        assert!(h.keep_stats().kept_pages <= KEEP_MAX_PAGES);
+    }
+    assert!(h.keep_stats().return_batches >= 3);
 }

@@ -50,6 +50,10 @@ pub trait Heap {
     fn refused(&self) -> usize {
         0
     }
+    /// The page-return policy's counters, for a heap that has one (memvisor).
+    fn keep_stats(&self) -> Option<memvisor_heaps::KeepStats> {
+        None
+    }
 }
 
 /// Allocate, copy, free: the fallback `realloc`.
@@ -224,6 +228,9 @@ impl Heap for MemvisorHeap<GuestPages> {
     }
     fn refused(&self) -> usize {
         self.stats().bad_frees
+    }
+    fn keep_stats(&self) -> Option<memvisor_heaps::KeepStats> {
+        Some(MemvisorHeap::keep_stats(self))
     }
 }
 

@@ -112,6 +112,8 @@ pub struct Outcome {
     pub zero_cycles: u64,
     /// Part of `source_cycles` in hypercall exits.
     pub hc_cycles: u64,
+    /// The page-return policy's counters after the checked pass (memvisor only).
+    pub keep: Option<memvisor_heaps::KeepStats>,
 }
 
 impl Outcome {
@@ -406,6 +408,7 @@ pub fn replay(t: &Trace, heap: usize) -> Option<Outcome> {
             let mut h = mk();
             checked(&mut h, t, &mut out);
             out.refused = h.refused();
+            out.keep = h.keep_stats();
         }
         out.peak_mapped = REPLAY_ACCT.peak_pages() * PAGE;
         out.peak_source = source::pool_stats().host_peak * PAGE;
@@ -452,6 +455,7 @@ pub fn check_only(t: &Trace, heap: usize) -> Option<Outcome> {
             let mut h = mk();
             checked(&mut h, t, &mut out);
             out.refused = h.refused();
+            out.keep = h.keep_stats();
         }
         out.peak_mapped = REPLAY_ACCT.peak_pages() * PAGE;
         out.peak_source = source::pool_stats().host_peak * PAGE;
@@ -488,6 +492,20 @@ pub fn time_once(t: &Trace, heap: usize) -> Option<u64> {
         c
     }
     with_heap!(heap, run, t)
+}
+
+/// The page-return policy's records (`keep_*`) through `rec`.
+pub fn rec_keep(mut rec: impl FnMut(&str, u64), k: &memvisor_heaps::KeepStats) {
+    rec(
+        "keep_bound_pages",
+        memvisor_heaps::memvisor::KEEP_MAX_PAGES as u64,
+    );
+    rec("keep_peak_pages", k.peak_kept_pages as u64);
+    rec("keep_pages_at_end", k.kept_pages as u64);
+    rec("keep_kept_runs", k.kept_runs);
+    rec("keep_reused_runs", k.reused_runs);
+    rec("keep_returned_pages", k.returned_pages);
+    rec("keep_return_batches", k.return_batches);
 }
 
 fn rec(key: &str, v: impl core::fmt::Display) {
@@ -549,6 +567,9 @@ pub extern "C" fn run_user(_: u64) -> u64 {
     rec("refused_frees", o.refused);
     rec("source_exits", o.exits);
     rec("runs", TIMED_RUNS);
+    if let Some(k) = o.keep {
+        rec_keep(rec, &k);
+    }
     rec("source_cycles", o.source_cycles);
     rec("source_zero_cycles", o.zero_cycles);
     rec("source_hc_cycles", o.hc_cycles);

@@ -78,6 +78,9 @@ pub fn run(gva: u64, len: u64, mask: u64, mode: u64) -> u64 {
                 let _ = write!(line, "{} {}", i, what);
                 rec(ti, name, "first_error", line.as_str());
             }
+            if let Some(k) = o.keep {
+                super::replay::rec_keep(|key, v| rec(ti, name, key, v), &k);
+            }
             errors += o.errors;
         }
         // passes[r][slot]: (cycles, exits) of round r on heaps[slot].

@@ -11,6 +11,8 @@
 //!   zeroing a page natively costs far less than an exit), except for `map_pages_dirty`
 //!   (MeMS's data regions), which takes a recycled run as it is; a request takes an exact
 //!   run, or splits the smallest larger one;
+//! * a run too big for the cache is queued for `munmap` and goes to the host with the next
+//!   exit (an `mmap`, a full queue, an eviction or a [`flush`]);
 //! * when the cache is over its budget, its oldest runs are unmapped (adjacent runs merged)
 //!   until it is at a quarter of the budget: `munmap` requests go to the host up to
 //!   [`MAX_PENDING`] per exit, with one TLB
@@ -363,8 +365,9 @@ impl Pool {
             self.evict(CACHE_PAGES / 4);
         }
         if pages > CACHE_PAGES / 2 || self.ncache == CACHE_CAP {
+            // Queued, not sent: it goes with the next exit (an `mmap`, a full queue or a
+            // flush), so a heap returning several runs at once pays one exit.
             self.queue(base, pages);
-            self.send(None);
             return;
         }
         self.cache[self.ncache] = (base, pages);
