@@ -425,7 +425,7 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
             .unwrap_or(f64::NAN)
     };
     let mut f = Vec::new();
-    for size in [16, 64, 256, 1024, 4096] {
+    for size in [16, 64, 256, 1024, 4096, 16384] {
         let target = if size <= 256 { "ratio <= 1.0" } else { "" };
         for kind in ["pair", "batch"] {
             let ns = |h: &str| rec(&r, &format!("heap_{kind}_{h}_{size}"), khz);
@@ -438,15 +438,36 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
                 target,
             ));
         }
-        let ns = |h: &str| rec(&r, &format!("heap_pair_{h}_{size}"), khz);
-        f.push(fig(
-            &format!("heap_pair_memvisor_{size}B"),
-            ns("memvisor"),
-            "ns",
-            "talc",
-            ns("talc"),
-            "",
-        ));
+        // The memvisor heap's mid-size path (issue 13): pair and batch at 1, 4 and 16 KiB
+        // against talc, and the pair against the stronger peers.
+        let mid = if size >= 1024 { "ratio <= 1.0" } else { "" };
+        for kind in ["pair", "batch"] {
+            let ns = |h: &str| rec(&r, &format!("heap_{kind}_{h}_{size}"), khz);
+            if kind == "batch" && size < 1024 {
+                continue;
+            }
+            f.push(fig(
+                &format!("heap_{kind}_memvisor_{size}B"),
+                ns("memvisor"),
+                "ns",
+                "talc",
+                ns("talc"),
+                mid,
+            ));
+        }
+        if size >= 1024 {
+            for peer in ["rlsf", "dlmalloc"] {
+                let ns = |h: &str| rec(&r, &format!("heap_pair_{h}_{size}"), khz);
+                f.push(fig(
+                    &format!("heap_pair_memvisor_{size}B_vs_{peer}"),
+                    ns("memvisor"),
+                    "ns",
+                    peer,
+                    ns(peer),
+                    "",
+                ));
+            }
+        }
     }
     for p in crate::replay::sample_traces() {
         let Some(t) = p.file_stem().map(|s| s.to_string_lossy().into_owned()) else {

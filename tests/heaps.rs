@@ -268,29 +268,62 @@ fn every_sample_trace_replays_on_every_heap() {
     }
 }
 
+/// Traces where the memvisor heap misses an efficiency target of issue 13 (BENCHMARKS.md,
+/// "Replay of every trace", says why): the memvisor efficiency measured when the miss was
+/// recorded, a floor this test keeps. Every other trace must meet every target.
+const KNOWN_EFFICIENCY_MISSES: [(&str, f64); 5] = [
+    ("gcc-cc1", 0.9136),
+    ("nginx", 0.8243),
+    ("perl", 0.8210),
+    ("python-json", 0.9078),
+    ("redis-server", 0.8658),
+];
+
 #[test]
-fn the_memvisor_heap_is_efficient_on_the_sample_traces() {
-    if !common::kvm_or_skip("the_memvisor_heap_is_efficient_on_the_sample_traces") {
+fn the_memvisor_heap_meets_the_efficiency_targets_on_every_trace() {
+    if !common::kvm_or_skip("the_memvisor_heap_meets_the_efficiency_targets_on_every_trace") {
         return;
     }
-    // Efficiency is deterministic (no timing): guard the figures BENCHMARKS.md reports.
-    for (name, min) in [("gcc-cc1", 0.90), ("python-json", 0.90)] {
-        let path = traces()
-            .into_iter()
-            .find(|p| p.file_stem().is_some_and(|s| s == name))
-            .expect("sample trace");
-        let t = replay::load(&path).expect("parses");
-        let id = replay::heap_id("memvisor").expect("memvisor heap");
-        let r = replay::run(&t, id, 512 << 20, Duration::from_secs(120)).expect("VMM runs");
-        let res = ReplayResult::from_report(&t, "memvisor", &r);
-        assert!(res.ok(), "{res:?}");
-        assert!(
-            res.efficiency >= min,
-            "{}: efficiency {} < {min}",
+    // Efficiency is deterministic (no timing): one checked pass of every trace on memvisor
+    // and its peers, in one guest. Targets (issue 13): >= 90 %, >= talc's, and within 3
+    // points of the best of talc, rlsf and dlmalloc.
+    let traces: Vec<replay::Trace> = traces()
+        .iter()
+        .map(|p| replay::load(p).expect("parses"))
+        .collect();
+    let heaps = memvisor::replay_many::heap_list("memvisor,talc,rlsf,dlmalloc").expect("heaps");
+    let r = memvisor::replay_many::run(&traces, &heaps, 1, 512 << 20, Duration::from_secs(900))
+        .expect("VMM runs");
+    let res = memvisor::replay_many::results(&traces, &heaps, &r);
+    assert_eq!(res.len(), traces.len() * 4, "{}", r.console);
+    let mut report = String::new();
+    for t in &traces {
+        let eff = |h: &str| {
+            let x = res
+                .iter()
+                .find(|x| x.trace == t.name && x.heap == h)
+                .expect("result");
+            assert_eq!(x.errors, 0, "{x:?}");
+            x.efficiency
+        };
+        let (ours, talc) = (eff("memvisor"), eff("talc"));
+        let best = talc.max(eff("rlsf")).max(eff("dlmalloc"));
+        let met = ours >= 0.90 && ours >= talc && ours >= best - 0.03;
+        report += &format!(
+            "{}: memvisor {ours:.4}, talc {talc:.4}, best peer {best:.4}: {}\n",
             t.name,
-            res.efficiency
+            if met { "met" } else { "missed" }
         );
+        match KNOWN_EFFICIENCY_MISSES.iter().find(|m| m.0 == t.name) {
+            Some(&(_, floor)) => assert!(
+                ours >= floor,
+                "{}: efficiency {ours} fell below the recorded {floor}",
+                t.name
+            ),
+            None => assert!(met, "{}: an efficiency target is missed\n{report}", t.name),
+        }
     }
+    println!("{report}");
 }
 
 fn memvisor_bin() -> Command {

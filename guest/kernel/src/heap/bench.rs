@@ -1,7 +1,7 @@
 //! In-guest heap figures for `memvisor bench` (scenario `heap-bench`, ring 3, rdtsc):
 //!
 //! * `bench.heap_pair_<heap>_<size>` — cycles of one alloc + free of a `size`-byte object
-//!   (median over batches), sizes 16 … 4096, on every heap;
+//!   (median over batches), sizes 16 … 16384, on every heap;
 //! * `bench.heap_batch_<heap>_<size>` — cycles per operation of 256 allocations then 256
 //!   frees (in allocation order);
 //! * for every trace of the blob the host mapped and every heap:
@@ -23,7 +23,7 @@ const ROUNDS: usize = 6;
 /// The heaps of the replay targets (memvisor, talc, and the stronger peers).
 const TIMED: [&str; 4] = ["memvisor", "talc", "rlsf", "dlmalloc"];
 /// Object sizes of the alloc + free figures.
-pub const SIZES: [usize; 5] = [16, 64, 256, 1024, 4096];
+pub const SIZES: [usize; 6] = [16, 64, 256, 1024, 4096, 16384];
 
 fn rdtsc() -> u64 {
     // SAFETY: rdtsc has no side effects (allowed in ring 3).
