@@ -11,9 +11,11 @@
 //!   batch);
 //! * a request of exactly a kept run's size takes the newest such run (zeroed first if the
 //!   caller asks for zeroed pages): no exit;
-//! * a request no kept run fits returns **every** kept run first, then maps: kept pages are
-//!   never held while the heap grows, so they do not raise the heap's peak footprint (the
-//!   heap also calls [`Keep::release_to`] before it grows its slabs past its high-water mark);
+//! * a request no kept run fits returns at least as many kept pages as it maps (oldest runs
+//!   first; all if fewer are kept), then maps: the pages held never rise while kept pages
+//!   could have made up for the growth, so keeping does not raise the heap's peak footprint
+//!   (the heap also calls [`Keep::release_to`] before it grows its slabs past its
+//!   high-water mark);
 //! * runs unused for [`DECAY_OPS`] heap operations go back ([`Keep::decay`]).
 //!
 //! Returned runs go to the inner source with exactly the base and count it mapped (runs are
@@ -25,7 +27,7 @@ use crate::PageSource;
 use core::ptr::NonNull;
 
 /// Most runs kept.
-pub const KEEP_RUNS: usize = 32;
+pub const KEEP_RUNS: usize = 128;
 /// Most pages kept (32 MiB).
 pub const KEEP_MAX_PAGES: usize = 8192;
 /// Heap operations after which an unused kept run goes back.
@@ -169,8 +171,10 @@ impl<S: PageSource> Keep<S> {
             }
             return NonNull::new(p);
         }
-        // A miss: the heap grows, so nothing stays kept beside the new pages.
-        self.release_oldest(self.n);
+        // A miss: the heap grows by `pages`, so at least as many kept pages go back first
+        // (oldest runs; all of them if fewer are kept): the pages held do not rise while
+        // kept runs could have made up for it.
+        self.release_to(self.stats.kept_pages.saturating_sub(pages));
         if zeroed {
             self.inner.map_pages(pages)
         } else {

@@ -398,7 +398,8 @@ fn freed_large_buffers_are_kept_and_reused() {
     }
     assert_eq!(h.mems().source().inner().calls(), calls, "no source call");
     assert!(h.keep_stats().reused_runs >= 5);
-    // Another size: the kept run goes back before the heap maps more.
+    // Another size: kept pages go back (at least as many as are mapped) before the heap
+    // maps more; here the one kept run.
     let other = lay(1_000_000, 8);
     let q = h.alloc(other).expect("alloc");
     assert_eq!(h.keep_stats().kept_pages, 0);
