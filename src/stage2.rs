@@ -20,6 +20,10 @@ use vm_memory::bitmap::Bitmap;
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
+/// Bytes of the stage-2 test layout mapped for the guest from [`s2::GPA_BASE`] (four regions,
+/// 1 MiB apart).
+pub const STAGE2_LAYOUT: u64 = 4 << 20;
+
 /// One read of the dirty log: GPAs of dirty 4 KiB pages.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct DirtyRead {
@@ -104,10 +108,11 @@ impl Stage2 {
             &mut space.pool,
             Gva(s2::GVA_BASE),
             Gpa(s2::GPA_BASE),
-            4 * (1 << 20),
+            STAGE2_LAYOUT,
             PageSize::Size4K,
             flags,
         )?;
+        space.stage2_ranges.push((s2::GPA_BASE, STAGE2_LAYOUT));
         let ro_ok = kvm.check_extension(Cap::ReadonlyMem);
         let readonly = if ro_ok {
             let r = region(s2::REGION)?;
@@ -147,6 +152,7 @@ impl Stage2 {
                 return Err(SpaceError::Memory(MemoryError::BadSlot { gpa, size: len }));
             }
             let gva = s2::GVA_BASE + (gpa - s2::GPA_BASE);
+            space.stage2_ranges.push((gpa, len));
             if space.pt.translate(&space.ram.mem, Gva(gva)).is_err() {
                 space.ensure_pool(8).map_err(|_| SpaceError::TooSmall {
                     bytes: space.ram.bytes,

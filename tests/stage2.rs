@@ -208,9 +208,20 @@ fn builder_api_runs_with_extra_ranges_and_rejects_bad_ones() {
         .expect("scenario")
         .read_only_range(base + (8 << 20), 0x2000)
         .lazy_range(base + (9 << 20), 0x4000)
+        .check_invariants(true)
         .run()
         .expect("run");
+    // The extra ranges are memory the VMM itself maps: legal for the invariants (issue 14).
+    assert_eq!(r.outcome, "exit", "{}", r.to_text());
     assert_eq!(r.guest_exit_code, Some(0), "{}", r.to_text());
+    let inv = r.invariants.as_ref().expect("invariant summary");
+    assert!(
+        inv.checked_every_batch && inv.violations.is_empty(),
+        "{inv:?}"
+    );
+    let leaves = inv.at_exit.as_ref().expect("check at exit").leaves;
+    // 4 MiB of test layout, 2 read-only and 4 lazy pages.
+    assert_eq!(leaves.stage2_test, 1024 + 2 + 4, "{leaves:?}");
     // A range outside the stage-2 window is refused before the guest runs.
     let err = VmBuilder::new()
         .lazy_range(0x1000, 0x1000)

@@ -131,7 +131,8 @@ pub struct LeafCounts {
     pub stacks: u64,
     /// The doorbell page.
     pub doorbell: u64,
-    /// Pages of the stage-2 test layout ([`memvisor_abi::stage2`]; GPAs above RAM).
+    /// Pages of the stage-2 test layout and extra ranges ([`memvisor_abi::stage2`]; GPAs
+    /// outside RAM, listed in `AddressSpace::stage2_ranges`).
     pub stage2_test: u64,
     /// Leaves in mmap regions.
     pub mmap: u64,

@@ -176,6 +176,11 @@ pub struct AddressSpace {
     /// buffer; its test tables are pool frames), mapped under
     /// [`crate::matrix::tables::AREA`]. Empty in other scenarios.
     pub matrix_frames: Vec<(Pfn, u64)>,
+    /// GPA ranges `(first, bytes)` outside RAM that the VMM maps for the guest at
+    /// `stage2::GVA_BASE + (gpa - stage2::GPA_BASE)` ([`memvisor_abi::stage2`]): the stage-2
+    /// test layout and a test's extra read-only and lazy ranges (`crate::stage2::Stage2::setup`).
+    /// Empty unless the stage-2 regions are set up.
+    pub stage2_ranges: Vec<(u64, u64)>,
     next_region: u64,
 }
 
@@ -369,6 +374,7 @@ impl AddressSpace {
             shadow_stale: false,
             build_options: opts,
             matrix_frames: Vec::new(),
+            stage2_ranges: Vec::new(),
             next_region: 1,
         };
         let mut space = space;
