@@ -104,6 +104,28 @@ fn main_job_json_has_the_documented_keys() {
 }
 
 #[test]
+fn help_lists_every_scenario_with_its_description() {
+    // Issue 14: README said `memvisor --help` lists the scenarios; it did not.
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["scenarios"],
+        &["run", "--scenario", "help"],
+    ] {
+        let out = memvisor(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for (name, _, what) in memvisor::scenario::SCENARIOS {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(name) && l.contains(what)),
+                "{args:?}: no line for {name}:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
 fn text_report_is_readable() {
     if !common::kvm_or_skip("text_report_is_readable") {
         return;
