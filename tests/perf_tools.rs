@@ -52,6 +52,36 @@ fn bench_quick_json_has_every_figure_finite() {
     }
     assert!(v["cpu"].as_str().is_some());
     assert!(v["kvm_backend"].as_str().is_some());
+    // Issue 14: every row says whether its target was met (null: for scale), and `missed`
+    // lists exactly the rows with met = false.
+    let mut missed = Vec::new();
+    for f in figures {
+        let (met, verdict, target) = (&f["met"], f["verdict"].as_str(), f["target"].as_str());
+        match verdict {
+            Some("met") => assert_eq!(met, &serde_json::Value::Bool(true), "{f}"),
+            Some("missed") => {
+                assert_eq!(met, &serde_json::Value::Bool(false), "{f}");
+                missed.push(f["name"].as_str().unwrap_or_default());
+            }
+            Some("for_scale") => {
+                assert!(met.is_null(), "{f}");
+                assert_eq!(target, Some("for scale"), "{f}");
+            }
+            other => panic!("{}: verdict {other:?}", f["name"]),
+        }
+    }
+    let listed: Vec<&str> = v["missed"]
+        .as_array()
+        .expect("missed")
+        .iter()
+        .filter_map(|m| m.as_str())
+        .collect();
+    assert_eq!(listed, missed);
+    // The figures with targets the issue names.
+    for name in ["null_hypercall_ring0", "demand_paging_fault_ring3"] {
+        let f = figures.iter().find(|f| f["name"] == name).expect(name);
+        assert!(f["met"].is_boolean(), "{f}");
+    }
 }
 
 #[test]
