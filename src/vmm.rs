@@ -396,13 +396,16 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
         if let Some((gpa, size, write, value, lazy_backed)) = mmio {
             stage2_total += 1;
             if stage2.len() < STAGE2_LOG_MAX {
-                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                // KVM has not yet completed a read (RIP is the instruction's); it has
+                // completed a write and advanced RIP past it (see `Stage2Fault::rip`).
+                let exit_rip = vcpu.get_regs().ok().map(|r| r.rip);
                 stage2.push(Stage2Fault {
                     gpa,
                     size,
                     write,
                     value: if write { Some(value) } else { None },
-                    rip,
+                    rip: if write { None } else { exit_rip },
+                    exit_rip,
                     lazy_backed,
                 });
             }

@@ -15,8 +15,16 @@ pub struct Stage2Fault {
     pub write: bool,
     /// The written value (writes only).
     pub value: Option<u64>,
-    /// Guest RIP.
-    pub rip: u64,
+    /// The faulting instruction's address, where KVM makes it known, else null. For a
+    /// **read** it is the RIP at the exit: KVM stops at the instruction and completes it (loads
+    /// the data the VMM put in `kvm_run.mmio`, then advances RIP) on the next `KVM_RUN`. For a
+    /// **write** it is null: KVM's instruction emulator completes the write into
+    /// `kvm_run.mmio` and advances RIP *before* the exit, and reports no instruction length
+    /// (KVM API doc, `KVM_EXIT_MMIO`; on PVM every access is emulated this way).
+    pub rip: Option<u64>,
+    /// The guest RIP at the exit (`KVM_GET_REGS`; null if KVM refused): for a read the faulting
+    /// instruction (= `rip`), for a write the instruction after it.
+    pub exit_rip: Option<u64>,
     /// The GPA was in a declared lazy range: the VMM added a memslot and completed the access.
     pub lazy_backed: bool,
 }
