@@ -24,14 +24,17 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 /// 1 MiB apart).
 pub const STAGE2_LAYOUT: u64 = 4 << 20;
 
-/// One read of the dirty log: GPAs of dirty 4 KiB pages.
+/// One read of the dirty log: GPAs of dirty 4 KiB pages (JSON: hex strings).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct DirtyRead {
     /// Pages KVM logged (guest writes).
+    #[serde(serialize_with = "crate::report::hex::hex_vec")]
     pub kvm: Vec<u64>,
     /// Pages the VMM itself wrote (page tables, zeroed frames, hypercall results, boot info).
+    #[serde(serialize_with = "crate::report::hex::hex_vec")]
     pub host: Vec<u64>,
     /// The union, ascending.
+    #[serde(serialize_with = "crate::report::hex::hex_vec")]
     pub merged: Vec<u64>,
 }
 

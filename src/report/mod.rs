@@ -6,6 +6,7 @@
 //! resolved kind`), `stage2` (`gpa size write value rip`), `exits` (counts by reason),
 //! `hypercalls`, `records`, `console`, `timings`, `cpu`.
 
+pub mod hex;
 mod latency;
 mod sections;
 mod text;

@@ -111,11 +111,14 @@ impl Region {
 pub struct FaultRecord {
     /// Exception vector (14 for #PF).
     pub vector: u64,
-    /// Error code (for #PF: P W U RSVD I/D, SDM Vol. 3A §4.7).
+    /// Error code (for #PF: P W U RSVD I/D, SDM Vol. 3A §4.7; JSON: hex string).
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub error_code: u64,
-    /// CR2 (the faulting GVA for #PF).
+    /// CR2 (the faulting GVA for #PF; JSON: hex string).
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub cr2: u64,
-    /// Guest RIP of the faulting instruction.
+    /// Guest RIP of the faulting instruction (JSON: hex string).
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub rip: u64,
     /// Whether the fault was resolved (lazy page backed, or recovered by the guest).
     pub resolved: bool,
