@@ -372,3 +372,91 @@ impl crate::hypercall::VmmCalls for VmmSide<'_> {
         }
     }
 }
+
+/// The start of the instruction that made an MMIO **write** exit, where it can be known. KVM
+/// completes the write and advances RIP before `KVM_EXIT_MMIO` and reports no instruction
+/// length, so this decodes the (at most 15, SDM Vol. 2A §2.3.11) bytes before `regs.rip`
+/// through the guest's page tables: a start counts if the instruction decoded there ends
+/// exactly at `regs.rip` and writes `size` bytes at an address that translates to `gpa` with
+/// the registers at the exit (which a store such as `mov [base+disp], reg` leaves unchanged).
+/// `None` unless exactly one start counts (e.g. for `push` or `stos`, which change their
+/// address registers, or an FS/GS-relative store, whose base is not read).
+pub fn write_instruction(
+    space: &AddressSpace,
+    regs: &kvm_bindings::kvm_regs,
+    gpa: u64,
+    size: u32,
+) -> Option<u64> {
+    use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
+    let end = regs.rip;
+    // The longest run of readable bytes before `end`, up to 15.
+    let bytes = (1..=15u64)
+        .rev()
+        .find_map(|n| space.read_gva(end.checked_sub(n)?, n).ok())?;
+    let mut factory = InstructionInfoFactory::new();
+    let mut found = None;
+    for len in 1..=bytes.len() {
+        let start = end - len as u64;
+        let mut decoder =
+            Decoder::with_ip(64, &bytes[bytes.len() - len..], start, DecoderOptions::NONE);
+        let insn = decoder.decode();
+        if insn.is_invalid() || insn.len() != len {
+            continue;
+        }
+        let next_ip = insn.next_ip();
+        let info = factory.info(&insn);
+        let hit = info.used_memory().iter().any(|m| {
+            matches!(
+                m.access(),
+                OpAccess::Write
+                    | OpAccess::ReadWrite
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadCondWrite
+            ) && m.memory_size().size() == size as usize
+                && m.virtual_address(0, |r, _, _| register(regs, r, next_ip))
+                    .and_then(|va| space.translate_gva(va).ok())
+                    == Some(gpa)
+        });
+        if hit {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(start);
+        }
+    }
+    found
+}
+
+/// A register's value at the exit, for an address computation: general registers (sized),
+/// RIP as the next instruction, the flat ES/CS/SS/DS bases (0 in 64-bit mode); `None` for
+/// anything else (FS/GS bases, vector registers).
+fn register(r: &kvm_bindings::kvm_regs, reg: iced_x86::Register, next_ip: u64) -> Option<u64> {
+    use iced_x86::Register as R;
+    let v = match reg.full_register() {
+        R::RAX => r.rax,
+        R::RBX => r.rbx,
+        R::RCX => r.rcx,
+        R::RDX => r.rdx,
+        R::RSI => r.rsi,
+        R::RDI => r.rdi,
+        R::RBP => r.rbp,
+        R::RSP => r.rsp,
+        R::R8 => r.r8,
+        R::R9 => r.r9,
+        R::R10 => r.r10,
+        R::R11 => r.r11,
+        R::R12 => r.r12,
+        R::R13 => r.r13,
+        R::R14 => r.r14,
+        R::R15 => r.r15,
+        R::RIP => next_ip,
+        R::ES | R::CS | R::SS | R::DS => 0,
+        _ => return None,
+    };
+    Some(match reg.size() {
+        1 => v & 0xff,
+        2 => v & 0xffff,
+        4 => v & 0xffff_ffff,
+        _ => v,
+    })
+}

@@ -84,19 +84,22 @@ fn stage2_faults_slots_and_dirty_log() {
         ]
     );
     // RIP (issue 14): a read's `rip` is its load instruction (KVM completes the read on the
-    // next KVM_RUN); a write's instruction is not known (KVM advanced RIP before the exit):
-    // `rip` is null and `exit_rip` follows a store instruction.
+    // next KVM_RUN); for a write KVM advanced RIP before the exit, and `rip` is the store
+    // instruction decoded back from `exit_rip`.
     for f in &r.stage2 {
         let next = f.exit_rip.expect("KVM_GET_REGS at the exit");
         assert!(next >= memvisor::layout::KERNEL_VIRT_OFFSET, "{f:?}");
+        let rip = f
+            .rip
+            .expect("every access here is a plain mov / cmp: its RIP is known");
         if f.write {
-            assert_eq!(f.rip, None, "{f:?}");
-            assert!(
-                (2..=15).any(|k| is_store(&guest_bytes(next - k, 15))),
-                "no store instruction ends at {next:#x}: {f:?}"
-            );
+            // Decoded back from the exit RIP: a store instruction of at most 15 bytes that
+            // ends there.
+            assert_eq!(f.rip_source, Some("decoded"), "{f:?}");
+            assert!(rip < next && next - rip <= 15, "{f:?}");
+            assert!(is_store(&guest_bytes(rip, 15)), "{f:?}");
         } else {
-            assert_eq!(f.rip, Some(next), "{f:?}");
+            assert_eq!((rip, f.rip_source), (next, Some("exit")), "{f:?}");
             assert!(is_load(&guest_bytes(next, 15)), "{f:?}");
         }
     }
@@ -285,4 +288,68 @@ fn builder_api_runs_with_extra_ranges_and_rejects_bad_ones() {
     );
     assert!(VmBuilder::new().scenario("nope").is_err());
     assert!(VmBuilder::new().mem("12Q").is_err());
+}
+
+/// `stage2::write_instruction` without KVM: code bytes in a guest page, the registers as KVM
+/// leaves them after the write.
+#[test]
+fn write_instructions_are_decoded_back_from_the_exit_rip() {
+    use memvisor::boot::cpuid::Features;
+    use memvisor::space::AddressSpace;
+    use memvisor_abi::{map, prot, zone};
+    let kernel = memvisor::guest_image::GUEST_ELF.to_vec();
+    let features = Features {
+        nx: true,
+        pse: true,
+        ..Default::default()
+    };
+    let mut sp = AddressSpace::build(
+        128 << 20,
+        &kernel,
+        memvisor::frames::ZonePreset::X86_64,
+        features,
+    )
+    .expect("address space");
+    let page = sp
+        .mmap(
+            4096,
+            prot::READ | prot::WRITE | prot::USER,
+            zone::ANY,
+            map::POPULATE,
+        )
+        .expect("mmap");
+    let gpa = sp.translate_gva(page).expect("mapped");
+    // At +0x100: `mov [rbx+8], rax` (48 89 43 08), then at +0x104 `push rax` (50), then at
+    // +0x105 `stosq` (48 ab).
+    sp.write_gva(page + 0x100, &[0x48, 0x89, 0x43, 0x08, 0x50, 0x48, 0xab])
+        .expect("write code");
+    let mut regs = kvm_bindings::kvm_regs {
+        rbx: page + 0x800,
+        rip: page + 0x104,
+        ..Default::default()
+    };
+    let target = gpa + 0x808;
+    let find = memvisor::stage2::write_instruction;
+    assert_eq!(find(&sp, &regs, target, 8), Some(page + 0x100));
+    // KVM's access size picks the instruction: 4 bytes there are `mov [rbx+8], eax` (89 43 08,
+    // the same bytes without REX.W); no store of 2 bytes or to another address ends there.
+    assert_eq!(find(&sp, &regs, target, 4), Some(page + 0x101));
+    assert_eq!(find(&sp, &regs, target, 2), None);
+    assert_eq!(find(&sp, &regs, target + 8, 8), None);
+    // push and stosq changed their address registers (RSP, RDI) before the exit: unknown.
+    regs.rip = page + 0x105;
+    regs.rsp = page + 0x900;
+    assert_eq!(find(&sp, &regs, gpa + 0x900, 8), None);
+    regs.rip = page + 0x107;
+    regs.rdi = page + 0xa08;
+    assert_eq!(find(&sp, &regs, gpa + 0xa00, 8), None);
+    // Ambiguous: `ds: mov [rbx+8], eax` (3e 89 43 08) and its suffix without the prefix are
+    // both 4-byte stores to the target that end at the exit RIP: unknown, not a guess.
+    sp.write_gva(page + 0x110, &[0x3e, 0x89, 0x43, 0x08])
+        .expect("write code");
+    regs.rip = page + 0x114;
+    assert_eq!(find(&sp, &regs, target, 4), None);
+    // RIP at the very start of the mapping with nothing readable before it: unknown.
+    regs.rip = page;
+    assert_eq!(find(&sp, &regs, target, 8), None);
 }

@@ -17,14 +17,19 @@ pub struct Stage2Fault {
     /// The written value (writes only).
     #[serde(serialize_with = "crate::report::hex::hex_opt")]
     pub value: Option<u64>,
-    /// The faulting instruction's address, where KVM makes it known, else null. For a
-    /// **read** it is the RIP at the exit: KVM stops at the instruction and completes it (loads
-    /// the data the VMM put in `kvm_run.mmio`, then advances RIP) on the next `KVM_RUN`. For a
-    /// **write** it is null: KVM's instruction emulator completes the write into
-    /// `kvm_run.mmio` and advances RIP *before* the exit, and reports no instruction length
-    /// (KVM API doc, `KVM_EXIT_MMIO`; on PVM every access is emulated this way).
+    /// The faulting instruction's address, or null where it cannot be known. For a **read**
+    /// it is the RIP at the exit: KVM stops at the instruction and completes it (loads the
+    /// data the VMM put in `kvm_run.mmio`, then advances RIP) on the next `KVM_RUN`. For a
+    /// **write**, KVM's instruction emulator completes the write into `kvm_run.mmio` and
+    /// advances RIP *before* the exit and reports no instruction length (KVM API doc,
+    /// `KVM_EXIT_MMIO`; on PVM every access is emulated this way): the VMM decodes the bytes
+    /// before `exit_rip` ([`crate::stage2::write_instruction`]) and reports the one instruction
+    /// that ends there and writes `size` bytes to `gpa`, else null.
     #[serde(serialize_with = "crate::report::hex::hex_opt")]
     pub rip: Option<u64>,
+    /// How `rip` is known: `exit` (a read: RIP at the exit), `decoded` (a write: decoded
+    /// back from `exit_rip`), or null (unknown).
+    pub rip_source: Option<&'static str>,
     /// The guest RIP at the exit (`KVM_GET_REGS`; null if KVM refused): for a read the faulting
     /// instruction (= `rip`), for a write the instruction after it.
     #[serde(serialize_with = "crate::report::hex::hex_opt")]

@@ -123,6 +123,9 @@ impl Report {
                         .map(|v| format!(" value {v:#x}"))
                         .unwrap_or_default(),
                     match (s.rip, s.exit_rip) {
+                        (Some(r), _) if s.rip_source == Some("decoded") => {
+                            format!("rip {r:#x} (decoded)")
+                        }
                         (Some(r), _) => format!("rip {r:#x}"),
                         (None, Some(n)) => format!("rip unknown (next instruction {n:#x})"),
                         (None, None) => "rip unknown".to_string(),
