@@ -3,7 +3,7 @@
 //! Exit codes: 0 the guest exited 0; 1 the guest failed (non-zero exit, panic, triple fault,
 //! timeout); 2 bad input or the VMM could not start (one line on stderr).
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use memvisor::frames::ZonePreset;
 use memvisor::memory::parse_size;
 use memvisor::report::{set_json_mode, Report};
@@ -35,6 +35,8 @@ enum Cmd {
     /// Replay allocation traces inside the guest on one or more heaps (format:
     /// tests/data/traces/README.md); several traces or heaps make one interleaved table.
     Replay(ReplayArgs),
+    /// List the scenarios `--scenario NAME` accepts, with their one-line descriptions.
+    Scenarios,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -82,7 +84,7 @@ struct RunArgs {
     /// Guest kernel ELF (default: the embedded memvisor guest).
     #[arg(long)]
     kernel: Option<PathBuf>,
-    /// Scenario to run in the guest.
+    /// Scenario to run in the guest (listed below and by `memvisor scenarios`).
     #[arg(long, default_value = "demo")]
     scenario: String,
     /// Wall-clock limit for the guest in seconds [default: 30; 300 for fault-matrix].
@@ -121,7 +123,14 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = match Cli::try_parse() {
+    let scenarios = scenario::help_text();
+    let cmd = Cli::command()
+        .after_help(scenarios.clone())
+        .mut_subcommand("run", |c| c.after_help(scenarios));
+    let cli = match cmd
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -138,6 +147,10 @@ fn main() -> ExitCode {
         Some(Cmd::Run(a)) => a,
         Some(Cmd::Bench(b)) => return bench(b),
         Some(Cmd::Replay(r)) => return replay(r),
+        Some(Cmd::Scenarios) => {
+            print!("{}", scenario::help_text());
+            return ExitCode::SUCCESS;
+        }
         None => cli.run,
     };
     run(args)
@@ -324,6 +337,10 @@ fn run(a: RunArgs) -> ExitCode {
     });
     if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
         return fail("--timeout must be a number of seconds in (0, 86400]");
+    }
+    if a.scenario == "help" {
+        print!("{}", scenario::help_text());
+        return ExitCode::SUCCESS;
     }
     let Some(scenario_nr) = scenario::by_name(&a.scenario) else {
         return fail(format!(

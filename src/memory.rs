@@ -136,11 +136,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub struct Memslot {
     /// KVM slot number.
     pub slot: u32,
-    /// First GPA.
+    /// First GPA (JSON: hex string).
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub gpa: u64,
     /// Size in bytes.
     pub size: u64,
-    /// KVM memslot flags (`KVM_MEM_LOG_DIRTY_PAGES` = 1, `KVM_MEM_READONLY` = 2).
+    /// KVM memslot flags (`KVM_MEM_LOG_DIRTY_PAGES` = 1, `KVM_MEM_READONLY` = 2; JSON: hex
+    /// string).
+    #[serde(serialize_with = "crate::report::hex::hex32")]
     pub flags: u32,
 }
 

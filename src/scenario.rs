@@ -33,3 +33,14 @@ pub fn by_name(name: &str) -> Option<u32> {
 pub fn names() -> String {
     SCENARIOS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
 }
+
+/// The scenarios with their descriptions, one per line (`memvisor --help`, `memvisor
+/// scenarios`).
+pub fn help_text() -> String {
+    let width = SCENARIOS.iter().map(|s| s.0.len()).max().unwrap_or(0);
+    let mut o = String::from("Scenarios (--scenario NAME):\n");
+    for (name, _, what) in SCENARIOS {
+        o += &format!("  {name:<width$}  {what}\n");
+    }
+    o
+}

@@ -20,14 +20,21 @@ use vm_memory::bitmap::Bitmap;
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-/// One read of the dirty log: GPAs of dirty 4 KiB pages.
+/// Bytes of the stage-2 test layout mapped for the guest from [`s2::GPA_BASE`] (four regions,
+/// 1 MiB apart).
+pub const STAGE2_LAYOUT: u64 = 4 << 20;
+
+/// One read of the dirty log: GPAs of dirty 4 KiB pages (JSON: hex strings).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct DirtyRead {
     /// Pages KVM logged (guest writes).
+    #[serde(serialize_with = "crate::report::hex::hex_vec")]
     pub kvm: Vec<u64>,
     /// Pages the VMM itself wrote (page tables, zeroed frames, hypercall results, boot info).
+    #[serde(serialize_with = "crate::report::hex::hex_vec")]
     pub host: Vec<u64>,
     /// The union, ascending.
+    #[serde(serialize_with = "crate::report::hex::hex_vec")]
     pub merged: Vec<u64>,
 }
 
@@ -104,10 +111,11 @@ impl Stage2 {
             &mut space.pool,
             Gva(s2::GVA_BASE),
             Gpa(s2::GPA_BASE),
-            4 * (1 << 20),
+            STAGE2_LAYOUT,
             PageSize::Size4K,
             flags,
         )?;
+        space.stage2_ranges.push((s2::GPA_BASE, STAGE2_LAYOUT));
         let ro_ok = kvm.check_extension(Cap::ReadonlyMem);
         let readonly = if ro_ok {
             let r = region(s2::REGION)?;
@@ -147,6 +155,7 @@ impl Stage2 {
                 return Err(SpaceError::Memory(MemoryError::BadSlot { gpa, size: len }));
             }
             let gva = s2::GVA_BASE + (gpa - s2::GPA_BASE);
+            space.stage2_ranges.push((gpa, len));
             if space.pt.translate(&space.ram.mem, Gva(gva)).is_err() {
                 space.ensure_pool(8).map_err(|_| SpaceError::TooSmall {
                     bytes: space.ram.bytes,
@@ -362,4 +371,92 @@ impl crate::hypercall::VmmCalls for VmmSide<'_> {
             None => Err(Status::NoSys),
         }
     }
+}
+
+/// The start of the instruction that made an MMIO **write** exit, where it can be known. KVM
+/// completes the write and advances RIP before `KVM_EXIT_MMIO` and reports no instruction
+/// length, so this decodes the (at most 15, SDM Vol. 2A §2.3.11) bytes before `regs.rip`
+/// through the guest's page tables: a start counts if the instruction decoded there ends
+/// exactly at `regs.rip` and writes `size` bytes at an address that translates to `gpa` with
+/// the registers at the exit (which a store such as `mov [base+disp], reg` leaves unchanged).
+/// `None` unless exactly one start counts (e.g. for `push` or `stos`, which change their
+/// address registers, or an FS/GS-relative store, whose base is not read).
+pub fn write_instruction(
+    space: &AddressSpace,
+    regs: &kvm_bindings::kvm_regs,
+    gpa: u64,
+    size: u32,
+) -> Option<u64> {
+    use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
+    let end = regs.rip;
+    // The longest run of readable bytes before `end`, up to 15.
+    let bytes = (1..=15u64)
+        .rev()
+        .find_map(|n| space.read_gva(end.checked_sub(n)?, n).ok())?;
+    let mut factory = InstructionInfoFactory::new();
+    let mut found = None;
+    for len in 1..=bytes.len() {
+        let start = end - len as u64;
+        let mut decoder =
+            Decoder::with_ip(64, &bytes[bytes.len() - len..], start, DecoderOptions::NONE);
+        let insn = decoder.decode();
+        if insn.is_invalid() || insn.len() != len {
+            continue;
+        }
+        let next_ip = insn.next_ip();
+        let info = factory.info(&insn);
+        let hit = info.used_memory().iter().any(|m| {
+            matches!(
+                m.access(),
+                OpAccess::Write
+                    | OpAccess::ReadWrite
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadCondWrite
+            ) && m.memory_size().size() == size as usize
+                && m.virtual_address(0, |r, _, _| register(regs, r, next_ip))
+                    .and_then(|va| space.translate_gva(va).ok())
+                    == Some(gpa)
+        });
+        if hit {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(start);
+        }
+    }
+    found
+}
+
+/// A register's value at the exit, for an address computation: general registers (sized),
+/// RIP as the next instruction, the flat ES/CS/SS/DS bases (0 in 64-bit mode); `None` for
+/// anything else (FS/GS bases, vector registers).
+fn register(r: &kvm_bindings::kvm_regs, reg: iced_x86::Register, next_ip: u64) -> Option<u64> {
+    use iced_x86::Register as R;
+    let v = match reg.full_register() {
+        R::RAX => r.rax,
+        R::RBX => r.rbx,
+        R::RCX => r.rcx,
+        R::RDX => r.rdx,
+        R::RSI => r.rsi,
+        R::RDI => r.rdi,
+        R::RBP => r.rbp,
+        R::RSP => r.rsp,
+        R::R8 => r.r8,
+        R::R9 => r.r9,
+        R::R10 => r.r10,
+        R::R11 => r.r11,
+        R::R12 => r.r12,
+        R::R13 => r.r13,
+        R::R14 => r.r14,
+        R::R15 => r.r15,
+        R::RIP => next_ip,
+        R::ES | R::CS | R::SS | R::DS => 0,
+        _ => return None,
+    };
+    Some(match reg.size() {
+        1 => v & 0xff,
+        2 => v & 0xffff,
+        4 => v & 0xffff_ffff,
+        _ => v,
+    })
 }

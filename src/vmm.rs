@@ -396,13 +396,28 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
         if let Some((gpa, size, write, value, lazy_backed)) = mmio {
             stage2_total += 1;
             if stage2.len() < STAGE2_LOG_MAX {
-                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                // KVM has not yet completed a read (RIP is the instruction's); it has
+                // completed a write and advanced RIP past it (see `Stage2Fault::rip`).
+                let regs = vcpu.get_regs().ok();
+                let exit_rip = regs.map(|r| r.rip);
+                let (rip, rip_source) = match (write, regs) {
+                    (false, Some(r)) => (Some(r.rip), Some("exit")),
+                    (true, Some(r)) => {
+                        match crate::stage2::write_instruction(&space, &r, gpa, size) {
+                            Some(start) => (Some(start), Some("decoded")),
+                            None => (None, None),
+                        }
+                    }
+                    (_, None) => (None, None),
+                };
                 stage2.push(Stage2Fault {
                     gpa,
                     size,
                     write,
                     value: if write { Some(value) } else { None },
                     rip,
+                    rip_source,
+                    exit_rip,
                     lazy_backed,
                 });
             }

@@ -101,6 +101,52 @@ fn main_job_json_has_the_documented_keys() {
         assert!(f.get(k).is_some(), "fault lacks {k}");
     }
     assert!(v["exits"]["doorbell"].as_u64().unwrap_or(0) > 0);
+    // Issue 14: addresses are lossless hex strings, the same everywhere (a JSON number above
+    // 2^53 reads back rounded in jq and JavaScript).
+    let hex = |x: &serde_json::Value| -> u64 {
+        let s = x
+            .as_str()
+            .unwrap_or_else(|| panic!("{x} is not a hex string"));
+        let digits = s
+            .strip_prefix("0x")
+            .unwrap_or_else(|| panic!("{s} lacks 0x"));
+        u64::from_str_radix(digits, 16).unwrap_or_else(|e| panic!("{s}: {e}"))
+    };
+    let faults = v["faults"].as_array().expect("faults");
+    assert_eq!(faults.len(), 10);
+    for f in faults {
+        let rip = hex(&f["rip"]);
+        // Kernel text, above 2^53: where a JSON number would lose bits.
+        assert!(rip >= memvisor::layout::KERNEL_VIRT_OFFSET, "{f}");
+        assert_eq!(f["rip"], format!("{rip:#x}"));
+        hex(&f["cr2"]);
+        hex(&f["error_code"]);
+    }
+    assert_eq!(hex(&v["memslots"][0]["gpa"]), 0);
+    assert_eq!(hex(&v["zones"][0]["end"]), 16 << 20);
+    hex(&v["page_tables"]["cr3"]);
+}
+
+#[test]
+fn help_lists_every_scenario_with_its_description() {
+    // Issue 14: README said `memvisor --help` lists the scenarios; it did not.
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["scenarios"],
+        &["run", "--scenario", "help"],
+    ] {
+        let out = memvisor(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for (name, _, what) in memvisor::scenario::SCENARIOS {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(name) && l.contains(what)),
+                "{args:?}: no line for {name}:\n{text}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -6,6 +6,16 @@ use memvisor::layout::{MMAP_WINDOW_START, MMIO_HOLE_END, MMIO_HOLE_START};
 
 const PAGE: u64 = 4096;
 
+/// The address of `name` in the embedded guest's symbol table.
+fn guest_symbol(name: &str) -> u64 {
+    use object::{Object, ObjectSymbol};
+    let elf = object::File::parse(memvisor::guest_image::GUEST_ELF).expect("guest ELF");
+    elf.symbols()
+        .find(|s| s.name() == Ok(name))
+        .map(|s| s.address())
+        .unwrap_or_else(|| panic!("no symbol {name} in the guest"))
+}
+
 #[test]
 fn demo_boots_faults_and_exits_zero() {
     if !common::kvm_or_skip("demo_boots_faults_and_exits_zero") {
@@ -39,6 +49,17 @@ fn demo_boots_faults_and_exits_zero() {
     );
     // User read after munmap: not present, read, U.
     assert_eq!((reported[1].error_code, reported[1].cr2), (0x4, pop));
+    // Both at the faulting instruction (issue 14: the read after munmap, caught by a probe on
+    // the #PF fast path, was reported at RIP 0): the write in the demo's text, the read at the
+    // probe's load instruction.
+    assert!(reported[0].rip >= memvisor::layout::KERNEL_VIRT_OFFSET);
+    assert_eq!(
+        reported[1].rip,
+        guest_symbol("probe_read_u8"),
+        "{:?}",
+        reported[1]
+    );
+    assert!(r.faults.iter().all(|f| f.rip != 0), "{:?}", r.faults);
     // Reducing rights of a touched page (mprotect RO) and unmapping touched pages (the
     // populated and the lazy region) made the VMM flush KVM's shadow page tables; unmapping
     // the never-touched DMA page did not (its PTE has A=0, so no shadow entry can exist).

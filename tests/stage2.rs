@@ -14,6 +14,45 @@ fn rec(r: &memvisor::report::Report, key: &str) -> Option<u64> {
         .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
 }
 
+/// `n` bytes of the embedded guest's image at virtual address `va` (from its ELF segments).
+fn guest_bytes(va: u64, n: u64) -> Vec<u8> {
+    use object::{Object, ObjectSegment};
+    let elf = object::File::parse(memvisor::guest_image::GUEST_ELF).expect("guest ELF");
+    for seg in elf.segments() {
+        let (start, data) = (seg.address(), seg.data().unwrap_or(&[]));
+        if va >= start && va + n <= start + data.len() as u64 {
+            let off = (va - start) as usize;
+            return data[off..off + n as usize].to_vec();
+        }
+    }
+    panic!("{va:#x} is not in the guest image");
+}
+
+/// Skip operand-size and REX prefixes.
+fn opcode(b: &[u8]) -> &[u8] {
+    let mut i = 0;
+    while i < b.len() && (b[i] == 0x66 || (0x40..=0x4f).contains(&b[i])) {
+        i += 1;
+    }
+    &b[i..]
+}
+
+/// An instruction that reads a memory operand (ModRM with mod != 3): `mov r, r/m`, `cmp`,
+/// `test`, group-1 arithmetic with an immediate, `movzx`.
+fn is_load(b: &[u8]) -> bool {
+    let mem = |modrm: u8| modrm >> 6 != 3;
+    match opcode(b) {
+        [0x8a | 0x8b | 0x38..=0x3b | 0x80 | 0x81 | 0x83 | 0x84 | 0x85, modrm, ..] => mem(*modrm),
+        [0x0f, 0xb6 | 0xb7, modrm, ..] => mem(*modrm),
+        _ => false,
+    }
+}
+
+/// `mov r/m, r` or `mov r/m, imm` (a store) whose ModRM names memory (mod != 3).
+fn is_store(b: &[u8]) -> bool {
+    matches!(opcode(b), [0x88 | 0x89 | 0xc6 | 0xc7, modrm, ..] if modrm >> 6 != 3)
+}
+
 #[test]
 fn stage2_faults_slots_and_dirty_log() {
     if !common::kvm_or_skip("stage2_faults_slots_and_dirty_log") {
@@ -44,10 +83,26 @@ fn stage2_faults_slots_and_dirty_log() {
             (u + 0x80, 8, true, Some(0x0102_0304_0506_0708)),
         ]
     );
-    assert!(r
-        .stage2
-        .iter()
-        .all(|f| f.rip >= memvisor::layout::KERNEL_VIRT_OFFSET));
+    // RIP (issue 14): a read's `rip` is its load instruction (KVM completes the read on the
+    // next KVM_RUN); for a write KVM advanced RIP before the exit, and `rip` is the store
+    // instruction decoded back from `exit_rip`.
+    for f in &r.stage2 {
+        let next = f.exit_rip.expect("KVM_GET_REGS at the exit");
+        assert!(next >= memvisor::layout::KERNEL_VIRT_OFFSET, "{f:?}");
+        let rip = f
+            .rip
+            .expect("every access here is a plain mov / cmp: its RIP is known");
+        if f.write {
+            // Decoded back from the exit RIP: a store instruction of at most 15 bytes that
+            // ends there.
+            assert_eq!(f.rip_source, Some("decoded"), "{f:?}");
+            assert!(rip < next && next - rip <= 15, "{f:?}");
+            assert!(is_store(&guest_bytes(rip, 15)), "{f:?}");
+        } else {
+            assert_eq!((rip, f.rip_source), (next, Some("exit")), "{f:?}");
+            assert!(is_load(&guest_bytes(next, 15)), "{f:?}");
+        }
+    }
 
     // Read-only slot: only the write exits, with its value.
     let ro: Vec<_> = r
@@ -208,9 +263,20 @@ fn builder_api_runs_with_extra_ranges_and_rejects_bad_ones() {
         .expect("scenario")
         .read_only_range(base + (8 << 20), 0x2000)
         .lazy_range(base + (9 << 20), 0x4000)
+        .check_invariants(true)
         .run()
         .expect("run");
+    // The extra ranges are memory the VMM itself maps: legal for the invariants (issue 14).
+    assert_eq!(r.outcome, "exit", "{}", r.to_text());
     assert_eq!(r.guest_exit_code, Some(0), "{}", r.to_text());
+    let inv = r.invariants.as_ref().expect("invariant summary");
+    assert!(
+        inv.checked_every_batch && inv.violations.is_empty(),
+        "{inv:?}"
+    );
+    let leaves = inv.at_exit.as_ref().expect("check at exit").leaves;
+    // 4 MiB of test layout, 2 read-only and 4 lazy pages.
+    assert_eq!(leaves.stage2_test, 1024 + 2 + 4, "{leaves:?}");
     // A range outside the stage-2 window is refused before the guest runs.
     let err = VmBuilder::new()
         .lazy_range(0x1000, 0x1000)
@@ -222,4 +288,68 @@ fn builder_api_runs_with_extra_ranges_and_rejects_bad_ones() {
     );
     assert!(VmBuilder::new().scenario("nope").is_err());
     assert!(VmBuilder::new().mem("12Q").is_err());
+}
+
+/// `stage2::write_instruction` without KVM: code bytes in a guest page, the registers as KVM
+/// leaves them after the write.
+#[test]
+fn write_instructions_are_decoded_back_from_the_exit_rip() {
+    use memvisor::boot::cpuid::Features;
+    use memvisor::space::AddressSpace;
+    use memvisor_abi::{map, prot, zone};
+    let kernel = memvisor::guest_image::GUEST_ELF.to_vec();
+    let features = Features {
+        nx: true,
+        pse: true,
+        ..Default::default()
+    };
+    let mut sp = AddressSpace::build(
+        128 << 20,
+        &kernel,
+        memvisor::frames::ZonePreset::X86_64,
+        features,
+    )
+    .expect("address space");
+    let page = sp
+        .mmap(
+            4096,
+            prot::READ | prot::WRITE | prot::USER,
+            zone::ANY,
+            map::POPULATE,
+        )
+        .expect("mmap");
+    let gpa = sp.translate_gva(page).expect("mapped");
+    // At +0x100: `mov [rbx+8], rax` (48 89 43 08), then at +0x104 `push rax` (50), then at
+    // +0x105 `stosq` (48 ab).
+    sp.write_gva(page + 0x100, &[0x48, 0x89, 0x43, 0x08, 0x50, 0x48, 0xab])
+        .expect("write code");
+    let mut regs = kvm_bindings::kvm_regs {
+        rbx: page + 0x800,
+        rip: page + 0x104,
+        ..Default::default()
+    };
+    let target = gpa + 0x808;
+    let find = memvisor::stage2::write_instruction;
+    assert_eq!(find(&sp, &regs, target, 8), Some(page + 0x100));
+    // KVM's access size picks the instruction: 4 bytes there are `mov [rbx+8], eax` (89 43 08,
+    // the same bytes without REX.W); no store of 2 bytes or to another address ends there.
+    assert_eq!(find(&sp, &regs, target, 4), Some(page + 0x101));
+    assert_eq!(find(&sp, &regs, target, 2), None);
+    assert_eq!(find(&sp, &regs, target + 8, 8), None);
+    // push and stosq changed their address registers (RSP, RDI) before the exit: unknown.
+    regs.rip = page + 0x105;
+    regs.rsp = page + 0x900;
+    assert_eq!(find(&sp, &regs, gpa + 0x900, 8), None);
+    regs.rip = page + 0x107;
+    regs.rdi = page + 0xa08;
+    assert_eq!(find(&sp, &regs, gpa + 0xa00, 8), None);
+    // Ambiguous: `ds: mov [rbx+8], eax` (3e 89 43 08) and its suffix without the prefix are
+    // both 4-byte stores to the target that end at the exit RIP: unknown, not a guess.
+    sp.write_gva(page + 0x110, &[0x3e, 0x89, 0x43, 0x08])
+        .expect("write code");
+    regs.rip = page + 0x114;
+    assert_eq!(find(&sp, &regs, target, 4), None);
+    // RIP at the very start of the mapping with nothing readable before it: unknown.
+    regs.rip = page;
+    assert_eq!(find(&sp, &regs, target, 8), None);
 }

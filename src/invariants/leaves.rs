@@ -17,8 +17,6 @@ use crate::space::AddressSpace;
 use memvisor_abi::{stage2 as s2, DOORBELL_GPA, DOORBELL_GVA};
 use std::collections::{BTreeMap, HashMap};
 
-/// Bytes of the stage-2 test layout the host may map outside RAM (four regions, 1 MiB apart).
-const STAGE2_SPAN: u64 = 4 << 20;
 /// The blob area: the PML4 slot of [`crate::layout::BLOB_GVA`].
 pub(super) const BLOB_AREA: core::ops::Range<u64> = BLOB_GVA..BLOB_GVA + (1 << 39);
 
@@ -146,8 +144,14 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
         }
         let area = if gva == DOORBELL_GVA && size == PAGE_SIZE {
             Area::Doorbell
-        } else if (s2::GVA_BASE..s2::GVA_BASE + STAGE2_SPAN).contains(&gva)
-            && gpa == s2::GPA_BASE + (gva - s2::GVA_BASE)
+        } else if gva >= s2::GVA_BASE
+            && gpa.checked_sub(s2::GPA_BASE) == Some(gva - s2::GVA_BASE)
+            && space.stage2_ranges.iter().any(|&(s, n)| {
+                gpa >= s
+                    && gpa
+                        .checked_add(size)
+                        .is_some_and(|e| e <= s.saturating_add(n))
+            })
             && !space.ram.contains(gpa, size)
         {
             Area::Stage2Test

@@ -19,7 +19,8 @@
 //! * **Leaves**: every leaf lies in a known area (direct map at its identity offset, kernel
 //!   image, stacks, an mmap region with that region's protection) and inside guest RAM, except
 //!   the documented doorbell page ([`memvisor_abi::DOORBELL_GPA`]) and the pages of the
-//!   stage-2 test layout ([`memvisor_abi::stage2`], identity-offset GPAs above RAM).
+//!   stage-2 test layout and a test's extra read-only and lazy ranges
+//!   ([`AddressSpace::stage2_ranges`], identity-offset GPAs outside RAM).
 //! * **Regions and the mmap window**: regions are page aligned, disjoint with their guard
 //!   pages, inside the window; populated regions are fully mapped; the window's free extents
 //!   and the regions (with guards) partition the window exactly (no GVA leak).
@@ -44,6 +45,8 @@ mod leaves;
 mod regions;
 mod summary;
 mod teardown;
+#[cfg(test)]
+mod tests;
 
 pub use summary::{
     FrameCounts, FrameState, InvariantReport, InvariantSummary, LeafCounts, Leak, TeardownReport,

@@ -6,7 +6,7 @@ use crate::paging::PteFlags;
 use serde::Serialize;
 use std::fmt;
 
-/// One broken invariant: what, and the frame / GVA / PTE concerned.
+/// One broken invariant: what, and the frame / GVA / PTE concerned (JSON: hex strings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
     /// Which invariant (`frame_double_owner`, `frame_unowned`, `frame_state`, `zone_count`,
@@ -16,12 +16,16 @@ pub struct Violation {
     /// `mapped_counter`, `walk`, `teardown`, ...).
     pub kind: &'static str,
     /// The frame (PFN) concerned, if any.
+    #[serde(serialize_with = "crate::report::hex::hex_opt")]
     pub frame: Option<u64>,
     /// The GVA concerned, if any.
+    #[serde(serialize_with = "crate::report::hex::hex_opt")]
     pub gva: Option<u64>,
     /// The raw leaf PTE that maps `gva`, if any.
+    #[serde(serialize_with = "crate::report::hex::hex_opt")]
     pub pte: Option<u64>,
-    /// The table frame (PFN) and index holding that PTE.
+    /// The table frame (PFN) and index holding that PTE (JSON: `["0x…", index]`).
+    #[serde(serialize_with = "crate::report::hex::hex_table_index")]
     pub pte_at: Option<(u64, u16)>,
     /// Explanation.
     pub detail: String,
@@ -131,7 +135,8 @@ pub struct LeafCounts {
     pub stacks: u64,
     /// The doorbell page.
     pub doorbell: u64,
-    /// Pages of the stage-2 test layout ([`memvisor_abi::stage2`]; GPAs above RAM).
+    /// Pages of the stage-2 test layout and extra ranges ([`memvisor_abi::stage2`]; GPAs
+    /// outside RAM, listed in `AddressSpace::stage2_ranges`).
     pub stage2_test: u64,
     /// Leaves in mmap regions.
     pub mmap: u64,
@@ -145,12 +150,15 @@ pub struct Leak {
     /// The owner region's id.
     pub region: u64,
     /// Its first GVA.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub start: u64,
     /// One past its last GVA.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub end: u64,
     /// Frames mapped for it.
     pub frames: u64,
     /// The first [`LEAK_FRAMES_LISTED`](super::LEAK_FRAMES_LISTED) of them (PFNs).
+    #[serde(serialize_with = "crate::report::hex::hex_vec")]
     pub pfns: Vec<u64>,
 }
 

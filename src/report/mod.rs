@@ -3,9 +3,12 @@
 //! JSON keys (stable; tests and users assert on them): `outcome`, `guest_exit_code`,
 //! `memslots` (`slot gpa size flags`), `e820` (`start size type`), `zones` (`name start end
 //! present_frames free_frames ...`), `page_tables`, `faults` (`vector error_code cr2 rip
-//! resolved kind`), `stage2` (`gpa size write value rip`), `exits` (counts by reason),
-//! `hypercalls`, `records`, `console`, `timings`, `cpu`.
+//! resolved kind`), `stage2` (`gpa size write value rip rip_source exit_rip lazy_backed`),
+//! `exits` (counts by reason), `hypercalls`, `records`, `console`, `timings`, `cpu`. 64-bit
+//! addresses and bit patterns are hex strings ([`hex`]); the whole shape is
+//! `docs/report.schema.json`.
 
+pub mod hex;
 mod latency;
 mod sections;
 mod text;

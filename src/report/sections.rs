@@ -8,39 +8,65 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Stage2Fault {
     /// The GPA accessed.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub gpa: u64,
     /// Access size in bytes.
     pub size: u32,
     /// True for a write.
     pub write: bool,
     /// The written value (writes only).
+    #[serde(serialize_with = "crate::report::hex::hex_opt")]
     pub value: Option<u64>,
-    /// Guest RIP.
-    pub rip: u64,
+    /// The faulting instruction's address, or null where it cannot be known. For a **read**
+    /// it is the RIP at the exit: KVM stops at the instruction and completes it (loads the
+    /// data the VMM put in `kvm_run.mmio`, then advances RIP) on the next `KVM_RUN`. For a
+    /// **write**, KVM's instruction emulator completes the write into `kvm_run.mmio` and
+    /// advances RIP *before* the exit and reports no instruction length (KVM API doc,
+    /// `KVM_EXIT_MMIO`; on PVM every access is emulated this way): the VMM decodes the bytes
+    /// before `exit_rip` ([`crate::stage2::write_instruction`]) and reports the one instruction
+    /// that ends there and writes `size` bytes to `gpa`, else null.
+    #[serde(serialize_with = "crate::report::hex::hex_opt")]
+    pub rip: Option<u64>,
+    /// How `rip` is known: `exit` (a read: RIP at the exit), `decoded` (a write: decoded
+    /// back from `exit_rip`), or null (unknown).
+    pub rip_source: Option<&'static str>,
+    /// The guest RIP at the exit (`KVM_GET_REGS`; null if KVM refused): for a read the faulting
+    /// instruction (= `rip`), for a write the instruction after it.
+    #[serde(serialize_with = "crate::report::hex::hex_opt")]
+    pub exit_rip: Option<u64>,
     /// The GPA was in a declared lazy range: the VMM added a memslot and completed the access.
     pub lazy_backed: bool,
 }
 
-/// vCPU registers at a crash.
+/// vCPU registers at a crash (JSON: hex strings).
 #[derive(Debug, Clone, Copy, Serialize, Default)]
 pub struct Registers {
     /// RIP.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub rip: u64,
     /// RSP.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub rsp: u64,
     /// RFLAGS.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub rflags: u64,
     /// RAX.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub rax: u64,
     /// CR0.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub cr0: u64,
     /// CR2.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub cr2: u64,
     /// CR3.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub cr3: u64,
     /// CR4.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub cr4: u64,
     /// EFER.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub efer: u64,
 }
 
@@ -85,6 +111,7 @@ pub struct Timings {
 #[derive(Debug, Clone, Serialize)]
 pub struct E820Json {
     /// First GPA.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub start: u64,
     /// Bytes.
     pub size: u64,
@@ -99,8 +126,10 @@ pub struct ZoneJson {
     /// DMA, DMA32, Normal, HighMem.
     pub name: &'static str,
     /// First GPA of the zone's span.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub start: u64,
     /// One past the last GPA of the span.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub end: u64,
     /// Frames of RAM in the span.
     pub present_frames: u64,
@@ -122,6 +151,7 @@ pub struct ZoneJson {
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct PageTablesJson {
     /// GPA of the PML4.
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub cr3: u64,
     /// Table frames in use.
     pub table_frames: u64,
@@ -134,6 +164,7 @@ pub struct PageTablesJson {
     /// 2 MiB pool chunks.
     pub pool_chunks: u64,
     /// First GPA of each pool chunk (every page-table frame lies in one of these 2 MiB runs).
+    #[serde(serialize_with = "crate::report::hex::hex_vec")]
     pub pool_chunk_gpas: Vec<u64>,
     /// Leaf mappings by size.
     pub mappings_4k: u64,

@@ -115,14 +115,21 @@ impl Report {
             for s in &self.stage2 {
                 let _ = writeln!(
                     o,
-                    "  gpa {:#014x}  {} bytes  {}{}  rip {:#x}{}",
+                    "  gpa {:#014x}  {} bytes  {}{}  {}{}",
                     s.gpa,
                     s.size,
                     if s.write { "write" } else { "read" },
                     s.value
                         .map(|v| format!(" value {v:#x}"))
                         .unwrap_or_default(),
-                    s.rip,
+                    match (s.rip, s.exit_rip) {
+                        (Some(r), _) if s.rip_source == Some("decoded") => {
+                            format!("rip {r:#x} (decoded)")
+                        }
+                        (Some(r), _) => format!("rip {r:#x}"),
+                        (None, Some(n)) => format!("rip unknown (next instruction {n:#x})"),
+                        (None, None) => "rip unknown".to_string(),
+                    },
                     if s.lazy_backed {
                         "  (lazy: memslot added, access completed)"
                     } else {

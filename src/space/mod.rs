@@ -111,11 +111,14 @@ impl Region {
 pub struct FaultRecord {
     /// Exception vector (14 for #PF).
     pub vector: u64,
-    /// Error code (for #PF: P W U RSVD I/D, SDM Vol. 3A §4.7).
+    /// Error code (for #PF: P W U RSVD I/D, SDM Vol. 3A §4.7; JSON: hex string).
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub error_code: u64,
-    /// CR2 (the faulting GVA for #PF).
+    /// CR2 (the faulting GVA for #PF; JSON: hex string).
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub cr2: u64,
-    /// Guest RIP of the faulting instruction.
+    /// Guest RIP of the faulting instruction (JSON: hex string).
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub rip: u64,
     /// Whether the fault was resolved (lazy page backed, or recovered by the guest).
     pub resolved: bool,
@@ -176,6 +179,11 @@ pub struct AddressSpace {
     /// buffer; its test tables are pool frames), mapped under
     /// [`crate::matrix::tables::AREA`]. Empty in other scenarios.
     pub matrix_frames: Vec<(Pfn, u64)>,
+    /// GPA ranges `(first, bytes)` outside RAM that the VMM maps for the guest at
+    /// `stage2::GVA_BASE + (gpa - stage2::GPA_BASE)` ([`memvisor_abi::stage2`]): the stage-2
+    /// test layout and a test's extra read-only and lazy ranges (`crate::stage2::Stage2::setup`).
+    /// Empty unless the stage-2 regions are set up.
+    pub stage2_ranges: Vec<(u64, u64)>,
     next_region: u64,
 }
 
@@ -369,6 +377,7 @@ impl AddressSpace {
             shadow_stale: false,
             build_options: opts,
             matrix_frames: Vec::new(),
+            stage2_ranges: Vec::new(),
             next_region: 1,
         };
         let mut space = space;

@@ -39,9 +39,9 @@ core::arch::global_asm!(
     "    .quad 1b, 2b",
     "    .quad 3b, 4b",
     ".popsection",
-    // PF_PROBE_CHECK: saves rax and rdx; if a probe faulted, resumes it after its 3-byte
-    // instruction with rax = FAULTED | error code; otherwise jumps to `other` with rax and rdx
-    // still pushed.
+    // PF_PROBE_CHECK: saves rax and rdx; if a probe faulted, records its RIP and CR2
+    // (`LAST_RIP`, `LAST_CR2`) and resumes it after its 3-byte instruction with rax = FAULTED |
+    // error code; otherwise jumps to `other` with rax and rdx still pushed.
     ".macro PF_PROBE_CHECK other",
     "    push rax",
     "    push rdx",
@@ -50,6 +50,8 @@ core::arch::global_asm!(
     "    sub rax, rdx",
     "    cmp rax, 64",
     "    jae \\other",
+    "    mov rdx, [rsp + 24]",
+    "    mov [rip + {last_rip}], rdx",
     "    add qword ptr [rsp + 24], 3",
     "    mov rdx, cr2",
     "    mov [rip + {last_cr2}], rdx",
@@ -87,6 +89,7 @@ core::arch::global_asm!(
     "    pop rax",
     "    jmp isr_stub_14",
     last_cr2 = sym LAST_CR2,
+    last_rip = sym LAST_RIP,
     assist_port = const memvisor_abi::PORT_PF_ASSIST,
 );
 
@@ -108,9 +111,11 @@ pub enum Probe {
 
 #[no_mangle]
 static LAST_CR2: AtomicU64 = AtomicU64::new(0);
+#[no_mangle]
 static LAST_RIP: AtomicU64 = AtomicU64::new(0);
 
-/// RIP of the last faulting probe instruction.
+/// RIP of the last faulting probe instruction (set by both #PF paths: the assembly fast path
+/// and the Rust one).
 pub fn last_rip() -> u64 {
     LAST_RIP.load(Ordering::Relaxed)
 }

@@ -14,7 +14,10 @@ use crate::vmm::{self, VmConfig, VmmError};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
+pub use target::{Target, Verdict};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+mod target;
 
 /// One figure of the table.
 #[derive(Debug, Clone, Serialize)]
@@ -31,8 +34,12 @@ pub struct Figure {
     pub peer_value: f64,
     /// value / peer_value.
     pub ratio: f64,
-    /// The target, as text (empty if none).
-    pub target: &'static str,
+    /// The target as text (`for scale` if none).
+    pub target: String,
+    /// Whether the target was met: true, false, or null for a row that is for scale.
+    pub met: Option<bool>,
+    /// The row's verdict (`met`, `missed`, `for_scale`).
+    pub verdict: Verdict,
 }
 
 fn fig(
@@ -41,20 +48,24 @@ fn fig(
     unit: &'static str,
     peer: &str,
     peer_value: f64,
-    target: &'static str,
+    target: Target,
 ) -> Figure {
+    let ratio = if peer_value != 0.0 {
+        value / peer_value
+    } else {
+        f64::NAN
+    };
+    let verdict = target.verdict(value, ratio);
     Figure {
         name: name.into(),
         value,
         unit,
         peer: peer.into(),
         peer_value,
-        ratio: if peer_value != 0.0 {
-            value / peer_value
-        } else {
-            f64::NAN
-        },
-        target,
+        ratio,
+        target: target.text(unit),
+        met: verdict.met(),
+        verdict,
     }
 }
 
@@ -71,6 +82,8 @@ pub struct BenchResult {
     pub quick: bool,
     /// The figures.
     pub figures: Vec<Figure>,
+    /// Names of the figures whose target was missed (see each figure's `met`).
+    pub missed: Vec<String>,
 }
 
 /// Median over `batches` of the mean duration of `per` calls of `f`, in ns.
@@ -285,7 +298,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "ns",
         "bare_exit_ring3 (write to the null doorbell)",
         r3_exit,
-        "<= 1.10",
+        Target::RatioMax(1.10),
     ));
     f.push(fig(
         "null_hypercall_ring0",
@@ -293,7 +306,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "ns",
         "bare_exit_ring0 (out to the null port)",
         r0_exit,
-        "<= 1.10",
+        Target::RatioMax(1.10),
     ));
     f.push(fig(
         "guest_handled_pf_ring3",
@@ -301,7 +314,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "ns",
         "bare_exit_ring3",
         r3_exit,
-        "",
+        Target::Scale,
     ));
     f.push(fig(
         "demand_paging_fault_ring3",
@@ -309,7 +322,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "ns",
         "bare_exit_ring3",
         r3_exit,
-        "<= 1.5",
+        Target::RatioMax(1.5),
     ));
     f.push(fig(
         "first_touch_populated_ring3",
@@ -317,7 +330,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "ns",
         "bare_exit_ring3",
         r3_exit,
-        "for scale",
+        Target::Scale,
     ));
     let minor = host_minor_fault_ns(if quick { 256 } else { 4096 });
     f.push(fig(
@@ -326,7 +339,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "ns",
         "bare_exit_ring3",
         r3_exit,
-        "for scale",
+        Target::Scale,
     ));
     let per_page = |n: &str| {
         let ns = g(n);
@@ -344,7 +357,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
             "pages/s",
             "mmap_munmap_1_pages_per_call",
             one,
-            "grows with batch size",
+            Target::RatioMin(1.0),
         ));
     }
     let reps = if quick { 5 } else { 31 };
@@ -355,7 +368,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "ns/entry",
         "memset of the same PTE bytes",
         ms2m,
-        "<= 2.0",
+        Target::RatioMax(2.0),
     ));
     let (pt4k, ms4k) = pt_build(1 << 30, PageSize::Size4K, reps);
     f.push(fig(
@@ -364,7 +377,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "ns/entry",
         "memset of the same PTE bytes",
         ms4k,
-        "<= 2.0",
+        Target::RatioMax(2.0),
     ));
     f.push(fig(
         "pt_build_64GiB_direct_map_2M_total",
@@ -372,7 +385,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "us",
         "memset of the same PTE bytes",
         ms2m * 32768.0 / 1000.0,
-        "<= 1000 us",
+        Target::ValueMax(1000.0),
     ));
     let boot = boot_figures(if quick { 3 } else { 15 })?;
     f.push(fig(
@@ -381,7 +394,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "us",
         "kvm_memslot_registration_256MiB",
         boot.1,
-        "<= 5000 us",
+        Target::ValueMax(5000.0),
     ));
     let (slot_gib, setup_gib) = memslot_per_gib(quick)?;
     f.push(fig(
@@ -390,7 +403,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "us",
         "vmm_setup_per_GiB (4 GiB guest)",
         setup_gib,
-        "",
+        Target::Scale,
     ));
     let (ours, buddy) = frames_pair();
     f.push(fig(
@@ -399,7 +412,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         "ns",
         "buddy_system_allocator::FrameAllocator",
         buddy,
-        "<= 25 ns, ratio <= 0.33",
+        Target::ValueAndRatioMax(25.0, 0.33),
     ));
     f.extend(heap_figures(quick)?);
     Ok(BenchResult {
@@ -407,6 +420,11 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         kvm_backend: kvm_backend(),
         tsc_khz: khz,
         quick,
+        missed: f
+            .iter()
+            .filter(|x| x.verdict == Verdict::Missed)
+            .map(|x| x.name.clone())
+            .collect(),
         figures: f,
     })
 }
@@ -426,7 +444,11 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
     };
     let mut f = Vec::new();
     for size in [16, 64, 256, 1024, 4096, 16384] {
-        let target = if size <= 256 { "ratio <= 1.0" } else { "" };
+        let target = if size <= 256 {
+            Target::RatioMax(1.0)
+        } else {
+            Target::Scale
+        };
         for kind in ["pair", "batch"] {
             let ns = |h: &str| rec(&r, &format!("heap_{kind}_{h}_{size}"), khz);
             f.push(fig(
@@ -440,7 +462,11 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
         }
         // The memvisor heap's mid-size path (issue 13): pair and batch at 1, 4 and 16 KiB
         // against talc, and the pair against the stronger peers.
-        let mid = if size >= 1024 { "ratio <= 1.0" } else { "" };
+        let mid = if size >= 1024 {
+            Target::RatioMax(1.0)
+        } else {
+            Target::Scale
+        };
         for kind in ["pair", "batch"] {
             let ns = |h: &str| rec(&r, &format!("heap_{kind}_{h}_{size}"), khz);
             if kind == "batch" && size < 1024 {
@@ -464,7 +490,7 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
                     "ns",
                     peer,
                     ns(peer),
-                    "",
+                    Target::Scale,
                 ));
             }
         }
@@ -481,7 +507,7 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
             "ops/s",
             "talc",
             ops("talc"),
-            ">= 1.0",
+            Target::RatioMin(1.0),
         ));
         for peer in ["rlsf", "dlmalloc"] {
             f.push(fig(
@@ -490,7 +516,7 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
                 "ops/s",
                 peer,
                 ops(peer),
-                ">= 1.0",
+                Target::RatioMin(1.0),
             ));
         }
         f.push(fig(
@@ -499,7 +525,7 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
             "%",
             "talc",
             eff("talc"),
-            ">= 90 %",
+            Target::ValueMin(90.0),
         ));
     }
     Ok(f)
@@ -559,16 +585,57 @@ impl BenchResult {
         );
         let _ = writeln!(
             o,
-            "| figure | value | peer (same run) | peer value | ratio | target |"
+            "| figure | value | peer (same run) | peer value | ratio | target | status |"
         );
-        let _ = writeln!(o, "| --- | ---: | --- | ---: | ---: | --- |");
+        let _ = writeln!(o, "| --- | ---: | --- | ---: | ---: | --- | --- |");
         for f in &self.figures {
             let _ = writeln!(
                 o,
-                "| {} | {:.1} {} | {} | {:.1} {} | {:.2} | {} |",
-                f.name, f.value, f.unit, f.peer, f.peer_value, f.unit, f.ratio, f.target
+                "| {} | {:.1} {} | {} | {:.1} {} | {:.2} | {} | {} |",
+                f.name,
+                f.value,
+                f.unit,
+                f.peer,
+                f.peer_value,
+                f.unit,
+                f.ratio,
+                f.target,
+                f.verdict.label()
             );
         }
+        let _ = writeln!(o, "\n{}", self.summary());
         o
+    }
+
+    /// The rows whose target was missed.
+    pub fn missed(&self) -> impl Iterator<Item = &Figure> {
+        self.figures.iter().filter(|f| f.verdict == Verdict::Missed)
+    }
+
+    /// One line: how many targets were met, and each missed one with its value and target.
+    pub fn summary(&self) -> String {
+        let with_target = self
+            .figures
+            .iter()
+            .filter(|f| f.verdict != Verdict::ForScale)
+            .count();
+        let missed: Vec<String> = self
+            .missed()
+            .map(|f| {
+                format!(
+                    "{} ({:.1} {}, ratio {:.2}; target {})",
+                    f.name, f.value, f.unit, f.ratio, f.target
+                )
+            })
+            .collect();
+        if missed.is_empty() {
+            format!("targets: all {with_target} met")
+        } else {
+            format!(
+                "targets: {} of {with_target} MISSED: {}",
+                missed.len(),
+                missed.join("; ")
+            )
+        }
     }
 }
