@@ -5,7 +5,10 @@
 //! another is in flight except by the #PF handler, which uses its own block.
 
 use core::cell::UnsafeCell;
-use memvisor_abi::{Batch, Call, Request, Status, KERNEL_VIRT_OFFSET, MAX_BATCH, PORT_HYPERCALL};
+use memvisor_abi::{
+    Batch, Call, Hypercall, MapFlags, MemStats, Prot, Request, Status, Zone, KERNEL_VIRT_OFFSET,
+    MAX_BATCH, PORT_HYPERCALL,
+};
 
 /// A request block: header plus up to `N` requests.
 #[repr(C, align(4096))]
@@ -21,7 +24,14 @@ pub struct StaticBlock<const N: usize>(UnsafeCell<Block<N>>);
 // #PF handler), never concurrently.
 unsafe impl<const N: usize> Sync for StaticBlock<N> {}
 
+impl<const N: usize> Default for StaticBlock<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<const N: usize> StaticBlock<N> {
+    /// An empty block.
     pub const fn new() -> Self {
         StaticBlock(UnsafeCell::new(Block {
             head: Batch {
@@ -199,4 +209,39 @@ pub fn flush_range(gva: u64, len: u64) {
             x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(gva + i * 4096));
         }
     }
+}
+
+/// A typed hypercall (encoded with [`Hypercall::encode`], the inverse of the host's decoder).
+pub fn hypercall(h: Hypercall) -> Result<u64, Status> {
+    let mut r = [h.encode()];
+    batch(&mut r);
+    result(&r[0])
+}
+
+/// Typed `Mmap`: `len` bytes (multiple of 4 KiB) with `prot` from `zone` → GVA.
+pub fn map(len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Result<u64, Status> {
+    hypercall(Hypercall::Mmap {
+        len,
+        prot,
+        zone,
+        flags,
+    })
+}
+
+/// Typed `Mprotect`, then a TLB flush of the range.
+pub fn protect(gva: u64, len: u64, prot: Prot) -> Result<u64, Status> {
+    let r = hypercall(Hypercall::Mprotect { gva, len, prot });
+    flush_range(gva, len);
+    r
+}
+
+/// `Stats`: the host's frame and mapping counters.
+pub fn stats() -> Result<MemStats, Status> {
+    let mut s = MemStats::default();
+    hypercall(Hypercall::Stats {
+        gva: &mut s as *mut MemStats as u64,
+    })?;
+    // SAFETY: the host wrote the struct through its GVA; read it back without the compiler
+    // assuming it unchanged.
+    Ok(unsafe { core::ptr::read_volatile(&s) })
 }
