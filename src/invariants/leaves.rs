@@ -149,6 +149,9 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
         } else if (s2::GVA_BASE..s2::GVA_BASE + STAGE2_SPAN).contains(&gva)
             && gpa == s2::GPA_BASE + (gva - s2::GVA_BASE)
             && !space.ram.contains(gpa, size)
+            || space.device_maps.iter().any(|&(g, len, p)| {
+                gva >= g && gva - g < len && gpa == p + (gva - g) && !space.ram.contains(gpa, size)
+            })
         {
             Area::Stage2Test
         } else if BLOB_AREA.contains(&gva) {

@@ -176,6 +176,9 @@ pub struct AddressSpace {
     /// buffer; its test tables are pool frames), mapped under
     /// [`crate::matrix::tables::AREA`]. Empty in other scenarios.
     pub matrix_frames: Vec<(Pfn, u64)>,
+    /// Host-made mappings of GPAs outside RAM `(gva, len, gpa)` (`Vm::map_gpa`: unbacked
+    /// windows and extra memslots); the invariants accept their leaves.
+    pub device_maps: Vec<(u64, u64, u64)>,
     next_region: u64,
 }
 
@@ -369,6 +372,7 @@ impl AddressSpace {
             shadow_stale: false,
             build_options: opts,
             matrix_frames: Vec::new(),
+            device_maps: Vec::new(),
             next_region: 1,
         };
         let mut space = space;

@@ -174,6 +174,7 @@ impl Vm {
             size,
             flags | PteFlags::PRESENT,
         )?;
+        self.space.device_maps.push((gva, len, gpa));
         Ok(())
     }
 
@@ -339,5 +340,31 @@ impl Vm {
     /// Is `gpa` a frame of the guest's page tables (for reading dirty logs)?
     pub fn is_page_table_frame(&self, gpa: u64) -> bool {
         self.space.pool.is_table(crate::addr::Pfn(gpa / PAGE_SIZE))
+    }
+
+    /// Is `gpa` a frame the guest runtime itself writes while running any program: the
+    /// kernel image (its .data/.bss hold the hypercall request blocks) or a page of the boot,
+    /// #DF or ring-3 stack (ucall records live on the stack)? For reading dirty logs.
+    pub fn is_guest_runtime_frame(&self, gpa: u64) -> bool {
+        use crate::layout::*;
+        let k = &self.space.kernel;
+        if (k.phys_start..k.phys_end).contains(&gpa) {
+            return true;
+        }
+        let page = gpa & !(PAGE_SIZE - 1);
+        [
+            (BOOT_STACK_BOTTOM, BOOT_STACK_TOP),
+            (DF_STACK_BOTTOM, DF_STACK_TOP),
+            (USER_STACK_BOTTOM, USER_STACK_TOP),
+        ]
+        .iter()
+        .any(|&(lo, hi)| {
+            (lo..hi).step_by(PAGE_SIZE as usize).any(|g| {
+                self.space
+                    .pt
+                    .translate(&self.space.ram.mem, Gva(g))
+                    .is_ok_and(|t| t.gpa.0 & !(PAGE_SIZE - 1) == page)
+            })
+        })
     }
 }
