@@ -338,7 +338,7 @@ impl Vm {
         crate::invariants::check(&self.space)
     }
 
-    /// The guest's MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]).
+    /// The guest's MAXPHYADDR (CPUID 0x8000_0008 EAX\[7:0\]).
     pub fn phys_bits(&self) -> u8 {
         self.phys_bits
     }

@@ -458,7 +458,7 @@ pub mod scenario {
 }
 
 /// The fault-matrix scenario's shared layout: the host builds the test page tables and a
-/// [`Plan`] of passes; each pass probes every record's VA once with one access at one CPL
+/// [`Plan`](matrix::Plan) of passes; each pass probes every record's VA once with one access at one CPL
 /// in one mode and the guest's #PF handler fills in the record.
 pub mod matrix {
     /// [`Plan::magic`].
