@@ -25,9 +25,7 @@ use memvisor_abi::{MapFlags, Prot, Zone};
 #[cfg(not(memvisor_guest))]
 #[test]
 fn exactly_one_demand_fault_per_touched_page_with_its_cr2() {
-    let Some(mut vm) = common::guest_vm("demand_faults") else {
-        return;
-    };
+    let mut vm = common::vm_or_skip!("demand_faults");
     let base = vm
         .mmap(16 << 12, Prot::USER_RW, Zone::ANY, MapFlags::LAZY)
         .unwrap();

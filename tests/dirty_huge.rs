@@ -29,9 +29,7 @@ use memvisor_abi::{MapFlags, Prot, Zone};
 #[cfg(not(memvisor_guest))]
 #[test]
 fn dirty_log_of_a_2mib_page_holds_exactly_the_written_4k_pages() {
-    let Some(mut vm) = common::guest_vm("dirty_huge") else {
-        return;
-    };
+    let mut vm = common::vm_or_skip!("dirty_huge");
     let huge = MapFlags::POPULATE | MapFlags::HUGE;
     let gva = vm.mmap(2 << 20, Prot::USER_RW, Zone::ANY, huge).unwrap();
     let t = vm.translate(gva).unwrap();

@@ -24,9 +24,7 @@ use memvisor::{Exit, Ucall};
 #[cfg(not(memvisor_guest))]
 #[test]
 fn failed_guest_assertion_is_a_ucall_assert_with_file_line_and_values() {
-    let Some(mut vm) = common::guest_vm("guest_assert") else {
-        return;
-    };
+    let mut vm = common::vm_or_skip!("guest_assert");
     assert_eq!(common::sync(&mut vm), [42, u64::MAX, 1]);
     let line = 1 + include_str!("guest_assert.rs")
         .lines()

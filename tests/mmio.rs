@@ -33,42 +33,25 @@ use memvisor::{paging::PageSize, paging::PteFlags, Exit};
 #[cfg(not(memvisor_guest))]
 #[test]
 fn unbacked_gpa_accesses_exit_as_mmio_with_exact_size_direction_and_data() {
-    let Some(mut vm) = common::guest_vm("mmio") else {
-        return;
-    };
+    let mut vm = common::vm_or_skip!("mmio");
     let (gva, gpa) = (0x4000_0000_0000, 1u64 << (vm.phys_bits() - 1));
     let flags = PteFlags::WRITABLE | PteFlags::USER | PteFlags::NO_EXECUTE;
     vm.map_gpa(gva, gpa, 4096, PageSize::Size4K, flags).unwrap();
     vm.set_args([gva, 0, 0, 0]).unwrap();
     vm.set_mmio_read(0x1122_3344_5566_7788);
-    for (i, (size, data)) in [
-        (1, 0x11),
-        (2, 0x2222),
-        (4, 0x3333_3333),
-        (8, 0x4444_4444_4444_4444),
-    ]
-    .into_iter()
-    .enumerate()
+    let mmio = |gpa, size, write, data| Exit::Mmio {
+        gpa,
+        size,
+        write,
+        data,
+    };
+    for (i, data) in [0x11, 0x2222, 0x3333_3333, 0x4444_4444_4444_4444]
+        .into_iter()
+        .enumerate()
     {
-        let at = gpa + 8 * i as u64;
-        assert_eq!(
-            common::step(&mut vm),
-            Exit::Mmio {
-                gpa: at,
-                size,
-                write: true,
-                data
-            }
-        );
-        assert_eq!(
-            common::step(&mut vm),
-            Exit::Mmio {
-                gpa: at,
-                size,
-                write: false,
-                data: 0
-            }
-        );
+        let (at, size) = (gpa + 8 * i as u64, 1 << i);
+        assert_eq!(common::step(&mut vm), mmio(at, size, true, data));
+        assert_eq!(common::step(&mut vm), mmio(at, size, false, 0));
     }
     common::done(&mut vm);
 }

@@ -29,9 +29,7 @@ use memvisor_abi::{MapFlags, Prot, Zone};
 #[cfg(not(memvisor_guest))]
 #[test]
 fn write_to_read_only_page_faults_with_0x7_at_the_chosen_address() {
-    let Some(mut vm) = common::guest_vm("ro_write") else {
-        return;
-    };
+    let mut vm = common::vm_or_skip!("ro_write");
     let region = vm
         .mmap(4 << 12, Prot::USER_RW, Zone::ANY, MapFlags::POPULATE)
         .unwrap();

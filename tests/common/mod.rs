@@ -108,3 +108,14 @@ pub fn invariants(vm: &memvisor::Vm) {
         panic!("invariants violated: {v:?}");
     }
 }
+
+/// `let mut vm = vm_or_skip!("name");`: [`guest_vm`], or return from the test (skipped).
+macro_rules! vm_or_skip {
+    ($bin:expr) => {
+        match common::guest_vm($bin) {
+            Some(vm) => vm,
+            None => return,
+        }
+    };
+}
+pub(crate) use vm_or_skip;
