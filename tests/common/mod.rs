@@ -110,6 +110,7 @@ pub fn invariants(vm: &memvisor::Vm) {
 }
 
 /// `let mut vm = vm_or_skip!("name");`: [`guest_vm`], or return from the test (skipped).
+#[allow(unused_macros)]
 macro_rules! vm_or_skip {
     ($bin:expr) => {
         match common::guest_vm($bin) {
@@ -118,4 +119,5 @@ macro_rules! vm_or_skip {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use vm_or_skip;
