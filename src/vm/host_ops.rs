@@ -290,6 +290,15 @@ impl Vm {
         Some(unsafe { std::slice::from_raw_parts(r.as_ptr(), r.size()) })
     }
 
+    /// The contents of a slot added by [`Vm::add_memslot`], writable by the host (e.g. to
+    /// fill a read-only slot before the guest reads it).
+    pub fn memslot_bytes_mut(&mut self, slot: u32) -> Option<&mut [u8]> {
+        let (_, r) = self.host_backing.iter().find(|(s, _)| *s == slot)?;
+        // SAFETY: as `memslot_bytes`; the exclusive borrow of `self` keeps the guest stopped
+        // and any other view of the region away while the slice lives.
+        Some(unsafe { std::slice::from_raw_parts_mut(r.as_ptr(), r.size()) })
+    }
+
     /// Read and clear KVM's dirty log of a `DirtyLogged` slot: GPAs of written pages.
     ///
     /// # Errors

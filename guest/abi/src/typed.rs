@@ -1,9 +1,10 @@
 //! Typed hypercalls: [`Prot`], [`Zone`], [`MapFlags`] and [`Hypercall`], the one decoder of a
 //! [`Request`] used by both the host (to dispatch) and the guest SDK (to encode).
 //!
-//! Decoding checks only what the ABI itself defines (a known call number, `reserved == 0`,
-//! no unknown bits in protection or map flags: [`Status::Inval`]); ranges, ownership, zones
-//! present and W^X are the host's to check.
+//! Decoding checks only the envelope (a known call number: else [`Status::NoSys`];
+//! `reserved == 0`: else [`Status::Inval`]). Argument values, unknown bits of [`Prot`] and
+//! [`MapFlags`] included, are kept as sent and checked by the host's address space, in one
+//! documented order (e.g. `Mmap`: protection bits, then W^X, then flags, then length).
 
 use crate::{map, prot, Call, Request, Status};
 
@@ -39,6 +40,11 @@ impl Prot {
     /// The raw bits.
     pub const fn bits(self) -> u64 {
         self.0
+    }
+
+    /// From raw bits, unknown ones kept (what the decoder does; the host checks them).
+    pub const fn from_bits_retain(bits: u64) -> Prot {
+        Prot(bits)
     }
 
     /// The union of two sets of bits.
@@ -78,6 +84,11 @@ impl MapFlags {
     /// The raw bits.
     pub const fn bits(self) -> u64 {
         self.0
+    }
+
+    /// From raw bits, unknown ones kept (what the decoder does; the host checks them).
+    pub const fn from_bits_retain(bits: u64) -> MapFlags {
+        MapFlags(bits)
     }
 }
 
@@ -154,7 +165,7 @@ impl Hypercall {
     /// Decode a request.
     ///
     /// # Errors
-    /// `NoSys` for an unknown call number; `Inval` for `reserved != 0` or unknown flag bits.
+    /// `NoSys` for an unknown call number; `Inval` for `reserved != 0`.
     pub fn decode(r: &Request) -> Result<Hypercall, Status> {
         if r.reserved != 0 {
             return Err(Status::Inval);
@@ -170,9 +181,9 @@ impl Hypercall {
             Call::Exit => Hypercall::Exit { code: a[0] as u32 },
             Call::Mmap => Hypercall::Mmap {
                 len: a[0],
-                prot: Prot::from_bits(a[1])?,
+                prot: Prot::from_bits_retain(a[1]),
                 zone: Zone(a[2]),
-                flags: MapFlags::from_bits(a[3])?,
+                flags: MapFlags::from_bits_retain(a[3]),
             },
             Call::Munmap => Hypercall::Munmap {
                 gva: a[0],
@@ -181,7 +192,7 @@ impl Hypercall {
             Call::Mprotect => Hypercall::Mprotect {
                 gva: a[0],
                 len: a[1],
-                prot: Prot::from_bits(a[2])?,
+                prot: Prot::from_bits_retain(a[2]),
             },
             Call::Translate => Hypercall::Translate { gva: a[0] },
             Call::Stats => Hypercall::Stats { gva: a[0] },
@@ -317,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn decode_rejects_bad_bits() {
+    fn decode_checks_the_envelope_and_keeps_argument_bits() {
         let mut r = Hypercall::Mmap {
             len: 4096,
             prot: Prot::READ,
@@ -326,19 +337,19 @@ mod tests {
         }
         .encode();
         r.args[1] = 1 << 9;
-        assert_eq!(Hypercall::decode(&r), Err(Status::Inval));
-        r.args[1] = prot::READ;
         r.args[3] = 1 << 5;
-        assert_eq!(Hypercall::decode(&r), Err(Status::Inval));
-        r.args[3] = 0;
+        let Ok(Hypercall::Mmap { prot, flags, .. }) = Hypercall::decode(&r) else {
+            panic!("decodes");
+        };
+        assert_eq!((prot.bits(), flags.bits()), (1 << 9, 1 << 5));
+        assert_eq!(Prot::from_bits(1 << 9), Err(Status::Inval));
+        assert_eq!(MapFlags::from_bits(1 << 5), Err(Status::Inval));
         r.reserved = 1;
         assert_eq!(Hypercall::decode(&r), Err(Status::Inval));
-        assert_eq!(
-            Hypercall::decode(&Request {
-                nr: 99,
-                ..Request::default()
-            }),
-            Err(Status::NoSys)
-        );
+        let unknown = Request {
+            nr: 99,
+            ..Request::default()
+        };
+        assert_eq!(Hypercall::decode(&unknown), Err(Status::NoSys));
     }
 }

@@ -15,21 +15,25 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// Bit 63 of a probe's return value: the access faulted; bits 0–31 hold the error code.
 pub const FAULTED: u64 = 1 << 63;
 
-// Probes live in 16-byte slots of `probe_block`: the faulting instruction is 3 bytes at the
-// start of its slot and is followed by `ret`, so the #PF fast path resumes a faulting probe at
+// Probes live in 16-byte slots of `probe_block`: the faulting instruction is 3 bytes (after
+// a 2-byte `xor eax, eax`) and is followed by `ret`, so the #PF fast path resumes a faulting probe at
 // rip + 3 with rax = FAULTED | error code, without leaving assembly. The extable entries
 // serve the slow (Rust) path too.
 core::arch::global_asm!(
     ".balign 64",
     ".global probe_block",
     "probe_block:",
+    // rax = 0 (no fault) unless the #PF path sets FAULTED | error code: the return value
+    // must not be whatever the caller left in rax.
     ".global probe_read_u8",
     "probe_read_u8:",
+    "    xor eax, eax",
     "1:  movzx edx, byte ptr [rdi]",
     "2:  ret",
     ".balign 16",
     ".global probe_write_u8",
     "probe_write_u8:",
+    "    xor eax, eax",
     "3:  mov byte ptr [rdi], sil",
     "4:  ret",
     ".balign 16",
