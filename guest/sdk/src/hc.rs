@@ -66,6 +66,7 @@ impl<const N: usize> StaticBlock<N> {
     }
 
     /// Run `reqs` (at most N, at most MAX_BATCH) in one exit; results are written back.
+    #[inline]
     pub fn run(&self, reqs: &mut [Request]) {
         let n = reqs.len().min(N).min(MAX_BATCH as usize);
         let p = self.0.get();
@@ -118,16 +119,19 @@ pub fn main_block_gpa() -> u64 {
 }
 
 /// Run a batch from normal (non-handler) context.
+#[inline]
 pub fn batch(reqs: &mut [Request]) {
     MAIN.run(reqs)
 }
 
 /// Run a batch from the #PF handler.
+#[inline]
 pub fn batch_in_fault(reqs: &mut [Request]) {
     FAULT.run(reqs)
 }
 
 /// A single call; returns `Ok(value)` or the error status.
+#[inline]
 pub fn call(c: Call, args: [u64; 5]) -> Result<u64, Status> {
     let mut r = [Request::new(c, args)];
     batch(&mut r);
@@ -135,6 +139,7 @@ pub fn call(c: Call, args: [u64; 5]) -> Result<u64, Status> {
 }
 
 /// Status of a completed request.
+#[inline]
 pub fn result(r: &Request) -> Result<u64, Status> {
     match Status::from_i32(r.status) {
         Some(Status::Ok) => Ok(r.value),
@@ -212,6 +217,7 @@ pub fn flush_range(gva: u64, len: u64) {
 }
 
 /// A typed hypercall (encoded with [`Hypercall::encode`], the inverse of the host's decoder).
+#[inline]
 pub fn hypercall(h: Hypercall) -> Result<u64, Status> {
     let mut r = [h.encode()];
     batch(&mut r);

@@ -102,6 +102,7 @@ pub fn run(f: extern "C" fn(u64) -> u64, arg: u64) -> u64 {
 }
 
 /// Current privilege level (CS.RPL).
+#[inline]
 pub fn cpl() -> u16 {
     let cs: u16;
     // SAFETY: reading CS has no side effects.
