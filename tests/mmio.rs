@@ -39,19 +39,11 @@ fn unbacked_gpa_accesses_exit_as_mmio_with_exact_size_direction_and_data() {
     vm.map_gpa(gva, gpa, 4096, PageSize::Size4K, flags).unwrap();
     vm.set_args([gva, 0, 0, 0]).unwrap();
     vm.set_mmio_read(0x1122_3344_5566_7788);
-    let mmio = |gpa, size, write, data| Exit::Mmio {
-        gpa,
-        size,
-        write,
-        data,
-    };
-    for (i, data) in [0x11, 0x2222, 0x3333_3333, 0x4444_4444_4444_4444]
-        .into_iter()
-        .enumerate()
-    {
-        let (at, size) = (gpa + 8 * i as u64, 1 << i);
-        assert_eq!(common::step(&mut vm), mmio(at, size, true, data));
-        assert_eq!(common::step(&mut vm), mmio(at, size, false, 0));
+    for i in 0..4u64 {
+        let (at, size) = (gpa + 8 * i, 1 << i);
+        let data = [0x11, 0x2222, 0x3333_3333, 0x4444_4444_4444_4444][i as usize];
+        assert_eq!(common::step(&mut vm), common::mmio(at, size, true, data));
+        assert_eq!(common::step(&mut vm), common::mmio(at, size, false, 0));
     }
     common::done(&mut vm);
 }

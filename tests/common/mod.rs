@@ -121,3 +121,13 @@ macro_rules! vm_or_skip {
 }
 #[allow(unused_imports)]
 pub(crate) use vm_or_skip;
+
+/// `Exit::Mmio { gpa, size, write, data }`.
+pub fn mmio(gpa: u64, size: u32, write: bool, data: u64) -> memvisor::Exit {
+    memvisor::Exit::Mmio {
+        gpa,
+        size,
+        write,
+        data,
+    }
+}
