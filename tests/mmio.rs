@@ -28,7 +28,7 @@ mod guest {
 #[cfg(not(memvisor_guest))]
 mod common;
 #[cfg(not(memvisor_guest))]
-use memvisor::{paging::PageSize, paging::PteFlags, Exit};
+use memvisor::paging::{PageSize, PteFlags};
 
 #[cfg(not(memvisor_guest))]
 #[test]
