@@ -1,10 +1,11 @@
-//! Guest code that faults unexpectedly, loops, or panics ends in a clear `Exit` naming what
-//! happened (vector, error code, CR2, RIP; timeout; message) — never a hang or a VMM panic.
+//! Guest code that faults unexpectedly, loops, panics or triple-faults ends in a clear `Exit`
+//! naming what happened (vector, error code, CR2, RIP; timeout; message; shutdown) — never a
+//! hang or a VMM panic.
 #![cfg_attr(memvisor_guest, no_std, no_main)]
 
 #[cfg(memvisor_guest)]
 mod guest {
-    use memvisor_guest_sdk::{boot, entry};
+    use memvisor_guest_sdk::{boot, entry, fault};
     entry!(main);
 
     #[no_mangle]
@@ -21,6 +22,11 @@ mod guest {
                 core::hint::spin_loop()
             },
             2 => panic!("deliberate guest panic {}", 7),
+            // SAFETY: an empty IDT, then #UD: no exception can be delivered (triple fault).
+            3 => fault::in_ring0(|| unsafe {
+                core::arch::asm!("lidt [{}]", "ud2", in(reg) &[0u64; 2]);
+                0
+            }),
             // SAFETY: ud2 raises #UD, which nobody expects.
             _ => unsafe { core::arch::asm!("ud2", options(noreturn)) },
         }
@@ -63,7 +69,8 @@ fn unexpected_fault_loop_and_panic_give_clear_exits() {
         panic!()
     };
     assert!(msg.contains("deliberate guest panic 7"), "{msg}");
-    let (Exit::Fault(f), _) = run(3) else {
+    assert_eq!(run(3).0, Exit::Shutdown);
+    let (Exit::Fault(f), _) = run(4) else {
         panic!()
     };
     assert_eq!((f.vector, f.error_code), (6, 0));

@@ -161,10 +161,11 @@ impl Vm {
                 "not in the lower half below the doorbell, outside the mmap window",
             ));
         }
+        // Table frames the range can need: one PT / PD / PDPT per 512 entries of the level
+        // below, plus one per level for a range that straddles a table boundary.
         let pages = len / step;
-        self.space
-            .ensure_pool(4 + 2 * pages.min(512))
-            .map_err(VmOpError::from)?;
+        let tables = pages / 512 + pages / (512 * 512) + 6;
+        self.space.ensure_pool(tables).map_err(VmOpError::from)?;
         self.space.pt.map_range(
             &self.space.ram.mem,
             &mut self.space.pool,
