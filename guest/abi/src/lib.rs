@@ -107,7 +107,9 @@ pub enum Call {
     /// `args[1]` = its operand. `value` = op-specific result.
     Stage2 = 12,
     /// A ucall of the guest SDK: `args[0]` = GVA of a [`ucall::Record`], `args[1]` = its size
-    /// ([`ucall::RECORD_BYTES`]). `Sync` resumes; `Assert`, `Done` and `Fault` end the run.
+    /// ([`ucall::RECORD_BYTES`]). `Sync` resumes (at once in a built-in scenario; at the next
+    /// `Vm::run` in a step-wise test); `Assert`, `Done` and `Fault` end the run. Requests after
+    /// a ucall in the same batch are `Skipped`: send a ucall alone.
     Ucall = 13,
     /// Fault matrix pass boundary (the `fault-matrix` scenario): `args[0]` = index of the
     /// pass that just ended (or [`matrix::NO_PASS`]), `args[1]` = index of the pass about to
