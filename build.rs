@@ -56,6 +56,8 @@ fn main() {
         "guest/kernel/Cargo.lock",
         "guest/kernel/link.ld",
         "guest/kernel/.cargo/config.toml",
+        "guest/sdk/src",
+        "guest/sdk/Cargo.toml",
         "guest/abi/src",
         "guest/abi/Cargo.toml",
         "guest/heaps/src",

@@ -1,5 +1,7 @@
-//! The library API for integration tests: configure a guest, pick a scenario, run it, and
-//! assert on the typed [`Report`] (faults, exits, stage-2 events, dirty pages, zones).
+//! The scenario-level API (the CLI's, and simple tests'): configure a guest, pick a built-in
+//! scenario, run it to its end, and assert on the typed [`Report`] (faults, exits, stage-2
+//! events, dirty pages, zones). It runs on [`crate::vm::Vm`], the step-wise API that tests
+//! with their own guest code use (README "Writing your own test").
 //!
 //! ```no_run
 //! use memvisor::api::VmBuilder;
@@ -127,6 +129,18 @@ impl VmBuilder {
     }
 
     /// Another guest kernel ELF instead of the embedded one.
+    ///
+    /// The boot contract (documented once, in the crate docs of `memvisor-guest-sdk`,
+    /// `guest/sdk/src/lib.rs`): an ELF64 x86-64 executable whose `PT_LOAD` segments are linked
+    /// at GVA = GPA + `memvisor_abi::KERNEL_VIRT_OFFSET` from GPA `KERNEL_PHYS_BASE` (2 MiB)
+    /// (the SDK's `link.ld`), entered at its ELF entry in 64-bit mode at CPL 0 with paging on
+    /// the host-built tables (CR0 = PE MP ET NE WP PG, CR4 = PAE PGE OSFXSR OSXMMEXCPT, EFER =
+    /// LME LMA, NXE with NX; Intel SDM Vol. 3A §10.8.5), interrupts off, `rsp` = top of the
+    /// boot stack (a guard page below it) and `rdi` = GVA of the `memvisor_abi::BootInfo`
+    /// (check its `magic`). The kernel reaches the VMM through the hypercall port or the
+    /// MMIO doorbell (`memvisor_abi`), and demand paging needs the symbol
+    /// `memvisor_pf_assist_done` (the SDK provides it). A kernel built on the SDK's `entry!`
+    /// keeps all of this without writing any of it.
     pub fn kernel(mut self, elf: Vec<u8>) -> Self {
         self.cfg.kernel = elf;
         self

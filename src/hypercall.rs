@@ -8,7 +8,10 @@
 
 use crate::addr::PAGE_SIZE;
 use crate::space::{AddressSpace, FaultRecord};
-use memvisor_abi::{Batch, Call, MemStats, Request, Status, MAX_BATCH, MAX_CONSOLE_WRITE};
+use memvisor_abi::ucall::{self, Record, RECORD_BYTES};
+use memvisor_abi::{
+    Batch, Call, Hypercall, MemStats, Request, Status, MAX_BATCH, MAX_CONSOLE_WRITE,
+};
 use std::collections::BTreeMap;
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
@@ -46,6 +49,9 @@ pub enum Flow {
     Exit(u32),
     /// The guest panicked with this message.
     Panic(String),
+    /// A ucall of the guest SDK (sync point, failed assertion, done, unexpected exception);
+    /// the vCPU loop decides whether the run goes on (see `crate::vm`).
+    Ucall(Box<Record>),
 }
 
 /// Per-call statistics.
@@ -166,46 +172,64 @@ impl Hypercalls {
         r: &Request,
         vmm: &mut dyn VmmCalls,
     ) -> (Result<u64, Status>, Option<Flow>) {
-        let a = r.args;
-        if r.reserved != 0 {
-            return (Err(Status::Inval), None);
-        }
-        let Some(call) = Call::from_u32(r.nr) else {
-            return (Err(Status::NoSys), None);
+        let call = match Hypercall::decode(r) {
+            Ok(c) => c,
+            Err(st) => return (Err(st), None),
         };
         match call {
-            Call::Nop => (Ok(0), None),
-            Call::ConsoleWrite => (self.console_write(space, a[0], a[1]), None),
-            Call::Exit => (Ok(0), Some(Flow::Exit(a[0] as u32))),
-            Call::Mmap => (space.mmap(a[0], a[1], a[2], a[3]), None),
-            Call::Munmap => (space.munmap(a[0], a[1]), None),
-            Call::Mprotect => (space.mprotect(a[0], a[1], a[2]), None),
-            Call::Translate => (space.translate_gva(a[0]), None),
-            Call::Stats => (stats(space, a[0]), None),
-            Call::FaultReport => {
+            Hypercall::Nop => (Ok(0), None),
+            Hypercall::ConsoleWrite { gva, len } => (self.console_write(space, gva, len), None),
+            Hypercall::Exit { code } => (Ok(0), Some(Flow::Exit(code))),
+            Hypercall::Mmap {
+                len,
+                prot,
+                zone,
+                flags,
+            } => (space.mmap(len, prot.bits(), zone.0, flags.bits()), None),
+            Hypercall::Munmap { gva, len } => (space.munmap(gva, len), None),
+            Hypercall::Mprotect { gva, len, prot } => (space.mprotect(gva, len, prot.bits()), None),
+            Hypercall::Translate { gva } => (space.translate_gva(gva), None),
+            Hypercall::Stats { gva } => (stats(space, gva), None),
+            Hypercall::FaultReport {
+                vector,
+                error_code,
+                cr2,
+                rip,
+                resolved,
+            } => {
                 space.log_fault(FaultRecord {
-                    vector: a[0],
-                    error_code: a[1],
-                    cr2: a[2],
-                    rip: a[3],
-                    resolved: a[4] != 0,
+                    vector,
+                    error_code,
+                    cr2,
+                    rip,
+                    resolved,
                     kind: "reported",
                 });
                 (Ok(0), None)
             }
-            Call::LazyFault => (space.lazy_fault(a[0], a[1], a[2]), None),
-            Call::Panic => {
-                let msg = read_text(space, a[0], a[1]).unwrap_or_else(|_| "<unreadable>".into());
+            Hypercall::LazyFault {
+                cr2,
+                error_code,
+                rip,
+            } => (space.lazy_fault(cr2, error_code, rip), None),
+            Hypercall::Panic { gva, len } => {
+                let msg = read_text(space, gva, len).unwrap_or_else(|_| "<unreadable>".into());
                 (Ok(0), Some(Flow::Panic(msg)))
             }
-            Call::Stage2 => (vmm.stage2(space, a[0], a[1]), None),
-            Call::MatrixSync => match self.matrix.as_mut() {
-                Some(m) => (m.sync(space, a[0], a[1]), None),
+            Hypercall::Stage2 { op, arg } => (vmm.stage2(space, op, arg), None),
+            Hypercall::MatrixSync { ended, next } => match self.matrix.as_mut() {
+                Some(m) => (m.sync(space, ended, next), None),
                 None => (Err(Status::NoSys), None),
             },
-            Call::Record if a[1] > RECORD_LINE_MAX => (Err(Status::Inval), None),
-            Call::Record if self.records.len() >= RECORDS_MAX => (Err(Status::NoMem), None),
-            Call::Record => match read_text(space, a[0], a[1]) {
+            Hypercall::Ucall { gva, len } => match read_ucall(space, gva, len) {
+                Ok(rec) => (Ok(0), Some(Flow::Ucall(Box::new(rec)))),
+                Err(st) => (Err(st), None),
+            },
+            Hypercall::Record { len, .. } if len > RECORD_LINE_MAX => (Err(Status::Inval), None),
+            Hypercall::Record { .. } if self.records.len() >= RECORDS_MAX => {
+                (Err(Status::NoMem), None)
+            }
+            Hypercall::Record { gva, len } => match read_text(space, gva, len) {
                 Ok(line) => {
                     let (k, v) = line.split_once('=').unwrap_or((line.as_str(), ""));
                     self.records
@@ -239,6 +263,30 @@ fn print_console(text: &str) {
     } else {
         let _ = std::io::stdout().write_all(text.as_bytes());
     }
+}
+
+/// Read and decode a ucall record (exactly [`RECORD_BYTES`] at a GVA); an unexpected
+/// exception (`FAULT`, values vector, error code, CR2, RIP) also goes to the fault log.
+fn read_ucall(space: &mut AddressSpace, gva: u64, len: u64) -> Result<Record, Status> {
+    if len != RECORD_BYTES as u64 {
+        return Err(Status::Inval);
+    }
+    let bytes = space.read_gva(gva, len)?;
+    let rec = Record::from_bytes(&bytes).ok_or(Status::Inval)?;
+    if rec.kind == ucall::FAULT {
+        let &[vector, error_code, cr2, rip] = rec.values() else {
+            return Err(Status::Inval);
+        };
+        space.log_fault(FaultRecord {
+            vector,
+            error_code,
+            cr2,
+            rip,
+            resolved: false,
+            kind: "reported",
+        });
+    }
+    Ok(rec)
 }
 
 /// Read at most [`MAX_CONSOLE_WRITE`] bytes of (lossy) UTF-8 at a GVA.

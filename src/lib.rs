@@ -3,13 +3,15 @@
 //! The host VMM owns every 4 KiB frame of guest RAM ([`frames`]), builds and owns the guest's
 //! x86_64 4-level page tables ([`paging`]), and serves the guest's memory requests by
 //! hypercall ([`hypercall`], [`space`]). [`vmm::run`] boots the embedded guest kernel and
-//! returns a [`report::Report`]. See `README.md` for the tour.
+//! returns a [`report::Report`]; [`Vm`] is the step-wise API tests are written with
+//! (create, shape memory, `run()` to the next [`Exit`], assert, run again). See `README.md` for the tour.
 
 pub mod addr;
 pub mod api;
 pub mod bench;
 pub mod boot;
 pub mod frames;
+pub mod guest_build;
 pub mod guest_image;
 pub mod hypercall;
 pub mod invariants;
@@ -24,4 +26,7 @@ pub mod report;
 pub mod scenario;
 pub mod space;
 pub mod stage2;
+pub mod vm;
 pub mod vmm;
+
+pub use vm::{Exit, Ucall, Vm, VmOptions};

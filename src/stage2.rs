@@ -313,8 +313,39 @@ fn reset_host_dirty(space: &AddressSpace) {
     }
 }
 
+/// Turn dirty logging on for every RAM slot and clear the VMM's own dirty bitmap.
+pub(crate) fn start_dirty(
+    vm: &VmFd,
+    slots: &mut Memslots,
+    space: &AddressSpace,
+) -> Result<(), MemoryError> {
+    for m in ram_slots(space, slots) {
+        slots.set_flags(vm, m, KVM_MEM_LOG_DIRTY_PAGES)?;
+    }
+    reset_host_dirty(space);
+    Ok(())
+}
+
+/// GPAs of the set bits of a `KVM_GET_DIRTY_LOG` bitmap of a slot starting at `base`.
+pub(crate) fn bitmap_pages(base: u64, bits: &[u64]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (w, word) in bits.iter().enumerate() {
+        let mut x = *word;
+        while x != 0 {
+            let b = x.trailing_zeros() as u64;
+            out.push(base + (w as u64 * 64 + b) * PAGE_SIZE);
+            x &= x - 1;
+        }
+    }
+    out
+}
+
 /// Read and clear KVM's dirty log for the RAM slots and the VMM's own dirty bitmap.
-fn read_dirty(vm: &VmFd, slots: &Memslots, space: &AddressSpace) -> Result<DirtyRead, MemoryError> {
+pub(crate) fn read_dirty(
+    vm: &VmFd,
+    slots: &Memslots,
+    space: &AddressSpace,
+) -> Result<DirtyRead, MemoryError> {
     let mut read = DirtyRead::default();
     for slot in ram_slots(space, slots) {
         let Some(m) = slots.slots().find(|m| m.slot == slot).copied() else {

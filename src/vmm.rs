@@ -1,5 +1,6 @@
-//! The VMM: create the VM, build the guest's address space, run the vCPU loop, and collect
-//! a [`Report`].
+//! The VMM: the configuration of a run, [`run`] / [`run_with`] (a built-in scenario or any
+//! kernel, run to its end, one [`Report`]), and the vCPU loop they share with the step-wise
+//! [`crate::vm::Vm`] (which creates the VM and builds the guest's address space).
 //!
 //! Exits handled (KVM API doc §5, `struct kvm_run`): `KVM_EXIT_IO` (hypercall port, null
 //! port, COM1), `KVM_EXIT_MMIO` (a GPA with no memslot: a stage-2 fault, reported with GPA,
@@ -7,21 +8,15 @@
 //! (triple fault), `KVM_EXIT_FAIL_ENTRY`, `KVM_EXIT_INTERNAL_ERROR`. A watchdog kicks a
 //! runaway vCPU out of `KVM_RUN` with a signal after `timeout`.
 
-use crate::boot::{self, cpuid::Features};
 use crate::frames::ZonePreset;
-use crate::hypercall::{Flow, Hypercalls};
-use crate::layout::BOOT_STACK_TOP;
-use crate::report::{Outcome, Registers, Report, Stage2Fault};
+use crate::hypercall::Flow;
+use crate::report::{Outcome, Report, Stage2Fault};
 use crate::space::{AddressSpace, SpaceError};
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{Kvm, VcpuExit};
-use memvisor_abi::{PORT_HYPERCALL, PORT_NULL, PORT_PF_ASSIST, PORT_SERIAL};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use crate::vm::{Exit, Vm};
+use kvm_ioctls::VcpuExit;
+use memvisor_abi::{ucall, PORT_HYPERCALL, PORT_NULL, PORT_PF_ASSIST, PORT_SERIAL};
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use vm_memory::GuestMemoryBackend;
 
 /// Most stage-2 faults kept in the report (later ones are counted).
 pub const STAGE2_LOG_MAX: usize = 1024;
@@ -46,10 +41,6 @@ pub enum VmmError {
     /// Building the guest failed.
     #[error(transparent)]
     Space(#[from] SpaceError),
-}
-
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
-    move |source| VmmError::Kvm { what, source }
 }
 
 /// What to run.
@@ -78,9 +69,6 @@ pub struct VmConfig {
     pub check_invariants: bool,
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// Signal used to kick the vCPU out of KVM_RUN.
 /// After the VMM edited the guest's memory or page tables (a hypercall batch, a #PF assist):
 /// check the invariants if asked, and flush KVM's shadow pages if a mapping was removed or
 /// reduced. `Some` is how the run ends when either fails.
@@ -101,10 +89,6 @@ fn after_host_edit(
     None
 }
 
-fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 1
-}
-
 /// Boot and run a guest; returns its report (also for guest failures: see
 /// [`Report::outcome`]).
 ///
@@ -120,340 +104,247 @@ pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
 /// # Errors
 /// As [`run`]; a bad range is a [`VmmError::Space`].
 pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report, VmmError> {
-    let t_start = Instant::now();
-    let kvm = Kvm::new().map_err(|source| VmmError::NoKvm { source })?;
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let features = Features::from_cpuid(&cpuid);
-    log::debug!("setup: KVM VM + CPUID after {:?}", t_start.elapsed());
-    let fault_matrix = cfg.scenario == memvisor_abi::scenario::FAULT_MATRIX;
-    let mut space = AddressSpace::build_with(
-        cfg.mem_bytes,
-        &cfg.kernel,
-        cfg.zone_preset,
-        features,
-        crate::space::BuildOptions {
-            no_nx: fault_matrix,
-        },
-    )?;
-    let mut boot_arg = cfg.arg;
-    let matrix = if fault_matrix {
-        let (run, plan_gva) = crate::matrix::setup(&mut space, crate::matrix::phys_bits(&cpuid))?;
-        boot_arg[0] = plan_gva;
-        Some(run)
-    } else {
-        None
-    };
-    let t_slots = Instant::now();
-    let memslots = space
-        .ram
-        .register(&vm)
-        .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
-    let mut slots = crate::memory::Memslots::new(kvm.get_nr_memslots());
-    for m in &memslots {
-        let hva = space
-            .ram
-            .mem
-            .get_host_address(vm_memory::GuestAddress(m.gpa))
-            .map(|p| p as u64)
-            .unwrap_or(0);
-        slots.track(*m, hva);
-    }
-    let memslot_us = t_slots.elapsed().as_micros() as u64;
-    let mut flush_slot = crate::memory::FlushSlot::new(&vm, &mut slots)
-        .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
-    let mut s2ctl = if cfg.scenario == memvisor_abi::scenario::STAGE2 || !extras.is_empty() {
-        Some(crate::stage2::Stage2::setup(
-            &kvm, &vm, &mut slots, &mut space, extras,
-        )?)
-    } else {
-        None
-    };
-    log::debug!("setup: memslots registered after {:?}", t_start.elapsed());
-    use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
-    let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-    // KVM_CAP_SYNC_REGS: KVM copies the GPRs and sregs into kvm_run on every exit, so the #PF
-    // assist exit reads RSP and CR2 without a KVM_GET_REGS / KVM_GET_SREGS ioctl (each costs
-    // ~7 µs on PVM) and sets RIP through kvm_dirty_regs.
-    let sync_mask = kvm.check_extension_int(kvm_ioctls::Cap::SyncRegs) as u32;
-    let sync_regs = sync_mask & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
-        == (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
-    if sync_regs {
-        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
-        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
-    }
-    // TSC frequency: CPUID 0x15 if it has it, else KVM_GET_TSC_KHZ, else calibrate.
-    let tsc_khz = if features.tsc_khz != 0 {
-        features.tsc_khz
-    } else {
-        match vcpu.get_tsc_khz() {
-            Ok(k) if k > 0 => k as u64,
-            _ => boot::cpuid::calibrate_tsc_khz(),
-        }
-    };
-    let boot_gva = space.write_boot_info(cfg.scenario, cfg.flags, boot_arg, tsc_khz)?;
-    let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-    boot::setup_sregs(&mut sregs, space.cr3(), features.nx);
-    vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
-    let regs = boot::entry_regs(space.kernel.entry, BOOT_STACK_TOP, boot_gva);
-    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    let mut vm = Vm::create(cfg, extras, None)?;
+    // Not step-wise: the loop runs to the end of the guest (sync points resume at once,
+    // MMIO reads return all-ones).
+    vm.run()?;
+    Ok(vm.report())
+}
 
-    // Watchdog: after the timeout, kick the vCPU thread until the loop notices.
-    vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
-        .map_err(|e| kvm_err("signal handler")(kvm_ioctls::Error::new(e.errno())))?;
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicBool::new(false));
-    // SAFETY: pthread_self has no preconditions.
-    let me = unsafe { libc::pthread_self() };
-    let watchdog = {
-        let (timed_out, done, timeout) = (timed_out.clone(), done.clone(), cfg.timeout);
-        std::thread::spawn(move || {
-            let t0 = Instant::now();
-            while !done.load(Ordering::SeqCst) {
-                if t0.elapsed() >= timeout {
-                    timed_out.store(true, Ordering::SeqCst);
-                    // SAFETY: `me` is the vCPU thread, alive until `done` is set; the signal
-                    // has a no-op handler installed, so it only interrupts KVM_RUN.
-                    unsafe { libc::pthread_kill(me, kick_signal()) };
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-    };
+/// A stage-2 access the loop saw: (GPA, size, write, value, served by a lazy memslot).
+type Mmio = (u64, u32, bool, u64, bool);
 
-    let setup_us = t_start.elapsed().as_micros() as u64;
-    let mut hc = Hypercalls {
-        echo: cfg.echo_console,
-        matrix,
-        ..Hypercalls::default()
-    };
-    let mut exits: BTreeMap<String, u64> = BTreeMap::new();
-    let mut stage2: Vec<Stage2Fault> = Vec::new();
-    let mut stage2_total = 0u64;
-    let mut inv_checks = 0u64;
-    let mut latency = crate::report::ExitLatency::default();
-    let mut last_exit: Option<(String, Instant)> = None;
-    let t_run = Instant::now();
-    let mut first_entry_us = None;
-    let mut first_guest_us = None;
-    let outcome = loop {
-        if first_entry_us.is_none() {
-            first_entry_us = Some(t_start.elapsed().as_micros() as u64);
-        }
-        if timed_out.load(Ordering::SeqCst) {
-            break Outcome::Timeout;
-        }
-        if let Some((reason, t)) = last_exit.take() {
-            latency.record(&reason, t.elapsed());
-        }
-        let exit = vcpu.run();
-        let t_ret = Instant::now();
-        let mut bump = |name: &str| {
-            *exits.entry(name.to_string()).or_default() += 1;
-            last_exit = Some((name.to_string(), t_ret));
-        };
-        let mut mmio: Option<(u64, u32, bool, u64, bool)> = None;
-        // A request block to serve (port-IO hypercall from ring 0, doorbell from ring 3).
-        let mut block: Option<u64> = None;
-        // A not-present #PF the guest's entry sent straight to the host.
-        let mut pf_assist = false;
-        match exit {
-            Ok(VcpuExit::IoOut(PORT_PF_ASSIST, _)) => {
-                bump("pf_assist");
-                pf_assist = true;
-            }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                bump("io_out");
-                match port {
-                    PORT_HYPERCALL if data.len() == 4 => {
-                        let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
-                        block = Some(gpa);
-                    }
-                    PORT_NULL => {
-                        if first_guest_us.is_none() {
-                            first_guest_us = Some(t_start.elapsed().as_micros() as u64);
-                        }
-                    }
-                    PORT_SERIAL => {
-                        let s = String::from_utf8_lossy(data).into_owned();
-                        hc.console.push_str(&s);
-                    }
-                    _ => bump("io_out_unknown_port"),
-                }
-            }
-            Ok(VcpuExit::IoIn(_, data)) => {
-                bump("io_in");
-                data.fill(0xff);
-            }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                bump("mmio");
-                let lazy = match s2ctl.as_mut() {
-                    Some(s) => match s.on_mmio(&vm, &mut slots, addr, data, false) {
-                        Ok(h) => h,
-                        Err(e) => break Outcome::KvmError(e.to_string()),
-                    },
-                    None => false,
-                };
-                if !lazy {
-                    data.fill(0xff);
-                }
-                mmio = Some((addr, data.len() as u32, false, 0, lazy));
-            }
-            Ok(VcpuExit::MmioWrite(addr, _)) if addr == memvisor_abi::NULL_DOORBELL_GPA => {
-                bump("null_doorbell");
-            }
-            Ok(VcpuExit::MmioWrite(addr, data))
-                if addr == memvisor_abi::DOORBELL_GPA && data.len() == 8 =>
-            {
-                bump("doorbell");
-                let mut v = [0u8; 8];
-                v.copy_from_slice(data);
-                block = Some(u64::from_le_bytes(v));
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                bump("mmio");
-                let mut v = [0u8; 8];
-                let n = data.len().min(8);
-                v[..n].copy_from_slice(&data[..n]);
-                let mut copy = v;
-                let lazy = match s2ctl.as_mut() {
-                    Some(s) => match s.on_mmio(&vm, &mut slots, addr, &mut copy[..n], true) {
-                        Ok(h) => h,
-                        Err(e) => break Outcome::KvmError(e.to_string()),
-                    },
-                    None => false,
-                };
-                mmio = Some((addr, data.len() as u32, true, u64::from_le_bytes(v), lazy));
-            }
-            Ok(VcpuExit::Hlt) => {
-                bump("hlt");
-                break Outcome::Halted;
-            }
-            Ok(VcpuExit::Shutdown) => {
-                bump("shutdown");
-                break Outcome::TripleFault;
-            }
-            Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                bump("fail_entry");
-                break Outcome::FailEntry { reason, cpu };
-            }
-            Ok(VcpuExit::InternalError) => {
-                bump("internal_error");
-                break Outcome::InternalError;
-            }
-            Ok(other) => {
-                bump("other");
-                break Outcome::UnexpectedExit(format!("{other:?}"));
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                bump("intr");
-                continue;
-            }
-            Err(e) => break Outcome::KvmError(e.to_string()),
-        }
-        if pf_assist {
-            match crate::pf_assist::on_exit(&mut vcpu, sync_regs, &mut space) {
-                Ok(_) => {}
-                Err(e) => break Outcome::KvmError(e.to_string()),
-            }
-            if let Some(stop) = after_host_edit(
-                cfg.check_invariants,
-                &mut inv_checks,
-                &mut flush_slot,
-                &vm,
-                &mut slots,
-                &mut space,
-            ) {
-                break stop;
-            }
-        }
-        if let Some(gpa) = block {
-            let mut side = crate::stage2::VmmSide {
-                vm: &vm,
-                slots: &mut slots,
-                stage2: s2ctl.as_mut(),
+impl Vm {
+    /// The vCPU loop: run until the guest ends or, in step-wise mode, until a ucall or an
+    /// MMIO exit the host should see.
+    pub(crate) fn run_loop(&mut self) -> Exit {
+        let stepwise = self.stepwise;
+        if let Some(len) = self.pending_mmio_read.take() {
+            let v = self.mmio_read_value.to_le_bytes();
+            let n = len.min(8);
+            // SAFETY: the last exit was KVM_EXIT_MMIO, so `mmio` is the active member of the
+            // kvm_run exit union; KVM copies `data` into the guest's register at KVM_RUN.
+            unsafe {
+                self.vcpu.get_kvm_run().__bindgen_anon_1.mmio.data[..n].copy_from_slice(&v[..n])
             };
-            let flow = hc.handle_with(&mut space, gpa, &mut side);
-            if let Some(stop) = after_host_edit(
-                cfg.check_invariants,
-                &mut inv_checks,
-                &mut flush_slot,
-                &vm,
-                &mut slots,
-                &mut space,
-            ) {
-                break stop;
-            }
-            match flow {
-                Flow::Continue => {}
-                Flow::Exit(code) => break Outcome::Exited(code),
-                Flow::Panic(msg) => break Outcome::Panicked(msg),
-            }
         }
-        if let Some((gpa, size, write, value, lazy_backed)) = mmio {
-            stage2_total += 1;
-            if stage2.len() < STAGE2_LOG_MAX {
-                // KVM has not yet completed a read (RIP is the instruction's); it has
-                // completed a write and advanced RIP past it (see `Stage2Fault::rip`).
-                let regs = vcpu.get_regs().ok();
-                let exit_rip = regs.map(|r| r.rip);
-                let (rip, rip_source) = match (write, regs) {
-                    (false, Some(r)) => (Some(r.rip), Some("exit")),
-                    (true, Some(r)) => {
-                        match crate::stage2::write_instruction(&space, &r, gpa, size) {
-                            Some(start) => (Some(start), Some("decoded")),
-                            None => (None, None),
+        loop {
+            if self.first_entry_us.is_none() {
+                self.first_entry_us = Some(self.t_start.elapsed().as_micros() as u64);
+            }
+            if self.watchdog.timed_out() {
+                return Exit::Timeout;
+            }
+            if let Some((reason, t)) = self.last_exit.take() {
+                self.latency.record(&reason, t.elapsed());
+            }
+            let exit = self.vcpu.run();
+            let t_ret = Instant::now();
+            let exits = &mut self.exits;
+            let last_exit = &mut self.last_exit;
+            let mut bump = |name: &str| {
+                *exits.entry(name.to_string()).or_default() += 1;
+                *last_exit = Some((name.to_string(), t_ret));
+            };
+            let mut mmio: Option<Mmio> = None;
+            // A request block to serve (port-IO hypercall from ring 0, doorbell from ring 3).
+            let mut block: Option<u64> = None;
+            // A not-present #PF the guest's entry sent straight to the host.
+            let mut pf_assist = false;
+            let stop = match exit {
+                Ok(VcpuExit::IoOut(PORT_PF_ASSIST, _)) => {
+                    bump("pf_assist");
+                    pf_assist = true;
+                    None
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    bump("io_out");
+                    match port {
+                        PORT_HYPERCALL if data.len() == 4 => {
+                            let gpa =
+                                u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
+                            block = Some(gpa);
+                        }
+                        PORT_NULL => {
+                            if self.first_guest_us.is_none() {
+                                self.first_guest_us =
+                                    Some(self.t_start.elapsed().as_micros() as u64);
+                            }
+                        }
+                        PORT_SERIAL => {
+                            let s = String::from_utf8_lossy(data).into_owned();
+                            self.hc.console.push_str(&s);
+                        }
+                        _ => bump("io_out_unknown_port"),
+                    }
+                    None
+                }
+                Ok(VcpuExit::IoIn(_, data)) => {
+                    bump("io_in");
+                    data.fill(0xff);
+                    None
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    bump("mmio");
+                    let lazy = match self.s2ctl.as_mut() {
+                        Some(s) => s.on_mmio(&self.vm, &mut self.slots, addr, data, false),
+                        None => Ok(false),
+                    };
+                    match lazy {
+                        Ok(lazy) => {
+                            if !lazy {
+                                data.fill(0xff);
+                            }
+                            mmio = Some((addr, data.len() as u32, false, 0, lazy));
+                            None
+                        }
+                        Err(e) => Some(Outcome::KvmError(e.to_string())),
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, _)) if addr == memvisor_abi::NULL_DOORBELL_GPA => {
+                    bump("null_doorbell");
+                    None
+                }
+                Ok(VcpuExit::MmioWrite(addr, data))
+                    if addr == memvisor_abi::DOORBELL_GPA && data.len() == 8 =>
+                {
+                    bump("doorbell");
+                    let mut v = [0u8; 8];
+                    v.copy_from_slice(data);
+                    block = Some(u64::from_le_bytes(v));
+                    None
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    bump("mmio");
+                    let mut v = [0u8; 8];
+                    let n = data.len().min(8);
+                    v[..n].copy_from_slice(&data[..n]);
+                    let mut copy = v;
+                    let lazy = match self.s2ctl.as_mut() {
+                        Some(s) => s.on_mmio(&self.vm, &mut self.slots, addr, &mut copy[..n], true),
+                        None => Ok(false),
+                    };
+                    match lazy {
+                        Ok(lazy) => {
+                            mmio =
+                                Some((addr, data.len() as u32, true, u64::from_le_bytes(v), lazy));
+                            None
+                        }
+                        Err(e) => Some(Outcome::KvmError(e.to_string())),
+                    }
+                }
+                Ok(VcpuExit::Hlt) => {
+                    bump("hlt");
+                    Some(Outcome::Halted)
+                }
+                Ok(VcpuExit::Shutdown) => {
+                    bump("shutdown");
+                    Some(Outcome::TripleFault)
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    bump("fail_entry");
+                    Some(Outcome::FailEntry { reason, cpu })
+                }
+                Ok(VcpuExit::InternalError) => {
+                    bump("internal_error");
+                    Some(Outcome::InternalError)
+                }
+                Ok(other) => {
+                    bump("other");
+                    Some(Outcome::UnexpectedExit(format!("{other:?}")))
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    bump("intr");
+                    continue;
+                }
+                Err(e) => Some(Outcome::KvmError(e.to_string())),
+            };
+            if let Some(o) = stop {
+                return Exit::from_outcome(o);
+            }
+            if pf_assist {
+                if let Err(e) =
+                    crate::pf_assist::on_exit(&mut self.vcpu, self.sync_regs, &mut self.space)
+                {
+                    return Exit::Stopped(Outcome::KvmError(e.to_string()));
+                }
+                if let Some(stop) = self.after_host_edit() {
+                    return Exit::from_outcome(stop);
+                }
+            }
+            if let Some(gpa) = block {
+                let mut side = crate::stage2::VmmSide {
+                    vm: &self.vm,
+                    slots: &mut self.slots,
+                    stage2: self.s2ctl.as_mut(),
+                };
+                let flow = self.hc.handle_with(&mut self.space, gpa, &mut side);
+                if let Some(stop) = self.after_host_edit() {
+                    return Exit::from_outcome(stop);
+                }
+                match flow {
+                    Flow::Continue => {}
+                    Flow::Exit(code) => return Exit::Exited(code),
+                    Flow::Panic(msg) => return Exit::GuestPanic(msg),
+                    Flow::Ucall(rec) => {
+                        let exit = Exit::from_record(&rec);
+                        if stepwise || rec.kind != ucall::SYNC {
+                            return exit;
                         }
                     }
-                    (_, None) => (None, None),
-                };
-                stage2.push(Stage2Fault {
-                    gpa,
-                    size,
-                    write,
-                    value: if write { Some(value) } else { None },
-                    rip,
-                    rip_source,
-                    exit_rip,
-                    lazy_backed,
-                });
+                }
+            }
+            if let Some((gpa, size, write, value, lazy_backed)) = mmio {
+                self.stage2_total += 1;
+                if self.stage2.len() < STAGE2_LOG_MAX {
+                    // KVM has not yet completed a read (RIP is the instruction's); it has
+                    // completed a write and advanced RIP past it (see `Stage2Fault::rip`).
+                    let regs = self.vcpu.get_regs().ok();
+                    let exit_rip = regs.map(|r| r.rip);
+                    let (rip, rip_source) = match (write, regs) {
+                        (false, Some(r)) => (Some(r.rip), Some("exit")),
+                        (true, Some(r)) => {
+                            match crate::stage2::write_instruction(&self.space, &r, gpa, size) {
+                                Some(start) => (Some(start), Some("decoded")),
+                                None => (None, None),
+                            }
+                        }
+                        (_, None) => (None, None),
+                    };
+                    self.stage2.push(Stage2Fault {
+                        gpa,
+                        size,
+                        write,
+                        value: if write { Some(value) } else { None },
+                        rip,
+                        rip_source,
+                        exit_rip,
+                        lazy_backed,
+                    });
+                }
+                if stepwise && !lazy_backed {
+                    if !write {
+                        self.pending_mmio_read = Some(size as usize);
+                    }
+                    return Exit::Mmio {
+                        gpa,
+                        size,
+                        write,
+                        data: if write { value } else { 0 },
+                    };
+                }
             }
         }
-    };
-    let run_us = t_run.elapsed().as_micros() as u64;
-    done.store(true, Ordering::SeqCst);
-    let _ = watchdog.join();
-    let registers = match outcome {
-        Outcome::Exited(_) => None,
-        _ => Registers::read(&vcpu),
-    };
-    let mut report = Report::collect(
-        cfg,
-        &space,
-        memslots,
-        features,
-        hc,
-        exits,
-        stage2,
-        stage2_total,
-        flush_slot.count,
-        outcome,
-        registers,
-        crate::report::Timings {
-            setup_us,
-            memslot_us,
-            first_entry_us: first_entry_us.unwrap_or(setup_us),
-            first_guest_instruction_us: first_guest_us,
-            run_us,
-            total_us: t_start.elapsed().as_micros() as u64,
-        },
-        tsc_khz,
-        latency,
-        s2ctl.map(|s| s.report),
-    );
-    crate::invariants::finish(&mut report, &mut space, cfg.check_invariants, inv_checks);
-    Ok(report)
+    }
+
+    fn after_host_edit(&mut self) -> Option<Outcome> {
+        after_host_edit(
+            self.cfg.check_invariants,
+            &mut self.inv_checks,
+            &mut self.flush_slot,
+            &self.vm,
+            &mut self.slots,
+            &mut self.space,
+        )
+    }
 }

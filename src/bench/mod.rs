@@ -309,6 +309,14 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         Target::RatioMax(1.10),
     ));
     f.push(fig(
+        "ucall_sync_ring3",
+        g("r3_ucall_sync"),
+        "ns",
+        "bare_exit_ring3",
+        r3_exit,
+        Target::RatioMax(1.10),
+    ));
+    f.push(fig(
         "guest_handled_pf_ring3",
         g("r3_guest_pf"),
         "ns",

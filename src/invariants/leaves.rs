@@ -153,6 +153,9 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
                         .is_some_and(|e| e <= s.saturating_add(n))
             })
             && !space.ram.contains(gpa, size)
+            || space.device_maps.iter().any(|&(g, len, p)| {
+                gva >= g && gva - g < len && gpa == p + (gva - g) && !space.ram.contains(gpa, size)
+            })
         {
             Area::Stage2Test
         } else if BLOB_AREA.contains(&gva) {

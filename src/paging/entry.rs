@@ -73,7 +73,7 @@ impl PageTables {
     /// non-zero; `flags` may only hold P, RW, US, PWT, PCD, A, D, G and NX, and PS is kept
     /// as it was (a table pointer stays one). Leaf counts follow P of level-1 / PS entries.
     ///
-    /// Test tables only (see the [module docs](self)); the caller flushes TLBs.
+    /// Test tables only (see the module docs); the caller flushes TLBs.
     ///
     /// # Errors
     /// As [`Self::entry_gpa`]; [`PagingError::UnsupportedFlags`] for other bits;
@@ -113,7 +113,7 @@ impl PageTables {
     /// Set `bits` (which must lie in bits 51:M, M = MAXPHYADDR of the guest CPU given as
     /// `phys_bits`) in the entry at `level` on the walk of `gva`, making it unusable: the
     /// CPU raises #PF with RSVD = 1 when a walk reaches it while it is present. Returns the
-    /// old entry. The entry is remembered as poisoned (see the [module docs](self)); call
+    /// old entry. The entry is remembered as poisoned (see the module docs); call
     /// this after every other edit under it.
     ///
     /// **Test tables only**: this is the one way to write reserved bits into an entry.

@@ -184,6 +184,9 @@ pub struct AddressSpace {
     /// test layout and a test's extra read-only and lazy ranges (`crate::stage2::Stage2::setup`).
     /// Empty unless the stage-2 regions are set up.
     pub stage2_ranges: Vec<(u64, u64)>,
+    /// Host-made mappings of GPAs outside RAM `(gva, len, gpa)` (`Vm::map_gpa`: unbacked
+    /// windows and extra memslots); the invariants accept their leaves.
+    pub device_maps: Vec<(u64, u64, u64)>,
     next_region: u64,
 }
 
@@ -378,6 +381,7 @@ impl AddressSpace {
             build_options: opts,
             matrix_frames: Vec::new(),
             stage2_ranges: Vec::new(),
+            device_maps: Vec::new(),
             next_region: 1,
         };
         let mut space = space;

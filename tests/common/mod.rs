@@ -48,3 +48,86 @@ pub fn run(cfg: &VmConfig) -> Report {
         Err(e) => panic!("VMM failed: {e}"),
     }
 }
+
+/// The ELF of guest binary `bin` of `tests/guests` (the guest half of test file
+/// `tests/<bin>.rs`), built for x86_64-unknown-none on first use.
+pub fn guest_elf(bin: &str) -> Vec<u8> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-guests");
+    match memvisor::guest_build::build(&root.join("tests/guests/Cargo.toml"), bin, &target) {
+        Ok(elf) => elf,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A [`memvisor::Vm`] (64 MiB, invariants checked after every batch, 20 s per run) for the
+/// guest half of `tests/<bin>.rs`; `None` (skipped) without /dev/kvm outside CI.
+pub fn guest_vm(bin: &str) -> Option<memvisor::Vm> {
+    if !kvm_or_skip(bin) {
+        return None;
+    }
+    let opts = memvisor::VmOptions {
+        mem_bytes: 64 << 20,
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    match memvisor::Vm::new(guest_elf(bin), opts) {
+        Ok(vm) => Some(vm),
+        Err(e) => panic!("VM for {bin}: {e}"),
+    }
+}
+
+/// Run to the next exit; panics on a VMM error.
+pub fn step(vm: &mut memvisor::Vm) -> memvisor::Exit {
+    match vm.run() {
+        Ok(e) => e,
+        Err(e) => panic!("VMM failed: {e}"),
+    }
+}
+
+/// The values of a `sync!`, or a panic naming the exit (with the guest console).
+pub fn sync(vm: &mut memvisor::Vm) -> Vec<u64> {
+    match step(vm) {
+        memvisor::Exit::Ucall(memvisor::Ucall::Sync(v)) => v,
+        other => panic!("expected a sync, got {other:?}\nconsole:\n{}", vm.console()),
+    }
+}
+
+/// Expect `Ucall(Done)`, then check the host invariants.
+pub fn done(vm: &mut memvisor::Vm) {
+    match step(vm) {
+        memvisor::Exit::Ucall(memvisor::Ucall::Done) => {}
+        other => panic!("expected done, got {other:?}\nconsole:\n{}", vm.console()),
+    }
+    invariants(vm);
+}
+
+/// Every host invariant holds.
+pub fn invariants(vm: &memvisor::Vm) {
+    if let Err(v) = vm.check_invariants() {
+        panic!("invariants violated: {v:?}");
+    }
+}
+
+/// `let mut vm = vm_or_skip!("name");`: [`guest_vm`], or return from the test (skipped).
+#[allow(unused_macros)]
+macro_rules! vm_or_skip {
+    ($bin:expr) => {
+        match common::guest_vm($bin) {
+            Some(vm) => vm,
+            None => return,
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use vm_or_skip;
+
+/// `Exit::Mmio { gpa, size, write, data }`.
+pub fn mmio(gpa: u64, size: u32, write: bool, data: u64) -> memvisor::Exit {
+    memvisor::Exit::Mmio {
+        gpa,
+        size,
+        write,
+        data,
+    }
+}

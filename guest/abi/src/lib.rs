@@ -20,6 +20,10 @@
 //! Sources: design after Xen PV `HYPERVISOR_mmu_update` batches and uhyve's port-IO hypercalls.
 #![no_std]
 
+pub mod typed;
+pub mod ucall;
+pub use typed::{Hypercall, MapFlags, Prot, Zone};
+
 /// Offset between the kernel image's GVAs and its GPAs: a kernel-image byte at GPA `p` is
 /// mapped at GVA `p + KERNEL_VIRT_OFFSET` (Linux's `__START_KERNEL_map`, the top 2 GiB).
 pub const KERNEL_VIRT_OFFSET: u64 = 0xffff_ffff_8000_0000;
@@ -102,6 +106,11 @@ pub enum Call {
     /// Stage-2 test control (the `stage2` scenario): `args[0]` = a [`stage2`] op,
     /// `args[1]` = its operand. `value` = op-specific result.
     Stage2 = 12,
+    /// A ucall of the guest SDK: `args[0]` = GVA of a [`ucall::Record`], `args[1]` = its size
+    /// ([`ucall::RECORD_BYTES`]). `Sync` resumes (at once in a built-in scenario; at the next
+    /// `Vm::run` in a step-wise test); `Assert`, `Done` and `Fault` end the run. Requests after
+    /// a ucall in the same batch are `Skipped`: send a ucall alone.
+    Ucall = 13,
     /// Fault matrix pass boundary (the `fault-matrix` scenario): `args[0]` = index of the
     /// pass that just ended (or [`matrix::NO_PASS`]), `args[1]` = index of the pass about to
     /// start (or [`matrix::NO_PASS`]). The host snapshots the test leaves for the ended pass,
@@ -126,6 +135,7 @@ impl Call {
             10 => Call::Panic,
             11 => Call::Record,
             12 => Call::Stage2,
+            13 => Call::Ucall,
             16 => Call::MatrixSync,
             _ => return None,
         })
@@ -147,6 +157,7 @@ impl Call {
             Call::Panic => "panic",
             Call::Record => "record",
             Call::Stage2 => "stage2",
+            Call::Ucall => "ucall",
             Call::MatrixSync => "matrix_sync",
         }
     }
@@ -443,10 +454,13 @@ pub mod scenario {
     pub const REPLAY: u32 = 14;
     /// Guest heaps: in-guest heap figures for `memvisor bench` (`arg` = traces blob).
     pub const HEAP_BENCH: u32 = 15;
+    /// A guest built on the SDK's entry macro (a user's test guest): it ignores the scenario
+    /// number; `memvisor::Vm` writes this one.
+    pub const SDK: u32 = 0x100;
 }
 
 /// The fault-matrix scenario's shared layout: the host builds the test page tables and a
-/// [`Plan`] of passes; each pass probes every record's VA once with one access at one CPL
+/// [`Plan`](matrix::Plan) of passes; each pass probes every record's VA once with one access at one CPL
 /// in one mode and the guest's #PF handler fills in the record.
 pub mod matrix {
     /// [`Plan::magic`].
@@ -538,6 +552,7 @@ mod host_impls {
     unsafe impl vm_memory::ByteValued for MemStats {}
     unsafe impl vm_memory::ByteValued for matrix::Pass {}
     unsafe impl vm_memory::ByteValued for matrix::Plan {}
+    unsafe impl vm_memory::ByteValued for ucall::Record {}
 }
 
 #[cfg(test)]
@@ -566,7 +581,7 @@ mod tests {
                 assert_eq!(c as u32, nr);
             }
         }
-        assert_eq!(Call::from_u32(13), None);
+        assert_eq!(Call::from_u32(14), None);
         for v in -8..=0 {
             assert_eq!(Status::from_i32(v).map(|s| s as i32), Some(v));
         }

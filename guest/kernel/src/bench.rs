@@ -79,6 +79,7 @@ fn run() -> Result<(), &'static str> {
     let mut gpf = [0u64; 32];
     let mut demand = [0u64; 32];
     let mut touch = [0u64; 32];
+    let mut ucall = [0u64; 32];
     for r in 0..rounds {
         let t0 = rdtsc();
         for _ in 0..per {
@@ -108,6 +109,13 @@ fn run() -> Result<(), &'static str> {
             unsafe { core::ptr::write_volatile(page as *mut u8, 1) };
         }
         let t5 = rdtsc();
+        for _ in 0..per {
+            // A sync ucall (a binary record the host decodes; it resumes the guest at once in
+            // a built-in scenario).
+            memvisor_guest_sdk::ucall::sync(&[]);
+        }
+        let t6 = rdtsc();
+        ucall[r] = (t6 - t5) / per;
         touch[r] = (t5 - t4) / pages_per_round;
         bare[r] = (t1 - t0) / per;
         null[r] = (t2 - t1) / per;
@@ -123,6 +131,7 @@ fn run() -> Result<(), &'static str> {
     record("r3_guest_pf", median(&mut gpf[1..rounds]));
     record("r3_demand_fault", median(&mut demand[1..rounds]));
     record("r3_first_touch", median(&mut touch[1..rounds]));
+    record("r3_ucall_sync", median(&mut ucall[1..rounds]));
     hc::munmap(warm, lazy_pages * PAGE).map_err(|_| "munmap populate")?;
     hc::munmap(ro, PAGE).map_err(|_| "munmap ro")?;
     hc::munmap(lazy, lazy_pages * PAGE).map_err(|_| "munmap lazy")?;

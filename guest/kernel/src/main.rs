@@ -1,9 +1,7 @@
-//! memvisor's guest kernel.
-//!
-//! Entered in 64-bit mode on page tables the host built, with `rdi` = GVA of the
-//! [`BootInfo`](memvisor_abi::BootInfo) and `rsp` = top of a boot stack whose lowest page is an
-//! unmapped guard. It installs its own GDT/TSS (an IST stack for #DF) and an IDT for vectors
-//! 0–31, then runs the scenario the host named and exits through a hypercall.
+//! memvisor's guest kernel: the built-in scenarios, on the guest SDK (`guest/sdk`, whose
+//! crate docs hold the boot contract). The SDK's `_start` checks the boot info, loads the
+//! GDT/TSS/IDT and calls [`kmain`] at CPL 0, which runs the scenario the host named (most of
+//! them in ring 3) and returns the exit code.
 #![no_std]
 #![no_main]
 #![allow(dead_code)] // some probes and hypercall wrappers serve only later scenarios
@@ -11,62 +9,22 @@
 extern crate alloc;
 
 mod bench;
-mod console;
 mod crash;
 mod demo;
-mod hc;
 mod heap;
 mod hostile;
-mod idt;
 mod matrix;
-mod probe;
 mod stage2;
-mod user;
 mod walk;
 
-use core::panic::PanicInfo;
-use memvisor_abi::{BootInfo, BOOT_MAGIC};
+// The runtime moved to the SDK; the scenarios keep their `crate::` paths.
+pub use memvisor_guest_sdk::{boot, console, hc, idt, print, println, probe, user};
 
-core::arch::global_asm!(
-    ".section .text.entry, \"ax\"",
-    ".global _start",
-    "_start:",
-    // First instruction: one bare exit to the null port, so the VMM can time
-    // "VMM start -> first guest instruction".
-    "    mov dx, {null_port}",
-    "    out dx, al",
-    "    xor ebp, ebp",
-    "    call {kmain}",
-    "2:  hlt",
-    "    jmp 2b",
-    kmain = sym kmain,
-    null_port = const memvisor_abi::PORT_NULL,
-);
+memvisor_guest_sdk::entry!(kernel kmain);
 
-/// The boot information, copied out of the page the host wrote.
-static mut BOOT: Option<BootInfo> = None;
-
-/// The boot information (valid after `kmain` stored it).
-pub fn boot() -> &'static BootInfo {
-    // SAFETY: BOOT is written once in kmain before anything calls boot(); single vCPU and no
-    // interrupt handler writes it.
-    match unsafe { &*core::ptr::addr_of!(BOOT) } {
-        Some(b) => b,
-        None => hc::panic_str("boot info used before kmain stored it"),
-    }
-}
-
-extern "C" fn kmain(boot_info: *const BootInfo) -> ! {
-    // SAFETY: the host passes the GVA of a BootInfo it wrote in the direct map; we check the
-    // magic before trusting anything else in it.
-    let info = unsafe { core::ptr::read_volatile(boot_info) };
-    if info.magic != BOOT_MAGIC {
-        hc::panic_str("bad boot info magic");
-    }
-    // SAFETY: single-threaded early boot; no reference to BOOT exists yet.
-    unsafe { *core::ptr::addr_of_mut!(BOOT) = Some(info) };
-    idt::init(&info);
-    let code = match info.scenario {
+/// Run the scenario the host named; its result is the exit code.
+fn kmain() -> u32 {
+    match boot().scenario {
         memvisor_abi::scenario::DEMO => user::run(demo::run_user, 0) as u32,
         memvisor_abi::scenario::BOOT => 0,
         memvisor_abi::scenario::FAULT_MATRIX => matrix::run(),
@@ -92,16 +50,5 @@ extern "C" fn kmain(boot_info: *const BootInfo) -> ! {
             println!("unknown scenario {}", other);
             1
         }
-    };
-    console::flush();
-    hc::exit(code)
-}
-
-#[panic_handler]
-fn panic(info: &PanicInfo) -> ! {
-    use core::fmt::Write;
-    let mut msg = console::Line::new();
-    let _ = write!(msg, "{}", info);
-    console::flush();
-    hc::panic_str(msg.as_str())
+    }
 }

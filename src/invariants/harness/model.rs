@@ -149,6 +149,18 @@ impl Harness {
                     AnyOf(vec![memvisor_abi::Status::Ok, memvisor_abi::Status::Fault])
                 }
             }
+            // A ucall record must be exactly RECORD_BYTES long, readable and well formed.
+            Call::Ucall => {
+                if a[1] != memvisor_abi::ucall::RECORD_BYTES as u64 {
+                    Status(memvisor_abi::Status::Inval)
+                } else {
+                    AnyOf(vec![
+                        memvisor_abi::Status::Ok,
+                        memvisor_abi::Status::Fault,
+                        memvisor_abi::Status::Inval,
+                    ])
+                }
+            }
             // Served by the VMM (stage-2 test, fault matrix): not here.
             Call::Stage2 | Call::MatrixSync => Status(memvisor_abi::Status::NoSys),
             Call::Translate => {

@@ -198,7 +198,7 @@ pub(super) fn crafted_not_mine(c: &mut Ctx) {
     );
     c.expect(Call::Record, [u64::MAX - 4, 8, 0, 0, 0], Status::Fault);
     // Unknown calls and reserved bits.
-    for nr in [13u32, 99, 0x8000_0000, u32::MAX] {
+    for nr in [14u32, 99, 0x8000_0000, u32::MAX] {
         let mut r = [Request::new(Call::Nop, [0; 5])];
         r[0].nr = nr;
         c.batch_exact(&mut r, Status::NoSys);

@@ -178,6 +178,14 @@ impl Model {
                     Expect::OkOr(Status::Fault)
                 }
             }
+            // A ucall record must be exactly RECORD_BYTES long and readable.
+            Call::Ucall => {
+                if a[1] != memvisor_abi::ucall::RECORD_BYTES as u64 {
+                    Expect::Is(Status::Inval)
+                } else {
+                    Expect::OkOr2(Status::Fault, Status::Inval)
+                }
+            }
             // Served by the VMM for the stage-2 and fault-matrix scenarios only.
             Call::Stage2 | Call::MatrixSync => Expect::Is(Status::NoSys),
             Call::Translate => {

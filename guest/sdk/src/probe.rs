@@ -4,7 +4,7 @@
 //!   (`memvisor_abi::PORT_PF_ASSIST`, one `out` that changes no register; the host side is
 //!   `src/pf_assist.rs`): if the page lies in a lazy region the host backs and maps it and
 //!   returns to the faulting instruction itself; otherwise the fault continues here.
-//! * Probes: `probe_read`/`probe_write` perform one access whose fault is caught through an
+//! * Probes: `probe_read`/`probe_write` (and [`fetch`], through [`crate::fault::try_fault`]) perform one access whose fault is caught through an
 //!   exception table (like Linux's `__ex_table`): the handler resumes at a fixup label and the
 //!   probe returns the error code and CR2 instead of crashing.
 //! * A scenario may install a hook that gets the first look at any other #PF.
@@ -15,21 +15,25 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// Bit 63 of a probe's return value: the access faulted; bits 0–31 hold the error code.
 pub const FAULTED: u64 = 1 << 63;
 
-// Probes live in 16-byte slots of `probe_block`: the faulting instruction is 3 bytes at the
-// start of its slot and is followed by `ret`, so the #PF fast path resumes a faulting probe at
+// Probes live in 16-byte slots of `probe_block`: the faulting instruction is 3 bytes (after
+// a 2-byte `xor eax, eax`) and is followed by `ret`, so the #PF fast path resumes a faulting probe at
 // rip + 3 with rax = FAULTED | error code, without leaving assembly. The extable entries
 // serve the slow (Rust) path too.
 core::arch::global_asm!(
     ".balign 64",
     ".global probe_block",
     "probe_block:",
+    // rax = 0 (no fault) unless the #PF path sets FAULTED | error code: the return value
+    // must not be whatever the caller left in rax.
     ".global probe_read_u8",
     "probe_read_u8:",
+    "    xor eax, eax",
     "1:  movzx edx, byte ptr [rdi]",
     "2:  ret",
     ".balign 16",
     ".global probe_write_u8",
     "probe_write_u8:",
+    "    xor eax, eax",
     "3:  mov byte ptr [rdi], sil",
     "4:  ret",
     ".balign 16",
@@ -147,6 +151,23 @@ pub unsafe fn write(addr: u64, val: u8) -> Probe {
     outcome(unsafe { probe_write_u8(addr, val) })
 }
 
+/// Fetch (execute) at `addr`: `call`s it. A fetch fault (#PF with I/D set, or any other
+/// exception) is returned as a [`Probe::Fault`] (CR2 = `addr` for a #PF).
+///
+/// # Safety
+/// If the fetch succeeds the code at `addr` runs: it must be a `ret` (0xC3) or code the
+/// caller means to run.
+pub unsafe fn fetch(addr: u64) -> Probe {
+    let f: extern "C" fn() = unsafe { core::mem::transmute(addr as usize) };
+    match crate::fault::try_fault(|| f()) {
+        None => Probe::Ok,
+        Some(x) => Probe::Fault {
+            error_code: x.error_code,
+            cr2: x.cr2,
+        },
+    }
+}
+
 fn extable_fixup(rip: u64) -> Option<u64> {
     // The linker script brackets .extable with these symbols; entries are pairs of u64
     // (faulting instruction, fixup) written by the global_asm above.
@@ -193,7 +214,9 @@ pub fn page_fault(f: &mut TrapFrame) {
             return;
         }
     }
-    crate::idt::report(14, err, cr2, f.rip, false);
+    if crate::fault::on_exception(f, cr2) {
+        return;
+    }
     let mut line = crate::console::Line::new();
     let _ = core::fmt::Write::write_fmt(
         &mut line,
@@ -205,7 +228,7 @@ pub fn page_fault(f: &mut TrapFrame) {
             f.rip
         ),
     );
-    crate::hc::panic_str(line.as_str());
+    crate::idt::unhandled(f, cr2, line.as_str())
 }
 
 /// Non-#PF exceptions a scenario expects (none yet): returns true if handled.

@@ -252,10 +252,12 @@ extern "C" fn dispatch(f: &mut TrapFrame) {
         return;
     }
     let cr2 = x86_64::registers::control::Cr2::read_raw();
+    if f.vector != 8 && crate::fault::on_exception(f, cr2) {
+        return;
+    }
+    let mut line = crate::console::Line::new();
     if f.vector == 8 {
         // On IST1: the faulting stack is unusable. Report and stop.
-        report(8, f.error_code, cr2, f.rip, false);
-        let mut line = crate::console::Line::new();
         let _ = core::fmt::Write::write_fmt(
             &mut line,
             format_args!(
@@ -263,23 +265,35 @@ extern "C" fn dispatch(f: &mut TrapFrame) {
                 f.rip, f.rsp, cr2
             ),
         );
-        crate::hc::panic_str(line.as_str());
+    } else {
+        let _ = core::fmt::Write::write_fmt(
+            &mut line,
+            format_args!(
+                "unhandled exception {} ({}) error_code={:#x} rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr2={:#x}",
+                f.vector,
+                vector_name(f.vector),
+                f.error_code,
+                f.rip,
+                f.rsp,
+                f.rflags,
+                f.cs,
+                cr2
+            ),
+        );
     }
-    report(f.vector, f.error_code, cr2, f.rip, false);
-    let mut line = crate::console::Line::new();
-    let _ = core::fmt::Write::write_fmt(
-        &mut line,
-        format_args!(
-            "unhandled exception {} ({}) error_code={:#x} rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr2={:#x}",
-            f.vector,
-            vector_name(f.vector),
-            f.error_code,
-            f.rip,
-            f.rsp,
-            f.rflags,
-            f.cs,
-            cr2
-        ),
-    );
-    crate::hc::panic_str(line.as_str());
+    unhandled(f, cr2, line.as_str())
+}
+
+/// End the run for an exception nobody expected: a `FAULT` ucall (vector, error code, CR2,
+/// RIP and `msg`), which the host logs in its fault log and reports (`Exit::Fault`, or a
+/// failed run with `msg` for the built-in scenarios).
+pub fn unhandled(f: &TrapFrame, cr2: u64, msg: &str) -> ! {
+    let mut r = memvisor_abi::ucall::Record::new(memvisor_abi::ucall::FAULT);
+    for v in [f.vector, f.error_code, cr2, f.rip] {
+        r.push(v);
+    }
+    r.set_msg(msg);
+    crate::ucall::send_in_fault(&r);
+    // Only reached if the host resumed us after all.
+    crate::hc::panic_str(msg)
 }

@@ -5,7 +5,10 @@
 //! another is in flight except by the #PF handler, which uses its own block.
 
 use core::cell::UnsafeCell;
-use memvisor_abi::{Batch, Call, Request, Status, KERNEL_VIRT_OFFSET, MAX_BATCH, PORT_HYPERCALL};
+use memvisor_abi::{
+    Batch, Call, Hypercall, MapFlags, MemStats, Prot, Request, Status, Zone, KERNEL_VIRT_OFFSET,
+    MAX_BATCH, PORT_HYPERCALL,
+};
 
 /// A request block: header plus up to `N` requests.
 #[repr(C, align(4096))]
@@ -21,7 +24,14 @@ pub struct StaticBlock<const N: usize>(UnsafeCell<Block<N>>);
 // #PF handler), never concurrently.
 unsafe impl<const N: usize> Sync for StaticBlock<N> {}
 
+impl<const N: usize> Default for StaticBlock<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<const N: usize> StaticBlock<N> {
+    /// An empty block.
     pub const fn new() -> Self {
         StaticBlock(UnsafeCell::new(Block {
             head: Batch {
@@ -56,6 +66,7 @@ impl<const N: usize> StaticBlock<N> {
     }
 
     /// Run `reqs` (at most N, at most MAX_BATCH) in one exit; results are written back.
+    #[inline]
     pub fn run(&self, reqs: &mut [Request]) {
         let n = reqs.len().min(N).min(MAX_BATCH as usize);
         let p = self.0.get();
@@ -108,16 +119,19 @@ pub fn main_block_gpa() -> u64 {
 }
 
 /// Run a batch from normal (non-handler) context.
+#[inline]
 pub fn batch(reqs: &mut [Request]) {
     MAIN.run(reqs)
 }
 
 /// Run a batch from the #PF handler.
+#[inline]
 pub fn batch_in_fault(reqs: &mut [Request]) {
     FAULT.run(reqs)
 }
 
 /// A single call; returns `Ok(value)` or the error status.
+#[inline]
 pub fn call(c: Call, args: [u64; 5]) -> Result<u64, Status> {
     let mut r = [Request::new(c, args)];
     batch(&mut r);
@@ -125,6 +139,7 @@ pub fn call(c: Call, args: [u64; 5]) -> Result<u64, Status> {
 }
 
 /// Status of a completed request.
+#[inline]
 pub fn result(r: &Request) -> Result<u64, Status> {
     match Status::from_i32(r.status) {
         Some(Status::Ok) => Ok(r.value),
@@ -199,4 +214,40 @@ pub fn flush_range(gva: u64, len: u64) {
             x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(gva + i * 4096));
         }
     }
+}
+
+/// A typed hypercall (encoded with [`Hypercall::encode`], the inverse of the host's decoder).
+#[inline]
+pub fn hypercall(h: Hypercall) -> Result<u64, Status> {
+    let mut r = [h.encode()];
+    batch(&mut r);
+    result(&r[0])
+}
+
+/// Typed `Mmap`: `len` bytes (multiple of 4 KiB) with `prot` from `zone` → GVA.
+pub fn map(len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Result<u64, Status> {
+    hypercall(Hypercall::Mmap {
+        len,
+        prot,
+        zone,
+        flags,
+    })
+}
+
+/// Typed `Mprotect`, then a TLB flush of the range.
+pub fn protect(gva: u64, len: u64, prot: Prot) -> Result<u64, Status> {
+    let r = hypercall(Hypercall::Mprotect { gva, len, prot });
+    flush_range(gva, len);
+    r
+}
+
+/// `Stats`: the host's frame and mapping counters.
+pub fn stats() -> Result<MemStats, Status> {
+    let mut s = MemStats::default();
+    hypercall(Hypercall::Stats {
+        gva: &mut s as *mut MemStats as u64,
+    })?;
+    // SAFETY: the host wrote the struct through its GVA; read it back without the compiler
+    // assuming it unchanged.
+    Ok(unsafe { core::ptr::read_volatile(&s) })
 }

@@ -11,10 +11,11 @@
 //!   delivered to the kernel's IDT normally. So:
 //!   - hypercalls from ring 3 ring the MMIO doorbell (an 8-byte write of the request block's
 //!     GPA to [`memvisor_abi::DOORBELL_GVA`]);
-//!   - the two privileged services trap and are emulated by the #GP handler
+//!   - the privileged services trap and are emulated by the #GP handler
 //!     ([`gp_service`]): `hlt` at `user_exit_hlt` returns to the kernel with rdi = result, and
 //!     `hlt` at `user_flush_insn` flushes the TLB for rdi = GVA, rsi = length (a ring-3
-//!     `invlpg` does not trap on PVM, so it cannot carry the request).
+//!     `invlpg` does not trap on PVM, so it cannot carry the request), and `hlt` at
+//!     `user_ring0_insn` calls rdi(rsi) at CPL 0 ([`call_in_ring0`]).
 
 use crate::idt::{TrapFrame, USER_CS, USER_DS};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +57,12 @@ core::arch::global_asm!(
     "user_return_landing:",
     "    pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
     "    ret",
+    ".global user_ring0_call",
+    "user_ring0_call:",
+    ".global user_ring0_insn",
+    "user_ring0_insn:",
+    "    hlt",
+    "    ret",
     ".global user_flush",
     "user_flush:",
     ".global user_flush_insn",
@@ -75,6 +82,8 @@ extern "C" {
         rsp0: *mut u64,
     ) -> u64;
     fn user_flush(gva: u64, len: u64);
+    fn user_ring0_call(f: extern "C" fn(u64) -> u64, arg: u64) -> u64;
+    static user_ring0_insn: u8;
     static user_exit_hlt: u8;
     static user_return_landing: u8;
     static user_flush_insn: u8;
@@ -93,6 +102,7 @@ pub fn run(f: extern "C" fn(u64) -> u64, arg: u64) -> u64 {
 }
 
 /// Current privilege level (CS.RPL).
+#[inline]
 pub fn cpl() -> u16 {
     let cs: u16;
     // SAFETY: reading CS has no side effects.
@@ -109,6 +119,14 @@ pub fn flush_from_user(gva: u64, len: u64) {
     unsafe { user_flush(gva, len) }
 }
 
+/// Run `f(arg)` at CPL 0 from ring 3 (inside the #GP handler; see
+/// [`crate::fault::in_ring0`]).
+pub fn call_in_ring0(f: extern "C" fn(u64) -> u64, arg: u64) -> u64 {
+    // SAFETY: the hlt in user_ring0_call traps (#GP at CPL 3); gp_service calls f(arg) at
+    // CPL 0, puts the result in rax and skips the instruction.
+    unsafe { user_ring0_call(f, arg) }
+}
+
 /// The #GP handler's services for ring 3: returns true if the fault was one of them.
 pub fn gp_service(f: &mut TrapFrame) -> bool {
     if f.cs & 3 != 3 {
@@ -123,6 +141,13 @@ pub fn gp_service(f: &mut TrapFrame) -> bool {
         f.ss = crate::idt::KERNEL_DS as u64;
         f.rsp = USER_SAVED_RSP.load(Ordering::SeqCst);
         f.rflags = 0x2;
+        return true;
+    }
+    if f.rip == core::ptr::addr_of!(user_ring0_insn) as u64 {
+        // SAFETY: rdi holds the fn pointer `call_in_ring0` passed (the only code at this RIP).
+        let func: extern "C" fn(u64) -> u64 = unsafe { core::mem::transmute(f.rdi as usize) };
+        f.rax = func(f.rsi);
+        f.rip += 1; // hlt
         return true;
     }
     if f.rip == flush {
