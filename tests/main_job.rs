@@ -16,6 +16,16 @@ fn guest_symbol(name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no symbol {name} in the guest"))
 }
 
+/// `len` bytes of the guest ELF's code at virtual address `va`.
+fn guest_code(va: u64, len: u64) -> Vec<u8> {
+    use object::{Object, ObjectSection};
+    let elf = object::File::parse(memvisor::guest_image::GUEST_ELF).expect("guest ELF");
+    elf.sections()
+        .find_map(|s| s.data_range(va, len).ok().flatten())
+        .unwrap_or_else(|| panic!("no code at {va:#x} in the guest"))
+        .to_vec()
+}
+
 #[test]
 fn demo_boots_faults_and_exits_zero() {
     if !common::kvm_or_skip("demo_boots_faults_and_exits_zero") {
@@ -53,9 +63,17 @@ fn demo_boots_faults_and_exits_zero() {
     // the #PF fast path, was reported at RIP 0): the write in the demo's text, the read at the
     // probe's load instruction.
     assert!(reported[0].rip >= memvisor::layout::KERNEL_VIRT_OFFSET);
+    // The probe's load is `movzx edx, byte ptr [rdi]` (0f b6 17), a few bytes into
+    // `probe_read_u8` (after `xor eax, eax`).
+    let probe = guest_symbol("probe_read_u8");
+    assert!(
+        (probe..probe + 16).contains(&reported[1].rip),
+        "{:?}",
+        reported[1]
+    );
     assert_eq!(
-        reported[1].rip,
-        guest_symbol("probe_read_u8"),
+        guest_code(reported[1].rip, 3),
+        [0x0f, 0xb6, 0x17],
         "{:?}",
         reported[1]
     );
