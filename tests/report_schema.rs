@@ -87,6 +87,21 @@ fn every_scenario_matches_the_schema() {
     let (replay, status) = json_of(&["replay", trace, "--json"]);
     assert_eq!(status, Some(0));
     assert_valid(&v, "replay", &replay);
+    // Several traces and heaps in one guest: a JSON array of the same records.
+    let small = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/traces/bzip2.trace");
+    let (many, status) = json_of(&[
+        "replay",
+        small,
+        small,
+        "--heap",
+        "memvisor,talc",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(status, Some(0));
+    assert_eq!(many.as_array().map(Vec::len), Some(4), "{many}");
+    assert_valid(&v, "replay (several)", &many);
 }
 
 #[test]
