@@ -170,19 +170,14 @@ impl PageRegistry {
         }
     }
 
-    /// Register the page containing `va` with `value` (non-zero). Overwrites silently.
-    pub(crate) fn insert<S: PageSource + ?Sized>(
+    /// The live path (`nodes[3]` = root … `nodes[0]` = leaf) to the key of indices `idx`,
+    /// mapping the nodes that are missing; on failure the nodes mapped here are unmapped
+    /// again.
+    fn path<S: PageSource + ?Sized>(
         &mut self,
         src: &mut S,
-        va: usize,
-        value: usize,
-    ) -> Result<(), HeapError> {
-        debug_assert!(value != 0);
-        let k = key(va).ok_or(HeapError::InvalidPointer {
-            addr: va,
-            reason: "page source returned a non-canonical address",
-        })?;
-        let idx = indices(k);
+        idx: &[usize; 4],
+    ) -> Result<[usize; 4], HeapError> {
         let mut nodes = [0usize; 4];
         if self.root == 0 {
             self.root = map(src, 1).ok_or(HeapError::OutOfMemory { pages: 1 })?;
@@ -196,71 +191,69 @@ impl PageRegistry {
             if e == 0 {
                 let Some(child) = map(src, 1) else {
                     // SAFETY: nodes[level..] is the live path.
-                    unsafe { self.prune(src, &nodes, &idx, level) };
+                    unsafe { self.prune(src, &nodes, idx, level) };
                     return Err(HeapError::OutOfMemory { pages: 1 });
                 };
                 self.node_pages += 1;
                 // SAFETY: as above; `child` is page-aligned so the count bits are 0.
                 unsafe { *s = child as u64 };
-                let c = counter(&nodes, &idx, level);
+                let c = counter(&nodes, idx, level);
                 self.add(c, 1);
                 nodes[level - 1] = child;
             } else {
                 nodes[level - 1] = (e & !COUNT_MASK) as usize;
             }
         }
-        let s = slot(nodes[0], idx[0]);
-        // SAFETY: `nodes[0]` is a live leaf page.
-        let old = unsafe { *s };
-        // SAFETY: as above.
-        unsafe { *s = value as u64 };
-        self.cache[k & (CACHE - 1)].set((k + 1, value));
-        if old == 0 {
-            self.entries += 1;
-            let c = counter(&nodes, &idx, 0);
-            self.add(c, 1);
-        }
-        Ok(())
+        Ok(nodes)
     }
 
-    /// Unregister the page containing `va`; returns the old value (0 if it was absent).
-    pub(crate) fn remove<S: PageSource + ?Sized>(&mut self, src: &mut S, va: usize) -> usize {
-        let Some(k) = key(va) else { return 0 };
+    /// The live path to the key of indices `idx`, or `None` if a node on it is missing.
+    fn find_path(&self, idx: &[usize; 4]) -> Option<[usize; 4]> {
         if self.root == 0 {
-            return 0;
+            return None;
         }
-        let idx = indices(k);
         let mut nodes = [0usize; 4];
         nodes[3] = self.root;
         for level in (1..4).rev() {
             // SAFETY: live node, index < 512.
             let e = unsafe { *slot(nodes[level], idx[level]) };
             if e == 0 {
-                return 0;
+                return None;
             }
             nodes[level - 1] = (e & !COUNT_MASK) as usize;
         }
-        let s = slot(nodes[0], idx[0]);
-        // SAFETY: live leaf.
-        let old = unsafe { *s };
-        if old == 0 {
+        Some(nodes)
+    }
+
+    /// Register the page containing `va` with `value` (non-zero). Overwrites silently.
+    #[cfg(test)]
+    pub(crate) fn insert<S: PageSource + ?Sized>(
+        &mut self,
+        src: &mut S,
+        va: usize,
+        value: usize,
+    ) -> Result<(), HeapError> {
+        self.insert_range(src, va & !0xfff, 1, value)
+    }
+
+    /// Unregister the page containing `va`; returns the old value (0 if it was absent).
+    #[cfg(test)]
+    pub(crate) fn remove<S: PageSource + ?Sized>(&mut self, src: &mut S, va: usize) -> usize {
+        let Some(k) = key(va) else { return 0 };
+        let idx = indices(k);
+        let Some(nodes) = self.find_path(&idx) else {
             return 0;
+        };
+        // SAFETY: `nodes[0]` is a live leaf.
+        let old = unsafe { *slot(nodes[0], idx[0]) };
+        if old != 0 {
+            self.clear_leaf_run(src, k, &nodes, &idx, 1);
         }
-        // SAFETY: live leaf.
-        unsafe { *s = 0 };
-        let c = &self.cache[k & (CACHE - 1)];
-        if c.get().0 == k + 1 {
-            c.set((0, 0));
-        }
-        self.entries -= 1;
-        let c = counter(&nodes, &idx, 0);
-        self.add(c, -1);
-        // SAFETY: nodes[0..] is the live path.
-        unsafe { self.prune(src, &nodes, &idx, 0) };
         old as usize
     }
 
-    /// Register `pages` pages from `base` with `value`; on failure nothing stays registered.
+    /// Register `pages` pages from `base` (page-aligned) with `value` (non-zero), one tree
+    /// walk per leaf node the range touches; on failure nothing stays registered.
     pub(crate) fn insert_range<S: PageSource + ?Sized>(
         &mut self,
         src: &mut S,
@@ -268,26 +261,105 @@ impl PageRegistry {
         pages: usize,
         value: usize,
     ) -> Result<(), HeapError> {
-        for i in 0..pages {
-            if let Err(e) = self.insert(src, base + (i << 12), value) {
-                for j in 0..i {
-                    self.remove(src, base + (j << 12));
+        debug_assert!(value != 0);
+        let mut i = 0;
+        while i < pages {
+            let va = base + (i << 12);
+            let found = key(va)
+                .ok_or(HeapError::InvalidPointer {
+                    addr: va,
+                    reason: "page source returned a non-canonical address",
+                })
+                .and_then(|k| {
+                    let idx = indices(k);
+                    Ok((k, idx, self.path(src, &idx)?))
+                });
+            let (k, idx, nodes) = match found {
+                Ok(f) => f,
+                Err(e) => {
+                    // Nothing stays registered: undo the leaves filled so far.
+                    self.remove_range(src, base, i);
+                    return Err(e);
                 }
-                return Err(e);
+            };
+            let n = (pages - i).min(FANOUT - idx[0]);
+            let mut added = 0;
+            for j in 0..n {
+                let s = slot(nodes[0], idx[0] + j);
+                // SAFETY: `nodes[0]` is a live leaf page and `idx[0] + j < 512`.
+                unsafe {
+                    added += (*s == 0) as i64;
+                    *s = value as u64;
+                }
+                self.cache[(k + j) & (CACHE - 1)].set((k + j + 1, value));
             }
+            if added != 0 {
+                self.entries += added as usize;
+                let c = counter(&nodes, &idx, 0);
+                self.add(c, added);
+            }
+            i += n;
         }
         Ok(())
     }
 
-    /// Unregister `pages` pages from `base`.
+    /// Clear up to `n` entries from key `k` in the leaf `nodes[0]` (not past its end), drop
+    /// them from the cache, and unmap the nodes of the path left empty; returns the number of
+    /// keys covered (`min(n, 512 - idx[0])`).
+    fn clear_leaf_run<S: PageSource + ?Sized>(
+        &mut self,
+        src: &mut S,
+        k: usize,
+        nodes: &[usize; 4],
+        idx: &[usize; 4],
+        n: usize,
+    ) -> usize {
+        let n = n.min(FANOUT - idx[0]);
+        let mut removed = 0;
+        for j in 0..n {
+            let s = slot(nodes[0], idx[0] + j);
+            // SAFETY: `nodes[0]` is a live leaf page and `idx[0] + j < 512`.
+            unsafe {
+                if *s == 0 {
+                    continue;
+                }
+                *s = 0;
+            }
+            removed += 1;
+            let c = &self.cache[(k + j) & (CACHE - 1)];
+            if c.get().0 == k + j + 1 {
+                c.set((0, 0));
+            }
+        }
+        if removed != 0 {
+            self.entries -= removed;
+            let c = counter(nodes, idx, 0);
+            self.add(c, -(removed as i64));
+            // SAFETY: nodes[0..] is the live path.
+            unsafe { self.prune(src, nodes, idx, 0) };
+        }
+        n
+    }
+
+    /// Unregister `pages` pages from `base` (page-aligned), one tree walk per leaf node.
     pub(crate) fn remove_range<S: PageSource + ?Sized>(
         &mut self,
         src: &mut S,
         base: usize,
         pages: usize,
     ) {
-        for i in 0..pages {
-            self.remove(src, base + (i << 12));
+        let mut i = 0;
+        while i < pages {
+            let Some(k) = key(base + (i << 12)) else {
+                i += 1;
+                continue;
+            };
+            let idx = indices(k);
+            let n = (pages - i).min(FANOUT - idx[0]);
+            if let Some(nodes) = self.find_path(&idx) {
+                self.clear_leaf_run(src, k, &nodes, &idx, n);
+            }
+            i += n;
         }
     }
 
