@@ -8,6 +8,16 @@ fn insert_get_remove_frees_nodes() {
     let a = 0x7f12_3456_7000usize;
     let b = 0xffff_ffff_8020_0000usize; // upper half (kernel image)
     r.insert(&mut src, a, 11).unwrap();
+    assert_eq!(r.node_pages(), 1, "one key: the root is a leaf");
+    let w = a & !0x1f_ffff; // a's 2 MiB window
+    r.insert(&mut src, w + 511 * 4096, 12).unwrap();
+    assert_eq!(r.node_pages(), 1, "same 2 MiB window");
+    r.insert(&mut src, w + 512 * 4096, 13).unwrap();
+    assert_eq!(r.node_pages(), 3, "two leaves under a root");
+    r.remove(&mut src, w + 512 * 4096);
+    assert_eq!(r.node_pages(), 1, "shrinks back to one leaf");
+    assert_eq!(r.get(w + 511 * 4096), 12);
+    r.remove(&mut src, w + 511 * 4096);
     r.insert(&mut src, b, 22).unwrap();
     assert_eq!(r.get(a), 11);
     assert_eq!(r.get(a + 0xfff), 11);
@@ -20,7 +30,7 @@ fn insert_get_remove_frees_nodes() {
     assert_eq!(src.mapped_pages(), 7);
     assert_eq!(r.remove(&mut src, a), 11);
     assert_eq!(r.remove(&mut src, a), 0);
-    assert_eq!(r.node_pages(), 4);
+    assert_eq!(r.node_pages(), 1, "b's leaf is the root again");
     assert_eq!(r.remove(&mut src, b), 22);
     assert_eq!(r.node_pages(), 0);
     assert_eq!(src.mapped_pages(), 0);
@@ -141,6 +151,14 @@ mod model {
                 }
                 prop_assert_eq!(r.entries(), m.len());
                 prop_assert_eq!(r.node_pages(), src.mapped_pages());
+                // The tree is only as tall as the keys need: keys of one 2 MiB window take
+                // a single leaf.
+                let mut windows = m.keys().map(|&p| ((p >> 12) & ((1 << 36) - 1)) >> 9);
+                if let Some(w) = windows.next() {
+                    if windows.all(|x| x == w) {
+                        prop_assert_eq!(r.node_pages(), 1);
+                    }
+                }
                 for (&p, &v) in &m {
                     prop_assert_eq!(r.get(p), v);
                     prop_assert_eq!(r.get(p + 4095), v);
