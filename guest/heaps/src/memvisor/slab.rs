@@ -124,11 +124,25 @@ impl Class {
 impl<S: PageSource> MemvisorHeap<S> {
     #[inline(always)]
     pub(super) fn slab_alloc(&mut self, c: usize, align: usize) -> Option<NonNull<u8>> {
-        let mut s = self.classes[c].partial;
-        let mut c = c;
+        let s = self.classes[c].partial;
         if s == 0 {
-            (c, s) = self.borrow_or_new(c, align)?;
+            return self.slab_alloc_slow(c, align);
         }
+        self.slab_take(c, s)
+    }
+
+    /// `slab_alloc` when class `c` has no partly used slab (kept apart so that the hot path
+    /// keeps a constant class's tables folded).
+    #[cold]
+    #[inline(never)]
+    fn slab_alloc_slow(&mut self, c: usize, align: usize) -> Option<NonNull<u8>> {
+        let (d, s) = self.borrow_or_new(c, align)?;
+        self.slab_take(d, s)
+    }
+
+    /// Take the first free slot of slab `s` of class `c`.
+    #[inline(always)]
+    fn slab_take(&mut self, c: usize, s: usize) -> Option<NonNull<u8>> {
         // SAFETY: `s` is the header of a live slab of class `c` with at least one free slot
         // (slabs leave the partial list when full), so one of its bitmap words is non-zero.
         unsafe {
@@ -230,12 +244,35 @@ impl<S: PageSource> MemvisorHeap<S> {
         // SAFETY: the page belongs to the slab heap (a live slab, or the registry lookup
         // above), so its header area is mapped; the fields are checked before anything else
         // is trusted.
+        let (magic, hc) = unsafe { ((*hdr(s)).magic, (*hdr(s)).class as usize) };
+        if magic != SLAB_MAGIC {
+            return bad("not a slot of a slab of this size class");
+        }
+        if hc == lc {
+            self.slab_release(addr, c, s)
+        } else if borrowable(lc, hc) {
+            self.slab_release_borrowed(addr, hc, s)
+        } else {
+            bad("not a slot of a slab of this size class")
+        }
+    }
+
+    /// `slab_release` of a slot borrowed from class `c` (kept apart so that the hot path
+    /// keeps a constant class's tables folded).
+    #[cold]
+    #[inline(never)]
+    fn slab_release_borrowed(&mut self, addr: usize, c: usize, s: usize) -> Result<(), HeapError> {
+        self.slab_release(addr, c, s)
+    }
+
+    /// Free the slot at `addr` of the live slab `s` of class `c` (header magic and class
+    /// checked): slot boundary, double free, partial list, an emptied slab back to its family.
+    #[inline(always)]
+    fn slab_release(&mut self, addr: usize, c: usize, s: usize) -> Result<(), HeapError> {
+        let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
+        // SAFETY: `s` is a live slab of class `c` (checked by the caller).
         unsafe {
             let h = hdr(s);
-            let c = (*h).class as usize;
-            if (*h).magic != SLAB_MAGIC || (c != lc && !borrowable(lc, c)) {
-                return bad("not a slot of a slab of this size class");
-            }
             let (size, first) = (CLASSES[c], s + HDR[c] as usize);
             if addr < first {
                 return bad("not a slot of a slab of this size class");
