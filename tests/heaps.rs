@@ -269,14 +269,16 @@ fn every_sample_trace_replays_on_every_heap() {
 }
 
 /// Traces where the memvisor heap misses an efficiency target of issue 13 (BENCHMARKS.md,
-/// "Replay of every trace", says why): the memvisor efficiency measured when the miss was
-/// recorded, a floor this test keeps. Every other trace must meet every target.
+/// "Targets (issue 13, item 5)", says why): the memvisor efficiency last measured, a floor
+/// this test keeps. Every other trace must meet every target. (python-json was 0.9078
+/// before slab classes borrowed slots; it gave 2 pages for the 9-13 pages nginx, gcc-cc1,
+/// perl and redis-server gained.)
 const KNOWN_EFFICIENCY_MISSES: [(&str, f64); 5] = [
-    ("gcc-cc1", 0.9136),
-    ("nginx", 0.8243),
-    ("perl", 0.8210),
-    ("python-json", 0.9078),
-    ("redis-server", 0.8658),
+    ("gcc-cc1", 0.9236),
+    ("nginx", 0.8703),
+    ("perl", 0.8257),
+    ("python-json", 0.9065),
+    ("redis-server", 0.8725),
 ];
 
 #[test]

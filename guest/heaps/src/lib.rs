@@ -11,11 +11,12 @@
 //! so a heap can live in a `static` behind a lock; every operation takes `&mut self`.
 //!
 //! # Page registry
-//! Each heap keeps a 4-level radix tree (9 bits a level, like the x86-64 page tables, nodes
-//! are pages from the source, emptied nodes are unmapped at once) from every 4 KiB page it
-//! owns to that page's VM page (page families) or main node (MeMS), with a 128-entry
-//! direct-mapped lookup cache. It is what validates a pointer before any in-band data is
-//! trusted, in O(1).
+//! Each heap keeps a radix tree of up to 4 levels (9 bits a level, like the x86-64 page
+//! tables; only as tall as its keys need, so pages within one 2 MiB window cost one node;
+//! nodes are pages from the source, emptied nodes are unmapped at once) from every 4 KiB page
+//! it owns to that page's VM page (page families) or main node (MeMS), with a 128-entry
+//! direct-mapped lookup cache; ranges are registered one leaf at a time. It is what
+//! validates a pointer before any in-band data is trusted, in O(1).
 //!
 //! # Alignment
 //! * [`page_family`]: every payload is **16-byte aligned** (no larger alignment).

@@ -1,8 +1,16 @@
-//! Page registry: a 4-level radix tree (9 bits a level, like the x86-64 page tables) from a
-//! 4 KiB virtual page to a non-zero `usize` value (the owning page header or main node).
+//! Page registry: a radix tree of up to 4 levels (9 bits a level, like the x86-64 page tables)
+//! from a 4 KiB virtual page to a non-zero `usize` value (the owning page header or main node).
 //!
 //! It is what the heaps use to validate a pointer without trusting in-band data: a pointer is
-//! only looked at if its page is registered. Lookups are O(1) (four dependent loads).
+//! only looked at if its page is registered. Lookups are O(1) (at most four dependent loads).
+//!
+//! The tree is only as tall as its keys need: its root covers the keys that share the
+//! `prefix` above its `height` levels (a single leaf for pages within one 2 MiB-aligned
+//! window, 512 leaves under a root for one 1 GiB window, …). A key outside grows the tree by
+//! a new root above the old one; when a removal leaves the root with a single child, the
+//! child becomes the root. So a small heap pays one node page, not four (x86-64 page tables
+//! always walk four levels; a tree of this kind is what Linux's radix tree / XArray does
+//! with its `shift`).
 //!
 //! Every node is one page from the [`PageSource`] holding 512 `u64` entries. An interior entry
 //! is `child_base | population(child)`: the child is page-aligned, so its low 12 bits hold the
@@ -27,6 +35,10 @@ pub(crate) struct PageRegistry {
     root: usize,
     /// Non-zero entries in the root.
     root_count: usize,
+    /// Levels of the tree (1 = the root is a leaf … 4), 0 if empty.
+    height: usize,
+    /// The key bits above the root's levels (`key >> (9 * height)`) shared by every key.
+    prefix: usize,
     /// Pages mapped for nodes.
     node_pages: usize,
     /// Registered 4 KiB pages.
@@ -64,6 +76,8 @@ impl PageRegistry {
         PageRegistry {
             root: 0,
             root_count: 0,
+            height: 0,
+            prefix: 0,
             node_pages: 0,
             entries: 0,
             cache: [const { Cell::new((0, 0)) }; CACHE],
@@ -99,12 +113,12 @@ impl PageRegistry {
     /// Tree lookup of key `k`.
     #[inline]
     fn walk(&self, k: usize) -> usize {
-        if self.root == 0 {
+        if !self.covers(k) {
             return 0;
         }
         let idx = indices(k);
         let mut node = self.root;
-        for level in (1..4).rev() {
+        for level in (1..self.height).rev() {
             // SAFETY: `node` is a live node page (the root, or a child recorded in its parent's
             // entry) of 512 entries and `idx[level] < 512`.
             let e = unsafe { *slot(node, idx[level]) };
@@ -115,6 +129,63 @@ impl PageRegistry {
         }
         // SAFETY: as above, `node` is a live leaf page.
         unsafe { *slot(node, idx[0]) as usize }
+    }
+
+    /// Is key `k` under the root (so a walk from the root reaches it)? False when empty.
+    #[inline(always)]
+    fn covers(&self, k: usize) -> bool {
+        self.root != 0 && k >> (9 * self.height) == self.prefix
+    }
+
+    /// Where the population of the node at `level` on the path `nodes` is kept: the root's
+    /// in the struct, any other node's in its parent's entry (only dereferenced while the
+    /// parent is live).
+    #[inline(always)]
+    fn counter(&self, nodes: &[usize; 4], idx: &[usize; 4], level: usize) -> Counter {
+        if level + 1 == self.height {
+            Counter::Root
+        } else {
+            Counter::Entry(slot(nodes[level + 1], idx[level + 1]))
+        }
+    }
+
+    /// Put new roots above the old one until key `k` is covered (the tree is not empty).
+    fn grow_to<S: PageSource + ?Sized>(&mut self, src: &mut S, k: usize) -> Result<(), HeapError> {
+        while !self.covers(k) {
+            debug_assert!(self.height < 4);
+            let top = map(src, 1).ok_or(HeapError::OutOfMemory { pages: 1 })?;
+            self.node_pages += 1;
+            // SAFETY: `top` is a fresh node page; the old root is page-aligned and its
+            // population (≤ 512) fits in the count bits.
+            unsafe {
+                *slot(top, self.prefix & (FANOUT - 1)) = (self.root | self.root_count) as u64
+            };
+            self.root = top;
+            self.root_count = 1;
+            self.height += 1;
+            self.prefix >>= 9;
+        }
+        Ok(())
+    }
+
+    /// While the root has a single child, make the child the root (after a removal).
+    fn shrink<S: PageSource + ?Sized>(&mut self, src: &mut S) {
+        while self.height > 1 && self.root_count == 1 {
+            // SAFETY: the root is a live node page with exactly one non-zero entry.
+            let (i, e) = match (0..FANOUT)
+                .map(|i| (i, unsafe { *slot(self.root, i) }))
+                .find(|x| x.1 != 0)
+            {
+                Some(x) => x,
+                None => return,
+            };
+            unmap(src, self.root, 1);
+            self.node_pages -= 1;
+            self.root = (e & !COUNT_MASK) as usize;
+            self.root_count = (e & COUNT_MASK) as usize;
+            self.height -= 1;
+            self.prefix = (self.prefix << 9) | i;
+        }
     }
 
     fn add(&mut self, c: Counter, delta: i64) -> u64 {
@@ -148,119 +219,128 @@ impl PageRegistry {
         idx: &[usize; 4],
         from_level: usize,
     ) {
-        for level in from_level..4 {
-            let c = counter(nodes, idx, level);
+        let mut freed = false;
+        for level in from_level..self.height {
+            let c = self.counter(nodes, idx, level);
             let n = match c {
                 Counter::Root => self.root_count as u64,
                 // SAFETY: a live interior entry.
                 Counter::Entry(p) => unsafe { *p & COUNT_MASK },
             };
             if n != 0 {
-                return;
+                break;
             }
             unmap(src, nodes[level], 1);
             self.node_pages -= 1;
-            if level == 3 {
+            freed = true;
+            if level + 1 == self.height {
                 self.root = 0;
-            } else {
-                // SAFETY: the parent is live; clear its entry and its population.
-                unsafe { *slot(nodes[level + 1], idx[level + 1]) = 0 };
-                self.add(counter(nodes, idx, level + 1), -1);
+                self.height = 0;
+                self.prefix = 0;
+                return;
             }
+            // SAFETY: the parent is live; clear its entry and its population.
+            unsafe { *slot(nodes[level + 1], idx[level + 1]) = 0 };
+            self.add(self.counter(nodes, idx, level + 1), -1);
+        }
+        if freed {
+            self.shrink(src);
         }
     }
 
-    /// Register the page containing `va` with `value` (non-zero). Overwrites silently.
-    pub(crate) fn insert<S: PageSource + ?Sized>(
+    /// The live path (`nodes[height - 1]` = root … `nodes[0]` = leaf) to key `k` of indices
+    /// `idx`, mapping the nodes that are missing (a taller tree if `k` is not covered); on
+    /// failure the empty nodes mapped here are unmapped again.
+    fn path<S: PageSource + ?Sized>(
         &mut self,
         src: &mut S,
-        va: usize,
-        value: usize,
-    ) -> Result<(), HeapError> {
-        debug_assert!(value != 0);
-        let k = key(va).ok_or(HeapError::InvalidPointer {
-            addr: va,
-            reason: "page source returned a non-canonical address",
-        })?;
-        let idx = indices(k);
+        k: usize,
+        idx: &[usize; 4],
+    ) -> Result<[usize; 4], HeapError> {
         let mut nodes = [0usize; 4];
         if self.root == 0 {
             self.root = map(src, 1).ok_or(HeapError::OutOfMemory { pages: 1 })?;
             self.node_pages += 1;
+            self.root_count = 0;
+            self.height = 1;
+            self.prefix = k >> 9;
+        } else if let Err(e) = self.grow_to(src, k) {
+            // Roots grown for `k` that now have a single child go again.
+            self.shrink(src);
+            return Err(e);
         }
-        nodes[3] = self.root;
-        for level in (1..4).rev() {
+        nodes[self.height - 1] = self.root;
+        for level in (1..self.height).rev() {
             let s = slot(nodes[level], idx[level]);
             // SAFETY: `nodes[level]` is a live node page and the index is < 512.
             let e = unsafe { *s };
             if e == 0 {
                 let Some(child) = map(src, 1) else {
                     // SAFETY: nodes[level..] is the live path.
-                    unsafe { self.prune(src, &nodes, &idx, level) };
+                    unsafe { self.prune(src, &nodes, idx, level) };
+                    self.shrink(src);
                     return Err(HeapError::OutOfMemory { pages: 1 });
                 };
                 self.node_pages += 1;
                 // SAFETY: as above; `child` is page-aligned so the count bits are 0.
                 unsafe { *s = child as u64 };
-                let c = counter(&nodes, &idx, level);
+                let c = self.counter(&nodes, idx, level);
                 self.add(c, 1);
                 nodes[level - 1] = child;
             } else {
                 nodes[level - 1] = (e & !COUNT_MASK) as usize;
             }
         }
-        let s = slot(nodes[0], idx[0]);
-        // SAFETY: `nodes[0]` is a live leaf page.
-        let old = unsafe { *s };
-        // SAFETY: as above.
-        unsafe { *s = value as u64 };
-        self.cache[k & (CACHE - 1)].set((k + 1, value));
-        if old == 0 {
-            self.entries += 1;
-            let c = counter(&nodes, &idx, 0);
-            self.add(c, 1);
-        }
-        Ok(())
+        Ok(nodes)
     }
 
-    /// Unregister the page containing `va`; returns the old value (0 if it was absent).
-    pub(crate) fn remove<S: PageSource + ?Sized>(&mut self, src: &mut S, va: usize) -> usize {
-        let Some(k) = key(va) else { return 0 };
-        if self.root == 0 {
-            return 0;
+    /// The live path to key `k` of indices `idx`, or `None` if a node on it is missing.
+    fn find_path(&self, k: usize, idx: &[usize; 4]) -> Option<[usize; 4]> {
+        if !self.covers(k) {
+            return None;
         }
-        let idx = indices(k);
         let mut nodes = [0usize; 4];
-        nodes[3] = self.root;
-        for level in (1..4).rev() {
+        nodes[self.height - 1] = self.root;
+        for level in (1..self.height).rev() {
             // SAFETY: live node, index < 512.
             let e = unsafe { *slot(nodes[level], idx[level]) };
             if e == 0 {
-                return 0;
+                return None;
             }
             nodes[level - 1] = (e & !COUNT_MASK) as usize;
         }
-        let s = slot(nodes[0], idx[0]);
-        // SAFETY: live leaf.
-        let old = unsafe { *s };
-        if old == 0 {
+        Some(nodes)
+    }
+
+    /// Register the page containing `va` with `value` (non-zero). Overwrites silently.
+    #[cfg(test)]
+    pub(crate) fn insert<S: PageSource + ?Sized>(
+        &mut self,
+        src: &mut S,
+        va: usize,
+        value: usize,
+    ) -> Result<(), HeapError> {
+        self.insert_range(src, va & !0xfff, 1, value)
+    }
+
+    /// Unregister the page containing `va`; returns the old value (0 if it was absent).
+    #[cfg(test)]
+    pub(crate) fn remove<S: PageSource + ?Sized>(&mut self, src: &mut S, va: usize) -> usize {
+        let Some(k) = key(va) else { return 0 };
+        let idx = indices(k);
+        let Some(nodes) = self.find_path(k, &idx) else {
             return 0;
+        };
+        // SAFETY: `nodes[0]` is a live leaf.
+        let old = unsafe { *slot(nodes[0], idx[0]) };
+        if old != 0 {
+            self.clear_leaf_run(src, k, &nodes, &idx, 1);
         }
-        // SAFETY: live leaf.
-        unsafe { *s = 0 };
-        let c = &self.cache[k & (CACHE - 1)];
-        if c.get().0 == k + 1 {
-            c.set((0, 0));
-        }
-        self.entries -= 1;
-        let c = counter(&nodes, &idx, 0);
-        self.add(c, -1);
-        // SAFETY: nodes[0..] is the live path.
-        unsafe { self.prune(src, &nodes, &idx, 0) };
         old as usize
     }
 
-    /// Register `pages` pages from `base` with `value`; on failure nothing stays registered.
+    /// Register `pages` pages from `base` (page-aligned) with `value` (non-zero), one tree
+    /// walk per leaf node the range touches; on failure nothing stays registered.
     pub(crate) fn insert_range<S: PageSource + ?Sized>(
         &mut self,
         src: &mut S,
@@ -268,26 +348,105 @@ impl PageRegistry {
         pages: usize,
         value: usize,
     ) -> Result<(), HeapError> {
-        for i in 0..pages {
-            if let Err(e) = self.insert(src, base + (i << 12), value) {
-                for j in 0..i {
-                    self.remove(src, base + (j << 12));
+        debug_assert!(value != 0);
+        let mut i = 0;
+        while i < pages {
+            let va = base + (i << 12);
+            let found = key(va)
+                .ok_or(HeapError::InvalidPointer {
+                    addr: va,
+                    reason: "page source returned a non-canonical address",
+                })
+                .and_then(|k| {
+                    let idx = indices(k);
+                    Ok((k, idx, self.path(src, k, &idx)?))
+                });
+            let (k, idx, nodes) = match found {
+                Ok(f) => f,
+                Err(e) => {
+                    // Nothing stays registered: undo the leaves filled so far.
+                    self.remove_range(src, base, i);
+                    return Err(e);
                 }
-                return Err(e);
+            };
+            let n = (pages - i).min(FANOUT - idx[0]);
+            let mut added = 0;
+            for j in 0..n {
+                let s = slot(nodes[0], idx[0] + j);
+                // SAFETY: `nodes[0]` is a live leaf page and `idx[0] + j < 512`.
+                unsafe {
+                    added += (*s == 0) as i64;
+                    *s = value as u64;
+                }
+                self.cache[(k + j) & (CACHE - 1)].set((k + j + 1, value));
             }
+            if added != 0 {
+                self.entries += added as usize;
+                let c = self.counter(&nodes, &idx, 0);
+                self.add(c, added);
+            }
+            i += n;
         }
         Ok(())
     }
 
-    /// Unregister `pages` pages from `base`.
+    /// Clear up to `n` entries from key `k` in the leaf `nodes[0]` (not past its end), drop
+    /// them from the cache, and unmap the nodes of the path left empty; returns the number of
+    /// keys covered (`min(n, 512 - idx[0])`).
+    fn clear_leaf_run<S: PageSource + ?Sized>(
+        &mut self,
+        src: &mut S,
+        k: usize,
+        nodes: &[usize; 4],
+        idx: &[usize; 4],
+        n: usize,
+    ) -> usize {
+        let n = n.min(FANOUT - idx[0]);
+        let mut removed = 0;
+        for j in 0..n {
+            let s = slot(nodes[0], idx[0] + j);
+            // SAFETY: `nodes[0]` is a live leaf page and `idx[0] + j < 512`.
+            unsafe {
+                if *s == 0 {
+                    continue;
+                }
+                *s = 0;
+            }
+            removed += 1;
+            let c = &self.cache[(k + j) & (CACHE - 1)];
+            if c.get().0 == k + j + 1 {
+                c.set((0, 0));
+            }
+        }
+        if removed != 0 {
+            self.entries -= removed;
+            let c = self.counter(nodes, idx, 0);
+            self.add(c, -(removed as i64));
+            // SAFETY: nodes[0..] is the live path.
+            unsafe { self.prune(src, nodes, idx, 0) };
+        }
+        n
+    }
+
+    /// Unregister `pages` pages from `base` (page-aligned), one tree walk per leaf node.
     pub(crate) fn remove_range<S: PageSource + ?Sized>(
         &mut self,
         src: &mut S,
         base: usize,
         pages: usize,
     ) {
-        for i in 0..pages {
-            self.remove(src, base + (i << 12));
+        let mut i = 0;
+        while i < pages {
+            let Some(k) = key(base + (i << 12)) else {
+                i += 1;
+                continue;
+            };
+            let idx = indices(k);
+            let n = (pages - i).min(FANOUT - idx[0]);
+            if let Some(nodes) = self.find_path(k, &idx) {
+                self.clear_leaf_run(src, k, &nodes, &idx, n);
+            }
+            i += n;
         }
     }
 
@@ -308,27 +467,18 @@ impl PageRegistry {
             freed
         }
         if self.root != 0 {
-            let freed = free_level(src, self.root, 3);
+            let freed = free_level(src, self.root, self.height - 1);
             self.node_pages -= freed;
         }
         debug_assert_eq!(self.node_pages, 0);
         self.root = 0;
         self.root_count = 0;
+        self.height = 0;
+        self.prefix = 0;
         self.entries = 0;
         for c in &self.cache {
             c.set((0, 0));
         }
-    }
-}
-
-/// Where the population of the node at `level` on the path `nodes` is kept: the root's in the
-/// struct, any other node's in its parent's entry (only dereferenced while the parent is live).
-#[inline(always)]
-fn counter(nodes: &[usize; 4], idx: &[usize; 4], level: usize) -> Counter {
-    if level == 3 {
-        Counter::Root
-    } else {
-        Counter::Entry(slot(nodes[level + 1], idx[level + 1]))
     }
 }
 

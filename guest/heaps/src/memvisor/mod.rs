@@ -7,7 +7,7 @@
 //!
 //! | request | heap |
 //! | --- | --- |
-//! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …); slab layout in `memvisor/slab.rs` |
+//! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …); slab layout in `memvisor/slab.rs`; a class without a slab borrows a free slot of one of the next 3 classes at most 1.25 × its size before it takes a page |
 //! | size ≥ [`SOLO_MIN`] (64 KiB) | **MeMS**, a solo main node of its own, unmapped when the block is freed |
 //! | anything else | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
 //!
@@ -50,7 +50,7 @@ mod keep;
 mod slab;
 
 pub use keep::{Keep, KeepStats, DECAY_OPS, KEEP_MAX_PAGES, KEEP_RUNS};
-pub use slab::{slab_layout, HDR, NSLOTS, SLAB_OFF, SLAB_PAYLOAD};
+pub use slab::{borrowable, slab_layout, BORROW, HDR, NSLOTS, SLAB_OFF, SLAB_PAYLOAD};
 
 use crate::{HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
 use core::alloc::Layout;
@@ -317,7 +317,7 @@ impl<S: PageSource> MemvisorHeap<S> {
         self.ops = self.ops.wrapping_add(1);
         let size = layout.size().max(1);
         match route(size, layout.align()) {
-            Route::Slab(c) => self.slab_alloc(c),
+            Route::Slab(c) => self.slab_alloc(c, layout.align()),
             Route::Large => match self.large_alloc(size, layout.align()) {
                 Ok(p) => {
                     self.stats.live[1] += 1;

@@ -13,7 +13,13 @@
 //!
 //! The slab of a slot is `(ptr & !4095) + 80`; a free is checked against the slab header
 //! (magic, class, slot boundary, free bit) after making sure the page belongs to the slab
-//! heap: it is the class's current slab, or an O(1) registry lookup says so. Partly used slabs of a class sit on a doubly linked list; allocation
+//! heap: it is the class's current slab, or an O(1) registry lookup says so. A block may sit
+//! in a slot of a slightly larger class ([`borrowable`]: one of the next [`BORROW`] classes,
+//! at most 1.25 × its size) when its own class has no free slot and that class has a partly
+//! used slab: a size the program uses for a few blocks only does not cost a slab page of its
+//! own. A free accepts a slab of the layout's class or of a class it may borrow from.
+//!
+//! Partly used slabs of a class sit on a doubly linked list; allocation
 //! takes the first free slot of the list's head (`trailing_zeros` over at most 4 words). A
 //! slab that becomes empty goes back to its family (which unmaps the page), unless it is its
 //! class's only partly used slab.
@@ -27,6 +33,15 @@ use core::ptr::NonNull;
 pub const SLAB_OFF: usize = 80;
 /// Largest payload of a one-page VM page: what a slab block may use.
 pub const SLAB_PAYLOAD: usize = 4008;
+/// Classes above its own a block may borrow a free slot from ([`borrowable`]).
+pub const BORROW: usize = 3;
+
+/// May a block of class `c` sit in a slot of class `d`? `d` is `c`, or one of the next
+/// [`BORROW`] classes at most 1.25 × its size. A free checks the slab's class against this.
+pub const fn borrowable(c: usize, d: usize) -> bool {
+    d >= c && d <= c + BORROW && d < NCLASS && CLASSES[d] * 4 <= CLASSES[c] * 5
+}
+
 /// Bytes of slab header before the bitmap: magic, class, used (8), next, prev.
 const FIXED_HDR: usize = 24;
 const SLAB_MAGIC: u32 = 0x51ab_5eed;
@@ -108,11 +123,26 @@ impl Class {
 
 impl<S: PageSource> MemvisorHeap<S> {
     #[inline(always)]
-    pub(super) fn slab_alloc(&mut self, c: usize) -> Option<NonNull<u8>> {
-        let mut s = self.classes[c].partial;
+    pub(super) fn slab_alloc(&mut self, c: usize, align: usize) -> Option<NonNull<u8>> {
+        let s = self.classes[c].partial;
         if s == 0 {
-            s = self.new_slab(c)?;
+            return self.slab_alloc_slow(c, align);
         }
+        self.slab_take(c, s)
+    }
+
+    /// `slab_alloc` when class `c` has no partly used slab (kept apart so that the hot path
+    /// keeps a constant class's tables folded).
+    #[cold]
+    #[inline(never)]
+    fn slab_alloc_slow(&mut self, c: usize, align: usize) -> Option<NonNull<u8>> {
+        let (d, s) = self.borrow_or_new(c, align)?;
+        self.slab_take(d, s)
+    }
+
+    /// Take the first free slot of slab `s` of class `c`.
+    #[inline(always)]
+    fn slab_take(&mut self, c: usize, s: usize) -> Option<NonNull<u8>> {
         // SAFETY: `s` is the header of a live slab of class `c` with at least one free slot
         // (slabs leave the partial list when full), so one of its bitmap words is non-zero.
         unsafe {
@@ -134,6 +164,28 @@ impl<S: PageSource> MemvisorHeap<S> {
                 core::ptr::with_exposed_provenance_mut(p),
             ))
         }
+    }
+
+    /// Class `c` has no free slot. If it has no slab at all, a free slot of a slightly
+    /// larger class ([`borrowable`], same alignment) that has a partly used slab; else a new
+    /// slab of class `c`. Returns `(class, slab)`. So a size the program uses for a few
+    /// blocks only does not take a slab page of its own while a neighbouring class has room,
+    /// and a class in use fills its own slabs (a borrowed slot wastes up to a quarter of
+    /// itself).
+    #[cold]
+    fn borrow_or_new(&mut self, c: usize, align: usize) -> Option<(usize, usize)> {
+        if self.classes[c].slabs == 0 {
+            let lenders = self.classes.iter().zip(CLASSES).enumerate();
+            for (d, (cl, size)) in lenders.skip(c + 1).take(BORROW) {
+                if !borrowable(c, d) {
+                    break;
+                }
+                if cl.partial != 0 && (align <= 8 || size.is_multiple_of(16)) {
+                    return Some((d, cl.partial));
+                }
+            }
+        }
+        Some((c, self.new_slab(c)?))
     }
 
     #[cold]
@@ -182,19 +234,47 @@ impl<S: PageSource> MemvisorHeap<S> {
     pub(super) fn slab_free(&mut self, ptr: NonNull<u8>, c: usize) -> Result<(), HeapError> {
         let addr = ptr.as_ptr().expose_provenance();
         let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
+        let lc = c;
         let s = (addr & !(PAGE_SIZE - 1)) + SLAB_OFF;
         // The class's current slab is a live slab page; any other page is looked up in the
         // page families' registry before anything in it is read.
         if s != self.classes[c].partial && !self.slabs.contains(ptr.as_ptr()) {
             return bad("not in a slab page");
         }
-        let (size, first) = (CLASSES[c], s + HDR[c] as usize);
         // SAFETY: the page belongs to the slab heap (a live slab, or the registry lookup
         // above), so its header area is mapped; the fields are checked before anything else
         // is trusted.
+        let (magic, hc) = unsafe { ((*hdr(s)).magic, (*hdr(s)).class as usize) };
+        if magic != SLAB_MAGIC {
+            return bad("not a slot of a slab of this size class");
+        }
+        if hc == lc {
+            self.slab_release(addr, c, s)
+        } else if borrowable(lc, hc) {
+            self.slab_release_borrowed(addr, hc, s)
+        } else {
+            bad("not a slot of a slab of this size class")
+        }
+    }
+
+    /// `slab_release` of a slot borrowed from class `c` (kept apart so that the hot path
+    /// keeps a constant class's tables folded).
+    #[cold]
+    #[inline(never)]
+    fn slab_release_borrowed(&mut self, addr: usize, c: usize, s: usize) -> Result<(), HeapError> {
+        self.slab_release(addr, c, s)
+    }
+
+    /// Free the slot at `addr` of the live slab `s` of class `c` (header magic and class
+    /// checked): slot boundary, double free, partial list, an emptied slab back to its family.
+    #[inline(always)]
+    fn slab_release(&mut self, addr: usize, c: usize, s: usize) -> Result<(), HeapError> {
+        let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
+        // SAFETY: `s` is a live slab of class `c` (checked by the caller).
         unsafe {
             let h = hdr(s);
-            if (*h).magic != SLAB_MAGIC || (*h).class as usize != c || addr < first {
+            let (size, first) = (CLASSES[c], s + HDR[c] as usize);
+            if addr < first {
                 return bad("not a slot of a slab of this size class");
             }
             let off = addr - first;

@@ -8,6 +8,16 @@ fn insert_get_remove_frees_nodes() {
     let a = 0x7f12_3456_7000usize;
     let b = 0xffff_ffff_8020_0000usize; // upper half (kernel image)
     r.insert(&mut src, a, 11).unwrap();
+    assert_eq!(r.node_pages(), 1, "one key: the root is a leaf");
+    let w = a & !0x1f_ffff; // a's 2 MiB window
+    r.insert(&mut src, w + 511 * 4096, 12).unwrap();
+    assert_eq!(r.node_pages(), 1, "same 2 MiB window");
+    r.insert(&mut src, w + 512 * 4096, 13).unwrap();
+    assert_eq!(r.node_pages(), 3, "two leaves under a root");
+    r.remove(&mut src, w + 512 * 4096);
+    assert_eq!(r.node_pages(), 1, "shrinks back to one leaf");
+    assert_eq!(r.get(w + 511 * 4096), 12);
+    r.remove(&mut src, w + 511 * 4096);
     r.insert(&mut src, b, 22).unwrap();
     assert_eq!(r.get(a), 11);
     assert_eq!(r.get(a + 0xfff), 11);
@@ -20,7 +30,7 @@ fn insert_get_remove_frees_nodes() {
     assert_eq!(src.mapped_pages(), 7);
     assert_eq!(r.remove(&mut src, a), 11);
     assert_eq!(r.remove(&mut src, a), 0);
-    assert_eq!(r.node_pages(), 4);
+    assert_eq!(r.node_pages(), 1, "b's leaf is the root again");
     assert_eq!(r.remove(&mut src, b), 22);
     assert_eq!(r.node_pages(), 0);
     assert_eq!(src.mapped_pages(), 0);
@@ -51,4 +61,124 @@ fn ranges_and_failed_insert_roll_back() {
     r.insert(&mut src, base, 1).unwrap();
     r.clear(&mut src);
     assert_eq!(src.mapped_pages(), 0);
+}
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use std::vec::Vec;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(usize, usize),
+        InsertRange(usize, usize, usize),
+        Remove(usize),
+        RemoveRange(usize, usize),
+    }
+
+    // Pages near leaf (512) and level-2 (512 * 512) boundaries, in both halves.
+    fn page() -> impl Strategy<Value = usize> {
+        let bases = prop_oneof![
+            Just(0x4000_0000usize),
+            Just(0x7fff_ffe0_0000usize),
+            Just(0xffff_ffff_8000_0000usize),
+        ];
+        (bases, -1100i64..1100).prop_map(|(b, o)| (b as i64 + o * 4096) as usize)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (page(), 1usize..4).prop_map(|(p, v)| Op::Insert(p, v)),
+            (page(), 0usize..1100, 1usize..4).prop_map(|(p, n, v)| Op::InsertRange(p, n, v)),
+            page().prop_map(Op::Remove),
+            (page(), 0usize..1100).prop_map(|(p, n)| Op::RemoveRange(p, n)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Range operations (one walk per leaf) agree with a page → value map; nodes are
+        /// unmapped as soon as they empty; a failed insert leaves nothing behind.
+        #[test]
+        fn registry_matches_model(ops in proptest::collection::vec(op(), 1..24), limit in 0usize..3) {
+            let mut src = HostPageSource::new();
+            let mut r = PageRegistry::new();
+            let mut m: BTreeMap<usize, usize> = BTreeMap::new();
+            for (i, op) in ops.iter().enumerate() {
+                // Every few ops, run out of node pages after `limit` more.
+                let starve = i % 5 == 4;
+                if starve {
+                    src.set_limit(Some(src.mapped_pages() + limit));
+                }
+                match *op {
+                    Op::Insert(p, v) => {
+                        if r.insert(&mut src, p + 7, v).is_ok() {
+                            m.insert(p, v);
+                        }
+                    }
+                    Op::InsertRange(p, n, v) => {
+                        if r.insert_range(&mut src, p, n, v).is_ok() {
+                            for j in 0..n {
+                                m.insert(p + j * 4096, v);
+                            }
+                        } else {
+                            // Rolled back: the pages filled before the failure are
+                            // unregistered; the ones after it keep their old values.
+                            for j in 0..n {
+                                let q = p + j * 4096;
+                                match r.get(q) {
+                                    0 => {
+                                        m.remove(&q);
+                                    }
+                                    got => prop_assert_eq!(Some(&got), m.get(&q)),
+                                }
+                            }
+                        }
+                    }
+                    Op::Remove(p) => {
+                        prop_assert_eq!(r.remove(&mut src, p + 9), m.remove(&p).unwrap_or(0));
+                    }
+                    Op::RemoveRange(p, n) => {
+                        r.remove_range(&mut src, p, n);
+                        for j in 0..n {
+                            m.remove(&(p + j * 4096));
+                        }
+                    }
+                }
+                if starve {
+                    src.set_limit(None);
+                }
+                prop_assert_eq!(r.entries(), m.len());
+                prop_assert_eq!(r.node_pages(), src.mapped_pages());
+                // The tree is only as tall as the keys need: keys of one 2 MiB window take
+                // a single leaf.
+                let mut windows = m.keys().map(|&p| ((p >> 12) & ((1 << 36) - 1)) >> 9);
+                if let Some(w) = windows.next() {
+                    if windows.all(|x| x == w) {
+                        prop_assert_eq!(r.node_pages(), 1);
+                    }
+                }
+                for (&p, &v) in &m {
+                    prop_assert_eq!(r.get(p), v);
+                    prop_assert_eq!(r.get(p + 4095), v);
+                }
+                // Neighbours of every touched range agree too (absent ones read 0).
+                if let Op::InsertRange(p, n, _) | Op::RemoveRange(p, n) = *op {
+                    for j in [0usize, n / 2, n.saturating_sub(1), n] {
+                        let q = p + j * 4096;
+                        prop_assert_eq!(r.get(q), m.get(&q).copied().unwrap_or(0));
+                    }
+                    let q = p.wrapping_sub(4096);
+                    prop_assert_eq!(r.get(q), m.get(&q).copied().unwrap_or(0));
+                }
+            }
+            // Every node page the tree holds is needed: emptying it unmaps them all.
+            let keys: Vec<usize> = m.keys().copied().collect();
+            for p in keys {
+                r.remove(&mut src, p);
+            }
+            prop_assert_eq!((r.entries(), r.node_pages(), src.mapped_pages()), (0, 0, 0));
+        }
+    }
 }
