@@ -4,7 +4,7 @@
 //!
 //! Both heaps get every page they use from a [`PageSource`]: in the guest kernel that is the
 //! `mmap` / `munmap` hypercalls, on the host (tests, benchmarks) it is
-//! [`host::HostPageSource`] (feature `host`). Neither heap uses the `alloc` crate, so both can
+//! `host::HostPageSource` (feature `host`). Neither heap uses the `alloc` crate, so both can
 //! sit under the guest's `#[global_allocator]`: all metadata lives in pages obtained from the
 //! page source (in-band block and page headers, a page registry, MeMS's node pool and hash
 //! table) or in fixed-size arrays inside the heap structs. Both constructors are `const fn`,
@@ -81,7 +81,7 @@ pub const PAGE_SHIFT: u32 = 12;
 /// Where the heaps get their memory from: whole 4 KiB pages.
 ///
 /// The guest implements it with the `mmap` / `munmap` (and `translate`) hypercalls; tests use
-/// [`host::HostPageSource`].
+/// `host::HostPageSource` (feature `host`).
 ///
 /// # Safety
 /// The heaps write their metadata into the pages they get, so an implementation must uphold:
