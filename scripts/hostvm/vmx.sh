@@ -24,12 +24,14 @@ plat_prepare() {
 }
 
 plat_diagnose() {
+  tail -5 "$RUN/bochs.out" 2>/dev/null | sed 's/^/hostvm(vmx): bochs: /' >&2
   grep -E '\]( >>PANIC<<|.*(panic|error))' "$RUN/bochs.log" 2>/dev/null | tail -10 | sed 's/^/hostvm(vmx): bochs: /' >&2
 }
 
 # plat_boot: ISO (isolinux + kernel + base + overlay initramfs), Bochs with 1 CPU; COM1 console,
 # COM2 stdout, COM3 stderr. Bochs's display is rfb with timeout=0 (no viewer awaited); its
-# debugger gets "c" and stdin /dev/null, so a guest landing in it ends the run.
+# debugger gets "c" and stdin /dev/null, so a guest landing in it ends the run. Sound is the
+# dummy driver: without ALSA devices Bochs's ALSA plugin aborts ("buffer overflow detected").
 plat_boot() {
   local iso="$RUN/iso" isolinux_bin="$CACHE/isolinux/usr/lib/ISOLINUX/isolinux.bin"
   local ldlinux="$CACHE/syslinux-common/usr/lib/syslinux/modules/bios/ldlinux.c32"
@@ -64,6 +66,8 @@ com1: enabled=1, mode=file, dev=$RUN/console
 com2: enabled=1, mode=file, dev=$RUN/stdout
 com3: enabled=1, mode=file, dev=$RUN/stderr
 mouse: enabled=0
+sound: waveoutdrv=dummy, waveindrv=dummy, midioutdrv=dummy
+speaker: enabled=0
 log: $RUN/bochs.log
 debugger_log: /dev/null
 panic: action=fatal
