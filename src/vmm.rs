@@ -87,7 +87,7 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 fn after_host_edit(
     check_invariants: bool,
     inv_checks: &mut u64,
-    flush_slot: &mut crate::memory::FlushSlot,
+    flush_slot: &mut crate::backend::FlushSlot,
     vm: &kvm_ioctls::VmFd,
     slots: &mut crate::memory::Memslots,
     space: &mut AddressSpace,
@@ -127,6 +127,21 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let features = Features::from_cpuid(&cpuid);
+    let host = crate::backend::HostInfo::new(
+        crate::backend::Backend::detect(),
+        crate::backend::maxphyaddr(&cpuid),
+    );
+    let phys = crate::layout::PhysLayout::for_maxphyaddr(host.maxphyaddr);
+    if cfg.mem_bytes > phys.max_mem {
+        return Err(VmmError::Space(SpaceError::Memory(
+            crate::memory::MemoryError::BeyondMaxPhyAddr {
+                bytes: cfg.mem_bytes,
+                end: crate::layout::PhysLayout::ram_end(cfg.mem_bytes),
+                maxphyaddr: host.maxphyaddr,
+                max: phys.max_mem,
+            },
+        )));
+    }
     log::debug!("setup: KVM VM + CPUID after {:?}", t_start.elapsed());
     let fault_matrix = cfg.scenario == memvisor_abi::scenario::FAULT_MATRIX;
     let mut space = AddressSpace::build_with(
@@ -140,7 +155,7 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
     )?;
     let mut boot_arg = cfg.arg;
     let matrix = if fault_matrix {
-        let (run, plan_gva) = crate::matrix::setup(&mut space, crate::matrix::phys_bits(&cpuid))?;
+        let (run, plan_gva) = crate::matrix::setup(&mut space, host.maxphyaddr)?;
         boot_arg[0] = plan_gva;
         Some(run)
     } else {
@@ -162,11 +177,11 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
         slots.track(*m, hva);
     }
     let memslot_us = t_slots.elapsed().as_micros() as u64;
-    let mut flush_slot = crate::memory::FlushSlot::new(&vm, &mut slots)
+    let mut flush_slot = crate::backend::FlushSlot::new(&vm, &mut slots, host.shadow_paging)
         .map_err(|e| VmmError::Space(SpaceError::Memory(e)))?;
     let mut s2ctl = if cfg.scenario == memvisor_abi::scenario::STAGE2 || !extras.is_empty() {
         Some(crate::stage2::Stage2::setup(
-            &kvm, &vm, &mut slots, &mut space, extras,
+            &kvm, &vm, &mut slots, &mut space, extras, &phys,
         )?)
     } else {
         None
@@ -194,6 +209,9 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
             _ => boot::cpuid::calibrate_tsc_khz(),
         }
     };
+    if cfg.scenario == memvisor_abi::scenario::STAGE2 {
+        boot_arg[1] = phys.stage2_base;
+    }
     let boot_gva = space.write_boot_info(cfg.scenario, cfg.flags, boot_arg, tsc_khz)?;
     let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     boot::setup_sregs(&mut sregs, space.cr3(), features.nx);
@@ -439,6 +457,7 @@ pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report
         latency,
         s2ctl.map(|s| s.report),
     );
+    report.backend = Some(host);
     crate::invariants::finish(&mut report, &mut space, cfg.check_invariants, inv_checks);
     Ok(report)
 }

@@ -43,4 +43,4 @@ pub use results::{
     temp_path, CaseResult, CaseStatus, MatrixData, MatrixReport, MatrixSummary, PassTime, Row,
     TSV_HEADER,
 };
-pub use run::{phys_bits, setup, MatrixRun};
+pub use run::{setup, MatrixRun};

@@ -14,15 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
 
-/// MAXPHYADDR from CPUID 0x8000_0008 EAX[7:0] (36 if absent, SDM Vol. 2A CPUID).
-pub fn phys_bits(cpuid: &kvm_bindings::CpuId) -> u8 {
-    cpuid
-        .as_slice()
-        .iter()
-        .find(|e| e.function == 0x8000_0008 && e.index == 0)
-        .map_or(36, |e| (e.eax & 0xff) as u8)
-}
-
 /// The run's state, kept by the VMM between `MatrixSync` calls.
 #[derive(Debug)]
 pub struct MatrixRun {

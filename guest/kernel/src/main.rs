@@ -70,7 +70,7 @@ extern "C" fn kmain(boot_info: *const BootInfo) -> ! {
         memvisor_abi::scenario::DEMO => user::run(demo::run_user, 0) as u32,
         memvisor_abi::scenario::BOOT => 0,
         memvisor_abi::scenario::FAULT_MATRIX => matrix::run(),
-        memvisor_abi::scenario::STAGE2 => user::run(stage2::run_user, 0) as u32,
+        memvisor_abi::scenario::STAGE2 => user::run(stage2::run_user, info.arg[1]) as u32,
         memvisor_abi::scenario::HOSTILE => user::run(hostile::run_user, 0) as u32,
         memvisor_abi::scenario::BENCH => {
             bench::run_kernel();
