@@ -60,12 +60,12 @@ prepare_cache() {
   flock -u 9
 }
 
-# build_base: busybox + the kvm modules + /init, cached (key: kernel + these scripts).
+# build_base: busybox + the kvm modules + /init, cached (key: kernel + common.sh + PLAT.sh).
 # /init loads the modules, prints HOSTVM: lines (cpu flags, address sizes, kvm messages) on the
 # console, runs /run.sh with stdout on ttyS1 and stderr on ttyS2 (raw), then HOSTVM_EXIT=rc.
 build_base() {
   local key ird m
-  key=$(cat "$HOSTVM_DIR"/*.sh "$VMLINUZ" | md5sum | cut -c1-12)
+  key=$(cat "$HOSTVM_DIR/common.sh" "$HOSTVM_DIR/$PLAT.sh" "$VMLINUZ" | md5sum | cut -c1-12)
   BASE="$CACHE/base-$KVER-$key.cpio.gz"
   [ -f "$BASE" ] && return 0
   echo "hostvm($PLAT): building $BASE" >&2
@@ -121,7 +121,7 @@ add_file() {
   if [ -d "$src" ]; then cp -a "$src/." "$OV$dest/"; return 0; fi
   strip --strip-debug -o "$OV$dest" "$src" 2>/dev/null || cp "$src" "$OV$dest"
   chmod --reference="$src" "$OV$dest"
-  ldd "$src" 2>/dev/null | grep -oE '/[^ ]+' | while read -r lib; do
+  { ldd "$src" 2>/dev/null || true; } | { grep -oE '/[^ ]+' || true; } | while read -r lib; do
     [ -e "$OV$lib" ] || { mkdir -p "$OV$(dirname "$lib")"; cp -L "$lib" "$OV$lib"; }
   done
 }
