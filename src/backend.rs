@@ -116,6 +116,27 @@ pub fn probe() -> Result<(HostInfo, crate::layout::PhysLayout), kvm_ioctls::Erro
     ))
 }
 
+/// How many times slower than the development host this machine runs guests, for default
+/// time limits (`--timeout`'s defaults, the KVM tests' limits): `MEMVISOR_TIME_SCALE` if set
+/// to a number in 1..=1000, else 10 inside a known CPU emulator (DMI system vendor `QEMU` or
+/// `Bochs`: TCG and Bochs interpret every instruction; `scripts/hostvm/suite.sh` sets the
+/// variable explicitly), else 1.
+pub fn time_scale() -> f64 {
+    if let Some(v) = std::env::var("MEMVISOR_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| (1.0..=1000.0).contains(v))
+    {
+        return v;
+    }
+    let vendor = std::fs::read_to_string("/sys/class/dmi/id/sys_vendor").unwrap_or_default();
+    if matches!(vendor.trim(), "QEMU" | "Bochs") {
+        10.0
+    } else {
+        1.0
+    }
+}
+
 /// The host as the report names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct HostInfo {

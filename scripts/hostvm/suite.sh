@@ -69,10 +69,12 @@ esac
 files=()
 for t in "${!T[@]}"; do files+=(--file "${T[$t]}"); done
 files+=(--file "$ROOT/target/debug/memvisor")   # tests that run the CLI use this path
+files+=(--file "$ROOT/tests/data")               # tests read it relative to the checkout
 
 # The in-VM runner: step NAME EXPECTED_RC LIMIT_S CMD...
 cat > /tmp/suite-$$.sh <<EOF2
 export PATH=/bin CI=true MEMVISOR_TIME_SCALE=$SCALE
+cd "$ROOT" || exit 1   # as cargo runs test binaries: in the package directory
 fails=0; n=0
 step() {
   name=\$1 want=\$2 lim=\$3; shift 3; n=\$((n+1))

@@ -244,6 +244,7 @@ impl MatrixRun {
                 results.push(CaseResult {
                     cr2,
                     err,
+                    record_ok: readable && va == t.va,
                     pte_after: pte_after.unwrap_or(0),
                     status,
                 });
@@ -264,6 +265,7 @@ impl MatrixRun {
         let passes_seconds = self.t_first_sync.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let data = MatrixData {
             vas: self.vas.clone(),
+            leaf_raw: self.built.leaf_raw.clone(),
             passes: self.passes.clone(),
             results,
             skipped_sets: self.skipped.clone(),
@@ -272,6 +274,8 @@ impl MatrixRun {
                 pass,
                 fail,
                 skipped,
+                deviation: 0,
+                deviation_by: BTreeMap::new(),
                 skipped_by,
                 passes_run: self.passes.len() as u64,
                 vas: self.vas.len() as u64,

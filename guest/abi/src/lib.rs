@@ -378,7 +378,7 @@ pub mod flags {
 /// The `stage2` scenario's guest-physical test layout and control ops ([`Call::Stage2`]).
 ///
 /// Four 64 KiB regions at offsets from the window's first GPA, which the host chooses from the
-/// CPU's MAXPHYADDR (`memvisor::layout::PhysLayout`: 1 TiB = [`GPA_BASE`] at MAXPHYADDR 41 and
+/// CPU's MAXPHYADDR (`memvisor::layout::PhysLayout`: 1 TiB = [`stage2::GPA_BASE`] at MAXPHYADDR 41 and
 /// more, 2^MAXPHYADDR / 2 below) and passes to the guest in `BootInfo::arg[1]`. The host maps
 /// the window at `GVA_BASE + offset` (US, RW, NX) whatever is (or is not) behind it.
 pub mod stage2 {
@@ -458,7 +458,7 @@ pub mod scenario {
 }
 
 /// The fault-matrix scenario's shared layout: the host builds the test page tables and a
-/// [`Plan`] of passes; each pass probes every record's VA once with one access at one CPL
+/// [`matrix::Plan`] of passes; each pass probes every record's VA once with one access at one CPL
 /// in one mode and the guest's #PF handler fills in the record.
 pub mod matrix {
     /// [`Plan::magic`].
