@@ -2,7 +2,7 @@
 //!
 //! For every combination of P, RW, US and NX in the PML4E, PDPTE, PDE and PTE of a test page
 //! (16^4 = 65,536 paths, each with its own tables, see [`tables`]) plus four reserved-bit
-//! paths (bit 51 set at one level), × access (read, write, fetch) × CPL (0, 3) × CR0.WP
+//! paths (bit MAXPHYADDR, reserved, set at one level), × access (read, write, fetch) × CPL (0, 3) × CR0.WP
 //! (0, 1) × EFER.NXE (0, 1), the guest performs the access and records whether it faulted,
 //! the error code and CR2; the host reads the leaf PTE after each pass. Each case is compared
 //! with the SDM oracle in [`oracle`].

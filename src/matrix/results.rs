@@ -125,7 +125,7 @@ pub const TSV_HEADER: &str = "pml4e\tpdpte\tpde\tpte\trsvd_level\taccess\tcpl\tw
 pub struct Row {
     /// Entry flag bits, PML4E first (`None`: no such level).
     pub entries: [Option<u64>; 4],
-    /// Level with bit 51, if any.
+    /// Level with the reserved bit (bit MAXPHYADDR), if any.
     pub rsvd_level: Option<u8>,
     /// The pass.
     pub pass: PassSpec,
@@ -188,7 +188,7 @@ impl MatrixData {
         let run = self.results.iter().enumerate().map(move |(i, r)| {
             let t = &self.vas[i % n];
             Row {
-                entries: t.entries.map(|e| Some(e & !tables::RSVD_BIT)),
+                entries: t.entries.map(|e| Some(e & !tables::ADDR_BITS)),
                 rsvd_level: t.rsvd_level,
                 pass: self.passes[i / n],
                 va: t.va,

@@ -43,7 +43,7 @@ pub struct MatrixRun {
 pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>, u64), SpaceError> {
     let t0 = Instant::now();
     let f = space.features;
-    let vas = tables::test_vas();
+    let vas = tables::test_vas(phys_bits);
     let mut passes = base_passes(Mode::default());
     let mut skipped = variants(&f);
     if !f.nx {
@@ -80,7 +80,7 @@ pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>,
     image[..std::mem::size_of::<Plan>()].copy_from_slice(vm_memory::ByteValued::as_slice(&plan));
     let built = tables::build(space, &vas, &image, phys_bits)?;
     if !built.rsvd_built {
-        // MAXPHYADDR 52: bit 51 is an address bit. The four reserved-bit VAs still run (as
+        // MAXPHYADDR 52: no address bit is reserved. The four reserved-bit VAs still run (as
         // permissive paths), but their rows are reported as skipped.
         log::warn!("fault matrix: MAXPHYADDR is 52, reserved-bit cases skipped");
     }

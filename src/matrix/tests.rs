@@ -153,14 +153,14 @@ fn variants_and_passes() {
 #[test]
 fn known_deviation_moves_exactly_the_rsvd_without_p_cases() {
     use std::collections::BTreeMap;
-    // Four reserved-bit VAs (bit 51 in the PML4E), one user read pass (expected P|U|RSVD =
+    // Four reserved-bit VAs (bit 48 in the PML4E), one user read pass (expected P|U|RSVD =
     // 0xd). Observed: 0xc (the deviation), 0xd (a pass), 0x4 (another mismatch), and 0xc
     // with a wrong CR2 (not only P differs).
     let va = |i: u64| 0x2000_0000_0000 + (i << 39);
     let vas: Vec<TestVa> = (0..4)
         .map(|i| TestVa {
             va: va(i),
-            entries: [7 | tables::RSVD_BIT, 7, 7, 7],
+            entries: [7 | tables::rsvd_bit(48), 7, 7, 7],
             rsvd_level: Some(4),
         })
         .collect();
