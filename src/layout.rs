@@ -138,6 +138,12 @@ impl PhysLayout {
         }
     }
 
+    /// True if `gpa` is the stage-2 window base for some MAXPHYADDR (36..=52): what the
+    /// host invariants accept for the stage-2 test leaves without knowing the CPU.
+    pub fn is_stage2_base(gpa: u64) -> bool {
+        (36..=52u8).any(|b| Self::for_maxphyaddr(b).stage2_base == gpa)
+    }
+
     /// One past the last GPA of `bytes` of RAM laid out around the MMIO hole.
     pub fn ram_end(bytes: u64) -> u64 {
         if bytes <= MMIO_HOLE_START {
@@ -170,5 +176,7 @@ mod tests {
         assert_eq!(PhysLayout::for_maxphyaddr(40).max_mem, 511 << 30);
         assert_eq!(PhysLayout::for_maxphyaddr(39).stage2_base, 256 << 30);
         assert_eq!(PhysLayout::for_maxphyaddr(39).max_mem, 255 << 30);
+        assert!(PhysLayout::is_stage2_base(1 << 40) && PhysLayout::is_stage2_base(256 << 30));
+        assert!(!PhysLayout::is_stage2_base(0) && !PhysLayout::is_stage2_base(3 << 40));
     }
 }

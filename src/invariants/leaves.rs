@@ -147,7 +147,9 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
         let area = if gva == DOORBELL_GVA && size == PAGE_SIZE {
             Area::Doorbell
         } else if (s2::GVA_BASE..s2::GVA_BASE + STAGE2_SPAN).contains(&gva)
-            && gpa == s2::GPA_BASE + (gva - s2::GVA_BASE)
+            && gpa
+                .checked_sub(gva - s2::GVA_BASE)
+                .is_some_and(crate::layout::PhysLayout::is_stage2_base)
             && !space.ram.contains(gpa, size)
         {
             Area::Stage2Test
