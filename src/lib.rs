@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod api;
+pub mod backend;
 pub mod bench;
 pub mod boot;
 pub mod frames;

@@ -87,7 +87,8 @@ struct RunArgs {
     /// Scenario to run in the guest (listed below and by `memvisor scenarios`).
     #[arg(long, default_value = "demo")]
     scenario: String,
-    /// Wall-clock limit for the guest in seconds [default: 30; 300 for fault-matrix].
+    /// Wall-clock limit for the guest in seconds [default: 30; 300 for fault-matrix; times
+    /// MEMVISOR_TIME_SCALE or 10 inside QEMU / Bochs].
     #[arg(long, allow_negative_numbers = true)]
     timeout: Option<f64>,
     /// Zone layout: x86-64 (DMA/DMA32/Normal, as Linux) or legacy (DMA/Normal/HighMem).
@@ -107,6 +108,10 @@ struct RunArgs {
     /// header line (written to a temporary file and renamed: never a partial file).
     #[arg(long, value_name = "FILE")]
     cases_out: Option<PathBuf>,
+    /// fault-matrix only: count the cases that differ from the SDM oracle exactly as this
+    /// known emulator deviation as "deviation" instead of "fail" (qemu-tcg-rsvd-p).
+    #[arg(long, value_name = "NAME")]
+    known_deviation: Vec<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -330,11 +335,14 @@ fn run(a: RunArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return fail(format!("--mem: {e}")),
     };
-    let timeout = a.timeout.unwrap_or(if a.scenario == "fault-matrix" {
-        300.0
-    } else {
-        30.0
-    });
+    let timeout = a.timeout.unwrap_or(
+        memvisor::backend::time_scale()
+            * if a.scenario == "fault-matrix" {
+                300.0
+            } else {
+                30.0
+            },
+    );
     if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
         return fail("--timeout must be a number of seconds in (0, 86400]");
     }
@@ -371,6 +379,16 @@ fn run(a: RunArgs) -> ExitCode {
             return fail(format!("--cases-out {}: {e}", path.display()));
         }
     }
+    let mut deviations = Vec::new();
+    for name in &a.known_deviation {
+        if scenario_nr != memvisor_abi::scenario::FAULT_MATRIX {
+            return fail("--known-deviation is only for --scenario fault-matrix");
+        }
+        match memvisor::matrix::KnownDeviation::parse(name) {
+            Ok(d) => deviations.push(d),
+            Err(e) => return fail(format!("--known-deviation: {e}")),
+        }
+    }
     let cfg = VmConfig {
         mem_bytes,
         kernel,
@@ -387,10 +405,15 @@ fn run(a: RunArgs) -> ExitCode {
         check_invariants: scenario_nr == memvisor_abi::scenario::HOSTILE,
     };
     set_json_mode(a.json);
-    let report: Report = match vmm::run(&cfg) {
+    let mut report: Report = match vmm::run(&cfg) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+    if let Some(m) = report.matrix.as_mut() {
+        for d in &deviations {
+            m.apply_known_deviation(*d);
+        }
+    }
     if a.json {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),

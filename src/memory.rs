@@ -39,6 +39,18 @@ pub enum MemoryError {
         /// The limit in bytes.
         max: u64,
     },
+    /// The guest-physical address space of the host's CPU (MAXPHYADDR) cannot hold the RAM.
+    #[error("--mem {bytes} bytes: RAM would end at GPA {end:#x}, beyond what this host's guest-physical address space (MAXPHYADDR {maxphyaddr}) allows for RAM; at most {max} bytes ({} GiB)", max >> 30)]
+    BeyondMaxPhyAddr {
+        /// The size in bytes.
+        bytes: u64,
+        /// One past the last GPA the RAM would occupy.
+        end: u64,
+        /// MAXPHYADDR (CPUID 0x8000_0008 EAX\[7:0\]).
+        maxphyaddr: u8,
+        /// The largest RAM size for this MAXPHYADDR ([`crate::layout::PhysLayout::max_mem`]).
+        max: u64,
+    },
     /// The host could not reserve the address space.
     #[error("cannot map {bytes} bytes of guest memory: {source}")]
     Mmap {
@@ -440,76 +452,6 @@ unsafe fn set_region(vm: &VmFd, m: &Memslot, hva: u64) -> Result<(), MemoryError
         size: m.size,
         source,
     })
-}
-
-/// GPA of the one-page flush slot (in the 32-bit MMIO hole, above the doorbell page).
-pub const FLUSH_SLOT_GPA: u64 = 0xdfff_f000;
-
-/// A one-page memslot whose deletion and re-registration makes KVM drop every shadow page
-/// (`KVM_SET_USER_MEMORY_REGION` with size 0 → `kvm_arch_flush_shadow_memslot`, which zaps all
-/// shadow pages under the default `KVM_X86_QUIRK_SLOT_ZAP_ALL`).
-///
-/// Why: with shadow paging (PVM), code running natively (guest ring 3) uses KVM's shadow page
-/// tables, which are built from the guest's tables when a page is first touched and are kept
-/// in sync by write-protecting the guest's table frames against *guest* writes. The VMM edits
-/// those tables from userspace, which KVM does not see: a new mapping is picked up on the next
-/// not-present fault, but a removed or reduced mapping (munmap, mprotect) would stay usable
-/// through the stale shadow entry. After such edits the VMM flushes the shadow with this slot
-/// before resuming the vCPU; the guest then flushes its TLB as usual.
-pub struct FlushSlot {
-    slot: u32,
-    page: vm_memory::mmap::MmapRegion,
-    /// Flushes done.
-    pub count: u64,
-}
-
-impl FlushSlot {
-    /// Register the flush slot.
-    ///
-    /// # Errors
-    /// As [`Memslots::add`].
-    pub fn new(vm: &VmFd, slots: &mut Memslots) -> Result<Self, MemoryError> {
-        let page = vm_memory::mmap::MmapRegion::new(4096).map_err(|_| MemoryError::BadSlot {
-            gpa: FLUSH_SLOT_GPA,
-            size: 4096,
-        })?;
-        // SAFETY: the page is owned by the returned FlushSlot, which the VMM keeps as long as
-        // the VM.
-        let slot = unsafe { slots.add(vm, FLUSH_SLOT_GPA, 4096, page.as_ptr() as u64, 0)? };
-        Ok(FlushSlot {
-            slot,
-            page,
-            count: 0,
-        })
-    }
-
-    /// Drop all of KVM's shadow pages (delete and re-add the slot).
-    ///
-    /// # Errors
-    /// As [`Memslots::remove`] and [`Memslots::add`].
-    pub fn flush(&mut self, vm: &VmFd, slots: &mut Memslots) -> Result<(), MemoryError> {
-        slots.remove(vm, self.slot)?;
-        // SAFETY: as in `new`.
-        self.slot = unsafe { slots.add(vm, FLUSH_SLOT_GPA, 4096, self.page.as_ptr() as u64, 0)? };
-        self.count += 1;
-        Ok(())
-    }
-
-    /// Flush if the address space says a mapping was removed or reduced since the last flush.
-    ///
-    /// # Errors
-    /// As [`Self::flush`].
-    pub fn flush_if_needed(
-        &mut self,
-        vm: &VmFd,
-        slots: &mut Memslots,
-        space: &mut crate::space::AddressSpace,
-    ) -> Result<(), MemoryError> {
-        if std::mem::take(&mut space.shadow_stale) {
-            self.flush(vm, slots)?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

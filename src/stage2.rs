@@ -41,6 +41,10 @@ pub struct DirtyRead {
 /// What the stage-2 scenario did, for the report.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stage2Report {
+    /// First GPA of the window (from MAXPHYADDR, see [`crate::layout::PhysLayout`]).
+    pub gpa_base: u64,
+    /// Bytes of the window.
+    pub window_len: u64,
     /// KVM_MEM_READONLY supported (else the read-only checks are "skipped: unsupported by
     /// host").
     pub readonly_supported: bool,
@@ -53,8 +57,9 @@ pub struct Stage2Report {
 }
 
 /// Extra guest-physical ranges a test author asks for (see [`crate::api::VmBuilder`]): each
-/// `(gpa, bytes)` must lie in `[GPA_BASE, GPA_BASE + 1 TiB)`, 4 KiB aligned, and is mapped for
-/// the guest at `GVA_BASE + (gpa - GPA_BASE)` (US, RW, NX).
+/// `(gpa, bytes)` must lie in the stage-2 window (`[stage2_base, stage2_base + stage2_len)` of
+/// [`crate::layout::PhysLayout`]: `[1 TiB, 2 TiB)` at MAXPHYADDR 42 and more), 4 KiB aligned,
+/// and is mapped for the guest at `GVA_BASE + (gpa - stage2_base)` (US, RW, NX).
 #[derive(Debug, Clone, Default)]
 pub struct Extras {
     /// KVM_MEM_READONLY memslots, filled with byte `i & 0xff` at offset `i`.
@@ -72,6 +77,7 @@ impl Extras {
 
 /// The VMM side of the stage-2 regions.
 pub struct Stage2 {
+    base: u64,
     readonly: Option<MmapRegion>,
     /// Backing of the extra read-only slots (kept alive while the VM runs).
     _extra_ro: Vec<MmapRegion>,
@@ -100,7 +106,9 @@ impl Stage2 {
         slots: &mut Memslots,
         space: &mut AddressSpace,
         extras: &Extras,
+        phys: &crate::layout::PhysLayout,
     ) -> Result<Self, SpaceError> {
+        let base = phys.stage2_base;
         let flags = Protection::USER_DATA.to_pte_flags(space.features.nx);
         space.ensure_pool(8).map_err(|_| SpaceError::TooSmall {
             bytes: space.ram.bytes,
@@ -110,12 +118,12 @@ impl Stage2 {
             &space.ram.mem,
             &mut space.pool,
             Gva(s2::GVA_BASE),
-            Gpa(s2::GPA_BASE),
+            Gpa(base),
             STAGE2_LAYOUT,
             PageSize::Size4K,
             flags,
         )?;
-        space.stage2_ranges.push((s2::GPA_BASE, STAGE2_LAYOUT));
+        space.stage2_ranges.push((base, STAGE2_LAYOUT));
         let ro_ok = kvm.check_extension(Cap::ReadonlyMem);
         let readonly = if ro_ok {
             let r = region(s2::REGION)?;
@@ -127,7 +135,7 @@ impl Stage2 {
             unsafe {
                 slots.add(
                     vm,
-                    s2::READONLY,
+                    base + s2::READONLY_OFF,
                     s2::REGION,
                     r.as_ptr() as u64,
                     KVM_MEM_READONLY,
@@ -139,9 +147,16 @@ impl Stage2 {
         };
         let removable = region(s2::REGION)?;
         // SAFETY: as above.
-        let slot =
-            unsafe { slots.add(vm, s2::REMOVABLE, s2::REGION, removable.as_ptr() as u64, 0)? };
-        let window = s2::GPA_BASE..s2::GPA_BASE + (1 << 40);
+        let slot = unsafe {
+            slots.add(
+                vm,
+                base + s2::REMOVABLE_OFF,
+                s2::REGION,
+                removable.as_ptr() as u64,
+                0,
+            )?
+        };
+        let window = base..base + phys.stage2_len;
         let bad = |gpa: u64, len: u64| {
             len == 0
                 || gpa % PAGE_SIZE != 0
@@ -154,7 +169,7 @@ impl Stage2 {
             if bad(gpa, len) {
                 return Err(SpaceError::Memory(MemoryError::BadSlot { gpa, size: len }));
             }
-            let gva = s2::GVA_BASE + (gpa - s2::GPA_BASE);
+            let gva = s2::GVA_BASE + (gpa - base);
             space.stage2_ranges.push((gpa, len));
             if space.pt.translate(&space.ram.mem, Gva(gva)).is_err() {
                 space.ensure_pool(8).map_err(|_| SpaceError::TooSmall {
@@ -184,9 +199,10 @@ impl Stage2 {
                 extra_ro.push(r);
             }
         }
-        let mut lazy_ranges = vec![(s2::LAZY, s2::REGION)];
+        let mut lazy_ranges = vec![(base + s2::LAZY_OFF, s2::REGION)];
         lazy_ranges.extend(extras.lazy.iter().copied());
         Ok(Stage2 {
+            base,
             readonly,
             _extra_ro: extra_ro,
             lazy_ranges,
@@ -195,6 +211,8 @@ impl Stage2 {
             removable_slot: Some(slot),
             dirty: false,
             report: Stage2Report {
+                gpa_base: base,
+                window_len: phys.stage2_len,
                 readonly_supported: ro_ok,
                 ..Default::default()
             },
@@ -267,8 +285,9 @@ impl Stage2 {
                 }
                 let hva = self.removable.as_ptr() as u64;
                 // SAFETY: the backing region lives in `self`.
-                let slot = unsafe { slots.add(vm, s2::REMOVABLE, s2::REGION, hva, 0) }
-                    .map_err(|_| Status::Fault)?;
+                let slot =
+                    unsafe { slots.add(vm, self.base + s2::REMOVABLE_OFF, s2::REGION, hva, 0) }
+                        .map_err(|_| Status::Fault)?;
                 self.removable_slot = Some(slot);
                 self.report.slot_ops.push("add REMOVABLE".into());
                 Ok(0)

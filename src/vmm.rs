@@ -75,7 +75,7 @@ pub struct VmConfig {
 fn after_host_edit(
     check_invariants: bool,
     inv_checks: &mut u64,
-    flush_slot: &mut crate::memory::FlushSlot,
+    flush_slot: &mut crate::backend::FlushSlot,
     vm: &kvm_ioctls::VmFd,
     slots: &mut crate::memory::Memslots,
     space: &mut AddressSpace,

@@ -24,24 +24,34 @@ fn full_matrix_matches_the_sdm() {
         return;
     }
     let mut cfg = common::config("fault-matrix", 256 << 20);
-    cfg.timeout = Duration::from_secs(300);
+    cfg.timeout = Duration::from_secs_f64(300.0 * memvisor::backend::time_scale());
     // The host invariants (src/invariants/) do not know the matrix's test areas (PML4
     // slots 64-90, `memvisor::matrix::tables::AREA`, its data and records frames) nor the
     // scenario's no-NX build (`BuildOptions::no_nx`): they would flag them as stray leaves
     // and W^X breaches.
     cfg.check_invariants = false;
-    let r = common::run(&cfg);
+    let mut r = common::run(&cfg);
     assert_eq!(r.outcome, "exit", "{:?}\n{}", r.message, r.console);
     assert_eq!(r.guest_exit_code, Some(0), "{}", r.console);
+    // On an emulated host with a known deviation from the SDM (QEMU TCG: reserved-bit #PF
+    // without P) the suite names it, as `memvisor run --known-deviation` does; nothing else
+    // is forgiven.
+    let deviation = std::env::var("MEMVISOR_KNOWN_DEVIATION")
+        .ok()
+        .map(|d| memvisor::matrix::KnownDeviation::parse(&d).expect("MEMVISOR_KNOWN_DEVIATION"));
+    if let (Some(d), Some(m)) = (deviation, r.matrix.as_mut()) {
+        m.apply_known_deviation(d);
+    }
     let m = r.matrix.as_ref().expect("matrix totals");
     let s = &m.summary;
     let passes: u64 = if r.cpu.nx { 24 } else { 12 };
     let nx_skipped = (24 - passes) * VAS;
     assert_eq!(s.fail, 0, "first failures:\n{}", s.failures.join("\n"));
     assert_eq!(s.passes_run, passes);
-    assert_eq!(s.pass, passes * VAS);
+    assert_eq!(s.pass + s.deviation, passes * VAS);
+    assert!(deviation.is_some() || s.deviation == 0);
     assert_eq!(s.skipped, VARIANT_CASES + nx_skipped);
-    assert_eq!(s.cases, s.pass + s.fail + s.skipped);
+    assert_eq!(s.cases, s.pass + s.fail + s.skipped + s.deviation);
     assert!(r.success());
     // Every feature the CPUID lacks is named as "unsupported by host"; never a pass.
     for (feature, has) in [
@@ -58,10 +68,16 @@ fn full_matrix_matches_the_sdm() {
             .unwrap_or_else(|| panic!("no skipped entry for {feature}: {:?}", s.skipped_by));
         assert_eq!(key.ends_with("unsupported by host"), !has, "{key}");
     }
-    // One MatrixSync per pass plus the final one; one shadow flush per pass.
+    // One MatrixSync per pass plus the final one; one shadow flush per pass with shadow
+    // paging, none with EPT / NPT (the guest's TLB flush after the sync is enough there).
     assert_eq!(r.hypercalls["matrix_sync"].count, passes + 1);
     assert_eq!(r.hypercalls["matrix_sync"].errors, 0);
-    assert!(r.shadow_flushes >= passes);
+    let host = r.backend.expect("backend");
+    if host.shadow_paging {
+        assert!(r.shadow_flushes >= passes);
+    } else {
+        assert_eq!(r.shadow_flushes, 0);
+    }
     eprintln!(
         "fault matrix: {} cases, {} pass, {} skipped, wall {:.1} s (passes {:.1} s)",
         s.cases, s.pass, s.skipped, s.wall_seconds, s.passes_seconds
@@ -75,7 +91,7 @@ fn full_matrix_matches_the_sdm() {
     let f = std::io::BufReader::new(std::fs::File::open(&path).expect("open"));
     let mut lines = f.lines().map(|l| l.expect("utf-8 line"));
     assert_eq!(lines.next().as_deref(), Some(TSV_HEADER));
-    let (mut n, mut pass, mut skipped) = (0u64, 0u64, 0u64);
+    let (mut n, mut pass, mut skipped, mut deviating) = (0u64, 0u64, 0u64, 0u64);
     let mut seen = 0;
     for l in lines {
         n += 1;
@@ -84,10 +100,12 @@ fn full_matrix_matches_the_sdm() {
         match c[14] {
             "pass" => pass += 1,
             "skipped" => skipped += 1,
+            "deviation" => deviating += 1,
             other => panic!("status {other}: {l}"),
         }
         // pml4e pdpte pde pte rsvd access cpl wp nxe va faulted error_code cr2 pte_after
-        let key = (c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[14]);
+        let status = if c[14] == "deviation" { "pass" } else { c[14] };
+        let key = (c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], status);
         let want: Option<(&str, &str)> = match key {
             // Supervisor write to a read-only user page: WP=0 succeeds, WP=1 faults 0x3.
             ("0x7", "0x7", "0x7", "0x5", "-", "w", "0", "0", "1", "pass") => Some(("0", "-")),
@@ -106,7 +124,14 @@ fn full_matrix_matches_the_sdm() {
             _ => None,
         };
         if let Some((faulted, err)) = want {
-            assert_eq!((c[10], c[11]), (faulted, err), "{l}");
+            let err = if c[14] == "deviation" {
+                // The deviation's code: the oracle's without P.
+                let e = u64::from_str_radix(err.trim_start_matches("0x"), 16).expect("hex");
+                format!("{:#x}", e & !1)
+            } else {
+                err.to_string()
+            };
+            assert_eq!((c[10], c[11]), (faulted, err.as_str()), "{l}");
             if faulted == "1" {
                 assert_eq!(c[12], c[9], "CR2 is the VA: {l}");
             }
@@ -115,7 +140,7 @@ fn full_matrix_matches_the_sdm() {
     }
     assert_eq!(seen, 6, "every hand-picked case found once");
     assert_eq!(n, s.cases);
-    assert_eq!((pass, skipped), (s.pass, s.skipped));
+    assert_eq!((pass, skipped, deviating), (s.pass, s.skipped, s.deviation));
 }
 
 fn memvisor(args: &[&str]) -> std::process::Output {

@@ -61,15 +61,18 @@ fn stage2_faults_slots_and_dirty_log() {
     let r = common::run(&common::config("stage2", 256 << 20));
     assert_eq!(r.guest_exit_code, Some(0), "{}", r.to_text());
     let s2r = r.stage2_report.clone().expect("stage-2 report");
+    // The window's first GPA follows the host's MAXPHYADDR (1 TiB at 42 bits and more).
+    let b = s2r.gpa_base;
+    assert_eq!(b, memvisor::backend::probe().expect("KVM").1.stage2_base);
 
     // Unbacked GPA: exact accesses, in order.
     let unbacked: Vec<(u64, u32, bool, Option<u64>)> = r
         .stage2
         .iter()
-        .filter(|f| (s2::UNBACKED..s2::UNBACKED + s2::REGION).contains(&f.gpa))
+        .filter(|f| ((b + s2::UNBACKED_OFF)..(b + s2::UNBACKED_OFF) + s2::REGION).contains(&f.gpa))
         .map(|f| (f.gpa, f.size, f.write, f.value))
         .collect();
-    let u = s2::UNBACKED;
+    let u = b + s2::UNBACKED_OFF;
     assert_eq!(
         unbacked,
         vec![
@@ -108,13 +111,13 @@ fn stage2_faults_slots_and_dirty_log() {
     let ro: Vec<_> = r
         .stage2
         .iter()
-        .filter(|f| (s2::READONLY..s2::READONLY + s2::REGION).contains(&f.gpa))
+        .filter(|f| ((b + s2::READONLY_OFF)..(b + s2::READONLY_OFF) + s2::REGION).contains(&f.gpa))
         .collect();
     if s2r.readonly_supported {
         assert_eq!(ro.len(), 1, "{ro:?}");
         assert_eq!(
             (ro[0].gpa, ro[0].size, ro[0].write, ro[0].value),
-            (s2::READONLY + 0x40, 4, true, Some(0xcafe_f00d))
+            ((b + s2::READONLY_OFF) + 0x40, 4, true, Some(0xcafe_f00d))
         );
     } else {
         assert!(r
@@ -125,10 +128,13 @@ fn stage2_faults_slots_and_dirty_log() {
     // Lazy range: two first accesses, each backed by a new memslot and completed.
     let lazy: Vec<_> = r.stage2.iter().filter(|f| f.lazy_backed).collect();
     assert_eq!(lazy.len(), 2, "{lazy:?}");
-    assert_eq!((lazy[0].gpa, lazy[0].write), (s2::LAZY + 0x10, true));
+    assert_eq!(
+        (lazy[0].gpa, lazy[0].write),
+        ((b + s2::LAZY_OFF) + 0x10, true)
+    );
     assert_eq!(
         (lazy[1].gpa, lazy[1].write),
-        (s2::LAZY + 0x1000 + 0x20, false)
+        ((b + s2::LAZY_OFF) + 0x1000 + 0x20, false)
     );
     assert_eq!(s2r.lazy_backed, 2);
 
@@ -136,12 +142,14 @@ fn stage2_faults_slots_and_dirty_log() {
     let removed: Vec<_> = r
         .stage2
         .iter()
-        .filter(|f| (s2::REMOVABLE..s2::REMOVABLE + s2::REGION).contains(&f.gpa))
+        .filter(|f| {
+            ((b + s2::REMOVABLE_OFF)..(b + s2::REMOVABLE_OFF) + s2::REGION).contains(&f.gpa)
+        })
         .collect();
     assert_eq!(removed.len(), 1);
     assert_eq!(
         (removed[0].gpa, removed[0].size, removed[0].write),
-        (s2::REMOVABLE + 0x100, 8, false)
+        ((b + s2::REMOVABLE_OFF) + 0x100, 8, false)
     );
     assert!(s2r.slot_ops.contains(&"remove REMOVABLE".to_string()));
     assert!(s2r.slot_ops.contains(&"add REMOVABLE".to_string()));
@@ -255,7 +263,7 @@ fn builder_api_runs_with_extra_ranges_and_rejects_bad_ones() {
         return;
     }
     use memvisor::api::VmBuilder;
-    let base = s2::GPA_BASE;
+    let base = memvisor::backend::probe().expect("KVM").1.stage2_base;
     let r = VmBuilder::new()
         .mem("128M")
         .expect("size")

@@ -145,7 +145,9 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
         let area = if gva == DOORBELL_GVA && size == PAGE_SIZE {
             Area::Doorbell
         } else if gva >= s2::GVA_BASE
-            && gpa.checked_sub(s2::GPA_BASE) == Some(gva - s2::GVA_BASE)
+            && gpa
+                .checked_sub(gva - s2::GVA_BASE)
+                .is_some_and(crate::layout::PhysLayout::is_stage2_base)
             && space.stage2_ranges.iter().any(|&(s, n)| {
                 gpa >= s
                     && gpa

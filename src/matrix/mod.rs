@@ -2,7 +2,7 @@
 //!
 //! For every combination of P, RW, US and NX in the PML4E, PDPTE, PDE and PTE of a test page
 //! (16^4 = 65,536 paths, each with its own tables, see [`tables`]) plus four reserved-bit
-//! paths (bit 51 set at one level), × access (read, write, fetch) × CPL (0, 3) × CR0.WP
+//! paths (bit MAXPHYADDR, reserved, set at one level), × access (read, write, fetch) × CPL (0, 3) × CR0.WP
 //! (0, 1) × EFER.NXE (0, 1), the guest performs the access and records whether it faulted,
 //! the error code and CR2; the host reads the leaf PTE after each pass. Each case is compared
 //! with the SDM oracle in [`oracle`].
@@ -11,13 +11,19 @@
 //! [`setup`] builds the tables and a plan of passes (one pass = one access at one CPL in one
 //! mode, over all 65,540 VAs); the guest runs them in order (`guest/kernel/src/matrix.rs`),
 //! taking one `MatrixSync` hypercall per pass: the host ([`MatrixRun::sync`]) snapshots the
-//! leaves of the pass that ended, clears A/D in every test entry and asks the VMM to flush
-//! KVM's shadow pages (which would otherwise keep stale rights and A/D state). After the last
-//! pass it compares everything with the oracle ([`MatrixRun::finish`]).
+//! leaves of the pass that ended, clears A/D in every test entry and, with shadow paging, asks
+//! the VMM to flush KVM's shadow pages (which would otherwise keep stale rights and A/D state;
+//! with EPT / NPT the guest's TLB flush after the sync suffices). After the last pass it
+//! compares everything with the oracle (`MatrixRun::finish`).
 //!
 //! On a PVM host CPL 0 code is emulated instruction by instruction, so the CPL 0 cases are
 //! checked by KVM's emulator page walk, and the CPL 3 cases by the real MMU through KVM's
-//! shadow pages.
+//! shadow pages. On VMX+EPT / SVM+NPT hosts both run on the (emulated) CPU's own walk.
+//!
+//! # Known deviations
+//! An emulated CPU that departs from the SDM in a documented way can be named
+//! (`--known-deviation`, [`KnownDeviation`]): exactly the cases that differ that way are
+//! counted as `deviation`, apart from pass, fail and skipped.
 //!
 //! # Skipped cases
 //! Paging features a case set needs and the host CPUID lacks are reported as skipped cases
@@ -30,6 +36,7 @@
 //! [`MatrixReport`]); [`tables`] builds the page tables and [`oracle`] is the SDM's answer for
 //! each case.
 
+mod deviation;
 pub mod oracle;
 mod passes;
 mod results;
@@ -38,9 +45,10 @@ pub mod tables;
 #[cfg(test)]
 mod tests;
 
+pub use deviation::{DeviationError, KnownDeviation};
 pub use passes::{variants, PassSpec, SkippedSet, SkippedVa};
 pub use results::{
     temp_path, CaseResult, CaseStatus, MatrixData, MatrixReport, MatrixSummary, PassTime, Row,
     TSV_HEADER,
 };
-pub use run::{phys_bits, setup, MatrixRun};
+pub use run::{setup, MatrixRun};

@@ -307,6 +307,15 @@ mod tests {
                 None
             );
         }
+        // The matrix's bit is MAXPHYADDR itself: reserved at that width, an address bit one
+        // wider.
+        for bits in [39u8, 40, 46, 48] {
+            let mut walk = [T; 4];
+            walk[2] |= super::super::tables::rsvd_bit(bits);
+            let at = |b| expect(&walk, Access::Read, 3, m(true, true), b).fault;
+            assert_eq!(at(bits), Some(0xd), "MAXPHYADDR {bits}");
+            assert_eq!(at(bits + 1), None, "MAXPHYADDR {}", bits + 1);
+        }
         // Reserved bits in a not-present entry are ignored.
         assert_eq!(
             fault(&[T, R51, T, T], Access::Read, 0, m(true, true)),

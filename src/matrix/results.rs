@@ -21,6 +21,9 @@ pub enum CaseStatus {
     Fail,
     /// Not run (feature missing or not implemented).
     Skipped,
+    /// Differs from the oracle exactly as a known deviation the run named
+    /// ([`super::KnownDeviation`]).
+    Deviation,
 }
 
 impl CaseStatus {
@@ -29,6 +32,7 @@ impl CaseStatus {
             CaseStatus::Pass => "pass",
             CaseStatus::Fail => "fail",
             CaseStatus::Skipped => "skipped",
+            CaseStatus::Deviation => "deviation",
         }
     }
 }
@@ -42,6 +46,8 @@ pub struct CaseResult {
     pub err: u64,
     /// The leaf after the pass.
     pub pte_after: u64,
+    /// The record was readable and named the case's VA.
+    pub record_ok: bool,
     /// Status.
     pub status: CaseStatus,
 }
@@ -49,7 +55,7 @@ pub struct CaseResult {
 /// Totals and the first failures (the `matrix` key of the JSON report).
 #[derive(Debug, Clone, Serialize)]
 pub struct MatrixSummary {
-    /// All cases (pass + fail + skipped).
+    /// All cases (pass + fail + skipped + deviation).
     pub cases: u64,
     /// Cases that match the oracle.
     pub pass: u64,
@@ -57,6 +63,11 @@ pub struct MatrixSummary {
     pub fail: u64,
     /// Cases not run.
     pub skipped: u64,
+    /// Cases that differ from the oracle exactly as a named known deviation (0 unless
+    /// `--known-deviation` was given).
+    pub deviation: u64,
+    /// Deviating cases by deviation.
+    pub deviation_by: BTreeMap<String, u64>,
     /// Skipped cases by `feature: reason`.
     pub skipped_by: BTreeMap<String, u64>,
     /// Passes the guest ran.
@@ -94,9 +105,11 @@ pub struct PassTime {
 }
 
 /// Everything the matrix produced: the summary and the data for `--cases-out`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MatrixData {
     pub(super) vas: Vec<TestVa>,
+    /// Each leaf as built, in `vas` order.
+    pub(super) leaf_raw: Vec<u64>,
     pub(super) passes: Vec<PassSpec>,
     pub(super) results: Vec<CaseResult>,
     pub(super) skipped_sets: Vec<SkippedSet>,
@@ -112,7 +125,7 @@ pub const TSV_HEADER: &str = "pml4e\tpdpte\tpde\tpte\trsvd_level\taccess\tcpl\tw
 pub struct Row {
     /// Entry flag bits, PML4E first (`None`: no such level).
     pub entries: [Option<u64>; 4],
-    /// Level with bit 51, if any.
+    /// Level with the reserved bit (bit MAXPHYADDR), if any.
     pub rsvd_level: Option<u8>,
     /// The pass.
     pub pass: PassSpec,
@@ -175,7 +188,7 @@ impl MatrixData {
         let run = self.results.iter().enumerate().map(move |(i, r)| {
             let t = &self.vas[i % n];
             Row {
-                entries: t.entries.map(|e| Some(e & !tables::RSVD_BIT)),
+                entries: t.entries.map(|e| Some(e & !tables::ADDR_BITS)),
                 rsvd_level: t.rsvd_level,
                 pass: self.passes[i / n],
                 va: t.va,
@@ -261,11 +274,12 @@ impl MatrixReport {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "-- fault matrix: {} cases: {} pass, {} fail, {} skipped; {} passes x {} VAs; \
+            "-- fault matrix: {} cases: {} pass, {} fail, {} deviation, {} skipped; {} passes x {} VAs; \
              wall {:.1} s (setup {:.2} s, passes {:.1} s); MAXPHYADDR {}",
             s.cases,
             s.pass,
             s.fail,
+            s.deviation,
             s.skipped,
             s.passes_run,
             s.vas,
@@ -274,11 +288,9 @@ impl MatrixReport {
             s.passes_seconds,
             s.phys_bits
         );
-        let _ = writeln!(
-            o,
-            "   CPL 3 cases ran natively on the MMU (KVM shadow pages); CPL 0 cases were \
-             checked by KVM's emulator walk (PVM emulates CPL 0)"
-        );
+        for (k, v) in &s.deviation_by {
+            let _ = writeln!(o, "   deviation {v:>7}  {k}");
+        }
         for (k, v) in &s.skipped_by {
             let _ = writeln!(o, "   skipped {v:>7}  {k}");
         }

@@ -14,15 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
 
-/// MAXPHYADDR from CPUID 0x8000_0008 EAX[7:0] (36 if absent, SDM Vol. 2A CPUID).
-pub fn phys_bits(cpuid: &kvm_bindings::CpuId) -> u8 {
-    cpuid
-        .as_slice()
-        .iter()
-        .find(|e| e.function == 0x8000_0008 && e.index == 0)
-        .map_or(36, |e| (e.eax & 0xff) as u8)
-}
-
 /// The run's state, kept by the VMM between `MatrixSync` calls.
 #[derive(Debug)]
 pub struct MatrixRun {
@@ -52,7 +43,7 @@ pub struct MatrixRun {
 pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>, u64), SpaceError> {
     let t0 = Instant::now();
     let f = space.features;
-    let vas = tables::test_vas();
+    let vas = tables::test_vas(phys_bits);
     let mut passes = base_passes(Mode::default());
     let mut skipped = variants(&f);
     if !f.nx {
@@ -89,7 +80,7 @@ pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>,
     image[..std::mem::size_of::<Plan>()].copy_from_slice(vm_memory::ByteValued::as_slice(&plan));
     let built = tables::build(space, &vas, &image, phys_bits)?;
     if !built.rsvd_built {
-        // MAXPHYADDR 52: bit 51 is an address bit. The four reserved-bit VAs still run (as
+        // MAXPHYADDR 52: no address bit is reserved. The four reserved-bit VAs still run (as
         // permissive paths), but their rows are reported as skipped.
         log::warn!("fault matrix: MAXPHYADDR is 52, reserved-bit cases skipped");
     }
@@ -253,6 +244,7 @@ impl MatrixRun {
                 results.push(CaseResult {
                     cr2,
                     err,
+                    record_ok: readable && va == t.va,
                     pte_after: pte_after.unwrap_or(0),
                     status,
                 });
@@ -273,6 +265,7 @@ impl MatrixRun {
         let passes_seconds = self.t_first_sync.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let data = MatrixData {
             vas: self.vas.clone(),
+            leaf_raw: self.built.leaf_raw.clone(),
             passes: self.passes.clone(),
             results,
             skipped_sets: self.skipped.clone(),
@@ -281,6 +274,8 @@ impl MatrixRun {
                 pass,
                 fail,
                 skipped,
+                deviation: 0,
+                deviation_by: BTreeMap::new(),
                 skipped_by,
                 passes_run: self.passes.len() as u64,
                 vas: self.vas.len() as u64,

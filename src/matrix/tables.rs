@@ -5,8 +5,9 @@
 //!   `((64 + i4) << 39) | (i3 << 30) | (i2 << 21) | (i1 << 12)` in the low half. Every path
 //!   has its own tables: 16 PDPTs, 256 PDs and 4,096 PTs from the table pool.
 //! * **Reserved-bit VAs** (4): `(80 + r) << 39` for `r` = PML4E, PDPTE, PDE, PTE: every entry
-//!   is `P | RW | US` and bit 51 (reserved while MAXPHYADDR < 52) is set in the entry of
-//!   level `r`. Each has its own PDPT, PD and PT.
+//!   is `P | RW | US` and bit MAXPHYADDR — the lowest reserved address bit, from CPUID
+//!   0x8000_0008 ([`rsvd_bit`]) — is set in the entry of level `r`. Each has its own PDPT, PD
+//!   and PT. At MAXPHYADDR 52 no address bit is reserved: those cases are skipped.
 //! * Every leaf points to one **data frame** filled with `0xC3` (`ret`), so a fetch probe can
 //!   `call` any test VA and a write probe stores the byte already there.
 //! * The **records buffer** at [`BUF_GVA`] (US=1, RW, no NX): the [`Plan`] in its first
@@ -38,8 +39,15 @@ pub const AREA: core::ops::Range<u64> = (MATRIX_SLOT << 39)..((BUF_GVA >> 39) + 
 pub const MATRIX_VAS: usize = 1 << 16;
 /// Reserved-bit VAs.
 pub const RSVD_VAS: usize = 4;
-/// Bit 51: reserved in a present entry when MAXPHYADDR < 52.
-pub const RSVD_BIT: u64 = 1 << 51;
+/// Address bits 51:12 of an entry (what [`TestVa::entries`] never holds but the reserved bit).
+pub const ADDR_BITS: u64 = 0x000f_ffff_ffff_f000;
+
+/// The reserved bit the reserved-bit VAs set: bit MAXPHYADDR, the lowest of the reserved
+/// address bits 51:MAXPHYADDR of a present entry (SDM Vol. 3A §4.5, Tables 4-14 to 4-19);
+/// bit 51 at MAXPHYADDR 52, where it is an address bit and the cases are skipped.
+pub const fn rsvd_bit(phys_bits: u8) -> u64 {
+    1 << if phys_bits < 51 { phys_bits } else { 51 }
+}
 
 const T: u64 = 0x7; // P | RW | US
 
@@ -53,14 +61,16 @@ pub const fn combo_flags(c: u64) -> u64 {
 pub struct TestVa {
     /// The VA.
     pub va: u64,
-    /// Flag bits of the PML4E, PDPTE, PDE and PTE (address bits zero; bit 51 where set).
+    /// Flag bits of the PML4E, PDPTE, PDE and PTE (address bits zero but the reserved bit
+    /// where set).
     pub entries: [u64; 4],
-    /// Level (4 = PML4E … 1 = PTE) whose entry has bit 51 set, if any.
+    /// Level (4 = PML4E … 1 = PTE) whose entry has the reserved bit set, if any.
     pub rsvd_level: Option<u8>,
 }
 
-/// The 65,540 test VAs in matrix order.
-pub fn test_vas() -> Vec<TestVa> {
+/// The 65,540 test VAs in matrix order, the reserved-bit ones with [`rsvd_bit`] of
+/// `phys_bits`.
+pub fn test_vas(phys_bits: u8) -> Vec<TestVa> {
     let mut v = Vec::with_capacity(MATRIX_VAS + RSVD_VAS);
     for k in 0..MATRIX_VAS as u64 {
         let (i4, i3, i2, i1) = (k >> 12, (k >> 8) & 15, (k >> 4) & 15, k & 15);
@@ -72,7 +82,7 @@ pub fn test_vas() -> Vec<TestVa> {
     }
     for r in 0..RSVD_VAS as u64 {
         let mut entries = [T; 4];
-        entries[r as usize] |= RSVD_BIT;
+        entries[r as usize] |= rsvd_bit(phys_bits);
         v.push(TestVa {
             va: (RSVD_SLOT + r) << 39,
             entries,
@@ -97,7 +107,7 @@ pub struct Built {
     pub buf_gpa: u64,
     /// Its size in bytes.
     pub buf_bytes: u64,
-    /// False if MAXPHYADDR is 52 (bit 51 not reserved): the reserved-bit VAs were built
+    /// False if MAXPHYADDR is 52 (no address bit reserved): the reserved-bit VAs were built
     /// without it and their cases are skipped.
     pub rsvd_built: bool,
 }
@@ -216,7 +226,7 @@ pub fn build(
             }
             last_gpa = Some(gpa.0);
             entry_gpas.push(gpa.0);
-            let flags = PteFlags::from_bits_truncate(t.entries[i] & !RSVD_BIT);
+            let flags = PteFlags::from_bits_truncate(t.entries[i] & !ADDR_BITS);
             space
                 .pt
                 .set_entry_flags(mem, Gva(t.va), level, flags)
@@ -236,10 +246,10 @@ pub fn build(
         if let (Some(level), true) = (t.rsvd_level, rsvd_built) {
             space
                 .pt
-                .poison_entry(mem, Gva(t.va), level, RSVD_BIT, phys_bits)
+                .poison_entry(mem, Gva(t.va), level, rsvd_bit(phys_bits), phys_bits)
                 .map_err(paging)?;
             if level == 1 {
-                leaf_raw[k] |= RSVD_BIT;
+                leaf_raw[k] |= rsvd_bit(phys_bits);
             }
         }
     }
@@ -276,7 +286,7 @@ mod tests {
 
     #[test]
     fn vas_are_distinct_and_canonical() {
-        let v = test_vas();
+        let v = test_vas(48);
         assert_eq!(v.len(), 65_540);
         let mut vas: Vec<u64> = v.iter().map(|t| t.va).collect();
         vas.sort_unstable();
@@ -288,7 +298,9 @@ mod tests {
         let last = v[65_535];
         assert_eq!(last.entries, [combo_flags(15); 4]);
         assert_eq!(combo_flags(15), 0x8000_0000_0000_0007);
-        assert_eq!(v[65_536].entries[0], 0x7 | RSVD_BIT);
+        assert_eq!(v[65_536].entries[0], 0x7 | 1 << 48);
+        assert_eq!(test_vas(39)[65_537].entries[1], 0x7 | 1 << 39);
+        assert_eq!(rsvd_bit(52), 1 << 51);
         assert_eq!(v[65_539].rsvd_level, Some(1));
         const { assert!(BUF_GVA > (RSVD_SLOT + 4) << 39) };
     }

@@ -1,4 +1,5 @@
-//! Unit tests: the verdict, the TSV rows, the variants and the base passes.
+//! Unit tests: the verdict, the TSV rows, the variants, the base passes and the known
+//! deviation's re-classification.
 
 use super::oracle::{Access, Mode};
 use super::passes::base_passes;
@@ -100,6 +101,7 @@ fn rows_as_tsv() {
             cr2: 0x2000_0000_f000,
             err: 0x11,
             pte_after: 0x8000_0000_0131_4007,
+            record_ok: true,
             status: CaseStatus::Pass,
         }),
         status: CaseStatus::Pass,
@@ -146,4 +148,85 @@ fn variants_and_passes() {
     assert_eq!(p.len(), 24);
     assert_eq!(mode_bits(p[23].mode), abi::MODE_WP | abi::MODE_NXE);
     assert_eq!((p[3].cpl, p[3].access), (3, Access::Read));
+}
+
+#[test]
+fn known_deviation_moves_exactly_the_rsvd_without_p_cases() {
+    use std::collections::BTreeMap;
+    // Four reserved-bit VAs (bit 48 in the PML4E), one user read pass (expected P|U|RSVD =
+    // 0xd). Observed: 0xc (the deviation), 0xd (a pass), 0x4 (another mismatch), and 0xc
+    // with a wrong CR2 (not only P differs).
+    let va = |i: u64| 0x2000_0000_0000 + (i << 39);
+    let vas: Vec<TestVa> = (0..4)
+        .map(|i| TestVa {
+            va: va(i),
+            entries: [7 | tables::rsvd_bit(48), 7, 7, 7],
+            rsvd_level: Some(4),
+        })
+        .collect();
+    let leaf = 0x0131_4007;
+    let obs = [(0xc, va(0)), (0xd, va(1)), (0x4, va(2)), (0xc, va(0))];
+    let results: Vec<CaseResult> = obs
+        .iter()
+        .map(|&(err, cr2)| CaseResult {
+            cr2,
+            err,
+            pte_after: leaf,
+            record_ok: true,
+            status: if err == 0xd {
+                CaseStatus::Pass
+            } else {
+                CaseStatus::Fail
+            },
+        })
+        .collect();
+    let summary = MatrixSummary {
+        cases: 4,
+        pass: 1,
+        fail: 3,
+        skipped: 0,
+        deviation: 0,
+        deviation_by: BTreeMap::new(),
+        skipped_by: BTreeMap::new(),
+        passes_run: 1,
+        vas: 4,
+        phys_bits: 48,
+        setup_seconds: 0.0,
+        passes_seconds: 0.0,
+        wall_seconds: 0.0,
+        pass_seconds: Vec::new(),
+        failures: Vec::new(),
+    };
+    let data = MatrixData {
+        vas,
+        leaf_raw: vec![leaf; 4],
+        passes: vec![spec(Access::Read, 3, true)],
+        results,
+        skipped_sets: Vec::new(),
+        summary: summary.clone(),
+    };
+    let mut m = MatrixReport {
+        summary,
+        data: std::sync::Arc::new(data),
+    };
+    m.apply_known_deviation(KnownDeviation::QemuTcgRsvdP);
+    let s = &m.summary;
+    assert_eq!((s.pass, s.fail, s.deviation, s.cases), (1, 2, 1, 4));
+    assert_eq!(s.deviation_by.values().sum::<u64>(), 1);
+    assert_eq!(s.failures.len(), 2);
+    let st: Vec<CaseStatus> = m.data.rows().map(|r| r.status).collect();
+    assert_eq!(
+        st,
+        [
+            CaseStatus::Deviation,
+            CaseStatus::Pass,
+            CaseStatus::Fail,
+            CaseStatus::Fail
+        ]
+    );
+    assert!(m
+        .data
+        .rows()
+        .next()
+        .is_some_and(|r| r.to_tsv().ends_with("\tdeviation")));
 }

@@ -161,6 +161,8 @@ pub struct Report {
     pub matrix: Option<crate::matrix::MatrixReport>,
     /// Guest CPU paging features.
     pub cpu: Features,
+    /// The host's KVM backend (shadow or two-dimensional paging) and MAXPHYADDR.
+    pub backend: Option<crate::backend::HostInfo>,
     /// TSC frequency the guest was told (kHz; KVM_GET_TSC_KHZ when CPUID lacks it).
     pub tsc_khz: u64,
 }
@@ -304,6 +306,7 @@ impl Report {
                 .as_deref()
                 .and_then(crate::matrix::MatrixReport::from_run),
             cpu,
+            backend: None,
             tsc_khz,
         }
     }

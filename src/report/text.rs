@@ -164,6 +164,9 @@ impl Report {
             };
             let _ = writeln!(o, "  {k:<14} {:>8} {:>6} {:>8.2}", v.count, v.errors, mean);
         }
+        if let Some(b) = &self.backend {
+            let _ = writeln!(o, "-- host: {}", b.line());
+        }
         let _ = writeln!(
             o,
             "-- at exit: {} live regions holding {} frames; bad request blocks {}; shadow page-table flushes {}",

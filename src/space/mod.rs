@@ -171,7 +171,7 @@ pub struct AddressSpace {
     /// Frames of the boot stacks.
     pub stack_frames: Vec<Pfn>,
     /// A mapping was removed or its rights reduced since the VMM last flushed KVM's shadow
-    /// page tables (see [`crate::memory::FlushSlot`]).
+    /// page tables (see [`crate::backend::FlushSlot`]).
     pub shadow_stale: bool,
     /// How the space was built (e.g. `no_nx` for the fault matrix).
     pub build_options: BuildOptions,

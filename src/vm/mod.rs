@@ -27,11 +27,12 @@ mod watchdog;
 pub use exit::{Exit, GuestFault, Ucall};
 pub use host_ops::{MemslotKind, VmOpError};
 
+use crate::backend::{FlushSlot, HostInfo};
 use crate::boot::{self, cpuid::Features};
 use crate::frames::ZonePreset;
 use crate::hypercall::Hypercalls;
 use crate::layout::BOOT_STACK_TOP;
-use crate::memory::{FlushSlot, Memslot, Memslots};
+use crate::memory::{Memslot, Memslots};
 use crate::report::{ExitLatency, Outcome, Registers, Report, Stage2Fault, Timings};
 use crate::space::{AddressSpace, SpaceError};
 use crate::stage2::{Extras, Stage2};
@@ -81,6 +82,8 @@ pub struct Vm {
     pub(crate) vcpu: VcpuFd,
     pub(crate) features: Features,
     pub(crate) phys_bits: u8,
+    /// KVM's MMU backend and MAXPHYADDR (in the report).
+    pub(crate) host: HostInfo,
     pub(crate) space: AddressSpace,
     pub(crate) memslots: Vec<Memslot>,
     pub(crate) slots: Memslots,
@@ -153,7 +156,22 @@ impl Vm {
                 .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?,
         };
         let features = Features::from_cpuid(&cpuid);
-        let phys_bits = crate::matrix::phys_bits(&cpuid);
+        let host = HostInfo::new(
+            crate::backend::Backend::detect(),
+            crate::backend::maxphyaddr(&cpuid),
+        );
+        let phys_bits = host.maxphyaddr;
+        let phys = crate::layout::PhysLayout::for_maxphyaddr(host.maxphyaddr);
+        if cfg.mem_bytes > phys.max_mem {
+            return Err(VmmError::Space(SpaceError::Memory(
+                crate::memory::MemoryError::BeyondMaxPhyAddr {
+                    bytes: cfg.mem_bytes,
+                    end: crate::layout::PhysLayout::ram_end(cfg.mem_bytes),
+                    maxphyaddr: host.maxphyaddr,
+                    max: phys.max_mem,
+                },
+            )));
+        }
         log::debug!("setup: KVM VM + CPUID after {:?}", t_start.elapsed());
         let fault_matrix = cfg.scenario == memvisor_abi::scenario::FAULT_MATRIX;
         let mut space = AddressSpace::build_with(
@@ -186,9 +204,11 @@ impl Vm {
             slots.track(*m, hva);
         }
         let memslot_us = t_slots.elapsed().as_micros() as u64;
-        let flush_slot = FlushSlot::new(&vm, &mut slots).map_err(mem_err)?;
+        let flush_slot = FlushSlot::new(&vm, &mut slots, host.shadow_paging).map_err(mem_err)?;
         let s2ctl = if cfg.scenario == memvisor_abi::scenario::STAGE2 || !extras.is_empty() {
-            Some(Stage2::setup(&kvm, &vm, &mut slots, &mut space, extras)?)
+            Some(Stage2::setup(
+                &kvm, &vm, &mut slots, &mut space, extras, &phys,
+            )?)
         } else {
             None
         };
@@ -215,6 +235,9 @@ impl Vm {
                 _ => boot::cpuid::calibrate_tsc_khz(),
             }
         };
+        if cfg.scenario == memvisor_abi::scenario::STAGE2 {
+            boot_arg[1] = phys.stage2_base;
+        }
         let boot_gva = space.write_boot_info(cfg.scenario, cfg.flags, boot_arg, tsc_khz)?;
         let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         boot::setup_sregs(&mut sregs, space.cr3(), features.nx);
@@ -234,6 +257,7 @@ impl Vm {
             vcpu,
             features,
             phys_bits,
+            host,
             space,
             memslots,
             slots,
@@ -393,6 +417,7 @@ impl Vm {
             std::mem::take(&mut self.latency),
             self.s2ctl.take().map(|s| s.report),
         );
+        report.backend = Some(self.host);
         crate::invariants::finish(
             &mut report,
             &mut self.space,

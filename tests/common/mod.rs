@@ -34,7 +34,7 @@ pub fn config(scenario: &str, mem_bytes: u64) -> VmConfig {
         scenario_name: scenario.to_string(),
         flags: memvisor_abi::flags::QUICK,
         arg: [0; 4],
-        timeout: Duration::from_secs(60),
+        timeout: Duration::from_secs_f64(60.0 * memvisor::backend::time_scale()),
         zone_preset: ZonePreset::X86_64,
         echo_console: false,
         check_invariants: true,

@@ -388,23 +388,35 @@ pub mod flags {
 
 /// The `stage2` scenario's guest-physical test layout and control ops ([`Call::Stage2`]).
 ///
-/// Four 64 KiB regions above RAM at 1 TiB, mapped by the host at `GVA_BASE + (gpa - GPA_BASE)`
-/// (US, RW, NX) whatever is (or is not) behind them.
+/// Four 64 KiB regions at offsets from the window's first GPA, which the host chooses from the
+/// CPU's MAXPHYADDR (`memvisor::layout::PhysLayout`: 1 TiB = [`stage2::GPA_BASE`] at MAXPHYADDR 41 and
+/// more, 2^MAXPHYADDR / 2 below) and passes to the guest in `BootInfo::arg[1]`. The host maps
+/// the window at `GVA_BASE + offset` (US, RW, NX) whatever is (or is not) behind it.
 pub mod stage2 {
-    /// First GPA of the test regions (1 TiB).
+    /// First GPA of the test regions at MAXPHYADDR 41 and more (1 TiB).
     pub const GPA_BASE: u64 = 1 << 40;
-    /// GVA where `GPA_BASE` is mapped.
+    /// GVA where the window's first GPA is mapped.
     pub const GVA_BASE: u64 = 0x0000_3000_0000_0000;
     /// Bytes in each region.
     pub const REGION: u64 = 64 << 10;
-    /// No memslot: every access exits as KVM_EXIT_MMIO.
-    pub const UNBACKED: u64 = GPA_BASE;
-    /// A KVM_MEM_READONLY memslot filled by the host with byte `i & 0xff` at offset `i`.
-    pub const READONLY: u64 = GPA_BASE + (1 << 20);
-    /// Declared lazy: the first access to a page makes the host add a memslot for it.
-    pub const LAZY: u64 = GPA_BASE + (2 << 20);
-    /// A memslot the guest can have removed and added back (op REMOVE / ADD).
-    pub const REMOVABLE: u64 = GPA_BASE + (3 << 20);
+    /// Offset of the region with no memslot: every access exits as KVM_EXIT_MMIO.
+    pub const UNBACKED_OFF: u64 = 0;
+    /// Offset of a KVM_MEM_READONLY memslot filled by the host with byte `i & 0xff` at offset
+    /// `i`.
+    pub const READONLY_OFF: u64 = 1 << 20;
+    /// Offset of the range declared lazy: the first access to a page makes the host add a
+    /// memslot for it.
+    pub const LAZY_OFF: u64 = 2 << 20;
+    /// Offset of a memslot the guest can have removed and added back (op REMOVE / ADD).
+    pub const REMOVABLE_OFF: u64 = 3 << 20;
+    /// [`UNBACKED_OFF`] in the window at [`GPA_BASE`].
+    pub const UNBACKED: u64 = GPA_BASE + UNBACKED_OFF;
+    /// [`READONLY_OFF`] in the window at [`GPA_BASE`].
+    pub const READONLY: u64 = GPA_BASE + READONLY_OFF;
+    /// [`LAZY_OFF`] in the window at [`GPA_BASE`].
+    pub const LAZY: u64 = GPA_BASE + LAZY_OFF;
+    /// [`REMOVABLE_OFF`] in the window at [`GPA_BASE`].
+    pub const REMOVABLE: u64 = GPA_BASE + REMOVABLE_OFF;
     /// Op: remove the REMOVABLE slot (its contents are kept by the host).
     pub const OP_REMOVE: u64 = 0;
     /// Op: add the REMOVABLE slot back.
@@ -460,7 +472,7 @@ pub mod scenario {
 }
 
 /// The fault-matrix scenario's shared layout: the host builds the test page tables and a
-/// [`Plan`](matrix::Plan) of passes; each pass probes every record's VA once with one access at one CPL
+/// [`matrix::Plan`] of passes; each pass probes every record's VA once with one access at one CPL
 /// in one mode and the guest's #PF handler fills in the record.
 pub mod matrix {
     /// [`Plan::magic`].

@@ -28,7 +28,7 @@ fn kmain() -> u32 {
         memvisor_abi::scenario::DEMO => user::run(demo::run_user, 0) as u32,
         memvisor_abi::scenario::BOOT => 0,
         memvisor_abi::scenario::FAULT_MATRIX => matrix::run(),
-        memvisor_abi::scenario::STAGE2 => user::run(stage2::run_user, 0) as u32,
+        memvisor_abi::scenario::STAGE2 => user::run(stage2::run_user, boot().arg[1]) as u32,
         memvisor_abi::scenario::HOSTILE => user::run(hostile::run_user, 0) as u32,
         memvisor_abi::scenario::BENCH => {
             bench::run_kernel();

@@ -1,7 +1,8 @@
 //! The `stage2` scenario (ring 3): accesses to guest-physical memory with no memslot, a
 //! read-only memslot, a lazily backed range, a memslot removed and added back, and dirty
-//! logging. The host maps the regions of `memvisor_abi::stage2` at `GVA_BASE + (gpa -
-//! GPA_BASE)`; its report lists every stage-2 exit (GPA, size, direction, value, RIP).
+//! logging. The host maps the window of `memvisor_abi::stage2` (its first GPA follows the
+//! CPU's MAXPHYADDR and arrives in `BootInfo::arg[1]`) at `GVA_BASE`; its report lists every
+//! stage-2 exit (GPA, size, direction, value, RIP).
 
 use crate::{hc, println};
 use core::fmt::Write;
@@ -10,6 +11,8 @@ use memvisor_abi::{map, prot, stage2 as s2, zone, Call};
 
 const PAGE: u64 = 4096;
 
+/// GVA of a region given as its GPA in the window at `s2::GPA_BASE` (the offsets are the same
+/// wherever the host put the window).
 fn gva(gpa: u64) -> u64 {
     s2::GVA_BASE + (gpa - s2::GPA_BASE)
 }
@@ -33,8 +36,8 @@ fn check(ok: bool, what: &'static str) -> Result<(), &'static str> {
 }
 
 /// Ring-3 entry point.
-pub extern "C" fn run_user(_: u64) -> u64 {
-    match run() {
+pub extern "C" fn run_user(gpa_base: u64) -> u64 {
+    match run(gpa_base) {
         Ok(()) => 0,
         Err(e) => {
             println!("stage2 FAILED: {}", e);
@@ -43,7 +46,7 @@ pub extern "C" fn run_user(_: u64) -> u64 {
     }
 }
 
-fn run() -> Result<(), &'static str> {
+fn run(gpa_base: u64) -> Result<(), &'static str> {
     // 1. No memslot: reads return all-ones (the VMM's choice), writes are reported with their
     //    value. Sizes 1, 2, 4, 8.
     let u = gva(s2::UNBACKED);
@@ -72,7 +75,7 @@ fn run() -> Result<(), &'static str> {
     }
     println!(
         "stage2: unbacked GPA {:#x}: 4 reads, 4 writes exited as MMIO",
-        s2::UNBACKED
+        gpa_base + s2::UNBACKED_OFF
     );
 
     // 2. Read-only memslot.
