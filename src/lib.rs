@@ -26,6 +26,7 @@ pub mod report;
 pub mod scenario;
 pub mod space;
 pub mod stage2;
+pub mod uffd;
 pub mod vm;
 pub mod vmm;
 
