@@ -107,6 +107,10 @@ struct RunArgs {
     /// header line (written to a temporary file and renamed: never a partial file).
     #[arg(long, value_name = "FILE")]
     cases_out: Option<PathBuf>,
+    /// Back guest RAM with userfaultfd: every first touch of a frame is served by a VMM
+    /// handler thread (counted and timed in the report's `uffd` section).
+    #[arg(long)]
+    uffd: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -385,6 +389,7 @@ fn run(a: RunArgs) -> ExitCode {
         },
         echo_console: true,
         check_invariants: scenario_nr == memvisor_abi::scenario::HOSTILE,
+        uffd: a.uffd,
     };
     set_json_mode(a.json);
     let report: Report = match vmm::run(&cfg) {

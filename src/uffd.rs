@@ -199,14 +199,42 @@ impl UffdStats {
         self.hist_ns_log2[b] += 1;
     }
 
+    /// The report's text section: counts, then the non-empty histogram buckets.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "-- userfaultfd: {} MiB registered; {} faults ({} writes): {} UFFDIO_COPY, {} UFFDIO_ZEROPAGE, {} raced, {} errors; {} REMOVE events ({} pages)",
+            self.registered_bytes >> 20,
+            self.faults,
+            self.write_faults,
+            self.copies,
+            self.zeropages,
+            self.raced,
+            self.errors,
+            self.remove_events,
+            self.removed_pages
+        );
+        let _ = writeln!(
+            o,
+            "  serve time: mean {:.2} us, max {:.2} us; histogram (ns range: faults):",
+            self.mean_ns() as f64 / 1000.0,
+            self.max_ns as f64 / 1000.0
+        );
+        for (i, &n) in self.hist_ns_log2.iter().enumerate() {
+            if n > 0 {
+                let _ = writeln!(o, "    [{:>10}, {:>10}): {n}", 1u64 << i, 1u64 << (i + 1));
+            }
+        }
+        o
+    }
+
     /// Mean serve time in ns (0 without faults).
     pub fn mean_ns(&self) -> u64 {
-        let served = self.copies + self.zeropages;
-        if served == 0 {
-            0
-        } else {
-            self.total_ns / served
-        }
+        self.total_ns
+            .checked_div(self.copies + self.zeropages)
+            .unwrap_or(0)
     }
 }
 
@@ -386,6 +414,58 @@ pub unsafe fn discard(hva: u64, len: u64) -> io::Result<()> {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+impl crate::memory::GuestRam {
+    /// Register every RAM region with a new userfaultfd served from `source` (MISSING mode):
+    /// from now on each first touch of a frame, by the guest or the VMM, is served by the
+    /// handler thread. Call before anything is written to RAM.
+    ///
+    /// # Errors
+    /// As [`UffdHandler::start`].
+    pub fn attach_uffd(&mut self, source: Box<dyn PageSource>) -> Result<(), UffdError> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let ranges: Vec<(u64, u64)> = self
+            .mem
+            .iter()
+            .map(|r| (r.as_ptr() as u64, r.len()))
+            .collect();
+        // The handler is stored in `self`, so it is dropped with (and before the unmapping of)
+        // the regions it serves.
+        // SAFETY: each range is exactly one private anonymous mapping vm-memory created for
+        // this GuestRam. The handler writes only in answer to a fault in the range, i.e. while
+        // it is mapped; when the GuestRam drops, the mappings go first (field order) and the
+        // kernel unregisters them with them (no UFFD_FEATURE_EVENT_UNMAP: no message), then
+        // the handler stops.
+        let h = unsafe { UffdHandler::start(&ranges, source)? };
+        self.uffd = Some(h);
+        Ok(())
+    }
+
+    /// With uffd-backed RAM, discard the host pages of the freed frames `[gpa, gpa + len)`
+    /// (`MADV_DONTNEED`; the handler sees `UFFD_EVENT_REMOVE` and serves them zero on their
+    /// next touch). Without uffd, nothing.
+    pub fn discard_if_uffd(&self, gpa: u64, len: u64) {
+        if self.uffd.is_none() || !self.contains(gpa, len) {
+            return;
+        }
+        let Some(hva) = self.hva(gpa) else { return };
+        // SAFETY: `[gpa, gpa + len)` lies in one RAM region (checked above), so the host range
+        // is inside its mapping; the frames were just freed, their contents are not needed
+        // (a freed frame is zeroed before reuse anyway).
+        if let Err(e) = unsafe { discard(hva, len) } {
+            log::warn!("MADV_DONTNEED of freed frames at GPA {gpa:#x}: {e}");
+        }
+    }
+
+    /// Host address of guest-physical `gpa` in RAM.
+    fn hva(&self, gpa: u64) -> Option<u64> {
+        use vm_memory::GuestMemoryBackend;
+        self.mem
+            .get_host_address(vm_memory::GuestAddress(gpa))
+            .ok()
+            .map(|p| p as u64)
     }
 }
 

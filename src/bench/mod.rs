@@ -253,6 +253,7 @@ fn guest_config(quick: bool) -> VmConfig {
         zone_preset: crate::frames::ZonePreset::X86_64,
         echo_console: false,
         check_invariants: false,
+        uffd: false,
     }
 }
 
