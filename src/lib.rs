@@ -24,6 +24,7 @@ pub mod replay;
 pub mod replay_many;
 pub mod report;
 pub mod scenario;
+pub mod snapshot;
 pub mod space;
 pub mod stage2;
 pub mod uffd;

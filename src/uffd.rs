@@ -43,6 +43,8 @@ const UFFDIO_WAKE: u64 = 0x8010_aa02;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 const UFFD_EVENT_REMOVE: u8 = 0x15;
 const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
+const UFFDIO_ZEROPAGE_MODE_DONTWAKE: u64 = 1;
 
 #[repr(C)]
 struct UffdioApi {
@@ -178,7 +180,7 @@ pub struct UffdStats {
     pub remove_events: u64,
     /// Pages those covered (served zero on their next fault).
     pub removed_pages: u64,
-    /// Faults whose ioctl failed otherwise (the faulting thread was woken to retry).
+    /// Faults whose ioctl failed otherwise (the faulting thread is woken and faults again).
     pub errors: u64,
     /// Total serve time in ns (message read → page in place).
     pub total_ns: u64,
@@ -549,6 +551,10 @@ fn serve(fd: &OwnedFd, wake: i32, shared: &Shared, mut source: Box<dyn PageSourc
                         Served::Raced => s.raced += 1,
                         Served::Failed => s.errors += 1,
                     }
+                    drop(s);
+                    // Wake the faulting thread only now, so a thread that saw its page also
+                    // sees it counted (the copy / zeropage ran with MODE_DONTWAKE).
+                    wake_page(fd, page);
                 }
                 UFFD_EVENT_REMOVE => {
                     let (start, end) = (m.arg[0], m.arg[1]);
@@ -592,20 +598,16 @@ fn copy(fd: &OwnedFd, page: u64, buf: &[u8; PAGE as usize]) -> Served {
             dst: page,
             src: buf.as_ptr() as u64,
             len: PAGE,
-            mode: 0,
+            mode: UFFDIO_COPY_MODE_DONTWAKE,
             copy: 0,
         };
         match ioctl(fd, UFFDIO_COPY, &mut c) {
             Ok(()) => return Served::Done,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                wake_page(fd, page);
-                return Served::Raced;
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Served::Raced,
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
             Err(_) => break,
         }
     }
-    wake_page(fd, page);
     Served::Failed
 }
 
@@ -616,20 +618,16 @@ fn zeropage(fd: &OwnedFd, page: u64) -> Served {
                 start: page,
                 len: PAGE,
             },
-            mode: 0,
+            mode: UFFDIO_ZEROPAGE_MODE_DONTWAKE,
             zeropage: 0,
         };
         match ioctl(fd, UFFDIO_ZEROPAGE, &mut z) {
             Ok(()) => return Served::Done,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                wake_page(fd, page);
-                return Served::Raced;
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Served::Raced,
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
             Err(_) => break,
         }
     }
-    wake_page(fd, page);
     Served::Failed
 }
 
