@@ -32,6 +32,9 @@
 //! Sources of the approach: Firecracker's snapshot format (versioned state file with a CRC64,
 //! memory served by a uffd handler), Linux `Documentation/admin-guide/mm/userfaultfd.rst`.
 
+mod info;
+pub use info::describe;
+
 use crate::uffd::{PageSource, PAGE};
 use std::collections::HashMap;
 use std::fs::File;
