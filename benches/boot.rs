@@ -20,6 +20,7 @@ fn config() -> VmConfig {
         zone_preset: ZonePreset::X86_64,
         echo_console: false,
         check_invariants: false,
+        uffd: false,
     }
 }
 

@@ -72,6 +72,7 @@ impl VmBuilder {
                 zone_preset: ZonePreset::X86_64,
                 echo_console: false,
                 check_invariants: false,
+                uffd: false,
             },
             extras: Extras::default(),
         }

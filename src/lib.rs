@@ -25,8 +25,10 @@ pub mod replay;
 pub mod replay_many;
 pub mod report;
 pub mod scenario;
+pub mod snapshot;
 pub mod space;
 pub mod stage2;
+pub mod uffd;
 pub mod vm;
 pub mod vmm;
 

@@ -37,6 +37,23 @@ enum Cmd {
     Replay(ReplayArgs),
     /// List the scenarios `--scenario NAME` accepts, with their one-line descriptions.
     Scenarios,
+    /// Validate a snapshot file and its incremental layers (in order) for a VM of `--mem`
+    /// running `--kernel` (default: the embedded guest), without running anything: exit 0 and
+    /// one line per file, or exit 2 and one line naming the file and the defect.
+    SnapshotInfo(SnapshotInfoArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct SnapshotInfoArgs {
+    /// The base snapshot, then its incremental layers in order.
+    #[arg(required = true, num_args = 1..)]
+    files: Vec<PathBuf>,
+    /// Guest RAM of the VM the snapshot must fit (K/M/G/T suffixes).
+    #[arg(long, default_value = "256M")]
+    mem: String,
+    /// The guest kernel ELF the snapshot must have been taken with (default: embedded).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -112,6 +129,10 @@ struct RunArgs {
     /// known emulator deviation as "deviation" instead of "fail" (qemu-tcg-rsvd-p).
     #[arg(long, value_name = "NAME")]
     known_deviation: Vec<String>,
+    /// Back guest RAM with userfaultfd: every first touch of a frame is served by a VMM
+    /// handler thread (counted and timed in the report's `uffd` section).
+    #[arg(long)]
+    uffd: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -152,6 +173,7 @@ fn main() -> ExitCode {
         Some(Cmd::Run(a)) => a,
         Some(Cmd::Bench(b)) => return bench(b),
         Some(Cmd::Replay(r)) => return replay(r),
+        Some(Cmd::SnapshotInfo(s)) => return snapshot_info(s),
         Some(Cmd::Scenarios) => {
             print!("{}", scenario::help_text());
             return ExitCode::SUCCESS;
@@ -159,6 +181,31 @@ fn main() -> ExitCode {
         None => cli.run,
     };
     run(args)
+}
+
+/// `memvisor snapshot-info`: exit 0 if every file is a valid layer for this VM, else 2.
+fn snapshot_info(a: SnapshotInfoArgs) -> ExitCode {
+    let mem_bytes = match parse_size(&a.mem) {
+        Ok(b) => b,
+        Err(e) => return fail(format!("--mem: {e}")),
+    };
+    let kernel = match &a.kernel {
+        Some(p) => match std::fs::read(p) {
+            Ok(k) => k,
+            Err(e) => return fail(format!("--kernel {}: {e}", p.display())),
+        },
+        None => guest_image::GUEST_ELF.to_vec(),
+    };
+    let want = memvisor::snapshot::Identity::of(mem_bytes, &kernel);
+    match memvisor::snapshot::describe(&a.files, want) {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }
 
 /// `memvisor replay`: exit 0 if every event replayed without error, 1 if the guest failed or
@@ -403,6 +450,7 @@ fn run(a: RunArgs) -> ExitCode {
         },
         echo_console: true,
         check_invariants: scenario_nr == memvisor_abi::scenario::HOSTILE,
+        uffd: a.uffd,
     };
     set_json_mode(a.json);
     let mut report: Report = match vmm::run(&cfg) {

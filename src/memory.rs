@@ -169,6 +169,9 @@ pub struct GuestRam {
     pub e820: Vec<E820Entry>,
     /// Total RAM in bytes.
     pub bytes: u64,
+    /// The userfaultfd handler serving RAM's first touches, when RAM is uffd-backed
+    /// ([`crate::uffd`], `GuestRam::attach_uffd`).
+    pub uffd: Option<crate::uffd::UffdHandler>,
 }
 
 /// RAM ranges for `bytes` of guest RAM: below the MMIO hole, then from 4 GiB.
@@ -258,6 +261,7 @@ impl GuestRam {
             mem,
             ram,
             bytes,
+            uffd: None,
         })
     }
 

@@ -67,6 +67,8 @@ pub struct VmConfig {
     /// Check the host invariants ([`crate::invariants::check`]) after every hypercall batch;
     /// a violation ends the run (outcome `invariant_violation`, exit code 1).
     pub check_invariants: bool,
+    /// Back guest RAM through userfaultfd (`--uffd`; [`crate::uffd`]).
+    pub uffd: bool,
 }
 
 /// After the VMM edited the guest's memory or page tables (a hypercall batch, a #PF assist):

@@ -18,6 +18,7 @@ pub use target::{Target, Verdict};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 mod target;
+mod uffd;
 
 /// One figure of the table.
 #[derive(Debug, Clone, Serialize)]
@@ -253,6 +254,7 @@ fn guest_config(quick: bool) -> VmConfig {
         zone_preset: crate::frames::ZonePreset::X86_64,
         echo_console: false,
         check_invariants: false,
+        uffd: false,
     }
 }
 
@@ -422,6 +424,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         buddy,
         Target::ValueAndRatioMax(25.0, 0.33),
     ));
+    f.extend(uffd::figures(quick));
     f.extend(heap_figures(quick)?);
     Ok(BenchResult {
         cpu: cpu_model(),

@@ -126,6 +126,9 @@ pub struct Report {
     pub exit_latency: ExitLatency,
     /// What the stage-2 scenario did (slot operations, lazy backing, dirty-log reads).
     pub stage2_report: Option<crate::stage2::Stage2Report>,
+    /// The userfaultfd handler's counters and serve-time histogram when RAM is uffd-backed
+    /// (`--uffd`; null otherwise).
+    pub uffd: Option<crate::uffd::UffdStats>,
     /// Faults by kind (`lazy`, `reported`) and vector, e.g. `lazy/14`.
     pub faults_by_kind: BTreeMap<String, u64>,
     /// Hypercalls by call.
@@ -280,6 +283,7 @@ impl Report {
             exits,
             exit_latency,
             stage2_report: stage2_rep,
+            uffd: space.ram.uffd.as_ref().map(|h| h.stats()),
             faults_by_kind: space.counters.by_kind.clone(),
             hypercalls: hc.by_call,
             hypercall_status: hc.by_status,

@@ -172,6 +172,9 @@ impl Report {
             "-- at exit: {} live regions holding {} frames; bad request blocks {}; shadow page-table flushes {}",
             self.regions_live, self.mapped_frames, self.bad_blocks, self.shadow_flushes
         );
+        if let Some(u) = &self.uffd {
+            o.push_str(&u.to_text());
+        }
         if let Some(inv) = &self.invariants {
             let _ = writeln!(o, "-- invariants: {}", inv.line());
             for v in inv.violations.iter().take(16) {

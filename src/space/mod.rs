@@ -63,6 +63,9 @@ pub enum SpaceError {
     /// Address arithmetic overflowed.
     #[error(transparent)]
     Addr(#[from] crate::addr::AddrError),
+    /// userfaultfd-backed RAM could not be set up.
+    #[error("userfaultfd: {0}")]
+    Uffd(#[from] crate::uffd::UffdError),
     /// Writing boot structures failed.
     #[error("cannot write {what} to guest memory")]
     Write {
@@ -199,6 +202,10 @@ pub struct BuildOptions {
     /// mapping (the kernel's stack and data included) would fault with RSVD = 1. Writable
     /// pages are then executable; nothing else changes.
     pub no_nx: bool,
+    /// Back guest RAM through userfaultfd ([`crate::uffd`]): every first touch of a frame is
+    /// served zero by the VMM's handler thread, and frames freed by munmap are discarded
+    /// (`MADV_DONTNEED`).
+    pub uffd: bool,
 }
 
 fn prot_flags(p: Protection, nx: bool) -> PteFlags {
@@ -232,7 +239,10 @@ impl AddressSpace {
         opts: BuildOptions,
     ) -> Result<Self, SpaceError> {
         let t0 = std::time::Instant::now();
-        let ram = GuestRam::new(mem_bytes)?;
+        let mut ram = GuestRam::new(mem_bytes)?;
+        if opts.uffd {
+            ram.attach_uffd(Box::new(crate::uffd::ZeroSource))?;
+        }
         let ranges: Vec<(Gpa, u64)> = ram.ram.iter().map(|&(a, s)| (Gpa(a), s)).collect();
         let mut zones = ZoneTable::new(&ranges, preset)?;
         log::debug!("build: RAM + zones after {:?}", t0.elapsed());

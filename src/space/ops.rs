@@ -118,6 +118,7 @@ impl AddressSpace {
     fn release(&mut self, gpa: u64, size: PageSize) {
         let frames = size.bytes() / PAGE_SIZE;
         if self.zones.free(Gpa(gpa).pfn(), frames).is_ok() {
+            self.ram.discard_if_uffd(gpa, size.bytes());
             self.counters.mapped_frames = self.counters.mapped_frames.saturating_sub(frames);
         } else {
             log::error!("frame run at GPA {gpa:#x} could not be freed (accounting bug)");

@@ -60,6 +60,9 @@ pub struct VmOptions {
     pub check_invariants: bool,
     /// Echo the guest's console on stdout (default off; it is kept for the report anyway).
     pub echo_console: bool,
+    /// Back guest RAM through userfaultfd (default off; [`crate::uffd`]): first touches are
+    /// served by a VMM handler thread, counted in the report's `uffd` section.
+    pub uffd: bool,
 }
 
 impl Default for VmOptions {
@@ -71,6 +74,7 @@ impl Default for VmOptions {
             timeout: Duration::from_secs(30),
             check_invariants: true,
             echo_console: false,
+            uffd: false,
         }
     }
 }
@@ -134,6 +138,7 @@ impl Vm {
             zone_preset: opts.zones,
             echo_console: opts.echo_console,
             check_invariants: opts.check_invariants,
+            uffd: opts.uffd,
         };
         let mut vm = Vm::create(&cfg, &Extras::default(), opts.cpuid)?;
         vm.stepwise = true;
@@ -181,6 +186,7 @@ impl Vm {
             features,
             crate::space::BuildOptions {
                 no_nx: fault_matrix,
+                uffd: cfg.uffd,
             },
         )?;
         let mut boot_arg = cfg.arg;

@@ -38,6 +38,7 @@ pub fn config(scenario: &str, mem_bytes: u64) -> VmConfig {
         zone_preset: ZonePreset::X86_64,
         echo_console: false,
         check_invariants: true,
+        uffd: false,
     }
 }
 

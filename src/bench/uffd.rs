@@ -1,0 +1,171 @@
+//! Host-side demand-paging figures for userfaultfd ([`crate::uffd`]), each beside its peers
+//! measured in the same run, interleaved round by round (median of the rounds):
+//!
+//! - `uffd_zeropage`: first write to each page of a uffd-registered anonymous range, served
+//!   by the handler thread with `UFFDIO_ZEROPAGE` (fresh guest RAM under `--uffd`);
+//! - `uffd_copy`: the same served with `UFFDIO_COPY` from a 4 KiB buffer (what a snapshot
+//!   restore does, file read aside);
+//! - floor: `madvise(MADV_POPULATE_WRITE)` of the same number of fresh pages (the kernel
+//!   populates them in one call: no fault, no handler);
+//! - memslot-per-page: `KVM_SET_USER_MEMORY_REGION` of one 4 KiB slot, the ioctl the lazy
+//!   stage-2 range pays per page (`crate::stage2`), *without* its MMIO exit (~35 µs on PVM):
+//!   a lower bound of that path's cost per page.
+//!
+//! These are host figures: the vCPU's own stage-2 fault into the uffd path is not in them.
+
+use super::{fig, Figure, Target};
+use crate::uffd::{PageSource, UffdHandler, ZeroSource, PAGE};
+use std::time::Instant;
+
+/// `MADV_POPULATE_WRITE` (Linux 5.14, include/uapi/asm-generic/mman-common.h).
+const MADV_POPULATE_WRITE: i32 = 23;
+
+struct Filled;
+impl PageSource for Filled {
+    fn read(&mut self, _hva: u64, buf: &mut [u8; PAGE as usize]) -> bool {
+        buf[0] = 1;
+        true
+    }
+}
+
+struct Mapping(*mut libc::c_void, usize);
+
+impl Mapping {
+    fn new(pages: usize) -> Option<Mapping> {
+        let len = pages * PAGE as usize;
+        // SAFETY: a fresh private anonymous mapping owned by the returned value.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(Mapping(p, len))
+    }
+
+    fn touch_all(&self) {
+        for off in (0..self.1).step_by(PAGE as usize) {
+            // SAFETY: inside the mapping this value owns.
+            unsafe { std::ptr::write_volatile((self.0 as *mut u8).add(off), 2) };
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping this value owns.
+        unsafe { libc::munmap(self.0, self.1) };
+    }
+}
+
+/// ns per page of first writes through a uffd handler serving from `source`.
+fn uffd_ns(pages: usize, source: Box<dyn PageSource>) -> Option<f64> {
+    let m = Mapping::new(pages)?;
+    // SAFETY: the mapping outlives the handler (dropped first, below).
+    let h = unsafe { UffdHandler::start(&[(m.0 as u64, m.1 as u64)], source) }.ok()?;
+    let t0 = Instant::now();
+    m.touch_all();
+    let ns = t0.elapsed().as_nanos() as f64 / pages as f64;
+    let served = h.stats();
+    drop(h);
+    (served.copies + served.zeropages == pages as u64).then_some(ns)
+}
+
+/// ns per page of `MADV_POPULATE_WRITE` on fresh pages.
+fn populate_ns(pages: usize) -> Option<f64> {
+    let m = Mapping::new(pages)?;
+    let t0 = Instant::now();
+    // SAFETY: populating the mapping this function owns.
+    let rc = unsafe { libc::madvise(m.0, m.1, MADV_POPULATE_WRITE) };
+    let ns = t0.elapsed().as_nanos() as f64 / pages as f64;
+    (rc == 0).then_some(ns)
+}
+
+/// ns per one-page memslot added (then removed, untimed) on a fresh KVM VM.
+fn memslot_ns(pages: usize) -> Option<f64> {
+    let kvm = kvm_ioctls::Kvm::new().ok()?;
+    let vm = kvm.create_vm().ok()?;
+    let n = pages.min(kvm.get_nr_memslots().saturating_sub(8)).max(1);
+    let m = Mapping::new(n)?;
+    let region = |slot: u32, size: u64| kvm_bindings::kvm_userspace_memory_region {
+        slot,
+        guest_phys_addr: slot as u64 * PAGE,
+        memory_size: size,
+        userspace_addr: m.0 as u64 + slot as u64 * PAGE,
+        flags: 0,
+    };
+    let t0 = Instant::now();
+    for s in 0..n as u32 {
+        // SAFETY: each slot maps one page of `m`, which outlives the VM's slots (they are
+        // deleted below before `m` is dropped).
+        unsafe { vm.set_user_memory_region(region(s, PAGE)) }.ok()?;
+    }
+    let ns = t0.elapsed().as_nanos() as f64 / n as f64;
+    for s in 0..n as u32 {
+        // SAFETY: deleting a slot (size 0) maps nothing.
+        let _ = unsafe { vm.set_user_memory_region(region(s, 0)) };
+    }
+    Some(ns)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The figures; rows whose mechanism the host lacks hold NaN and say so in the peer name.
+pub(super) fn figures(quick: bool) -> Vec<Figure> {
+    let (pages, rounds) = if quick { (4096, 3) } else { (16384, 7) };
+    let (mut zero, mut copy, mut pop, mut slot) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        zero.push(uffd_ns(pages, Box::new(ZeroSource)).unwrap_or(f64::NAN));
+        copy.push(uffd_ns(pages, Box::new(Filled)).unwrap_or(f64::NAN));
+        pop.push(populate_ns(pages).unwrap_or(f64::NAN));
+        slot.push(memslot_ns(pages).unwrap_or(f64::NAN));
+    }
+    let (zero, copy, pop, slot) = (median(zero), median(copy), median(pop), median(slot));
+    let na = |x: f64, what: &str| {
+        if x.is_finite() {
+            what.to_string()
+        } else {
+            format!("{what} (skipped: unsupported by host)")
+        }
+    };
+    vec![
+        fig(
+            "uffd_zeropage_demand_paging_per_page",
+            zero,
+            "ns",
+            &na(pop, "MADV_POPULATE_WRITE per page (floor)"),
+            pop,
+            Target::RatioMax(3.0),
+        ),
+        fig(
+            "uffd_copy_demand_paging_per_page",
+            copy,
+            "ns",
+            &na(pop, "MADV_POPULATE_WRITE per page (floor)"),
+            pop,
+            Target::RatioMax(3.0),
+        ),
+        fig(
+            "uffd_zeropage_vs_memslot_per_page",
+            zero,
+            "ns",
+            &na(
+                slot,
+                "KVM_SET_USER_MEMORY_REGION of a 4 KiB slot (lazy range's ioctl, no exit)",
+            ),
+            slot,
+            Target::RatioMax(0.1),
+        ),
+    ]
+}

@@ -1,0 +1,750 @@
+//! Stage-2 demand paging with userfaultfd: guest RAM (or chosen host ranges) registered in
+//! `UFFDIO_REGISTER_MODE_MISSING` and served by a handler thread of the VMM, as Firecracker's
+//! snapshot-restore handler and Linux's `demand_paging_test.c` do.
+//!
+//! Every first touch of a registered page — by the guest (KVM's `get_user_pages` on a stage-2
+//! fault blocks the vCPU thread in the kernel) or by the VMM itself (vm-memory writes) — raises
+//! a `UFFD_EVENT_PAGEFAULT` message; the handler thread fills the page with `UFFDIO_COPY`
+//! (from a [`PageSource`], e.g. a snapshot file) or `UFFDIO_ZEROPAGE` (the source has no data
+//! for it), which also wakes the faulting thread. Each served fault is counted and timed.
+//!
+//! `UFFD_EVENT_REMOVE` (requested with `UFFD_FEATURE_EVENT_REMOVE`): when the VMM discards
+//! host pages of a registered range (`madvise(MADV_DONTNEED)`, [`discard`]), the kernel reports
+//! the range before it drops the pages; the handler marks those pages so their next fault is
+//! served as zero, never from the source again (no stale snapshot page comes back after the
+//! guest unmapped and the VMM discarded the frame).
+//!
+//! Sources: Linux `Documentation/admin-guide/mm/userfaultfd.rst`, `include/uapi/linux/
+//! userfaultfd.h` (structures and ioctl numbers below, x86_64).
+
+use serde::Serialize;
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use thiserror::Error;
+
+/// Bytes in a page served by the handler.
+pub const PAGE: u64 = 4096;
+
+const UFFD_API: u64 = 0xaa;
+const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+// _IOWR(0xAA, nr, size) = 0xc000_0000 | size << 16 | 0xaa << 8 | nr.
+const UFFDIO_API: u64 = 0xc018_aa3f;
+const UFFDIO_REGISTER: u64 = 0xc020_aa00;
+const UFFDIO_COPY: u64 = 0xc028_aa03;
+const UFFDIO_ZEROPAGE: u64 = 0xc020_aa04;
+// _IOR(0xAA, 0x02, struct uffdio_range) = 0x8000_0000 | 16 << 16 | 0xaa << 8 | 2.
+const UFFDIO_WAKE: u64 = 0x8010_aa02;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_EVENT_REMOVE: u8 = 0x15;
+const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
+const UFFDIO_ZEROPAGE_MODE_DONTWAKE: u64 = 1;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
+/// `struct uffd_msg` (32 bytes): event, 7 reserved bytes, then the 24-byte argument union
+/// (pagefault: flags, address, ptid; remove: start, end).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct UffdMsg {
+    event: u8,
+    _reserved: [u8; 7],
+    arg: [u64; 3],
+}
+
+/// Errors of this module.
+#[derive(Debug, Error)]
+pub enum UffdError {
+    /// The `userfaultfd` system call failed (no kernel support, or no permission: root or
+    /// `vm.unprivileged_userfaultfd=1` needed).
+    #[error("userfaultfd() failed: {source}")]
+    Create {
+        /// The OS error.
+        source: io::Error,
+    },
+    /// An ioctl failed.
+    #[error("{what} failed for host range {start:#x} (+{len:#x} bytes): {source}")]
+    Ioctl {
+        /// Which ioctl.
+        what: &'static str,
+        /// First host address.
+        start: u64,
+        /// Length in bytes.
+        len: u64,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The kernel lacks a feature the handler needs.
+    #[error("userfaultfd lacks {what} (unsupported by host)")]
+    Unsupported {
+        /// The missing feature.
+        what: &'static str,
+    },
+    /// A range is empty, not page-aligned, or wraps.
+    #[error("host range {start:#x} (+{len:#x} bytes) is empty or not 4 KiB aligned")]
+    BadRange {
+        /// First host address.
+        start: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// The handler thread could not be started.
+    #[error("cannot start the userfaultfd handler thread: {source}")]
+    Thread {
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Where the handler gets a page's contents.
+pub trait PageSource: Send + 'static {
+    /// Fill `buf` with the page at host address `hva` (4 KiB aligned, inside a registered
+    /// range) and return true, or return false when the page is all zeros (served with
+    /// `UFFDIO_ZEROPAGE`).
+    fn read(&mut self, hva: u64, buf: &mut [u8; PAGE as usize]) -> bool;
+}
+
+/// A source with no data: every page is served zero (fresh guest RAM).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ZeroSource;
+
+impl PageSource for ZeroSource {
+    fn read(&mut self, _hva: u64, _buf: &mut [u8; PAGE as usize]) -> bool {
+        false
+    }
+}
+
+/// Buckets of the serve-latency histogram: bucket `i` counts faults served in
+/// `[2^i, 2^(i+1))` ns (bucket 0 also takes 0 ns; the last takes everything above).
+pub const HIST_BUCKETS: usize = 32;
+
+/// What the handler did (a copy of its counters).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct UffdStats {
+    /// Registered bytes.
+    pub registered_bytes: u64,
+    /// Page-fault messages read.
+    pub faults: u64,
+    /// Of those, write faults (`UFFD_PAGEFAULT_FLAG_WRITE`).
+    pub write_faults: u64,
+    /// Pages filled with `UFFDIO_COPY` from the source.
+    pub copies: u64,
+    /// Pages filled with `UFFDIO_ZEROPAGE`.
+    pub zeropages: u64,
+    /// Faults another path had already served (`EEXIST`) or retried after `EAGAIN`.
+    pub raced: u64,
+    /// Pages the source was asked for (and returned data for: `copies`).
+    pub source_reads: u64,
+    /// `UFFD_EVENT_REMOVE` messages read.
+    pub remove_events: u64,
+    /// Pages those covered (served zero on their next fault).
+    pub removed_pages: u64,
+    /// Faults whose ioctl failed otherwise (the faulting thread is woken and faults again).
+    pub errors: u64,
+    /// Total serve time in ns (message read → page in place).
+    pub total_ns: u64,
+    /// Longest serve time in ns.
+    pub max_ns: u64,
+    /// Serve-time histogram: `hist_ns_log2[i]` faults took `[2^i, 2^(i+1))` ns.
+    pub hist_ns_log2: Vec<u64>,
+}
+
+impl UffdStats {
+    fn record(&mut self, ns: u64) {
+        self.total_ns = self.total_ns.saturating_add(ns);
+        self.max_ns = self.max_ns.max(ns);
+        if self.hist_ns_log2.len() != HIST_BUCKETS {
+            self.hist_ns_log2 = vec![0; HIST_BUCKETS];
+        }
+        let b = (63 - ns.max(1).leading_zeros() as usize).min(HIST_BUCKETS - 1);
+        self.hist_ns_log2[b] += 1;
+    }
+
+    /// The report's text section: counts, then the non-empty histogram buckets.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "-- userfaultfd: {} MiB registered; {} faults ({} writes): {} UFFDIO_COPY, {} UFFDIO_ZEROPAGE, {} raced, {} errors; {} REMOVE events ({} pages)",
+            self.registered_bytes >> 20,
+            self.faults,
+            self.write_faults,
+            self.copies,
+            self.zeropages,
+            self.raced,
+            self.errors,
+            self.remove_events,
+            self.removed_pages
+        );
+        let _ = writeln!(
+            o,
+            "  serve time: mean {:.2} us, max {:.2} us; histogram (ns range: faults):",
+            self.mean_ns() as f64 / 1000.0,
+            self.max_ns as f64 / 1000.0
+        );
+        for (i, &n) in self.hist_ns_log2.iter().enumerate() {
+            if n > 0 {
+                let _ = writeln!(o, "    [{:>10}, {:>10}): {n}", 1u64 << i, 1u64 << (i + 1));
+            }
+        }
+        o
+    }
+
+    /// Mean serve time in ns (0 without faults).
+    pub fn mean_ns(&self) -> u64 {
+        self.total_ns
+            .checked_div(self.copies + self.zeropages)
+            .unwrap_or(0)
+    }
+}
+
+struct Shared {
+    stats: Mutex<UffdStats>,
+    stop: AtomicBool,
+}
+
+/// A userfaultfd with its handler thread; dropping it stops the thread and closes the fd
+/// (the kernel then unregisters the ranges: later faults are ordinary anonymous faults).
+pub struct UffdHandler {
+    fd: Arc<OwnedFd>,
+    wake: OwnedFd,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl std::fmt::Debug for UffdHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UffdHandler")
+            .field("ranges", &self.ranges)
+            .finish()
+    }
+}
+
+fn ioctl<T>(fd: &OwnedFd, req: u64, arg: &mut T) -> io::Result<()> {
+    // SAFETY: `req` is one of the userfaultfd ioctls above and `arg` points to the
+    // `#[repr(C)]` structure of exactly the size encoded in `req`, alive for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl UffdHandler {
+    /// Create a userfaultfd, register the host ranges `(hva, bytes)` in MISSING mode and start
+    /// the handler thread serving them from `source`.
+    ///
+    /// # Errors
+    /// [`UffdError::Create`] without userfaultfd, [`UffdError::Unsupported`] without
+    /// `UFFD_FEATURE_EVENT_REMOVE` or `UFFDIO_COPY` / `UFFDIO_ZEROPAGE` on the range,
+    /// [`UffdError::BadRange`], [`UffdError::Ioctl`], [`UffdError::Thread`].
+    ///
+    /// # Safety
+    /// Each range must be a private anonymous mapping owned by the caller that stays mapped
+    /// while the handler lives; the handler writes pages into it (`UFFDIO_COPY`).
+    pub unsafe fn start(
+        ranges: &[(u64, u64)],
+        source: Box<dyn PageSource>,
+    ) -> Result<UffdHandler, UffdError> {
+        // SAFETY: plain system call; the returned descriptor is owned below.
+        let raw =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        if raw < 0 {
+            return Err(UffdError::Create {
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: UFFD_FEATURE_EVENT_REMOVE,
+            ioctls: 0,
+        };
+        ioctl(&fd, UFFDIO_API, &mut api).map_err(|source| UffdError::Ioctl {
+            what: "UFFDIO_API",
+            start: 0,
+            len: 0,
+            source,
+        })?;
+        if api.features & UFFD_FEATURE_EVENT_REMOVE == 0 {
+            return Err(UffdError::Unsupported {
+                what: "UFFD_FEATURE_EVENT_REMOVE",
+            });
+        }
+        let mut registered = 0u64;
+        for &(start, len) in ranges {
+            if len == 0 || start % PAGE != 0 || len % PAGE != 0 || start.checked_add(len).is_none()
+            {
+                return Err(UffdError::BadRange { start, len });
+            }
+            let mut reg = UffdioRegister {
+                range: UffdioRange { start, len },
+                mode: UFFDIO_REGISTER_MODE_MISSING,
+                ioctls: 0,
+            };
+            ioctl(&fd, UFFDIO_REGISTER, &mut reg).map_err(|source| UffdError::Ioctl {
+                what: "UFFDIO_REGISTER",
+                start,
+                len,
+                source,
+            })?;
+            // _UFFDIO_COPY = 0x03, _UFFDIO_ZEROPAGE = 0x04 (bits of `ioctls`).
+            if reg.ioctls & (1 << 3) == 0 || reg.ioctls & (1 << 4) == 0 {
+                return Err(UffdError::Unsupported {
+                    what: "UFFDIO_COPY / UFFDIO_ZEROPAGE on this range",
+                });
+            }
+            registered += len;
+        }
+        // SAFETY: plain system call; the descriptor is owned below.
+        let ev = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if ev < 0 {
+            return Err(UffdError::Thread {
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: fresh descriptor nobody else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(ev) };
+        let shared = Arc::new(Shared {
+            stats: Mutex::new(UffdStats {
+                registered_bytes: registered,
+                hist_ns_log2: vec![0; HIST_BUCKETS],
+                ..UffdStats::default()
+            }),
+            stop: AtomicBool::new(false),
+        });
+        let fd = Arc::new(fd);
+        let (tfd, tshared, twake) = (fd.clone(), shared.clone(), ev);
+        let thread = std::thread::Builder::new()
+            .name("uffd-handler".into())
+            .spawn(move || serve(&tfd, twake, &tshared, source))
+            .map_err(|source| UffdError::Thread { source })?;
+        Ok(UffdHandler {
+            fd,
+            wake,
+            shared,
+            thread: Some(thread),
+            ranges: ranges.to_vec(),
+        })
+    }
+
+    /// The handler's counters so far.
+    pub fn stats(&self) -> UffdStats {
+        match self.shared.stats.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The registered ranges `(hva, bytes)`.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+}
+
+impl Drop for UffdHandler {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = &self.fd;
+    }
+}
+
+/// Discard host pages `[hva, hva + len)` of a registered range (`MADV_DONTNEED`): the kernel
+/// reports `UFFD_EVENT_REMOVE` to the handler (which marks the pages zero-on-next-fault)
+/// before it drops them; the call returns once the handler has read the event.
+///
+/// # Errors
+/// The OS error of `madvise`.
+///
+/// # Safety
+/// The range must be host memory the caller owns and whose contents it no longer needs.
+pub unsafe fn discard(hva: u64, len: u64) -> io::Result<()> {
+    // SAFETY: forwarded to the caller; MADV_DONTNEED unmaps no VMA.
+    let rc = unsafe { libc::madvise(hva as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+    if rc != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl crate::memory::GuestRam {
+    /// Register every RAM region with a new userfaultfd served from `source` (MISSING mode):
+    /// from now on each first touch of a frame, by the guest or the VMM, is served by the
+    /// handler thread. Call before anything is written to RAM.
+    ///
+    /// # Errors
+    /// As [`UffdHandler::start`].
+    pub fn attach_uffd(&mut self, source: Box<dyn PageSource>) -> Result<(), UffdError> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let ranges: Vec<(u64, u64)> = self
+            .mem
+            .iter()
+            .map(|r| (r.as_ptr() as u64, r.len()))
+            .collect();
+        // The handler is stored in `self`, so it is dropped with (and before the unmapping of)
+        // the regions it serves.
+        // SAFETY: each range is exactly one private anonymous mapping vm-memory created for
+        // this GuestRam. The handler writes only in answer to a fault in the range, i.e. while
+        // it is mapped; when the GuestRam drops, the mappings go first (field order) and the
+        // kernel unregisters them with them (no UFFD_FEATURE_EVENT_UNMAP: no message), then
+        // the handler stops.
+        let h = unsafe { UffdHandler::start(&ranges, source)? };
+        self.uffd = Some(h);
+        Ok(())
+    }
+
+    /// With uffd-backed RAM, discard the host pages of the freed frames `[gpa, gpa + len)`
+    /// (`MADV_DONTNEED`; the handler sees `UFFD_EVENT_REMOVE` and serves them zero on their
+    /// next touch). Without uffd, nothing.
+    pub fn discard_if_uffd(&self, gpa: u64, len: u64) {
+        if self.uffd.is_none() || !self.contains(gpa, len) {
+            return;
+        }
+        let Some(hva) = self.hva(gpa) else { return };
+        // SAFETY: `[gpa, gpa + len)` lies in one RAM region (checked above), so the host range
+        // is inside its mapping; the frames were just freed, their contents are not needed
+        // (a freed frame is zeroed before reuse anyway).
+        if let Err(e) = unsafe { discard(hva, len) } {
+            log::warn!("MADV_DONTNEED of freed frames at GPA {gpa:#x}: {e}");
+        }
+    }
+
+    /// Host address of guest-physical `gpa` in RAM.
+    fn hva(&self, gpa: u64) -> Option<u64> {
+        use vm_memory::GuestMemoryBackend;
+        self.mem
+            .get_host_address(vm_memory::GuestAddress(gpa))
+            .ok()
+            .map(|p| p as u64)
+    }
+}
+
+/// The handler thread: poll the uffd and the stop eventfd, serve messages until stopped.
+fn serve(fd: &OwnedFd, wake: i32, shared: &Shared, mut source: Box<dyn PageSource>) {
+    let mut removed: HashSet<u64> = HashSet::new();
+    let mut buf = Box::new([0u8; PAGE as usize]);
+    let mut msgs = [UffdMsg::default(); 16];
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut pfd = [
+            libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two live pollfd structures.
+        let rc = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        if pfd[1].revents != 0 {
+            return;
+        }
+        // SAFETY: reads at most size_of_val(msgs) bytes into the live message array.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                msgs.as_mut_ptr().cast(),
+                std::mem::size_of_val(&msgs),
+            )
+        };
+        if n <= 0 {
+            continue;
+        }
+        let count = n as usize / std::mem::size_of::<UffdMsg>();
+        for m in &msgs[..count] {
+            let t0 = Instant::now();
+            match m.event {
+                UFFD_EVENT_PAGEFAULT => {
+                    let page = m.arg[1] & !(PAGE - 1);
+                    let write = m.arg[0] & UFFD_PAGEFAULT_FLAG_WRITE != 0;
+                    let data = if removed.contains(&page) {
+                        false
+                    } else {
+                        source.read(page, &mut buf)
+                    };
+                    let outcome = if data {
+                        copy(fd, page, &buf)
+                    } else {
+                        zeropage(fd, page)
+                    };
+                    let ns = t0.elapsed().as_nanos() as u64;
+                    let mut s = match shared.stats.lock() {
+                        Ok(s) => s,
+                        Err(p) => p.into_inner(),
+                    };
+                    s.faults += 1;
+                    s.write_faults += write as u64;
+                    s.source_reads += data as u64;
+                    match outcome {
+                        Served::Done => {
+                            if data {
+                                s.copies += 1;
+                            } else {
+                                s.zeropages += 1;
+                            }
+                            s.record(ns);
+                        }
+                        Served::Raced => s.raced += 1,
+                        Served::Failed => s.errors += 1,
+                    }
+                    drop(s);
+                    // Wake the faulting thread only now, so a thread that saw its page also
+                    // sees it counted (the copy / zeropage ran with MODE_DONTWAKE).
+                    wake_page(fd, page);
+                }
+                UFFD_EVENT_REMOVE => {
+                    let (start, end) = (m.arg[0], m.arg[1]);
+                    let mut p = start & !(PAGE - 1);
+                    let mut pages = 0;
+                    while p < end {
+                        removed.insert(p);
+                        p += PAGE;
+                        pages += 1;
+                    }
+                    let mut s = match shared.stats.lock() {
+                        Ok(s) => s,
+                        Err(p) => p.into_inner(),
+                    };
+                    s.remove_events += 1;
+                    s.removed_pages += pages;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+enum Served {
+    Done,
+    Raced,
+    Failed,
+}
+
+fn wake_page(fd: &OwnedFd, page: u64) {
+    let mut r = UffdioRange {
+        start: page,
+        len: PAGE,
+    };
+    let _ = ioctl(fd, UFFDIO_WAKE, &mut r);
+}
+
+fn copy(fd: &OwnedFd, page: u64, buf: &[u8; PAGE as usize]) -> Served {
+    for _ in 0..16 {
+        let mut c = UffdioCopy {
+            dst: page,
+            src: buf.as_ptr() as u64,
+            len: PAGE,
+            mode: UFFDIO_COPY_MODE_DONTWAKE,
+            copy: 0,
+        };
+        match ioctl(fd, UFFDIO_COPY, &mut c) {
+            Ok(()) => return Served::Done,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Served::Raced,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(_) => break,
+        }
+    }
+    Served::Failed
+}
+
+fn zeropage(fd: &OwnedFd, page: u64) -> Served {
+    for _ in 0..16 {
+        let mut z = UffdioZeropage {
+            range: UffdioRange {
+                start: page,
+                len: PAGE,
+            },
+            mode: UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+            zeropage: 0,
+        };
+        match ioctl(fd, UFFDIO_ZEROPAGE, &mut z) {
+            Ok(()) => return Served::Done,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Served::Raced,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(_) => break,
+        }
+    }
+    Served::Failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves every page as its own address repeated (a stand-in for a snapshot file).
+    struct Pattern;
+    impl PageSource for Pattern {
+        fn read(&mut self, hva: u64, buf: &mut [u8; PAGE as usize]) -> bool {
+            for c in buf.chunks_exact_mut(8) {
+                c.copy_from_slice(&hva.to_le_bytes());
+            }
+            true
+        }
+    }
+
+    fn map(pages: u64) -> *mut u8 {
+        // SAFETY: a fresh private anonymous mapping, unmapped by the test.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                (pages * PAGE) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p.cast()
+    }
+
+    fn available() -> bool {
+        std::path::Path::new("/dev/userfaultfd").exists() || {
+            // SAFETY: probe only; the descriptor is closed at once.
+            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+            if fd >= 0 {
+                // SAFETY: closing the descriptor just opened.
+                unsafe { libc::close(fd as i32) };
+            }
+            fd >= 0
+        }
+    }
+
+    #[test]
+    fn serves_source_then_zero_after_remove() {
+        if !available() {
+            eprintln!("skipped: userfaultfd unsupported by host");
+            return;
+        }
+        let pages = 8;
+        let base = map(pages);
+        let hva = base as u64;
+        // SAFETY: the mapping above lives until the munmap at the end, after the handler.
+        let h =
+            unsafe { UffdHandler::start(&[(hva, pages * PAGE)], Box::new(Pattern)) }.expect("uffd");
+        // First touches come from the source.
+        for i in 0..pages {
+            let a = hva + i * PAGE;
+            // SAFETY: inside the live mapping; the handler fills the page.
+            let v = unsafe { std::ptr::read_volatile((a + 8) as *const u64) };
+            assert_eq!(v, a);
+        }
+        // SAFETY: inside the live mapping.
+        unsafe { std::ptr::write_volatile((hva + 16) as *mut u64, 7) };
+        let s = h.stats();
+        assert_eq!((s.faults, s.copies, s.zeropages), (pages, pages, 0));
+        assert_eq!(s.hist_ns_log2.iter().sum::<u64>(), pages);
+        // Discard pages 2 and 3: they must come back zero, not from the source.
+        // SAFETY: our own pages, contents no longer needed.
+        unsafe { discard(hva + 2 * PAGE, 2 * PAGE) }.expect("madvise");
+        for i in 0..pages {
+            let a = hva + i * PAGE;
+            // SAFETY: inside the live mapping.
+            let v = unsafe { std::ptr::read_volatile((a + 8) as *const u64) };
+            assert_eq!(v, if i == 2 || i == 3 { 0 } else { a }, "page {i}");
+        }
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { std::ptr::read_volatile((hva + 16) as *const u64) },
+            7
+        );
+        let s = h.stats();
+        assert_eq!(s.remove_events, 1);
+        assert_eq!(s.removed_pages, 2);
+        assert_eq!((s.faults, s.copies, s.zeropages), (pages + 2, pages, 2));
+        drop(h);
+        // SAFETY: unmapping the test's own mapping after the handler stopped.
+        unsafe { libc::munmap(base.cast(), (pages * PAGE) as usize) };
+    }
+
+    #[test]
+    fn bad_ranges_refused() {
+        if !available() {
+            eprintln!("skipped: userfaultfd unsupported by host");
+            return;
+        }
+        // SAFETY: nothing is registered for a refused range.
+        let r = unsafe { UffdHandler::start(&[(0x1001, PAGE)], Box::new(ZeroSource)) };
+        assert!(matches!(r, Err(UffdError::BadRange { .. })));
+        // SAFETY: as above.
+        let r = unsafe { UffdHandler::start(&[(0x1000, 0)], Box::new(ZeroSource)) };
+        assert!(matches!(r, Err(UffdError::BadRange { .. })));
+    }
+
+    #[test]
+    fn histogram_buckets() {
+        let mut s = UffdStats::default();
+        s.record(0);
+        s.record(1);
+        s.record(1500);
+        s.record(u64::MAX);
+        assert_eq!(s.hist_ns_log2[0], 2);
+        assert_eq!(s.hist_ns_log2[10], 1);
+        assert_eq!(s.hist_ns_log2[HIST_BUCKETS - 1], 1);
+        assert_eq!(s.max_ns, u64::MAX);
+    }
+}

@@ -1,0 +1,97 @@
+//! `memvisor snapshot-info`: a valid base and incremental layer are described (exit 0); a
+//! truncated, corrupt, wrong-version, wrong-size, other-kernel or wrongly layered snapshot is
+//! refused with exit 2 and one line naming the file and the defect.
+
+use memvisor::snapshot::{write, Identity};
+use memvisor::uffd::PAGE;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn memvisor(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .args(args)
+        .output()
+        .expect("run memvisor")
+}
+
+fn assert_bad(args: &[&str], needle: &str) {
+    let out = memvisor(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: stderr {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: want one line, got {stderr:?}");
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {:?} lacks {needle:?}",
+        lines[0]
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn snapshot_info_accepts_good_and_refuses_bad_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let want = Identity::of(256 << 20, memvisor::guest_image::GUEST_ELF);
+    let (a, b) = ([1u8; PAGE as usize], [2u8; PAGE as usize]);
+    let base = dir.path().join("base.snap");
+    let base_id = write(&base, want, None, b"state", &[(0x1000, &a), (0x3000, &b)]).expect("base");
+    let inc = dir.path().join("inc.snap");
+    write(&inc, want, Some(base_id), b"state", &[(0x3000, &a)]).expect("inc");
+
+    let out = memvisor(&["snapshot-info", s(&base), s(&inc)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(full), 2 pages"), "{text}");
+    assert!(text.contains("incremental on"), "{text}");
+
+    let good = std::fs::read(&base).expect("read");
+    let bad = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).expect("write");
+        p
+    };
+    let cut = bad("cut.snap", &good[..good.len() - 100]);
+    assert_bad(&["snapshot-info", s(&cut)], "truncated");
+    let mut x = good.clone();
+    x[30] ^= 0x10;
+    assert_bad(
+        &["snapshot-info", s(&bad("hdr.snap", &x))],
+        "corrupt header",
+    );
+    let mut x = good.clone();
+    x[8] = 9;
+    assert_bad(
+        &["snapshot-info", s(&bad("ver.snap", &x))],
+        "format version 9",
+    );
+    assert_bad(
+        &["snapshot-info", "--mem", "512M", s(&base)],
+        "taken with 268435456 bytes of guest RAM, this VM has 536870912",
+    );
+    let other = bad("other.elf", b"not the guest kernel");
+    assert_bad(
+        &["snapshot-info", "--kernel", s(&other), s(&base)],
+        "another guest kernel",
+    );
+    assert_bad(&["snapshot-info", s(&inc)], "layered on snapshot");
+    assert_bad(
+        &["snapshot-info", s(&base), s(&base)],
+        "layered on snapshot",
+    );
+    assert_bad(
+        &["snapshot-info", s(&bad("junk.snap", b"hello world"))],
+        "not a memvisor snapshot",
+    );
+    assert_bad(
+        &["snapshot-info", s(&dir.path().join("missing.snap"))],
+        "missing.snap",
+    );
+}
