@@ -29,9 +29,9 @@ dir=${MEMVISOR_RECORDER_DIR:-$here/../target/trace-recorder}
 so=$dir/libmemvisor-trace.so
 mkdir -p "$dir"
 if [ ! -f "$so" ] || [ "$here/trace-recorder.c" -nt "$so" ]; then
-    gcc -O2 -Wall -Wextra -Werror -fPIC -shared -o "$so.tmp" "$here/trace-recorder.c" -ldl -lpthread \
+    gcc -O2 -Wall -Wextra -Werror -fPIC -shared -o "$so.tmp.$$" "$here/trace-recorder.c" -ldl -lpthread \
         || { echo "trace-recorder: gcc failed" >&2; exit 2; }
-    mv "$so.tmp" "$so"
+    mv -f "$so.tmp.$$" "$so"
 fi
 if [ "${build_only:-0}" = 1 ]; then echo "$so"; exit 0; fi
 if [ $# -lt 3 ] || [ "$2" != "--" ]; then
