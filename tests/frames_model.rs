@@ -956,7 +956,10 @@ impl MapModel {
         if s < self.start || e > self.start + self.free.len() as u64 {
             return Err(bad);
         }
-        let holder = self.extents().into_iter().find(|&(es, el)| es <= s && s < es + el);
+        let holder = self
+            .extents()
+            .into_iter()
+            .find(|&(es, el)| es <= s && s < es + el);
         let (other_start, other_len) = holder.unwrap_or((s, 0));
         if holder.is_none() || other_start + other_len < e {
             return Err(FrameError::Overlap {
