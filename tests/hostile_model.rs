@@ -279,7 +279,7 @@ fn fixed_mmap_lands_exactly_and_never_over_a_region_or_guard() {
         (at + PAGE * 513, PAGE * 512, Status::Inval), // HUGE needs 2 MiB alignment
         (MMAP_WINDOW_END - PAGE, PAGE, Status::Perm), // its guard past the window
         (MMAP_WINDOW_START - PAGE, PAGE, Status::Perm),
-        (u64::MAX & !(PAGE - 1), PAGE, Status::Inval), // overflows
+        (!(PAGE - 1), PAGE, Status::Inval), // overflows
     ] {
         let f = if want == Status::Inval && len == PAGE * 512 {
             fx | map::HUGE
