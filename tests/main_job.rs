@@ -55,7 +55,7 @@ fn demo_boots_faults_and_exits_zero() {
     assert!(reported[0].rip >= memvisor::layout::KERNEL_VIRT_OFFSET);
     assert_eq!(
         reported[1].rip,
-        guest_symbol("probe_read_u8"),
+        guest_symbol("probe_read_u8_load"),
         "{:?}",
         reported[1]
     );
