@@ -185,7 +185,11 @@ impl Hypercalls {
                 prot,
                 zone,
                 flags,
-            } => (space.mmap(len, prot.bits(), zone.0, flags.bits()), None),
+                addr,
+            } => (
+                space.mmap(len, prot.bits(), zone.0, flags.bits(), addr),
+                None,
+            ),
             Hypercall::Munmap { gva, len } => (space.munmap(gva, len), None),
             Hypercall::Mprotect { gva, len, prot } => (space.mprotect(gva, len, prot.bits()), None),
             Hypercall::Translate { gva } => (space.translate_gva(gva), None),

@@ -3,41 +3,27 @@
 #![cfg_attr(memvisor_guest, no_std, no_main)]
 
 #[cfg(memvisor_guest)]
-mod guest {
-    use memvisor_guest_sdk::{boot, entry, ucall::done};
-    entry!(main);
-
-    fn main() -> u32 {
-        for page in [0u64, 3, 7, 3, 0] {
-            let p = (boot().arg[0] + page * 4096 + 0x10 * page) as *mut u64;
-            // SAFETY: inside the host's lazy region (16 pages).
-            unsafe { p.write_volatile(page) };
-        }
-        done()
+memvisor_guest_sdk::guest_main! {
+    use memvisor_guest_sdk::boot;
+    for page in [0u64, 3, 7, 3, 0] {
+        let p = (boot().arg[0] + page * 4096 + 0x10 * page) as *mut u64;
+        // SAFETY: inside the host's lazy region (16 pages).
+        unsafe { p.write_volatile(page) };
     }
 }
 
-#[cfg(not(memvisor_guest))]
 mod common;
-#[cfg(not(memvisor_guest))]
-use memvisor_abi::{MapFlags, Prot, Zone};
 
-#[cfg(not(memvisor_guest))]
 #[test]
 fn exactly_one_demand_fault_per_touched_page_with_its_cr2() {
+    use memvisor_abi::{MapFlags, Prot, Zone};
     let mut vm = common::vm_or_skip!("demand_faults");
-    let base = vm
-        .mmap(16 << 12, Prot::USER_RW, Zone::ANY, MapFlags::LAZY)
-        .unwrap();
+    let base = vm.mmap(16 << 12, Prot::USER_RW, Zone::ANY, MapFlags::LAZY);
+    let base = base.unwrap();
     vm.set_args([base, 0, 0, 0]).unwrap();
     common::done(&mut vm);
-    let lazy: Vec<u64> = vm
-        .faults()
-        .iter()
-        .filter(|f| f.kind == "lazy")
-        .map(|f| f.cr2)
-        .collect();
-    assert_eq!(lazy, [0u64, 3, 7].map(|p| base + p * 4096 + 0x10 * p));
+    let want = [0u64, 3, 7].map(|p| base + p * 4096 + 0x10 * p);
+    assert_eq!(common::lazy_cr2s(&vm), want);
     assert!(vm
         .faults()
         .iter()

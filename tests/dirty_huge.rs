@@ -5,30 +5,21 @@
 #![cfg_attr(memvisor_guest, no_std, no_main)]
 
 #[cfg(memvisor_guest)]
-mod guest {
-    use memvisor_guest_sdk::{boot, entry, sync, ucall::done};
-    entry!(main);
-
-    fn main() -> u32 {
-        for page in [1u64, 4, 9, 15] {
-            // SAFETY: inside the host's 2 MiB populated region.
-            unsafe { ((boot().arg[0] + page * 4096) as *mut u64).write_volatile(page) };
-        }
-        sync!();
-        done()
+memvisor_guest_sdk::guest_main! {
+    use memvisor_guest_sdk::{boot, sync};
+    for page in [1u64, 4, 9, 15] {
+        // SAFETY: inside the host's 2 MiB populated region.
+        unsafe { ((boot().arg[0] + page * 4096) as *mut u64).write_volatile(page) };
     }
+    sync!();
 }
 
-#[cfg(not(memvisor_guest))]
 mod common;
-#[cfg(not(memvisor_guest))]
-use memvisor::paging::PageSize;
-#[cfg(not(memvisor_guest))]
-use memvisor_abi::{MapFlags, Prot, Zone};
 
-#[cfg(not(memvisor_guest))]
 #[test]
 fn dirty_log_of_a_2mib_page_holds_exactly_the_written_4k_pages() {
+    use memvisor::paging::PageSize;
+    use memvisor_abi::{MapFlags, Prot, Zone};
     let mut vm = common::vm_or_skip!("dirty_huge");
     let huge = MapFlags::POPULATE | MapFlags::HUGE;
     let gva = vm.mmap(2 << 20, Prot::USER_RW, Zone::ANY, huge).unwrap();

@@ -947,6 +947,33 @@ impl MapModel {
         }
         Ok(a)
     }
+    fn alloc_at(&mut self, s: u64, len: u64) -> Result<u64, FrameError> {
+        if len == 0 {
+            return Err(FrameError::ZeroCount);
+        }
+        let bad = FrameError::BadRange { start: s, len };
+        let e = s.checked_add(len).ok_or(bad.clone())?;
+        if s < self.start || e > self.start + self.free.len() as u64 {
+            return Err(bad);
+        }
+        let holder = self
+            .extents()
+            .into_iter()
+            .find(|&(es, el)| es <= s && s < es + el);
+        let (other_start, other_len) = holder.unwrap_or((s, 0));
+        if holder.is_none() || other_start + other_len < e {
+            return Err(FrameError::Overlap {
+                start: s,
+                len,
+                other_start,
+                other_len,
+            });
+        }
+        for i in s..e {
+            self.free[(i - self.start) as usize] = false;
+        }
+        Ok(s)
+    }
     fn free(&mut self, s: u64, len: u64) -> Result<(), FrameError> {
         if len == 0 {
             return Err(FrameError::ZeroCount);
@@ -1002,6 +1029,10 @@ enum MOp {
         off: i64,
         len: u64,
     },
+    AllocAt {
+        off: i64,
+        len: u64,
+    },
 }
 
 fn map_op() -> impl Strategy<Value = MOp> {
@@ -1014,7 +1045,8 @@ fn map_op() -> impl Strategy<Value = MOp> {
         6 => (len.clone(), prop_oneof![3 => Just(0u32), 2 => 1u32..=7, 1 => Just(63u32)], any::<bool>())
             .prop_map(|(len, align_log, best)| MOp::Alloc { len, align_log, best }),
         6 => (any::<usize>(), any::<(u16, u16)>()).prop_map(|(idx, cut)| MOp::FreeLive { idx, cut }),
-        2 => (-30i64..1600, len).prop_map(|(off, len)| MOp::FreeRaw { off, len }),
+        2 => (-30i64..1600, len.clone()).prop_map(|(off, len)| MOp::FreeRaw { off, len }),
+        3 => (-30i64..1600, len).prop_map(|(off, len)| MOp::AllocAt { off, len }),
     ]
 }
 
@@ -1091,6 +1123,16 @@ fn run_freemap(start_kind: u8, size: u64, ops: Vec<MOp>) {
                 assert_eq!(f.free(s, len), want.clone(), "free raw({s}, {len})");
                 if want.is_ok() {
                     frees += 1;
+                }
+                want.is_ok()
+            }
+            MOp::AllocAt { off, len } => {
+                let s = (start as i128 + off as i128).clamp(0, u64::MAX as i128) as u64;
+                let want = m.alloc_at(s, len);
+                assert_eq!(f.alloc_at(s, len), want.clone(), "alloc_at({s}, {len})");
+                if want.is_ok() {
+                    live.push((s, len));
+                    allocs += 1;
                 }
                 want.is_ok()
             }

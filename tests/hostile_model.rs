@@ -246,7 +246,8 @@ fn crafted_ranges_get_the_documented_errors() {
         ),
         (PAGE, 0, 0, Status::Inval),
         (PAGE, 0x10, 0, Status::Inval),
-        (PAGE, RW, 8, Status::Inval),
+        (PAGE, RW, 16, Status::Inval),
+        (PAGE, RW, map::FIXED, Status::Perm), // at GVA 0: outside the mmap window
         (PAGE, RW, map::LAZY | map::POPULATE, Status::Inval),
         (PAGE, RW, map::HUGE | map::POPULATE, Status::Inval),
         (PAGE, RW, u64::MAX, Status::Inval),
@@ -257,6 +258,54 @@ fn crafted_ranges_get_the_documented_errors() {
             "mmap {len:#x} {p:#x} {f:#x}"
         );
     }
+    h.finish().expect("teardown");
+}
+
+#[test]
+fn fixed_mmap_lands_exactly_and_never_over_a_region_or_guard() {
+    let mut h = harness();
+    let at = MMAP_WINDOW_START + 0x40_0000;
+    let fx = map::POPULATE | map::FIXED;
+    assert_eq!(
+        one(&mut h, req(Call::Mmap, [2 * PAGE, RW, 0, fx, at])),
+        (Status::Ok, at)
+    );
+    for (gva, len, want) in [
+        (at, PAGE, Status::Exists),                   // over the region
+        (at + 2 * PAGE, PAGE, Status::Exists),        // over its guard page
+        (at - PAGE, PAGE, Status::Exists),            // its own guard over the region
+        (at + 3 * PAGE, PAGE, Status::Ok),            // right after the guard
+        (at + 0x1001, PAGE, Status::Inval),           // misaligned
+        (at + PAGE * 513, PAGE * 512, Status::Inval), // HUGE needs 2 MiB alignment
+        (MMAP_WINDOW_END - PAGE, PAGE, Status::Perm), // its guard past the window
+        (MMAP_WINDOW_START - PAGE, PAGE, Status::Perm),
+        (!(PAGE - 1), PAGE, Status::Inval), // overflows
+    ] {
+        let f = if want == Status::Inval && len == PAGE * 512 {
+            fx | map::HUGE
+        } else {
+            fx
+        };
+        let got = one(&mut h, req(Call::Mmap, [len, RW, 0, f, gva]));
+        assert_eq!(got.0, want, "fixed mmap at {gva:#x}");
+        if want == Status::Ok {
+            assert_eq!(got.1, gva);
+        }
+    }
+    // An address without FIXED is refused; after munmap the range can be taken again.
+    assert_eq!(
+        one(&mut h, req(Call::Mmap, [PAGE, RW, 0, map::POPULATE, at])).0,
+        Status::Inval
+    );
+    assert_eq!(
+        one(&mut h, req(Call::Munmap, [at, 2 * PAGE, 0, 0, 0])).0,
+        Status::Ok
+    );
+    assert_eq!(
+        one(&mut h, req(Call::Mmap, [2 * PAGE, RW, 0, fx, at])),
+        (Status::Ok, at)
+    );
+    h.after_step().expect("model and invariants");
     h.finish().expect("teardown");
 }
 

@@ -77,6 +77,12 @@ fn demo_boots_faults_and_exits_zero() {
         "{:?}",
         reported[1]
     );
+    assert_eq!(
+        reported[1].rip,
+        guest_symbol("probe_read_u8_load"),
+        "{:?}",
+        reported[1]
+    );
     assert!(r.faults.iter().all(|f| f.rip != 0), "{:?}", r.faults);
     // Reducing rights of a touched page (mprotect RO) and unmapping touched pages (the
     // populated and the lazy region) made the VMM flush KVM's shadow page tables; unmapping

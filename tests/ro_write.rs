@@ -3,46 +3,33 @@
 #![cfg_attr(memvisor_guest, no_std, no_main)]
 
 #[cfg(memvisor_guest)]
-mod guest {
-    use memvisor_guest_sdk::{boot, entry, expect_fault, sync, ucall::done};
-    entry!(main);
-
+memvisor_guest_sdk::guest_main! {
+    use memvisor_guest_sdk::{boot, expect_fault, sync};
     #[no_mangle]
     #[inline(never)]
     extern "C" fn ro_write_store(p: *mut u8) {
         // SAFETY: the host mapped this page (read-only): the store faults.
         unsafe { p.write_volatile(1) }
     }
-
-    fn main() -> u32 {
-        let f = expect_fault(|| ro_write_store(boot().arg[0] as *mut u8));
-        sync!(f.vector, f.error_code, f.cr2, f.rip);
-        done()
-    }
+    let f = expect_fault(|| ro_write_store(boot().arg[0] as *mut u8));
+    sync!(f.vector, f.error_code, f.cr2, f.rip);
 }
 
-#[cfg(not(memvisor_guest))]
 mod common;
-#[cfg(not(memvisor_guest))]
-use memvisor_abi::{MapFlags, Prot, Zone};
 
-#[cfg(not(memvisor_guest))]
 #[test]
 fn write_to_read_only_page_faults_with_0x7_at_the_chosen_address() {
+    use memvisor::layout::MMAP_WINDOW_START;
+    use memvisor_abi::{MapFlags, Prot, Zone};
     let mut vm = common::vm_or_skip!("ro_write");
-    let region = vm
-        .mmap(4 << 12, Prot::USER_RW, Zone::ANY, MapFlags::POPULATE)
-        .unwrap();
-    let target = region + 2 * 4096 + 0x123;
-    vm.mprotect(region + 2 * 4096, 4096, Prot::USER_RO).unwrap();
+    let at = MMAP_WINDOW_START + (1 << 40); // a GVA the test chose
+    let region = vm.mmap_at(at, 4 << 12, Prot::USER_RW, Zone::ANY, MapFlags::POPULATE);
+    assert_eq!(region.unwrap(), at);
+    let target = at + 2 * 4096 + 0x123;
+    vm.mprotect(at + 2 * 4096, 4096, Prot::USER_RO).unwrap();
     vm.set_args([target, 0, 0, 0]).unwrap();
-    let [vector, error_code, cr2, rip] = common::sync(&mut vm)[..] else {
-        panic!()
-    };
+    let [vector, error_code, cr2, rip] = common::sync_n(&mut vm);
     assert_eq!((vector, error_code, cr2), (14, 0x7, target));
-    assert!(
-        vm.symbol("ro_write_store").unwrap().contains(&rip),
-        "rip {rip:#x}"
-    );
+    common::assert_rip_in(&vm, "ro_write_store", rip);
     common::done(&mut vm);
 }

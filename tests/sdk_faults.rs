@@ -78,3 +78,46 @@ fn expect_fault_in_both_rings_fetch_probe_installed_handler() {
     assert_eq!(common::sync(&mut vm), [1]);
     common::done(&mut vm);
 }
+
+#[cfg(not(memvisor_guest))]
+#[test]
+fn mmap_at_takes_exactly_the_chosen_gva_and_refuses_what_is_taken() {
+    use memvisor::layout::{MMAP_WINDOW_END, MMAP_WINDOW_START};
+    use memvisor::vm::VmOpError;
+    use memvisor_abi::Status;
+    let mut vm = common::vm_or_skip!("sdk_faults");
+    let (rw, z, pop) = (Prot::USER_RW, Zone::ANY, MapFlags::POPULATE);
+    let status = |r: Result<u64, VmOpError>| match r {
+        Err(VmOpError::Status { status }) => status,
+        other => panic!("expected a status, got {other:?}"),
+    };
+    let at = MMAP_WINDOW_START + (3 << 30);
+    assert_eq!(vm.mmap_at(at, 2 << 12, rw, z, pop).unwrap(), at);
+    assert!(vm.translate(at + 4096).is_ok());
+    for (gva, len, flags, want) in [
+        (at + 4096, 4096, pop, Status::Exists),     // over the region
+        (at + 2 * 4096, 4096, pop, Status::Exists), // over its guard page
+        (at - 4096, 4096, pop, Status::Exists),     // its guard over the region
+        (at + 0x800, 4096, pop, Status::Inval),     // misaligned
+        (
+            at + 4096 * 513,
+            2 << 20,
+            pop | MapFlags::HUGE,
+            Status::Inval,
+        ), // not 2 MiB aligned
+        (MMAP_WINDOW_END - 4096, 4096, pop, Status::Perm), // guard outside the window
+        (0x1000, 4096, pop, Status::Perm),          // below the window
+        (!0xfff, 4096, pop, Status::Inval),         // overflows
+    ] {
+        assert_eq!(
+            status(vm.mmap_at(gva, len, rw, z, flags)),
+            want,
+            "at {gva:#x}"
+        );
+    }
+    let next = at + 3 * 4096;
+    assert_eq!(vm.mmap_at(next, 4096, rw, z, MapFlags::LAZY).unwrap(), next);
+    vm.munmap(at, 2 << 12).unwrap();
+    assert_eq!(vm.mmap_at(at, 2 << 12, rw, z, pop).unwrap(), at);
+    common::invariants(&vm);
+}

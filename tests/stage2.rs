@@ -324,6 +324,7 @@ fn write_instructions_are_decoded_back_from_the_exit_rip() {
             prot::READ | prot::WRITE | prot::USER,
             zone::ANY,
             map::POPULATE,
+            0,
         )
         .expect("mmap");
     let gpa = sp.translate_gva(page).expect("mapped");

@@ -147,6 +147,61 @@ impl FreeMap {
         Ok(a)
     }
 
+    /// Allocate exactly `[start, start + len)` (a fixed-address request); it must lie inside
+    /// one free extent. O(log n) expected.
+    ///
+    /// # Errors
+    /// [`FrameError::ZeroCount`] (`len == 0`); [`FrameError::BadRange`] (overflow or outside
+    /// the map); [`FrameError::Overlap`] if any unit of the range is allocated (`other_*` is
+    /// the free extent holding `start`, or `(start, 0)` if `start` itself is allocated).
+    /// Nothing changes on error.
+    pub fn alloc_at(&mut self, start: u64, len: u64) -> Result<u64> {
+        let r = self.alloc_at_inner(start, len);
+        match r {
+            Ok(_) => self.allocations += 1,
+            Err(_) => self.failures += 1,
+        }
+        r
+    }
+
+    fn alloc_at_inner(&mut self, start: u64, len: u64) -> Result<u64> {
+        if len == 0 {
+            return Err(FrameError::ZeroCount);
+        }
+        let bad = FrameError::BadRange { start, len };
+        let end = start.checked_add(len).ok_or(bad.clone())?;
+        if start < self.start || end > self.end {
+            return Err(bad);
+        }
+        let (es, el) = match self.tree.pred_le(start) {
+            Some((es, el)) if es + el > start => (es, el),
+            _ => {
+                return Err(FrameError::Overlap {
+                    start,
+                    len,
+                    other_start: start,
+                    other_len: 0,
+                })
+            }
+        };
+        if es + el < end {
+            return Err(FrameError::Overlap {
+                start,
+                len,
+                other_start: es,
+                other_len: el,
+            });
+        }
+        self.remove(es, el);
+        if start > es {
+            self.insert(es, start - es);
+        }
+        if es + el > end {
+            self.insert(end, es + el - end);
+        }
+        Ok(start)
+    }
+
     /// Return `[start, start + len)` to the map, merging with free neighbours on both sides.
     ///
     /// # Errors

@@ -72,6 +72,19 @@ fn check_range(gva: u64, len: u64) -> Result<u64, Status> {
     Ok(end)
 }
 
+/// Check a fixed `Mmap` reservation `[addr, addr + reserve)` (region plus guard): aligned to
+/// `align` and not overflowing (`Inval`), inside the mmap window (`Perm`).
+fn check_fixed(addr: u64, reserve: u64, align: u64) -> Result<(), Status> {
+    if addr % align != 0 {
+        return Err(Status::Inval);
+    }
+    let end = addr.checked_add(reserve).ok_or(Status::Inval)?;
+    if addr < MMAP_WINDOW_START || end > MMAP_WINDOW_END {
+        return Err(Status::Perm);
+    }
+    Ok(())
+}
+
 impl AddressSpace {
     fn zone_kind(&self, z: u64) -> Result<ZoneKind, Status> {
         let kind = match z {
@@ -126,8 +139,11 @@ impl AddressSpace {
     }
 
     /// `Mmap`: reserve `len` bytes of the window (plus a guard page) and back them now
-    /// (`POPULATE`, the default) or on first touch (`LAZY`). Returns the GVA.
-    pub fn mmap(&mut self, len: u64, p: u64, z: u64, flags: u64) -> HcResult {
+    /// (`POPULATE`, the default) or on first touch (`LAZY`). Returns the GVA. With
+    /// `map::FIXED` the reservation is exactly `[addr, addr + len + guard)` (checked in this
+    /// order: alignment and overflow `Inval`, outside the window `Perm`, zone, then any
+    /// overlap with a region or guard page `Exists`); without it `addr` must be 0.
+    pub fn mmap(&mut self, len: u64, p: u64, z: u64, flags: u64, addr: u64) -> HcResult {
         check_prot(p)?;
         if flags & !map::ALL != 0 {
             return Err(Status::Inval);
@@ -143,13 +159,24 @@ impl AddressSpace {
         if huge && len % LARGE_PAGE_SIZE != 0 {
             return Err(Status::Inval);
         }
-        let kind = self.zone_kind(z)?;
         let reserve = len.checked_add(MMAP_GUARD).ok_or(Status::Inval)?;
         let align = if huge { LARGE_PAGE_SIZE } else { PAGE_SIZE };
-        let gva = self
-            .window
-            .alloc(reserve, align)
-            .map_err(|_| Status::NoMem)?;
+        let fixed = flags & map::FIXED != 0;
+        if fixed {
+            check_fixed(addr, reserve, align)?;
+        } else if addr != 0 {
+            return Err(Status::Inval);
+        }
+        let kind = self.zone_kind(z)?;
+        let gva = if fixed {
+            self.window
+                .alloc_at(addr, reserve)
+                .map_err(|_| Status::Exists)?
+        } else {
+            self.window
+                .alloc(reserve, align)
+                .map_err(|_| Status::NoMem)?
+        };
         let id = self.region_id();
         let mut region = Region {
             id,

@@ -83,7 +83,31 @@ impl Vm {
     /// # Errors
     /// [`VmOpError::Status`] as the hypercall (`Inval`, `NoMem`, `NoZone`, `Perm` for W+X).
     pub fn mmap(&mut self, len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> OpResult<u64> {
-        Ok(self.space.mmap(len, prot.bits(), zone.0, flags.bits())?)
+        let flags = MapFlags::from_bits_retain(flags.bits() & !MapFlags::FIXED.bits());
+        Ok(self.space.mmap(len, prot.bits(), zone.0, flags.bits(), 0)?)
+    }
+
+    /// As [`Vm::mmap`] but at exactly `gva` (the `Mmap` hypercall with `MapFlags::FIXED`):
+    /// fresh zeroed frames from `zone` mapped at `[gva, gva + len)`, the page after it kept
+    /// as the region's guard. Returns `gva`.
+    ///
+    /// # Errors
+    /// [`VmOpError::Status`]: `Inval` (misaligned: 4 KiB, 2 MiB with `HUGE`; overflow),
+    /// `Perm` (region or guard outside the mmap window
+    /// `[memvisor::layout::MMAP_WINDOW_START, MMAP_WINDOW_END)`, or W+X), `Exists` (overlaps
+    /// a region or guard page), `NoMem`, `NoZone`. Nothing changes on error.
+    pub fn mmap_at(
+        &mut self,
+        gva: u64,
+        len: u64,
+        prot: Prot,
+        zone: Zone,
+        flags: MapFlags,
+    ) -> OpResult<u64> {
+        let flags = flags | MapFlags::FIXED;
+        Ok(self
+            .space
+            .mmap(len, prot.bits(), zone.0, flags.bits(), gva)?)
     }
 
     /// Unmap `[gva, gva + len)` of an mmap region and free its frames.

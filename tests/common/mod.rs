@@ -1,4 +1,6 @@
-//! Helpers shared by the KVM integration tests.
+//! Helpers shared by the KVM integration tests. Empty in a test file's guest build
+//! (`--cfg memvisor_guest`), so a test declares `mod common;` without a cfg of its own.
+#![cfg(not(memvisor_guest))]
 #![allow(dead_code)]
 
 use memvisor::frames::ZonePreset;
@@ -92,6 +94,30 @@ pub fn sync(vm: &mut memvisor::Vm) -> Vec<u64> {
         memvisor::Exit::Ucall(memvisor::Ucall::Sync(v)) => v,
         other => panic!("expected a sync, got {other:?}\nconsole:\n{}", vm.console()),
     }
+}
+
+/// The `N` values of a `sync!` (a panic naming the exit if it is not a sync of `N` values).
+pub fn sync_n<const N: usize>(vm: &mut memvisor::Vm) -> [u64; N] {
+    let v = sync(vm);
+    match <[u64; N]>::try_from(v.as_slice()) {
+        Ok(a) => a,
+        Err(_) => panic!("expected a sync of {N} values, got {v:x?}"),
+    }
+}
+
+/// `rip` lies inside the guest function `symbol` (by the guest ELF's symbol table).
+pub fn assert_rip_in(vm: &memvisor::Vm, symbol: &str, rip: u64) {
+    let range = vm.symbol(symbol);
+    assert!(
+        range.as_ref().is_some_and(|r| r.contains(&rip)),
+        "rip {rip:#x} not in {symbol} {range:x?}"
+    );
+}
+
+/// The CR2 of every demand (`lazy`) fault served so far, in order.
+pub fn lazy_cr2s(vm: &memvisor::Vm) -> Vec<u64> {
+    let lazy = vm.faults().iter().filter(|f| f.kind == "lazy");
+    lazy.map(|f| f.cr2).collect()
 }
 
 /// Expect `Ucall(Done)`, then check the host invariants.

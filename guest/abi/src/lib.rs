@@ -79,7 +79,8 @@ pub enum Call {
     /// `args[0]` = exit code (low 32 bits). The VMM stops after this request.
     Exit = 2,
     /// `args[0]` = length in bytes (multiple of 4 KiB, > 0), `args[1]` = [`prot`] bits,
-    /// `args[2]` = [`zone`] number, `args[3]` = [`map`] flags. `value` = GVA of the region.
+    /// `args[2]` = [`zone`] number, `args[3]` = [`map`] flags, `args[4]` = the GVA for
+    /// [`map::FIXED`] (else 0). `value` = GVA of the region.
     Mmap = 3,
     /// `args[0]` = GVA (4 KiB aligned), `args[1]` = length in bytes (multiple of 4 KiB).
     /// The range must lie inside one region the guest got from `Mmap`.
@@ -187,6 +188,9 @@ pub enum Status {
     NoZone = -7,
     /// The request was not executed because an earlier request in the batch ended the run.
     Skipped = -8,
+    /// A fixed-address `Mmap` ([`map::FIXED`]) overlaps a region or guard page the guest
+    /// already has.
+    Exists = -9,
 }
 
 impl Status {
@@ -202,6 +206,7 @@ impl Status {
             -6 => Status::NotMapped,
             -7 => Status::NoZone,
             -8 => Status::Skipped,
+            -9 => Status::Exists,
             _ => return None,
         })
     }
@@ -218,6 +223,7 @@ impl Status {
             Status::NotMapped => "not_mapped",
             Status::NoZone => "no_zone",
             Status::Skipped => "skipped",
+            Status::Exists => "exists",
         }
     }
 }
@@ -246,8 +252,13 @@ pub mod map {
     pub const LAZY: u64 = 2;
     /// Back with 2 MiB pages where the length allows (only with POPULATE).
     pub const HUGE: u64 = 4;
+    /// Map at exactly the GVA in `args[4]` (4 KiB aligned, 2 MiB with HUGE), never moving
+    /// or replacing anything: the region and its guard page must lie in the mmap window
+    /// (else `Perm`) and overlap no region or guard page (else `Exists`). Without FIXED,
+    /// `args[4]` must be 0 (else `Inval`).
+    pub const FIXED: u64 = 8;
     /// All defined bits.
-    pub const ALL: u64 = POPULATE | LAZY | HUGE;
+    pub const ALL: u64 = POPULATE | LAZY | HUGE | FIXED;
 }
 
 /// Zone numbers for `Mmap` (`args[2]`).

@@ -71,6 +71,8 @@ impl MapFlags {
     pub const LAZY: MapFlags = MapFlags(map::LAZY);
     /// 2 MiB pages where the length allows (with `POPULATE`).
     pub const HUGE: MapFlags = MapFlags(map::HUGE);
+    /// At exactly the GVA given (`Hypercall::Mmap::addr`), never replacing a mapping.
+    pub const FIXED: MapFlags = MapFlags(map::FIXED);
 
     /// From raw bits; `Inval` for bits outside [`map::ALL`].
     pub const fn from_bits(bits: u64) -> Result<MapFlags, Status> {
@@ -130,6 +132,8 @@ pub enum Hypercall {
         prot: Prot,
         zone: Zone,
         flags: MapFlags,
+        /// The GVA for [`MapFlags::FIXED`], else 0.
+        addr: u64,
     },
     /// [`Call::Munmap`].
     Munmap { gva: u64, len: u64 },
@@ -184,6 +188,7 @@ impl Hypercall {
                 prot: Prot::from_bits_retain(a[1]),
                 zone: Zone(a[2]),
                 flags: MapFlags::from_bits_retain(a[3]),
+                addr: a[4],
             },
             Call::Munmap => Hypercall::Munmap {
                 gva: a[0],
@@ -267,7 +272,8 @@ impl Hypercall {
                 prot,
                 zone,
                 flags,
-            } => [len, prot.0, zone.0, flags.0, 0],
+                addr,
+            } => [len, prot.0, zone.0, flags.0, addr],
             Hypercall::Mprotect { gva, len, prot } => [gva, len, prot.0, 0, 0],
             Hypercall::Translate { gva } | Hypercall::Stats { gva } => [gva, 0, 0, 0, 0],
             Hypercall::FaultReport {
@@ -303,6 +309,14 @@ mod tests {
                 prot: Prot::USER_RW,
                 zone: Zone::DMA,
                 flags: MapFlags::LAZY,
+                addr: 0,
+            },
+            Hypercall::Mmap {
+                len: 4096,
+                prot: Prot::USER_RW,
+                zone: Zone::ANY,
+                flags: MapFlags::FIXED,
+                addr: 1 << 40,
             },
             Hypercall::Mprotect {
                 gva: 1 << 44,
@@ -334,6 +348,7 @@ mod tests {
             prot: Prot::READ,
             zone: Zone::ANY,
             flags: MapFlags::POPULATE,
+            addr: 0,
         }
         .encode();
         r.args[1] = 1 << 9;

@@ -231,6 +231,19 @@ pub fn map(len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Result<u64, Sta
         prot,
         zone,
         flags,
+        addr: 0,
+    })
+}
+
+/// Typed `Mmap` at exactly `gva` ([`MapFlags::FIXED`] is added to `flags`): `Perm` outside
+/// the mmap window, `Exists` over a region or guard page the guest has, `Inval` misaligned.
+pub fn map_at(gva: u64, len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Result<u64, Status> {
+    hypercall(Hypercall::Mmap {
+        len,
+        prot,
+        zone,
+        flags: flags | MapFlags::FIXED,
+        addr: gva,
     })
 }
 

@@ -144,6 +144,34 @@ macro_rules! entry {
     };
 }
 
+/// A test's guest half in one item: `guest_main! { statements }` is
+/// `entry!(main); fn main() -> u32 { statements; ucall::done() }` (ring 3): the run ends
+/// with `Ucall(Done)` after the statements (a guest that should end otherwise does so inside
+/// them: an assertion, a fault, `hc::exit`). In a test file that is
+/// also built for the host, put `#[cfg(memvisor_guest)]` on the invocation: the host build
+/// drops it unexpanded, so it needs no `mod guest` around it. Items (helper functions,
+/// `#[no_mangle]` ones included) and `use`s may appear among the statements.
+///
+/// ```ignore
+/// #[cfg(memvisor_guest)]
+/// memvisor_guest_sdk::guest_main! {
+///     use memvisor_guest_sdk::sync;
+///     sync!(1, 2);
+/// }
+/// ```
+#[macro_export]
+macro_rules! guest_main {
+    ($($body:tt)*) => {
+        $crate::entry!(__memvisor_test_main);
+        fn __memvisor_test_main() -> u32 {
+            {
+                $($body)*
+            }
+            $crate::ucall::done()
+        }
+    };
+}
+
 #[cfg(feature = "panic-handler")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {

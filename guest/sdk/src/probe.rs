@@ -28,6 +28,9 @@ core::arch::global_asm!(
     ".global probe_read_u8",
     "probe_read_u8:",
     "    xor eax, eax",
+    // The load's own symbol: a fault report names this RIP.
+    ".global probe_read_u8_load",
+    "probe_read_u8_load:",
     "1:  movzx edx, byte ptr [rdi]",
     "2:  ret",
     ".balign 16",

@@ -254,6 +254,13 @@ impl Harness {
                     6 => u64::from(cur.byte() % 16),
                     _ => cur.u64(),
                 };
+                // Fixed-address requests: at, beside and over regions the guest has.
+                if cur.byte() % 4 == 0 {
+                    args[3] |= map::FIXED;
+                }
+                if args[3] & map::FIXED != 0 {
+                    args[4] = self.gva_from(cur);
+                }
             }
             Some(Call::Munmap | Call::Mprotect) => {
                 args[0] = self.gva_from(cur);

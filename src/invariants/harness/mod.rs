@@ -138,7 +138,7 @@ impl Harness {
         let a = r.args;
         let s = &mut self.space;
         match Call::from_u32(r.nr) {
-            Some(Call::Mmap) => s.mmap(a[0], a[1], a[2], a[3]),
+            Some(Call::Mmap) => s.mmap(a[0], a[1], a[2], a[3], a[4]),
             Some(Call::Munmap) => s.munmap(a[0], a[1]),
             Some(Call::Mprotect) => s.mprotect(a[0], a[1], a[2]),
             Some(Call::LazyFault) => s.lazy_fault(a[0], a[1], a[2]),
@@ -326,7 +326,7 @@ impl Harness {
             let expect = self.predict(&r);
             let res = self
                 .space
-                .mmap(pages * PAGE_SIZE, rw, zone_nr, map::POPULATE);
+                .mmap(pages * PAGE_SIZE, rw, zone_nr, map::POPULATE, 0);
             let (st, v) = (status_of(res), res.unwrap_or(0));
             *self.results.entry(st.name()).or_default() += 1;
             self.judge(&r, &expect, st, v)?;

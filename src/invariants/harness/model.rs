@@ -17,6 +17,9 @@ pub(super) struct MRegion {
     pub(super) end: u64,
     pub(super) lazy: bool,
     pub(super) huge: bool,
+    /// The page after `end` is reserved as its guard (fresh regions and heads left by an
+    /// munmap; a tail keeps its region's): part of the window no fixed mmap may take.
+    pub(super) guard: bool,
     /// Protection runs: first GVA -> prot (as the host keeps them).
     pub(super) prot: BTreeMap<u64, u64>,
 }
@@ -39,6 +42,13 @@ impl Model {
     pub(super) fn region_for(&self, gva: u64, end: u64) -> Option<u64> {
         let (&s, r) = self.regions.range(..=gva).next_back()?;
         (end <= r.end).then_some(s)
+    }
+
+    /// True if `[gva, end)` meets a region or its guard page.
+    pub(super) fn reserved_overlap(&self, gva: u64, end: u64) -> bool {
+        self.regions
+            .range(..end)
+            .any(|(&s, r)| s < end && r.end + if r.guard { MMAP_GUARD } else { 0 } > gva)
     }
 }
 
@@ -180,14 +190,15 @@ impl Harness {
                     ])
                 }
             }
-            Call::Mmap => self.predict_mmap(a[0], a[1], a[2], a[3]),
+            Call::Mmap => self.predict_mmap(a[0], a[1], a[2], a[3], a[4]),
             Call::Munmap => self.predict_munmap(a[0], a[1]),
             Call::Mprotect => self.predict_mprotect(a[0], a[1], a[2]),
             Call::LazyFault => self.predict_lazy(a[0]),
         }
     }
 
-    fn predict_mmap(&self, len: u64, p: u64, z: u64, flags: u64) -> Expect {
+    fn predict_mmap(&self, len: u64, p: u64, z: u64, flags: u64, addr: u64) -> Expect {
+        let fixed = flags & map::FIXED != 0;
         let v = (|| {
             Self::prot_check(p)?;
             if flags & !map::ALL != 0 {
@@ -204,10 +215,32 @@ impl Harness {
             if huge && len % LARGE_PAGE_SIZE != 0 {
                 return Err(Status::Inval);
             }
-            self.zone_ok(z)
+            let reserve = len.checked_add(MMAP_GUARD).ok_or(Status::Inval)?;
+            let align = if huge { LARGE_PAGE_SIZE } else { PAGE_SIZE };
+            if !fixed {
+                return if addr != 0 {
+                    Err(Status::Inval)
+                } else {
+                    self.zone_ok(z)
+                };
+            }
+            if addr % align != 0 {
+                return Err(Status::Inval);
+            }
+            let end = addr.checked_add(reserve).ok_or(Status::Inval)?;
+            if addr < MMAP_WINDOW_START || end > MMAP_WINDOW_END {
+                return Err(Status::Perm);
+            }
+            self.zone_ok(z)?;
+            if self.model.reserved_overlap(addr, end) {
+                return Err(Status::Exists);
+            }
+            Ok(())
         })();
         match v {
             Err(s) => Expect::Status(s),
+            // A fixed mapping is where it was asked for (or none: out of frames).
+            Ok(()) if fixed && flags & map::LAZY != 0 => Expect::Value(addr),
             Ok(()) => Expect::AnyOf(vec![Status::Ok, Status::NoMem]),
         }
     }
@@ -293,6 +326,9 @@ impl Harness {
                 let lazy = flags & map::LAZY != 0;
                 let huge = flags & map::HUGE != 0;
                 let gva = value;
+                if flags & map::FIXED != 0 && gva != a[4] {
+                    return Err(format!("fixed mmap at {:#x} returned {gva:#x}", a[4]));
+                }
                 let align = if huge { LARGE_PAGE_SIZE } else { PAGE_SIZE };
                 let end = gva.checked_add(len).ok_or("mmap: region end overflows")?;
                 if gva % align != 0 || gva < MMAP_WINDOW_START || end + MMAP_GUARD > MMAP_WINDOW_END
@@ -313,6 +349,7 @@ impl Harness {
                         end,
                         lazy,
                         huge,
+                        guard: true,
                         prot: [(gva, p)].into_iter().collect(),
                     },
                 );
@@ -343,6 +380,7 @@ impl Harness {
                 if gva > key {
                     let mut h = r.clone();
                     h.end = gva;
+                    h.guard = true;
                     h.prot = r.prot.range(..gva).map(|(&k, &v)| (k, v)).collect();
                     self.model.regions.insert(key, h);
                 }
@@ -422,6 +460,7 @@ impl Harness {
                     end: r.end,
                     lazy: r.backing == Backing::Lazy,
                     huge,
+                    guard: r.guard,
                     prot: r.prot.clone(),
                 },
             );

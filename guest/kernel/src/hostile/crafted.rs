@@ -338,13 +338,55 @@ pub(super) fn crafted_ranges(c: &mut Ctx) {
         (PAGE, 0, 0, Status::Inval),
         (PAGE, 0x10, 0, Status::Inval),
         (PAGE, prot::WRITE | prot::EXEC, 0, Status::Perm),
-        (PAGE, RW, 8, Status::Inval),
+        (PAGE, RW, 16, Status::Inval),
+        (PAGE, RW, map::FIXED, Status::Perm),
         (PAGE, RW, map::LAZY | map::POPULATE, Status::Inval),
         (PAGE, RW, map::HUGE | map::POPULATE, Status::Inval),
         (PAGE, RW, u64::MAX, Status::Inval),
     ] {
         c.expect(Call::Mmap, [len, p, zone::ANY, f, 0], want);
     }
+    // Fixed addresses: exactly there; never over a region or its guard page, never with
+    // the region or its guard outside the window, never misaligned; no address without FIXED.
+    let fx = map::LAZY | map::FIXED;
+    let at = c.m.window[1] - 64 * PAGE;
+    let (st, v) = c.expect(Call::Mmap, [2 * PAGE, RW, zone::ANY, fx, at], Status::Ok);
+    if st == Status::Ok && v != at {
+        c.t.mismatches += 1;
+    }
+    c.expect(
+        Call::Mmap,
+        [PAGE, RW, zone::ANY, fx, at + PAGE],
+        Status::Exists,
+    );
+    c.expect(
+        Call::Mmap,
+        [PAGE, RW, zone::ANY, fx, at + 2 * PAGE],
+        Status::Exists,
+    );
+    c.expect(
+        Call::Mmap,
+        [PAGE, RW, zone::ANY, fx, at - PAGE],
+        Status::Exists,
+    );
+    c.expect(
+        Call::Mmap,
+        [PAGE, RW, zone::ANY, fx, at + 3 * PAGE + 1],
+        Status::Inval,
+    );
+    let last = c.m.window[1] - PAGE;
+    c.expect(Call::Mmap, [PAGE, RW, zone::ANY, fx, last], Status::Perm);
+    c.expect(
+        Call::Mmap,
+        [PAGE, RW, zone::ANY, fx, c.m.window[0] - PAGE],
+        Status::Perm,
+    );
+    c.expect(
+        Call::Mmap,
+        [PAGE, RW, zone::ANY, map::LAZY, at],
+        Status::Inval,
+    );
+    c.expect(Call::Munmap, [at, 2 * PAGE, 0, 0, 0], Status::Ok);
     // Huge pages are never split.
     let (st, h) = c.expect(
         Call::Mmap,

@@ -12,8 +12,8 @@ use memvisor_abi::{prot, Call, Request, Status};
 // ---- bookkeeping -------------------------------------------------------------------------
 
 pub(super) struct Tally {
-    /// By status: index = -status (0 = ok .. 8 = skipped); 9 = unknown status values.
-    pub(super) by_status: [u64; 10],
+    /// By status: index = -status (0 = ok .. 9 = exists); 10 = unknown status values.
+    pub(super) by_status: [u64; 11],
     pub(super) calls: u64,
     pub(super) batches: u64,
     pub(super) mismatches: u64,
@@ -35,10 +35,10 @@ pub(super) struct Tally {
 impl Tally {
     pub(super) fn count(&mut self, raw: i32) {
         self.calls += 1;
-        let i = if (-8..=0).contains(&raw) {
+        let i = if (-9..=0).contains(&raw) {
             (-raw) as usize
         } else {
-            9
+            10
         };
         self.by_status[i] += 1;
     }

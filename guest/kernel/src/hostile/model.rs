@@ -224,13 +224,31 @@ impl Model {
                     if huge && len % HUGE != 0 {
                         return Err(Status::Inval);
                     }
+                    let fixed = f & map::FIXED != 0;
+                    if fixed {
+                        let align = if huge { HUGE } else { PAGE };
+                        if !a[4].is_multiple_of(align) {
+                            return Err(Status::Inval);
+                        }
+                        let end = a[4].checked_add(len + PAGE).ok_or(Status::Inval)?;
+                        if a[4] < self.window[0] || end > self.window[1] {
+                            return Err(Status::Perm);
+                        }
+                    } else if a[4] != 0 {
+                        return Err(Status::Inval);
+                    }
                     if !self.zone_ok(z) {
                         return Err(Status::NoZone);
+                    }
+                    if fixed && self.overlaps(a[4], a[4] + len) {
+                        return Err(Status::Exists);
                     }
                     Ok(())
                 })();
                 match v {
                     Err(s) => Expect::Is(s),
+                    // A guard page (not in the model) may be in the way of a fixed one.
+                    Ok(()) if f & map::FIXED != 0 => Expect::OkOr2(Status::NoMem, Status::Exists),
                     Ok(()) => Expect::OkOr(Status::NoMem),
                 }
             }
@@ -298,6 +316,9 @@ impl Model {
                 let Some(end) = value.checked_add(len) else {
                     return false;
                 };
+                if f & map::FIXED != 0 && value != a[4] {
+                    return false;
+                }
                 if !value.is_multiple_of(align)
                     || value < self.window[0]
                     || end + PAGE > self.window[1]
