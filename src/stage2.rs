@@ -41,7 +41,9 @@ pub struct DirtyRead {
 /// What the stage-2 scenario did, for the report.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stage2Report {
-    /// First GPA of the window (from MAXPHYADDR, see [`crate::layout::PhysLayout`]).
+    /// First GPA of the window (from MAXPHYADDR, see [`crate::layout::PhysLayout`]; JSON: a
+    /// hex string).
+    #[serde(serialize_with = "crate::report::hex::hex")]
     pub gpa_base: u64,
     /// Bytes of the window.
     pub window_len: u64,
