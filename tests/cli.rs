@@ -3,27 +3,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn memvisor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_memvisor"))
-        .args(args)
-        .output()
-        .expect("run memvisor")
-}
+use common::memvisor_cli as memvisor;
 
 fn assert_bad(args: &[&str], needle: &str) {
-    let out = memvisor(args);
+    let (line, out) = common::assert_bad_input(args, needle);
+    assert!(line.starts_with("memvisor: "), "{args:?}: {line}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: stderr {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: want one line, got {stderr:?}");
-    assert!(lines[0].starts_with("memvisor: "), "{args:?}: {}", lines[0]);
-    assert!(
-        lines[0].contains(needle),
-        "{args:?}: {:?} lacks {needle:?}",
-        lines[0]
-    );
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     assert!(out.stdout.is_empty(), "{args:?}: wrote to stdout");
 }

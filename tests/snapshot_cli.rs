@@ -2,29 +2,15 @@
 //! truncated, corrupt, wrong-version, wrong-size, other-kernel or wrongly layered snapshot is
 //! refused with exit 2 and one line naming the file and the defect.
 
+mod common;
+
+use common::memvisor_cli as memvisor;
 use memvisor::snapshot::{write, Identity};
 use memvisor::uffd::PAGE;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn memvisor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_memvisor"))
-        .args(args)
-        .output()
-        .expect("run memvisor")
-}
 
 fn assert_bad(args: &[&str], needle: &str) {
-    let out = memvisor(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: stderr {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: want one line, got {stderr:?}");
-    assert!(
-        lines[0].contains(needle),
-        "{args:?}: {:?} lacks {needle:?}",
-        lines[0]
-    );
+    common::assert_bad_input(args, needle);
 }
 
 fn s(p: &Path) -> &str {

@@ -158,3 +158,27 @@ pub fn mmio(gpa: u64, size: u32, write: bool, data: u64) -> memvisor::Exit {
         data,
     }
 }
+
+/// Run this build's `memvisor` binary with `args` and collect its output.
+pub fn memvisor_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .args(args)
+        .output()
+        .expect("run memvisor")
+}
+
+/// Run `memvisor args` and require bad-input behaviour: exit 2 and exactly one non-empty
+/// stderr line, which contains `needle`. Returns that line and the whole output.
+pub fn assert_bad_input(args: &[&str], needle: &str) -> (String, std::process::Output) {
+    let out = memvisor_cli(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: stderr {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: want one line, got {stderr:?}");
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {:?} lacks {needle:?}",
+        lines[0]
+    );
+    (lines[0].to_string(), out)
+}
