@@ -24,6 +24,12 @@ pub trait VmmCalls {
         let _ = (space, op, arg);
         Err(Status::NoSys)
     }
+    /// A scenario's control call (e.g. [`Call::MatrixSync`]): its host side
+    /// ([`crate::scenario::Scenario::control`]) serves it.
+    fn control(&mut self, space: &mut AddressSpace, call: &Hypercall) -> Result<u64, Status> {
+        let _ = (space, call);
+        Err(Status::NoSys)
+    }
 }
 
 /// No VMM-served calls.
@@ -82,8 +88,6 @@ pub struct Hypercalls {
     pub records: Vec<(String, String)>,
     /// Echo console output live.
     pub echo: bool,
-    /// The fault matrix's state (`fault-matrix` scenario only), for `MatrixSync`.
-    pub matrix: Option<Box<crate::matrix::MatrixRun>>,
 }
 
 impl Hypercalls {
@@ -221,10 +225,7 @@ impl Hypercalls {
                 (Ok(0), Some(Flow::Panic(msg)))
             }
             Hypercall::Stage2 { op, arg } => (vmm.stage2(space, op, arg), None),
-            Hypercall::MatrixSync { ended, next } => match self.matrix.as_mut() {
-                Some(m) => (m.sync(space, ended, next), None),
-                None => (Err(Status::NoSys), None),
-            },
+            c @ Hypercall::MatrixSync { .. } => (vmm.control(space, &c), None),
             Hypercall::Ucall { gva, len } => match read_ucall(space, gva, len) {
                 Ok(rec) => (Ok(0), Some(Flow::Ucall(Box::new(rec)))),
                 Err(st) => (Err(st), None),

@@ -382,27 +382,30 @@ fn run(a: RunArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return fail(format!("--mem: {e}")),
     };
-    let timeout = a.timeout.unwrap_or(
-        memvisor::backend::time_scale()
-            * if a.scenario == "fault-matrix" {
-                300.0
-            } else {
-                30.0
-            },
-    );
-    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
-        return fail("--timeout must be a number of seconds in (0, 86400]");
-    }
     if a.scenario == "help" {
         print!("{}", scenario::help_text());
         return ExitCode::SUCCESS;
     }
-    let Some(scenario_nr) = scenario::by_name(&a.scenario) else {
+    let Some(entry) = scenario::by_name(&a.scenario) else {
         return fail(format!(
             "unknown scenario '{}' (known: {})",
             a.scenario,
             scenario::names()
         ));
+    };
+    let hooks = entry.hooks();
+    let timeout = a
+        .timeout
+        .unwrap_or(memvisor::backend::time_scale() * hooks.default_timeout().as_secs_f64());
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
+        return fail("--timeout must be a number of seconds in (0, 86400]");
+    }
+    let only_for = |option: &str| {
+        let users: Vec<&str> = scenario::listed()
+            .filter(|e| e.hooks().options().contains(&option))
+            .map(|e| e.name)
+            .collect();
+        format!("--{option} is only for --scenario {}", users.join(" / "))
     };
     let kernel = match &a.kernel {
         Some(p) => match read_bounded(p, memvisor::boot::loader::MAX_KERNEL_FILE) {
@@ -419,8 +422,8 @@ fn run(a: RunArgs) -> ExitCode {
         flags |= memvisor_abi::flags::HEAP_DEBUG_GUARD;
     }
     if let Some(path) = &a.cases_out {
-        if scenario_nr != memvisor_abi::scenario::FAULT_MATRIX {
-            return fail("--cases-out is only for --scenario fault-matrix");
+        if !hooks.options().contains(&"cases-out") {
+            return fail(only_for("cases-out"));
         }
         if let Err(e) = check_cases_out(path) {
             return fail(format!("--cases-out {}: {e}", path.display()));
@@ -428,8 +431,8 @@ fn run(a: RunArgs) -> ExitCode {
     }
     let mut deviations = Vec::new();
     for name in &a.known_deviation {
-        if scenario_nr != memvisor_abi::scenario::FAULT_MATRIX {
-            return fail("--known-deviation is only for --scenario fault-matrix");
+        if !hooks.options().contains(&"known-deviation") {
+            return fail(only_for("known-deviation"));
         }
         match memvisor::matrix::KnownDeviation::parse(name) {
             Ok(d) => deviations.push(d),
@@ -439,8 +442,7 @@ fn run(a: RunArgs) -> ExitCode {
     let cfg = VmConfig {
         mem_bytes,
         kernel,
-        scenario: scenario_nr,
-        scenario_name: a.scenario.clone(),
+        scenario: entry.name.into(),
         flags,
         arg: [0; 4],
         timeout: Duration::from_secs_f64(timeout),
@@ -449,11 +451,12 @@ fn run(a: RunArgs) -> ExitCode {
             Zones::Legacy => ZonePreset::Legacy,
         },
         echo_console: true,
-        check_invariants: scenario_nr == memvisor_abi::scenario::HOSTILE,
+        check_invariants: hooks.check_invariants(),
         uffd: a.uffd,
+        ..VmConfig::default()
     };
     set_json_mode(a.json);
-    let mut report: Report = match vmm::run(&cfg) {
+    let mut report: Report = match vmm::run_scenario(&cfg, hooks) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };

@@ -414,6 +414,8 @@ pub struct VmmSide<'a> {
     pub slots: &'a mut Memslots,
     /// Stage-2 regions, if set up.
     pub stage2: Option<&'a mut Stage2>,
+    /// The scenario's host side (its control calls).
+    pub hooks: &'a mut dyn crate::scenario::Scenario,
 }
 
 impl crate::hypercall::VmmCalls for VmmSide<'_> {
@@ -422,6 +424,14 @@ impl crate::hypercall::VmmCalls for VmmSide<'_> {
             Some(s) => s.op(self.vm, self.slots, space, op),
             None => Err(Status::NoSys),
         }
+    }
+
+    fn control(
+        &mut self,
+        space: &mut AddressSpace,
+        call: &memvisor_abi::Hypercall,
+    ) -> Result<u64, Status> {
+        self.hooks.control(space, call)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The VMM: the configuration of a run, [`run`] / [`run_with`] (a built-in scenario or any
+//! The VMM: the configuration of a run, [`run`] / [`run_scenario`] (a built-in scenario or any
 //! kernel, run to its end, one [`Report`]), and the vCPU loop they share with the step-wise
 //! [`crate::vm::Vm`] (which creates the VM and builds the guest's address space).
 //!
@@ -50,10 +50,9 @@ pub struct VmConfig {
     pub mem_bytes: u64,
     /// The kernel ELF.
     pub kernel: Vec<u8>,
-    /// Scenario number (ABI `scenario`).
-    pub scenario: u32,
-    /// Scenario name for the report.
-    pub scenario_name: String,
+    /// Scenario name (`crate::scenario::REGISTRY`; the guest gets its
+    /// [`memvisor_abi::scenario::id`]); `"sdk"` for a guest built on the SDK's entry macro.
+    pub scenario: String,
     /// Boot flags (ABI `flags`).
     pub flags: u32,
     /// Scenario arguments.
@@ -69,6 +68,29 @@ pub struct VmConfig {
     pub check_invariants: bool,
     /// Back guest RAM through userfaultfd (`--uffd`; [`crate::uffd`]).
     pub uffd: bool,
+    /// Extra read-only and lazy guest-physical ranges in the stage-2 window
+    /// ([`crate::stage2::Extras`]; `VmBuilder::read_only_range`, `lazy_range`).
+    pub stage2_extras: crate::stage2::Extras,
+}
+
+impl Default for VmConfig {
+    /// 256 MiB, the `demo` scenario, the embedded guest, Linux x86-64 zones, 30 s timeout,
+    /// quiet console, no invariant checks, no userfaultfd.
+    fn default() -> Self {
+        VmConfig {
+            mem_bytes: crate::layout::DEFAULT_MEM_SIZE,
+            kernel: crate::guest_image::GUEST_ELF.to_vec(),
+            scenario: "demo".into(),
+            flags: 0,
+            arg: [0; 4],
+            timeout: Duration::from_secs(30),
+            zone_preset: ZonePreset::X86_64,
+            echo_console: false,
+            check_invariants: false,
+            uffd: false,
+            stage2_extras: crate::stage2::Extras::default(),
+        }
+    }
 }
 
 /// After the VMM edited the guest's memory or page tables (a hypercall batch, a #PF assist):
@@ -92,21 +114,29 @@ fn after_host_edit(
 }
 
 /// Boot and run a guest; returns its report (also for guest failures: see
-/// [`Report::outcome`]).
+/// [`Report::outcome`]). The scenario's host side is the registry's for `cfg.scenario`
+/// ([`crate::scenario::find`]), or [`crate::scenario::DefaultHooks`] for a name it lacks.
 ///
 /// # Errors
 /// [`VmmError`] when the VM cannot be created or the guest cannot be built.
 pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
-    run_with(cfg, &crate::stage2::Extras::default())
+    let hooks = match crate::scenario::find(&cfg.scenario) {
+        Some(e) => e.hooks(),
+        None => crate::scenario::default_hooks(),
+    };
+    run_scenario(cfg, hooks)
 }
 
-/// [`run`] with extra read-only and lazy guest-physical ranges (see
-/// [`crate::stage2::Extras`]).
+/// [`run`] with the scenario's host side given (e.g. carrying data for the guest, as
+/// `memvisor replay` does): create the VM, run the loop to the guest's end, report.
 ///
 /// # Errors
-/// As [`run`]; a bad range is a [`VmmError::Space`].
-pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report, VmmError> {
-    let mut vm = Vm::create(cfg, extras, None)?;
+/// As [`run`]; a bad stage-2 range is a [`VmmError::Space`].
+pub fn run_scenario(
+    cfg: &VmConfig,
+    hooks: Box<dyn crate::scenario::Scenario>,
+) -> Result<Report, VmmError> {
+    let mut vm = Vm::create(cfg, hooks, None)?;
     // Not step-wise: the loop runs to the end of the guest (sync points resume at once,
     // MMIO reads return all-ones).
     vm.run()?;
@@ -279,6 +309,7 @@ impl Vm {
                     vm: &self.vm,
                     slots: &mut self.slots,
                     stage2: self.s2ctl.as_mut(),
+                    hooks: &mut *self.hooks,
                 };
                 let flow = self.hc.handle_with(&mut self.space, gpa, &mut side);
                 if let Some(stop) = self.after_host_edit() {

@@ -245,16 +245,10 @@ fn frames_pair() -> (f64, f64) {
 fn guest_config(quick: bool) -> VmConfig {
     VmConfig {
         mem_bytes: 256 << 20,
-        kernel: crate::guest_image::GUEST_ELF.to_vec(),
-        scenario: memvisor_abi::scenario::BENCH,
-        scenario_name: "bench".into(),
+        scenario: "bench".into(),
         flags: if quick { memvisor_abi::flags::QUICK } else { 0 },
-        arg: [0; 4],
         timeout: Duration::from_secs(300),
-        zone_preset: crate::frames::ZonePreset::X86_64,
-        echo_console: false,
-        check_invariants: false,
-        uffd: false,
+        ..VmConfig::default()
     }
 }
 
@@ -545,8 +539,7 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
 /// Median VMM start → first guest instruction (µs) and memslot registration (µs), 256 MiB.
 fn boot_figures(runs: usize) -> Result<(f64, f64), BenchError> {
     let mut cfg = guest_config(true);
-    cfg.scenario = memvisor_abi::scenario::BOOT;
-    cfg.scenario_name = "boot".into();
+    cfg.scenario = "boot".into();
     let mut first = Vec::new();
     let mut slots = Vec::new();
     for _ in 0..runs {
@@ -563,8 +556,7 @@ fn boot_figures(runs: usize) -> Result<(f64, f64), BenchError> {
 fn memslot_per_gib(quick: bool) -> Result<(f64, f64), BenchError> {
     let mut cfg = guest_config(true);
     cfg.mem_bytes = 4 << 30;
-    cfg.scenario = memvisor_abi::scenario::BOOT;
-    cfg.scenario_name = "boot".into();
+    cfg.scenario = "boot".into();
     let runs = if quick { 1 } else { 5 };
     let mut slot = Vec::new();
     let mut setup = Vec::new();

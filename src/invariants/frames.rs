@@ -87,11 +87,11 @@ pub(super) fn check_frames(
             gva: None,
         });
     }
-    for &(p, n) in &space.matrix_frames {
+    for &(p, n) in space.host_areas().iter().flat_map(|a| &a.frames) {
         claims.push(Claim {
             start: p.0,
             count: n,
-            state: FrameState::Matrix,
+            state: FrameState::HostArea,
             gva: None,
         });
     }
@@ -223,7 +223,7 @@ pub(super) fn check_frames(
             FrameState::TablePool => counts_by_state.table_pool += n,
             FrameState::Stack => counts_by_state.stacks += n,
             FrameState::Mapped { .. } => counts_by_state.mapped += n,
-            FrameState::Blob | FrameState::Matrix => counts_by_state.host_data += n,
+            FrameState::Blob | FrameState::HostArea => counts_by_state.host_data += n,
         }
     }
     counts_by_state.page_tables = tables;

@@ -10,7 +10,6 @@ use crate::addr::{Gva, PAGE_SIZE};
 use crate::layout::{
     BLOB_GVA, DIRECT_MAP_BASE, MMAP_WINDOW_END, MMAP_WINDOW_START, TABLE_POOL_CHUNK_FRAMES,
 };
-use crate::matrix::tables::AREA as MATRIX_AREA;
 use crate::paging::{Leaf, PteFlags};
 use crate::space::ops::pte_flags_for;
 use crate::space::AddressSpace;
@@ -98,20 +97,19 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
             space.pt.leaves(mem)
         }
     };
-    let matrix = !space.matrix_frames.is_empty();
-    if matrix {
-        // The fault matrix maps its frames (data frame, records buffer) in its own area, on
+    for area in space.host_areas() {
+        // A scenario's host area (the fault matrix's: data frame, records buffer) may sit on
         // tables with deliberately non-present or reserved-bit entries: only what can be
         // walked is checked: every leaf there maps one of its frames.
-        let len = MATRIX_AREA.end - MATRIX_AREA.start;
+        let len = area.gva.end - area.gva.start;
         let mine = space
             .pt
-            .leaves_in_range(mem, Gva(MATRIX_AREA.start), len)
+            .leaves_in_range(mem, Gva(area.gva.start), len)
             .unwrap_or_default();
         for l in mine {
             let (first, n) = (l.gpa.0 / PAGE_SIZE, l.size.bytes() / PAGE_SIZE);
-            let owned = space
-                .matrix_frames
+            let owned = area
+                .frames
                 .iter()
                 .any(|&(p, k)| first >= p.0 && first + n <= p.0 + k);
             counts.host_data += 1;
@@ -120,7 +118,7 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
                     "stray_leaf",
                     Some(first),
                     l.gva.0,
-                    "a leaf of the fault matrix's area maps a frame the matrix does not own".into(),
+                    "a leaf of a host area maps a frame the area does not own".into(),
                 );
             }
         }
@@ -393,19 +391,23 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
     }
 }
 
-/// Every leaf, outside the fault matrix's area when it is in use (see [`check_leaves`]).
+/// Every leaf outside the host areas (see [`check_leaves`]).
 fn walk_leaves(space: &AddressSpace) -> Result<Vec<Leaf>, crate::paging::PagingError> {
     let mem = &space.ram.mem;
-    if space.matrix_frames.is_empty() {
+    if space.host_areas().is_empty() {
         return space.pt.try_leaves(mem);
     }
-    let mut out = space.pt.leaves_in_range(mem, Gva(0), MATRIX_AREA.start)?;
     let low_end = 1u64 << 47;
-    out.extend(
-        space
-            .pt
-            .leaves_in_range(mem, Gva(MATRIX_AREA.end), low_end - MATRIX_AREA.end)?,
-    );
+    let mut areas: Vec<_> = space.host_areas().iter().map(|a| a.gva.clone()).collect();
+    areas.sort_unstable_by_key(|r| r.start);
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for r in areas.iter().chain(std::iter::once(&(low_end..low_end))) {
+        if r.start > at {
+            out.extend(space.pt.leaves_in_range(mem, Gva(at), r.start - at)?);
+        }
+        at = at.max(r.end);
+    }
     out.extend(
         space
             .pt

@@ -106,8 +106,9 @@ pub fn teardown_check(space: &mut AddressSpace) -> Result<TeardownReport, Vec<Vi
         .map(|l| (l.gpa.0 / PAGE_SIZE, l.size.bytes() / PAGE_SIZE))
         .collect();
     let host_data = space
-        .matrix_frames
+        .host_areas()
         .iter()
+        .flat_map(|a| &a.frames)
         .map(|&(p, n)| (p.0, n))
         .chain(blob);
     for (p, n) in host_data {

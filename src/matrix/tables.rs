@@ -167,9 +167,9 @@ pub fn build(
             what: "matrix data frame",
         })?;
 
-    space.matrix_frames.push((data, 1));
+    space.add_host_frames(AREA, data, 1);
     let buf_pfn = frames(space, buf_bytes / PAGE_SIZE)?;
-    space.matrix_frames.push((buf_pfn, buf_bytes / PAGE_SIZE));
+    space.add_host_frames(AREA, buf_pfn, buf_bytes / PAGE_SIZE);
     let buf_gpa = buf_pfn.gpa()?.0;
     space
         .ram

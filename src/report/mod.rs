@@ -265,7 +265,7 @@ impl Report {
             ),
         };
         Report {
-            scenario: cfg.scenario_name.clone(),
+            scenario: cfg.scenario.clone(),
             outcome: outcome.name(),
             guest_exit_code: code,
             message,
@@ -305,10 +305,7 @@ impl Report {
                 _ => None,
             },
             timings,
-            matrix: hc
-                .matrix
-                .as_deref()
-                .and_then(crate::matrix::MatrixReport::from_run),
+            matrix: None,
             cpu,
             backend: None,
             tsc_khz,

@@ -178,10 +178,9 @@ pub struct AddressSpace {
     pub shadow_stale: bool,
     /// How the space was built (e.g. `no_nx` for the fault matrix).
     pub build_options: BuildOptions,
-    /// Frame runs `(first, count)` owned by the fault matrix (its data frame and records
-    /// buffer; its test tables are pool frames), mapped under
-    /// [`crate::matrix::tables::AREA`]. Empty in other scenarios.
-    pub matrix_frames: Vec<(Pfn, u64)>,
+    /// GVA areas a scenario's host side maps for its own data ([`HostArea`]; e.g. the fault
+    /// matrix's tables). Empty in most scenarios.
+    host_areas: Vec<HostArea>,
     /// GPA ranges `(first, bytes)` outside RAM that the VMM maps for the guest at
     /// `stage2::GVA_BASE + (gpa - stage2::GPA_BASE)` ([`memvisor_abi::stage2`]): the stage-2
     /// test layout and a test's extra read-only and lazy ranges (`crate::stage2::Stage2::setup`).
@@ -191,6 +190,18 @@ pub struct AddressSpace {
     /// windows and extra memslots); the invariants accept their leaves.
     pub device_maps: Vec<(u64, u64, u64)>,
     next_region: u64,
+}
+
+/// A GVA area a scenario's host side maps for its own data, on page tables it may build
+/// deliberately malformed (non-present or reserved-bit entries, as the fault matrix does):
+/// the invariants walk only what can be walked there and require every leaf in it to map
+/// one of `frames`, which the teardown frees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostArea {
+    /// `[start, end)` GVAs, in the lower canonical half.
+    pub gva: std::ops::Range<u64>,
+    /// Frame runs `(first, count)` the area owns (allocated from the zones).
+    pub frames: Vec<(Pfn, u64)>,
 }
 
 /// Options of [`AddressSpace::build_with`].
@@ -389,14 +400,29 @@ impl AddressSpace {
             stack_frames,
             shadow_stale: false,
             build_options: opts,
-            matrix_frames: Vec::new(),
+            host_areas: Vec::new(),
             stage2_ranges: Vec::new(),
             device_maps: Vec::new(),
             next_region: 1,
         };
-        let mut space = space;
-        crate::replay::map_pending_blob(&mut space)?;
         Ok(space)
+    }
+
+    /// Record `count` frames from `first` as owned by the host area `gva` (created on first
+    /// use; see [`HostArea`]).
+    pub fn add_host_frames(&mut self, gva: std::ops::Range<u64>, first: Pfn, count: u64) {
+        match self.host_areas.iter_mut().find(|a| a.gva == gva) {
+            Some(a) => a.frames.push((first, count)),
+            None => self.host_areas.push(HostArea {
+                gva,
+                frames: vec![(first, count)],
+            }),
+        }
+    }
+
+    /// The host areas ([`HostArea`]), in the order they were added.
+    pub fn host_areas(&self) -> &[HostArea] {
+        &self.host_areas
     }
 
     /// Map `bytes` read-only (US, NX) at `gva` (page aligned, outside every other mapping) on

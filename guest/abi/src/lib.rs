@@ -60,7 +60,7 @@ pub const PF_ASSIST_DONE_SYMBOL: &str = "memvisor_pf_assist_done";
 /// Magic value in [`BootInfo::magic`] (`"MEMVISOR"` little-endian-ish).
 pub const BOOT_MAGIC: u64 = 0x524f_5349_564d_454d;
 /// ABI version in [`BootInfo::version`].
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// Maximum number of e820 entries in [`BootInfo`].
 pub const MAX_E820: usize = 16;
 /// Maximum number of requests in one [`Batch`].
@@ -365,7 +365,7 @@ pub struct BootInfo {
     pub tsc_khz: u64,
     /// Feature bits, see [`feature`].
     pub features: u64,
-    /// Which scenario to run, see [`scenario`].
+    /// Which scenario to run: [`scenario::id`] of its name.
     pub scenario: u32,
     /// Flags, see [`flags`].
     pub flags: u32,
@@ -441,45 +441,28 @@ pub mod stage2 {
     pub const OP_READONLY_SUPPORTED: u64 = 4;
 }
 
-/// Scenario numbers for [`BootInfo::scenario`].
+/// Scenarios are named, not numbered: [`BootInfo::scenario`] holds [`scenario::id`] of the
+/// name (`"demo"`, `"fault-matrix"`, ...). The guest kernel's table is generated from its
+/// `src/scenarios/*.rs` files (one file a scenario) and the host's from the same files, so no
+/// number table exists to keep in step.
 pub mod scenario {
-    /// The main demonstration.
-    pub const DEMO: u32 = 0;
-    /// Spin forever (the VMM's `--timeout` must stop it).
-    pub const RUNAWAY: u32 = 1;
-    /// Panic with a message.
-    pub const GUEST_PANIC: u32 = 2;
-    /// Load an empty IDT and raise an exception: a triple fault (KVM_EXIT_SHUTDOWN).
-    pub const TRIPLE_FAULT: u32 = 3;
-    /// Overflow the boot stack into its guard page: #PF cannot be delivered, #DF runs on its
-    /// IST stack and reports.
-    pub const DOUBLE_FAULT: u32 = 4;
-    /// Exit 0 as soon as the kernel is up (for boot-time measurements).
-    pub const BOOT: u32 = 5;
-    /// In-guest measurements for `memvisor bench` (records `bench.NAME=CYCLES`).
-    pub const BENCH: u32 = 6;
-    /// A hostile guest: random and crafted hypercalls (`memvisor run --scenario hostile`).
-    pub const HOSTILE: u32 = 7;
-    /// Stage-2 faults: unbacked GPAs, read-only and lazy memslots, slot removal, dirty log.
-    pub const STAGE2: u32 = 8;
-    /// The #PF permission matrix (`memvisor run --scenario fault-matrix`); `arg[0]` = GVA of
-    /// the host's [`matrix::Plan`](crate::matrix::Plan).
-    pub const FAULT_MATRIX: u32 = 9;
-    /// Guest heaps (issue 4): the page-family seed's test application with its reports.
-    pub const SEED_PAGE_FAMILY: u32 = 10;
-    /// Guest heaps: MeMS's classic example (`mems_get` cross-checked against the host).
-    pub const SEED_MEMS: u32 = 11;
-    /// Guest heaps: random operations on each heap, checked with patterns and audits.
-    pub const HEAP_STRESS: u32 = 12;
-    /// Guest heaps: guard-page heap debugging, an overflow and a use after free caught.
-    pub const HEAP_DEBUG: u32 = 13;
-    /// Guest heaps: replay the trace the host mapped (`arg` = GVA, length, heap id).
-    pub const REPLAY: u32 = 14;
-    /// Guest heaps: in-guest heap figures for `memvisor bench` (`arg` = traces blob).
-    pub const HEAP_BENCH: u32 = 15;
-    /// A guest built on the SDK's entry macro (a user's test guest): it ignores the scenario
-    /// number; `memvisor::Vm` writes this one.
-    pub const SDK: u32 = 0x100;
+    /// The id of a scenario name: its 32-bit FNV-1a hash (the build scripts refuse two names
+    /// with one id).
+    pub const fn id(name: &str) -> u32 {
+        let b = name.as_bytes();
+        let mut h: u32 = 0x811c_9dc5;
+        let mut i = 0;
+        while i < b.len() {
+            h ^= b[i] as u32;
+            h = h.wrapping_mul(0x0100_0193);
+            i += 1;
+        }
+        h
+    }
+
+    /// A guest built on the SDK's entry macro (a user's test guest) ignores the scenario;
+    /// `memvisor::Vm` writes this id (of the name `"sdk"`).
+    pub const SDK: u32 = id("sdk");
 }
 
 /// The fault-matrix scenario's shared layout: the host builds the test page tables and a

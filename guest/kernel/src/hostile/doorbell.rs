@@ -60,7 +60,7 @@ pub(super) static FLOOD: Shared<[u64; 8192]> = Shared(UnsafeCell::new([0; 8192])
 
 /// A GVA in the kernel's text this scenario never executes (the `runaway` scenario's code).
 pub(super) fn text_gva() -> u64 {
-    crate::crash::runaway as *const () as u64
+    crate::scenarios::runaway::spin as *const () as u64
 }
 
 pub(super) fn block_gpa() -> u64 {

@@ -22,6 +22,9 @@
 //! fetch probe is a `call` to the VA (the test data frame is all `0xC3`, `ret`): when the
 //! fetch faults the return address is already on the stack, so its resume label pops it.
 
+/// One line for `memvisor scenarios`.
+pub const DESCRIPTION: &str = "the #PF permission matrix: P/RW/US/NX at every level x r/w/x x CPL 0/3 x WP x NXE, checked against the SDM (--cases-out FILE)";
+
 use crate::{boot, hc, println};
 use core::sync::atomic::{AtomicU64, Ordering};
 use memvisor_abi::matrix::{self, Pass, Plan};

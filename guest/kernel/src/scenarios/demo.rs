@@ -1,6 +1,14 @@
 //! The main job's demonstration: map memory (populated and lazy), take demand-paging faults,
 //! take a protection fault and recover from it, cross-check translation, unmap, exit.
 
+/// One line for `memvisor scenarios`.
+pub const DESCRIPTION: &str = "the main job: mmap populated and lazy memory, demand faults, a protection fault recovered, translate, munmap";
+
+/// Kernel entry: the demonstration in ring 3.
+pub fn run() -> u32 {
+    crate::user::run(run_user, 0) as u32
+}
+
 use crate::idt::TrapFrame;
 use crate::probe::{self, Probe};
 use crate::{boot, hc, println, walk};
@@ -41,10 +49,10 @@ fn check(ok: bool, what: &str) -> Result<(), u32> {
 
 /// Ring-3 entry point.
 pub extern "C" fn run_user(_: u64) -> u64 {
-    run() as u64
+    body() as u64
 }
 
-pub fn run() -> u32 {
+fn body() -> u32 {
     match demo() {
         Ok(()) => 0,
         Err(c) => c,

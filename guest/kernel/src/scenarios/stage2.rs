@@ -4,6 +4,15 @@
 //! CPU's MAXPHYADDR and arrives in `BootInfo::arg[1]`) at `GVA_BASE`; its report lists every
 //! stage-2 exit (GPA, size, direction, value, RIP).
 
+/// One line for `memvisor scenarios`.
+pub const DESCRIPTION: &str =
+    "stage-2 faults: unbacked GPAs, read-only and lazy memslots, slot removal, dirty log";
+
+/// Kernel entry: ring 3, with the window's first GPA (`BootInfo::arg[1]`, the host's choice).
+pub fn run() -> u32 {
+    crate::user::run(run_user, crate::boot().arg[1]) as u32
+}
+
 use crate::{hc, println};
 use core::fmt::Write;
 use core::ptr::{read_volatile, write_volatile};
@@ -37,7 +46,7 @@ fn check(ok: bool, what: &'static str) -> Result<(), &'static str> {
 
 /// Ring-3 entry point.
 pub extern "C" fn run_user(gpa_base: u64) -> u64 {
-    match run(gpa_base) {
+    match body(gpa_base) {
         Ok(()) => 0,
         Err(e) => {
             println!("stage2 FAILED: {}", e);
@@ -46,7 +55,7 @@ pub extern "C" fn run_user(gpa_base: u64) -> u64 {
     }
 }
 
-fn run(gpa_base: u64) -> Result<(), &'static str> {
+fn body(gpa_base: u64) -> Result<(), &'static str> {
     // 1. No memslot: reads return all-ones (the VMM's choice), writes are reported with their
     //    value. Sizes 1, 2, 4, 8.
     let u = gva(s2::UNBACKED);
