@@ -139,7 +139,11 @@ impl VmBuilder {
 
     /// Echo the guest console on stdout.
     pub fn echo_console(mut self, on: bool) -> Self {
-        self.cfg.echo_console = on;
+        self.cfg.echo_console = if on {
+            crate::hypercall::ConsoleEcho::Stdout
+        } else {
+            crate::hypercall::ConsoleEcho::Off
+        };
         self
     }
 

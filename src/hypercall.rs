@@ -46,6 +46,30 @@ pub const RECORD_LINE_MAX: u64 = 1024;
 /// Marker appended once when console output is dropped.
 const CONSOLE_DROPPED: &str = "\n[memvisor: further console output not kept]\n";
 
+/// Where the guest's console output is echoed live (it is kept for the report either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConsoleEcho {
+    /// Not echoed.
+    #[default]
+    Off,
+    /// On stdout.
+    Stdout,
+    /// On stderr (when stdout carries JSON).
+    Stderr,
+}
+
+impl ConsoleEcho {
+    /// Write `text` where this says.
+    pub fn write(self, text: &str) {
+        use std::io::Write;
+        let _ = match self {
+            ConsoleEcho::Off => Ok(()),
+            ConsoleEcho::Stdout => std::io::stdout().write_all(text.as_bytes()),
+            ConsoleEcho::Stderr => std::io::stderr().write_all(text.as_bytes()),
+        };
+    }
+}
+
 /// What the vCPU loop does after a block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {
@@ -87,7 +111,7 @@ pub struct Hypercalls {
     /// `key=value` records the guest sent.
     pub records: Vec<(String, String)>,
     /// Echo console output live.
-    pub echo: bool,
+    pub echo: ConsoleEcho,
 }
 
 impl Hypercalls {
@@ -190,12 +214,9 @@ impl Hypercalls {
                 zone,
                 flags,
                 addr,
-            } => (
-                space.mmap(len, prot.bits(), zone.0, flags.bits(), addr),
-                None,
-            ),
+            } => (space.mmap(len, prot, zone, flags, addr), None),
             Hypercall::Munmap { gva, len } => (space.munmap(gva, len), None),
-            Hypercall::Mprotect { gva, len, prot } => (space.mprotect(gva, len, prot.bits()), None),
+            Hypercall::Mprotect { gva, len, prot } => (space.mprotect(gva, len, prot), None),
             Hypercall::Translate { gva } => (space.translate_gva(gva), None),
             Hypercall::Stats { gva } => (stats(space, gva), None),
             Hypercall::FaultReport {
@@ -248,25 +269,13 @@ impl Hypercalls {
 
     fn console_write(&mut self, space: &AddressSpace, gva: u64, len: u64) -> Result<u64, Status> {
         let text = read_text(space, gva, len)?;
-        if self.echo {
-            print_console(&text);
-        }
+        self.echo.write(&text);
         if self.console.len() + text.len() <= CONSOLE_KEEP_MAX {
             self.console.push_str(&text);
         } else if !self.console.ends_with(CONSOLE_DROPPED) {
             self.console.push_str(CONSOLE_DROPPED);
         }
         Ok(len)
-    }
-}
-
-/// Echo guest console output live (to stderr when stdout carries JSON).
-fn print_console(text: &str) {
-    use std::io::Write;
-    if crate::report::json_mode() {
-        let _ = std::io::stderr().write_all(text.as_bytes());
-    } else {
-        let _ = std::io::stdout().write_all(text.as_bytes());
     }
 }
 

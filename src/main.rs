@@ -5,8 +5,9 @@
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use memvisor::frames::ZonePreset;
+use memvisor::hypercall::ConsoleEcho;
 use memvisor::memory::parse_size;
-use memvisor::report::{set_json_mode, Report};
+use memvisor::report::Report;
 use memvisor::vmm::{self, VmConfig};
 use memvisor::{guest_image, layout, scenario};
 use std::path::PathBuf;
@@ -233,7 +234,6 @@ fn replay(a: ReplayArgs) -> ExitCode {
             Err(e) => return fail(e),
         }
     }
-    set_json_mode(a.json);
     if traces.len() > 1 || heaps.len() > 1 {
         return replay_many(&traces, &heaps, a.runs, mem_bytes, timeout, a.json);
     }
@@ -310,7 +310,6 @@ fn replay_many(
 }
 
 fn bench(b: BenchArgs) -> ExitCode {
-    set_json_mode(b.json);
     let result = match memvisor::bench::run(b.quick) {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -450,12 +449,16 @@ fn run(a: RunArgs) -> ExitCode {
             Zones::X86_64 => ZonePreset::X86_64,
             Zones::Legacy => ZonePreset::Legacy,
         },
-        echo_console: true,
+        // Live console output; on stderr when stdout carries the JSON report.
+        echo_console: if a.json {
+            ConsoleEcho::Stderr
+        } else {
+            ConsoleEcho::Stdout
+        },
         check_invariants: hooks.check_invariants(),
         uffd: a.uffd,
         ..VmConfig::default()
     };
-    set_json_mode(a.json);
     let mut report: Report = match vmm::run_scenario(&cfg, hooks) {
         Ok(r) => r,
         Err(e) => return fail(e),

@@ -19,17 +19,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-/// Heap names accepted by `--heap`, by id (the guest's `peers::HEAPS`, same order).
-pub const HEAPS: [&str; 8] = [
-    "page-family",
-    "mems",
-    "memvisor",
-    "talc",
-    "linked-list",
-    "buddy",
-    "rlsf",
-    "dlmalloc",
-];
+/// Heap names accepted by `--heap`, by id (one list for host and guest, in the ABI crate).
+pub use memvisor_abi::HEAPS;
 
 /// Blob magic (`"MVTRACE1"`).
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MVTRACE1");
@@ -390,7 +381,6 @@ pub fn config(
         flags,
         arg,
         timeout,
-        echo_console: false,
         ..VmConfig::default()
     }
 }

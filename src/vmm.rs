@@ -61,8 +61,8 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// Zone layout.
     pub zone_preset: ZonePreset,
-    /// Echo the guest's console output live (stdout, or stderr in JSON mode).
-    pub echo_console: bool,
+    /// Echo the guest's console output live, and where (default off).
+    pub echo_console: crate::hypercall::ConsoleEcho,
     /// Check the host invariants ([`crate::invariants::check`]) after every hypercall batch;
     /// a violation ends the run (outcome `invariant_violation`, exit code 1).
     pub check_invariants: bool,
@@ -85,7 +85,7 @@ impl Default for VmConfig {
             arg: [0; 4],
             timeout: Duration::from_secs(30),
             zone_preset: ZonePreset::X86_64,
-            echo_console: false,
+            echo_console: crate::hypercall::ConsoleEcho::Off,
             check_invariants: false,
             uffd: false,
             stage2_extras: crate::stage2::Extras::default(),

@@ -347,7 +347,7 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
                             "leaf flags [{}] differ from region {}'s protection {:#x} ([{}])",
                             f & mask,
                             r.id,
-                            r.prot_at(gva),
+                            r.prot_at(gva).bits(),
                             want & mask
                         ),
                     );

@@ -70,7 +70,8 @@ pub(super) fn check_regions(
         prev_end = r.end + guard;
         owned_gva.push((r.start, r.end + guard));
         let prot_ok = r.prot.first_key_value().is_some_and(|(&k, _)| k == r.start)
-            && r.prot.iter().all(|(&k, &p)| {
+            && r.prot.iter().all(|(&k, p)| {
+                let p = p.bits();
                 k >= r.start
                     && k < r.end
                     && p != prot::NONE

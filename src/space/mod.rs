@@ -15,7 +15,7 @@ use crate::frames::{FrameError, FreeMap, ZoneKind, ZonePreset, ZoneTable};
 use crate::layout::*;
 use crate::memory::{GuestRam, MemoryError};
 use crate::paging::{map_direct, PageSize, PageTables, PagingError, Protection, PteFlags};
-use memvisor_abi::{BootInfo, Status, ABI_VERSION, BOOT_MAGIC, MAX_E820};
+use memvisor_abi::{BootInfo, Prot, Status, Zone, ABI_VERSION, BOOT_MAGIC, MAX_E820};
 pub use pool::TablePool;
 use std::collections::BTreeMap;
 use thiserror::Error;
@@ -94,18 +94,22 @@ pub struct Region {
     pub end: u64,
     /// Whether the page at `end` is this region's reserved guard.
     pub guard: bool,
-    /// Protection by range: key = first GVA of a run, value = `prot` bits until the next key.
-    pub prot: BTreeMap<u64, u64>,
-    /// Zone number frames come from (ABI `zone` value).
-    pub zone: u64,
+    /// Protection by range: key = first GVA of a run, value = its protection until the next
+    /// key.
+    pub prot: BTreeMap<u64, Prot>,
+    /// Zone frames come from (as the guest asked: `Zone::ANY` stays `ANY`).
+    pub zone: Zone,
     /// Populated or lazy.
     pub backing: Backing,
 }
 
 impl Region {
-    /// Protection bits in effect at `gva` (inside the region).
-    pub fn prot_at(&self, gva: u64) -> u64 {
-        self.prot.range(..=gva).next_back().map_or(0, |(_, &p)| p)
+    /// Protection in effect at `gva` (inside the region; `Prot::NONE` outside).
+    pub fn prot_at(&self, gva: u64) -> Prot {
+        self.prot
+            .range(..=gva)
+            .next_back()
+            .map_or(Prot::NONE, |(_, &p)| p)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::addr::{is_canonical, Gpa, Gva, Pfn, LARGE_PAGE_SIZE, PAGE_SIZE};
 use crate::frames::ZoneKind;
 use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
 use crate::paging::{PageSize, PagingError, PteFlags};
-use memvisor_abi::{map, prot, zone, Status};
+use memvisor_abi::{map, prot, zone, MapFlags, Prot, Status, Zone};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Result of a hypercall operation: a value or an ABI status.
@@ -23,7 +23,8 @@ const PF_W: u64 = 1 << 1;
 
 /// PTE flags for ABI protection bits (`prot` must be non-zero). NX is set unless EXEC, when
 /// the CPU supports NX.
-pub fn pte_flags_for(p: u64, nx: bool) -> PteFlags {
+pub fn pte_flags_for(p: Prot, nx: bool) -> PteFlags {
+    let p = p.bits();
     let mut f = PteFlags::PRESENT;
     if p & prot::WRITE != 0 {
         f |= PteFlags::WRITABLE;
@@ -50,7 +51,8 @@ fn reduces(old: u64, new: u64) -> bool {
     lost(p) || lost(rw) || lost(us) || (new & nx != 0 && old & nx == 0)
 }
 
-fn check_prot(p: u64) -> Result<(), Status> {
+fn check_prot(p: Prot) -> Result<(), Status> {
+    let p = p.bits();
     if p & !prot::ALL != 0 || p == prot::NONE {
         return Err(Status::Inval);
     }
@@ -86,8 +88,8 @@ fn check_fixed(addr: u64, reserve: u64, align: u64) -> Result<(), Status> {
 }
 
 impl AddressSpace {
-    fn zone_kind(&self, z: u64) -> Result<ZoneKind, Status> {
-        let kind = match z {
+    fn zone_kind(&self, z: Zone) -> Result<ZoneKind, Status> {
+        let kind = match z.0 {
             zone::ANY => {
                 // Highest zone present: Normal, else DMA32, else DMA.
                 return [ZoneKind::Normal, ZoneKind::Dma32, ZoneKind::Dma]
@@ -143,8 +145,9 @@ impl AddressSpace {
     /// `map::FIXED` the reservation is exactly `[addr, addr + len + guard)` (checked in this
     /// order: alignment and overflow `Inval`, outside the window `Perm`, zone, then any
     /// overlap with a region or guard page `Exists`); without it `addr` must be 0.
-    pub fn mmap(&mut self, len: u64, p: u64, z: u64, flags: u64, addr: u64) -> HcResult {
+    pub fn mmap(&mut self, len: u64, p: Prot, z: Zone, flags: MapFlags, addr: u64) -> HcResult {
         check_prot(p)?;
+        let flags = flags.bits();
         if flags & !map::ALL != 0 {
             return Err(Status::Inval);
         }
@@ -282,7 +285,7 @@ impl AddressSpace {
         // chunk goes back to the zones and no table is ever built in a writable frame.
         let chunk =
             super::pool::TablePool::alloc_chunk(&mut self.zones).map_err(|_| Status::NoMem)?;
-        let ro = pte_flags_for(prot::READ, self.features.nx);
+        let ro = pte_flags_for(Prot::READ, self.features.nx);
         let len = crate::layout::TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
         if self
             .pt
@@ -380,7 +383,7 @@ impl AddressSpace {
 
     /// `Mprotect`: new protection for a range inside one region (W^X enforced). Returns the
     /// number of present pages changed.
-    pub fn mprotect(&mut self, gva: u64, len: u64, p: u64) -> HcResult {
+    pub fn mprotect(&mut self, gva: u64, len: u64, p: Prot) -> HcResult {
         let end = check_range(gva, len)?;
         check_prot(p)?;
         let Some(key) = self.region_for(gva, end) else {

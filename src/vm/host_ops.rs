@@ -84,7 +84,7 @@ impl Vm {
     /// [`VmOpError::Status`] as the hypercall (`Inval`, `NoMem`, `NoZone`, `Perm` for W+X).
     pub fn mmap(&mut self, len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> OpResult<u64> {
         let flags = MapFlags::from_bits_retain(flags.bits() & !MapFlags::FIXED.bits());
-        Ok(self.space.mmap(len, prot.bits(), zone.0, flags.bits(), 0)?)
+        Ok(self.space.mmap(len, prot, zone, flags, 0)?)
     }
 
     /// As [`Vm::mmap`] but at exactly `gva` (the `Mmap` hypercall with `MapFlags::FIXED`):
@@ -105,9 +105,7 @@ impl Vm {
         flags: MapFlags,
     ) -> OpResult<u64> {
         let flags = flags | MapFlags::FIXED;
-        Ok(self
-            .space
-            .mmap(len, prot.bits(), zone.0, flags.bits(), gva)?)
+        Ok(self.space.mmap(len, prot, zone, flags, gva)?)
     }
 
     /// Unmap `[gva, gva + len)` of an mmap region and free its frames.
@@ -124,7 +122,7 @@ impl Vm {
     /// # Errors
     /// As the `Mprotect` hypercall.
     pub fn mprotect(&mut self, gva: u64, len: u64, prot: Prot) -> OpResult<()> {
-        self.space.mprotect(gva, len, prot.bits())?;
+        self.space.mprotect(gva, len, prot)?;
         self.after_edit()
     }
 

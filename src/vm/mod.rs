@@ -33,7 +33,7 @@ use crate::frames::ZonePreset;
 use crate::hypercall::Hypercalls;
 use crate::layout::BOOT_STACK_TOP;
 use crate::memory::{Memslot, Memslots};
-use crate::report::{ExitLatency, Outcome, Registers, Report, Stage2Fault, Timings};
+use crate::report::{ExitLatency, Outcome, Registers, Report, RunRecord, Stage2Fault, Timings};
 use crate::space::{AddressSpace, SpaceError};
 use crate::stage2::Stage2;
 use crate::vmm::{VmConfig, VmmError};
@@ -135,7 +135,11 @@ impl Vm {
             scenario: "sdk".into(),
             timeout: opts.timeout,
             zone_preset: opts.zones,
-            echo_console: opts.echo_console,
+            echo_console: if opts.echo_console {
+                crate::hypercall::ConsoleEcho::Stdout
+            } else {
+                crate::hypercall::ConsoleEcho::Off
+            },
             check_invariants: opts.check_invariants,
             uffd: opts.uffd,
             ..VmConfig::default()
@@ -402,19 +406,22 @@ impl Vm {
             _ => Registers::read(&self.vcpu),
         };
         let hc = std::mem::take(&mut self.hc);
-        let mut report = Report::collect(
-            &self.cfg,
-            &self.space,
-            std::mem::take(&mut self.memslots),
-            self.features,
-            hc,
-            std::mem::take(&mut self.exits),
-            std::mem::take(&mut self.stage2),
-            self.stage2_total,
-            self.flush_slot.count,
+        let mut report = Report::collect(RunRecord {
+            scenario: self.cfg.scenario.clone(),
+            mem_bytes: self.cfg.mem_bytes,
+            timeout: self.cfg.timeout,
+            space: &self.space,
+            memslots: std::mem::take(&mut self.memslots),
+            cpu: self.features,
+            hypercalls: hc,
+            exits: std::mem::take(&mut self.exits),
+            exit_latency: std::mem::take(&mut self.latency),
+            stage2: (std::mem::take(&mut self.stage2), self.stage2_total),
+            stage2_report: self.s2ctl.take().map(|s| s.report),
+            shadow_flushes: self.flush_slot.count,
             outcome,
             registers,
-            Timings {
+            timings: Timings {
                 setup_us: self.setup_us,
                 memslot_us: self.memslot_us,
                 first_entry_us: self.first_entry_us.unwrap_or(self.setup_us),
@@ -422,11 +429,9 @@ impl Vm {
                 run_us: self.run_time.as_micros() as u64,
                 total_us: self.t_start.elapsed().as_micros() as u64,
             },
-            self.tsc_khz,
-            std::mem::take(&mut self.latency),
-            self.s2ctl.take().map(|s| s.report),
-        );
-        report.backend = Some(self.host);
+            tsc_khz: self.tsc_khz,
+            backend: Some(self.host),
+        });
         self.hooks.finish(&mut report);
         crate::invariants::finish(
             &mut report,

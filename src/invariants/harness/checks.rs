@@ -72,10 +72,10 @@ impl Harness {
                 continue;
             };
             for &g in self.model.backed.range(*s..r.end) {
-                if h.prot_at(g) != r.prot_at(g) {
+                if h.prot_at(g).bits() != r.prot_at(g) {
                     return Err(format!(
                         "protection at {g:#x}: host {:#x}, model {:#x}",
-                        h.prot_at(g),
+                        h.prot_at(g).bits(),
                         r.prot_at(g)
                     ));
                 }
