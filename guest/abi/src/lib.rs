@@ -441,6 +441,20 @@ pub mod stage2 {
     pub const OP_READONLY_SUPPORTED: u64 = 4;
 }
 
+/// The guest heaps a trace replay can run on, by id (`memvisor replay --heap NAME`; the id
+/// is what the host passes in `BootInfo::arg[2]` and the bit of a heap mask): our page
+/// families, MeMS and the memvisor heap, then the peer allocators.
+pub const HEAPS: [&str; 8] = [
+    "page-family",
+    "mems",
+    "memvisor",
+    "talc",
+    "linked-list",
+    "buddy",
+    "rlsf",
+    "dlmalloc",
+];
+
 /// Scenarios are named, not numbered: [`BootInfo::scenario`] holds [`scenario::id`] of the
 /// name (`"demo"`, `"fault-matrix"`, ...). The guest kernel's table is generated from its
 /// `src/scenarios/*.rs` files (one file a scenario) and the host's from the same files, so no

@@ -13,8 +13,10 @@ use memvisor_abi::{
 /// A request block: header plus up to `N` requests.
 #[repr(C, align(4096))]
 pub struct Block<const N: usize> {
-    head: Batch,
-    reqs: [Request; N],
+    /// The header the VMM reads `count` from and writes `completed` to.
+    pub head: Batch,
+    /// The requests.
+    pub reqs: [Request; N],
 }
 
 /// A request block in a static.
@@ -49,6 +51,17 @@ impl<const N: usize> StaticBlock<N> {
         }))
     }
 
+    /// The block itself, for code that writes headers and requests by hand (e.g. a hostile
+    /// guest's malformed blocks); volatile accesses only, from the block's one context.
+    pub const fn as_ptr(&self) -> *mut Block<N> {
+        self.0.get()
+    }
+
+    /// The block's GPA (it lives in the kernel image: GVA minus [`KERNEL_VIRT_OFFSET`]).
+    pub fn gpa(&self) -> u64 {
+        (self.0.get() as u64).wrapping_sub(KERNEL_VIRT_OFFSET)
+    }
+
     /// Write the header (count 1) and `req` as request 0, for blocks the assembly rings itself.
     pub fn preset(&self, req: Request) {
         let p = self.0.get();
@@ -66,8 +79,9 @@ impl<const N: usize> StaticBlock<N> {
     }
 
     /// Run `reqs` (at most N, at most MAX_BATCH) in one exit; results are written back.
+    /// Returns the host's `completed` (0 if it refused the block).
     #[inline]
-    pub fn run(&self, reqs: &mut [Request]) {
+    pub fn run(&self, reqs: &mut [Request]) -> u32 {
         let n = reqs.len().min(N).min(MAX_BATCH as usize);
         let p = self.0.get();
         // SAFETY: exclusive use of this block (see the Sync impl); volatile so the compiler
@@ -88,6 +102,7 @@ impl<const N: usize> StaticBlock<N> {
             for (i, r) in reqs.iter_mut().take(n).enumerate() {
                 *r = core::ptr::read_volatile(core::ptr::addr_of!((*p).reqs[i]));
             }
+            core::ptr::read_volatile(core::ptr::addr_of!((*p).head)).completed
         }
     }
 }
@@ -104,9 +119,22 @@ pub fn doorbell(gpa: u32) {
             core::arch::asm!("out dx, eax", in("dx") PORT_HYPERCALL, in("eax") gpa,
                 options(nostack, preserves_flags));
         } else {
-            core::arch::asm!("mov qword ptr [{db}], {v}", db = in(reg) memvisor_abi::DOORBELL_GVA,
-                v = in(reg) gpa as u64, options(nostack, preserves_flags));
+            ring_mmio(gpa as u64);
         }
+    }
+}
+
+/// Ring the VMM with any 64-bit value as the block's GPA through the MMIO doorbell (an
+/// 8-byte write to [`memvisor_abi::DOORBELL_GVA`]), from either ring: the VMM serves the
+/// block there or, for a GPA it refuses, counts a bad block and resumes. Nothing in guest
+/// memory is written by the instruction itself.
+#[inline(always)]
+pub fn ring_mmio(gpa: u64) {
+    // SAFETY: a write to the doorbell page, which the host maps US=1 with no RAM behind it:
+    // it exits to the VMM, which serves (or refuses) the block at `gpa` and resumes us.
+    unsafe {
+        core::arch::asm!("mov qword ptr [{db}], {v}", db = in(reg) memvisor_abi::DOORBELL_GVA,
+            v = in(reg) gpa, options(nostack, preserves_flags));
     }
 }
 
@@ -115,19 +143,19 @@ static FAULT: StaticBlock<4> = StaticBlock::new();
 
 /// GPA of the main request block (for tests that account for the guest's own writes).
 pub fn main_block_gpa() -> u64 {
-    (MAIN.0.get() as u64).wrapping_sub(KERNEL_VIRT_OFFSET)
+    MAIN.gpa()
 }
 
 /// Run a batch from normal (non-handler) context.
 #[inline]
 pub fn batch(reqs: &mut [Request]) {
-    MAIN.run(reqs)
+    MAIN.run(reqs);
 }
 
 /// Run a batch from the #PF handler.
 #[inline]
 pub fn batch_in_fault(reqs: &mut [Request]) {
-    FAULT.run(reqs)
+    FAULT.run(reqs);
 }
 
 /// A single call; returns `Ok(value)` or the error status.
