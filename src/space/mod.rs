@@ -153,35 +153,37 @@ pub struct SpaceCounters {
 /// Most entries kept in the fault log; later faults are only counted.
 pub const FAULT_LOG_MAX: usize = 4096;
 
-/// The guest's memory, owned by the host.
+/// The guest's memory, owned by the host. Its parts are the crate's (the VMM, the
+/// invariants, the scenarios' host sides edit them together); from outside, read them through
+/// the accessors and change them only through the hypercall operations ([`ops`]).
 pub struct AddressSpace {
     /// Guest RAM and the e820 map.
-    pub ram: GuestRam,
+    pub(crate) ram: GuestRam,
     /// Frame allocator by zone.
-    pub zones: ZoneTable,
+    pub(crate) zones: ZoneTable,
     /// The guest's page tables (CR3 = `pt.root()`).
-    pub pt: PageTables,
+    pub(crate) pt: PageTables,
     /// Frames for page tables.
-    pub pool: TablePool,
+    pub(crate) pool: TablePool,
     /// Free GVA ranges of the mmap window.
-    pub window: FreeMap,
+    pub(crate) window: FreeMap,
     /// Live mmap regions by start GVA.
-    pub regions: BTreeMap<u64, Region>,
+    pub(crate) regions: BTreeMap<u64, Region>,
     /// The loaded kernel image.
-    pub kernel: KernelImage,
+    pub(crate) kernel: KernelImage,
     /// Paging features of the guest CPUID.
-    pub features: Features,
+    pub(crate) features: Features,
     /// Fault log (first [`FAULT_LOG_MAX`] faults).
-    pub faults: Vec<FaultRecord>,
+    pub(crate) faults: Vec<FaultRecord>,
     /// Counters.
-    pub counters: SpaceCounters,
+    pub(crate) counters: SpaceCounters,
     /// Frames of the boot stacks.
-    pub stack_frames: Vec<Pfn>,
+    pub(crate) stack_frames: Vec<Pfn>,
     /// A mapping was removed or its rights reduced since the VMM last flushed KVM's shadow
     /// page tables (see [`crate::backend::FlushSlot`]).
     pub shadow_stale: bool,
     /// How the space was built (e.g. `no_nx` for the fault matrix).
-    pub build_options: BuildOptions,
+    pub(crate) build_options: BuildOptions,
     /// GVA areas a scenario's host side maps for its own data ([`HostArea`]; e.g. the fault
     /// matrix's tables). Empty in most scenarios.
     host_areas: Vec<HostArea>,
@@ -189,10 +191,10 @@ pub struct AddressSpace {
     /// `stage2::GVA_BASE + (gpa - stage2::GPA_BASE)` ([`memvisor_abi::stage2`]): the stage-2
     /// test layout and a test's extra read-only and lazy ranges (`crate::stage2::Stage2::setup`).
     /// Empty unless the stage-2 regions are set up.
-    pub stage2_ranges: Vec<(u64, u64)>,
+    pub(crate) stage2_ranges: Vec<(u64, u64)>,
     /// Host-made mappings of GPAs outside RAM `(gva, len, gpa)` (`Vm::map_gpa`: unbacked
     /// windows and extra memslots); the invariants accept their leaves.
-    pub device_maps: Vec<(u64, u64, u64)>,
+    pub(crate) device_maps: Vec<(u64, u64, u64)>,
     next_region: u64,
 }
 
@@ -206,6 +208,67 @@ pub struct HostArea {
     pub gva: std::ops::Range<u64>,
     /// Frame runs `(first, count)` the area owns (allocated from the zones).
     pub frames: Vec<(Pfn, u64)>,
+}
+
+/// Read access to the parts of an [`AddressSpace`].
+impl AddressSpace {
+    /// Guest RAM and the e820 map.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+    /// The frame allocator by zone.
+    pub fn zones(&self) -> &ZoneTable {
+        &self.zones
+    }
+    /// The guest's page tables.
+    pub fn page_tables(&self) -> &PageTables {
+        &self.pt
+    }
+    /// The page-table frame pool.
+    pub fn pool(&self) -> &TablePool {
+        &self.pool
+    }
+    /// Free GVA ranges of the mmap window.
+    pub fn window(&self) -> &FreeMap {
+        &self.window
+    }
+    /// Live mmap regions by start GVA.
+    pub fn regions(&self) -> &BTreeMap<u64, Region> {
+        &self.regions
+    }
+    /// The loaded kernel image.
+    pub fn kernel(&self) -> &KernelImage {
+        &self.kernel
+    }
+    /// Paging features of the guest CPUID.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+    /// The fault log (first [`FAULT_LOG_MAX`] faults).
+    pub fn faults(&self) -> &[FaultRecord] {
+        &self.faults
+    }
+    /// Counters.
+    pub fn counters(&self) -> &SpaceCounters {
+        &self.counters
+    }
+    /// Frames of the boot, #DF and ring-3 stacks.
+    pub fn stack_frames(&self) -> &[Pfn] {
+        &self.stack_frames
+    }
+    /// How the space was built.
+    pub fn build_options(&self) -> BuildOptions {
+        self.build_options
+    }
+    /// GPA ranges `(first, bytes)` outside RAM mapped for the stage-2 test layout and extra
+    /// ranges.
+    pub fn stage2_ranges(&self) -> &[(u64, u64)] {
+        &self.stage2_ranges
+    }
+    /// Host-made mappings of GPAs outside RAM `(gva, len, gpa)`.
+    pub fn device_maps(&self) -> &[(u64, u64, u64)] {
+        &self.device_maps
+    }
 }
 
 /// Options of [`AddressSpace::build_with`].
