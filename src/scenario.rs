@@ -56,7 +56,7 @@ pub struct Prepare<'a> {
 
 /// The host side of a scenario: what the VMM does for it beyond the common vCPU loop. Every
 /// method has a default (nothing); a scenario overrides what it needs.
-pub trait Scenario {
+pub trait Scenario: Send {
     /// Listed by `memvisor scenarios` and selectable with `--scenario` (default true; `false`
     /// for scenarios only a subcommand runs, e.g. `replay`, which needs its trace).
     fn listed(&self) -> bool {
@@ -193,6 +193,12 @@ mod tests {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), n);
+    }
+
+    #[test]
+    fn a_vm_stays_send() {
+        fn send<T: Send>() {}
+        send::<crate::Vm>();
     }
 
     #[test]
