@@ -1,5 +1,5 @@
 //! Generates the scenario registry ([`registry`]: `$OUT_DIR/scenario_registry.rs`, included by
-//! `src/scenario.rs`) and builds the guest kernel (`guest/kernel`, its own workspace) for `x86_64-unknown-none` and
+//! `src/registry.rs`) and builds the guest kernel (`guest/kernel`, its own workspace) for `x86_64-unknown-none` and
 //! embeds the ELF: own target dir under OUT_DIR (no lock shared with this build), an
 //! environment stripped of the outer build's CARGO*/RUST* variables, and the target installed
 //! with rustup when it is missing.

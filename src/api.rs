@@ -8,7 +8,7 @@
 //!
 //! let report = VmBuilder::new()
 //!     .mem("512M")?                        // guest RAM (K/M/G suffixes)
-//!     .scenario("stage2")?                 // see `memvisor::scenario::REGISTRY`
+//!     .scenario("stage2")?                 // see `memvisor::registry::REGISTRY`
 //!     .lazy_range(1 << 40 | 0x40_0000, 0x4000)
 //!     .run()?;
 //! assert_eq!(report.guest_exit_code, Some(0));
@@ -19,7 +19,7 @@
 
 use crate::frames::ZonePreset;
 use crate::report::Report;
-use crate::vmm::{self, VmConfig, VmmError};
+use crate::vmm::{VmConfig, VmmError};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -83,9 +83,9 @@ impl VmBuilder {
     /// # Errors
     /// [`ApiError::Scenario`] for an unknown name.
     pub fn scenario(mut self, name: &str) -> Result<Self, ApiError> {
-        let entry = crate::scenario::by_name(name).ok_or_else(|| ApiError::Scenario {
+        let entry = crate::registry::by_name(name).ok_or_else(|| ApiError::Scenario {
             name: name.into(),
-            known: crate::scenario::names(),
+            known: crate::registry::names(),
         })?;
         self.cfg.scenario = entry.name.into();
         Ok(self)
@@ -171,6 +171,6 @@ impl VmBuilder {
     /// # Errors
     /// [`ApiError::Vmm`] if the VM cannot be created or the guest cannot be built.
     pub fn run(self) -> Result<Report, ApiError> {
-        Ok(vmm::run(&self.cfg)?)
+        Ok(crate::registry::run(&self.cfg)?)
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The host VMM owns every 4 KiB frame of guest RAM ([`frames`]), builds and owns the guest's
 //! x86_64 4-level page tables ([`paging`]), and serves the guest's memory requests by
-//! hypercall ([`hypercall`], [`space`]). [`vmm::run`] boots the embedded guest kernel and
+//! hypercall ([`hypercall`], [`space`]). [`registry::run`] boots a built-in scenario of the embedded guest and
 //! returns a [`report::Report`]; [`Vm`] is the step-wise API tests are written with
 //! (create, shape memory, `run()` to the next [`Exit`], assert, run again). See `README.md` for the tour.
 
@@ -21,6 +21,7 @@ pub mod matrix;
 pub mod memory;
 pub mod paging;
 pub mod pf_assist;
+pub mod registry;
 pub mod replay;
 pub mod replay_many;
 pub mod report;

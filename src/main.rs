@@ -9,7 +9,7 @@ use memvisor::hypercall::ConsoleEcho;
 use memvisor::memory::parse_size;
 use memvisor::report::Report;
 use memvisor::vmm::{self, VmConfig};
-use memvisor::{guest_image, layout, scenario};
+use memvisor::{guest_image, layout, registry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -150,7 +150,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let scenarios = scenario::help_text();
+    let scenarios = registry::help_text();
     let cmd = Cli::command()
         .after_help(scenarios.clone())
         .mut_subcommand("run", |c| c.after_help(scenarios));
@@ -176,7 +176,7 @@ fn main() -> ExitCode {
         Some(Cmd::Replay(r)) => return replay(r),
         Some(Cmd::SnapshotInfo(s)) => return snapshot_info(s),
         Some(Cmd::Scenarios) => {
-            print!("{}", scenario::help_text());
+            print!("{}", registry::help_text());
             return ExitCode::SUCCESS;
         }
         None => cli.run,
@@ -382,14 +382,14 @@ fn run(a: RunArgs) -> ExitCode {
         Err(e) => return fail(format!("--mem: {e}")),
     };
     if a.scenario == "help" {
-        print!("{}", scenario::help_text());
+        print!("{}", registry::help_text());
         return ExitCode::SUCCESS;
     }
-    let Some(entry) = scenario::by_name(&a.scenario) else {
+    let Some(entry) = registry::by_name(&a.scenario) else {
         return fail(format!(
             "unknown scenario '{}' (known: {})",
             a.scenario,
-            scenario::names()
+            registry::names()
         ));
     };
     let hooks = entry.hooks();
@@ -400,7 +400,7 @@ fn run(a: RunArgs) -> ExitCode {
         return fail("--timeout must be a number of seconds in (0, 86400]");
     }
     let only_for = |option: &str| {
-        let users: Vec<&str> = scenario::listed()
+        let users: Vec<&str> = registry::listed()
             .filter(|e| e.hooks().options().contains(&option))
             .map(|e| e.name)
             .collect();

@@ -8,7 +8,7 @@
 //! and sends `replay.KEY=VALUE` records, which [`ReplayResult::from_report`] reads back.
 //!
 //! The blob reaches the address space through the scenario's host side
-//! ([`crate::scenario::replay::with_blob`], mapped in its `prepare`).
+//! ([`crate::registry::replay::with_blob`], mapped in its `prepare`).
 
 use crate::layout::BLOB_GVA;
 use crate::report::Report;
@@ -363,7 +363,7 @@ pub fn run(t: &Trace, heap: usize, mem_bytes: u64, timeout: Duration) -> Result<
         timeout,
         0,
     );
-    vmm::run_scenario(&cfg, crate::scenario::replay::with_blob(blob))
+    vmm::run_scenario(&cfg, crate::registry::replay::with_blob(blob))
 }
 
 /// A config for the heap scenarios.
@@ -417,7 +417,7 @@ pub fn bench_report(quick: bool) -> Result<Report, String> {
         Duration::from_secs(600),
         if quick { memvisor_abi::flags::QUICK } else { 0 },
     );
-    let r = vmm::run_scenario(&cfg, crate::scenario::heap_bench::new_with_blob(blob))
+    let r = vmm::run_scenario(&cfg, crate::registry::heap_bench::new_with_blob(blob))
         .map_err(|e| e.to_string())?;
     if !r.success() {
         return Err(format!(

@@ -120,7 +120,7 @@ pub fn run(
     );
     Ok(vmm::run_scenario(
         &cfg,
-        crate::scenario::replay::with_blob(blob),
+        crate::registry::replay::with_blob(blob),
     )?)
 }
 

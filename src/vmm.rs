@@ -50,7 +50,7 @@ pub struct VmConfig {
     pub mem_bytes: u64,
     /// The kernel ELF.
     pub kernel: Vec<u8>,
-    /// Scenario name (`crate::scenario::REGISTRY`; the guest gets its
+    /// Scenario name (`crate::registry::REGISTRY`; the guest gets its
     /// [`memvisor_abi::scenario::id`]); `"sdk"` for a guest built on the SDK's entry macro.
     pub scenario: String,
     /// Boot flags (ABI `flags`).
@@ -113,18 +113,15 @@ fn after_host_edit(
     None
 }
 
-/// Boot and run a guest; returns its report (also for guest failures: see
-/// [`Report::outcome`]). The scenario's host side is the registry's for `cfg.scenario`
-/// ([`crate::scenario::find`]), or [`crate::scenario::DefaultHooks`] for a name it lacks.
+/// Boot and run a guest with the default host side ([`crate::scenario::DefaultHooks`]: no
+/// scenario-specific state); returns its report (also for guest failures: see
+/// [`Report::outcome`]). A built-in scenario with a host side of its own (`fault-matrix`,
+/// `stage2`, ...) runs through [`crate::registry::run`], or [`run_scenario`] with its hooks.
 ///
 /// # Errors
 /// [`VmmError`] when the VM cannot be created or the guest cannot be built.
 pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
-    let hooks = match crate::scenario::find(&cfg.scenario) {
-        Some(e) => e.hooks(),
-        None => crate::scenario::default_hooks(),
-    };
-    run_scenario(cfg, hooks)
+    run_scenario(cfg, crate::scenario::default_hooks())
 }
 
 /// [`run`] with the scenario's host side given (e.g. carrying data for the guest, as

@@ -16,7 +16,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The same vCPU loop (`crate::vmm`) serves [`crate::vmm::run`] (the built-in scenarios and
+//! The same vCPU loop (`crate::vmm`) serves [`crate::registry::run`] (the built-in scenarios and
 //! the CLI) and [`Vm::run`]; the difference is only where it stops: a built-in scenario runs
 //! to its end, a `Vm` stops at every ucall and every MMIO exit.
 

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use memvisor::report::Report;
-use memvisor::vmm::{self, VmConfig};
+use memvisor::vmm::VmConfig;
 use std::time::Duration;
 
 /// True if /dev/kvm can be opened. Without it a test is skipped with a message — except
@@ -29,7 +29,7 @@ pub fn kvm_or_skip(test: &str) -> bool {
 /// A config for `scenario` with `mem_bytes` of RAM and the embedded guest.
 pub fn config(scenario: &str, mem_bytes: u64) -> VmConfig {
     assert!(
-        memvisor::scenario::find(scenario).is_some(),
+        memvisor::registry::find(scenario).is_some(),
         "unknown scenario {scenario}"
     );
     VmConfig {
@@ -44,7 +44,7 @@ pub fn config(scenario: &str, mem_bytes: u64) -> VmConfig {
 
 /// Boot and run; panics with the VMM error.
 pub fn run(cfg: &VmConfig) -> Report {
-    match vmm::run(cfg) {
+    match memvisor::registry::run(cfg) {
         Ok(r) => r,
         Err(e) => panic!("VMM failed: {e}"),
     }
