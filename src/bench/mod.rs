@@ -156,7 +156,7 @@ fn host_minor_fault_ns(pages: usize) -> f64 {
 
 /// Page-table build figures: ns per entry for a direct map of `bytes` with `size` pages, and
 /// memset of the same number of PTE bytes, one of each per rep (interleaved, as in
-/// `benches/paging.rs`); medians over `reps`.
+/// `crates/paging/benches/paging.rs`); medians over `reps`.
 fn pt_build(bytes: u64, size: PageSize, reps: usize) -> (f64, f64) {
     let entries = bytes / size.bytes();
     let tables = (entries / 512 + 8) as usize;

@@ -81,9 +81,25 @@ pub use pte::{Pte, PteFlags, ADDR_MASK};
 pub use table::{PageTables, PagingConfig, TABLE_ENTRY_FLAGS};
 pub use walk::{EffectiveAccess, Leaf, PageTableSummary, Translation, WalkEntry};
 
+/// The address newtypes of `memvisor-frames`, imported once so `crate::addr::...` names them.
+use memvisor_frames::addr;
+
 use crate::addr::{AddrError, Gpa, Gva, Pfn, HUGE_PAGE_SIZE, LARGE_PAGE_SIZE, PAGE_SIZE};
 use thiserror::Error;
 use vm_memory::GuestMemoryError;
+
+/// A [`Gpa`] as a vm-memory [`GuestAddress`](vm_memory::GuestAddress) (the conversion lives
+/// here because `memvisor-frames` does not depend on vm-memory).
+pub trait ToGuestAddress {
+    /// The same byte address as a vm-memory `GuestAddress`.
+    fn to_guest_address(self) -> vm_memory::GuestAddress;
+}
+
+impl ToGuestAddress for Gpa {
+    fn to_guest_address(self) -> vm_memory::GuestAddress {
+        vm_memory::GuestAddress(self.raw())
+    }
+}
 
 /// Number of entries in one table (4 KiB / 8 bytes).
 pub const ENTRIES_PER_TABLE: usize = 512;

@@ -1,4 +1,4 @@
-//! Frame-allocator benchmarks (issue 2): `memvisor::frames::BitmapAllocator` beside
+//! Frame-allocator benchmarks (issue 2): `memvisor_frames::BitmapAllocator` beside
 //! `buddy_system_allocator::FrameAllocator` on the same workloads, in the same run.
 //!
 //! Configurations: 1 GiB (2^18 frames) and 64 GiB (2^24 frames) at PFN 2^20 (4 GiB), each
@@ -18,15 +18,15 @@
 //!   with one single-frame call per frame, in address order. Throughput is frames freed.
 //!   `free-all-runs` (ours only) frees the same frames with one call per maximal run.
 //!
-//! Run: `CARGO_TARGET_DIR=/tmp/target-frames cargo bench --bench frames`.
+//! Run: `CARGO_TARGET_DIR=/tmp/target-frames cargo bench -p memvisor-frames --bench frames`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use buddy_system_allocator::FrameAllocator;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use memvisor::addr::Pfn;
-use memvisor::frames::BitmapAllocator;
+use memvisor_frames::addr::Pfn;
+use memvisor_frames::BitmapAllocator;
 
 const BASE: u64 = 1 << 20;
 type Buddy = FrameAllocator<32>;

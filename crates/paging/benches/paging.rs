@@ -12,11 +12,11 @@
 //! summary measured in the same run (interleaved, median of 201) prints ns per entry and the
 //! ratio to memset.
 //!
-//! Run: `cargo bench --bench paging`.
+//! Run: `cargo bench -p memvisor-paging --bench paging`.
 
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
-use memvisor::addr::{Gpa, Gva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
-use memvisor::paging::{map_direct, FramePool, PageSize, PageTables, Protection, PteFlags};
+use memvisor_frames::addr::{Gpa, Gva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
+use memvisor_paging::{map_direct, FramePool, PageSize, PageTables, Protection, PteFlags};
 use std::time::{Duration, Instant};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 

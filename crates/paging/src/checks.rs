@@ -147,7 +147,7 @@ impl PageTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paging::Operand;
+    use crate::Operand;
 
     #[test]
     fn va_range_checks() {

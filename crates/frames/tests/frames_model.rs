@@ -7,8 +7,8 @@
 //!   `lowmem_reserve` rules: the serving zone and frame, errors, per-zone statistics.
 //! * `FreeMap` vs a `Vec<bool>`: first/best fit results, errors, coalesced extents.
 
-use memvisor::addr::{Gpa, Pfn};
-use memvisor::frames::{
+use memvisor_frames::addr::{Gpa, Pfn};
+use memvisor_frames::{
     BitmapAllocator, BitmapStats, FitPolicy, FrameError, FreeMap, ZoneKind, ZonePreset, ZoneTable,
 };
 use proptest::prelude::*;
@@ -1224,8 +1224,8 @@ fn bitmap_extreme_inputs_are_errors() {
     assert_eq!(z.alloc_contiguous(1, 1 << 63), Ok(Pfn(0)));
 
     for (base, frames) in [
-        (0, memvisor::frames::MAX_FRAMES + 1),
-        (memvisor::frames::MAX_PFN, 1),
+        (0, memvisor_frames::MAX_FRAMES + 1),
+        (memvisor_frames::MAX_PFN, 1),
         (u64::MAX, 2),
     ] {
         assert!(matches!(

@@ -10,7 +10,6 @@
 //! `Frame::containing_address`).
 
 use thiserror::Error;
-use vm_memory::GuestAddress;
 
 /// Size of one frame / small page in bytes (4 KiB).
 pub const PAGE_SIZE: u64 = 4096;
@@ -181,23 +180,6 @@ impl Gpa {
     /// The frame containing this address (`gpa / 4096`).
     pub const fn pfn(self) -> Pfn {
         Pfn(self.0 >> PAGE_SHIFT)
-    }
-
-    /// As a vm-memory [`GuestAddress`].
-    pub const fn to_guest_address(self) -> GuestAddress {
-        GuestAddress(self.0)
-    }
-}
-
-impl From<GuestAddress> for Gpa {
-    fn from(a: GuestAddress) -> Self {
-        Gpa(a.0)
-    }
-}
-
-impl From<Gpa> for GuestAddress {
-    fn from(a: Gpa) -> Self {
-        GuestAddress(a.0)
     }
 }
 

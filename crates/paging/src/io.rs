@@ -10,6 +10,7 @@
 
 use super::{PagingError, Result, ENTRIES_PER_TABLE};
 use crate::addr::{Gpa, Pfn, PAGE_SIZE};
+use crate::ToGuestAddress;
 use vm_memory::bitmap::{BitmapSlice, MS};
 use vm_memory::{ByteValued, Bytes, GuestMemoryBackend, VolatileSlice};
 

@@ -1,8 +1,8 @@
 //! Page-table module: exact entry bits, translate, unmap/protect policies, error atomicity,
 //! the direct map, and a proptest model check against a shadow map.
 
-use memvisor::addr::{Gpa, Gva, Pfn, HUGE_PAGE_SIZE, LARGE_PAGE_SIZE, PAGE_SIZE};
-use memvisor::paging::{
+use memvisor_frames::addr::{Gpa, Gva, Pfn, HUGE_PAGE_SIZE, LARGE_PAGE_SIZE, PAGE_SIZE};
+use memvisor_paging::{
     map_direct, FramePool, FrameSource, PageSize, PageTables, PagingError, Protection, Pte,
     PteFlags, TABLE_ENTRY_FLAGS,
 };

@@ -39,7 +39,7 @@ pub struct BitmapStats {
 }
 
 /// A 1-bit-per-frame allocator for the frames `[base, base + frames)` with LLFree-style
-/// summaries (sources: see [`crate::frames`]).
+/// summaries (sources: see [crate](crate)).
 ///
 /// # Layout (LLFree-like)
 /// * `words`: 1 bit per 4 KiB frame, **1 = free**. Bit 0 of the bitmap is frame `origin =

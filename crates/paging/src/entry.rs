@@ -22,6 +22,7 @@ use super::pte::{phys_reserved_mask, Pte, PteFlags, ADDR_MASK};
 use super::table::entry_index;
 use super::{PageTables, PagingError, Result};
 use crate::addr::{Gpa, Gva};
+use crate::ToGuestAddress;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 impl PageTables {
@@ -164,7 +165,7 @@ fn write<M: GuestMemoryBackend>(mem: &M, gpa: Gpa, pte: Pte) -> Result<()> {
 mod tests {
     use super::*;
     use crate::addr::Pfn;
-    use crate::paging::{FramePool, PageSize};
+    use crate::{FramePool, PageSize};
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     type Mem = GuestMemoryMmap<()>;

@@ -35,6 +35,7 @@
 //! the documented ones of [`BitmapAllocator::new`] and [`FreeMap::new`] for sizes their
 //! `try_new` rejects.
 
+pub mod addr;
 mod bitmap;
 mod bitmap_extra;
 mod freemap;
