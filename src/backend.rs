@@ -13,6 +13,7 @@
 //!   §4.5, Table 4-15 ff.).
 
 use crate::memory::{MemoryError, Memslots};
+use crate::paging::ShadowFlush;
 use kvm_ioctls::VmFd;
 use serde::Serialize;
 use std::path::Path;
@@ -239,18 +240,19 @@ impl FlushSlot {
         Ok(())
     }
 
-    /// Flush if the address space says a mapping was removed or reduced since the last flush
-    /// (and the backend shadow-pages).
+    /// Flush if `owed` says so (a mapping was removed or reduced since the last flush; from
+    /// [`crate::space::AddressSpace::take_shadow_flush`]), and the backend shadow-pages. The
+    /// token is consumed: the owed flush happens here, once.
     ///
     /// # Errors
     /// As [`Self::flush`].
-    pub fn flush_if_needed(
+    pub fn flush_owed(
         &mut self,
         vm: &VmFd,
         slots: &mut Memslots,
-        space: &mut crate::space::AddressSpace,
+        owed: ShadowFlush,
     ) -> Result<(), MemoryError> {
-        if std::mem::take(&mut space.shadow_stale) {
+        if owed.take_needed() {
             self.flush(vm, slots)?;
         }
         Ok(())

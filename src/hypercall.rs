@@ -161,7 +161,7 @@ impl Hypercalls {
         let first = gpa / PAGE_SIZE;
         let last = (gpa + len - 1) / PAGE_SIZE;
         (first..=last)
-            .all(|p| space.host_may_write(crate::addr::Pfn(p)))
+            .all(|p| space.host_may_write(crate::addr::Pfn::new(p)))
             .then_some(head.count)
     }
 

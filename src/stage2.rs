@@ -119,8 +119,8 @@ impl Stage2 {
         space.pt.map_range(
             &space.ram.mem,
             &mut space.pool,
-            Gva(s2::GVA_BASE),
-            Gpa(base),
+            Gva::new(s2::GVA_BASE),
+            Gpa::new(base),
             STAGE2_LAYOUT,
             PageSize::Size4K,
             flags,
@@ -173,7 +173,7 @@ impl Stage2 {
             }
             let gva = s2::GVA_BASE + (gpa - base);
             space.stage2_ranges.push((gpa, len));
-            if space.pt.translate(&space.ram.mem, Gva(gva)).is_err() {
+            if space.pt.translate_raw(&space.ram.mem, gva).is_err() {
                 space.ensure_pool(8).map_err(|_| SpaceError::TooSmall {
                     bytes: space.ram.bytes,
                     why: "no frames for extra ranges".into(),
@@ -181,8 +181,8 @@ impl Stage2 {
                 space.pt.map_range(
                     &space.ram.mem,
                     &mut space.pool,
-                    Gva(gva),
-                    Gpa(gpa),
+                    crate::paging::canonical(gva)?,
+                    Gpa::new(gpa),
                     len,
                     PageSize::Size4K,
                     flags,

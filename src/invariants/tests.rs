@@ -29,8 +29,8 @@ fn map_stage2(space: &mut AddressSpace, gpa: u64, len: u64) {
     let res = space.pt.map_range(
         &space.ram.mem,
         &mut space.pool,
-        Gva(s2::GVA_BASE + (gpa - s2::GPA_BASE)),
-        Gpa(gpa),
+        Gva::new(s2::GVA_BASE + (gpa - s2::GPA_BASE)),
+        Gpa::new(gpa),
         len,
         PageSize::Size4K,
         flags,

@@ -126,7 +126,7 @@ fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
             .pt
             .protect(
                 &space.ram.mem,
-                Gva(DIRECT_MAP_BASE + chunk.0 * PAGE_SIZE),
+                Gva::new(DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
                 TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE,
                 ro,
             )
@@ -158,7 +158,7 @@ pub fn build(
     reserve_tables(space, need)?;
 
     let data = frames(space, 1)?;
-    let data_gpa = data.gpa()?.0;
+    let data_gpa = data.gpa()?.raw();
     space
         .ram
         .mem
@@ -170,7 +170,7 @@ pub fn build(
     space.matrix_frames.push((data, 1));
     let buf_pfn = frames(space, buf_bytes / PAGE_SIZE)?;
     space.matrix_frames.push((buf_pfn, buf_bytes / PAGE_SIZE));
-    let buf_gpa = buf_pfn.gpa()?.0;
+    let buf_gpa = buf_pfn.gpa()?.raw();
     space
         .ram
         .mem
@@ -184,8 +184,8 @@ pub fn build(
         .map_range(
             &space.ram.mem,
             &mut space.pool,
-            Gva(BUF_GVA),
-            Gpa(buf_gpa),
+            Gva::new(BUF_GVA),
+            Gpa::new(buf_gpa),
             buf_bytes,
             PageSize::Size4K,
             rw_user,
@@ -202,8 +202,8 @@ pub fn build(
             .map(
                 mem,
                 &mut space.pool,
-                Gva(t.va),
-                Gpa(data_gpa),
+                Gva::new(t.va),
+                Gpa::new(data_gpa),
                 PageSize::Size4K,
                 rw_user,
             )
@@ -216,20 +216,23 @@ pub fn build(
         let i = 4 - level as usize;
         let mut last_gpa = None;
         for t in vas {
-            let gpa = space.pt.entry_gpa(mem, Gva(t.va), level).map_err(paging)?;
+            let gpa = space
+                .pt
+                .entry_gpa(mem, Gva::new(t.va), level)
+                .map_err(paging)?;
             if level == 1 {
-                leaf_gpas.push(gpa.0);
+                leaf_gpas.push(gpa.raw());
             }
             // Consecutive VAs share their upper entries: set each entry once.
-            if last_gpa == Some(gpa.0) {
+            if last_gpa == Some(gpa.raw()) {
                 continue;
             }
-            last_gpa = Some(gpa.0);
-            entry_gpas.push(gpa.0);
+            last_gpa = Some(gpa.raw());
+            entry_gpas.push(gpa.raw());
             let flags = PteFlags::from_bits_truncate(t.entries[i] & !ADDR_BITS);
             space
                 .pt
-                .set_entry_flags(mem, Gva(t.va), level, flags)
+                .set_entry_flags(mem, Gva::new(t.va), level, flags)
                 .map_err(paging)?;
         }
     }
@@ -246,7 +249,7 @@ pub fn build(
         if let (Some(level), true) = (t.rsvd_level, rsvd_built) {
             space
                 .pt
-                .poison_entry(mem, Gva(t.va), level, rsvd_bit(phys_bits), phys_bits)
+                .poison_entry(mem, Gva::new(t.va), level, rsvd_bit(phys_bits), phys_bits)
                 .map_err(paging)?;
             if level == 1 {
                 leaf_raw[k] |= rsvd_bit(phys_bits);

@@ -5,6 +5,8 @@
 //! guard pages, boot info); [`ops`] implements the memory hypercalls with every argument
 //! treated as hostile.
 
+#[cfg(test)]
+mod flush_tests;
 pub mod ops;
 pub mod pool;
 
@@ -14,7 +16,9 @@ use crate::boot::loader::{self, KernelImage, LoaderError};
 use crate::frames::{FrameError, FreeMap, ZoneKind, ZonePreset, ZoneTable};
 use crate::layout::*;
 use crate::memory::{GuestRam, MemoryError};
-use crate::paging::{map_direct, PageSize, PageTables, PagingError, Protection, PteFlags};
+use crate::paging::{
+    map_direct, PageSize, PageTables, PagingError, Protection, PteFlags, ShadowFlush,
+};
 use memvisor_abi::{BootInfo, Status, ABI_VERSION, BOOT_MAGIC, MAX_E820};
 pub use pool::TablePool;
 use std::collections::BTreeMap;
@@ -173,9 +177,10 @@ pub struct AddressSpace {
     pub counters: SpaceCounters,
     /// Frames of the boot stacks.
     pub stack_frames: Vec<Pfn>,
-    /// A mapping was removed or its rights reduced since the VMM last flushed KVM's shadow
-    /// page tables (see [`crate::backend::FlushSlot`]).
-    pub shadow_stale: bool,
+    /// The shadow flush owed since the VMM last flushed KVM's shadow page tables (a mapping
+    /// was removed or its rights reduced; see [`crate::backend::FlushSlot`]). Private: edits
+    /// add to it, [`Self::take_shadow_flush`] hands it to the VMM exactly once.
+    shadow: ShadowFlush,
     /// How the space was built (e.g. `no_nx` for the fault matrix).
     pub build_options: BuildOptions,
     /// Frame runs `(first, count)` owned by the fault matrix (its data frame and records
@@ -243,7 +248,7 @@ impl AddressSpace {
         if opts.uffd {
             ram.attach_uffd(Box::new(crate::uffd::ZeroSource))?;
         }
-        let ranges: Vec<(Gpa, u64)> = ram.ram.iter().map(|&(a, s)| (Gpa(a), s)).collect();
+        let ranges: Vec<(Gpa, u64)> = ram.ram.iter().map(|&(a, s)| (Gpa::new(a), s)).collect();
         let mut zones = ZoneTable::new(&ranges, preset)?;
         log::debug!("build: RAM + zones after {:?}", t0.elapsed());
         let min = KERNEL_PHYS_BASE + (4 << 20);
@@ -254,10 +259,10 @@ impl AddressSpace {
             });
         }
         // Page 0 and the boot-info frame.
-        zones.reserve(Pfn(0), 2)?;
+        zones.reserve(Pfn::new(0), 2)?;
         let image = loader::load(&ram, kernel)?;
         let kframes = (image.phys_end - image.phys_start) / PAGE_SIZE;
-        zones.reserve(Gpa(image.phys_start).pfn(), kframes)?;
+        zones.reserve(Gpa::new(image.phys_start).pfn(), kframes)?;
 
         // Table frames for the boot mappings: one PD per GiB and one PDPT per 512 GiB of the
         // direct map, edge PTs, the kernel image and stacks, plus slack.
@@ -298,8 +303,8 @@ impl AddressSpace {
             pt.map_range(
                 &ram.mem,
                 &mut pool,
-                Gva(gva),
-                Gpa(gpa),
+                crate::paging::canonical(gva)?,
+                Gpa::new(gpa),
                 len,
                 PageSize::Size4K,
                 prot_flags(prot, nx),
@@ -317,7 +322,7 @@ impl AddressSpace {
         let mut ro: Vec<(u64, u64)> = pool
             .chunks
             .iter()
-            .map(|c| (c.0 * PAGE_SIZE, chunk_bytes))
+            .map(|c| (c.raw() * PAGE_SIZE, chunk_bytes))
             .collect();
         ro.push((kstart, kend - kstart));
         let (rw_ranges, ro_ranges) = split_ranges(&ranges, &ro);
@@ -326,7 +331,7 @@ impl AddressSpace {
                 &mut pt,
                 &ram.mem,
                 &mut pool,
-                Gva(DIRECT_MAP_BASE),
+                Gva::new(DIRECT_MAP_BASE),
                 list,
                 // 2 MiB pages only: a page-table pool chunk grown later must be made
                 // read-only with one PD entry, and 1 GiB leaves are never split.
@@ -352,11 +357,11 @@ impl AddressSpace {
                     .or_else(|_| zones.alloc(ZoneKind::Normal, 1, 1))?;
                 stack_frames.push(pfn);
                 let gpa = pfn.gpa()?;
-                zero_frame(&ram, gpa.0)?;
+                zero_frame(&ram, gpa.raw())?;
                 pt.map(
                     &ram.mem,
                     &mut pool,
-                    Gva(bottom + i * PAGE_SIZE),
+                    Gva::new(bottom + i * PAGE_SIZE),
                     gpa,
                     PageSize::Size4K,
                     flags,
@@ -368,8 +373,8 @@ impl AddressSpace {
         pt.map(
             &ram.mem,
             &mut pool,
-            Gva(memvisor_abi::DOORBELL_GVA),
-            Gpa(memvisor_abi::DOORBELL_GPA),
+            Gva::new(memvisor_abi::DOORBELL_GVA),
+            Gpa::new(memvisor_abi::DOORBELL_GPA),
             PageSize::Size4K,
             direct_flags,
         )?;
@@ -387,7 +392,7 @@ impl AddressSpace {
             faults: Vec::new(),
             counters: SpaceCounters::default(),
             stack_frames,
-            shadow_stale: false,
+            shadow: ShadowFlush::none(),
             build_options: opts,
             matrix_frames: Vec::new(),
             stage2_ranges: Vec::new(),
@@ -417,17 +422,17 @@ impl AddressSpace {
                 Err(_) => self.zones.alloc(ZoneKind::Normal, 1, 1)?,
             };
             let gpa = pfn.gpa()?;
-            zero_frame(&self.ram, gpa.0)?;
+            zero_frame(&self.ram, gpa.raw())?;
             let off = (i * PAGE_SIZE) as usize;
             let chunk = &bytes[off..bytes.len().min(off + PAGE_SIZE as usize)];
             self.ram
                 .mem
-                .write_slice(chunk, GuestAddress(gpa.0))
+                .write_slice(chunk, GuestAddress(gpa.raw()))
                 .map_err(|_| SpaceError::Write { what: "blob" })?;
             self.pt.map(
                 &self.ram.mem,
                 &mut self.pool,
-                Gva(gva + i * PAGE_SIZE),
+                Gva::new(gva + i * PAGE_SIZE),
                 gpa,
                 PageSize::Size4K,
                 flags,
@@ -458,7 +463,7 @@ impl AddressSpace {
             e820,
             ram_bytes: self.ram.bytes,
             direct_map_base: DIRECT_MAP_BASE,
-            pml4_gpa: self.pt.root().0 * PAGE_SIZE,
+            pml4_gpa: self.pt.root().raw() * PAGE_SIZE,
             heap_window: [MMAP_WINDOW_START, MMAP_WINDOW_END],
             stack: [BOOT_STACK_BOTTOM, BOOT_STACK_TOP],
             df_stack: [DF_STACK_BOTTOM, DF_STACK_TOP],
@@ -504,7 +509,7 @@ impl AddressSpace {
 
     /// GPA of the PML4 (the CR3 value).
     pub fn cr3(&self) -> u64 {
-        self.pt.root().0 * PAGE_SIZE
+        self.pt.root().raw() * PAGE_SIZE
     }
 
     /// Allocate a region id.
@@ -523,7 +528,8 @@ pub fn split_ranges(ranges: &[(Gpa, u64)], ro: &[(u64, u64)]) -> (Ranges, Ranges
     let mut cuts: Vec<(u64, u64)> = ro.iter().map(|&(a, l)| (a, a.saturating_add(l))).collect();
     cuts.sort_unstable();
     let (mut outside, mut inside) = (Vec::new(), Vec::new());
-    for &(Gpa(start), len) in ranges {
+    for &(start, len) in ranges {
+        let start = start.raw();
         let end = start + len;
         let mut cur = start;
         for &(a, b) in &cuts {
@@ -532,13 +538,13 @@ pub fn split_ranges(ranges: &[(Gpa, u64)], ro: &[(u64, u64)]) -> (Ranges, Ranges
                 continue;
             }
             if a > cur {
-                outside.push((Gpa(cur), a - cur));
+                outside.push((Gpa::new(cur), a - cur));
             }
-            inside.push((Gpa(a), b - a));
+            inside.push((Gpa::new(a), b - a));
             cur = b;
         }
         if cur < end {
-            outside.push((Gpa(cur), end - cur));
+            outside.push((Gpa::new(cur), end - cur));
         }
     }
     (outside, inside)

@@ -11,7 +11,7 @@ use super::{zero_frame, AddressSpace, Backing, FaultRecord, Region, SpaceError};
 use crate::addr::{is_canonical, Gpa, Gva, Pfn, LARGE_PAGE_SIZE, PAGE_SIZE};
 use crate::frames::ZoneKind;
 use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
-use crate::paging::{PageSize, PagingError, PteFlags};
+use crate::paging::{PageSize, PagingError, PteFlags, ShadowFlush};
 use memvisor_abi::{map, prot, zone, Status};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -130,7 +130,7 @@ impl AddressSpace {
     /// Give back one data frame run (its mapping is already gone).
     fn release(&mut self, gpa: u64, size: PageSize) {
         let frames = size.bytes() / PAGE_SIZE;
-        if self.zones.free(Gpa(gpa).pfn(), frames).is_ok() {
+        if self.zones.free(Gpa::new(gpa).pfn(), frames).is_ok() {
             self.ram.discard_if_uffd(gpa, size.bytes());
             self.counters.mapped_frames = self.counters.mapped_frames.saturating_sub(frames);
         } else {
@@ -225,7 +225,7 @@ impl AddressSpace {
                 Ok(p) => p,
                 Err(_) => break Err(Status::NoMem),
             };
-            let gpa = pfn.0 * PAGE_SIZE;
+            let gpa = pfn.raw() * PAGE_SIZE;
             // A fresh run still reads as zero (ZoneTable::alloc_fresh).
             let zeroed =
                 fresh || (0..frames).all(|i| zero_frame(&self.ram, gpa + i * PAGE_SIZE).is_ok());
@@ -235,8 +235,8 @@ impl AddressSpace {
                     .map(
                         &self.ram.mem,
                         &mut self.pool,
-                        Gva(gva),
-                        Gpa(gpa),
+                        Gva::new(gva),
+                        Gpa::new(gpa),
                         size,
                         flags,
                     )
@@ -251,9 +251,12 @@ impl AddressSpace {
         };
         if result.is_err() {
             for (g, _) in done {
-                if let Ok(leaves) = self.pt.unmap(&self.ram.mem, &mut self.pool, Gva(g), step) {
+                if let Ok(leaves) = self
+                    .pt
+                    .unmap(&self.ram.mem, &mut self.pool, Gva::new(g), step)
+                {
                     for (_, gpa, sz) in leaves {
-                        self.release(gpa.0, sz);
+                        self.release(gpa.raw(), sz);
                     }
                 }
             }
@@ -266,9 +269,19 @@ impl AddressSpace {
     /// builds shadow entries only from guest PTEs with the Accessed bit set (its walker sets A;
     /// prefetch skips A=0 entries), so a never-accessed leaf needs no flush.
     fn note_shadow(&mut self, old_leaf: u64) {
-        if old_leaf & PteFlags::ACCESSED.bits() != 0 {
-            self.shadow_stale = true;
-        }
+        self.owe_shadow_flush(ShadowFlush::when(old_leaf & PteFlags::ACCESSED.bits() != 0));
+    }
+
+    /// Keep `flush` pending until the VMM takes it ([`Self::take_shadow_flush`]).
+    pub(crate) fn owe_shadow_flush(&mut self, flush: ShadowFlush) {
+        self.shadow.absorb(flush);
+    }
+
+    /// The shadow flush owed since the last take (consumed: a second take owes nothing until
+    /// the next edit). The VMM passes it to [`crate::backend::FlushSlot::flush_owed`];
+    /// host-only harnesses [`ShadowFlush::discard`] it.
+    pub fn take_shadow_flush(&mut self) -> ShadowFlush {
+        std::mem::take(&mut self.shadow)
     }
 
     /// Make sure the table pool has at least `n` free frames, growing it by a chunk (and
@@ -288,7 +301,7 @@ impl AddressSpace {
             .pt
             .protect(
                 &self.ram.mem,
-                Gva(crate::layout::DIRECT_MAP_BASE + chunk.0 * PAGE_SIZE),
+                Gva::new(crate::layout::DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
                 len,
                 ro,
             )
@@ -300,7 +313,7 @@ impl AddressSpace {
             return Err(Status::NoMem);
         }
         self.pool.add_chunk(chunk);
-        self.shadow_stale = true;
+        self.owe_shadow_flush(ShadowFlush::needed());
         Ok(())
     }
 
@@ -310,14 +323,14 @@ impl AddressSpace {
         // span the whole 16 TiB window, too many pages to translate one by one).
         let present = self
             .pt
-            .leaves_in_range(&self.ram.mem, Gva(gva), end - gva)
+            .leaves_in_range(&self.ram.mem, Gva::new(gva), end - gva)
             .unwrap_or_default();
         for leaf in present {
             let size = leaf.size.bytes();
             self.note_shadow(leaf.flags.bits());
             if let Ok(leaves) = self.pt.unmap(&self.ram.mem, &mut self.pool, leaf.gva, size) {
                 for (_, gpa, sz) in leaves {
-                    self.release(gpa.0, sz);
+                    self.release(gpa.raw(), sz);
                 }
             }
         }
@@ -336,7 +349,7 @@ impl AddressSpace {
         if r.backing == Backing::Populated
             && matches!(
                 self.pt
-                    .translate(&self.ram.mem, Gva(gva))
+                    .translate_raw(&self.ram.mem, gva)
                     .map(|t| t.page_size),
                 Ok(PageSize::Size2M)
             )
@@ -392,11 +405,11 @@ impl AddressSpace {
         let mut changed = 0;
         let present = self
             .pt
-            .leaves_in_range(&self.ram.mem, Gva(gva), len)
+            .leaves_in_range(&self.ram.mem, Gva::new(gva), len)
             .map_err(|_| Status::Inval)?;
         for leaf in &present {
             let size = leaf.size.bytes();
-            if leaf.gva.0 < gva || leaf.gva.0 + size > end {
+            if leaf.gva.raw() < gva || leaf.gva.raw() + size > end {
                 return Err(Status::Inval);
             }
         }
@@ -444,7 +457,7 @@ impl AddressSpace {
         };
         // No separate walk to see whether the page is present: `map` refuses a mapped page
         // (AlreadyMapped), and only failures pay for a walk to pick the status.
-        let present = |s: &Self| s.pt.translate(&s.ram.mem, Gva(page)).is_ok();
+        let present = |s: &Self| s.pt.translate_raw(&s.ram.mem, page).is_ok();
         let kind = self.zone_kind(z)?;
         if let Err(e) = self.ensure_pool(4) {
             return Err(if present(self) { Status::Perm } else { e });
@@ -456,7 +469,7 @@ impl AddressSpace {
                 Status::NoMem
             });
         };
-        let gpa = pfn.0 * PAGE_SIZE;
+        let gpa = pfn.raw() * PAGE_SIZE;
         // The faulting access is about to be retried: set A now, and D for a write fault
         // on a writable page, as Linux's do_anonymous_page does, so the hypervisor's walker
         // does not have to set them on the retry.
@@ -469,8 +482,8 @@ impl AddressSpace {
             self.pt.map(
                 &self.ram.mem,
                 &mut self.pool,
-                Gva(page),
-                Gpa(gpa),
+                Gva::new(page),
+                Gpa::new(gpa),
                 PageSize::Size4K,
                 flags,
             )
@@ -506,15 +519,15 @@ impl AddressSpace {
             return Err(Status::Inval);
         }
         self.pt
-            .translate(&self.ram.mem, Gva(gva))
-            .map(|t| t.gpa.0)
+            .translate_raw(&self.ram.mem, gva)
+            .map(|t| t.gpa.raw())
             .map_err(|_| Status::NotMapped)
     }
 
     /// True if the host may write guest frame `pfn` on the guest's behalf: RAM, not a
     /// page-table pool frame, not inside the kernel's read-only or executable segments.
     pub fn host_may_write(&self, pfn: Pfn) -> bool {
-        let gpa = pfn.0 * PAGE_SIZE;
+        let gpa = pfn.raw() * PAGE_SIZE;
         if !self.ram.contains(gpa, PAGE_SIZE) || self.pool.owns(pfn) {
             return false;
         }
@@ -543,7 +556,7 @@ impl AddressSpace {
         }
         // The boot stack's frames come first in `stack_frames`, in GVA order.
         let pfn = self.stack_frames.get((off / PAGE_SIZE) as usize)?;
-        Some(pfn.0 * PAGE_SIZE + off % PAGE_SIZE)
+        Some(pfn.raw() * PAGE_SIZE + off % PAGE_SIZE)
     }
 
     /// Read the little-endian u64 at `gva` (8-byte aligned): through
@@ -591,7 +604,7 @@ impl AddressSpace {
         while cur < end {
             let t = self
                 .pt
-                .translate(&self.ram.mem, Gva(cur))
+                .translate_raw(&self.ram.mem, cur)
                 .map_err(|_| Status::Fault)?;
             if !t.effective.writable || !self.host_may_write(t.gpa.pfn()) {
                 return Err(Status::Fault);
@@ -601,7 +614,7 @@ impl AddressSpace {
             vm_memory::Bytes::write_slice(
                 &self.ram.mem,
                 &bytes[off..off + n as usize],
-                vm_memory::GuestAddress(t.gpa.0),
+                vm_memory::GuestAddress(t.gpa.raw()),
             )
             .map_err(|_| Status::Fault)?;
             cur += n;

@@ -106,7 +106,7 @@ impl PageTables {
         if !fresh {
             if let Some(k) = entries.iter().position(|&e| Pte::from_raw(e).is_present()) {
                 return Err(PagingError::AlreadyMapped {
-                    gva: Gva(first + k as u64 * step),
+                    gva: Gva::new_truncate(first + k as u64 * step),
                 });
             }
         }
@@ -158,8 +158,8 @@ impl PageTables {
                 )?;
             } else if pte.is_leaf(level) {
                 return Err(PagingError::WouldSplitLargePage {
-                    gva: Gva(va),
-                    leaf_gva: Gva(va & !(span - 1)),
+                    gva: Gva::new_truncate(va),
+                    leaf_gva: Gva::new_truncate(va & !(span - 1)),
                     page_size: PageSize::from_level(level).unwrap_or(PageSize::Size1G),
                 });
             } else {
@@ -241,7 +241,7 @@ impl PageTables {
                         let n = &mut self.leaves_per_size[size.index()];
                         *n = n.saturating_sub(1);
                         if let Some(out) = out.as_deref_mut() {
-                            out.push((Gva(base), pte.leaf_addr(level), size));
+                            out.push((Gva::new_truncate(base), pte.leaf_addr(level), size));
                         }
                     }
                 }

@@ -38,7 +38,7 @@ impl PageTables {
     /// [`PagingError::NotMapped`].
     pub fn entry_gpa<M: GuestMemoryBackend>(&self, mem: &M, gva: Gva, level: u8) -> Result<Gpa> {
         if !gva.is_canonical() {
-            return Err(PagingError::NonCanonical { gva: gva.0 });
+            return Err(PagingError::NonCanonical { gva: gva.raw() });
         }
         if !(1..=4).contains(&level) {
             return Err(PagingError::NotMapped { gva });
@@ -46,12 +46,12 @@ impl PageTables {
         let mut table = self.root;
         let mut l = 4u8;
         loop {
-            let gpa = Gpa(table.gpa()?.0 | (entry_index(gva.0, l) as u64 * 8));
+            let gpa = Gpa::new(table.gpa()?.raw() | (entry_index(gva.raw(), l) as u64 * 8));
             if l == level {
                 return Ok(gpa);
             }
-            let raw = io::read_entry(mem, table.gpa()?, entry_index(gva.0, l))?;
-            if self.poisoned.contains_key(&gpa.0) {
+            let raw = io::read_entry(mem, table.gpa()?, entry_index(gva.raw(), l))?;
+            if self.poisoned.contains_key(&gpa.raw()) {
                 return Err(PagingError::CorruptTable {
                     gva,
                     level: l,
@@ -63,7 +63,7 @@ impl PageTables {
             if raw & ADDR_MASK == 0 || as_present.is_leaf(l) {
                 return Err(PagingError::NotMapped { gva });
             }
-            table = self.child_table(as_present, l, gva.0)?;
+            table = self.child_table(as_present, l, gva.raw())?;
             l -= 1;
         }
     }
@@ -140,7 +140,7 @@ impl PageTables {
         let gpa = self.entry_gpa(mem, gva, level)?;
         let old = read(mem, gpa)?;
         write(mem, gpa, Pte::from_raw(old.raw() | bits))?;
-        *self.poisoned.entry(gpa.0).or_default() |= bits;
+        *self.poisoned.entry(gpa.raw()).or_default() |= bits;
         Ok(old)
     }
 
@@ -176,7 +176,7 @@ mod tests {
 
     fn setup() -> (Mem, FramePool, PageTables) {
         let mem = Mem::from_ranges(&[(GuestAddress(0), 16 << 20)]).expect("guest memory");
-        let mut pool = FramePool::new(Pfn(2048), 64).expect("pool");
+        let mut pool = FramePool::new(Pfn::new(2048), 64).expect("pool");
         let pt = PageTables::new(&mem, &mut pool).expect("tables");
         (mem, pool, pt)
     }
@@ -184,10 +184,17 @@ mod tests {
     #[test]
     fn intermediate_flags_and_walkers() {
         let (mem, mut pool, mut pt) = setup();
-        let va = Gva(0x2000_0000_0000);
+        let va = Gva::new(0x2000_0000_0000);
         let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
-        pt.map(&mem, &mut pool, va, Gpa(0x10_0000), PageSize::Size4K, flags)
-            .expect("map");
+        pt.map(
+            &mem,
+            &mut pool,
+            va,
+            Gpa::new(0x10_0000),
+            PageSize::Size4K,
+            flags,
+        )
+        .expect("map");
         // A read-only, supervisor, NX PDE: translate combines the rights over all levels.
         let pde = PteFlags::from_bits_truncate(P | NX);
         let old = pt.set_entry_flags(&mem, va, 2, pde).expect("set PDE");
@@ -217,20 +224,27 @@ mod tests {
             .set_entry_flags(&mem, va, 2, PteFlags::from_bits_truncate(P | 0x80))
             .is_err());
         assert!(pt.entry_gpa(&mem, va, 5).is_err());
-        assert!(pt.entry_gpa(&mem, Gva(1 << 47), 1).is_err());
+        assert!(Gva::new_canonical(1 << 47).is_err());
         // An unmapped path has no entry below the PML4E.
-        assert!(pt.entry_gpa(&mem, Gva(0x3000_0000_0000), 3).is_err());
+        assert!(pt.entry_gpa(&mem, Gva::new(0x3000_0000_0000), 3).is_err());
     }
 
     #[test]
     fn poisoned_entries() {
         let (mem, mut pool, mut pt) = setup();
         let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
-        let a = Gva(0x2000_0000_0000);
-        let b = Gva(0x2080_0000_0000);
+        let a = Gva::new(0x2000_0000_0000);
+        let b = Gva::new(0x2080_0000_0000);
         for va in [a, b] {
-            pt.map(&mem, &mut pool, va, Gpa(0x10_0000), PageSize::Size4K, flags)
-                .expect("map");
+            pt.map(
+                &mem,
+                &mut pool,
+                va,
+                Gpa::new(0x10_0000),
+                PageSize::Size4K,
+                flags,
+            )
+            .expect("map");
         }
         // Only bits 51:MAXPHYADDR may be set.
         assert!(pt.poison_entry(&mem, a, 3, 1 << 40, 48).is_err());

@@ -199,7 +199,7 @@ pub(crate) fn read_entry<M: GuestMemoryBackend>(mem: &M, table: Gpa, index: usiz
 
 fn entry_gpa(table: Gpa, index: usize) -> Gpa {
     // A table GPA is page aligned and index < 512, so this stays inside the frame.
-    Gpa(table.0 | ((index % ENTRIES_PER_TABLE) as u64 * 8))
+    Gpa::new(table.raw() | ((index % ENTRIES_PER_TABLE) as u64 * 8))
 }
 
 impl<B: BitmapSlice> TableView<'_, B> {

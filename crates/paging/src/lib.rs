@@ -68,6 +68,7 @@ mod checks;
 mod direct;
 mod edit;
 mod entry;
+mod flush;
 mod io;
 pub mod protection;
 pub mod pte;
@@ -76,6 +77,7 @@ mod tableset;
 mod walk;
 
 pub use direct::{direct_map_plan, map_direct, DirectSegment};
+pub use flush::ShadowFlush;
 pub use protection::Protection;
 pub use pte::{Pte, PteFlags, ADDR_MASK};
 pub use table::{PageTables, PagingConfig, TABLE_ENTRY_FLAGS};
@@ -98,6 +100,19 @@ pub trait ToGuestAddress {
 impl ToGuestAddress for Gpa {
     fn to_guest_address(self) -> vm_memory::GuestAddress {
         vm_memory::GuestAddress(self.raw())
+    }
+}
+
+/// A raw (untrusted) 64-bit linear address as a [`Gva`].
+///
+/// # Errors
+/// [`PagingError::NonCanonical`] if `raw` is not canonical (bits 63:47 not all equal; SDM
+/// Vol. 3A §3.3.7.1) — the error the walks returned for such an address before [`Gva`] was
+/// canonical by construction.
+pub const fn canonical(raw: u64) -> Result<Gva> {
+    match Gva::new_canonical(raw) {
+        Ok(gva) => Ok(gva),
+        Err(_) => Err(PagingError::NonCanonical { gva: raw }),
     }
 }
 
@@ -396,7 +411,7 @@ impl FrameSource for FramePool {
             Some(pfn) => pfn,
             None if self.next < self.end => {
                 self.next += 1;
-                Pfn(self.next - 1)
+                Pfn::new(self.next - 1)
             }
             None => return Err(PagingError::OutOfFrames),
         };
@@ -442,18 +457,18 @@ mod tests {
 
     #[test]
     fn frame_pool() {
-        let mut p = FramePool::new(Pfn(10), 2).unwrap();
-        assert_eq!(p.alloc_table_frame().unwrap(), Pfn(10));
-        assert_eq!(p.alloc_table_frame().unwrap(), Pfn(11));
+        let mut p = FramePool::new(Pfn::new(10), 2).unwrap();
+        assert_eq!(p.alloc_table_frame().unwrap(), Pfn::new(10));
+        assert_eq!(p.alloc_table_frame().unwrap(), Pfn::new(11));
         assert!(matches!(
             p.alloc_table_frame(),
             Err(PagingError::OutOfFrames)
         ));
-        p.free_table_frame(Pfn(10));
-        p.free_table_frame(Pfn(10)); // double free ignored
-        p.free_table_frame(Pfn(99)); // foreign frame ignored
+        p.free_table_frame(Pfn::new(10));
+        p.free_table_frame(Pfn::new(10)); // double free ignored
+        p.free_table_frame(Pfn::new(99)); // foreign frame ignored
         assert_eq!(p.in_use(), 1);
-        assert_eq!(p.alloc_table_frame().unwrap(), Pfn(10));
-        assert!(FramePool::new(Pfn(u64::MAX), 2).is_err());
+        assert_eq!(p.alloc_table_frame().unwrap(), Pfn::new(10));
+        assert!(FramePool::new(Pfn::new(u64::MAX), 2).is_err());
     }
 }

@@ -91,7 +91,7 @@ impl PageTables {
             ..config
         };
         let mut pt = PageTables {
-            root: Pfn(0),
+            root: Pfn::new(0),
             tables: TableSet::default(),
             tables_per_level: [0; 4],
             leaves_per_size: [0; 3],
@@ -189,13 +189,13 @@ impl PageTables {
         let gpa_last = self.check_gpa_range(gpa, len, align)?;
         let writable = flags.contains(PteFlags::WRITABLE);
         if writable {
-            self.check_no_table_in(gpa.0, gpa_last)?;
+            self.check_no_table_in(gpa.raw(), gpa_last)?;
         }
         let level = size.level();
         let huge = if level > 1 { PteFlags::HUGE.bits() } else { 0 };
         let req = MapReq {
-            first: gva.0,
-            gpa_first: gpa.0,
+            first: gva.raw(),
+            gpa_first: gpa.raw(),
             level,
             leaf_bits: flags.bits() | huge,
         };
@@ -211,17 +211,17 @@ impl PageTables {
             &root,
             4,
             false,
-            gva.0,
+            gva.raw(),
             last,
             &req,
             &mut progress,
         );
         if res.is_ok() && writable {
             // Tables created by this call must not be inside the writable range either.
-            res = self.check_no_table_in(gpa.0, gpa_last);
+            res = self.check_no_table_in(gpa.raw(), gpa_last);
         }
         if let Err(e) = res {
-            self.rollback(mem, frames, gva.0, last, progress);
+            self.rollback(mem, frames, gva.raw(), last, progress);
             return Err(e);
         }
         Ok(())
@@ -245,13 +245,22 @@ impl PageTables {
         len: u64,
     ) -> Result<Vec<(Gva, Gpa, PageSize)>> {
         let last = check_va_range(gva, len, PAGE_SIZE)?;
-        self.check_fully_mapped(mem, gva.0, last, false)?;
+        self.check_fully_mapped(mem, gva.raw(), last, false)?;
         let mut out = Vec::new();
         let root = io::view(mem, self.root)?;
         let removal = Removal {
             clear_last: Some(last),
         };
-        self.remove_in(mem, frames, &root, 4, gva.0, last, removal, Some(&mut out))?;
+        self.remove_in(
+            mem,
+            frames,
+            &root,
+            4,
+            gva.raw(),
+            last,
+            removal,
+            Some(&mut out),
+        )?;
         Ok(out)
     }
 
@@ -274,10 +283,10 @@ impl PageTables {
     ) -> Result<u64> {
         self.check_leaf_flags(flags)?;
         let last = check_va_range(gva, len, PAGE_SIZE)?;
-        self.check_fully_mapped(mem, gva.0, last, flags.contains(PteFlags::WRITABLE))?;
+        self.check_fully_mapped(mem, gva.raw(), last, flags.contains(PteFlags::WRITABLE))?;
         let root = io::view(mem, self.root)?;
         let mut changed = 0;
-        self.protect_in(mem, &root, 4, gva.0, last, flags.bits(), &mut changed)?;
+        self.protect_in(mem, &root, 4, gva.raw(), last, flags.bits(), &mut changed)?;
         Ok(changed)
     }
 
@@ -330,7 +339,7 @@ impl PageTables {
             Ok(pfn)
         } else {
             Err(PagingError::CorruptTable {
-                gva: Gva(va),
+                gva: Gva::new_truncate(va),
                 level,
                 pte: pte.raw(),
             })
@@ -350,7 +359,10 @@ mod tests {
         assert_eq!(entry_span(4), 1 << 39);
         let va = 0xffff_8880_0020_1000u64;
         for level in 1..=4 {
-            assert_eq!(entry_index(va, level), Gva(va).table_index(level.into()));
+            assert_eq!(
+                entry_index(va, level),
+                Gva::new(va).table_index(level.into())
+            );
         }
     }
 }
