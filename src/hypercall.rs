@@ -20,6 +20,9 @@ use vm_memory::{Bytes, GuestAddress};
 /// log). The default answers `NoSys`.
 pub trait VmmCalls {
     /// [`Call::Stage2`] with `op` and its operand.
+    ///
+    /// # Errors
+    /// The [`Status`] answered to the guest (`NoSys` by default).
     fn stage2(&mut self, space: &mut AddressSpace, op: u64, arg: u64) -> Result<u64, Status> {
         let _ = (space, op, arg);
         Err(Status::NoSys)

@@ -146,6 +146,9 @@ fn frames(space: &mut AddressSpace, n: u64) -> Result<Pfn, SpaceError> {
 /// Build the test tables for `vas`, the data frame and a records buffer of `buf_bytes`
 /// (plan included) filled with `records` (already laid out by the caller). `phys_bits` is
 /// the guest's MAXPHYADDR.
+///
+/// # Errors
+/// The [`Status`](memvisor_abi::Status) of the first table edit or memory access that failed.
 pub fn build(
     space: &mut AddressSpace,
     vas: &[TestVa],

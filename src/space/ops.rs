@@ -143,6 +143,9 @@ impl AddressSpace {
     /// `map::FIXED` the reservation is exactly `[addr, addr + len + guard)` (checked in this
     /// order: alignment and overflow `Inval`, outside the window `Perm`, zone, then any
     /// overlap with a region or guard page `Exists`); without it `addr` must be 0.
+    ///
+    /// # Errors
+    /// The [`Status`] answered to the guest, in the order above; `NoMem` when frames or table frames run out.
     pub fn mmap(&mut self, len: u64, p: u64, z: u64, flags: u64, addr: u64) -> HcResult {
         check_prot(p)?;
         if flags & !map::ALL != 0 {
@@ -286,6 +289,9 @@ impl AddressSpace {
 
     /// Make sure the table pool has at least `n` free frames, growing it by a chunk (and
     /// marking that chunk read-only in the direct map) if needed.
+    ///
+    /// # Errors
+    /// [`Status::NoMem`] if no chunk of frames is free or it cannot be made read-only.
     pub fn ensure_pool(&mut self, n: u64) -> Result<(), Status> {
         if self.pool.available() >= n {
             return Ok(());
@@ -337,6 +343,9 @@ impl AddressSpace {
     }
 
     /// `Munmap`: the range must lie inside one region. Frees the frames and the GVA range.
+    ///
+    /// # Errors
+    /// [`Status::Inval`] for a bad range, the outside-a-region status otherwise.
     pub fn munmap(&mut self, gva: u64, len: u64) -> HcResult {
         let end = check_range(gva, len)?;
         let Some(key) = self.region_for(gva, end) else {
@@ -393,6 +402,9 @@ impl AddressSpace {
 
     /// `Mprotect`: new protection for a range inside one region (W^X enforced). Returns the
     /// number of present pages changed.
+    ///
+    /// # Errors
+    /// [`Status::Inval`] for bad bits or range, `Perm` for W^X, the outside-a-region status.
     pub fn mprotect(&mut self, gva: u64, len: u64, p: u64) -> HcResult {
         let end = check_range(gva, len)?;
         check_prot(p)?;
@@ -440,6 +452,9 @@ impl AddressSpace {
     }
 
     /// `LazyFault`: back the page at `cr2` if it lies in a lazy region and is not present.
+    ///
+    /// # Errors
+    /// The [`Status`] answered to the guest: `Fault` outside a lazy region, `NoMem` when frames run out.
     pub fn lazy_fault(&mut self, cr2: u64, error_code: u64, rip: u64) -> HcResult {
         if !is_canonical(cr2) {
             return Err(Status::NotMapped);
@@ -514,6 +529,9 @@ impl AddressSpace {
     }
 
     /// `Translate`: GPA of the byte at `gva`.
+    ///
+    /// # Errors
+    /// [`Status::NotMapped`] if `gva` is not mapped.
     pub fn translate_gva(&self, gva: u64) -> HcResult {
         if !is_canonical(gva) {
             return Err(Status::Inval);
@@ -561,6 +579,9 @@ impl AddressSpace {
 
     /// Read the little-endian u64 at `gva` (8-byte aligned): through
     /// [`boot_fixed_gpa`](Self::boot_fixed_gpa) when it applies, else by a page walk.
+    ///
+    /// # Errors
+    /// [`Status::Fault`] if the address is misaligned, unmapped or outside RAM.
     pub fn read_gva_u64(&self, gva: u64) -> Result<u64, Status> {
         if gva % 8 != 0 {
             return Err(Status::Fault);
@@ -576,6 +597,9 @@ impl AddressSpace {
     }
 
     /// Read `len` bytes at guest virtual `gva` (walking the page tables page by page).
+    ///
+    /// # Errors
+    /// [`Status::Fault`] if a page is unmapped or outside RAM.
     pub fn read_gva(&self, gva: u64, len: u64) -> Result<Vec<u8>, Status> {
         let end = gva.checked_add(len).ok_or(Status::Fault)?;
         let mut out = Vec::with_capacity(len as usize);
@@ -598,6 +622,9 @@ impl AddressSpace {
 
     /// Write `bytes` at guest virtual `gva`: every page must be mapped writable and be a
     /// frame the host may write (see [`Self::host_may_write`]).
+    ///
+    /// # Errors
+    /// [`Status::Fault`] if a page is unmapped, read-only or a frame the host may not write.
     pub fn write_gva(&self, gva: u64, bytes: &[u8]) -> Result<(), Status> {
         let end = gva.checked_add(bytes.len() as u64).ok_or(Status::Fault)?;
         let mut cur = gva;

@@ -562,19 +562,27 @@ pub struct MemStats {
     pub lazy_faults: u64,
 }
 
-// SAFETY: each type is repr(C), made only of integers (and arrays of repr(C) integer
-// structs), with no padding bytes the compiler could leave uninitialised (fields are laid out
-// to natural alignment with explicit pad fields), so every byte pattern is a valid value.
+// Each type below is repr(C), made only of integers (and arrays of repr(C) integer structs),
+// with no padding bytes the compiler could leave uninitialised (fields are laid out to natural
+// alignment with explicit pad fields), so every byte pattern is a valid value.
 #[cfg(feature = "host")]
 mod host_impls {
     use super::*;
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for Batch {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for Request {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for E820Entry {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for BootInfo {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for MemStats {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for matrix::Pass {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for matrix::Plan {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for ucall::Record {}
 }
 
