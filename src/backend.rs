@@ -174,8 +174,9 @@ impl HostInfo {
     }
 }
 
-/// GPA of the one-page flush slot (in the 32-bit MMIO hole, above the doorbell page).
-pub const FLUSH_SLOT_GPA: u64 = 0xdfff_f000;
+/// GPA of the one-page flush slot (in the 32-bit MMIO hole, above the doorbell page; defined
+/// in [`crate::layout`]).
+pub use crate::layout::FLUSH_SLOT_GPA;
 
 /// A one-page memslot whose deletion and re-registration makes KVM drop every shadow page
 /// (`KVM_SET_USER_MEMORY_REGION` with size 0 → `kvm_arch_flush_shadow_memslot`, which zaps all

@@ -8,9 +8,8 @@ use super::checker::{overlaps, Checker, Claim, STACKS};
 use super::{FrameState, LeafCounts, LEAK_FRAMES_LISTED};
 use crate::addr::{Gva, PAGE_SIZE};
 use crate::layout::{
-    BLOB_GVA, DIRECT_MAP_BASE, MMAP_WINDOW_END, MMAP_WINDOW_START, TABLE_POOL_CHUNK_FRAMES,
+    DIRECT_MAP_BASE, MATRIX_AREA, MMAP_WINDOW_END, MMAP_WINDOW_START, TABLE_POOL_CHUNK_FRAMES,
 };
-use crate::matrix::tables::AREA as MATRIX_AREA;
 use crate::paging::{Leaf, PteFlags};
 use crate::space::ops::pte_flags_for;
 use crate::space::AddressSpace;
@@ -18,7 +17,7 @@ use memvisor_abi::{stage2 as s2, DOORBELL_GPA, DOORBELL_GVA};
 use std::collections::{BTreeMap, HashMap};
 
 /// The blob area: the PML4 slot of [`crate::layout::BLOB_GVA`].
-pub(super) const BLOB_AREA: core::ops::Range<u64> = BLOB_GVA..BLOB_GVA + (1 << 39);
+pub(super) use crate::layout::BLOB_AREA;
 
 /// Where a leaf lives.
 enum Area {

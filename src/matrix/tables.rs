@@ -25,16 +25,12 @@ use crate::space::{AddressSpace, SpaceError};
 use memvisor_abi::matrix::{Plan, NOT_FAULTED, RECORD_BYTES};
 use vm_memory::{Bytes, GuestAddress};
 
-/// First PML4 slot of the matrix VAs.
-pub const MATRIX_SLOT: u64 = 64;
-/// First PML4 slot of the reserved-bit VAs.
-pub const RSVD_SLOT: u64 = 80;
-/// GVA of the records buffer (PML4 slot 90).
-pub const BUF_GVA: u64 = 90 << 39;
+/// The matrix's slots and records buffer (defined in [`crate::layout`]).
+pub use crate::layout::{MATRIX_BUF_GVA as BUF_GVA, MATRIX_RSVD_SLOT as RSVD_SLOT, MATRIX_SLOT};
 /// Bytes at the start of the buffer for the plan (whole pages).
 pub const PLAN_BYTES: u64 = (core::mem::size_of::<Plan>() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
 /// The GVAs this module maps: PML4 slots 64 (first matrix VA) to 90 (records buffer).
-pub const AREA: core::ops::Range<u64> = (MATRIX_SLOT << 39)..((BUF_GVA >> 39) + 1) << 39;
+pub use crate::layout::MATRIX_AREA as AREA;
 /// Matrix VAs (16^4).
 pub const MATRIX_VAS: usize = 1 << 16;
 /// Reserved-bit VAs.
