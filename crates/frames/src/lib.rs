@@ -41,6 +41,7 @@ mod bitmap_extra;
 mod freemap;
 mod preset;
 mod search;
+pub mod seed_api;
 mod summary;
 mod treap;
 mod zone;

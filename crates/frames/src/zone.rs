@@ -337,14 +337,6 @@ impl ZoneTable {
         })
     }
 
-    /// Seed 003 `allocate_frame_in_zone`: one frame from `zone`, with fallback.
-    ///
-    /// # Errors
-    /// As [`alloc`](Self::alloc).
-    pub fn allocate_frame_in_zone(&mut self, zone: ZoneKind) -> Result<Pfn> {
-        self.alloc(zone, 1, 1)
-    }
-
     /// Free `[pfn, pfn + n)`, which must lie in one zone and be allocated. All or nothing.
     ///
     /// # Errors
@@ -501,11 +493,6 @@ impl ZoneTable {
                 }
             })
             .collect()
-    }
-
-    /// Seed 003 `get_zone_stats`: [`zones`](Self::zones).
-    pub fn get_zone_stats(&self) -> Vec<ZoneStats> {
-        self.zones()
     }
 
     /// A `/proc/zoneinfo`-like report (Linux `mm/vmstat.c` `zoneinfo_show_print`): per zone a
