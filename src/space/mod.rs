@@ -248,8 +248,7 @@ impl AddressSpace {
         if opts.uffd {
             ram.attach_uffd(Box::new(crate::uffd::ZeroSource))?;
         }
-        let ranges: Vec<(Gpa, u64)> = ram.ram.iter().map(|&(a, s)| (Gpa::new(a), s)).collect();
-        let mut zones = ZoneTable::new(&ranges, preset)?;
+        let mut zones = ZoneTable::new(&ram.ram, preset)?;
         log::debug!("build: RAM + zones after {:?}", t0.elapsed());
         let min = KERNEL_PHYS_BASE + (4 << 20);
         if mem_bytes < min {
@@ -325,7 +324,7 @@ impl AddressSpace {
             .map(|c| (c.raw() * PAGE_SIZE, chunk_bytes))
             .collect();
         ro.push((kstart, kend - kstart));
-        let (rw_ranges, ro_ranges) = split_ranges(&ranges, &ro);
+        let (rw_ranges, ro_ranges) = split_ranges(&ram.ram, &ro);
         for (list, flags) in [(&rw_ranges, direct_flags), (&ro_ranges, ro_flags)] {
             map_direct(
                 &mut pt,

@@ -170,7 +170,7 @@ impl Vm {
             .ram
             .ram
             .iter()
-            .any(|&(s, n)| gpa < s + n && s < gpa_end)
+            .any(|&(s, n)| gpa < s.raw() + n && s.raw() < gpa_end)
         {
             return Err(range(gpa, len, "overlaps guest RAM (use mmap)"));
         }
