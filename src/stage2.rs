@@ -116,9 +116,7 @@ impl Stage2 {
             bytes: space.ram.bytes,
             why: "no frames for the stage-2 page tables".into(),
         })?;
-        space.pt.map_range(
-            &space.ram.mem,
-            &mut space.pool,
+        space.pt.edit(&space.ram.mem, &mut space.pool).map_range(
             Gva::new(s2::GVA_BASE),
             Gpa::new(base),
             STAGE2_LAYOUT,
@@ -178,9 +176,7 @@ impl Stage2 {
                     bytes: space.ram.bytes,
                     why: "no frames for extra ranges".into(),
                 })?;
-                space.pt.map_range(
-                    &space.ram.mem,
-                    &mut space.pool,
+                space.pt.edit(&space.ram.mem, &mut space.pool).map_range(
                     crate::paging::canonical(gva)?,
                     Gpa::new(gpa),
                     len,

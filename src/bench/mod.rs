@@ -8,7 +8,7 @@
 
 use crate::addr::{Gpa, Gva, Pfn};
 use crate::frames::BitmapAllocator;
-use crate::paging::{map_direct, FramePool, PageSize, PageTables, PteFlags};
+use crate::paging::{FramePool, PageSize, PageTables, PteFlags};
 use crate::report::Report;
 use crate::vmm::{self, VmConfig, VmmError};
 use serde::Serialize;
@@ -182,26 +182,18 @@ fn pt_build(bytes: u64, size: PageSize, reps: usize) -> (f64, f64) {
         let t0 = Instant::now();
         let ok = match size {
             PageSize::Size4K => pt
-                .map_range(
-                    &mem,
-                    &mut pool,
+                .edit(&mem, &mut pool)
+                .map_range(Gva::new(0xffff_8880_0000_0000), base, bytes, size, flags)
+                .is_ok(),
+            _ => pt
+                .edit(&mem, &mut pool)
+                .map_direct(
                     Gva::new(0xffff_8880_0000_0000),
-                    base,
-                    bytes,
-                    size,
+                    &[(base, bytes)],
+                    false,
                     flags,
                 )
                 .is_ok(),
-            _ => map_direct(
-                &mut pt,
-                &mem,
-                &mut pool,
-                Gva::new(0xffff_8880_0000_0000),
-                &[(base, bytes)],
-                false,
-                flags,
-            )
-            .is_ok(),
         };
         let dt = t0.elapsed();
         if !ok {

@@ -180,9 +180,8 @@ pub fn build(
     let rw_user = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
     space
         .pt
+        .edit(&space.ram.mem, &mut space.pool)
         .map_range(
-            &space.ram.mem,
-            &mut space.pool,
             Gva::new(BUF_GVA),
             Gpa::new(buf_gpa),
             buf_bytes,
@@ -198,9 +197,8 @@ pub fn build(
     for t in vas {
         space
             .pt
+            .edit(mem, &mut space.pool)
             .map(
-                mem,
-                &mut space.pool,
                 Gva::new(t.va),
                 Gpa::new(data_gpa),
                 PageSize::Size4K,

@@ -16,9 +16,7 @@ use crate::boot::loader::{self, KernelImage, LoaderError};
 use crate::frames::{FrameError, FreeMap, ZoneKind, ZonePreset, ZoneTable};
 use crate::layout::*;
 use crate::memory::{GuestRam, MemoryError};
-use crate::paging::{
-    map_direct, PageSize, PageTables, PagingError, Protection, PteFlags, ShadowFlush,
-};
+use crate::paging::{PageSize, PageTables, PagingError, Protection, PteFlags, ShadowFlush};
 use memvisor_abi::{BootInfo, Status, ABI_VERSION, BOOT_MAGIC, MAX_E820};
 pub use pool::TablePool;
 use std::collections::BTreeMap;
@@ -299,9 +297,7 @@ impl AddressSpace {
             let gva = seg.gva & !(PAGE_SIZE - 1);
             let gpa = seg.gpa & !(PAGE_SIZE - 1);
             let len = (seg.gva + seg.memsz).div_ceil(PAGE_SIZE) * PAGE_SIZE - gva;
-            pt.map_range(
-                &ram.mem,
-                &mut pool,
+            pt.edit(&ram.mem, &mut pool).map_range(
                 crate::paging::canonical(gva)?,
                 Gpa::new(gpa),
                 len,
@@ -326,10 +322,7 @@ impl AddressSpace {
         ro.push((kstart, kend - kstart));
         let (rw_ranges, ro_ranges) = split_ranges(&ram.ram, &ro);
         for (list, flags) in [(&rw_ranges, direct_flags), (&ro_ranges, ro_flags)] {
-            map_direct(
-                &mut pt,
-                &ram.mem,
-                &mut pool,
+            pt.edit(&ram.mem, &mut pool).map_direct(
                 Gva::new(DIRECT_MAP_BASE),
                 list,
                 // 2 MiB pages only: a page-table pool chunk grown later must be made
@@ -357,9 +350,7 @@ impl AddressSpace {
                 stack_frames.push(pfn);
                 let gpa = pfn.gpa()?;
                 zero_frame(&ram, gpa.raw())?;
-                pt.map(
-                    &ram.mem,
-                    &mut pool,
+                pt.edit(&ram.mem, &mut pool).map(
                     Gva::new(bottom + i * PAGE_SIZE),
                     gpa,
                     PageSize::Size4K,
@@ -369,9 +360,7 @@ impl AddressSpace {
         }
 
         // The MMIO doorbell page (no memslot behind it): ring 3 can ring the VMM with a write.
-        pt.map(
-            &ram.mem,
-            &mut pool,
+        pt.edit(&ram.mem, &mut pool).map(
             Gva::new(memvisor_abi::DOORBELL_GVA),
             Gpa::new(memvisor_abi::DOORBELL_GPA),
             PageSize::Size4K,
@@ -428,9 +417,7 @@ impl AddressSpace {
                 .mem
                 .write_slice(chunk, GuestAddress(gpa.raw()))
                 .map_err(|_| SpaceError::Write { what: "blob" })?;
-            self.pt.map(
-                &self.ram.mem,
-                &mut self.pool,
+            self.pt.edit(&self.ram.mem, &mut self.pool).map(
                 Gva::new(gva + i * PAGE_SIZE),
                 gpa,
                 PageSize::Size4K,

@@ -235,14 +235,8 @@ impl AddressSpace {
             let mapped = zeroed
                 && self
                     .pt
-                    .map(
-                        &self.ram.mem,
-                        &mut self.pool,
-                        Gva::new(gva),
-                        Gpa::new(gpa),
-                        size,
-                        flags,
-                    )
+                    .edit(&self.ram.mem, &mut self.pool)
+                    .map(Gva::new(gva), Gpa::new(gpa), size, flags)
                     .is_ok();
             if !mapped {
                 let _ = self.zones.free(pfn, frames);
@@ -256,7 +250,8 @@ impl AddressSpace {
             for (g, _) in done {
                 if let Ok(leaves) = self
                     .pt
-                    .unmap(&self.ram.mem, &mut self.pool, Gva::new(g), step)
+                    .edit(&self.ram.mem, &mut self.pool)
+                    .unmap(Gva::new(g), step)
                 {
                     for (_, gpa, sz) in leaves {
                         self.release(gpa.raw(), sz);
@@ -334,7 +329,11 @@ impl AddressSpace {
         for leaf in present {
             let size = leaf.size.bytes();
             self.note_shadow(leaf.flags.bits());
-            if let Ok(leaves) = self.pt.unmap(&self.ram.mem, &mut self.pool, leaf.gva, size) {
+            if let Ok(leaves) = self
+                .pt
+                .edit(&self.ram.mem, &mut self.pool)
+                .unmap(leaf.gva, size)
+            {
                 for (_, gpa, sz) in leaves {
                     self.release(gpa.raw(), sz);
                 }
@@ -494,9 +493,7 @@ impl AddressSpace {
         }
         // A fresh frame still reads as zero (ZoneTable::alloc_fresh).
         let mapped = if fresh || zero_frame(&self.ram, gpa).is_ok() {
-            self.pt.map(
-                &self.ram.mem,
-                &mut self.pool,
+            self.pt.edit(&self.ram.mem, &mut self.pool).map(
                 Gva::new(page),
                 Gpa::new(gpa),
                 PageSize::Size4K,

@@ -190,15 +190,16 @@ impl Vm {
         let pages = len / step;
         let tables = pages / 512 + pages / (512 * 512) + 6;
         self.space.ensure_pool(tables).map_err(VmOpError::from)?;
-        self.space.pt.map_range(
-            &self.space.ram.mem,
-            &mut self.space.pool,
-            Gva::new(gva),
-            Gpa::new(gpa),
-            len,
-            size,
-            flags | PteFlags::PRESENT,
-        )?;
+        self.space
+            .pt
+            .edit(&self.space.ram.mem, &mut self.space.pool)
+            .map_range(
+                Gva::new(gva),
+                Gpa::new(gpa),
+                len,
+                size,
+                flags | PteFlags::PRESENT,
+            )?;
         self.space.device_maps.push((gva, len, gpa));
         Ok(())
     }

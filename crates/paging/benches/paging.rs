@@ -16,7 +16,7 @@
 
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
 use memvisor_frames::addr::{Gpa, Gva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
-use memvisor_paging::{map_direct, FramePool, PageSize, PageTables, Protection, PteFlags};
+use memvisor_paging::{FramePool, PageSize, PageTables, Protection, PteFlags};
 use std::time::{Duration, Instant};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -59,30 +59,22 @@ impl Env {
     fn direct_map(&mut self) -> PageTables {
         let mut pt = self.tables();
         let ram = [(Gpa::new(0), DIRECT_BYTES)];
-        map_direct(
-            &mut pt,
-            &self.mem,
-            &mut self.pool,
-            DIRECT_BASE,
-            &ram,
-            false,
-            self.flags,
-        )
-        .unwrap();
+        pt.edit(&self.mem, &mut self.pool)
+            .map_direct(DIRECT_BASE, &ram, false, self.flags)
+            .unwrap();
         pt
     }
 
     fn range_1g(&mut self, pt: &mut PageTables) {
-        pt.map_range(
-            &self.mem,
-            &mut self.pool,
-            RANGE_GVA,
-            Gpa::new(0x4000_0000),
-            HUGE_PAGE_SIZE,
-            PageSize::Size4K,
-            self.flags,
-        )
-        .unwrap();
+        pt.edit(&self.mem, &mut self.pool)
+            .map_range(
+                RANGE_GVA,
+                Gpa::new(0x4000_0000),
+                HUGE_PAGE_SIZE,
+                PageSize::Size4K,
+                self.flags,
+            )
+            .unwrap();
     }
 
     /// Time `iters` direct-map builds (teardown untimed).
@@ -149,20 +141,23 @@ fn benches(c: &mut Criterion) {
     // Into an empty area: allocates (and then frees) a PDPT, a PD and a PT.
     g.bench_function("map_unmap_4k_new_tables", |b| {
         b.iter(|| {
-            pt.map(mem, pool, gva, Gpa::new(0x5000), s4k, flags)
+            pt.edit(mem, pool)
+                .map(gva, Gpa::new(0x5000), s4k, flags)
                 .unwrap();
-            black_box(pt.unmap(mem, pool, gva, PAGE_SIZE).unwrap());
+            black_box(pt.edit(mem, pool).unmap(gva, PAGE_SIZE).unwrap());
         })
     });
     // Next to an existing page: the tables exist.
     let neighbour = Gva::new(gva.raw() + PAGE_SIZE);
-    pt.map(mem, pool, neighbour, Gpa::new(0x6000), s4k, flags)
+    pt.edit(mem, pool)
+        .map(neighbour, Gpa::new(0x6000), s4k, flags)
         .unwrap();
     g.bench_function("map_unmap_4k", |b| {
         b.iter(|| {
-            pt.map(mem, pool, gva, Gpa::new(0x5000), s4k, flags)
+            pt.edit(mem, pool)
+                .map(gva, Gpa::new(0x5000), s4k, flags)
                 .unwrap();
-            black_box(pt.unmap(mem, pool, gva, PAGE_SIZE).unwrap());
+            black_box(pt.edit(mem, pool).unmap(gva, PAGE_SIZE).unwrap());
         })
     });
     let ro = Protection::KERNEL_RODATA.to_pte_flags(true);

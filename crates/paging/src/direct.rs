@@ -1,9 +1,9 @@
 //! The direct map: every RAM range `[gpa, gpa + len)` mapped at `base + gpa`, with the
-//! largest pages alignment allows (1 GiB only when the CPU has them), holes left unmapped.
+//! largest pages alignment allows (1 GiB only when the CPU has them), holes left unmapped:
+//! the plan ([`direct_map_plan`]); [`Mapper::map_direct`](crate::Mapper::map_direct) maps it.
 
-use super::{FrameSource, Operand, PageSize, PageTables, PagingError, PteFlags, Result};
+use super::{Operand, PageSize, PagingError, Result};
 use crate::addr::{Gpa, Gva, PAGE_SIZE};
-use vm_memory::GuestMemoryBackend;
 
 /// One `map_range` call of a direct map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,43 +103,6 @@ pub fn direct_map_plan(base: Gva, ram: &[(Gpa, u64)], use_1g: bool) -> Result<Ve
         }
     }
     Ok(out)
-}
-
-/// Map every RAM range of `ram` at `base + gpa` with leaf `flags`, using 2 MiB pages (1 GiB
-/// pages with `use_1g`, i.e. CPUID.80000001H:EDX.Page1GB) where GVA and GPA are aligned and
-/// 4 KiB pages at unaligned edges; holes between ranges stay unmapped. All or nothing: on
-/// error, everything this call mapped is unmapped again.
-///
-/// `base` should be 1 GiB aligned for 1 GiB pages (else the largest alignment of `base`
-/// limits the page size). With `WRITABLE` in `flags`, `ram` must not contain page-table
-/// frames ([`PagingError::WritableTableFrame`]): leave the table pool out and map it
-/// read-only separately.
-///
-/// # Errors
-/// As [`direct_map_plan`] and [`PageTables::map_range`] (e.g.
-/// [`PagingError::AlreadyMapped`] for overlapping ranges).
-#[allow(clippy::too_many_arguments)]
-pub fn map_direct<M: GuestMemoryBackend>(
-    pt: &mut PageTables,
-    mem: &M,
-    frames: &mut dyn FrameSource,
-    base: Gva,
-    ram: &[(Gpa, u64)],
-    use_1g: bool,
-    flags: PteFlags,
-) -> Result<()> {
-    let plan = direct_map_plan(base, ram, use_1g)?;
-    for (i, seg) in plan.iter().enumerate() {
-        if let Err(e) = pt.map_range(mem, frames, seg.gva, seg.gpa, seg.len, seg.size, flags) {
-            for done in plan.iter().take(i).rev() {
-                if let Err(u) = pt.unmap(mem, frames, done.gva, done.len) {
-                    log::error!("direct-map rollback of {} failed: {u}", done.gva);
-                }
-            }
-            return Err(e);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

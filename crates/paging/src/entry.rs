@@ -18,12 +18,17 @@
 //!   before, so it reports the rights such a path really grants.
 
 use super::io;
-use super::pte::{phys_reserved_mask, Pte, PteFlags, ADDR_MASK};
+#[cfg(any(test, feature = "test-pokes"))]
+use super::pte::phys_reserved_mask;
+use super::pte::{Pte, PteFlags, ADDR_MASK};
 use super::table::entry_index;
 use super::{PageTables, PagingError, Result};
 use crate::addr::{Gpa, Gva};
+#[cfg(any(test, feature = "test-pokes"))]
 use crate::ToGuestAddress;
-use vm_memory::{Bytes, GuestMemoryBackend};
+#[cfg(any(test, feature = "test-pokes"))]
+use vm_memory::Bytes;
+use vm_memory::GuestMemoryBackend;
 
 impl PageTables {
     /// GPA of the entry at `level` (4 = PML4E … 1 = PTE) on the walk of `gva`. Entries above
@@ -79,6 +84,7 @@ impl PageTables {
     /// # Errors
     /// As [`Self::entry_gpa`]; [`PagingError::UnsupportedFlags`] for other bits;
     /// [`PagingError::NotMapped`] if the entry is zero.
+    #[cfg(any(test, feature = "test-pokes"))]
     pub fn set_entry_flags<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
@@ -122,6 +128,7 @@ impl PageTables {
     /// # Errors
     /// As [`Self::entry_gpa`]; [`PagingError::UnsupportedFlags`] if `bits` is zero or
     /// outside bits 51:M.
+    #[cfg(any(test, feature = "test-pokes"))]
     pub fn poison_entry<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
@@ -150,12 +157,14 @@ impl PageTables {
     }
 }
 
+#[cfg(any(test, feature = "test-pokes"))]
 fn read<M: GuestMemoryBackend>(mem: &M, gpa: Gpa) -> Result<Pte> {
     mem.read_obj::<u64>(gpa.to_guest_address())
         .map(Pte::from_raw)
         .map_err(|source| PagingError::Memory { gpa, source })
 }
 
+#[cfg(any(test, feature = "test-pokes"))]
 fn write<M: GuestMemoryBackend>(mem: &M, gpa: Gpa, pte: Pte) -> Result<()> {
     mem.write_obj::<u64>(pte.raw(), gpa.to_guest_address())
         .map_err(|source| PagingError::Memory { gpa, source })
@@ -186,15 +195,9 @@ mod tests {
         let (mem, mut pool, mut pt) = setup();
         let va = Gva::new(0x2000_0000_0000);
         let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
-        pt.map(
-            &mem,
-            &mut pool,
-            va,
-            Gpa::new(0x10_0000),
-            PageSize::Size4K,
-            flags,
-        )
-        .expect("map");
+        pt.edit(&mem, &mut pool)
+            .map(va, Gpa::new(0x10_0000), PageSize::Size4K, flags)
+            .expect("map");
         // A read-only, supervisor, NX PDE: translate combines the rights over all levels.
         let pde = PteFlags::from_bits_truncate(P | NX);
         let old = pt.set_entry_flags(&mem, va, 2, pde).expect("set PDE");
@@ -236,15 +239,9 @@ mod tests {
         let a = Gva::new(0x2000_0000_0000);
         let b = Gva::new(0x2080_0000_0000);
         for va in [a, b] {
-            pt.map(
-                &mem,
-                &mut pool,
-                va,
-                Gpa::new(0x10_0000),
-                PageSize::Size4K,
-                flags,
-            )
-            .expect("map");
+            pt.edit(&mem, &mut pool)
+                .map(va, Gpa::new(0x10_0000), PageSize::Size4K, flags)
+                .expect("map");
         }
         // Only bits 51:MAXPHYADDR may be set.
         assert!(pt.poison_entry(&mem, a, 3, 1 << 40, 48).is_err());
@@ -264,7 +261,7 @@ mod tests {
         assert_eq!(leaves[0].gva, b);
         assert!(!pt.dump(&mem).contains("walk error"));
         // Editors refuse to go through it and change nothing.
-        assert!(pt.unmap(&mem, &mut pool, a, 4096).is_err());
+        assert!(pt.edit(&mem, &mut pool).unmap(a, 4096).is_err());
         assert!(pt.entry_gpa(&mem, a, 1).is_err());
         // A poisoned leaf.
         pt.poison_entry(&mem, b, 1, 1 << 50, 48)

@@ -1,12 +1,14 @@
 //! x86_64 4-level guest page tables (PML4 → PDPT → PD → PT), built and owned by the host.
 //!
 //! The VMM builds the guest's page tables in guest RAM, in 4 KiB frames it gets from a
-//! [`FrameSource`] (its zone allocator; tests use [`FramePool`]). [`PageTables`] is the
-//! walker/editor: [`map`](PageTables::map), [`map_range`](PageTables::map_range),
-//! [`unmap`](PageTables::unmap), [`protect`](PageTables::protect),
+//! [`FrameSource`] (its zone allocator; tests use [`FramePool`]). [`PageTables`] holds the
+//! tables; [`PageTables::edit`] binds them with guest memory and the frame source into a
+//! [`Mapper`], the edit view: [`map`](Mapper::map), [`map_range`](Mapper::map_range),
+//! [`unmap`](Mapper::unmap) and [`map_direct`](Mapper::map_direct) (a direct map of guest RAM
+//! with 2 MiB / 1 GiB pages). On the tables themselves: [`protect`](PageTables::protect),
 //! [`translate`](PageTables::translate) (a software walk with the effective rights),
 //! [`dump`](PageTables::dump), [`summary`](PageTables::summary) and [`leaves`](PageTables::leaves).
-//! [`map_direct`] builds a direct map of guest RAM with 2 MiB / 1 GiB pages.
+//! Edits that may leave KVM's shadow pages stale owe a [`ShadowFlush`].
 //!
 //! # Layout and policies
 //!
@@ -70,14 +72,16 @@ mod edit;
 mod entry;
 mod flush;
 mod io;
+mod mapper;
 pub mod protection;
 pub mod pte;
 mod table;
 mod tableset;
 mod walk;
 
-pub use direct::{direct_map_plan, map_direct, DirectSegment};
+pub use direct::{direct_map_plan, DirectSegment};
 pub use flush::ShadowFlush;
+pub use mapper::Mapper;
 pub use protection::Protection;
 pub use pte::{Pte, PteFlags, ADDR_MASK};
 pub use table::{PageTables, PagingConfig, TABLE_ENTRY_FLAGS};

@@ -3,8 +3,8 @@
 
 use memvisor_frames::addr::{Gpa, Gva, Pfn, HUGE_PAGE_SIZE, LARGE_PAGE_SIZE, PAGE_SIZE};
 use memvisor_paging::{
-    map_direct, FramePool, FrameSource, PageSize, PageTables, PagingError, Protection, Pte,
-    PteFlags, TABLE_ENTRY_FLAGS,
+    FramePool, FrameSource, PageSize, PageTables, PagingError, Protection, Pte, PteFlags,
+    TABLE_ENTRY_FLAGS,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -74,15 +74,9 @@ fn new_root_is_zeroed_and_counted() {
 fn exact_entries_at_each_level() {
     let (mem, mut pool, mut pt) = setup();
     let gva = Gva::new(0xffff_8880_0020_3000);
-    pt.map(
-        &mem,
-        &mut pool,
-        gva,
-        Gpa::new(0x5000),
-        PageSize::Size4K,
-        UDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(gva, Gpa::new(0x5000), PageSize::Size4K, UDATA)
+        .unwrap();
     let (pml4, pdpt, pd, ptab) = (
         POOL_START,
         Pfn::new(POOL_START.raw() + 1),
@@ -102,26 +96,24 @@ fn exact_entries_at_each_level() {
     assert_eq!(nonzero, 4);
 
     // 2 MiB and 1 GiB leaves: PS set, exact bits.
-    pt.map(
-        &mem,
-        &mut pool,
-        Gva::new(0x4000_0000),
-        Gpa::new(0x20_0000),
-        PageSize::Size2M,
-        KDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(
+            Gva::new(0x4000_0000),
+            Gpa::new(0x20_0000),
+            PageSize::Size2M,
+            KDATA,
+        )
+        .unwrap();
     let t = pt.translate(&mem, Gva::new(0x4000_0000)).unwrap();
     assert_eq!(t.leaf_pte.raw(), 0x8000_0000_0020_0083);
-    pt.map(
-        &mem,
-        &mut pool,
-        Gva::new(0x80_0000_0000),
-        Gpa::new(0x1_4000_0000),
-        PageSize::Size1G,
-        UCODE,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(
+            Gva::new(0x80_0000_0000),
+            Gpa::new(0x1_4000_0000),
+            PageSize::Size1G,
+            UCODE,
+        )
+        .unwrap();
     let t = pt.translate(&mem, Gva::new(0x80_0000_0000)).unwrap();
     assert_eq!(t.leaf_pte.raw(), 0x1_4000_0085);
     let levels: Vec<u8> = t.entries().map(|e| e.level).collect();
@@ -131,34 +123,26 @@ fn exact_entries_at_each_level() {
 #[test]
 fn translate_with_offsets_and_sizes() {
     let (mem, mut pool, mut pt) = setup();
-    pt.map(
-        &mem,
-        &mut pool,
-        Gva::new(0x40_1000),
-        Gpa::new(0x7000),
-        PageSize::Size4K,
-        KDATA,
-    )
-    .unwrap();
-    pt.map(
-        &mem,
-        &mut pool,
-        Gva::new(0x60_0000),
-        Gpa::new(0x40_0000),
-        PageSize::Size2M,
-        KRO,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(
+            Gva::new(0x40_1000),
+            Gpa::new(0x7000),
+            PageSize::Size4K,
+            KDATA,
+        )
+        .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(
+            Gva::new(0x60_0000),
+            Gpa::new(0x40_0000),
+            PageSize::Size2M,
+            KRO,
+        )
+        .unwrap();
     let big = Gva::new(0xffff_ffff_c000_0000); // last 1 GiB of the address space
-    pt.map(
-        &mem,
-        &mut pool,
-        big,
-        Gpa::new(0x3_c000_0000),
-        PageSize::Size1G,
-        UCODE,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(big, Gpa::new(0x3_c000_0000), PageSize::Size1G, UCODE)
+        .unwrap();
 
     let t = pt.translate(&mem, Gva::new(0x40_1abc)).unwrap();
     assert_eq!((t.gpa, t.page_size), (Gpa::new(0x7abc), PageSize::Size4K));
@@ -186,15 +170,9 @@ fn translate_with_offsets_and_sizes() {
 fn effective_rights_combine_all_levels() {
     let (mem, mut pool, mut pt) = setup();
     let gva = Gva::new(0x1234_5000);
-    pt.map(
-        &mem,
-        &mut pool,
-        gva,
-        Gpa::new(0x9000),
-        PageSize::Size4K,
-        UDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(gva, Gpa::new(0x9000), PageSize::Size4K, UDATA)
+        .unwrap();
     let e = pt.translate(&mem, gva).unwrap().effective;
     assert!(e.writable && e.user && !e.executable);
     pt.protect(&mem, gva, PAGE_SIZE, UCODE).unwrap();
@@ -233,39 +211,41 @@ fn effective_rights_combine_all_levels() {
 fn unmap_returns_leaves_and_frees_empty_tables() {
     let (mem, mut pool, mut pt) = setup();
     let base = Gva::new(0xffff_8000_3fe0_0000); // 2 MiB below a 1 GiB boundary
-    pt.map_range(
-        &mem,
-        &mut pool,
-        base,
-        Gpa::new(0x10_0000),
-        16 * PAGE_SIZE,
-        PageSize::Size4K,
-        KDATA,
-    )
-    .unwrap();
-    pt.map(
-        &mem,
-        &mut pool,
-        Gva::new(base.raw() + LARGE_PAGE_SIZE),
-        Gpa::new(0x40_0000),
-        PageSize::Size2M,
-        KDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map_range(
+            base,
+            Gpa::new(0x10_0000),
+            16 * PAGE_SIZE,
+            PageSize::Size4K,
+            KDATA,
+        )
+        .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(
+            Gva::new(base.raw() + LARGE_PAGE_SIZE),
+            Gpa::new(0x40_0000),
+            PageSize::Size2M,
+            KDATA,
+        )
+        .unwrap();
     let s = pt.summary(&mem);
     assert_eq!((s.mappings_4k, s.mappings_2m), (16, 1));
     assert_eq!(pt.table_frame_count(), 5); // PML4, PDPT, 2 PDs, 1 PT
     assert_eq!((s.pdpt_tables, s.pd_tables, s.pt_tables), (1, 2, 1));
 
     let removed = pt
-        .unmap(&mem, &mut pool, base, LARGE_PAGE_SIZE + LARGE_PAGE_SIZE)
+        .edit(&mem, &mut pool)
+        .unmap(base, LARGE_PAGE_SIZE + LARGE_PAGE_SIZE)
         .err()
         .map(|e| e.to_string());
     // The first 2 MiB are only partly mapped: refused, nothing changes.
     assert!(removed.unwrap().contains("not mapped"));
     assert_eq!(pt.summary(&mem).mappings_4k, 16);
 
-    let removed = pt.unmap(&mem, &mut pool, base, 16 * PAGE_SIZE).unwrap();
+    let removed = pt
+        .edit(&mem, &mut pool)
+        .unmap(base, 16 * PAGE_SIZE)
+        .unwrap();
     assert_eq!(removed.len(), 16);
     assert_eq!(
         removed[3],
@@ -277,12 +257,8 @@ fn unmap_returns_leaves_and_frees_empty_tables() {
     );
     assert_eq!(pt.table_frame_count(), 3); // the PT and its PD are gone
     let removed = pt
-        .unmap(
-            &mem,
-            &mut pool,
-            Gva::new(base.raw() + LARGE_PAGE_SIZE),
-            LARGE_PAGE_SIZE,
-        )
+        .edit(&mem, &mut pool)
+        .unmap(Gva::new(base.raw() + LARGE_PAGE_SIZE), LARGE_PAGE_SIZE)
         .unwrap();
     assert_eq!(
         removed,
@@ -306,20 +282,13 @@ fn unmap_returns_leaves_and_frees_empty_tables() {
 fn large_pages_are_never_split() {
     let (mem, mut pool, mut pt) = setup();
     let g = Gva::new(0x20_0000);
-    pt.map(
-        &mem,
-        &mut pool,
-        g,
-        Gpa::new(0x20_0000),
-        PageSize::Size2M,
-        KDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(g, Gpa::new(0x20_0000), PageSize::Size2M, KDATA)
+        .unwrap();
     let before = snapshot(&mem, &pt);
     let err = pt
+        .edit(&mem, &mut pool)
         .map(
-            &mem,
-            &mut pool,
             Gva::new(0x20_1000),
             Gpa::new(0x1000),
             PageSize::Size4K,
@@ -335,7 +304,8 @@ fn large_pages_are_never_split() {
         } if gva == Gva::new(0x20_1000) && leaf_gva == Gva::new(0x20_0000)
     ));
     assert!(matches!(
-        pt.unmap(&mem, &mut pool, Gva::new(0x20_1000), PAGE_SIZE),
+        pt.edit(&mem, &mut pool)
+            .unmap(Gva::new(0x20_1000), PAGE_SIZE),
         Err(PagingError::WouldSplitLargePage { .. })
     ));
     assert!(matches!(
@@ -343,25 +313,21 @@ fn large_pages_are_never_split() {
         Err(PagingError::WouldSplitLargePage { .. })
     ));
     assert!(matches!(
-        pt.map(&mem, &mut pool, g, Gpa::new(0x60_0000), PageSize::Size2M, KDATA),
+        pt.edit(&mem, &mut pool).map(g, Gpa::new(0x60_0000), PageSize::Size2M, KDATA),
         Err(PagingError::AlreadyMapped { gva }) if gva == Gva::new(0x20_0000)
     ));
     // A 2 MiB page over existing 4 KiB pages.
-    pt.map(
-        &mem,
-        &mut pool,
-        Gva::new(0x40_5000),
-        Gpa::new(0x1000),
-        PageSize::Size4K,
-        KDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(
+            Gva::new(0x40_5000),
+            Gpa::new(0x1000),
+            PageSize::Size4K,
+            KDATA,
+        )
+        .unwrap();
     let before2 = snapshot(&mem, &pt);
     assert!(matches!(
-        pt.map(
-            &mem,
-            &mut pool,
-            Gva::new(0x40_0000),
+        pt.edit(&mem, &mut pool).map(Gva::new(0x40_0000),
             Gpa::new(0x60_0000),
             PageSize::Size2M,
             KDATA
@@ -369,7 +335,8 @@ fn large_pages_are_never_split() {
         Err(PagingError::AlreadyMapped { gva }) if gva == Gva::new(0x40_0000)
     ));
     assert_eq!(snapshot(&mem, &pt), before2);
-    pt.unmap(&mem, &mut pool, Gva::new(0x40_5000), PAGE_SIZE)
+    pt.edit(&mem, &mut pool)
+        .unmap(Gva::new(0x40_5000), PAGE_SIZE)
         .unwrap();
     assert_eq!(snapshot(&mem, &pt), before);
 }
@@ -378,16 +345,15 @@ fn large_pages_are_never_split() {
 fn protect_changes_flags_keeps_address_and_ad() {
     let (mem, mut pool, mut pt) = setup();
     let g = Gva::new(0x7000_0000);
-    pt.map_range(
-        &mem,
-        &mut pool,
-        g,
-        Gpa::new(0x30_0000),
-        4 * PAGE_SIZE,
-        PageSize::Size4K,
-        UDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map_range(
+            g,
+            Gpa::new(0x30_0000),
+            4 * PAGE_SIZE,
+            PageSize::Size4K,
+            UDATA,
+        )
+        .unwrap();
     // The CPU set A and D on the second page.
     let t = pt.translate(&mem, Gva::new(g.raw() + 0x1000)).unwrap();
     let pte_entry = t.walk[3].unwrap();
@@ -429,42 +395,30 @@ fn protect_changes_flags_keeps_address_and_ad() {
 #[test]
 fn hostile_arguments_are_errors_and_change_nothing() {
     let (mem, mut pool, mut pt) = setup();
-    pt.map(
-        &mem,
-        &mut pool,
-        Gva::new(0x1000),
-        Gpa::new(0x1000),
-        PageSize::Size4K,
-        KDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(Gva::new(0x1000), Gpa::new(0x1000), PageSize::Size4K, KDATA)
+        .unwrap();
     let before = snapshot(&mem, &pt);
     let s4 = PageSize::Size4K;
     let cases: Vec<(&str, Result<(), PagingError>)> = vec![
         (
             "misaligned gva",
-            pt.map(&mem, &mut pool, Gva::new(0x2001), Gpa::new(0), s4, KDATA),
+            pt.edit(&mem, &mut pool)
+                .map(Gva::new(0x2001), Gpa::new(0), s4, KDATA),
         ),
         (
             "misaligned gpa",
-            pt.map(&mem, &mut pool, Gva::new(0x2000), Gpa::new(0x10), s4, KDATA),
+            pt.edit(&mem, &mut pool)
+                .map(Gva::new(0x2000), Gpa::new(0x10), s4, KDATA),
         ),
         (
             "2M misaligned",
-            pt.map(
-                &mem,
-                &mut pool,
-                Gva::new(0x1000),
-                Gpa::new(0),
-                PageSize::Size2M,
-                KDATA,
-            ),
+            pt.edit(&mem, &mut pool)
+                .map(Gva::new(0x1000), Gpa::new(0), PageSize::Size2M, KDATA),
         ),
         (
             "crosses hole",
-            pt.map_range(
-                &mem,
-                &mut pool,
+            pt.edit(&mem, &mut pool).map_range(
                 Gva::new(0x7fff_ffff_f000),
                 Gpa::new(0),
                 0x2000,
@@ -474,9 +428,7 @@ fn hostile_arguments_are_errors_and_change_nothing() {
         ),
         (
             "wraps",
-            pt.map_range(
-                &mem,
-                &mut pool,
+            pt.edit(&mem, &mut pool).map_range(
                 Gva::new(0xffff_ffff_ffff_f000),
                 Gpa::new(0),
                 0x2000,
@@ -486,9 +438,7 @@ fn hostile_arguments_are_errors_and_change_nothing() {
         ),
         (
             "huge len",
-            pt.map_range(
-                &mem,
-                &mut pool,
+            pt.edit(&mem, &mut pool).map_range(
                 Gva::new(0x2000),
                 Gpa::new(0),
                 u64::MAX - 0xfff,
@@ -498,25 +448,17 @@ fn hostile_arguments_are_errors_and_change_nothing() {
         ),
         (
             "zero len",
-            pt.map_range(&mem, &mut pool, Gva::new(0x2000), Gpa::new(0), 0, s4, KDATA),
+            pt.edit(&mem, &mut pool)
+                .map_range(Gva::new(0x2000), Gpa::new(0), 0, s4, KDATA),
         ),
         (
             "odd len",
-            pt.map_range(
-                &mem,
-                &mut pool,
-                Gva::new(0x2000),
-                Gpa::new(0),
-                0x1800,
-                s4,
-                KDATA,
-            ),
+            pt.edit(&mem, &mut pool)
+                .map_range(Gva::new(0x2000), Gpa::new(0), 0x1800, s4, KDATA),
         ),
         (
             "gpa overflow",
-            pt.map_range(
-                &mem,
-                &mut pool,
+            pt.edit(&mem, &mut pool).map_range(
                 Gva::new(0x2000),
                 Gpa::new(u64::MAX - 0xfff),
                 0x2000,
@@ -526,42 +468,22 @@ fn hostile_arguments_are_errors_and_change_nothing() {
         ),
         (
             "gpa > 52 bits",
-            pt.map(
-                &mem,
-                &mut pool,
-                Gva::new(0x2000),
-                Gpa::new(1 << 52),
-                s4,
-                KDATA,
-            ),
+            pt.edit(&mem, &mut pool)
+                .map(Gva::new(0x2000), Gpa::new(1 << 52), s4, KDATA),
         ),
         (
             "no present",
-            pt.map(
-                &mem,
-                &mut pool,
-                Gva::new(0x2000),
-                Gpa::new(0),
-                s4,
-                PteFlags::WRITABLE,
-            ),
+            pt.edit(&mem, &mut pool)
+                .map(Gva::new(0x2000), Gpa::new(0), s4, PteFlags::WRITABLE),
         ),
         (
             "huge flag",
-            pt.map(
-                &mem,
-                &mut pool,
-                Gva::new(0x2000),
-                Gpa::new(0),
-                s4,
-                KDATA | PteFlags::HUGE,
-            ),
+            pt.edit(&mem, &mut pool)
+                .map(Gva::new(0x2000), Gpa::new(0), s4, KDATA | PteFlags::HUGE),
         ),
         (
             "address bits",
-            pt.map(
-                &mem,
-                &mut pool,
+            pt.edit(&mem, &mut pool).map(
                 Gva::new(0x2000),
                 Gpa::new(0),
                 s4,
@@ -570,20 +492,12 @@ fn hostile_arguments_are_errors_and_change_nothing() {
         ),
         (
             "already",
-            pt.map(
-                &mem,
-                &mut pool,
-                Gva::new(0x1000),
-                Gpa::new(0x5000),
-                s4,
-                KDATA,
-            ),
+            pt.edit(&mem, &mut pool)
+                .map(Gva::new(0x1000), Gpa::new(0x5000), s4, KDATA),
         ),
         (
             "table frame rw",
-            pt.map(
-                &mem,
-                &mut pool,
+            pt.edit(&mem, &mut pool).map(
                 Gva::new(0x2000),
                 Gpa::new(POOL_START.raw() * PAGE_SIZE),
                 s4,
@@ -592,9 +506,7 @@ fn hostile_arguments_are_errors_and_change_nothing() {
         ),
         (
             "table frame rw 2M",
-            pt.map(
-                &mem,
-                &mut pool,
+            pt.edit(&mem, &mut pool).map(
                 Gva::new(0x20_0000),
                 Gpa::new(POOL_START.raw() * PAGE_SIZE),
                 PageSize::Size2M,
@@ -603,12 +515,14 @@ fn hostile_arguments_are_errors_and_change_nothing() {
         ),
         (
             "unmap hole",
-            pt.unmap(&mem, &mut pool, Gva::new(0x1000), 0x2000)
+            pt.edit(&mem, &mut pool)
+                .unmap(Gva::new(0x1000), 0x2000)
                 .map(|_| ()),
         ),
         (
             "unmap huge",
-            pt.unmap(&mem, &mut pool, Gva::new(0x1000), u64::MAX)
+            pt.edit(&mem, &mut pool)
+                .unmap(Gva::new(0x1000), u64::MAX)
                 .map(|_| ()),
         ),
         (
@@ -637,15 +551,14 @@ fn hostile_arguments_are_errors_and_change_nothing() {
     assert_eq!(snapshot(&mem, &pt), before);
     assert_eq!(pool.in_use(), 4);
     // Read-only aliases of table frames are fine (the VMM may show tables to the guest).
-    pt.map(
-        &mem,
-        &mut pool,
-        Gva::new(0x2000),
-        Gpa::new(POOL_START.raw() * PAGE_SIZE),
-        s4,
-        KRO,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(
+            Gva::new(0x2000),
+            Gpa::new(POOL_START.raw() * PAGE_SIZE),
+            s4,
+            KRO,
+        )
+        .unwrap();
     // ... but cannot be made writable later.
     assert!(matches!(
         pt.protect(&mem, Gva::new(0x2000), PAGE_SIZE, KDATA),
@@ -658,21 +571,14 @@ fn map_range_is_all_or_nothing() {
     let (mem, mut pool, mut pt) = setup();
     // A page at the end of a 3 GiB range makes the whole range fail.
     let conflict = Gva::new(0x1_0000_0000 + 3 * HUGE_PAGE_SIZE - PAGE_SIZE);
-    pt.map(
-        &mem,
-        &mut pool,
-        conflict,
-        Gpa::new(0),
-        PageSize::Size4K,
-        KDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(conflict, Gpa::new(0), PageSize::Size4K, KDATA)
+        .unwrap();
     let before = snapshot(&mem, &pt);
     let in_use = pool.in_use();
     let err = pt
+        .edit(&mem, &mut pool)
         .map_range(
-            &mem,
-            &mut pool,
             Gva::new(0x1_0000_0000),
             Gpa::new(1 << 32),
             3 * HUGE_PAGE_SIZE,
@@ -690,20 +596,18 @@ fn map_range_is_all_or_nothing() {
 
     // Running out of table frames half-way: everything is rolled back.
     let (mem, mut pool, mut pt) = setup_with(40);
-    pt.map(
-        &mem,
-        &mut pool,
-        Gva::new(0x4000_0000_7000),
-        Gpa::new(0),
-        PageSize::Size4K,
-        KDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(
+            Gva::new(0x4000_0000_7000),
+            Gpa::new(0),
+            PageSize::Size4K,
+            KDATA,
+        )
+        .unwrap();
     let before = snapshot(&mem, &pt);
     let err = pt
+        .edit(&mem, &mut pool)
         .map_range(
-            &mem,
-            &mut pool,
             Gva::new(0),
             Gpa::new(1 << 32),
             64 * LARGE_PAGE_SIZE,
@@ -716,16 +620,15 @@ fn map_range_is_all_or_nothing() {
     assert_eq!(pool.in_use(), 4);
     assert_eq!(pt.summary(&mem).mappings_4k, 1);
     // A smaller range fits.
-    pt.map_range(
-        &mem,
-        &mut pool,
-        Gva::new(0x40_0000),
-        Gpa::new(1 << 32),
-        16 * LARGE_PAGE_SIZE,
-        PageSize::Size4K,
-        KDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map_range(
+            Gva::new(0x40_0000),
+            Gpa::new(1 << 32),
+            16 * LARGE_PAGE_SIZE,
+            PageSize::Size4K,
+            KDATA,
+        )
+        .unwrap();
     assert_eq!(pt.summary(&mem).mappings_4k, 1 + 16 * 512);
 }
 
@@ -753,14 +656,8 @@ fn duplicate_or_foreign_table_frames_are_refused() {
     let mut pt = PageTables::new(&mem, &mut src).unwrap();
     let before = snapshot(&mem, &pt);
     let err = pt
-        .map(
-            &mem,
-            &mut src,
-            Gva::new(0),
-            Gpa::new(1 << 32),
-            PageSize::Size1G,
-            KDATA,
-        )
+        .edit(&mem, &mut src)
+        .map(Gva::new(0), Gpa::new(1 << 32), PageSize::Size1G, KDATA)
         .unwrap_err();
     assert!(
         matches!(err, PagingError::DuplicateTableFrame { pfn } if pfn == Pfn::new(0x900)),
@@ -772,15 +669,14 @@ fn duplicate_or_foreign_table_frames_are_refused() {
 #[test]
 fn corrupt_and_reserved_entries_are_reported() {
     let (mem, mut pool, mut pt) = setup();
-    pt.map(
-        &mem,
-        &mut pool,
-        Gva::new(0x20_0000),
-        Gpa::new(0x20_0000),
-        PageSize::Size2M,
-        KDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map(
+            Gva::new(0x20_0000),
+            Gpa::new(0x20_0000),
+            PageSize::Size2M,
+            KDATA,
+        )
+        .unwrap();
     let t = pt.translate(&mem, Gva::new(0x20_0000)).unwrap();
     let pde = t.walk[2].unwrap();
     let pde_gpa = GuestAddress(pde.table.raw() * PAGE_SIZE + u64::from(pde.index) * 8);
@@ -803,7 +699,8 @@ fn corrupt_and_reserved_entries_are_reported() {
     assert!(pt.try_leaves(&mem).is_err());
     assert!(pt.dump(&mem).contains("walk error"));
     assert!(matches!(
-        pt.unmap(&mem, &mut pool, Gva::new(0x20_0000), LARGE_PAGE_SIZE),
+        pt.edit(&mem, &mut pool)
+            .unmap(Gva::new(0x20_0000), LARGE_PAGE_SIZE),
         Err(PagingError::CorruptTable { .. })
     ));
 }
@@ -818,15 +715,9 @@ fn address_space_edges() {
         .into_iter()
         .enumerate()
     {
-        pt.map(
-            &mem,
-            &mut pool,
-            g,
-            Gpa::new(i as u64 * PAGE_SIZE),
-            PageSize::Size4K,
-            KDATA,
-        )
-        .unwrap();
+        pt.edit(&mem, &mut pool)
+            .map(g, Gpa::new(i as u64 * PAGE_SIZE), PageSize::Size4K, KDATA)
+            .unwrap();
     }
     let leaves = pt.leaves(&mem);
     let gvas: Vec<u64> = leaves.iter().map(|l| l.gva.raw()).collect();
@@ -843,7 +734,7 @@ fn address_space_edges() {
         "{dump}"
     );
     for g in [top, low_top, bottom_high, Gva::new(0)] {
-        pt.unmap(&mem, &mut pool, g, PAGE_SIZE).unwrap();
+        pt.edit(&mem, &mut pool).unmap(g, PAGE_SIZE).unwrap();
     }
     assert_eq!(pt.table_frame_count(), 1);
 }
@@ -851,16 +742,15 @@ fn address_space_edges() {
 #[test]
 fn dump_coalesces_runs() {
     let (mem, mut pool, mut pt) = setup();
-    pt.map_range(
-        &mem,
-        &mut pool,
-        Gva::new(0x40_0000),
-        Gpa::new(0x10_0000),
-        8 * PAGE_SIZE,
-        PageSize::Size4K,
-        UCODE,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map_range(
+            Gva::new(0x40_0000),
+            Gpa::new(0x10_0000),
+            8 * PAGE_SIZE,
+            PageSize::Size4K,
+            UCODE,
+        )
+        .unwrap();
     pt.protect(&mem, Gva::new(0x40_6000), 2 * PAGE_SIZE, UDATA)
         .unwrap();
     let dump = pt.dump(&mem);
@@ -883,16 +773,9 @@ fn direct_map_64g_2m_and_1g() {
     let (mem, mut pool, mut pt) = setup();
     let base = Gva::new(0xffff_8880_0000_0000);
     let ram = [(Gpa::new(0x10_0000_0000), 64 << 30)]; // above the table pool
-    map_direct(
-        &mut pt,
-        &mem,
-        &mut pool,
-        base,
-        &ram,
-        false,
-        KDATA | PteFlags::GLOBAL,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map_direct(base, &ram, false, KDATA | PteFlags::GLOBAL)
+        .unwrap();
     let s = pt.summary(&mem);
     assert_eq!(
         (s.mappings_2m, s.pd_tables, s.pdpt_tables, s.table_frames),
@@ -909,7 +792,9 @@ fn direct_map_64g_2m_and_1g() {
     assert_eq!(pt.dump(&mem).lines().count(), 2);
 
     let (mem, mut pool, mut pt) = setup();
-    map_direct(&mut pt, &mem, &mut pool, base, &ram, true, KDATA).unwrap();
+    pt.edit(&mem, &mut pool)
+        .map_direct(base, &ram, true, KDATA)
+        .unwrap();
     let s = pt.summary(&mem);
     assert_eq!((s.mappings_1g, s.table_frames), (64, 2));
 }
@@ -923,7 +808,9 @@ fn direct_map_holes_edges_and_rollback() {
         (Gpa::new(0x1000), 8 * MIB - 0x1000),
         (Gpa::new(4 << 30), (1 << 30) + 0x3000),
     ];
-    map_direct(&mut pt, &mem, &mut pool, base, &ram, true, KDATA).unwrap();
+    pt.edit(&mem, &mut pool)
+        .map_direct(base, &ram, true, KDATA)
+        .unwrap();
     let s = pt.summary(&mem);
     assert_eq!(
         (s.mappings_4k, s.mappings_2m, s.mappings_1g),
@@ -954,33 +841,38 @@ fn direct_map_holes_edges_and_rollback() {
     let (mem, mut pool, mut pt) = setup();
     let before = snapshot(&mem, &pt);
     let bad = [(Gpa::new(0), 64 * MIB), (Gpa::new(0x20_0000), 0x1000)];
-    assert!(map_direct(&mut pt, &mem, &mut pool, base, &bad, false, KRO).is_err());
+    assert!(pt
+        .edit(&mem, &mut pool)
+        .map_direct(base, &bad, false, KRO)
+        .is_err());
     assert_eq!(snapshot(&mem, &pt), before);
     // Writable direct map over the table pool is refused.
     let all = [(Gpa::new(0), MEM_SIZE)];
     assert!(matches!(
-        map_direct(&mut pt, &mem, &mut pool, base, &all, false, KDATA),
+        pt.edit(&mem, &mut pool)
+            .map_direct(base, &all, false, KDATA),
         Err(PagingError::WritableTableFrame { .. })
     ));
     assert_eq!(snapshot(&mem, &pt), before);
     assert_eq!(pool.in_use(), 1);
     // Read-only over the pool is allowed.
-    map_direct(&mut pt, &mem, &mut pool, base, &all, false, KRO).unwrap();
+    pt.edit(&mem, &mut pool)
+        .map_direct(base, &all, false, KRO)
+        .unwrap();
 }
 
 #[test]
 fn free_all_returns_every_frame() {
     let (mem, mut pool, mut pt) = setup();
-    pt.map_range(
-        &mem,
-        &mut pool,
-        Gva::new(0),
-        Gpa::new(0),
-        4 * LARGE_PAGE_SIZE,
-        PageSize::Size4K,
-        KDATA,
-    )
-    .unwrap();
+    pt.edit(&mem, &mut pool)
+        .map_range(
+            Gva::new(0),
+            Gpa::new(0),
+            4 * LARGE_PAGE_SIZE,
+            PageSize::Size4K,
+            KDATA,
+        )
+        .unwrap();
     assert_eq!(pool.in_use(), 1 + 1 + 1 + 4);
     pt.free_all(&mut pool);
     assert_eq!(pool.in_use(), 0);
@@ -1069,9 +961,7 @@ fn apply(mem: &Mem, pool: &mut FramePool, pt: &mut PageTables, shadow: &mut Shad
             // Data GPAs from 1 GiB up: outside guest memory and the table pool.
             let gpa = (1 << 30) + gpa_page / per * per * PAGE_SIZE;
             let len = n * size.bytes();
-            let r = pt.map_range(
-                mem,
-                pool,
+            let r = pt.edit(mem, pool).map_range(
                 Gva::new(WIN + page * PAGE_SIZE),
                 Gpa::new(gpa),
                 len,
@@ -1134,7 +1024,7 @@ fn apply(mem: &Mem, pool: &mut FramePool, pt: &mut PageTables, shadow: &mut Shad
                 }
                 valid
             } else {
-                let r = pt.unmap(mem, pool, gva, n * PAGE_SIZE);
+                let r = pt.edit(mem, pool).unmap(gva, n * PAGE_SIZE);
                 assert_eq!(r.is_ok(), valid, "{op:?}: {r:?}");
                 if let Ok(removed) = r {
                     let expect: Vec<_> = range
@@ -1219,7 +1109,7 @@ proptest! {
         // Unmap everything: back to the bare PML4.
         let starts: Vec<(u64, PageSize)> = shadow.iter().filter(|(q, e)| e.2 == **q).map(|(q, e)| (*q, e.3)).collect();
         for (q, size) in starts {
-            pt.unmap(&mem, &mut pool, Gva::new(WIN + q * PAGE_SIZE), size.bytes()).unwrap();
+            pt.edit(&mem, &mut pool).unmap(Gva::new(WIN + q * PAGE_SIZE), size.bytes()).unwrap();
         }
         prop_assert_eq!(pt.table_frame_count(), 1);
         prop_assert_eq!(pool.in_use(), 1);
@@ -1233,15 +1123,15 @@ proptest! {
         size in 0..3usize, which in 0..3usize,
     ) {
         let (mem, mut pool, mut pt) = setup_with(64);
-        pt.map(&mem, &mut pool, Gva::new(0xffff_8000_0000_0000), Gpa::new(0), PageSize::Size2M, KDATA).unwrap();
+        pt.edit(&mem, &mut pool).map(Gva::new(0xffff_8000_0000_0000), Gpa::new(0), PageSize::Size2M, KDATA).unwrap();
         let before = snapshot(&mem, &pt);
         let size = PageSize::ALL[size];
         let flags = PteFlags::from_bits_truncate(flags);
         // Keep the length small enough not to need gigabytes of tables when it succeeds.
         let len = len % (8 * size.bytes()) ;
         let r = match which {
-            0 => pt.map_range(&mem, &mut pool, Gva::new_truncate(gva), Gpa::new(gpa), len, size, flags),
-            1 => pt.unmap(&mem, &mut pool, Gva::new_truncate(gva), len).map(|_| ()),
+            0 => pt.edit(&mem, &mut pool).map_range(Gva::new_truncate(gva), Gpa::new(gpa), len, size, flags),
+            1 => pt.edit(&mem, &mut pool).unmap(Gva::new_truncate(gva), len).map(|_| ()),
             _ => pt.protect(&mem, Gva::new_truncate(gva), len, flags).map(|_| ()),
         };
         if r.is_err() {
@@ -1278,16 +1168,15 @@ fn unaligned_host_mapping_and_two_regions() {
     ] {
         let mut pool = FramePool::new(first, 16).unwrap();
         let mut pt = PageTables::new(&mem, &mut pool).unwrap();
-        pt.map_range(
-            &mem,
-            &mut pool,
-            gva,
-            Gpa::new(0x10_0000),
-            4 * PAGE_SIZE,
-            PageSize::Size4K,
-            KDATA,
-        )
-        .unwrap();
+        pt.edit(&mem, &mut pool)
+            .map_range(
+                gva,
+                Gpa::new(0x10_0000),
+                4 * PAGE_SIZE,
+                PageSize::Size4K,
+                KDATA,
+            )
+            .unwrap();
         for k in 0..4 {
             let t = pt
                 .translate(&mem, Gva::new(gva.raw() + k * PAGE_SIZE + 8))
@@ -1295,7 +1184,7 @@ fn unaligned_host_mapping_and_two_regions() {
             assert_eq!(t.gpa, Gpa::new(0x10_0008 + k * PAGE_SIZE));
         }
         assert_eq!(pt.leaves(&mem).len(), 4);
-        pt.unmap(&mem, &mut pool, gva, 4 * PAGE_SIZE).unwrap();
+        pt.edit(&mem, &mut pool).unmap(gva, 4 * PAGE_SIZE).unwrap();
         assert_eq!(pt.table_frame_count(), 1);
     }
 }
