@@ -144,7 +144,8 @@ impl Vm {
     ///
     /// # Errors
     /// [`VmOpError::Range`] (alignment, RAM overlap, above MAXPHYADDR, reserved GVAs),
-    /// [`VmOpError::Unsupported`], [`VmOpError::Paging`] (already mapped, ...).
+    /// [`VmOpError::Status`] with `Perm` for a writable leaf without NX (W+X) when the guest
+    /// has NX, [`VmOpError::Unsupported`], [`VmOpError::Paging`] (already mapped, ...).
     pub fn map_gpa(
         &mut self,
         gva: u64,
@@ -155,6 +156,14 @@ impl Vm {
     ) -> OpResult<()> {
         if size == PageSize::Size1G && !self.features.page_1g {
             return Err(VmOpError::Unsupported("1 GiB pages (CPUID Page1GB)"));
+        }
+        // W^X, as the Mmap hypercall: a writable and executable leaf is refused, not left
+        // for the invariants to report after the run.
+        if self.features.nx
+            && flags.contains(PteFlags::WRITABLE)
+            && !flags.contains(PteFlags::NO_EXECUTE)
+        {
+            return Err(Status::Perm.into());
         }
         let step = size.bytes();
         let gpa_end = gpa.checked_add(len).ok_or(range(gpa, len, "overflows"))?;
