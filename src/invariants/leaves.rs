@@ -7,9 +7,7 @@
 use super::checker::{overlaps, Checker, Claim, STACKS};
 use super::{FrameState, LeafCounts, LEAK_FRAMES_LISTED};
 use crate::addr::{Gva, PAGE_SIZE};
-use crate::layout::{
-    BLOB_GVA, DIRECT_MAP_BASE, MMAP_WINDOW_END, MMAP_WINDOW_START, TABLE_POOL_CHUNK_FRAMES,
-};
+use crate::layout::{DIRECT_MAP_BASE, MMAP_WINDOW_END, MMAP_WINDOW_START, TABLE_POOL_CHUNK_FRAMES};
 use crate::paging::{Leaf, PteFlags};
 use crate::space::ops::pte_flags_for;
 use crate::space::AddressSpace;
@@ -17,7 +15,7 @@ use memvisor_abi::{stage2 as s2, DOORBELL_GPA, DOORBELL_GVA};
 use std::collections::{BTreeMap, HashMap};
 
 /// The blob area: the PML4 slot of [`crate::layout::BLOB_GVA`].
-pub(super) const BLOB_AREA: core::ops::Range<u64> = BLOB_GVA..BLOB_GVA + (1 << 39);
+pub(super) use crate::layout::BLOB_AREA;
 
 /// Where a leaf lives.
 enum Area {
@@ -49,7 +47,7 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
     let nx = space.features.nx && !space.build_options.no_nx;
     let pool_frames = |gpa: u64, size: u64| -> Option<u64> {
         space.pool.chunks.iter().find_map(|ch| {
-            let (s, n) = (ch.0 * PAGE_SIZE, TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE);
+            let (s, n) = (ch.raw() * PAGE_SIZE, TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE);
             overlaps(gpa, size, s, n).then(|| gpa.max(s) / PAGE_SIZE)
         })
     };
@@ -72,7 +70,7 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
         let mut g = bottom;
         while g < top {
             if let Some(p) = it.next() {
-                stack_map.insert(g, p.0);
+                stack_map.insert(g, p.raw());
             }
             g += PAGE_SIZE;
         }
@@ -104,20 +102,20 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
         let len = area.gva.end - area.gva.start;
         let mine = space
             .pt
-            .leaves_in_range(mem, Gva(area.gva.start), len)
+            .leaves_in_range(mem, Gva::new(area.gva.start), len)
             .unwrap_or_default();
         for l in mine {
-            let (first, n) = (l.gpa.0 / PAGE_SIZE, l.size.bytes() / PAGE_SIZE);
+            let (first, n) = (l.gpa.raw() / PAGE_SIZE, l.size.bytes() / PAGE_SIZE);
             let owned = area
                 .frames
                 .iter()
-                .any(|&(p, k)| first >= p.0 && first + n <= p.0 + k);
+                .any(|&(p, k)| first >= p.raw() && first + n <= p.raw() + k);
             counts.host_data += 1;
             if !owned {
                 c.at(
                     "stray_leaf",
                     Some(first),
-                    l.gva.0,
+                    l.gva.raw(),
                     "a leaf of a host area maps a frame the area does not own".into(),
                 );
             }
@@ -127,7 +125,7 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
     let mut mapped_in_region: BTreeMap<u64, (u64, Vec<u64>)> = BTreeMap::new();
     let mut stack_leaves = 0u64;
     for leaf in &leaves {
-        let (gva, gpa, size) = (leaf.gva.0, leaf.gpa.0, leaf.size.bytes());
+        let (gva, gpa, size) = (leaf.gva.raw(), leaf.gpa.raw(), leaf.size.bytes());
         let f = leaf.flags;
         let w = f.contains(PteFlags::WRITABLE);
         let x = !nx || !f.contains(PteFlags::NO_EXECUTE);
@@ -404,14 +402,14 @@ fn walk_leaves(space: &AddressSpace) -> Result<Vec<Leaf>, crate::paging::PagingE
     let mut at = 0u64;
     for r in areas.iter().chain(std::iter::once(&(low_end..low_end))) {
         if r.start > at {
-            out.extend(space.pt.leaves_in_range(mem, Gva(at), r.start - at)?);
+            out.extend(space.pt.leaves_in_range(mem, Gva::new(at), r.start - at)?);
         }
         at = at.max(r.end);
     }
     out.extend(
         space
             .pt
-            .leaves_in_range(mem, Gva(!(low_end - 1)), low_end)?,
+            .leaves_in_range(mem, Gva::new(!(low_end - 1)), low_end)?,
     );
     Ok(out)
 }
