@@ -32,7 +32,9 @@
 //! Sources of the approach: Firecracker's snapshot format (versioned state file with a CRC64,
 //! memory served by a uffd handler), Linux `Documentation/admin-guide/mm/userfaultfd.rst`.
 
+mod cli;
 mod info;
+pub use cli::{restore_cmd, snapshot_cmd, RestoreArgs, SnapshotArgs};
 pub use info::describe;
 
 use crate::uffd::{PageSource, PAGE};
@@ -345,37 +347,7 @@ impl Snapshot {
             need,
             have: size,
         };
-        if size < HEADER as u64 {
-            // A short file with a wrong magic is not a snapshot at all.
-            let mut m = vec![0u8; size as usize];
-            file.read_exact_at(&mut m, 0).map_err(io_err)?;
-            if !MAGIC.starts_with(&m[..m.len().min(8)]) {
-                return Err(SnapshotError::Magic { path: p() });
-            }
-            return Err(truncated("the header", HEADER as u64));
-        }
-        let mut h = [0u8; HEADER];
-        file.read_exact_at(&mut h, 0).map_err(io_err)?;
-        if h[..8] != MAGIC {
-            return Err(SnapshotError::Magic { path: p() });
-        }
-        let version = le_u32(&h, 8);
-        if version != VERSION {
-            return Err(SnapshotError::Version {
-                path: p(),
-                found: version,
-                supported: VERSION,
-            });
-        }
-        let hcrc = crc32fast::hash(&h[..56]);
-        if hcrc != le_u32(&h, 56) {
-            return Err(SnapshotError::Corrupt {
-                path: p(),
-                what: "header".into(),
-                found: hcrc,
-                expected: le_u32(&h, 56),
-            });
-        }
+        let h = read_header(&file, path, size)?;
         let identity = Identity {
             mem_bytes: le_u64(&h, 16),
             kernel_len: le_u64(&h, 24),
@@ -533,6 +505,72 @@ impl Snapshot {
     }
 }
 
+/// Read and check the header of an open file of `size` bytes: length, magic, version,
+/// header CRC.
+fn read_header(file: &File, path: &Path, size: u64) -> Result<[u8; HEADER], SnapshotError> {
+    let p = || path.to_path_buf();
+    let io_err = |source| SnapshotError::Io { path: p(), source };
+    let truncated = |what, need: u64| SnapshotError::Truncated {
+        path: p(),
+        what,
+        need,
+        have: size,
+    };
+    if size < HEADER as u64 {
+        // A short file with a wrong magic is not a snapshot at all.
+        let mut m = vec![0u8; size as usize];
+        file.read_exact_at(&mut m, 0).map_err(io_err)?;
+        if !MAGIC.starts_with(&m[..m.len().min(8)]) {
+            return Err(SnapshotError::Magic { path: p() });
+        }
+        return Err(truncated("the header", HEADER as u64));
+    }
+    let mut h = [0u8; HEADER];
+    file.read_exact_at(&mut h, 0).map_err(io_err)?;
+    if h[..8] != MAGIC {
+        return Err(SnapshotError::Magic { path: p() });
+    }
+    let version = le_u32(&h, 8);
+    if version != VERSION {
+        return Err(SnapshotError::Version {
+            path: p(),
+            found: version,
+            supported: VERSION,
+        });
+    }
+    let hcrc = crc32fast::hash(&h[..56]);
+    if hcrc != le_u32(&h, 56) {
+        return Err(SnapshotError::Corrupt {
+            path: p(),
+            what: "header".into(),
+            found: hcrc,
+            expected: le_u32(&h, 56),
+        });
+    }
+    Ok(h)
+}
+
+/// The identity (RAM size, guest kernel length and CRC) recorded in the header of `path`,
+/// after checking length, magic, version and the header CRC.
+///
+/// # Errors
+/// [`SnapshotError::Io`], [`SnapshotError::Truncated`], [`SnapshotError::Magic`],
+/// [`SnapshotError::Version`], [`SnapshotError::Corrupt`].
+pub fn read_identity(path: &Path) -> Result<Identity, SnapshotError> {
+    let io_err = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let size = file.metadata().map_err(io_err)?.len();
+    let h = read_header(&file, path, size)?;
+    Ok(Identity {
+        mem_bytes: le_u64(&h, 16),
+        kernel_len: le_u64(&h, 24),
+        kernel_crc: le_u32(&h, 32),
+    })
+}
+
 /// Highest GPA a snapshot page may have (1 TiB of RAM above the MMIO hole).
 const MAX_GPA: u64 = crate::layout::MAX_MEM_SIZE + crate::layout::MMIO_HOLE_END;
 
@@ -593,6 +631,23 @@ fn read_index(
         }
     }
     Ok(pages)
+}
+
+/// What a restored VM read from its snapshot files (the report's `restore` section).
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Pages read from the files (each on the first touch of its frame, through the uffd
+    /// handler).
+    pub pages_read: u64,
+    /// Pages the files hold (all layers, each GPA once).
+    pub file_pages: u64,
+    /// Pages whose CRC-32 did not match (served zero, logged).
+    pub corrupt_pages: u64,
+    /// Snapshot layers (1 for a full snapshot, 2 with a base).
+    pub layers: u64,
+    /// Time from the start of the restore to the VM ready to run (files validated, state
+    /// decoded, RAM registered with userfaultfd, memslots, vCPU state loaded), µs.
+    pub restore_us: u64,
 }
 
 /// Counters of a [`SnapshotSource`].

@@ -22,10 +22,12 @@
 
 mod exit;
 mod host_ops;
+mod snapshot;
 mod watchdog;
 
 pub use exit::{Exit, GuestFault, Ucall};
 pub use host_ops::{MemslotKind, VmOpError};
+pub use snapshot::{RestoreOptions, SnapError, SnapshotInfo, SAVED_MSRS, STATE_VERSION};
 
 use crate::backend::{FlushSlot, HostInfo};
 use crate::boot::{self, cpuid::Features};
@@ -117,6 +119,10 @@ pub struct Vm {
     pub(crate) first_entry_us: Option<u64>,
     pub(crate) first_guest_us: Option<u64>,
     pub(crate) run_time: Duration,
+    /// The last [`Vm::run`] returned `Ucall(Sync)`: a snapshot may be taken.
+    pub(crate) at_sync: bool,
+    /// Snapshot bookkeeping (`snapshot.rs`).
+    pub(crate) snap: snapshot::Track,
 }
 
 impl Vm {
@@ -290,6 +296,8 @@ impl Vm {
             first_entry_us: None,
             first_guest_us: None,
             run_time: Duration::ZERO,
+            at_sync: false,
+            snap: snapshot::Track::default(),
         })
     }
 
@@ -307,6 +315,7 @@ impl Vm {
         let exit = self.run_loop();
         self.run_time += t0.elapsed();
         self.watchdog.disarm();
+        self.at_sync = matches!(exit, Exit::Ucall(Ucall::Sync(_)));
         if !exit.resumable() {
             self.finished = Some(exit.clone());
         }
@@ -424,6 +433,7 @@ impl Vm {
             self.s2ctl.take().map(|s| s.report),
         );
         report.backend = Some(self.host);
+        report.restore = self.restore_stats();
         crate::invariants::finish(
             &mut report,
             &mut self.space,
