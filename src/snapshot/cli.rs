@@ -214,10 +214,12 @@ pub fn snapshot_cmd(a: SnapshotArgs) -> ExitCode {
             match vm.run() {
                 Ok(Exit::Ucall(Ucall::Sync(_))) => seen += 1,
                 Ok(e) if e.resumable() => {}
-                Ok(e) => return fail(format!(
+                Ok(e) => {
+                    return fail(format!(
                     "scenario {} ended ({e:?}) after {seen} sync point(s), before sync point {at}",
                     a.scenario
-                )),
+                ))
+                }
                 Err(e) => return fail(e),
             }
         }
@@ -265,6 +267,7 @@ pub fn restore_cmd(a: RestoreArgs) -> ExitCode {
             mem_bytes: a.mem.as_deref().map(mem).transpose()?,
             timeout: timeout(a.timeout)?,
             echo_console: true,
+            verify_pages: true,
         })
     };
     let (opts, kernel) = match (opts(), kernel(&a.kernel)) {

@@ -474,6 +474,20 @@ impl Snapshot {
         self.pages.len() as u64
     }
 
+    /// Read every page once and check its CRC-32 (O(pages in the file), not O(RAM)): a
+    /// restore that must refuse a corrupt file before the guest runs calls this; the pages
+    /// are still served lazily afterwards.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`], or [`SnapshotError::Corrupt`] naming the first bad page.
+    pub fn verify_pages(&self) -> Result<(), SnapshotError> {
+        let mut buf = [0u8; PAGE as usize];
+        for gpa in self.gpas() {
+            self.read_page(gpa, &mut buf)?;
+        }
+        Ok(())
+    }
+
     /// Read the page at `gpa` into `buf` if the file has it: `Ok(false)` if not.
     ///
     /// # Errors

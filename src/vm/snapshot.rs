@@ -262,6 +262,11 @@ pub struct RestoreOptions {
     pub timeout: Duration,
     /// Echo the guest's console output live.
     pub echo_console: bool,
+    /// Check every page's CRC-32 before the VM is built ([`Snapshot::verify_pages`]: reads
+    /// each page of the files once), so a corrupt page is refused before the guest runs
+    /// (default on). Off, a corrupt page is found when the guest first touches it: it is
+    /// served zero and counted (`corrupt_pages`).
+    pub verify_pages: bool,
 }
 
 impl Default for RestoreOptions {
@@ -270,6 +275,7 @@ impl Default for RestoreOptions {
             mem_bytes: None,
             timeout: Duration::from_secs(30),
             echo_console: false,
+            verify_pages: true,
         }
     }
 }
@@ -611,6 +617,11 @@ impl Vm {
                 vec![Arc::new(b), Arc::new(t)]
             }
         };
+        if opts.verify_pages {
+            for l in &layers {
+                l.verify_pages()?;
+            }
+        }
         let Some(newest) = layers.last().cloned() else {
             return Err(SnapError::NoBase);
         };
