@@ -228,6 +228,8 @@ pub(crate) struct Track {
     last_id: Option<u64>,
     /// KVM dirty logging is on for the RAM slots.
     dirty_on: bool,
+    /// Dirty pages the API's own dirty-log reads consumed since the last snapshot.
+    stashed: BTreeSet<u64>,
     /// GPAs held by the layers this VM was restored from (they are not resident until read).
     layer_pages: BTreeSet<u64>,
     /// Counters of the snapshot source serving this VM's RAM (restored VMs).
@@ -236,6 +238,21 @@ pub(crate) struct Track {
     pub(crate) layer_page_count: u64,
     /// Number of those layers.
     pub(crate) layers: u64,
+}
+
+impl Track {
+    /// Dirty logging is on for the snapshots.
+    pub(crate) fn dirty_on(&self) -> bool {
+        self.dirty_on
+    }
+
+    /// Keep dirty pages read from the log by someone else (`Vm::dirty_log`) for the next
+    /// incremental snapshot.
+    pub(crate) fn stash(&mut self, gpas: &[u64]) {
+        if self.dirty_on {
+            self.stashed.extend(gpas.iter().copied());
+        }
+    }
 }
 
 /// What a snapshot wrote.
@@ -318,7 +335,8 @@ impl Vm {
         let cpu = self.capture_cpu()?;
         let dirty = crate::stage2::read_dirty(&self.vm, &self.slots, &self.space)
             .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
-        let gpas: BTreeSet<u64> = dirty.merged.into_iter().collect();
+        let mut gpas: BTreeSet<u64> = std::mem::take(&mut self.snap.stashed);
+        gpas.extend(dirty.merged);
         let pages = self.read_pages(&gpas, false)?;
         self.write_snapshot(path, Some(base), cpu, pages, t0)
     }
@@ -445,6 +463,7 @@ impl Vm {
     fn reset_dirty_log(&mut self) -> Result<(), SnapError> {
         let e =
             |e: crate::memory::MemoryError| SnapError::Vmm(crate::vmm::VmmError::Space(e.into()));
+        self.snap.stashed.clear();
         if self.snap.dirty_on {
             crate::stage2::read_dirty(&self.vm, &self.slots, &self.space).map_err(e)?;
         } else {
@@ -707,6 +726,7 @@ impl Vm {
         vm.snap = Track {
             last_id: Some(newest.id),
             dirty_on: false,
+            stashed: BTreeSet::new(),
             layer_page_count: layer_pages.len() as u64,
             layers: layers.len() as u64,
             layer_pages,
