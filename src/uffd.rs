@@ -243,6 +243,12 @@ impl UffdStats {
 struct Shared {
     stats: Mutex<UffdStats>,
     stop: AtomicBool,
+    /// Host pages served (copy or zero) or removed since the last
+    /// [`UffdHandler::take_touched`]: every page whose contents may differ from the source.
+    touched: Mutex<Vec<u64>>,
+    /// Record `touched` (off unless [`UffdHandler::track_touched`]: the list grows with
+    /// every fault).
+    track: AtomicBool,
 }
 
 /// A userfaultfd with its handler thread; dropping it stops the thread and closes the fd
@@ -357,6 +363,8 @@ impl UffdHandler {
                 ..UffdStats::default()
             }),
             stop: AtomicBool::new(false),
+            touched: Mutex::new(Vec::new()),
+            track: AtomicBool::new(false),
         });
         let fd = Arc::new(fd);
         let (tfd, tshared, twake) = (fd.clone(), shared.clone(), ev);
@@ -379,6 +387,18 @@ impl UffdHandler {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// Host pages (4 KiB aligned) served or discarded (`UFFD_EVENT_REMOVE`) since the last
+    /// call, in no order, possibly repeated: the pages that may no longer equal the source.
+    /// (A snapshot of a VM restored from a file layers exactly these on top of it.)
+    pub fn take_touched(&self) -> Vec<u64> {
+        std::mem::take(&mut *touched(&self.shared))
+    }
+
+    /// Start recording the pages [`UffdHandler::take_touched`] returns (off by default).
+    pub fn track_touched(&self) {
+        self.shared.track.store(true, Ordering::SeqCst);
     }
 
     /// The registered ranges `(hva, bytes)`.
@@ -552,6 +572,9 @@ fn serve(fd: &OwnedFd, wake: i32, shared: &Shared, mut source: Box<dyn PageSourc
                         Served::Failed => s.errors += 1,
                     }
                     drop(s);
+                    if shared.track.load(Ordering::Relaxed) {
+                        touched(shared).push(page);
+                    }
                     // Wake the faulting thread only now, so a thread that saw its page also
                     // sees it counted (the copy / zeropage ran with MODE_DONTWAKE).
                     wake_page(fd, page);
@@ -560,11 +583,17 @@ fn serve(fd: &OwnedFd, wake: i32, shared: &Shared, mut source: Box<dyn PageSourc
                     let (start, end) = (m.arg[0], m.arg[1]);
                     let mut p = start & !(PAGE - 1);
                     let mut pages = 0;
+                    let track = shared.track.load(Ordering::Relaxed);
+                    let mut t = touched(shared);
                     while p < end {
                         removed.insert(p);
+                        if track {
+                            t.push(p);
+                        }
                         p += PAGE;
                         pages += 1;
                     }
+                    drop(t);
                     let mut s = match shared.stats.lock() {
                         Ok(s) => s,
                         Err(p) => p.into_inner(),
@@ -575,6 +604,13 @@ fn serve(fd: &OwnedFd, wake: i32, shared: &Shared, mut source: Box<dyn PageSourc
                 _ => {}
             }
         }
+    }
+}
+
+fn touched(shared: &Shared) -> std::sync::MutexGuard<'_, Vec<u64>> {
+    match shared.touched.lock() {
+        Ok(t) => t,
+        Err(p) => p.into_inner(),
     }
 }
 

@@ -117,6 +117,8 @@ pub struct Vm {
     pub(crate) setup_us: u64,
     pub(crate) memslot_us: u64,
     pub(crate) first_entry_us: Option<u64>,
+    /// Time from `t_start` to the first return of `KVM_RUN` (the guest has run).
+    pub(crate) first_exit_us: Option<u64>,
     pub(crate) first_guest_us: Option<u64>,
     pub(crate) run_time: Duration,
     /// The last [`Vm::run`] returned `Ucall(Sync)`: a snapshot may be taken.
@@ -294,6 +296,7 @@ impl Vm {
             t_start,
             memslot_us,
             first_entry_us: None,
+            first_exit_us: None,
             first_guest_us: None,
             run_time: Duration::ZERO,
             at_sync: false,

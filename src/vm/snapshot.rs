@@ -316,6 +316,9 @@ impl Vm {
         let mut gpas: BTreeSet<u64> = self.resident_pages();
         gpas.extend(self.snap.layer_pages.iter().copied());
         let pages = self.read_pages(&gpas, true)?;
+        if let Some(h) = self.space.ram.uffd.as_ref() {
+            h.take_touched();
+        }
         // Start (or restart) the dirty log: the next incremental holds what changes from now.
         self.reset_dirty_log()?;
         self.write_snapshot(path, None, cpu, pages, t0)
@@ -329,15 +332,23 @@ impl Vm {
     pub fn snapshot_incremental(&mut self, path: &Path) -> Result<SnapshotInfo, SnapError> {
         let t0 = Instant::now();
         self.check_snapshottable()?;
-        let (Some(base), true) = (self.snap.last_id, self.snap.dirty_on) else {
+        let Some(base) = self.snap.last_id else {
             return Err(SnapError::NoBase);
         };
         let cpu = self.capture_cpu()?;
-        let dirty = crate::stage2::read_dirty(&self.vm, &self.slots, &self.space)
-            .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
-        let mut gpas: BTreeSet<u64> = std::mem::take(&mut self.snap.stashed);
-        gpas.extend(dirty.merged);
+        let gpas = if self.snap.dirty_on {
+            let dirty = crate::stage2::read_dirty(&self.vm, &self.slots, &self.space)
+                .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
+            let mut gpas: BTreeSet<u64> = std::mem::take(&mut self.snap.stashed);
+            gpas.extend(dirty.merged);
+            gpas
+        } else {
+            // Restored and not yet snapshotted: every page the uffd handler served (or saw
+            // discarded) since the restore; the others still equal the files below.
+            self.uffd_touched()
+        };
         let pages = self.read_pages(&gpas, false)?;
+        self.reset_dirty_log()?;
         self.write_snapshot(path, Some(base), cpu, pages, t0)
     }
 
@@ -419,6 +430,24 @@ impl Vm {
             cpuid,
             tsc_khz: self.tsc_khz,
         })
+    }
+
+    /// GPAs of the pages the uffd handler served or saw discarded since the last call.
+    fn uffd_touched(&self) -> BTreeSet<u64> {
+        let Some(h) = self.space.ram.uffd.as_ref() else {
+            return BTreeSet::new();
+        };
+        let hvas = h.take_touched();
+        let mut out = BTreeSet::new();
+        for r in self.space.ram.mem.iter() {
+            let (h0, len, g0) = (r.as_ptr() as u64, r.len(), r.start_addr().0);
+            out.extend(
+                hvas.iter()
+                    .filter(|&&h| h >= h0 && h - h0 < len)
+                    .map(|&h| g0 + (h - h0)),
+            );
+        }
+        out
     }
 
     /// GPAs of the RAM pages resident in the host mapping (`mincore`).
@@ -670,6 +699,10 @@ impl Vm {
         let counters = source.counters.clone();
         ram.attach_uffd(Box::new(source))
             .map_err(SnapError::NoUffd)?;
+        if let Some(h) = ram.uffd.as_ref() {
+            // An incremental snapshot of the restored VM needs every page served since now.
+            h.track_touched();
+        }
         let layer_pages: BTreeSet<u64> = layers.iter().flat_map(|l| l.gpas()).collect();
         let hc = state
             .book
@@ -732,9 +765,15 @@ impl Vm {
             layer_pages,
             source: Some(counters),
         };
-        vm.reset_dirty_log()?;
         vm.setup_us = t_start.elapsed().as_micros() as u64;
         Ok(vm)
+    }
+
+    /// Microseconds from the start of [`Vm::restore`] (or [`Vm::new`]) to the first return
+    /// of `KVM_RUN`: the guest has executed (an upper bound of "to the first guest
+    /// instruction"); `None` before the first run.
+    pub fn first_exit_us(&self) -> Option<u64> {
+        self.first_exit_us
     }
 
     /// What this VM read from its snapshot files so far (a restored VM), else `None`.
@@ -824,6 +863,7 @@ fn build(
         setup_us: 0,
         memslot_us,
         first_entry_us: None,
+        first_exit_us: None,
         first_guest_us: None,
         run_time: Duration::ZERO,
         at_sync: true,
