@@ -11,7 +11,18 @@
 //!   stage-2 range pays per page (`crate::stage2`), *without* its MMIO exit (~35 µs on PVM):
 //!   a lower bound of that path's cost per page.
 //!
-//! These are host figures: the vCPU's own stage-2 fault into the uffd path is not in them.
+//! These are host figures: the vCPU's own stage-2 fault into the uffd path is not in them;
+//! [`guest_figures`] has those.
+//!
+//! Guest demand paging ([`guest_figures`]): the `bench` guest's first write from ring 3 to
+//! each page of a populated region whose frames the host never touched (`r3_first_touch`,
+//! rdtsc in the guest): on uffd-backed RAM (`--uffd`: a vCPU stage-2 fault into the uffd
+//! handler, with 16-page fault-around of zero pages, [`crate::uffd::FAULT_AROUND_PAGES`])
+//! vs on RAM prefaulted with `MADV_POPULATE_WRITE` before the guest starts (the floor: the
+//! guest's touch, then only KVM's shadow fill, plus the populate's own time per page). The
+//! memslot-per-page lazy range is estimated from parts measured in the same run: the ring-3
+//! MMIO exit round trip (`r3_bare_exit`), one `KVM_SET_USER_MEMORY_REGION` of a 4 KiB slot
+//! and the prefaulted first touch. Runs of the two kinds alternate, median of the rounds.
 //!
 //! Snapshot restore ([`restore_figures`]): the demo is snapshotted at its first sync point
 //! (once per RAM size, 256 MiB and 4 GiB), then restored in this process again and again,
@@ -257,6 +268,87 @@ pub(super) fn restore_figures(quick: bool) -> Vec<Figure> {
             &peer("the same, 256 MiB guest (flat: lazy restore)"),
             a,
             Target::ValueAndRatioMax(10_000.0, 1.5),
+        ),
+    ]
+}
+
+/// One `bench` guest run: (r3_first_touch ns, r3_bare_exit ns, populate ns per page or NaN).
+fn bench_guest(quick: bool, uffd: bool) -> Option<(f64, f64, f64)> {
+    let mut cfg = super::guest_config(quick);
+    cfg.uffd = uffd;
+    let mut vm = crate::vm::Vm::create(&cfg, &crate::stage2::Extras::default(), None).ok()?;
+    let mut pop = f64::NAN;
+    if !uffd {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let t0 = Instant::now();
+        let mut bytes = 0u64;
+        for r in vm.space.ram.mem.iter() {
+            // SAFETY: populating guest RAM this VM owns (contents unchanged: fresh pages
+            // read as zero, written pages are kept).
+            let rc =
+                unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, MADV_POPULATE_WRITE) };
+            if rc != 0 {
+                return None;
+            }
+            bytes += r.len();
+        }
+        pop = t0.elapsed().as_nanos() as f64 / (bytes / PAGE) as f64;
+    }
+    vm.run().ok()?;
+    let r = vm.report();
+    if !r.success() {
+        return None;
+    }
+    let g = |n: &str| super::rec(&r, n, r.tsc_khz);
+    Some((g("r3_first_touch"), g("r3_bare_exit"), pop))
+}
+
+/// Guest demand paging through uffd vs the floor and the memslot-per-page estimate (see the
+/// module docs).
+pub(super) fn guest_figures(quick: bool) -> Vec<Figure> {
+    let rounds = if quick { 2 } else { 5 };
+    let (mut uf, mut pre, mut pop, mut exit) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let u = bench_guest(quick, true);
+        uf.push(u.map_or(f64::NAN, |x| x.0));
+        let p = bench_guest(quick, false);
+        pre.push(p.map_or(f64::NAN, |x| x.0));
+        exit.push(p.map_or(f64::NAN, |x| x.1));
+        pop.push(p.map_or(f64::NAN, |x| x.2));
+    }
+    let slot = memslot_ns(256).unwrap_or(f64::NAN);
+    let (uf, pre, pop, exit) = (median(uf), median(pre), median(pop), median(exit));
+    let floor = pre + pop;
+    let lazy_slot = exit + slot + pre;
+    let na = |x: f64, what: &str| {
+        if x.is_finite() && uf.is_finite() {
+            what.to_string()
+        } else {
+            format!("{what} (skipped: unsupported by host)")
+        }
+    };
+    vec![
+        fig(
+            "guest_demand_paging_uffd_per_page",
+            uf,
+            "ns",
+            &na(
+                floor,
+                "guest first touch of MADV_POPULATE_WRITE-prefaulted RAM + populate per page (floor)",
+            ),
+            floor,
+            Target::RatioMax(3.0),
+        ),
+        fig(
+            "guest_demand_paging_uffd_vs_memslot_per_page",
+            uf,
+            "ns",
+            &na(
+                lazy_slot,
+                "lazy memslot per page, estimated: ring-3 MMIO exit + 4 KiB KVM_SET_USER_MEMORY_REGION + first touch",
+            ),
+            lazy_slot,
+            Target::RatioMax(0.1),
         ),
     ]
 }

@@ -670,6 +670,10 @@ impl Vm {
                 l.verify_pages()?;
             }
         }
+        log::debug!(
+            "restore: files open and verified after {:?}",
+            t_start.elapsed()
+        );
         let Some(newest) = layers.last().cloned() else {
             return Err(SnapError::NoBase);
         };
@@ -688,6 +692,7 @@ impl Vm {
         if state.config.mem_bytes != mem_bytes {
             return Err(bad("RAM size differs from the header's".into()));
         }
+        log::debug!("restore: state decoded after {:?}", t_start.elapsed());
         let mut ram = GuestRam::new(mem_bytes)
             .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
         let ranges: Vec<(u64, u64, u64)> = ram
@@ -703,6 +708,7 @@ impl Vm {
             // An incremental snapshot of the restored VM needs every page served since now.
             h.track_touched();
         }
+        log::debug!("restore: RAM + uffd after {:?}", t_start.elapsed());
         let layer_pages: BTreeSet<u64> = layers.iter().flat_map(|l| l.gpas()).collect();
         let hc = state
             .book
@@ -825,11 +831,13 @@ fn build(
         slots.track(*m, hva);
     }
     let memslot_us = t_slots.elapsed().as_micros() as u64;
+    log::debug!("restore: memslots after {:?}", t_start.elapsed());
     let flush_slot = FlushSlot::new(&vm, &mut slots, host.shadow_paging).map_err(mem_err)?;
     let mut vcpu = vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
     let sync_regs = enable_sync_regs(&kvm_fd, &mut vcpu);
     load_cpu(&vcpu, cpu)?;
+    log::debug!("restore: vCPU loaded after {:?}", t_start.elapsed());
     let watchdog = super::watchdog::Watchdog::start()
         .map_err(|e| kvm("signal handler")(kvm_ioctls::Error::new(e.errno())))?;
     Ok(Vm {
