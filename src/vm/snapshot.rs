@@ -15,11 +15,14 @@
 //!   was restored from (read through the uffd handler). A page that was never written is
 //!   either not resident or all zeros (the zero page), so this is "pages ever written" without
 //!   logging the whole run; an all-zero page is left out (restore serves it zero).
-//! * **Incremental snapshot**: the pages dirtied since the previous snapshot of this VM (or
-//!   the restore it came from): KVM's dirty log of the RAM memslots (`KVM_MEM_LOG_DIRTY_PAGES`,
-//!   turned on by the first snapshot and by a restore) merged with the VMM's own writes
-//!   (vm-memory's dirty bitmap: page tables, zeroed frames, hypercall results), zero pages
-//!   included (they must hide the layer below).
+//! * **Incremental snapshot**: the pages dirtied since the previous snapshot of this VM:
+//!   KVM's dirty log of the RAM memslots (`KVM_MEM_LOG_DIRTY_PAGES`, turned on by the first
+//!   snapshot) merged with the VMM's own writes (vm-memory's dirty bitmap: page tables,
+//!   zeroed frames, hypercall results) and with the pages `Vm::dirty_log` reads consumed in
+//!   between; for a VM restored from a file and not snapshotted since, the pages the uffd
+//!   handler served or saw discarded since the restore (`UffdHandler::take_touched`: the
+//!   others still equal the files). Zero pages are included (they must hide the layer
+//!   below).
 //!
 //! # STATE section, version [`STATE_VERSION`]
 //! One [`VmState`] encoded with serde as CBOR (RFC 8949, the `ciborium` crate): a map with
