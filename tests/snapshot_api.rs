@@ -46,6 +46,9 @@ fn base_plus_incremental_equals_a_full_snapshot_and_both_restore() {
     use memvisor::vm::{Exit, RestoreOptions, Ucall};
     use memvisor_abi::{MapFlags, Prot, Zone};
     use std::path::Path;
+    if !common::uffd_or_skip("snapshot_api") {
+        return;
+    }
     let mut vm = common::vm_or_skip!("snapshot_api");
     let lazy = vm.mmap(64 << 12, Prot::USER_RW, Zone::ANY, MapFlags::LAZY);
     vm.set_args([lazy.unwrap(), 0, 0, 0]).unwrap();

@@ -12,25 +12,8 @@ use common::memvisor_cli as memvisor;
 use serde_json::Value;
 use std::path::Path;
 
-/// True if this host has /dev/kvm and userfaultfd; otherwise the test is reported skipped
-/// (and fails under CI=true).
 fn uffd_or_skip(test: &str) -> bool {
-    if !common::kvm_or_skip(test) {
-        return false;
-    }
-    // SAFETY: probe only; the descriptor is closed at once.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("{test}: userfaultfd is required under CI=true: {e}");
-        }
-        eprintln!("skipped {test}: unsupported by host (userfaultfd: {e})");
-        return false;
-    }
-    // SAFETY: closing the descriptor just opened.
-    unsafe { libc::close(fd as i32) };
-    true
+    common::uffd_or_skip(test)
 }
 
 fn s(p: &Path) -> &str {
