@@ -123,7 +123,7 @@ pub struct Vm {
     pub(crate) run_time: Duration,
     /// The last [`Vm::run`] returned `Ucall(Sync)`: a snapshot may be taken.
     pub(crate) at_sync: bool,
-    /// Snapshot bookkeeping (`snapshot.rs`).
+    /// Snapshot bookkeeping (`snapshot/`).
     pub(crate) snap: snapshot::Track,
 }
 
