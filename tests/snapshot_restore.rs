@@ -64,6 +64,19 @@ fn observable(j: &Value) -> Value {
     })
 }
 
+/// `restore --json` matches `docs/report.schema.json` (its `restore` and `uffd` sections too).
+fn assert_schema(j: &Value) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/report.schema.json"
+    ))
+    .expect("schema");
+    let schema: Value = serde_json::from_str(&text).expect("schema JSON");
+    let v = jsonschema::draft202012::new(&schema).expect("valid schema");
+    let errors: Vec<String> = v.iter_errors(j).take(5).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
 fn snapshot(scenario: &str, at: u32, out: &Path, inc: Option<(u32, &Path)>) {
     let at = at.to_string();
     let mut args = vec![
@@ -114,6 +127,7 @@ fn same_as_uninterrupted(scenario: &str) {
     ] {
         let r = json_of(&args, 0);
         assert_eq!(observable(&r), want, "{scenario}, {what}");
+        assert_schema(&r);
         let (read, held) = (
             r["restore"]["pages_read"].as_u64().expect("pages_read"),
             r["restore"]["file_pages"].as_u64().expect("file_pages"),

@@ -225,9 +225,10 @@ impl Vm {
                 stepwise: self.stepwise,
             },
             cpu,
+            // Every memslot as KVM has it now (flags show dirty logging; the flush slot too).
             memslots: self
-                .memslots
-                .iter()
+                .slots
+                .slots()
                 .map(|m| (m.slot, m.gpa, m.size, m.flags))
                 .collect(),
             space: self.space.save_state(),

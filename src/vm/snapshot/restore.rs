@@ -130,13 +130,9 @@ impl Vm {
             .ok_or_else(|| bad("unknown hypercall or status name".into()))?;
         let space = AddressSpace::from_state(ram, state.space)
             .ok_or_else(|| bad("unknown fault-log kind".into()))?;
-        if space
-            .ram
-            .ram
-            .iter()
-            .map(|r| r.0)
-            .ne(state.memslots.iter().map(|m| m.1))
-        {
+        // Every RAM range of this VM is one of the saved memslots (same GPA and size).
+        let saved: Vec<(u64, u64)> = state.memslots.iter().map(|m| (m.1, m.2)).collect();
+        if !space.ram.ram.iter().all(|r| saved.contains(r)) {
             return Err(bad("RAM memslots differ from this VM's".into()));
         }
         let cfg = VmConfig {
