@@ -20,6 +20,9 @@ use vm_memory::{Bytes, GuestAddress};
 /// log). The default answers `NoSys`.
 pub trait VmmCalls {
     /// [`Call::Stage2`] with `op` and its operand.
+    ///
+    /// # Errors
+    /// The [`Status`] answered to the guest (`NoSys` by default).
     fn stage2(&mut self, space: &mut AddressSpace, op: u64, arg: u64) -> Result<u64, Status> {
         let _ = (space, op, arg);
         Err(Status::NoSys)
@@ -161,7 +164,7 @@ impl Hypercalls {
         let first = gpa / PAGE_SIZE;
         let last = (gpa + len - 1) / PAGE_SIZE;
         (first..=last)
-            .all(|p| space.host_may_write(crate::addr::Pfn(p)))
+            .all(|p| space.host_may_write(crate::addr::Pfn::new(p)))
             .then_some(head.count)
     }
 

@@ -6,12 +6,10 @@
 //! returns a [`report::Report`]; [`Vm`] is the step-wise API tests are written with
 //! (create, shape memory, `run()` to the next [`Exit`], assert, run again). See `README.md` for the tour.
 
-pub mod addr;
 pub mod api;
 pub mod backend;
 pub mod bench;
 pub mod boot;
-pub mod frames;
 pub mod guest_build;
 pub mod guest_image;
 pub mod hypercall;
@@ -19,7 +17,6 @@ pub mod invariants;
 pub mod layout;
 pub mod matrix;
 pub mod memory;
-pub mod paging;
 pub mod pf_assist;
 pub mod replay;
 pub mod replay_many;
@@ -32,4 +29,7 @@ pub mod uffd;
 pub mod vm;
 pub mod vmm;
 
+pub use memvisor_frames as frames;
+pub use memvisor_frames::addr;
+pub use memvisor_paging as paging;
 pub use vm::{Exit, Ucall, Vm, VmOptions};

@@ -85,7 +85,7 @@ fn after_host_edit(
     if let Err(v) = crate::invariants::after_batch(check_invariants, space, inv_checks) {
         return Some(Outcome::InvariantViolation(v));
     }
-    if let Err(e) = flush_slot.flush_if_needed(vm, slots, space) {
+    if let Err(e) = flush_slot.flush_owed(vm, slots, space.take_shadow_flush()) {
         return Some(Outcome::KvmError(e.to_string()));
     }
     None

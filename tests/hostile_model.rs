@@ -473,7 +473,7 @@ fn pool_growth_inside_a_1g_direct_map_page_never_exposes_tables() {
     );
     // And it can always grow: every lazy fault got its page (and its page table).
     assert_eq!(results.get("Ok"), Some(&1200), "{results:?}");
-    h.space.shadow_stale = false;
+    h.space.take_shadow_flush().discard();
     teardown_check(&mut h.space).expect("teardown");
 }
 
@@ -483,7 +483,7 @@ fn bad_request_blocks_are_refused_whole() {
     let mut h = harness();
     let end = h.space.ram.end();
     let block = h.block_gpa;
-    let chunk_last = (h.space.pool.chunks[0].0 + 511) * PAGE;
+    let chunk_last = (h.space.pool.chunks[0].raw() + 511) * PAGE;
     let text = h.space.kernel.phys_start;
     let bad0 = h.hc.bad_blocks;
     // Blocks whose header says "1 request" (or 2) but which lie where the host must not

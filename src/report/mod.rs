@@ -212,8 +212,8 @@ impl Report {
             .iter()
             .map(|z| ZoneJson {
                 name: z.kind.name(),
-                start: z.start_pfn.0 * 4096,
-                end: z.end_pfn.0 * 4096,
+                start: z.start_pfn.raw() * 4096,
+                end: z.end_pfn.raw() * 4096,
                 present_frames: z.present,
                 managed_frames: z.managed,
                 free_frames: z.free,
@@ -231,7 +231,7 @@ impl Report {
             pd_tables: s.pd_tables,
             pt_tables: s.pt_tables,
             pool_chunks: space.pool.chunks.len() as u64,
-            pool_chunk_gpas: space.pool.chunks.iter().map(|c| c.0 * 4096).collect(),
+            pool_chunk_gpas: space.pool.chunks.iter().map(|c| c.raw() * 4096).collect(),
             mappings_4k: s.mappings_4k,
             mappings_2m: s.mappings_2m,
             mappings_1g: s.mappings_1g,

@@ -5,6 +5,8 @@
 //! guard pages, boot info); [`ops`] implements the memory hypercalls with every argument
 //! treated as hostile.
 
+#[cfg(test)]
+mod flush_tests;
 pub mod ops;
 pub mod pool;
 mod state;
@@ -17,7 +19,7 @@ use crate::boot::loader::{self, KernelImage, LoaderError};
 use crate::frames::{FrameError, FreeMap, ZoneKind, ZonePreset, ZoneTable};
 use crate::layout::*;
 use crate::memory::{GuestRam, MemoryError};
-use crate::paging::{map_direct, PageSize, PageTables, PagingError, Protection, PteFlags};
+use crate::paging::{PageSize, PageTables, PagingError, Protection, PteFlags, ShadowFlush};
 use memvisor_abi::{BootInfo, Status, ABI_VERSION, BOOT_MAGIC, MAX_E820};
 pub use pool::TablePool;
 use std::collections::BTreeMap;
@@ -176,9 +178,10 @@ pub struct AddressSpace {
     pub counters: SpaceCounters,
     /// Frames of the boot stacks.
     pub stack_frames: Vec<Pfn>,
-    /// A mapping was removed or its rights reduced since the VMM last flushed KVM's shadow
-    /// page tables (see [`crate::backend::FlushSlot`]).
-    pub shadow_stale: bool,
+    /// The shadow flush owed since the VMM last flushed KVM's shadow page tables (a mapping
+    /// was removed or its rights reduced; see [`crate::backend::FlushSlot`]). Private: edits
+    /// add to it, [`Self::take_shadow_flush`] hands it to the VMM exactly once.
+    shadow: ShadowFlush,
     /// How the space was built (e.g. `no_nx` for the fault matrix).
     pub build_options: BuildOptions,
     /// Frame runs `(first, count)` owned by the fault matrix (its data frame and records
@@ -246,8 +249,7 @@ impl AddressSpace {
         if opts.uffd {
             ram.attach_uffd(Box::new(crate::uffd::ZeroSource))?;
         }
-        let ranges: Vec<(Gpa, u64)> = ram.ram.iter().map(|&(a, s)| (Gpa(a), s)).collect();
-        let mut zones = ZoneTable::new(&ranges, preset)?;
+        let mut zones = ZoneTable::new(&ram.ram, preset)?;
         log::debug!("build: RAM + zones after {:?}", t0.elapsed());
         let min = KERNEL_PHYS_BASE + (4 << 20);
         if mem_bytes < min {
@@ -257,10 +259,10 @@ impl AddressSpace {
             });
         }
         // Page 0 and the boot-info frame.
-        zones.reserve(Pfn(0), 2)?;
+        zones.reserve(Pfn::new(0), 2)?;
         let image = loader::load(&ram, kernel)?;
         let kframes = (image.phys_end - image.phys_start) / PAGE_SIZE;
-        zones.reserve(Gpa(image.phys_start).pfn(), kframes)?;
+        zones.reserve(Gpa::new(image.phys_start).pfn(), kframes)?;
 
         // Table frames for the boot mappings: one PD per GiB and one PDPT per 512 GiB of the
         // direct map, edge PTs, the kernel image and stacks, plus slack.
@@ -298,11 +300,9 @@ impl AddressSpace {
             let gva = seg.gva & !(PAGE_SIZE - 1);
             let gpa = seg.gpa & !(PAGE_SIZE - 1);
             let len = (seg.gva + seg.memsz).div_ceil(PAGE_SIZE) * PAGE_SIZE - gva;
-            pt.map_range(
-                &ram.mem,
-                &mut pool,
-                Gva(gva),
-                Gpa(gpa),
+            pt.edit(&ram.mem, &mut pool).map_range(
+                crate::paging::canonical(gva)?,
+                Gpa::new(gpa),
                 len,
                 PageSize::Size4K,
                 prot_flags(prot, nx),
@@ -320,16 +320,13 @@ impl AddressSpace {
         let mut ro: Vec<(u64, u64)> = pool
             .chunks
             .iter()
-            .map(|c| (c.0 * PAGE_SIZE, chunk_bytes))
+            .map(|c| (c.raw() * PAGE_SIZE, chunk_bytes))
             .collect();
         ro.push((kstart, kend - kstart));
-        let (rw_ranges, ro_ranges) = split_ranges(&ranges, &ro);
+        let (rw_ranges, ro_ranges) = split_ranges(&ram.ram, &ro);
         for (list, flags) in [(&rw_ranges, direct_flags), (&ro_ranges, ro_flags)] {
-            map_direct(
-                &mut pt,
-                &ram.mem,
-                &mut pool,
-                Gva(DIRECT_MAP_BASE),
+            pt.edit(&ram.mem, &mut pool).map_direct(
+                Gva::new(DIRECT_MAP_BASE),
                 list,
                 // 2 MiB pages only: a page-table pool chunk grown later must be made
                 // read-only with one PD entry, and 1 GiB leaves are never split.
@@ -355,11 +352,9 @@ impl AddressSpace {
                     .or_else(|_| zones.alloc(ZoneKind::Normal, 1, 1))?;
                 stack_frames.push(pfn);
                 let gpa = pfn.gpa()?;
-                zero_frame(&ram, gpa.0)?;
-                pt.map(
-                    &ram.mem,
-                    &mut pool,
-                    Gva(bottom + i * PAGE_SIZE),
+                zero_frame(&ram, gpa.raw())?;
+                pt.edit(&ram.mem, &mut pool).map(
+                    Gva::new(bottom + i * PAGE_SIZE),
                     gpa,
                     PageSize::Size4K,
                     flags,
@@ -368,11 +363,9 @@ impl AddressSpace {
         }
 
         // The MMIO doorbell page (no memslot behind it): ring 3 can ring the VMM with a write.
-        pt.map(
-            &ram.mem,
-            &mut pool,
-            Gva(memvisor_abi::DOORBELL_GVA),
-            Gpa(memvisor_abi::DOORBELL_GPA),
+        pt.edit(&ram.mem, &mut pool).map(
+            Gva::new(memvisor_abi::DOORBELL_GVA),
+            Gpa::new(memvisor_abi::DOORBELL_GPA),
             PageSize::Size4K,
             direct_flags,
         )?;
@@ -390,7 +383,7 @@ impl AddressSpace {
             faults: Vec::new(),
             counters: SpaceCounters::default(),
             stack_frames,
-            shadow_stale: false,
+            shadow: ShadowFlush::none(),
             build_options: opts,
             matrix_frames: Vec::new(),
             stage2_ranges: Vec::new(),
@@ -420,17 +413,15 @@ impl AddressSpace {
                 Err(_) => self.zones.alloc(ZoneKind::Normal, 1, 1)?,
             };
             let gpa = pfn.gpa()?;
-            zero_frame(&self.ram, gpa.0)?;
+            zero_frame(&self.ram, gpa.raw())?;
             let off = (i * PAGE_SIZE) as usize;
             let chunk = &bytes[off..bytes.len().min(off + PAGE_SIZE as usize)];
             self.ram
                 .mem
-                .write_slice(chunk, GuestAddress(gpa.0))
+                .write_slice(chunk, GuestAddress(gpa.raw()))
                 .map_err(|_| SpaceError::Write { what: "blob" })?;
-            self.pt.map(
-                &self.ram.mem,
-                &mut self.pool,
-                Gva(gva + i * PAGE_SIZE),
+            self.pt.edit(&self.ram.mem, &mut self.pool).map(
+                Gva::new(gva + i * PAGE_SIZE),
                 gpa,
                 PageSize::Size4K,
                 flags,
@@ -461,7 +452,7 @@ impl AddressSpace {
             e820,
             ram_bytes: self.ram.bytes,
             direct_map_base: DIRECT_MAP_BASE,
-            pml4_gpa: self.pt.root().0 * PAGE_SIZE,
+            pml4_gpa: self.pt.root().raw() * PAGE_SIZE,
             heap_window: [MMAP_WINDOW_START, MMAP_WINDOW_END],
             stack: [BOOT_STACK_BOTTOM, BOOT_STACK_TOP],
             df_stack: [DF_STACK_BOTTOM, DF_STACK_TOP],
@@ -507,7 +498,7 @@ impl AddressSpace {
 
     /// GPA of the PML4 (the CR3 value).
     pub fn cr3(&self) -> u64 {
-        self.pt.root().0 * PAGE_SIZE
+        self.pt.root().raw() * PAGE_SIZE
     }
 
     /// Allocate a region id.
@@ -526,7 +517,8 @@ pub fn split_ranges(ranges: &[(Gpa, u64)], ro: &[(u64, u64)]) -> (Ranges, Ranges
     let mut cuts: Vec<(u64, u64)> = ro.iter().map(|&(a, l)| (a, a.saturating_add(l))).collect();
     cuts.sort_unstable();
     let (mut outside, mut inside) = (Vec::new(), Vec::new());
-    for &(Gpa(start), len) in ranges {
+    for &(start, len) in ranges {
+        let start = start.raw();
         let end = start + len;
         let mut cur = start;
         for &(a, b) in &cuts {
@@ -535,13 +527,13 @@ pub fn split_ranges(ranges: &[(Gpa, u64)], ro: &[(u64, u64)]) -> (Ranges, Ranges
                 continue;
             }
             if a > cur {
-                outside.push((Gpa(cur), a - cur));
+                outside.push((Gpa::new(cur), a - cur));
             }
-            inside.push((Gpa(a), b - a));
+            inside.push((Gpa::new(a), b - a));
             cur = b;
         }
         if cur < end {
-            outside.push((Gpa(cur), end - cur));
+            outside.push((Gpa::new(cur), end - cur));
         }
     }
     (outside, inside)

@@ -9,7 +9,7 @@ use crate::boot::cpuid::Features;
 use crate::boot::loader::KernelImage;
 use crate::frames::{FreeMap, ZoneTable};
 use crate::memory::GuestRam;
-use crate::paging::PageTables;
+use crate::paging::{PageTables, ShadowFlush};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -82,7 +82,7 @@ pub struct SpaceState {
     pub counters: SpaceCounters,
     /// Boot stack frames.
     pub stack_frames: Vec<Pfn>,
-    /// A shadow flush is due.
+    /// A shadow flush is owed (the address space's pending `ShadowFlush`).
     pub shadow_stale: bool,
     /// Build options.
     pub build_options: BuildOptions,
@@ -132,7 +132,7 @@ impl AddressSpace {
             faults: self.faults.iter().map(FaultState::of).collect(),
             counters: &self.counters,
             stack_frames: &self.stack_frames,
-            shadow_stale: self.shadow_stale,
+            shadow_stale: self.shadow.is_needed(),
             build_options: self.build_options,
             matrix_frames: &self.matrix_frames,
             stage2_ranges: &self.stage2_ranges,
@@ -161,7 +161,7 @@ impl AddressSpace {
             faults,
             counters: state.counters,
             stack_frames: state.stack_frames,
-            shadow_stale: state.shadow_stale,
+            shadow: ShadowFlush::when(state.shadow_stale),
             build_options: state.build_options,
             matrix_frames: state.matrix_frames,
             stage2_ranges: state.stage2_ranges,

@@ -24,22 +24,14 @@ pub mod typed;
 pub mod ucall;
 pub use typed::{Hypercall, MapFlags, Prot, Zone};
 
-/// Offset between the kernel image's GVAs and its GPAs: a kernel-image byte at GPA `p` is
-/// mapped at GVA `p + KERNEL_VIRT_OFFSET` (Linux's `__START_KERNEL_map`, the top 2 GiB).
-pub const KERNEL_VIRT_OFFSET: u64 = 0xffff_ffff_8000_0000;
-/// GPA where the kernel image is linked and loaded (2 MiB).
-pub const KERNEL_PHYS_BASE: u64 = 0x20_0000;
+pub mod layout;
+// The layout's names this crate always had (defined in `layout`).
+pub use layout::{
+    DOORBELL_GPA, DOORBELL_GVA, KERNEL_PHYS_BASE, KERNEL_VIRT_OFFSET, NULL_DOORBELL_GPA,
+};
 
 /// Port for hypercalls: 32-bit `out` of the request block's GPA.
 pub const PORT_HYPERCALL: u16 = 0x0510;
-/// GPA of the MMIO doorbell: an 8-byte write of a request block's GPA here is a hypercall
-/// (no memslot covers it: the write exits as `KVM_EXIT_MMIO`). In the 32-bit MMIO hole.
-pub const DOORBELL_GPA: u64 = 0xd000_0000;
-/// GPA of the null doorbell: a write here is a bare exit the VMM counts and ignores (the
-/// ring-3 counterpart of [`PORT_NULL`], the floor for a ring-3 hypercall).
-pub const NULL_DOORBELL_GPA: u64 = DOORBELL_GPA + 8;
-/// GVA where the host maps the doorbell page (US=1, so ring 3 can ring it).
-pub const DOORBELL_GVA: u64 = 0x0000_7ffe_0000_0000;
 
 /// Port the VMM ignores (only counts): a bare exit, the floor for hypercall cost.
 pub const PORT_NULL: u16 = 0x0511;
@@ -404,10 +396,11 @@ pub mod flags {
 /// more, 2^MAXPHYADDR / 2 below) and passes to the guest in `BootInfo::arg[1]`. The host maps
 /// the window at `GVA_BASE + offset` (US, RW, NX) whatever is (or is not) behind it.
 pub mod stage2 {
-    /// First GPA of the test regions at MAXPHYADDR 41 and more (1 TiB).
-    pub const GPA_BASE: u64 = 1 << 40;
-    /// GVA where the window's first GPA is mapped.
-    pub const GVA_BASE: u64 = 0x0000_3000_0000_0000;
+    /// First GPA of the test regions at MAXPHYADDR 41 and more (1 TiB; defined in
+    /// [`crate::layout`]).
+    pub use crate::layout::STAGE2_GPA_BASE as GPA_BASE;
+    /// GVA where the window's first GPA is mapped (defined in [`crate::layout`]).
+    pub use crate::layout::STAGE2_GVA_BASE as GVA_BASE;
     /// Bytes in each region.
     pub const REGION: u64 = 64 << 10;
     /// Offset of the region with no memslot: every access exits as KVM_EXIT_MMIO.
@@ -562,19 +555,27 @@ pub struct MemStats {
     pub lazy_faults: u64,
 }
 
-// SAFETY: each type is repr(C), made only of integers (and arrays of repr(C) integer
-// structs), with no padding bytes the compiler could leave uninitialised (fields are laid out
-// to natural alignment with explicit pad fields), so every byte pattern is a valid value.
+// Each type below is repr(C), made only of integers (and arrays of repr(C) integer structs),
+// with no padding bytes the compiler could leave uninitialised (fields are laid out to natural
+// alignment with explicit pad fields), so every byte pattern is a valid value.
 #[cfg(feature = "host")]
 mod host_impls {
     use super::*;
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for Batch {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for Request {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for E820Entry {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for BootInfo {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for MemStats {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for matrix::Pass {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for matrix::Plan {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for ucall::Record {}
 }
 

@@ -131,6 +131,9 @@ pub fn batch_in_fault(reqs: &mut [Request]) {
 }
 
 /// A single call; returns `Ok(value)` or the error status.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 #[inline]
 pub fn call(c: Call, args: [u64; 5]) -> Result<u64, Status> {
     let mut r = [Request::new(c, args)];
@@ -139,6 +142,9 @@ pub fn call(c: Call, args: [u64; 5]) -> Result<u64, Status> {
 }
 
 /// Status of a completed request.
+///
+/// # Errors
+/// The request's error status.
 #[inline]
 pub fn result(r: &Request) -> Result<u64, Status> {
     match Status::from_i32(r.status) {
@@ -168,11 +174,17 @@ pub fn panic_str(msg: &str) -> ! {
 }
 
 /// mmap: `len` bytes, protection, zone, flags → GVA.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn mmap(len: u64, prot: u64, zone: u64, flags: u64) -> Result<u64, Status> {
     call(Call::Mmap, [len, prot, zone, flags, 0])
 }
 
 /// munmap, then flush the TLB for the range (the guest's job, see the ABI docs).
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn munmap(gva: u64, len: u64) -> Result<u64, Status> {
     let r = call(Call::Munmap, [gva, len, 0, 0, 0]);
     flush_range(gva, len);
@@ -180,6 +192,9 @@ pub fn munmap(gva: u64, len: u64) -> Result<u64, Status> {
 }
 
 /// mprotect, then flush the TLB for the range.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn mprotect(gva: u64, len: u64, prot: u64) -> Result<u64, Status> {
     let r = call(Call::Mprotect, [gva, len, prot, 0, 0]);
     flush_range(gva, len);
@@ -187,6 +202,9 @@ pub fn mprotect(gva: u64, len: u64, prot: u64) -> Result<u64, Status> {
 }
 
 /// Host translation of a GVA → GPA.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn translate(gva: u64) -> Result<u64, Status> {
     call(Call::Translate, [gva, 0, 0, 0, 0])
 }
@@ -217,6 +235,9 @@ pub fn flush_range(gva: u64, len: u64) {
 }
 
 /// A typed hypercall (encoded with [`Hypercall::encode`], the inverse of the host's decoder).
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 #[inline]
 pub fn hypercall(h: Hypercall) -> Result<u64, Status> {
     let mut r = [h.encode()];
@@ -225,6 +246,9 @@ pub fn hypercall(h: Hypercall) -> Result<u64, Status> {
 }
 
 /// Typed `Mmap`: `len` bytes (multiple of 4 KiB) with `prot` from `zone` → GVA.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn map(len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Result<u64, Status> {
     hypercall(Hypercall::Mmap {
         len,
@@ -237,6 +261,9 @@ pub fn map(len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Result<u64, Sta
 
 /// Typed `Mmap` at exactly `gva` ([`MapFlags::FIXED`] is added to `flags`): `Perm` outside
 /// the mmap window, `Exists` over a region or guard page the guest has, `Inval` misaligned.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn map_at(gva: u64, len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Result<u64, Status> {
     hypercall(Hypercall::Mmap {
         len,
@@ -248,6 +275,9 @@ pub fn map_at(gva: u64, len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Re
 }
 
 /// Typed `Mprotect`, then a TLB flush of the range.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn protect(gva: u64, len: u64, prot: Prot) -> Result<u64, Status> {
     let r = hypercall(Hypercall::Mprotect { gva, len, prot });
     flush_range(gva, len);
@@ -255,6 +285,9 @@ pub fn protect(gva: u64, len: u64, prot: Prot) -> Result<u64, Status> {
 }
 
 /// `Stats`: the host's frame and mapping counters.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn stats() -> Result<MemStats, Status> {
     let mut s = MemStats::default();
     hypercall(Hypercall::Stats {

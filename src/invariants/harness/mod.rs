@@ -28,7 +28,7 @@ mod checks;
 mod model;
 
 use super::teardown_check;
-use crate::addr::{Gva, PAGE_SIZE};
+use crate::addr::PAGE_SIZE;
 use crate::boot::cpuid::Features;
 use crate::frames::ZonePreset;
 use crate::hypercall::{Flow, Hypercalls};
@@ -298,7 +298,7 @@ impl Harness {
             }
             let len = 8 + u64::from(head.count) * 64;
             let all_writable = (ring / PAGE_SIZE..=(ring + len - 1) / PAGE_SIZE)
-                .all(|p| self.space.host_may_write(crate::addr::Pfn(p)));
+                .all(|p| self.space.host_may_write(crate::addr::Pfn::new(p)));
             if !all_writable {
                 return Err(format!(
                     "block at {ring:#x} covering frames the host may not write accepted"
@@ -370,11 +370,11 @@ pub fn read_stats(h: &Harness) -> Result<MemStats, HarnessError> {
     let t = h
         .space
         .pt
-        .translate(&h.space.ram.mem, Gva(h.scratch_gva))
+        .translate_raw(&h.space.ram.mem, h.scratch_gva)
         .map_err(|e| e.to_string())?;
     h.space
         .ram
         .mem
-        .read_obj(GuestAddress(t.gpa.0))
+        .read_obj(GuestAddress(t.gpa.raw()))
         .map_err(|e| e.to_string())
 }

@@ -4,7 +4,7 @@
 //! steps it cannot predict.
 
 use super::{Harness, HarnessError};
-use crate::addr::{is_canonical, Gva, LARGE_PAGE_SIZE, PAGE_SIZE};
+use crate::addr::{is_canonical, LARGE_PAGE_SIZE, PAGE_SIZE};
 use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
 use crate::space::ops::pte_flags_for;
 use crate::space::Backing;
@@ -452,7 +452,7 @@ impl Harness {
                 && self
                     .space
                     .pt
-                    .translate(&self.space.ram.mem, Gva(r.start))
+                    .translate_raw(&self.space.ram.mem, r.start)
                     .is_ok_and(|t| t.page_size.bytes() == LARGE_PAGE_SIZE);
             m.regions.insert(
                 r.start,

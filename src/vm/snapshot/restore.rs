@@ -132,7 +132,12 @@ impl Vm {
             .ok_or_else(|| bad("unknown fault-log kind".into()))?;
         // Every RAM range of this VM is one of the saved memslots (same GPA and size).
         let saved: Vec<(u64, u64)> = state.memslots.iter().map(|m| (m.1, m.2)).collect();
-        if !space.ram.ram.iter().all(|r| saved.contains(r)) {
+        if !space
+            .ram
+            .ram
+            .iter()
+            .all(|&(g, n)| saved.contains(&(g.raw(), n)))
+        {
             return Err(bad("RAM memslots differ from this VM's".into()));
         }
         let cfg = VmConfig {

@@ -1,12 +1,14 @@
 //! x86_64 4-level guest page tables (PML4 → PDPT → PD → PT), built and owned by the host.
 //!
 //! The VMM builds the guest's page tables in guest RAM, in 4 KiB frames it gets from a
-//! [`FrameSource`] (its zone allocator; tests use [`FramePool`]). [`PageTables`] is the
-//! walker/editor: [`map`](PageTables::map), [`map_range`](PageTables::map_range),
-//! [`unmap`](PageTables::unmap), [`protect`](PageTables::protect),
+//! [`FrameSource`] (its zone allocator; tests use [`FramePool`]). [`PageTables`] holds the
+//! tables; [`PageTables::edit`] binds them with guest memory and the frame source into a
+//! [`Mapper`], the edit view: [`map`](Mapper::map), [`map_range`](Mapper::map_range),
+//! [`unmap`](Mapper::unmap) and [`map_direct`](Mapper::map_direct) (a direct map of guest RAM
+//! with 2 MiB / 1 GiB pages). On the tables themselves: [`protect`](PageTables::protect),
 //! [`translate`](PageTables::translate) (a software walk with the effective rights),
 //! [`dump`](PageTables::dump), [`summary`](PageTables::summary) and [`leaves`](PageTables::leaves).
-//! [`map_direct`] builds a direct map of guest RAM with 2 MiB / 1 GiB pages.
+//! Edits that may leave KVM's shadow pages stale owe a [`ShadowFlush`].
 //!
 //! # Layout and policies
 //!
@@ -68,22 +70,55 @@ mod checks;
 mod direct;
 mod edit;
 mod entry;
+mod flush;
 mod io;
+mod mapper;
 pub mod protection;
 pub mod pte;
 mod table;
 mod tableset;
 mod walk;
 
-pub use direct::{direct_map_plan, map_direct, DirectSegment};
+pub use direct::{direct_map_plan, DirectSegment};
+pub use flush::ShadowFlush;
+pub use mapper::Mapper;
 pub use protection::Protection;
 pub use pte::{Pte, PteFlags, ADDR_MASK};
 pub use table::{PageTables, PagingConfig, TABLE_ENTRY_FLAGS};
 pub use walk::{EffectiveAccess, Leaf, PageTableSummary, Translation, WalkEntry};
 
+/// The address newtypes of `memvisor-frames`, imported once so `crate::addr::...` names them.
+use memvisor_frames::addr;
+
 use crate::addr::{AddrError, Gpa, Gva, Pfn, HUGE_PAGE_SIZE, LARGE_PAGE_SIZE, PAGE_SIZE};
 use thiserror::Error;
 use vm_memory::GuestMemoryError;
+
+/// A [`Gpa`] as a vm-memory [`GuestAddress`](vm_memory::GuestAddress) (the conversion lives
+/// here because `memvisor-frames` does not depend on vm-memory).
+pub trait ToGuestAddress {
+    /// The same byte address as a vm-memory `GuestAddress`.
+    fn to_guest_address(self) -> vm_memory::GuestAddress;
+}
+
+impl ToGuestAddress for Gpa {
+    fn to_guest_address(self) -> vm_memory::GuestAddress {
+        vm_memory::GuestAddress(self.raw())
+    }
+}
+
+/// A raw (untrusted) 64-bit linear address as a [`Gva`].
+///
+/// # Errors
+/// [`PagingError::NonCanonical`] if `raw` is not canonical (bits 63:47 not all equal; SDM
+/// Vol. 3A §3.3.7.1) — the error the walks returned for such an address before [`Gva`] was
+/// canonical by construction.
+pub const fn canonical(raw: u64) -> Result<Gva> {
+    match Gva::new_canonical(raw) {
+        Ok(gva) => Ok(gva),
+        Err(_) => Err(PagingError::NonCanonical { gva: raw }),
+    }
+}
 
 /// Number of entries in one table (4 KiB / 8 bytes).
 pub const ENTRIES_PER_TABLE: usize = 512;
@@ -380,7 +415,7 @@ impl FrameSource for FramePool {
             Some(pfn) => pfn,
             None if self.next < self.end => {
                 self.next += 1;
-                Pfn(self.next - 1)
+                Pfn::new(self.next - 1)
             }
             None => return Err(PagingError::OutOfFrames),
         };
@@ -426,18 +461,18 @@ mod tests {
 
     #[test]
     fn frame_pool() {
-        let mut p = FramePool::new(Pfn(10), 2).unwrap();
-        assert_eq!(p.alloc_table_frame().unwrap(), Pfn(10));
-        assert_eq!(p.alloc_table_frame().unwrap(), Pfn(11));
+        let mut p = FramePool::new(Pfn::new(10), 2).unwrap();
+        assert_eq!(p.alloc_table_frame().unwrap(), Pfn::new(10));
+        assert_eq!(p.alloc_table_frame().unwrap(), Pfn::new(11));
         assert!(matches!(
             p.alloc_table_frame(),
             Err(PagingError::OutOfFrames)
         ));
-        p.free_table_frame(Pfn(10));
-        p.free_table_frame(Pfn(10)); // double free ignored
-        p.free_table_frame(Pfn(99)); // foreign frame ignored
+        p.free_table_frame(Pfn::new(10));
+        p.free_table_frame(Pfn::new(10)); // double free ignored
+        p.free_table_frame(Pfn::new(99)); // foreign frame ignored
         assert_eq!(p.in_use(), 1);
-        assert_eq!(p.alloc_table_frame().unwrap(), Pfn(10));
-        assert!(FramePool::new(Pfn(u64::MAX), 2).is_err());
+        assert_eq!(p.alloc_table_frame().unwrap(), Pfn::new(10));
+        assert!(FramePool::new(Pfn::new(u64::MAX), 2).is_err());
     }
 }

@@ -84,10 +84,10 @@ impl TableSet {
         if first > last {
             return None;
         }
-        let span = last.0 - first.0;
+        let span = last.raw() - first.raw();
         if span < self.map.len() as u64 {
-            (first.0..=last.0)
-                .map(Pfn)
+            (first.raw()..=last.raw())
+                .map(Pfn::new)
                 .find(|p| self.map.contains_key(p))
         } else {
             self.map
@@ -107,19 +107,22 @@ mod tests {
     fn insert_query_remove() {
         let mut s = TableSet::default();
         for (p, l) in [(10, 4), (12, 3), (500, 1)] {
-            assert!(s.insert_new(Pfn(p), l));
+            assert!(s.insert_new(Pfn::new(p), l));
         }
-        assert!(!s.insert_new(Pfn(12), 2));
-        assert_eq!(s.get(Pfn(12)), Some(3));
+        assert!(!s.insert_new(Pfn::new(12), 2));
+        assert_eq!(s.get(Pfn::new(12)), Some(3));
         assert_eq!(s.len(), 3);
-        assert_eq!(s.sorted(), [Pfn(10), Pfn(12), Pfn(500)]);
+        assert_eq!(s.sorted(), [Pfn::new(10), Pfn::new(12), Pfn::new(500)]);
         // Both strategies of the range query.
-        assert_eq!(s.lowest_in(Pfn(11), Pfn(12)), Some(Pfn(12)));
-        assert_eq!(s.lowest_in(Pfn(11), Pfn(u64::MAX)), Some(Pfn(12)));
-        assert_eq!(s.lowest_in(Pfn(13), Pfn(499)), None);
-        assert_eq!(s.lowest_in(Pfn(13), Pfn(14)), None);
-        assert_eq!(s.lowest_in(Pfn(14), Pfn(13)), None);
-        assert_eq!(s.remove(Pfn(12)), Some(3));
-        assert_eq!(s.get(Pfn(12)), None);
+        assert_eq!(s.lowest_in(Pfn::new(11), Pfn::new(12)), Some(Pfn::new(12)));
+        assert_eq!(
+            s.lowest_in(Pfn::new(11), Pfn::new(u64::MAX)),
+            Some(Pfn::new(12))
+        );
+        assert_eq!(s.lowest_in(Pfn::new(13), Pfn::new(499)), None);
+        assert_eq!(s.lowest_in(Pfn::new(13), Pfn::new(14)), None);
+        assert_eq!(s.lowest_in(Pfn::new(14), Pfn::new(13)), None);
+        assert_eq!(s.remove(Pfn::new(12)), Some(3));
+        assert_eq!(s.get(Pfn::new(12)), None);
     }
 }

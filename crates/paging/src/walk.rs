@@ -139,7 +139,7 @@ impl PageTables {
         let buf =
             io::view(mem, table)?.read(entry_index(first, level), entry_index(last, level))?;
         let span = entry_span(level);
-        let table_gpa = table.gpa()?.0;
+        let table_gpa = table.gpa()?.raw();
         let mut va = first;
         loop {
             let idx = entry_index(va, level);
@@ -168,6 +168,14 @@ impl PageTables {
         }
     }
 
+    /// [`Self::translate`] of a raw (untrusted) 64-bit GVA.
+    ///
+    /// # Errors
+    /// [`PagingError::NonCanonical`] if `gva` is not canonical, else as [`Self::translate`].
+    pub fn translate_raw<M: GuestMemoryBackend>(&self, mem: &M, gva: u64) -> Result<Translation> {
+        self.translate(mem, crate::canonical(gva)?)
+    }
+
     /// Software walk of `gva`, as the CPU would do it: the GPA, the page size, the leaf, the
     /// entries read and the effective rights.
     ///
@@ -177,14 +185,14 @@ impl PageTables {
     /// [`PagingError::CorruptTable`], [`PagingError::Memory`].
     pub fn translate<M: GuestMemoryBackend>(&self, mem: &M, gva: Gva) -> Result<Translation> {
         if !gva.is_canonical() {
-            return Err(PagingError::NonCanonical { gva: gva.0 });
+            return Err(PagingError::NonCanonical { gva: gva.raw() });
         }
         let cfg = self.config;
         let mut walk = [None; 4];
         let (mut writable, mut user, mut nx) = (true, true, false);
         let mut table = self.root;
         for (slot, level) in walk.iter_mut().zip((1..=4u8).rev()) {
-            let index = entry_index(gva.0, level);
+            let index = entry_index(gva.raw(), level);
             let pte = Pte::from_raw(io::read_entry(mem, table.gpa()?, index)?);
             *slot = Some(WalkEntry {
                 level,
@@ -196,7 +204,7 @@ impl PageTables {
                 return Err(PagingError::NotMapped { gva });
             }
             let poisoned = self
-                .poisoned_bits(table.gpa()?.0 | (index as u64 * 8))
+                .poisoned_bits(table.gpa()?.raw() | (index as u64 * 8))
                 .unwrap_or(0);
             let bits = pte.reserved_bits(level, cfg.phys_addr_bits, cfg.nx_enabled) | poisoned;
             if bits != 0 {
@@ -212,10 +220,10 @@ impl PageTables {
             user &= flags.contains(PteFlags::USER);
             nx |= cfg.nx_enabled && flags.contains(PteFlags::NO_EXECUTE);
             if let (true, Some(page_size)) = (pte.is_leaf(level), PageSize::from_level(level)) {
-                let offset = gva.0 & (page_size.bytes() - 1);
+                let offset = gva.raw() & (page_size.bytes() - 1);
                 return Ok(Translation {
                     gva,
-                    gpa: Gpa(pte.leaf_addr(level).0 | offset),
+                    gpa: Gpa::new(pte.leaf_addr(level).raw() | offset),
                     page_size,
                     leaf_pte: pte,
                     effective: EffectiveAccess {
@@ -226,7 +234,7 @@ impl PageTables {
                     walk,
                 });
             }
-            table = self.child_table(pte, level, gva.0)?;
+            table = self.child_table(pte, level, gva.raw())?;
         }
         // Level 1 entries that are present are always leaves.
         Err(PagingError::NotMapped { gva })
@@ -262,7 +270,7 @@ impl PageTables {
     ) -> Result<Vec<Leaf>> {
         let last = check_va_range(gva, len, PAGE_SIZE)?;
         let mut out = Vec::new();
-        self.leaves_in(mem, gva.0, last, &mut out)?;
+        self.leaves_in(mem, gva.raw(), last, &mut out)?;
         Ok(out)
     }
 
@@ -293,7 +301,7 @@ impl PageTables {
             } = v
             {
                 f(Leaf {
-                    gva: Gva(base),
+                    gva: Gva::new_truncate(base),
                     gpa: pte.leaf_addr(size.level()),
                     size,
                     flags: pte.flags() - PteFlags::HUGE,
@@ -337,11 +345,16 @@ impl PageTables {
             s.mappings_1g
         );
         fn line(out: &mut String, (l, n): (Leaf, u64)) {
-            let end = u128::from(l.gva.0) + u128::from(n) * u128::from(l.size.bytes());
+            let end = u128::from(l.gva.raw()) + u128::from(n) * u128::from(l.size.bytes());
             let _ = writeln!(
                 out,
                 "{:#018x}-{:#018x} -> {:#018x}  {} x{}  {}",
-                l.gva.0, end, l.gpa.0, l.size, n, l.flags
+                l.gva.raw(),
+                end,
+                l.gpa.raw(),
+                l.size,
+                n,
+                l.flags
             );
         }
         let mut run: Option<(Leaf, u64)> = None;
@@ -351,8 +364,8 @@ impl PageTables {
                     if r.size == l.size
                         && r.flags == l.flags
                         && n.checked_mul(r.size.bytes()).is_some_and(|d| {
-                            r.gva.0.checked_add(d) == Some(l.gva.0)
-                                && r.gpa.0.checked_add(d) == Some(l.gpa.0)
+                            r.gva.raw().checked_add(d) == Some(l.gva.raw())
+                                && r.gpa.raw().checked_add(d) == Some(l.gpa.raw())
                         }) =>
                 {
                     Some((r, n + 1))

@@ -1,9 +1,9 @@
 //! The direct map: every RAM range `[gpa, gpa + len)` mapped at `base + gpa`, with the
-//! largest pages alignment allows (1 GiB only when the CPU has them), holes left unmapped.
+//! largest pages alignment allows (1 GiB only when the CPU has them), holes left unmapped:
+//! the plan ([`direct_map_plan`]); [`Mapper::map_direct`](crate::Mapper::map_direct) maps it.
 
-use super::{FrameSource, Operand, PageSize, PageTables, PagingError, PteFlags, Result};
+use super::{Operand, PageSize, PagingError, Result};
 use crate::addr::{Gpa, Gva, PAGE_SIZE};
-use vm_memory::GuestMemoryBackend;
 
 /// One `map_range` call of a direct map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +29,12 @@ pub struct DirectSegment {
 /// [`PagingError::NonCanonical`] if `base` is not canonical.
 pub fn direct_map_plan(base: Gva, ram: &[(Gpa, u64)], use_1g: bool) -> Result<Vec<DirectSegment>> {
     if !base.is_canonical() {
-        return Err(PagingError::NonCanonical { gva: base.0 });
+        return Err(PagingError::NonCanonical { gva: base.raw() });
     }
     if !base.is_aligned(PAGE_SIZE) {
         return Err(PagingError::Misaligned {
             what: Operand::Gva,
-            value: base.0,
+            value: base.raw(),
             align: PAGE_SIZE,
         });
     }
@@ -53,7 +53,7 @@ pub fn direct_map_plan(base: Gva, ram: &[(Gpa, u64)], use_1g: bool) -> Result<Ve
         if len == 0 {
             continue;
         }
-        for (what, value) in [(Operand::Gpa, gpa.0), (Operand::Length, len)] {
+        for (what, value) in [(Operand::Gpa, gpa.raw()), (Operand::Length, len)] {
             if value % PAGE_SIZE != 0 {
                 return Err(PagingError::Misaligned {
                     what,
@@ -62,16 +62,19 @@ pub fn direct_map_plan(base: Gva, ram: &[(Gpa, u64)], use_1g: bool) -> Result<Ve
                 });
             }
         }
-        let overflow = PagingError::LengthOverflow { start: gpa.0, len };
-        let end = gpa.0.checked_add(len).ok_or(overflow)?;
+        let overflow = PagingError::LengthOverflow {
+            start: gpa.raw(),
+            len,
+        };
+        let end = gpa.raw().checked_add(len).ok_or(overflow)?;
         // Last GVA must exist too.
-        base.0
+        base.raw()
             .checked_add(end - 1)
             .ok_or(PagingError::LengthOverflow {
-                start: base.0,
+                start: base.raw(),
                 len: end,
             })?;
-        let mut c = gpa.0;
+        let mut c = gpa.raw();
         while c < end {
             // Largest size with `c` aligned and one page fitting.
             let k = (0..sizes.len())
@@ -91,8 +94,8 @@ pub fn direct_map_plan(base: Gva, ram: &[(Gpa, u64)], use_1g: bool) -> Result<Ve
             let n = ((limit - c) / step).max(1);
             let seg_len = n * step;
             out.push(DirectSegment {
-                gva: Gva(base.0 + c),
-                gpa: Gpa(c),
+                gva: Gva::new_truncate(base.raw() + c),
+                gpa: Gpa::new(c),
                 len: seg_len,
                 size,
             });
@@ -100,43 +103,6 @@ pub fn direct_map_plan(base: Gva, ram: &[(Gpa, u64)], use_1g: bool) -> Result<Ve
         }
     }
     Ok(out)
-}
-
-/// Map every RAM range of `ram` at `base + gpa` with leaf `flags`, using 2 MiB pages (1 GiB
-/// pages with `use_1g`, i.e. CPUID.80000001H:EDX.Page1GB) where GVA and GPA are aligned and
-/// 4 KiB pages at unaligned edges; holes between ranges stay unmapped. All or nothing: on
-/// error, everything this call mapped is unmapped again.
-///
-/// `base` should be 1 GiB aligned for 1 GiB pages (else the largest alignment of `base`
-/// limits the page size). With `WRITABLE` in `flags`, `ram` must not contain page-table
-/// frames ([`PagingError::WritableTableFrame`]): leave the table pool out and map it
-/// read-only separately.
-///
-/// # Errors
-/// As [`direct_map_plan`] and [`PageTables::map_range`] (e.g.
-/// [`PagingError::AlreadyMapped`] for overlapping ranges).
-#[allow(clippy::too_many_arguments)]
-pub fn map_direct<M: GuestMemoryBackend>(
-    pt: &mut PageTables,
-    mem: &M,
-    frames: &mut dyn FrameSource,
-    base: Gva,
-    ram: &[(Gpa, u64)],
-    use_1g: bool,
-    flags: PteFlags,
-) -> Result<()> {
-    let plan = direct_map_plan(base, ram, use_1g)?;
-    for (i, seg) in plan.iter().enumerate() {
-        if let Err(e) = pt.map_range(mem, frames, seg.gva, seg.gpa, seg.len, seg.size, flags) {
-            for done in plan.iter().take(i).rev() {
-                if let Err(u) = pt.unmap(mem, frames, done.gva, done.len) {
-                    log::error!("direct-map rollback of {} failed: {u}", done.gva);
-                }
-            }
-            return Err(e);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -147,13 +113,13 @@ mod tests {
     const G1: u64 = 1 << 30;
 
     fn plan(base: u64, ram: &[(u64, u64)], use_1g: bool) -> Vec<(u64, u64, PageSize)> {
-        let ram: Vec<_> = ram.iter().map(|&(g, l)| (Gpa(g), l)).collect();
-        direct_map_plan(Gva(base), &ram, use_1g)
+        let ram: Vec<_> = ram.iter().map(|&(g, l)| (Gpa::new(g), l)).collect();
+        direct_map_plan(Gva::new(base), &ram, use_1g)
             .unwrap()
             .into_iter()
             .map(|s| {
-                assert_eq!(s.gva.0, base + s.gpa.0);
-                (s.gpa.0, s.len, s.size)
+                assert_eq!(s.gva.raw(), base + s.gpa.raw());
+                (s.gpa.raw(), s.len, s.size)
             })
             .collect()
     }
@@ -204,12 +170,12 @@ mod tests {
 
     #[test]
     fn plan_rejects_bad_input() {
-        let base = Gva(0xffff_8880_0000_0000);
-        assert!(direct_map_plan(base, &[(Gpa(0x10), 0x1000)], false).is_err());
-        assert!(direct_map_plan(base, &[(Gpa(0), 0x1001)], false).is_err());
-        assert!(direct_map_plan(base, &[(Gpa(u64::MAX - 0xfff), 0x2000)], false).is_err());
-        assert!(direct_map_plan(base, &[(Gpa(0), 0x0077_8000_0000_0000)], false).is_err());
-        assert!(direct_map_plan(Gva(0x0000_8000_0000_0000), &[], false).is_err());
-        assert!(direct_map_plan(Gva(0x10), &[], false).is_err());
+        let base = Gva::new(0xffff_8880_0000_0000);
+        assert!(direct_map_plan(base, &[(Gpa::new(0x10), 0x1000)], false).is_err());
+        assert!(direct_map_plan(base, &[(Gpa::new(0), 0x1001)], false).is_err());
+        assert!(direct_map_plan(base, &[(Gpa::new(u64::MAX - 0xfff), 0x2000)], false).is_err());
+        assert!(direct_map_plan(base, &[(Gpa::new(0), 0x0077_8000_0000_0000)], false).is_err());
+        assert!(Gva::new_canonical(0x0000_8000_0000_0000).is_err());
+        assert!(direct_map_plan(Gva::new(0x10), &[], false).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! Frame-allocator benchmarks (issue 2): `memvisor::frames::BitmapAllocator` beside
+//! Frame-allocator benchmarks (issue 2): `memvisor_frames::BitmapAllocator` beside
 //! `buddy_system_allocator::FrameAllocator` on the same workloads, in the same run.
 //!
 //! Configurations: 1 GiB (2^18 frames) and 64 GiB (2^24 frames) at PFN 2^20 (4 GiB), each
@@ -18,15 +18,15 @@
 //!   with one single-frame call per frame, in address order. Throughput is frames freed.
 //!   `free-all-runs` (ours only) frees the same frames with one call per maximal run.
 //!
-//! Run: `CARGO_TARGET_DIR=/tmp/target-frames cargo bench --bench frames`.
+//! Run: `CARGO_TARGET_DIR=/tmp/target-frames cargo bench -p memvisor-frames --bench frames`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use buddy_system_allocator::FrameAllocator;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use memvisor::addr::Pfn;
-use memvisor::frames::BitmapAllocator;
+use memvisor_frames::addr::Pfn;
+use memvisor_frames::BitmapAllocator;
 
 const BASE: u64 = 1 << 20;
 type Buddy = FrameAllocator<32>;
@@ -65,14 +65,14 @@ fn configs() -> Vec<Config> {
 
 /// Our allocator in the configuration's state.
 fn ours(c: &Config) -> BitmapAllocator {
-    let mut a = BitmapAllocator::new(Pfn(BASE), c.frames);
+    let mut a = BitmapAllocator::new(Pfn::new(BASE), c.frames);
     if c.fill {
         a.init_bitmap_rand(7, 0.9);
         // Leave the last 2 MiB group entirely free.
         let last = BASE + c.frames - 512;
         for p in last..last + 512 {
-            if !a.is_free(Pfn(p)) {
-                a.free(Pfn(p), 1).expect("filled frame");
+            if !a.is_free(Pfn::new(p)) {
+                a.free(Pfn::new(p), 1).expect("filled frame");
             }
         }
     }
@@ -82,7 +82,7 @@ fn ours(c: &Config) -> BitmapAllocator {
 /// The allocated frames of `a`, in address order.
 fn used_frames(a: &BitmapAllocator) -> Vec<u64> {
     (BASE..BASE + a.frames())
-        .filter(|&p| !a.is_free(Pfn(p)))
+        .filter(|&p| !a.is_free(Pfn::new(p)))
         .collect()
 }
 
@@ -110,7 +110,7 @@ fn buddy_like(a: &BitmapAllocator) -> Buddy {
     }
     all.sort_unstable();
     for p in all {
-        if a.is_free(Pfn(p as u64)) {
+        if a.is_free(Pfn::new(p as u64)) {
             b.dealloc(p, 1);
         }
     }
@@ -203,11 +203,11 @@ fn bench_ops(cr: &mut Criterion) {
 /// The state before free-all: everything the configuration allocates, allocated.
 fn ours_full(c: &Config) -> BitmapAllocator {
     if c.fill {
-        let mut a = BitmapAllocator::new(Pfn(BASE), c.frames);
+        let mut a = BitmapAllocator::new(Pfn::new(BASE), c.frames);
         a.init_bitmap_rand(7, 0.9);
         a
     } else {
-        let mut a = BitmapAllocator::new(Pfn(BASE), c.frames);
+        let mut a = BitmapAllocator::new(Pfn::new(BASE), c.frames);
         while a.alloc().is_ok() {}
         a
     }
@@ -231,7 +231,7 @@ fn bench_free_all(cr: &mut Criterion) {
                     let mut a = template.clone();
                     let t = Instant::now();
                     for &p in &used {
-                        a.free(Pfn(p), 1).expect("allocated");
+                        a.free(Pfn::new(p), 1).expect("allocated");
                     }
                     total += t.elapsed();
                     black_box(&a);
@@ -246,7 +246,7 @@ fn bench_free_all(cr: &mut Criterion) {
                     let mut a = template.clone();
                     let t = Instant::now();
                     for &(p, n) in &runs {
-                        a.free(Pfn(p), n).expect("allocated");
+                        a.free(Pfn::new(p), n).expect("allocated");
                     }
                     total += t.elapsed();
                     black_box(&a);

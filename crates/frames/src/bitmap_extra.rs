@@ -1,9 +1,8 @@
-//! Reports, seed aliases, the random pre-fill and the invariant check of
-//! [`BitmapAllocator`].
+//! Reports, the random pre-fill and the invariant check of [`BitmapAllocator`] (its seed
+//! aliases are in [`crate::seed_api`]).
 
 use super::bitmap::{BitmapAllocator, GROUP_FRAMES, GROUP_WORDS, MAX_ORDER};
-use super::{splitmix64, Result};
-use crate::addr::Pfn;
+use super::splitmix64;
 
 impl BitmapAllocator {
     /// Recompute group counts and both summary bitmaps from the bitmap.
@@ -101,49 +100,6 @@ impl BitmapAllocator {
             g += 1;
         }
         out
-    }
-
-    // ----- seed aliases ----------------------------------------------------------------------
-
-    /// Seed 000 `BitMemManager::allocate_page`: [`alloc`](Self::alloc).
-    ///
-    /// # Errors
-    /// As [`alloc`](Self::alloc).
-    pub fn allocate_page(&mut self) -> Result<Pfn> {
-        self.alloc()
-    }
-
-    /// Seed 000 `BitMemManager::allocate_pages(n)`: `n` contiguous frames, no alignment.
-    ///
-    /// # Errors
-    /// As [`alloc_contiguous`](Self::alloc_contiguous).
-    pub fn allocate_pages(&mut self, n: u64) -> Result<Pfn> {
-        self.alloc_contiguous(n, 1)
-    }
-
-    /// Seed 000 `BitMemManager::deallocate_pages(ptr, n)`: [`free`](Self::free).
-    ///
-    /// # Errors
-    /// As [`free`](Self::free).
-    pub fn deallocate_pages(&mut self, pfn: Pfn, n: u64) -> Result<()> {
-        self.free(pfn, n)
-    }
-
-    /// Seed 002 `FrameAllocator::allocate_frame`: [`alloc`](Self::alloc).
-    ///
-    /// # Errors
-    /// As [`alloc`](Self::alloc).
-    pub fn allocate_frame(&mut self) -> Result<Pfn> {
-        self.alloc()
-    }
-
-    /// Seed 002 `FrameAllocator::free_frame` (which silently ignored bad frees; this one
-    /// reports them): `free(pfn, 1)`.
-    ///
-    /// # Errors
-    /// As [`free`](Self::free).
-    pub fn free_frame(&mut self, pfn: Pfn) -> Result<()> {
-        self.free(pfn, 1)
     }
 
     /// Seed 000 `init_bitmap_rand`: mark each currently free frame allocated with probability

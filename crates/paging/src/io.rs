@@ -10,6 +10,7 @@
 
 use super::{PagingError, Result, ENTRIES_PER_TABLE};
 use crate::addr::{Gpa, Pfn, PAGE_SIZE};
+use crate::ToGuestAddress;
 use vm_memory::bitmap::{BitmapSlice, MS};
 use vm_memory::{ByteValued, Bytes, GuestMemoryBackend, VolatileSlice};
 
@@ -198,7 +199,7 @@ pub(crate) fn read_entry<M: GuestMemoryBackend>(mem: &M, table: Gpa, index: usiz
 
 fn entry_gpa(table: Gpa, index: usize) -> Gpa {
     // A table GPA is page aligned and index < 512, so this stays inside the frame.
-    Gpa(table.0 | ((index % ENTRIES_PER_TABLE) as u64 * 8))
+    Gpa::new(table.raw() | ((index % ENTRIES_PER_TABLE) as u64 * 8))
 }
 
 impl<B: BitmapSlice> TableView<'_, B> {

@@ -6,9 +6,10 @@
 //! a new leaf table is written in one pass straight into guest memory.
 
 use super::io::{self, Dirty, Slots, TableView};
+use super::mapper::Mapper;
 use super::pte::{Pte, PteFlags, ADDR_MASK};
 use super::table::{entry_index, entry_span, TABLE_ENTRY_FLAGS};
-use super::{FrameSource, PageSize, PageTables, PagingError, Result};
+use super::{PageSize, PageTables, PagingError, Result};
 use crate::addr::{Gpa, Gva};
 use vm_memory::bitmap::MS;
 use vm_memory::GuestMemoryBackend;
@@ -23,6 +24,8 @@ pub(super) struct MapReq {
     pub(super) level: u8,
     /// Leaf flags, HUGE included for 2M / 1G.
     pub(super) leaf_bits: u64,
+    /// The last GVA mapped so far by this request (what a rollback clears).
+    pub(super) progress: Option<u64>,
 }
 
 /// Which leaves a removal walk clears.
@@ -33,31 +36,27 @@ pub(super) struct Removal {
     pub(super) clear_last: Option<u64>,
 }
 
-impl PageTables {
+impl<'a, M: GuestMemoryBackend> Mapper<'a, M> {
     /// Map `[first, last]` (inside the span of `view`, a table at `level`). `fresh`: the
     /// table was just allocated (contents unknown, treated as zero, written whole).
-    /// `progress` is the last GVA mapped so far by this request.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn map_in<'m, M: GuestMemoryBackend>(
+    /// `req.progress` is the last GVA mapped so far by this request.
+    pub(super) fn map_in(
         &mut self,
-        mem: &'m M,
-        frames: &mut dyn FrameSource,
-        view: &TableView<'m, MS<'m, M>>,
+        view: &TableView<'a, MS<'a, M>>,
         level: u8,
         fresh: bool,
         first: u64,
         last: u64,
-        req: &MapReq,
-        progress: &mut Option<u64>,
+        req: &mut MapReq,
     ) -> Result<()> {
         if fresh && level == req.level {
             // The common case of a large map: a new leaf table, written in one pass.
             let a = entry_index(first, level);
             let b = entry_index(last, level);
             let first_entry = (req.gpa_first + (first - req.first)) | req.leaf_bits;
-            view.write_fresh_leaves(mem, a, b, first_entry, entry_span(level))?;
+            view.write_fresh_leaves(self.mem, a, b, first_entry, entry_span(level))?;
             self.count_leaves(level, (b - a + 1) as u64);
-            *progress = Some(last);
+            req.progress = Some(last);
             return Ok(());
         }
         let (mut buf, mut dirty) = if fresh {
@@ -67,37 +66,30 @@ impl PageTables {
             (view.read(a, b)?, Dirty::NONE)
         };
         let res = if level == req.level {
-            self.fill_leaves(
-                &mut buf, &mut dirty, level, fresh, first, last, req, progress,
-            )
+            self.fill_leaves(&mut buf, &mut dirty, level, fresh, (first, last), req)
         } else {
-            self.map_children(
-                mem, frames, &mut buf, &mut dirty, level, first, last, req, progress,
-            )
+            self.map_children(&mut buf, &mut dirty, level, first, last, req)
         };
         // Written back on error too: the entries set so far link tables that were created
         // (and must be found by the rollback).
-        let wb = view.write_back(mem, &buf, dirty);
+        let wb = view.write_back(self.mem, &buf, dirty);
         res.and(wb)
     }
 
     fn count_leaves(&mut self, level: u8, n: u64) {
         if let Some(size) = PageSize::from_level(level) {
-            self.leaves_per_size[size.index()] += n;
+            self.pt.leaves_per_size[size.index()] += n;
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn fill_leaves(
         &mut self,
         buf: &mut Slots,
         dirty: &mut Dirty,
         level: u8,
         fresh: bool,
-        first: u64,
-        last: u64,
-        req: &MapReq,
-        progress: &mut Option<u64>,
+        (first, last): (u64, u64),
+        req: &mut MapReq,
     ) -> Result<()> {
         let step = entry_span(level);
         let a = entry_index(first, level);
@@ -106,7 +98,7 @@ impl PageTables {
         if !fresh {
             if let Some(k) = entries.iter().position(|&e| Pte::from_raw(e).is_present()) {
                 return Err(PagingError::AlreadyMapped {
-                    gva: Gva(first + k as u64 * step),
+                    gva: Gva::new_truncate(first + k as u64 * step),
                 });
             }
         }
@@ -118,22 +110,18 @@ impl PageTables {
         }
         dirty.mark(a, b);
         self.count_leaves(level, (b - a + 1) as u64);
-        *progress = Some(last);
+        req.progress = Some(last);
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn map_children<M: GuestMemoryBackend>(
+    fn map_children(
         &mut self,
-        mem: &M,
-        frames: &mut dyn FrameSource,
         buf: &mut Slots,
         dirty: &mut Dirty,
         level: u8,
         first: u64,
         last: u64,
-        req: &MapReq,
-        progress: &mut Option<u64>,
+        req: &mut MapReq,
     ) -> Result<()> {
         let span = entry_span(level);
         let mut va = first;
@@ -142,40 +130,22 @@ impl PageTables {
             let sub_last = last.min(va | (span - 1));
             let pte = Pte::from_raw(buf.get(idx));
             if !pte.is_present() {
-                let (child, child_view) = self.alloc_table(mem, frames, level - 1)?;
+                let (child, child_view) =
+                    self.pt
+                        .alloc_table(self.mem, &mut *self.frames, level - 1)?;
                 buf.set(idx, Pte::new(child.gpa()?, TABLE_ENTRY_FLAGS).raw());
                 dirty.mark(idx, idx);
-                self.map_in(
-                    mem,
-                    frames,
-                    &child_view,
-                    level - 1,
-                    true,
-                    va,
-                    sub_last,
-                    req,
-                    progress,
-                )?;
+                self.map_in(&child_view, level - 1, true, va, sub_last, req)?;
             } else if pte.is_leaf(level) {
                 return Err(PagingError::WouldSplitLargePage {
-                    gva: Gva(va),
-                    leaf_gva: Gva(va & !(span - 1)),
+                    gva: Gva::new_truncate(va),
+                    leaf_gva: Gva::new_truncate(va & !(span - 1)),
                     page_size: PageSize::from_level(level).unwrap_or(PageSize::Size1G),
                 });
             } else {
-                let child = self.child_table(pte, level, va)?;
-                let child_view = io::view(mem, child)?;
-                self.map_in(
-                    mem,
-                    frames,
-                    &child_view,
-                    level - 1,
-                    false,
-                    va,
-                    sub_last,
-                    req,
-                    progress,
-                )?;
+                let child = self.pt.child_table(pte, level, va)?;
+                let child_view = io::view(self.mem, child)?;
+                self.map_in(&child_view, level - 1, false, va, sub_last, req)?;
             }
             if sub_last == last {
                 return Ok(());
@@ -186,19 +156,12 @@ impl PageTables {
 
     /// Undo a failed `map_range` of `[first, last]`: clear the leaves it wrote
     /// (`[first, progress]`) and free the tables left empty anywhere in the range.
-    pub(super) fn rollback<M: GuestMemoryBackend>(
-        &mut self,
-        mem: &M,
-        frames: &mut dyn FrameSource,
-        first: u64,
-        last: u64,
-        progress: Option<u64>,
-    ) {
+    pub(super) fn rollback(&mut self, first: u64, last: u64, progress: Option<u64>) {
         let removal = Removal {
             clear_last: progress,
         };
-        let res = io::view(mem, self.root)
-            .and_then(|root| self.remove_in(mem, frames, &root, 4, first, last, removal, None));
+        let res = io::view(self.mem, self.pt.root)
+            .and_then(|root| self.remove_in(&root, 4, first, last, removal, None));
         if let Err(e) = res {
             log::error!("page-table rollback of {first:#x}..={last:#x} failed: {e}");
         }
@@ -208,12 +171,9 @@ impl PageTables {
 
     /// Clear the leaves of `[first, last]` selected by `removal`, free child tables that end
     /// up empty. Returns true if this table is empty afterwards.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn remove_in<'m, M: GuestMemoryBackend>(
+    pub(super) fn remove_in(
         &mut self,
-        mem: &'m M,
-        frames: &mut dyn FrameSource,
-        view: &TableView<'m, MS<'m, M>>,
+        view: &TableView<'a, MS<'a, M>>,
         level: u8,
         first: u64,
         last: u64,
@@ -238,35 +198,29 @@ impl PageTables {
                     buf.set(idx, 0);
                     dirty.mark(idx, idx);
                     if let Some(size) = PageSize::from_level(level) {
-                        let n = &mut self.leaves_per_size[size.index()];
+                        let n = &mut self.pt.leaves_per_size[size.index()];
                         *n = n.saturating_sub(1);
                         if let Some(out) = out.as_deref_mut() {
-                            out.push((Gva(base), pte.leaf_addr(level), size));
+                            out.push((Gva::new_truncate(base), pte.leaf_addr(level), size));
                         }
                     }
                 }
             } else if pte.is_present() {
+                let mem = self.mem;
                 let child = self
+                    .pt
                     .child_table(pte, level, va)
                     .and_then(|c| Ok((c, io::view(mem, c)?)));
                 let emptied = child.and_then(|(c, cv)| {
-                    let e = self.remove_in(
-                        mem,
-                        frames,
-                        &cv,
-                        level - 1,
-                        va,
-                        sub_last,
-                        removal,
-                        out.as_deref_mut(),
-                    )?;
+                    let e =
+                        self.remove_in(&cv, level - 1, va, sub_last, removal, out.as_deref_mut())?;
                     Ok((c, e))
                 });
                 match emptied {
                     Ok((c, true)) => {
                         buf.set(idx, 0);
                         dirty.mark(idx, idx);
-                        self.free_table(frames, c);
+                        self.pt.free_table(&mut *self.frames, c);
                     }
                     Ok((_, false)) => {}
                     Err(e) => {
@@ -280,21 +234,23 @@ impl PageTables {
             }
             va = sub_last + 1;
         }
-        let wb = view.write_back(mem, &buf, dirty);
+        let wb = view.write_back(self.mem, &buf, dirty);
         res.and(wb)?;
         view.is_empty_with(&buf)
     }
+}
 
+impl PageTables {
     // ---- protect ------------------------------------------------------------------------
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn protect_in<'m, M: GuestMemoryBackend>(
+    /// Give the leaves of `[first, last]` (inside the span of `view`, a table at `level`) the
+    /// leaf `flags`, counting changed entries in `changed`.
+    pub(super) fn protect_in<'a, M: GuestMemoryBackend>(
         &self,
-        mem: &'m M,
-        view: &TableView<'m, MS<'m, M>>,
+        mem: &'a M,
+        view: &TableView<'a, MS<'a, M>>,
         level: u8,
-        first: u64,
-        last: u64,
+        (first, last): (u64, u64),
         flags: u64,
         changed: &mut u64,
     ) -> Result<()> {
@@ -322,7 +278,7 @@ impl PageTables {
                     .child_table(pte, level, va)
                     .and_then(|c| io::view(mem, c))
                     .and_then(|cv| {
-                        self.protect_in(mem, &cv, level - 1, va, sub_last, flags, changed)
+                        self.protect_in(mem, &cv, level - 1, (va, sub_last), flags, changed)
                     });
                 if let Err(e) = r {
                     res = Err(e);

@@ -209,7 +209,7 @@ impl Pte {
     /// An entry pointing at `gpa` (bits 51:12 kept, the rest dropped) with `flags`
     /// (address bits of `flags` dropped).
     pub const fn new(gpa: Gpa, flags: PteFlags) -> Self {
-        Pte((gpa.0 & ADDR_MASK) | (flags.0 & !ADDR_MASK))
+        Pte((gpa.raw() & ADDR_MASK) | (flags.0 & !ADDR_MASK))
     }
 
     /// From the raw 64-bit value.
@@ -225,7 +225,7 @@ impl Pte {
     /// Bits 51:12 as a GPA. For a 2 MiB / 1 GiB leaf use [`Pte::leaf_addr`], which drops the
     /// PAT bit and the reserved low bits.
     pub const fn addr(self) -> Gpa {
-        Gpa(self.0 & ADDR_MASK)
+        Gpa::new(self.0 & ADDR_MASK)
     }
 
     /// The frame address of this entry interpreted at `level` (1–4): bits 51:12 for a table
@@ -237,7 +237,7 @@ impl Pte {
                 3 => ADDR_MASK & !((1 << 30) - 1),
                 _ => ADDR_MASK,
             };
-            Gpa(self.0 & mask)
+            Gpa::new(self.0 & mask)
         } else {
             self.addr()
         }
@@ -321,13 +321,13 @@ mod tests {
     #[test]
     fn pte_new_and_fields() {
         let f = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::NO_EXECUTE;
-        let pte = Pte::new(Gpa(0x1234_5678_9000), f);
+        let pte = Pte::new(Gpa::new(0x1234_5678_9000), f);
         assert_eq!(pte.raw(), 0x8000_1234_5678_9003);
-        assert_eq!(pte.addr(), Gpa(0x1234_5678_9000));
+        assert_eq!(pte.addr(), Gpa::new(0x1234_5678_9000));
         assert_eq!(pte.flags(), f);
         assert!(pte.is_present() && pte.is_leaf(1) && !pte.is_leaf(2) && !pte.is_leaf(4));
         // Address bits beyond 51 and below 12 are dropped, never mixed into the flags.
-        let pte = Pte::new(Gpa(0xfff0_0000_0000_0fff), PteFlags::PRESENT);
+        let pte = Pte::new(Gpa::new(0xfff0_0000_0000_0fff), PteFlags::PRESENT);
         assert_eq!(pte.raw(), 0x1);
         // Flags cannot smuggle address bits.
         assert_eq!(
@@ -340,20 +340,20 @@ mod tests {
     #[test]
     fn large_leaf_address_and_reserved_bits() {
         let huge = PteFlags::PRESENT | PteFlags::HUGE;
-        let pde = Pte::new(Gpa(0x4020_0000), huge);
+        let pde = Pte::new(Gpa::new(0x4020_0000), huge);
         assert!(pde.is_leaf(2));
-        assert_eq!(pde.leaf_addr(2), Gpa(0x4020_0000));
+        assert_eq!(pde.leaf_addr(2), Gpa::new(0x4020_0000));
         assert_eq!(pde.reserved_bits(2, 52, true), 0);
         let bad = Pte::from_raw(0x4020_2000 | huge.bits());
         assert_eq!(bad.reserved_bits(2, 52, true), 0x2000);
-        assert_eq!(bad.leaf_addr(2), Gpa(0x4020_0000));
+        assert_eq!(bad.leaf_addr(2), Gpa::new(0x4020_0000));
         let pdpte = Pte::from_raw(0x4000_0000 | 0x1000_0000 | huge.bits());
         assert_eq!(pdpte.reserved_bits(3, 52, true), 0x1000_0000);
         // PS in a PML4E is reserved; NX is reserved without NXE; bits above MAXPHYADDR.
         assert_eq!(Pte::from_raw(huge.bits()).reserved_bits(4, 52, true), 0x80);
-        let nx = Pte::new(Gpa(0x1000), PteFlags::PRESENT | PteFlags::NO_EXECUTE);
+        let nx = Pte::new(Gpa::new(0x1000), PteFlags::PRESENT | PteFlags::NO_EXECUTE);
         assert_eq!(nx.reserved_bits(1, 52, false), 1 << 63);
-        let high = Pte::new(Gpa(1 << 40), PteFlags::PRESENT);
+        let high = Pte::new(Gpa::new(1 << 40), PteFlags::PRESENT);
         assert_eq!(high.reserved_bits(1, 40, true), 1 << 40);
         assert_eq!(high.reserved_bits(1, 41, true), 0);
         assert_eq!(Pte::from_raw(u64::MAX - 1).reserved_bits(1, 36, false), 0);

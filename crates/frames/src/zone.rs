@@ -108,12 +108,12 @@ impl ZoneTable {
     pub fn new(ram: &[(Gpa, u64)], preset: ZonePreset) -> Result<Self> {
         let mut bytes: Vec<(u64, u64)> = Vec::with_capacity(ram.len());
         for &(start, len) in ram {
-            let end = start.0.checked_add(len).ok_or(FrameError::BadRange {
-                start: start.0,
+            let end = start.raw().checked_add(len).ok_or(FrameError::BadRange {
+                start: start.raw(),
                 len,
             })?;
             if len > 0 {
-                bytes.push((start.0, end));
+                bytes.push((start.raw(), end));
             }
         }
         bytes.sort_unstable();
@@ -144,7 +144,7 @@ impl ZoneTable {
             }
             if pe > MAX_PFN {
                 return Err(FrameError::TooLarge {
-                    base: Pfn(ps),
+                    base: Pfn::new(ps),
                     frames: pe - ps,
                 });
             }
@@ -166,10 +166,10 @@ impl ZoneTable {
             };
             let present = pieces.iter().map(|&(s, e)| e - s).sum();
             let alloc = if start < end {
-                let mut a = BitmapAllocator::try_new(Pfn(start), end - start)?;
+                let mut a = BitmapAllocator::try_new(Pfn::new(start), end - start)?;
                 for pair in pieces.windows(2) {
                     let (hole_s, hole_e) = (pair[0].1, pair[1].0);
-                    let i = a.check_reserve(Pfn(hole_s), hole_e - hole_s)?;
+                    let i = a.check_reserve(Pfn::new(hole_s), hole_e - hole_s)?;
                     a.apply_reserve(i, hole_e - hole_s);
                 }
                 Some(a)
@@ -205,7 +205,7 @@ impl ZoneTable {
 
     /// The RAM ranges as merged `(first frame, frame count)`, in address order.
     pub fn ram_frames(&self) -> impl Iterator<Item = (Pfn, u64)> + '_ {
-        self.ram.iter().map(|&(s, e)| (Pfn(s), e - s))
+        self.ram.iter().map(|&(s, e)| (Pfn::new(s), e - s))
     }
 
     fn index_of(&self, kind: ZoneKind) -> Option<usize> {
@@ -321,8 +321,8 @@ impl ZoneTable {
             }
             if let Ok(p) = a.alloc_uncounted(n, align) {
                 z.allocations += 1;
-                let fresh = p.0 >= z.fresh_from;
-                z.fresh_from = z.fresh_from.max(p.0 + n);
+                let fresh = p.raw() >= z.fresh_from;
+                z.fresh_from = z.fresh_from.max(p.raw() + n);
                 if i != req_i {
                     z.fallbacks_in += 1;
                     self.zones[req_i].fallbacks_out += 1;
@@ -335,14 +335,6 @@ impl ZoneTable {
             requested: n,
             zone: Some(req),
         })
-    }
-
-    /// Seed 003 `allocate_frame_in_zone`: one frame from `zone`, with fallback.
-    ///
-    /// # Errors
-    /// As [`alloc`](Self::alloc).
-    pub fn allocate_frame_in_zone(&mut self, zone: ZoneKind) -> Result<Pfn> {
-        self.alloc(zone, 1, 1)
     }
 
     /// Free `[pfn, pfn + n)`, which must lie in one zone and be allocated. All or nothing.
@@ -369,8 +361,8 @@ impl ZoneTable {
             return Err(FrameError::ZeroCount);
         }
         let out = FrameError::OutOfRange { pfn, count: n };
-        let end = pfn.0.checked_add(n).ok_or(out.clone())?;
-        let i = self.zone_index(pfn.0).ok_or(out.clone())?;
+        let end = pfn.raw().checked_add(n).ok_or(out.clone())?;
+        let i = self.zone_index(pfn.raw()).ok_or(out.clone())?;
         if end <= self.zones[i].end {
             return Ok(i);
         }
@@ -395,19 +387,19 @@ impl ZoneTable {
             return Err(FrameError::ZeroCount);
         }
         let out = FrameError::OutOfRange { pfn, count: n };
-        let end = pfn.0.checked_add(n).ok_or(out.clone())?;
+        let end = pfn.raw().checked_add(n).ok_or(out.clone())?;
         let mut pieces = Vec::new();
-        let mut cur = pfn.0;
+        let mut cur = pfn.raw();
         while cur < end {
             let i = self.zone_index(cur).ok_or(out.clone())?;
             let z = &self.zones[i];
             let a = z.alloc.as_ref().ok_or(out.clone())?;
             let piece_end = end.min(z.end);
-            let bit = a.check_reserve(Pfn(cur), piece_end - cur)?;
+            let bit = a.check_reserve(Pfn::new(cur), piece_end - cur)?;
             pieces.push((i, bit, piece_end - cur));
             cur = piece_end;
         }
-        let mut at = pfn.0;
+        let mut at = pfn.raw();
         for (i, bit, len) in pieces {
             let z = &mut self.zones[i];
             z.fresh_from = z.fresh_from.max(at + len);
@@ -422,7 +414,7 @@ impl ZoneTable {
     /// The zone whose span holds `pfn` (holes inside a span count; frames outside every span
     /// give `None`).
     pub fn zone_of(&self, pfn: Pfn) -> Option<ZoneKind> {
-        self.zone_index(pfn.0).map(|i| self.zones[i].kind)
+        self.zone_index(pfn.raw()).map(|i| self.zones[i].kind)
     }
 
     /// True if `pfn` is a RAM frame that is currently allocated.
@@ -437,8 +429,8 @@ impl ZoneTable {
 
     /// True if `pfn` is a RAM frame (in some e820 RAM range).
     pub fn is_ram(&self, pfn: Pfn) -> bool {
-        let i = self.ram.partition_point(|&(s, _)| s <= pfn.0);
-        i > 0 && pfn.0 < self.ram[i - 1].1
+        let i = self.ram.partition_point(|&(s, _)| s <= pfn.raw());
+        i > 0 && pfn.raw() < self.ram[i - 1].1
     }
 
     /// True if `pfn` is inside a zone span and reserved (a hole or reserved RAM).
@@ -447,7 +439,7 @@ impl ZoneTable {
     }
 
     fn bitmap_of(&self, pfn: Pfn) -> Option<&BitmapAllocator> {
-        self.zone_index(pfn.0)
+        self.zone_index(pfn.raw())
             .and_then(|i| self.zones[i].alloc.as_ref())
     }
 
@@ -478,8 +470,8 @@ impl ZoneTable {
                 ZoneStats {
                     kind: z.kind,
                     name: z.kind.name(),
-                    start_pfn: Pfn(z.start),
-                    end_pfn: Pfn(z.end),
+                    start_pfn: Pfn::new(z.start),
+                    end_pfn: Pfn::new(z.end),
                     spanned: z.end - z.start,
                     present: z.present,
                     managed: z.managed(),
@@ -503,11 +495,6 @@ impl ZoneTable {
             .collect()
     }
 
-    /// Seed 003 `get_zone_stats`: [`zones`](Self::zones).
-    pub fn get_zone_stats(&self) -> Vec<ZoneStats> {
-        self.zones()
-    }
-
     /// A `/proc/zoneinfo`-like report (Linux `mm/vmstat.c` `zoneinfo_show_print`): per zone a
     /// `Node 0, zone <name>` header, `pages free/spanned/present/managed`, `protection:`, our
     /// allocation counters as `nr_*` lines, and `start_pfn:`. Watermark lines are omitted
@@ -528,7 +515,7 @@ impl ZoneTable {
             let _ = writeln!(s, "      nr_fallback_in {}", z.fallbacks_in);
             let _ = writeln!(s, "      nr_fallback_out {}", z.fallbacks_out);
             let _ = writeln!(s, "      nr_alloc_fail {}", z.failures);
-            let _ = writeln!(s, "  start_pfn:           {}", z.start_pfn.0);
+            let _ = writeln!(s, "  start_pfn:           {}", z.start_pfn.raw());
         }
         s
     }
@@ -559,7 +546,7 @@ impl ZoneTable {
 
     /// The preset's lower bound of `zone`, if the zone exists.
     pub fn zone_lower_bound(&self, zone: ZoneKind) -> Option<Pfn> {
-        self.index_of(zone).map(|i| Pfn(self.zones[i].lo))
+        self.index_of(zone).map(|i| Pfn::new(self.zones[i].lo))
     }
 }
 
@@ -569,28 +556,37 @@ mod tests {
 
     #[test]
     fn fresh_frames_are_never_reused_frames() {
-        let mut t = ZoneTable::new(&[(Gpa(0), 64 << 20)], ZonePreset::X86_64).unwrap();
-        assert_eq!(t.alloc_fresh(ZoneKind::Dma, 4, 1).unwrap(), (Pfn(0), true));
-        assert_eq!(t.alloc_fresh(ZoneKind::Dma, 4, 1).unwrap(), (Pfn(4), true));
-        t.free(Pfn(0), 4).unwrap();
-        assert_eq!(t.alloc_fresh(ZoneKind::Dma, 1, 1).unwrap(), (Pfn(0), false));
+        let mut t = ZoneTable::new(&[(Gpa::new(0), 64 << 20)], ZonePreset::X86_64).unwrap();
+        assert_eq!(
+            t.alloc_fresh(ZoneKind::Dma, 4, 1).unwrap(),
+            (Pfn::new(0), true)
+        );
+        assert_eq!(
+            t.alloc_fresh(ZoneKind::Dma, 4, 1).unwrap(),
+            (Pfn::new(4), true)
+        );
+        t.free(Pfn::new(0), 4).unwrap();
+        assert_eq!(
+            t.alloc_fresh(ZoneKind::Dma, 1, 1).unwrap(),
+            (Pfn::new(0), false)
+        );
         // A reservation moves the watermark past itself: never-used frames below it no
         // longer count (conservative), frames above it still do.
-        t.reserve(Pfn(0x200), 16).unwrap();
+        t.reserve(Pfn::new(0x200), 16).unwrap();
         assert_eq!(
             t.alloc_fresh(ZoneKind::Dma, 1, 0x100).unwrap(),
-            (Pfn(0x100), false)
+            (Pfn::new(0x100), false)
         );
         assert_eq!(
             t.alloc_fresh(ZoneKind::Dma, 1, 0x400).unwrap(),
-            (Pfn(0x400), true)
+            (Pfn::new(0x400), true)
         );
         assert_eq!(t.present(ZoneKind::Dma), 4096);
         assert_eq!(t.present(ZoneKind::Normal), 0);
         // DMA32 has its own watermark.
         assert_eq!(
             t.alloc_fresh(ZoneKind::Dma32, 1, 1).unwrap(),
-            (Pfn(0x1000), true)
+            (Pfn::new(0x1000), true)
         );
     }
 }

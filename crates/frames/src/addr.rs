@@ -10,7 +10,6 @@
 //! `Frame::containing_address`).
 
 use thiserror::Error;
-use vm_memory::GuestAddress;
 
 /// Size of one frame / small page in bytes (4 KiB).
 pub const PAGE_SIZE: u64 = 4096;
@@ -164,44 +163,55 @@ macro_rules! addr_common {
     };
 }
 
-/// A guest physical address in bytes.
+/// A guest physical address in bytes. Any 64-bit value (a GPA outside guest RAM is caught
+/// where memory is touched); build one with [`Gpa::new`], read it with [`Gpa::raw`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
-pub struct Gpa(pub u64);
+pub struct Gpa(u64);
 
-/// A guest virtual (linear) address in bytes.
+/// A guest virtual (linear) address in bytes, always canonical for 48-bit linear addresses
+/// (bits 63:47 all equal; SDM Vol. 3A §3.3.7.1). Build one with [`Gva::new_canonical`]
+/// (checked: guest and user data), [`Gva::new_truncate`] (sign-extends bit 47: computed
+/// addresses) or [`Gva::new`] (constants and literals; panics if not canonical), the same
+/// three constructors as the x86_64 crate's `VirtAddr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
-pub struct Gva(pub u64);
+pub struct Gva(u64);
 
 addr_common!(Gpa);
 addr_common!(Gva);
 
 impl Gpa {
+    /// The GPA `addr` bytes.
+    pub const fn new(addr: u64) -> Self {
+        Gpa(addr)
+    }
+
     /// The frame containing this address (`gpa / 4096`).
     pub const fn pfn(self) -> Pfn {
         Pfn(self.0 >> PAGE_SHIFT)
     }
-
-    /// As a vm-memory [`GuestAddress`].
-    pub const fn to_guest_address(self) -> GuestAddress {
-        GuestAddress(self.0)
-    }
-}
-
-impl From<GuestAddress> for Gpa {
-    fn from(a: GuestAddress) -> Self {
-        Gpa(a.0)
-    }
-}
-
-impl From<Gpa> for GuestAddress {
-    fn from(a: Gpa) -> Self {
-        GuestAddress(a.0)
-    }
 }
 
 impl Gva {
+    /// A canonical GVA from a constant or literal.
+    ///
+    /// # Panics
+    /// If `addr` is not canonical (at compile time when used in a `const`). Never call it
+    /// with guest or user data: use [`Gva::new_canonical`].
+    pub const fn new(addr: u64) -> Self {
+        match Self::new_canonical(addr) {
+            Ok(gva) => gva,
+            Err(_) => panic!("Gva::new: address is not canonical (48-bit)"),
+        }
+    }
+
+    /// `addr` made canonical by copying bit 47 into bits 63:48 (for addresses computed from
+    /// table indices, as the x86_64 crate's `VirtAddr::new_truncate`).
+    pub const fn new_truncate(addr: u64) -> Self {
+        Gva((((addr << 16) as i64) >> 16) as u64)
+    }
+
     /// A canonical 48-bit GVA: bits 63:47 all equal (SDM Vol. 3A §3.3.7.1).
     ///
     /// # Errors
@@ -250,9 +260,14 @@ pub const fn is_canonical(addr: u64) -> bool {
     serde::Deserialize,
 )]
 #[repr(transparent)]
-pub struct Pfn(pub u64);
+pub struct Pfn(u64);
 
 impl Pfn {
+    /// The frame number `pfn` (any value: [`Pfn::gpa`] checks the byte address).
+    pub const fn new(pfn: u64) -> Self {
+        Pfn(pfn)
+    }
+
     /// The raw frame number.
     pub const fn raw(self) -> u64 {
         self.0
@@ -325,7 +340,9 @@ mod tests {
         assert!(!is_canonical(0x0000_8000_0000_0000));
         assert!(is_canonical(0xffff_8000_0000_0000));
         assert!(Gva::new_canonical(0x0001_0000_0000_0000).is_err());
-        let gva = Gva(0xffff_8880_0020_1000);
+        let gva = Gva::new(0xffff_8880_0020_1000);
+        assert_eq!(Gva::new_truncate(0x0000_8880_0020_1000), gva);
+        assert_eq!(Gva::new_truncate(0x1000), Gva::new(0x1000));
         assert_eq!(gva.table_index(4), 0x111);
         assert_eq!(gva.table_index(3), 0);
         assert_eq!(gva.table_index(2), 1);

@@ -39,7 +39,7 @@ pub struct BitmapStats {
 }
 
 /// A 1-bit-per-frame allocator for the frames `[base, base + frames)` with LLFree-style
-/// summaries (sources: see [`crate::frames`]).
+/// summaries (sources: see [crate](crate)).
 ///
 /// # Layout (LLFree-like)
 /// * `words`: 1 bit per 4 KiB frame, **1 = free**. Bit 0 of the bitmap is frame `origin =
@@ -121,14 +121,14 @@ impl BitmapAllocator {
     /// [`FrameError::TooLarge`] if `frames > MAX_FRAMES` or `base + frames > MAX_PFN`.
     pub fn try_new(base: Pfn, frames: u64) -> Result<Self> {
         let too_large = FrameError::TooLarge { base, frames };
-        let end = base.0.checked_add(frames).ok_or(too_large.clone())?;
+        let end = base.raw().checked_add(frames).ok_or(too_large.clone())?;
         if frames > MAX_FRAMES || end > MAX_PFN {
             return Err(too_large);
         }
-        let origin = base.0 & !(GROUP_FRAMES - 1);
+        let origin = base.raw() & !(GROUP_FRAMES - 1);
         let groups = (end - origin).div_ceil(GROUP_FRAMES) as usize;
         let mut a = Self {
-            base: base.0,
+            base: base.raw(),
             frames,
             origin,
             words: vec![0; groups * GROUP_WORDS],
@@ -144,7 +144,7 @@ impl BitmapAllocator {
             frees: 0,
             failures: 0,
         };
-        let first = (base.0 - origin) as usize;
+        let first = (base.raw() - origin) as usize;
         for_each_word(first, frames as usize, |w, m, _| a.words[w] |= m);
         a.hint = first / 64;
         a.rebuild_summaries();
@@ -153,7 +153,7 @@ impl BitmapAllocator {
 
     /// First managed frame.
     pub fn base(&self) -> Pfn {
-        Pfn(self.base)
+        Pfn::new(self.base)
     }
 
     /// Number of managed frames.
@@ -163,17 +163,17 @@ impl BitmapAllocator {
 
     /// One past the last managed frame.
     pub fn end(&self) -> Pfn {
-        Pfn(self.base + self.frames)
+        Pfn::new(self.base + self.frames)
     }
 
     /// True if `pfn` is one of the managed frames.
     pub fn contains(&self, pfn: Pfn) -> bool {
-        pfn.0 >= self.base && pfn.0 - self.base < self.frames
+        pfn.raw() >= self.base && pfn.raw() - self.base < self.frames
     }
 
     /// The next-free hint as a frame: no free frame lies below it (rounded down to 64 frames).
     pub fn next_free_hint(&self) -> Pfn {
-        Pfn((self.origin + self.hint as u64 * 64).max(self.base))
+        Pfn::new((self.origin + self.hint as u64 * 64).max(self.base))
     }
 
     /// Frames currently free.
@@ -186,13 +186,13 @@ impl BitmapAllocator {
         if !self.contains(pfn) {
             return false;
         }
-        let i = (pfn.0 - self.origin) as usize;
+        let i = (pfn.raw() - self.origin) as usize;
         self.words[i / 64] & (1u64 << (i % 64)) != 0
     }
 
     /// True if `pfn` is managed and reserved.
     pub fn is_reserved(&self, pfn: Pfn) -> bool {
-        self.contains(pfn) && self.first_reserved(pfn.0, pfn.0 + 1).is_some()
+        self.contains(pfn) && self.first_reserved(pfn.raw(), pfn.raw() + 1).is_some()
     }
 
     /// True if `pfn` is managed and allocated (neither free nor reserved).
@@ -215,7 +215,7 @@ impl BitmapAllocator {
 
     /// The reserved ranges as `(first frame, frame count)`, coalesced, in address order.
     pub fn reserved_ranges(&self) -> impl Iterator<Item = (Pfn, u64)> + '_ {
-        self.reserved.iter().map(|(&s, &e)| (Pfn(s), e - s))
+        self.reserved.iter().map(|(&s, &e)| (Pfn::new(s), e - s))
     }
 
     /// Bytes of metadata: the bitmap, the group counts and summaries, the reserved-range map
@@ -348,11 +348,11 @@ impl BitmapAllocator {
             return Err(FrameError::ZeroCount);
         }
         let out = FrameError::OutOfRange { pfn, count: n };
-        let end = pfn.0.checked_add(n).ok_or(out.clone())?;
-        if pfn.0 < self.base || end > self.base + self.frames {
+        let end = pfn.raw().checked_add(n).ok_or(out.clone())?;
+        if pfn.raw() < self.base || end > self.base + self.frames {
             return Err(out);
         }
-        Ok((pfn.0 - self.origin) as usize)
+        Ok((pfn.raw() - self.origin) as usize)
     }
 
     // ----- allocation ----------------------------------------------------------------------
@@ -382,9 +382,9 @@ impl BitmapAllocator {
         self.group_sub(w / GROUP_WORDS, 1);
         self.free -= 1;
         self.allocations += 1;
-        Ok(Pfn(self.origin
-            + w as u64 * 64
-            + u64::from(word.trailing_zeros())))
+        Ok(Pfn::new(
+            self.origin + w as u64 * 64 + u64::from(word.trailing_zeros()),
+        ))
     }
 
     /// The hint word is empty: look in the rest of its group, then in the next non-empty group.
@@ -449,7 +449,7 @@ impl BitmapAllocator {
             self.group_sub(g, GROUP_FRAMES as u16);
             self.free -= n;
             self.allocations += 1;
-            return Ok(Pfn(self.origin + g as u64 * GROUP_FRAMES));
+            return Ok(Pfn::new(self.origin + g as u64 * GROUP_FRAMES));
         }
         let found = if align >= GROUP_FRAMES {
             self.search_group_aligned(n, align)
@@ -462,7 +462,7 @@ impl BitmapAllocator {
         self.set_used_range(i, n as usize);
         self.free -= n;
         self.allocations += 1;
-        Ok(Pfn(self.origin + i as u64))
+        Ok(Pfn::new(self.origin + i as u64))
     }
 
     // ----- free and reserve ----------------------------------------------------------------
@@ -498,14 +498,14 @@ impl BitmapAllocator {
         if !self.contains(pfn) {
             return Err(FrameError::OutOfRange { pfn, count: 1 });
         }
-        let i = (pfn.0 - self.origin) as usize;
+        let i = (pfn.raw() - self.origin) as usize;
         let (w, bit) = (i / 64, 1u64 << (i % 64));
         if self.words[w] & bit != 0 {
             return Err(FrameError::DoubleFree { pfn });
         }
         let g = w / GROUP_WORDS;
         if self.resv_groups[g / 64] & (1u64 << (g % 64)) != 0
-            && self.first_reserved(pfn.0, pfn.0 + 1).is_some()
+            && self.first_reserved(pfn.raw(), pfn.raw() + 1).is_some()
         {
             return Err(FrameError::Reserved { pfn });
         }
@@ -533,8 +533,8 @@ impl BitmapAllocator {
                 return Ok(());
             }
         }
-        if let Some(r) = self.first_reserved(pfn.0, pfn.0 + n) {
-            return Err(FrameError::Reserved { pfn: Pfn(r) });
+        if let Some(r) = self.first_reserved(pfn.raw(), pfn.raw() + n) {
+            return Err(FrameError::Reserved { pfn: Pfn::new(r) });
         }
         if let Some(f) = self.first_with(i, n as usize, true) {
             return Err(
@@ -542,7 +542,7 @@ impl BitmapAllocator {
                     FrameError::DoubleFree { pfn }
                 } else {
                     FrameError::NotAllocated {
-                        pfn: Pfn(self.origin + f as u64),
+                        pfn: Pfn::new(self.origin + f as u64),
                     }
                 },
             );
@@ -555,12 +555,12 @@ impl BitmapAllocator {
     /// Check that `[pfn, pfn + n)` can be reserved; returns its bit index.
     pub(super) fn check_reserve(&self, pfn: Pfn, n: u64) -> Result<usize> {
         let i = self.check_range(pfn, n)?;
-        if let Some(r) = self.first_reserved(pfn.0, pfn.0 + n) {
-            return Err(FrameError::Reserved { pfn: Pfn(r) });
+        if let Some(r) = self.first_reserved(pfn.raw(), pfn.raw() + n) {
+            return Err(FrameError::Reserved { pfn: Pfn::new(r) });
         }
         if let Some(u) = self.first_with(i, n as usize, false) {
             return Err(FrameError::InUse {
-                pfn: Pfn(self.origin + u as u64),
+                pfn: Pfn::new(self.origin + u as u64),
             });
         }
         Ok(i)

@@ -18,11 +18,17 @@
 //!   before, so it reports the rights such a path really grants.
 
 use super::io;
-use super::pte::{phys_reserved_mask, Pte, PteFlags, ADDR_MASK};
+#[cfg(any(test, feature = "test-pokes"))]
+use super::pte::phys_reserved_mask;
+use super::pte::{Pte, PteFlags, ADDR_MASK};
 use super::table::entry_index;
 use super::{PageTables, PagingError, Result};
 use crate::addr::{Gpa, Gva};
-use vm_memory::{Bytes, GuestMemoryBackend};
+#[cfg(any(test, feature = "test-pokes"))]
+use crate::ToGuestAddress;
+#[cfg(any(test, feature = "test-pokes"))]
+use vm_memory::Bytes;
+use vm_memory::GuestMemoryBackend;
 
 impl PageTables {
     /// GPA of the entry at `level` (4 = PML4E … 1 = PTE) on the walk of `gva`. Entries above
@@ -37,7 +43,7 @@ impl PageTables {
     /// [`PagingError::NotMapped`].
     pub fn entry_gpa<M: GuestMemoryBackend>(&self, mem: &M, gva: Gva, level: u8) -> Result<Gpa> {
         if !gva.is_canonical() {
-            return Err(PagingError::NonCanonical { gva: gva.0 });
+            return Err(PagingError::NonCanonical { gva: gva.raw() });
         }
         if !(1..=4).contains(&level) {
             return Err(PagingError::NotMapped { gva });
@@ -45,12 +51,12 @@ impl PageTables {
         let mut table = self.root;
         let mut l = 4u8;
         loop {
-            let gpa = Gpa(table.gpa()?.0 | (entry_index(gva.0, l) as u64 * 8));
+            let gpa = Gpa::new(table.gpa()?.raw() | (entry_index(gva.raw(), l) as u64 * 8));
             if l == level {
                 return Ok(gpa);
             }
-            let raw = io::read_entry(mem, table.gpa()?, entry_index(gva.0, l))?;
-            if self.poisoned.contains_key(&gpa.0) {
+            let raw = io::read_entry(mem, table.gpa()?, entry_index(gva.raw(), l))?;
+            if self.poisoned.contains_key(&gpa.raw()) {
                 return Err(PagingError::CorruptTable {
                     gva,
                     level: l,
@@ -62,7 +68,7 @@ impl PageTables {
             if raw & ADDR_MASK == 0 || as_present.is_leaf(l) {
                 return Err(PagingError::NotMapped { gva });
             }
-            table = self.child_table(as_present, l, gva.0)?;
+            table = self.child_table(as_present, l, gva.raw())?;
             l -= 1;
         }
     }
@@ -78,6 +84,7 @@ impl PageTables {
     /// # Errors
     /// As [`Self::entry_gpa`]; [`PagingError::UnsupportedFlags`] for other bits;
     /// [`PagingError::NotMapped`] if the entry is zero.
+    #[cfg(any(test, feature = "test-pokes"))]
     pub fn set_entry_flags<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
@@ -121,6 +128,7 @@ impl PageTables {
     /// # Errors
     /// As [`Self::entry_gpa`]; [`PagingError::UnsupportedFlags`] if `bits` is zero or
     /// outside bits 51:M.
+    #[cfg(any(test, feature = "test-pokes"))]
     pub fn poison_entry<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
@@ -139,7 +147,7 @@ impl PageTables {
         let gpa = self.entry_gpa(mem, gva, level)?;
         let old = read(mem, gpa)?;
         write(mem, gpa, Pte::from_raw(old.raw() | bits))?;
-        *self.poisoned.entry(gpa.0).or_default() |= bits;
+        *self.poisoned.entry(gpa.raw()).or_default() |= bits;
         Ok(old)
     }
 
@@ -149,12 +157,14 @@ impl PageTables {
     }
 }
 
+#[cfg(any(test, feature = "test-pokes"))]
 fn read<M: GuestMemoryBackend>(mem: &M, gpa: Gpa) -> Result<Pte> {
     mem.read_obj::<u64>(gpa.to_guest_address())
         .map(Pte::from_raw)
         .map_err(|source| PagingError::Memory { gpa, source })
 }
 
+#[cfg(any(test, feature = "test-pokes"))]
 fn write<M: GuestMemoryBackend>(mem: &M, gpa: Gpa, pte: Pte) -> Result<()> {
     mem.write_obj::<u64>(pte.raw(), gpa.to_guest_address())
         .map_err(|source| PagingError::Memory { gpa, source })
@@ -164,7 +174,7 @@ fn write<M: GuestMemoryBackend>(mem: &M, gpa: Gpa, pte: Pte) -> Result<()> {
 mod tests {
     use super::*;
     use crate::addr::Pfn;
-    use crate::paging::{FramePool, PageSize};
+    use crate::{FramePool, PageSize};
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     type Mem = GuestMemoryMmap<()>;
@@ -175,7 +185,7 @@ mod tests {
 
     fn setup() -> (Mem, FramePool, PageTables) {
         let mem = Mem::from_ranges(&[(GuestAddress(0), 16 << 20)]).expect("guest memory");
-        let mut pool = FramePool::new(Pfn(2048), 64).expect("pool");
+        let mut pool = FramePool::new(Pfn::new(2048), 64).expect("pool");
         let pt = PageTables::new(&mem, &mut pool).expect("tables");
         (mem, pool, pt)
     }
@@ -183,9 +193,10 @@ mod tests {
     #[test]
     fn intermediate_flags_and_walkers() {
         let (mem, mut pool, mut pt) = setup();
-        let va = Gva(0x2000_0000_0000);
+        let va = Gva::new(0x2000_0000_0000);
         let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
-        pt.map(&mem, &mut pool, va, Gpa(0x10_0000), PageSize::Size4K, flags)
+        pt.edit(&mem, &mut pool)
+            .map(va, Gpa::new(0x10_0000), PageSize::Size4K, flags)
             .expect("map");
         // A read-only, supervisor, NX PDE: translate combines the rights over all levels.
         let pde = PteFlags::from_bits_truncate(P | NX);
@@ -216,19 +227,20 @@ mod tests {
             .set_entry_flags(&mem, va, 2, PteFlags::from_bits_truncate(P | 0x80))
             .is_err());
         assert!(pt.entry_gpa(&mem, va, 5).is_err());
-        assert!(pt.entry_gpa(&mem, Gva(1 << 47), 1).is_err());
+        assert!(Gva::new_canonical(1 << 47).is_err());
         // An unmapped path has no entry below the PML4E.
-        assert!(pt.entry_gpa(&mem, Gva(0x3000_0000_0000), 3).is_err());
+        assert!(pt.entry_gpa(&mem, Gva::new(0x3000_0000_0000), 3).is_err());
     }
 
     #[test]
     fn poisoned_entries() {
         let (mem, mut pool, mut pt) = setup();
         let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
-        let a = Gva(0x2000_0000_0000);
-        let b = Gva(0x2080_0000_0000);
+        let a = Gva::new(0x2000_0000_0000);
+        let b = Gva::new(0x2080_0000_0000);
         for va in [a, b] {
-            pt.map(&mem, &mut pool, va, Gpa(0x10_0000), PageSize::Size4K, flags)
+            pt.edit(&mem, &mut pool)
+                .map(va, Gpa::new(0x10_0000), PageSize::Size4K, flags)
                 .expect("map");
         }
         // Only bits 51:MAXPHYADDR may be set.
@@ -249,7 +261,7 @@ mod tests {
         assert_eq!(leaves[0].gva, b);
         assert!(!pt.dump(&mem).contains("walk error"));
         // Editors refuse to go through it and change nothing.
-        assert!(pt.unmap(&mem, &mut pool, a, 4096).is_err());
+        assert!(pt.edit(&mem, &mut pool).unmap(a, 4096).is_err());
         assert!(pt.entry_gpa(&mem, a, 1).is_err());
         // A poisoned leaf.
         pt.poison_entry(&mem, b, 1, 1 << 50, 48)

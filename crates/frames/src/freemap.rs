@@ -296,20 +296,4 @@ impl FreeMap {
     pub fn metadata_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.tree.bytes() + self.by_size.len() * 40
     }
-
-    /// Seed 000 `FreeMemManager::alloc_freemap(len)`: first fit, no alignment.
-    ///
-    /// # Errors
-    /// As [`alloc_with`](Self::alloc_with).
-    pub fn alloc_freemap(&mut self, len: u64) -> Result<u64> {
-        self.alloc(len, 1)
-    }
-
-    /// Seed 000 `FreeMemManager::dealloc_freemap(ptr, len)`: [`free`](Self::free).
-    ///
-    /// # Errors
-    /// As [`free`](Self::free).
-    pub fn dealloc_freemap(&mut self, start: u64, len: u64) -> Result<()> {
-        self.free(start, len)
-    }
 }

@@ -12,11 +12,11 @@
 //! summary measured in the same run (interleaved, median of 201) prints ns per entry and the
 //! ratio to memset.
 //!
-//! Run: `cargo bench --bench paging`.
+//! Run: `cargo bench -p memvisor-paging --bench paging`.
 
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
-use memvisor::addr::{Gpa, Gva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
-use memvisor::paging::{map_direct, FramePool, PageSize, PageTables, Protection, PteFlags};
+use memvisor_frames::addr::{Gpa, Gva, Pfn, HUGE_PAGE_SIZE, PAGE_SIZE};
+use memvisor_paging::{FramePool, PageSize, PageTables, Protection, PteFlags};
 use std::time::{Duration, Instant};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -24,10 +24,10 @@ type Mem = GuestMemoryMmap<()>;
 
 const MEM_BASE: u64 = 1 << 40;
 const MEM_SIZE: u64 = 8 << 20;
-const DIRECT_BASE: Gva = Gva(0xffff_8880_0000_0000);
+const DIRECT_BASE: Gva = Gva::new(0xffff_8880_0000_0000);
 const DIRECT_BYTES: u64 = 64 << 30;
 const DIRECT_ENTRIES: u64 = DIRECT_BYTES / (2 << 20);
-const RANGE_GVA: Gva = Gva(0x0000_7f00_0000_0000);
+const RANGE_GVA: Gva = Gva::new(0x0000_7f00_0000_0000);
 const RANGE_ENTRIES: u64 = HUGE_PAGE_SIZE / PAGE_SIZE;
 
 struct Env {
@@ -39,7 +39,7 @@ struct Env {
 impl Env {
     fn new() -> Self {
         let mem = Mem::from_ranges(&[(GuestAddress(MEM_BASE), MEM_SIZE as usize)]).unwrap();
-        let pool = FramePool::new(Pfn(MEM_BASE / PAGE_SIZE), MEM_SIZE / PAGE_SIZE).unwrap();
+        let pool = FramePool::new(Pfn::new(MEM_BASE / PAGE_SIZE), MEM_SIZE / PAGE_SIZE).unwrap();
         let flags = Protection::KERNEL_DATA.to_pte_flags(true) | PteFlags::GLOBAL;
         let mut env = Env { mem, pool, flags };
         // Touch the whole pool once so page faults are not measured.
@@ -58,31 +58,23 @@ impl Env {
 
     fn direct_map(&mut self) -> PageTables {
         let mut pt = self.tables();
-        let ram = [(Gpa(0), DIRECT_BYTES)];
-        map_direct(
-            &mut pt,
-            &self.mem,
-            &mut self.pool,
-            DIRECT_BASE,
-            &ram,
-            false,
-            self.flags,
-        )
-        .unwrap();
+        let ram = [(Gpa::new(0), DIRECT_BYTES)];
+        pt.edit(&self.mem, &mut self.pool)
+            .map_direct(DIRECT_BASE, &ram, false, self.flags)
+            .unwrap();
         pt
     }
 
     fn range_1g(&mut self, pt: &mut PageTables) {
-        pt.map_range(
-            &self.mem,
-            &mut self.pool,
-            RANGE_GVA,
-            Gpa(0x4000_0000),
-            HUGE_PAGE_SIZE,
-            PageSize::Size4K,
-            self.flags,
-        )
-        .unwrap();
+        pt.edit(&self.mem, &mut self.pool)
+            .map_range(
+                RANGE_GVA,
+                Gpa::new(0x4000_0000),
+                HUGE_PAGE_SIZE,
+                PageSize::Size4K,
+                self.flags,
+            )
+            .unwrap();
     }
 
     /// Time `iters` direct-map builds (teardown untimed).
@@ -144,23 +136,28 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("single_page");
     let mut pt = env.direct_map();
     let (mem, pool, flags) = (&env.mem, &mut env.pool, env.flags);
-    let gva = Gva(0x1234_5000);
+    let gva = Gva::new(0x1234_5000);
     let s4k = PageSize::Size4K;
     // Into an empty area: allocates (and then frees) a PDPT, a PD and a PT.
     g.bench_function("map_unmap_4k_new_tables", |b| {
         b.iter(|| {
-            pt.map(mem, pool, gva, Gpa(0x5000), s4k, flags).unwrap();
-            black_box(pt.unmap(mem, pool, gva, PAGE_SIZE).unwrap());
+            pt.edit(mem, pool)
+                .map(gva, Gpa::new(0x5000), s4k, flags)
+                .unwrap();
+            black_box(pt.edit(mem, pool).unmap(gva, PAGE_SIZE).unwrap());
         })
     });
     // Next to an existing page: the tables exist.
-    let neighbour = Gva(gva.0 + PAGE_SIZE);
-    pt.map(mem, pool, neighbour, Gpa(0x6000), s4k, flags)
+    let neighbour = Gva::new(gva.raw() + PAGE_SIZE);
+    pt.edit(mem, pool)
+        .map(neighbour, Gpa::new(0x6000), s4k, flags)
         .unwrap();
     g.bench_function("map_unmap_4k", |b| {
         b.iter(|| {
-            pt.map(mem, pool, gva, Gpa(0x5000), s4k, flags).unwrap();
-            black_box(pt.unmap(mem, pool, gva, PAGE_SIZE).unwrap());
+            pt.edit(mem, pool)
+                .map(gva, Gpa::new(0x5000), s4k, flags)
+                .unwrap();
+            black_box(pt.edit(mem, pool).unmap(gva, PAGE_SIZE).unwrap());
         })
     });
     let ro = Protection::KERNEL_RODATA.to_pte_flags(true);
@@ -172,7 +169,7 @@ fn benches(c: &mut Criterion) {
             black_box(pt.protect(mem, neighbour, PAGE_SIZE, f).unwrap());
         })
     });
-    let probe = Gva(DIRECT_BASE.0 + 0x7_1234_5678);
+    let probe = Gva::new(DIRECT_BASE.raw() + 0x7_1234_5678);
     g.bench_function("translate_2m", |b| {
         b.iter(|| black_box(pt.translate(mem, black_box(probe)).unwrap()))
     });

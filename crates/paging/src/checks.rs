@@ -13,12 +13,12 @@ const HOLE_START: u64 = 1 << 47;
 /// Validate a GVA range of `len` bytes aligned to `align`; returns its last byte.
 pub(super) fn check_va_range(gva: Gva, len: u64, align: u64) -> Result<u64> {
     if !gva.is_canonical() {
-        return Err(PagingError::NonCanonical { gva: gva.0 });
+        return Err(PagingError::NonCanonical { gva: gva.raw() });
     }
     if !gva.is_aligned(align) {
         return Err(PagingError::Misaligned {
             what: Operand::Gva,
-            value: gva.0,
+            value: gva.raw(),
             align,
         });
     }
@@ -33,11 +33,14 @@ pub(super) fn check_va_range(gva: Gva, len: u64, align: u64) -> Result<u64> {
         });
     }
     let last = gva
-        .0
+        .raw()
         .checked_add(len - 1)
-        .ok_or(PagingError::LengthOverflow { start: gva.0, len })?;
+        .ok_or(PagingError::LengthOverflow {
+            start: gva.raw(),
+            len,
+        })?;
     // A high-half start cannot leave the high half without overflowing (checked above).
-    if gva.0 < HOLE_START && last >= HOLE_START {
+    if gva.raw() < HOLE_START && last >= HOLE_START {
         return Err(PagingError::NonCanonical { gva: HOLE_START });
     }
     Ok(last)
@@ -64,17 +67,20 @@ impl PageTables {
         if !gpa.is_aligned(align) {
             return Err(PagingError::Misaligned {
                 what: Operand::Gpa,
-                value: gpa.0,
+                value: gpa.raw(),
                 align,
             });
         }
         let last = len
             .checked_sub(1)
-            .and_then(|l| gpa.0.checked_add(l))
-            .ok_or(PagingError::LengthOverflow { start: gpa.0, len })?;
+            .and_then(|l| gpa.raw().checked_add(l))
+            .ok_or(PagingError::LengthOverflow {
+                start: gpa.raw(),
+                len,
+            })?;
         if last >> self.config.phys_addr_bits != 0 {
             return Err(PagingError::GpaOutOfRange {
-                gpa: gpa.0,
+                gpa: gpa.raw(),
                 len,
                 phys_bits: self.config.phys_addr_bits,
             });
@@ -84,11 +90,11 @@ impl PageTables {
 
     /// No table frame may lie in the GPA range `[first, last]`.
     pub(super) fn check_no_table_in(&self, first: u64, last: u64) -> Result<()> {
-        let lo = Pfn(first >> 12);
-        let hi = Pfn(last >> 12);
+        let lo = Pfn::new(first >> 12);
+        let hi = Pfn::new(last >> 12);
         match self.tables.lowest_in(lo, hi) {
             Some(table) => Err(PagingError::WritableTableFrame {
-                gpa: Gpa(first),
+                gpa: Gpa::new(first),
                 table,
             }),
             None => Ok(()),
@@ -107,7 +113,9 @@ impl PageTables {
         // Contiguous GPA runs of the leaves, checked against the table frames run by run.
         let mut run: Option<(u64, u64)> = None;
         self.walk_range(mem, first, last, &mut |v| match v {
-            Visit::Hole { va, .. } => Err(PagingError::NotMapped { gva: Gva(va) }),
+            Visit::Hole { va, .. } => Err(PagingError::NotMapped {
+                gva: Gva::new_truncate(va),
+            }),
             Visit::Leaf {
                 va,
                 base,
@@ -117,13 +125,13 @@ impl PageTables {
                 let span_last = base + (size.bytes() - 1);
                 if base < first || span_last > last {
                     return Err(PagingError::WouldSplitLargePage {
-                        gva: Gva(va),
-                        leaf_gva: Gva(base),
+                        gva: Gva::new_truncate(va),
+                        leaf_gva: Gva::new_truncate(base),
                         page_size: size,
                     });
                 }
                 if writable {
-                    let g = pte.leaf_addr(size.level()).0;
+                    let g = pte.leaf_addr(size.level()).raw();
                     let g_last = g + (size.bytes() - 1);
                     match run {
                         Some((s, e)) if e.checked_add(1) == Some(g) => run = Some((s, g_last)),
@@ -147,46 +155,47 @@ impl PageTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paging::Operand;
+    use crate::Operand;
 
     #[test]
     fn va_range_checks() {
-        assert_eq!(check_va_range(Gva(0x1000), 0x2000, 4096).unwrap(), 0x2fff);
+        assert_eq!(
+            check_va_range(Gva::new(0x1000), 0x2000, 4096).unwrap(),
+            0x2fff
+        );
         assert!(matches!(
-            check_va_range(Gva(0x1001), 0x1000, 4096),
+            check_va_range(Gva::new(0x1001), 0x1000, 4096),
             Err(PagingError::Misaligned {
                 what: Operand::Gva,
                 ..
             })
         ));
         assert!(matches!(
-            check_va_range(Gva(0x1000), 0x1001, 4096),
+            check_va_range(Gva::new(0x1000), 0x1001, 4096),
             Err(PagingError::Misaligned {
                 what: Operand::Length,
                 ..
             })
         ));
         assert!(matches!(
-            check_va_range(Gva(0x1000), 0, 4096),
+            check_va_range(Gva::new(0x1000), 0, 4096),
             Err(PagingError::ZeroLength { .. })
         ));
+        // A non-canonical start cannot even be built as a Gva.
+        assert!(Gva::new_canonical(0x0000_8000_0000_0000).is_err());
         assert!(matches!(
-            check_va_range(Gva(0x0000_8000_0000_0000), 4096, 4096),
-            Err(PagingError::NonCanonical { .. })
-        ));
-        assert!(matches!(
-            check_va_range(Gva(0x7fff_ffff_f000), 0x2000, 4096),
+            check_va_range(Gva::new(0x7fff_ffff_f000), 0x2000, 4096),
             Err(PagingError::NonCanonical {
                 gva: 0x0000_8000_0000_0000
             })
         ));
         assert!(matches!(
-            check_va_range(Gva(0xffff_ffff_ffff_f000), 0x2000, 4096),
+            check_va_range(Gva::new(0xffff_ffff_ffff_f000), 0x2000, 4096),
             Err(PagingError::LengthOverflow { .. })
         ));
         // The very last page of the address space is fine.
         assert_eq!(
-            check_va_range(Gva(0xffff_ffff_ffff_f000), 0x1000, 4096).unwrap(),
+            check_va_range(Gva::new(0xffff_ffff_ffff_f000), 0x1000, 4096).unwrap(),
             u64::MAX
         );
     }

@@ -7,8 +7,8 @@
 //!   `lowmem_reserve` rules: the serving zone and frame, errors, per-zone statistics.
 //! * `FreeMap` vs a `Vec<bool>`: first/best fit results, errors, coalesced extents.
 
-use memvisor::addr::{Gpa, Pfn};
-use memvisor::frames::{
+use memvisor_frames::addr::{Gpa, Pfn};
+use memvisor_frames::{
     BitmapAllocator, BitmapStats, FitPolicy, FrameError, FreeMap, ZoneKind, ZonePreset, ZoneTable,
 };
 use proptest::prelude::*;
@@ -86,7 +86,7 @@ impl BitModel {
             return Err(FrameError::ZeroCount);
         }
         let out = FrameError::OutOfRange {
-            pfn: Pfn(pfn),
+            pfn: Pfn::new(pfn),
             count: n,
         };
         let end = pfn.checked_add(n).ok_or(out.clone())?;
@@ -98,7 +98,7 @@ impl BitModel {
     fn first(&self, r: &std::ops::Range<usize>, s: St) -> Option<Pfn> {
         r.clone()
             .find(|&i| self.st[i] == s)
-            .map(|i| Pfn(self.base + i as u64))
+            .map(|i| Pfn::new(self.base + i as u64))
     }
     fn check_free(&self, pfn: u64, n: u64) -> Result<std::ops::Range<usize>, FrameError> {
         let r = self.range(pfn, n)?;
@@ -106,7 +106,7 @@ impl BitModel {
             return Err(FrameError::Reserved { pfn: p });
         }
         if r.clone().all(|i| self.st[i] == St::Free) {
-            return Err(FrameError::DoubleFree { pfn: Pfn(pfn) });
+            return Err(FrameError::DoubleFree { pfn: Pfn::new(pfn) });
         }
         if let Some(p) = self.first(&r, St::Free) {
             return Err(FrameError::NotAllocated { pfn: p });
@@ -206,13 +206,13 @@ fn check_bitmap(a: &BitmapAllocator, m: &BitModel, full: bool) {
     assert_eq!(m.stats.reserved, m.count(St::Resv));
     if full {
         for (i, &s) in m.st.iter().enumerate() {
-            let p = Pfn(m.base + i as u64);
+            let p = Pfn::new(m.base + i as u64);
             assert_eq!(a.is_free(p), s == St::Free, "is_free {p}");
             assert_eq!(a.is_reserved(p), s == St::Resv, "is_reserved {p}");
             assert_eq!(a.is_allocated(p), s == St::Used, "is_allocated {p}");
         }
         for p in [m.base.wrapping_sub(1), m.end(), u64::MAX] {
-            assert!(!a.is_free(Pfn(p)) && !a.is_reserved(Pfn(p)));
+            assert!(!a.is_free(Pfn::new(p)) && !a.is_reserved(Pfn::new(p)));
         }
         assert_eq!(
             a.free_runs_by_order(),
@@ -231,13 +231,16 @@ fn check_bitmap(a: &BitmapAllocator, m: &BitModel, full: bool) {
                 _ => resv.push((s, e)),
             }
         }
-        let got: Vec<(u64, u64)> = a.reserved_ranges().map(|(p, n)| (p.0, p.0 + n)).collect();
+        let got: Vec<(u64, u64)> = a
+            .reserved_ranges()
+            .map(|(p, n)| (p.raw(), p.raw() + n))
+            .collect();
         assert_eq!(got, resv, "reserved ranges");
     }
 }
 
 fn run_bitmap(base: u64, frames: u64, fill: Option<(u64, f64)>, ops: Vec<BitOp>) {
-    let mut a = BitmapAllocator::new(Pfn(base), frames);
+    let mut a = BitmapAllocator::new(Pfn::new(base), frames);
     let mut m = BitModel {
         base,
         st: vec![St::Free; frames as usize],
@@ -250,7 +253,7 @@ fn run_bitmap(base: u64, frames: u64, fill: Option<(u64, f64)>, ops: Vec<BitOp>)
     if let Some((seed, ratio)) = fill {
         let filled = a.init_bitmap_rand(seed, ratio);
         for (i, s) in m.st.iter_mut().enumerate() {
-            if !a.is_free(Pfn(base + i as u64)) {
+            if !a.is_free(Pfn::new(base + i as u64)) {
                 *s = St::Used;
             }
         }
@@ -274,7 +277,7 @@ fn run_bitmap(base: u64, frames: u64, fill: Option<(u64, f64)>, ops: Vec<BitOp>)
                 } else {
                     a.alloc_contiguous(n, align)
                 };
-                assert_eq!(got.clone().map(|p| p.0), want, "alloc({n}, {align})");
+                assert_eq!(got.clone().map(|p| p.raw()), want, "alloc({n}, {align})");
                 if let Ok(p) = want {
                     let r = (p - base) as usize..(p - base + n) as usize;
                     assert!(r.clone().all(|i| m.st[i] == St::Free), "handed out twice");
@@ -298,7 +301,7 @@ fn run_bitmap(base: u64, frames: u64, fill: Option<(u64, f64)>, ops: Vec<BitOp>)
                     _ => unreachable!(),
                 };
                 let want = m.check_free(p, n);
-                let got = a.free(Pfn(p), n);
+                let got = a.free(Pfn::new(p), n);
                 assert_eq!(got, want.clone().map(|_| ()), "free({p}, {n})");
                 if let Ok(r) = want {
                     m.set(r, St::Free);
@@ -313,7 +316,7 @@ fn run_bitmap(base: u64, frames: u64, fill: Option<(u64, f64)>, ops: Vec<BitOp>)
             BitOp::Reserve { off, n } => {
                 let p = (base as i64 + off).max(0) as u64;
                 let want = m.check_reserve(p, n);
-                let got = a.reserve(Pfn(p), n);
+                let got = a.reserve(Pfn::new(p), n);
                 assert_eq!(got, want.clone().map(|_| ()), "reserve({p}, {n})");
                 if let Ok(r) = want {
                     m.set(r, St::Resv);
@@ -344,11 +347,11 @@ trait Snapshot {
 impl Snapshot for BitmapAllocator {
     fn words_snapshot(&self) -> (Vec<(u64, u64)>, u64, Pfn, [u64; 11]) {
         let mut free = Vec::new();
-        let mut p = self.base().0;
-        while p < self.end().0 {
-            if self.is_free(Pfn(p)) {
+        let mut p = self.base().raw();
+        while p < self.end().raw() {
+            if self.is_free(Pfn::new(p)) {
                 let s = p;
-                while p < self.end().0 && self.is_free(Pfn(p)) {
+                while p < self.end().raw() && self.is_free(Pfn::new(p)) {
                     p += 1;
                 }
                 free.push((s, p));
@@ -577,11 +580,11 @@ impl ZoneModel {
     /// First reserved-or-hole frame in [s, e), else first frame in state `s2`.
     fn first_bad(&self, s: u64, e: u64, second: St) -> Result<(), FrameError> {
         if let Some(p) = (s..e).find(|p| matches!(self.st.get(p), None | Some(St::Resv))) {
-            return Err(FrameError::Reserved { pfn: Pfn(p) });
+            return Err(FrameError::Reserved { pfn: Pfn::new(p) });
         }
         if second == St::Used {
             if let Some(p) = (s..e).find(|p| self.st.get(p) == Some(&St::Used)) {
-                return Err(FrameError::InUse { pfn: Pfn(p) });
+                return Err(FrameError::InUse { pfn: Pfn::new(p) });
             }
         }
         Ok(())
@@ -591,7 +594,7 @@ impl ZoneModel {
             return Err(FrameError::ZeroCount);
         }
         let out = FrameError::OutOfRange {
-            pfn: Pfn(pfn),
+            pfn: Pfn::new(pfn),
             count: n,
         };
         let end = pfn.checked_add(n).ok_or(out.clone())?;
@@ -600,7 +603,7 @@ impl ZoneModel {
             let last = self.zones.iter().map(|z| z.end).max().unwrap();
             return Err(if end <= last {
                 FrameError::Straddle {
-                    pfn: Pfn(pfn),
+                    pfn: Pfn::new(pfn),
                     count: n,
                 }
             } else {
@@ -609,10 +612,10 @@ impl ZoneModel {
         }
         self.first_bad(pfn, end, St::Free)?;
         if (pfn..end).all(|p| self.st[&p] == St::Free) {
-            return Err(FrameError::DoubleFree { pfn: Pfn(pfn) });
+            return Err(FrameError::DoubleFree { pfn: Pfn::new(pfn) });
         }
         if let Some(p) = (pfn..end).find(|p| self.st[p] == St::Free) {
-            return Err(FrameError::NotAllocated { pfn: Pfn(p) });
+            return Err(FrameError::NotAllocated { pfn: Pfn::new(p) });
         }
         for p in pfn..end {
             self.st.insert(p, St::Free);
@@ -625,7 +628,7 @@ impl ZoneModel {
             return Err(FrameError::ZeroCount);
         }
         let out = FrameError::OutOfRange {
-            pfn: Pfn(pfn),
+            pfn: Pfn::new(pfn),
             count: n,
         };
         let end = pfn.checked_add(n).ok_or(out.clone())?;
@@ -666,7 +669,7 @@ fn check_zones(t: &ZoneTable, m: &ZoneModel, full: bool) {
         assert_eq!(Some(z.kind), mz.kind);
         assert_eq!(z.name, z.kind.name());
         assert_eq!(
-            (z.start_pfn.0, z.end_pfn.0),
+            (z.start_pfn.raw(), z.end_pfn.raw()),
             (mz.start, mz.end),
             "{} span",
             z.name
@@ -710,11 +713,15 @@ fn check_zones(t: &ZoneTable, m: &ZoneModel, full: bool) {
     assert_eq!(t.total_free(), total);
     if full {
         for (&p, &s) in &m.st {
-            assert_eq!(t.is_allocated(Pfn(p)), s == St::Used, "is_allocated {p}");
-            assert_eq!(t.is_free(Pfn(p)), s == St::Free, "is_free {p}");
-            assert!(t.is_ram(Pfn(p)));
+            assert_eq!(
+                t.is_allocated(Pfn::new(p)),
+                s == St::Used,
+                "is_allocated {p}"
+            );
+            assert_eq!(t.is_free(Pfn::new(p)), s == St::Free, "is_free {p}");
+            assert!(t.is_ram(Pfn::new(p)));
             let want = m.zone_at(p).and_then(|i| m.zones[i].kind);
-            assert_eq!(t.zone_of(Pfn(p)), want);
+            assert_eq!(t.zone_of(Pfn::new(p)), want);
         }
     }
 }
@@ -808,7 +815,7 @@ fn run_zones(ram: Vec<(u64, u64)>, legacy: bool, ops: Vec<ZOp>) {
     } else {
         ZonePreset::X86_64
     };
-    let gpas: Vec<(Gpa, u64)> = ram.iter().map(|&(s, l)| (Gpa(s), l)).collect();
+    let gpas: Vec<(Gpa, u64)> = ram.iter().map(|&(s, l)| (Gpa::new(s), l)).collect();
     let mut t = ZoneTable::new(&gpas, preset).expect("valid RAM map");
     let mut m = ZoneModel::new(&ram, preset);
     check_zones(&t, &m, true);
@@ -835,13 +842,17 @@ fn run_zones(ram: Vec<(u64, u64)>, legacy: bool, ops: Vec<ZOp>) {
                     // or reserved (the caller then skips zeroing it).
                     t.alloc_fresh(z, n, align).map(|(p, fresh)| {
                         if fresh {
-                            let used = (p.0..p.0 + n).find(|f| ever.contains(f));
-                            assert_eq!(used, None, "fresh run at {} reuses a frame", p.0);
+                            let used = (p.raw()..p.raw() + n).find(|f| ever.contains(f));
+                            assert_eq!(used, None, "fresh run at {} reuses a frame", p.raw());
                         }
                         p
                     })
                 };
-                assert_eq!(got.map(|p| p.0), want, "alloc({z}, {n}, {align}, {exact})");
+                assert_eq!(
+                    got.map(|p| p.raw()),
+                    want,
+                    "alloc({z}, {n}, {align}, {exact})"
+                );
                 if let Ok(p) = want {
                     live.push((p, n));
                     ever.extend(p..p + n);
@@ -853,17 +864,17 @@ fn run_zones(ram: Vec<(u64, u64)>, legacy: bool, ops: Vec<ZOp>) {
                 }
                 let (p, n) = live.swap_remove(idx % live.len());
                 let want = m.free(p, n);
-                assert_eq!(t.free(Pfn(p), n), want, "free({p}, {n})");
+                assert_eq!(t.free(Pfn::new(p), n), want, "free({p}, {n})");
             }
             ZOp::FreeRaw { at, off, n } => {
                 let p = (anchors[at % anchors.len()] as i64 + off).max(0) as u64;
                 let want = m.free(p, n);
-                assert_eq!(t.free(Pfn(p), n), want, "free raw({p}, {n})");
+                assert_eq!(t.free(Pfn::new(p), n), want, "free raw({p}, {n})");
             }
             ZOp::Reserve { at, off, n } => {
                 let p = (anchors[at % anchors.len()] as i64 + off).max(0) as u64;
                 let want = m.reserve(p, n);
-                assert_eq!(t.reserve(Pfn(p), n), want, "reserve({p}, {n})");
+                assert_eq!(t.reserve(Pfn::new(p), n), want, "reserve({p}, {n})");
                 if want.is_ok() {
                     ever.extend(p..p + n);
                 }
@@ -874,7 +885,11 @@ fn run_zones(ram: Vec<(u64, u64)>, legacy: bool, ops: Vec<ZOp>) {
                 for chunk in [256u64, 16, 1] {
                     while m.count(i, St::Free) >= keep + chunk {
                         let want = m.alloc(z, chunk, 1, true);
-                        assert_eq!(t.alloc_exact(z, chunk, 1).map(|p| p.0), want, "drain {z}");
+                        assert_eq!(
+                            t.alloc_exact(z, chunk, 1).map(|p| p.raw()),
+                            want,
+                            "drain {z}"
+                        );
                         match want {
                             Ok(p) => {
                                 live.push((p, chunk));
@@ -1171,22 +1186,25 @@ proptest! {
 
 #[test]
 fn bitmap_extreme_inputs_are_errors() {
-    let mut a = BitmapAllocator::new(Pfn(0x100), 1000);
+    let mut a = BitmapAllocator::new(Pfn::new(0x100), 1000);
     let before = a.stats();
     let oor = |pfn: u64, count: u64| FrameError::OutOfRange {
-        pfn: Pfn(pfn),
+        pfn: Pfn::new(pfn),
         count,
     };
     assert_eq!(
-        a.free(Pfn(u64::MAX), u64::MAX),
+        a.free(Pfn::new(u64::MAX), u64::MAX),
         Err(oor(u64::MAX, u64::MAX))
     );
-    assert_eq!(a.free(Pfn(u64::MAX), 1), Err(oor(u64::MAX, 1)));
-    assert_eq!(a.free(Pfn(0x100), u64::MAX), Err(oor(0x100, u64::MAX)));
-    assert_eq!(a.free(Pfn(0xff), 1), Err(oor(0xff, 1)));
-    assert_eq!(a.free(Pfn(0x100 + 1000), 1), Err(oor(0x100 + 1000, 1)));
-    assert_eq!(a.free(Pfn(0x100), 0), Err(FrameError::ZeroCount));
-    assert_eq!(a.reserve(Pfn(u64::MAX - 1), 5), Err(oor(u64::MAX - 1, 5)));
+    assert_eq!(a.free(Pfn::new(u64::MAX), 1), Err(oor(u64::MAX, 1)));
+    assert_eq!(a.free(Pfn::new(0x100), u64::MAX), Err(oor(0x100, u64::MAX)));
+    assert_eq!(a.free(Pfn::new(0xff), 1), Err(oor(0xff, 1)));
+    assert_eq!(a.free(Pfn::new(0x100 + 1000), 1), Err(oor(0x100 + 1000, 1)));
+    assert_eq!(a.free(Pfn::new(0x100), 0), Err(FrameError::ZeroCount));
+    assert_eq!(
+        a.reserve(Pfn::new(u64::MAX - 1), 5),
+        Err(oor(u64::MAX - 1, 5))
+    );
     assert_eq!(
         a.alloc_contiguous(u64::MAX, 1),
         Err(FrameError::OutOfFrames {
@@ -1209,8 +1227,10 @@ fn bitmap_extreme_inputs_are_errors() {
         Err(FrameError::OutOfFrames { .. })
     ));
     assert_eq!(
-        a.free(Pfn(0x100), 1),
-        Err(FrameError::DoubleFree { pfn: Pfn(0x100) })
+        a.free(Pfn::new(0x100), 1),
+        Err(FrameError::DoubleFree {
+            pfn: Pfn::new(0x100)
+        })
     );
     let after = a.stats();
     assert_eq!(
@@ -1220,24 +1240,24 @@ fn bitmap_extreme_inputs_are_errors() {
     assert_eq!(after.failures, 13);
 
     // A PFN-0-based allocator can satisfy any power-of-two alignment at frame 0.
-    let mut z = BitmapAllocator::new(Pfn(0), 10);
-    assert_eq!(z.alloc_contiguous(1, 1 << 63), Ok(Pfn(0)));
+    let mut z = BitmapAllocator::new(Pfn::new(0), 10);
+    assert_eq!(z.alloc_contiguous(1, 1 << 63), Ok(Pfn::new(0)));
 
     for (base, frames) in [
-        (0, memvisor::frames::MAX_FRAMES + 1),
-        (memvisor::frames::MAX_PFN, 1),
+        (0, memvisor_frames::MAX_FRAMES + 1),
+        (memvisor_frames::MAX_PFN, 1),
         (u64::MAX, 2),
     ] {
         assert!(matches!(
-            BitmapAllocator::try_new(Pfn(base), frames),
+            BitmapAllocator::try_new(Pfn::new(base), frames),
             Err(FrameError::TooLarge { .. })
         ));
     }
-    let empty = BitmapAllocator::new(Pfn(7), 0);
+    let empty = BitmapAllocator::new(Pfn::new(7), 0);
     assert_eq!(empty.stats().total, 0);
     let mut empty = empty;
     assert!(empty.alloc().is_err());
-    assert!(empty.free(Pfn(7), 1).is_err());
+    assert!(empty.free(Pfn::new(7), 1).is_err());
 }
 
 /// A large allocator (3 summary levels): no exact first-fit model, but every result is
@@ -1246,10 +1266,12 @@ fn bitmap_extreme_inputs_are_errors() {
 fn bitmap_large_random_ops_keep_invariants() {
     let base = 0x12_3456u64;
     let frames = (1u64 << 21) + 12_345; // 4120 groups: 3 summary levels
-    let mut a = BitmapAllocator::new(Pfn(base), frames);
+    let mut a = BitmapAllocator::new(Pfn::new(base), frames);
     a.init_bitmap_rand(99, 0.3);
     let mut verified = 0;
-    let mut used: Vec<bool> = (0..frames).map(|i| !a.is_free(Pfn(base + i))).collect();
+    let mut used: Vec<bool> = (0..frames)
+        .map(|i| !a.is_free(Pfn::new(base + i)))
+        .collect();
     let mut live: Vec<(u64, u64)> = Vec::new();
     let mut rng = 0x9e37_79b9_u64;
     let mut next = move || {
@@ -1271,14 +1293,14 @@ fn bitmap_large_random_ops_keep_invariants() {
                 };
                 match a.alloc_contiguous(n, align) {
                     Ok(p) => {
-                        assert_eq!(p.0 % align, 0);
-                        let i = (p.0 - base) as usize;
+                        assert_eq!(p.raw() % align, 0);
+                        let i = (p.raw() - base) as usize;
                         assert!(
                             used[i..i + n as usize].iter().all(|&u| !u),
                             "handed out twice"
                         );
                         used[i..i + n as usize].fill(true);
-                        live.push((p.0, n));
+                        live.push((p.raw(), n));
                     }
                     Err(FrameError::OutOfFrames { .. }) if verified < 25 => {
                         verified += 1;
@@ -1301,7 +1323,7 @@ fn bitmap_large_random_ops_keep_invariants() {
             _ => {
                 if let Some(k) = (!live.is_empty()).then(|| (r >> 8) as usize % live.len()) {
                     let (p, n) = live.swap_remove(k);
-                    a.free(Pfn(p), n).unwrap();
+                    a.free(Pfn::new(p), n).unwrap();
                     let i = (p - base) as usize;
                     used[i..i + n as usize].fill(false);
                 }
@@ -1319,24 +1341,26 @@ fn bitmap_large_random_ops_keep_invariants() {
 #[test]
 fn bitmap_one_gib_exhaust_and_free() {
     let frames = 1u64 << 18;
-    let mut a = BitmapAllocator::new(Pfn(0x40000), frames);
+    let mut a = BitmapAllocator::new(Pfn::new(0x40000), frames);
     for i in 0..frames {
-        assert_eq!(a.alloc(), Ok(Pfn(0x40000 + i)));
+        assert_eq!(a.alloc(), Ok(Pfn::new(0x40000 + i)));
     }
     assert!(a.alloc().is_err());
     assert_eq!(a.free_runs_by_order(), [0; 11]);
     // Free every other frame, then everything else in one call per run.
     for i in (0..frames).step_by(2) {
-        a.free(Pfn(0x40000 + i), 1).unwrap();
+        a.free(Pfn::new(0x40000 + i), 1).unwrap();
     }
     let b = a.free_runs_by_order();
     assert_eq!(b[0], frames / 2);
     assert_eq!(
-        a.free(Pfn(0x40000), 2),
-        Err(FrameError::NotAllocated { pfn: Pfn(0x40000) })
+        a.free(Pfn::new(0x40000), 2),
+        Err(FrameError::NotAllocated {
+            pfn: Pfn::new(0x40000)
+        })
     );
     for i in (1..frames).step_by(2) {
-        a.free(Pfn(0x40000 + i), 1).unwrap();
+        a.free(Pfn::new(0x40000 + i), 1).unwrap();
     }
     let mut want = [0u64; 11];
     want[10] = frames / 1024;
@@ -1347,30 +1371,36 @@ fn bitmap_one_gib_exhaust_and_free() {
 #[test]
 fn bitmap_huge_pages_and_reserve() {
     // 64 MiB at an unaligned base: 2 MiB-aligned runs start at multiples of 512.
-    let mut a = BitmapAllocator::new(Pfn(100), 16384);
-    a.reserve(Pfn(100), 412).unwrap(); // up to PFN 512
-    assert!(a.is_reserved(Pfn(100)) && a.is_reserved(Pfn(511)) && !a.is_reserved(Pfn(512)));
-    assert_eq!(
-        a.free(Pfn(200), 1),
-        Err(FrameError::Reserved { pfn: Pfn(200) })
+    let mut a = BitmapAllocator::new(Pfn::new(100), 16384);
+    a.reserve(Pfn::new(100), 412).unwrap(); // up to PFN 512
+    assert!(
+        a.is_reserved(Pfn::new(100))
+            && a.is_reserved(Pfn::new(511))
+            && !a.is_reserved(Pfn::new(512))
     );
     assert_eq!(
-        a.free(Pfn(500), 20),
-        Err(FrameError::Reserved { pfn: Pfn(500) })
+        a.free(Pfn::new(200), 1),
+        Err(FrameError::Reserved { pfn: Pfn::new(200) })
     );
     assert_eq!(
-        a.reserve(Pfn(511), 2),
-        Err(FrameError::Reserved { pfn: Pfn(511) })
+        a.free(Pfn::new(500), 20),
+        Err(FrameError::Reserved { pfn: Pfn::new(500) })
+    );
+    assert_eq!(
+        a.reserve(Pfn::new(511), 2),
+        Err(FrameError::Reserved { pfn: Pfn::new(511) })
     );
     let p = a.alloc_contiguous(512, 512).unwrap();
-    assert_eq!(p, Pfn(512));
+    assert_eq!(p, Pfn::new(512));
     assert_eq!(
-        a.reserve(Pfn(1000), 1),
-        Err(FrameError::InUse { pfn: Pfn(1000) })
+        a.reserve(Pfn::new(1000), 1),
+        Err(FrameError::InUse {
+            pfn: Pfn::new(1000)
+        })
     );
     let mut got = vec![p];
     while let Ok(p) = a.alloc_contiguous(512, 512) {
-        assert_eq!(p.0 % 512, 0);
+        assert_eq!(p.raw() % 512, 0);
         got.push(p);
     }
     // [512, 16484) holds 31 whole 2 MiB groups.
@@ -1384,44 +1414,44 @@ fn bitmap_huge_pages_and_reserve() {
         a.free(p, 512).unwrap();
     }
     // 1024-frame (4 MiB) aligned run of 1500 frames.
-    assert_eq!(a.alloc_contiguous(1500, 1024), Ok(Pfn(1024)));
-    assert_eq!(a.allocate_pages(3), Ok(Pfn(512)));
-    a.deallocate_pages(Pfn(512), 3).unwrap();
-    assert_eq!(a.allocate_page(), Ok(Pfn(512)));
-    a.free_frame(Pfn(512)).unwrap();
-    assert_eq!(a.allocate_frame(), Ok(Pfn(512)));
+    assert_eq!(a.alloc_contiguous(1500, 1024), Ok(Pfn::new(1024)));
+    assert_eq!(a.allocate_pages(3), Ok(Pfn::new(512)));
+    a.deallocate_pages(Pfn::new(512), 3).unwrap();
+    assert_eq!(a.allocate_page(), Ok(Pfn::new(512)));
+    a.free_frame(Pfn::new(512)).unwrap();
+    assert_eq!(a.allocate_frame(), Ok(Pfn::new(512)));
 }
 
 #[test]
 fn init_bitmap_rand_is_reproducible() {
     let frames = 1u64 << 20;
-    let mut a = BitmapAllocator::new(Pfn(0), frames);
-    let mut b = BitmapAllocator::new(Pfn(0), frames);
+    let mut a = BitmapAllocator::new(Pfn::new(0), frames);
+    let mut b = BitmapAllocator::new(Pfn::new(0), frames);
     let fa = a.init_bitmap_rand(42, 0.9);
     let fb = b.init_bitmap_rand(42, 0.9);
     assert_eq!(fa, fb);
     assert!((fa as f64 / frames as f64 - 0.9).abs() < 0.005, "{fa}");
     for p in (0..frames).step_by(997) {
-        assert_eq!(a.is_free(Pfn(p)), b.is_free(Pfn(p)));
+        assert_eq!(a.is_free(Pfn::new(p)), b.is_free(Pfn::new(p)));
     }
-    let mut c = BitmapAllocator::new(Pfn(0), frames);
+    let mut c = BitmapAllocator::new(Pfn::new(0), frames);
     assert_ne!(c.init_bitmap_rand(43, 0.9), 0);
-    let mut d = BitmapAllocator::new(Pfn(0), 100);
+    let mut d = BitmapAllocator::new(Pfn::new(0), 100);
     assert_eq!(d.init_bitmap_rand(1, f64::NAN), 0);
     assert_eq!(d.init_bitmap_rand(1, -3.0), 0);
     assert_eq!(d.init_bitmap_rand(1, 7.0), 100);
     assert!(d.alloc().is_err());
     assert_eq!(d.stats().used, 100);
     assert_eq!(d.stats().allocations, 0);
-    d.free(Pfn(0), 100).unwrap();
+    d.free(Pfn::new(0), 100).unwrap();
 }
 
 #[test]
 fn metadata_is_under_budget() {
     for frames in [1u64 << 18, 1 << 24] {
-        let mut a = BitmapAllocator::new(Pfn(0), frames);
-        a.reserve(Pfn(0), 256).unwrap();
-        a.reserve(Pfn(frames - 256), 256).unwrap();
+        let mut a = BitmapAllocator::new(Pfn::new(0), frames);
+        a.reserve(Pfn::new(0), 256).unwrap();
+        a.reserve(Pfn::new(frames - 256), 256).unwrap();
         let per_frame = a.metadata_bytes() as f64 / frames as f64;
         assert!(per_frame <= 0.14, "{frames} frames: {per_frame} B/frame");
         assert!(per_frame >= 0.125);
@@ -1431,9 +1461,9 @@ fn metadata_is_under_budget() {
 fn typical_vm() -> ZoneTable {
     // 640 KiB low RAM, [1 MiB, 3 GiB), PCI hole, [4 GiB, 6 GiB).
     let ram = [
-        (Gpa(0), 640 << 10),
-        (Gpa(1 << 20), (3 << 30) - (1 << 20)),
-        (Gpa(4 << 30), 2 << 30),
+        (Gpa::new(0), 640 << 10),
+        (Gpa::new(1 << 20), (3 << 30) - (1 << 20)),
+        (Gpa::new(4 << 30), 2 << 30),
     ];
     ZoneTable::new(&ram, ZonePreset::default()).unwrap()
 }
@@ -1446,11 +1476,14 @@ fn zones_typical_layout_and_reports() {
     assert_eq!(names, ["DMA", "DMA32", "Normal"]);
     assert_eq!(
         (z[0].start_pfn, z[0].end_pfn, z[0].present),
-        (Pfn(0), Pfn(4096), 4000)
+        (Pfn::new(0), Pfn::new(4096), 4000)
     );
-    assert_eq!((z[1].start_pfn, z[1].end_pfn), (Pfn(4096), Pfn(786_432)));
+    assert_eq!(
+        (z[1].start_pfn, z[1].end_pfn),
+        (Pfn::new(4096), Pfn::new(786_432))
+    );
     assert_eq!(z[1].present, 786_432 - 4096);
-    assert_eq!((z[2].start_pfn.0, z[2].present), (1 << 20, 1 << 19));
+    assert_eq!((z[2].start_pfn.raw(), z[2].present), (1 << 20, 1 << 19));
     // lowmem_reserve: DMA keeps (DMA32 + Normal) / 256 frames against Normal requests.
     assert_eq!(
         z[0].protection,
@@ -1460,33 +1493,35 @@ fn zones_typical_layout_and_reports() {
             (786_432 - 4096 + (1 << 19)) / 256
         ]
     );
-    assert_eq!(t.zone_of(Pfn(200)), Some(ZoneKind::Dma)); // hole inside DMA's span
-    assert!(!t.is_ram(Pfn(200)) && t.is_reserved(Pfn(200)));
-    assert_eq!(t.zone_of(Pfn(900_000)), None); // PCI hole between spans
+    assert_eq!(t.zone_of(Pfn::new(200)), Some(ZoneKind::Dma)); // hole inside DMA's span
+    assert!(!t.is_ram(Pfn::new(200)) && t.is_reserved(Pfn::new(200)));
+    assert_eq!(t.zone_of(Pfn::new(900_000)), None); // PCI hole between spans
     assert_eq!(
-        t.free(Pfn(200), 1),
-        Err(FrameError::Reserved { pfn: Pfn(200) })
+        t.free(Pfn::new(200), 1),
+        Err(FrameError::Reserved { pfn: Pfn::new(200) })
     );
     assert_eq!(
-        t.free(Pfn(4000), 200),
+        t.free(Pfn::new(4000), 200),
         Err(FrameError::Straddle {
-            pfn: Pfn(4000),
+            pfn: Pfn::new(4000),
             count: 200
         })
     );
     assert_eq!(
-        t.free(Pfn(900_000), 1),
+        t.free(Pfn::new(900_000), 1),
         Err(FrameError::OutOfRange {
-            pfn: Pfn(900_000),
+            pfn: Pfn::new(900_000),
             count: 1
         })
     );
     // The kernel image straddles DMA and DMA32: reserve is all-or-nothing across zones.
-    t.reserve(Pfn(4000), 1000).unwrap();
+    t.reserve(Pfn::new(4000), 1000).unwrap();
     assert_eq!(t.zones()[0].managed, 4000 - 96);
     assert_eq!(
-        t.reserve(Pfn(3000), 2000),
-        Err(FrameError::Reserved { pfn: Pfn(4000) })
+        t.reserve(Pfn::new(3000), 2000),
+        Err(FrameError::Reserved {
+            pfn: Pfn::new(4000)
+        })
     );
     assert_eq!(t.zones()[0].managed, 4000 - 96);
     assert_eq!(
@@ -1496,9 +1531,12 @@ fn zones_typical_layout_and_reports() {
         })
     );
     let p = t.alloc(ZoneKind::Dma32, 512, 512).unwrap();
-    assert_eq!(p, Pfn(5120));
+    assert_eq!(p, Pfn::new(5120));
     assert!(t.is_allocated(p));
-    assert_eq!(t.allocate_frame_in_zone(ZoneKind::Normal), Ok(Pfn(1 << 20)));
+    assert_eq!(
+        t.allocate_frame_in_zone(ZoneKind::Normal),
+        Ok(Pfn::new(1 << 20))
+    );
 
     let info = t.zoneinfo();
     assert!(
@@ -1529,9 +1567,9 @@ fn zones_typical_layout_and_reports() {
 fn zones_fallback_and_lowmem_reserve() {
     // DMA 100 frames, DMA32 5120 frames, Normal 2560 frames.
     let ram = [
-        (Gpa(0), 100 * 4096),
-        (Gpa(16 << 20), 5120 * 4096),
-        (Gpa(4 << 30), 2560 * 4096),
+        (Gpa::new(0), 100 * 4096),
+        (Gpa::new(16 << 20), 5120 * 4096),
+        (Gpa::new(4 << 30), 2560 * 4096),
     ];
     let mut t = ZoneTable::new(&ram, ZonePreset::X86_64).unwrap();
     let prot: Vec<Vec<u64>> = t.zones().iter().map(|z| z.protection.clone()).collect();
@@ -1579,11 +1617,11 @@ fn zones_fallback_and_lowmem_reserve() {
 
 #[test]
 fn zones_legacy_preset() {
-    let ram = [(Gpa(0), 1 << 30)];
+    let ram = [(Gpa::new(0), 1 << 30)];
     let mut t = ZoneTable::new(&ram, ZonePreset::Legacy).unwrap();
     let names: Vec<&str> = t.zones().iter().map(|z| z.name).collect();
     assert_eq!(names, ["DMA", "Normal", "HighMem"]);
-    assert_eq!(t.zones()[1].end_pfn, Pfn(229_376));
+    assert_eq!(t.zones()[1].end_pfn, Pfn::new(229_376));
     assert_eq!(t.zones()[2].present, 262_144 - 229_376);
     assert_eq!(
         t.alloc(ZoneKind::Dma32, 1, 1),
@@ -1592,15 +1630,18 @@ fn zones_legacy_preset() {
         })
     );
     // Seed order Normal -> HighMem -> DMA: exhaust Normal, then HighMem serves.
-    t.reserve(Pfn(4096), 229_376 - 4096).unwrap();
-    assert_eq!(t.alloc(ZoneKind::Normal, 1, 1), Ok(Pfn(229_376)));
+    t.reserve(Pfn::new(4096), 229_376 - 4096).unwrap();
+    assert_eq!(t.alloc(ZoneKind::Normal, 1, 1), Ok(Pfn::new(229_376)));
     assert_eq!(t.zones()[2].fallbacks_in, 1);
 }
 
 #[test]
 fn zones_bad_ram_maps() {
     assert!(matches!(
-        ZoneTable::new(&[(Gpa(0), 8192), (Gpa(4096), 8192)], ZonePreset::X86_64),
+        ZoneTable::new(
+            &[(Gpa::new(0), 8192), (Gpa::new(4096), 8192)],
+            ZonePreset::X86_64
+        ),
         Err(FrameError::Overlap {
             start: 4096,
             len: 8192,
@@ -1609,7 +1650,7 @@ fn zones_bad_ram_maps() {
         })
     ));
     assert_eq!(
-        ZoneTable::new(&[(Gpa(u64::MAX), 2)], ZonePreset::X86_64).err(),
+        ZoneTable::new(&[(Gpa::new(u64::MAX), 2)], ZonePreset::X86_64).err(),
         Some(FrameError::BadRange {
             start: u64::MAX,
             len: 2
@@ -1618,7 +1659,7 @@ fn zones_bad_ram_maps() {
     assert!(matches!(
         // Normal would span 2^48 frames: more than one bitmap manages.
         ZoneTable::new(
-            &[(Gpa(4 << 30), 4096), (Gpa(1 << 60), 4096)],
+            &[(Gpa::new(4 << 30), 4096), (Gpa::new(1 << 60), 4096)],
             ZonePreset::X86_64
         ),
         Err(FrameError::TooLarge { .. })
@@ -1629,19 +1670,27 @@ fn zones_bad_ram_maps() {
         t.alloc(ZoneKind::Normal, 1, 1),
         Err(FrameError::OutOfFrames { .. })
     ));
-    assert!(t.free(Pfn(0), 1).is_err());
-    assert!(t.reserve(Pfn(0), 1).is_err());
+    assert!(t.free(Pfn::new(0), 1).is_err());
+    assert!(t.reserve(Pfn::new(0), 1).is_err());
     assert_eq!(t.buddyinfo(), "");
     // Sub-page pieces are not RAM; touching ranges merge.
     let t = ZoneTable::new(
-        &[(Gpa(100), 4000), (Gpa(8192), 4096), (Gpa(12288), 4096)],
+        &[
+            (Gpa::new(100), 4000),
+            (Gpa::new(8192), 4096),
+            (Gpa::new(12288), 4096),
+        ],
         ZonePreset::X86_64,
     )
     .unwrap();
-    assert_eq!(t.ram_frames().collect::<Vec<_>>(), vec![(Pfn(2), 2)]);
+    assert_eq!(t.ram_frames().collect::<Vec<_>>(), vec![(Pfn::new(2), 2)]);
     // Byte ranges that touch inside a frame merge before rounding.
-    let t = ZoneTable::new(&[(Gpa(0), 6000), (Gpa(6000), 6288)], ZonePreset::X86_64).unwrap();
-    assert_eq!(t.ram_frames().collect::<Vec<_>>(), vec![(Pfn(0), 3)]);
+    let t = ZoneTable::new(
+        &[(Gpa::new(0), 6000), (Gpa::new(6000), 6288)],
+        ZonePreset::X86_64,
+    )
+    .unwrap();
+    assert_eq!(t.ram_frames().collect::<Vec<_>>(), vec![(Pfn::new(0), 3)]);
 }
 
 #[test]
@@ -1726,6 +1775,8 @@ fn error_messages_name_their_fields() {
         e.to_string(),
         "out of frames: no free run of 3 frame(s) for zone DMA32"
     );
-    let e = FrameError::Reserved { pfn: Pfn(0x10) };
+    let e = FrameError::Reserved {
+        pfn: Pfn::new(0x10),
+    };
     assert_eq!(e.to_string(), "pfn 0x10 is reserved");
 }

@@ -35,11 +35,13 @@
 //! the documented ones of [`BitmapAllocator::new`] and [`FreeMap::new`] for sizes their
 //! `try_new` rejects.
 
+pub mod addr;
 mod bitmap;
 mod bitmap_extra;
 mod freemap;
 mod preset;
 mod search;
+pub mod seed_api;
 mod summary;
 mod treap;
 mod zone;

@@ -4,12 +4,11 @@
 //! `walk.rs`.
 
 use super::checks::check_va_range;
-use super::edit::{MapReq, Removal};
 use super::io::{self, Dirty, Slots, TableView};
 use super::pte::{Pte, PteFlags};
 use super::tableset::TableSet;
-use super::{FrameSource, PageSize, PagingError, Result};
-use crate::addr::{Gpa, Gva, Pfn, PAGE_SIZE};
+use super::{FrameSource, PagingError, Result};
+use crate::addr::{Gva, Pfn, PAGE_SIZE};
 use vm_memory::bitmap::MS;
 use vm_memory::GuestMemoryBackend;
 
@@ -91,7 +90,7 @@ impl PageTables {
             ..config
         };
         let mut pt = PageTables {
-            root: Pfn(0),
+            root: Pfn::new(0),
             tables: TableSet::default(),
             tables_per_level: [0; 4],
             leaves_per_size: [0; 3],
@@ -145,121 +144,12 @@ impl PageTables {
         }
     }
 
-    /// Map one page of `size` at `gva` → `gpa` with leaf `flags`.
-    ///
-    /// # Errors
-    /// [`PagingError::AlreadyMapped`] if `gva` is mapped (or, for a large page, any page in
-    /// it), [`PagingError::WouldSplitLargePage`] if a larger leaf covers `gva`,
-    /// [`PagingError::Misaligned`] / [`PagingError::NonCanonical`] /
-    /// [`PagingError::GpaOutOfRange`] for bad arguments, [`PagingError::MissingPresent`] /
-    /// [`PagingError::UnsupportedFlags`] for bad flags, [`PagingError::WritableTableFrame`],
-    /// frame-source and memory errors. The tables are unchanged on error.
-    pub fn map<M: GuestMemoryBackend>(
-        &mut self,
-        mem: &M,
-        frames: &mut dyn FrameSource,
-        gva: Gva,
-        gpa: Gpa,
-        size: PageSize,
-        flags: PteFlags,
-    ) -> Result<()> {
-        self.map_range(mem, frames, gva, gpa, size.bytes(), size, flags)
-    }
-
-    /// Map `len` bytes at `gva` → `gpa` (physically contiguous) with pages of `size`. All or
-    /// nothing: on error, whatever this call mapped is unmapped again and the tables it
-    /// created are freed.
-    ///
-    /// # Errors
-    /// As [`PageTables::map`]; `len` must be a non-zero multiple of `size`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn map_range<M: GuestMemoryBackend>(
-        &mut self,
-        mem: &M,
-        frames: &mut dyn FrameSource,
-        gva: Gva,
-        gpa: Gpa,
-        len: u64,
-        size: PageSize,
-        flags: PteFlags,
-    ) -> Result<()> {
-        self.check_leaf_flags(flags)?;
-        let align = size.bytes();
-        let last = check_va_range(gva, len, align)?;
-        let gpa_last = self.check_gpa_range(gpa, len, align)?;
-        let writable = flags.contains(PteFlags::WRITABLE);
-        if writable {
-            self.check_no_table_in(gpa.0, gpa_last)?;
-        }
-        let level = size.level();
-        let huge = if level > 1 { PteFlags::HUGE.bits() } else { 0 };
-        let req = MapReq {
-            first: gva.0,
-            gpa_first: gpa.0,
-            level,
-            leaf_bits: flags.bits() | huge,
-        };
-        // Room for the page tables a large map creates (one per 512 leaves), capped: `len`
-        // may be hostile and the frames run out long before.
-        let new_tables = (len / entry_span(level + 1)).saturating_add(3).min(4096);
-        self.tables.reserve(new_tables as usize);
-        let mut progress = None;
-        let root = io::view(mem, self.root)?;
-        let mut res = self.map_in(
-            mem,
-            frames,
-            &root,
-            4,
-            false,
-            gva.0,
-            last,
-            &req,
-            &mut progress,
-        );
-        if res.is_ok() && writable {
-            // Tables created by this call must not be inside the writable range either.
-            res = self.check_no_table_in(gpa.0, gpa_last);
-        }
-        if let Err(e) = res {
-            self.rollback(mem, frames, gva.0, last, progress);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Unmap every page in `[gva, gva + len)`. Returns the removed leaves `(gva, gpa, size)`
-    /// in GVA order (the caller frees the data frames); page-table frames that become empty
-    /// are freed (never the PML4).
-    ///
-    /// Policy: every 4 KiB page of the range must be mapped and every large leaf touched
-    /// must lie entirely inside the range; otherwise nothing changes.
-    ///
-    /// # Errors
-    /// [`PagingError::NotMapped`] (first unmapped address),
-    /// [`PagingError::WouldSplitLargePage`], argument errors; the tables are unchanged.
-    pub fn unmap<M: GuestMemoryBackend>(
-        &mut self,
-        mem: &M,
-        frames: &mut dyn FrameSource,
-        gva: Gva,
-        len: u64,
-    ) -> Result<Vec<(Gva, Gpa, PageSize)>> {
-        let last = check_va_range(gva, len, PAGE_SIZE)?;
-        self.check_fully_mapped(mem, gva.0, last, false)?;
-        let mut out = Vec::new();
-        let root = io::view(mem, self.root)?;
-        let removal = Removal {
-            clear_last: Some(last),
-        };
-        self.remove_in(mem, frames, &root, 4, gva.0, last, removal, Some(&mut out))?;
-        Ok(out)
-    }
-
     /// Give every leaf in `[gva, gva + len)` the leaf `flags`, keeping its address and page
     /// size. The accessed and dirty bits the CPU set are kept (ORed with `flags`). Returns
     /// the number of leaf entries whose value changed (0: no TLB flush needed).
     ///
-    /// Same range policy as [`PageTables::unmap`]; `flags` as for [`PageTables::map`].
+    /// Same range policy as [`Mapper::unmap`](crate::Mapper::unmap); `flags` as for [`Mapper::map`](crate::Mapper::map). (No table
+    /// frame is allocated or freed, so this edit needs no [`Mapper`](crate::Mapper).)
     ///
     /// # Errors
     /// [`PagingError::NotMapped`], [`PagingError::WouldSplitLargePage`],
@@ -274,10 +164,10 @@ impl PageTables {
     ) -> Result<u64> {
         self.check_leaf_flags(flags)?;
         let last = check_va_range(gva, len, PAGE_SIZE)?;
-        self.check_fully_mapped(mem, gva.0, last, flags.contains(PteFlags::WRITABLE))?;
+        self.check_fully_mapped(mem, gva.raw(), last, flags.contains(PteFlags::WRITABLE))?;
         let root = io::view(mem, self.root)?;
         let mut changed = 0;
-        self.protect_in(mem, &root, 4, gva.0, last, flags.bits(), &mut changed)?;
+        self.protect_in(mem, &root, 4, (gva.raw(), last), flags.bits(), &mut changed)?;
         Ok(changed)
     }
 
@@ -330,7 +220,7 @@ impl PageTables {
             Ok(pfn)
         } else {
             Err(PagingError::CorruptTable {
-                gva: Gva(va),
+                gva: Gva::new_truncate(va),
                 level,
                 pte: pte.raw(),
             })
@@ -350,7 +240,10 @@ mod tests {
         assert_eq!(entry_span(4), 1 << 39);
         let va = 0xffff_8880_0020_1000u64;
         for level in 1..=4 {
-            assert_eq!(entry_index(va, level), Gva(va).table_index(level.into()));
+            assert_eq!(
+                entry_index(va, level),
+                Gva::new(va).table_index(level.into())
+            );
         }
     }
 }
