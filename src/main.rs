@@ -42,6 +42,12 @@ enum Cmd {
     /// running `--kernel` (default: the embedded guest), without running anything: exit 0 and
     /// one line per file, or exit 2 and one line naming the file and the defect.
     SnapshotInfo(SnapshotInfoArgs),
+    /// Run a built-in scenario to its Nth ucall sync point and save a snapshot there (and
+    /// optionally an incremental one at a later sync point); stops unless --continue.
+    Snapshot(memvisor::snapshot::SnapshotArgs),
+    /// Continue a snapshot's guest in this process (memory served lazily from the file
+    /// through userfaultfd) and print the report of the whole run.
+    Restore(memvisor::snapshot::RestoreArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -175,6 +181,8 @@ fn main() -> ExitCode {
         Some(Cmd::Bench(b)) => return bench(b),
         Some(Cmd::Replay(r)) => return replay(r),
         Some(Cmd::SnapshotInfo(s)) => return snapshot_info(s),
+        Some(Cmd::Snapshot(s)) => return memvisor::snapshot::snapshot_cmd(s),
+        Some(Cmd::Restore(r)) => return memvisor::snapshot::restore_cmd(r),
         Some(Cmd::Scenarios) => {
             print!("{}", registry::help_text());
             return ExitCode::SUCCESS;

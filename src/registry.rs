@@ -47,11 +47,17 @@ impl Entry {
 /// # Errors
 /// [`VmmError`] when the VM cannot be created or the guest cannot be built.
 pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
-    let hooks = match find(&cfg.scenario) {
+    crate::vmm::run_scenario(cfg, hooks_for(&cfg.scenario))
+}
+
+/// A fresh host side for the scenario `name`: its registry entry's, or
+/// [`crate::scenario::DefaultHooks`] for a name the registry lacks (also what
+/// [`crate::vm::RestoreOptions::hooks`] takes).
+pub fn hooks_for(name: &str) -> Box<dyn Scenario> {
+    match find(name) {
         Some(e) => e.hooks(),
         None => default_hooks(),
-    };
-    crate::vmm::run_scenario(cfg, hooks)
+    }
 }
 
 include!(concat!(env!("OUT_DIR"), "/scenario_registry.rs"));

@@ -71,6 +71,13 @@ pub trait Scenario: Send {
     fn finish(&mut self, report: &mut Report) {
         let _ = report;
     }
+    /// Whether `Vm::snapshot` may save the run mid-way: the host side keeps no state
+    /// beyond what [`Self::prepare`] put into guest memory and the address space (default
+    /// true). A scenario whose host side accumulates state during the run (the fault
+    /// matrix's pass tables) returns false, and a snapshot is refused as unsupported.
+    fn snapshot_safe(&self) -> bool {
+        true
+    }
 }
 
 /// The host side of a scenario without a host file (and of a user's own guest): nothing

@@ -143,6 +143,15 @@ pub trait PageSource: Send + 'static {
     /// range) and return true, or return false when the page is all zeros (served with
     /// `UFFDIO_ZEROPAGE`).
     fn read(&mut self, hva: u64, buf: &mut [u8; PAGE as usize]) -> bool;
+
+    /// Fault-around: pages (a power of two) of the aligned block around a faulting page that
+    /// the handler fills with one `UFFDIO_ZEROPAGE` when the source has no data for the page
+    /// (default 1: the faulting page only). Counted in [`UffdStats::fault_around`]. Only a
+    /// source that has data for no page at all may return more than 1 (the neighbours are
+    /// never asked for).
+    fn fault_around_pages(&self) -> u64 {
+        1
+    }
 }
 
 /// A source with no data: every page is served zero (fresh guest RAM).
@@ -153,7 +162,19 @@ impl PageSource for ZeroSource {
     fn read(&mut self, _hva: u64, _buf: &mut [u8; PAGE as usize]) -> bool {
         false
     }
+
+    /// 16 pages (64 KiB, aligned): a fault in fresh RAM maps the zero page for its whole
+    /// block in one ioctl, as Cloud Hypervisor's prefault cursor and the kernel's own
+    /// fault-around do; a guest that touches memory in order then takes one uffd round trip
+    /// per 16 pages (a write still takes the kernel's in-place copy-on-write fault, no uffd
+    /// message).
+    fn fault_around_pages(&self) -> u64 {
+        FAULT_AROUND_PAGES
+    }
 }
+
+/// Fault-around block of [`ZeroSource`], pages.
+pub const FAULT_AROUND_PAGES: u64 = 16;
 
 /// Buckets of the serve-latency histogram: bucket `i` counts faults served in
 /// `[2^i, 2^(i+1))` ns (bucket 0 also takes 0 ns; the last takes everything above).
@@ -182,6 +203,9 @@ pub struct UffdStats {
     pub removed_pages: u64,
     /// Faults whose ioctl failed otherwise (the faulting thread is woken and faults again).
     pub errors: u64,
+    /// Pages mapped zero ahead of a fault (fault-around: [`PageSource::fault_around_pages`]),
+    /// not counted in `zeropages`.
+    pub fault_around: u64,
     /// Total serve time in ns (message read → page in place).
     pub total_ns: u64,
     /// Longest serve time in ns.
@@ -207,12 +231,13 @@ impl UffdStats {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "-- userfaultfd: {} MiB registered; {} faults ({} writes): {} UFFDIO_COPY, {} UFFDIO_ZEROPAGE, {} raced, {} errors; {} REMOVE events ({} pages)",
+            "-- userfaultfd: {} MiB registered; {} faults ({} writes): {} UFFDIO_COPY, {} UFFDIO_ZEROPAGE (+{} pages fault-around), {} raced, {} errors; {} REMOVE events ({} pages)",
             self.registered_bytes >> 20,
             self.faults,
             self.write_faults,
             self.copies,
             self.zeropages,
+            self.fault_around,
             self.raced,
             self.errors,
             self.remove_events,
@@ -243,6 +268,12 @@ impl UffdStats {
 struct Shared {
     stats: Mutex<UffdStats>,
     stop: AtomicBool,
+    /// Host pages served (copy or zero) or removed since the last
+    /// [`UffdHandler::take_touched`]: every page whose contents may differ from the source.
+    touched: Mutex<Vec<u64>>,
+    /// Record `touched` (off unless [`UffdHandler::track_touched`]: the list grows with
+    /// every fault).
+    track: AtomicBool,
 }
 
 /// A userfaultfd with its handler thread; dropping it stops the thread and closes the fd
@@ -357,12 +388,15 @@ impl UffdHandler {
                 ..UffdStats::default()
             }),
             stop: AtomicBool::new(false),
+            touched: Mutex::new(Vec::new()),
+            track: AtomicBool::new(false),
         });
         let fd = Arc::new(fd);
         let (tfd, tshared, twake) = (fd.clone(), shared.clone(), ev);
+        let tranges = ranges.to_vec();
         let thread = std::thread::Builder::new()
             .name("uffd-handler".into())
-            .spawn(move || serve(&tfd, twake, &tshared, source))
+            .spawn(move || serve(&tfd, twake, &tshared, source, &tranges))
             .map_err(|source| UffdError::Thread { source })?;
         Ok(UffdHandler {
             fd,
@@ -379,6 +413,18 @@ impl UffdHandler {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// Host pages (4 KiB aligned) served or discarded (`UFFD_EVENT_REMOVE`) since the last
+    /// call, in no order, possibly repeated: the pages that may no longer equal the source.
+    /// (A snapshot of a VM restored from a file layers exactly these on top of it.)
+    pub fn take_touched(&self) -> Vec<u64> {
+        std::mem::take(&mut *touched(&self.shared))
+    }
+
+    /// Start recording the pages [`UffdHandler::take_touched`] returns (off by default).
+    pub fn track_touched(&self) {
+        self.shared.track.store(true, Ordering::SeqCst);
     }
 
     /// The registered ranges `(hva, bytes)`.
@@ -472,7 +518,14 @@ impl crate::memory::GuestRam {
 }
 
 /// The handler thread: poll the uffd and the stop eventfd, serve messages until stopped.
-fn serve(fd: &OwnedFd, wake: i32, shared: &Shared, mut source: Box<dyn PageSource>) {
+fn serve(
+    fd: &OwnedFd,
+    wake: i32,
+    shared: &Shared,
+    mut source: Box<dyn PageSource>,
+    ranges: &[(u64, u64)],
+) {
+    let around = source.fault_around_pages().max(1).next_power_of_two() * PAGE;
     let mut removed: HashSet<u64> = HashSet::new();
     let mut buf = Box::new([0u8; PAGE as usize]);
     let mut msgs = [UffdMsg::default(); 16];
@@ -526,10 +579,27 @@ fn serve(fd: &OwnedFd, wake: i32, shared: &Shared, mut source: Box<dyn PageSourc
                     } else {
                         source.read(page, &mut buf)
                     };
-                    let outcome = if data {
-                        copy(fd, page, &buf)
-                    } else {
-                        zeropage(fd, page)
+                    // Fault-around (zero pages only): the aligned block inside the page's
+                    // registered range, in one ioctl when none of it is mapped yet.
+                    let block = (!data && around > PAGE)
+                        .then(|| {
+                            let (r0, rlen) = ranges
+                                .iter()
+                                .copied()
+                                .find(|&(s, l)| page >= s && page - s < l)?;
+                            let start = (page & !(around - 1)).max(r0);
+                            let end = ((page & !(around - 1)) + around).min(r0 + rlen);
+                            (end - start > PAGE).then_some((start, end))
+                        })
+                        .flatten();
+                    let mut ahead = 0;
+                    let outcome = match block {
+                        Some((start, end)) if zero_range(fd, start, end - start) => {
+                            ahead = (end - start) / PAGE - 1;
+                            Served::Done
+                        }
+                        _ if data => copy(fd, page, &buf),
+                        _ => zeropage(fd, page),
                     };
                     let ns = t0.elapsed().as_nanos() as u64;
                     let mut s = match shared.stats.lock() {
@@ -537,6 +607,7 @@ fn serve(fd: &OwnedFd, wake: i32, shared: &Shared, mut source: Box<dyn PageSourc
                         Err(p) => p.into_inner(),
                     };
                     s.faults += 1;
+                    s.fault_around += ahead;
                     s.write_faults += write as u64;
                     s.source_reads += data as u64;
                     match outcome {
@@ -552,19 +623,32 @@ fn serve(fd: &OwnedFd, wake: i32, shared: &Shared, mut source: Box<dyn PageSourc
                         Served::Failed => s.errors += 1,
                     }
                     drop(s);
+                    if shared.track.load(Ordering::Relaxed) {
+                        touched(shared).push(page);
+                    }
                     // Wake the faulting thread only now, so a thread that saw its page also
-                    // sees it counted (the copy / zeropage ran with MODE_DONTWAKE).
-                    wake_page(fd, page);
+                    // sees it counted (the copy / zeropage ran with MODE_DONTWAKE); with
+                    // fault-around, every thread waiting in the block.
+                    match block {
+                        Some((start, end)) if ahead > 0 => wake_range(fd, start, end - start),
+                        _ => wake_page(fd, page),
+                    }
                 }
                 UFFD_EVENT_REMOVE => {
                     let (start, end) = (m.arg[0], m.arg[1]);
                     let mut p = start & !(PAGE - 1);
                     let mut pages = 0;
+                    let track = shared.track.load(Ordering::Relaxed);
+                    let mut t = touched(shared);
                     while p < end {
                         removed.insert(p);
+                        if track {
+                            t.push(p);
+                        }
                         p += PAGE;
                         pages += 1;
                     }
+                    drop(t);
                     let mut s = match shared.stats.lock() {
                         Ok(s) => s,
                         Err(p) => p.into_inner(),
@@ -578,10 +662,32 @@ fn serve(fd: &OwnedFd, wake: i32, shared: &Shared, mut source: Box<dyn PageSourc
     }
 }
 
+fn touched(shared: &Shared) -> std::sync::MutexGuard<'_, Vec<u64>> {
+    match shared.touched.lock() {
+        Ok(t) => t,
+        Err(p) => p.into_inner(),
+    }
+}
+
 enum Served {
     Done,
     Raced,
     Failed,
+}
+
+fn wake_range(fd: &OwnedFd, start: u64, len: u64) {
+    let mut r = UffdioRange { start, len };
+    let _ = ioctl(fd, UFFDIO_WAKE, &mut r);
+}
+
+/// `UFFDIO_ZEROPAGE` of a whole range (no page of it may be mapped): true if done.
+fn zero_range(fd: &OwnedFd, start: u64, len: u64) -> bool {
+    let mut z = UffdioZeropage {
+        range: UffdioRange { start, len },
+        mode: UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+        zeropage: 0,
+    };
+    ioctl(fd, UFFDIO_ZEROPAGE, &mut z).is_ok() && z.zeropage == len as i64
 }
 
 fn wake_page(fd: &OwnedFd, page: u64) {

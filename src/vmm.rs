@@ -169,6 +169,9 @@ impl Vm {
             }
             let exit = self.vcpu.run();
             let t_ret = Instant::now();
+            if self.first_exit_us.is_none() {
+                self.first_exit_us = Some(self.t_start.elapsed().as_micros() as u64);
+            }
             let exits = &mut self.exits;
             let last_exit = &mut self.last_exit;
             let mut bump = |name: &str| {

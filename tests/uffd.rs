@@ -10,23 +10,8 @@ use memvisor::report::Report;
 use serde_json::Value;
 use std::process::Command;
 
-/// True if this host has userfaultfd; otherwise the test is reported skipped.
 fn uffd_or_skip(test: &str) -> bool {
-    if !common::kvm_or_skip(test) {
-        return false;
-    }
-    // SAFETY: probe only; the descriptor is closed at once.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
-    if fd < 0 {
-        eprintln!(
-            "skipped {test}: unsupported by host (userfaultfd: {})",
-            std::io::Error::last_os_error()
-        );
-        return false;
-    }
-    // SAFETY: closing the descriptor just opened.
-    unsafe { libc::close(fd as i32) };
-    true
+    common::uffd_or_skip(test)
 }
 
 /// The console with measured figures (`N cycles/op`) blanked: timings differ run to run.

@@ -411,6 +411,8 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         Target::ValueAndRatioMax(25.0, 0.33),
     ));
     f.extend(uffd::figures(quick));
+    f.extend(uffd::guest_figures(quick));
+    f.extend(uffd::restore_figures(quick));
     f.extend(heap_figures(quick)?);
     Ok(BenchResult {
         cpu: cpu_model(),

@@ -2,7 +2,8 @@
 //! measured in the same run, interleaved round by round (median of the rounds):
 //!
 //! - `uffd_zeropage`: first write to each page of a uffd-registered anonymous range, served
-//!   by the handler thread with `UFFDIO_ZEROPAGE` (fresh guest RAM under `--uffd`);
+//!   by the handler thread with `UFFDIO_ZEROPAGE` (fresh guest RAM under `--uffd`, with its
+//!   16-page fault-around: one message per 16 pages when touched in order);
 //! - `uffd_copy`: the same served with `UFFDIO_COPY` from a 4 KiB buffer (what a snapshot
 //!   restore does, file read aside);
 //! - floor: `madvise(MADV_POPULATE_WRITE)` of the same number of fresh pages (the kernel
@@ -11,7 +12,26 @@
 //!   stage-2 range pays per page (`crate::stage2`), *without* its MMIO exit (~35 µs on PVM):
 //!   a lower bound of that path's cost per page.
 //!
-//! These are host figures: the vCPU's own stage-2 fault into the uffd path is not in them.
+//! These are host figures: the vCPU's own stage-2 fault into the uffd path is not in them;
+//! [`guest_figures`] has those.
+//!
+//! Guest demand paging ([`guest_figures`]): the `bench` guest's first write from ring 3 to
+//! each page of a populated region whose frames the host never touched (`r3_first_touch`,
+//! rdtsc in the guest): on uffd-backed RAM (`--uffd`: a vCPU stage-2 fault into the uffd
+//! handler, with 16-page fault-around of zero pages, [`crate::uffd::FAULT_AROUND_PAGES`])
+//! vs on RAM prefaulted with `MADV_POPULATE_WRITE` before the guest starts (the floor: the
+//! guest's touch, then only KVM's shadow fill, plus the populate's own time per page). The
+//! memslot-per-page lazy range is estimated from parts measured in the same run: the ring-3
+//! MMIO exit round trip (`r3_bare_exit`), one `KVM_SET_USER_MEMORY_REGION` of a 4 KiB slot
+//! and the prefaulted first touch. Runs of the two kinds alternate, median of the rounds.
+//!
+//! Snapshot restore ([`restore_figures`]): the demo is snapshotted at its first sync point
+//! (once per RAM size, 256 MiB and 4 GiB), then restored in this process again and again,
+//! the two sizes interleaved round by round (median): from the start of `Vm::restore` (files
+//! opened and checked, every page CRC verified, state decoded, RAM registered with
+//! userfaultfd, memslots, vCPU state loaded) to the first return of `KVM_RUN`, i.e. the
+//! guest has executed (an upper bound of "to its first instruction"; the guest's first
+//! touches of its code and stack pages are served from the file inside that time).
 
 use super::{fig, Figure, Target};
 use crate::uffd::{PageSource, UffdHandler, ZeroSource, PAGE};
@@ -72,7 +92,8 @@ fn uffd_ns(pages: usize, source: Box<dyn PageSource>) -> Option<f64> {
     let ns = t0.elapsed().as_nanos() as f64 / pages as f64;
     let served = h.stats();
     drop(h);
-    (served.copies + served.zeropages == pages as u64).then_some(ns)
+    // Every page served once: filled for its own fault, or ahead of one (fault-around).
+    (served.copies + served.zeropages + served.fault_around == pages as u64).then_some(ns)
 }
 
 /// ns per page of `MADV_POPULATE_WRITE` on fresh pages.
@@ -165,6 +186,164 @@ pub(super) fn figures(quick: bool) -> Vec<Figure> {
                 "KVM_SET_USER_MEMORY_REGION of a 4 KiB slot (lazy range's ioctl, no exit)",
             ),
             slot,
+            Target::RatioMax(0.1),
+        ),
+    ]
+}
+
+/// Run the demo with `mem` bytes of RAM to its first sync point and snapshot it to `path`.
+fn demo_snapshot(mem: u64, path: &std::path::Path) -> Option<()> {
+    use crate::vm::{Exit, Ucall, Vm};
+    let cfg = crate::vmm::VmConfig {
+        mem_bytes: mem,
+        scenario: "demo".into(),
+        timeout: std::time::Duration::from_secs_f64(30.0 * crate::backend::time_scale()),
+        ..crate::vmm::VmConfig::default()
+    };
+    let mut vm = Vm::create(&cfg, crate::registry::hooks_for(&cfg.scenario), None).ok()?;
+    vm.stepwise = true;
+    loop {
+        match vm.run().ok()? {
+            Exit::Ucall(Ucall::Sync(_)) => break,
+            e if e.resumable() => {}
+            _ => return None,
+        }
+    }
+    vm.snapshot(path).ok().map(|_| ())
+}
+
+/// Restore `path` and run to the next sync point: µs from the start of the restore to the
+/// first return of `KVM_RUN`, and the pages read from the file by then... and by the end.
+fn restore_us(path: &std::path::Path) -> Option<f64> {
+    let opts = crate::vm::RestoreOptions::default();
+    let mut vm =
+        crate::vm::Vm::restore(path, None, crate::guest_image::GUEST_ELF.to_vec(), opts).ok()?;
+    vm.run().ok()?;
+    vm.first_exit_us().map(|u| u as f64)
+}
+
+/// Restore-to-first-guest-exit of a 256 MiB and a 4 GiB demo snapshot (see the module docs).
+pub(super) fn restore_figures(quick: bool) -> Vec<Figure> {
+    let dir = std::env::temp_dir().join(format!("memvisor-bench-restore-{}", std::process::id()));
+    let rounds = if quick { 3 } else { 9 };
+    let (small, large) = (dir.join("256M.snap"), dir.join("4G.snap"));
+    let made = std::fs::create_dir_all(&dir).is_ok()
+        && demo_snapshot(256 << 20, &small).is_some()
+        && demo_snapshot(4 << 30, &large).is_some();
+    let (mut a, mut b) = (vec![], vec![]);
+    for _ in 0..rounds {
+        if !made {
+            break;
+        }
+        a.push(restore_us(&small).unwrap_or(f64::NAN));
+        b.push(restore_us(&large).unwrap_or(f64::NAN));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (a, b) = (median(a), median(b));
+    let peer = |what: &str| {
+        if a.is_finite() && b.is_finite() {
+            what.to_string()
+        } else {
+            format!("{what} (skipped: unsupported by host: userfaultfd or KVM)")
+        }
+    };
+    vec![
+        fig(
+            "snapshot_restore_to_first_guest_exit_256MiB",
+            a,
+            "us",
+            &peer("the same, 4 GiB guest"),
+            b,
+            Target::ValueMax(10_000.0),
+        ),
+        fig(
+            "snapshot_restore_to_first_guest_exit_4GiB",
+            b,
+            "us",
+            &peer("the same, 256 MiB guest (flat: lazy restore)"),
+            a,
+            Target::ValueAndRatioMax(10_000.0, 1.5),
+        ),
+    ]
+}
+
+/// One `bench` guest run: (r3_first_touch ns, r3_bare_exit ns, populate ns per page or NaN).
+fn bench_guest(quick: bool, uffd: bool) -> Option<(f64, f64, f64)> {
+    let mut cfg = super::guest_config(quick);
+    cfg.uffd = uffd;
+    let mut vm =
+        crate::vm::Vm::create(&cfg, crate::registry::hooks_for(&cfg.scenario), None).ok()?;
+    let mut pop = f64::NAN;
+    if !uffd {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let t0 = Instant::now();
+        let mut bytes = 0u64;
+        for r in vm.space.ram.mem.iter() {
+            // SAFETY: populating guest RAM this VM owns (contents unchanged: fresh pages
+            // read as zero, written pages are kept).
+            let rc =
+                unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, MADV_POPULATE_WRITE) };
+            if rc != 0 {
+                return None;
+            }
+            bytes += r.len();
+        }
+        pop = t0.elapsed().as_nanos() as f64 / (bytes / PAGE) as f64;
+    }
+    vm.run().ok()?;
+    let r = vm.report();
+    if !r.success() {
+        return None;
+    }
+    let g = |n: &str| super::rec(&r, n, r.tsc_khz);
+    Some((g("r3_first_touch"), g("r3_bare_exit"), pop))
+}
+
+/// Guest demand paging through uffd vs the floor and the memslot-per-page estimate (see the
+/// module docs).
+pub(super) fn guest_figures(quick: bool) -> Vec<Figure> {
+    let rounds = if quick { 2 } else { 5 };
+    let (mut uf, mut pre, mut pop, mut exit) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let u = bench_guest(quick, true);
+        uf.push(u.map_or(f64::NAN, |x| x.0));
+        let p = bench_guest(quick, false);
+        pre.push(p.map_or(f64::NAN, |x| x.0));
+        exit.push(p.map_or(f64::NAN, |x| x.1));
+        pop.push(p.map_or(f64::NAN, |x| x.2));
+    }
+    let slot = memslot_ns(256).unwrap_or(f64::NAN);
+    let (uf, pre, pop, exit) = (median(uf), median(pre), median(pop), median(exit));
+    let floor = pre + pop;
+    let lazy_slot = exit + slot + pre;
+    let na = |x: f64, what: &str| {
+        if x.is_finite() && uf.is_finite() {
+            what.to_string()
+        } else {
+            format!("{what} (skipped: unsupported by host)")
+        }
+    };
+    vec![
+        fig(
+            "guest_demand_paging_uffd_per_page",
+            uf,
+            "ns",
+            &na(
+                floor,
+                "guest first touch of MADV_POPULATE_WRITE-prefaulted RAM + populate per page (floor)",
+            ),
+            floor,
+            Target::RatioMax(3.0),
+        ),
+        fig(
+            "guest_demand_paging_uffd_vs_memslot_per_page",
+            uf,
+            "ns",
+            &na(
+                lazy_slot,
+                "lazy memslot per page, estimated: ring-3 MMIO exit + 4 KiB KVM_SET_USER_MEMORY_REGION + first touch",
+            ),
+            lazy_slot,
             Target::RatioMax(0.1),
         ),
     ]

@@ -6,7 +6,7 @@ use kvm_bindings::CpuId;
 use serde::Serialize;
 
 /// Paging-related features of the guest CPUID.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Features {
     /// CPUID.80000001H:EDX.NX\[20\].
     pub nx: bool,

@@ -91,7 +91,7 @@ pub enum LoaderError {
 }
 
 /// One loaded segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     /// GPA of the first byte (p_paddr).
     pub gpa: u64,
@@ -108,7 +108,7 @@ pub struct Segment {
 }
 
 /// The loaded kernel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KernelImage {
     /// e_entry (a GVA).
     pub entry: u64,

@@ -115,6 +115,8 @@ pub struct Report {
     /// The userfaultfd handler's counters and serve-time histogram when RAM is uffd-backed
     /// (`--uffd`; null otherwise).
     pub uffd: Option<crate::uffd::UffdStats>,
+    /// What a restored VM read from its snapshot files (`memvisor restore`; null otherwise).
+    pub restore: Option<crate::snapshot::RestoreStats>,
     /// Faults by kind (`lazy`, `reported`) and vector, e.g. `lazy/14`.
     pub faults_by_kind: BTreeMap<String, u64>,
     /// Hypercalls by call.
@@ -308,6 +310,7 @@ impl Report {
             exit_latency,
             stage2_report: stage2_rep,
             uffd: space.ram.uffd.as_ref().map(|h| h.stats()),
+            restore: None,
             faults_by_kind: space.counters.by_kind.clone(),
             hypercalls: hc.by_call,
             hypercall_status: hc.by_status,

@@ -47,6 +47,10 @@ impl Scenario for FaultMatrix {
         }
     }
 
+    fn snapshot_safe(&self) -> bool {
+        false
+    }
+
     fn finish(&mut self, report: &mut Report) {
         report.matrix = self.run.as_deref().and_then(MatrixReport::from_run);
     }

@@ -32,17 +32,19 @@
 //! Sources of the approach: Firecracker's snapshot format (versioned state file with a CRC64,
 //! memory served by a uffd handler), Linux `Documentation/admin-guide/mm/userfaultfd.rst`.
 
+mod cli;
 mod info;
+mod source;
+pub use cli::{restore_cmd, snapshot_cmd, RestoreArgs, SnapshotArgs};
 pub use info::describe;
+pub use source::{RestoreStats, SnapshotSource, SourceCounters};
 
-use crate::uffd::{PageSource, PAGE};
+use crate::uffd::PAGE;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use thiserror::Error;
 
 /// File magic.
@@ -345,37 +347,7 @@ impl Snapshot {
             need,
             have: size,
         };
-        if size < HEADER as u64 {
-            // A short file with a wrong magic is not a snapshot at all.
-            let mut m = vec![0u8; size as usize];
-            file.read_exact_at(&mut m, 0).map_err(io_err)?;
-            if !MAGIC.starts_with(&m[..m.len().min(8)]) {
-                return Err(SnapshotError::Magic { path: p() });
-            }
-            return Err(truncated("the header", HEADER as u64));
-        }
-        let mut h = [0u8; HEADER];
-        file.read_exact_at(&mut h, 0).map_err(io_err)?;
-        if h[..8] != MAGIC {
-            return Err(SnapshotError::Magic { path: p() });
-        }
-        let version = le_u32(&h, 8);
-        if version != VERSION {
-            return Err(SnapshotError::Version {
-                path: p(),
-                found: version,
-                supported: VERSION,
-            });
-        }
-        let hcrc = crc32fast::hash(&h[..56]);
-        if hcrc != le_u32(&h, 56) {
-            return Err(SnapshotError::Corrupt {
-                path: p(),
-                what: "header".into(),
-                found: hcrc,
-                expected: le_u32(&h, 56),
-            });
-        }
+        let h = read_header(&file, path, size)?;
         let identity = Identity {
             mem_bytes: le_u64(&h, 16),
             kernel_len: le_u64(&h, 24),
@@ -502,6 +474,20 @@ impl Snapshot {
         self.pages.len() as u64
     }
 
+    /// Read every page once and check its CRC-32 (O(pages in the file), not O(RAM)): a
+    /// restore that must refuse a corrupt file before the guest runs calls this; the pages
+    /// are still served lazily afterwards.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`], or [`SnapshotError::Corrupt`] naming the first bad page.
+    pub fn verify_pages(&self) -> Result<(), SnapshotError> {
+        let mut buf = [0u8; PAGE as usize];
+        for gpa in self.gpas() {
+            self.read_page(gpa, &mut buf)?;
+        }
+        Ok(())
+    }
+
     /// Read the page at `gpa` into `buf` if the file has it: `Ok(false)` if not.
     ///
     /// # Errors
@@ -531,6 +517,72 @@ impl Snapshot {
         }
         Ok(true)
     }
+}
+
+/// Read and check the header of an open file of `size` bytes: length, magic, version,
+/// header CRC.
+fn read_header(file: &File, path: &Path, size: u64) -> Result<[u8; HEADER], SnapshotError> {
+    let p = || path.to_path_buf();
+    let io_err = |source| SnapshotError::Io { path: p(), source };
+    let truncated = |what, need: u64| SnapshotError::Truncated {
+        path: p(),
+        what,
+        need,
+        have: size,
+    };
+    if size < HEADER as u64 {
+        // A short file with a wrong magic is not a snapshot at all.
+        let mut m = vec![0u8; size as usize];
+        file.read_exact_at(&mut m, 0).map_err(io_err)?;
+        if !MAGIC.starts_with(&m[..m.len().min(8)]) {
+            return Err(SnapshotError::Magic { path: p() });
+        }
+        return Err(truncated("the header", HEADER as u64));
+    }
+    let mut h = [0u8; HEADER];
+    file.read_exact_at(&mut h, 0).map_err(io_err)?;
+    if h[..8] != MAGIC {
+        return Err(SnapshotError::Magic { path: p() });
+    }
+    let version = le_u32(&h, 8);
+    if version != VERSION {
+        return Err(SnapshotError::Version {
+            path: p(),
+            found: version,
+            supported: VERSION,
+        });
+    }
+    let hcrc = crc32fast::hash(&h[..56]);
+    if hcrc != le_u32(&h, 56) {
+        return Err(SnapshotError::Corrupt {
+            path: p(),
+            what: "header".into(),
+            found: hcrc,
+            expected: le_u32(&h, 56),
+        });
+    }
+    Ok(h)
+}
+
+/// The identity (RAM size, guest kernel length and CRC) recorded in the header of `path`,
+/// after checking length, magic, version and the header CRC.
+///
+/// # Errors
+/// [`SnapshotError::Io`], [`SnapshotError::Truncated`], [`SnapshotError::Magic`],
+/// [`SnapshotError::Version`], [`SnapshotError::Corrupt`].
+pub fn read_identity(path: &Path) -> Result<Identity, SnapshotError> {
+    let io_err = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let size = file.metadata().map_err(io_err)?.len();
+    let h = read_header(&file, path, size)?;
+    Ok(Identity {
+        mem_bytes: le_u64(&h, 16),
+        kernel_len: le_u64(&h, 24),
+        kernel_crc: le_u32(&h, 32),
+    })
 }
 
 /// Highest GPA a snapshot page may have (1 TiB of RAM above the MMIO hole).
@@ -593,64 +645,6 @@ fn read_index(
         }
     }
     Ok(pages)
-}
-
-/// Counters of a [`SnapshotSource`].
-#[derive(Debug, Default)]
-pub struct SourceCounters {
-    /// Pages read from the files.
-    pub pages_read: AtomicU64,
-    /// Pages whose CRC-32 did not match (served zero, logged).
-    pub corrupt: AtomicU64,
-}
-
-/// Serves uffd faults from snapshot layers (the newest layer holding a page wins), mapping
-/// host addresses back to GPAs.
-pub struct SnapshotSource {
-    layers: Vec<Arc<Snapshot>>,
-    /// `(hva, gpa, bytes)` of each registered RAM range.
-    ranges: Vec<(u64, u64, u64)>,
-    /// What it read.
-    pub counters: Arc<SourceCounters>,
-}
-
-impl SnapshotSource {
-    /// A source for `layers` (base first) over the host ranges `(hva, gpa, bytes)`.
-    pub fn new(layers: Vec<Arc<Snapshot>>, ranges: Vec<(u64, u64, u64)>) -> SnapshotSource {
-        SnapshotSource {
-            layers,
-            ranges,
-            counters: Arc::default(),
-        }
-    }
-}
-
-impl PageSource for SnapshotSource {
-    fn read(&mut self, hva: u64, buf: &mut [u8; PAGE as usize]) -> bool {
-        let Some(gpa) = self
-            .ranges
-            .iter()
-            .find(|&&(h, _, n)| hva >= h && hva - h < n)
-            .map(|&(h, g, _)| g + (hva - h))
-        else {
-            return false;
-        };
-        for layer in self.layers.iter().rev() {
-            match layer.read_page(gpa, buf) {
-                Ok(true) => {
-                    self.counters.pages_read.fetch_add(1, Ordering::Relaxed);
-                    return true;
-                }
-                Ok(false) => continue,
-                Err(e) => {
-                    log::error!("{e}");
-                    self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                    return false;
-                }
-            }
-        }
-        false
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 use super::*;
+use crate::uffd::PageSource;
 use crate::uffd::UffdHandler;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 const KERNEL: &[u8] = b"\x7fELF a guest kernel";
 

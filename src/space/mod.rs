@@ -9,6 +9,9 @@
 mod flush_tests;
 pub mod ops;
 pub mod pool;
+mod state;
+
+pub use state::{FaultState, SpaceState, SpaceStateRef};
 
 use crate::addr::{Gpa, Gva, Pfn, PAGE_SIZE};
 use crate::boot::cpuid::Features;
@@ -77,7 +80,7 @@ pub enum SpaceError {
 }
 
 /// How a region's pages get their frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Backing {
     /// Every page was backed at mmap time.
     Populated,
@@ -86,7 +89,7 @@ pub enum Backing {
 }
 
 /// One mmap region: `[start, end)` plus an unmapped guard page after `end` when `guard`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Region {
     /// Region id (increasing; 0 is never used).
     pub id: u64,
@@ -136,7 +139,7 @@ pub struct FaultRecord {
 }
 
 /// Counters of the address space.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SpaceCounters {
     /// Faults by kind and vector (`lazy/14`, `reported/14`, `reported/8`, ...).
     pub by_kind: BTreeMap<String, u64>,
@@ -205,7 +208,7 @@ pub struct AddressSpace {
 /// deliberately malformed (non-present or reserved-bit entries, as the fault matrix does):
 /// the invariants walk only what can be walked there and require every leaf in it to map
 /// one of `frames`, which the teardown frees.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostArea {
     /// `[start, end)` GVAs, in the lower canonical half.
     pub gva: std::ops::Range<u64>,
@@ -275,7 +278,7 @@ impl AddressSpace {
 }
 
 /// Options of [`AddressSpace::build_with`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BuildOptions {
     /// Map the kernel's own pages (image, direct map, stacks, doorbell) without NX even when
     /// the CPU has it: a **W^X relaxation for the `fault-matrix` scenario only**, whose guest

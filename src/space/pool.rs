@@ -9,7 +9,7 @@ use crate::paging::{FrameSource, PagingError};
 use std::collections::BTreeSet;
 
 /// Frames handed out for page tables.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TablePool {
     /// First PFN of each chunk.
     pub chunks: Vec<Pfn>,

@@ -352,7 +352,11 @@ impl Vm {
                 size: m.size,
                 source,
             })?;
-        Ok(crate::stage2::bitmap_pages(m.gpa, &bits))
+        let pages = crate::stage2::bitmap_pages(m.gpa, &bits);
+        if self.space.ram.contains(m.gpa, m.size) {
+            self.snap.stash(&pages);
+        }
+        Ok(pages)
     }
 
     /// Start dirty logging on guest RAM (`KVM_MEM_LOG_DIRTY_PAGES` on every RAM slot) and
@@ -361,6 +365,11 @@ impl Vm {
     /// # Errors
     /// [`VmOpError::Memory`] if KVM refuses.
     pub fn start_dirty_log(&mut self) -> OpResult<()> {
+        if self.snap.dirty_on() {
+            // Keep what the next incremental snapshot needs before the log is cleared.
+            let read = crate::stage2::read_dirty(&self.vm, &self.slots, &self.space)?;
+            self.snap.stash(&read.merged);
+        }
         crate::stage2::start_dirty(&self.vm, &mut self.slots, &self.space)?;
         Ok(())
     }
@@ -372,11 +381,10 @@ impl Vm {
     /// # Errors
     /// [`VmOpError::Memory`] if KVM refuses.
     pub fn dirty_log(&mut self) -> OpResult<DirtyRead> {
-        Ok(crate::stage2::read_dirty(
-            &self.vm,
-            &self.slots,
-            &self.space,
-        )?)
+        let read = crate::stage2::read_dirty(&self.vm, &self.slots, &self.space)?;
+        // The next incremental snapshot still needs these pages.
+        self.snap.stash(&read.merged);
+        Ok(read)
     }
 
     /// Is `gpa` a frame of the guest's page tables (for reading dirty logs)?

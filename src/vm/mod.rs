@@ -22,10 +22,12 @@
 
 mod exit;
 mod host_ops;
+mod snapshot;
 mod watchdog;
 
 pub use exit::{Exit, GuestFault, Ucall};
 pub use host_ops::{MemslotKind, VmOpError};
+pub use snapshot::{RestoreOptions, SnapError, SnapshotInfo, SAVED_MSRS, STATE_VERSION};
 
 use crate::backend::{FlushSlot, HostInfo};
 use crate::boot::{self, cpuid::Features};
@@ -117,8 +119,14 @@ pub struct Vm {
     pub(crate) setup_us: u64,
     pub(crate) memslot_us: u64,
     pub(crate) first_entry_us: Option<u64>,
+    /// Time from `t_start` to the first return of `KVM_RUN` (the guest has run).
+    pub(crate) first_exit_us: Option<u64>,
     pub(crate) first_guest_us: Option<u64>,
     pub(crate) run_time: Duration,
+    /// The last [`Vm::run`] returned `Ucall(Sync)`: a snapshot may be taken.
+    pub(crate) at_sync: bool,
+    /// Snapshot bookkeeping (`snapshot/`).
+    pub(crate) snap: snapshot::Track,
 }
 
 impl Vm {
@@ -290,8 +298,11 @@ impl Vm {
             t_start,
             memslot_us,
             first_entry_us: None,
+            first_exit_us: None,
             first_guest_us: None,
             run_time: Duration::ZERO,
+            at_sync: false,
+            snap: snapshot::Track::default(),
         })
     }
 
@@ -309,6 +320,7 @@ impl Vm {
         let exit = self.run_loop();
         self.run_time += t0.elapsed();
         self.watchdog.disarm();
+        self.at_sync = matches!(exit, Exit::Ucall(Ucall::Sync(_)));
         if !exit.resumable() {
             self.finished = Some(exit.clone());
         }
@@ -432,6 +444,7 @@ impl Vm {
             tsc_khz: self.tsc_khz,
             backend: Some(self.host),
         });
+        report.restore = self.restore_stats();
         self.hooks.finish(&mut report);
         crate::invariants::finish(
             &mut report,

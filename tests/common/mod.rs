@@ -26,6 +26,28 @@ pub fn kvm_or_skip(test: &str) -> bool {
     }
 }
 
+/// True if /dev/kvm can be opened and this host has userfaultfd. Without userfaultfd the
+/// test is reported "skipped ...: unsupported by host" — except under CI=true, where it
+/// fails (as for /dev/kvm).
+pub fn uffd_or_skip(test: &str) -> bool {
+    if !kvm_or_skip(test) {
+        return false;
+    }
+    // SAFETY: probe only; the descriptor is closed at once.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("{test}: userfaultfd is required under CI=true: {e}");
+        }
+        eprintln!("skipped {test}: unsupported by host (userfaultfd: {e})");
+        return false;
+    }
+    // SAFETY: closing the descriptor just opened.
+    unsafe { libc::close(fd as i32) };
+    true
+}
+
 /// A config for `scenario` with `mem_bytes` of RAM and the embedded guest.
 pub fn config(scenario: &str, mem_bytes: u64) -> VmConfig {
     assert!(

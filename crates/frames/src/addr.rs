@@ -246,7 +246,19 @@ pub const fn is_canonical(addr: u64) -> bool {
 }
 
 /// A page frame number: the index of a 4 KiB frame of guest physical memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[repr(transparent)]
 pub struct Pfn(u64);
 

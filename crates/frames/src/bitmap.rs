@@ -62,7 +62,7 @@ pub struct BitmapStats {
 /// (≈ 0.1297 B/frame at 64 GiB; see [`BitmapAllocator::metadata_bytes`]).
 ///
 /// Not thread-safe by itself (`&mut self` everywhere); the VMM wraps it in its own lock.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BitmapAllocator {
     pub(super) base: u64,
     pub(super) frames: u64,

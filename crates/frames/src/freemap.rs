@@ -26,7 +26,7 @@ pub enum FitPolicy {
 
 /// Free-extent allocator over `[start, start + len)` (units are the caller's, e.g. bytes).
 /// Initially the whole range is one free extent.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FreeMap {
     start: u64,
     end: u64,

@@ -5,7 +5,9 @@ use crate::addr::PAGE_SHIFT;
 
 /// A memory zone. The discriminant orders zones from low to high memory (Linux `enum
 /// zone_type`), which is the order `lowmem_reserve` protects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum ZoneKind {
     /// `ZONE_DMA`: below 16 MiB (ISA DMA).
     Dma = 0,
@@ -60,7 +62,7 @@ const PFN_896M: u64 = (896 << 20) >> PAGE_SHIFT;
 const PFN_4G: u64 = (4 << 30) >> PAGE_SHIFT;
 
 /// Zone layout and fallback policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum ZonePreset {
     /// Linux x86_64: DMA [0, 16 MiB), DMA32 [16 MiB, 4 GiB), Normal [4 GiB, …). Zonelists
     /// (Linux): Normal → DMA32 → DMA, DMA32 → DMA, DMA alone.

@@ -7,7 +7,7 @@ use super::splitmix64;
 
 const NIL: usize = usize::MAX;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Node {
     start: u64,
     len: u64,
@@ -18,7 +18,7 @@ struct Node {
 }
 
 /// See the module docs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ExtentTree {
     nodes: Vec<Node>,
     spare: Vec<usize>,

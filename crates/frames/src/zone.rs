@@ -43,7 +43,7 @@ pub struct ZoneStats {
     pub free_runs_by_order: [u64; MAX_ORDER + 1],
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Zone {
     kind: ZoneKind,
     lo: u64,
@@ -87,7 +87,7 @@ impl Zone {
 ///
 /// Per-zone counts follow Linux: `spanned` = frames in the span, `present` = RAM frames in the
 /// span, `managed` = present minus frames reserved with [`ZoneTable::reserve`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ZoneTable {
     preset: ZonePreset,
     zones: Vec<Zone>,

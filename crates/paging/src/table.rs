@@ -19,7 +19,7 @@ pub const TABLE_ENTRY_FLAGS: PteFlags = PteFlags::PRESENT
     .union(PteFlags::USER);
 
 /// CPU facts the tables depend on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PagingConfig {
     /// MAXPHYADDR (CPUID.80000008H:EAX bits 7:0); clamped to 32..=52. Mapped GPAs and table
     /// frames must lie below `2^phys_addr_bits`.
@@ -41,7 +41,7 @@ impl Default for PagingConfig {
 ///
 /// Holds the root (PML4) frame, every table frame with its level, and counters. See the
 /// [module docs](super) for the policies (intermediate flags, all-or-nothing, table frames).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct PageTables {
     pub(super) root: Pfn,
     /// Every table frame (root included) → its level (4 = PML4 … 1 = PT).

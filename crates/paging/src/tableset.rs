@@ -30,7 +30,7 @@ impl Hasher for PfnHasher {
 }
 
 /// Table frame → level (4 = PML4 … 1 = PT).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct TableSet {
     map: HashMap<Pfn, u8, BuildHasherDefault<PfnHasher>>,
 }

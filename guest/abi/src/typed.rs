@@ -10,6 +10,7 @@ use crate::{map, prot, Call, Request, Status};
 
 /// Protection bits of `Mmap` / `Mprotect` (see [`prot`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "host", derive(serde::Serialize, serde::Deserialize))]
 pub struct Prot(u64);
 
 impl Prot {
@@ -110,6 +111,7 @@ impl core::ops::BitOr for MapFlags {
 /// A zone number of `Mmap` (see [`crate::zone`]). Any value decodes: whether the zone exists
 /// in this guest is the host's answer (`NoZone`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "host", derive(serde::Serialize, serde::Deserialize))]
 pub struct Zone(pub u64);
 
 impl Zone {

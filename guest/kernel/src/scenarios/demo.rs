@@ -113,6 +113,9 @@ fn demo() -> Result<(), u32> {
         "guest: mmap lazy 64 pages at {:#x}: 8 pages touched, {} demand-paging faults served",
         lazy, served
     );
+    // Sync point 1 (a midpoint: `memvisor snapshot --scenario demo --at-sync 1`); a run to
+    // the end resumes at once.
+    memvisor_guest_sdk::ucall::sync(&[1, pop, lazy]);
 
     // 3. Protection fault: make one populated page read-only and write it.
     let target = pop + 3 * PAGE;
@@ -130,6 +133,8 @@ fn demo() -> Result<(), u32> {
         "protection fault recovered",
     )?;
     println!("guest: write to read-only page {:#x}: #PF (P|W|U) caught, reported, page made writable, write retried", target);
+    // Sync point 2 (after the protection fault, before translate).
+    memvisor_guest_sdk::ucall::sync(&[2, target]);
 
     // 4. Translation: our own walk of the page tables vs the host's translate.
     for gva in [pop, pop + 5 * PAGE + 123, lazy + 8 * PAGE] {

@@ -71,6 +71,8 @@ fn seed_pf() -> Result<(), &'static str> {
     let info = pf.family_info(emp).map_err(|_| "family_info")?;
     rec("seedpf.step1.emp_t.obc", info.allocated_blocks());
     rec("seedpf.step1.pages", pf.pages_in_use());
+    // Sync point 1 (a midpoint for `memvisor snapshot --at-sync 1`).
+    memvisor_guest_sdk::ucall::sync(&[1]);
 
     // Scenario 2.
     xfree!(pf, emp1).map_err(|_| "xfree emp1")?;
@@ -79,6 +81,8 @@ fn seed_pf() -> Result<(), &'static str> {
     reports(&pf, "scenario 2: freed emp1, emp3, stud2");
     let info = pf.family_info(emp).map_err(|_| "family_info")?;
     rec("seedpf.step2.emp_t.obc", info.allocated_blocks());
+    // Sync point 2.
+    memvisor_guest_sdk::ucall::sync(&[2]);
     // The heap reports bad requests with the address instead of corrupting itself.
     println!("---- errors the heap refuses ----");
     let errs = [
