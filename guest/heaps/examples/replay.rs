@@ -247,7 +247,21 @@ fn pair(size: usize) {
         }
         best = best.min(t0.elapsed().as_nanos());
     }
-    println!("pair {size} B: {:.1} ns", best as f64 / 200_000.0);
+    let mut t = Talc(talc::Talc::new(Oom(new_src(), Vec::new())));
+    let mut tbest = u128::MAX;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        for _ in 0..200_000 {
+            let p = Heap::alloc(&mut t, l);
+            Heap::dealloc(&mut t, std::hint::black_box(p), l);
+        }
+        tbest = tbest.min(t0.elapsed().as_nanos());
+    }
+    println!(
+        "pair {size} B: memvisor {:.1} ns, talc {:.1} ns",
+        best as f64 / 200_000.0,
+        tbest as f64 / 200_000.0
+    );
 }
 
 fn main() {
@@ -267,12 +281,30 @@ fn main() {
                 return;
             }
             let (pf, m) = (h.slab_families(), h.mems());
-            let now = pf.pages_in_use() + m.pages_in_use();
+            let now = h.pages_in_use();
             if now > at_peak.0 {
                 let mut s = format!(
-                    "slab data {} slab registry {} mems data {} mems holes {} B live {cur} B nodes {}\n",
-                    pf.data_pages(), pf.metadata_pages(), m.data_pages(), m.hole_bytes(), m.main_chain_len()
+                    "slab data {} slab registry {} mems data {} mems holes {} B live {cur} B nodes {} kept {}\n",
+                    pf.data_pages(), pf.metadata_pages(), m.data_pages(), m.hole_bytes(), m.main_chain_len(),
+                    h.keep_stats().kept_pages
                 );
+                s += &format!(
+                    "mid: {:?} {:?} spare {}\n",
+                    h.mid().stats(),
+                    h.mid().audit(),
+                    h.mid().spare_pages()
+                );
+                if std::env::var_os("DUMP_MID").is_some() {
+                    let mut last = 0;
+                    h.mid().for_each_block(|r, _, size, free| {
+                        if r != last {
+                            s += "\nregion:";
+                            last = r;
+                        }
+                        s += &format!(" {}{}", if free { "-" } else { "" }, size);
+                    });
+                    s += "\n";
+                }
                 if let Ok(a) = m.audit() {
                     s += &format!(
                         "mems pool {} table {} registry {} segments {} holes {}\n",
@@ -284,6 +316,7 @@ fn main() {
             }
         });
         let bad = h.stats().bad_frees;
+        println!("mid: {:?}; keep: {:?}", h.mid().stats(), h.keep_stats());
         drop(h);
         let pages = src.peak_pages();
         let calls = src.0.borrow().calls;
