@@ -48,7 +48,6 @@
 
 mod keep;
 mod mid;
-mod mid_audit;
 mod slab;
 
 pub use keep::{Keep, KeepStats, DECAY_OPS, KEEP_MAX_PAGES, KEEP_RUNS};

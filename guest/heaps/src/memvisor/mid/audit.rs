@@ -1,7 +1,7 @@
 //! Consistency check of the mid-size path ([`Mid::audit`]): every region's blocks walked by
 //! their boundary tags against the live-start bitmap, the free lists and the counters.
 
-use super::mid::{
+use super::{
     first_offset, mapping, Mid, MidAudit, FIRST, FIXED, FL, FLAGS, FREE, MIN_BLOCK, PREV_FREE,
     REGION_MAGIC,
 };

@@ -27,8 +27,12 @@
 //! allocates one block in a loop); the heap returns the spare before it grows past its
 //! high-water mark.
 
+mod audit;
+mod region;
+mod resize;
+
 use crate::registry::PageRegistry;
-use crate::{at, map_dirty, unmap, HeapError, PageSource, PAGE_SIZE};
+use crate::{at, HeapError, PageSource, PAGE_SIZE};
 use core::ptr::NonNull;
 
 /// Smallest request served here (one more than the largest slab class).
@@ -472,202 +476,10 @@ impl Mid {
         Ok(())
     }
 
-    /// Resize the live block at `ptr` to hold `n` bytes without moving it: a shrink gives
-    /// the tail back (merged into a free block behind it, or as a block of its own if it
-    /// can hold a mid-size request), a growth takes the front of the free block behind it.
-    /// `Ok(false)` if the block can not grow in place.
-    pub fn resize_in_place(&mut self, ptr: NonNull<u8>, n: usize) -> Result<bool, HeapError> {
-        let (_, b, size) = self.live_block(ptr.as_ptr().addr())?;
-        let need = block_size(n);
-        // SAFETY: `b` is a live block; the block after it is a block or the sentinel, and a
-        // free block's neighbours are never free.
-        unsafe {
-            let flags = *word(b) & (PREV_FREE | FIRST);
-            let next = b + size;
-            let nh = *word(next);
-            let ns = nh & !FLAGS;
-            if need <= size {
-                // A tail goes back if it merges with a free block behind it or can hold a
-                // mid-size block of its own.
-                let rest = size - need;
-                if rest < MIN_BLOCK || (rest < MIN_TAIL && nh & FREE == 0) {
-                    return Ok(true);
-                }
-                *word(b) = need | flags;
-                let t = b + need;
-                let mut ts = rest;
-                let mut into_dv = false;
-                if nh & FREE != 0 {
-                    if next == self.dv {
-                        into_dv = true;
-                    } else {
-                        self.remove(next, ns);
-                    }
-                    ts += ns;
-                }
-                *word(t) = ts | FREE;
-                *word(t + ts - 8) = ts;
-                *word(t + ts) |= PREV_FREE;
-                if into_dv {
-                    self.dv = t;
-                    self.dv_size = ts;
-                } else {
-                    self.insert(t, ts);
-                }
-                return Ok(true);
-            }
-            if nh & FREE == 0 || size + ns < need {
-                return Ok(false);
-            }
-            let was_dv = next == self.dv;
-            if was_dv {
-                self.dv = 0;
-                self.dv_size = 0;
-            } else {
-                self.remove(next, ns);
-            }
-            if next == self.spare {
-                self.spare = 0;
-            }
-            let total = size + ns;
-            let rest = total - need;
-            if rest >= MIN_BLOCK {
-                *word(b) = need | flags;
-                let t = b + need;
-                *word(t) = rest | FREE;
-                *word(t + rest - 8) = rest;
-                if was_dv {
-                    self.dv = t;
-                    self.dv_size = rest;
-                } else {
-                    self.insert(t, rest);
-                }
-            } else {
-                *word(b) = total | flags;
-                *word(b + total) &= !PREV_FREE;
-            }
-        }
-        Ok(true)
-    }
-
-    /// Map a region for a block of `need` bytes and put its free block on a list.
-    #[cold]
-    #[inline(never)]
-    fn grow<S: PageSource>(&mut self, src: &mut S, need: usize) -> Result<(), HeapError> {
-        let mut pages = (self.stats.region_pages / GROW_DIV).clamp(REGION_PAGES, REGION_MAX);
-        while first_offset(pages) + need + 8 > pages * PAGE_SIZE {
-            pages += 1;
-        }
-        if pages * PAGE_SIZE >= 1 << (9 + FL) {
-            return Err(HeapError::TooLarge { size: need });
-        }
-        let r = map_dirty(src, pages).ok_or(HeapError::OutOfMemory { pages })?;
-        if let Err(e) = self.reg.insert_range(src, r, pages, r) {
-            unmap(src, r, pages);
-            return Err(e);
-        }
-        let first = first_offset(pages);
-        // SAFETY: `pages` fresh pages at `r`, owned by this allocator.
-        unsafe {
-            core::ptr::write_bytes(at::<u8>(r), 0, first);
-            at::<Region>(r).write(Region {
-                magic: REGION_MAGIC,
-                pages,
-                next: self.regions,
-                prev: 0,
-            });
-            if self.regions != 0 {
-                (*at::<Region>(self.regions)).prev = r;
-            }
-            let b = r + first;
-            let size = pages * PAGE_SIZE - first - 8;
-            *word(b) = size | FREE | FIRST;
-            *word(b + size - 8) = size;
-            *word(b + size) = PREV_FREE;
-            if self.dv != 0 {
-                self.insert(self.dv, self.dv_size);
-            }
-            self.dv = b;
-            self.dv_size = size;
-        }
-        self.regions = r;
-        self.stats.regions += 1;
-        self.stats.region_pages += pages;
-        self.stats.regions_made += 1;
-        Ok(())
-    }
-
-    /// Give back region `r`, whose only block is free and off the lists and the dv.
-    #[cold]
-    fn release_region<S: PageSource>(&mut self, src: &mut S, r: usize) {
-        // SAFETY: `r` is a live region header (registered), unlinked here before its pages go.
-        unsafe {
-            let h = &*at::<Region>(r);
-            let (pages, next, prev) = (h.pages, h.next, h.prev);
-            if prev != 0 {
-                (*at::<Region>(prev)).next = next;
-            } else {
-                self.regions = next;
-            }
-            if next != 0 {
-                (*at::<Region>(next)).prev = prev;
-            }
-            self.reg.remove_range(src, r, pages);
-            unmap(src, r, pages);
-            self.stats.regions -= 1;
-            self.stats.region_pages -= pages;
-            self.stats.regions_freed += 1;
-        }
-    }
-
-    /// Return the spare (empty) region, if any, to the page source. Returns its pages.
-    pub fn release_spare<S: PageSource>(&mut self, src: &mut S) -> usize {
-        let b = core::mem::replace(&mut self.spare, 0);
-        if b == 0 {
-            return 0;
-        }
-        if b == self.dv {
-            self.dv = 0;
-            self.dv_size = 0;
-        } else {
-            // SAFETY: the spare is a free block on its list spanning its whole region.
-            let size = unsafe { *word(b) } & !FLAGS;
-            self.remove(b, size);
-        }
-        let before = self.stats.region_pages;
-        let r = self.reg.get(b + 8);
-        self.release_region(src, r);
-        before - self.stats.region_pages
-    }
-
-    /// Pages of the spare region (0 if none).
-    pub fn spare_pages(&self) -> usize {
-        if self.spare == 0 {
-            return 0;
-        }
-        let r = self.reg.get(self.spare + 8);
-        // SAFETY: the spare's region is live.
-        unsafe { (*at::<Region>(r)).pages }
-    }
-
-    /// Give every region back (the heap is dropped; live blocks die with it).
-    pub fn clear<S: PageSource>(&mut self, src: &mut S) {
-        while self.regions != 0 {
-            let r = self.regions;
-            // SAFETY: a live region header.
-            let (pages, next) = unsafe { ((*at::<Region>(r)).pages, (*at::<Region>(r)).next) };
-            self.reg.remove_range(src, r, pages);
-            unmap(src, r, pages);
-            self.regions = next;
-        }
-        self.reg.clear(src);
-        *self = Mid::new();
-    }
-
     /// Walk every region and check the boundary tags, the live-start bitmaps, the free lists
     /// and the counters. O(blocks); for tests.
     pub fn audit(&self) -> Result<MidAudit, HeapError> {
-        super::mid_audit::audit(self)
+        audit::audit(self)
     }
 
     pub(super) fn parts(&self) -> Parts<'_> {
