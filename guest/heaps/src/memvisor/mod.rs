@@ -51,7 +51,7 @@ mod mid;
 mod slab;
 
 pub use keep::{Keep, KeepStats, DECAY_OPS, KEEP_MAX_PAGES, KEEP_RUNS};
-pub use mid::{Mid, MidAudit, MidStats, MID_MAX, MID_MIN, REGION_PAGES};
+pub use mid::{Mid, MidAudit, MidStats, MAX_SPARES, MID_MAX, MID_MIN, REGION_PAGES};
 pub use slab::{borrowable, slab_layout, BORROW, HDR, NSLOTS, SLAB_OFF, SLAB_PAYLOAD};
 
 use crate::{HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
@@ -470,6 +470,11 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// MeMS allocation (the growth policy is MeMS's own, set in `init`).
     #[inline]
     fn large_alloc(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, HeapError> {
+        if self.mid.spare_pages() != 0 {
+            // MeMS may grow: empty mid-size regions go first if the heap would pass its
+            // high-water mark.
+            self.make_room(size / PAGE_SIZE + 1);
+        }
         let ops = self.ops;
         self.large.source_mut().decay(ops);
         self.large.mems_alloc_aligned(size, align)

@@ -20,7 +20,7 @@ fn w(a: usize) -> usize {
 pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
     let parts = m.parts();
     let (heads, fl_bits, sl_bits) = (parts.heads, parts.fl_bits, parts.sl_bits);
-    let (first_region, spare, (dv, dv_size)) = (parts.regions, parts.spare, parts.dv);
+    let (first_region, spares, (dv, dv_size)) = (parts.regions, parts.spares, parts.dv);
     let mut dv_seen = false;
     let mut out = MidAudit {
         live: 0,
@@ -95,8 +95,8 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
                 out.largest_free = out.largest_free.max(size);
                 if b == first && b + size == end {
                     out.empty_regions += 1;
-                    if spare != b {
-                        return corrupt(b, "empty region that is not the spare");
+                    if !spares.contains(&b) {
+                        return corrupt(b, "empty region that is not a spare");
                     }
                 }
             } else {
@@ -153,8 +153,8 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
     if out.regions != st.regions || pages_total != st.region_pages || out.live != st.live {
         return corrupt(0, "mid-size counters");
     }
-    if spare != 0 && out.empty_regions != 1 {
-        return corrupt(spare, "spare region not empty");
+    if out.empty_regions != spares.len() {
+        return corrupt(0, "a spare region is not empty");
     }
     Ok(out)
 }

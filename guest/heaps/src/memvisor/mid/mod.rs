@@ -23,8 +23,9 @@
 //! page must be registered (the region's page registry) and the block must start a live
 //! block (the region's live-start bitmap). A region whose blocks are all freed goes back to
 //! the page source (the heap's [`Keep`](super::Keep), so reuse costs no exit), except one
-//! empty region kept in place as a spare (no map/unmap churn when a program frees and
-//! allocates one block in a loop); the heap returns the spare before it grows past its
+//! few empty regions kept in place as spares, up to [`MAX_SPARES`] regions and 1/8 of the
+//! regions' pages (no map/unmap churn when a program frees and allocates blocks in a loop,
+//! or its mid-size footprint swings); the heap returns the spares before it grows past its
 //! high-water mark.
 
 mod audit;
@@ -39,7 +40,8 @@ use core::ptr::NonNull;
 pub const MID_MIN: usize = super::SLAB_MAX + 1;
 /// Largest request served here (requests from [`super::SOLO_MIN`] get a solo MeMS node).
 pub const MID_MAX: usize = super::SOLO_MIN - 1;
-/// Pages of a region (128 KiB): every mid-size request fits one.
+/// Pages of a region (64 KiB) while the path is small; the largest request gets a region of
+/// its size (17 pages).
 pub const REGION_PAGES: usize = 16;
 
 pub(super) const FREE: usize = 1;
@@ -52,11 +54,16 @@ pub(super) const SL: usize = 16;
 /// First-level lists: level 0 below 1 KiB, level f for sizes in [2^(9+f), 2^(10+f)).
 pub(super) const FL: usize = 12;
 pub(super) const REGION_MAGIC: usize = 0x6d69_645f_7265_6769;
-/// Regions grow with the pages held: 1/GROW_DIV of them, up to REGION_MAX pages.
-const GROW_DIV: usize = 4;
-const REGION_MAX: usize = 64;
+/// Pages of a region once the path holds [`REGION_BIG_AT`] pages.
+pub(super) const REGION_MAX: usize = 64;
+/// Region pages held from which new regions have [`REGION_MAX`] pages (2 MiB).
+pub(super) const REGION_BIG_AT: usize = 512;
 /// Smallest tail a shrink cuts off when no free block follows (the smallest mid-size block).
 const MIN_TAIL: usize = block_size(MID_MIN);
+/// Most empty regions kept as spares.
+pub const MAX_SPARES: usize = 4;
+/// Spares beyond the first hold at most 1/SPARE_DIV of the regions' pages.
+const SPARE_DIV: usize = 8;
 /// Blocks of a request's own list tried before the next list.
 const PROBE: usize = 8;
 /// Fixed part of a region header: magic, pages, next, prev.
@@ -153,7 +160,7 @@ pub struct MidAudit {
     pub largest_free: usize,
     /// Regions.
     pub regions: usize,
-    /// Empty regions (at most one, the spare).
+    /// Empty regions (the spares).
     pub empty_regions: usize,
 }
 
@@ -167,7 +174,10 @@ pub struct Mid {
     /// First region of the region list (header address), 0 if none.
     regions: usize,
     /// First block of the empty region kept in place, 0 if none.
-    spare: usize,
+    spares: [usize; MAX_SPARES],
+    /// Spares in use, and their pages.
+    nspare: usize,
+    spare_pages: usize,
     /// The designated victim (dlmalloc's `dv`): a free block kept off the lists, the
     /// remainder of the last split, 0 if none. Requests that miss their own list carve it
     /// from the front, frees next to it merge into it, neither touching a list.
@@ -186,7 +196,9 @@ impl Mid {
             heads: [[0; SL]; FL],
             reg: PageRegistry::new(),
             regions: 0,
-            spare: 0,
+            spares: [0; MAX_SPARES],
+            nspare: 0,
+            spare_pages: 0,
             dv: 0,
             dv_size: 0,
             stats: MidStats {
@@ -358,8 +370,9 @@ impl Mid {
             self.dv_size = 0;
             self.take(b, need, true);
         }
-        if b == self.spare {
-            self.spare = 0;
+        // SAFETY: `b` is a block of a live region.
+        if self.nspare != 0 && unsafe { *word(b) } & FIRST != 0 {
+            self.unspare(b);
         }
         let r = self.reg.get(b + 8);
         // SAFETY: `b` now starts a live block of region `r`.
@@ -457,9 +470,15 @@ impl Mid {
                 self.dv_size = size;
             }
             if first != 0 && *word(after) & !FLAGS == 0 {
-                // The whole region is free: keep it as the spare, or give it back.
-                if self.spare == 0 {
-                    self.spare = b;
+                // The whole region is free: keep it as a spare, or give it back.
+                let pages = (*at::<Region>(r)).pages;
+                if self.nspare < MAX_SPARES
+                    && (self.nspare == 0
+                        || self.spare_pages + pages <= self.stats.region_pages / SPARE_DIV)
+                {
+                    self.spares[self.nspare] = b;
+                    self.nspare += 1;
+                    self.spare_pages += pages;
                 } else {
                     if into_dv {
                         self.dv = 0;
@@ -488,7 +507,7 @@ impl Mid {
             fl_bits: self.fl_bits,
             sl_bits: &self.sl_bits,
             regions: self.regions,
-            spare: self.spare,
+            spares: &self.spares[..self.nspare],
             dv: (self.dv, self.dv_size),
         }
     }
@@ -504,7 +523,7 @@ pub(super) struct Parts<'a> {
     pub(super) fl_bits: u32,
     pub(super) sl_bits: &'a [u16; FL],
     pub(super) regions: usize,
-    pub(super) spare: usize,
+    pub(super) spares: &'a [usize],
     pub(super) dv: (usize, usize),
 }
 

@@ -1,8 +1,8 @@
 //! Regions of the mid-size path: mapping, giving back, the spare.
 
 use super::{
-    first_offset, word, Mid, Region, FIRST, FL, FLAGS, FREE, GROW_DIV, PREV_FREE, REGION_MAGIC,
-    REGION_MAX, REGION_PAGES,
+    first_offset, word, Mid, Region, FIRST, FL, FLAGS, FREE, PREV_FREE, REGION_BIG_AT,
+    REGION_MAGIC, REGION_MAX, REGION_PAGES,
 };
 use crate::{at, map_dirty, unmap, HeapError, PageSource, PAGE_SIZE};
 
@@ -15,7 +15,16 @@ impl Mid {
         src: &mut S,
         need: usize,
     ) -> Result<(), HeapError> {
-        let mut pages = (self.stats.region_pages / GROW_DIV).clamp(REGION_PAGES, REGION_MAX);
+        // Small regions while the path is small (the last region's free tail is what it
+        // wastes at a peak), big ones once it holds REGION_BIG_AT pages (less header and
+        // tail per page; one page-source call per region either way: the guest's pool serves
+        // runs up to a quarter of its 64-page chunk from one chunk and maps bigger runs on
+        // their own, so 16 and 64 pages cost the same per page, 32 twice as much).
+        let mut pages = if self.stats.region_pages >= REGION_BIG_AT {
+            REGION_MAX
+        } else {
+            REGION_PAGES
+        };
         while first_offset(pages) + need + 8 > pages * PAGE_SIZE {
             pages += 1;
         }
@@ -81,12 +90,33 @@ impl Mid {
         }
     }
 
-    /// Return the spare (empty) region, if any, to the page source. Returns its pages.
-    pub fn release_spare<S: PageSource>(&mut self, src: &mut S) -> usize {
-        let b = core::mem::replace(&mut self.spare, 0);
-        if b == 0 {
-            return 0;
+    /// Block `b` (with the FIRST flag) is being allocated from: if it is a spare, it no
+    /// longer is.
+    #[cold]
+    pub(super) fn unspare(&mut self, b: usize) {
+        if let Some(i) = self.spares[..self.nspare].iter().position(|&s| s == b) {
+            let r = self.reg.get(b + 8);
+            // SAFETY: a spare's region is live.
+            self.spare_pages -= unsafe { (*at::<Region>(r)).pages };
+            self.nspare -= 1;
+            self.spares[i] = self.spares[self.nspare];
         }
+    }
+
+    /// Return the spare (empty) regions to the page source. Returns their pages.
+    pub fn release_spare<S: PageSource>(&mut self, src: &mut S) -> usize {
+        let before = self.stats.region_pages;
+        while self.nspare > 0 {
+            self.nspare -= 1;
+            let b = self.spares[self.nspare];
+            self.release_empty(src, b);
+        }
+        self.spare_pages = 0;
+        before - self.stats.region_pages
+    }
+
+    /// Give back the empty region whose free block (listed or the dv) is `b`.
+    fn release_empty<S: PageSource>(&mut self, src: &mut S, b: usize) {
         if b == self.dv {
             self.dv = 0;
             self.dv_size = 0;
@@ -95,20 +125,13 @@ impl Mid {
             let size = unsafe { *word(b) } & !FLAGS;
             self.remove(b, size);
         }
-        let before = self.stats.region_pages;
         let r = self.reg.get(b + 8);
         self.release_region(src, r);
-        before - self.stats.region_pages
     }
 
-    /// Pages of the spare region (0 if none).
+    /// Pages of the spare regions.
     pub fn spare_pages(&self) -> usize {
-        if self.spare == 0 {
-            return 0;
-        }
-        let r = self.reg.get(self.spare + 8);
-        // SAFETY: the spare's region is live.
-        unsafe { (*at::<Region>(r)).pages }
+        self.spare_pages
     }
 
     /// Give every region back (the heap is dropped; live blocks die with it).

@@ -59,9 +59,6 @@ impl Mid {
             } else {
                 self.remove(next, ns);
             }
-            if next == self.spare {
-                self.spare = 0;
-            }
             let total = size + ns;
             let rest = total - need;
             if rest >= MIN_BLOCK {
