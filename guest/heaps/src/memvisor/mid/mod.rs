@@ -175,6 +175,8 @@ pub struct Mid {
     regions: usize,
     /// First block of the empty region kept in place, 0 if none.
     spares: [usize; MAX_SPARES],
+    /// Pages of each spare's region.
+    spare_sizes: [usize; MAX_SPARES],
     /// Spares in use, and their pages.
     nspare: usize,
     spare_pages: usize,
@@ -197,6 +199,7 @@ impl Mid {
             reg: PageRegistry::new(),
             regions: 0,
             spares: [0; MAX_SPARES],
+            spare_sizes: [0; MAX_SPARES],
             nspare: 0,
             spare_pages: 0,
             dv: 0,
@@ -309,6 +312,10 @@ impl Mid {
     #[inline(always)]
     fn find(&mut self, need: usize) -> usize {
         let (f, s) = mapping(need);
+        if self.fl_bits >> f == 0 {
+            // No list of this size or above holds a block.
+            return 0;
+        }
         let mut q = self.heads[f][s];
         let mut n = 0;
         while q != 0 && n < PROBE {
@@ -361,7 +368,19 @@ impl Mid {
             }
         }
         if b != 0 {
-            self.take(b, need, false);
+            // SAFETY: `b` is a free block, off its list.
+            let h = unsafe { *word(b) };
+            if self.nspare != 0 && h & FIRST != 0 {
+                self.unspare(b);
+            }
+            let rest = (h & !FLAGS) - need;
+            // A remainder bigger than the dv becomes the dv (dlmalloc's "replace dv"): the
+            // next requests carve it, and frees next to it merge without a list operation.
+            let to_dv = rest > self.dv_size;
+            if to_dv {
+                self.retire_dv(src);
+            }
+            self.take(b, need, to_dv);
         } else {
             if self.dv_size < need {
                 self.grow(src, need)?;
@@ -369,10 +388,6 @@ impl Mid {
             b = core::mem::replace(&mut self.dv, 0);
             self.dv_size = 0;
             self.take(b, need, true);
-        }
-        // SAFETY: `b` is a block of a live region.
-        if self.nspare != 0 && unsafe { *word(b) } & FIRST != 0 {
-            self.unspare(b);
         }
         let r = self.reg.get(b + 8);
         // SAFETY: `b` now starts a live block of region `r`.
@@ -469,26 +484,14 @@ impl Mid {
                 self.dv = b;
                 self.dv_size = size;
             }
-            if first != 0 && *word(after) & !FLAGS == 0 {
-                // The whole region is free: keep it as a spare, or give it back.
-                let pages = (*at::<Region>(r)).pages;
-                if self.nspare < MAX_SPARES
-                    && (self.nspare == 0
-                        || self.spare_pages + pages <= self.stats.region_pages / SPARE_DIV)
-                {
-                    self.spares[self.nspare] = b;
-                    self.nspare += 1;
-                    self.spare_pages += pages;
-                } else {
-                    if into_dv {
-                        self.dv = 0;
-                        self.dv_size = 0;
-                    }
+
+            // The whole region is free: a dv stays the dv (no bookkeeping in a loop that
+            // frees and allocates one block); another block is kept as a spare or goes back.
+            if !into_dv {
+                if first != 0 && *word(after) & !FLAGS == 0 && !self.keep_spare(r, b) {
                     self.release_region(src, r);
                     return Ok(());
                 }
-            }
-            if !into_dv {
                 self.insert(b, size);
             }
         }

@@ -1,8 +1,8 @@
 //! Regions of the mid-size path: mapping, giving back, the spare.
 
 use super::{
-    first_offset, word, Mid, Region, FIRST, FL, FLAGS, FREE, PREV_FREE, REGION_BIG_AT,
-    REGION_MAGIC, REGION_MAX, REGION_PAGES,
+    first_offset, word, Mid, Region, FIRST, FL, FLAGS, FREE, MAX_SPARES, PREV_FREE, REGION_BIG_AT,
+    REGION_MAGIC, REGION_MAX, REGION_PAGES, SPARE_DIV,
 };
 use crate::{at, map_dirty, unmap, HeapError, PageSource, PAGE_SIZE};
 
@@ -54,9 +54,7 @@ impl Mid {
             *word(b) = size | FREE | FIRST;
             *word(b + size - 8) = size;
             *word(b + size) = PREV_FREE;
-            if self.dv != 0 {
-                self.insert(self.dv, self.dv_size);
-            }
+            self.retire_dv(src);
             self.dv = b;
             self.dv_size = size;
         }
@@ -90,20 +88,59 @@ impl Mid {
         }
     }
 
+    /// Register the empty region `r`, whose only block `b` is free and off the lists, as a
+    /// spare if the bound allows (`true`; the caller lists `b`).
+    pub(super) fn keep_spare(&mut self, r: usize, b: usize) -> bool {
+        // SAFETY: `r` is a live region header.
+        let pages = unsafe { (*at::<Region>(r)).pages };
+        if self.nspare < MAX_SPARES
+            && (self.nspare == 0 || self.spare_pages + pages <= self.stats.region_pages / SPARE_DIV)
+        {
+            self.spares[self.nspare] = b;
+            self.spare_sizes[self.nspare] = pages;
+            self.nspare += 1;
+            self.spare_pages += pages;
+            return true;
+        }
+        false
+    }
+
+    /// The dv stops being the dv (another block takes its place): listed, kept as a spare,
+    /// or, if it spans its region and no spare may be kept, given back.
+    pub(super) fn retire_dv<S: PageSource>(&mut self, src: &mut S) {
+        let (b, size) = (self.dv, self.dv_size);
+        if b == 0 {
+            return;
+        }
+        self.dv = 0;
+        self.dv_size = 0;
+        // SAFETY: the dv is a free block of a live region; the word after it is a block's
+        // or the sentinel's.
+        let empty = unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 };
+        if empty {
+            let r = self.reg.get(b + 8);
+            if !self.keep_spare(r, b) {
+                self.release_region(src, r);
+                return;
+            }
+        }
+        self.insert(b, size);
+    }
+
     /// Block `b` (with the FIRST flag) is being allocated from: if it is a spare, it no
     /// longer is.
     #[cold]
     pub(super) fn unspare(&mut self, b: usize) {
         if let Some(i) = self.spares[..self.nspare].iter().position(|&s| s == b) {
-            let r = self.reg.get(b + 8);
-            // SAFETY: a spare's region is live.
-            self.spare_pages -= unsafe { (*at::<Region>(r)).pages };
+            self.spare_pages -= self.spare_sizes[i];
             self.nspare -= 1;
             self.spares[i] = self.spares[self.nspare];
+            self.spare_sizes[i] = self.spare_sizes[self.nspare];
         }
     }
 
-    /// Return the spare (empty) regions to the page source. Returns their pages.
+    /// Return the spare (empty) regions, and the dv if it spans an empty region, to the page
+    /// source. Returns their pages.
     pub fn release_spare<S: PageSource>(&mut self, src: &mut S) -> usize {
         let before = self.stats.region_pages;
         while self.nspare > 0 {
@@ -112,6 +149,12 @@ impl Mid {
             self.release_empty(src, b);
         }
         self.spare_pages = 0;
+        // SAFETY: the dv is a free block of a live region; the word after it is a block's
+        // or the sentinel's.
+        let (b, size) = (self.dv, self.dv_size);
+        if b != 0 && unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 } {
+            self.release_empty(src, b);
+        }
         before - self.stats.region_pages
     }
 
@@ -129,8 +172,17 @@ impl Mid {
         self.release_region(src, r);
     }
 
-    /// Pages of the spare regions.
+    /// Pages of the empty regions kept: the spares and the dv's if it spans an empty
+    /// region.
     pub fn spare_pages(&self) -> usize {
+        let (b, size) = (self.dv, self.dv_size);
+        // SAFETY: the dv is a free block of a live region; the word after it is a block's
+        // or the sentinel's.
+        if b != 0 && unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 } {
+            let r = self.reg.get(b + 8);
+            // SAFETY: a live region header.
+            return self.spare_pages + unsafe { (*at::<Region>(r)).pages };
+        }
         self.spare_pages
     }
 
