@@ -264,9 +264,48 @@ fn pair(size: usize) {
     );
 }
 
+/// `BENCH=1`: the guest bench's sequence on one heap per allocator (sizes 16 … 16384: pairs,
+/// then batches of 256 allocations and 256 frees), ns per operation, memvisor and talc.
+fn bench_sequence() {
+    fn run<H: Heap>(h: &mut H, name: &str, stats: impl Fn(&H) -> String) {
+        for size in [16usize, 64, 256, 1024, 4096, 16384] {
+            let l = lay(size);
+            let p = h.alloc(l);
+            h.dealloc(p, l);
+            let t0 = Instant::now();
+            for _ in 0..30_000 {
+                let p = h.alloc(l);
+                h.dealloc(std::hint::black_box(p), l);
+            }
+            let pair = t0.elapsed().as_nanos() as f64 / 30_000.0;
+            let after_pairs = stats(h);
+            let mut v = Vec::with_capacity(256);
+            let t0 = Instant::now();
+            for _ in 0..15 {
+                for _ in 0..256 {
+                    v.push(h.alloc(l));
+                }
+                for p in v.drain(..) {
+                    h.dealloc(p, l);
+                }
+            }
+            let batch = t0.elapsed().as_nanos() as f64 / (15.0 * 512.0);
+            println!("{name} {size} B: pair {pair:.1} ns, batch {batch:.1} ns/op\n  after pairs {after_pairs}\n  after batches {}", stats(h));
+        }
+    }
+    let src = new_src();
+    let mut h = MemvisorHeap::new(src.clone(), src);
+    run(&mut h, "memvisor", |h| format!("{:?}", h.mid().stats()));
+    let mut t = Talc(talc::Talc::new(Oom(new_src(), Vec::new())));
+    run(&mut t, "talc", |_| String::new());
+}
+
 fn main() {
     if let Some(s) = std::env::var("PAIR").ok().and_then(|s| s.parse().ok()) {
         return pair(s);
+    }
+    if std::env::var_os("BENCH").is_some() {
+        return bench_sequence();
     }
     let dump = std::env::var_os("DUMP").is_some();
     for path in std::env::args().skip(1) {

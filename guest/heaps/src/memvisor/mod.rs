@@ -473,7 +473,7 @@ impl<S: PageSource> MemvisorHeap<S> {
         if self.mid.spare_pages() != 0 {
             // MeMS may grow: empty mid-size regions go first if the heap would pass its
             // high-water mark.
-            self.make_room(size / PAGE_SIZE + 1);
+            self.make_room((size / PAGE_SIZE + 1).max(GROW_PAGES));
         }
         let ops = self.ops;
         self.large.source_mut().decay(ops);

@@ -23,8 +23,7 @@
 //! page must be registered (the region's page registry) and the block must start a live
 //! block (the region's live-start bitmap). A region whose blocks are all freed goes back to
 //! the page source (the heap's [`Keep`](super::Keep), so reuse costs no exit), except one
-//! few empty regions kept in place as spares, up to [`MAX_SPARES`] regions and 1/8 of the
-//! regions' pages (no map/unmap churn when a program frees and allocates blocks in a loop,
+//! few empty regions kept in place as spares, up to [`MAX_SPARES`] regions (no map/unmap churn when a program frees and allocates blocks in a loop,
 //! or its mid-size footprint swings); the heap returns the spares before it grows past its
 //! high-water mark.
 
@@ -60,10 +59,10 @@ pub(super) const REGION_MAX: usize = 64;
 pub(super) const REGION_BIG_AT: usize = 512;
 /// Smallest tail a shrink cuts off when no free block follows (the smallest mid-size block).
 const MIN_TAIL: usize = block_size(MID_MIN);
-/// Most empty regions kept as spares.
-pub const MAX_SPARES: usize = 4;
-/// Spares beyond the first hold at most 1/SPARE_DIV of the regions' pages.
-const SPARE_DIV: usize = 8;
+/// Most empty regions kept as spares. Spares never raise the heap's peak: the path grows
+/// only when no spare holds the request, and the heap returns them before the slabs or
+/// MeMS grow past its high-water mark.
+pub const MAX_SPARES: usize = 64;
 /// Blocks of a request's own list tried before the next list.
 const PROBE: usize = 8;
 /// Fixed part of a region header: magic, pages, next, prev.
@@ -306,15 +305,16 @@ impl Mid {
         }
     }
 
-    /// A free block of at least `need` bytes from the lists, off its list, or 0: the
-    /// first fit among the first [`PROBE`] blocks of the request's own list, else the head
-    /// of the first non-empty list whose every block fits (good fit).
+    /// A free block of at least `need` bytes on the lists, `(block, size)`, left on its
+    /// list, or `(0, 0)`: the first fit among the first [`PROBE`] blocks of the request's
+    /// own list, else the head of the first non-empty list whose every block fits (good
+    /// fit).
     #[inline(always)]
-    fn find(&mut self, need: usize) -> usize {
+    fn find(&self, need: usize) -> (usize, usize) {
         let (f, s) = mapping(need);
         if self.fl_bits >> f == 0 {
             // No list of this size or above holds a block.
-            return 0;
+            return (0, 0);
         }
         let mut q = self.heads[f][s];
         let mut n = 0;
@@ -322,30 +322,27 @@ impl Mid {
             // SAFETY: list members are free blocks with valid size words and links.
             let (size, next) = unsafe { (*word(q) & !FLAGS, *word(q + 8)) };
             if size >= need {
-                self.remove(q, size);
-                return q;
+                return (q, size);
             }
             q = next;
             n += 1;
         }
         let (mut f, s) = mapping_search(need);
         if f >= FL {
-            return 0;
+            return (0, 0);
         }
         let mut sl = self.sl_bits[f] as u32 & (!0u32 << s);
         if sl == 0 {
             let fl = self.fl_bits & (!0u32).checked_shl(f as u32 + 1).unwrap_or(0);
             if fl == 0 {
-                return 0;
+                return (0, 0);
             }
             f = fl.trailing_zeros() as usize;
             sl = self.sl_bits[f] as u32;
         }
         let b = self.heads[f][sl.trailing_zeros() as usize];
         // SAFETY: a set bitmap bit means a non-empty list of free blocks.
-        let size = unsafe { *word(b) } & !FLAGS;
-        self.remove(b, size);
-        b
+        (b, unsafe { *word(b) } & !FLAGS)
     }
 
     /// Allocate `n` bytes ([`MID_MIN`] ≤ `n` ≤ [`MID_MAX`]), 16-byte aligned. The block
@@ -358,13 +355,12 @@ impl Mid {
         n: usize,
     ) -> Result<NonNull<u8>, HeapError> {
         let need = block_size(n);
-        let mut b = self.find(need);
+        let (mut b, size) = self.find(need);
         if b != 0 {
-            // SAFETY: `b` is a free block, off its list.
-            let size = unsafe { *word(b) } & !FLAGS;
-            if self.dv_size >= need && self.dv_size < size {
-                self.insert(b, size);
+            if self.dv_size >= need && self.dv_size <= size {
                 b = 0;
+            } else {
+                self.remove(b, size);
             }
         }
         if b != 0 {

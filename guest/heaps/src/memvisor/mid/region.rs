@@ -2,7 +2,7 @@
 
 use super::{
     first_offset, word, Mid, Region, FIRST, FL, FLAGS, FREE, MAX_SPARES, PREV_FREE, REGION_BIG_AT,
-    REGION_MAGIC, REGION_MAX, REGION_PAGES, SPARE_DIV,
+    REGION_MAGIC, REGION_MAX, REGION_PAGES,
 };
 use crate::{at, map_dirty, unmap, HeapError, PageSource, PAGE_SIZE};
 
@@ -93,9 +93,7 @@ impl Mid {
     pub(super) fn keep_spare(&mut self, r: usize, b: usize) -> bool {
         // SAFETY: `r` is a live region header.
         let pages = unsafe { (*at::<Region>(r)).pages };
-        if self.nspare < MAX_SPARES
-            && (self.nspare == 0 || self.spare_pages + pages <= self.stats.region_pages / SPARE_DIV)
-        {
+        if self.nspare < MAX_SPARES {
             self.spares[self.nspare] = b;
             self.spare_sizes[self.nspare] = pages;
             self.nspare += 1;
