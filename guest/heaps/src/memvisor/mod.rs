@@ -1,6 +1,6 @@
 //! The `memvisor` heap: the guest kernel's general-purpose allocator (the type behind its
 //! `#[global_allocator]`, `guest/kernel/src/heap/global.rs`), built from the two heaps of this
-//! crate.
+//! crate and a mid-size path of its own.
 //!
 //! Routing is decided by the [`Layout`] alone ([`route`]), so `dealloc` and `realloc`, which
 //! get the layout back, never look a pointer up to know which heap owns it:
@@ -8,8 +8,9 @@
 //! | request | heap |
 //! | --- | --- |
 //! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …); slab layout in `memvisor/slab.rs`; a class without a slab borrows a free slot of one of the next 3 classes at most 1.25 × its size before it takes a page |
+//! | 993 B ≤ size < [`SOLO_MIN`], align ≤ 16 (and sizes ≤ 992 at align 16 without a class) | **the mid-size path** ([`Mid`], `memvisor/mid/`): TLSF-style segregated fits with boundary tags and a designated victim in regions of 16 pages (64 once it holds 2 MiB); O(1) alloc and free, immediate coalescing, checked frees (region registry, live-start bitmap); emptied regions stay as spares (up to [`MAX_SPARES`]) |
 //! | size ≥ [`SOLO_MIN`] (64 KiB) | **MeMS**, a solo main node of its own, unmapped when the block is freed |
-//! | anything else | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
+//! | align > 16 | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
 //!
 //! # Why slabs, and what efficiency to expect
 //! A page-family block carries an 8-byte header and rounds to 16 bytes. On the python-json
@@ -104,7 +105,7 @@ pub const SOLO_MIN: usize = 64 * 1024;
 pub enum Route {
     /// Slab class index into [`CLASSES`].
     Slab(usize),
-    /// The mid-size path ([`Mid`], `memvisor/mid.rs`).
+    /// The mid-size path ([`Mid`], `memvisor/mid/`).
     Mid,
     /// MeMS.
     Large,

@@ -15,17 +15,26 @@
 //! counts its size word, so the payload is 16-byte aligned and `size - 8` bytes long (the
 //! last word of a used block is payload; it holds the footer only while the block is free).
 //! Free lists: first level by the power of two of the size (below 1 KiB: level 0), second
-//! level 16 equal ranges within it; a request probes the head of its own list, then takes
-//! the first block of the next non-empty list whose every block fits (`trailing_zeros` over
-//! two bitmap words). The remainder of a split goes back on its list.
+//! level 16 equal ranges within it. A request takes the first fit among the first 8
+//! blocks of its own list; else the first block of the next non-empty list whose
+//! every block fits (`trailing_zeros` over two bitmap words), unless the **designated
+//! victim** (dlmalloc's `dv`: a free block kept off the lists) fits and is no bigger; else a
+//! new region. A remainder smaller than the smallest mid-size block stays with the block
+//! (no sliver no request can use); a bigger one goes on its list, or becomes the dv if it is
+//! bigger than the dv. A free merges with both neighbours at once; merged with the dv, it is
+//! the dv. So a loop that frees and allocates one block carves and re-merges the dv without
+//! touching a list.
 //!
 //! A free is checked against heap-owned state before any in-band word is trusted: the
-//! page must be registered (the region's page registry) and the block must start a live
-//! block (the region's live-start bitmap). A region whose blocks are all freed goes back to
-//! the page source (the heap's [`Keep`](super::Keep), so reuse costs no exit), except one
-//! few empty regions kept in place as spares, up to [`MAX_SPARES`] regions (no map/unmap churn when a program frees and allocates blocks in a loop,
-//! or its mid-size footprint swings); the heap returns the spares before it grows past its
-//! high-water mark.
+//! page must be registered (the regions' page registry) and the block must start a live
+//! block (the region's live-start bitmap). Regions have [`REGION_PAGES`] pages (the largest
+//! request gets one of its size, 17 pages), 64 once the path holds 2 MiB: the guest's page
+//! pool serves runs of up to 16 pages from one 64-page chunk and maps larger runs on their
+//! own, so both sizes cost one page-source call per 64 pages. A region whose blocks are all
+//! freed stays in place as a spare (up to [`MAX_SPARES`]; the dv's region stays the dv)
+//! and goes back to the page source (the heap's [`Keep`](super::Keep)) beyond that; spares
+//! never raise the heap's peak: the path only grows when no spare holds the request, and
+//! the heap returns them before the slabs or MeMS grow past its high-water mark.
 
 mod audit;
 mod region;
@@ -306,7 +315,7 @@ impl Mid {
     }
 
     /// A free block of at least `need` bytes on the lists, `(block, size)`, left on its
-    /// list, or `(0, 0)`: the first fit among the first [`PROBE`] blocks of the request's
+    /// list, or `(0, 0)`: the first fit among the first `PROBE` blocks of the request's
     /// own list, else the head of the first non-empty list whose every block fits (good
     /// fit).
     #[inline(always)]
@@ -346,8 +355,8 @@ impl Mid {
     }
 
     /// Allocate `n` bytes ([`MID_MIN`] ≤ `n` ≤ [`MID_MAX`]), 16-byte aligned. The block
-    /// comes from the lists ([`Mid::find`]) unless the dv fits and is smaller than what the
-    /// lists offer (dlmalloc's rule for large requests), else from a new region.
+    /// comes from the lists (see the module docs) unless the dv fits and is no bigger than
+    /// what the lists offer (dlmalloc's rule for large requests), else from a new region.
     #[inline]
     pub fn alloc<S: PageSource>(
         &mut self,
