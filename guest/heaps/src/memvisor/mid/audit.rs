@@ -73,6 +73,10 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
                         return corrupt(b, "dv size");
                     }
                     dv_seen = true;
+                } else if spares.contains(&b) {
+                    if b != first || b + size != end {
+                        return corrupt(b, "a spare that does not span its region");
+                    }
                 } else {
                     // On the list of its size?
                     let (f, s) = mapping(size);

@@ -31,7 +31,8 @@
 //! request gets one of its size, 17 pages), 64 once the path holds 2 MiB: the guest's page
 //! pool serves runs of up to 16 pages from one 64-page chunk and maps larger runs on their
 //! own, so both sizes cost one page-source call per 64 pages. A region whose blocks are all
-//! freed stays in place as a spare (up to [`MAX_SPARES`]; the dv's region stays the dv)
+//! freed stays in place as a spare, off the lists (up to [`MAX_SPARES`]; the dv's region
+//! stays the dv; a spare becomes the dv when neither the lists nor the dv hold a request)
 //! and goes back to the page source (the heap's [`Keep`](super::Keep)) beyond that; spares
 //! never raise the heap's peak: the path only grows when no spare holds the request, and
 //! the heap returns them before the slabs or MeMS grow past its high-water mark.
@@ -373,12 +374,7 @@ impl Mid {
             }
         }
         if b != 0 {
-            // SAFETY: `b` is a free block, off its list.
-            let h = unsafe { *word(b) };
-            if self.nspare != 0 && h & FIRST != 0 {
-                self.unspare(b);
-            }
-            let rest = (h & !FLAGS) - need;
+            let rest = size - need;
             // A remainder bigger than the dv becomes the dv (dlmalloc's "replace dv"): the
             // next requests carve it, and frees next to it merge without a list operation.
             let to_dv = rest > self.dv_size;
@@ -387,7 +383,7 @@ impl Mid {
             }
             self.take(b, need, to_dv);
         } else {
-            if self.dv_size < need {
+            if self.dv_size < need && !(self.nspare != 0 && self.dv_from_spare(src, need)) {
                 self.grow(src, need)?;
             }
             b = core::mem::replace(&mut self.dv, 0);
@@ -493,8 +489,10 @@ impl Mid {
             // The whole region is free: a dv stays the dv (no bookkeeping in a loop that
             // frees and allocates one block); another block is kept as a spare or goes back.
             if !into_dv {
-                if first != 0 && *word(after) & !FLAGS == 0 && !self.keep_spare(r, b) {
-                    self.release_region(src, r);
+                if first != 0 && *word(after) & !FLAGS == 0 {
+                    if !self.keep_spare(r, b) {
+                        self.release_region(src, r);
+                    }
                     return Ok(());
                 }
                 self.insert(b, size);

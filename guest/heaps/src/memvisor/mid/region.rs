@@ -89,7 +89,8 @@ impl Mid {
     }
 
     /// Register the empty region `r`, whose only block `b` is free and off the lists, as a
-    /// spare if the bound allows (`true`; the caller lists `b`).
+    /// spare if the bound allows (`true`; `b` stays off the lists: spares are taken only
+    /// when neither the lists nor the dv hold a request, before the path grows).
     pub(super) fn keep_spare(&mut self, r: usize, b: usize) -> bool {
         // SAFETY: `r` is a live region header.
         let pages = unsafe { (*at::<Region>(r)).pages };
@@ -119,22 +120,33 @@ impl Mid {
             let r = self.reg.get(b + 8);
             if !self.keep_spare(r, b) {
                 self.release_region(src, r);
-                return;
             }
+            return;
         }
         self.insert(b, size);
     }
 
-    /// Block `b` (with the FIRST flag) is being allocated from: if it is a spare, it no
-    /// longer is.
+    /// A spare whose block holds `need` bytes (the newest such), no longer a spare, made
+    /// the dv (the old dv retires). `false` if no spare holds it.
     #[cold]
-    pub(super) fn unspare(&mut self, b: usize) {
-        if let Some(i) = self.spares[..self.nspare].iter().position(|&s| s == b) {
-            self.spare_pages -= self.spare_sizes[i];
-            self.nspare -= 1;
-            self.spares[i] = self.spares[self.nspare];
-            self.spare_sizes[i] = self.spare_sizes[self.nspare];
-        }
+    pub(super) fn dv_from_spare<S: PageSource>(&mut self, src: &mut S, need: usize) -> bool {
+        // SAFETY: spares are free blocks spanning live regions.
+        let Some(i) = (0..self.nspare)
+            .rev()
+            .find(|&i| unsafe { *word(self.spares[i]) } & !FLAGS >= need)
+        else {
+            return false;
+        };
+        let b = self.spares[i];
+        self.spare_pages -= self.spare_sizes[i];
+        self.nspare -= 1;
+        self.spares[i] = self.spares[self.nspare];
+        self.spare_sizes[i] = self.spare_sizes[self.nspare];
+        self.retire_dv(src);
+        self.dv = b;
+        // SAFETY: as above.
+        self.dv_size = unsafe { *word(b) } & !FLAGS;
+        true
     }
 
     /// Return the spare (empty) regions, and the dv if it spans an empty region, to the page
@@ -156,15 +168,12 @@ impl Mid {
         before - self.stats.region_pages
     }
 
-    /// Give back the empty region whose free block (listed or the dv) is `b`.
+    /// Give back the empty region whose free block (a spare, off the lists, or the dv) is
+    /// `b`.
     fn release_empty<S: PageSource>(&mut self, src: &mut S, b: usize) {
         if b == self.dv {
             self.dv = 0;
             self.dv_size = 0;
-        } else {
-            // SAFETY: the spare is a free block on its list spanning its whole region.
-            let size = unsafe { *word(b) } & !FLAGS;
-            self.remove(b, size);
         }
         let r = self.reg.get(b + 8);
         self.release_region(src, r);
