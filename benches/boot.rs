@@ -4,23 +4,14 @@
 //! `cargo bench --bench boot`. Needs /dev/kvm (skips with a message otherwise).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use memvisor::frames::ZonePreset;
 use memvisor::vmm::{self, VmConfig};
 use std::time::Duration;
 
 fn config() -> VmConfig {
     VmConfig {
         mem_bytes: 256 << 20,
-        kernel: memvisor::guest_image::GUEST_ELF.to_vec(),
-        scenario: memvisor_abi::scenario::BOOT,
-        scenario_name: "boot".into(),
-        flags: 0,
-        arg: [0; 4],
-        timeout: Duration::from_secs(30),
-        zone_preset: ZonePreset::X86_64,
-        echo_console: false,
-        check_invariants: false,
-        uffd: false,
+        scenario: "boot".into(),
+        ..VmConfig::default()
     }
 }
 

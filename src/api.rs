@@ -8,7 +8,7 @@
 //!
 //! let report = VmBuilder::new()
 //!     .mem("512M")?                        // guest RAM (K/M/G suffixes)
-//!     .scenario("stage2")?                 // see `memvisor::scenario::SCENARIOS`
+//!     .scenario("stage2")?                 // see `memvisor::registry::REGISTRY`
 //!     .lazy_range(1 << 40 | 0x40_0000, 0x4000)
 //!     .run()?;
 //! assert_eq!(report.guest_exit_code, Some(0));
@@ -19,8 +19,7 @@
 
 use crate::frames::ZonePreset;
 use crate::report::Report;
-use crate::stage2::Extras;
-use crate::vmm::{self, VmConfig, VmmError};
+use crate::vmm::{VmConfig, VmmError};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -47,7 +46,6 @@ pub enum ApiError {
 #[derive(Debug, Clone)]
 pub struct VmBuilder {
     cfg: VmConfig,
-    extras: Extras,
 }
 
 impl Default for VmBuilder {
@@ -61,20 +59,7 @@ impl VmBuilder {
     /// quiet console.
     pub fn new() -> Self {
         VmBuilder {
-            cfg: VmConfig {
-                mem_bytes: crate::layout::DEFAULT_MEM_SIZE,
-                kernel: crate::guest_image::GUEST_ELF.to_vec(),
-                scenario: memvisor_abi::scenario::DEMO,
-                scenario_name: "demo".into(),
-                flags: 0,
-                arg: [0; 4],
-                timeout: Duration::from_secs(30),
-                zone_preset: ZonePreset::X86_64,
-                echo_console: false,
-                check_invariants: false,
-                uffd: false,
-            },
-            extras: Extras::default(),
+            cfg: VmConfig::default(),
         }
     }
 
@@ -98,12 +83,11 @@ impl VmBuilder {
     /// # Errors
     /// [`ApiError::Scenario`] for an unknown name.
     pub fn scenario(mut self, name: &str) -> Result<Self, ApiError> {
-        let nr = crate::scenario::by_name(name).ok_or_else(|| ApiError::Scenario {
+        let entry = crate::registry::by_name(name).ok_or_else(|| ApiError::Scenario {
             name: name.into(),
-            known: crate::scenario::names(),
+            known: crate::registry::names(),
         })?;
-        self.cfg.scenario = nr;
-        self.cfg.scenario_name = name.into();
+        self.cfg.scenario = entry.name.into();
         Ok(self)
     }
 
@@ -155,21 +139,25 @@ impl VmBuilder {
 
     /// Echo the guest console on stdout.
     pub fn echo_console(mut self, on: bool) -> Self {
-        self.cfg.echo_console = on;
+        self.cfg.echo_console = if on {
+            crate::hypercall::ConsoleEcho::Stdout
+        } else {
+            crate::hypercall::ConsoleEcho::Off
+        };
         self
     }
 
     /// Add a KVM_MEM_READONLY memslot `[gpa, gpa + bytes)` (in the stage-2 window at 1 TiB;
     /// mapped for the guest at `stage2::GVA_BASE + (gpa - stage2::GPA_BASE)`).
     pub fn read_only_range(mut self, gpa: u64, bytes: u64) -> Self {
-        self.extras.read_only.push((gpa, bytes));
+        self.cfg.stage2_extras.read_only.push((gpa, bytes));
         self
     }
 
     /// Declare `[gpa, gpa + bytes)` lazily backed: the first access to each page exits and the
     /// VMM adds a memslot for it (in the stage-2 window, mapped like `read_only_range`).
     pub fn lazy_range(mut self, gpa: u64, bytes: u64) -> Self {
-        self.extras.lazy.push((gpa, bytes));
+        self.cfg.stage2_extras.lazy.push((gpa, bytes));
         self
     }
 
@@ -183,6 +171,6 @@ impl VmBuilder {
     /// # Errors
     /// [`ApiError::Vmm`] if the VM cannot be created or the guest cannot be built.
     pub fn run(self) -> Result<Report, ApiError> {
-        Ok(vmm::run_with(&self.cfg, &self.extras)?)
+        Ok(crate::registry::run(&self.cfg)?)
     }
 }

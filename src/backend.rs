@@ -13,6 +13,7 @@
 //!   §4.5, Table 4-15 ff.).
 
 use crate::memory::{MemoryError, Memslots};
+use crate::paging::ShadowFlush;
 use kvm_ioctls::VmFd;
 use serde::Serialize;
 use std::path::Path;
@@ -173,8 +174,9 @@ impl HostInfo {
     }
 }
 
-/// GPA of the one-page flush slot (in the 32-bit MMIO hole, above the doorbell page).
-pub const FLUSH_SLOT_GPA: u64 = 0xdfff_f000;
+/// GPA of the one-page flush slot (in the 32-bit MMIO hole, above the doorbell page; defined
+/// in [`crate::layout`]).
+pub use crate::layout::FLUSH_SLOT_GPA;
 
 /// A one-page memslot whose deletion and re-registration makes KVM drop every shadow page
 /// (`KVM_SET_USER_MEMORY_REGION` with size 0 → `kvm_arch_flush_shadow_memslot`, which zaps all
@@ -239,18 +241,19 @@ impl FlushSlot {
         Ok(())
     }
 
-    /// Flush if the address space says a mapping was removed or reduced since the last flush
-    /// (and the backend shadow-pages).
+    /// Flush if `owed` says so (a mapping was removed or reduced since the last flush; from
+    /// [`crate::space::AddressSpace::take_shadow_flush`]), and the backend shadow-pages. The
+    /// token is consumed: the owed flush happens here, once.
     ///
     /// # Errors
     /// As [`Self::flush`].
-    pub fn flush_if_needed(
+    pub fn flush_owed(
         &mut self,
         vm: &VmFd,
         slots: &mut Memslots,
-        space: &mut crate::space::AddressSpace,
+        owed: ShadowFlush,
     ) -> Result<(), MemoryError> {
-        if std::mem::take(&mut space.shadow_stale) {
+        if owed.take_needed() {
             self.flush(vm, slots)?;
         }
         Ok(())

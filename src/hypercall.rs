@@ -20,8 +20,20 @@ use vm_memory::{Bytes, GuestAddress};
 /// log). The default answers `NoSys`.
 pub trait VmmCalls {
     /// [`Call::Stage2`] with `op` and its operand.
+    ///
+    /// # Errors
+    /// The [`Status`] answered to the guest (`NoSys` by default).
     fn stage2(&mut self, space: &mut AddressSpace, op: u64, arg: u64) -> Result<u64, Status> {
         let _ = (space, op, arg);
+        Err(Status::NoSys)
+    }
+    /// A scenario's control call (e.g. [`Call::MatrixSync`]): its host side
+    /// ([`crate::scenario::Scenario::control`]) serves it.
+    ///
+    /// # Errors
+    /// The [`Status`] answered to the guest (`NoSys` by default).
+    fn control(&mut self, space: &mut AddressSpace, call: &Hypercall) -> Result<u64, Status> {
+        let _ = (space, call);
         Err(Status::NoSys)
     }
 }
@@ -39,6 +51,30 @@ pub const RECORDS_MAX: usize = 16384;
 pub const RECORD_LINE_MAX: u64 = 1024;
 /// Marker appended once when console output is dropped.
 const CONSOLE_DROPPED: &str = "\n[memvisor: further console output not kept]\n";
+
+/// Where the guest's console output is echoed live (it is kept for the report either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConsoleEcho {
+    /// Not echoed.
+    #[default]
+    Off,
+    /// On stdout.
+    Stdout,
+    /// On stderr (when stdout carries JSON).
+    Stderr,
+}
+
+impl ConsoleEcho {
+    /// Write `text` where this says.
+    pub fn write(self, text: &str) {
+        use std::io::Write;
+        let _ = match self {
+            ConsoleEcho::Off => Ok(()),
+            ConsoleEcho::Stdout => std::io::stdout().write_all(text.as_bytes()),
+            ConsoleEcho::Stderr => std::io::stderr().write_all(text.as_bytes()),
+        };
+    }
+}
 
 /// What the vCPU loop does after a block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,9 +117,7 @@ pub struct Hypercalls {
     /// `key=value` records the guest sent.
     pub records: Vec<(String, String)>,
     /// Echo console output live.
-    pub echo: bool,
-    /// The fault matrix's state (`fault-matrix` scenario only), for `MatrixSync`.
-    pub matrix: Option<Box<crate::matrix::MatrixRun>>,
+    pub echo: ConsoleEcho,
 }
 
 impl Hypercalls {
@@ -161,7 +195,7 @@ impl Hypercalls {
         let first = gpa / PAGE_SIZE;
         let last = (gpa + len - 1) / PAGE_SIZE;
         (first..=last)
-            .all(|p| space.host_may_write(crate::addr::Pfn(p)))
+            .all(|p| space.host_may_write(crate::addr::Pfn::new(p)))
             .then_some(head.count)
     }
 
@@ -186,12 +220,9 @@ impl Hypercalls {
                 zone,
                 flags,
                 addr,
-            } => (
-                space.mmap(len, prot.bits(), zone.0, flags.bits(), addr),
-                None,
-            ),
+            } => (space.mmap(len, prot, zone, flags, addr), None),
             Hypercall::Munmap { gva, len } => (space.munmap(gva, len), None),
-            Hypercall::Mprotect { gva, len, prot } => (space.mprotect(gva, len, prot.bits()), None),
+            Hypercall::Mprotect { gva, len, prot } => (space.mprotect(gva, len, prot), None),
             Hypercall::Translate { gva } => (space.translate_gva(gva), None),
             Hypercall::Stats { gva } => (stats(space, gva), None),
             Hypercall::FaultReport {
@@ -221,10 +252,7 @@ impl Hypercalls {
                 (Ok(0), Some(Flow::Panic(msg)))
             }
             Hypercall::Stage2 { op, arg } => (vmm.stage2(space, op, arg), None),
-            Hypercall::MatrixSync { ended, next } => match self.matrix.as_mut() {
-                Some(m) => (m.sync(space, ended, next), None),
-                None => (Err(Status::NoSys), None),
-            },
+            c @ Hypercall::MatrixSync { .. } => (vmm.control(space, &c), None),
             Hypercall::Ucall { gva, len } => match read_ucall(space, gva, len) {
                 Ok(rec) => (Ok(0), Some(Flow::Ucall(Box::new(rec)))),
                 Err(st) => (Err(st), None),
@@ -247,25 +275,13 @@ impl Hypercalls {
 
     fn console_write(&mut self, space: &AddressSpace, gva: u64, len: u64) -> Result<u64, Status> {
         let text = read_text(space, gva, len)?;
-        if self.echo {
-            print_console(&text);
-        }
+        self.echo.write(&text);
         if self.console.len() + text.len() <= CONSOLE_KEEP_MAX {
             self.console.push_str(&text);
         } else if !self.console.ends_with(CONSOLE_DROPPED) {
             self.console.push_str(CONSOLE_DROPPED);
         }
         Ok(len)
-    }
-}
-
-/// Echo guest console output live (to stderr when stdout carries JSON).
-fn print_console(text: &str) {
-    use std::io::Write;
-    if crate::report::json_mode() {
-        let _ = std::io::stderr().write_all(text.as_bytes());
-    } else {
-        let _ = std::io::stdout().write_all(text.as_bytes());
     }
 }
 

@@ -1,92 +1,9 @@
-//! Guest memory layout: documented address constants, nothing else.
-//!
-//! ```text
-//! Guest-physical (GPA)                          Guest-virtual (GVA)
-//! 0x0000_0000 ┌──────────────────────┐          0x0000_0000_0000_0000 ┌──────────────────────────┐
-//!             │ page 0: reserved     │                                │ page 0: never mapped     │
-//! 0x0000_1000 ├──────────────────────┤          0x0000_1000_0000_0000 ├──────────────────────────┤
-//!             │ boot info (1 frame)  │                                │ mmap window (16 TiB):    │
-//! 0x0000_2000 ├──────────────────────┤                                │ regions from the FreeMap,│
-//!             │ free (zone DMA)      │                                │ each followed by an      │
-//! 0x0020_0000 ├──────────────────────┤                                │ unmapped guard page      │
-//!             │ kernel image (ELF)   │          0x0000_2000_0000_0000 ├──────────────────────────┤
-//!             ├──────────────────────┤                                │ (not mapped)             │
-//!             │ free: data frames,   │          0x0000_7fff_0000_1000 ├──────────────────────────┤
-//!             │ page-table pool      │                                │ ring-3 stack 1 MiB (US)  │
-//!             │ chunks (2 MiB each), │                                │ (guard page below)       │
-//!             │ stacks               │          0xffff_8880_0000_0000 ├──────────────────────────┤
-//!             │                      │                                │ direct map of all RAM:   │
-//!             │                      │                                │ 2 MiB pages, NX, US;     │
-//!             │                      │                                │ pool + kernel image RO   │
-//! 0xc000_0000 ├──────────────────────┤          0xffff_c900_0000_0000 ├──────────────────────────┤
-//!             │ 32-bit MMIO hole     │                                │ guard | boot stack 64 KiB│
-//!             │ (no memslot; e820    │                                │ guard | #DF stack 16 KiB │
-//!             │  reserved)           │          0xffff_ffff_8000_0000 ├──────────────────────────┤
-//! 0x1_0000_0000├─────────────────────┤                                │ kernel image at          │
-//!             │ RAM above 4 GiB      │                                │ GPA + 0xffff_ffff_8000_0000│
-//!             │ (zone Normal)        │                                │ text RX, rodata R, data  │
-//!             │                      │                                │ RW; US (ring 3 runs it)  │
-//!             └──────────────────────┘                                └──────────────────────────┘
-//! ```
-//!
-//! Sources: Linux `Documentation/arch/x86/x86_64/mm.rst` (direct map at
-//! `0xffff_8880_0000_0000`, kernel text at `__START_KERNEL_map = 0xffff_ffff_8000_0000`);
-//! Firecracker `arch/x86_64/layout.rs` (MMIO gap below 4 GiB).
+//! Guest memory layout. Every guest address constant (GVA and GPA) and the diagram that
+//! matches them live in [`memvisor_abi::layout`] (the guest needs them too) and are
+//! re-exported here; this module adds the host-only sizes and the part of the
+//! guest-physical layout that depends on the host's MAXPHYADDR ([`PhysLayout`]).
 
-pub use memvisor_abi::{KERNEL_PHYS_BASE, KERNEL_VIRT_OFFSET};
-
-/// GPA of the boot-info frame (one 4 KiB frame).
-pub const BOOT_INFO_GPA: u64 = 0x1000;
-
-/// Start of the 32-bit MMIO hole: no RAM between this GPA and [`MMIO_HOLE_END`] (3 GiB).
-pub const MMIO_HOLE_START: u64 = 0xc000_0000;
-/// End (exclusive) of the 32-bit MMIO hole (4 GiB); RAM beyond 3 GiB continues here.
-pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
-
-/// End (exclusive) of zone DMA: 16 MiB.
-pub const ZONE_DMA_END: u64 = 16 << 20;
-/// End (exclusive) of zone DMA32: 4 GiB.
-pub const ZONE_DMA32_END: u64 = 4 << 30;
-
-/// GVA of GPA 0 in the direct map (Linux's `page_offset_base`).
-pub const DIRECT_MAP_BASE: u64 = 0xffff_8880_0000_0000;
-
-/// First GVA of the window mmap regions are handed out from.
-pub const MMAP_WINDOW_START: u64 = 0x0000_1000_0000_0000;
-/// End (exclusive) of the mmap window: 16 TiB after its start.
-pub const MMAP_WINDOW_END: u64 = 0x0000_2000_0000_0000;
-/// Unmapped guard gap after each mmap region, in bytes (one 4 KiB page).
-pub const MMAP_GUARD: u64 = 0x1000;
-
-/// GVA where the host maps a blob it hands the guest (e.g. an encoded allocation trace for
-/// `memvisor replay`): read-only, user-accessible, no-execute; length in `BootInfo.arg[1]`.
-pub const BLOB_GVA: u64 = 0x0000_4000_0000_0000;
-
-/// Base of the kernel-stack area (Linux's vmalloc base); its first page is the boot stack's
-/// guard.
-pub const STACKS_BASE: u64 = 0xffff_c900_0000_0000;
-/// Boot stack size in bytes (16 frames).
-pub const BOOT_STACK_SIZE: u64 = 64 << 10;
-/// Lowest GVA of the boot stack; the page below it is the unmapped guard.
-pub const BOOT_STACK_BOTTOM: u64 = STACKS_BASE + 0x1000;
-/// Initial RSP: top of the boot stack.
-pub const BOOT_STACK_TOP: u64 = BOOT_STACK_BOTTOM + BOOT_STACK_SIZE;
-/// #DF IST stack size in bytes (4 frames).
-pub const DF_STACK_SIZE: u64 = 16 << 10;
-/// Lowest GVA of the #DF stack; the page below it is a guard.
-pub const DF_STACK_BOTTOM: u64 = BOOT_STACK_TOP + 0x1000;
-/// Top of the #DF stack (loaded into TSS.IST1 by the guest).
-pub const DF_STACK_TOP: u64 = DF_STACK_BOTTOM + DF_STACK_SIZE;
-
-/// Ring-3 stack size in bytes (256 frames = 1 MiB): scenarios run in ring 3.
-pub const USER_STACK_SIZE: u64 = 1 << 20;
-/// Lowest GVA of the ring-3 stack (low canonical half); the page below it is a guard.
-pub const USER_STACK_BOTTOM: u64 = 0x0000_7fff_0000_1000;
-/// Top of the ring-3 stack.
-pub const USER_STACK_TOP: u64 = USER_STACK_BOTTOM + USER_STACK_SIZE;
-
-/// GDT location (GPA, inside the boot-info frame's second half) used for the first entry.
-pub const BOOT_GDT_GPA: u64 = BOOT_INFO_GPA + 0x800;
+pub use memvisor_abi::layout::*;
 
 /// Default guest RAM size in bytes (256 MiB).
 pub const DEFAULT_MEM_SIZE: u64 = 256 << 20;

@@ -2,16 +2,14 @@
 //!
 //! The host VMM owns every 4 KiB frame of guest RAM ([`frames`]), builds and owns the guest's
 //! x86_64 4-level page tables ([`paging`]), and serves the guest's memory requests by
-//! hypercall ([`hypercall`], [`space`]). [`vmm::run`] boots the embedded guest kernel and
+//! hypercall ([`hypercall`], [`space`]). [`registry::run`] boots a built-in scenario of the embedded guest and
 //! returns a [`report::Report`]; [`Vm`] is the step-wise API tests are written with
 //! (create, shape memory, `run()` to the next [`Exit`], assert, run again). See `README.md` for the tour.
 
-pub mod addr;
 pub mod api;
 pub mod backend;
 pub mod bench;
 pub mod boot;
-pub mod frames;
 pub mod guest_build;
 pub mod guest_image;
 pub mod hypercall;
@@ -19,8 +17,8 @@ pub mod invariants;
 pub mod layout;
 pub mod matrix;
 pub mod memory;
-pub mod paging;
 pub mod pf_assist;
+pub mod registry;
 pub mod replay;
 pub mod replay_many;
 pub mod report;
@@ -32,4 +30,7 @@ pub mod uffd;
 pub mod vm;
 pub mod vmm;
 
+pub use memvisor_frames as frames;
+pub use memvisor_frames::addr;
+pub use memvisor_paging as paging;
 pub use vm::{Exit, Ucall, Vm, VmOptions};

@@ -5,10 +5,11 @@
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use memvisor::frames::ZonePreset;
+use memvisor::hypercall::ConsoleEcho;
 use memvisor::memory::parse_size;
-use memvisor::report::{set_json_mode, Report};
+use memvisor::report::Report;
 use memvisor::vmm::{self, VmConfig};
-use memvisor::{guest_image, layout, scenario};
+use memvisor::{guest_image, layout, registry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -149,7 +150,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let scenarios = scenario::help_text();
+    let scenarios = registry::help_text();
     let cmd = Cli::command()
         .after_help(scenarios.clone())
         .mut_subcommand("run", |c| c.after_help(scenarios));
@@ -175,7 +176,7 @@ fn main() -> ExitCode {
         Some(Cmd::Replay(r)) => return replay(r),
         Some(Cmd::SnapshotInfo(s)) => return snapshot_info(s),
         Some(Cmd::Scenarios) => {
-            print!("{}", scenario::help_text());
+            print!("{}", registry::help_text());
             return ExitCode::SUCCESS;
         }
         None => cli.run,
@@ -233,7 +234,6 @@ fn replay(a: ReplayArgs) -> ExitCode {
             Err(e) => return fail(e),
         }
     }
-    set_json_mode(a.json);
     if traces.len() > 1 || heaps.len() > 1 {
         return replay_many(&traces, &heaps, a.runs, mem_bytes, timeout, a.json);
     }
@@ -310,7 +310,6 @@ fn replay_many(
 }
 
 fn bench(b: BenchArgs) -> ExitCode {
-    set_json_mode(b.json);
     let result = match memvisor::bench::run(b.quick) {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -382,27 +381,30 @@ fn run(a: RunArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return fail(format!("--mem: {e}")),
     };
-    let timeout = a.timeout.unwrap_or(
-        memvisor::backend::time_scale()
-            * if a.scenario == "fault-matrix" {
-                300.0
-            } else {
-                30.0
-            },
-    );
-    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
-        return fail("--timeout must be a number of seconds in (0, 86400]");
-    }
     if a.scenario == "help" {
-        print!("{}", scenario::help_text());
+        print!("{}", registry::help_text());
         return ExitCode::SUCCESS;
     }
-    let Some(scenario_nr) = scenario::by_name(&a.scenario) else {
+    let Some(entry) = registry::by_name(&a.scenario) else {
         return fail(format!(
             "unknown scenario '{}' (known: {})",
             a.scenario,
-            scenario::names()
+            registry::names()
         ));
+    };
+    let hooks = entry.hooks();
+    let timeout = a
+        .timeout
+        .unwrap_or(memvisor::backend::time_scale() * hooks.default_timeout().as_secs_f64());
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 86_400.0) {
+        return fail("--timeout must be a number of seconds in (0, 86400]");
+    }
+    let only_for = |option: &str| {
+        let users: Vec<&str> = registry::listed()
+            .filter(|e| e.hooks().options().contains(&option))
+            .map(|e| e.name)
+            .collect();
+        format!("--{option} is only for --scenario {}", users.join(" / "))
     };
     let kernel = match &a.kernel {
         Some(p) => match read_bounded(p, memvisor::boot::loader::MAX_KERNEL_FILE) {
@@ -419,8 +421,8 @@ fn run(a: RunArgs) -> ExitCode {
         flags |= memvisor_abi::flags::HEAP_DEBUG_GUARD;
     }
     if let Some(path) = &a.cases_out {
-        if scenario_nr != memvisor_abi::scenario::FAULT_MATRIX {
-            return fail("--cases-out is only for --scenario fault-matrix");
+        if !hooks.options().contains(&"cases-out") {
+            return fail(only_for("cases-out"));
         }
         if let Err(e) = check_cases_out(path) {
             return fail(format!("--cases-out {}: {e}", path.display()));
@@ -428,8 +430,8 @@ fn run(a: RunArgs) -> ExitCode {
     }
     let mut deviations = Vec::new();
     for name in &a.known_deviation {
-        if scenario_nr != memvisor_abi::scenario::FAULT_MATRIX {
-            return fail("--known-deviation is only for --scenario fault-matrix");
+        if !hooks.options().contains(&"known-deviation") {
+            return fail(only_for("known-deviation"));
         }
         match memvisor::matrix::KnownDeviation::parse(name) {
             Ok(d) => deviations.push(d),
@@ -439,8 +441,7 @@ fn run(a: RunArgs) -> ExitCode {
     let cfg = VmConfig {
         mem_bytes,
         kernel,
-        scenario: scenario_nr,
-        scenario_name: a.scenario.clone(),
+        scenario: entry.name.into(),
         flags,
         arg: [0; 4],
         timeout: Duration::from_secs_f64(timeout),
@@ -448,12 +449,17 @@ fn run(a: RunArgs) -> ExitCode {
             Zones::X86_64 => ZonePreset::X86_64,
             Zones::Legacy => ZonePreset::Legacy,
         },
-        echo_console: true,
-        check_invariants: scenario_nr == memvisor_abi::scenario::HOSTILE,
+        // Live console output; on stderr when stdout carries the JSON report.
+        echo_console: if a.json {
+            ConsoleEcho::Stderr
+        } else {
+            ConsoleEcho::Stdout
+        },
+        check_invariants: hooks.check_invariants(),
         uffd: a.uffd,
+        ..VmConfig::default()
     };
-    set_json_mode(a.json);
-    let mut report: Report = match vmm::run(&cfg) {
+    let mut report: Report = match vmm::run_scenario(&cfg, hooks) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };

@@ -5,6 +5,7 @@
 //! 64 GiB guest costs nothing until pages are touched. KVM API doc §4.35
 //! (`KVM_SET_USER_MEMORY_REGION`).
 
+use crate::addr::Gpa;
 use crate::layout::{MAX_MEM_SIZE, MMIO_HOLE_END, MMIO_HOLE_START};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -164,7 +165,7 @@ pub struct GuestRam {
     /// The backing memory (one region per RAM range).
     pub mem: GuestMem,
     /// RAM ranges `(first GPA, bytes)`, ascending.
-    pub ram: Vec<(u64, u64)>,
+    pub ram: Vec<(Gpa, u64)>,
     /// The e820 map given to the guest.
     pub e820: Vec<E820Entry>,
     /// Total RAM in bytes.
@@ -174,23 +175,25 @@ pub struct GuestRam {
     pub uffd: Option<crate::uffd::UffdHandler>,
 }
 
-/// RAM ranges for `bytes` of guest RAM: below the MMIO hole, then from 4 GiB.
-pub fn ram_ranges(bytes: u64) -> Vec<(u64, u64)> {
+/// RAM ranges `(first GPA, bytes)` for `bytes` of guest RAM: below the MMIO hole, then from
+/// 4 GiB (the shape [`crate::frames::ZoneTable::new`] takes).
+pub fn ram_ranges(bytes: u64) -> Vec<(Gpa, u64)> {
     if bytes <= MMIO_HOLE_START {
-        vec![(0, bytes)]
+        vec![(Gpa::new(0), bytes)]
     } else {
         vec![
-            (0, MMIO_HOLE_START),
-            (MMIO_HOLE_END, bytes - MMIO_HOLE_START),
+            (Gpa::new(0), MMIO_HOLE_START),
+            (Gpa::new(MMIO_HOLE_END), bytes - MMIO_HOLE_START),
         ]
     }
 }
 
 /// The e820 map for the given RAM ranges: RAM entries plus the MMIO hole as reserved when RAM
 /// continues above it.
-pub fn e820_for(ram: &[(u64, u64)]) -> Vec<E820Entry> {
+pub fn e820_for(ram: &[(Gpa, u64)]) -> Vec<E820Entry> {
     let mut out = Vec::new();
     for (i, &(addr, size)) in ram.iter().enumerate() {
+        let addr = addr.raw();
         if i > 0 {
             out.push(E820Entry {
                 addr: MMIO_HOLE_START,
@@ -231,7 +234,7 @@ impl GuestRam {
         let ram = ram_ranges(bytes);
         let ranges: Vec<(GuestAddress, usize)> = ram
             .iter()
-            .map(|&(a, s)| (GuestAddress(a), s as usize))
+            .map(|&(a, s)| (GuestAddress(a.raw()), s as usize))
             .collect();
         let mem =
             GuestMem::from_ranges(&ranges).map_err(|source| MemoryError::Mmap { bytes, source })?;
@@ -305,12 +308,14 @@ impl GuestRam {
         let Some(end) = gpa.checked_add(len) else {
             return false;
         };
-        self.ram.iter().any(|&(a, s)| gpa >= a && end <= a + s)
+        self.ram
+            .iter()
+            .any(|&(a, s)| gpa >= a.raw() && end <= a.raw() + s)
     }
 
     /// One past the highest RAM GPA.
     pub fn end(&self) -> u64 {
-        self.ram.last().map_or(0, |&(a, s)| a + s)
+        self.ram.last().map_or(0, |&(a, s)| a.raw() + s)
     }
 }
 
@@ -477,8 +482,11 @@ mod tests {
 
     #[test]
     fn layout_around_hole() {
-        assert_eq!(ram_ranges(256 << 20), vec![(0, 256 << 20)]);
-        assert_eq!(ram_ranges(4 << 30), vec![(0, 3 << 30), (4 << 30, 1 << 30)]);
+        assert_eq!(ram_ranges(256 << 20), vec![(Gpa::new(0), 256 << 20)]);
+        assert_eq!(
+            ram_ranges(4 << 30),
+            vec![(Gpa::new(0), 3 << 30), (Gpa::new(4 << 30), 1 << 30)]
+        );
         let e = e820_for(&ram_ranges(4 << 30));
         assert_eq!(e.len(), 3);
         assert_eq!(

@@ -171,28 +171,7 @@ fn descriptor(space: &AddressSpace, base: u64, limit: u32, sel: u16) -> Option<k
         return None;
     }
     let d = space.read_gva_u64(base.checked_add(index)?).ok()?;
-    let bit = |n: u32| ((d >> n) & 1) as u8;
-    let granular = bit(55) == 1;
-    let raw_limit = ((d & 0xffff) | ((d >> 32) & 0xf_0000)) as u32;
-    let seg = kvm_segment {
-        base: ((d >> 16) & 0xff_ffff) | ((d >> 32) & 0xff00_0000),
-        limit: if granular {
-            (raw_limit << 12) | 0xfff
-        } else {
-            raw_limit
-        },
-        selector: sel,
-        type_: ((d >> 40) & 0xf) as u8,
-        s: bit(44),
-        dpl: ((d >> 45) & 3) as u8,
-        present: bit(47),
-        avl: bit(52),
-        l: bit(53),
-        db: bit(54),
-        g: bit(55),
-        unusable: 0,
-        padding: 0,
-    };
+    let seg = crate::boot::gdt::decode_descriptor(d, sel);
     (seg.present == 1 && seg.s == 1).then_some(seg)
 }
 

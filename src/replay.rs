@@ -3,36 +3,24 @@
 //! The host parses and validates the trace ([`parse`]: format in
 //! `tests/data/traces/README.md`), encodes it compactly ([`Trace::encode`]: 8 bytes an
 //! event), and maps the blob read-only (US, NX) at [`BLOB_GVA`] before the guest starts
-//! ([`AddressSpace::map_blob`]); `BootInfo.arg` = `[BLOB_GVA, length, heap id, 0]`. The guest
+//! ([`crate::space::AddressSpace::map_blob`]); `BootInfo.arg` = `[BLOB_GVA, length, heap id, 0]`. The guest
 //! (`guest/kernel/src/heap/replay.rs`) replays it twice on fresh heaps (checked, then timed)
 //! and sends `replay.KEY=VALUE` records, which [`ReplayResult::from_report`] reads back.
 //!
-//! How the blob reaches the address space without a new `VmConfig` field: [`with_blob`] sets
-//! a thread-local blob for the duration of one `vmm::run` on this thread, and
-//! `AddressSpace::build_with` maps it ([`map_pending_blob`]).
+//! The blob reaches the address space through the scenario's host side
+//! ([`crate::registry::replay::with_blob`], mapped in its `prepare`).
 
 use crate::layout::BLOB_GVA;
 use crate::report::Report;
-use crate::space::{AddressSpace, SpaceError};
 use crate::vmm::{self, VmConfig, VmmError};
 use serde::Serialize;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-/// Heap names accepted by `--heap`, by id (the guest's `peers::HEAPS`, same order).
-pub const HEAPS: [&str; 8] = [
-    "page-family",
-    "mems",
-    "memvisor",
-    "talc",
-    "linked-list",
-    "buddy",
-    "rlsf",
-    "dlmalloc",
-];
+/// Heap names accepted by `--heap`, by id (one list for host and guest, in the ABI crate).
+pub use memvisor_abi::HEAPS;
 
 /// Blob magic (`"MVTRACE1"`).
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MVTRACE1");
@@ -191,31 +179,6 @@ impl Trace {
     pub fn line_of(&self, i: usize) -> Option<u32> {
         self.lines.get(i).copied()
     }
-}
-
-thread_local! {
-    static PENDING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
-}
-
-/// Run `f` (which boots a guest with `vmm::run` on this thread) with `blob` mapped at
-/// [`BLOB_GVA`] in that guest.
-pub fn with_blob<R>(blob: Vec<u8>, f: impl FnOnce() -> R) -> R {
-    PENDING.with(|p| *p.borrow_mut() = Some(blob));
-    let r = f();
-    PENDING.with(|p| *p.borrow_mut() = None);
-    r
-}
-
-/// Map the blob set by [`with_blob`] (if any) into a freshly built address space.
-///
-/// # Errors
-/// [`SpaceError`] from [`AddressSpace::map_blob`].
-pub fn map_pending_blob(space: &mut AddressSpace) -> Result<(), SpaceError> {
-    let blob = PENDING.with(|p| p.borrow_mut().take());
-    if let Some(b) = blob {
-        space.map_blob(BLOB_GVA, &b)?;
-    }
-    Ok(())
 }
 
 /// The memvisor heap's page-return policy over the checked pass (guest
@@ -394,35 +357,32 @@ pub fn heap_id(name: &str) -> Option<usize> {
 pub fn run(t: &Trace, heap: usize, mem_bytes: u64, timeout: Duration) -> Result<Report, VmmError> {
     let blob = t.encode();
     let cfg = config(
-        memvisor_abi::scenario::REPLAY,
         "replay",
         [BLOB_GVA, blob.len() as u64, heap as u64, 0],
         mem_bytes,
         timeout,
         0,
     );
-    with_blob(blob, || vmm::run(&cfg))
+    vmm::run_scenario(&cfg, crate::registry::replay::with_blob(blob))
 }
 
 /// A config for the heap scenarios.
 pub fn config(
-    scenario: u32,
     name: &str,
     arg: [u64; 4],
     mem_bytes: u64,
     timeout: Duration,
     flags: u32,
 ) -> VmConfig {
-    // Start from the library's defaults, so fields added to `VmConfig` later keep theirs.
-    let mut cfg = crate::api::VmBuilder::new().config().clone();
-    cfg.mem_bytes = mem_bytes;
-    cfg.scenario = scenario;
-    cfg.scenario_name = name.to_string();
-    cfg.flags = flags;
-    cfg.arg = arg;
-    cfg.timeout = timeout;
-    cfg.echo_console = false;
-    cfg
+    // The library's defaults for everything else, so fields added to `VmConfig` keep theirs.
+    VmConfig {
+        mem_bytes,
+        scenario: name.to_string(),
+        flags,
+        arg,
+        timeout,
+        ..VmConfig::default()
+    }
 }
 
 /// The sample traces shipped with the repository (`tests/data/traces/*.trace`), sorted.
@@ -451,14 +411,14 @@ pub fn bench_report(quick: bool) -> Result<Report, String> {
         blob.extend(load(&p)?.encode());
     }
     let cfg = config(
-        memvisor_abi::scenario::HEAP_BENCH,
         "heap-bench",
         [BLOB_GVA, blob.len() as u64, 0, 0],
         512 << 20,
         Duration::from_secs(600),
         if quick { memvisor_abi::flags::QUICK } else { 0 },
     );
-    let r = with_blob(blob, || vmm::run(&cfg)).map_err(|e| e.to_string())?;
+    let r = vmm::run_scenario(&cfg, crate::registry::heap_bench::new_with_blob(blob))
+        .map_err(|e| e.to_string())?;
     if !r.success() {
         return Err(format!(
             "the heap-bench scenario failed: {}",

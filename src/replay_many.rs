@@ -107,7 +107,6 @@ pub fn run(
         blob.extend(t.encode());
     }
     let cfg = replay::config(
-        memvisor_abi::scenario::REPLAY,
         "replay",
         [
             BLOB_GVA,
@@ -119,7 +118,10 @@ pub fn run(
         timeout,
         0,
     );
-    Ok(replay::with_blob(blob, || vmm::run(&cfg))?)
+    Ok(vmm::run_scenario(
+        &cfg,
+        crate::registry::replay::with_blob(blob),
+    )?)
 }
 
 /// One result per (trace, heap), traces in order, heaps in `heaps` order.

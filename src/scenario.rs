@@ -1,46 +1,94 @@
-//! Guest scenarios selectable with `--scenario NAME`.
+//! The per-scenario host interface: [`Scenario`], what the VMM calls for a built-in
+//! scenario beyond the common vCPU loop (state it keeps for the scenario, its control
+//! hypercalls, its report section). The built-in scenarios and their registry are
+//! [`crate::registry`] (README "Adding a built-in scenario").
 
-use memvisor_abi::scenario;
+use crate::layout::PhysLayout;
+use crate::report::Report;
+use crate::space::{AddressSpace, SpaceError};
+use memvisor_abi::{Hypercall, Status};
+use std::time::Duration;
 
-/// Known scenarios: (name, ABI number, description).
-pub const SCENARIOS: &[(&str, u32, &str)] = &[
-    (
-        "demo",
-        scenario::DEMO,
-        "the main job: mmap populated and lazy memory, demand faults, a protection fault recovered, translate, munmap",
-    ),
-    ("bench", scenario::BENCH, "in-guest measurements used by `memvisor bench`"),
-    ("hostile", scenario::HOSTILE, "a hostile guest: 10^6 random and crafted hypercalls; invariants checked"),
-    ("fault-matrix", scenario::FAULT_MATRIX, "the #PF permission matrix: P/RW/US/NX at every level x r/w/x x CPL 0/3 x WP x NXE, checked against the SDM (--cases-out FILE)"),
-    ("stage2", scenario::STAGE2, "stage-2 faults: unbacked GPAs, read-only and lazy memslots, slot removal, dirty log"),
-    ("seed-page-family", scenario::SEED_PAGE_FAMILY, "page families: the seed's test_application (emp_t, student_t) with its memory and block usage reports after each step"),
-    ("seed-mems", scenario::SEED_MEMS, "MeMS: the classic example (ten 1000-byte arrays, stats, mems_get checked against the host, free, reuse, mems_finish)"),
-    ("heap-stress", scenario::HEAP_STRESS, "10^6 random operations on each heap (10^5 with --quick), checked with patterns and audits"),
-    ("heap-debug", scenario::HEAP_DEBUG, "guard-page heap debugging: an overflow and a use after free caught by the MMU and reported (add --heap-debug guard for the global allocator)"),
-    ("boot", scenario::BOOT, "exit 0 as soon as the kernel is up (boot-time measurement)"),
-    ("runaway", scenario::RUNAWAY, "spin forever; --timeout stops the vCPU"),
-    ("guest-panic", scenario::GUEST_PANIC, "the guest panics; the VMM reports the message and fails"),
-    ("triple-fault", scenario::TRIPLE_FAULT, "empty IDT + exception: KVM_EXIT_SHUTDOWN"),
-    ("double-fault", scenario::DOUBLE_FAULT, "stack overflow into the guard page: #DF on its IST stack"),
-];
-
-/// Look up a scenario number by name.
-pub fn by_name(name: &str) -> Option<u32> {
-    SCENARIOS.iter().find(|s| s.0 == name).map(|s| s.1)
+/// What a scenario's [`Scenario::prepare`] may shape before the guest runs.
+pub struct Prepare<'a> {
+    /// The guest's address space, built (kernel, direct map, stacks) but not yet running.
+    pub space: &'a mut AddressSpace,
+    /// The guest-physical layout for the guest's MAXPHYADDR.
+    pub phys: &'a PhysLayout,
+    /// The guest's MAXPHYADDR (CPUID 0x8000_0008).
+    pub phys_bits: u8,
+    /// The boot info's `arg` words (what the guest reads as `boot().arg`).
+    pub boot_arg: &'a mut [u64; 4],
 }
 
-/// Names, comma-separated (for error messages).
-pub fn names() -> String {
-    SCENARIOS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
-}
-
-/// The scenarios with their descriptions, one per line (`memvisor --help`, `memvisor
-/// scenarios`).
-pub fn help_text() -> String {
-    let width = SCENARIOS.iter().map(|s| s.0.len()).max().unwrap_or(0);
-    let mut o = String::from("Scenarios (--scenario NAME):\n");
-    for (name, _, what) in SCENARIOS {
-        o += &format!("  {name:<width$}  {what}\n");
+/// The host side of a scenario: what the VMM does for it beyond the common vCPU loop. Every
+/// method has a default (nothing); a scenario overrides what it needs.
+pub trait Scenario: Send {
+    /// Listed by `memvisor scenarios` and selectable with `--scenario` (default true; `false`
+    /// for scenarios only a subcommand runs, e.g. `replay`, which needs its trace).
+    fn listed(&self) -> bool {
+        true
     }
-    o
+    /// Default wall-clock limit before `MEMVISOR_TIME_SCALE` (default 30 s).
+    fn default_timeout(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+    /// Check the host invariants after every hypercall batch when run from the CLI.
+    fn check_invariants(&self) -> bool {
+        false
+    }
+    /// The CLI options (long names) only this scenario accepts, e.g. `cases-out`.
+    fn options(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Map the kernel's own pages without NX (a W^X relaxation; see
+    /// [`crate::space::BuildOptions::no_nx`]).
+    fn no_nx(&self) -> bool {
+        false
+    }
+    /// Set up the stage-2 test layout ([`memvisor_abi::stage2`], [`crate::stage2::Stage2`]).
+    fn stage2_layout(&self) -> bool {
+        false
+    }
+    /// Before the guest runs: map host data, set boot arguments.
+    ///
+    /// # Errors
+    /// A [`SpaceError`] stops the VM before it starts.
+    fn prepare(&mut self, ctx: Prepare<'_>) -> Result<(), SpaceError> {
+        let _ = ctx;
+        Ok(())
+    }
+    /// A control hypercall the common dispatch does not serve (e.g. `MatrixSync`); the
+    /// arguments are the guest's, hostile. Default: `NoSys`.
+    ///
+    /// # Errors
+    /// The status the guest gets.
+    fn control(&mut self, space: &mut AddressSpace, call: &Hypercall) -> Result<u64, Status> {
+        let _ = (space, call);
+        Err(Status::NoSys)
+    }
+    /// After the run: add this scenario's section to the report.
+    fn finish(&mut self, report: &mut Report) {
+        let _ = report;
+    }
+}
+
+/// The host side of a scenario without a host file (and of a user's own guest): nothing
+/// beyond the common loop.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DefaultHooks;
+impl Scenario for DefaultHooks {}
+
+/// [`DefaultHooks`], boxed (the registry's constructor for scenarios without a host file).
+pub fn default_hooks() -> Box<dyn Scenario> {
+    Box::new(DefaultHooks)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_vm_stays_send() {
+        fn send<T: Send>() {}
+        send::<crate::Vm>();
+    }
 }

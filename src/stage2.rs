@@ -116,11 +116,9 @@ impl Stage2 {
             bytes: space.ram.bytes,
             why: "no frames for the stage-2 page tables".into(),
         })?;
-        space.pt.map_range(
-            &space.ram.mem,
-            &mut space.pool,
-            Gva(s2::GVA_BASE),
-            Gpa(base),
+        space.pt.edit(&space.ram.mem, &mut space.pool).map_range(
+            Gva::new(s2::GVA_BASE),
+            Gpa::new(base),
             STAGE2_LAYOUT,
             PageSize::Size4K,
             flags,
@@ -173,16 +171,14 @@ impl Stage2 {
             }
             let gva = s2::GVA_BASE + (gpa - base);
             space.stage2_ranges.push((gpa, len));
-            if space.pt.translate(&space.ram.mem, Gva(gva)).is_err() {
+            if space.pt.translate_raw(&space.ram.mem, gva).is_err() {
                 space.ensure_pool(8).map_err(|_| SpaceError::TooSmall {
                     bytes: space.ram.bytes,
                     why: "no frames for extra ranges".into(),
                 })?;
-                space.pt.map_range(
-                    &space.ram.mem,
-                    &mut space.pool,
-                    Gva(gva),
-                    Gpa(gpa),
+                space.pt.edit(&space.ram.mem, &mut space.pool).map_range(
+                    crate::paging::canonical(gva)?,
+                    Gpa::new(gpa),
                     len,
                     PageSize::Size4K,
                     flags,
@@ -414,6 +410,8 @@ pub struct VmmSide<'a> {
     pub slots: &'a mut Memslots,
     /// Stage-2 regions, if set up.
     pub stage2: Option<&'a mut Stage2>,
+    /// The scenario's host side (its control calls).
+    pub hooks: &'a mut dyn crate::scenario::Scenario,
 }
 
 impl crate::hypercall::VmmCalls for VmmSide<'_> {
@@ -422,6 +420,14 @@ impl crate::hypercall::VmmCalls for VmmSide<'_> {
             Some(s) => s.op(self.vm, self.slots, space, op),
             None => Err(Status::NoSys),
         }
+    }
+
+    fn control(
+        &mut self,
+        space: &mut AddressSpace,
+        call: &memvisor_abi::Hypercall,
+    ) -> Result<u64, Status> {
+        self.hooks.control(space, call)
     }
 }
 

@@ -708,10 +708,8 @@ mod tests {
             assert_eq!(v, if i == 2 || i == 3 { 0 } else { a }, "page {i}");
         }
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { std::ptr::read_volatile((hva + 16) as *const u64) },
-            7
-        );
+        let v = unsafe { std::ptr::read_volatile((hva + 16) as *const u64) };
+        assert_eq!(v, 7);
         let s = h.stats();
         assert_eq!(s.remove_events, 1);
         assert_eq!(s.removed_pages, 2);

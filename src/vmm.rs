@@ -1,4 +1,4 @@
-//! The VMM: the configuration of a run, [`run`] / [`run_with`] (a built-in scenario or any
+//! The VMM: the configuration of a run, [`run`] / [`run_scenario`] (a built-in scenario or any
 //! kernel, run to its end, one [`Report`]), and the vCPU loop they share with the step-wise
 //! [`crate::vm::Vm`] (which creates the VM and builds the guest's address space).
 //!
@@ -50,10 +50,9 @@ pub struct VmConfig {
     pub mem_bytes: u64,
     /// The kernel ELF.
     pub kernel: Vec<u8>,
-    /// Scenario number (ABI `scenario`).
-    pub scenario: u32,
-    /// Scenario name for the report.
-    pub scenario_name: String,
+    /// Scenario name (`crate::registry::REGISTRY`; the guest gets its
+    /// [`memvisor_abi::scenario::id`]); `"sdk"` for a guest built on the SDK's entry macro.
+    pub scenario: String,
     /// Boot flags (ABI `flags`).
     pub flags: u32,
     /// Scenario arguments.
@@ -62,13 +61,36 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// Zone layout.
     pub zone_preset: ZonePreset,
-    /// Echo the guest's console output live (stdout, or stderr in JSON mode).
-    pub echo_console: bool,
+    /// Echo the guest's console output live, and where (default off).
+    pub echo_console: crate::hypercall::ConsoleEcho,
     /// Check the host invariants ([`crate::invariants::check`]) after every hypercall batch;
     /// a violation ends the run (outcome `invariant_violation`, exit code 1).
     pub check_invariants: bool,
     /// Back guest RAM through userfaultfd (`--uffd`; [`crate::uffd`]).
     pub uffd: bool,
+    /// Extra read-only and lazy guest-physical ranges in the stage-2 window
+    /// ([`crate::stage2::Extras`]; `VmBuilder::read_only_range`, `lazy_range`).
+    pub stage2_extras: crate::stage2::Extras,
+}
+
+impl Default for VmConfig {
+    /// 256 MiB, the `demo` scenario, the embedded guest, Linux x86-64 zones, 30 s timeout,
+    /// quiet console, no invariant checks, no userfaultfd.
+    fn default() -> Self {
+        VmConfig {
+            mem_bytes: crate::layout::DEFAULT_MEM_SIZE,
+            kernel: crate::guest_image::GUEST_ELF.to_vec(),
+            scenario: "demo".into(),
+            flags: 0,
+            arg: [0; 4],
+            timeout: Duration::from_secs(30),
+            zone_preset: ZonePreset::X86_64,
+            echo_console: crate::hypercall::ConsoleEcho::Off,
+            check_invariants: false,
+            uffd: false,
+            stage2_extras: crate::stage2::Extras::default(),
+        }
+    }
 }
 
 /// After the VMM edited the guest's memory or page tables (a hypercall batch, a #PF assist):
@@ -85,28 +107,33 @@ fn after_host_edit(
     if let Err(v) = crate::invariants::after_batch(check_invariants, space, inv_checks) {
         return Some(Outcome::InvariantViolation(v));
     }
-    if let Err(e) = flush_slot.flush_if_needed(vm, slots, space) {
+    if let Err(e) = flush_slot.flush_owed(vm, slots, space.take_shadow_flush()) {
         return Some(Outcome::KvmError(e.to_string()));
     }
     None
 }
 
-/// Boot and run a guest; returns its report (also for guest failures: see
-/// [`Report::outcome`]).
+/// Boot and run a guest with the default host side ([`crate::scenario::DefaultHooks`]: no
+/// scenario-specific state); returns its report (also for guest failures: see
+/// [`Report::outcome`]). A built-in scenario with a host side of its own (`fault-matrix`,
+/// `stage2`, ...) runs through [`crate::registry::run`], or [`run_scenario`] with its hooks.
 ///
 /// # Errors
 /// [`VmmError`] when the VM cannot be created or the guest cannot be built.
 pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
-    run_with(cfg, &crate::stage2::Extras::default())
+    run_scenario(cfg, crate::scenario::default_hooks())
 }
 
-/// [`run`] with extra read-only and lazy guest-physical ranges (see
-/// [`crate::stage2::Extras`]).
+/// [`run`] with the scenario's host side given (e.g. carrying data for the guest, as
+/// `memvisor replay` does): create the VM, run the loop to the guest's end, report.
 ///
 /// # Errors
-/// As [`run`]; a bad range is a [`VmmError::Space`].
-pub fn run_with(cfg: &VmConfig, extras: &crate::stage2::Extras) -> Result<Report, VmmError> {
-    let mut vm = Vm::create(cfg, extras, None)?;
+/// As [`run`]; a bad stage-2 range is a [`VmmError::Space`].
+pub fn run_scenario(
+    cfg: &VmConfig,
+    hooks: Box<dyn crate::scenario::Scenario>,
+) -> Result<Report, VmmError> {
+    let mut vm = Vm::create(cfg, hooks, None)?;
     // Not step-wise: the loop runs to the end of the guest (sync points resume at once,
     // MMIO reads return all-ones).
     vm.run()?;
@@ -279,6 +306,7 @@ impl Vm {
                     vm: &self.vm,
                     slots: &mut self.slots,
                     stage2: self.s2ctl.as_mut(),
+                    hooks: &mut *self.hooks,
                 };
                 let flow = self.hc.handle_with(&mut self.space, gpa, &mut side);
                 if let Some(stop) = self.after_host_edit() {

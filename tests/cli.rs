@@ -124,7 +124,8 @@ fn help_lists_every_scenario_with_its_description() {
         let out = memvisor(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
-        for (name, _, what) in memvisor::scenario::SCENARIOS {
+        for s in memvisor::registry::listed() {
+            let (name, what) = (s.name, s.description);
             assert!(
                 text.lines()
                     .any(|l| l.trim_start().starts_with(name) && l.contains(what)),

@@ -28,7 +28,7 @@ fn dirty_log_of_a_2mib_page_holds_exactly_the_written_4k_pages() {
     vm.set_args([gva, 0, 0, 0]).unwrap();
     vm.start_dirty_log().unwrap();
     common::sync(&mut vm);
-    let (base, log) = (t.gpa.0, vm.dirty_log().unwrap().kvm);
+    let (base, log) = (t.gpa.raw(), vm.dirty_log().unwrap().kvm);
     let (inside, outside): (Vec<u64>, _) = log.into_iter().partition(|g| g >> 21 == base >> 21);
     assert_eq!(inside, [1u64, 4, 9, 15].map(|p| base + p * 4096));
     let explained = |g: &u64| vm.is_page_table_frame(*g) || vm.is_guest_runtime_frame(*g);

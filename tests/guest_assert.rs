@@ -7,6 +7,8 @@ mod guest {
     use memvisor_guest_sdk::{entry, guest_assert, guest_assert_eq, sync, ucall::done};
     entry!(main);
 
+    // `1 + 1 == 2` is a passing assertion on purpose.
+    #[allow(clippy::eq_op)]
     fn main() -> u32 {
         guest_assert!(1 + 1 == 2);
         sync!(42u8, -1i32, true);

@@ -46,8 +46,9 @@ fn req(c: Call, args: [u64; 5]) -> Request {
 fn one(h: &mut Harness, r: Request) -> (Status, u64) {
     ok(h, &[r]);
     let gpa = h.block_gpa + 8;
-    let back: Request = vm_memory::Bytes::read_obj(&h.space.ram.mem, vm_memory::GuestAddress(gpa))
-        .expect("read back");
+    let back: Request =
+        vm_memory::Bytes::read_obj(&h.space.ram().mem, vm_memory::GuestAddress(gpa))
+            .expect("read back");
     (Status::from_i32(back.status).expect("status"), back.value)
 }
 
@@ -101,7 +102,7 @@ proptest! {
 #[test]
 fn the_kernel_stacks_guards_and_page_tables_are_not_the_guests() {
     let mut h = harness();
-    let k = h.space.kernel.clone();
+    let k = h.space.kernel().clone();
     let text = k.segments[0].gva;
     let data = k.segments.iter().find(|s| s.write).expect("data").gva & !(PAGE - 1);
     let cr3 = h.space.cr3();
@@ -312,7 +313,7 @@ fn fixed_mmap_lands_exactly_and_never_over_a_region_or_guard() {
 #[test]
 fn mmap_until_nomem_then_free_it_all() {
     let mut h = harness();
-    let free0 = h.space.zones.total_free();
+    let free0 = h.space.zones().total_free();
     for (pages, z) in [
         (1, zone::ANY),
         (64, zone::DMA),
@@ -350,8 +351,8 @@ fn mmap_until_nomem_then_free_it_all() {
         Status::Ok
     );
     // Everything is back, except page-table pool chunks grown on the way (owned by the host).
-    let pool = (h.space.pool.chunks.len() as u64 - 1) * 512;
-    assert_eq!(h.space.zones.total_free() + pool, free0);
+    let pool = (h.space.pool().chunks.len() as u64 - 1) * 512;
+    assert_eq!(h.space.zones().total_free() + pool, free0);
     h.finish().expect("teardown");
 }
 
@@ -425,7 +426,7 @@ fn window_sized_lazy_regions_unmap_and_protect_quickly() {
         "took {:?}",
         t0.elapsed()
     );
-    assert!(h.space.regions.is_empty());
+    assert!(h.space.regions().is_empty());
     h.finish().expect("teardown");
 }
 
@@ -468,12 +469,12 @@ fn pool_growth_inside_a_1g_direct_map_page_never_exposes_tables() {
     }
     check(&h.space).expect("invariants after the pool grew");
     assert!(
-        h.space.pool.chunks.len() > 1,
+        h.space.pool().chunks.len() > 1,
         "the pool never grew: {results:?}"
     );
     // And it can always grow: every lazy fault got its page (and its page table).
     assert_eq!(results.get("Ok"), Some(&1200), "{results:?}");
-    h.space.shadow_stale = false;
+    h.space.take_shadow_flush().discard();
     teardown_check(&mut h.space).expect("teardown");
 }
 
@@ -481,10 +482,10 @@ fn pool_growth_inside_a_1g_direct_map_page_never_exposes_tables() {
 fn bad_request_blocks_are_refused_whole() {
     use vm_memory::{Bytes, GuestAddress};
     let mut h = harness();
-    let end = h.space.ram.end();
+    let end = h.space.ram().end();
     let block = h.block_gpa;
-    let chunk_last = (h.space.pool.chunks[0].0 + 511) * PAGE;
-    let text = h.space.kernel.phys_start;
+    let chunk_last = (h.space.pool().chunks[0].raw() + 511) * PAGE;
+    let text = h.space.kernel().phys_start;
     let bad0 = h.hc.bad_blocks;
     // Blocks whose header says "1 request" (or 2) but which lie where the host must not
     // read or write: the header is planted there directly (host side), then rung.
@@ -498,12 +499,12 @@ fn bad_request_blocks_are_refused_whole() {
     for &(g, count) in planted {
         let mut saved = [0u8; 8];
         h.space
-            .ram
+            .ram()
             .mem
             .read_slice(&mut saved, GuestAddress(g))
             .expect("read");
         h.space
-            .ram
+            .ram()
             .mem
             .write_obj(
                 memvisor_abi::Batch {
@@ -515,7 +516,7 @@ fn bad_request_blocks_are_refused_whole() {
             .expect("plant");
         let _ = h.hc.handle(&mut h.space, g);
         h.space
-            .ram
+            .ram()
             .mem
             .write_slice(&saved, GuestAddress(g))
             .expect("restore");
@@ -582,7 +583,7 @@ fn blocks_straddling_the_mmio_hole_are_refused() {
         (hole - 64 * 512, 512, true),
     ] {
         h.space
-            .ram
+            .ram()
             .mem
             .write_obj(
                 memvisor_abi::Batch {
@@ -594,14 +595,14 @@ fn blocks_straddling_the_mmio_hole_are_refused() {
             .expect("plant");
         for i in 0..count as u64 {
             h.space
-                .ram
+                .ram()
                 .mem
                 .write_obj(req(Call::Nop, [0; 5]), GuestAddress(g + 8 + i * 64))
                 .ok();
         }
         let before = h.hc.bad_blocks;
         let _ = h.hc.handle(&mut h.space, g);
-        let back: memvisor_abi::Batch = h.space.ram.mem.read_obj(GuestAddress(g)).expect("read");
+        let back: memvisor_abi::Batch = h.space.ram().mem.read_obj(GuestAddress(g)).expect("read");
         assert_eq!(
             h.hc.bad_blocks - before,
             u64::from(refused),
@@ -624,7 +625,7 @@ fn blocks_straddling_the_mmio_hole_are_refused() {
 #[test]
 fn console_records_and_fault_reports_are_bounded() {
     let mut h = harness();
-    let text = h.space.kernel.segments[0].gva;
+    let text = h.space.kernel().segments[0].gva;
     // 64 KiB console writes from the kernel text: the host keeps at most 4 MiB.
     let reqs: Vec<Request> = (0..MAX_BATCH.min(h.block_cap as u32))
         .map(|_| req(Call::ConsoleWrite, [text, 64 << 10, 0, 0, 0]))
@@ -657,9 +658,9 @@ fn console_records_and_fault_reports_are_bounded() {
         .collect();
     ok(&mut h, &reqs);
     assert!(
-        h.space.counters.by_kind.len() <= 257,
+        h.space.counters().by_kind.len() <= 257,
         "{}",
-        h.space.counters.by_kind.len()
+        h.space.counters().by_kind.len()
     );
     h.finish().expect("teardown");
 }
@@ -687,7 +688,7 @@ fn stats_are_exact() {
     assert_eq!(r.leaks.len(), 1);
     assert_eq!(r.leaks[0].frames, 8);
     // Stats into read-only or foreign memory faults.
-    let text = h.space.kernel.segments[0].gva;
+    let text = h.space.kernel().segments[0].gva;
     let pt = DIRECT_MAP_BASE + h.space.cr3();
     for g in [text, pt, 0, u64::MAX - 8, memvisor_abi::DOORBELL_GVA] {
         assert_eq!(
@@ -710,7 +711,7 @@ fn boot_fixed_gpa_agrees_with_the_page_walk() {
     // (start, end) of each range the host never edits; page tails past a segment's end are
     // mapped too but left to the walk.
     let mut ranges: Vec<(u64, u64)> = s
-        .kernel
+        .kernel()
         .segments
         .iter()
         .map(|seg| (seg.gva, seg.gva + seg.memsz))

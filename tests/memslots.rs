@@ -43,6 +43,18 @@ fn dirty_logged_read_only_and_removed_memslots() {
         .unwrap();
     vm.map_gpa(dirty_gva, base, 4 << 12, PageSize::Size4K, flags)
         .unwrap();
+    let wx = vm.map_gpa(
+        0x5000_0002_0000,
+        base,
+        4096,
+        PageSize::Size4K,
+        flags - PteFlags::NO_EXECUTE,
+    );
+    assert_eq!(
+        matches!(wx, Err(VmOpError::Status { .. })),
+        vm.features().nx,
+        "W+X leaf: {wx:?}"
+    );
     let one_g = vm.map_gpa(1 << 46, 1 << 40, 1 << 30, PageSize::Size1G, flags);
     assert_eq!(
         matches!(one_g, Err(VmOpError::Unsupported(_))),

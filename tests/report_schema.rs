@@ -74,8 +74,12 @@ fn every_scenario_matches_the_schema() {
         assert_valid(&v, &format!("{all:?}"), &json);
         names.push(args[1]);
     }
-    for (name, _, _) in memvisor::scenario::SCENARIOS {
-        assert!(names.contains(name), "scenario {name} is not checked");
+    for s in memvisor::registry::listed() {
+        assert!(
+            names.contains(&s.name),
+            "scenario {} is not checked",
+            s.name
+        );
     }
     let (bench, status) = json_of(&["bench", "--quick", "--json"]);
     assert_eq!(status, Some(0));

@@ -32,8 +32,11 @@ mod guest {
         let r3 = expect_fault(|| {
             read();
         });
+        // SAFETY: arg[1] is a fresh zeroed data page the host mapped without execute
+        // permission (NX): the fetch faults and the fault is caught; nothing runs.
         let fetch = unsafe { probe::fetch(boot().arg[1]) };
         fault::install(6, Some(skip_ud2));
+        // SAFETY: each #UD is handled by `skip_ud2`, which resumes after that `ud2`.
         unsafe { core::arch::asm!("ud2", "ud2") };
         sync!(
             r0.0,

@@ -304,7 +304,7 @@ fn builder_api_runs_with_extra_ranges_and_rejects_bad_ones() {
 fn write_instructions_are_decoded_back_from_the_exit_rip() {
     use memvisor::boot::cpuid::Features;
     use memvisor::space::AddressSpace;
-    use memvisor_abi::{map, prot, zone};
+    use memvisor_abi::{MapFlags, Prot, Zone};
     let kernel = memvisor::guest_image::GUEST_ELF.to_vec();
     let features = Features {
         nx: true,
@@ -319,13 +319,7 @@ fn write_instructions_are_decoded_back_from_the_exit_rip() {
     )
     .expect("address space");
     let page = sp
-        .mmap(
-            4096,
-            prot::READ | prot::WRITE | prot::USER,
-            zone::ANY,
-            map::POPULATE,
-            0,
-        )
+        .mmap(4096, Prot::USER_RW, Zone::ANY, MapFlags::POPULATE, 0)
         .expect("mmap");
     let gpa = sp.translate_gva(page).expect("mapped");
     // At +0x100: `mov [rbx+8], rax` (48 89 43 08), then at +0x104 `push rax` (50), then at

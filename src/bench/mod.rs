@@ -8,7 +8,7 @@
 
 use crate::addr::{Gpa, Gva, Pfn};
 use crate::frames::BitmapAllocator;
-use crate::paging::{map_direct, FramePool, PageSize, PageTables, PteFlags};
+use crate::paging::{FramePool, PageSize, PageTables, PteFlags};
 use crate::report::Report;
 use crate::vmm::{self, VmConfig, VmmError};
 use serde::Serialize;
@@ -156,7 +156,7 @@ fn host_minor_fault_ns(pages: usize) -> f64 {
 
 /// Page-table build figures: ns per entry for a direct map of `bytes` with `size` pages, and
 /// memset of the same number of PTE bytes, one of each per rep (interleaved, as in
-/// `benches/paging.rs`); medians over `reps`.
+/// `crates/paging/benches/paging.rs`); medians over `reps`.
 fn pt_build(bytes: u64, size: PageSize, reps: usize) -> (f64, f64) {
     let entries = bytes / size.bytes();
     let tables = (entries / 512 + 8) as usize;
@@ -171,37 +171,29 @@ fn pt_build(bytes: u64, size: PageSize, reps: usize) -> (f64, f64) {
     let mut buf = vec![0xffu8; (entries * 8) as usize];
     let mut memsets = Vec::new();
     for _ in 0..reps {
-        let Ok(mut pool) = FramePool::new(Pfn(1), (mem_bytes / 4096 - 1) as u64) else {
+        let Ok(mut pool) = FramePool::new(Pfn::new(1), (mem_bytes / 4096 - 1) as u64) else {
             return (f64::NAN, f64::NAN);
         };
         let Ok(mut pt) = PageTables::new(&mem, &mut pool) else {
             return (f64::NAN, f64::NAN);
         };
         // Map GPAs above the table memory (a writable mapping over table frames is refused).
-        let base = Gpa(1 << 40);
+        let base = Gpa::new(1 << 40);
         let t0 = Instant::now();
         let ok = match size {
             PageSize::Size4K => pt
-                .map_range(
-                    &mem,
-                    &mut pool,
-                    Gva(0xffff_8880_0000_0000),
-                    base,
-                    bytes,
-                    size,
+                .edit(&mem, &mut pool)
+                .map_range(Gva::new(0xffff_8880_0000_0000), base, bytes, size, flags)
+                .is_ok(),
+            _ => pt
+                .edit(&mem, &mut pool)
+                .map_direct(
+                    Gva::new(0xffff_8880_0000_0000),
+                    &[(base, bytes)],
+                    false,
                     flags,
                 )
                 .is_ok(),
-            _ => map_direct(
-                &mut pt,
-                &mem,
-                &mut pool,
-                Gva(0xffff_8880_0000_0000),
-                &[(base, bytes)],
-                false,
-                flags,
-            )
-            .is_ok(),
         };
         let dt = t0.elapsed();
         if !ok {
@@ -226,7 +218,7 @@ fn pt_build(bytes: u64, size: PageSize, reps: usize) -> (f64, f64) {
 /// FrameAllocator, 1 GiB of frames (ns per pair).
 fn frames_pair() -> (f64, f64) {
     let frames = (1u64 << 30) / 4096;
-    let mut ours = BitmapAllocator::new(Pfn(0), frames);
+    let mut ours = BitmapAllocator::new(Pfn::new(0), frames);
     let a = median_ns(9, 100_000, || {
         if let Ok(p) = ours.alloc() {
             let _ = ours.free(p, 1);
@@ -245,16 +237,10 @@ fn frames_pair() -> (f64, f64) {
 fn guest_config(quick: bool) -> VmConfig {
     VmConfig {
         mem_bytes: 256 << 20,
-        kernel: crate::guest_image::GUEST_ELF.to_vec(),
-        scenario: memvisor_abi::scenario::BENCH,
-        scenario_name: "bench".into(),
+        scenario: "bench".into(),
         flags: if quick { memvisor_abi::flags::QUICK } else { 0 },
-        arg: [0; 4],
         timeout: Duration::from_secs(300),
-        zone_preset: crate::frames::ZonePreset::X86_64,
-        echo_console: false,
-        check_invariants: false,
-        uffd: false,
+        ..VmConfig::default()
     }
 }
 
@@ -545,8 +531,7 @@ fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
 /// Median VMM start → first guest instruction (µs) and memslot registration (µs), 256 MiB.
 fn boot_figures(runs: usize) -> Result<(f64, f64), BenchError> {
     let mut cfg = guest_config(true);
-    cfg.scenario = memvisor_abi::scenario::BOOT;
-    cfg.scenario_name = "boot".into();
+    cfg.scenario = "boot".into();
     let mut first = Vec::new();
     let mut slots = Vec::new();
     for _ in 0..runs {
@@ -563,8 +548,7 @@ fn boot_figures(runs: usize) -> Result<(f64, f64), BenchError> {
 fn memslot_per_gib(quick: bool) -> Result<(f64, f64), BenchError> {
     let mut cfg = guest_config(true);
     cfg.mem_bytes = 4 << 30;
-    cfg.scenario = memvisor_abi::scenario::BOOT;
-    cfg.scenario_name = "boot".into();
+    cfg.scenario = "boot".into();
     let runs = if quick { 1 } else { 5 };
     let mut slot = Vec::new();
     let mut setup = Vec::new();

@@ -25,8 +25,17 @@ pub const BOOT_GDT: [u64; 3] = [
     gdt_entry(0xc093, 0, 0xfffff),
 ];
 
-/// Decode a descriptor into KVM's segment form for `KVM_SET_SREGS`.
+/// Decode GDT entry `index` into KVM's segment form for `KVM_SET_SREGS` (selector
+/// `index * 8`, RPL 0).
 pub fn kvm_segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
+    decode_descriptor(entry, u16::from(index) * 8)
+}
+
+/// The one segment-descriptor decoder (Intel SDM Vol. 3A §3.4.5, Figure 3-8): base
+/// (bits 63:56, 39:16), limit (51:48, 15:0; scaled by 4 KiB when G), type, S, DPL, P, AVL,
+/// L, D/B, G, as KVM's segment-register cache for `selector`. A not-present descriptor is
+/// `unusable`. Used for the boot GDT and for the guest's GDT entries read by the #PF assist.
+pub fn decode_descriptor(entry: u64, selector: u16) -> kvm_segment {
     let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
@@ -38,7 +47,7 @@ pub fn kvm_segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     kvm_segment {
         base,
         limit,
-        selector: (index as u16) * 8,
+        selector,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
         dpl: ((entry >> 45) & 3) as u8,
@@ -77,5 +86,12 @@ mod tests {
         assert_eq!((ds.l, ds.db, ds.type_, ds.unusable), (0, 1, 3, 0));
         let null = kvm_segment_from_gdt(0, 0);
         assert_eq!(null.unusable, 1);
+        // A ring-3 selector (RPL 3) is kept as given; the rest decodes the same.
+        let user = decode_descriptor(BOOT_GDT[1], 0x0b);
+        assert_eq!(user.selector, 0x0b);
+        assert_eq!(
+            (user.base, user.limit, user.l, user.type_),
+            (0, 0xffff_ffff, 1, 0xb)
+        );
     }
 }

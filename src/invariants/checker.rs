@@ -2,7 +2,6 @@
 //! [`super::MAX_VIOLATIONS`]), the frame [`Claim`]s of each owner, the stacks, and small helpers.
 
 use super::{FrameState, Violation, MAX_VIOLATIONS};
-use crate::addr::Gva;
 use crate::layout::{
     BOOT_STACK_BOTTOM, BOOT_STACK_TOP, DF_STACK_BOTTOM, DF_STACK_TOP, USER_STACK_BOTTOM,
     USER_STACK_TOP,
@@ -72,9 +71,9 @@ impl Checker<'_> {
 
 /// The leaf PTE mapping `gva` and where it is (table PFN, index), if any.
 fn leaf_pte(space: &AddressSpace, gva: u64) -> (Option<u64>, Option<(u64, u16)>) {
-    match space.pt.translate(&space.ram.mem, Gva(gva)) {
+    match space.pt.translate_raw(&space.ram.mem, gva) {
         Ok(t) => {
-            let at = t.entries().last().map(|e| (e.table.0, e.index));
+            let at = t.entries().last().map(|e| (e.table.raw(), e.index));
             (Some(t.leaf_pte.raw()), at)
         }
         Err(_) => (None, None),

@@ -18,7 +18,7 @@ pub(super) fn check_tables(c: &mut Checker<'_>) -> u64 {
         if !space.pool.owns(t) || !space.pool.is_table(t) {
             c.frame(
                 "table_frame_outside_pool",
-                t.0,
+                t.raw(),
                 "a page-table frame is not a table frame of the pool".into(),
             );
         }
@@ -73,7 +73,7 @@ pub(super) fn check_frames(
     }
     for ch in &space.pool.chunks {
         claims.push(Claim {
-            start: ch.0,
+            start: ch.raw(),
             count: TABLE_POOL_CHUNK_FRAMES,
             state: FrameState::TablePool,
             gva: None,
@@ -81,17 +81,17 @@ pub(super) fn check_frames(
     }
     for p in &space.stack_frames {
         claims.push(Claim {
-            start: p.0,
+            start: p.raw(),
             count: 1,
             state: FrameState::Stack,
             gva: None,
         });
     }
-    for &(p, n) in &space.matrix_frames {
+    for &(p, n) in space.host_areas().iter().flat_map(|a| &a.frames) {
         claims.push(Claim {
-            start: p.0,
+            start: p.raw(),
             count: n,
-            state: FrameState::Matrix,
+            state: FrameState::HostArea,
             gva: None,
         });
     }
@@ -119,7 +119,7 @@ pub(super) fn check_frames(
         // The allocator must agree: reserved for boot structures and the kernel, allocated
         // for everything else.
         for pfn in cl.start..cl.start + cl.count {
-            let p = crate::addr::Pfn(pfn);
+            let p = crate::addr::Pfn::new(pfn);
             let ok = if cl.state.reserved() {
                 space.zones.is_reserved(p) && space.zones.is_ram(p)
             } else {
@@ -152,7 +152,7 @@ pub(super) fn check_frames(
     let mut zones = Vec::new();
     let mut counts_by_state = FrameCounts::default();
     for z in &stats {
-        let (zs, ze) = (z.start_pfn.0, z.end_pfn.0);
+        let (zs, ze) = (z.start_pfn.raw(), z.end_pfn.raw());
         let (mut owned, mut reserved) = (0u64, 0u64);
         for cl in &claims {
             let (s, e) = (cl.start.max(zs), (cl.start + cl.count).min(ze));
@@ -223,7 +223,7 @@ pub(super) fn check_frames(
             FrameState::TablePool => counts_by_state.table_pool += n,
             FrameState::Stack => counts_by_state.stacks += n,
             FrameState::Mapped { .. } => counts_by_state.mapped += n,
-            FrameState::Blob | FrameState::Matrix => counts_by_state.host_data += n,
+            FrameState::Blob | FrameState::HostArea => counts_by_state.host_data += n,
         }
     }
     counts_by_state.page_tables = tables;
@@ -255,7 +255,7 @@ fn hunt_unowned(c: &mut Checker<'_>, claims: &[Claim], zs: u64, ze: u64) {
         if found >= 8 {
             break;
         }
-        if !c.space.zones.is_allocated(crate::addr::Pfn(pfn)) {
+        if !c.space.zones.is_allocated(crate::addr::Pfn::new(pfn)) {
             continue;
         }
         // Claims are sorted and (else already reported) disjoint: only the last one starting

@@ -7,10 +7,7 @@
 use super::checker::{overlaps, Checker, Claim, STACKS};
 use super::{FrameState, LeafCounts, LEAK_FRAMES_LISTED};
 use crate::addr::{Gva, PAGE_SIZE};
-use crate::layout::{
-    BLOB_GVA, DIRECT_MAP_BASE, MMAP_WINDOW_END, MMAP_WINDOW_START, TABLE_POOL_CHUNK_FRAMES,
-};
-use crate::matrix::tables::AREA as MATRIX_AREA;
+use crate::layout::{DIRECT_MAP_BASE, MMAP_WINDOW_END, MMAP_WINDOW_START, TABLE_POOL_CHUNK_FRAMES};
 use crate::paging::{Leaf, PteFlags};
 use crate::space::ops::pte_flags_for;
 use crate::space::AddressSpace;
@@ -18,7 +15,7 @@ use memvisor_abi::{stage2 as s2, DOORBELL_GPA, DOORBELL_GVA};
 use std::collections::{BTreeMap, HashMap};
 
 /// The blob area: the PML4 slot of [`crate::layout::BLOB_GVA`].
-pub(super) const BLOB_AREA: core::ops::Range<u64> = BLOB_GVA..BLOB_GVA + (1 << 39);
+pub(super) use crate::layout::BLOB_AREA;
 
 /// Where a leaf lives.
 enum Area {
@@ -50,7 +47,7 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
     let nx = space.features.nx && !space.build_options.no_nx;
     let pool_frames = |gpa: u64, size: u64| -> Option<u64> {
         space.pool.chunks.iter().find_map(|ch| {
-            let (s, n) = (ch.0 * PAGE_SIZE, TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE);
+            let (s, n) = (ch.raw() * PAGE_SIZE, TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE);
             overlaps(gpa, size, s, n).then(|| gpa.max(s) / PAGE_SIZE)
         })
     };
@@ -73,7 +70,7 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
         let mut g = bottom;
         while g < top {
             if let Some(p) = it.next() {
-                stack_map.insert(g, p.0);
+                stack_map.insert(g, p.raw());
             }
             g += PAGE_SIZE;
         }
@@ -98,29 +95,28 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
             space.pt.leaves(mem)
         }
     };
-    let matrix = !space.matrix_frames.is_empty();
-    if matrix {
-        // The fault matrix maps its frames (data frame, records buffer) in its own area, on
+    for area in space.host_areas() {
+        // A scenario's host area (the fault matrix's: data frame, records buffer) may sit on
         // tables with deliberately non-present or reserved-bit entries: only what can be
         // walked is checked: every leaf there maps one of its frames.
-        let len = MATRIX_AREA.end - MATRIX_AREA.start;
+        let len = area.gva.end - area.gva.start;
         let mine = space
             .pt
-            .leaves_in_range(mem, Gva(MATRIX_AREA.start), len)
+            .leaves_in_range(mem, Gva::new(area.gva.start), len)
             .unwrap_or_default();
         for l in mine {
-            let (first, n) = (l.gpa.0 / PAGE_SIZE, l.size.bytes() / PAGE_SIZE);
-            let owned = space
-                .matrix_frames
+            let (first, n) = (l.gpa.raw() / PAGE_SIZE, l.size.bytes() / PAGE_SIZE);
+            let owned = area
+                .frames
                 .iter()
-                .any(|&(p, k)| first >= p.0 && first + n <= p.0 + k);
+                .any(|&(p, k)| first >= p.raw() && first + n <= p.raw() + k);
             counts.host_data += 1;
             if !owned {
                 c.at(
                     "stray_leaf",
                     Some(first),
-                    l.gva.0,
-                    "a leaf of the fault matrix's area maps a frame the matrix does not own".into(),
+                    l.gva.raw(),
+                    "a leaf of a host area maps a frame the area does not own".into(),
                 );
             }
         }
@@ -129,7 +125,7 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
     let mut mapped_in_region: BTreeMap<u64, (u64, Vec<u64>)> = BTreeMap::new();
     let mut stack_leaves = 0u64;
     for leaf in &leaves {
-        let (gva, gpa, size) = (leaf.gva.0, leaf.gpa.0, leaf.size.bytes());
+        let (gva, gpa, size) = (leaf.gva.raw(), leaf.gpa.raw(), leaf.size.bytes());
         let f = leaf.flags;
         let w = f.contains(PteFlags::WRITABLE);
         let x = !nx || !f.contains(PteFlags::NO_EXECUTE);
@@ -349,7 +345,7 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
                             "leaf flags [{}] differ from region {}'s protection {:#x} ([{}])",
                             f & mask,
                             r.id,
-                            r.prot_at(gva),
+                            r.prot_at(gva).bits(),
                             want & mask
                         ),
                     );
@@ -393,23 +389,27 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
     }
 }
 
-/// Every leaf, outside the fault matrix's area when it is in use (see [`check_leaves`]).
+/// Every leaf outside the host areas (see [`check_leaves`]).
 fn walk_leaves(space: &AddressSpace) -> Result<Vec<Leaf>, crate::paging::PagingError> {
     let mem = &space.ram.mem;
-    if space.matrix_frames.is_empty() {
+    if space.host_areas().is_empty() {
         return space.pt.try_leaves(mem);
     }
-    let mut out = space.pt.leaves_in_range(mem, Gva(0), MATRIX_AREA.start)?;
     let low_end = 1u64 << 47;
+    let mut areas: Vec<_> = space.host_areas().iter().map(|a| a.gva.clone()).collect();
+    areas.sort_unstable_by_key(|r| r.start);
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for r in areas.iter().chain(std::iter::once(&(low_end..low_end))) {
+        if r.start > at {
+            out.extend(space.pt.leaves_in_range(mem, Gva::new(at), r.start - at)?);
+        }
+        at = at.max(r.end);
+    }
     out.extend(
         space
             .pt
-            .leaves_in_range(mem, Gva(MATRIX_AREA.end), low_end - MATRIX_AREA.end)?,
-    );
-    out.extend(
-        space
-            .pt
-            .leaves_in_range(mem, Gva(!(low_end - 1)), low_end)?,
+            .leaves_in_range(mem, Gva::new(!(low_end - 1)), low_end)?,
     );
     Ok(out)
 }

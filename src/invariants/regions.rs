@@ -5,7 +5,7 @@
 
 use super::checker::{Checker, STACKS};
 use super::Leak;
-use crate::addr::{Gva, PAGE_SIZE};
+use crate::addr::PAGE_SIZE;
 use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
 use crate::space::Backing;
 use memvisor_abi::prot;
@@ -23,7 +23,7 @@ pub(super) fn check_regions(
     // Guard pages: below each stack, after each region.
     for (bottom, _) in STACKS {
         let g = bottom - PAGE_SIZE;
-        if space.pt.translate(mem, Gva(g)).is_ok() {
+        if space.pt.translate_raw(mem, g).is_ok() {
             c.at(
                 "guard_mapped",
                 None,
@@ -70,7 +70,8 @@ pub(super) fn check_regions(
         prev_end = r.end + guard;
         owned_gva.push((r.start, r.end + guard));
         let prot_ok = r.prot.first_key_value().is_some_and(|(&k, _)| k == r.start)
-            && r.prot.iter().all(|(&k, &p)| {
+            && r.prot.iter().all(|(&k, p)| {
+                let p = p.bits();
                 k >= r.start
                     && k < r.end
                     && p != prot::NONE
@@ -88,7 +89,7 @@ pub(super) fn check_regions(
                 ),
             );
         }
-        if r.guard && space.pt.translate(mem, Gva(r.end)).is_ok() {
+        if r.guard && space.pt.translate_raw(mem, r.end).is_ok() {
             c.at(
                 "guard_mapped",
                 None,

@@ -64,9 +64,10 @@ pub enum FrameState {
     /// A read-only blob the host mapped for the guest at [`crate::layout::BLOB_GVA`] (e.g. a
     /// replay trace; allocated).
     Blob,
-    /// The fault matrix's data frame and records buffer
-    /// ([`AddressSpace::matrix_frames`](crate::space::AddressSpace::matrix_frames); allocated).
-    Matrix,
+    /// Owned by a scenario's host area
+    /// ([`AddressSpace::host_areas`](crate::space::AddressSpace::host_areas); allocated), e.g.
+    /// the fault matrix's data frame and records buffer.
+    HostArea,
     /// Mapped for the mmap region with this id (allocated).
     Mapped {
         /// The owner region's id.

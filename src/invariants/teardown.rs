@@ -22,12 +22,12 @@ pub fn teardown_check(space: &mut AddressSpace) -> Result<TeardownReport, Vec<Vi
         .pt
         .leaves_in_range(
             &space.ram.mem,
-            Gva(MMAP_WINDOW_START),
+            Gva::new(MMAP_WINDOW_START),
             MMAP_WINDOW_END - MMAP_WINDOW_START,
         )
         .unwrap_or_default();
     for leaf in window {
-        let first = leaf.gpa.0 / PAGE_SIZE;
+        let first = leaf.gpa.raw() / PAGE_SIZE;
         data.extend(first..first + leaf.size.bytes() / PAGE_SIZE);
     }
     let regions: Vec<(u64, u64)> = space.regions.values().map(|r| (r.start, r.end)).collect();
@@ -43,12 +43,13 @@ pub fn teardown_check(space: &mut AddressSpace) -> Result<TeardownReport, Vec<Vi
             });
         }
     }
-    space.shadow_stale = false;
+    // No KVM here: the owed shadow flush has nothing to flush.
+    space.take_shadow_flush().discard();
     if let Err(v) = check(space) {
         out.extend(v);
     }
     for &pfn in &data {
-        if !space.zones.is_free(crate::addr::Pfn(pfn)) {
+        if !space.zones.is_free(crate::addr::Pfn::new(pfn)) {
             out.push(Violation {
                 kind: "teardown",
                 frame: Some(pfn),
@@ -86,7 +87,7 @@ pub fn teardown_check(space: &mut AddressSpace) -> Result<TeardownReport, Vec<Vi
         } else {
             out.push(Violation {
                 kind: "teardown",
-                frame: Some(ch.0),
+                frame: Some(ch.raw()),
                 gva: None,
                 pte: None,
                 pte_at: None,
@@ -98,20 +99,21 @@ pub fn teardown_check(space: &mut AddressSpace) -> Result<TeardownReport, Vec<Vi
         .pt
         .leaves_in_range(
             &space.ram.mem,
-            Gva(BLOB_AREA.start),
+            Gva::new(BLOB_AREA.start),
             BLOB_AREA.end - BLOB_AREA.start,
         )
         .unwrap_or_default()
         .iter()
-        .map(|l| (l.gpa.0 / PAGE_SIZE, l.size.bytes() / PAGE_SIZE))
+        .map(|l| (l.gpa.raw() / PAGE_SIZE, l.size.bytes() / PAGE_SIZE))
         .collect();
     let host_data = space
-        .matrix_frames
+        .host_areas()
         .iter()
-        .map(|&(p, n)| (p.0, n))
+        .flat_map(|a| &a.frames)
+        .map(|&(p, n)| (p.raw(), n))
         .chain(blob);
     for (p, n) in host_data {
-        if zones.free(crate::addr::Pfn(p), n).is_ok() {
+        if zones.free(crate::addr::Pfn::new(p), n).is_ok() {
             boot_frames += n;
         } else {
             out.push(Violation {
@@ -130,7 +132,7 @@ pub fn teardown_check(space: &mut AddressSpace) -> Result<TeardownReport, Vec<Vi
         } else {
             out.push(Violation {
                 kind: "teardown",
-                frame: Some(p.0),
+                frame: Some(p.raw()),
                 gva: None,
                 pte: None,
                 pte_at: None,

@@ -26,11 +26,9 @@ fn space() -> AddressSpace {
 fn map_stage2(space: &mut AddressSpace, gpa: u64, len: u64) {
     let flags = Protection::USER_DATA.to_pte_flags(space.features.nx);
     assert!(space.ensure_pool(8).is_ok());
-    let res = space.pt.map_range(
-        &space.ram.mem,
-        &mut space.pool,
-        Gva(s2::GVA_BASE + (gpa - s2::GPA_BASE)),
-        Gpa(gpa),
+    let res = space.pt.edit(&space.ram.mem, &mut space.pool).map_range(
+        Gva::new(s2::GVA_BASE + (gpa - s2::GPA_BASE)),
+        Gpa::new(gpa),
         len,
         PageSize::Size4K,
         flags,

@@ -191,7 +191,7 @@ impl MatrixRun {
                     .map_err(|_| Status::Fault)?;
             }
         }
-        space.shadow_stale = true;
+        space.owe_shadow_flush(crate::paging::ShadowFlush::needed());
         Ok(0)
     }
 

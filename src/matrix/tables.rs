@@ -25,16 +25,12 @@ use crate::space::{AddressSpace, SpaceError};
 use memvisor_abi::matrix::{Plan, NOT_FAULTED, RECORD_BYTES};
 use vm_memory::{Bytes, GuestAddress};
 
-/// First PML4 slot of the matrix VAs.
-pub const MATRIX_SLOT: u64 = 64;
-/// First PML4 slot of the reserved-bit VAs.
-pub const RSVD_SLOT: u64 = 80;
-/// GVA of the records buffer (PML4 slot 90).
-pub const BUF_GVA: u64 = 90 << 39;
+/// The matrix's slots and records buffer (defined in [`crate::layout`]).
+pub use crate::layout::{MATRIX_BUF_GVA as BUF_GVA, MATRIX_RSVD_SLOT as RSVD_SLOT, MATRIX_SLOT};
 /// Bytes at the start of the buffer for the plan (whole pages).
 pub const PLAN_BYTES: u64 = (core::mem::size_of::<Plan>() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
 /// The GVAs this module maps: PML4 slots 64 (first matrix VA) to 90 (records buffer).
-pub const AREA: core::ops::Range<u64> = (MATRIX_SLOT << 39)..((BUF_GVA >> 39) + 1) << 39;
+pub use crate::layout::MATRIX_AREA as AREA;
 /// Matrix VAs (16^4).
 pub const MATRIX_VAS: usize = 1 << 16;
 /// Reserved-bit VAs.
@@ -126,7 +122,7 @@ fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
             .pt
             .protect(
                 &space.ram.mem,
-                Gva(DIRECT_MAP_BASE + chunk.0 * PAGE_SIZE),
+                Gva::new(DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
                 TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE,
                 ro,
             )
@@ -146,6 +142,9 @@ fn frames(space: &mut AddressSpace, n: u64) -> Result<Pfn, SpaceError> {
 /// Build the test tables for `vas`, the data frame and a records buffer of `buf_bytes`
 /// (plan included) filled with `records` (already laid out by the caller). `phys_bits` is
 /// the guest's MAXPHYADDR.
+///
+/// # Errors
+/// The [`Status`](memvisor_abi::Status) of the first table edit or memory access that failed.
 pub fn build(
     space: &mut AddressSpace,
     vas: &[TestVa],
@@ -158,7 +157,7 @@ pub fn build(
     reserve_tables(space, need)?;
 
     let data = frames(space, 1)?;
-    let data_gpa = data.gpa()?.0;
+    let data_gpa = data.gpa()?.raw();
     space
         .ram
         .mem
@@ -167,10 +166,10 @@ pub fn build(
             what: "matrix data frame",
         })?;
 
-    space.matrix_frames.push((data, 1));
+    space.add_host_frames(AREA, data, 1);
     let buf_pfn = frames(space, buf_bytes / PAGE_SIZE)?;
-    space.matrix_frames.push((buf_pfn, buf_bytes / PAGE_SIZE));
-    let buf_gpa = buf_pfn.gpa()?.0;
+    space.add_host_frames(AREA, buf_pfn, buf_bytes / PAGE_SIZE);
+    let buf_gpa = buf_pfn.gpa()?.raw();
     space
         .ram
         .mem
@@ -181,11 +180,10 @@ pub fn build(
     let rw_user = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
     space
         .pt
+        .edit(&space.ram.mem, &mut space.pool)
         .map_range(
-            &space.ram.mem,
-            &mut space.pool,
-            Gva(BUF_GVA),
-            Gpa(buf_gpa),
+            Gva::new(BUF_GVA),
+            Gpa::new(buf_gpa),
             buf_bytes,
             PageSize::Size4K,
             rw_user,
@@ -199,11 +197,10 @@ pub fn build(
     for t in vas {
         space
             .pt
+            .edit(mem, &mut space.pool)
             .map(
-                mem,
-                &mut space.pool,
-                Gva(t.va),
-                Gpa(data_gpa),
+                Gva::new(t.va),
+                Gpa::new(data_gpa),
                 PageSize::Size4K,
                 rw_user,
             )
@@ -216,20 +213,23 @@ pub fn build(
         let i = 4 - level as usize;
         let mut last_gpa = None;
         for t in vas {
-            let gpa = space.pt.entry_gpa(mem, Gva(t.va), level).map_err(paging)?;
+            let gpa = space
+                .pt
+                .entry_gpa(mem, Gva::new(t.va), level)
+                .map_err(paging)?;
             if level == 1 {
-                leaf_gpas.push(gpa.0);
+                leaf_gpas.push(gpa.raw());
             }
             // Consecutive VAs share their upper entries: set each entry once.
-            if last_gpa == Some(gpa.0) {
+            if last_gpa == Some(gpa.raw()) {
                 continue;
             }
-            last_gpa = Some(gpa.0);
-            entry_gpas.push(gpa.0);
+            last_gpa = Some(gpa.raw());
+            entry_gpas.push(gpa.raw());
             let flags = PteFlags::from_bits_truncate(t.entries[i] & !ADDR_BITS);
             space
                 .pt
-                .set_entry_flags(mem, Gva(t.va), level, flags)
+                .set_entry_flags(mem, Gva::new(t.va), level, flags)
                 .map_err(paging)?;
         }
     }
@@ -246,7 +246,7 @@ pub fn build(
         if let (Some(level), true) = (t.rsvd_level, rsvd_built) {
             space
                 .pt
-                .poison_entry(mem, Gva(t.va), level, rsvd_bit(phys_bits), phys_bits)
+                .poison_entry(mem, Gva::new(t.va), level, rsvd_bit(phys_bits), phys_bits)
                 .map_err(paging)?;
             if level == 1 {
                 leaf_raw[k] |= rsvd_bit(phys_bits);

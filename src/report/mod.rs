@@ -17,27 +17,13 @@ use crate::boot::cpuid::Features;
 use crate::hypercall::{CallStats, Hypercalls};
 use crate::memory::Memslot;
 use crate::space::{AddressSpace, FaultRecord};
-use crate::vmm::VmConfig;
 use memvisor_abi::E820_RAM;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use latency::{ExitLatency, ExitLatencyStats, LATENCY_BUCKETS_US};
 pub use sections::{E820Json, PageTablesJson, Registers, Stage2Fault, Timings, ZoneJson};
 pub use text::{pf_bits, FAULT_TEXT_MAX};
-
-static JSON_MODE: AtomicBool = AtomicBool::new(false);
-
-/// Route live guest console output to stderr (stdout carries JSON).
-pub fn set_json_mode(on: bool) {
-    JSON_MODE.store(on, Ordering::SeqCst);
-}
-
-/// Whether stdout carries JSON.
-pub fn json_mode() -> bool {
-    JSON_MODE.load(Ordering::SeqCst)
-}
 
 /// How the run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,26 +156,67 @@ pub struct Report {
     pub tsc_khz: u64,
 }
 
+/// What the VMM kept of one run: the input of [`Report::collect`].
+pub struct RunRecord<'a> {
+    /// Scenario name.
+    pub scenario: String,
+    /// Guest RAM in bytes.
+    pub mem_bytes: u64,
+    /// The run's wall-clock limit (named in a timeout's message).
+    pub timeout: std::time::Duration,
+    /// The guest's address space at the end.
+    pub space: &'a AddressSpace,
+    /// KVM memslots of guest RAM.
+    pub memslots: Vec<Memslot>,
+    /// Guest CPU paging features.
+    pub cpu: Features,
+    /// Hypercall statistics, console and records.
+    pub hypercalls: Hypercalls,
+    /// Exits by reason.
+    pub exits: BTreeMap<String, u64>,
+    /// Host handling time of exits by reason.
+    pub exit_latency: ExitLatency,
+    /// Stage-2 faults kept, and their total.
+    pub stage2: (Vec<Stage2Fault>, u64),
+    /// What the stage-2 regions saw, if set up.
+    pub stage2_report: Option<crate::stage2::Stage2Report>,
+    /// Shadow flushes done.
+    pub shadow_flushes: u64,
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// Registers at a crash.
+    pub registers: Option<Registers>,
+    /// Timings.
+    pub timings: Timings,
+    /// TSC frequency the guest was told (kHz).
+    pub tsc_khz: u64,
+    /// KVM's MMU backend and MAXPHYADDR.
+    pub backend: Option<crate::backend::HostInfo>,
+}
+
 impl Report {
-    /// Gather the report after a run.
-    #[allow(clippy::too_many_arguments)]
-    pub fn collect(
-        cfg: &VmConfig,
-        space: &AddressSpace,
-        memslots: Vec<Memslot>,
-        cpu: Features,
-        hc: Hypercalls,
-        exits: BTreeMap<String, u64>,
-        stage2: Vec<Stage2Fault>,
-        stage2_total: u64,
-        shadow_flushes: u64,
-        outcome: Outcome,
-        registers: Option<Registers>,
-        timings: Timings,
-        tsc_khz: u64,
-        exit_latency: ExitLatency,
-        stage2_rep: Option<crate::stage2::Stage2Report>,
-    ) -> Report {
+    /// Gather the report after a run (scenario sections such as `matrix` are added by the
+    /// scenario's host side, [`crate::scenario::Scenario::finish`]).
+    pub fn collect(r: RunRecord<'_>) -> Report {
+        let RunRecord {
+            scenario,
+            mem_bytes,
+            timeout,
+            space,
+            memslots,
+            cpu,
+            hypercalls: hc,
+            exits,
+            exit_latency,
+            stage2: (stage2, stage2_total),
+            stage2_report: stage2_rep,
+            shadow_flushes,
+            outcome,
+            registers,
+            timings,
+            tsc_khz,
+            backend,
+        } = r;
         let e820 = space
             .ram
             .e820
@@ -210,8 +237,8 @@ impl Report {
             .iter()
             .map(|z| ZoneJson {
                 name: z.kind.name(),
-                start: z.start_pfn.0 * 4096,
-                end: z.end_pfn.0 * 4096,
+                start: z.start_pfn.raw() * 4096,
+                end: z.end_pfn.raw() * 4096,
                 present_frames: z.present,
                 managed_frames: z.managed,
                 free_frames: z.free,
@@ -229,7 +256,7 @@ impl Report {
             pd_tables: s.pd_tables,
             pt_tables: s.pt_tables,
             pool_chunks: space.pool.chunks.len() as u64,
-            pool_chunk_gpas: space.pool.chunks.iter().map(|c| c.0 * 4096).collect(),
+            pool_chunk_gpas: space.pool.chunks.iter().map(|c| c.raw() * 4096).collect(),
             mappings_4k: s.mappings_4k,
             mappings_2m: s.mappings_2m,
             mappings_1g: s.mappings_1g,
@@ -241,10 +268,7 @@ impl Report {
             Outcome::Halted => (None, Some("guest halted without calling exit".into())),
             Outcome::Timeout => (
                 None,
-                Some(format!(
-                    "timeout: guest still running after {:?}",
-                    cfg.timeout
-                )),
+                Some(format!("timeout: guest still running after {:?}", timeout)),
             ),
             Outcome::FailEntry { reason, cpu } => (
                 None,
@@ -265,11 +289,11 @@ impl Report {
             ),
         };
         Report {
-            scenario: cfg.scenario_name.clone(),
+            scenario,
             outcome: outcome.name(),
             guest_exit_code: code,
             message,
-            mem_bytes: cfg.mem_bytes,
+            mem_bytes,
             memslots,
             e820,
             zones,
@@ -305,12 +329,9 @@ impl Report {
                 _ => None,
             },
             timings,
-            matrix: hc
-                .matrix
-                .as_deref()
-                .and_then(crate::matrix::MatrixReport::from_run),
+            matrix: None,
             cpu,
-            backend: None,
+            backend,
             tsc_khz,
         }
     }

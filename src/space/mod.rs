@@ -5,6 +5,8 @@
 //! guard pages, boot info); [`ops`] implements the memory hypercalls with every argument
 //! treated as hostile.
 
+#[cfg(test)]
+mod flush_tests;
 pub mod ops;
 pub mod pool;
 
@@ -14,8 +16,8 @@ use crate::boot::loader::{self, KernelImage, LoaderError};
 use crate::frames::{FrameError, FreeMap, ZoneKind, ZonePreset, ZoneTable};
 use crate::layout::*;
 use crate::memory::{GuestRam, MemoryError};
-use crate::paging::{map_direct, PageSize, PageTables, PagingError, Protection, PteFlags};
-use memvisor_abi::{BootInfo, Status, ABI_VERSION, BOOT_MAGIC, MAX_E820};
+use crate::paging::{PageSize, PageTables, PagingError, Protection, PteFlags, ShadowFlush};
+use memvisor_abi::{BootInfo, Prot, Status, Zone, ABI_VERSION, BOOT_MAGIC, MAX_E820};
 pub use pool::TablePool;
 use std::collections::BTreeMap;
 use thiserror::Error;
@@ -94,18 +96,22 @@ pub struct Region {
     pub end: u64,
     /// Whether the page at `end` is this region's reserved guard.
     pub guard: bool,
-    /// Protection by range: key = first GVA of a run, value = `prot` bits until the next key.
-    pub prot: BTreeMap<u64, u64>,
-    /// Zone number frames come from (ABI `zone` value).
-    pub zone: u64,
+    /// Protection by range: key = first GVA of a run, value = its protection until the next
+    /// key.
+    pub prot: BTreeMap<u64, Prot>,
+    /// Zone frames come from (as the guest asked: `Zone::ANY` stays `ANY`).
+    pub zone: Zone,
     /// Populated or lazy.
     pub backing: Backing,
 }
 
 impl Region {
-    /// Protection bits in effect at `gva` (inside the region).
-    pub fn prot_at(&self, gva: u64) -> u64 {
-        self.prot.range(..=gva).next_back().map_or(0, |(_, &p)| p)
+    /// Protection in effect at `gva` (inside the region; `Prot::NONE` outside).
+    pub fn prot_at(&self, gva: u64) -> Prot {
+        self.prot
+            .range(..=gva)
+            .next_back()
+            .map_or(Prot::NONE, |(_, &p)| p)
     }
 }
 
@@ -149,48 +155,123 @@ pub struct SpaceCounters {
 /// Most entries kept in the fault log; later faults are only counted.
 pub const FAULT_LOG_MAX: usize = 4096;
 
-/// The guest's memory, owned by the host.
+/// The guest's memory, owned by the host. Its parts are the crate's (the VMM, the
+/// invariants, the scenarios' host sides edit them together); from outside, read them through
+/// the accessors and change them only through the hypercall operations ([`ops`]).
 pub struct AddressSpace {
     /// Guest RAM and the e820 map.
-    pub ram: GuestRam,
+    pub(crate) ram: GuestRam,
     /// Frame allocator by zone.
-    pub zones: ZoneTable,
+    pub(crate) zones: ZoneTable,
     /// The guest's page tables (CR3 = `pt.root()`).
-    pub pt: PageTables,
+    pub(crate) pt: PageTables,
     /// Frames for page tables.
-    pub pool: TablePool,
+    pub(crate) pool: TablePool,
     /// Free GVA ranges of the mmap window.
-    pub window: FreeMap,
+    pub(crate) window: FreeMap,
     /// Live mmap regions by start GVA.
-    pub regions: BTreeMap<u64, Region>,
+    pub(crate) regions: BTreeMap<u64, Region>,
     /// The loaded kernel image.
-    pub kernel: KernelImage,
+    pub(crate) kernel: KernelImage,
     /// Paging features of the guest CPUID.
-    pub features: Features,
+    pub(crate) features: Features,
     /// Fault log (first [`FAULT_LOG_MAX`] faults).
-    pub faults: Vec<FaultRecord>,
+    pub(crate) faults: Vec<FaultRecord>,
     /// Counters.
-    pub counters: SpaceCounters,
+    pub(crate) counters: SpaceCounters,
     /// Frames of the boot stacks.
-    pub stack_frames: Vec<Pfn>,
-    /// A mapping was removed or its rights reduced since the VMM last flushed KVM's shadow
-    /// page tables (see [`crate::backend::FlushSlot`]).
-    pub shadow_stale: bool,
+    pub(crate) stack_frames: Vec<Pfn>,
+    /// The shadow flush owed since the VMM last flushed KVM's shadow page tables (a mapping
+    /// was removed or its rights reduced; see [`crate::backend::FlushSlot`]). Private: edits
+    /// add to it, [`Self::take_shadow_flush`] hands it to the VMM exactly once.
+    shadow: ShadowFlush,
     /// How the space was built (e.g. `no_nx` for the fault matrix).
-    pub build_options: BuildOptions,
-    /// Frame runs `(first, count)` owned by the fault matrix (its data frame and records
-    /// buffer; its test tables are pool frames), mapped under
-    /// [`crate::matrix::tables::AREA`]. Empty in other scenarios.
-    pub matrix_frames: Vec<(Pfn, u64)>,
+    pub(crate) build_options: BuildOptions,
+    /// GVA areas a scenario's host side maps for its own data ([`HostArea`]; e.g. the fault
+    /// matrix's tables). Empty in most scenarios.
+    host_areas: Vec<HostArea>,
     /// GPA ranges `(first, bytes)` outside RAM that the VMM maps for the guest at
     /// `stage2::GVA_BASE + (gpa - stage2::GPA_BASE)` ([`memvisor_abi::stage2`]): the stage-2
     /// test layout and a test's extra read-only and lazy ranges (`crate::stage2::Stage2::setup`).
     /// Empty unless the stage-2 regions are set up.
-    pub stage2_ranges: Vec<(u64, u64)>,
+    pub(crate) stage2_ranges: Vec<(u64, u64)>,
     /// Host-made mappings of GPAs outside RAM `(gva, len, gpa)` (`Vm::map_gpa`: unbacked
     /// windows and extra memslots); the invariants accept their leaves.
-    pub device_maps: Vec<(u64, u64, u64)>,
+    pub(crate) device_maps: Vec<(u64, u64, u64)>,
     next_region: u64,
+}
+
+/// A GVA area a scenario's host side maps for its own data, on page tables it may build
+/// deliberately malformed (non-present or reserved-bit entries, as the fault matrix does):
+/// the invariants walk only what can be walked there and require every leaf in it to map
+/// one of `frames`, which the teardown frees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostArea {
+    /// `[start, end)` GVAs, in the lower canonical half.
+    pub gva: std::ops::Range<u64>,
+    /// Frame runs `(first, count)` the area owns (allocated from the zones).
+    pub frames: Vec<(Pfn, u64)>,
+}
+
+/// Read access to the parts of an [`AddressSpace`].
+impl AddressSpace {
+    /// Guest RAM and the e820 map.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+    /// The frame allocator by zone.
+    pub fn zones(&self) -> &ZoneTable {
+        &self.zones
+    }
+    /// The guest's page tables.
+    pub fn page_tables(&self) -> &PageTables {
+        &self.pt
+    }
+    /// The page-table frame pool.
+    pub fn pool(&self) -> &TablePool {
+        &self.pool
+    }
+    /// Free GVA ranges of the mmap window.
+    pub fn window(&self) -> &FreeMap {
+        &self.window
+    }
+    /// Live mmap regions by start GVA.
+    pub fn regions(&self) -> &BTreeMap<u64, Region> {
+        &self.regions
+    }
+    /// The loaded kernel image.
+    pub fn kernel(&self) -> &KernelImage {
+        &self.kernel
+    }
+    /// Paging features of the guest CPUID.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+    /// The fault log (first [`FAULT_LOG_MAX`] faults).
+    pub fn faults(&self) -> &[FaultRecord] {
+        &self.faults
+    }
+    /// Counters.
+    pub fn counters(&self) -> &SpaceCounters {
+        &self.counters
+    }
+    /// Frames of the boot, #DF and ring-3 stacks.
+    pub fn stack_frames(&self) -> &[Pfn] {
+        &self.stack_frames
+    }
+    /// How the space was built.
+    pub fn build_options(&self) -> BuildOptions {
+        self.build_options
+    }
+    /// GPA ranges `(first, bytes)` outside RAM mapped for the stage-2 test layout and extra
+    /// ranges.
+    pub fn stage2_ranges(&self) -> &[(u64, u64)] {
+        &self.stage2_ranges
+    }
+    /// Host-made mappings of GPAs outside RAM `(gva, len, gpa)`.
+    pub fn device_maps(&self) -> &[(u64, u64, u64)] {
+        &self.device_maps
+    }
 }
 
 /// Options of [`AddressSpace::build_with`].
@@ -243,8 +324,7 @@ impl AddressSpace {
         if opts.uffd {
             ram.attach_uffd(Box::new(crate::uffd::ZeroSource))?;
         }
-        let ranges: Vec<(Gpa, u64)> = ram.ram.iter().map(|&(a, s)| (Gpa(a), s)).collect();
-        let mut zones = ZoneTable::new(&ranges, preset)?;
+        let mut zones = ZoneTable::new(&ram.ram, preset)?;
         log::debug!("build: RAM + zones after {:?}", t0.elapsed());
         let min = KERNEL_PHYS_BASE + (4 << 20);
         if mem_bytes < min {
@@ -254,10 +334,10 @@ impl AddressSpace {
             });
         }
         // Page 0 and the boot-info frame.
-        zones.reserve(Pfn(0), 2)?;
+        zones.reserve(Pfn::new(0), 2)?;
         let image = loader::load(&ram, kernel)?;
         let kframes = (image.phys_end - image.phys_start) / PAGE_SIZE;
-        zones.reserve(Gpa(image.phys_start).pfn(), kframes)?;
+        zones.reserve(Gpa::new(image.phys_start).pfn(), kframes)?;
 
         // Table frames for the boot mappings: one PD per GiB and one PDPT per 512 GiB of the
         // direct map, edge PTs, the kernel image and stacks, plus slack.
@@ -295,11 +375,9 @@ impl AddressSpace {
             let gva = seg.gva & !(PAGE_SIZE - 1);
             let gpa = seg.gpa & !(PAGE_SIZE - 1);
             let len = (seg.gva + seg.memsz).div_ceil(PAGE_SIZE) * PAGE_SIZE - gva;
-            pt.map_range(
-                &ram.mem,
-                &mut pool,
-                Gva(gva),
-                Gpa(gpa),
+            pt.edit(&ram.mem, &mut pool).map_range(
+                crate::paging::canonical(gva)?,
+                Gpa::new(gpa),
                 len,
                 PageSize::Size4K,
                 prot_flags(prot, nx),
@@ -317,16 +395,13 @@ impl AddressSpace {
         let mut ro: Vec<(u64, u64)> = pool
             .chunks
             .iter()
-            .map(|c| (c.0 * PAGE_SIZE, chunk_bytes))
+            .map(|c| (c.raw() * PAGE_SIZE, chunk_bytes))
             .collect();
         ro.push((kstart, kend - kstart));
-        let (rw_ranges, ro_ranges) = split_ranges(&ranges, &ro);
+        let (rw_ranges, ro_ranges) = split_ranges(&ram.ram, &ro);
         for (list, flags) in [(&rw_ranges, direct_flags), (&ro_ranges, ro_flags)] {
-            map_direct(
-                &mut pt,
-                &ram.mem,
-                &mut pool,
-                Gva(DIRECT_MAP_BASE),
+            pt.edit(&ram.mem, &mut pool).map_direct(
+                Gva::new(DIRECT_MAP_BASE),
                 list,
                 // 2 MiB pages only: a page-table pool chunk grown later must be made
                 // read-only with one PD entry, and 1 GiB leaves are never split.
@@ -352,11 +427,9 @@ impl AddressSpace {
                     .or_else(|_| zones.alloc(ZoneKind::Normal, 1, 1))?;
                 stack_frames.push(pfn);
                 let gpa = pfn.gpa()?;
-                zero_frame(&ram, gpa.0)?;
-                pt.map(
-                    &ram.mem,
-                    &mut pool,
-                    Gva(bottom + i * PAGE_SIZE),
+                zero_frame(&ram, gpa.raw())?;
+                pt.edit(&ram.mem, &mut pool).map(
+                    Gva::new(bottom + i * PAGE_SIZE),
                     gpa,
                     PageSize::Size4K,
                     flags,
@@ -365,11 +438,9 @@ impl AddressSpace {
         }
 
         // The MMIO doorbell page (no memslot behind it): ring 3 can ring the VMM with a write.
-        pt.map(
-            &ram.mem,
-            &mut pool,
-            Gva(memvisor_abi::DOORBELL_GVA),
-            Gpa(memvisor_abi::DOORBELL_GPA),
+        pt.edit(&ram.mem, &mut pool).map(
+            Gva::new(memvisor_abi::DOORBELL_GVA),
+            Gpa::new(memvisor_abi::DOORBELL_GPA),
             PageSize::Size4K,
             direct_flags,
         )?;
@@ -387,16 +458,31 @@ impl AddressSpace {
             faults: Vec::new(),
             counters: SpaceCounters::default(),
             stack_frames,
-            shadow_stale: false,
+            shadow: ShadowFlush::none(),
             build_options: opts,
-            matrix_frames: Vec::new(),
+            host_areas: Vec::new(),
             stage2_ranges: Vec::new(),
             device_maps: Vec::new(),
             next_region: 1,
         };
-        let mut space = space;
-        crate::replay::map_pending_blob(&mut space)?;
         Ok(space)
+    }
+
+    /// Record `count` frames from `first` as owned by the host area `gva` (created on first
+    /// use; see [`HostArea`]).
+    pub fn add_host_frames(&mut self, gva: std::ops::Range<u64>, first: Pfn, count: u64) {
+        match self.host_areas.iter_mut().find(|a| a.gva == gva) {
+            Some(a) => a.frames.push((first, count)),
+            None => self.host_areas.push(HostArea {
+                gva,
+                frames: vec![(first, count)],
+            }),
+        }
+    }
+
+    /// The host areas ([`HostArea`]), in the order they were added.
+    pub fn host_areas(&self) -> &[HostArea] {
+        &self.host_areas
     }
 
     /// Map `bytes` read-only (US, NX) at `gva` (page aligned, outside every other mapping) on
@@ -417,17 +503,15 @@ impl AddressSpace {
                 Err(_) => self.zones.alloc(ZoneKind::Normal, 1, 1)?,
             };
             let gpa = pfn.gpa()?;
-            zero_frame(&self.ram, gpa.0)?;
+            zero_frame(&self.ram, gpa.raw())?;
             let off = (i * PAGE_SIZE) as usize;
             let chunk = &bytes[off..bytes.len().min(off + PAGE_SIZE as usize)];
             self.ram
                 .mem
-                .write_slice(chunk, GuestAddress(gpa.0))
+                .write_slice(chunk, GuestAddress(gpa.raw()))
                 .map_err(|_| SpaceError::Write { what: "blob" })?;
-            self.pt.map(
-                &self.ram.mem,
-                &mut self.pool,
-                Gva(gva + i * PAGE_SIZE),
+            self.pt.edit(&self.ram.mem, &mut self.pool).map(
+                Gva::new(gva + i * PAGE_SIZE),
                 gpa,
                 PageSize::Size4K,
                 flags,
@@ -458,7 +542,7 @@ impl AddressSpace {
             e820,
             ram_bytes: self.ram.bytes,
             direct_map_base: DIRECT_MAP_BASE,
-            pml4_gpa: self.pt.root().0 * PAGE_SIZE,
+            pml4_gpa: self.pt.root().raw() * PAGE_SIZE,
             heap_window: [MMAP_WINDOW_START, MMAP_WINDOW_END],
             stack: [BOOT_STACK_BOTTOM, BOOT_STACK_TOP],
             df_stack: [DF_STACK_BOTTOM, DF_STACK_TOP],
@@ -504,7 +588,7 @@ impl AddressSpace {
 
     /// GPA of the PML4 (the CR3 value).
     pub fn cr3(&self) -> u64 {
-        self.pt.root().0 * PAGE_SIZE
+        self.pt.root().raw() * PAGE_SIZE
     }
 
     /// Allocate a region id.
@@ -523,7 +607,8 @@ pub fn split_ranges(ranges: &[(Gpa, u64)], ro: &[(u64, u64)]) -> (Ranges, Ranges
     let mut cuts: Vec<(u64, u64)> = ro.iter().map(|&(a, l)| (a, a.saturating_add(l))).collect();
     cuts.sort_unstable();
     let (mut outside, mut inside) = (Vec::new(), Vec::new());
-    for &(Gpa(start), len) in ranges {
+    for &(start, len) in ranges {
+        let start = start.raw();
         let end = start + len;
         let mut cur = start;
         for &(a, b) in &cuts {
@@ -532,13 +617,13 @@ pub fn split_ranges(ranges: &[(Gpa, u64)], ro: &[(u64, u64)]) -> (Ranges, Ranges
                 continue;
             }
             if a > cur {
-                outside.push((Gpa(cur), a - cur));
+                outside.push((Gpa::new(cur), a - cur));
             }
-            inside.push((Gpa(a), b - a));
+            inside.push((Gpa::new(a), b - a));
             cur = b;
         }
         if cur < end {
-            outside.push((Gpa(cur), end - cur));
+            outside.push((Gpa::new(cur), end - cur));
         }
     }
     (outside, inside)

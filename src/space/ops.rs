@@ -11,8 +11,8 @@ use super::{zero_frame, AddressSpace, Backing, FaultRecord, Region, SpaceError};
 use crate::addr::{is_canonical, Gpa, Gva, Pfn, LARGE_PAGE_SIZE, PAGE_SIZE};
 use crate::frames::ZoneKind;
 use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
-use crate::paging::{PageSize, PagingError, PteFlags};
-use memvisor_abi::{map, prot, zone, Status};
+use crate::paging::{PageSize, PagingError, PteFlags, ShadowFlush};
+use memvisor_abi::{map, prot, zone, MapFlags, Prot, Status, Zone};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Result of a hypercall operation: a value or an ABI status.
@@ -23,7 +23,8 @@ const PF_W: u64 = 1 << 1;
 
 /// PTE flags for ABI protection bits (`prot` must be non-zero). NX is set unless EXEC, when
 /// the CPU supports NX.
-pub fn pte_flags_for(p: u64, nx: bool) -> PteFlags {
+pub fn pte_flags_for(p: Prot, nx: bool) -> PteFlags {
+    let p = p.bits();
     let mut f = PteFlags::PRESENT;
     if p & prot::WRITE != 0 {
         f |= PteFlags::WRITABLE;
@@ -50,7 +51,8 @@ fn reduces(old: u64, new: u64) -> bool {
     lost(p) || lost(rw) || lost(us) || (new & nx != 0 && old & nx == 0)
 }
 
-fn check_prot(p: u64) -> Result<(), Status> {
+fn check_prot(p: Prot) -> Result<(), Status> {
+    let p = p.bits();
     if p & !prot::ALL != 0 || p == prot::NONE {
         return Err(Status::Inval);
     }
@@ -86,8 +88,8 @@ fn check_fixed(addr: u64, reserve: u64, align: u64) -> Result<(), Status> {
 }
 
 impl AddressSpace {
-    fn zone_kind(&self, z: u64) -> Result<ZoneKind, Status> {
-        let kind = match z {
+    fn zone_kind(&self, z: Zone) -> Result<ZoneKind, Status> {
+        let kind = match z.0 {
             zone::ANY => {
                 // Highest zone present: Normal, else DMA32, else DMA.
                 return [ZoneKind::Normal, ZoneKind::Dma32, ZoneKind::Dma]
@@ -130,7 +132,7 @@ impl AddressSpace {
     /// Give back one data frame run (its mapping is already gone).
     fn release(&mut self, gpa: u64, size: PageSize) {
         let frames = size.bytes() / PAGE_SIZE;
-        if self.zones.free(Gpa(gpa).pfn(), frames).is_ok() {
+        if self.zones.free(Gpa::new(gpa).pfn(), frames).is_ok() {
             self.ram.discard_if_uffd(gpa, size.bytes());
             self.counters.mapped_frames = self.counters.mapped_frames.saturating_sub(frames);
         } else {
@@ -143,8 +145,12 @@ impl AddressSpace {
     /// `map::FIXED` the reservation is exactly `[addr, addr + len + guard)` (checked in this
     /// order: alignment and overflow `Inval`, outside the window `Perm`, zone, then any
     /// overlap with a region or guard page `Exists`); without it `addr` must be 0.
-    pub fn mmap(&mut self, len: u64, p: u64, z: u64, flags: u64, addr: u64) -> HcResult {
+    ///
+    /// # Errors
+    /// The [`Status`] answered to the guest, in the order above; `NoMem` when frames or table frames run out.
+    pub fn mmap(&mut self, len: u64, p: Prot, z: Zone, flags: MapFlags, addr: u64) -> HcResult {
         check_prot(p)?;
+        let flags = flags.bits();
         if flags & !map::ALL != 0 {
             return Err(Status::Inval);
         }
@@ -225,21 +231,15 @@ impl AddressSpace {
                 Ok(p) => p,
                 Err(_) => break Err(Status::NoMem),
             };
-            let gpa = pfn.0 * PAGE_SIZE;
+            let gpa = pfn.raw() * PAGE_SIZE;
             // A fresh run still reads as zero (ZoneTable::alloc_fresh).
             let zeroed =
                 fresh || (0..frames).all(|i| zero_frame(&self.ram, gpa + i * PAGE_SIZE).is_ok());
             let mapped = zeroed
                 && self
                     .pt
-                    .map(
-                        &self.ram.mem,
-                        &mut self.pool,
-                        Gva(gva),
-                        Gpa(gpa),
-                        size,
-                        flags,
-                    )
+                    .edit(&self.ram.mem, &mut self.pool)
+                    .map(Gva::new(gva), Gpa::new(gpa), size, flags)
                     .is_ok();
             if !mapped {
                 let _ = self.zones.free(pfn, frames);
@@ -251,9 +251,13 @@ impl AddressSpace {
         };
         if result.is_err() {
             for (g, _) in done {
-                if let Ok(leaves) = self.pt.unmap(&self.ram.mem, &mut self.pool, Gva(g), step) {
+                if let Ok(leaves) = self
+                    .pt
+                    .edit(&self.ram.mem, &mut self.pool)
+                    .unmap(Gva::new(g), step)
+                {
                     for (_, gpa, sz) in leaves {
-                        self.release(gpa.0, sz);
+                        self.release(gpa.raw(), sz);
                     }
                 }
             }
@@ -266,13 +270,26 @@ impl AddressSpace {
     /// builds shadow entries only from guest PTEs with the Accessed bit set (its walker sets A;
     /// prefetch skips A=0 entries), so a never-accessed leaf needs no flush.
     fn note_shadow(&mut self, old_leaf: u64) {
-        if old_leaf & PteFlags::ACCESSED.bits() != 0 {
-            self.shadow_stale = true;
-        }
+        self.owe_shadow_flush(ShadowFlush::when(old_leaf & PteFlags::ACCESSED.bits() != 0));
+    }
+
+    /// Keep `flush` pending until the VMM takes it ([`Self::take_shadow_flush`]).
+    pub(crate) fn owe_shadow_flush(&mut self, flush: ShadowFlush) {
+        self.shadow.absorb(flush);
+    }
+
+    /// The shadow flush owed since the last take (consumed: a second take owes nothing until
+    /// the next edit). The VMM passes it to [`crate::backend::FlushSlot::flush_owed`];
+    /// host-only harnesses [`ShadowFlush::discard`] it.
+    pub fn take_shadow_flush(&mut self) -> ShadowFlush {
+        std::mem::take(&mut self.shadow)
     }
 
     /// Make sure the table pool has at least `n` free frames, growing it by a chunk (and
     /// marking that chunk read-only in the direct map) if needed.
+    ///
+    /// # Errors
+    /// [`Status::NoMem`] if no chunk of frames is free or it cannot be made read-only.
     pub fn ensure_pool(&mut self, n: u64) -> Result<(), Status> {
         if self.pool.available() >= n {
             return Ok(());
@@ -282,13 +299,13 @@ impl AddressSpace {
         // chunk goes back to the zones and no table is ever built in a writable frame.
         let chunk =
             super::pool::TablePool::alloc_chunk(&mut self.zones).map_err(|_| Status::NoMem)?;
-        let ro = pte_flags_for(prot::READ, self.features.nx);
+        let ro = pte_flags_for(Prot::READ, self.features.nx);
         let len = crate::layout::TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
         if self
             .pt
             .protect(
                 &self.ram.mem,
-                Gva(crate::layout::DIRECT_MAP_BASE + chunk.0 * PAGE_SIZE),
+                Gva::new(crate::layout::DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
                 len,
                 ro,
             )
@@ -300,7 +317,7 @@ impl AddressSpace {
             return Err(Status::NoMem);
         }
         self.pool.add_chunk(chunk);
-        self.shadow_stale = true;
+        self.owe_shadow_flush(ShadowFlush::needed());
         Ok(())
     }
 
@@ -310,20 +327,27 @@ impl AddressSpace {
         // span the whole 16 TiB window, too many pages to translate one by one).
         let present = self
             .pt
-            .leaves_in_range(&self.ram.mem, Gva(gva), end - gva)
+            .leaves_in_range(&self.ram.mem, Gva::new(gva), end - gva)
             .unwrap_or_default();
         for leaf in present {
             let size = leaf.size.bytes();
             self.note_shadow(leaf.flags.bits());
-            if let Ok(leaves) = self.pt.unmap(&self.ram.mem, &mut self.pool, leaf.gva, size) {
+            if let Ok(leaves) = self
+                .pt
+                .edit(&self.ram.mem, &mut self.pool)
+                .unmap(leaf.gva, size)
+            {
                 for (_, gpa, sz) in leaves {
-                    self.release(gpa.0, sz);
+                    self.release(gpa.raw(), sz);
                 }
             }
         }
     }
 
     /// `Munmap`: the range must lie inside one region. Frees the frames and the GVA range.
+    ///
+    /// # Errors
+    /// [`Status::Inval`] for a bad range, the outside-a-region status otherwise.
     pub fn munmap(&mut self, gva: u64, len: u64) -> HcResult {
         let end = check_range(gva, len)?;
         let Some(key) = self.region_for(gva, end) else {
@@ -336,7 +360,7 @@ impl AddressSpace {
         if r.backing == Backing::Populated
             && matches!(
                 self.pt
-                    .translate(&self.ram.mem, Gva(gva))
+                    .translate_raw(&self.ram.mem, gva)
                     .map(|t| t.page_size),
                 Ok(PageSize::Size2M)
             )
@@ -380,7 +404,10 @@ impl AddressSpace {
 
     /// `Mprotect`: new protection for a range inside one region (W^X enforced). Returns the
     /// number of present pages changed.
-    pub fn mprotect(&mut self, gva: u64, len: u64, p: u64) -> HcResult {
+    ///
+    /// # Errors
+    /// [`Status::Inval`] for bad bits or range, `Perm` for W^X, the outside-a-region status.
+    pub fn mprotect(&mut self, gva: u64, len: u64, p: Prot) -> HcResult {
         let end = check_range(gva, len)?;
         check_prot(p)?;
         let Some(key) = self.region_for(gva, end) else {
@@ -392,11 +419,11 @@ impl AddressSpace {
         let mut changed = 0;
         let present = self
             .pt
-            .leaves_in_range(&self.ram.mem, Gva(gva), len)
+            .leaves_in_range(&self.ram.mem, Gva::new(gva), len)
             .map_err(|_| Status::Inval)?;
         for leaf in &present {
             let size = leaf.size.bytes();
-            if leaf.gva.0 < gva || leaf.gva.0 + size > end {
+            if leaf.gva.raw() < gva || leaf.gva.raw() + size > end {
                 return Err(Status::Inval);
             }
         }
@@ -427,6 +454,9 @@ impl AddressSpace {
     }
 
     /// `LazyFault`: back the page at `cr2` if it lies in a lazy region and is not present.
+    ///
+    /// # Errors
+    /// The [`Status`] answered to the guest: `Fault` outside a lazy region, `NoMem` when frames run out.
     pub fn lazy_fault(&mut self, cr2: u64, error_code: u64, rip: u64) -> HcResult {
         if !is_canonical(cr2) {
             return Err(Status::NotMapped);
@@ -444,7 +474,7 @@ impl AddressSpace {
         };
         // No separate walk to see whether the page is present: `map` refuses a mapped page
         // (AlreadyMapped), and only failures pay for a walk to pick the status.
-        let present = |s: &Self| s.pt.translate(&s.ram.mem, Gva(page)).is_ok();
+        let present = |s: &Self| s.pt.translate_raw(&s.ram.mem, page).is_ok();
         let kind = self.zone_kind(z)?;
         if let Err(e) = self.ensure_pool(4) {
             return Err(if present(self) { Status::Perm } else { e });
@@ -456,7 +486,7 @@ impl AddressSpace {
                 Status::NoMem
             });
         };
-        let gpa = pfn.0 * PAGE_SIZE;
+        let gpa = pfn.raw() * PAGE_SIZE;
         // The faulting access is about to be retried: set A now, and D for a write fault
         // on a writable page, as Linux's do_anonymous_page does, so the hypervisor's walker
         // does not have to set them on the retry.
@@ -466,11 +496,9 @@ impl AddressSpace {
         }
         // A fresh frame still reads as zero (ZoneTable::alloc_fresh).
         let mapped = if fresh || zero_frame(&self.ram, gpa).is_ok() {
-            self.pt.map(
-                &self.ram.mem,
-                &mut self.pool,
-                Gva(page),
-                Gpa(gpa),
+            self.pt.edit(&self.ram.mem, &mut self.pool).map(
+                Gva::new(page),
+                Gpa::new(gpa),
                 PageSize::Size4K,
                 flags,
             )
@@ -501,20 +529,23 @@ impl AddressSpace {
     }
 
     /// `Translate`: GPA of the byte at `gva`.
+    ///
+    /// # Errors
+    /// [`Status::NotMapped`] if `gva` is not mapped.
     pub fn translate_gva(&self, gva: u64) -> HcResult {
         if !is_canonical(gva) {
             return Err(Status::Inval);
         }
         self.pt
-            .translate(&self.ram.mem, Gva(gva))
-            .map(|t| t.gpa.0)
+            .translate_raw(&self.ram.mem, gva)
+            .map(|t| t.gpa.raw())
             .map_err(|_| Status::NotMapped)
     }
 
     /// True if the host may write guest frame `pfn` on the guest's behalf: RAM, not a
     /// page-table pool frame, not inside the kernel's read-only or executable segments.
     pub fn host_may_write(&self, pfn: Pfn) -> bool {
-        let gpa = pfn.0 * PAGE_SIZE;
+        let gpa = pfn.raw() * PAGE_SIZE;
         if !self.ram.contains(gpa, PAGE_SIZE) || self.pool.owns(pfn) {
             return false;
         }
@@ -543,11 +574,14 @@ impl AddressSpace {
         }
         // The boot stack's frames come first in `stack_frames`, in GVA order.
         let pfn = self.stack_frames.get((off / PAGE_SIZE) as usize)?;
-        Some(pfn.0 * PAGE_SIZE + off % PAGE_SIZE)
+        Some(pfn.raw() * PAGE_SIZE + off % PAGE_SIZE)
     }
 
     /// Read the little-endian u64 at `gva` (8-byte aligned): through
     /// [`boot_fixed_gpa`](Self::boot_fixed_gpa) when it applies, else by a page walk.
+    ///
+    /// # Errors
+    /// [`Status::Fault`] if the address is misaligned, unmapped or outside RAM.
     pub fn read_gva_u64(&self, gva: u64) -> Result<u64, Status> {
         if gva % 8 != 0 {
             return Err(Status::Fault);
@@ -563,6 +597,9 @@ impl AddressSpace {
     }
 
     /// Read `len` bytes at guest virtual `gva` (walking the page tables page by page).
+    ///
+    /// # Errors
+    /// [`Status::Fault`] if a page is unmapped or outside RAM.
     pub fn read_gva(&self, gva: u64, len: u64) -> Result<Vec<u8>, Status> {
         let end = gva.checked_add(len).ok_or(Status::Fault)?;
         let mut out = Vec::with_capacity(len as usize);
@@ -585,13 +622,16 @@ impl AddressSpace {
 
     /// Write `bytes` at guest virtual `gva`: every page must be mapped writable and be a
     /// frame the host may write (see [`Self::host_may_write`]).
+    ///
+    /// # Errors
+    /// [`Status::Fault`] if a page is unmapped, read-only or a frame the host may not write.
     pub fn write_gva(&self, gva: u64, bytes: &[u8]) -> Result<(), Status> {
         let end = gva.checked_add(bytes.len() as u64).ok_or(Status::Fault)?;
         let mut cur = gva;
         while cur < end {
             let t = self
                 .pt
-                .translate(&self.ram.mem, Gva(cur))
+                .translate_raw(&self.ram.mem, cur)
                 .map_err(|_| Status::Fault)?;
             if !t.effective.writable || !self.host_may_write(t.gpa.pfn()) {
                 return Err(Status::Fault);
@@ -601,7 +641,7 @@ impl AddressSpace {
             vm_memory::Bytes::write_slice(
                 &self.ram.mem,
                 &bytes[off..off + n as usize],
-                vm_memory::GuestAddress(t.gpa.0),
+                vm_memory::GuestAddress(t.gpa.raw()),
             )
             .map_err(|_| Status::Fault)?;
             cur += n;

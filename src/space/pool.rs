@@ -59,7 +59,7 @@ impl TablePool {
         self.chunks.push(first);
         // Hand out low frames first: push in reverse so pop() yields ascending PFNs.
         for i in (0..TABLE_POOL_CHUNK_FRAMES).rev() {
-            self.free.push(Pfn(first.0 + i));
+            self.free.push(Pfn::new(first.raw() + i));
         }
     }
 
@@ -77,7 +77,7 @@ impl TablePool {
     pub fn owns(&self, pfn: Pfn) -> bool {
         self.chunks
             .iter()
-            .any(|c| pfn.0 >= c.0 && pfn.0 < c.0 + TABLE_POOL_CHUNK_FRAMES)
+            .any(|c| pfn.raw() >= c.raw() && pfn.raw() < c.raw() + TABLE_POOL_CHUNK_FRAMES)
     }
 
     /// True if `pfn` currently holds a page table.

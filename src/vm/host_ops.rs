@@ -71,7 +71,7 @@ impl Vm {
     /// After a host edit: flush KVM's shadow pages if a mapping was removed or reduced.
     fn after_edit(&mut self) -> OpResult<()> {
         self.flush_slot
-            .flush_if_needed(&self.vm, &mut self.slots, &mut self.space)?;
+            .flush_owed(&self.vm, &mut self.slots, self.space.take_shadow_flush())?;
         Ok(())
     }
 
@@ -84,7 +84,7 @@ impl Vm {
     /// [`VmOpError::Status`] as the hypercall (`Inval`, `NoMem`, `NoZone`, `Perm` for W+X).
     pub fn mmap(&mut self, len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> OpResult<u64> {
         let flags = MapFlags::from_bits_retain(flags.bits() & !MapFlags::FIXED.bits());
-        Ok(self.space.mmap(len, prot.bits(), zone.0, flags.bits(), 0)?)
+        Ok(self.space.mmap(len, prot, zone, flags, 0)?)
     }
 
     /// As [`Vm::mmap`] but at exactly `gva` (the `Mmap` hypercall with `MapFlags::FIXED`):
@@ -105,9 +105,7 @@ impl Vm {
         flags: MapFlags,
     ) -> OpResult<u64> {
         let flags = flags | MapFlags::FIXED;
-        Ok(self
-            .space
-            .mmap(len, prot.bits(), zone.0, flags.bits(), gva)?)
+        Ok(self.space.mmap(len, prot, zone, flags, gva)?)
     }
 
     /// Unmap `[gva, gva + len)` of an mmap region and free its frames.
@@ -124,7 +122,7 @@ impl Vm {
     /// # Errors
     /// As the `Mprotect` hypercall.
     pub fn mprotect(&mut self, gva: u64, len: u64, prot: Prot) -> OpResult<()> {
-        self.space.mprotect(gva, len, prot.bits())?;
+        self.space.mprotect(gva, len, prot)?;
         self.after_edit()
     }
 
@@ -134,7 +132,7 @@ impl Vm {
     /// # Errors
     /// [`VmOpError::Paging`] for a non-canonical or unmapped GVA.
     pub fn translate(&self, gva: u64) -> OpResult<crate::paging::Translation> {
-        Ok(self.space.pt.translate(&self.space.ram.mem, Gva(gva))?)
+        Ok(self.space.pt.translate_raw(&self.space.ram.mem, gva)?)
     }
 
     /// Map `[gva, gva + len)` to `[gpa, gpa + len)` with leaf `flags` (PRESENT is added) and
@@ -144,7 +142,8 @@ impl Vm {
     ///
     /// # Errors
     /// [`VmOpError::Range`] (alignment, RAM overlap, above MAXPHYADDR, reserved GVAs),
-    /// [`VmOpError::Unsupported`], [`VmOpError::Paging`] (already mapped, ...).
+    /// [`VmOpError::Status`] with `Perm` for a writable leaf without NX (W+X) when the guest
+    /// has NX, [`VmOpError::Unsupported`], [`VmOpError::Paging`] (already mapped, ...).
     pub fn map_gpa(
         &mut self,
         gva: u64,
@@ -155,6 +154,14 @@ impl Vm {
     ) -> OpResult<()> {
         if size == PageSize::Size1G && !self.features.page_1g {
             return Err(VmOpError::Unsupported("1 GiB pages (CPUID Page1GB)"));
+        }
+        // W^X, as the Mmap hypercall: a writable and executable leaf is refused, not left
+        // for the invariants to report after the run.
+        if self.features.nx
+            && flags.contains(PteFlags::WRITABLE)
+            && !flags.contains(PteFlags::NO_EXECUTE)
+        {
+            return Err(Status::Perm.into());
         }
         let step = size.bytes();
         let gpa_end = gpa.checked_add(len).ok_or(range(gpa, len, "overflows"))?;
@@ -170,7 +177,7 @@ impl Vm {
             .ram
             .ram
             .iter()
-            .any(|&(s, n)| gpa < s + n && s < gpa_end)
+            .any(|&(s, n)| gpa < s.raw() + n && s.raw() < gpa_end)
         {
             return Err(range(gpa, len, "overlaps guest RAM (use mmap)"));
         }
@@ -190,15 +197,16 @@ impl Vm {
         let pages = len / step;
         let tables = pages / 512 + pages / (512 * 512) + 6;
         self.space.ensure_pool(tables).map_err(VmOpError::from)?;
-        self.space.pt.map_range(
-            &self.space.ram.mem,
-            &mut self.space.pool,
-            Gva(gva),
-            Gpa(gpa),
-            len,
-            size,
-            flags | PteFlags::PRESENT,
-        )?;
+        self.space
+            .pt
+            .edit(&self.space.ram.mem, &mut self.space.pool)
+            .map_range(
+                Gva::new(gva),
+                Gpa::new(gpa),
+                len,
+                size,
+                flags | PteFlags::PRESENT,
+            )?;
         self.space.device_maps.push((gva, len, gpa));
         Ok(())
     }
@@ -250,7 +258,7 @@ impl Vm {
             return Err(range(gpa, len, "not guest RAM"));
         }
         let (first, last) = (gpa / PAGE_SIZE, (gpa + len - 1) / PAGE_SIZE);
-        if !(first..=last).all(|p| self.space.host_may_write(crate::addr::Pfn(p))) {
+        if !(first..=last).all(|p| self.space.host_may_write(crate::addr::Pfn::new(p))) {
             return Err(range(gpa, len, "a page-table or read-only kernel frame"));
         }
         self.space
@@ -373,7 +381,9 @@ impl Vm {
 
     /// Is `gpa` a frame of the guest's page tables (for reading dirty logs)?
     pub fn is_page_table_frame(&self, gpa: u64) -> bool {
-        self.space.pool.is_table(crate::addr::Pfn(gpa / PAGE_SIZE))
+        self.space
+            .pool
+            .is_table(crate::addr::Pfn::new(gpa / PAGE_SIZE))
     }
 
     /// Is `gpa` a frame the guest runtime itself writes while running any program: the
@@ -396,8 +406,8 @@ impl Vm {
             (lo..hi).step_by(PAGE_SIZE as usize).any(|g| {
                 self.space
                     .pt
-                    .translate(&self.space.ram.mem, Gva(g))
-                    .is_ok_and(|t| t.gpa.0 & !(PAGE_SIZE - 1) == page)
+                    .translate_raw(&self.space.ram.mem, g)
+                    .is_ok_and(|t| t.gpa.raw() & !(PAGE_SIZE - 1) == page)
             })
         })
     }

@@ -16,7 +16,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The same vCPU loop (`crate::vmm`) serves [`crate::vmm::run`] (the built-in scenarios and
+//! The same vCPU loop (`crate::vmm`) serves [`crate::registry::run`] (the built-in scenarios and
 //! the CLI) and [`Vm::run`]; the difference is only where it stops: a built-in scenario runs
 //! to its end, a `Vm` stops at every ucall and every MMIO exit.
 
@@ -33,9 +33,9 @@ use crate::frames::ZonePreset;
 use crate::hypercall::Hypercalls;
 use crate::layout::BOOT_STACK_TOP;
 use crate::memory::{Memslot, Memslots};
-use crate::report::{ExitLatency, Outcome, Registers, Report, Stage2Fault, Timings};
+use crate::report::{ExitLatency, Outcome, Registers, Report, RunRecord, Stage2Fault, Timings};
 use crate::space::{AddressSpace, SpaceError};
-use crate::stage2::{Extras, Stage2};
+use crate::stage2::Stage2;
 use crate::vmm::{VmConfig, VmmError};
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -93,6 +93,8 @@ pub struct Vm {
     pub(crate) slots: Memslots,
     pub(crate) flush_slot: FlushSlot,
     pub(crate) s2ctl: Option<Stage2>,
+    /// The scenario's host side (default hooks for a user's guest).
+    pub(crate) hooks: Box<dyn crate::scenario::Scenario>,
     pub(crate) hc: Hypercalls,
     pub(crate) sync_regs: bool,
     pub(crate) tsc_khz: u64,
@@ -130,27 +132,31 @@ impl Vm {
         let cfg = VmConfig {
             mem_bytes: opts.mem_bytes,
             kernel,
-            scenario: memvisor_abi::scenario::SDK,
-            scenario_name: "sdk".into(),
-            flags: 0,
-            arg: [0; 4],
+            scenario: "sdk".into(),
             timeout: opts.timeout,
             zone_preset: opts.zones,
-            echo_console: opts.echo_console,
+            echo_console: if opts.echo_console {
+                crate::hypercall::ConsoleEcho::Stdout
+            } else {
+                crate::hypercall::ConsoleEcho::Off
+            },
             check_invariants: opts.check_invariants,
             uffd: opts.uffd,
+            ..VmConfig::default()
         };
-        let mut vm = Vm::create(&cfg, &Extras::default(), opts.cpuid)?;
+        let mut vm = Vm::create(&cfg, crate::scenario::default_hooks(), opts.cpuid)?;
         vm.stepwise = true;
         Ok(vm)
     }
 
-    /// Create and boot (registers at the ELF entry) as [`crate::vmm::run_with`] needs.
+    /// Create and boot (registers at the ELF entry) as [`crate::vmm::run_scenario`] needs,
+    /// with `hooks` (the scenario's host side) prepared.
     pub(crate) fn create(
         cfg: &VmConfig,
-        extras: &Extras,
+        mut hooks: Box<dyn crate::scenario::Scenario>,
         cpuid: Option<CpuId>,
     ) -> Result<Vm, VmmError> {
+        let extras = &cfg.stage2_extras;
         let t_start = Instant::now();
         let kvm = Kvm::new().map_err(|source| VmmError::NoKvm { source })?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
@@ -178,25 +184,23 @@ impl Vm {
             )));
         }
         log::debug!("setup: KVM VM + CPUID after {:?}", t_start.elapsed());
-        let fault_matrix = cfg.scenario == memvisor_abi::scenario::FAULT_MATRIX;
         let mut space = AddressSpace::build_with(
             cfg.mem_bytes,
             &cfg.kernel,
             cfg.zone_preset,
             features,
             crate::space::BuildOptions {
-                no_nx: fault_matrix,
+                no_nx: hooks.no_nx(),
                 uffd: cfg.uffd,
             },
         )?;
         let mut boot_arg = cfg.arg;
-        let matrix = if fault_matrix {
-            let (run, plan_gva) = crate::matrix::setup(&mut space, phys_bits)?;
-            boot_arg[0] = plan_gva;
-            Some(run)
-        } else {
-            None
-        };
+        hooks.prepare(crate::scenario::Prepare {
+            space: &mut space,
+            phys: &phys,
+            phys_bits,
+            boot_arg: &mut boot_arg,
+        })?;
         let t_slots = Instant::now();
         let memslots = space.ram.register(&vm).map_err(mem_err)?;
         let mut slots = Memslots::new(kvm.get_nr_memslots());
@@ -211,7 +215,7 @@ impl Vm {
         }
         let memslot_us = t_slots.elapsed().as_micros() as u64;
         let flush_slot = FlushSlot::new(&vm, &mut slots, host.shadow_paging).map_err(mem_err)?;
-        let s2ctl = if cfg.scenario == memvisor_abi::scenario::STAGE2 || !extras.is_empty() {
+        let s2ctl = if hooks.stage2_layout() || !extras.is_empty() {
             Some(Stage2::setup(
                 &kvm, &vm, &mut slots, &mut space, extras, &phys,
             )?)
@@ -241,10 +245,8 @@ impl Vm {
                 _ => boot::cpuid::calibrate_tsc_khz(),
             }
         };
-        if cfg.scenario == memvisor_abi::scenario::STAGE2 {
-            boot_arg[1] = phys.stage2_base;
-        }
-        let boot_gva = space.write_boot_info(cfg.scenario, cfg.flags, boot_arg, tsc_khz)?;
+        let scenario_id = memvisor_abi::scenario::id(&cfg.scenario);
+        let boot_gva = space.write_boot_info(scenario_id, cfg.flags, boot_arg, tsc_khz)?;
         let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         boot::setup_sregs(&mut sregs, space.cr3(), features.nx);
         vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
@@ -254,7 +256,6 @@ impl Vm {
             .map_err(|e| kvm_err("signal handler")(kvm_ioctls::Error::new(e.errno())))?;
         let hc = Hypercalls {
             echo: cfg.echo_console,
-            matrix,
             ..Hypercalls::default()
         };
         Ok(Vm {
@@ -269,6 +270,7 @@ impl Vm {
             slots,
             flush_slot,
             s2ctl,
+            hooks,
             hc,
             sync_regs,
             tsc_khz,
@@ -329,7 +331,12 @@ impl Vm {
         }
         self.cfg.arg = arg;
         self.space
-            .write_boot_info(self.cfg.scenario, self.cfg.flags, arg, self.tsc_khz)
+            .write_boot_info(
+                memvisor_abi::scenario::id(&self.cfg.scenario),
+                self.cfg.flags,
+                arg,
+                self.tsc_khz,
+            )
             .map_err(|_| VmOpError::Status {
                 status: memvisor_abi::Status::Fault,
             })?;
@@ -399,19 +406,22 @@ impl Vm {
             _ => Registers::read(&self.vcpu),
         };
         let hc = std::mem::take(&mut self.hc);
-        let mut report = Report::collect(
-            &self.cfg,
-            &self.space,
-            std::mem::take(&mut self.memslots),
-            self.features,
-            hc,
-            std::mem::take(&mut self.exits),
-            std::mem::take(&mut self.stage2),
-            self.stage2_total,
-            self.flush_slot.count,
+        let mut report = Report::collect(RunRecord {
+            scenario: self.cfg.scenario.clone(),
+            mem_bytes: self.cfg.mem_bytes,
+            timeout: self.cfg.timeout,
+            space: &self.space,
+            memslots: std::mem::take(&mut self.memslots),
+            cpu: self.features,
+            hypercalls: hc,
+            exits: std::mem::take(&mut self.exits),
+            exit_latency: std::mem::take(&mut self.latency),
+            stage2: (std::mem::take(&mut self.stage2), self.stage2_total),
+            stage2_report: self.s2ctl.take().map(|s| s.report),
+            shadow_flushes: self.flush_slot.count,
             outcome,
             registers,
-            Timings {
+            timings: Timings {
                 setup_us: self.setup_us,
                 memslot_us: self.memslot_us,
                 first_entry_us: self.first_entry_us.unwrap_or(self.setup_us),
@@ -419,11 +429,10 @@ impl Vm {
                 run_us: self.run_time.as_micros() as u64,
                 total_us: self.t_start.elapsed().as_micros() as u64,
             },
-            self.tsc_khz,
-            std::mem::take(&mut self.latency),
-            self.s2ctl.take().map(|s| s.report),
-        );
-        report.backend = Some(self.host);
+            tsc_khz: self.tsc_khz,
+            backend: Some(self.host),
+        });
+        self.hooks.finish(&mut report);
         crate::invariants::finish(
             &mut report,
             &mut self.space,

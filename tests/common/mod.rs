@@ -3,9 +3,8 @@
 #![cfg(not(memvisor_guest))]
 #![allow(dead_code)]
 
-use memvisor::frames::ZonePreset;
 use memvisor::report::Report;
-use memvisor::vmm::{self, VmConfig};
+use memvisor::vmm::VmConfig;
 use std::time::Duration;
 
 /// True if /dev/kvm can be opened. Without it a test is skipped with a message — except
@@ -29,24 +28,23 @@ pub fn kvm_or_skip(test: &str) -> bool {
 
 /// A config for `scenario` with `mem_bytes` of RAM and the embedded guest.
 pub fn config(scenario: &str, mem_bytes: u64) -> VmConfig {
+    assert!(
+        memvisor::registry::find(scenario).is_some(),
+        "unknown scenario {scenario}"
+    );
     VmConfig {
         mem_bytes,
-        kernel: memvisor::guest_image::GUEST_ELF.to_vec(),
-        scenario: memvisor::scenario::by_name(scenario).expect("known scenario"),
-        scenario_name: scenario.to_string(),
+        scenario: scenario.to_string(),
         flags: memvisor_abi::flags::QUICK,
-        arg: [0; 4],
         timeout: Duration::from_secs_f64(60.0 * memvisor::backend::time_scale()),
-        zone_preset: ZonePreset::X86_64,
-        echo_console: false,
         check_invariants: true,
-        uffd: false,
+        ..VmConfig::default()
     }
 }
 
 /// Boot and run; panics with the VMM error.
 pub fn run(cfg: &VmConfig) -> Report {
-    match vmm::run(cfg) {
+    match memvisor::registry::run(cfg) {
         Ok(r) => r,
         Err(e) => panic!("VMM failed: {e}"),
     }

@@ -24,22 +24,14 @@ pub mod typed;
 pub mod ucall;
 pub use typed::{Hypercall, MapFlags, Prot, Zone};
 
-/// Offset between the kernel image's GVAs and its GPAs: a kernel-image byte at GPA `p` is
-/// mapped at GVA `p + KERNEL_VIRT_OFFSET` (Linux's `__START_KERNEL_map`, the top 2 GiB).
-pub const KERNEL_VIRT_OFFSET: u64 = 0xffff_ffff_8000_0000;
-/// GPA where the kernel image is linked and loaded (2 MiB).
-pub const KERNEL_PHYS_BASE: u64 = 0x20_0000;
+pub mod layout;
+// The layout's names this crate always had (defined in `layout`).
+pub use layout::{
+    DOORBELL_GPA, DOORBELL_GVA, KERNEL_PHYS_BASE, KERNEL_VIRT_OFFSET, NULL_DOORBELL_GPA,
+};
 
 /// Port for hypercalls: 32-bit `out` of the request block's GPA.
 pub const PORT_HYPERCALL: u16 = 0x0510;
-/// GPA of the MMIO doorbell: an 8-byte write of a request block's GPA here is a hypercall
-/// (no memslot covers it: the write exits as `KVM_EXIT_MMIO`). In the 32-bit MMIO hole.
-pub const DOORBELL_GPA: u64 = 0xd000_0000;
-/// GPA of the null doorbell: a write here is a bare exit the VMM counts and ignores (the
-/// ring-3 counterpart of [`PORT_NULL`], the floor for a ring-3 hypercall).
-pub const NULL_DOORBELL_GPA: u64 = DOORBELL_GPA + 8;
-/// GVA where the host maps the doorbell page (US=1, so ring 3 can ring it).
-pub const DOORBELL_GVA: u64 = 0x0000_7ffe_0000_0000;
 
 /// Port the VMM ignores (only counts): a bare exit, the floor for hypercall cost.
 pub const PORT_NULL: u16 = 0x0511;
@@ -60,7 +52,7 @@ pub const PF_ASSIST_DONE_SYMBOL: &str = "memvisor_pf_assist_done";
 /// Magic value in [`BootInfo::magic`] (`"MEMVISOR"` little-endian-ish).
 pub const BOOT_MAGIC: u64 = 0x524f_5349_564d_454d;
 /// ABI version in [`BootInfo::version`].
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// Maximum number of e820 entries in [`BootInfo`].
 pub const MAX_E820: usize = 16;
 /// Maximum number of requests in one [`Batch`].
@@ -365,7 +357,7 @@ pub struct BootInfo {
     pub tsc_khz: u64,
     /// Feature bits, see [`feature`].
     pub features: u64,
-    /// Which scenario to run, see [`scenario`].
+    /// Which scenario to run: [`scenario::id`] of its name.
     pub scenario: u32,
     /// Flags, see [`flags`].
     pub flags: u32,
@@ -404,10 +396,11 @@ pub mod flags {
 /// more, 2^MAXPHYADDR / 2 below) and passes to the guest in `BootInfo::arg[1]`. The host maps
 /// the window at `GVA_BASE + offset` (US, RW, NX) whatever is (or is not) behind it.
 pub mod stage2 {
-    /// First GPA of the test regions at MAXPHYADDR 41 and more (1 TiB).
-    pub const GPA_BASE: u64 = 1 << 40;
-    /// GVA where the window's first GPA is mapped.
-    pub const GVA_BASE: u64 = 0x0000_3000_0000_0000;
+    /// First GPA of the test regions at MAXPHYADDR 41 and more (1 TiB; defined in
+    /// [`crate::layout`]).
+    pub use crate::layout::STAGE2_GPA_BASE as GPA_BASE;
+    /// GVA where the window's first GPA is mapped (defined in [`crate::layout`]).
+    pub use crate::layout::STAGE2_GVA_BASE as GVA_BASE;
     /// Bytes in each region.
     pub const REGION: u64 = 64 << 10;
     /// Offset of the region with no memslot: every access exits as KVM_EXIT_MMIO.
@@ -441,45 +434,42 @@ pub mod stage2 {
     pub const OP_READONLY_SUPPORTED: u64 = 4;
 }
 
-/// Scenario numbers for [`BootInfo::scenario`].
+/// The guest heaps a trace replay can run on, by id (`memvisor replay --heap NAME`; the id
+/// is what the host passes in `BootInfo::arg[2]` and the bit of a heap mask): our page
+/// families, MeMS and the memvisor heap, then the peer allocators.
+pub const HEAPS: [&str; 8] = [
+    "page-family",
+    "mems",
+    "memvisor",
+    "talc",
+    "linked-list",
+    "buddy",
+    "rlsf",
+    "dlmalloc",
+];
+
+/// Scenarios are named, not numbered: [`BootInfo::scenario`] holds [`scenario::id`] of the
+/// name (`"demo"`, `"fault-matrix"`, ...). The guest kernel's table is generated from its
+/// `src/scenarios/*.rs` files (one file a scenario) and the host's from the same files, so no
+/// number table exists to keep in step.
 pub mod scenario {
-    /// The main demonstration.
-    pub const DEMO: u32 = 0;
-    /// Spin forever (the VMM's `--timeout` must stop it).
-    pub const RUNAWAY: u32 = 1;
-    /// Panic with a message.
-    pub const GUEST_PANIC: u32 = 2;
-    /// Load an empty IDT and raise an exception: a triple fault (KVM_EXIT_SHUTDOWN).
-    pub const TRIPLE_FAULT: u32 = 3;
-    /// Overflow the boot stack into its guard page: #PF cannot be delivered, #DF runs on its
-    /// IST stack and reports.
-    pub const DOUBLE_FAULT: u32 = 4;
-    /// Exit 0 as soon as the kernel is up (for boot-time measurements).
-    pub const BOOT: u32 = 5;
-    /// In-guest measurements for `memvisor bench` (records `bench.NAME=CYCLES`).
-    pub const BENCH: u32 = 6;
-    /// A hostile guest: random and crafted hypercalls (`memvisor run --scenario hostile`).
-    pub const HOSTILE: u32 = 7;
-    /// Stage-2 faults: unbacked GPAs, read-only and lazy memslots, slot removal, dirty log.
-    pub const STAGE2: u32 = 8;
-    /// The #PF permission matrix (`memvisor run --scenario fault-matrix`); `arg[0]` = GVA of
-    /// the host's [`matrix::Plan`](crate::matrix::Plan).
-    pub const FAULT_MATRIX: u32 = 9;
-    /// Guest heaps (issue 4): the page-family seed's test application with its reports.
-    pub const SEED_PAGE_FAMILY: u32 = 10;
-    /// Guest heaps: MeMS's classic example (`mems_get` cross-checked against the host).
-    pub const SEED_MEMS: u32 = 11;
-    /// Guest heaps: random operations on each heap, checked with patterns and audits.
-    pub const HEAP_STRESS: u32 = 12;
-    /// Guest heaps: guard-page heap debugging, an overflow and a use after free caught.
-    pub const HEAP_DEBUG: u32 = 13;
-    /// Guest heaps: replay the trace the host mapped (`arg` = GVA, length, heap id).
-    pub const REPLAY: u32 = 14;
-    /// Guest heaps: in-guest heap figures for `memvisor bench` (`arg` = traces blob).
-    pub const HEAP_BENCH: u32 = 15;
-    /// A guest built on the SDK's entry macro (a user's test guest): it ignores the scenario
-    /// number; `memvisor::Vm` writes this one.
-    pub const SDK: u32 = 0x100;
+    /// The id of a scenario name: its 32-bit FNV-1a hash (the build scripts refuse two names
+    /// with one id).
+    pub const fn id(name: &str) -> u32 {
+        let b = name.as_bytes();
+        let mut h: u32 = 0x811c_9dc5;
+        let mut i = 0;
+        while i < b.len() {
+            h ^= b[i] as u32;
+            h = h.wrapping_mul(0x0100_0193);
+            i += 1;
+        }
+        h
+    }
+
+    /// A guest built on the SDK's entry macro (a user's test guest) ignores the scenario;
+    /// `memvisor::Vm` writes this id (of the name `"sdk"`).
+    pub const SDK: u32 = id("sdk");
 }
 
 /// The fault-matrix scenario's shared layout: the host builds the test page tables and a
@@ -562,19 +552,27 @@ pub struct MemStats {
     pub lazy_faults: u64,
 }
 
-// SAFETY: each type is repr(C), made only of integers (and arrays of repr(C) integer
-// structs), with no padding bytes the compiler could leave uninitialised (fields are laid out
-// to natural alignment with explicit pad fields), so every byte pattern is a valid value.
+// Each type below is repr(C), made only of integers (and arrays of repr(C) integer structs),
+// with no padding bytes the compiler could leave uninitialised (fields are laid out to natural
+// alignment with explicit pad fields), so every byte pattern is a valid value.
 #[cfg(feature = "host")]
 mod host_impls {
     use super::*;
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for Batch {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for Request {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for E820Entry {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for BootInfo {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for MemStats {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for matrix::Pass {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for matrix::Plan {}
+    // SAFETY: repr(C) integers only, no implicit padding (see above).
     unsafe impl vm_memory::ByteValued for ucall::Record {}
 }
 

@@ -28,7 +28,10 @@ impl Prot {
     /// Read + user.
     pub const USER_RO: Prot = Prot(prot::READ | prot::USER);
 
-    /// From raw bits; `Inval` for bits outside [`prot::ALL`].
+    /// From raw bits.
+    ///
+    /// # Errors
+    /// [`Status::Inval`] for bits outside [`prot::ALL`].
     pub const fn from_bits(bits: u64) -> Result<Prot, Status> {
         if bits & !prot::ALL != 0 {
             Err(Status::Inval)
@@ -74,7 +77,10 @@ impl MapFlags {
     /// At exactly the GVA given (`Hypercall::Mmap::addr`), never replacing a mapping.
     pub const FIXED: MapFlags = MapFlags(map::FIXED);
 
-    /// From raw bits; `Inval` for bits outside [`map::ALL`].
+    /// From raw bits.
+    ///
+    /// # Errors
+    /// [`Status::Inval`] for bits outside [`map::ALL`].
     pub const fn from_bits(bits: u64) -> Result<MapFlags, Status> {
         if bits & !map::ALL != 0 {
             Err(Status::Inval)

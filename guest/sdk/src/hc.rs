@@ -13,8 +13,10 @@ use memvisor_abi::{
 /// A request block: header plus up to `N` requests.
 #[repr(C, align(4096))]
 pub struct Block<const N: usize> {
-    head: Batch,
-    reqs: [Request; N],
+    /// The header the VMM reads `count` from and writes `completed` to.
+    pub head: Batch,
+    /// The requests.
+    pub reqs: [Request; N],
 }
 
 /// A request block in a static.
@@ -49,6 +51,17 @@ impl<const N: usize> StaticBlock<N> {
         }))
     }
 
+    /// The block itself, for code that writes headers and requests by hand (e.g. a hostile
+    /// guest's malformed blocks); volatile accesses only, from the block's one context.
+    pub const fn as_ptr(&self) -> *mut Block<N> {
+        self.0.get()
+    }
+
+    /// The block's GPA (it lives in the kernel image: GVA minus [`KERNEL_VIRT_OFFSET`]).
+    pub fn gpa(&self) -> u64 {
+        (self.0.get() as u64).wrapping_sub(KERNEL_VIRT_OFFSET)
+    }
+
     /// Write the header (count 1) and `req` as request 0, for blocks the assembly rings itself.
     pub fn preset(&self, req: Request) {
         let p = self.0.get();
@@ -66,8 +79,9 @@ impl<const N: usize> StaticBlock<N> {
     }
 
     /// Run `reqs` (at most N, at most MAX_BATCH) in one exit; results are written back.
+    /// Returns the host's `completed` (0 if it refused the block).
     #[inline]
-    pub fn run(&self, reqs: &mut [Request]) {
+    pub fn run(&self, reqs: &mut [Request]) -> u32 {
         let n = reqs.len().min(N).min(MAX_BATCH as usize);
         let p = self.0.get();
         // SAFETY: exclusive use of this block (see the Sync impl); volatile so the compiler
@@ -88,6 +102,7 @@ impl<const N: usize> StaticBlock<N> {
             for (i, r) in reqs.iter_mut().take(n).enumerate() {
                 *r = core::ptr::read_volatile(core::ptr::addr_of!((*p).reqs[i]));
             }
+            core::ptr::read_volatile(core::ptr::addr_of!((*p).head)).completed
         }
     }
 }
@@ -104,9 +119,22 @@ pub fn doorbell(gpa: u32) {
             core::arch::asm!("out dx, eax", in("dx") PORT_HYPERCALL, in("eax") gpa,
                 options(nostack, preserves_flags));
         } else {
-            core::arch::asm!("mov qword ptr [{db}], {v}", db = in(reg) memvisor_abi::DOORBELL_GVA,
-                v = in(reg) gpa as u64, options(nostack, preserves_flags));
+            ring_mmio(gpa as u64);
         }
+    }
+}
+
+/// Ring the VMM with any 64-bit value as the block's GPA through the MMIO doorbell (an
+/// 8-byte write to [`memvisor_abi::DOORBELL_GVA`]), from either ring: the VMM serves the
+/// block there or, for a GPA it refuses, counts a bad block and resumes. Nothing in guest
+/// memory is written by the instruction itself.
+#[inline(always)]
+pub fn ring_mmio(gpa: u64) {
+    // SAFETY: a write to the doorbell page, which the host maps US=1 with no RAM behind it:
+    // it exits to the VMM, which serves (or refuses) the block at `gpa` and resumes us.
+    unsafe {
+        core::arch::asm!("mov qword ptr [{db}], {v}", db = in(reg) memvisor_abi::DOORBELL_GVA,
+            v = in(reg) gpa, options(nostack, preserves_flags));
     }
 }
 
@@ -115,22 +143,25 @@ static FAULT: StaticBlock<4> = StaticBlock::new();
 
 /// GPA of the main request block (for tests that account for the guest's own writes).
 pub fn main_block_gpa() -> u64 {
-    (MAIN.0.get() as u64).wrapping_sub(KERNEL_VIRT_OFFSET)
+    MAIN.gpa()
 }
 
 /// Run a batch from normal (non-handler) context.
 #[inline]
 pub fn batch(reqs: &mut [Request]) {
-    MAIN.run(reqs)
+    MAIN.run(reqs);
 }
 
 /// Run a batch from the #PF handler.
 #[inline]
 pub fn batch_in_fault(reqs: &mut [Request]) {
-    FAULT.run(reqs)
+    FAULT.run(reqs);
 }
 
 /// A single call; returns `Ok(value)` or the error status.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 #[inline]
 pub fn call(c: Call, args: [u64; 5]) -> Result<u64, Status> {
     let mut r = [Request::new(c, args)];
@@ -139,6 +170,9 @@ pub fn call(c: Call, args: [u64; 5]) -> Result<u64, Status> {
 }
 
 /// Status of a completed request.
+///
+/// # Errors
+/// The request's error status.
 #[inline]
 pub fn result(r: &Request) -> Result<u64, Status> {
     match Status::from_i32(r.status) {
@@ -168,11 +202,17 @@ pub fn panic_str(msg: &str) -> ! {
 }
 
 /// mmap: `len` bytes, protection, zone, flags → GVA.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn mmap(len: u64, prot: u64, zone: u64, flags: u64) -> Result<u64, Status> {
     call(Call::Mmap, [len, prot, zone, flags, 0])
 }
 
 /// munmap, then flush the TLB for the range (the guest's job, see the ABI docs).
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn munmap(gva: u64, len: u64) -> Result<u64, Status> {
     let r = call(Call::Munmap, [gva, len, 0, 0, 0]);
     flush_range(gva, len);
@@ -180,6 +220,9 @@ pub fn munmap(gva: u64, len: u64) -> Result<u64, Status> {
 }
 
 /// mprotect, then flush the TLB for the range.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn mprotect(gva: u64, len: u64, prot: u64) -> Result<u64, Status> {
     let r = call(Call::Mprotect, [gva, len, prot, 0, 0]);
     flush_range(gva, len);
@@ -187,6 +230,9 @@ pub fn mprotect(gva: u64, len: u64, prot: u64) -> Result<u64, Status> {
 }
 
 /// Host translation of a GVA → GPA.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn translate(gva: u64) -> Result<u64, Status> {
     call(Call::Translate, [gva, 0, 0, 0, 0])
 }
@@ -217,6 +263,9 @@ pub fn flush_range(gva: u64, len: u64) {
 }
 
 /// A typed hypercall (encoded with [`Hypercall::encode`], the inverse of the host's decoder).
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 #[inline]
 pub fn hypercall(h: Hypercall) -> Result<u64, Status> {
     let mut r = [h.encode()];
@@ -225,6 +274,9 @@ pub fn hypercall(h: Hypercall) -> Result<u64, Status> {
 }
 
 /// Typed `Mmap`: `len` bytes (multiple of 4 KiB) with `prot` from `zone` → GVA.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn map(len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Result<u64, Status> {
     hypercall(Hypercall::Mmap {
         len,
@@ -237,6 +289,9 @@ pub fn map(len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Result<u64, Sta
 
 /// Typed `Mmap` at exactly `gva` ([`MapFlags::FIXED`] is added to `flags`): `Perm` outside
 /// the mmap window, `Exists` over a region or guard page the guest has, `Inval` misaligned.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn map_at(gva: u64, len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Result<u64, Status> {
     hypercall(Hypercall::Mmap {
         len,
@@ -248,6 +303,9 @@ pub fn map_at(gva: u64, len: u64, prot: Prot, zone: Zone, flags: MapFlags) -> Re
 }
 
 /// Typed `Mprotect`, then a TLB flush of the range.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn protect(gva: u64, len: u64, prot: Prot) -> Result<u64, Status> {
     let r = hypercall(Hypercall::Mprotect { gva, len, prot });
     flush_range(gva, len);
@@ -255,6 +313,9 @@ pub fn protect(gva: u64, len: u64, prot: Prot) -> Result<u64, Status> {
 }
 
 /// `Stats`: the host's frame and mapping counters.
+///
+/// # Errors
+/// The host's error [`Status`] for the call (see the ABI docs of each `Call`).
 pub fn stats() -> Result<MemStats, Status> {
     let mut s = MemStats::default();
     hypercall(Hypercall::Stats {

@@ -161,6 +161,8 @@ pub unsafe fn write(addr: u64, val: u8) -> Probe {
 /// If the fetch succeeds the code at `addr` runs: it must be a `ret` (0xC3) or code the
 /// caller means to run.
 pub unsafe fn fetch(addr: u64) -> Probe {
+    // SAFETY: the caller guarantees `addr` is a `ret` or code it means to run (see above);
+    // a fault on the fetch is caught by `try_fault`.
     let f: extern "C" fn() = unsafe { core::mem::transmute(addr as usize) };
     match crate::fault::try_fault(|| f()) {
         None => Probe::Ok,

@@ -113,7 +113,7 @@ impl Harness {
             .pool
             .chunks
             .first()
-            .map_or(0, |c| c.0 * PAGE_SIZE);
+            .map_or(0, |c| c.raw() * PAGE_SIZE);
         match sel % 32 {
             0..=5 => match pick(cur.byte()) {
                 Some((s, e)) => {

@@ -15,11 +15,11 @@ impl Harness {
         if let Ok(leaves) =
             self.space
                 .pt
-                .leaves_in_range(&self.space.ram.mem, Gva(MMAP_WINDOW_START), len)
+                .leaves_in_range(&self.space.ram.mem, Gva::new(MMAP_WINDOW_START), len)
         {
             for l in leaves {
-                let mut g = l.gva.0;
-                while g < l.gva.0 + l.size.bytes() {
+                let mut g = l.gva.raw();
+                while g < l.gva.raw() + l.size.bytes() {
                     out.insert(g);
                     g += PAGE_SIZE;
                 }
@@ -35,8 +35,9 @@ impl Harness {
     /// What broke.
     pub fn after_step(&mut self) -> Result<(), HarnessError> {
         self.steps += 1;
-        // Every step must leave KVM's shadow flush decision to the VMM; here it is just reset.
-        self.space.shadow_stale = false;
+        // Every step must leave KVM's shadow flush decision to the VMM; here (no KVM) the owed
+        // flush is discarded.
+        self.space.take_shadow_flush().discard();
         if let Err(v) = check(&self.space) {
             let lines: Vec<String> = v.iter().take(8).map(|x| x.to_string()).collect();
             return Err(format!("invariants broken:\n  {}", lines.join("\n  ")));
@@ -72,10 +73,10 @@ impl Harness {
                 continue;
             };
             for &g in self.model.backed.range(*s..r.end) {
-                if h.prot_at(g) != r.prot_at(g) {
+                if h.prot_at(g).bits() != r.prot_at(g) {
                     return Err(format!(
                         "protection at {g:#x}: host {:#x}, model {:#x}",
-                        h.prot_at(g),
+                        h.prot_at(g).bits(),
                         r.prot_at(g)
                     ));
                 }

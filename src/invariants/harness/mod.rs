@@ -28,12 +28,14 @@ mod checks;
 mod model;
 
 use super::teardown_check;
-use crate::addr::{Gva, PAGE_SIZE};
+use crate::addr::PAGE_SIZE;
 use crate::boot::cpuid::Features;
 use crate::frames::ZonePreset;
 use crate::hypercall::{Flow, Hypercalls};
 use crate::space::AddressSpace;
-use memvisor_abi::{map, prot, Batch, Call, MemStats, Request, Status, MAX_BATCH};
+use memvisor_abi::{
+    map, prot, Batch, Call, MapFlags, MemStats, Prot, Request, Status, Zone, MAX_BATCH,
+};
 use model::{Expect, Model};
 use std::collections::BTreeMap;
 use vm_memory::{Bytes, GuestAddress};
@@ -138,9 +140,15 @@ impl Harness {
         let a = r.args;
         let s = &mut self.space;
         match Call::from_u32(r.nr) {
-            Some(Call::Mmap) => s.mmap(a[0], a[1], a[2], a[3], a[4]),
+            Some(Call::Mmap) => s.mmap(
+                a[0],
+                Prot::from_bits_retain(a[1]),
+                Zone(a[2]),
+                MapFlags::from_bits_retain(a[3]),
+                a[4],
+            ),
             Some(Call::Munmap) => s.munmap(a[0], a[1]),
-            Some(Call::Mprotect) => s.mprotect(a[0], a[1], a[2]),
+            Some(Call::Mprotect) => s.mprotect(a[0], a[1], Prot::from_bits_retain(a[2])),
             Some(Call::LazyFault) => s.lazy_fault(a[0], a[1], a[2]),
             Some(Call::Translate) => s.translate_gva(a[0]),
             _ => Ok(0),
@@ -298,7 +306,7 @@ impl Harness {
             }
             let len = 8 + u64::from(head.count) * 64;
             let all_writable = (ring / PAGE_SIZE..=(ring + len - 1) / PAGE_SIZE)
-                .all(|p| self.space.host_may_write(crate::addr::Pfn(p)));
+                .all(|p| self.space.host_may_write(crate::addr::Pfn::new(p)));
             if !all_writable {
                 return Err(format!(
                     "block at {ring:#x} covering frames the host may not write accepted"
@@ -324,9 +332,13 @@ impl Harness {
                 [pages * PAGE_SIZE, rw, zone_nr, map::POPULATE, 0],
             );
             let expect = self.predict(&r);
-            let res = self
-                .space
-                .mmap(pages * PAGE_SIZE, rw, zone_nr, map::POPULATE, 0);
+            let res = self.space.mmap(
+                pages * PAGE_SIZE,
+                Prot::from_bits_retain(rw),
+                Zone(zone_nr),
+                MapFlags::POPULATE,
+                0,
+            );
             let (st, v) = (status_of(res), res.unwrap_or(0));
             *self.results.entry(st.name()).or_default() += 1;
             self.judge(&r, &expect, st, v)?;
@@ -370,11 +382,11 @@ pub fn read_stats(h: &Harness) -> Result<MemStats, HarnessError> {
     let t = h
         .space
         .pt
-        .translate(&h.space.ram.mem, Gva(h.scratch_gva))
+        .translate_raw(&h.space.ram.mem, h.scratch_gva)
         .map_err(|e| e.to_string())?;
     h.space
         .ram
         .mem
-        .read_obj(GuestAddress(t.gpa.0))
+        .read_obj(GuestAddress(t.gpa.raw()))
         .map_err(|e| e.to_string())
 }

@@ -4,11 +4,11 @@
 //! steps it cannot predict.
 
 use super::{Harness, HarnessError};
-use crate::addr::{is_canonical, Gva, LARGE_PAGE_SIZE, PAGE_SIZE};
+use crate::addr::{is_canonical, LARGE_PAGE_SIZE, PAGE_SIZE};
 use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
 use crate::space::ops::pte_flags_for;
 use crate::space::Backing;
-use memvisor_abi::{map, prot, zone, Call, Request, Status};
+use memvisor_abi::{map, prot, zone, Call, Prot, Request, Status};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One region of the shadow model.
@@ -277,13 +277,15 @@ impl Harness {
         }
         // Leaf entries whose value changes.
         let nx = self.space.features.nx;
-        let new = pte_flags_for(p, nx);
+        let new = pte_flags_for(Prot::from_bits_retain(p), nx);
         let step = if r.huge { LARGE_PAGE_SIZE } else { PAGE_SIZE };
         let changed = self
             .model
             .backed
             .range(gva..end)
-            .filter(|&&g| g % step == 0 && pte_flags_for(r.prot_at(g), nx) != new)
+            .filter(|&&g| {
+                g % step == 0 && pte_flags_for(Prot::from_bits_retain(r.prot_at(g)), nx) != new
+            })
             .count() as u64;
         Expect::Value(changed)
     }
@@ -452,7 +454,7 @@ impl Harness {
                 && self
                     .space
                     .pt
-                    .translate(&self.space.ram.mem, Gva(r.start))
+                    .translate_raw(&self.space.ram.mem, r.start)
                     .is_ok_and(|t| t.page_size.bytes() == LARGE_PAGE_SIZE);
             m.regions.insert(
                 r.start,
@@ -461,7 +463,7 @@ impl Harness {
                     lazy: r.backing == Backing::Lazy,
                     huge,
                     guard: r.guard,
-                    prot: r.prot.clone(),
+                    prot: r.prot.iter().map(|(&k, p)| (k, p.bits())).collect(),
                 },
             );
         }

@@ -6,12 +6,18 @@ impl<S: PageSource> Mems<S> {
     // ---- allocation --------------------------------------------------------------------------
 
     /// The seed's `mems_malloc`: `size` bytes (rounded up to 16), 16-byte aligned, not zeroed.
+    ///
+    /// # Errors
+    /// As [`Mems::mems_alloc_aligned`].
     pub fn mems_malloc(&mut self, size: usize) -> Result<NonNull<u8>, HeapError> {
         self.mems_alloc_aligned(size, ALIGN)
     }
 
     /// `mems_malloc` with an alignment (a power of two ≤ [`MAX_ALIGN`]). Any padding in front
     /// of the segment stays a HOLE.
+    ///
+    /// # Errors
+    /// [`HeapError`] for a bad size or alignment, or when the page source has no more pages.
     pub fn mems_alloc_aligned(
         &mut self,
         size: usize,

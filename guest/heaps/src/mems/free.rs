@@ -23,6 +23,9 @@ impl<S: PageSource> Mems<S> {
     }
 
     /// Size in bytes of the PROCESS segment starting at `ptr`.
+    ///
+    /// # Errors
+    /// [`HeapError`] if `ptr` is not the start of a PROCESS segment (as [`Mems::mems_free`]).
     pub fn mems_usable_size(&self, ptr: NonNull<u8>) -> Result<usize, HeapError> {
         let n = self.lookup_process(ptr.as_ptr().addr())?;
         // SAFETY: a live PROCESS node.
@@ -34,6 +37,9 @@ impl<S: PageSource> Mems<S> {
     /// node, shrinking gives the cut tail to that HOLE (or makes it a new one). `Ok(false)`
     /// (heap unchanged) when growing and that HOLE is missing or too small; errors as for
     /// [`Mems::mems_free`]. The contents up to the smaller size stay in place.
+    ///
+    /// # Errors
+    /// As [`Mems::mems_free`] for a bad `ptr`.
     pub fn mems_resize_in_place(
         &mut self,
         ptr: NonNull<u8>,
@@ -107,6 +113,9 @@ impl<S: PageSource> Mems<S> {
     /// The seed's `mems_free`: the segment starting at `ptr` becomes a HOLE, merged with
     /// adjacent holes. Errors (heap unchanged): [`HeapError::DoubleFree`] if `ptr` lies in a
     /// hole, [`HeapError::InvalidPointer`] if it is not the start of a PROCESS segment.
+    ///
+    /// # Errors
+    /// [`HeapError::DoubleFree`], [`HeapError::InvalidPointer`] (heap unchanged).
     pub fn mems_free(&mut self, ptr: NonNull<u8>) -> Result<(), HeapError> {
         let addr = ptr.as_ptr().addr();
         let n = self.lookup_process(addr)?;

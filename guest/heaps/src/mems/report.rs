@@ -17,6 +17,9 @@ impl<S: PageSource> Mems<S> {
     /// ```
     /// Addresses are decimal virtual addresses, ranges inclusive; "Pages used" counts region
     /// pages, "Space unused" is the bytes in holes.
+    ///
+    /// # Errors
+    /// What the writer `w` returns.
     pub fn mems_print_stats(&self, w: &mut dyn Write) -> fmt::Result {
         writeln!(w, "----- MeMS SYSTEM STATS -----")?;
         let mut m = self.first_main;
@@ -64,6 +67,9 @@ impl<S: PageSource> Mems<S> {
 
     /// Walk the chains and check every invariant (tiling, links, no adjacent holes, hash
     /// table, hole index, registry, counters, byte accounting). O(heap size); for tests.
+    ///
+    /// # Errors
+    /// [`HeapError::Corrupted`] at the first broken invariant.
     pub fn audit(&self) -> Result<MemsAudit, HeapError> {
         let corrupt = |addr, reason| Err(HeapError::Corrupted { addr, reason });
         let mut a = MemsAudit {

@@ -344,6 +344,9 @@ impl<S: PageSource> MemvisorHeap<S> {
 
     /// Check every slab of every class against its header and the class's partial list:
     /// `Ok(live slots)`. O(slabs); for tests.
+    ///
+    /// # Errors
+    /// [`HeapError::Corrupted`] at the first broken slab or list.
     pub fn audit_slabs(&self) -> Result<usize, HeapError> {
         let corrupt = |addr, reason| Err(HeapError::Corrupted { addr, reason });
         let mut live = 0;

@@ -22,6 +22,9 @@ impl<S: PageSource> PageFamilies<S> {
     /// The seed's `xcalloc`: zeroed memory for `units` contiguous structs of the family
     /// (`units == 0` is served like 1). The payload is 16-byte aligned and at least
     /// `units * struct_size` bytes long ([`PageFamilies::usable_size`] tells the exact size).
+    ///
+    /// # Errors
+    /// [`HeapError`] for an unknown family, a size overflow, or when the page source has no more pages.
     pub fn xcalloc<'a>(
         &mut self,
         family: impl Into<FamilyRef<'a>>,
@@ -41,6 +44,9 @@ impl<S: PageSource> PageFamilies<S> {
 
     /// Like [`PageFamilies::xcalloc`] but the memory is **not** zeroed (the hot path for a
     /// global allocator: one family per size class, `units == 1`).
+    ///
+    /// # Errors
+    /// As [`PageFamilies::xcalloc`].
     #[inline]
     pub fn xmalloc(&mut self, family: FamilyId, units: usize) -> Result<NonNull<u8>, HeapError> {
         let fid = self.check_id(family)?;

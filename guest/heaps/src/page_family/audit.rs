@@ -34,6 +34,9 @@ impl<S: PageSource> PageFamilies<S> {
     /// Walk every family, page and block and check all invariants (boundary tags, magic bits,
     /// allocation bitmap, free lists, full merging, counters, registry). O(heap size); for
     /// tests and the heap-stress scenario.
+    ///
+    /// # Errors
+    /// [`HeapError::Corrupted`] at the first broken invariant.
     pub fn audit(&self) -> Result<PfAudit, HeapError> {
         let corrupt = |addr, reason| Err(HeapError::Corrupted { addr, reason });
         let mut a = PfAudit {

@@ -134,6 +134,9 @@ impl<S: PageSource> PageFamilies<S> {
     }
 
     /// Counters of a family.
+    ///
+    /// # Errors
+    /// [`HeapError`] for an unknown family id.
     pub fn family_info(&self, id: FamilyId) -> Result<FamilyInfo, HeapError> {
         let fid = self.check_id(id)?;
         Ok(self.families[fid].info())
@@ -142,6 +145,9 @@ impl<S: PageSource> PageFamilies<S> {
     /// The seed's `mm_instantiate_new_page_family`: register a family for structs of
     /// `struct_size` bytes. Errors: duplicate name, size 0 or above [`MAX_BLOCK_PAYLOAD`],
     /// table full ([`MAX_FAMILIES`]).
+    ///
+    /// # Errors
+    /// [`HeapError`] for a duplicate name, a size of 0 or above [`MAX_BLOCK_PAYLOAD`], or a full table.
     pub fn mm_instantiate_new_page_family(
         &mut self,
         name: &'static str,

@@ -81,6 +81,9 @@ impl<S: PageSource> PageFamilies<S> {
     }
 
     /// Payload size in bytes of the live block at `ptr` (≥ what was asked for).
+    ///
+    /// # Errors
+    /// As [`PageFamilies::xfree`] if `ptr` is not a live block.
     pub fn usable_size(&self, ptr: NonNull<u8>) -> Result<usize, HeapError> {
         let (_, _, h) = self.validate(ptr.as_ptr().addr())?;
         // SAFETY: validated live block header.
@@ -88,6 +91,9 @@ impl<S: PageSource> PageFamilies<S> {
     }
 
     /// The family a live block belongs to.
+    ///
+    /// # Errors
+    /// As [`PageFamilies::xfree`] if `ptr` is not a live block.
     pub fn family_of(&self, ptr: NonNull<u8>) -> Result<FamilyId, HeapError> {
         let (page, _, _) = self.validate(ptr.as_ptr().addr())?;
         // SAFETY: validated live VM page.
@@ -99,6 +105,9 @@ impl<S: PageSource> PageFamilies<S> {
     /// [`HeapError::DoubleFree`] if the address lies in free memory,
     /// [`HeapError::InvalidPointer`] if it is not the start of a live block of this heap,
     /// [`HeapError::Corrupted`] if in-band metadata around it fails its checks.
+    ///
+    /// # Errors
+    /// [`HeapError::DoubleFree`], [`HeapError::InvalidPointer`], [`HeapError::Corrupted`] (heap unchanged).
     pub fn xfree(&mut self, ptr: NonNull<u8>) -> Result<(), HeapError> {
         self.free_addr(ptr.as_ptr().addr(), self.quick_max)
     }

@@ -9,6 +9,9 @@ impl<S: PageSource> PageFamilies<S> {
 
     /// The seed's `mm_print_registered_page_families`: one `Page Family : NAME, Size = N`
     /// line per family (size in bytes).
+    ///
+    /// # Errors
+    /// What the writer `w` returns.
     pub fn mm_print_registered_page_families(&self, w: &mut dyn Write) -> fmt::Result {
         for f in &self.families[..self.count] {
             writeln!(w, "Page Family : {}, Size = {}", f.name, f.struct_size)?;
@@ -20,6 +23,9 @@ impl<S: PageSource> PageFamilies<S> {
     /// its VM pages with every block (ALLOCATED / F R E E D, `block_size` = payload bytes,
     /// `offset` = bytes from the VM page start, prev/next blocks), then the family's app memory
     /// in use, VM pages in use and % of memory in use by the application; then the totals.
+    ///
+    /// # Errors
+    /// What the writer `w` returns.
     pub fn mm_print_memory_usage(&self, w: &mut dyn Write, name: Option<&str>) -> fmt::Result {
         writeln!(w, "\nPage Size = {PAGE_SIZE} Bytes")?;
         let mut total_pages = 0;
@@ -113,6 +119,9 @@ impl<S: PageSource> PageFamilies<S> {
     /// The seed's `mm_print_block_usage`: per family
     /// `NAME   TBC : n    FBC : n    OBC : n AppMemUsage : bytes` (total, free and occupied
     /// block counts; bytes of allocated blocks including headers).
+    ///
+    /// # Errors
+    /// What the writer `w` returns.
     pub fn mm_print_block_usage(&self, w: &mut dyn Write) -> fmt::Result {
         for f in &self.families[..self.count] {
             writeln!(
@@ -133,6 +142,9 @@ impl<S: PageSource> PageFamilies<S> {
     /// one-unit block: `objsize` = its block bytes (header + payload), `objperslab` = how many
     /// fit in a one-page VM page, `active_objs` = live allocations, `num_objs` = live
     /// allocations + objects that fit in the free blocks, `pagesperslab` = 1.
+    ///
+    /// # Errors
+    /// What the writer `w` returns.
     pub fn mm_print_slabinfo(&self, w: &mut dyn Write) -> fmt::Result {
         writeln!(w, "slabinfo - version: 2.1 (memvisor page families)")?;
         writeln!(

@@ -26,17 +26,8 @@ pub const PEER_CHUNK_PAGES: usize = 16;
 /// Most chunks a peer heap can hold.
 const MAX_CHUNKS: usize = 2048;
 
-/// Heap names, by id (the host's `--heap` values, in the same order).
-pub const HEAPS: [&str; 8] = [
-    "page-family",
-    "mems",
-    "memvisor",
-    "talc",
-    "linked-list",
-    "buddy",
-    "rlsf",
-    "dlmalloc",
-];
+/// Heap names, by id (one list for host and guest, in the ABI crate).
+pub use memvisor_abi::HEAPS;
 
 /// What the replay and the benchmark need from a heap.
 pub trait Heap {

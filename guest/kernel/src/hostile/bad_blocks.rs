@@ -25,8 +25,8 @@ pub(super) fn bad_blocks(c: &mut Ctx) {
     let blk = block_gpa();
     // Put a valid-looking one-request header into our real block: rings elsewhere must not
     // touch it.
-    let p = BLOCK.0.get();
-    // SAFETY: BLOCK is ours (see Shared).
+    let p = BLOCK.as_ptr();
+    // SAFETY: BLOCK is this scenario's main code's alone.
     unsafe {
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).reqs[0]), NOP);
         core::ptr::write_volatile(
@@ -125,13 +125,13 @@ pub(super) fn bad_blocks(c: &mut Ctx) {
 /// the host would run it, which is the guest attacking itself, not the host.
 pub(super) fn random_bad_ring(c: &mut Ctx) {
     let ram_end = boot().ram_bytes.max(memvisor_abi::KERNEL_PHYS_BASE) + (1 << 30);
-    let p = BLOCK.0.get();
+    let p = BLOCK.as_ptr();
     let count = match c.rng.below(4) {
         0 => 0,
         1 => MAX_BATCH + 1 + c.rng.below(1000) as u32,
         _ => (c.rng.next() as u32) | 0x8000_0000,
     };
-    // SAFETY: BLOCK is ours (see Shared).
+    // SAFETY: BLOCK is this scenario's main code's alone.
     unsafe {
         core::ptr::write_volatile(
             core::ptr::addr_of_mut!((*p).head),

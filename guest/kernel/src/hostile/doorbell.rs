@@ -7,31 +7,20 @@ use crate::hc;
 use crate::probe::{self, Probe};
 use core::cell::UnsafeCell;
 use core::fmt::Write;
-use memvisor_abi::{Batch, Call, MemStats, Request, Status, DOORBELL_GVA, KERNEL_VIRT_OFFSET};
+use memvisor_abi::{Call, MemStats, Request, Status};
 
 // ---- the request block -----------------------------------------------------------------
 
-/// A full-size request block in .bss (its GPA is its GVA minus KERNEL_VIRT_OFFSET).
-#[repr(C, align(4096))]
-pub(super) struct Block {
-    pub(super) head: Batch,
-    pub(super) reqs: [Request; NB],
-}
-
+/// Statics of this scenario's main code only (never used from an exception handler).
 pub(super) struct Shared<T>(pub(super) UnsafeCell<T>);
 // SAFETY: one vCPU; these statics are used only by this scenario's main code (never from an
 // exception handler).
 unsafe impl<T> Sync for Shared<T> {}
 
-pub(super) const NOP: Request = Request::new(Call::Nop, [0; 5]);
+/// The full-size request block (the SDK's, in .bss).
+pub(super) static BLOCK: hc::StaticBlock<NB> = hc::StaticBlock::new();
 
-pub(super) static BLOCK: Shared<Block> = Shared(UnsafeCell::new(Block {
-    head: Batch {
-        count: 0,
-        completed: 0,
-    },
-    reqs: [NOP; NB],
-}));
+pub(super) const NOP: Request = Request::new(Call::Nop, [0; 5]);
 
 /// Where the host writes `Stats`.
 pub(super) static STATS: Shared<MemStats> = Shared(UnsafeCell::new(MemStats {
@@ -60,11 +49,11 @@ pub(super) static FLOOD: Shared<[u64; 8192]> = Shared(UnsafeCell::new([0; 8192])
 
 /// A GVA in the kernel's text this scenario never executes (the `runaway` scenario's code).
 pub(super) fn text_gva() -> u64 {
-    crate::crash::runaway as *const () as u64
+    crate::scenarios::runaway::spin as *const () as u64
 }
 
 pub(super) fn block_gpa() -> u64 {
-    (BLOCK.0.get() as u64).wrapping_sub(KERNEL_VIRT_OFFSET)
+    BLOCK.gpa()
 }
 
 pub(super) fn stats_gva() -> u64 {
@@ -73,42 +62,13 @@ pub(super) fn stats_gva() -> u64 {
 
 /// Ring the VMM with any GPA (an 8-byte write to the MMIO doorbell).
 pub(super) fn ring(gpa: u64) {
-    // SAFETY: a write to the doorbell page, which the host maps US=1 with no RAM behind it: the
-    // VMM serves the block at `gpa` (or refuses it) and resumes us. Nothing in our memory is
-    // written by this instruction.
-    unsafe {
-        core::arch::asm!("mov qword ptr [{db}], {v}", db = in(reg) DOORBELL_GVA, v = in(reg) gpa,
-            options(nostack, preserves_flags));
-    }
+    hc::ring_mmio(gpa);
 }
 
 /// Run `reqs` (at most 512) in one exit; results are written back into `reqs`. Returns the
 /// host's `completed`.
 pub(super) fn send(reqs: &mut [Request]) -> u32 {
-    let n = reqs.len().min(NB);
-    let p = BLOCK.0.get();
-    // SAFETY: BLOCK is ours alone (see Shared); volatile so the stores happen before the ring
-    // and the host's writes are read after it.
-    unsafe {
-        for (i, r) in reqs.iter().take(n).enumerate() {
-            core::ptr::write_volatile(core::ptr::addr_of_mut!((*p).reqs[i]), *r);
-        }
-        core::ptr::write_volatile(
-            core::ptr::addr_of_mut!((*p).head),
-            Batch {
-                count: n as u32,
-                completed: 0,
-            },
-        );
-    }
-    ring(block_gpa());
-    // SAFETY: as above.
-    unsafe {
-        for (i, r) in reqs.iter_mut().take(n).enumerate() {
-            *r = core::ptr::read_volatile(core::ptr::addr_of!((*p).reqs[i]));
-        }
-        core::ptr::read_volatile(core::ptr::addr_of!((*p).head)).completed
-    }
+    BLOCK.run(reqs)
 }
 
 pub(super) fn status_of(raw: i32) -> Option<Status> {

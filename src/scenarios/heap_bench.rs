@@ -1,0 +1,12 @@
+//! Host side of `heap-bench` (run by `memvisor bench`): the sample traces' blob, as for
+//! `replay` ([`super::replay::Blob`]).
+
+/// A fresh host side without a blob.
+pub fn new() -> Box<dyn crate::scenario::Scenario> {
+    super::replay::new()
+}
+
+/// A host side that maps `blob` (the encoded sample traces) at `crate::layout::BLOB_GVA`.
+pub fn new_with_blob(blob: Vec<u8>) -> Box<dyn crate::scenario::Scenario> {
+    super::replay::with_blob(blob)
+}
