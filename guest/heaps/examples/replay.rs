@@ -247,12 +247,65 @@ fn pair(size: usize) {
         }
         best = best.min(t0.elapsed().as_nanos());
     }
-    println!("pair {size} B: {:.1} ns", best as f64 / 200_000.0);
+    let mut t = Talc(talc::Talc::new(Oom(new_src(), Vec::new())));
+    let mut tbest = u128::MAX;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        for _ in 0..200_000 {
+            let p = Heap::alloc(&mut t, l);
+            Heap::dealloc(&mut t, std::hint::black_box(p), l);
+        }
+        tbest = tbest.min(t0.elapsed().as_nanos());
+    }
+    println!(
+        "pair {size} B: memvisor {:.1} ns, talc {:.1} ns",
+        best as f64 / 200_000.0,
+        tbest as f64 / 200_000.0
+    );
+}
+
+/// `BENCH=1`: the guest bench's sequence on one heap per allocator (sizes 16 … 16384: pairs,
+/// then batches of 256 allocations and 256 frees), ns per operation, memvisor and talc.
+fn bench_sequence() {
+    fn run<H: Heap>(h: &mut H, name: &str, stats: impl Fn(&H) -> String) {
+        for size in [16usize, 64, 256, 1024, 4096, 16384] {
+            let l = lay(size);
+            let p = h.alloc(l);
+            h.dealloc(p, l);
+            let t0 = Instant::now();
+            for _ in 0..30_000 {
+                let p = h.alloc(l);
+                h.dealloc(std::hint::black_box(p), l);
+            }
+            let pair = t0.elapsed().as_nanos() as f64 / 30_000.0;
+            let after_pairs = stats(h);
+            let mut v = Vec::with_capacity(256);
+            let t0 = Instant::now();
+            for _ in 0..15 {
+                for _ in 0..256 {
+                    v.push(h.alloc(l));
+                }
+                for p in v.drain(..) {
+                    h.dealloc(p, l);
+                }
+            }
+            let batch = t0.elapsed().as_nanos() as f64 / (15.0 * 512.0);
+            println!("{name} {size} B: pair {pair:.1} ns, batch {batch:.1} ns/op\n  after pairs {after_pairs}\n  after batches {}", stats(h));
+        }
+    }
+    let src = new_src();
+    let mut h = MemvisorHeap::new(src.clone(), src);
+    run(&mut h, "memvisor", |h| format!("{:?}", h.mid().stats()));
+    let mut t = Talc(talc::Talc::new(Oom(new_src(), Vec::new())));
+    run(&mut t, "talc", |_| String::new());
 }
 
 fn main() {
     if let Some(s) = std::env::var("PAIR").ok().and_then(|s| s.parse().ok()) {
         return pair(s);
+    }
+    if std::env::var_os("BENCH").is_some() {
+        return bench_sequence();
     }
     let dump = std::env::var_os("DUMP").is_some();
     for path in std::env::args().skip(1) {
@@ -267,12 +320,30 @@ fn main() {
                 return;
             }
             let (pf, m) = (h.slab_families(), h.mems());
-            let now = pf.pages_in_use() + m.pages_in_use();
+            let now = h.pages_in_use();
             if now > at_peak.0 {
                 let mut s = format!(
-                    "slab data {} slab registry {} mems data {} mems holes {} B live {cur} B nodes {}\n",
-                    pf.data_pages(), pf.metadata_pages(), m.data_pages(), m.hole_bytes(), m.main_chain_len()
+                    "slab data {} slab registry {} mems data {} mems holes {} B live {cur} B nodes {} kept {}\n",
+                    pf.data_pages(), pf.metadata_pages(), m.data_pages(), m.hole_bytes(), m.main_chain_len(),
+                    h.keep_stats().kept_pages
                 );
+                s += &format!(
+                    "mid: {:?} {:?} spare {}\n",
+                    h.mid().stats(),
+                    h.mid().audit(),
+                    h.mid().spare_pages()
+                );
+                if std::env::var_os("DUMP_MID").is_some() {
+                    let mut last = 0;
+                    h.mid().for_each_block(|r, _, size, free| {
+                        if r != last {
+                            s += "\nregion:";
+                            last = r;
+                        }
+                        s += &format!(" {}{}", if free { "-" } else { "" }, size);
+                    });
+                    s += "\n";
+                }
                 if let Ok(a) = m.audit() {
                     s += &format!(
                         "mems pool {} table {} registry {} segments {} holes {}\n",
@@ -284,6 +355,7 @@ fn main() {
             }
         });
         let bad = h.stats().bad_frees;
+        println!("mid: {:?}; keep: {:?}", h.mid().stats(), h.keep_stats());
         drop(h);
         let pages = src.peak_pages();
         let calls = src.0.borrow().calls;

@@ -1,6 +1,6 @@
 //! The `memvisor` heap: the guest kernel's general-purpose allocator (the type behind its
 //! `#[global_allocator]`, `guest/kernel/src/heap/global.rs`), built from the two heaps of this
-//! crate.
+//! crate and a mid-size path of its own.
 //!
 //! Routing is decided by the [`Layout`] alone ([`route`]), so `dealloc` and `realloc`, which
 //! get the layout back, never look a pointer up to know which heap owns it:
@@ -8,8 +8,9 @@
 //! | request | heap |
 //! | --- | --- |
 //! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …); slab layout in `memvisor/slab.rs`; a class without a slab borrows a free slot of one of the next 3 classes at most 1.25 × its size before it takes a page |
+//! | 993 B ≤ size < [`SOLO_MIN`], align ≤ 16 (and sizes ≤ 992 at align 16 without a class) | **the mid-size path** ([`Mid`], `memvisor/mid/`): TLSF-style segregated fits with boundary tags and a designated victim in regions of 16 pages (64 once it holds 2 MiB); O(1) alloc and free, immediate coalescing, checked frees (region registry, live-start bitmap); emptied regions stay as spares (up to [`MAX_SPARES`]) |
 //! | size ≥ [`SOLO_MIN`] (64 KiB) | **MeMS**, a solo main node of its own, unmapped when the block is freed |
-//! | anything else | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
+//! | align > 16 | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
 //!
 //! # Why slabs, and what efficiency to expect
 //! A page-family block carries an 8-byte header and rounds to 16 bytes. On the python-json
@@ -47,9 +48,11 @@
 //! never raise the heap's peak footprint.
 
 mod keep;
+mod mid;
 mod slab;
 
 pub use keep::{Keep, KeepStats, DECAY_OPS, KEEP_MAX_PAGES, KEEP_RUNS};
+pub use mid::{Mid, MidAudit, MidStats, MAX_SPARES, MID_MAX, MID_MIN, REGION_PAGES};
 pub use slab::{borrowable, slab_layout, BORROW, HDR, NSLOTS, SLAB_OFF, SLAB_PAYLOAD};
 
 use crate::{HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
@@ -102,6 +105,8 @@ pub const SOLO_MIN: usize = 64 * 1024;
 pub enum Route {
     /// Slab class index into [`CLASSES`].
     Slab(usize),
+    /// The mid-size path ([`Mid`], `memvisor/mid/`).
+    Mid,
     /// MeMS.
     Large,
 }
@@ -127,10 +132,13 @@ pub const fn route(size: usize, align: usize) -> Route {
         while align > 8 && !CLASSES[c].is_multiple_of(16) {
             c += 1;
             if c == NCLASS {
-                return Route::Large;
+                return Route::Mid;
             }
         }
         return Route::Slab(c);
+    }
+    if size <= MID_MAX {
+        return Route::Mid;
     }
     Route::Large
 }
@@ -148,21 +156,26 @@ const _: () = {
                         && CLASSES[c].is_multiple_of(a)
                         && (SLAB_OFF + HDR[c] as usize).is_multiple_of(16)
                 ),
-                Route::Large => assert!(s > 256 && a == 16),
+                Route::Mid => assert!(s > 256 && a == 16),
+                Route::Large => panic!(),
             }
             a *= 2;
         }
         s += 1;
     }
-    assert!(matches!(route(SLAB_MAX + 1, 8), Route::Large));
+    assert!(matches!(route(SLAB_MAX + 1, 8), Route::Mid));
+    assert!(matches!(route(MID_MAX, 16), Route::Mid));
+    assert!(matches!(route(MID_MAX + 1, 8), Route::Large));
     assert!(matches!(route(8, 32), Route::Large));
 };
 
 /// Counters of the memvisor heap (all O(1)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Live allocations by heap: slabs, MeMS.
+    /// Live allocations by heap: slabs, the rest (mid-size path and MeMS).
     pub live: [usize; 2],
+    /// Live allocations of the mid-size path (counted in `live[1]` too).
+    pub mid_live: usize,
     /// Frees (and reallocs) the heaps refused: pointer not from this heap, double free.
     pub bad_frees: usize,
     /// Slabs created / given back.
@@ -175,6 +188,8 @@ pub struct Stats {
 pub struct MemvisorHeap<S: PageSource> {
     slabs: PageFamilies<S>,
     large: Mems<Keep<S>>,
+    /// Mid-size blocks; its regions come from `large`'s [`Keep`].
+    mid: Mid,
     /// Most pages held at once (slabs, MeMS and kept runs): kept runs are returned before
     /// the slabs grow past it.
     high: usize,
@@ -192,11 +207,13 @@ impl<S: PageSource> MemvisorHeap<S> {
         MemvisorHeap {
             slabs: PageFamilies::new(slab_src),
             large: Mems::new(Keep::new(large_src)),
+            mid: Mid::new(),
             high: 0,
             classes: [Class::EMPTY; NCLASS],
             ready: false,
             stats: Stats {
                 live: [0; 2],
+                mid_live: 0,
                 bad_frees: 0,
                 slabs_made: 0,
                 slabs_freed: 0,
@@ -240,7 +257,10 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// Pages mapped from the page sources by both sub-heaps (data and metadata) and kept
     /// for reuse by the page-return policy.
     pub fn pages_in_use(&self) -> usize {
-        self.slabs.pages_in_use() + self.large.pages_in_use() + self.large.source().kept_pages()
+        self.slabs.pages_in_use()
+            + self.large.pages_in_use()
+            + self.mid.pages_in_use()
+            + self.large.source().kept_pages()
     }
 
     /// Counters of the page-return policy.
@@ -262,6 +282,9 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// the high-water mark where they can. Cold (slab growth).
     #[cold]
     pub(crate) fn make_room(&mut self, pages: usize) {
+        if self.mid.spare_pages() != 0 && self.pages_in_use() + pages > self.high {
+            self.mid.release_spare(self.large.source_mut());
+        }
         let kept = self.large.source().kept_pages();
         if kept == 0 {
             return;
@@ -302,6 +325,11 @@ impl<S: PageSource> MemvisorHeap<S> {
         &self.slabs
     }
 
+    /// The mid-size path (reports, audits).
+    pub fn mid(&self) -> &Mid {
+        &self.mid
+    }
+
     /// The MeMS heap (reports); its page source is the [`Keep`].
     pub fn mems(&self) -> &Mems<Keep<S>> {
         &self.large
@@ -318,6 +346,7 @@ impl<S: PageSource> MemvisorHeap<S> {
         let size = layout.size().max(1);
         match route(size, layout.align()) {
             Route::Slab(c) => self.slab_alloc(c, layout.align()),
+            Route::Mid => self.mid_alloc(size),
             Route::Large => match self.large_alloc(size, layout.align()) {
                 Ok(p) => {
                     self.stats.live[1] += 1;
@@ -340,6 +369,7 @@ impl<S: PageSource> MemvisorHeap<S> {
         let size = layout.size().max(1);
         let r = match route(size, layout.align()) {
             Route::Slab(c) => self.slab_free(ptr, c),
+            Route::Mid => self.mid_free(ptr, size),
             Route::Large => {
                 // Keep emptied MeMS regions while the holes are few (no map/unmap churn for a
                 // program that frees and allocates a large buffer in a loop); release them
@@ -373,6 +403,11 @@ impl<S: PageSource> MemvisorHeap<S> {
         let (ro, rn) = (route(old, layout.align()), route(new, layout.align()));
         match (ro, rn) {
             (Route::Slab(a), Route::Slab(b)) if a == b => return Some(ptr),
+            (Route::Mid, Route::Mid) => {
+                if let Some(p) = self.mid_realloc_in_place(ptr, new) {
+                    return Some(p);
+                }
+            }
             (Route::Large, Route::Large) => {
                 if let Some(p) = self.large_realloc_in_place(ptr, old, new) {
                     return Some(p);
@@ -389,9 +424,58 @@ impl<S: PageSource> MemvisorHeap<S> {
         Some(q)
     }
 
+    #[inline(always)]
+    fn mid_alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
+        let held = self.mid.stats().region_pages;
+        match self.mid.alloc(self.large.source_mut(), size) {
+            Ok(p) => {
+                self.stats.live[1] += 1;
+                self.stats.mid_live += 1;
+                if self.mid.stats().region_pages != held {
+                    self.mid_grew();
+                }
+                Some(p)
+            }
+            Err(e) => {
+                self.last_error = Some(e);
+                None
+            }
+        }
+    }
+
+    /// The mid-size path mapped a region: advance the page-return clock, raise the mark.
+    #[cold]
+    fn mid_grew(&mut self) {
+        let ops = self.ops;
+        self.large.source_mut().decay(ops);
+        self.note_high();
+    }
+
+    #[inline(always)]
+    fn mid_free(&mut self, ptr: NonNull<u8>, size: usize) -> Result<(), HeapError> {
+        self.mid.free(self.large.source_mut(), ptr, size)?;
+        self.stats.live[1] -= 1;
+        self.stats.mid_live -= 1;
+        Ok(())
+    }
+
+    /// A mid-size block resized without moving ([`Mid::resize_in_place`]: a shrink always,
+    /// a growth into a free block behind it). `None`: move it.
+    fn mid_realloc_in_place(&mut self, ptr: NonNull<u8>, new: usize) -> Option<NonNull<u8>> {
+        match self.mid.resize_in_place(ptr, new) {
+            Ok(true) => Some(ptr),
+            _ => None,
+        }
+    }
+
     /// MeMS allocation (the growth policy is MeMS's own, set in `init`).
     #[inline]
     fn large_alloc(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, HeapError> {
+        if self.mid.spare_pages() != 0 {
+            // MeMS may grow: empty mid-size regions go first if the heap would pass its
+            // high-water mark.
+            self.make_room((size / PAGE_SIZE + 1).max(GROW_PAGES));
+        }
         let ops = self.ops;
         self.large.source_mut().decay(ops);
         self.large.mems_alloc_aligned(size, align)
@@ -418,5 +502,12 @@ impl<S: PageSource> MemvisorHeap<S> {
             Ok(true) => Some(ptr),
             _ => None,
         }
+    }
+}
+
+impl<S: PageSource> Drop for MemvisorHeap<S> {
+    fn drop(&mut self) {
+        // Before the fields drop: the regions go to the keep, which returns them.
+        self.mid.clear(self.large.source_mut());
     }
 }

@@ -1,4 +1,5 @@
-//! The memvisor heap (slab classes on page families, MeMS for the rest) vs a shadow model
+//! The memvisor heap (slab classes on page families, the mid-size path, MeMS for the rest)
+//! vs a shadow model
 //! (proptest): random alloc / dealloc / realloc of every size range and alignment, with bad
 //! frees (double, interior, foreign, wrong layout). After every step: no overlap, alignment,
 //! contents intact, live counts and pages accounted (heap audits, page sources), refused
@@ -14,7 +15,8 @@ use std::vec::Vec;
 use super::{check, fill};
 use crate::host::HostPageSource;
 use crate::memvisor::{
-    borrowable, route, Route, CLASSES, GROW_PAGES, KEEP_MAX_PAGES, LARGE_SLACK, NCLASS, SOLO_MIN,
+    borrowable, route, Route, CLASSES, GROW_PAGES, KEEP_MAX_PAGES, LARGE_SLACK, MAX_SPARES, NCLASS,
+    SOLO_MIN,
 };
 use crate::{MemvisorHeap, PAGE_SIZE};
 
@@ -69,6 +71,7 @@ fn snapshot(h: &H) -> impl PartialEq + core::fmt::Debug {
         h.slab_families().audit().expect("page-family audit"),
         h.mems().audit().expect("MeMS audit"),
         h.audit_slabs().expect("slab audit"),
+        h.mid().audit().expect("mid-size audit"),
         h.pages_in_use(),
         h.stats().live,
     )
@@ -277,13 +280,27 @@ fn run(ops: Vec<Op>) {
             .values()
             .filter(|l| matches!(route(l.layout.size(), l.layout.align()), Route::Slab(_)))
             .count();
+        let mids = live
+            .values()
+            .filter(|l| route(l.layout.size(), l.layout.align()) == Route::Mid)
+            .count();
         assert_eq!(h.stats().live, [slabs, live.len() - slabs], "live counts");
+        assert_eq!(h.stats().mid_live, mids, "mid-size live count");
         assert_eq!(h.audit_slabs().expect("slab audit"), slabs);
+        let mid = h
+            .mid()
+            .audit()
+            .unwrap_or_else(|e| panic!("mid-size audit: {e}"));
+        assert_eq!(mid.live, mids);
+        assert!(
+            mid.empty_regions <= MAX_SPARES + 1,
+            "empty regions bounded (spares, the dv)"
+        );
         let m = h
             .mems()
             .audit()
             .unwrap_or_else(|e| panic!("MeMS audit: {e}"));
-        assert_eq!(m.process_segments, live.len() - slabs);
+        assert_eq!(m.process_segments, live.len() - slabs - mids);
         h.slab_families()
             .audit()
             .unwrap_or_else(|e| panic!("page-family audit: {e}"));
@@ -329,6 +346,10 @@ fn run(ops: Vec<Op>) {
     let m = h.mems().audit().expect("MeMS audit");
     assert_eq!(m.process_segments, 0);
     assert!(m.data_pages * PAGE_SIZE <= LARGE_SLACK + GROW_PAGES * PAGE_SIZE);
+    // The mid-size path keeps at most its spare regions.
+    let mid = h.mid().audit().expect("mid-size audit");
+    assert_eq!(mid.live, 0);
+    assert!(mid.regions <= MAX_SPARES + 1 && mid.regions == mid.empty_regions);
 }
 
 proptest! {

@@ -1,0 +1,558 @@
+//! The memvisor heap's mid-size path (issue 13): requests above the slab classes and below
+//! the solo threshold ([`MID_MIN`] … [`MID_MAX`] bytes, alignment ≤ 16) are blocks with
+//! in-band boundary tags in regions of the heap's own, found by **segregated fits with two
+//! bitmap levels** (TLSF: M. Masmano et al., "TLSF: a new dynamic memory allocator for
+//! real-time systems", ECRTS 2004): O(1) allocation and free, immediate coalescing.
+//!
+//! ```text
+//! region + 0        header: magic, pages, region list links (32 bytes), then the
+//!                   live-start bitmap, one bit per 16 bytes of the region
+//! region + first    block: size word (size | FREE | PREV_FREE | FIRST), payload …
+//!   (free block:    size word, next free, prev free, …, footer = size in its last word)
+//! region end - 8    sentinel size word (size 0, never free)
+//! ```
+//! A block starts at an address ≡ 8 (mod 16) and its size (a multiple of 16, at least 32)
+//! counts its size word, so the payload is 16-byte aligned and `size - 8` bytes long (the
+//! last word of a used block is payload; it holds the footer only while the block is free).
+//! Free lists: first level by the power of two of the size (below 1 KiB: level 0), second
+//! level 16 equal ranges within it. A request takes the first fit among the first 8
+//! blocks of its own list; else the first block of the next non-empty list whose
+//! every block fits (`trailing_zeros` over two bitmap words), unless the **designated
+//! victim** (dlmalloc's `dv`: a free block kept off the lists) fits and is no bigger; else a
+//! new region. A remainder smaller than the smallest mid-size block stays with the block
+//! (no sliver no request can use); a bigger one goes on its list, or becomes the dv if it is
+//! bigger than the dv. A free merges with both neighbours at once; merged with the dv, it is
+//! the dv. So a loop that frees and allocates one block carves and re-merges the dv without
+//! touching a list.
+//!
+//! A free is checked against heap-owned state before any in-band word is trusted: the
+//! page must be registered (the regions' page registry) and the block must start a live
+//! block (the region's live-start bitmap). Regions have [`REGION_PAGES`] pages (the largest
+//! request gets one of its size, 17 pages), 64 once the path holds 2 MiB: the guest's page
+//! pool serves runs of up to 16 pages from one 64-page chunk and maps larger runs on their
+//! own, so both sizes cost one page-source call per 64 pages. A region whose blocks are all
+//! freed stays in place as a spare, off the lists (up to [`MAX_SPARES`]; the dv's region
+//! stays the dv; a spare becomes the dv when neither the lists nor the dv hold a request)
+//! and goes back to the page source (the heap's [`Keep`](super::Keep)) beyond that; spares
+//! never raise the heap's peak: the path only grows when no spare holds the request, and
+//! the heap returns them before the slabs or MeMS grow past its high-water mark.
+
+mod audit;
+mod region;
+mod resize;
+
+use crate::registry::PageRegistry;
+use crate::{at, HeapError, PageSource, PAGE_SIZE};
+use core::ptr::NonNull;
+
+/// Smallest request served here (one more than the largest slab class).
+pub const MID_MIN: usize = super::SLAB_MAX + 1;
+/// Largest request served here (requests from [`super::SOLO_MIN`] get a solo MeMS node).
+pub const MID_MAX: usize = super::SOLO_MIN - 1;
+/// Pages of a region (64 KiB) while the path is small; the largest request gets a region of
+/// its size (17 pages).
+pub const REGION_PAGES: usize = 16;
+
+pub(super) const FREE: usize = 1;
+pub(super) const PREV_FREE: usize = 2;
+pub(super) const FIRST: usize = 4;
+pub(super) const FLAGS: usize = 15;
+/// Smallest block (a free block needs its size word, two links and its footer).
+pub(super) const MIN_BLOCK: usize = 32;
+pub(super) const SL: usize = 16;
+/// First-level lists: level 0 below 1 KiB, level f for sizes in [2^(9+f), 2^(10+f)).
+pub(super) const FL: usize = 12;
+pub(super) const REGION_MAGIC: usize = 0x6d69_645f_7265_6769;
+/// Pages of a region once the path holds [`REGION_BIG_AT`] pages.
+pub(super) const REGION_MAX: usize = 64;
+/// Region pages held from which new regions have [`REGION_MAX`] pages (2 MiB).
+pub(super) const REGION_BIG_AT: usize = 512;
+/// Smallest tail a shrink cuts off when no free block follows (the smallest mid-size block).
+const MIN_TAIL: usize = block_size(MID_MIN);
+/// Most empty regions kept as spares. Spares never raise the heap's peak: the path grows
+/// only when no spare holds the request, and the heap returns them before the slabs or
+/// MeMS grow past its high-water mark.
+pub const MAX_SPARES: usize = 64;
+/// Blocks of a request's own list tried before the next list.
+const PROBE: usize = 8;
+/// Fixed part of a region header: magic, pages, next, prev.
+pub(super) const FIXED: usize = 32;
+
+const _: () = assert!(2 * REGION_MAX * PAGE_SIZE < 1 << (9 + FL));
+// The largest request fits a region of at most twice the usual pages.
+const _: () = assert!(
+    block_size(MID_MAX) + first_offset(2 * REGION_PAGES) + 8 <= 2 * REGION_PAGES * PAGE_SIZE
+);
+
+/// Block size (size word included) for a request of `n` bytes.
+#[inline(always)]
+const fn block_size(n: usize) -> usize {
+    let b = (n + 8 + 15) & !15;
+    if b < MIN_BLOCK {
+        MIN_BLOCK
+    } else {
+        b
+    }
+}
+
+/// Offset of a region's first block: after the header and the live-start bitmap, ≡ 8 mod 16.
+#[inline(always)]
+pub(super) const fn first_offset(pages: usize) -> usize {
+    let bitmap = pages * PAGE_SIZE / 16 / 8;
+    (FIXED + bitmap + 8).next_multiple_of(16) - 8
+}
+
+/// `(first level, second level)` list of a free block of `size` bytes.
+#[inline(always)]
+pub(super) fn mapping(size: usize) -> (usize, usize) {
+    if size < 1024 {
+        (0, size >> 6)
+    } else {
+        let l = (usize::BITS - 1 - size.leading_zeros()) as usize;
+        (l - 9, (size >> (l - 4)) & (SL - 1))
+    }
+}
+
+/// The first list whose every block holds `size` bytes.
+#[inline(always)]
+fn mapping_search(size: usize) -> (usize, usize) {
+    let r = if size < 1024 {
+        size + 63
+    } else {
+        let l = (usize::BITS - 1 - size.leading_zeros()) as usize;
+        size + (1 << (l - 4)) - 1
+    };
+    mapping(r)
+}
+
+#[inline(always)]
+fn word(a: usize) -> *mut usize {
+    at::<usize>(a)
+}
+
+/// Region header (fixed part).
+#[repr(C)]
+struct Region {
+    magic: usize,
+    pages: usize,
+    next: usize,
+    prev: usize,
+}
+
+/// Counters and totals of the mid-size path (O(1)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MidStats {
+    /// Live blocks.
+    pub live: usize,
+    /// Regions mapped now.
+    pub regions: usize,
+    /// Pages of those regions.
+    pub region_pages: usize,
+    /// Regions mapped / returned so far.
+    pub regions_made: u64,
+    /// Regions returned to the page source.
+    pub regions_freed: u64,
+}
+
+/// What [`Mid::audit`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MidAudit {
+    /// Live blocks.
+    pub live: usize,
+    /// Bytes of live blocks (size words included).
+    pub used_bytes: usize,
+    /// Bytes of free blocks.
+    pub free_bytes: usize,
+    /// Free blocks (the dv included).
+    pub free_blocks: usize,
+    /// Largest free block in bytes.
+    pub largest_free: usize,
+    /// Regions.
+    pub regions: usize,
+    /// Empty regions (the spares).
+    pub empty_regions: usize,
+}
+
+/// The mid-size allocator (see the module docs). Its pages come from the page source passed
+/// to each call (the heap's [`Keep`](super::Keep)).
+pub struct Mid {
+    fl_bits: u32,
+    sl_bits: [u16; FL],
+    heads: [[usize; SL]; FL],
+    reg: PageRegistry,
+    /// First region of the region list (header address), 0 if none.
+    regions: usize,
+    /// First block of the empty region kept in place, 0 if none.
+    spares: [usize; MAX_SPARES],
+    /// Pages of each spare's region.
+    spare_sizes: [usize; MAX_SPARES],
+    /// Spares in use, and their pages.
+    nspare: usize,
+    spare_pages: usize,
+    /// The designated victim (dlmalloc's `dv`): a free block kept off the lists, the
+    /// remainder of the last split, 0 if none. Requests that miss their own list carve it
+    /// from the front, frees next to it merge into it, neither touching a list.
+    dv: usize,
+    /// Size of `dv`.
+    dv_size: usize,
+    stats: MidStats,
+}
+
+impl Mid {
+    /// Nothing mapped.
+    pub const fn new() -> Self {
+        Mid {
+            fl_bits: 0,
+            sl_bits: [0; FL],
+            heads: [[0; SL]; FL],
+            reg: PageRegistry::new(),
+            regions: 0,
+            spares: [0; MAX_SPARES],
+            spare_sizes: [0; MAX_SPARES],
+            nspare: 0,
+            spare_pages: 0,
+            dv: 0,
+            dv_size: 0,
+            stats: MidStats {
+                live: 0,
+                regions: 0,
+                region_pages: 0,
+                regions_made: 0,
+                regions_freed: 0,
+            },
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MidStats {
+        self.stats
+    }
+
+    /// Pages held: regions and registry nodes.
+    #[inline(always)]
+    pub fn pages_in_use(&self) -> usize {
+        self.stats.region_pages + self.reg.node_pages()
+    }
+
+    /// Does `ptr` lie in a region of this allocator?
+    pub fn contains(&self, ptr: usize) -> bool {
+        self.reg.get(ptr) != 0
+    }
+
+    #[inline(always)]
+    fn insert(&mut self, b: usize, size: usize) {
+        let (f, s) = mapping(size);
+        let head = self.heads[f][s];
+        // SAFETY: `b` is a free block of at least MIN_BLOCK bytes in a live region; `head`
+        // (if non-zero) is the first free block of the list.
+        unsafe {
+            *word(b + 8) = head;
+            *word(b + 16) = 0;
+            if head != 0 {
+                *word(head + 16) = b;
+            }
+        }
+        self.heads[f][s] = b;
+        self.fl_bits |= 1 << f;
+        self.sl_bits[f] |= 1 << s;
+    }
+
+    #[inline(always)]
+    fn remove(&mut self, b: usize, size: usize) {
+        // SAFETY: `b` is a free block on the list of its size; its links are live blocks or 0.
+        unsafe {
+            let (n, p) = (*word(b + 8), *word(b + 16));
+            if p != 0 {
+                *word(p + 8) = n;
+            } else {
+                let (f, s) = mapping(size);
+                self.heads[f][s] = n;
+                if n == 0 {
+                    self.sl_bits[f] &= !(1 << s);
+                    if self.sl_bits[f] == 0 {
+                        self.fl_bits &= !(1 << f);
+                    }
+                }
+            }
+            if n != 0 {
+                *word(n + 16) = p;
+            }
+        }
+    }
+
+    /// Cut block `b` (free, off every list, at least `need` bytes) to `need` bytes; the
+    /// remainder, if it can be a block, becomes the dv (`to_dv`, the old dv goes on its
+    /// list) or goes on its list.
+    #[inline(always)]
+    fn take(&mut self, b: usize, need: usize, to_dv: bool) {
+        // SAFETY: `b` is a free block of a live region; the block after it starts at
+        // `b + size` (a block or the sentinel).
+        unsafe {
+            let h = *word(b);
+            let size = h & !FLAGS;
+            let rest = size - need;
+            // A remainder too small for any mid-size request stays with the block: split
+            // off, it would be a sliver no request can use until a neighbour is freed, and
+            // the block keeps its size for the next request of that size.
+            if rest >= MIN_TAIL {
+                *word(b) = need | (h & (PREV_FREE | FIRST));
+                let r = b + need;
+                *word(r) = rest | FREE;
+                *word(r + rest - 8) = rest;
+                if to_dv {
+                    if self.dv != 0 {
+                        self.insert(self.dv, self.dv_size);
+                    }
+                    self.dv = r;
+                    self.dv_size = rest;
+                } else {
+                    self.insert(r, rest);
+                }
+            } else {
+                *word(b) = size | (h & (PREV_FREE | FIRST));
+                *word(b + size) &= !PREV_FREE;
+            }
+        }
+    }
+
+    /// A free block of at least `need` bytes on the lists, `(block, size)`, left on its
+    /// list, or `(0, 0)`: the first fit among the first `PROBE` blocks of the request's
+    /// own list, else the head of the first non-empty list whose every block fits (good
+    /// fit).
+    #[inline(always)]
+    fn find(&self, need: usize) -> (usize, usize) {
+        let (f, s) = mapping(need);
+        if self.fl_bits >> f == 0 {
+            // No list of this size or above holds a block.
+            return (0, 0);
+        }
+        let mut q = self.heads[f][s];
+        let mut n = 0;
+        while q != 0 && n < PROBE {
+            // SAFETY: list members are free blocks with valid size words and links.
+            let (size, next) = unsafe { (*word(q) & !FLAGS, *word(q + 8)) };
+            if size >= need {
+                return (q, size);
+            }
+            q = next;
+            n += 1;
+        }
+        let (mut f, s) = mapping_search(need);
+        if f >= FL {
+            return (0, 0);
+        }
+        let mut sl = self.sl_bits[f] as u32 & (!0u32 << s);
+        if sl == 0 {
+            let fl = self.fl_bits & (!0u32).checked_shl(f as u32 + 1).unwrap_or(0);
+            if fl == 0 {
+                return (0, 0);
+            }
+            f = fl.trailing_zeros() as usize;
+            sl = self.sl_bits[f] as u32;
+        }
+        let b = self.heads[f][sl.trailing_zeros() as usize];
+        // SAFETY: a set bitmap bit means a non-empty list of free blocks.
+        (b, unsafe { *word(b) } & !FLAGS)
+    }
+
+    /// Allocate `n` bytes ([`MID_MIN`] ≤ `n` ≤ [`MID_MAX`]), 16-byte aligned. The block
+    /// comes from the lists (see the module docs) unless the dv fits and is no bigger than
+    /// what the lists offer (dlmalloc's rule for large requests), else from a new region.
+    #[inline]
+    pub fn alloc<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        n: usize,
+    ) -> Result<NonNull<u8>, HeapError> {
+        let need = block_size(n);
+        let (mut b, size) = self.find(need);
+        if b != 0 {
+            if self.dv_size >= need && self.dv_size <= size {
+                b = 0;
+            } else {
+                self.remove(b, size);
+            }
+        }
+        if b != 0 {
+            let rest = size - need;
+            // A remainder bigger than the dv becomes the dv (dlmalloc's "replace dv"): the
+            // next requests carve it, and frees next to it merge without a list operation.
+            let to_dv = rest > self.dv_size;
+            if to_dv {
+                self.retire_dv(src);
+            }
+            self.take(b, need, to_dv);
+        } else {
+            if self.dv_size < need && !(self.nspare != 0 && self.dv_from_spare(src, need)) {
+                self.grow(src, need)?;
+            }
+            b = core::mem::replace(&mut self.dv, 0);
+            self.dv_size = 0;
+            self.take(b, need, true);
+        }
+        let r = self.reg.get(b + 8);
+        // SAFETY: `b` now starts a live block of region `r`.
+        unsafe { set_live(r, b, true) };
+        self.stats.live += 1;
+        // SAFETY: b + 8 is in a mapped region, so non-null.
+        Ok(unsafe { NonNull::new_unchecked(at::<u8>(b + 8)) })
+    }
+
+    /// The block of `ptr` if `ptr` is the payload of a live block: `(region, block, size)`.
+    #[inline(always)]
+    fn live_block(&self, ptr: usize) -> Result<(usize, usize, usize), HeapError> {
+        let bad = |reason| HeapError::InvalidPointer { addr: ptr, reason };
+        if ptr & 15 != 0 {
+            return Err(bad("misaligned for a mid-size block"));
+        }
+        let r = self.reg.get(ptr);
+        if r == 0 {
+            return Err(bad("not in a mid-size region"));
+        }
+        if ptr < r + FIXED + 16 {
+            return Err(bad("inside a mid-size region header"));
+        }
+        let b = ptr - 8;
+        let i = (b - r) >> 4;
+        // SAFETY: `r` is a live region header (registered), `ptr` lies in it, so bit `i` is
+        // inside its bitmap; a set bit means `b` starts a live block (size word valid).
+        unsafe {
+            if *word(r + FIXED + (i >> 6) * 8) & (1 << (i & 63)) == 0 {
+                return Err(bad("not the start of a live mid-size block"));
+            }
+            Ok((r, b, *word(b) & !FLAGS))
+        }
+    }
+
+    /// Usable bytes of the live block at `ptr`.
+    pub fn usable_size(&self, ptr: NonNull<u8>) -> Result<usize, HeapError> {
+        self.live_block(ptr.as_ptr().addr()).map(|(_, _, s)| s - 8)
+    }
+
+    /// Free the block at `ptr`, allocated for `n` bytes. A pointer that is not a live block
+    /// of this allocator, or whose block cannot hold `n` bytes, is refused and nothing
+    /// changes. The block merges with free neighbours at once.
+    #[inline]
+    pub fn free<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        ptr: NonNull<u8>,
+        n: usize,
+    ) -> Result<(), HeapError> {
+        let (r, mut b, mut size) = self.live_block(ptr.as_ptr().addr())?;
+        if size - 8 < n {
+            return Err(HeapError::InvalidPointer {
+                addr: b + 8,
+                reason: "block smaller than the layout",
+            });
+        }
+        // SAFETY: `b` is a live block of region `r` (checked above); its neighbours' words
+        // are valid block or sentinel words of the same region (boundary tags).
+        unsafe {
+            set_live(r, b, false);
+            let h = *word(b);
+            let mut first = h & FIRST;
+            let mut into_dv = false;
+            let next = b + size;
+            let nh = *word(next);
+            if nh & FREE != 0 {
+                let ns = nh & !FLAGS;
+                if next == self.dv {
+                    into_dv = true;
+                } else {
+                    self.remove(next, ns);
+                }
+                size += ns;
+            }
+            if h & PREV_FREE != 0 {
+                let ps = *word(b - 8);
+                let p = b - ps;
+                if p == self.dv {
+                    into_dv = true;
+                } else {
+                    self.remove(p, ps);
+                }
+                first = *word(p) & FIRST;
+                b = p;
+                size += ps;
+            }
+            *word(b) = size | FREE | first;
+            *word(b + size - 8) = size;
+            let after = b + size;
+            *word(after) |= PREV_FREE;
+            self.stats.live -= 1;
+            if into_dv {
+                self.dv = b;
+                self.dv_size = size;
+            }
+
+            // The whole region is free: a dv stays the dv (no bookkeeping in a loop that
+            // frees and allocates one block); another block is kept as a spare or goes back.
+            if !into_dv {
+                if first != 0 && *word(after) & !FLAGS == 0 {
+                    if !self.keep_spare(r, b) {
+                        self.release_region(src, r);
+                    }
+                    return Ok(());
+                }
+                self.insert(b, size);
+            }
+        }
+        Ok(())
+    }
+
+    /// Walk every region and check the boundary tags, the live-start bitmaps, the free lists
+    /// and the counters. O(blocks); for tests.
+    pub fn audit(&self) -> Result<MidAudit, HeapError> {
+        audit::audit(self)
+    }
+
+    pub(super) fn parts(&self) -> Parts<'_> {
+        Parts {
+            heads: &self.heads,
+            fl_bits: self.fl_bits,
+            sl_bits: &self.sl_bits,
+            regions: self.regions,
+            spares: &self.spares[..self.nspare],
+            dv: (self.dv, self.dv_size),
+        }
+    }
+
+    pub(super) fn region_of(&self, va: usize) -> usize {
+        self.reg.get(va)
+    }
+}
+
+/// The allocator's state, for the audit.
+pub(super) struct Parts<'a> {
+    pub(super) heads: &'a [[usize; SL]; FL],
+    pub(super) fl_bits: u32,
+    pub(super) sl_bits: &'a [u16; FL],
+    pub(super) regions: usize,
+    pub(super) spares: &'a [usize],
+    pub(super) dv: (usize, usize),
+}
+
+/// Set or clear the live-start bit of block `b` of region `r`.
+///
+/// # Safety
+/// `r` is a live region and `b` lies in it.
+#[inline(always)]
+unsafe fn set_live(r: usize, b: usize, on: bool) {
+    let i = (b - r) >> 4;
+    let w = word(r + FIXED + (i >> 6) * 8);
+    // SAFETY: the bitmap covers the region (see `first_offset`).
+    unsafe {
+        if on {
+            *w |= 1 << (i & 63);
+        } else {
+            *w &= !(1 << (i & 63));
+        }
+    }
+}
+
+impl Default for Mid {
+    fn default() -> Self {
+        Self::new()
+    }
+}

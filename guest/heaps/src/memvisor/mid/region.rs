@@ -1,0 +1,209 @@
+//! Regions of the mid-size path: mapping, giving back, the spare.
+
+use super::{
+    first_offset, word, Mid, Region, FIRST, FL, FLAGS, FREE, MAX_SPARES, PREV_FREE, REGION_BIG_AT,
+    REGION_MAGIC, REGION_MAX, REGION_PAGES,
+};
+use crate::{at, map_dirty, unmap, HeapError, PageSource, PAGE_SIZE};
+
+impl Mid {
+    /// Map a region for a block of `need` bytes and put its free block on a list.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn grow<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        need: usize,
+    ) -> Result<(), HeapError> {
+        // Small regions while the path is small (the last region's free tail is what it
+        // wastes at a peak), big ones once it holds REGION_BIG_AT pages (less header and
+        // tail per page; one page-source call per region either way: the guest's pool serves
+        // runs up to a quarter of its 64-page chunk from one chunk and maps bigger runs on
+        // their own, so 16 and 64 pages cost the same per page, 32 twice as much).
+        let mut pages = if self.stats.region_pages >= REGION_BIG_AT {
+            REGION_MAX
+        } else {
+            REGION_PAGES
+        };
+        while first_offset(pages) + need + 8 > pages * PAGE_SIZE {
+            pages += 1;
+        }
+        if pages * PAGE_SIZE >= 1 << (9 + FL) {
+            return Err(HeapError::TooLarge { size: need });
+        }
+        let r = map_dirty(src, pages).ok_or(HeapError::OutOfMemory { pages })?;
+        if let Err(e) = self.reg.insert_range(src, r, pages, r) {
+            unmap(src, r, pages);
+            return Err(e);
+        }
+        let first = first_offset(pages);
+        // SAFETY: `pages` fresh pages at `r`, owned by this allocator.
+        unsafe {
+            core::ptr::write_bytes(at::<u8>(r), 0, first);
+            at::<Region>(r).write(Region {
+                magic: REGION_MAGIC,
+                pages,
+                next: self.regions,
+                prev: 0,
+            });
+            if self.regions != 0 {
+                (*at::<Region>(self.regions)).prev = r;
+            }
+            let b = r + first;
+            let size = pages * PAGE_SIZE - first - 8;
+            *word(b) = size | FREE | FIRST;
+            *word(b + size - 8) = size;
+            *word(b + size) = PREV_FREE;
+            self.retire_dv(src);
+            self.dv = b;
+            self.dv_size = size;
+        }
+        self.regions = r;
+        self.stats.regions += 1;
+        self.stats.region_pages += pages;
+        self.stats.regions_made += 1;
+        Ok(())
+    }
+
+    /// Give back region `r`, whose only block is free and off the lists and the dv.
+    #[cold]
+    pub(super) fn release_region<S: PageSource>(&mut self, src: &mut S, r: usize) {
+        // SAFETY: `r` is a live region header (registered), unlinked here before its pages go.
+        unsafe {
+            let h = &*at::<Region>(r);
+            let (pages, next, prev) = (h.pages, h.next, h.prev);
+            if prev != 0 {
+                (*at::<Region>(prev)).next = next;
+            } else {
+                self.regions = next;
+            }
+            if next != 0 {
+                (*at::<Region>(next)).prev = prev;
+            }
+            self.reg.remove_range(src, r, pages);
+            unmap(src, r, pages);
+            self.stats.regions -= 1;
+            self.stats.region_pages -= pages;
+            self.stats.regions_freed += 1;
+        }
+    }
+
+    /// Register the empty region `r`, whose only block `b` is free and off the lists, as a
+    /// spare if the bound allows (`true`; `b` stays off the lists: spares are taken only
+    /// when neither the lists nor the dv hold a request, before the path grows).
+    pub(super) fn keep_spare(&mut self, r: usize, b: usize) -> bool {
+        // SAFETY: `r` is a live region header.
+        let pages = unsafe { (*at::<Region>(r)).pages };
+        if self.nspare < MAX_SPARES {
+            self.spares[self.nspare] = b;
+            self.spare_sizes[self.nspare] = pages;
+            self.nspare += 1;
+            self.spare_pages += pages;
+            return true;
+        }
+        false
+    }
+
+    /// The dv stops being the dv (another block takes its place): listed, kept as a spare,
+    /// or, if it spans its region and no spare may be kept, given back.
+    pub(super) fn retire_dv<S: PageSource>(&mut self, src: &mut S) {
+        let (b, size) = (self.dv, self.dv_size);
+        if b == 0 {
+            return;
+        }
+        self.dv = 0;
+        self.dv_size = 0;
+        // SAFETY: the dv is a free block of a live region; the word after it is a block's
+        // or the sentinel's.
+        let empty = unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 };
+        if empty {
+            let r = self.reg.get(b + 8);
+            if !self.keep_spare(r, b) {
+                self.release_region(src, r);
+            }
+            return;
+        }
+        self.insert(b, size);
+    }
+
+    /// A spare whose block holds `need` bytes (the newest such), no longer a spare, made
+    /// the dv (the old dv retires). `false` if no spare holds it.
+    #[cold]
+    pub(super) fn dv_from_spare<S: PageSource>(&mut self, src: &mut S, need: usize) -> bool {
+        // SAFETY: spares are free blocks spanning live regions.
+        let Some(i) = (0..self.nspare)
+            .rev()
+            .find(|&i| unsafe { *word(self.spares[i]) } & !FLAGS >= need)
+        else {
+            return false;
+        };
+        let b = self.spares[i];
+        self.spare_pages -= self.spare_sizes[i];
+        self.nspare -= 1;
+        self.spares[i] = self.spares[self.nspare];
+        self.spare_sizes[i] = self.spare_sizes[self.nspare];
+        self.retire_dv(src);
+        self.dv = b;
+        // SAFETY: as above.
+        self.dv_size = unsafe { *word(b) } & !FLAGS;
+        true
+    }
+
+    /// Return the spare (empty) regions, and the dv if it spans an empty region, to the page
+    /// source. Returns their pages.
+    pub fn release_spare<S: PageSource>(&mut self, src: &mut S) -> usize {
+        let before = self.stats.region_pages;
+        while self.nspare > 0 {
+            self.nspare -= 1;
+            let b = self.spares[self.nspare];
+            self.release_empty(src, b);
+        }
+        self.spare_pages = 0;
+        // SAFETY: the dv is a free block of a live region; the word after it is a block's
+        // or the sentinel's.
+        let (b, size) = (self.dv, self.dv_size);
+        if b != 0 && unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 } {
+            self.release_empty(src, b);
+        }
+        before - self.stats.region_pages
+    }
+
+    /// Give back the empty region whose free block (a spare, off the lists, or the dv) is
+    /// `b`.
+    fn release_empty<S: PageSource>(&mut self, src: &mut S, b: usize) {
+        if b == self.dv {
+            self.dv = 0;
+            self.dv_size = 0;
+        }
+        let r = self.reg.get(b + 8);
+        self.release_region(src, r);
+    }
+
+    /// Pages of the empty regions kept: the spares and the dv's if it spans an empty
+    /// region.
+    pub fn spare_pages(&self) -> usize {
+        let (b, size) = (self.dv, self.dv_size);
+        // SAFETY: the dv is a free block of a live region; the word after it is a block's
+        // or the sentinel's.
+        if b != 0 && unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 } {
+            let r = self.reg.get(b + 8);
+            // SAFETY: a live region header.
+            return self.spare_pages + unsafe { (*at::<Region>(r)).pages };
+        }
+        self.spare_pages
+    }
+
+    /// Give every region back (the heap is dropped; live blocks die with it).
+    pub fn clear<S: PageSource>(&mut self, src: &mut S) {
+        while self.regions != 0 {
+            let r = self.regions;
+            // SAFETY: a live region header.
+            let (pages, next) = unsafe { ((*at::<Region>(r)).pages, (*at::<Region>(r)).next) };
+            self.reg.remove_range(src, r, pages);
+            unmap(src, r, pages);
+            self.regions = next;
+        }
+        self.reg.clear(src);
+        *self = Mid::new();
+    }
+}

@@ -1,0 +1,194 @@
+//! The mid-size path ([`Mid`], TLSF-style segregated fits with boundary tags) vs a shadow
+//! model (proptest): random allocations of every mid size, frees, in-place resizes, double
+//! and interior frees. After every step: blocks 16-byte aligned, inside the regions, not
+//! overlapping, contents intact, the audit (boundary tags, live-start bitmaps, free lists,
+//! counters) clean, pages accounted; refused frees change nothing; at the end at most the
+//! spare regions are left and every page goes back.
+
+use core::ptr::NonNull;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use super::{check, fill};
+use crate::host::HostPageSource;
+use crate::memvisor::{Mid, MAX_SPARES, MID_MAX, MID_MIN};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc { size: usize },
+    Free { pick: usize },
+    Resize { pick: usize, size: usize },
+    DoubleFree { pick: usize },
+    Interior { pick: usize, off: usize },
+}
+
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        4 => MID_MIN..4096,
+        3 => 4096usize..20_000,
+        1 => 20_000..=MID_MAX,
+        1 => prop_oneof![Just(MID_MIN), Just(MID_MAX), Just(1024), Just(4096)],
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => size().prop_map(|size| Op::Alloc { size }),
+        8 => any::<usize>().prop_map(|pick| Op::Free { pick }),
+        3 => (any::<usize>(), size()).prop_map(|(pick, size)| Op::Resize { pick, size }),
+        1 => any::<usize>().prop_map(|pick| Op::DoubleFree { pick }),
+        1 => (any::<usize>(), 1usize..70_000).prop_map(|(pick, off)| Op::Interior { pick, off }),
+    ]
+}
+
+fn run(ops: Vec<Op>) {
+    let mut src = HostPageSource::new();
+    let mut m = Mid::new();
+    // addr -> (size, id)
+    let mut live: BTreeMap<usize, (usize, u64)> = BTreeMap::new();
+    let mut freed: Vec<(usize, usize)> = Vec::new();
+    let mut id = 0u64;
+    let nn = |a: usize| NonNull::new(a as *mut u8).unwrap();
+    for op in ops {
+        match op {
+            Op::Alloc { size } => {
+                let p = m.alloc(&mut src, size).expect("alloc").as_ptr().addr();
+                assert_eq!(p % 16, 0, "misaligned");
+                assert!(m.usable_size(nn(p)).unwrap() >= size);
+                if let Some((&a, &(s, _))) = live.range(..p).next_back() {
+                    assert!(a + s <= p, "overlaps the block before");
+                }
+                if let Some((&a, _)) = live.range(p..).next() {
+                    assert!(p + size <= a, "overlaps the block after");
+                }
+                assert!(
+                    src.regions()
+                        .any(|(b, n)| b <= p && p + size <= b + n * crate::PAGE_SIZE),
+                    "outside the mapped pages"
+                );
+                fill(p as *mut u8, size, id);
+                live.insert(p, (size, id));
+                freed.retain(|&(f, _)| f != p);
+                id += 1;
+            }
+            Op::Free { pick } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let a = *live.keys().nth(pick % live.len()).unwrap();
+                let (s, i) = live.remove(&a).unwrap();
+                assert!(check(a as *const u8, s, i), "corrupted");
+                m.free(&mut src, nn(a), s).expect("free");
+                freed.push((a, s));
+            }
+            Op::Resize { pick, size } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let a = *live.keys().nth(pick % live.len()).unwrap();
+                let (s, i) = live[&a];
+                let next = live.range(a + 1..).next().map(|(&b, _)| b);
+                if m.resize_in_place(nn(a), size).expect("resize") {
+                    assert!(m.usable_size(nn(a)).unwrap() >= size);
+                    assert!(check(a as *const u8, s.min(size), i), "resize lost data");
+                    if let Some(b) = next {
+                        assert!(a + size <= b, "grown over the next block");
+                    }
+                    fill(a as *mut u8, size, i);
+                    live.insert(a, (size, i));
+                } else {
+                    assert!(size > s, "a shrink always succeeds in place");
+                }
+            }
+            Op::DoubleFree { pick } => {
+                if freed.is_empty() {
+                    continue;
+                }
+                let (a, s) = freed[pick % freed.len()];
+                if live.contains_key(&a) {
+                    continue;
+                }
+                let before = (m.audit().expect("audit"), m.stats(), src.mapped_pages());
+                assert!(m.free(&mut src, nn(a), s).is_err(), "double free accepted");
+                assert_eq!(before, (m.audit().unwrap(), m.stats(), src.mapped_pages()));
+            }
+            Op::Interior { pick, off } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let (&a, &(s, _)) = live.iter().nth(pick % live.len()).unwrap();
+                let p = a + 1 + off % (s + 64);
+                if live.contains_key(&p) {
+                    continue;
+                }
+                let before = (m.audit().expect("audit"), m.stats(), src.mapped_pages());
+                assert!(
+                    m.free(&mut src, nn(p), MID_MIN).is_err(),
+                    "interior free accepted"
+                );
+                assert_eq!(before, (m.audit().unwrap(), m.stats(), src.mapped_pages()));
+            }
+        }
+        let a = m.audit().unwrap_or_else(|e| panic!("audit: {e}"));
+        assert_eq!(a.live, live.len());
+        assert!(a.empty_regions <= MAX_SPARES + 1);
+        assert_eq!(src.mapped_pages(), m.pages_in_use(), "pages accounted");
+    }
+    for (&a, &(s, i)) in &live {
+        assert!(check(a as *const u8, s, i), "corrupted");
+    }
+    for (&a, &(s, _)) in &live {
+        m.free(&mut src, nn(a), s).expect("free");
+    }
+    let a = m.audit().expect("audit");
+    assert_eq!((a.live, a.used_bytes), (0, 0));
+    assert!(
+        a.regions <= MAX_SPARES + 1,
+        "only spare regions and the dv are kept"
+    );
+    m.release_spare(&mut src);
+    assert_eq!(m.audit().unwrap().regions, 0);
+    assert_eq!(src.mapped_pages(), 0, "every page given back");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mid_matches_model(ops in proptest::collection::vec(op(), 1..400)) {
+        run(ops);
+    }
+}
+
+/// A pair loop keeps its region (the spare) instead of mapping and unmapping it each time;
+/// a second emptied region goes back.
+#[test]
+fn spare_region_absorbs_a_pair_loop() {
+    let mut src = HostPageSource::new();
+    let mut m = Mid::new();
+    for _ in 0..100 {
+        let p = m.alloc(&mut src, 4096).unwrap();
+        m.free(&mut src, p, 4096).unwrap();
+    }
+    assert_eq!(
+        src.calls(),
+        (2, 0),
+        "one region and one registry node mapped, none unmapped"
+    );
+    // Full regions, then free them: the dv's stays, MAX_SPARES become spares, the others
+    // go back; on request, the kept ones too.
+    let mut v = Vec::new();
+    while m.stats().regions < MAX_SPARES + 6 {
+        v.push(m.alloc(&mut src, 60_000).unwrap());
+    }
+    for p in v {
+        m.free(&mut src, p, 60_000).unwrap();
+    }
+    assert_eq!(m.stats().regions, MAX_SPARES + 1);
+    assert_eq!(m.audit().unwrap().empty_regions, MAX_SPARES + 1);
+    m.release_spare(&mut src);
+    assert_eq!(m.stats().regions, 0);
+    m.clear(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}
