@@ -224,7 +224,7 @@ impl InvariantSummary {
         if let Some(r) = &self.at_exit {
             let f = &r.frames;
             parts.push(format!(
-                "at exit: {} RAM frames = {} free + {} boot + {} kernel + {} table pool ({} tables) + {} stacks + {} blob/matrix + {} mapped; {} frame(s) still mapped for {} region(s)",
+                "at exit: {} RAM frames = {} free + {} boot + {} kernel + {} table pool ({} tables) + {} stacks + {} host data + {} mapped; {} frame(s) still mapped for {} region(s)",
                 f.ram, f.free, f.boot_reserved, f.kernel, f.table_pool, f.page_tables, f.stacks,
                 f.host_data, f.mapped, r.leaks.iter().map(|l| l.frames).sum::<u64>(), r.leaks.len()
             ));
