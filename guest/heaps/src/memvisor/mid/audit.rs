@@ -11,9 +11,11 @@ fn corrupt<T>(addr: usize, reason: &'static str) -> Result<T, HeapError> {
     Err(HeapError::Corrupted { addr, reason })
 }
 
+/// The word at `a`; callers only pass words inside live regions (headers, bitmaps, block
+/// words reached by boundary tags, list links).
 #[inline]
 fn w(a: usize) -> usize {
-    // SAFETY (callers): `a` is a word inside a live region.
+    // SAFETY: `a` is a word inside a live region (see above), mapped and aligned.
     unsafe { *at::<usize>(a) }
 }
 

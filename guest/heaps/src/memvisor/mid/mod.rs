@@ -358,6 +358,10 @@ impl Mid {
     /// Allocate `n` bytes ([`MID_MIN`] ≤ `n` ≤ [`MID_MAX`]), 16-byte aligned. The block
     /// comes from the lists (see the module docs) unless the dv fits and is no bigger than
     /// what the lists offer (dlmalloc's rule for large requests), else from a new region.
+    ///
+    /// # Errors
+    /// [`HeapError::OutOfMemory`] if the page source refuses a new region (or a registry
+    /// node), [`HeapError::TooLarge`] if `n` needs a region larger than the lists cover.
     #[inline]
     pub fn alloc<S: PageSource>(
         &mut self,
@@ -425,6 +429,9 @@ impl Mid {
     }
 
     /// Usable bytes of the live block at `ptr`.
+    ///
+    /// # Errors
+    /// [`HeapError::InvalidPointer`] if `ptr` is not the payload of a live mid-size block.
     pub fn usable_size(&self, ptr: NonNull<u8>) -> Result<usize, HeapError> {
         self.live_block(ptr.as_ptr().addr()).map(|(_, _, s)| s - 8)
     }
@@ -432,6 +439,10 @@ impl Mid {
     /// Free the block at `ptr`, allocated for `n` bytes. A pointer that is not a live block
     /// of this allocator, or whose block cannot hold `n` bytes, is refused and nothing
     /// changes. The block merges with free neighbours at once.
+    ///
+    /// # Errors
+    /// [`HeapError::InvalidPointer`] (misaligned, outside the regions, not the start of a
+    /// live block, or a block smaller than `n`); the allocator is unchanged.
     #[inline]
     pub fn free<S: PageSource>(
         &mut self,
@@ -503,6 +514,9 @@ impl Mid {
 
     /// Walk every region and check the boundary tags, the live-start bitmaps, the free lists
     /// and the counters. O(blocks); for tests.
+    ///
+    /// # Errors
+    /// [`HeapError::Corrupted`] naming the first inconsistent address and what was wrong.
     pub fn audit(&self) -> Result<MidAudit, HeapError> {
         audit::audit(self)
     }

@@ -159,9 +159,9 @@ impl Mid {
             self.release_empty(src, b);
         }
         self.spare_pages = 0;
+        let (b, size) = (self.dv, self.dv_size);
         // SAFETY: the dv is a free block of a live region; the word after it is a block's
         // or the sentinel's.
-        let (b, size) = (self.dv, self.dv_size);
         if b != 0 && unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 } {
             self.release_empty(src, b);
         }

@@ -9,6 +9,10 @@ impl Mid {
     /// the tail back (merged into a free block behind it, or as a block of its own if it
     /// can hold a mid-size request), a growth takes the front of the free block behind it.
     /// `Ok(false)` if the block can not grow in place.
+    ///
+    /// # Errors
+    /// [`HeapError::InvalidPointer`] if `ptr` is not the payload of a live mid-size block
+    /// (nothing changes).
     pub fn resize_in_place(&mut self, ptr: NonNull<u8>, n: usize) -> Result<bool, HeapError> {
         let (_, b, size) = self.live_block(ptr.as_ptr().addr())?;
         let need = block_size(n);
