@@ -46,7 +46,7 @@ mod regions;
 mod summary;
 mod teardown;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use summary::{
     FrameCounts, FrameState, InvariantReport, InvariantSummary, LeafCounts, Leak, TeardownReport,

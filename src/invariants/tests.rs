@@ -9,7 +9,9 @@ use crate::paging::{PageSize, Protection};
 use crate::space::AddressSpace;
 use memvisor_abi::stage2 as s2;
 
-fn space() -> AddressSpace {
+/// A 128 MiB address space with the embedded guest kernel, NX and PSE (KVM-free; also
+/// `space::flush_tests`).
+pub(crate) fn space() -> AddressSpace {
     let kernel = crate::guest_image::GUEST_ELF.to_vec();
     let features = Features {
         nx: true,

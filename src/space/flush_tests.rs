@@ -3,24 +3,11 @@
 
 use super::AddressSpace;
 use crate::addr::Gpa;
-use crate::boot::cpuid::Features;
-use crate::frames::ZonePreset;
 use crate::paging::{PteFlags, ToGuestAddress};
 use memvisor_abi::prot;
 use vm_memory::Bytes;
 
-fn space() -> AddressSpace {
-    let kernel = crate::guest_image::GUEST_ELF.to_vec();
-    let features = Features {
-        nx: true,
-        pse: true,
-        ..Default::default()
-    };
-    match AddressSpace::build(128 << 20, &kernel, ZonePreset::X86_64, features) {
-        Ok(s) => s,
-        Err(e) => panic!("build: {e}"),
-    }
-}
+use crate::invariants::tests::space;
 
 /// Set the Accessed bit of the leaf mapping `gva`, as the CPU's walk would.
 fn touch(sp: &AddressSpace, gva: u64) {
