@@ -133,7 +133,8 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     cases_out: Option<PathBuf>,
     /// fault-matrix only: count the cases that differ from the SDM oracle exactly as this
-    /// known emulator deviation as "deviation" instead of "fail" (qemu-tcg-rsvd-p).
+    /// known emulator deviation as "deviation" instead of "fail" (qemu-tcg-rsvd-p,
+    /// qemu-tcg-1g-a; repeatable).
     #[arg(long, value_name = "NAME")]
     known_deviation: Vec<String>,
     /// Back guest RAM with userfaultfd: every first touch of a frame is served by a VMM

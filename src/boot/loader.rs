@@ -121,6 +121,11 @@ pub struct KernelImage {
     /// GVA of [`memvisor_abi::PF_ASSIST_DONE_SYMBOL`] if the symbol table has it inside an
     /// executable segment; `None` turns host-assisted demand paging off.
     pub pf_assist_done: Option<u64>,
+    /// GVAs `[start, end)` of the fault matrix's probe code
+    /// ([`memvisor_abi::MATRIX_TRAMP_SYMBOLS`]) if both symbols are there, the start is
+    /// page-aligned and both lie in one executable segment.
+    #[serde(default)]
+    pub matrix_tramp: Option<(u64, u64)>,
 }
 
 /// Validate `data` as our kernel and copy it into `ram`.
@@ -266,12 +271,23 @@ pub fn load(ram: &GuestRam, data: &[u8]) -> Result<KernelImage, LoaderError> {
                 .iter()
                 .any(|s| s.exec && a >= s.gva && a < s.gva + s.memsz)
         });
+    let [t0, t1] = memvisor_abi::MATRIX_TRAMP_SYMBOLS;
+    let matrix_tramp = find_symbol(header, endian, data, t0)
+        .zip(find_symbol(header, endian, data, t1))
+        .filter(|&(a, b)| {
+            a % 0x1000 == 0
+                && a < b
+                && segments
+                    .iter()
+                    .any(|s| s.exec && a >= s.gva && b <= s.gva + s.memsz)
+        });
     Ok(KernelImage {
         entry,
         segments,
         phys_start,
         phys_end,
         pf_assist_done,
+        matrix_tramp,
     })
 }
 

@@ -6,7 +6,7 @@
 //! other mismatch stays a failure.
 
 use super::oracle;
-use super::results::{CaseStatus, MatrixReport};
+use super::results::{CaseResult, CaseStatus, MatrixReport};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -32,16 +32,25 @@ pub enum KnownDeviation {
     /// guest saw exactly that code without P, and CR2, the record and the leaf afterwards
     /// match.
     QemuTcgRsvdP,
+    /// QEMU TCG (7.2) sets the accessed flag in a 1 GiB leaf (a PDPTE with PS = 1) when
+    /// the access then faults on its rights: its walk sets A in each PDPTE before it knows
+    /// the entry is a leaf (`mmu_translate`), while the SDM's and hardware's leaf is left as
+    /// it was on a fault (what kvm-unit-tests' `access.c` checks too). Re-classified: a
+    /// 1 GiB-leaf case whose oracle says protection fault (P = 1, RSVD = 0, leaf unchanged),
+    /// with the error code, CR2 and record as expected and the leaf afterwards equal to the
+    /// leaf before with exactly A added.
+    QemuTcg1gA,
 }
 
 impl KnownDeviation {
     /// Every known deviation.
-    pub const ALL: [KnownDeviation; 1] = [KnownDeviation::QemuTcgRsvdP];
+    pub const ALL: [KnownDeviation; 2] = [KnownDeviation::QemuTcgRsvdP, KnownDeviation::QemuTcg1gA];
 
     /// Its option value.
     pub fn name(self) -> &'static str {
         match self {
             KnownDeviation::QemuTcgRsvdP => "qemu-tcg-rsvd-p",
+            KnownDeviation::QemuTcg1gA => "qemu-tcg-1g-a",
         }
     }
 
@@ -50,6 +59,9 @@ impl KnownDeviation {
         match self {
             KnownDeviation::QemuTcgRsvdP => {
                 "qemu-tcg-rsvd-p: reserved-bit #PF reported without P (QEMU TCG; SDM Vol. 3A §4.7 sets P)"
+            }
+            KnownDeviation::QemuTcg1gA => {
+                "qemu-tcg-1g-a: A set in a 1 GiB leaf by an access that faults on its rights (QEMU TCG; SDM Vol. 3A §4.8 leaves the leaf)"
             }
         }
     }
@@ -68,14 +80,39 @@ impl KnownDeviation {
             })
     }
 
-    /// True if a case whose oracle says `expected` (error code, or `None` for no fault)
-    /// and that observed `err` (with CR2, record and leaf already equal) deviates this way.
-    pub fn explains(self, expected: Option<u64>, err: u64) -> bool {
+    /// True if a failing case deviates exactly this way. `leaf_level` is the test VA's
+    /// leaf level, `expected` the oracle's answer for it, `leaf_raw` its leaf as built; `va`
+    /// its VA; `r` what the guest and host observed.
+    pub fn explains(
+        self,
+        leaf_level: u8,
+        va: u64,
+        expected: &oracle::Expect,
+        leaf_raw: u64,
+        r: &CaseResult,
+    ) -> bool {
+        const P: u64 = 1;
+        const RSVD: u64 = 1 << 3;
+        const A: u64 = 0x20;
+        if !r.record_ok || r.cr2 != va {
+            return false;
+        }
+        let leaf_as_expected = r.pte_after == leaf_raw | (expected.leaf_after & 0x60);
         match self {
             KnownDeviation::QemuTcgRsvdP => {
-                const P: u64 = 1;
-                const RSVD: u64 = 1 << 3;
-                expected.is_some_and(|e| e & (P | RSVD) == (P | RSVD) && err == e & !P)
+                leaf_as_expected
+                    && expected
+                        .fault
+                        .is_some_and(|e| e & (P | RSVD) == (P | RSVD) && r.err == e & !P)
+            }
+            KnownDeviation::QemuTcg1gA => {
+                leaf_level == 3
+                    && expected
+                        .fault
+                        .is_some_and(|e| e & (P | RSVD) == P && r.err == e)
+                    && leaf_raw & A == 0
+                    && expected.leaf_after & 0x60 == 0
+                    && r.pte_after == leaf_raw | A
             }
         }
     }
@@ -87,19 +124,18 @@ impl MatrixReport {
     pub fn apply_known_deviation(&mut self, dev: KnownDeviation) {
         let phys_bits = self.summary.phys_bits;
         let data = Arc::make_mut(&mut self.data);
-        let n = data.vas.len();
         let mut moved = 0u64;
-        for (i, r) in data.results.iter_mut().enumerate() {
-            if r.status != CaseStatus::Fail || !r.record_ok || n == 0 {
+        let cases: Vec<(usize, usize)> = data.cases().collect();
+        for (r, &(p, k)) in data.results.iter_mut().zip(&cases) {
+            if r.status != CaseStatus::Fail {
                 continue;
             }
-            let (t, spec) = (&data.vas[i % n], &data.passes[i / n]);
+            let (t, spec) = (&data.vas[k], &data.passes[p]);
             let exp = oracle::expect(&t.entries, spec.access, spec.cpl, spec.mode, phys_bits);
-            let leaf_ok = data
-                .leaf_raw
-                .get(i % n)
-                .is_some_and(|&raw| r.pte_after == raw | (exp.leaf_after & 0x60));
-            if leaf_ok && r.cr2 == t.va && dev.explains(exp.fault, r.err) {
+            let Some(&raw) = data.leaf_raw.get(k) else {
+                continue;
+            };
+            if dev.explains(t.leaf_level, t.va, &exp, raw, r) {
                 r.status = CaseStatus::Deviation;
                 moved += 1;
             }
@@ -133,15 +169,60 @@ mod tests {
             Ok(KnownDeviation::QemuTcgRsvdP)
         );
         assert!(KnownDeviation::parse("qemu").is_err());
+        assert_eq!(
+            KnownDeviation::parse("qemu-tcg-1g-a"),
+            Ok(KnownDeviation::QemuTcg1gA)
+        );
         let d = KnownDeviation::QemuTcgRsvdP;
+        let va = 0x2000_0000_0000;
+        let leaf = 0x0131_4007;
+        let seen = |err: u64, pte_after: u64| CaseResult {
+            cr2: va,
+            err,
+            pte_after,
+            record_ok: true,
+            status: CaseStatus::Fail,
+        };
+        let fault = |e: u64| oracle::Expect {
+            fault: Some(e),
+            leaf_after: leaf,
+        };
+        let ok = |e: &oracle::Expect, err: u64| d.explains(1, va, e, leaf, &seen(err, leaf));
         // P | RSVD (| W | U | I/D) seen without P: explained.
-        assert!(d.explains(Some(0x9), 0x8));
-        assert!(d.explains(Some(0x1f), 0x1e));
+        assert!(ok(&fault(0x9), 0x8));
+        assert!(ok(&fault(0x1f), 0x1e));
         // Anything else is not.
-        assert!(!d.explains(Some(0x9), 0x9)); // a pass, not a deviation
-        assert!(!d.explains(Some(0x9), 0xa)); // another bit differs too
-        assert!(!d.explains(Some(0x9), 0x0));
-        assert!(!d.explains(Some(0x7), 0x6)); // not a reserved-bit fault
-        assert!(!d.explains(None, 0x8));
+        assert!(!ok(&fault(0x9), 0x9)); // a pass, not a deviation
+        assert!(!ok(&fault(0x9), 0xa)); // another bit differs too
+        assert!(!ok(&fault(0x9), 0x0));
+        assert!(!ok(&fault(0x7), 0x6)); // not a reserved-bit fault
+        let none = oracle::Expect {
+            fault: None,
+            leaf_after: leaf | 0x20,
+        };
+        assert!(!ok(&none, 0x8));
+        assert!(!d.explains(1, va, &fault(0x9), leaf, &seen(0x8, leaf | 0x20))); // leaf differs
+
+        // A 1 GiB leaf with A set by a faulting access: explained only for a 1 GiB leaf, a
+        // protection fault with the exact error code, and exactly A added.
+        let d = KnownDeviation::QemuTcg1gA;
+        let g = 0x85; // P | US | PS
+        let e = oracle::Expect {
+            fault: Some(0x7),
+            leaf_after: g,
+        };
+        assert!(d.explains(3, va, &e, g, &seen(0x7, g | 0x20)));
+        assert!(!d.explains(1, va, &e, g, &seen(0x7, g | 0x20))); // a 4 KiB leaf
+        assert!(!d.explains(3, va, &e, g, &seen(0x5, g | 0x20))); // error code differs
+        assert!(!d.explains(3, va, &e, g, &seen(0x7, g | 0x60))); // D too
+        assert!(!d.explains(3, va, &e, g, &seen(0x7, g))); // a pass
+        let rsvd = oracle::Expect {
+            fault: Some(0xf),
+            leaf_after: g,
+        };
+        assert!(!d.explains(3, va, &rsvd, g, &seen(0xf, g | 0x20))); // reserved-bit fault
+        let mut wrong_cr2 = seen(0x7, g | 0x20);
+        wrong_cr2.cr2 = va + 1;
+        assert!(!d.explains(3, va, &e, g, &wrong_cr2));
     }
 }

@@ -46,7 +46,7 @@ pub mod tables;
 mod tests;
 
 pub use deviation::{DeviationError, KnownDeviation};
-pub use passes::{variants, PassSpec, SkippedSet, SkippedVa};
+pub use passes::{variants, Offer, PassSpec, SkippedSet, SkippedVa, Variant};
 pub use results::{
     temp_path, CaseResult, CaseStatus, MatrixData, MatrixReport, MatrixSummary, PassTime, Row,
     TSV_HEADER,

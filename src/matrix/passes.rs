@@ -1,8 +1,9 @@
-//! The passes (an access at a CPL in a mode) and the feature variants whose cases are
-//! skipped here ([`variants`]).
+//! The passes (an access at a CPL in a mode) and the feature variants ([`variants`]): which
+//! run on this host and which are skipped, and why.
 
 use super::oracle::{Access, Mode};
-use super::tables;
+use super::tables::{self, TestVa};
+use memvisor_abi::layout::{MATRIX_1G_SLOT, MATRIX_VARIANT_SLOT};
 
 /// One pass: an access at a CPL in a mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,111 +57,199 @@ pub struct SkippedVa {
     pub entries: [Option<u64>; 4],
 }
 
+impl SkippedVa {
+    /// The skipped form of a test VA (levels below its leaf are `None`).
+    pub fn of(t: &TestVa) -> SkippedVa {
+        let mut entries = t.entries.map(Some);
+        for (i, e) in entries.iter_mut().enumerate() {
+            if 4 - i < usize::from(t.leaf_level) {
+                *e = None;
+            }
+        }
+        SkippedVa { va: t.va, entries }
+    }
+}
+
+/// One feature variant: its own test VAs and passes.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    /// Feature name (`smep`, `smap`, `pku`, `1g`, `la57`).
+    pub feature: &'static str,
+    /// Its test VAs.
+    pub vas: Vec<TestVa>,
+    /// Its passes.
+    pub passes: Vec<PassSpec>,
+    /// `None` if it runs here, else why not (`unsupported by host`, `not implemented: ...`).
+    pub skip: Option<String>,
+    /// The passes run CR4.SMEP / SMAP on: CPL 0 must execute from the supervisor-only alias
+    /// of the probe code ([`memvisor_abi::layout::MATRIX_TRAMP_GVA`]).
+    pub needs_tramp: bool,
+}
+
+impl Variant {
+    /// The skipped set of a variant that does not run.
+    pub fn skipped(&self) -> Option<SkippedSet> {
+        self.skip.as_ref().map(|reason| SkippedSet {
+            feature: self.feature,
+            reason: reason.clone(),
+            vas: self.vas.iter().map(SkippedVa::of).collect(),
+            passes: self.passes.clone(),
+        })
+    }
+}
+
 const T: u64 = 0x7;
+/// PS (a PDPTE that is a 1 GiB leaf).
+const PS: u64 = 0x80;
 
 /// 256 VAs in PML4 slot `slot`: PML4E = PDPTE = P|RW|US, the 16 × 16 PDE × PTE flag
 /// combinations, the PTE with `leaf_extra` bits (e.g. a protection key).
-fn pde_pte_vas(slot: u64, leaf_extra: u64) -> Vec<SkippedVa> {
+fn pde_pte_vas(slot: u64, leaf_extra: u64) -> Vec<TestVa> {
     (0..256u64)
         .map(|k| {
             let (i2, i1) = (k >> 4, k & 15);
-            SkippedVa {
+            TestVa {
                 va: (slot << 39) | (i2 << 21) | (i1 << 12),
                 entries: [
-                    Some(T),
-                    Some(T),
-                    Some(tables::combo_flags(i2)),
-                    Some(tables::combo_flags(i1) | leaf_extra),
+                    T,
+                    T,
+                    tables::combo_flags(i2),
+                    tables::combo_flags(i1) | leaf_extra,
                 ],
+                rsvd_level: None,
+                leaf_level: 1,
             }
         })
         .collect()
 }
 
-/// The feature variants the matrix has beyond WP and NXE, each skipped here: on this host
-/// because the CPUID lacks the feature, on a host that has it because the guest side is not
-/// implemented yet (named in the reason; never counted as a pass).
+/// 256 VAs through 1 GiB leaves: PML4 slot `MATRIX_1G_SLOT + i4` (PML4E combination `i4`),
+/// PDPTE `i3` a 1 GiB leaf (PS = 1) with combination `i3` mapping GPA 0; the VA's low 30
+/// bits are `data_gpa`, so it reaches the data frame.
+pub(super) fn one_g_vas(data_gpa: u64) -> Vec<TestVa> {
+    (0..256u64)
+        .map(|k| {
+            let (i4, i3) = (k >> 4, k & 15);
+            TestVa {
+                va: ((MATRIX_1G_SLOT + i4) << 39) | (i3 << 30) | (data_gpa & ((1 << 30) - 1)),
+                entries: [tables::combo_flags(i4), tables::combo_flags(i3) | PS, 0, 0],
+                rsvd_level: None,
+                leaf_level: 3,
+            }
+        })
+        .collect()
+}
+
+/// What the host and the guest image offer the variants.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer {
+    /// The guest CPUID's features.
+    pub features: crate::boot::cpuid::Features,
+    /// GPA of the matrix's data frame (1 GiB leaves need it below 1 GiB).
+    pub data_gpa: u64,
+    /// The kernel image has the probe-code symbols (an alias can be mapped).
+    pub tramp: bool,
+}
+
+/// The feature variants beyond WP and NXE. Each runs where the CPUID has the feature and
+/// the rest is in place; otherwise its cases are skipped: "unsupported by host" when the
+/// CPUID lacks it, "not implemented: WHY" when the guest side cannot run it yet (never a
+/// pass).
 ///
 /// * `smep`: CR4.SMEP = 1, PML4 slot 84, 256 PDE × PTE combinations × the 24 base passes.
-/// * `smap`: CR4.SMAP = 1 (RFLAGS.AC = 0), slot 85, the same.
+/// * `smap`: CR4.SMAP = 1, slot 85, the same × RFLAGS.AC = 0 and 1 (48 passes; the 24 at
+///   CPL 3 are not implemented).
 /// * `pku`: CR4.PKE = 1, leaves with protection key 1, PKRU.AD1 = 1 (slot 86) and
 ///   PKRU.WD1 = 1 (slot 87), 256 VAs each × 24 passes.
-/// * `1g`: 1 GiB leaves: 16 PML4E × 16 PDPTE (PS = 1) combinations, slots 88–103, × 24.
+/// * `1g`: 1 GiB leaves: 16 PML4E × 16 PDPTE (PS = 1) combinations, slots 98–113, × 24.
 /// * `la57`: 5-level paging: 16 PML5E combinations over a `P|RW|US` path × 24 (VAs above
 ///   2^48; the PML5E is not a column).
-pub fn variants(f: &crate::boot::cpuid::Features) -> Vec<SkippedSet> {
-    let reason = |supported: bool, missing: &str| {
-        if supported {
-            format!("not implemented: {missing}")
-        } else {
-            "unsupported by host".to_string()
-        }
+pub fn variants(o: &Offer) -> Vec<Variant> {
+    let f = &o.features;
+    let skip = |supported: bool, missing: Option<&str>| match (supported, missing) {
+        (false, _) => Some("unsupported by host".to_string()),
+        (true, Some(why)) => Some(format!("not implemented: {why}")),
+        (true, None) => None,
     };
-    let kernel_user = "the guest kernel runs from user (US=1) pages for PVM's ring 3, \
-                       so CR4.SMEP/SMAP would fault the kernel itself";
-    let mut v = vec![
-        SkippedSet {
-            feature: "smep",
-            reason: reason(f.smep, kernel_user),
-            vas: pde_pte_vas(84, 0),
-            passes: base_passes(Mode {
-                smep: true,
-                ..Mode::default()
-            }),
-        },
-        SkippedSet {
-            feature: "smap",
-            reason: reason(f.smap, kernel_user),
-            vas: pde_pte_vas(85, 0),
-            passes: base_passes(Mode {
-                smap: true,
-                ..Mode::default()
-            }),
-        },
-    ];
-    for (slot, pkru) in [(86u64, 1u32 << 2), (87, 1 << 3)] {
-        v.push(SkippedSet {
+    let no_tramp = (!o.tramp).then_some("the guest kernel has no probe-code symbols");
+    let s = MATRIX_VARIANT_SLOT;
+    let mut v = vec![Variant {
+        feature: "smep",
+        skip: skip(f.smep, no_tramp),
+        vas: pde_pte_vas(s, 0),
+        passes: base_passes(Mode {
+            smep: true,
+            ..Mode::default()
+        }),
+        needs_tramp: true,
+    }];
+    // SMAP: CPL 0 passes (AC = 0 and 1) run; CPL 3 ones would need a US=0 TSS for the
+    // ring switch (an implicit supervisor access), which the kernel does not have.
+    let smap = Mode {
+        smap: true,
+        ..Mode::default()
+    };
+    let mut smap_passes = base_passes(smap);
+    smap_passes.extend(base_passes(Mode { ac: true, ..smap }));
+    let (smap0, smap3): (Vec<_>, Vec<_>) = smap_passes.into_iter().partition(|p| p.cpl == 0);
+    v.push(Variant {
+        feature: "smap",
+        skip: skip(f.smap, no_tramp),
+        vas: pde_pte_vas(s + 1, 0),
+        passes: smap0,
+        needs_tramp: true,
+    });
+    v.push(Variant {
+        feature: "smap",
+        skip: skip(
+            f.smap,
+            Some(
+                "CPL 3 under CR4.SMAP: the ring switch reads TSS.RSP0 from the kernel's \
+                 US=1 TSS (an implicit supervisor access SMAP forbids)",
+            ),
+        ),
+        vas: pde_pte_vas(s + 1, 0),
+        passes: smap3,
+        needs_tramp: true,
+    });
+    for (slot, pkru) in [(s + 2, 1u32 << 2), (s + 3, 1 << 3)] {
+        v.push(Variant {
             feature: "pku",
-            reason: reason(f.pku, "protection-key leaves are not built"),
+            skip: skip(f.pku, Some("protection-key leaves are not built")),
             vas: pde_pte_vas(slot, 1 << 59),
             passes: base_passes(Mode {
                 pke: true,
                 pkru,
                 ..Mode::default()
             }),
+            needs_tramp: false,
         });
     }
-    let one_g = (0..256u64)
-        .map(|k| {
-            let (i4, i3) = (k >> 4, k & 15);
-            SkippedVa {
-                va: ((88 + i4) << 39) | (i3 << 30),
-                entries: [
-                    Some(tables::combo_flags(i4)),
-                    Some(tables::combo_flags(i3) | 0x80),
-                    None,
-                    None,
-                ],
-            }
-        })
-        .collect();
-    v.push(SkippedSet {
+    let low = o.data_gpa < 1 << 30;
+    v.push(Variant {
         feature: "1g",
-        reason: reason(f.page_1g, "1 GiB test leaves are not built"),
-        vas: one_g,
+        skip: skip(
+            f.page_1g,
+            (!low).then_some("the matrix's data frame lies above 1 GiB"),
+        ),
+        vas: one_g_vas(o.data_gpa),
         passes: base_passes(Mode::default()),
+        needs_tramp: false,
     });
     let la57 = (0..16u64)
-        .map(|i5| SkippedVa {
+        .map(|i5| TestVa {
             va: ((i5 + 1) << 48) | (64 << 39),
-            entries: [Some(T); 4],
+            entries: [T; 4],
+            rsvd_level: None,
+            leaf_level: 1,
         })
         .collect();
-    v.push(SkippedSet {
+    v.push(Variant {
         feature: "la57",
-        reason: reason(f.la57, "5-level paging needs a 5-level boot"),
+        skip: skip(f.la57, Some("5-level paging needs a 5-level boot")),
         vas: la57,
         passes: base_passes(Mode::default()),
+        needs_tramp: false,
     });
     v
 }

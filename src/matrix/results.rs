@@ -111,14 +111,18 @@ pub struct MatrixData {
     /// Each leaf as built, in `vas` order.
     pub(super) leaf_raw: Vec<u64>,
     pub(super) passes: Vec<PassSpec>,
+    /// The VAs (indices into `vas`) each pass probed.
+    pub(super) pass_vas: Vec<std::ops::Range<usize>>,
+    /// One per probed case: pass after pass, each over its VAs.
     pub(super) results: Vec<CaseResult>,
     pub(super) skipped_sets: Vec<SkippedSet>,
     /// Totals.
     pub summary: MatrixSummary,
 }
 
-/// The `--cases-out` header.
-pub const TSV_HEADER: &str = "pml4e\tpdpte\tpde\tpte\trsvd_level\taccess\tcpl\twp\tnxe\tva\tfaulted\terror_code\tcr2\tpte_after\tstatus";
+/// The `--cases-out` header. `mode`: the pass's mode bits beyond WP and NXE (`-`, or
+/// `smep`, `smap`, `ac`, `pke`, `pkru=0x..` joined by `+`).
+pub const TSV_HEADER: &str = "pml4e\tpdpte\tpde\tpte\trsvd_level\taccess\tcpl\twp\tnxe\tva\tfaulted\terror_code\tcr2\tpte_after\tstatus\tmode";
 
 /// One row of the case table.
 #[derive(Debug, Clone, Copy)]
@@ -177,25 +181,58 @@ impl Row {
             None => s.push_str("-\t-\t-\t-\t"),
         }
         s.push_str(self.status.name());
+        s.push('\t');
+        let m = p.mode;
+        let mut parts: Vec<String> = [
+            (m.smep, "smep"),
+            (m.smap, "smap"),
+            (m.ac, "ac"),
+            (m.pke, "pke"),
+        ]
+        .into_iter()
+        .filter(|&(on, _)| on)
+        .map(|(_, n)| n.to_string())
+        .collect();
+        if m.pke {
+            parts.push(format!("pkru={:#x}", m.pkru));
+        }
+        if parts.is_empty() {
+            s.push('-');
+        } else {
+            s.push_str(&parts.join("+"));
+        }
         s
     }
 }
 
 impl MatrixData {
+    /// The run cases in `results` order: (pass index, VA index).
+    pub(super) fn cases(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.pass_vas
+            .iter()
+            .enumerate()
+            .flat_map(|(p, r)| r.clone().map(move |k| (p, k)))
+    }
+
     /// Every case: the run passes (pass order, VA order), then the skipped sets.
     pub fn rows(&self) -> impl Iterator<Item = Row> + '_ {
-        let n = self.vas.len();
-        let run = self.results.iter().enumerate().map(move |(i, r)| {
-            let t = &self.vas[i % n];
-            Row {
-                entries: t.entries.map(|e| Some(e & !tables::ADDR_BITS)),
-                rsvd_level: t.rsvd_level,
-                pass: self.passes[i / n],
-                va: t.va,
-                result: Some(*r),
-                status: r.status,
-            }
-        });
+        let run = self
+            .results
+            .iter()
+            .zip(self.cases())
+            .map(move |(r, (p, k))| {
+                let t = &self.vas[k];
+                Row {
+                    entries: super::passes::SkippedVa::of(t)
+                        .entries
+                        .map(|e| e.map(|e| e & !tables::ADDR_BITS)),
+                    rsvd_level: t.rsvd_level,
+                    pass: self.passes[p],
+                    va: t.va,
+                    result: Some(*r),
+                    status: r.status,
+                }
+            });
         let skipped = self.skipped_sets.iter().flat_map(|s| {
             s.passes.iter().flat_map(move |p| {
                 s.vas.iter().map(move |v| Row {

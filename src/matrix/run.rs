@@ -3,13 +3,14 @@
 //! last pass every record is judged against the oracle.
 
 use super::oracle::{self, Access, Mode};
-use super::passes::{base_passes, variants, PassSpec, SkippedSet, SkippedVa};
+use super::passes::{base_passes, variants, Offer, PassSpec, SkippedSet, SkippedVa};
 use super::results::{CaseResult, CaseStatus, MatrixData, MatrixSummary, PassTime};
 use super::tables::{self, TestVa};
 use crate::space::{AddressSpace, SpaceError};
 use memvisor_abi::matrix::{self as abi, Pass, Plan, NOT_FAULTED, RECORD_BYTES};
 use memvisor_abi::Status;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
@@ -17,13 +18,21 @@ use vm_memory::{Bytes, GuestAddress};
 /// The run's state, kept by the VMM between `MatrixSync` calls.
 #[derive(Debug)]
 pub struct MatrixRun {
+    /// Every test VA built: the base VAs, then the running variants'.
     vas: Vec<TestVa>,
     passes: Vec<PassSpec>,
+    /// The VAs (indices into `vas`) each pass probes.
+    pass_vas: Vec<Range<usize>>,
     built: tables::Built,
     phys_bits: u8,
     skipped: Vec<SkippedSet>,
-    /// Leaf values after each pass (pass × VA).
+    /// Leaf values after each pass (pass × its VAs).
     after: Vec<Vec<u64>>,
+    /// GPAs of the 1 GiB test leaves (they map GPA 0–1 GiB; cleared after the last pass).
+    one_g_leaves: Vec<u64>,
+    /// The aliases mapped for CR4.SMEP / SMAP passes (unmapped after the last pass): GVA
+    /// and length of each.
+    aliases: Vec<(u64, u64)>,
     t_setup: Instant,
     t_first_sync: Option<Instant>,
     /// The pass the guest is running.
@@ -43,27 +52,52 @@ pub struct MatrixRun {
 pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>, u64), SpaceError> {
     let t0 = Instant::now();
     let f = space.features;
-    let vas = tables::test_vas(phys_bits);
-    let mut passes = base_passes(Mode::default());
-    let mut skipped = variants(&f);
-    if !f.nx {
-        let (run, skip): (Vec<_>, Vec<_>) = passes.into_iter().partition(|p| !p.mode.nxe);
-        passes = run;
-        skipped.push(SkippedSet {
-            feature: "nx",
-            reason: "unsupported by host".into(),
-            vas: vas.iter().map(skipped_va).collect(),
-            passes: skip,
-        });
+    let data_gpa = tables::data_frame(space)?;
+    let tramp_syms = space.kernel().matrix_tramp;
+    let offer = Offer {
+        features: f,
+        data_gpa,
+        tramp: tramp_syms.is_some(),
+    };
+    let mut vas = tables::test_vas(phys_bits);
+    let mut groups = vec![(0..vas.len(), base_passes(Mode::default()))];
+    let mut skipped = Vec::new();
+    let mut needs_tramp = false;
+    for v in variants(&offer) {
+        if let Some(s) = v.skipped() {
+            skipped.push(s);
+            continue;
+        }
+        needs_tramp |= v.needs_tramp;
+        let start = vas.len();
+        vas.extend(v.vas);
+        groups.push((start..vas.len(), v.passes));
     }
-    let mut image = tables::records_image(&vas, passes.len());
+    let (mut passes, mut pass_vas) = (Vec::new(), Vec::new());
+    for (range, group) in groups {
+        let (run, skip): (Vec<_>, Vec<_>) = group.into_iter().partition(|p| f.nx || !p.mode.nxe);
+        if !skip.is_empty() {
+            skipped.push(SkippedSet {
+                feature: "nx",
+                reason: "unsupported by host".into(),
+                vas: vas[range.clone()].iter().map(SkippedVa::of).collect(),
+                passes: skip,
+            });
+        }
+        for p in run {
+            passes.push(p);
+            pass_vas.push(range.clone());
+        }
+    }
+    let records: Vec<&[TestVa]> = pass_vas.iter().map(|r| &vas[r.clone()]).collect();
+    let mut image = tables::records_image(&records);
     let mut plan = Plan {
         magic: abi::PLAN_MAGIC,
         passes: passes.len() as u64,
         pass: [Pass::default(); abi::MAX_PASSES],
     };
-    let per_pass = vas.len() as u64 * RECORD_BYTES;
-    for (i, (p, slot)) in passes.iter().zip(plan.pass.iter_mut()).enumerate() {
+    let mut offset = tables::BUF_GVA + tables::PLAN_BYTES;
+    for ((p, r), slot) in passes.iter().zip(&pass_vas).zip(plan.pass.iter_mut()) {
         *slot = Pass {
             access: match p.access {
                 Access::Read => abi::ACCESS_READ,
@@ -73,24 +107,43 @@ pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>,
             cpl: u32::from(p.cpl),
             mode: mode_bits(p.mode),
             pkru: p.mode.pkru,
-            records: tables::BUF_GVA + tables::PLAN_BYTES + i as u64 * per_pass,
-            count: vas.len() as u64,
+            // CPL 0 under CR4.SMAP reads and writes the records through their US=0 alias.
+            records: if p.mode.smap && p.cpl == 0 {
+                offset - tables::BUF_GVA + crate::layout::MATRIX_BUF_ALIAS_GVA
+            } else {
+                offset
+            },
+            count: r.len() as u64,
         };
+        offset += r.len() as u64 * RECORD_BYTES;
     }
     image[..std::mem::size_of::<Plan>()].copy_from_slice(vm_memory::ByteValued::as_slice(&plan));
-    let built = tables::build(space, &vas, &image, phys_bits)?;
+    let built = tables::build(space, &vas, &image, phys_bits, data_gpa)?;
     if !built.rsvd_built {
         // MAXPHYADDR 52: no address bit is reserved. The four reserved-bit VAs still run (as
         // permissive paths), but their rows are reported as skipped.
         log::warn!("fault matrix: MAXPHYADDR is 52, reserved-bit cases skipped");
     }
+    let one_g_leaves = vas
+        .iter()
+        .zip(&built.leaf_gpas)
+        .filter(|(t, _)| t.leaf_level == 3)
+        .map(|(_, &g)| g)
+        .collect();
+    let aliases = match (needs_tramp, tramp_syms) {
+        (true, Some(code)) => tables::map_aliases(space, code, &built)?,
+        _ => Vec::new(),
+    };
     let run = MatrixRun {
         after: Vec::with_capacity(passes.len()),
         vas,
         passes,
+        pass_vas,
         built,
         phys_bits,
         skipped,
+        one_g_leaves,
+        aliases,
         t_setup: t0,
         t_first_sync: None,
         running: None,
@@ -103,13 +156,6 @@ pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>,
     Ok((Box::new(run), tables::BUF_GVA))
 }
 
-fn skipped_va(t: &TestVa) -> SkippedVa {
-    SkippedVa {
-        va: t.va,
-        entries: t.entries.map(Some),
-    }
-}
-
 pub(super) fn mode_bits(m: Mode) -> u32 {
     let mut b = 0;
     for (on, bit) in [
@@ -118,6 +164,7 @@ pub(super) fn mode_bits(m: Mode) -> u32 {
         (m.smep, abi::MODE_SMEP),
         (m.smap, abi::MODE_SMAP),
         (m.pke, abi::MODE_PKE),
+        (m.ac, abi::MODE_AC),
     ] {
         if on {
             b |= bit;
@@ -166,8 +213,9 @@ impl MatrixRun {
         }
         let mem = &space.ram.mem;
         if ended != abi::NO_PASS {
-            let mut snap = Vec::with_capacity(self.built.leaf_gpas.len());
-            for &g in &self.built.leaf_gpas {
+            let range = self.pass_vas[ended as usize].clone();
+            let mut snap = Vec::with_capacity(range.len());
+            for &g in &self.built.leaf_gpas[range] {
                 snap.push(
                     mem.read_obj::<u64>(GuestAddress(g))
                         .map_err(|_| Status::Fault)?,
@@ -179,6 +227,7 @@ impl MatrixRun {
         }
         if next == abi::NO_PASS {
             self.outcome = Some(Arc::new(self.finish(space)));
+            self.tear_down(space)?;
             return Ok(0);
         }
         const AD: u64 = 0x60;
@@ -195,31 +244,48 @@ impl MatrixRun {
         Ok(0)
     }
 
+    /// Take the 1 GiB leaves (which map GPA 0–1 GiB, the guest's tables included) and the
+    /// probe-code alias away after the last pass.
+    fn tear_down(&mut self, space: &mut AddressSpace) -> Result<(), Status> {
+        let mem = &space.ram.mem;
+        for &g in &self.one_g_leaves {
+            mem.write_obj::<u64>(0x80, GuestAddress(g))
+                .map_err(|_| Status::Fault)?;
+        }
+        tables::unmap_aliases(space, &std::mem::take(&mut self.aliases))
+            .map_err(|_| Status::Fault)?;
+        if !self.one_g_leaves.is_empty() {
+            space.owe_shadow_flush(crate::paging::ShadowFlush::needed());
+        }
+        Ok(())
+    }
+
     /// Compare every record with the oracle.
     fn finish(&self, space: &AddressSpace) -> MatrixData {
-        let n = self.vas.len();
-        let mut results = Vec::with_capacity(self.passes.len() * n);
-        let per_pass = n as u64 * RECORD_BYTES;
-        let mut raw = vec![0u8; per_pass as usize];
+        let mut results = Vec::with_capacity(self.pass_vas.iter().map(Range::len).sum());
         let (mut pass, mut fail) = (0u64, 0u64);
         let mut rsvd_skipped = 0u64;
+        let mut gpa = self.built.buf_gpa + tables::PLAN_BYTES;
         for (p, spec) in self.passes.iter().enumerate() {
-            let gpa = self.built.buf_gpa + tables::PLAN_BYTES + p as u64 * per_pass;
+            let range = self.pass_vas[p].clone();
+            let mut raw = vec![0u8; range.len() * RECORD_BYTES as usize];
             let readable = space
                 .ram
                 .mem
                 .read_slice(&mut raw, GuestAddress(gpa))
                 .is_ok();
+            gpa += raw.len() as u64;
             let after = self.after.get(p);
-            for (k, t) in self.vas.iter().enumerate() {
+            for (j, k) in range.enumerate() {
+                let t = &self.vas[k];
                 let word = |i: usize| {
-                    let o = k * RECORD_BYTES as usize + i * 8;
+                    let o = j * RECORD_BYTES as usize + i * 8;
                     raw.get(o..o + 8)
                         .and_then(|b| b.try_into().ok())
                         .map_or(NOT_FAULTED, u64::from_le_bytes)
                 };
                 let (va, cr2, err) = (word(0), word(1), word(2));
-                let pte_after = after.and_then(|a| a.get(k)).copied();
+                let pte_after = after.and_then(|a| a.get(j)).copied();
                 let r = judge(
                     t,
                     spec,
@@ -267,6 +333,7 @@ impl MatrixRun {
             vas: self.vas.clone(),
             leaf_raw: self.built.leaf_raw.clone(),
             passes: self.passes.clone(),
+            pass_vas: self.pass_vas.clone(),
             results,
             skipped_sets: self.skipped.clone(),
             summary: MatrixSummary {
@@ -278,7 +345,7 @@ impl MatrixRun {
                 deviation_by: BTreeMap::new(),
                 skipped_by,
                 passes_run: self.passes.len() as u64,
-                vas: self.vas.len() as u64,
+                vas: self.pass_vas.first().map_or(0, |r| r.len() as u64),
                 phys_bits: self.phys_bits,
                 setup_seconds: self.setup_seconds,
                 passes_seconds,

@@ -26,10 +26,14 @@ use memvisor_abi::matrix::{Plan, NOT_FAULTED, RECORD_BYTES};
 use vm_memory::{Bytes, GuestAddress};
 
 /// The matrix's slots and records buffer (defined in [`crate::layout`]).
-pub use crate::layout::{MATRIX_BUF_GVA as BUF_GVA, MATRIX_RSVD_SLOT as RSVD_SLOT, MATRIX_SLOT};
+pub use crate::layout::{
+    MATRIX_BUF_GVA as BUF_GVA, MATRIX_RSVD_SLOT as RSVD_SLOT, MATRIX_SLOT,
+    MATRIX_TRAMP_GVA as TRAMP_GVA,
+};
 /// Bytes at the start of the buffer for the plan (whole pages).
 pub const PLAN_BYTES: u64 = (core::mem::size_of::<Plan>() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-/// The GVAs this module maps: PML4 slots 64 (first matrix VA) to 90 (records buffer).
+/// The GVAs this module maps: PML4 slots 64 (first matrix VA) to 91 (probe-code alias);
+/// the 1 GiB leaves are in [`crate::layout::MATRIX_1G_AREA`].
 pub use crate::layout::MATRIX_AREA as AREA;
 /// Matrix VAs (16^4).
 pub const MATRIX_VAS: usize = 1 << 16;
@@ -46,6 +50,7 @@ pub const fn rsvd_bit(phys_bits: u8) -> u64 {
 }
 
 const T: u64 = 0x7; // P | RW | US
+const PS: u64 = 0x80;
 
 /// Entry flags for combination `c` (0–15): bit 0 P, bit 1 RW, bit 2 US, bit 3 NX.
 pub const fn combo_flags(c: u64) -> u64 {
@@ -62,6 +67,9 @@ pub struct TestVa {
     pub entries: [u64; 4],
     /// Level (4 = PML4E … 1 = PTE) whose entry has the reserved bit set, if any.
     pub rsvd_level: Option<u8>,
+    /// Level of the leaf: 1 (a 4 KiB PTE) or 3 (a 1 GiB PDPTE with PS = 1, the entries
+    /// below it unused).
+    pub leaf_level: u8,
 }
 
 /// The 65,540 test VAs in matrix order, the reserved-bit ones with [`rsvd_bit`] of
@@ -74,6 +82,7 @@ pub fn test_vas(phys_bits: u8) -> Vec<TestVa> {
             va: ((MATRIX_SLOT + i4) << 39) | (i3 << 30) | (i2 << 21) | (i1 << 12),
             entries: [i4, i3, i2, i1].map(combo_flags),
             rsvd_level: None,
+            leaf_level: 1,
         });
     }
     for r in 0..RSVD_VAS as u64 {
@@ -83,6 +92,7 @@ pub fn test_vas(phys_bits: u8) -> Vec<TestVa> {
             va: (RSVD_SLOT + r) << 39,
             entries,
             rsvd_level: Some(4 - r as u8),
+            leaf_level: 1,
         });
     }
     v
@@ -139,24 +149,16 @@ fn frames(space: &mut AddressSpace, n: u64) -> Result<Pfn, SpaceError> {
         .or_else(|_| space.zones.alloc(ZoneKind::Normal, n, 1))?)
 }
 
-/// Build the test tables for `vas`, the data frame and a records buffer of `buf_bytes`
-/// (plan included) filled with `records` (already laid out by the caller). `phys_bits` is
-/// the guest's MAXPHYADDR.
+/// Allocate the data frame every test leaf maps (DMA zone first, so that it lies in the
+/// first GiB the 1 GiB leaves map), fill it with `0xC3` and return its GPA.
 ///
 /// # Errors
-/// The [`Status`](memvisor_abi::Status) of the first table edit or memory access that failed.
-pub fn build(
-    space: &mut AddressSpace,
-    vas: &[TestVa],
-    buf: &[u8],
-    phys_bits: u8,
-) -> Result<Built, SpaceError> {
-    // 16 PDPT + 256 PD + 4096 PT, 3 per reserved-bit VA, the buffer's tables, slack.
-    let buf_bytes = (buf.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    let need = 16 + 256 + 4096 + 3 * RSVD_VAS as u64 + buf_bytes / (512 * PAGE_SIZE) + 16;
-    reserve_tables(space, need)?;
-
-    let data = frames(space, 1)?;
+/// [`SpaceError`] if no frame is free or the write fails.
+pub fn data_frame(space: &mut AddressSpace) -> Result<u64, SpaceError> {
+    let data = space
+        .zones
+        .alloc(ZoneKind::Dma, 1, 1)
+        .or_else(|_| frames(space, 1))?;
     let data_gpa = data.gpa()?.raw();
     space
         .ram
@@ -165,8 +167,37 @@ pub fn build(
         .map_err(|_| SpaceError::Write {
             what: "matrix data frame",
         })?;
-
     space.add_host_frames(AREA, data, 1);
+    Ok(data_gpa)
+}
+
+/// Build the test tables for `vas` over the data frame at `data_gpa` ([`data_frame`]) and
+/// a records buffer of `buf_bytes` (plan included) filled with `records` (already laid out
+/// by the caller). `phys_bits` is the guest's MAXPHYADDR. A VA with `leaf_level` 3 gets a
+/// 1 GiB leaf mapping GPA 0 (its low 30 bits are `data_gpa`'s).
+///
+/// # Errors
+/// The [`Status`](memvisor_abi::Status) of the first table edit or memory access that failed.
+pub fn build(
+    space: &mut AddressSpace,
+    vas: &[TestVa],
+    buf: &[u8],
+    phys_bits: u8,
+    data_gpa: u64,
+) -> Result<Built, SpaceError> {
+    // 16 PDPT + 256 PD + 4096 PT, 3 per reserved-bit VA, 18 per 256 variant VAs, the
+    // buffer's tables, slack.
+    let buf_bytes = (buf.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let variant_vas = (vas.len() as u64).saturating_sub((MATRIX_VAS + RSVD_VAS) as u64);
+    let need = 16
+        + 256
+        + 4096
+        + 3 * RSVD_VAS as u64
+        + variant_vas.div_ceil(256) * 18
+        + buf_bytes / (512 * PAGE_SIZE)
+        + 16;
+    reserve_tables(space, need)?;
+
     let buf_pfn = frames(space, buf_bytes / PAGE_SIZE)?;
     space.add_host_frames(AREA, buf_pfn, buf_bytes / PAGE_SIZE);
     let buf_gpa = buf_pfn.gpa()?.raw();
@@ -195,30 +226,37 @@ pub fn build(
     // entry cannot be mapped through, so those come last), then the reserved bits.
     let mem = &space.ram.mem;
     for t in vas {
+        // A 1 GiB leaf over the first GiB (page tables included) is mapped read-only (the
+        // mapper refuses writable mappings of table frames); its test flags, RW among them,
+        // are written below and removed after the last pass (`MatrixRun::sync`).
+        let (va, gpa, size, flags) = if t.leaf_level == 3 {
+            let ro_user = PteFlags::PRESENT | PteFlags::USER;
+            (t.va & !((1 << 30) - 1), 0, PageSize::Size1G, ro_user)
+        } else {
+            (t.va, data_gpa, PageSize::Size4K, rw_user)
+        };
         space
             .pt
             .edit(mem, &mut space.pool)
-            .map(
-                Gva::new(t.va),
-                Gpa::new(data_gpa),
-                PageSize::Size4K,
-                rw_user,
-            )
+            .map(Gva::new(va), Gpa::new(gpa), size, flags)
             .map_err(paging)?;
     }
-    let mut leaf_gpas = Vec::with_capacity(vas.len());
+    let mut leaf_gpas = vec![0; vas.len()];
     let mut leaf_raw = Vec::with_capacity(vas.len());
     let mut entry_gpas = Vec::with_capacity(vas.len() + 4400);
     for level in 1..=4u8 {
         let i = 4 - level as usize;
         let mut last_gpa = None;
-        for t in vas {
+        for (k, t) in vas.iter().enumerate() {
+            if level < t.leaf_level {
+                continue;
+            }
             let gpa = space
                 .pt
                 .entry_gpa(mem, Gva::new(t.va), level)
                 .map_err(paging)?;
-            if level == 1 {
-                leaf_gpas.push(gpa.raw());
+            if level == t.leaf_level {
+                leaf_gpas[k] = gpa.raw();
             }
             // Consecutive VAs share their upper entries: set each entry once.
             if last_gpa == Some(gpa.raw()) {
@@ -226,7 +264,8 @@ pub fn build(
             }
             last_gpa = Some(gpa.raw());
             entry_gpas.push(gpa.raw());
-            let flags = PteFlags::from_bits_truncate(t.entries[i] & !ADDR_BITS);
+            // PS stays as mapped (set_entry_flags keeps it).
+            let flags = PteFlags::from_bits_truncate(t.entries[i] & !ADDR_BITS & !PS);
             space
                 .pt
                 .set_entry_flags(mem, Gva::new(t.va), level, flags)
@@ -264,13 +303,14 @@ pub fn build(
     })
 }
 
-/// Records for `passes` passes over `vas`, after a plan area of [`PLAN_BYTES`] (zeros).
-pub fn records_image(vas: &[TestVa], passes: usize) -> Vec<u8> {
-    let n = vas.len();
-    let mut buf = vec![0u8; PLAN_BYTES as usize + passes * n * RECORD_BYTES as usize];
+/// Records for the passes, each over its VAs (`passes[i]`), after a plan area of
+/// [`PLAN_BYTES`] (zeros).
+pub fn records_image(passes: &[&[TestVa]]) -> Vec<u8> {
+    let n: usize = passes.iter().map(|p| p.len()).sum();
+    let mut buf = vec![0u8; PLAN_BYTES as usize + n * RECORD_BYTES as usize];
     let mut off = PLAN_BYTES as usize;
-    for _ in 0..passes {
-        for t in vas {
+    for vas in passes {
+        for t in *vas {
             for w in [t.va, NOT_FAULTED, NOT_FAULTED] {
                 buf[off..off + 8].copy_from_slice(&w.to_le_bytes());
                 off += 8;
@@ -278,6 +318,84 @@ pub fn records_image(vas: &[TestVa], passes: usize) -> Vec<u8> {
         }
     }
     buf
+}
+
+/// Map the supervisor-only (US=0) aliases the CR4.SMEP / SMAP passes need (SDM Vol. 3A
+/// §4.6.1: with SMEP a supervisor fetch from a user-mode address faults; with SMAP a
+/// supervisor data access does, always for implicit accesses such as IDT and GDT reads):
+///
+/// * the kernel's probe code `[start, end)` (GVAs of its image, `start` page-aligned) at
+///   [`TRAMP_GVA`], executable, read-only;
+/// * the kernel's writable segments (the IDT, GDT, TSS live there) at
+///   [`crate::layout::MATRIX_KDATA_ALIAS_GVA`] + GPA, read-only;
+/// * the records buffer at [`crate::layout::MATRIX_BUF_ALIAS_GVA`], writable.
+///
+/// Returns the `(GVA, length)` of each alias (for [`unmap_aliases`]).
+///
+/// # Errors
+/// [`SpaceError`] if the code range is not in an executable kernel segment or a table edit
+/// fails.
+pub fn map_aliases(
+    space: &mut AddressSpace,
+    (start, end): (u64, u64),
+    built: &Built,
+) -> Result<Vec<(u64, u64)>, SpaceError> {
+    let kernel = space.kernel().clone();
+    let seg = kernel
+        .segments
+        .iter()
+        .find(|s| s.exec && start >= s.gva && end <= s.gva + s.memsz)
+        .ok_or(SpaceError::Write {
+            what: "matrix probe code (not in an executable kernel segment)",
+        })?;
+    let page = |a: u64| a & !(PAGE_SIZE - 1);
+    let mut maps = vec![(
+        TRAMP_GVA,
+        page(seg.gpa + (start - seg.gva)),
+        (end - start).div_ceil(PAGE_SIZE) * PAGE_SIZE,
+        PteFlags::PRESENT,
+    )];
+    for s in kernel.segments.iter().filter(|s| s.write) {
+        let gpa = page(s.gpa);
+        let len = (s.gpa + s.memsz).div_ceil(PAGE_SIZE) * PAGE_SIZE - gpa;
+        maps.push((
+            crate::layout::MATRIX_KDATA_ALIAS_GVA + gpa,
+            gpa,
+            len,
+            PteFlags::PRESENT,
+        ));
+    }
+    maps.push((
+        crate::layout::MATRIX_BUF_ALIAS_GVA,
+        built.buf_gpa,
+        built.buf_bytes,
+        PteFlags::PRESENT | PteFlags::WRITABLE,
+    ));
+    let mut done = Vec::with_capacity(maps.len());
+    for (gva, gpa, len, flags) in maps {
+        space
+            .pt
+            .edit(&space.ram.mem, &mut space.pool)
+            .map_range(Gva::new(gva), Gpa::new(gpa), len, PageSize::Size4K, flags)
+            .map_err(paging)?;
+        done.push((gva, len));
+    }
+    Ok(done)
+}
+
+/// Unmap what [`map_aliases`] mapped.
+///
+/// # Errors
+/// [`SpaceError`] if a table edit fails.
+pub fn unmap_aliases(space: &mut AddressSpace, aliases: &[(u64, u64)]) -> Result<(), SpaceError> {
+    for &(gva, len) in aliases {
+        space
+            .pt
+            .edit(&space.ram.mem, &mut space.pool)
+            .unmap(Gva::new(gva), len)
+            .map_err(paging)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

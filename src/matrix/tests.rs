@@ -27,6 +27,7 @@ fn judge_needs_every_observation_to_match() {
         va: 0x2000_0000_5000,
         entries: [7, 7, 7, 5],
         rsvd_level: None,
+        leaf_level: 1,
     };
     let leaf = 0x0131_4000 | 5;
     let wp0 = spec(Access::Write, 0, false);
@@ -109,10 +110,10 @@ fn rows_as_tsv() {
     assert_eq!(
         row.to_tsv(),
         "0x7\t0x7\t0x7\t0x8000000000000007\t-\tx\t0\t1\t1\t0x20000000f000\t1\t0x11\t\
-         0x20000000f000\t0x8000000001314007\tpass"
+         0x20000000f000\t0x8000000001314007\tpass\t-"
     );
-    assert_eq!(TSV_HEADER.split('\t').count(), 15);
-    assert_eq!(row.to_tsv().split('\t').count(), 15);
+    assert_eq!(TSV_HEADER.split('\t').count(), 16);
+    assert_eq!(row.to_tsv().split('\t').count(), 16);
     let skipped = Row {
         entries: [Some(7), Some(0x87), None, None],
         rsvd_level: Some(3),
@@ -122,17 +123,32 @@ fn rows_as_tsv() {
     };
     assert_eq!(
         skipped.to_tsv(),
-        "0x7\t0x87\t-\t-\tpdpte\tx\t0\t1\t1\t0x20000000f000\t-\t-\t-\t-\tskipped"
+        "0x7\t0x87\t-\t-\tpdpte\tx\t0\t1\t1\t0x20000000f000\t-\t-\t-\t-\tskipped\t-"
     );
+    let mut pk = row;
+    pk.pass.mode.pke = true;
+    pk.pass.mode.pkru = 4;
+    pk.pass.mode.smap = true;
+    pk.pass.mode.ac = true;
+    assert!(pk.to_tsv().ends_with("\tpass\tsmap+ac+pke+pkru=0x4"));
 }
 
 #[test]
 fn variants_and_passes() {
     let none = crate::boot::cpuid::Features::default();
-    let v = variants(&none);
+    let offer = |features, data_gpa, tramp| Offer {
+        features,
+        data_gpa,
+        tramp,
+    };
+    let v = variants(&offer(none, 0x1000, true));
     let total: usize = v.iter().map(|s| s.vas.len() * s.passes.len()).sum();
-    assert_eq!(total, 31_104);
-    assert!(v.iter().all(|s| s.reason == "unsupported by host"));
+    // SMEP 256 × 24, SMAP 256 × 48 (AC both ways), 2 × PKU 256 × 24, 1 GiB 256 × 24,
+    // LA57 16 × 24.
+    assert_eq!(total, 37_248);
+    assert!(v
+        .iter()
+        .all(|s| s.skip.as_deref() == Some("unsupported by host")));
     let all = crate::boot::cpuid::Features {
         smep: true,
         smap: true,
@@ -141,9 +157,45 @@ fn variants_and_passes() {
         la57: true,
         ..none
     };
-    assert!(variants(&all)
+    let runs = |o: &Offer| -> Vec<&'static str> {
+        variants(o)
+            .iter()
+            .filter(|v| v.skip.is_none())
+            .map(|v| v.feature)
+            .collect()
+    };
+    assert_eq!(runs(&offer(all, 0x1000, true)), ["smep", "smap", "1g"]);
+    for v in variants(&offer(all, 0x1000, true)) {
+        assert!(v.skip.is_none() || v.skip.is_some_and(|s| s.starts_with("not implemented")));
+    }
+    // No probe-code symbols: no SMEP; a data frame above 1 GiB: no 1 GiB leaves.
+    assert!(runs(&offer(all, 1 << 30, false)).is_empty());
+    // The variant VAs are distinct from each other and from the base VAs, canonical, and
+    // a 1 GiB VA reaches the data frame's offset.
+    let mut vas: Vec<u64> = tables::test_vas(48).iter().map(|t| t.va).collect();
+    // (The two SMAP variants, CPL 0 and CPL 3 passes, share their VAs.)
+    let mut smap_seen = false;
+    for v in variants(&offer(all, 0x12_3000, true)) {
+        let again = v.feature == "smap" && std::mem::replace(&mut smap_seen, true);
+        if v.feature != "la57" && !again {
+            vas.extend(v.vas.iter().map(|t| t.va));
+        }
+        if v.feature == "1g" {
+            let t = v.vas[0x5f];
+            assert_eq!(t.va, ((98 + 5) << 39) | (15 << 30) | 0x12_3000);
+            assert_eq!(t.entries[..2], [0x5, 0x8000_0000_0000_0087]);
+            assert_eq!(t.leaf_level, 3);
+            assert_eq!(SkippedVa::of(&t).entries[2..], [None, None]);
+        }
+    }
+    let n = vas.len();
+    vas.sort_unstable();
+    vas.dedup();
+    assert_eq!(vas.len(), n);
+    assert!(vas.iter().all(|&va| va < 1 << 47));
+    assert!(vas
         .iter()
-        .all(|s| s.reason.starts_with("not implemented")));
+        .all(|&va| !(tables::BUF_GVA..tables::TRAMP_GVA + (1 << 39)).contains(&va)));
     let p = base_passes(Mode::default());
     assert_eq!(p.len(), 24);
     assert_eq!(mode_bits(p[23].mode), abi::MODE_WP | abi::MODE_NXE);
@@ -162,6 +214,7 @@ fn known_deviation_moves_exactly_the_rsvd_without_p_cases() {
             va: va(i),
             entries: [7 | tables::rsvd_bit(48), 7, 7, 7],
             rsvd_level: Some(4),
+            leaf_level: 1,
         })
         .collect();
     let leaf = 0x0131_4007;
@@ -201,6 +254,7 @@ fn known_deviation_moves_exactly_the_rsvd_without_p_cases() {
         vas,
         leaf_raw: vec![leaf; 4],
         passes: vec![spec(Access::Read, 3, true)],
+        pass_vas: std::iter::once(0..4).collect(),
         results,
         skipped_sets: Vec::new(),
         summary: summary.clone(),
@@ -228,5 +282,5 @@ fn known_deviation_moves_exactly_the_rsvd_without_p_cases() {
         .data
         .rows()
         .next()
-        .is_some_and(|r| r.to_tsv().ends_with("\tdeviation")));
+        .is_some_and(|r| r.to_tsv().ends_with("\tdeviation\t-")));
 }

@@ -76,7 +76,7 @@ impl PageTables {
     /// Replace the flag bits of the entry at `level` on the walk of `gva` with `flags`,
     /// keeping its address bits: e.g. an intermediate entry with RW or US clear, NX set, or
     /// P clear. Returns the old entry. The entry must exist (see [`Self::entry_gpa`]) and be
-    /// non-zero; `flags` may only hold P, RW, US, PWT, PCD, A, D, G and NX, and PS is kept
+    /// non-zero (a leaf over GPA 0 is allowed); `flags` may only hold P, RW, US, PWT, PCD, A, D, G and NX, and PS is kept
     /// as it was (a table pointer stays one). Leaf counts follow P of level-1 / PS entries.
     ///
     /// Test tables only (see the module docs); the caller flushes TLBs.
@@ -98,7 +98,9 @@ impl PageTables {
         }
         let gpa = self.entry_gpa(mem, gva, level)?;
         let old = read(mem, gpa)?;
-        if old.raw() & ADDR_MASK == 0 {
+        // An all-zero entry was never built; a leaf over GPA 0 (a 1 GiB page of the first
+        // GiB) has address bits 0 but P or PS set.
+        if old.raw() == 0 {
             return Err(PagingError::NotMapped { gva });
         }
         let keep = ADDR_MASK | PteFlags::HUGE.bits();

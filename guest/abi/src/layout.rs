@@ -11,8 +11,9 @@
 //! | first GVA             | last GVA              | region                                  |
 //! | --------------------- | --------------------- | --------------------------------------- |
 //! | 0x0000_1000_0000_0000 | 0x0000_1fff_ffff_ffff | mmap window (16 TiB; regions + guards)  |
-//! | 0x0000_2000_0000_0000 | 0x0000_2d7f_ffff_ffff | fault matrix (PML4 slots 64..=90)       |
+//! | 0x0000_2000_0000_0000 | 0x0000_2dff_ffff_ffff | fault matrix (PML4 slots 64..=91)       |
 //! | 0x0000_3000_0000_0000 | 0x0000_30ff_ffff_ffff | stage-2 window (<= 1 TiB)               |
+//! | 0x0000_3100_0000_0000 | 0x0000_38ff_ffff_ffff | fault matrix 1 GiB leaves (slots 98..=113) |
 //! | 0x0000_4000_0000_0000 | 0x0000_407f_ffff_ffff | blob (read-only, NX; PML4 slot 128)     |
 //! | 0x0000_7ffe_0000_0000 | 0x0000_7ffe_0000_0fff | doorbell page (US)                      |
 //! | 0x0000_7fff_0000_0000 | 0x0000_7fff_0010_0fff | ring-3 stack 1 MiB (guard page below)   |
@@ -54,11 +55,31 @@ pub const MMAP_GUARD: u64 = 0x1000;
 pub const MATRIX_SLOT: u64 = 64;
 /// First PML4 slot of the fault matrix's reserved-bit VAs.
 pub const MATRIX_RSVD_SLOT: u64 = 80;
+/// First PML4 slot of the fault matrix's feature variants with 4 KiB leaves (CR4.SMEP,
+/// CR4.SMAP, protection keys: slots 84..=87).
+pub const MATRIX_VARIANT_SLOT: u64 = 84;
+/// GVA of the fault matrix's supervisor-only (US=0) alias of its records buffer (PML4 slot
+/// 88), which CPL 0 probes use while CR4.SMAP is set.
+pub const MATRIX_BUF_ALIAS_GVA: u64 = 88 << 39;
+/// Base of the fault matrix's supervisor-only, read-only alias of the kernel's writable
+/// segments (PML4 slot 89; a kernel byte at GPA `g` appears at this base + `g`): the IDT and
+/// GDT the CPU reads while CR4.SMAP is set (implicit supervisor accesses, SDM Vol. 3A
+/// §4.6.1, may not touch US=1 pages).
+pub const MATRIX_KDATA_ALIAS_GVA: u64 = 89 << 39;
 /// GVA of the fault matrix's records buffer (PML4 slot 90).
 pub const MATRIX_BUF_GVA: u64 = 90 << 39;
-/// The GVAs the fault matrix maps: PML4 slots 64 (first matrix VA) to 90 (records buffer).
+/// GVA of the fault matrix's supervisor-only (US=0) alias of the kernel's probe code
+/// (PML4 slot 91), which CPL 0 runs while CR4.SMEP / SMAP are set.
+pub const MATRIX_TRAMP_GVA: u64 = 91 << 39;
+/// The GVAs the fault matrix maps: PML4 slots 64 (first matrix VA) to 91 (probe-code alias).
 pub const MATRIX_AREA: core::ops::Range<u64> =
-    (MATRIX_SLOT << 39)..((MATRIX_BUF_GVA >> 39) + 1) << 39;
+    (MATRIX_SLOT << 39)..((MATRIX_TRAMP_GVA >> 39) + 1) << 39;
+/// First of the 16 PML4 slots of the fault matrix's 1 GiB leaves (one slot per PML4E flag
+/// combination, 16 PDPTE leaves each), after the stage-2 window.
+pub const MATRIX_1G_SLOT: u64 = 98;
+/// The GVAs of the fault matrix's 1 GiB leaves: PML4 slots 98..=113.
+pub const MATRIX_1G_AREA: core::ops::Range<u64> =
+    (MATRIX_1G_SLOT << 39)..(MATRIX_1G_SLOT + 16) << 39;
 
 /// GVA where the stage-2 window's first GPA is mapped (see [`crate::stage2`]).
 pub const STAGE2_GVA_BASE: u64 = 0x0000_3000_0000_0000;
@@ -155,7 +176,7 @@ const fn region(first: u64, len: u64, name: &'static str) -> Region {
 }
 
 /// The GVA regions of the diagram, in address order.
-pub const GVA_REGIONS: [Region; 9] = [
+pub const GVA_REGIONS: [Region; 10] = [
     region(
         MMAP_WINDOW_START,
         MMAP_WINDOW_END - MMAP_WINDOW_START,
@@ -164,9 +185,14 @@ pub const GVA_REGIONS: [Region; 9] = [
     region(
         MATRIX_AREA.start,
         MATRIX_AREA.end - MATRIX_AREA.start,
-        "fault matrix (PML4 slots 64..=90)",
+        "fault matrix (PML4 slots 64..=91)",
     ),
     region(STAGE2_GVA_BASE, STAGE2_MAX_LEN, "stage-2 window (<= 1 TiB)"),
+    region(
+        MATRIX_1G_AREA.start,
+        MATRIX_1G_AREA.end - MATRIX_1G_AREA.start,
+        "fault matrix 1 GiB leaves (slots 98..=113)",
+    ),
     region(
         BLOB_AREA.start,
         BLOB_AREA.end - BLOB_AREA.start,
@@ -293,12 +319,22 @@ mod tests {
         in_gva(MATRIX_SLOT << 39, GVA_REGIONS[1].name);
         in_gva(MATRIX_RSVD_SLOT << 39, GVA_REGIONS[1].name);
         in_gva(MATRIX_BUF_GVA, GVA_REGIONS[1].name);
-        in_gva(BLOB_GVA, GVA_REGIONS[3].name);
-        in_gva(DOORBELL_GVA, GVA_REGIONS[4].name);
-        in_gva(USER_STACK_TOP - 1, GVA_REGIONS[5].name);
-        in_gva(BOOT_STACK_BOTTOM, GVA_REGIONS[7].name);
-        in_gva(DF_STACK_TOP - 1, GVA_REGIONS[7].name);
-        in_gva(KERNEL_VIRT_OFFSET + KERNEL_PHYS_BASE, GVA_REGIONS[8].name);
+        in_gva(MATRIX_VARIANT_SLOT << 39, GVA_REGIONS[1].name);
+        in_gva(((MATRIX_VARIANT_SLOT + 4) << 39) - 1, GVA_REGIONS[1].name);
+        in_gva(MATRIX_TRAMP_GVA, GVA_REGIONS[1].name);
+        in_gva(MATRIX_BUF_ALIAS_GVA, GVA_REGIONS[1].name);
+        in_gva(
+            MATRIX_KDATA_ALIAS_GVA + KERNEL_PHYS_BASE,
+            GVA_REGIONS[1].name,
+        );
+        in_gva(MATRIX_1G_SLOT << 39, GVA_REGIONS[3].name);
+        in_gva(((MATRIX_1G_SLOT + 16) << 39) - 1, GVA_REGIONS[3].name);
+        in_gva(BLOB_GVA, GVA_REGIONS[4].name);
+        in_gva(DOORBELL_GVA, GVA_REGIONS[5].name);
+        in_gva(USER_STACK_TOP - 1, GVA_REGIONS[6].name);
+        in_gva(BOOT_STACK_BOTTOM, GVA_REGIONS[8].name);
+        in_gva(DF_STACK_TOP - 1, GVA_REGIONS[8].name);
+        in_gva(KERNEL_VIRT_OFFSET + KERNEL_PHYS_BASE, GVA_REGIONS[9].name);
         // Every GVA region is canonical and lies in one half.
         for r in GVA_REGIONS {
             let half = |a: u64| (a as i64) >> 47;

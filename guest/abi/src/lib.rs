@@ -48,6 +48,11 @@ pub const PORT_PF_ASSIST: u16 = 0x00ee;
 /// ELF symbol of the kernel's resume point after an assisted demand-paging fault (see
 /// [`PORT_PF_ASSIST`]); without it in the kernel's symbol table the VMM does not assist.
 pub const PF_ASSIST_DONE_SYMBOL: &str = "memvisor_pf_assist_done";
+/// ELF symbols bounding the kernel's fault-matrix probe code (page-aligned start): the
+/// `fault-matrix` host maps those pages a second time, supervisor-only (US=0), at
+/// [`layout::MATRIX_TRAMP_GVA`] for the passes with CR4.SMEP / SMAP set.
+pub const MATRIX_TRAMP_SYMBOLS: [&str; 2] =
+    ["memvisor_matrix_tramp_start", "memvisor_matrix_tramp_end"];
 
 /// Magic value in [`BootInfo::magic`] (`"MEMVISOR"` little-endian-ish).
 pub const BOOT_MAGIC: u64 = 0x524f_5349_564d_454d;
@@ -479,7 +484,7 @@ pub mod matrix {
     /// [`Plan::magic`].
     pub const PLAN_MAGIC: u64 = 0x5849_5254_414d_4650; // "PFMATRIX"
     /// Most passes in a plan.
-    pub const MAX_PASSES: usize = 64;
+    pub const MAX_PASSES: usize = 256;
     /// "No pass" in `MatrixSync` arguments.
     pub const NO_PASS: u64 = u64::MAX;
     /// [`Pass::access`]: a 1-byte read.
@@ -494,10 +499,12 @@ pub mod matrix {
     pub const MODE_NXE: u32 = 2;
     /// [`Pass::mode`]: CR4.SMEP = 1.
     pub const MODE_SMEP: u32 = 4;
-    /// [`Pass::mode`]: CR4.SMAP = 1 (with RFLAGS.AC = 0 for the probes).
+    /// [`Pass::mode`]: CR4.SMAP = 1 (RFLAGS.AC = 0 for the probes unless `MODE_AC`).
     pub const MODE_SMAP: u32 = 8;
     /// [`Pass::mode`]: CR4.PKE = 1 and PKRU = [`Pass::pkru`].
     pub const MODE_PKE: u32 = 16;
+    /// [`Pass::mode`]: RFLAGS.AC = 1 for CPL 0 probes (with `MODE_SMAP`).
+    pub const MODE_AC: u32 = 32;
     /// Bytes of one record: `[va, cr2, error_code]` (u64 each).
     pub const RECORD_BYTES: u64 = 24;
     /// A record's `error_code` before the probe (and after it, if it did not fault).

@@ -25,12 +25,23 @@
 /// One line for `memvisor scenarios`.
 pub const DESCRIPTION: &str = "the #PF permission matrix: P/RW/US/NX at every level x r/w/x x CPL 0/3 x WP x NXE, checked against the SDM (--cases-out FILE)";
 
+use crate::idt::{USER_CS, USER_DS};
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::VirtAddr;
 use crate::{boot, hc, println};
 use core::sync::atomic::{AtomicU64, Ordering};
 use memvisor_abi::matrix::{self, Pass, Plan};
 use memvisor_abi::Call;
 
 core::arch::global_asm!(
+    // The probe code, in its own page-aligned section: the host maps these pages a second
+    // time, supervisor-only, at MATRIX_TRAMP_GVA for the CR4.SMEP / SMAP passes (where a CPL 0
+    // fetch from the kernel's US=1 text would fault). Position-independent (rip-relative
+    // labels only), so it runs from either address.
+    ".pushsection .text.memvisor_matrix_tramp, \"ax\"",
+    ".balign 4096",
+    ".global memvisor_matrix_tramp_start",
+    "memvisor_matrix_tramp_start:",
     // #PF during a matrix pass. Stack: [rsp] = error code, then rip, cs, rflags, rsp, ss.
     ".global matrix_pf",
     "matrix_pf:",
@@ -94,9 +105,89 @@ core::arch::global_asm!(
     "    pop r12",
     "    pop rbx",
     "    ret",
+    // A CPL 0 pass run from the alias: rdi = &Tramp. Sets CR4 for the pass, runs the loop
+    // (its alias address), puts CR4 back before returning to the US=1 caller.
+    ".global matrix_tramp0",
+    // With Tramp.ac set (a CR4.SMAP pass with RFLAGS.AC = 1) the loop runs between stac and
+    // clac (only then: both are #UD without SMAP).
+    "matrix_tramp0:",
+    "    push rbx",
+    "    mov rax, cr4",
+    "    push rax",
+    "    mov rbx, [rdi + 56]",
+    "    mov rax, [rdi + 16]",
+    "    mov rcx, [rdi + 24]",
+    "    mov rsi, [rdi + 8]",
+    "    mov rdi, [rdi]",
+    "    mov cr4, rax",
+    "    test rbx, rbx",
+    "    jz 4f",
+    "    stac",
+    "4:  call rcx",
+    "    test rbx, rbx",
+    "    jz 5f",
+    "    clac",
+    "5:  pop rax",
+    "    mov cr4, rax",
+    "    pop rbx",
+    "    ret",
+    // A CPL 3 pass entered from the alias: rdi = &Tramp. Saves the callee-saved registers
+    // and CR4, points TSS.RSP0 below them (the saved RSP stored at RSP0 itself, above any
+    // exception frame), sets CR4 for the pass and iretqs to the loop (its US=1 address) on
+    // the user stack with `matrix_user_exit` as its return address.
+    ".global matrix_tramp3",
+    "matrix_tramp3:",
+    "    push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+    "    mov rax, cr4",
+    "    push rax",
+    "    mov r8, [rdi + 32]",
+    "    lea rax, [rsp - 64]",
+    "    and rax, -16",
+    "    mov [r8], rax",
+    "    mov [rax], rsp",
+    "    mov r9, [rdi + 40]",
+    "    mov r10, [rdi + 48]",
+    "    sub r9, 8",
+    "    mov [r9], r10",
+    "    mov rax, [rdi + 16]",
+    "    mov rcx, [rdi + 24]",
+    "    mov rsi, [rdi + 8]",
+    "    mov rdi, [rdi]",
+    "    mov cr4, rax",
+    "    push {uds}",
+    "    push r9",
+    "    push 0x0002",
+    "    push {ucs}",
+    "    push rcx",
+    "    iretq",
+    // Ring 3, after the loop returned: hlt traps (#GP) into matrix_gp3.
+    ".global matrix_user_exit",
+    "matrix_user_exit:",
+    "    hlt",
+    "    ud2",
+    // #GP gate during a CPL 3 tramp pass: the frame (error code + 5 words) lies just below
+    // TSS.RSP0, whose slot holds matrix_tramp3's RSP. Restore CR4 and the registers, return.
+    ".global matrix_gp3",
+    "matrix_gp3:",
+    "    add rsp, 48",
+    "    mov rsp, [rsp]",
+    "    pop rax",
+    "    mov cr4, rax",
+    "    pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+    "    ret",
+    ".global memvisor_matrix_tramp_end",
+    "memvisor_matrix_tramp_end:",
+    ".popsection",
+    uds = const USER_DS as u64 | 3,
+    ucs = const USER_CS as u64 | 3,
 );
 
 extern "C" {
+    static memvisor_matrix_tramp_start: u8;
+    fn matrix_tramp0();
+    fn matrix_tramp3();
+    fn matrix_user_exit();
+    fn matrix_gp3();
     fn matrix_pf();
     fn matrix_pf0();
     fn matrix_loop_read(records: u64, count: u64);
@@ -107,43 +198,172 @@ extern "C" {
 /// IDT vector 14 as it was before a pass (low, high quadwords).
 static SAVED_PF_GATE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
-/// Address of the IDT's 16-byte gate for #PF.
-fn pf_gate() -> *mut u64 {
+/// IDT vector 13 as it was before a CPL 3 tramp pass.
+static SAVED_GP_GATE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+const VEC_GP: u64 = 13;
+const VEC_PF: u64 = 14;
+
+/// Address of the IDT's 16-byte gate for `vector`.
+fn gate(vector: u64) -> *mut u64 {
     let idtr = x86_64::instructions::tables::sidt();
-    (idtr.base.as_u64() + 14 * 16) as *mut u64
+    (idtr.base.as_u64() + vector * 16) as *mut u64
 }
 
-/// Point IDT vector 14 at `matrix_pf` (`matrix_pf0` for a CPL 0 pass; same selector, type
-/// and IST as the current gate).
-fn install_handler(cpl: u32) {
-    let gate = pf_gate();
-    let h = if cpl == 3 {
-        matrix_pf as *const () as u64
-    } else {
-        matrix_pf0 as *const () as u64
-    };
+/// Point IDT `vector` at `h` (same selector, type and IST as the current gate), saving the
+/// old gate in `saved`.
+fn install_gate(vector: u64, h: u64, saved: &[AtomicU64; 2]) {
+    let gate = gate(vector);
     // SAFETY: CPL 0, one vCPU; the IDT lives in the kernel's writable .bss and `gate` is its
-    // #PF entry (IDTR from sidt). Only the offset fields change; no #PF can be delivered while
-    // the two stores are half done because nothing here touches unmapped memory.
+    // entry (IDTR from sidt). Only the offset fields change; no exception can be delivered
+    // while the two stores are half done because nothing here touches unmapped memory.
     unsafe {
         let low = core::ptr::read_volatile(gate);
         let high = core::ptr::read_volatile(gate.add(1));
-        SAVED_PF_GATE[0].store(low, Ordering::Relaxed);
-        SAVED_PF_GATE[1].store(high, Ordering::Relaxed);
+        saved[0].store(low, Ordering::Relaxed);
+        saved[1].store(high, Ordering::Relaxed);
         let new_low = (low & 0x0000_ffff_ffff_0000) | (h & 0xffff) | ((h >> 16) & 0xffff) << 48;
         core::ptr::write_volatile(gate, new_low);
         core::ptr::write_volatile(gate.add(1), h >> 32);
     }
 }
 
+/// Put back a gate saved by [`install_gate`].
+fn restore_gate(vector: u64, saved: &[AtomicU64; 2]) {
+    let gate = gate(vector);
+    // SAFETY: as in install_gate.
+    unsafe {
+        core::ptr::write_volatile(gate, saved[0].load(Ordering::Relaxed));
+        core::ptr::write_volatile(gate.add(1), saved[1].load(Ordering::Relaxed));
+    }
+}
+
+/// Point IDT vector 14 at `matrix_pf` (`matrix_pf0` for a CPL 0 pass), at their
+/// supervisor-only aliases if `alias`.
+fn install_handler(cpl: u32, alias: bool) {
+    let h = if cpl == 3 {
+        matrix_pf as *const () as u64
+    } else {
+        matrix_pf0 as *const () as u64
+    };
+    install_gate(VEC_PF, if alias { tramp_alias(h) } else { h }, &SAVED_PF_GATE);
+}
+
 /// Put back the gate saved by [`install_handler`].
 fn restore_handler() {
-    let gate = pf_gate();
-    // SAFETY: as in install_handler.
+    restore_gate(VEC_PF, &SAVED_PF_GATE);
+}
+
+/// The supervisor-only alias (at [`memvisor_abi::layout::MATRIX_TRAMP_GVA`], mapped by the
+/// host for passes that need it) of the probe-code address `a`.
+fn tramp_alias(a: u64) -> u64 {
+    let start = core::ptr::addr_of!(memvisor_matrix_tramp_start) as u64;
+    memvisor_abi::layout::MATRIX_TRAMP_GVA + (a - start)
+}
+
+/// What `matrix_tramp0` / `matrix_tramp3` read (offsets fixed in their assembly).
+#[repr(C)]
+struct Tramp {
+    records: u64,
+    count: u64,
+    /// CR4 for the pass.
+    cr4: u64,
+    /// The probe loop: its alias for CPL 0, its US=1 address for CPL 3.
+    probe: u64,
+    /// &TSS.RSP0 (CPL 3).
+    rsp0_slot: u64,
+    /// Top of the ring-3 stack (CPL 3).
+    user_stack: u64,
+    /// `matrix_user_exit` (US=1; CPL 3).
+    user_exit: u64,
+    /// Non-zero: RFLAGS.AC = 1 around the probe loop (CPL 0, CR4.SMAP).
+    ac: u64,
+}
+
+/// The supervisor-only, read-only alias of the kernel data byte at `a` (its writable
+/// segments, mapped by the host at `MATRIX_KDATA_ALIAS_GVA` + GPA for the SMAP passes).
+fn kdata_alias(a: u64) -> u64 {
+    memvisor_abi::layout::MATRIX_KDATA_ALIAS_GVA + (a - memvisor_abi::layout::KERNEL_VIRT_OFFSET)
+}
+
+/// Load GDTR and IDTR with `gdt` and `idt`.
+fn load_tables(gdt: DescriptorTablePointer, idt: DescriptorTablePointer) {
+    // SAFETY: both describe the kernel's own GDT and IDT, at their addresses or at their
+    // supervisor-only aliases (the same frames, mapped by the host while the matrix runs);
+    // the segment registers' cached descriptors do not change.
     unsafe {
-        core::ptr::write_volatile(gate, SAVED_PF_GATE[0].load(Ordering::Relaxed));
-        core::ptr::write_volatile(gate.add(1), SAVED_PF_GATE[1].load(Ordering::Relaxed));
+        x86_64::instructions::tables::lgdt(&gdt);
+        x86_64::instructions::tables::lidt(&idt);
     }
+}
+
+/// Run pass `p`, whose CR4 bits (SMEP / SMAP) forbid CPL 0 to execute the kernel's US=1
+/// text, through the supervisor-only alias: CR4 is set and put back there, and every
+/// CPL 0 instruction in between (probe loop, #PF and #GP handlers) runs from the alias.
+fn tramp_pass(p: &Pass, cr4: u64) {
+    let lp = match p.access {
+        matrix::ACCESS_READ => matrix_loop_read as *const () as u64,
+        matrix::ACCESS_WRITE => matrix_loop_write as *const () as u64,
+        _ => matrix_loop_exec as *const () as u64,
+    };
+    let mut t = Tramp {
+        records: p.records,
+        count: p.count,
+        cr4,
+        probe: tramp_alias(lp),
+        rsp0_slot: crate::idt::tss_rsp0_slot() as u64,
+        user_stack: boot().user_stack[1] & !0xf,
+        user_exit: matrix_user_exit as *const () as u64,
+        ac: u64::from(p.mode & matrix::MODE_AC != 0),
+    };
+    if p.count == 0 {
+        return;
+    }
+    install_handler(p.cpl, true);
+    // Under SMAP the CPU's own reads of the GDT and IDT (exception delivery) are implicit
+    // supervisor accesses: give it their US=0 aliases for the pass (CPL 0 only; the host
+    // does not plan CPL 3 SMAP passes).
+    let smap = p.mode & matrix::MODE_SMAP != 0;
+    let (gdt, idt) = (
+        x86_64::instructions::tables::sgdt(),
+        x86_64::instructions::tables::sidt(),
+    );
+    if smap {
+        let alias = |t: DescriptorTablePointer| DescriptorTablePointer {
+            limit: t.limit,
+            base: VirtAddr::new_truncate(kdata_alias(t.base.as_u64())),
+        };
+        load_tables(alias(gdt), alias(idt));
+    }
+    if p.cpl == 3 {
+        t.probe = lp;
+        install_gate(
+            VEC_GP,
+            tramp_alias(matrix_gp3 as *const () as u64),
+            &SAVED_GP_GATE,
+        );
+        // SAFETY: the host mapped the alias (US=0, executable) of the tramp section; the
+        // #PF and #GP gates point into it, the ring-3 stack and records are mapped US=1, and
+        // matrix_gp3 comes back here with the callee-saved registers and CR4 restored.
+        unsafe {
+            let f: extern "C" fn(*const Tramp) =
+                core::mem::transmute(tramp_alias(matrix_tramp3 as *const () as u64) as usize);
+            f(&t);
+        }
+        restore_gate(VEC_GP, &SAVED_GP_GATE);
+    } else {
+        // SAFETY: as above; matrix_tramp0 returns with CR4 restored before the first fetch
+        // from the US=1 caller.
+        unsafe {
+            let f: extern "C" fn(*const Tramp) =
+                core::mem::transmute(tramp_alias(matrix_tramp0 as *const () as u64) as usize);
+            f(&t);
+        }
+    }
+    if smap {
+        load_tables(gdt, idt);
+    }
+    restore_handler();
 }
 
 const CR0_WP: u64 = 1 << 16;
@@ -195,21 +415,14 @@ fn set_bit(v: u64, bit: u64, on: bool) -> u64 {
     }
 }
 
-/// Set CR0.WP, EFER.NXE, CR4.SMEP / SMAP / PKE and PKRU for `p`.
-fn apply_mode(base: Regs, p: &Pass) {
+/// Set CR0.WP, EFER.NXE, CR4.PKE and PKRU for `p`. Returns the CR4 of the pass, with
+/// SMEP / SMAP, which only the tramp path ([`tramp_pass`]) loads.
+fn apply_mode(base: Regs, p: &Pass) -> u64 {
     let on = |m: u32| p.mode & m != 0;
     let r = Regs {
         cr0: set_bit(base.cr0, CR0_WP, on(matrix::MODE_WP)),
         efer: set_bit(base.efer, EFER_NXE, on(matrix::MODE_NXE)),
-        cr4: set_bit(
-            set_bit(
-                set_bit(base.cr4, CR4_SMEP, on(matrix::MODE_SMEP)),
-                CR4_SMAP,
-                on(matrix::MODE_SMAP),
-            ),
-            CR4_PKE,
-            on(matrix::MODE_PKE),
-        ),
+        cr4: set_bit(base.cr4, CR4_PKE, on(matrix::MODE_PKE)),
     };
     write_regs(r);
     if on(matrix::MODE_PKE) {
@@ -221,6 +434,11 @@ fn apply_mode(base: Regs, p: &Pass) {
                 options(nostack, preserves_flags))
         };
     }
+    set_bit(
+        set_bit(r.cr4, CR4_SMEP, on(matrix::MODE_SMEP)),
+        CR4_SMAP,
+        on(matrix::MODE_SMAP),
+    )
 }
 
 /// Run one pass's probe loop at the current CPL.
@@ -294,17 +512,21 @@ fn run_plan() -> Result<u64, &'static str> {
     let mut prev = matrix::NO_PASS;
     for (i, p) in plan.pass.iter().take(plan.passes as usize).enumerate() {
         sync(prev, i as u64)?;
-        apply_mode(base, p);
-        install_handler(p.cpl);
-        if p.cpl == 3 {
+        let cr4 = apply_mode(base, p);
+        if p.mode & (matrix::MODE_SMEP | matrix::MODE_SMAP) != 0 {
+            tramp_pass(p, cr4);
+        } else if p.cpl == 3 {
+            install_handler(p.cpl, false);
             // SAFETY: single vCPU; USER_PASS is written here, read by user_pass while this
             // function waits in user::run.
             unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!(USER_PASS), *p) };
             crate::user::run(user_pass, core::ptr::addr_of!(USER_PASS) as u64);
+            restore_handler();
         } else {
+            install_handler(p.cpl, false);
             probe_loop(p);
+            restore_handler();
         }
-        restore_handler();
         write_regs(base);
         prev = i as u64;
     }
