@@ -215,7 +215,7 @@ pub fn variants(o: &Offer) -> Vec<Variant> {
     for (slot, pkru) in [(s + 2, 1u32 << 2), (s + 3, 1 << 3)] {
         v.push(Variant {
             feature: "pku",
-            skip: skip(f.pku, Some("protection-key leaves are not built")),
+            skip: skip(f.pku, None),
             vas: pde_pte_vas(slot, 1 << 59),
             passes: base_passes(Mode {
                 pke: true,

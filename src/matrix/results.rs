@@ -311,7 +311,7 @@ impl MatrixReport {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "-- fault matrix: {} cases: {} pass, {} fail, {} deviation, {} skipped; {} passes x {} VAs; \
+            "-- fault matrix: {} cases: {} pass, {} fail, {} deviation, {} skipped; {} passes ({} VAs in a base pass); \
              wall {:.1} s (setup {:.2} s, passes {:.1} s); MAXPHYADDR {}",
             s.cases,
             s.pass,

@@ -51,6 +51,8 @@ pub const fn rsvd_bit(phys_bits: u8) -> u64 {
 
 const T: u64 = 0x7; // P | RW | US
 const PS: u64 = 0x80;
+/// A leaf's protection key, bits 62:59.
+const KEY_BITS: u64 = 0xf << 59;
 
 /// Entry flags for combination `c` (0–15): bit 0 P, bit 1 RW, bit 2 US, bit 3 NX.
 pub const fn combo_flags(c: u64) -> u64 {
@@ -265,11 +267,27 @@ pub fn build(
             last_gpa = Some(gpa.raw());
             entry_gpas.push(gpa.raw());
             // PS stays as mapped (set_entry_flags keeps it).
-            let flags = PteFlags::from_bits_truncate(t.entries[i] & !ADDR_BITS & !PS);
+            // (Protection keys are written below.)
+            let flags = PteFlags::from_bits_truncate(t.entries[i] & !ADDR_BITS & !PS & !KEY_BITS);
             space
                 .pt
                 .set_entry_flags(mem, Gva::new(t.va), level, flags)
                 .map_err(paging)?;
+        }
+    }
+    // Protection keys (bits 62:59 of a leaf, SDM Vol. 3A §4.6.2): not flags of the table
+    // editor, written into the leaf directly.
+    for (t, &g) in vas.iter().zip(&leaf_gpas) {
+        let key = t.entries[4 - usize::from(t.leaf_level)] & KEY_BITS;
+        if key != 0 {
+            let at = GuestAddress(g);
+            let raw = mem.read_obj::<u64>(at).map_err(|_| SpaceError::Write {
+                what: "matrix leaf",
+            })?;
+            mem.write_obj::<u64>(raw | key, at)
+                .map_err(|_| SpaceError::Write {
+                    what: "matrix leaf",
+                })?;
         }
     }
     for &g in &leaf_gpas {

@@ -164,12 +164,15 @@ fn variants_and_passes() {
             .map(|v| v.feature)
             .collect()
     };
-    assert_eq!(runs(&offer(all, 0x1000, true)), ["smep", "smap", "1g"]);
+    assert_eq!(
+        runs(&offer(all, 0x1000, true)),
+        ["smep", "smap", "pku", "pku", "1g"]
+    );
     for v in variants(&offer(all, 0x1000, true)) {
         assert!(v.skip.is_none() || v.skip.is_some_and(|s| s.starts_with("not implemented")));
     }
-    // No probe-code symbols: no SMEP; a data frame above 1 GiB: no 1 GiB leaves.
-    assert!(runs(&offer(all, 1 << 30, false)).is_empty());
+    // No probe-code symbols: no SMEP / SMAP; a data frame above 1 GiB: no 1 GiB leaves.
+    assert_eq!(runs(&offer(all, 1 << 30, false)), ["pku", "pku"]);
     // The variant VAs are distinct from each other and from the base VAs, canonical, and
     // a 1 GiB VA reaches the data frame's offset.
     let mut vas: Vec<u64> = tables::test_vas(48).iter().map(|t| t.va).collect();
