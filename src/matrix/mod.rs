@@ -3,13 +3,13 @@
 //! For every combination of P, RW, US and NX in the PML4E, PDPTE, PDE and PTE of a test page
 //! (16^4 = 65,536 paths, each with its own tables, see [`tables`]) plus four reserved-bit
 //! paths (bit MAXPHYADDR, reserved, set at one level), × access (read, write, fetch) × CPL (0, 3) × CR0.WP
-//! (0, 1) × EFER.NXE (0, 1), the guest performs the access and records whether it faulted,
+//! (0, 1) × EFER.NXE (0, 1) (plus the feature variants below), the guest performs the access and records whether it faulted,
 //! the error code and CR2; the host reads the leaf PTE after each pass. Each case is compared
 //! with the SDM oracle in [`oracle`].
 //!
 //! # How it runs
 //! [`setup`] builds the tables and a plan of passes (one pass = one access at one CPL in one
-//! mode, over all 65,540 VAs); the guest runs them in order (`guest/kernel/src/matrix.rs`),
+//! mode, over all 65,540 VAs); the guest runs them in order (`guest/kernel/src/scenarios/fault_matrix.rs`),
 //! taking one `MatrixSync` hypercall per pass: the host ([`MatrixRun::sync`]) snapshots the
 //! leaves of the pass that ended, clears A/D in every test entry and, with shadow paging, asks
 //! the VMM to flush KVM's shadow pages (which would otherwise keep stale rights and A/D state;
@@ -25,9 +25,12 @@
 //! (`--known-deviation`, [`KnownDeviation`]): exactly the cases that differ that way are
 //! counted as `deviation`, apart from pass, fail and skipped.
 //!
-//! # Skipped cases
-//! Paging features a case set needs and the host CPUID lacks are reported as skipped cases
-//! (never passes); see [`variants`]. Feature variants use their own VAs, so rows differ.
+//! # Feature variants
+//! CR4.SMEP, CR4.SMAP (RFLAGS.AC both ways), protection keys and 1 GiB leaves run on their
+//! own VAs and passes where the guest CPUID has the feature ([`variants`]); the host maps
+//! supervisor-only aliases of the guest's probe code, kernel data and records for the
+//! SMEP / SMAP passes ([`tables::map_aliases`]). Variants the CPUID lacks, and those not
+//! implemented (SMAP at CPL 3, LA57), are reported as skipped cases (never passes).
 //!
 //! # Layout
 //! `passes` says which passes run and which case sets are skipped ([`variants`]), `run`

@@ -8,6 +8,8 @@
 //!   is `P | RW | US` and bit MAXPHYADDR — the lowest reserved address bit, from CPUID
 //!   0x8000_0008 ([`rsvd_bit`]) — is set in the entry of level `r`. Each has its own PDPT, PD
 //!   and PT. At MAXPHYADDR 52 no address bit is reserved: those cases are skipped.
+//! * **Variant VAs** ([`super::variants`]): 256 per 4 KiB variant in PML4 slots 84–87, and
+//!   256 through 1 GiB leaves (PDPTE.PS = 1, mapping GPA 0) in slots 98–113.
 //! * Every leaf points to one **data frame** filled with `0xC3` (`ret`), so a fetch probe can
 //!   `call` any test VA and a write probe stores the byte already there.
 //! * The **records buffer** at [`BUF_GVA`] (US=1, RW, no NX): the [`Plan`] in its first
