@@ -74,7 +74,7 @@ fn every_scenario_matches_the_schema() {
         assert_valid(&v, &format!("{all:?}"), &json);
         names.push(args[1]);
     }
-    for s in memvisor::registry::listed() {
+    for s in memvisor_cli::registry::listed() {
         assert!(
             names.contains(&s.name),
             "scenario {} is not checked",
