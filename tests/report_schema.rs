@@ -71,7 +71,7 @@ fn every_scenario_matches_the_schema() {
         run_and_validate(&v, args, *code);
         names.push(args[1]);
     }
-    for s in memvisor::registry::listed() {
+    for s in memvisor_cli::registry::listed() {
         assert!(
             names.contains(&s.name),
             "scenario {} is not checked",
