@@ -7,14 +7,15 @@
 
 mod common;
 
-use memvisor::matrix::TSV_HEADER;
+use memvisor_cli::matrix::TSV_HEADER;
+use memvisor_cli::registry::fault_matrix;
 use std::io::BufRead;
 use std::process::Command;
 use std::time::Duration;
 
 /// Cases per pass: 16^4 flag combinations + 4 reserved-bit VAs.
 const VAS: u64 = 65_540;
-/// Feature variants (see `memvisor::matrix::variants`): SMEP, SMAP (× AC both ways), 2 ×
+/// Feature variants (see `memvisor_cli::matrix::variants`): SMEP, SMAP (× AC both ways), 2 ×
 /// PKU, 1 GiB pages (256 VAs × 24 passes each, 48 for SMAP) and LA57 (16 VAs × 24 passes).
 const VARIANT_CASES: u64 = 6 * 256 * 24 + 16 * 24;
 
@@ -26,7 +27,7 @@ fn full_matrix_matches_the_sdm() {
     let mut cfg = common::config("fault-matrix", 256 << 20);
     cfg.timeout = Duration::from_secs_f64(300.0 * memvisor::backend::time_scale());
     // The host invariants (src/invariants/) do not know the matrix's test areas (PML4
-    // slots 64-90, `memvisor::matrix::tables::AREA`, its data and records frames) nor the
+    // slots 64-90, `memvisor_cli::matrix::tables::AREA`, its data and records frames) nor the
     // scenario's no-NX build (`BuildOptions::no_nx`): they would flag them as stray leaves
     // and W^X breaches.
     cfg.check_invariants = false;
@@ -40,25 +41,25 @@ fn full_matrix_matches_the_sdm() {
         .unwrap_or_default()
         .split(',')
         .filter(|d| !d.is_empty())
-        .map(|d| memvisor::matrix::KnownDeviation::parse(d).expect("MEMVISOR_KNOWN_DEVIATION"))
+        .map(|d| memvisor_cli::matrix::KnownDeviation::parse(d).expect("MEMVISOR_KNOWN_DEVIATION"))
         .collect();
-    if let Some(m) = r.matrix.as_mut() {
+    if let Some(m) = fault_matrix::matrix_report_mut(&mut r) {
         for &d in &deviations {
             m.apply_known_deviation(d);
         }
     }
     let deviation = deviations.first();
-    let m = r.matrix.as_ref().expect("matrix totals");
+    let m = fault_matrix::matrix_report(&r).expect("matrix totals");
     let s = &m.summary;
     // The variants that run here (the CPUID has the feature and the guest side is done;
     // the matrix's data frame lies below 1 GiB in 256 MiB of RAM), each with its passes
     // (half of them without NX) over its VAs.
-    let offer = memvisor::matrix::Offer {
+    let offer = memvisor_cli::matrix::Offer {
         features: r.cpu,
         data_gpa: 0,
         tramp: true,
     };
-    let variants = memvisor::matrix::variants(&offer);
+    let variants = memvisor_cli::matrix::variants(&offer);
     let nx_keep = |n: u64| if r.cpu.nx { n } else { n / 2 };
     let (mut passes, mut run_cases, mut skipped) = (nx_keep(24), nx_keep(24) * VAS, 0u64);
     for v in &variants {

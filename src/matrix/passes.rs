@@ -144,7 +144,7 @@ pub(super) fn one_g_vas(data_gpa: u64) -> Vec<TestVa> {
 #[derive(Debug, Clone, Copy)]
 pub struct Offer {
     /// The guest CPUID's features.
-    pub features: crate::boot::cpuid::Features,
+    pub features: memvisor::boot::cpuid::Features,
     /// GPA of the matrix's data frame (1 GiB leaves need it below 1 GiB).
     pub data_gpa: u64,
     /// The kernel image has the probe-code symbols (an alias can be mapped).

@@ -6,7 +6,7 @@ use super::oracle::{self, Access, Mode};
 use super::passes::{base_passes, variants, Offer, PassSpec, SkippedSet, SkippedVa};
 use super::results::{CaseResult, CaseStatus, MatrixData, MatrixSummary, PassTime};
 use super::tables::{self, TestVa};
-use crate::space::{AddressSpace, SpaceError};
+use memvisor::space::{AddressSpace, SpaceError};
 use memvisor_abi::matrix::{self as abi, Pass, Plan, NOT_FAULTED, RECORD_BYTES};
 use memvisor_abi::Status;
 use std::collections::BTreeMap;
@@ -51,7 +51,7 @@ pub struct MatrixRun {
 /// [`SpaceError`] if frames or tables run out.
 pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>, u64), SpaceError> {
     let t0 = Instant::now();
-    let f = space.features;
+    let f = space.features();
     let data_gpa = tables::data_frame(space)?;
     let tramp_syms = space.kernel().matrix_tramp;
     let offer = Offer {
@@ -109,7 +109,7 @@ pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>,
             pkru: p.mode.pkru,
             // CPL 0 under CR4.SMAP reads and writes the records through their US=0 alias.
             records: if p.mode.smap && p.cpl == 0 {
-                offset - tables::BUF_GVA + crate::layout::MATRIX_BUF_ALIAS_GVA
+                offset - tables::BUF_GVA + memvisor::layout::MATRIX_BUF_ALIAS_GVA
             } else {
                 offset
             },
@@ -211,7 +211,7 @@ impl MatrixRun {
         if let Some(t) = self.t_last_sync.replace(now) {
             self.pass_seconds.push(now.duration_since(t).as_secs_f64());
         }
-        let mem = &space.ram.mem;
+        let mem = &space.ram().mem;
         if ended != abi::NO_PASS {
             let range = self.pass_vas[ended as usize].clone();
             let mut snap = Vec::with_capacity(range.len());
@@ -240,14 +240,14 @@ impl MatrixRun {
                     .map_err(|_| Status::Fault)?;
             }
         }
-        space.owe_shadow_flush(crate::paging::ShadowFlush::needed());
+        space.owe_shadow_flush(memvisor::paging::ShadowFlush::needed());
         Ok(0)
     }
 
     /// Take the 1 GiB leaves (which map GPA 0–1 GiB, the guest's tables included) and the
     /// probe-code alias away after the last pass.
     fn tear_down(&mut self, space: &mut AddressSpace) -> Result<(), Status> {
-        let mem = &space.ram.mem;
+        let mem = &space.ram().mem;
         for &g in &self.one_g_leaves {
             mem.write_obj::<u64>(0x80, GuestAddress(g))
                 .map_err(|_| Status::Fault)?;
@@ -255,7 +255,7 @@ impl MatrixRun {
         tables::unmap_aliases(space, &std::mem::take(&mut self.aliases))
             .map_err(|_| Status::Fault)?;
         if !self.one_g_leaves.is_empty() {
-            space.owe_shadow_flush(crate::paging::ShadowFlush::needed());
+            space.owe_shadow_flush(memvisor::paging::ShadowFlush::needed());
         }
         Ok(())
     }
@@ -270,7 +270,7 @@ impl MatrixRun {
             let range = self.pass_vas[p].clone();
             let mut raw = vec![0u8; range.len() * RECORD_BYTES as usize];
             let readable = space
-                .ram
+                .ram()
                 .mem
                 .read_slice(&mut raw, GuestAddress(gpa))
                 .is_ok();

@@ -17,26 +17,26 @@
 //!   prefilled with `[va, NOT_FAULTED, NOT_FAULTED]`.
 //!
 //! The scenario's address space is built without NX in the kernel's own mappings (see
-//! [`crate::space::BuildOptions::no_nx`]), so these helpers map with the same no-NX flags.
+//! [`memvisor::space::BuildOptions::no_nx`]), so these helpers map with the same no-NX flags.
 
-use crate::addr::{Gpa, Gva, Pfn, PAGE_SIZE};
-use crate::frames::ZoneKind;
-use crate::layout::{DIRECT_MAP_BASE, TABLE_POOL_CHUNK_FRAMES};
-use crate::paging::{PageSize, PteFlags};
-use crate::space::{AddressSpace, SpaceError};
+use memvisor::addr::{Gpa, Gva, Pfn, PAGE_SIZE};
+use memvisor::frames::ZoneKind;
+use memvisor::layout::{DIRECT_MAP_BASE, TABLE_POOL_CHUNK_FRAMES};
+use memvisor::paging::{PageSize, PteFlags};
+use memvisor::space::{AddressSpace, HostTables, SpaceError};
 use memvisor_abi::matrix::{Plan, NOT_FAULTED, RECORD_BYTES};
 use vm_memory::{Bytes, GuestAddress};
 
-/// The matrix's slots and records buffer (defined in [`crate::layout`]).
-pub use crate::layout::{
+/// The matrix's slots and records buffer (defined in [`memvisor::layout`]).
+pub use memvisor::layout::{
     MATRIX_BUF_GVA as BUF_GVA, MATRIX_RSVD_SLOT as RSVD_SLOT, MATRIX_SLOT,
     MATRIX_TRAMP_GVA as TRAMP_GVA,
 };
 /// Bytes at the start of the buffer for the plan (whole pages).
 pub const PLAN_BYTES: u64 = (core::mem::size_of::<Plan>() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
 /// The GVAs this module maps: PML4 slots 64 (first matrix VA) to 91 (probe-code alias);
-/// the 1 GiB leaves are in [`crate::layout::MATRIX_1G_AREA`].
-pub use crate::layout::MATRIX_AREA as AREA;
+/// the 1 GiB leaves are in [`memvisor::layout::MATRIX_1G_AREA`].
+pub use memvisor::layout::MATRIX_AREA as AREA;
 /// Matrix VAs (16^4).
 pub const MATRIX_VAS: usize = 1 << 16;
 /// Reserved-bit VAs.
@@ -122,7 +122,7 @@ pub struct Built {
     pub rsvd_built: bool,
 }
 
-fn paging(e: crate::paging::PagingError) -> SpaceError {
+fn paging(e: memvisor::paging::PagingError) -> SpaceError {
     SpaceError::Paging(e)
 }
 
@@ -130,12 +130,12 @@ fn paging(e: crate::paging::PagingError) -> SpaceError {
 /// without NX, as the rest of this scenario's kernel mappings) in the direct map.
 fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
     let ro = PteFlags::PRESENT | PteFlags::USER;
-    while space.pool.available() < n {
-        let chunk = space.pool.grow(&mut space.zones)?;
-        space
-            .pt
+    while space.pool().available() < n {
+        let tb = space.host_tables();
+        let chunk = tb.pool.grow(tb.zones)?;
+        tb.pt
             .protect(
-                &space.ram.mem,
+                tb.mem,
                 Gva::new(DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
                 TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE,
                 ro,
@@ -147,10 +147,10 @@ fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
 
 /// A run of `n` contiguous frames (DMA32 first, then Normal).
 fn frames(space: &mut AddressSpace, n: u64) -> Result<Pfn, SpaceError> {
-    Ok(space
-        .zones
+    let zones = space.host_tables().zones;
+    Ok(zones
         .alloc(ZoneKind::Dma32, n, 1)
-        .or_else(|_| space.zones.alloc(ZoneKind::Normal, n, 1))?)
+        .or_else(|_| zones.alloc(ZoneKind::Normal, n, 1))?)
 }
 
 /// Allocate the data frame every test leaf maps (DMA zone first, so that it lies in the
@@ -159,13 +159,14 @@ fn frames(space: &mut AddressSpace, n: u64) -> Result<Pfn, SpaceError> {
 /// # Errors
 /// [`SpaceError`] if no frame is free or the write fails.
 pub fn data_frame(space: &mut AddressSpace) -> Result<u64, SpaceError> {
-    let data = space
-        .zones
-        .alloc(ZoneKind::Dma, 1, 1)
-        .or_else(|_| frames(space, 1))?;
+    let dma = space.host_tables().zones.alloc(ZoneKind::Dma, 1, 1);
+    let data = match dma {
+        Ok(p) => p,
+        Err(_) => frames(space, 1)?,
+    };
     let data_gpa = data.gpa()?.raw();
     space
-        .ram
+        .ram()
         .mem
         .write_slice(&[0xc3u8; PAGE_SIZE as usize], GuestAddress(data_gpa))
         .map_err(|_| SpaceError::Write {
@@ -206,16 +207,16 @@ pub fn build(
     space.add_host_frames(AREA, buf_pfn, buf_bytes / PAGE_SIZE);
     let buf_gpa = buf_pfn.gpa()?.raw();
     space
-        .ram
+        .ram()
         .mem
         .write_slice(buf, GuestAddress(buf_gpa))
         .map_err(|_| SpaceError::Write {
             what: "matrix records",
         })?;
     let rw_user = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
-    space
-        .pt
-        .edit(&space.ram.mem, &mut space.pool)
+    let tb = space.host_tables();
+    tb.pt
+        .edit(tb.mem, tb.pool)
         .map_range(
             Gva::new(BUF_GVA),
             Gpa::new(buf_gpa),
@@ -228,7 +229,7 @@ pub fn build(
     // Map every test VA P | RW | US (this allocates each path's tables), then give each
     // entry its flags: leaves first, then the tables above (a non-present intermediate
     // entry cannot be mapped through, so those come last), then the reserved bits.
-    let mem = &space.ram.mem;
+    let HostTables { mem, pt, pool, .. } = space.host_tables();
     for t in vas {
         // A 1 GiB leaf over the first GiB (page tables included) is mapped read-only (the
         // mapper refuses writable mappings of table frames); its test flags, RW among them,
@@ -239,9 +240,7 @@ pub fn build(
         } else {
             (t.va, data_gpa, PageSize::Size4K, rw_user)
         };
-        space
-            .pt
-            .edit(mem, &mut space.pool)
+        pt.edit(mem, &mut *pool)
             .map(Gva::new(va), Gpa::new(gpa), size, flags)
             .map_err(paging)?;
     }
@@ -255,10 +254,7 @@ pub fn build(
             if level < t.leaf_level {
                 continue;
             }
-            let gpa = space
-                .pt
-                .entry_gpa(mem, Gva::new(t.va), level)
-                .map_err(paging)?;
+            let gpa = pt.entry_gpa(mem, Gva::new(t.va), level).map_err(paging)?;
             if level == t.leaf_level {
                 leaf_gpas[k] = gpa.raw();
             }
@@ -271,9 +267,7 @@ pub fn build(
             // PS stays as mapped (set_entry_flags keeps it).
             // (Protection keys are written below.)
             let flags = PteFlags::from_bits_truncate(t.entries[i] & !ADDR_BITS & !PS & !KEY_BITS);
-            space
-                .pt
-                .set_entry_flags(mem, Gva::new(t.va), level, flags)
+            pt.set_entry_flags(mem, Gva::new(t.va), level, flags)
                 .map_err(paging)?;
         }
     }
@@ -303,9 +297,7 @@ pub fn build(
     let rsvd_built = phys_bits < 52;
     for (k, t) in vas.iter().enumerate() {
         if let (Some(level), true) = (t.rsvd_level, rsvd_built) {
-            space
-                .pt
-                .poison_entry(mem, Gva::new(t.va), level, rsvd_bit(phys_bits), phys_bits)
+            pt.poison_entry(mem, Gva::new(t.va), level, rsvd_bit(phys_bits), phys_bits)
                 .map_err(paging)?;
             if level == 1 {
                 leaf_raw[k] |= rsvd_bit(phys_bits);
@@ -347,8 +339,8 @@ pub fn records_image(passes: &[&[TestVa]]) -> Vec<u8> {
 /// * the kernel's probe code `[start, end)` (GVAs of its image, `start` page-aligned) at
 ///   [`TRAMP_GVA`], executable, read-only;
 /// * the kernel's writable segments (the IDT, GDT, TSS live there) at
-///   [`crate::layout::MATRIX_KDATA_ALIAS_GVA`] + GPA, read-only;
-/// * the records buffer at [`crate::layout::MATRIX_BUF_ALIAS_GVA`], writable.
+///   [`memvisor::layout::MATRIX_KDATA_ALIAS_GVA`] + GPA, read-only;
+/// * the records buffer at [`memvisor::layout::MATRIX_BUF_ALIAS_GVA`], writable.
 ///
 /// Returns the `(GVA, length)` of each alias (for [`unmap_aliases`]).
 ///
@@ -379,23 +371,23 @@ pub fn map_aliases(
         let gpa = page(s.gpa);
         let len = (s.gpa + s.memsz).div_ceil(PAGE_SIZE) * PAGE_SIZE - gpa;
         maps.push((
-            crate::layout::MATRIX_KDATA_ALIAS_GVA + gpa,
+            memvisor::layout::MATRIX_KDATA_ALIAS_GVA + gpa,
             gpa,
             len,
             PteFlags::PRESENT,
         ));
     }
     maps.push((
-        crate::layout::MATRIX_BUF_ALIAS_GVA,
+        memvisor::layout::MATRIX_BUF_ALIAS_GVA,
         built.buf_gpa,
         built.buf_bytes,
         PteFlags::PRESENT | PteFlags::WRITABLE,
     ));
     let mut done = Vec::with_capacity(maps.len());
     for (gva, gpa, len, flags) in maps {
-        space
-            .pt
-            .edit(&space.ram.mem, &mut space.pool)
+        let tb = space.host_tables();
+        tb.pt
+            .edit(tb.mem, tb.pool)
             .map_range(Gva::new(gva), Gpa::new(gpa), len, PageSize::Size4K, flags)
             .map_err(paging)?;
         done.push((gva, len));
@@ -409,9 +401,9 @@ pub fn map_aliases(
 /// [`SpaceError`] if a table edit fails.
 pub fn unmap_aliases(space: &mut AddressSpace, aliases: &[(u64, u64)]) -> Result<(), SpaceError> {
     for &(gva, len) in aliases {
-        space
-            .pt
-            .edit(&space.ram.mem, &mut space.pool)
+        let tb = space.host_tables();
+        tb.pt
+            .edit(tb.mem, tb.pool)
             .unmap(Gva::new(gva), len)
             .map_err(paging)?;
     }

@@ -135,7 +135,7 @@ fn rows_as_tsv() {
 
 #[test]
 fn variants_and_passes() {
-    let none = crate::boot::cpuid::Features::default();
+    let none = memvisor::boot::cpuid::Features::default();
     let offer = |features, data_gpa, tramp| Offer {
         features,
         data_gpa,
@@ -149,7 +149,7 @@ fn variants_and_passes() {
     assert!(v
         .iter()
         .all(|s| s.skip.as_deref() == Some("unsupported by host")));
-    let all = crate::boot::cpuid::Features {
+    let all = memvisor::boot::cpuid::Features {
         smep: true,
         smap: true,
         pku: true,
