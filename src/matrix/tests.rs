@@ -287,3 +287,44 @@ fn known_deviation_moves_exactly_the_rsvd_without_p_cases() {
         .next()
         .is_some_and(|r| r.to_tsv().ends_with("\tdeviation\t-")));
 }
+
+#[test]
+fn one_gib_leaf_has_the_rights_of_a_permissive_4k_path_below_it() {
+    // A 1 GiB leaf (PDPTE.PS = 1) over the same PML4E / PDPTE flags must fault exactly as a
+    // 4 KiB path whose PDE and PTE add nothing (P | RW | US, no XD), for every combination,
+    // access, CPL and mode of the 1 GiB variant; only the leaf differs.
+    let t = 0x7;
+    for v in passes::one_g_vas(0x12_3000) {
+        for spec in base_passes(Mode::default()) {
+            let big = oracle::expect(&v.entries[..2], spec.access, spec.cpl, spec.mode, 48);
+            let small = oracle::expect(
+                &[v.entries[0], v.entries[1] & !0x80, t, t],
+                spec.access,
+                spec.cpl,
+                spec.mode,
+                48,
+            );
+            assert_eq!(big.fault, small.fault, "{v:?} {spec:?}");
+            if v.entries[0] & 1 != 0 && v.entries[1] & 1 != 0 {
+                assert_eq!(big.leaf_after & !0x60, v.entries[1], "{v:?} {spec:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn records_image_lays_out_each_pass_over_its_own_vas() {
+    let vas = tables::test_vas(48);
+    let (a, b) = (&vas[..3], &vas[65_536..]);
+    let img = tables::records_image(&[a, b]);
+    let rec = abi::RECORD_BYTES as usize;
+    assert_eq!(img.len(), tables::PLAN_BYTES as usize + 7 * rec);
+    let word = |i: usize, w: usize| {
+        let o = tables::PLAN_BYTES as usize + i * rec + w * 8;
+        u64::from_le_bytes(img[o..o + 8].try_into().expect("8 bytes"))
+    };
+    assert_eq!(word(0, 0), a[0].va);
+    assert_eq!(word(3, 0), b[0].va);
+    assert_eq!(word(6, 0), b[3].va);
+    assert_eq!((word(6, 1), word(6, 2)), (NOT_FAULTED, NOT_FAULTED));
+}

@@ -235,6 +235,29 @@ mod tests {
     }
 
     #[test]
+    fn flags_of_a_1g_leaf_over_gpa_0() {
+        // A 1 GiB leaf mapping GPA 0 has address bits 0: its flags can still be edited (PS
+        // kept); an all-zero entry is still refused.
+        let (mem, mut pool, mut pt) = setup();
+        let va = Gva::new(0x3100_0000_0000);
+        pt.edit(&mem, &mut pool)
+            .map(va, Gpa::new(0), PageSize::Size1G, PteFlags::PRESENT)
+            .expect("map 1 GiB");
+        let old = pt
+            .set_entry_flags(&mem, va, 3, PteFlags::from_bits_truncate(P | RW | US))
+            .expect("set the leaf's flags");
+        assert_eq!(old.raw(), P | 0x80);
+        let gpa = pt.entry_gpa(&mem, va, 3).expect("PDPTE gpa");
+        let raw: u64 = mem.read_obj(gpa.to_guest_address()).expect("read");
+        assert_eq!(raw, P | RW | US | 0x80);
+        let other = Gva::new(0x3100_4000_0000); // the next PDPTE: zero
+        assert!(matches!(
+            pt.set_entry_flags(&mem, other, 3, PteFlags::PRESENT),
+            Err(PagingError::NotMapped { .. })
+        ));
+    }
+
+    #[test]
     fn poisoned_entries() {
         let (mem, mut pool, mut pt) = setup();
         let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
