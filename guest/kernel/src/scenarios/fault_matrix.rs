@@ -21,9 +21,18 @@
 //! dropping the frame and jumping (no emulated iretq; the loop needs no flags). An instruction
 //! fetch probe is a `call` to the VA (the test data frame is all `0xC3`, `ret`): when the
 //! fetch faults the return address is already on the stack, so its resume label pops it.
+//!
+//! CR4.SMEP / SMAP passes: the kernel runs from US=1 pages, which CPL 0 may not execute with
+//! SMEP set (nor, with SMAP, may the CPU read the US=1 GDT / IDT). The probe code above lives
+//! in one page-aligned section that the host maps a second time, supervisor-only, at
+//! `MATRIX_TRAMP_GVA` for such plans; [`tramp_pass`] points the #PF (and, at CPL 3, #GP)
+//! gates at that alias and calls `matrix_tramp0` / `matrix_tramp3` there, which set CR4
+//! for the pass and put it back before anything runs from US=1 pages again. SMAP passes
+//! also load GDTR / IDTR with the host's US=0 read-only alias of the kernel data and use
+//! the US=0 alias of the records (the plan's `records` already points there).
 
 /// One line for `memvisor scenarios`.
-pub const DESCRIPTION: &str = "the #PF permission matrix: P/RW/US/NX at every level x r/w/x x CPL 0/3 x WP x NXE, checked against the SDM (--cases-out FILE)";
+pub const DESCRIPTION: &str = "the #PF permission matrix: P/RW/US/NX at every level x r/w/x x CPL 0/3 x WP x NXE (+ SMEP, SMAP, PKU, 1 GiB variants where CPUID has them), checked against the SDM (--cases-out FILE)";
 
 use crate::idt::{USER_CS, USER_DS};
 use x86_64::structures::DescriptorTablePointer;
