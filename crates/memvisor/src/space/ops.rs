@@ -38,19 +38,6 @@ pub fn pte_flags_for(p: Prot, nx: bool) -> PteFlags {
     f
 }
 
-/// True if going from leaf `old` to leaf flags `new` takes a right away: RW or US cleared,
-/// NX set, or P cleared.
-fn reduces(old: u64, new: u64) -> bool {
-    let (p, rw, us, nx) = (
-        PteFlags::PRESENT.bits(),
-        PteFlags::WRITABLE.bits(),
-        PteFlags::USER.bits(),
-        PteFlags::NO_EXECUTE.bits(),
-    );
-    let lost = |bit: u64| old & bit != 0 && new & bit == 0;
-    lost(p) || lost(rw) || lost(us) || (new & nx != 0 && old & nx == 0)
-}
-
 fn check_prot(p: Prot) -> Result<(), Status> {
     let p = p.bits();
     if p & !prot::ALL != 0 || p == prot::NONE {
@@ -251,26 +238,19 @@ impl AddressSpace {
         };
         if result.is_err() {
             for (g, _) in done {
-                if let Ok(leaves) = self
+                if let Ok(u) = self
                     .pt
                     .edit(&self.ram.mem, &mut self.pool)
                     .unmap(Gva::new(g), step)
                 {
-                    for (_, gpa, sz) in leaves {
+                    self.owe_shadow_flush(u.flush);
+                    for (_, gpa, sz) in u.leaves {
                         self.release(gpa.raw(), sz);
                     }
                 }
             }
         }
         result
-    }
-
-    /// A leaf PTE with these bits is being removed or its rights reduced: if KVM may hold a
-    /// shadow entry for it, the VMM must flush the shadow before the guest runs again. KVM
-    /// builds shadow entries only from guest PTEs with the Accessed bit set (its walker sets A;
-    /// prefetch skips A=0 entries), so a never-accessed leaf needs no flush.
-    fn note_shadow(&mut self, old_leaf: u64) {
-        self.owe_shadow_flush(ShadowFlush::when(old_leaf & PteFlags::ACCESSED.bits() != 0));
     }
 
     /// Keep `flush` pending until the VMM takes it ([`Self::take_shadow_flush`]).
@@ -301,23 +281,20 @@ impl AddressSpace {
             super::pool::TablePool::alloc_chunk(&mut self.zones).map_err(|_| Status::NoMem)?;
         let ro = pte_flags_for(Prot::READ, self.features.nx);
         let len = crate::layout::TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
-        if self
-            .pt
-            .protect(
-                &self.ram.mem,
-                Gva::new(crate::layout::DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
-                len,
-                ro,
-            )
-            .is_err()
-        {
+        let Ok(p) = self.pt.protect(
+            &self.ram.mem,
+            Gva::new(crate::layout::DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
+            len,
+            ro,
+        ) else {
             let _ = self
                 .zones
                 .free(chunk, crate::layout::TABLE_POOL_CHUNK_FRAMES);
             return Err(Status::NoMem);
-        }
+        };
         self.pool.add_chunk(chunk);
-        self.owe_shadow_flush(ShadowFlush::needed());
+        // Owed whatever the leaves' Accessed bits say (conservative: a new chunk is rare).
+        self.owe_shadow_flush(p.flush.merge(ShadowFlush::needed()));
         Ok(())
     }
 
@@ -331,13 +308,13 @@ impl AddressSpace {
             .unwrap_or_default();
         for leaf in present {
             let size = leaf.size.bytes();
-            self.note_shadow(leaf.flags.bits());
-            if let Ok(leaves) = self
+            if let Ok(u) = self
                 .pt
                 .edit(&self.ram.mem, &mut self.pool)
                 .unmap(leaf.gva, size)
             {
-                for (_, gpa, sz) in leaves {
+                self.owe_shadow_flush(u.flush);
+                for (_, gpa, sz) in u.leaves {
                     self.release(gpa.raw(), sz);
                 }
             }
@@ -429,15 +406,12 @@ impl AddressSpace {
         }
         for leaf in present {
             let size = leaf.size.bytes();
-            let old = leaf.flags.bits();
-            let n = self
+            let p = self
                 .pt
                 .protect(&self.ram.mem, leaf.gva, size, flags)
                 .map_err(|_| Status::Inval)?;
-            changed += n;
-            if reduces(old, flags.bits()) {
-                self.note_shadow(old);
-            }
+            changed += p.changed;
+            self.owe_shadow_flush(p.flush);
         }
         if let Some(r) = self.regions.get_mut(&key) {
             let after = r.prot_at(end);
