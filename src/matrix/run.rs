@@ -6,6 +6,7 @@ use super::oracle::{self, Access, Mode};
 use super::passes::{base_passes, variants, Offer, PassSpec, SkippedSet, SkippedVa};
 use super::results::{CaseResult, CaseStatus, MatrixData, MatrixSummary, PassTime};
 use super::tables::{self, TestVa};
+use memvisor::paging::ShadowFlush;
 use memvisor::space::{AddressSpace, SpaceError};
 use memvisor_abi::matrix::{self as abi, Pass, Plan, NOT_FAULTED, RECORD_BYTES};
 use memvisor_abi::Status;
@@ -240,7 +241,7 @@ impl MatrixRun {
                     .map_err(|_| Status::Fault)?;
             }
         }
-        space.owe_shadow_flush(memvisor::paging::ShadowFlush::needed());
+        space.owe_shadow_flush(ShadowFlush::needed());
         Ok(0)
     }
 
@@ -252,11 +253,9 @@ impl MatrixRun {
             mem.write_obj::<u64>(0x80, GuestAddress(g))
                 .map_err(|_| Status::Fault)?;
         }
-        tables::unmap_aliases(space, &std::mem::take(&mut self.aliases))
+        let flush = tables::unmap_aliases(space, &std::mem::take(&mut self.aliases))
             .map_err(|_| Status::Fault)?;
-        if !self.one_g_leaves.is_empty() {
-            space.owe_shadow_flush(memvisor::paging::ShadowFlush::needed());
-        }
+        space.owe_shadow_flush(flush.merge(ShadowFlush::when(!self.one_g_leaves.is_empty())));
         Ok(())
     }
 

@@ -22,7 +22,7 @@
 use memvisor::addr::{Gpa, Gva, Pfn, PAGE_SIZE};
 use memvisor::frames::ZoneKind;
 use memvisor::layout::{DIRECT_MAP_BASE, TABLE_POOL_CHUNK_FRAMES};
-use memvisor::paging::{PageSize, PteFlags};
+use memvisor::paging::{PageSize, PteFlags, ShadowFlush};
 use memvisor::space::{AddressSpace, HostTables, SpaceError};
 use memvisor_abi::matrix::{Plan, NOT_FAULTED, RECORD_BYTES};
 use vm_memory::{Bytes, GuestAddress};
@@ -133,7 +133,8 @@ fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
     while space.pool().available() < n {
         let tb = space.host_tables();
         let chunk = tb.pool.grow(tb.zones)?;
-        tb.pt
+        let p = tb
+            .pt
             .protect(
                 tb.mem,
                 Gva::new(DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
@@ -141,6 +142,8 @@ fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
                 ro,
             )
             .map_err(paging)?;
+        // Built in `prepare`, before the guest's first run: there is no shadow to flush yet.
+        let _ = p.flush.discard();
     }
     Ok(())
 }
@@ -395,19 +398,27 @@ pub fn map_aliases(
     Ok(done)
 }
 
-/// Unmap what [`map_aliases`] mapped.
+/// Unmap what [`map_aliases`] mapped. The aliases own no frames (the kernel's and the
+/// records buffer's owners stay as they were); returns the shadow flush the removed leaves
+/// owe.
 ///
 /// # Errors
 /// [`SpaceError`] if a table edit fails.
-pub fn unmap_aliases(space: &mut AddressSpace, aliases: &[(u64, u64)]) -> Result<(), SpaceError> {
+pub fn unmap_aliases(
+    space: &mut AddressSpace,
+    aliases: &[(u64, u64)],
+) -> Result<ShadowFlush, SpaceError> {
+    let mut flush = ShadowFlush::none();
     for &(gva, len) in aliases {
         let tb = space.host_tables();
-        tb.pt
+        let gone = tb
+            .pt
             .edit(tb.mem, tb.pool)
             .unmap(Gva::new(gva), len)
             .map_err(paging)?;
+        flush.absorb(gone.flush);
     }
-    Ok(())
+    Ok(flush)
 }
 
 #[cfg(test)]
