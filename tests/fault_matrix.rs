@@ -150,8 +150,11 @@ fn full_matrix_matches_the_sdm() {
         }
         // pml4e pdpte pde pte rsvd access cpl wp nxe va faulted error_code cr2 pte_after
         let status = if c[14] == "deviation" { "pass" } else { c[14] };
+        // (Hand-picked cases of the base passes only: the variants' rows, `mode` other than
+        // `-`, share these entry flags on their own VAs.)
         let key = (c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], status);
         let want: Option<(&str, &str)> = match key {
+            _ if c[15] != "-" => None,
             // Supervisor write to a read-only user page: WP=0 succeeds, WP=1 faults 0x3.
             ("0x7", "0x7", "0x7", "0x5", "-", "w", "0", "0", "1", "pass") => Some(("0", "-")),
             ("0x7", "0x7", "0x7", "0x5", "-", "w", "0", "1", "1", "pass") => Some(("1", "0x3")),
