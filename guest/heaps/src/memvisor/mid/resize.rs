@@ -14,7 +14,7 @@ impl Mid {
     /// [`HeapError::InvalidPointer`] if `ptr` is not the payload of a live mid-size block
     /// (nothing changes).
     pub fn resize_in_place(&mut self, ptr: NonNull<u8>, n: usize) -> Result<bool, HeapError> {
-        let (_, b, size) = self.live_block(ptr.as_ptr().addr())?;
+        let (_, b, size) = self.live_block(ptr.as_ptr().addr(), false)?;
         let need = block_size(n);
         // SAFETY: `b` is a live block; the block after it is a block or the sentinel, and a
         // free block's neighbours are never free.
@@ -31,6 +31,7 @@ impl Mid {
                     return Ok(true);
                 }
                 *word(b) = need | flags;
+                self.stats.used -= rest;
                 let t = b + need;
                 let mut ts = rest;
                 let mut into_dv = false;
@@ -67,6 +68,7 @@ impl Mid {
             let rest = total - need;
             if rest >= MIN_BLOCK {
                 *word(b) = need | flags;
+                self.stats.used += need - size;
                 let t = b + need;
                 *word(t) = rest | FREE;
                 *word(t + rest - 8) = rest;
@@ -78,6 +80,7 @@ impl Mid {
                 }
             } else {
                 *word(b) = total | flags;
+                self.stats.used += total - size;
                 *word(b + total) &= !PREV_FREE;
             }
         }
