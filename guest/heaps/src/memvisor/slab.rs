@@ -21,7 +21,7 @@
 //!
 //! At the heap's high-water mark, a class of at least [`SMALL_MIN_CLASS`] bytes without a
 //! free slot (and no lender) takes a hole of the mid-size regions if they hold at least
-//! 1/[`SMALL_SHARE`](super::SMALL_SHARE) of free bytes ([`Mid::alloc_small`](super::Mid)):
+//! [`SMALL_HOLES_PER_1024`](super::SMALL_HOLES_PER_1024) / 1,024 of free bytes on their lists ([`Mid::alloc_small`](super::Mid)):
 //! the space the mid-size path keeps between its blocks then serves small objects instead of
 //! the heap mapping a new page beside it. A free whose page is not a slab page looks in the
 //! mid-size path's registry before it is refused.

@@ -493,7 +493,7 @@ fn freed_large_buffers_are_kept_and_reused() {
 }
 
 /// At the heap's high-water mark, a slab class without a free slot takes a hole of the
-/// mid-size regions (free blocks at least 1/`SMALL_SHARE` of them) instead of a new slab
+/// mid-size regions (listed free blocks at least `SMALL_HOLES_PER_1024` / 1,024 of them) instead of a new slab
 /// page; the free with the layout gives it back; frees of the other kind are refused.
 #[test]
 fn small_blocks_fill_mid_size_holes_at_the_peak() {

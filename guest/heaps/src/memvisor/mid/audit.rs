@@ -127,6 +127,7 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
     }
     // Lists: every member free, of its list's size range, linked both ways; bitmaps agree.
     let mut listed = 0;
+    let mut listed_bytes = 0;
     for f in 0..FL {
         if (fl_bits >> f & 1 == 1) != (sl_bits[f] != 0) {
             return corrupt(f, "first-level bitmap");
@@ -143,6 +144,7 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
                     return corrupt(q, "free-list member");
                 }
                 listed += 1;
+                listed_bytes += h & !FLAGS;
                 if listed > free_blocks {
                     return corrupt(q, "free lists hold more blocks than the regions");
                 }
@@ -162,7 +164,7 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
         || pages_total != st.region_pages
         || out.live != st.live
         || out.small != st.small
-        || out.used_bytes != st.used
+        || listed_bytes != st.listed
     {
         return corrupt(0, "mid-size counters");
     }

@@ -46,7 +46,7 @@ mod region;
 mod resize;
 mod small;
 
-pub use small::SMALL_SHARE;
+pub use small::SMALL_HOLES_PER_1024;
 
 use crate::registry::PageRegistry;
 use crate::{at, HeapError, PageSource, PAGE_SIZE};
@@ -156,8 +156,8 @@ pub struct MidStats {
     pub live: usize,
     /// Live slab-class blocks ([`Mid::alloc_small`]).
     pub small: usize,
-    /// Bytes of live blocks (size words included).
-    pub used: usize,
+    /// Bytes of the free blocks on the lists (the holes: neither the dv nor the spares).
+    pub listed: usize,
     /// Regions mapped now.
     pub regions: usize,
     /// Pages of those regions.
@@ -232,7 +232,7 @@ impl Mid {
             stats: MidStats {
                 live: 0,
                 small: 0,
-                used: 0,
+                listed: 0,
                 regions: 0,
                 region_pages: 0,
                 regions_made: 0,
@@ -271,12 +271,14 @@ impl Mid {
             }
         }
         self.heads[f][s] = b;
+        self.stats.listed += size;
         self.fl_bits |= 1 << f;
         self.sl_bits[f] |= 1 << s;
     }
 
     #[inline(always)]
     fn remove(&mut self, b: usize, size: usize) {
+        self.stats.listed -= size;
         // SAFETY: `b` is a free block on the list of its size; its links are live blocks or 0.
         unsafe {
             let (n, p) = (*word(b + 8), *word(b + 16));
@@ -414,10 +416,7 @@ impl Mid {
         }
         let r = self.reg.get(b + 8);
         // SAFETY: `b` now starts a live block of region `r`.
-        unsafe {
-            set_live(r, b, true);
-            self.stats.used += *word(b) & !FLAGS;
-        }
+        unsafe { set_live(r, b, true) };
         self.stats.live += 1;
         // SAFETY: b + 8 is in a mapped region, so non-null.
         Ok(unsafe { NonNull::new_unchecked(at::<u8>(b + 8)) })
@@ -490,7 +489,6 @@ impl Mid {
         small: bool,
     ) -> Result<(), HeapError> {
         let (r, mut b, mut size) = self.live_block(ptr.as_ptr().addr(), small)?;
-        let was = size;
         if size - 8 < n {
             return Err(HeapError::InvalidPointer {
                 addr: b + 8,
@@ -533,7 +531,6 @@ impl Mid {
             *word(after) |= PREV_FREE;
             self.stats.live -= 1;
             self.stats.small -= small as usize;
-            self.stats.used -= was;
             if into_dv {
                 self.dv = b;
                 self.dv_size = size;

@@ -31,7 +31,6 @@ impl Mid {
                     return Ok(true);
                 }
                 *word(b) = need | flags;
-                self.stats.used -= rest;
                 let t = b + need;
                 let mut ts = rest;
                 let mut into_dv = false;
@@ -68,7 +67,6 @@ impl Mid {
             let rest = total - need;
             if rest >= MIN_BLOCK {
                 *word(b) = need | flags;
-                self.stats.used += need - size;
                 let t = b + need;
                 *word(t) = rest | FREE;
                 *word(t + rest - 8) = rest;
@@ -80,7 +78,6 @@ impl Mid {
                 }
             } else {
                 *word(b) = total | flags;
-                self.stats.used += total - size;
                 *word(b + total) &= !PREV_FREE;
             }
         }

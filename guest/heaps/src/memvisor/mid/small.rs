@@ -5,23 +5,21 @@
 //! small objects too, as in one arena. Such a block carries the `SMALL` flag: only
 //! [`Mid::free_small`] frees it, and [`Mid::free`] refuses it (and the other way round).
 
-use super::{block_size, set_live, word, Mid, FLAGS, MIN_BLOCK, SMALL};
+use super::{block_size, set_live, word, Mid, MIN_BLOCK, SMALL};
 use crate::{at, HeapError, PageSource};
 use core::ptr::NonNull;
 
-/// Share of the regions' bytes (1/`SMALL_SHARE`) that must be holes (free blocks other
-/// than the dv and the spares) before slab-class requests may take them (chosen with the
-/// host replay of every trace and one guest run, BENCHMARKS.md "Fourth session").
-pub const SMALL_SHARE: usize = 32;
+/// Holes (free blocks on the lists) per 1,024 bytes of the regions in use from which
+/// slab-class requests may take them: 1/32 (chosen with the host replay of every trace and
+/// guest runs, BENCHMARKS.md "Fourth session").
+pub const SMALL_HOLES_PER_1024: usize = 32;
 
 impl Mid {
-    /// Are the holes (free blocks other than the dv and the spare regions; the region
-    /// headers, under 1 % of a region, count with them) at least 1/[`SMALL_SHARE`] of the
-    /// bytes of the regions in use? O(1).
+    /// Are the holes (the free blocks on the lists: neither the dv nor the spare regions)
+    /// at least [`SMALL_HOLES_PER_1024`] / 1,024 of the bytes of the regions in use? O(1).
     pub fn holds_much_free(&self) -> bool {
         let bytes = (self.stats.region_pages - self.spare_pages) * crate::PAGE_SIZE;
-        let holes = bytes.saturating_sub(self.stats.used + self.dv_size);
-        holes * SMALL_SHARE >= bytes && bytes != 0
+        self.stats.listed * 1024 >= bytes * SMALL_HOLES_PER_1024 && bytes != 0
     }
 
     /// A block of at least `n` bytes (`1 ≤ n ≤` [`super::MID_MAX`]), 16-byte aligned, from a
@@ -41,7 +39,6 @@ impl Mid {
         unsafe {
             *word(b) |= SMALL;
             set_live(r, b, true);
-            self.stats.used += *word(b) & !FLAGS;
         }
         self.stats.live += 1;
         self.stats.small += 1;
