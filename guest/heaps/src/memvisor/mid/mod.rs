@@ -194,6 +194,8 @@ pub struct MidAudit {
 pub struct Mid {
     fl_bits: u32,
     sl_bits: [u16; FL],
+    /// Bytes of the listed free blocks (next to the bitmaps: insert and remove touch both).
+    listed: usize,
     heads: [[usize; SL]; FL],
     reg: PageRegistry,
     /// First region of the region list (header address), 0 if none.
@@ -220,6 +222,7 @@ impl Mid {
         Mid {
             fl_bits: 0,
             sl_bits: [0; FL],
+            listed: 0,
             heads: [[0; SL]; FL],
             reg: PageRegistry::new(),
             regions: 0,
@@ -243,7 +246,10 @@ impl Mid {
 
     /// Counters.
     pub fn stats(&self) -> MidStats {
-        self.stats
+        MidStats {
+            listed: self.listed,
+            ..self.stats
+        }
     }
 
     /// Pages held: regions and registry nodes.
@@ -271,14 +277,14 @@ impl Mid {
             }
         }
         self.heads[f][s] = b;
-        self.stats.listed += size;
+        self.listed += size;
         self.fl_bits |= 1 << f;
         self.sl_bits[f] |= 1 << s;
     }
 
     #[inline(always)]
     fn remove(&mut self, b: usize, size: usize) {
-        self.stats.listed -= size;
+        self.listed -= size;
         // SAFETY: `b` is a free block on the list of its size; its links are live blocks or 0.
         unsafe {
             let (n, p) = (*word(b + 8), *word(b + 16));

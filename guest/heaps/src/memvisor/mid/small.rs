@@ -19,7 +19,7 @@ impl Mid {
     /// at least [`SMALL_HOLES_PER_1024`] / 1,024 of the bytes of the regions in use? O(1).
     pub fn holds_much_free(&self) -> bool {
         let bytes = (self.stats.region_pages - self.spare_pages) * crate::PAGE_SIZE;
-        self.stats.listed * 1024 >= bytes * SMALL_HOLES_PER_1024 && bytes != 0
+        self.listed * 1024 >= bytes * SMALL_HOLES_PER_1024 && bytes != 0
     }
 
     /// A block of at least `n` bytes (`1 ≤ n ≤` [`super::MID_MAX`]), 16-byte aligned, from a
