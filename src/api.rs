@@ -1,14 +1,14 @@
 //! The scenario-level API (the CLI's, and simple tests'): configure a guest, pick a built-in
 //! scenario, run it to its end, and assert on the typed [`Report`] (faults, exits, stage-2
-//! events, dirty pages, zones). It runs on [`crate::vm::Vm`], the step-wise API that tests
+//! events, dirty pages, zones). It runs on [`memvisor::vm::Vm`], the step-wise API that tests
 //! with their own guest code use (README "Writing your own test").
 //!
 //! ```no_run
-//! use memvisor::api::VmBuilder;
+//! use memvisor_cli::api::VmBuilder;
 //!
 //! let report = VmBuilder::new()
 //!     .mem("512M")?                        // guest RAM (K/M/G suffixes)
-//!     .scenario("stage2")?                 // see `memvisor::registry::REGISTRY`
+//!     .scenario("stage2")?                 // see `memvisor_cli::registry::REGISTRY`
 //!     .lazy_range(1 << 40 | 0x40_0000, 0x4000)
 //!     .run()?;
 //! assert_eq!(report.guest_exit_code, Some(0));
@@ -17,9 +17,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use crate::frames::ZonePreset;
-use crate::report::Report;
-use crate::vmm::{VmConfig, VmmError};
+use memvisor::frames::ZonePreset;
+use memvisor::report::Report;
+use memvisor::vmm::{VmConfig, VmmError};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -74,7 +74,7 @@ impl VmBuilder {
     /// # Errors
     /// [`ApiError::Size`].
     pub fn mem(self, size: &str) -> Result<Self, ApiError> {
-        let b = crate::memory::parse_size(size).map_err(ApiError::Size)?;
+        let b = memvisor::memory::parse_size(size).map_err(ApiError::Size)?;
         Ok(self.mem_bytes(b))
     }
 
@@ -140,9 +140,9 @@ impl VmBuilder {
     /// Echo the guest console on stdout.
     pub fn echo_console(mut self, on: bool) -> Self {
         self.cfg.echo_console = if on {
-            crate::hypercall::ConsoleEcho::Stdout
+            memvisor::hypercall::ConsoleEcho::Stdout
         } else {
-            crate::hypercall::ConsoleEcho::Off
+            memvisor::hypercall::ConsoleEcho::Off
         };
         self
     }

@@ -9,7 +9,10 @@ use memvisor::hypercall::ConsoleEcho;
 use memvisor::memory::parse_size;
 use memvisor::report::Report;
 use memvisor::vmm::{self, VmConfig};
-use memvisor::{guest_image, layout, registry};
+use memvisor::{guest_image, layout};
+use memvisor_cli::registry;
+use memvisor_cli::registry::fault_matrix;
+use memvisor_cli::report_text::ReportText as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,10 +47,10 @@ enum Cmd {
     SnapshotInfo(SnapshotInfoArgs),
     /// Run a built-in scenario to its Nth ucall sync point and save a snapshot there (and
     /// optionally an incremental one at a later sync point); stops unless --continue.
-    Snapshot(memvisor::snapshot::SnapshotArgs),
+    Snapshot(memvisor_cli::snapshot_cli::SnapshotArgs),
     /// Continue a snapshot's guest in this process (memory served lazily from the file
     /// through userfaultfd) and print the report of the whole run.
-    Restore(memvisor::snapshot::RestoreArgs),
+    Restore(memvisor_cli::snapshot_cli::RestoreArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -181,8 +184,8 @@ fn main() -> ExitCode {
         Some(Cmd::Bench(b)) => return bench(b),
         Some(Cmd::Replay(r)) => return replay(r),
         Some(Cmd::SnapshotInfo(s)) => return snapshot_info(s),
-        Some(Cmd::Snapshot(s)) => return memvisor::snapshot::snapshot_cmd(s),
-        Some(Cmd::Restore(r)) => return memvisor::snapshot::restore_cmd(r),
+        Some(Cmd::Snapshot(s)) => return memvisor_cli::snapshot_cli::snapshot_cmd(s),
+        Some(Cmd::Restore(r)) => return memvisor_cli::snapshot_cli::restore_cmd(r),
         Some(Cmd::Scenarios) => {
             print!("{}", registry::help_text());
             return ExitCode::SUCCESS;
@@ -220,8 +223,8 @@ fn snapshot_info(a: SnapshotInfoArgs) -> ExitCode {
 /// `memvisor replay`: exit 0 if every event replayed without error, 1 if the guest failed or
 /// reported errors, 2 for a bad trace or arguments (one line on stderr).
 fn replay(a: ReplayArgs) -> ExitCode {
-    use memvisor::replay as rp;
-    let heaps = match memvisor::replay_many::heap_list(&a.heap) {
+    use memvisor_cli::replay as rp;
+    let heaps = match memvisor_cli::replay_many::heap_list(&a.heap) {
         Ok(h) => h,
         Err(e) => return fail(e),
     };
@@ -277,14 +280,14 @@ fn replay(a: ReplayArgs) -> ExitCode {
 /// Several traces or heaps in one guest: one table (or a JSON array); exit 1 if any replay
 /// reported an error or the guest failed.
 fn replay_many(
-    traces: &[memvisor::replay::Trace],
+    traces: &[memvisor_cli::replay::Trace],
     heaps: &[usize],
     runs: u32,
     mem_bytes: u64,
     timeout: f64,
     json: bool,
 ) -> ExitCode {
-    use memvisor::replay_many as many;
+    use memvisor_cli::replay_many as many;
     let report = match many::run(
         traces,
         heaps,
@@ -318,7 +321,7 @@ fn replay_many(
 }
 
 fn bench(b: BenchArgs) -> ExitCode {
-    let result = match memvisor::bench::run(b.quick) {
+    let result = match memvisor_cli::bench::run(b.quick) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -340,7 +343,7 @@ fn bench(b: BenchArgs) -> ExitCode {
 
 /// Replace (or append) the "memvisor bench" section of BENCHMARKS.md, writing a temporary file
 /// and renaming it so a failure never leaves a partial file.
-fn update_md(r: &memvisor::bench::BenchResult) -> std::io::Result<()> {
+fn update_md(r: &memvisor_cli::bench::BenchResult) -> std::io::Result<()> {
     const HEAD: &str = "## memvisor bench";
     let path = std::path::Path::new("BENCHMARKS.md");
     let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
@@ -441,7 +444,7 @@ fn run(a: RunArgs) -> ExitCode {
         if !hooks.options().contains(&"known-deviation") {
             return fail(only_for("known-deviation"));
         }
-        match memvisor::matrix::KnownDeviation::parse(name) {
+        match memvisor_cli::matrix::KnownDeviation::parse(name) {
             Ok(d) => deviations.push(d),
             Err(e) => return fail(format!("--known-deviation: {e}")),
         }
@@ -471,7 +474,7 @@ fn run(a: RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    if let Some(m) = report.matrix.as_mut() {
+    if let Some(m) = fault_matrix::matrix_report_mut(&mut report) {
         for d in &deviations {
             m.apply_known_deviation(*d);
         }
@@ -485,7 +488,7 @@ fn run(a: RunArgs) -> ExitCode {
         print!("{}", report.to_text());
     }
     if let Some(path) = &a.cases_out {
-        match &report.matrix {
+        match fault_matrix::matrix_report(&report) {
             Some(m) => {
                 if let Err(e) = m.data.write_tsv(path) {
                     return fail(format!("--cases-out {}: {e}", path.display()));
@@ -504,7 +507,7 @@ fn run(a: RunArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         if !a.json {
-            match &report.matrix {
+            match fault_matrix::matrix_report(&report) {
                 Some(m) if report.guest_exit_code == Some(0) => eprintln!(
                     "memvisor: fault matrix: {} case(s) differ from the SDM oracle",
                     m.summary.fail
@@ -539,7 +542,7 @@ fn check_cases_out(path: &std::path::Path) -> std::io::Result<()> {
     if path.is_dir() {
         return Err(std::io::Error::other("is a directory"));
     }
-    let tmp = memvisor::matrix::temp_path(path);
+    let tmp = memvisor_cli::matrix::temp_path(path);
     std::fs::File::create(&tmp)?;
     std::fs::remove_file(&tmp)
 }

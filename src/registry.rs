@@ -10,15 +10,15 @@
 //!   `build.rs` generates its dispatch table from these files.
 //! * `src/scenarios/NAME.rs` (optional): `pub fn new() -> Box<dyn Scenario>`, the host side
 //!   of the scenario ([`Scenario`]: options, state the VMM keeps for it, control hypercalls,
-//!   a report section). Without it the scenario gets [`crate::scenario::DefaultHooks`].
+//!   a report section). Without it the scenario gets [`memvisor::scenario::DefaultHooks`].
 //!
 //! The root `build.rs` reads both directories into [`REGISTRY`] (`memvisor scenarios`,
 //! `--scenario help`, [`crate::api::VmBuilder::scenario`], [`run`]). This module and the host
 //! files are the tools' side: the VMM itself knows only the [`Scenario`] interface.
 
-use crate::report::Report;
-use crate::scenario::{default_hooks, Scenario};
-use crate::vmm::{VmConfig, VmmError};
+use memvisor::report::Report;
+use memvisor::scenario::{default_hooks, Scenario};
+use memvisor::vmm::{VmConfig, VmmError};
 
 /// One built-in scenario of the registry.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ pub struct Entry {
     pub description: &'static str,
     /// A fresh host side for one run.
     pub new: fn() -> Box<dyn Scenario>,
-    /// Whether `src/scenarios/NAME.rs` exists (else [`crate::scenario::DefaultHooks`]).
+    /// Whether `src/scenarios/NAME.rs` exists (else [`memvisor::scenario::DefaultHooks`]).
     pub host_file: bool,
 }
 
@@ -47,12 +47,12 @@ impl Entry {
 /// # Errors
 /// [`VmmError`] when the VM cannot be created or the guest cannot be built.
 pub fn run(cfg: &VmConfig) -> Result<Report, VmmError> {
-    crate::vmm::run_scenario(cfg, hooks_for(&cfg.scenario))
+    memvisor::vmm::run_scenario(cfg, hooks_for(&cfg.scenario))
 }
 
 /// A fresh host side for the scenario `name`: its registry entry's, or
-/// [`crate::scenario::DefaultHooks`] for a name the registry lacks (also what
-/// [`crate::vm::RestoreOptions::hooks`] takes).
+/// [`memvisor::scenario::DefaultHooks`] for a name the registry lacks (also what
+/// [`memvisor::vm::RestoreOptions::hooks`] takes).
 pub fn hooks_for(name: &str) -> Box<dyn Scenario> {
     match find(name) {
         Some(e) => e.hooks(),

@@ -3,16 +3,16 @@
 //! The host parses and validates the trace ([`parse`]: format in
 //! `tests/data/traces/README.md`), encodes it compactly ([`Trace::encode`]: 8 bytes an
 //! event), and maps the blob read-only (US, NX) at [`BLOB_GVA`] before the guest starts
-//! ([`crate::space::AddressSpace::map_blob`]); `BootInfo.arg` = `[BLOB_GVA, length, heap id, 0]`. The guest
+//! ([`memvisor::space::AddressSpace::map_blob`]); `BootInfo.arg` = `[BLOB_GVA, length, heap id, 0]`. The guest
 //! (`guest/kernel/src/heap/replay.rs`) replays it twice on fresh heaps (checked, then timed)
 //! and sends `replay.KEY=VALUE` records, which [`ReplayResult::from_report`] reads back.
 //!
 //! The blob reaches the address space through the scenario's host side
 //! ([`crate::registry::replay::with_blob`], mapped in its `prepare`).
 
-use crate::layout::BLOB_GVA;
-use crate::report::Report;
-use crate::vmm::{self, VmConfig, VmmError};
+use memvisor::layout::BLOB_GVA;
+use memvisor::report::Report;
+use memvisor::vmm::{self, VmConfig, VmmError};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;

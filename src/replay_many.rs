@@ -8,10 +8,10 @@
 //! result is one [`ReplayResult`] per (trace, heap), printed as one table ([`table`]) or as
 //! JSON.
 
-use crate::layout::BLOB_GVA;
 use crate::replay::{self, ReplayResult, Trace};
-use crate::report::Report;
-use crate::vmm::{self, VmmError};
+use memvisor::layout::BLOB_GVA;
+use memvisor::report::Report;
+use memvisor::vmm::{self, VmmError};
 use std::fmt::Write as _;
 use std::time::Duration;
 

@@ -124,7 +124,7 @@ fn help_lists_every_scenario_with_its_description() {
         let out = memvisor(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
-        for s in memvisor::registry::listed() {
+        for s in memvisor_cli::registry::listed() {
             let (name, what) = (s.name, s.description);
             assert!(
                 text.lines()

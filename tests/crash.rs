@@ -3,6 +3,7 @@
 
 mod common;
 
+use memvisor_cli::report_text::ReportText as _;
 use std::time::{Duration, Instant};
 
 #[test]

@@ -7,14 +7,15 @@
 
 mod common;
 
-use memvisor::matrix::TSV_HEADER;
+use memvisor_cli::matrix::TSV_HEADER;
+use memvisor_cli::registry::fault_matrix;
 use std::io::BufRead;
 use std::process::Command;
 use std::time::Duration;
 
 /// Cases per pass: 16^4 flag combinations + 4 reserved-bit VAs.
 const VAS: u64 = 65_540;
-/// Skipped feature variants (see `memvisor::matrix::variants`): SMEP, SMAP, 2 × PKU,
+/// Skipped feature variants (see `memvisor_cli::matrix::variants`): SMEP, SMAP, 2 × PKU,
 /// 1 GiB pages (256 VAs × 24 passes each) and LA57 (16 VAs × 24 passes).
 const VARIANT_CASES: u64 = 5 * 256 * 24 + 16 * 24;
 
@@ -26,7 +27,7 @@ fn full_matrix_matches_the_sdm() {
     let mut cfg = common::config("fault-matrix", 256 << 20);
     cfg.timeout = Duration::from_secs_f64(300.0 * memvisor::backend::time_scale());
     // The host invariants (src/invariants/) do not know the matrix's test areas (PML4
-    // slots 64-90, `memvisor::matrix::tables::AREA`, its data and records frames) nor the
+    // slots 64-90, `memvisor_cli::matrix::tables::AREA`, its data and records frames) nor the
     // scenario's no-NX build (`BuildOptions::no_nx`): they would flag them as stray leaves
     // and W^X breaches.
     cfg.check_invariants = false;
@@ -36,13 +37,13 @@ fn full_matrix_matches_the_sdm() {
     // On an emulated host with a known deviation from the SDM (QEMU TCG: reserved-bit #PF
     // without P) the suite names it, as `memvisor run --known-deviation` does; nothing else
     // is forgiven.
-    let deviation = std::env::var("MEMVISOR_KNOWN_DEVIATION")
-        .ok()
-        .map(|d| memvisor::matrix::KnownDeviation::parse(&d).expect("MEMVISOR_KNOWN_DEVIATION"));
-    if let (Some(d), Some(m)) = (deviation, r.matrix.as_mut()) {
+    let deviation = std::env::var("MEMVISOR_KNOWN_DEVIATION").ok().map(|d| {
+        memvisor_cli::matrix::KnownDeviation::parse(&d).expect("MEMVISOR_KNOWN_DEVIATION")
+    });
+    if let (Some(d), Some(m)) = (deviation, fault_matrix::matrix_report_mut(&mut r)) {
         m.apply_known_deviation(d);
     }
-    let m = r.matrix.as_ref().expect("matrix totals");
+    let m = fault_matrix::matrix_report(&r).expect("matrix totals");
     let s = &m.summary;
     let passes: u64 = if r.cpu.nx { 24 } else { 12 };
     let nx_skipped = (24 - passes) * VAS;

@@ -4,8 +4,9 @@
 
 mod common;
 
-use memvisor::replay::{self, ReplayResult};
 use memvisor::report::Report;
+use memvisor_cli::replay::{self, ReplayResult};
+use memvisor_cli::report_text::ReportText as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -293,10 +294,10 @@ fn the_memvisor_heap_meets_the_efficiency_targets_on_every_trace() {
         .iter()
         .map(|p| replay::load(p).expect("parses"))
         .collect();
-    let heaps = memvisor::replay_many::heap_list("memvisor,talc,rlsf,dlmalloc").expect("heaps");
-    let r = memvisor::replay_many::run(&traces, &heaps, 1, 512 << 20, Duration::from_secs(900))
+    let heaps = memvisor_cli::replay_many::heap_list("memvisor,talc,rlsf,dlmalloc").expect("heaps");
+    let r = memvisor_cli::replay_many::run(&traces, &heaps, 1, 512 << 20, Duration::from_secs(900))
         .expect("VMM runs");
-    let res = memvisor::replay_many::results(&traces, &heaps, &r);
+    let res = memvisor_cli::replay_many::results(&traces, &heaps, &r);
     assert_eq!(res.len(), traces.len() * 4, "{}", r.console);
     let mut report = String::new();
     for t in &traces {

@@ -6,6 +6,7 @@
 mod common;
 
 use memvisor::report::Report;
+use memvisor_cli::report_text::ReportText as _;
 use std::time::Instant;
 
 fn record(r: &Report, key: &str) -> u64 {

@@ -2,17 +2,17 @@
 //! `GuestMemoryMmap`, the real zone allocator, page tables and the embedded kernel) is driven
 //! by random and crafted call sequences through `Hypercalls::handle` and straight into
 //! `AddressSpace`; after every step the host invariants, a shadow model of what should be
-//! mapped, and the kernel's read-only segments are checked (`memvisor::invariants::harness`).
+//! mapped, and the kernel's read-only segments are checked (`memvisor_cli::harness`).
 
 use memvisor::boot::cpuid::Features;
 use memvisor::frames::ZonePreset;
-use memvisor::invariants::harness::{read_stats, Harness};
 use memvisor::invariants::{check, teardown_check};
 use memvisor::layout::{
     BOOT_STACK_BOTTOM, DF_STACK_BOTTOM, DIRECT_MAP_BASE, MMAP_WINDOW_END, MMAP_WINDOW_START,
     USER_STACK_BOTTOM,
 };
 use memvisor_abi::{map, prot, zone, Call, Request, Status, DOORBELL_GPA, MAX_BATCH};
+use memvisor_cli::harness::{read_stats, Harness};
 use proptest::prelude::*;
 use std::time::{Duration, Instant};
 

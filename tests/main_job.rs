@@ -3,6 +3,7 @@
 mod common;
 
 use memvisor::layout::{MMAP_WINDOW_START, MMIO_HOLE_END, MMIO_HOLE_START};
+use memvisor_cli::report_text::ReportText as _;
 
 const PAGE: u64 = 4096;
 

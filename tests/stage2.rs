@@ -6,6 +6,7 @@ mod common;
 
 use memvisor::memory::{MemoryError, Memslots};
 use memvisor_abi::stage2 as s2;
+use memvisor_cli::report_text::ReportText as _;
 use std::collections::BTreeSet;
 
 fn rec(r: &memvisor::report::Report, key: &str) -> Option<u64> {
@@ -262,7 +263,7 @@ fn builder_api_runs_with_extra_ranges_and_rejects_bad_ones() {
     if !common::kvm_or_skip("builder_api_runs_with_extra_ranges_and_rejects_bad_ones") {
         return;
     }
-    use memvisor::api::VmBuilder;
+    use memvisor_cli::api::VmBuilder;
     let base = memvisor::backend::probe().expect("KVM").1.stage2_base;
     let r = VmBuilder::new()
         .mem("128M")

@@ -8,6 +8,7 @@
 mod common;
 
 use memvisor::backend::Backend;
+use memvisor_cli::report_text::ReportText as _;
 
 #[test]
 fn reduced_mappings_fault_and_flushes_follow_the_backend() {

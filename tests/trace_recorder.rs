@@ -1,9 +1,9 @@
 //! The allocation-trace recorder (`scripts/trace-recorder.sh`, an LD_PRELOAD interposer in
 //! C): built with gcc, it records a small program of known allocations and a Python run, and
-//! the traces parse with the replayer's parser ([`memvisor::replay::parse`]). Needs gcc and
+//! the traces parse with the replayer's parser ([`memvisor_cli::replay::parse`]). Needs gcc and
 //! python3 (both fail the test when missing: they are part of the development setup).
 
-use memvisor::replay::{self, Trace};
+use memvisor_cli::replay::{self, Trace};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

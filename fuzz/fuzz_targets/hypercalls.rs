@@ -10,7 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 use memvisor::boot::cpuid::Features;
 use memvisor::frames::ZonePreset;
-use memvisor::invariants::harness::Harness;
+use memvisor_cli::harness::Harness;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the CPU and zone layout; the rest is the call sequence.

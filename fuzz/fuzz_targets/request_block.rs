@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use memvisor::boot::cpuid::Features;
 use memvisor::frames::ZonePreset;
-use memvisor::invariants::harness::Harness;
+use memvisor_cli::harness::Harness;
 
 fuzz_target!(|data: &[u8]| {
     let features = Features {

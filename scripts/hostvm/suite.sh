@@ -11,21 +11,25 @@
 #   fault matrix (every variant the platform has; on svm with --known-deviation
 #   qemu-tcg-rsvd-p: 0 fail), the frames (svm only: KVM-independent host logic, 213 emulated
 #   seconds on Bochs) / paging / heaps tests, and a shortened hostile run (--quick: 10^5 calls).
-# Builds on the host first: `cargo build --release` (the memvisor the CLI steps run) and
+# Builds on the host first: `cargo build --release` (the memvisor the CLI steps run; with
+# `--bin test`, the `target/debug/memvisor` that `cargo test` builds instead, as .ci/run does) and
 # `cargo test --no-run` (debug test binaries, as .ci/run's `cargo test` builds them).
 # --full (svm only): shares the checkout over 9p and runs every test binary `cargo test` runs
 #   (not the doc tests), with MEMVISOR_TIME_SCALE for the slow host and
 #   MEMVISOR_KNOWN_DEVIATION=qemu-tcg-rsvd-p for tests/fault_matrix.rs; 12-20 min.
 # Options: --platform, --cpu, --phys-bits, --timeout (whole VM; default 900), --kvm-opts, -v as
-#   for scripts/hostvm.sh; --full.
+#   for scripts/hostvm.sh; --full; --bin release|test (which memvisor the CLI steps run:
+#   target/release/memvisor, the default, or the test-profile target/debug/memvisor that
+#   `cargo test` built: no release build; the fault matrix takes the same time with either).
 # Exit: 0 if every step passed; 1 if one failed (named on stdout); 124 / 125 from hostvm.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-PLATFORM='' FULL=0 VM_TIMEOUT=900 PASS=()
+PLATFORM='' FULL=0 VM_TIMEOUT=900 PASS=() BIN=release
 while [ $# -gt 0 ]; do
   case "$1" in
     --platform) PLATFORM=${2:-}; shift 2 ;;
     --full) FULL=1; shift ;;
+    --bin) BIN=${2:-}; shift 2 ;;
     --timeout) VM_TIMEOUT=${2:-}; shift 2 ;;
     --cpu|--phys-bits|--kvm-opts) PASS+=("$1" "${2:-}"); shift 2 ;;
     -v|--verbose) PASS+=("$1"); shift ;;
@@ -34,6 +38,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$PLATFORM" in vmx|svm) ;; *) echo "suite: --platform vmx|svm is required" >&2; exit 2 ;; esac
+case "$BIN" in release) MEMVISOR="$ROOT/target/release/memvisor" ;; test) MEMVISOR="$ROOT/target/debug/memvisor" ;;
+  *) echo "suite: --bin release|test" >&2; exit 2 ;; esac
 [ "$FULL" = 0 ] || [ "$PLATFORM" = svm ] || { echo "suite: --full needs --platform svm (9p share)" >&2; exit 2; }
 cd "$ROOT"
 
@@ -43,8 +49,12 @@ cd "$ROOT"
 # emulators they run with fewer cases (their full runs are the host's `cargo test`).
 case "$PLATFORM" in vmx) SCALE=20 PCASES=16 ;; svm) SCALE=8 PCASES=64 ;; esac
 
-echo "suite($PLATFORM): building (cargo build --release; cargo test --no-run)" >&2
-cargo build --release -q 2>&1 | tail -20 >&2
+if [ "$BIN" = release ]; then
+  echo "suite($PLATFORM): building (cargo build --release; cargo test --no-run)" >&2
+  cargo build --release -q 2>&1 | tail -20 >&2
+else
+  echo "suite($PLATFORM): building (cargo test --no-run)" >&2
+fi
 bins() { cargo test --no-run --message-format=json "$@" 2>/dev/null \
   | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p'; }
 
@@ -116,8 +126,10 @@ fi
 step paging-tests 0 900 ${T[paging]}
 if [ "$PLATFORM" = svm ]; then
   step heaps-tests 0 900 ${T[heaps]} --test-threads 1
-else   # Bochs: without the sample-trace replays on every heap (the same VM paths, 10x the time)
-  step heaps-tests 0 900 ${T[heaps]} --test-threads 1 --skip every_sample_trace --skip the_memvisor_heap_is_efficient
+else   # Bochs: without the trace replays of every heap (every_sample_trace_replays_on_every_heap,
+       # the_memvisor_heap_meets_the_efficiency_targets_on_every_trace: the same VM paths as the
+       # CLI replay test, 10x the time; QEMU and the host run them)
+  step heaps-tests 0 900 ${T[heaps]} --test-threads 1 --skip every_sample_trace --skip efficiency
 fi
 step hostile-quick 0 600 memvisor run --scenario hostile --quick --timeout \$((30*$SCALE))
 grep -E 'shadow page-table flushes' /tmp/hostile-quick.log
@@ -125,5 +137,6 @@ echo "suite($PLATFORM): \$((n-fails)) of \$n steps passed"
 [ \$fails = 0 ]
 EOF2
 trap 'rm -f /tmp/suite-$$.sh' EXIT
+echo "suite($PLATFORM): test binaries resolved, starting the VM" >&2   # (.ci/run waits for this line)
 "$ROOT/scripts/hostvm.sh" --platform "$PLATFORM" --timeout "$VM_TIMEOUT" ${PASS[@]+"${PASS[@]}"} \
-  "${files[@]}" --file "/tmp/suite-$$.sh:/suite.sh" --sh 'sh /suite.sh' "$ROOT/target/release/memvisor"
+  "${files[@]}" --file "/tmp/suite-$$.sh:/suite.sh" --sh 'sh /suite.sh' "$MEMVISOR"

@@ -6,11 +6,11 @@
 //! repetitions (median of batches). Targets are read from the table, never asserted by a
 //! timed test.
 
-use crate::addr::{Gpa, Gva, Pfn};
-use crate::frames::BitmapAllocator;
-use crate::paging::{FramePool, PageSize, PageTables, PteFlags};
-use crate::report::Report;
-use crate::vmm::{self, VmConfig, VmmError};
+use memvisor::addr::{Gpa, Gva, Pfn};
+use memvisor::frames::BitmapAllocator;
+use memvisor::paging::{FramePool, PageSize, PageTables, PteFlags};
+use memvisor::report::Report;
+use memvisor::vmm::{self, VmConfig, VmmError};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

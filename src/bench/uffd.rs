@@ -1,4 +1,4 @@
-//! Host-side demand-paging figures for userfaultfd ([`crate::uffd`]), each beside its peers
+//! Host-side demand-paging figures for userfaultfd ([`memvisor::uffd`]), each beside its peers
 //! measured in the same run, interleaved round by round (median of the rounds):
 //!
 //! - `uffd_zero_fill`: first write to each page of a uffd-registered anonymous range, served
@@ -10,7 +10,7 @@
 //! - floor: `madvise(MADV_POPULATE_WRITE)` of the same number of fresh pages (the kernel
 //!   populates them in one call: no fault, no handler);
 //! - memslot-per-page: `KVM_SET_USER_MEMORY_REGION` of one 4 KiB slot, the ioctl the lazy
-//!   stage-2 range pays per page (`crate::stage2`), *without* its MMIO exit (~35 µs on PVM):
+//!   stage-2 range pays per page (`memvisor::stage2`), *without* its MMIO exit (~35 µs on PVM):
 //!   a lower bound of that path's cost per page (the whole path is measured in the guest,
 //!   [`guest_figures`]).
 //!
@@ -20,7 +20,7 @@
 //! Guest demand paging ([`guest_figures`]): the `bench` guest's first write from ring 3 to
 //! each page of a populated region whose frames the host never touched (`r3_first_touch`,
 //! rdtsc in the guest): on uffd-backed RAM (`--uffd`: a vCPU stage-2 fault into the uffd
-//! handler, with fault-around, [`crate::uffd::FAULT_AROUND_PAGES`]) vs on RAM
+//! handler, with fault-around, [`memvisor::uffd::FAULT_AROUND_PAGES`]) vs on RAM
 //! prefaulted with `MADV_POPULATE_WRITE` before the guest starts (the floor: the guest's
 //! touch, then only KVM's shadow fill, plus the populate's own time per page).
 //!
@@ -28,7 +28,7 @@
 //! stage-2 range of 2,048 pages (`--quick`; 8,192 otherwise) writes once to each page of a
 //! fresh populated RAM region and once to each page of the lazy range, 16 rounds of
 //! 1/16th each, alternating (rdtsc around each half-round). Each lazy page's first write is an
-//! MMIO exit after which the VMM adds a 4 KiB memslot for it ([`crate::stage2::Stage2`]), so
+//! MMIO exit after which the VMM adds a 4 KiB memslot for it ([`memvisor::stage2::Stage2`]), so
 //! the slot count grows by the whole range over the run; the first and last rounds are
 //! reported too. Runs of the three kinds alternate, median of the rounds and of the runs.
 //!
@@ -41,7 +41,7 @@
 //! touches of its code and stack pages are served from the file inside that time).
 
 use super::{fig, Figure, Target};
-use crate::uffd::{PageSource, UffdHandler, ZeroSource, PAGE};
+use memvisor::uffd::{PageSource, UffdHandler, ZeroSource, PAGE};
 use std::time::Instant;
 
 /// `MADV_POPULATE_WRITE` (Linux 5.14, include/uapi/asm-generic/mman-common.h).
@@ -200,15 +200,15 @@ pub(super) fn figures(quick: bool) -> Vec<Figure> {
 
 /// Run the demo with `mem` bytes of RAM to its first sync point and snapshot it to `path`.
 fn demo_snapshot(mem: u64, path: &std::path::Path) -> Option<()> {
-    use crate::vm::{Exit, Ucall, Vm};
-    let cfg = crate::vmm::VmConfig {
+    use memvisor::vm::{Exit, Ucall, Vm};
+    let cfg = memvisor::vmm::VmConfig {
         mem_bytes: mem,
         scenario: "demo".into(),
-        timeout: std::time::Duration::from_secs_f64(30.0 * crate::backend::time_scale()),
-        ..crate::vmm::VmConfig::default()
+        timeout: std::time::Duration::from_secs_f64(30.0 * memvisor::backend::time_scale()),
+        ..memvisor::vmm::VmConfig::default()
     };
     let mut vm = Vm::create(&cfg, crate::registry::hooks_for(&cfg.scenario), None).ok()?;
-    vm.stepwise = true;
+    vm.set_stepwise(true);
     loop {
         match vm.run().ok()? {
             Exit::Ucall(Ucall::Sync(_)) => break,
@@ -222,9 +222,10 @@ fn demo_snapshot(mem: u64, path: &std::path::Path) -> Option<()> {
 /// Restore `path` and run to the next sync point: µs from the start of the restore to the
 /// first return of `KVM_RUN`, and the pages read from the file by then... and by the end.
 fn restore_us(path: &std::path::Path) -> Option<f64> {
-    let opts = crate::vm::RestoreOptions::default();
+    let opts = memvisor::vm::RestoreOptions::default();
     let mut vm =
-        crate::vm::Vm::restore(path, None, crate::guest_image::GUEST_ELF.to_vec(), opts).ok()?;
+        memvisor::vm::Vm::restore(path, None, memvisor::guest_image::GUEST_ELF.to_vec(), opts)
+            .ok()?;
     vm.run().ok()?;
     vm.first_exit_us().map(|u| u as f64)
 }
@@ -279,13 +280,13 @@ fn bench_guest(quick: bool, uffd: bool) -> Option<(f64, f64)> {
     let mut cfg = super::guest_config(quick);
     cfg.uffd = uffd;
     let mut vm =
-        crate::vm::Vm::create(&cfg, crate::registry::hooks_for(&cfg.scenario), None).ok()?;
+        memvisor::vm::Vm::create(&cfg, crate::registry::hooks_for(&cfg.scenario), None).ok()?;
     let mut pop = f64::NAN;
     if !uffd {
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
         let t0 = Instant::now();
         let mut bytes = 0u64;
-        for r in vm.space.ram.mem.iter() {
+        for r in vm.space().ram().mem.iter() {
             // SAFETY: populating guest RAM this VM owns (contents unchanged: fresh pages
             // read as zero, written pages are kept).
             let rc =
@@ -335,8 +336,8 @@ struct MemslotRun {
 /// failed or a lazy page was not backed by its own memslot.
 fn memslot_run(quick: bool, pages: u64) -> Option<MemslotRun> {
     use memvisor_abi::stage2 as s2;
-    let (_, phys) = crate::backend::probe().ok()?;
-    let off = crate::stage2::STAGE2_LAYOUT;
+    let (_, phys) = memvisor::backend::probe().ok()?;
+    let off = memvisor::stage2::STAGE2_LAYOUT;
     let mut cfg = super::guest_config(quick);
     cfg.uffd = true;
     cfg.stage2_extras
@@ -345,7 +346,7 @@ fn memslot_run(quick: bool, pages: u64) -> Option<MemslotRun> {
     cfg.arg[0] = pages;
     cfg.arg[1] = s2::GVA_BASE + off;
     let mut vm =
-        crate::vm::Vm::create(&cfg, crate::registry::hooks_for(&cfg.scenario), None).ok()?;
+        memvisor::vm::Vm::create(&cfg, crate::registry::hooks_for(&cfg.scenario), None).ok()?;
     vm.run().ok()?;
     let r = vm.report();
     let backed = r.stage2_report.as_ref().map_or(0, |s| s.lazy_backed);

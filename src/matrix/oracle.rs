@@ -23,7 +23,7 @@
 //! * A/D (§4.8): a successful access sets A in the leaf, a successful write also D. A fault
 //!   leaves the leaf as it was (what kvm-unit-tests' `access.c` expects too).
 
-use crate::paging::Pte;
+use memvisor::paging::Pte;
 
 /// #PF error code: the fault was a protection or reserved-bit fault (not not-present).
 pub const PF_P: u64 = 1;

@@ -88,7 +88,7 @@ fn pde_pte_vas(slot: u64, leaf_extra: u64) -> Vec<SkippedVa> {
 /// * `1g`: 1 GiB leaves: 16 PML4E × 16 PDPTE (PS = 1) combinations, slots 88–103, × 24.
 /// * `la57`: 5-level paging: 16 PML5E combinations over a `P|RW|US` path × 24 (VAs above
 ///   2^48; the PML5E is not a column).
-pub fn variants(f: &crate::boot::cpuid::Features) -> Vec<SkippedSet> {
+pub fn variants(f: &memvisor::boot::cpuid::Features) -> Vec<SkippedSet> {
     let reason = |supported: bool, missing: &str| {
         if supported {
             format!("not implemented: {missing}")

@@ -6,7 +6,7 @@ use super::oracle::{self, Access, Mode};
 use super::passes::{base_passes, variants, PassSpec, SkippedSet, SkippedVa};
 use super::results::{CaseResult, CaseStatus, MatrixData, MatrixSummary, PassTime};
 use super::tables::{self, TestVa};
-use crate::space::{AddressSpace, SpaceError};
+use memvisor::space::{AddressSpace, SpaceError};
 use memvisor_abi::matrix::{self as abi, Pass, Plan, NOT_FAULTED, RECORD_BYTES};
 use memvisor_abi::Status;
 use std::collections::BTreeMap;
@@ -42,7 +42,7 @@ pub struct MatrixRun {
 /// [`SpaceError`] if frames or tables run out.
 pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>, u64), SpaceError> {
     let t0 = Instant::now();
-    let f = space.features;
+    let f = space.features();
     let vas = tables::test_vas(phys_bits);
     let mut passes = base_passes(Mode::default());
     let mut skipped = variants(&f);
@@ -164,7 +164,7 @@ impl MatrixRun {
         if let Some(t) = self.t_last_sync.replace(now) {
             self.pass_seconds.push(now.duration_since(t).as_secs_f64());
         }
-        let mem = &space.ram.mem;
+        let mem = &space.ram().mem;
         if ended != abi::NO_PASS {
             let mut snap = Vec::with_capacity(self.built.leaf_gpas.len());
             for &g in &self.built.leaf_gpas {
@@ -191,7 +191,7 @@ impl MatrixRun {
                     .map_err(|_| Status::Fault)?;
             }
         }
-        space.owe_shadow_flush(crate::paging::ShadowFlush::needed());
+        space.owe_shadow_flush(memvisor::paging::ShadowFlush::needed());
         Ok(0)
     }
 
@@ -206,7 +206,7 @@ impl MatrixRun {
         for (p, spec) in self.passes.iter().enumerate() {
             let gpa = self.built.buf_gpa + tables::PLAN_BYTES + p as u64 * per_pass;
             let readable = space
-                .ram
+                .ram()
                 .mem
                 .read_slice(&mut raw, GuestAddress(gpa))
                 .is_ok();

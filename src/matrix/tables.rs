@@ -15,22 +15,22 @@
 //!   prefilled with `[va, NOT_FAULTED, NOT_FAULTED]`.
 //!
 //! The scenario's address space is built without NX in the kernel's own mappings (see
-//! [`crate::space::BuildOptions::no_nx`]), so these helpers map with the same no-NX flags.
+//! [`memvisor::space::BuildOptions::no_nx`]), so these helpers map with the same no-NX flags.
 
-use crate::addr::{Gpa, Gva, Pfn, PAGE_SIZE};
-use crate::frames::ZoneKind;
-use crate::layout::{DIRECT_MAP_BASE, TABLE_POOL_CHUNK_FRAMES};
-use crate::paging::{PageSize, PteFlags};
-use crate::space::{AddressSpace, SpaceError};
+use memvisor::addr::{Gpa, Gva, Pfn, PAGE_SIZE};
+use memvisor::frames::ZoneKind;
+use memvisor::layout::{DIRECT_MAP_BASE, TABLE_POOL_CHUNK_FRAMES};
+use memvisor::paging::{PageSize, PteFlags};
+use memvisor::space::{AddressSpace, HostTables, SpaceError};
 use memvisor_abi::matrix::{Plan, NOT_FAULTED, RECORD_BYTES};
 use vm_memory::{Bytes, GuestAddress};
 
-/// The matrix's slots and records buffer (defined in [`crate::layout`]).
-pub use crate::layout::{MATRIX_BUF_GVA as BUF_GVA, MATRIX_RSVD_SLOT as RSVD_SLOT, MATRIX_SLOT};
+/// The matrix's slots and records buffer (defined in [`memvisor::layout`]).
+pub use memvisor::layout::{MATRIX_BUF_GVA as BUF_GVA, MATRIX_RSVD_SLOT as RSVD_SLOT, MATRIX_SLOT};
 /// Bytes at the start of the buffer for the plan (whole pages).
 pub const PLAN_BYTES: u64 = (core::mem::size_of::<Plan>() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
 /// The GVAs this module maps: PML4 slots 64 (first matrix VA) to 90 (records buffer).
-pub use crate::layout::MATRIX_AREA as AREA;
+pub use memvisor::layout::MATRIX_AREA as AREA;
 /// Matrix VAs (16^4).
 pub const MATRIX_VAS: usize = 1 << 16;
 /// Reserved-bit VAs.
@@ -108,7 +108,7 @@ pub struct Built {
     pub rsvd_built: bool,
 }
 
-fn paging(e: crate::paging::PagingError) -> SpaceError {
+fn paging(e: memvisor::paging::PagingError) -> SpaceError {
     SpaceError::Paging(e)
 }
 
@@ -116,12 +116,12 @@ fn paging(e: crate::paging::PagingError) -> SpaceError {
 /// without NX, as the rest of this scenario's kernel mappings) in the direct map.
 fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
     let ro = PteFlags::PRESENT | PteFlags::USER;
-    while space.pool.available() < n {
-        let chunk = space.pool.grow(&mut space.zones)?;
-        space
-            .pt
+    while space.pool().available() < n {
+        let tb = space.host_tables();
+        let chunk = tb.pool.grow(tb.zones)?;
+        tb.pt
             .protect(
-                &space.ram.mem,
+                tb.mem,
                 Gva::new(DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
                 TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE,
                 ro,
@@ -133,10 +133,10 @@ fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
 
 /// A run of `n` contiguous frames (DMA32 first, then Normal).
 fn frames(space: &mut AddressSpace, n: u64) -> Result<Pfn, SpaceError> {
-    Ok(space
-        .zones
+    let zones = space.host_tables().zones;
+    Ok(zones
         .alloc(ZoneKind::Dma32, n, 1)
-        .or_else(|_| space.zones.alloc(ZoneKind::Normal, n, 1))?)
+        .or_else(|_| zones.alloc(ZoneKind::Normal, n, 1))?)
 }
 
 /// Build the test tables for `vas`, the data frame and a records buffer of `buf_bytes`
@@ -159,7 +159,7 @@ pub fn build(
     let data = frames(space, 1)?;
     let data_gpa = data.gpa()?.raw();
     space
-        .ram
+        .ram()
         .mem
         .write_slice(&[0xc3u8; PAGE_SIZE as usize], GuestAddress(data_gpa))
         .map_err(|_| SpaceError::Write {
@@ -171,16 +171,16 @@ pub fn build(
     space.add_host_frames(AREA, buf_pfn, buf_bytes / PAGE_SIZE);
     let buf_gpa = buf_pfn.gpa()?.raw();
     space
-        .ram
+        .ram()
         .mem
         .write_slice(buf, GuestAddress(buf_gpa))
         .map_err(|_| SpaceError::Write {
             what: "matrix records",
         })?;
     let rw_user = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::USER;
-    space
-        .pt
-        .edit(&space.ram.mem, &mut space.pool)
+    let tb = space.host_tables();
+    tb.pt
+        .edit(tb.mem, tb.pool)
         .map_range(
             Gva::new(BUF_GVA),
             Gpa::new(buf_gpa),
@@ -193,11 +193,9 @@ pub fn build(
     // Map every test VA P | RW | US (this allocates each path's tables), then give each
     // entry its flags: leaves first, then the tables above (a non-present intermediate
     // entry cannot be mapped through, so those come last), then the reserved bits.
-    let mem = &space.ram.mem;
+    let HostTables { mem, pt, pool, .. } = space.host_tables();
     for t in vas {
-        space
-            .pt
-            .edit(mem, &mut space.pool)
+        pt.edit(mem, &mut *pool)
             .map(
                 Gva::new(t.va),
                 Gpa::new(data_gpa),
@@ -213,10 +211,7 @@ pub fn build(
         let i = 4 - level as usize;
         let mut last_gpa = None;
         for t in vas {
-            let gpa = space
-                .pt
-                .entry_gpa(mem, Gva::new(t.va), level)
-                .map_err(paging)?;
+            let gpa = pt.entry_gpa(mem, Gva::new(t.va), level).map_err(paging)?;
             if level == 1 {
                 leaf_gpas.push(gpa.raw());
             }
@@ -227,9 +222,7 @@ pub fn build(
             last_gpa = Some(gpa.raw());
             entry_gpas.push(gpa.raw());
             let flags = PteFlags::from_bits_truncate(t.entries[i] & !ADDR_BITS);
-            space
-                .pt
-                .set_entry_flags(mem, Gva::new(t.va), level, flags)
+            pt.set_entry_flags(mem, Gva::new(t.va), level, flags)
                 .map_err(paging)?;
         }
     }
@@ -244,9 +237,7 @@ pub fn build(
     let rsvd_built = phys_bits < 52;
     for (k, t) in vas.iter().enumerate() {
         if let (Some(level), true) = (t.rsvd_level, rsvd_built) {
-            space
-                .pt
-                .poison_entry(mem, Gva::new(t.va), level, rsvd_bit(phys_bits), phys_bits)
+            pt.poison_entry(mem, Gva::new(t.va), level, rsvd_bit(phys_bits), phys_bits)
                 .map_err(paging)?;
             if level == 1 {
                 leaf_raw[k] |= rsvd_bit(phys_bits);

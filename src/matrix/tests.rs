@@ -128,12 +128,12 @@ fn rows_as_tsv() {
 
 #[test]
 fn variants_and_passes() {
-    let none = crate::boot::cpuid::Features::default();
+    let none = memvisor::boot::cpuid::Features::default();
     let v = variants(&none);
     let total: usize = v.iter().map(|s| s.vas.len() * s.passes.len()).sum();
     assert_eq!(total, 31_104);
     assert!(v.iter().all(|s| s.reason == "unsupported by host"));
-    let all = crate::boot::cpuid::Features {
+    let all = memvisor::boot::cpuid::Features {
         smep: true,
         smap: true,
         pku: true,

@@ -2,9 +2,9 @@
 //! `MatrixSync` between passes, the verdicts in the report's `matrix` section.
 
 use crate::matrix::{MatrixReport, MatrixRun};
-use crate::report::Report;
-use crate::scenario::{Prepare, Scenario};
-use crate::space::{AddressSpace, SpaceError};
+use memvisor::report::{Report, ScenarioSection};
+use memvisor::scenario::{Prepare, Scenario};
+use memvisor::space::{AddressSpace, SpaceError};
 use memvisor_abi::{Hypercall, Status};
 use std::time::Duration;
 
@@ -52,6 +52,44 @@ impl Scenario for FaultMatrix {
     }
 
     fn finish(&mut self, report: &mut Report) {
-        report.matrix = self.run.as_deref().and_then(MatrixReport::from_run);
+        report.section = self
+            .run
+            .as_deref()
+            .and_then(MatrixReport::from_run)
+            .map(|m| Box::new(m) as Box<dyn ScenarioSection>);
     }
+}
+
+/// The report's `matrix` section: passed when no case differs from the oracle.
+impl ScenarioSection for MatrixReport {
+    fn passed(&self) -> bool {
+        self.summary.fail == 0
+    }
+
+    fn to_text(&self) -> String {
+        MatrixReport::to_text(self)
+    }
+
+    fn clone_box(&self) -> Box<dyn ScenarioSection> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// The fault matrix's section of `report` (`None` for another scenario, or when the guest did
+/// not finish the matrix).
+pub fn matrix_report(report: &Report) -> Option<&MatrixReport> {
+    report.section.as_ref()?.as_any().downcast_ref()
+}
+
+/// [`matrix_report`], mutable (to apply a known deviation).
+pub fn matrix_report_mut(report: &mut Report) -> Option<&mut MatrixReport> {
+    report.section.as_mut()?.as_any_mut().downcast_mut()
 }

@@ -1,6 +1,6 @@
 //! Host side of `hostile`: the host invariants are checked after every hypercall batch.
 
-use crate::scenario::Scenario;
+use memvisor::scenario::Scenario;
 
 struct Hostile;
 

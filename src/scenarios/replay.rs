@@ -2,9 +2,9 @@
 //! mapped read-only at [`BLOB_GVA`] before the guest starts. Run by `memvisor replay` and
 //! `memvisor bench`, which pass the blob ([`with_blob`]); not selectable with `--scenario`.
 
-use crate::layout::BLOB_GVA;
-use crate::scenario::{Prepare, Scenario};
-use crate::space::SpaceError;
+use memvisor::layout::BLOB_GVA;
+use memvisor::scenario::{Prepare, Scenario};
+use memvisor::space::SpaceError;
 
 /// The blob to map (none: the guest finds no trace and fails).
 #[derive(Default)]

@@ -1,8 +1,8 @@
-//! Host side of `stage2`: the stage-2 test layout ([`crate::stage2::Stage2`]) and its window's
+//! Host side of `stage2`: the stage-2 test layout ([`memvisor::stage2::Stage2`]) and its window's
 //! first GPA in `BootInfo::arg[1]`.
 
-use crate::scenario::{Prepare, Scenario};
-use crate::space::SpaceError;
+use memvisor::scenario::{Prepare, Scenario};
+use memvisor::space::SpaceError;
 
 struct Stage2Layout;
 

@@ -51,7 +51,7 @@ pub fn uffd_or_skip(test: &str) -> bool {
 /// A config for `scenario` with `mem_bytes` of RAM and the embedded guest.
 pub fn config(scenario: &str, mem_bytes: u64) -> VmConfig {
     assert!(
-        memvisor::registry::find(scenario).is_some(),
+        memvisor_cli::registry::find(scenario).is_some(),
         "unknown scenario {scenario}"
     );
     VmConfig {
@@ -66,7 +66,7 @@ pub fn config(scenario: &str, mem_bytes: u64) -> VmConfig {
 
 /// Boot and run; panics with the VMM error.
 pub fn run(cfg: &VmConfig) -> Report {
-    match memvisor::registry::run(cfg) {
+    match memvisor_cli::registry::run(cfg) {
         Ok(r) => r,
         Err(e) => panic!("VMM failed: {e}"),
     }

@@ -275,6 +275,33 @@ impl AddressSpace {
     pub fn device_maps(&self) -> &[(u64, u64, u64)] {
         &self.device_maps
     }
+
+    /// The parts a scenario's host side edits together when it builds its own page tables
+    /// for a [`HostArea`] ([`HostTables`]).
+    pub fn host_tables(&mut self) -> HostTables<'_> {
+        HostTables {
+            mem: &self.ram.mem,
+            pt: &mut self.pt,
+            pool: &mut self.pool,
+            zones: &mut self.zones,
+        }
+    }
+}
+
+/// Write access for a scenario's host side that builds its own page tables in a
+/// [`HostArea`] (the fault matrix: it grows the table pool, takes frames from the zones,
+/// maps through the tables and pokes their entries), from [`AddressSpace::host_tables`].
+/// Frames it takes belong to its area ([`AddressSpace::add_host_frames`]); an edit that
+/// removes or reduces a mapping owes a shadow flush ([`AddressSpace::owe_shadow_flush`]).
+pub struct HostTables<'a> {
+    /// Guest RAM.
+    pub mem: &'a crate::memory::GuestMem,
+    /// The guest's page tables.
+    pub pt: &'a mut PageTables,
+    /// Frames for page tables.
+    pub pool: &'a mut TablePool,
+    /// The frame allocator by zone.
+    pub zones: &'a mut ZoneTable,
 }
 
 /// Options of [`AddressSpace::build_with`].

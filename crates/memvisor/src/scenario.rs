@@ -1,7 +1,7 @@
 //! The per-scenario host interface: [`Scenario`], what the VMM calls for a built-in
 //! scenario beyond the common vCPU loop (state it keeps for the scenario, its control
 //! hypercalls, its report section). The built-in scenarios and their registry are
-//! [`crate::registry`] (README "Adding a built-in scenario").
+//! `memvisor_cli::registry` (the tools crate) (README "Adding a built-in scenario").
 
 use crate::layout::PhysLayout;
 use crate::report::Report;

@@ -32,10 +32,8 @@
 //! Sources of the approach: Firecracker's snapshot format (versioned state file with a CRC64,
 //! memory served by a uffd handler), Linux `Documentation/admin-guide/mm/userfaultfd.rst`.
 
-mod cli;
 mod info;
 mod source;
-pub use cli::{restore_cmd, snapshot_cmd, RestoreArgs, SnapshotArgs};
 pub use info::describe;
 pub use source::{RestoreStats, SnapshotSource, SourceCounters};
 

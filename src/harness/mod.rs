@@ -6,7 +6,7 @@
 //! writable segment, exactly where the guest keeps its blocks) or straight into the
 //! [`AddressSpace`] methods. After every step the harness checks:
 //!
-//! * the host's invariants ([`super::check`]);
+//! * the host's invariants ([`memvisor::invariants::check`]);
 //! * a **shadow model**: the regions the guest should own and the pages that should be
 //!   mapped (with their protection), predicted from the ABI alone; every status the host
 //!   returns must be the one the model predicts (or, where the model cannot know — running out
@@ -27,12 +27,12 @@ mod bytes;
 mod checks;
 mod model;
 
-use super::teardown_check;
-use crate::addr::PAGE_SIZE;
-use crate::boot::cpuid::Features;
-use crate::frames::ZonePreset;
-use crate::hypercall::{Flow, Hypercalls};
-use crate::space::AddressSpace;
+use memvisor::addr::PAGE_SIZE;
+use memvisor::boot::cpuid::Features;
+use memvisor::frames::ZonePreset;
+use memvisor::hypercall::{Flow, Hypercalls};
+use memvisor::invariants::teardown_check;
+use memvisor::space::AddressSpace;
 use memvisor_abi::{
     map, prot, Batch, Call, MapFlags, MemStats, Prot, Request, Status, Zone, MAX_BATCH,
 };
@@ -86,11 +86,11 @@ impl Harness {
     ) -> Result<Self, HarnessError> {
         // A copy: the embedded bytes (`include_bytes!`) are only byte-aligned, and the ELF
         // parser wants its header 8-byte aligned; a Vec's buffer is.
-        let kernel: Vec<u8> = crate::guest_image::GUEST_ELF.to_vec();
+        let kernel: Vec<u8> = memvisor::guest_image::GUEST_ELF.to_vec();
         let space = AddressSpace::build(mem_bytes, &kernel, preset, features)
             .map_err(|e| format!("build: {e}"))?;
         let seg = space
-            .kernel
+            .kernel()
             .segments
             .iter()
             .find(|s| s.write && !s.exec)
@@ -105,10 +105,10 @@ impl Harness {
         let block_cap = (((scratch_gpa - start - 8) / 64) as usize).min(MAX_BATCH as usize);
         let scratch_gva = seg.gva + (scratch_gpa - seg.gpa);
         let mut ro_image = Vec::new();
-        for s in space.kernel.segments.iter().filter(|s| !s.write) {
+        for s in space.kernel().segments.iter().filter(|s| !s.write) {
             let mut buf = vec![0u8; s.memsz as usize];
             space
-                .ram
+                .ram()
                 .mem
                 .read_slice(&mut buf, GuestAddress(s.gpa))
                 .map_err(|e| format!("read kernel: {e}"))?;
@@ -159,7 +159,7 @@ impl Harness {
     /// (status, value) as the host wrote them, and the flow.
     fn via_block(&mut self, reqs: &[Request]) -> Result<(Vec<(i32, u64)>, Flow), HarnessError> {
         let n = reqs.len().min(self.block_cap);
-        let mem = &self.space.ram.mem;
+        let mem = &self.space.ram().mem;
         mem.write_obj(
             Batch {
                 count: n as u32,
@@ -173,7 +173,7 @@ impl Harness {
                 .map_err(|e| format!("write request: {e}"))?;
         }
         let flow = self.hc.handle(&mut self.space, self.block_gpa);
-        let mem = &self.space.ram.mem;
+        let mem = &self.space.ram().mem;
         let head: Batch = mem
             .read_obj(GuestAddress(self.block_gpa))
             .map_err(|e| format!("read block: {e}"))?;
@@ -286,12 +286,12 @@ impl Harness {
         let room = 8 + self.block_cap * 64;
         let n = bytes.len().min(room);
         self.space
-            .ram
+            .ram()
             .mem
             .write_slice(&bytes[..n], GuestAddress(self.block_gpa))
             .map_err(|e| format!("write raw block: {e}"))?;
         let before = self.hc.bad_blocks;
-        let head: Option<Batch> = self.space.ram.mem.read_obj(GuestAddress(ring)).ok();
+        let head: Option<Batch> = self.space.ram().mem.read_obj(GuestAddress(ring)).ok();
         let _ = self.hc.handle(&mut self.space, ring);
         if self.hc.bad_blocks == before {
             // Accepted: the ring GPA must be a proper block.
@@ -306,7 +306,7 @@ impl Harness {
             }
             let len = 8 + u64::from(head.count) * 64;
             let all_writable = (ring / PAGE_SIZE..=(ring + len - 1) / PAGE_SIZE)
-                .all(|p| self.space.host_may_write(crate::addr::Pfn::new(p)));
+                .all(|p| self.space.host_may_write(memvisor::addr::Pfn::new(p)));
             if !all_writable {
                 return Err(format!(
                     "block at {ring:#x} covering frames the host may not write accepted"
@@ -381,11 +381,11 @@ impl Harness {
 pub fn read_stats(h: &Harness) -> Result<MemStats, HarnessError> {
     let t = h
         .space
-        .pt
-        .translate_raw(&h.space.ram.mem, h.scratch_gva)
+        .page_tables()
+        .translate_raw(&h.space.ram().mem, h.scratch_gva)
         .map_err(|e| e.to_string())?;
     h.space
-        .ram
+        .ram()
         .mem
         .read_obj(GuestAddress(t.gpa.raw()))
         .map_err(|e| e.to_string())

@@ -4,10 +4,10 @@
 //! steps it cannot predict.
 
 use super::{Harness, HarnessError};
-use crate::addr::{is_canonical, LARGE_PAGE_SIZE, PAGE_SIZE};
-use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
-use crate::space::ops::pte_flags_for;
-use crate::space::Backing;
+use memvisor::addr::{is_canonical, LARGE_PAGE_SIZE, PAGE_SIZE};
+use memvisor::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
+use memvisor::space::ops::pte_flags_for;
+use memvisor::space::Backing;
 use memvisor_abi::{map, prot, zone, Call, Prot, Request, Status};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,10 +69,10 @@ impl Harness {
     // ---- the model's predictions ------------------------------------------------------
 
     fn zone_ok(&self, z: u64) -> Result<(), Status> {
-        use crate::frames::ZoneKind;
+        use memvisor::frames::ZoneKind;
         let present = |k: ZoneKind| {
             self.space
-                .zones
+                .zones()
                 .zones()
                 .iter()
                 .any(|s| s.kind == k && s.present > 0)
@@ -142,7 +142,7 @@ impl Harness {
                 }
             }
             Call::Record => {
-                if a[1] > crate::hypercall::RECORD_LINE_MAX {
+                if a[1] > memvisor::hypercall::RECORD_LINE_MAX {
                     Status(memvisor_abi::Status::Inval)
                 } else {
                     AnyOf(vec![
@@ -276,7 +276,7 @@ impl Harness {
             return Expect::Status(Status::Inval);
         }
         // Leaf entries whose value changes.
-        let nx = self.space.features.nx;
+        let nx = self.space.features().nx;
         let new = pte_flags_for(Prot::from_bits_retain(p), nx);
         let step = if r.huge { LARGE_PAGE_SIZE } else { PAGE_SIZE };
         let changed = self
@@ -449,12 +449,12 @@ impl Harness {
     /// The model takes the host's regions and mapped pages (after steps it cannot predict).
     pub(super) fn resync(&mut self) {
         let mut m = Model::default();
-        for r in self.space.regions.values() {
+        for r in self.space.regions().values() {
             let huge = r.backing == Backing::Populated
                 && self
                     .space
-                    .pt
-                    .translate_raw(&self.space.ram.mem, r.start)
+                    .page_tables()
+                    .translate_raw(&self.space.ram().mem, r.start)
                     .is_ok_and(|t| t.page_size.bytes() == LARGE_PAGE_SIZE);
             m.regions.insert(
                 r.start,

@@ -2,9 +2,9 @@
 //! protection against the model's, and the kernel's read-only segments byte for byte.
 
 use super::{Harness, HarnessError};
-use crate::addr::{Gva, PAGE_SIZE};
-use crate::invariants::check;
-use crate::layout::{MMAP_WINDOW_END, MMAP_WINDOW_START};
+use memvisor::addr::{Gva, PAGE_SIZE};
+use memvisor::invariants::check;
+use memvisor::layout::{MMAP_WINDOW_END, MMAP_WINDOW_START};
 use std::collections::BTreeSet;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -12,11 +12,11 @@ impl Harness {
     pub(super) fn window_pages(&self) -> BTreeSet<u64> {
         let mut out = BTreeSet::new();
         let len = MMAP_WINDOW_END - MMAP_WINDOW_START;
-        if let Ok(leaves) =
-            self.space
-                .pt
-                .leaves_in_range(&self.space.ram.mem, Gva::new(MMAP_WINDOW_START), len)
-        {
+        if let Ok(leaves) = self.space.page_tables().leaves_in_range(
+            &self.space.ram().mem,
+            Gva::new(MMAP_WINDOW_START),
+            len,
+        ) {
             for l in leaves {
                 let mut g = l.gva.raw();
                 while g < l.gva.raw() + l.size.bytes() {
@@ -45,7 +45,7 @@ impl Harness {
         // Model: the same regions, the same mapped pages, the same protection.
         let host: Vec<(u64, u64)> = self
             .space
-            .regions
+            .regions()
             .values()
             .map(|r| (r.start, r.end))
             .collect();
@@ -69,7 +69,7 @@ impl Harness {
             ));
         }
         for (s, r) in &self.model.regions {
-            let Some(h) = self.space.regions.get(s) else {
+            let Some(h) = self.space.regions().get(s) else {
                 continue;
             };
             for &g in self.model.backed.range(*s..r.end) {
@@ -94,7 +94,7 @@ impl Harness {
             let mut now = vec![0u8; bytes.len()];
             let same = self
                 .space
-                .ram
+                .ram()
                 .mem
                 .read_slice(&mut now, GuestAddress(*gpa))
                 .is_ok()

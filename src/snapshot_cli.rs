@@ -12,11 +12,12 @@
 //! userfaultfd, and prints the same report as an uninterrupted run, with a `restore` section
 //! (pages read from the files). Bad files exit 2 with one line before the guest runs.
 
-use super::SnapshotError;
-use crate::hypercall::ConsoleEcho;
-use crate::report::Report;
-use crate::vm::{Exit, RestoreOptions, SnapError, Ucall, Vm};
-use crate::vmm::VmConfig;
+use crate::report_text::ReportText as _;
+use memvisor::hypercall::ConsoleEcho;
+use memvisor::report::Report;
+use memvisor::snapshot::SnapshotError;
+use memvisor::vm::{Exit, RestoreOptions, SnapError, Ucall, Vm};
+use memvisor::vmm::VmConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -89,12 +90,12 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 fn kernel(path: &Option<PathBuf>) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let Some(p) = path else {
-        return Ok(crate::guest_image::GUEST_ELF.to_vec());
+        return Ok(memvisor::guest_image::GUEST_ELF.to_vec());
     };
     let mut v = Vec::new();
     std::fs::File::open(p)
         .and_then(|f| {
-            f.take(crate::boot::loader::MAX_KERNEL_FILE + 1)
+            f.take(memvisor::boot::loader::MAX_KERNEL_FILE + 1)
                 .read_to_end(&mut v)
         })
         .map_err(|e| format!("--kernel {}: {e}", p.display()))?;
@@ -102,10 +103,10 @@ fn kernel(path: &Option<PathBuf>) -> Result<Vec<u8>, String> {
 }
 
 fn mem(s: &str) -> Result<u64, String> {
-    match crate::memory::parse_size(s) {
-        Ok(b) if b == 0 || b % 4096 != 0 || b > crate::layout::MAX_MEM_SIZE => Err(format!(
+    match memvisor::memory::parse_size(s) {
+        Ok(b) if b == 0 || b % 4096 != 0 || b > memvisor::layout::MAX_MEM_SIZE => Err(format!(
             "--mem {s}: must be a non-zero multiple of 4 KiB up to {} GiB",
-            crate::layout::MAX_MEM_SIZE >> 30
+            memvisor::layout::MAX_MEM_SIZE >> 30
         )),
         Ok(b) => Ok(b),
         Err(e) => Err(format!("--mem: {e}")),
@@ -113,7 +114,7 @@ fn mem(s: &str) -> Result<u64, String> {
 }
 
 fn timeout(t: Option<f64>) -> Result<Duration, String> {
-    let t = t.unwrap_or(30.0 * crate::backend::time_scale());
+    let t = t.unwrap_or(30.0 * memvisor::backend::time_scale());
     if !(t.is_finite() && t > 0.0 && t <= 86_400.0) {
         return Err("--timeout must be a number of seconds in (0, 86400]".into());
     }
@@ -163,7 +164,7 @@ fn finish(mut vm: Vm, json: bool) -> ExitCode {
 
 /// `memvisor snapshot`.
 pub fn snapshot_cmd(a: SnapshotArgs) -> ExitCode {
-    let setup = || -> Result<(VmConfig, Box<dyn crate::scenario::Scenario>), String> {
+    let setup = || -> Result<(VmConfig, Box<dyn memvisor::scenario::Scenario>), String> {
         let entry = crate::registry::by_name(&a.scenario).ok_or_else(|| {
             format!(
                 "unknown scenario '{}' (known: {})",
@@ -202,7 +203,7 @@ pub fn snapshot_cmd(a: SnapshotArgs) -> ExitCode {
         Ok(vm) => vm,
         Err(e) => return fail(e),
     };
-    vm.stepwise = true;
+    vm.set_stepwise(true);
     let mut plan = vec![(a.at_sync, &a.out, false)];
     if let (Some(m), Some(out)) = (a.incremental_at_sync, &a.incremental_out) {
         plan.push((m, out, true));
@@ -243,7 +244,7 @@ pub fn snapshot_cmd(a: SnapshotArgs) -> ExitCode {
         }
     }
     if a.cont {
-        vm.stepwise = false;
+        vm.set_stepwise(false);
         finish(vm, a.json)
     } else {
         ExitCode::SUCCESS
@@ -278,7 +279,7 @@ pub fn restore_cmd(a: RestoreArgs) -> ExitCode {
         Ok(mut vm) => {
             // The guest's output up to the sync point, as the uninterrupted run printed it.
             echo(a.json).write(vm.console());
-            vm.stepwise = false;
+            vm.set_stepwise(false);
             finish(vm, a.json)
         }
         Err(SnapError::File(SnapshotError::Io { path, source })) => {

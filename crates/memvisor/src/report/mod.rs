@@ -11,7 +11,6 @@
 pub mod hex;
 mod latency;
 mod sections;
-mod text;
 
 use crate::boot::cpuid::Features;
 use crate::hypercall::{CallStats, Hypercalls};
@@ -22,8 +21,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 pub use latency::{ExitLatency, ExitLatencyStats, LATENCY_BUCKETS_US};
-pub use sections::{E820Json, PageTablesJson, Registers, Stage2Fault, Timings, ZoneJson};
-pub use text::{pf_bits, FAULT_TEXT_MAX};
+pub use sections::{
+    E820Json, PageTablesJson, Registers, ScenarioSection, Stage2Fault, Timings, ZoneJson,
+};
 
 /// How the run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,8 +148,11 @@ pub struct Report {
     pub invariants: Option<crate::invariants::InvariantSummary>,
     /// Timings.
     pub timings: Timings,
-    /// The fault matrix's totals (`fault-matrix` scenario; null otherwise).
-    pub matrix: Option<crate::matrix::MatrixReport>,
+    /// The scenario's own section, set by its host side's
+    /// [`Scenario::finish`](crate::scenario::Scenario::finish): the fault matrix's totals
+    /// (`fault-matrix`), null otherwise. JSON key `matrix` (the schema's name for it).
+    #[serde(rename = "matrix")]
+    pub section: Option<Box<dyn ScenarioSection>>,
     /// Guest CPU paging features.
     pub cpu: Features,
     /// The host's KVM backend (shadow or two-dimensional paging) and MAXPHYADDR.
@@ -332,16 +335,17 @@ impl Report {
                 _ => None,
             },
             timings,
-            matrix: None,
+            section: None,
             cpu,
             backend,
             tsc_khz,
         }
     }
 
-    /// True if the guest exited with code 0 (and the fault matrix, if any, has no failures).
+    /// True if the guest exited with code 0 (and the scenario's section, if any, passed: the
+    /// fault matrix has no failures).
     pub fn success(&self) -> bool {
-        self.guest_exit_code == Some(0) && self.matrix.as_ref().is_none_or(|m| m.summary.fail == 0)
+        self.guest_exit_code == Some(0) && self.section.as_ref().is_none_or(|s| s.passed())
     }
 
     /// The last exception in the fault log, if any.

@@ -34,10 +34,9 @@
 //! # Layout
 //! [`check`] runs, in order: the leaf walk (`leaves`), guard pages, regions and the mmap
 //! window (`regions`), page-table frames, frame ownership and zone counts (`frames`); the
-//! violations are collected by `checker`. The report types are in `summary`, the teardown
-//! check in `teardown`, and the KVM-free hypercall harness in [`harness`].
-
-pub mod harness;
+//! violations are collected by `checker`. The report types are in `summary`, and the teardown
+//! check in `teardown`. The KVM-free hypercall harness on these checks is a tool
+//! (`memvisor_cli::harness`).
 
 mod checker;
 mod frames;

@@ -1,5 +1,6 @@
-//! Report sections gathered from the VM: stage-2 faults, registers at a crash, timings, and
-//! the JSON shapes of the e820 map, zones and page tables.
+//! Report sections gathered from the VM: stage-2 faults, registers at a crash, timings, the
+//! JSON shapes of the e820 map, zones and page tables, and the interface of a scenario's own
+//! section ([`ScenarioSection`]).
 
 use kvm_ioctls::VcpuFd;
 use serde::Serialize;
@@ -172,4 +173,31 @@ pub struct PageTablesJson {
     pub mappings_2m: u64,
     /// 1 GiB leaves.
     pub mappings_1g: u64,
+}
+
+/// A scenario's own section of the [`Report`](super::Report), filled by its host side in
+/// [`Scenario::finish`](crate::scenario::Scenario::finish) (the fault matrix's totals are one).
+/// The report serializes it in place (under the key `matrix`, the shape
+/// `docs/report.schema.json` gives it) and asks it whether it passed; the scenario's own code
+/// gets its type back with [`as_any`](Self::as_any).
+pub trait ScenarioSection: erased_serde::Serialize + std::fmt::Debug + Send + Sync {
+    /// False if the section records a failure ([`Report::success`](super::Report::success)
+    /// is then false even when the guest exited with 0).
+    fn passed(&self) -> bool;
+    /// Its lines of the text report (ending in a newline).
+    fn to_text(&self) -> String;
+    /// A boxed copy (the report is `Clone`).
+    fn clone_box(&self) -> Box<dyn ScenarioSection>;
+    /// The section as [`std::any::Any`], to downcast to its type.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// The section as mutable [`std::any::Any`], to downcast to its type.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+erased_serde::serialize_trait_object!(ScenarioSection);
+
+impl Clone for Box<dyn ScenarioSection> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
 }

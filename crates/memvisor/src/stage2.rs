@@ -58,7 +58,7 @@ pub struct Stage2Report {
     pub dirty_reads: Vec<DirtyRead>,
 }
 
-/// Extra guest-physical ranges a test author asks for (see [`crate::api::VmBuilder`]): each
+/// Extra guest-physical ranges a test author asks for (see `memvisor_cli::api::VmBuilder`): each
 /// `(gpa, bytes)` must lie in the stage-2 window (`[stage2_base, stage2_base + stage2_len)` of
 /// [`crate::layout::PhysLayout`]: `[1 TiB, 2 TiB)` at MAXPHYADDR 42 and more), 4 KiB aligned,
 /// and is mapped for the guest at `GVA_BASE + (gpa - stage2_base)` (US, RW, NX).

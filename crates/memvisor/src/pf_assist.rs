@@ -178,22 +178,23 @@ fn descriptor(space: &AddressSpace, base: u64, limit: u32, sel: u16) -> Option<k
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::cpuid::Features;
-    use crate::frames::ZonePreset;
-    use crate::invariants::harness::Harness;
 
-    /// A harness whose 64-byte scratch buffer (in the kernel image) holds this GDT.
-    fn with_gdt(gdt: [u64; 8]) -> (Harness, u64) {
-        let features = Features {
-            nx: true,
-            pse: true,
-            ..Features::default()
-        };
-        let h = Harness::new(32 << 20, ZonePreset::X86_64, features).expect("harness");
+    /// A KVM-free address space (`invariants::tests::space`) with this GDT in the last 64
+    /// bytes of the kernel image's writable segment; returns it and the GDT's GVA.
+    fn with_gdt(gdt: [u64; 8]) -> (AddressSpace, u64) {
+        let space = crate::invariants::tests::space();
+        let seg = space
+            .kernel
+            .segments
+            .iter()
+            .find(|s| s.write && !s.exec)
+            .copied()
+            .expect("the kernel has a writable segment");
+        let end = (seg.gpa + seg.memsz) & !0xfff;
+        let base = seg.gva + (end - 64 - seg.gpa);
         let bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-        h.space.write_gva(h.scratch_gva, &bytes).expect("scratch");
-        let base = h.scratch_gva;
-        (h, base)
+        space.write_gva(base, &bytes).expect("GDT bytes");
+        (space, base)
     }
 
     const GDT: [u64; 8] = [
@@ -220,8 +221,8 @@ mod tests {
 
     #[test]
     fn descriptors_decode_as_the_sdm_lays_them_out() {
-        let (h, base) = with_gdt(GDT);
-        let s = &h.space;
+        let (space, base) = with_gdt(GDT);
+        let s = &space;
         let cs = descriptor(s, base, 63, 0x23).expect("user code");
         assert_eq!(
             (
@@ -252,8 +253,8 @@ mod tests {
 
     #[test]
     fn the_vmm_iret_takes_only_valid_user_segments() {
-        let (h, base) = with_gdt(GDT);
-        let s = &h.space;
+        let (space, base) = with_gdt(GDT);
+        let s = &space;
         let ok = user_segments(s, base, 63, &frame(0x23, 0x1b)).expect("valid return");
         assert_eq!((ok.0.selector, ok.1.selector), (0x23, 0x1b));
         for (cs, ss, why) in [

@@ -3,8 +3,8 @@
 //! floods, bulk lazy faults), drawing addresses, lengths and arguments from interesting values.
 
 use super::{Harness, HarnessError};
-use crate::addr::{LARGE_PAGE_SIZE, PAGE_SIZE};
-use crate::layout::{
+use memvisor::addr::{LARGE_PAGE_SIZE, PAGE_SIZE};
+use memvisor::layout::{
     BOOT_STACK_BOTTOM, DIRECT_MAP_BASE, MMAP_WINDOW_END, MMAP_WINDOW_START, MMIO_HOLE_START,
     USER_STACK_BOTTOM,
 };
@@ -106,11 +106,11 @@ impl Harness {
             .map(|(&s, r)| (s, r.end))
             .collect();
         let pick = |i: u8| regions.get(i as usize % regions.len().max(1)).copied();
-        let k = &self.space.kernel;
+        let k = &self.space.kernel();
         let text = k.segments.first().map_or(0, |s| s.gva);
         let chunk = self
             .space
-            .pool
+            .pool()
             .chunks
             .first()
             .map_or(0, |c| c.raw() * PAGE_SIZE);
@@ -187,7 +187,7 @@ impl Harness {
     }
 
     fn gpa_from(&mut self, cur: &mut Cursor<'_>) -> u64 {
-        let end = self.space.ram.end();
+        let end = self.space.ram().end();
         match cur.byte() % 16 {
             0..=3 => self.block_gpa,
             4 => self.block_gpa + u64::from(cur.byte() % 64),
@@ -197,7 +197,7 @@ impl Harness {
             8 => MMIO_HOLE_START,
             9 => memvisor_abi::DOORBELL_GPA,
             10 => self.space.cr3(),
-            11 => self.space.kernel.phys_start,
+            11 => self.space.kernel().phys_start,
             12 => u64::MAX - 7,
             13 => 0,
             14 => self.next_rand(),

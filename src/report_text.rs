@@ -1,15 +1,21 @@
-//! The readable text report ([`Report::to_text`]) and its helpers.
+//! The readable text report ([`ReportText::to_text`] on [`Report`]) and its helpers.
 
-use super::Report;
+use memvisor::report::Report;
 use std::fmt::Write as _;
 
 /// Fault-log entries printed in the text report (the JSON report has the whole log).
 pub const FAULT_TEXT_MAX: usize = 20;
 
-impl Report {
+/// The readable text form of a [`Report`] (what `memvisor run` prints without `--json`).
+pub trait ReportText {
+    /// The readable text report (see [`ReportText`] on [`Report`]).
+    fn to_text(&self) -> String;
+}
+
+impl ReportText for Report {
     /// The readable text report. The fault log shows its first [`FAULT_TEXT_MAX`] entries
     /// (with counts by kind when it is longer); `--json` has all of them.
-    pub fn to_text(&self) -> String {
+    fn to_text(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "\n=== memvisor report: scenario '{}' ===", self.scenario);
         match (self.guest_exit_code, &self.message) {
@@ -181,8 +187,8 @@ impl Report {
                 let _ = writeln!(o, "  VIOLATION {v}");
             }
         }
-        if let Some(m) = &self.matrix {
-            o.push_str(&m.to_text());
+        if let Some(s) = &self.section {
+            o.push_str(&s.to_text());
         }
         let t = &self.timings;
         let _ = writeln!(

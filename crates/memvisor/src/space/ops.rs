@@ -274,7 +274,7 @@ impl AddressSpace {
     }
 
     /// Keep `flush` pending until the VMM takes it ([`Self::take_shadow_flush`]).
-    pub(crate) fn owe_shadow_flush(&mut self, flush: ShadowFlush) {
+    pub fn owe_shadow_flush(&mut self, flush: ShadowFlush) {
         self.shadow.absorb(flush);
     }
 

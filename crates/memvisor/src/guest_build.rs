@@ -78,7 +78,7 @@ pub fn sanitized(cmd: &mut Command) -> &mut Command {
 /// The SDK's linker script (`guest/sdk/link.ld`: GVA = GPA + `KERNEL_VIRT_OFFSET`, one
 /// `PT_LOAD` per permission class).
 pub fn sdk_linker_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/sdk/link.ld")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/sdk/link.ld")
 }
 
 /// Build binary `bin` of the guest package at `manifest` (release, for [`TARGET`], in

@@ -50,7 +50,7 @@ pub struct VmConfig {
     pub mem_bytes: u64,
     /// The kernel ELF.
     pub kernel: Vec<u8>,
-    /// Scenario name (`crate::registry::REGISTRY`; the guest gets its
+    /// Scenario name (`memvisor_cli::registry::REGISTRY`; the guest gets its
     /// [`memvisor_abi::scenario::id`]); `"sdk"` for a guest built on the SDK's entry macro.
     pub scenario: String,
     /// Boot flags (ABI `flags`).
@@ -116,7 +116,7 @@ fn after_host_edit(
 /// Boot and run a guest with the default host side ([`crate::scenario::DefaultHooks`]: no
 /// scenario-specific state); returns its report (also for guest failures: see
 /// [`Report::outcome`]). A built-in scenario with a host side of its own (`fault-matrix`,
-/// `stage2`, ...) runs through [`crate::registry::run`], or [`run_scenario`] with its hooks.
+/// `stage2`, ...) runs through `memvisor_cli::registry::run`, or [`run_scenario`] with its hooks.
 ///
 /// # Errors
 /// [`VmmError`] when the VM cannot be created or the guest cannot be built.

@@ -103,7 +103,7 @@ pub fn maxphyaddr(cpuid: &kvm_bindings::CpuId) -> u8 {
 
 /// Ask this machine's KVM what a VM would get: the backend and the MAXPHYADDR-dependent layout
 /// (for test authors who need the stage-2 window's GPAs before a run, e.g. for
-/// [`crate::api::VmBuilder::lazy_range`]).
+/// `memvisor_cli::api::VmBuilder::lazy_range`).
 ///
 /// # Errors
 /// `/dev/kvm` cannot be opened or `KVM_GET_SUPPORTED_CPUID` fails.

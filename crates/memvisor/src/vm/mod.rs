@@ -16,7 +16,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The same vCPU loop (`crate::vmm`) serves [`crate::registry::run`] (the built-in scenarios and
+//! The same vCPU loop (`crate::vmm`) serves `memvisor_cli::registry::run` (the built-in scenarios and
 //! the CLI) and [`Vm::run`]; the difference is only where it stops: a built-in scenario runs
 //! to its end, a `Vm` stops at every ucall and every MMIO exit.
 
@@ -158,8 +158,14 @@ impl Vm {
     }
 
     /// Create and boot (registers at the ELF entry) as [`crate::vmm::run_scenario`] needs,
-    /// with `hooks` (the scenario's host side) prepared.
-    pub(crate) fn create(
+    /// with `hooks` (the scenario's host side) prepared; `cpuid` replaces KVM's supported
+    /// CPUID when given. The VM runs to its end on [`Vm::run`] unless
+    /// [`Vm::set_stepwise`] is on ([`Vm::new`] turns it on).
+    ///
+    /// # Errors
+    /// [`VmmError`] when KVM is missing, the guest cannot be built (bad ELF, too little RAM)
+    /// or the scenario's `prepare` fails.
+    pub fn create(
         cfg: &VmConfig,
         mut hooks: Box<dyn crate::scenario::Scenario>,
         cpuid: Option<CpuId>,
@@ -353,6 +359,17 @@ impl Vm {
                 status: memvisor_abi::Status::Fault,
             })?;
         Ok(())
+    }
+
+    /// Stop at every ucall and MMIO exit on [`Vm::run`] (`true`), or run to the end
+    /// (`false`, the default of [`Vm::create`]).
+    pub fn set_stepwise(&mut self, on: bool) {
+        self.stepwise = on;
+    }
+
+    /// The guest's address space (read access: its RAM, zones, page tables, regions).
+    pub fn space(&self) -> &AddressSpace {
+        &self.space
     }
 
     /// The value the guest's pending (or next) MMIO read returns, little-endian, truncated to
