@@ -119,7 +119,8 @@ fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
     while space.pool().available() < n {
         let tb = space.host_tables();
         let chunk = tb.pool.grow(tb.zones)?;
-        tb.pt
+        let p = tb
+            .pt
             .protect(
                 tb.mem,
                 Gva::new(DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
@@ -127,6 +128,8 @@ fn reserve_tables(space: &mut AddressSpace, n: u64) -> Result<(), SpaceError> {
                 ro,
             )
             .map_err(paging)?;
+        // Built in `prepare`, before the guest's first run: there is no shadow to flush yet.
+        let _ = p.flush.discard();
     }
     Ok(())
 }

@@ -144,7 +144,7 @@ fn benches(c: &mut Criterion) {
             pt.edit(mem, pool)
                 .map(gva, Gpa::new(0x5000), s4k, flags)
                 .unwrap();
-            black_box(pt.edit(mem, pool).unmap(gva, PAGE_SIZE).unwrap());
+            let _ = black_box(pt.edit(mem, pool).unmap(gva, PAGE_SIZE).unwrap());
         })
     });
     // Next to an existing page: the tables exist.
@@ -157,7 +157,7 @@ fn benches(c: &mut Criterion) {
             pt.edit(mem, pool)
                 .map(gva, Gpa::new(0x5000), s4k, flags)
                 .unwrap();
-            black_box(pt.edit(mem, pool).unmap(gva, PAGE_SIZE).unwrap());
+            let _ = black_box(pt.edit(mem, pool).unmap(gva, PAGE_SIZE).unwrap());
         })
     });
     let ro = Protection::KERNEL_RODATA.to_pte_flags(true);
@@ -166,7 +166,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             flip = !flip;
             let f = if flip { ro } else { flags };
-            black_box(pt.protect(mem, neighbour, PAGE_SIZE, f).unwrap());
+            let _ = black_box(pt.protect(mem, neighbour, PAGE_SIZE, f).unwrap());
         })
     });
     let probe = Gva::new(DIRECT_BASE.raw() + 0x7_1234_5678);

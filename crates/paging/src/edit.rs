@@ -5,12 +5,13 @@
 //! `io.rs`). A new table is written whole (zeros included), so zeroing costs no extra pass;
 //! a new leaf table is written in one pass straight into guest memory.
 
+use super::flush::{owed_for, reduces};
 use super::io::{self, Dirty, Slots, TableView};
 use super::mapper::Mapper;
 use super::pte::{Pte, PteFlags, ADDR_MASK};
 use super::table::{entry_index, entry_span, TABLE_ENTRY_FLAGS};
-use super::{PageSize, PageTables, PagingError, Result};
-use crate::addr::{Gpa, Gva};
+use super::{PageSize, PageTables, PagingError, Protected, Result, Unmapped};
+use crate::addr::Gva;
 use vm_memory::bitmap::MS;
 use vm_memory::GuestMemoryBackend;
 
@@ -178,7 +179,7 @@ impl<'a, M: GuestMemoryBackend> Mapper<'a, M> {
         first: u64,
         last: u64,
         removal: Removal,
-        mut out: Option<&mut Vec<(Gva, Gpa, PageSize)>>,
+        mut out: Option<&mut Unmapped>,
     ) -> Result<bool> {
         let mut buf = view.read(entry_index(first, level), entry_index(last, level))?;
         let mut dirty = Dirty::NONE;
@@ -201,7 +202,9 @@ impl<'a, M: GuestMemoryBackend> Mapper<'a, M> {
                         let n = &mut self.pt.leaves_per_size[size.index()];
                         *n = n.saturating_sub(1);
                         if let Some(out) = out.as_deref_mut() {
-                            out.push((Gva::new_truncate(base), pte.leaf_addr(level), size));
+                            out.leaves
+                                .push((Gva::new_truncate(base), pte.leaf_addr(level), size));
+                            out.flush.absorb(owed_for(pte.raw()));
                         }
                     }
                 }
@@ -252,7 +255,7 @@ impl PageTables {
         level: u8,
         (first, last): (u64, u64),
         flags: u64,
-        changed: &mut u64,
+        out: &mut Protected,
     ) -> Result<()> {
         let mut buf = view.read(entry_index(first, level), entry_index(last, level))?;
         let mut dirty = Dirty::NONE;
@@ -271,14 +274,17 @@ impl PageTables {
                 if new != pte.raw() {
                     buf.set(idx, new);
                     dirty.mark(idx, idx);
-                    *changed += 1;
+                    out.changed += 1;
+                    if reduces(pte.raw(), new) {
+                        out.flush.absorb(owed_for(pte.raw()));
+                    }
                 }
             } else if pte.is_present() {
                 let r = self
                     .child_table(pte, level, va)
                     .and_then(|c| io::view(mem, c))
                     .and_then(|cv| {
-                        self.protect_in(mem, &cv, level - 1, (va, sub_last), flags, changed)
+                        self.protect_in(mem, &cv, level - 1, (va, sub_last), flags, out)
                     });
                 if let Err(e) = r {
                     res = Err(e);

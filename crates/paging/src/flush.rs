@@ -26,8 +26,15 @@
 //! unmap(); // error: unused `ShadowFlush` that must be used
 //! ```
 //!
+//! [`Mapper::unmap`](crate::Mapper::unmap) and [`PageTables::protect`](crate::PageTables::protect)
+//! return their token ([`Unmapped::flush`], [`Protected::flush`]) inside `#[must_use]`
+//! outcomes.
+//!
 //! Sources: KVM API doc (`KVM_SET_USER_MEMORY_REGION`: deleting a slot drops its shadow
 //! pages); Intel SDM Vol. 3A §4.10.4 (why a removed or reduced entry needs an invalidation).
+
+use crate::addr::{Gpa, Gva};
+use crate::{PageSize, PteFlags};
 
 /// A shadow flush that is owed (or not) after page-table edits. Consume it with
 /// [`ShadowFlush::take_needed`] (the VMM's flush), or [`ShadowFlush::discard`] where no KVM
@@ -82,6 +89,49 @@ impl ShadowFlush {
     pub const fn discard(self) -> bool {
         self.needed
     }
+}
+
+/// What [`Mapper::unmap`](crate::Mapper::unmap) removed, and the shadow flush it owes.
+#[must_use = "unmapped leaves owe a shadow flush and their data frames: free them and flush"]
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Unmapped {
+    /// The removed leaves `(gva, gpa, size)` in GVA order (the caller frees the data frames).
+    pub leaves: Vec<(Gva, Gpa, PageSize)>,
+    /// Owed iff a removed leaf had its Accessed bit set: KVM builds shadow entries only from
+    /// guest PTEs with A set (its walker sets A; prefetch skips A=0 entries), so a
+    /// never-accessed leaf needs no flush.
+    pub flush: ShadowFlush,
+}
+
+/// What [`PageTables::protect`](crate::PageTables::protect) changed, and the shadow flush it
+/// owes.
+#[must_use = "reduced rights owe a shadow flush: flush with it, merge it, or discard it"]
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Protected {
+    /// Leaf entries whose value changed (0: no TLB flush needed).
+    pub changed: u64,
+    /// Owed iff a leaf with its Accessed bit set lost a right ([`reduces`]): P, RW or US
+    /// cleared, or NX set. Granting rights owes nothing (a stale shadow entry only faults,
+    /// and KVM refreshes it from the guest PTE).
+    pub flush: ShadowFlush,
+}
+
+/// True if going from leaf `old` to leaf `new` takes a right away: RW or US cleared, NX set,
+/// or P cleared (Intel SDM Vol. 3A §4.10.4.3: such a change needs an invalidation).
+pub fn reduces(old: u64, new: u64) -> bool {
+    let (p, rw, us, nx) = (
+        PteFlags::PRESENT.bits(),
+        PteFlags::WRITABLE.bits(),
+        PteFlags::USER.bits(),
+        PteFlags::NO_EXECUTE.bits(),
+    );
+    let lost = |bit: u64| old & bit != 0 && new & bit == 0;
+    lost(p) || lost(rw) || lost(us) || (new & nx != 0 && old & nx == 0)
+}
+
+/// The flush owed for a leaf entry `old` that is removed or whose rights are reduced.
+pub(crate) fn owed_for(old: u64) -> ShadowFlush {
+    ShadowFlush::when(old & PteFlags::ACCESSED.bits() != 0)
 }
 
 #[cfg(test)]

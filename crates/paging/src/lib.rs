@@ -80,7 +80,7 @@ mod tableset;
 mod walk;
 
 pub use direct::{direct_map_plan, DirectSegment};
-pub use flush::ShadowFlush;
+pub use flush::{reduces, Protected, ShadowFlush, Unmapped};
 pub use mapper::Mapper;
 pub use protection::Protection;
 pub use pte::{Pte, PteFlags, ADDR_MASK};

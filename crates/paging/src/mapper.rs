@@ -10,7 +10,7 @@ use super::edit::{MapReq, Removal};
 use super::io;
 use super::pte::PteFlags;
 use super::table::entry_span;
-use super::{FrameSource, PageSize, PageTables, Result};
+use super::{FrameSource, PageSize, PageTables, Result, Unmapped};
 use crate::addr::{Gpa, Gva, PAGE_SIZE};
 use vm_memory::GuestMemoryBackend;
 
@@ -101,8 +101,8 @@ impl<M: GuestMemoryBackend> Mapper<'_, M> {
     }
 
     /// Unmap every page in `[gva, gva + len)`. Returns the removed leaves `(gva, gpa, size)`
-    /// in GVA order (the caller frees the data frames); page-table frames that become empty
-    /// are freed (never the PML4).
+    /// in GVA order (the caller frees the data frames) and the shadow flush owed
+    /// ([`Unmapped`]); page-table frames that become empty are freed (never the PML4).
     ///
     /// Policy: every 4 KiB page of the range must be mapped and every large leaf touched
     /// must lie entirely inside the range; otherwise nothing changes.
@@ -110,11 +110,11 @@ impl<M: GuestMemoryBackend> Mapper<'_, M> {
     /// # Errors
     /// [`PagingError::NotMapped`](crate::PagingError::NotMapped) (first unmapped address),
     /// [`PagingError::WouldSplitLargePage`](crate::PagingError::WouldSplitLargePage), argument errors; the tables are unchanged.
-    pub fn unmap(&mut self, gva: Gva, len: u64) -> Result<Vec<(Gva, Gpa, PageSize)>> {
+    pub fn unmap(&mut self, gva: Gva, len: u64) -> Result<Unmapped> {
         let last = check_va_range(gva, len, PAGE_SIZE)?;
         self.pt
             .check_fully_mapped(self.mem, gva.raw(), last, false)?;
-        let mut out = Vec::new();
+        let mut out = Unmapped::default();
         let root = io::view(self.mem, self.pt.root)?;
         let removal = Removal {
             clear_last: Some(last),
@@ -147,8 +147,10 @@ impl<M: GuestMemoryBackend> Mapper<'_, M> {
         for (i, seg) in plan.iter().enumerate() {
             if let Err(e) = self.map_range(seg.gva, seg.gpa, seg.len, seg.size, flags) {
                 for done in plan.iter().take(i).rev() {
-                    if let Err(u) = self.unmap(done.gva, done.len) {
-                        log::error!("direct-map rollback of {} failed: {u}", done.gva);
+                    match self.unmap(done.gva, done.len) {
+                        // Leaves this call mapped were never accessed: no flush is owed.
+                        Ok(u) => _ = u.flush.discard(),
+                        Err(u) => log::error!("direct-map rollback of {} failed: {u}", done.gva),
                     }
                 }
                 return Err(e);

@@ -146,7 +146,8 @@ impl PageTables {
 
     /// Give every leaf in `[gva, gva + len)` the leaf `flags`, keeping its address and page
     /// size. The accessed and dirty bits the CPU set are kept (ORed with `flags`). Returns
-    /// the number of leaf entries whose value changed (0: no TLB flush needed).
+    /// the number of leaf entries whose value changed (0: no TLB flush needed) and the shadow
+    /// flush owed for the rights taken away ([`Protected`](crate::Protected)).
     ///
     /// Same range policy as [`Mapper::unmap`](crate::Mapper::unmap); `flags` as for [`Mapper::map`](crate::Mapper::map). (No table
     /// frame is allocated or freed, so this edit needs no [`Mapper`](crate::Mapper).)
@@ -161,14 +162,14 @@ impl PageTables {
         gva: Gva,
         len: u64,
         flags: PteFlags,
-    ) -> Result<u64> {
+    ) -> Result<crate::Protected> {
         self.check_leaf_flags(flags)?;
         let last = check_va_range(gva, len, PAGE_SIZE)?;
         self.check_fully_mapped(mem, gva.raw(), last, flags.contains(PteFlags::WRITABLE))?;
         let root = io::view(mem, self.root)?;
-        let mut changed = 0;
-        self.protect_in(mem, &root, 4, (gva.raw(), last), flags.bits(), &mut changed)?;
-        Ok(changed)
+        let mut out = crate::Protected::default();
+        self.protect_in(mem, &root, 4, (gva.raw(), last), flags.bits(), &mut out)?;
+        Ok(out)
     }
 
     // ---- table frames -------------------------------------------------------------------

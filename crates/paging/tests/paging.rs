@@ -175,21 +175,23 @@ fn effective_rights_combine_all_levels() {
         .unwrap();
     let e = pt.translate(&mem, gva).unwrap().effective;
     assert!(e.writable && e.user && !e.executable);
-    pt.protect(&mem, gva, PAGE_SIZE, UCODE).unwrap();
+    let _ = pt.protect(&mem, gva, PAGE_SIZE, UCODE).unwrap();
     let e = pt.translate(&mem, gva).unwrap().effective;
     assert!(!e.writable && e.user && e.executable);
-    pt.protect(
-        &mem,
-        gva,
-        PAGE_SIZE,
-        Protection::KERNEL_CODE.to_pte_flags(true),
-    )
-    .unwrap();
+    let _ = pt
+        .protect(
+            &mem,
+            gva,
+            PAGE_SIZE,
+            Protection::KERNEL_CODE.to_pte_flags(true),
+        )
+        .unwrap();
     let e = pt.translate(&mem, gva).unwrap().effective;
     assert!(!e.writable && !e.user && e.executable);
 
     // SDM §4.6: R/W and U/S are ANDed and XD ORed over the levels. Restrict the PDE by hand.
-    pt.protect(&mem, gva, PAGE_SIZE, UDATA | PteFlags::NO_EXECUTE)
+    let _ = pt
+        .protect(&mem, gva, PAGE_SIZE, UDATA | PteFlags::NO_EXECUTE)
         .unwrap();
     let t = pt.translate(&mem, gva).unwrap();
     let pde = t.entries().find(|w| w.level == 2).copied().unwrap();
@@ -198,7 +200,7 @@ fn effective_rights_combine_all_levels() {
     let e = pt.translate(&mem, gva).unwrap().effective;
     assert!(!e.writable && !e.user);
     // NX only at the PML4E makes the page non-executable.
-    pt.protect(&mem, gva, PAGE_SIZE, UCODE).unwrap();
+    let _ = pt.protect(&mem, gva, PAGE_SIZE, UCODE).unwrap();
     mem.write_obj(pde.pte.raw(), pde_gpa).unwrap();
     let pml4e = t.walk[0].unwrap();
     let pml4e_gpa = GuestAddress(pml4e.table.raw() * PAGE_SIZE + u64::from(pml4e.index) * 8);
@@ -245,7 +247,8 @@ fn unmap_returns_leaves_and_frees_empty_tables() {
     let removed = pt
         .edit(&mem, &mut pool)
         .unmap(base, 16 * PAGE_SIZE)
-        .unwrap();
+        .unwrap()
+        .leaves;
     assert_eq!(removed.len(), 16);
     assert_eq!(
         removed[3],
@@ -259,7 +262,8 @@ fn unmap_returns_leaves_and_frees_empty_tables() {
     let removed = pt
         .edit(&mem, &mut pool)
         .unmap(Gva::new(base.raw() + LARGE_PAGE_SIZE), LARGE_PAGE_SIZE)
-        .unwrap();
+        .unwrap()
+        .leaves;
     assert_eq!(
         removed,
         [(
@@ -335,7 +339,8 @@ fn large_pages_are_never_split() {
         Err(PagingError::AlreadyMapped { gva }) if gva == Gva::new(0x40_0000)
     ));
     assert_eq!(snapshot(&mem, &pt), before2);
-    pt.edit(&mem, &mut pool)
+    let _ = pt
+        .edit(&mem, &mut pool)
         .unmap(Gva::new(0x40_5000), PAGE_SIZE)
         .unwrap();
     assert_eq!(snapshot(&mem, &pt), before);
@@ -361,8 +366,14 @@ fn protect_changes_flags_keeps_address_and_ad() {
     mem.write_obj(pte_entry.pte.raw() | 0x60, pte_gpa).unwrap();
 
     let user_ro = Protection::USER_RODATA.to_pte_flags(true);
-    assert_eq!(pt.protect(&mem, g, 4 * PAGE_SIZE, user_ro).unwrap(), 4);
-    assert_eq!(pt.protect(&mem, g, 4 * PAGE_SIZE, user_ro).unwrap(), 0);
+    assert_eq!(
+        pt.protect(&mem, g, 4 * PAGE_SIZE, user_ro).unwrap().changed,
+        4
+    );
+    assert_eq!(
+        pt.protect(&mem, g, 4 * PAGE_SIZE, user_ro).unwrap().changed,
+        0
+    );
     let t = pt.translate(&mem, Gva::new(g.raw() + 0x1008)).unwrap();
     assert_eq!(t.gpa, Gpa::new(0x30_1008));
     assert_eq!(t.leaf_pte.raw(), 0x8000_0000_0030_1065);
@@ -734,7 +745,7 @@ fn address_space_edges() {
         "{dump}"
     );
     for g in [top, low_top, bottom_high, Gva::new(0)] {
-        pt.edit(&mem, &mut pool).unmap(g, PAGE_SIZE).unwrap();
+        let _ = pt.edit(&mem, &mut pool).unmap(g, PAGE_SIZE).unwrap();
     }
     assert_eq!(pt.table_frame_count(), 1);
 }
@@ -751,7 +762,8 @@ fn dump_coalesces_runs() {
             UCODE,
         )
         .unwrap();
-    pt.protect(&mem, Gva::new(0x40_6000), 2 * PAGE_SIZE, UDATA)
+    let _ = pt
+        .protect(&mem, Gva::new(0x40_6000), 2 * PAGE_SIZE, UDATA)
         .unwrap();
     let dump = pt.dump(&mem);
     let lines: Vec<&str> = dump.lines().collect();
@@ -1009,7 +1021,9 @@ fn apply(mem: &Mem, pool: &mut FramePool, pt: &mut PageTables, shadow: &mut Shad
             });
             let gva = Gva::new(WIN + page * PAGE_SIZE);
             if let Op::Protect { prot: p, .. } = *op {
-                let r = pt.protect(mem, gva, n * PAGE_SIZE, prot(p));
+                let r = pt
+                    .protect(mem, gva, n * PAGE_SIZE, prot(p))
+                    .map(|p| p.changed);
                 assert_eq!(r.is_ok(), valid, "{op:?}: {r:?}");
                 if let Ok(changed) = r {
                     let mut expect = 0;
@@ -1024,7 +1038,10 @@ fn apply(mem: &Mem, pool: &mut FramePool, pt: &mut PageTables, shadow: &mut Shad
                 }
                 valid
             } else {
-                let r = pt.edit(mem, pool).unmap(gva, n * PAGE_SIZE);
+                let r = pt
+                    .edit(mem, pool)
+                    .unmap(gva, n * PAGE_SIZE)
+                    .map(|u| u.leaves);
                 assert_eq!(r.is_ok(), valid, "{op:?}: {r:?}");
                 if let Ok(removed) = r {
                     let expect: Vec<_> = range
@@ -1109,7 +1126,7 @@ proptest! {
         // Unmap everything: back to the bare PML4.
         let starts: Vec<(u64, PageSize)> = shadow.iter().filter(|(q, e)| e.2 == **q).map(|(q, e)| (*q, e.3)).collect();
         for (q, size) in starts {
-            pt.edit(&mem, &mut pool).unmap(Gva::new(WIN + q * PAGE_SIZE), size.bytes()).unwrap();
+            let _ = pt.edit(&mem, &mut pool).unmap(Gva::new(WIN + q * PAGE_SIZE), size.bytes()).unwrap();
         }
         prop_assert_eq!(pt.table_frame_count(), 1);
         prop_assert_eq!(pool.in_use(), 1);
@@ -1184,7 +1201,55 @@ fn unaligned_host_mapping_and_two_regions() {
             assert_eq!(t.gpa, Gpa::new(0x10_0008 + k * PAGE_SIZE));
         }
         assert_eq!(pt.leaves(&mem).len(), 4);
-        pt.edit(&mem, &mut pool).unmap(gva, 4 * PAGE_SIZE).unwrap();
+        let _ = pt.edit(&mem, &mut pool).unmap(gva, 4 * PAGE_SIZE).unwrap();
         assert_eq!(pt.table_frame_count(), 1);
     }
+}
+
+/// The flush tokens: owed only for a removed or reduced leaf the CPU has accessed (A = 1).
+#[test]
+fn unmap_and_protect_return_the_owed_shadow_flush() {
+    let (mem, mut pool, mut pt) = setup();
+    let g = Gva::new(0x40_0000);
+    pt.edit(&mem, &mut pool)
+        .map_range(
+            g,
+            Gpa::new(0x30_0000),
+            4 * PAGE_SIZE,
+            PageSize::Size4K,
+            UDATA,
+        )
+        .unwrap();
+    // Never accessed: reducing rights or unmapping owes nothing.
+    let p = pt.protect(&mem, g, PAGE_SIZE, UCODE).unwrap();
+    assert_eq!(p.changed, 1);
+    assert!(!p.flush.take_needed());
+    // Mark the second page accessed, as the CPU's walker would.
+    let leaf = pt.translate(&mem, Gva::new(g.raw() + PAGE_SIZE)).unwrap();
+    let at = pt
+        .entry_gpa(&mem, Gva::new(g.raw() + PAGE_SIZE), 1)
+        .unwrap();
+    mem.write_obj(
+        leaf.leaf_pte.raw() | PteFlags::ACCESSED.bits(),
+        GuestAddress(at.raw()),
+    )
+    .unwrap();
+    // Granting a right owes nothing, taking one away owes a flush.
+    let grant = pt
+        .protect(&mem, Gva::new(g.raw() + PAGE_SIZE), PAGE_SIZE, UDATA)
+        .unwrap();
+    assert!(!grant.flush.take_needed());
+    let p = pt.protect(&mem, g, 2 * PAGE_SIZE, KRO).unwrap();
+    assert_eq!(p.changed, 2);
+    assert!(p.flush.take_needed());
+    // Unmapping an accessed leaf owes a flush; the others' unmap does not.
+    let u = pt
+        .edit(&mem, &mut pool)
+        .unmap(Gva::new(g.raw() + 2 * PAGE_SIZE), 2 * PAGE_SIZE)
+        .unwrap();
+    assert_eq!(u.leaves.len(), 2);
+    assert!(!u.flush.take_needed());
+    let u = pt.edit(&mem, &mut pool).unmap(g, 2 * PAGE_SIZE).unwrap();
+    assert_eq!(u.leaves.len(), 2);
+    assert!(u.flush.take_needed());
 }

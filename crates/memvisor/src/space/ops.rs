@@ -1,5 +1,5 @@
-//! The memory hypercalls: mmap, munmap, mprotect, lazy faults, translate, and checked access
-//! to guest memory on the guest's behalf.
+//! The memory hypercalls: mmap, munmap, mprotect, lazy faults (translate and checked access
+//! to guest memory by GVA are in `space::gva`).
 //!
 //! Every argument is hostile: lengths and addresses are checked for alignment, overflow and
 //! canonical form; ranges must lie inside one region the guest got from mmap (never the
@@ -8,12 +8,11 @@
 //! Who flushes the TLB: the guest, after the call returns (see the ABI crate docs).
 
 use super::{zero_frame, AddressSpace, Backing, FaultRecord, Region, SpaceError};
-use crate::addr::{is_canonical, Gpa, Gva, Pfn, LARGE_PAGE_SIZE, PAGE_SIZE};
+use crate::addr::{is_canonical, Gpa, Gva, LARGE_PAGE_SIZE, PAGE_SIZE};
 use crate::frames::ZoneKind;
 use crate::layout::{MMAP_GUARD, MMAP_WINDOW_END, MMAP_WINDOW_START};
 use crate::paging::{PageSize, PagingError, PteFlags, ShadowFlush};
 use memvisor_abi::{map, prot, zone, MapFlags, Prot, Status, Zone};
-use vm_memory::{Bytes, GuestAddress};
 
 /// Result of a hypercall operation: a value or an ABI status.
 pub type HcResult = Result<u64, Status>;
@@ -36,19 +35,6 @@ pub fn pte_flags_for(p: Prot, nx: bool) -> PteFlags {
         f |= PteFlags::NO_EXECUTE;
     }
     f
-}
-
-/// True if going from leaf `old` to leaf flags `new` takes a right away: RW or US cleared,
-/// NX set, or P cleared.
-fn reduces(old: u64, new: u64) -> bool {
-    let (p, rw, us, nx) = (
-        PteFlags::PRESENT.bits(),
-        PteFlags::WRITABLE.bits(),
-        PteFlags::USER.bits(),
-        PteFlags::NO_EXECUTE.bits(),
-    );
-    let lost = |bit: u64| old & bit != 0 && new & bit == 0;
-    lost(p) || lost(rw) || lost(us) || (new & nx != 0 && old & nx == 0)
 }
 
 fn check_prot(p: Prot) -> Result<(), Status> {
@@ -251,26 +237,19 @@ impl AddressSpace {
         };
         if result.is_err() {
             for (g, _) in done {
-                if let Ok(leaves) = self
+                if let Ok(u) = self
                     .pt
                     .edit(&self.ram.mem, &mut self.pool)
                     .unmap(Gva::new(g), step)
                 {
-                    for (_, gpa, sz) in leaves {
+                    self.owe_shadow_flush(u.flush);
+                    for (_, gpa, sz) in u.leaves {
                         self.release(gpa.raw(), sz);
                     }
                 }
             }
         }
         result
-    }
-
-    /// A leaf PTE with these bits is being removed or its rights reduced: if KVM may hold a
-    /// shadow entry for it, the VMM must flush the shadow before the guest runs again. KVM
-    /// builds shadow entries only from guest PTEs with the Accessed bit set (its walker sets A;
-    /// prefetch skips A=0 entries), so a never-accessed leaf needs no flush.
-    fn note_shadow(&mut self, old_leaf: u64) {
-        self.owe_shadow_flush(ShadowFlush::when(old_leaf & PteFlags::ACCESSED.bits() != 0));
     }
 
     /// Keep `flush` pending until the VMM takes it ([`Self::take_shadow_flush`]).
@@ -301,23 +280,20 @@ impl AddressSpace {
             super::pool::TablePool::alloc_chunk(&mut self.zones).map_err(|_| Status::NoMem)?;
         let ro = pte_flags_for(Prot::READ, self.features.nx);
         let len = crate::layout::TABLE_POOL_CHUNK_FRAMES * PAGE_SIZE;
-        if self
-            .pt
-            .protect(
-                &self.ram.mem,
-                Gva::new(crate::layout::DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
-                len,
-                ro,
-            )
-            .is_err()
-        {
+        let Ok(p) = self.pt.protect(
+            &self.ram.mem,
+            Gva::new(crate::layout::DIRECT_MAP_BASE + chunk.raw() * PAGE_SIZE),
+            len,
+            ro,
+        ) else {
             let _ = self
                 .zones
                 .free(chunk, crate::layout::TABLE_POOL_CHUNK_FRAMES);
             return Err(Status::NoMem);
-        }
+        };
         self.pool.add_chunk(chunk);
-        self.owe_shadow_flush(ShadowFlush::needed());
+        // Owed whatever the leaves' Accessed bits say (conservative: a new chunk is rare).
+        self.owe_shadow_flush(p.flush.merge(ShadowFlush::needed()));
         Ok(())
     }
 
@@ -331,13 +307,13 @@ impl AddressSpace {
             .unwrap_or_default();
         for leaf in present {
             let size = leaf.size.bytes();
-            self.note_shadow(leaf.flags.bits());
-            if let Ok(leaves) = self
+            if let Ok(u) = self
                 .pt
                 .edit(&self.ram.mem, &mut self.pool)
                 .unmap(leaf.gva, size)
             {
-                for (_, gpa, sz) in leaves {
+                self.owe_shadow_flush(u.flush);
+                for (_, gpa, sz) in u.leaves {
                     self.release(gpa.raw(), sz);
                 }
             }
@@ -429,15 +405,12 @@ impl AddressSpace {
         }
         for leaf in present {
             let size = leaf.size.bytes();
-            let old = leaf.flags.bits();
-            let n = self
+            let p = self
                 .pt
                 .protect(&self.ram.mem, leaf.gva, size, flags)
                 .map_err(|_| Status::Inval)?;
-            changed += n;
-            if reduces(old, flags.bits()) {
-                self.note_shadow(old);
-            }
+            changed += p.changed;
+            self.owe_shadow_flush(p.flush);
         }
         if let Some(r) = self.regions.get_mut(&key) {
             let after = r.prot_at(end);
@@ -526,127 +499,6 @@ impl AddressSpace {
             kind: "lazy",
         });
         Ok(1)
-    }
-
-    /// `Translate`: GPA of the byte at `gva`.
-    ///
-    /// # Errors
-    /// [`Status::NotMapped`] if `gva` is not mapped.
-    pub fn translate_gva(&self, gva: u64) -> HcResult {
-        if !is_canonical(gva) {
-            return Err(Status::Inval);
-        }
-        self.pt
-            .translate_raw(&self.ram.mem, gva)
-            .map(|t| t.gpa.raw())
-            .map_err(|_| Status::NotMapped)
-    }
-
-    /// True if the host may write guest frame `pfn` on the guest's behalf: RAM, not a
-    /// page-table pool frame, not inside the kernel's read-only or executable segments.
-    pub fn host_may_write(&self, pfn: Pfn) -> bool {
-        let gpa = pfn.raw() * PAGE_SIZE;
-        if !self.ram.contains(gpa, PAGE_SIZE) || self.pool.owns(pfn) {
-            return false;
-        }
-        !self.kernel.segments.iter().any(|s| {
-            !s.write && gpa + PAGE_SIZE > (s.gpa & !(PAGE_SIZE - 1)) && gpa < s.gpa + s.memsz
-        })
-    }
-
-    /// GPA of `gva` without a page walk, when it lies in a mapping the host built at boot
-    /// and never edits afterwards: a kernel image segment (GVA = GPA + the segment's offset)
-    /// or the boot stack, which is also the exception stack (TSS.RSP0). `None` elsewhere.
-    /// Exact: no hypercall can change these mappings (the invariants check that they stay
-    /// intact).
-    pub fn boot_fixed_gpa(&self, gva: u64) -> Option<u64> {
-        if let Some(seg) = self
-            .kernel
-            .segments
-            .iter()
-            .find(|s| gva >= s.gva && gva - s.gva < s.memsz)
-        {
-            return Some(seg.gpa + (gva - seg.gva));
-        }
-        let off = gva.checked_sub(crate::layout::BOOT_STACK_BOTTOM)?;
-        if off >= crate::layout::BOOT_STACK_SIZE {
-            return None;
-        }
-        // The boot stack's frames come first in `stack_frames`, in GVA order.
-        let pfn = self.stack_frames.get((off / PAGE_SIZE) as usize)?;
-        Some(pfn.raw() * PAGE_SIZE + off % PAGE_SIZE)
-    }
-
-    /// Read the little-endian u64 at `gva` (8-byte aligned): through
-    /// [`boot_fixed_gpa`](Self::boot_fixed_gpa) when it applies, else by a page walk.
-    ///
-    /// # Errors
-    /// [`Status::Fault`] if the address is misaligned, unmapped or outside RAM.
-    pub fn read_gva_u64(&self, gva: u64) -> Result<u64, Status> {
-        if gva % 8 != 0 {
-            return Err(Status::Fault);
-        }
-        let gpa = match self.boot_fixed_gpa(gva) {
-            Some(g) => g,
-            None => self.translate_gva(gva).map_err(|_| Status::Fault)?,
-        };
-        self.ram
-            .mem
-            .read_obj::<u64>(GuestAddress(gpa))
-            .map_err(|_| Status::Fault)
-    }
-
-    /// Read `len` bytes at guest virtual `gva` (walking the page tables page by page).
-    ///
-    /// # Errors
-    /// [`Status::Fault`] if a page is unmapped or outside RAM.
-    pub fn read_gva(&self, gva: u64, len: u64) -> Result<Vec<u8>, Status> {
-        let end = gva.checked_add(len).ok_or(Status::Fault)?;
-        let mut out = Vec::with_capacity(len as usize);
-        let mut cur = gva;
-        while cur < end {
-            let gpa = self.translate_gva(cur).map_err(|_| Status::Fault)?;
-            let n = (PAGE_SIZE - (cur % PAGE_SIZE)).min(end - cur);
-            let start = out.len();
-            out.resize(start + n as usize, 0);
-            vm_memory::Bytes::read_slice(
-                &self.ram.mem,
-                &mut out[start..],
-                vm_memory::GuestAddress(gpa),
-            )
-            .map_err(|_| Status::Fault)?;
-            cur += n;
-        }
-        Ok(out)
-    }
-
-    /// Write `bytes` at guest virtual `gva`: every page must be mapped writable and be a
-    /// frame the host may write (see [`Self::host_may_write`]).
-    ///
-    /// # Errors
-    /// [`Status::Fault`] if a page is unmapped, read-only or a frame the host may not write.
-    pub fn write_gva(&self, gva: u64, bytes: &[u8]) -> Result<(), Status> {
-        let end = gva.checked_add(bytes.len() as u64).ok_or(Status::Fault)?;
-        let mut cur = gva;
-        while cur < end {
-            let t = self
-                .pt
-                .translate_raw(&self.ram.mem, cur)
-                .map_err(|_| Status::Fault)?;
-            if !t.effective.writable || !self.host_may_write(t.gpa.pfn()) {
-                return Err(Status::Fault);
-            }
-            let n = (PAGE_SIZE - (cur % PAGE_SIZE)).min(end - cur);
-            let off = (cur - gva) as usize;
-            vm_memory::Bytes::write_slice(
-                &self.ram.mem,
-                &bytes[off..off + n as usize],
-                vm_memory::GuestAddress(t.gpa.raw()),
-            )
-            .map_err(|_| Status::Fault)?;
-            cur += n;
-        }
-        Ok(())
     }
 }
 
