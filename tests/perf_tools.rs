@@ -40,6 +40,10 @@ fn bench_quick_json_has_every_figure_finite() {
         "vmm_start_to_first_guest_instruction_256MiB",
         "kvm_memslot_registration_per_GiB",
         "frames_single_alloc_free_pair_1GiB",
+        "uffd_zero_fill_demand_paging_per_page",
+        "guest_demand_paging_uffd_per_page",
+        "guest_demand_paging_uffd_vs_memslot_per_page",
+        "guest_demand_paging_uffd_rate",
     ] {
         assert!(names.contains(&want), "missing figure {want} in {names:?}");
     }

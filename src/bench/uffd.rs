@@ -1,16 +1,18 @@
 //! Host-side demand-paging figures for userfaultfd ([`memvisor::uffd`]), each beside its peers
 //! measured in the same run, interleaved round by round (median of the rounds):
 //!
-//! - `uffd_zeropage`: first write to each page of a uffd-registered anonymous range, served
-//!   by the handler thread with `UFFDIO_ZEROPAGE` (fresh guest RAM under `--uffd`, with its
-//!   16-page fault-around: one message per 16 pages when touched in order);
+//! - `uffd_zero_fill`: first write to each page of a uffd-registered anonymous range, served
+//!   by the handler thread as fresh guest RAM under `--uffd` is: fault-around with one
+//!   `UFFDIO_COPY` of zeros per block, 16 pages doubling up to 512 while faults come in order
+//!   (so 12 messages for 4,096 pages touched in order);
 //! - `uffd_copy`: the same served with `UFFDIO_COPY` from a 4 KiB buffer (what a snapshot
 //!   restore does, file read aside);
 //! - floor: `madvise(MADV_POPULATE_WRITE)` of the same number of fresh pages (the kernel
 //!   populates them in one call: no fault, no handler);
 //! - memslot-per-page: `KVM_SET_USER_MEMORY_REGION` of one 4 KiB slot, the ioctl the lazy
 //!   stage-2 range pays per page (`memvisor::stage2`), *without* its MMIO exit (~35 µs on PVM):
-//!   a lower bound of that path's cost per page.
+//!   a lower bound of that path's cost per page (the whole path is measured in the guest,
+//!   [`guest_figures`]).
 //!
 //! These are host figures: the vCPU's own stage-2 fault into the uffd path is not in them;
 //! [`guest_figures`] has those.
@@ -18,12 +20,17 @@
 //! Guest demand paging ([`guest_figures`]): the `bench` guest's first write from ring 3 to
 //! each page of a populated region whose frames the host never touched (`r3_first_touch`,
 //! rdtsc in the guest): on uffd-backed RAM (`--uffd`: a vCPU stage-2 fault into the uffd
-//! handler, with 16-page fault-around of zero pages, [`memvisor::uffd::FAULT_AROUND_PAGES`])
-//! vs on RAM prefaulted with `MADV_POPULATE_WRITE` before the guest starts (the floor: the
-//! guest's touch, then only KVM's shadow fill, plus the populate's own time per page). The
-//! memslot-per-page lazy range is estimated from parts measured in the same run: the ring-3
-//! MMIO exit round trip (`r3_bare_exit`), one `KVM_SET_USER_MEMORY_REGION` of a 4 KiB slot
-//! and the prefaulted first touch. Runs of the two kinds alternate, median of the rounds.
+//! handler, with fault-around, [`memvisor::uffd::FAULT_AROUND_PAGES`]) vs on RAM
+//! prefaulted with `MADV_POPULATE_WRITE` before the guest starts (the floor: the guest's
+//! touch, then only KVM's shadow fill, plus the populate's own time per page).
+//!
+//! Memslot per page, measured ([`memslot_run`]): one `--uffd` guest that also has a lazy
+//! stage-2 range of 2,048 pages (`--quick`; 8,192 otherwise) writes once to each page of a
+//! fresh populated RAM region and once to each page of the lazy range, 16 rounds of
+//! 1/16th each, alternating (rdtsc around each half-round). Each lazy page's first write is an
+//! MMIO exit after which the VMM adds a 4 KiB memslot for it ([`memvisor::stage2::Stage2`]), so
+//! the slot count grows by the whole range over the run; the first and last rounds are
+//! reported too. Runs of the three kinds alternate, median of the rounds and of the runs.
 //!
 //! Snapshot restore ([`restore_figures`]): the demo is snapshotted at its first sync point
 //! (once per RAM size, 256 MiB and 4 GiB), then restored in this process again and again,
@@ -162,7 +169,7 @@ pub(super) fn figures(quick: bool) -> Vec<Figure> {
     };
     vec![
         fig(
-            "uffd_zeropage_demand_paging_per_page",
+            "uffd_zero_fill_demand_paging_per_page",
             zero,
             "ns",
             &na(pop, "MADV_POPULATE_WRITE per page (floor)"),
@@ -178,7 +185,7 @@ pub(super) fn figures(quick: bool) -> Vec<Figure> {
             Target::RatioMax(3.0),
         ),
         fig(
-            "uffd_zeropage_vs_memslot_per_page",
+            "uffd_zero_fill_vs_memslot_per_page",
             zero,
             "ns",
             &na(
@@ -268,8 +275,8 @@ pub(super) fn restore_figures(quick: bool) -> Vec<Figure> {
     ]
 }
 
-/// One `bench` guest run: (r3_first_touch ns, r3_bare_exit ns, populate ns per page or NaN).
-fn bench_guest(quick: bool, uffd: bool) -> Option<(f64, f64, f64)> {
+/// One `bench` guest run: (r3_first_touch ns, populate ns per page or NaN).
+fn bench_guest(quick: bool, uffd: bool) -> Option<(f64, f64)> {
     let mut cfg = super::guest_config(quick);
     cfg.uffd = uffd;
     let mut vm =
@@ -297,39 +304,106 @@ fn bench_guest(quick: bool, uffd: bool) -> Option<(f64, f64, f64)> {
         return None;
     }
     let g = |n: &str| super::rec(&r, n, r.tsc_khz);
-    Some((g("r3_first_touch"), g("r3_bare_exit"), pop))
+    Some((g("r3_first_touch"), pop))
 }
 
-/// Guest demand paging through uffd vs the floor and the memslot-per-page estimate (see the
-/// module docs).
+/// Pages of the lazy stage-2 range in [`memslot_run`] (one memslot each by the end): 2,048
+/// (`--quick`) or 8,192, fewer if KVM allows fewer memslots (64 kept for RAM and the rest),
+/// a multiple of the guest's 16 rounds.
+fn memslot_pages(quick: bool) -> u64 {
+    let want: u64 = if quick { 2048 } else { 8192 };
+    let limit = kvm_ioctls::Kvm::new().map_or(0, |k| k.get_nr_memslots() as u64);
+    want.min(limit.saturating_sub(64)) / 16 * 16
+}
+
+/// What one [`memslot_run`] measured, ns per page.
+#[derive(Clone, Copy)]
+struct MemslotRun {
+    /// Median round: first writes to fresh uffd-backed RAM.
+    uffd: f64,
+    /// Median round: first writes to the lazy range (MMIO exit + a 4 KiB memslot per page).
+    slot: f64,
+    /// The lazy range's first round (fewest memslots) and last round (most).
+    slot_first: f64,
+    slot_last: f64,
+    /// The RAM half of the first round (before any lazy memslot was added).
+    uffd_first: f64,
+}
+
+/// One `bench` guest run with `--uffd` RAM and a lazy stage-2 range of `pages` pages (past the
+/// stage-2 test layout), whose ring-3 loop writes once to each page of a fresh populated
+/// region and of the lazy range, interleaved round by round (16 rounds). `None` if the run
+/// failed or a lazy page was not backed by its own memslot.
+fn memslot_run(quick: bool, pages: u64) -> Option<MemslotRun> {
+    use memvisor_abi::stage2 as s2;
+    let (_, phys) = memvisor::backend::probe().ok()?;
+    let off = memvisor::stage2::STAGE2_LAYOUT;
+    let mut cfg = super::guest_config(quick);
+    cfg.uffd = true;
+    cfg.stage2_extras
+        .lazy
+        .push((phys.stage2_base + off, pages * PAGE));
+    cfg.arg[0] = pages;
+    cfg.arg[1] = s2::GVA_BASE + off;
+    let mut vm =
+        memvisor::vm::Vm::create(&cfg, crate::registry::hooks_for(&cfg.scenario), None).ok()?;
+    vm.run().ok()?;
+    let r = vm.report();
+    let backed = r.stage2_report.as_ref().map_or(0, |s| s.lazy_backed);
+    if !r.success() || backed != pages {
+        return None;
+    }
+    let g = |n: &str| super::rec(&r, n, r.tsc_khz);
+    Some(MemslotRun {
+        uffd: g("r3_ram_first_touch_vs_memslot"),
+        slot: g("r3_memslot_first_touch"),
+        slot_first: g("r3_memslot_first_touch_first_round"),
+        slot_last: g("r3_memslot_first_touch_last_round"),
+        uffd_first: g("r3_ram_first_touch_vs_memslot_first_round"),
+    })
+}
+
+/// Guest demand paging through uffd vs the floor and vs the memslot-per-page lazy range (see
+/// the module docs).
 pub(super) fn guest_figures(quick: bool) -> Vec<Figure> {
     let rounds = if quick { 2 } else { 5 };
-    let (mut uf, mut pre, mut pop, mut exit) = (vec![], vec![], vec![], vec![]);
+    let pages = memslot_pages(quick);
+    let (mut uf, mut pre, mut pop) = (vec![], vec![], vec![]);
+    let mut runs: Vec<MemslotRun> = vec![];
     for _ in 0..rounds {
         let u = bench_guest(quick, true);
         uf.push(u.map_or(f64::NAN, |x| x.0));
         let p = bench_guest(quick, false);
         pre.push(p.map_or(f64::NAN, |x| x.0));
-        exit.push(p.map_or(f64::NAN, |x| x.1));
-        pop.push(p.map_or(f64::NAN, |x| x.2));
+        pop.push(p.map_or(f64::NAN, |x| x.1));
+        if let Some(m) = (pages > 0).then(|| memslot_run(quick, pages)).flatten() {
+            runs.push(m);
+        }
     }
-    let slot = memslot_ns(256).unwrap_or(f64::NAN);
-    let (uf, pre, pop, exit) = (median(uf), median(pre), median(pop), median(exit));
+    let (uf, pre, pop) = (median(uf), median(pre), median(pop));
     let floor = pre + pop;
-    let lazy_slot = exit + slot + pre;
-    let na = |x: f64, what: &str| {
-        if x.is_finite() && uf.is_finite() {
+    let col = |f: fn(&MemslotRun) -> f64| median(runs.iter().map(f).collect());
+    let (m_uffd, m_slot) = (col(|m| m.uffd), col(|m| m.slot));
+    let (m_first, m_last) = (col(|m| m.slot_first), col(|m| m.slot_last));
+    let m_uffd_first = col(|m| m.uffd_first);
+    let rate = |ns: f64| 1e9 / ns;
+    let na = |x: f64, y: f64, what: &str| {
+        if x.is_finite() && y.is_finite() {
             what.to_string()
         } else {
             format!("{what} (skipped: unsupported by host)")
         }
     };
+    let slot_peer = format!(
+        "guest first write to a lazy stage-2 page, one 4 KiB memslot per page ({pages} pages, same guest, interleaved rounds)"
+    );
     vec![
         fig(
             "guest_demand_paging_uffd_per_page",
             uf,
             "ns",
             &na(
+                uf,
                 floor,
                 "guest first touch of MADV_POPULATE_WRITE-prefaulted RAM + populate per page (floor)",
             ),
@@ -338,14 +412,43 @@ pub(super) fn guest_figures(quick: bool) -> Vec<Figure> {
         ),
         fig(
             "guest_demand_paging_uffd_vs_memslot_per_page",
-            uf,
+            m_uffd,
+            "ns",
+            &na(m_uffd, m_slot, &slot_peer),
+            m_slot,
+            Target::RatioMax(0.1),
+        ),
+        fig(
+            "guest_demand_paging_uffd_rate",
+            rate(m_uffd),
+            "pages/s",
+            &na(m_uffd, m_slot, &slot_peer),
+            rate(m_slot),
+            Target::RatioMin(10.0),
+        ),
+        fig(
+            "guest_memslot_first_touch_last_round",
+            m_last,
             "ns",
             &na(
-                lazy_slot,
-                "lazy memslot per page, estimated: ring-3 MMIO exit + 4 KiB KVM_SET_USER_MEMORY_REGION + first touch",
+                m_last,
+                m_first,
+                &format!("the same, first round (slot count grows by {pages} over the rounds)"),
             ),
-            lazy_slot,
-            Target::RatioMax(0.1),
+            m_first,
+            Target::Scale,
+        ),
+        fig(
+            "guest_uffd_first_touch_first_round",
+            m_uffd_first,
+            "ns",
+            &na(
+                m_uffd_first,
+                m_uffd,
+                "the same guest's uffd first touch, median round (rounds after memslots were added)",
+            ),
+            m_uffd,
+            Target::Scale,
         ),
     ]
 }

@@ -7,7 +7,7 @@
 //!
 //! | request | heap |
 //! | --- | --- |
-//! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …); slab layout in `memvisor/slab.rs`; a class without a slab borrows a free slot of one of the next 3 classes at most 1.25 × its size before it takes a page |
+//! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …); slab layout in `memvisor/slab.rs`; a class without a slab borrows a free slot of one of the next 3 classes at most 1.25 × its size before it takes a page; at the heap's high-water mark a class of at least [`SMALL_MIN_CLASS`] bytes without a free slot takes a hole of the mid-size regions instead of a new page, while their holes (free blocks on the lists) are at least [`SMALL_HOLES_PER_1024`] / 1,024 of them ([`Mid::alloc_small`], `memvisor/mid/small.rs`) |
 //! | 993 B ≤ size < [`SOLO_MIN`], align ≤ 16 (and sizes ≤ 992 at align 16 without a class) | **the mid-size path** ([`Mid`], `memvisor/mid/`): TLSF-style segregated fits with boundary tags and a designated victim in regions of 16 pages (64 once it holds 2 MiB); O(1) alloc and free, immediate coalescing, checked frees (region registry, live-start bitmap); emptied regions stay as spares (up to [`MAX_SPARES`]) |
 //! | size ≥ [`SOLO_MIN`] (64 KiB) | **MeMS**, a solo main node of its own, unmapped when the block is freed |
 //! | align > 16 | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
@@ -52,8 +52,12 @@ mod mid;
 mod slab;
 
 pub use keep::{Keep, KeepStats, DECAY_OPS, KEEP_MAX_PAGES, KEEP_RUNS};
-pub use mid::{Mid, MidAudit, MidStats, MAX_SPARES, MID_MAX, MID_MIN, REGION_PAGES};
-pub use slab::{borrowable, slab_layout, BORROW, HDR, NSLOTS, SLAB_OFF, SLAB_PAYLOAD};
+pub use mid::{
+    Mid, MidAudit, MidStats, MAX_SPARES, MID_MAX, MID_MIN, REGION_PAGES, SMALL_HOLES_PER_1024,
+};
+pub use slab::{
+    borrowable, slab_layout, BORROW, HDR, NSLOTS, SLAB_OFF, SLAB_PAYLOAD, SMALL_MIN_CLASS,
+};
 
 use crate::{HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
 use core::alloc::Layout;

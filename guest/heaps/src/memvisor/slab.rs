@@ -19,6 +19,13 @@
 //! used slab: a size the program uses for a few blocks only does not cost a slab page of its
 //! own. A free accepts a slab of the layout's class or of a class it may borrow from.
 //!
+//! At the heap's high-water mark, a class of at least [`SMALL_MIN_CLASS`] bytes without a
+//! free slot (and no lender) takes a hole of the mid-size regions if they hold at least
+//! [`SMALL_HOLES_PER_1024`](super::SMALL_HOLES_PER_1024) / 1,024 of free bytes on their lists ([`Mid::alloc_small`](super::Mid)):
+//! the space the mid-size path keeps between its blocks then serves small objects instead of
+//! the heap mapping a new page beside it. A free whose page is not a slab page looks in the
+//! mid-size path's registry before it is refused.
+//!
 //! Partly used slabs of a class sit on a doubly linked list; allocation
 //! takes the first free slot of the list's head (`trailing_zeros` over at most 4 words). A
 //! slab that becomes empty goes back to its family (which unmaps the page), unless it is its
@@ -41,6 +48,11 @@ pub const BORROW: usize = 3;
 pub const fn borrowable(c: usize, d: usize) -> bool {
     d >= c && d <= c + BORROW && d < NCLASS && CLASSES[d] * 4 <= CLASSES[c] * 5
 }
+
+/// Smallest slab class served from the mid-size path's holes (smaller classes lose too
+/// much to a mid-size block's size word and 16-byte rounding; chosen with the host replay of
+/// every trace and one guest run, BENCHMARKS.md "Fourth session").
+pub const SMALL_MIN_CLASS: usize = 128;
 
 /// Bytes of slab header before the bitmap: magic, class, used (8), next, prev.
 const FIXED_HDR: usize = 24;
@@ -136,8 +148,33 @@ impl<S: PageSource> MemvisorHeap<S> {
     #[cold]
     #[inline(never)]
     fn slab_alloc_slow(&mut self, c: usize, align: usize) -> Option<NonNull<u8>> {
-        let (d, s) = self.borrow_or_new(c, align)?;
-        self.slab_take(d, s)
+        if let Some(d) = self.lender(c, align) {
+            let s = self.classes[d].partial;
+            return self.slab_take(d, s);
+        }
+        if let Some(p) = self.small_from_mid(c) {
+            return Some(p);
+        }
+        let s = self.new_slab(c)?;
+        self.slab_take(c, s)
+    }
+
+    /// A slab-class request served by a free block of the mid-size path, if a new slab page
+    /// would raise the heap's peak (after the kept runs and spare regions went back) and the
+    /// mid-size path holds a free block that fits ([`Mid::alloc_small`](super::Mid)). So the
+    /// free space of the mid-size regions serves small objects too instead of the heap
+    /// mapping a page beside it.
+    fn small_from_mid(&mut self, c: usize) -> Option<NonNull<u8>> {
+        if CLASSES[c] < SMALL_MIN_CLASS || !self.mid.holds_much_free() {
+            return None;
+        }
+        self.make_room(1);
+        if self.pages_in_use() < self.high {
+            return None;
+        }
+        let p = self.mid.alloc_small(CLASSES[c])?;
+        self.stats.live[0] += 1;
+        Some(p)
     }
 
     /// Take the first free slot of slab `s` of class `c`.
@@ -173,7 +210,7 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// and a class in use fills its own slabs (a borrowed slot wastes up to a quarter of
     /// itself).
     #[cold]
-    fn borrow_or_new(&mut self, c: usize, align: usize) -> Option<(usize, usize)> {
+    fn lender(&self, c: usize, align: usize) -> Option<usize> {
         if self.classes[c].slabs == 0 {
             let lenders = self.classes.iter().zip(CLASSES).enumerate();
             for (d, (cl, size)) in lenders.skip(c + 1).take(BORROW) {
@@ -181,11 +218,11 @@ impl<S: PageSource> MemvisorHeap<S> {
                     break;
                 }
                 if cl.partial != 0 && (align <= 8 || size.is_multiple_of(16)) {
-                    return Some((d, cl.partial));
+                    return Some(d);
                 }
             }
         }
-        Some((c, self.new_slab(c)?))
+        None
     }
 
     #[cold]
@@ -239,6 +276,9 @@ impl<S: PageSource> MemvisorHeap<S> {
         // The class's current slab is a live slab page; any other page is looked up in the
         // page families' registry before anything in it is read.
         if s != self.classes[c].partial && !self.slabs.contains(ptr.as_ptr()) {
+            if self.mid.contains(addr) {
+                return self.small_free_mid(ptr, c);
+            }
             return bad("not in a slab page");
         }
         // SAFETY: the page belongs to the slab heap (a live slab, or the registry lookup
@@ -255,6 +295,16 @@ impl<S: PageSource> MemvisorHeap<S> {
         } else {
             bad("not a slot of a slab of this size class")
         }
+    }
+
+    /// Free a slab-class block of class `c` that the mid-size path serves.
+    #[cold]
+    #[inline(never)]
+    fn small_free_mid(&mut self, ptr: NonNull<u8>, c: usize) -> Result<(), HeapError> {
+        self.mid
+            .free_small(self.large.source_mut(), ptr, CLASSES[c])?;
+        self.stats.live[0] -= 1;
+        Ok(())
     }
 
     /// `slab_release` of a slot borrowed from class `c` (kept apart so that the hot path
@@ -394,6 +444,8 @@ impl<S: PageSource> MemvisorHeap<S> {
             // Full slabs are off the list: the class's slabs hold the rest of the live slots.
             live += (cl.slabs - n) * NSLOTS[c] as usize;
         }
+        // Slab-class blocks the mid-size path serves count as live slab-class blocks.
+        live += self.mid.stats().small;
         if live != self.stats.live[0] {
             return corrupt(0, "live slot count");
         }

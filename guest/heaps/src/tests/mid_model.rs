@@ -3,7 +3,11 @@
 //! and interior frees. After every step: blocks 16-byte aligned, inside the regions, not
 //! overlapping, contents intact, the audit (boundary tags, live-start bitmaps, free lists,
 //! counters) clean, pages accounted; refused frees change nothing; at the end at most the
-//! spare regions are left and every page goes back.
+//! spare regions are left and every page goes back. Slab-class blocks
+//! ([`Mid::alloc_small`]) come only from free blocks the path already holds (no page is
+//! mapped for them), never overlap another block, and are freed only by
+//! [`Mid::free_small`]: [`Mid::free`] and [`Mid::resize_in_place`] refuse them, and
+//! `free_small` refuses the other blocks.
 
 use core::ptr::NonNull;
 use proptest::prelude::*;
@@ -17,6 +21,8 @@ use crate::memvisor::{Mid, MAX_SPARES, MID_MAX, MID_MIN};
 #[derive(Debug, Clone)]
 enum Op {
     Alloc { size: usize },
+    AllocSmall { size: usize },
+    WrongKind { pick: usize },
     Free { pick: usize },
     Resize { pick: usize, size: usize },
     DoubleFree { pick: usize },
@@ -35,6 +41,8 @@ fn size() -> impl Strategy<Value = usize> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => size().prop_map(|size| Op::Alloc { size }),
+        4 => (1usize..=crate::memvisor::SLAB_MAX).prop_map(|size| Op::AllocSmall { size }),
+        1 => any::<usize>().prop_map(|pick| Op::WrongKind { pick }),
         8 => any::<usize>().prop_map(|pick| Op::Free { pick }),
         3 => (any::<usize>(), size()).prop_map(|(pick, size)| Op::Resize { pick, size }),
         1 => any::<usize>().prop_map(|pick| Op::DoubleFree { pick }),
@@ -47,6 +55,8 @@ fn run(ops: Vec<Op>) {
     let mut m = Mid::new();
     // addr -> (size, id)
     let mut live: BTreeMap<usize, (usize, u64)> = BTreeMap::new();
+    // Addresses of the live slab-class blocks (also in `live`).
+    let mut small: std::collections::BTreeSet<usize> = Default::default();
     let mut freed: Vec<(usize, usize)> = Vec::new();
     let mut id = 0u64;
     let nn = |a: usize| NonNull::new(a as *mut u8).unwrap();
@@ -72,6 +82,56 @@ fn run(ops: Vec<Op>) {
                 freed.retain(|&(f, _)| f != p);
                 id += 1;
             }
+            Op::AllocSmall { size } => {
+                let before = (src.mapped_pages(), m.stats().region_pages);
+                let Some(p) = m.alloc_small(size) else {
+                    assert_eq!(before, (src.mapped_pages(), m.stats().region_pages));
+                    continue;
+                };
+                let p = p.as_ptr().addr();
+                assert_eq!(
+                    before,
+                    (src.mapped_pages(), m.stats().region_pages),
+                    "mapped"
+                );
+                assert_eq!(p % 16, 0, "misaligned");
+                if let Some((&a, &(s, _))) = live.range(..p).next_back() {
+                    assert!(a + s <= p, "overlaps the block before");
+                }
+                if let Some((&a, _)) = live.range(p..).next() {
+                    assert!(p + size <= a, "overlaps the block after");
+                }
+                assert!(
+                    m.usable_size(nn(p)).is_err(),
+                    "a slab-class block seen as mid-size"
+                );
+                fill(p as *mut u8, size, id);
+                live.insert(p, (size, id));
+                small.insert(p);
+                freed.retain(|&(f, _)| f != p);
+                id += 1;
+            }
+            Op::WrongKind { pick } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let a = *live.keys().nth(pick % live.len()).unwrap();
+                let s = live[&a].0;
+                let before = (m.audit().expect("audit"), m.stats(), src.mapped_pages());
+                if small.contains(&a) {
+                    assert!(m.free(&mut src, nn(a), s).is_err(), "free of a small block");
+                    assert!(
+                        m.resize_in_place(nn(a), s).is_err(),
+                        "resize of a small block"
+                    );
+                } else {
+                    assert!(
+                        m.free_small(&mut src, nn(a), 1).is_err(),
+                        "free_small of a block"
+                    );
+                }
+                assert_eq!(before, (m.audit().unwrap(), m.stats(), src.mapped_pages()));
+            }
             Op::Free { pick } => {
                 if live.is_empty() {
                     continue;
@@ -79,7 +139,11 @@ fn run(ops: Vec<Op>) {
                 let a = *live.keys().nth(pick % live.len()).unwrap();
                 let (s, i) = live.remove(&a).unwrap();
                 assert!(check(a as *const u8, s, i), "corrupted");
-                m.free(&mut src, nn(a), s).expect("free");
+                if small.remove(&a) {
+                    m.free_small(&mut src, nn(a), s).expect("free_small");
+                } else {
+                    m.free(&mut src, nn(a), s).expect("free");
+                }
                 freed.push((a, s));
             }
             Op::Resize { pick, size } => {
@@ -87,6 +151,9 @@ fn run(ops: Vec<Op>) {
                     continue;
                 }
                 let a = *live.keys().nth(pick % live.len()).unwrap();
+                if small.contains(&a) {
+                    continue;
+                }
                 let (s, i) = live[&a];
                 let next = live.range(a + 1..).next().map(|(&b, _)| b);
                 if m.resize_in_place(nn(a), size).expect("resize") {
@@ -111,6 +178,10 @@ fn run(ops: Vec<Op>) {
                 }
                 let before = (m.audit().expect("audit"), m.stats(), src.mapped_pages());
                 assert!(m.free(&mut src, nn(a), s).is_err(), "double free accepted");
+                assert!(
+                    m.free_small(&mut src, nn(a), 1).is_err(),
+                    "double free accepted"
+                );
                 assert_eq!(before, (m.audit().unwrap(), m.stats(), src.mapped_pages()));
             }
             Op::Interior { pick, off } => {
@@ -131,7 +202,7 @@ fn run(ops: Vec<Op>) {
             }
         }
         let a = m.audit().unwrap_or_else(|e| panic!("audit: {e}"));
-        assert_eq!(a.live, live.len());
+        assert_eq!((a.live, a.small), (live.len(), small.len()));
         assert!(a.empty_regions <= MAX_SPARES + 1);
         assert_eq!(src.mapped_pages(), m.pages_in_use(), "pages accounted");
     }
@@ -139,7 +210,11 @@ fn run(ops: Vec<Op>) {
         assert!(check(a as *const u8, s, i), "corrupted");
     }
     for (&a, &(s, _)) in &live {
-        m.free(&mut src, nn(a), s).expect("free");
+        if small.contains(&a) {
+            m.free_small(&mut src, nn(a), s).expect("free_small");
+        } else {
+            m.free(&mut src, nn(a), s).expect("free");
+        }
     }
     let a = m.audit().expect("audit");
     assert_eq!((a.live, a.used_bytes), (0, 0));

@@ -165,6 +165,58 @@ fn body() -> Result<(), &'static str> {
         let _ = write!(name, "r3_mmap_munmap_{}p_per_page", n);
         record(name.as_str(), (rdtsc() - t0) / (reps * n));
     }
+    first_touch_vs_memslot()
+}
+
+/// Demand paging through userfaultfd vs one memslot per page, both as the guest sees them:
+/// first writes from ring 3 to each page of a fresh populated region (on `--uffd` RAM its
+/// frames are served by the VMM's uffd handler) and to each page of a lazily backed stage-2
+/// range (each first access exits as MMIO and the VMM adds a 4 KiB memslot), interleaved
+/// round by round over the same number of pages. `BootInfo::arg[0]`: pages of the lazy range
+/// (0: not measured), `arg[1]`: its GVA. Records the medians over rounds of the cycles per
+/// page, the memslot path's first and last round (the slot count grows by `pages` over the
+/// run) and the RAM path's first round (before any memslot was added).
+fn first_touch_vs_memslot() -> Result<(), &'static str> {
+    let (pages, lazy) = (boot().arg[0], boot().arg[1]);
+    if pages == 0 {
+        return Ok(());
+    }
+    let rounds = 16u64;
+    let per = pages / rounds;
+    if per == 0 || lazy % PAGE != 0 {
+        return Err("bad lazy range arguments");
+    }
+    let rw = prot::READ | prot::WRITE | prot::USER;
+    let ram = hc::mmap(rounds * per * PAGE, rw, zone::ANY, map::POPULATE)
+        .map_err(|_| "mmap first-touch region")?;
+    let mut uffd = [0u64; 16];
+    let mut slot = [0u64; 16];
+    for r in 0..rounds {
+        let first = r * per;
+        let t0 = rdtsc();
+        for i in first..first + per {
+            // SAFETY: inside our populated region.
+            unsafe { core::ptr::write_volatile((ram + i * PAGE) as *mut u8, 1) };
+        }
+        let t1 = rdtsc();
+        for i in first..first + per {
+            // SAFETY: inside the lazy stage-2 range the host mapped for us (arg[1]); the
+            // write exits and the VMM backs the page with a memslot.
+            unsafe { core::ptr::write_volatile((lazy + i * PAGE) as *mut u8, 1) };
+        }
+        let t2 = rdtsc();
+        uffd[r as usize] = (t1 - t0) / per;
+        slot[r as usize] = (t2 - t1) / per;
+    }
+    // Round 0's RAM half runs before any lazy page got its memslot.
+    record("r3_ram_first_touch_vs_memslot_first_round", uffd[0]);
+    record("r3_memslot_first_touch_first_round", slot[0]);
+    record("r3_memslot_first_touch_last_round", slot[rounds as usize - 1]);
+    uffd.sort_unstable();
+    slot.sort_unstable();
+    record("r3_ram_first_touch_vs_memslot", uffd[rounds as usize / 2]);
+    record("r3_memslot_first_touch", slot[rounds as usize / 2]);
+    hc::munmap(ram, rounds * per * PAGE).map_err(|_| "munmap first-touch region")?;
     Ok(())
 }
 

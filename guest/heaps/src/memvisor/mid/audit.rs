@@ -3,7 +3,7 @@
 
 use super::{
     first_offset, mapping, Mid, MidAudit, FIRST, FIXED, FL, FLAGS, FREE, MIN_BLOCK, PREV_FREE,
-    REGION_MAGIC,
+    REGION_MAGIC, SMALL,
 };
 use crate::{at, HeapError, PAGE_SIZE};
 
@@ -26,6 +26,7 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
     let mut dv_seen = false;
     let mut out = MidAudit {
         live: 0,
+        small: 0,
         used_bytes: 0,
         free_bytes: 0,
         free_blocks: 0,
@@ -64,7 +65,7 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
                 return corrupt(b, "live-start bit disagrees with the block");
             }
             if free {
-                if prev_free {
+                if prev_free || h & SMALL != 0 {
                     return corrupt(b, "two adjacent free blocks");
                 }
                 if w(b + size - 8) != size {
@@ -107,6 +108,7 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
                 }
             } else {
                 live_here += 1;
+                out.small += (h & SMALL != 0) as usize;
                 out.used_bytes += size;
             }
             prev_free = free;
@@ -125,6 +127,7 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
     }
     // Lists: every member free, of its list's size range, linked both ways; bitmaps agree.
     let mut listed = 0;
+    let mut listed_bytes = 0;
     for f in 0..FL {
         if (fl_bits >> f & 1 == 1) != (sl_bits[f] != 0) {
             return corrupt(f, "first-level bitmap");
@@ -141,6 +144,7 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
                     return corrupt(q, "free-list member");
                 }
                 listed += 1;
+                listed_bytes += h & !FLAGS;
                 if listed > free_blocks {
                     return corrupt(q, "free lists hold more blocks than the regions");
                 }
@@ -156,7 +160,12 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
         return corrupt(0, "free blocks missing from the lists");
     }
     let st = m.stats();
-    if out.regions != st.regions || pages_total != st.region_pages || out.live != st.live {
+    if out.regions != st.regions
+        || pages_total != st.region_pages
+        || out.live != st.live
+        || out.small != st.small
+        || listed_bytes != st.listed
+    {
         return corrupt(0, "mid-size counters");
     }
     if out.empty_regions < spares.len() || out.empty_regions > spares.len() + 1 {

@@ -36,10 +36,17 @@
 //! and goes back to the page source (the heap's [`Keep`](super::Keep)) beyond that; spares
 //! never raise the heap's peak: the path only grows when no spare holds the request, and
 //! the heap returns them before the slabs or MeMS grow past its high-water mark.
+//!
+//! The holes of the regions also serve slab-class requests at the heap's peak
+//! ([`Mid::alloc_small`], `small.rs`): such a block carries the `SMALL` flag, and only
+//! [`Mid::free_small`] frees it.
 
 mod audit;
 mod region;
 mod resize;
+mod small;
+
+pub use small::SMALL_HOLES_PER_1024;
 
 use crate::registry::PageRegistry;
 use crate::{at, HeapError, PageSource, PAGE_SIZE};
@@ -56,6 +63,9 @@ pub const REGION_PAGES: usize = 16;
 pub(super) const FREE: usize = 1;
 pub(super) const PREV_FREE: usize = 2;
 pub(super) const FIRST: usize = 4;
+/// A live block that holds a slab-class request ([`Mid::alloc_small`]): freed only by
+/// [`Mid::free_small`], never by [`Mid::free`] (and the other way round).
+pub(super) const SMALL: usize = 8;
 pub(super) const FLAGS: usize = 15;
 /// Smallest block (a free block needs its size word, two links and its footer).
 pub(super) const MIN_BLOCK: usize = 32;
@@ -142,8 +152,12 @@ struct Region {
 /// Counters and totals of the mid-size path (O(1)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MidStats {
-    /// Live blocks.
+    /// Live blocks (slab-class blocks included).
     pub live: usize,
+    /// Live slab-class blocks ([`Mid::alloc_small`]).
+    pub small: usize,
+    /// Bytes of the free blocks on the lists (the holes: neither the dv nor the spares).
+    pub listed: usize,
     /// Regions mapped now.
     pub regions: usize,
     /// Pages of those regions.
@@ -157,8 +171,10 @@ pub struct MidStats {
 /// What [`Mid::audit`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MidAudit {
-    /// Live blocks.
+    /// Live blocks (slab-class blocks included).
     pub live: usize,
+    /// Live slab-class blocks.
+    pub small: usize,
     /// Bytes of live blocks (size words included).
     pub used_bytes: usize,
     /// Bytes of free blocks.
@@ -178,6 +194,8 @@ pub struct MidAudit {
 pub struct Mid {
     fl_bits: u32,
     sl_bits: [u16; FL],
+    /// Bytes of the listed free blocks (next to the bitmaps: insert and remove touch both).
+    listed: usize,
     heads: [[usize; SL]; FL],
     reg: PageRegistry,
     /// First region of the region list (header address), 0 if none.
@@ -204,6 +222,7 @@ impl Mid {
         Mid {
             fl_bits: 0,
             sl_bits: [0; FL],
+            listed: 0,
             heads: [[0; SL]; FL],
             reg: PageRegistry::new(),
             regions: 0,
@@ -215,6 +234,8 @@ impl Mid {
             dv_size: 0,
             stats: MidStats {
                 live: 0,
+                small: 0,
+                listed: 0,
                 regions: 0,
                 region_pages: 0,
                 regions_made: 0,
@@ -225,7 +246,10 @@ impl Mid {
 
     /// Counters.
     pub fn stats(&self) -> MidStats {
-        self.stats
+        MidStats {
+            listed: self.listed,
+            ..self.stats
+        }
     }
 
     /// Pages held: regions and registry nodes.
@@ -253,12 +277,14 @@ impl Mid {
             }
         }
         self.heads[f][s] = b;
+        self.listed += size;
         self.fl_bits |= 1 << f;
         self.sl_bits[f] |= 1 << s;
     }
 
     #[inline(always)]
     fn remove(&mut self, b: usize, size: usize) {
+        self.listed -= size;
         // SAFETY: `b` is a free block on the list of its size; its links are live blocks or 0.
         unsafe {
             let (n, p) = (*word(b + 8), *word(b + 16));
@@ -284,7 +310,7 @@ impl Mid {
     /// remainder, if it can be a block, becomes the dv (`to_dv`, the old dv goes on its
     /// list) or goes on its list.
     #[inline(always)]
-    fn take(&mut self, b: usize, need: usize, to_dv: bool) {
+    fn take(&mut self, b: usize, need: usize, to_dv: bool, min_rest: usize) {
         // SAFETY: `b` is a free block of a live region; the block after it starts at
         // `b + size` (a block or the sentinel).
         unsafe {
@@ -294,7 +320,7 @@ impl Mid {
             // A remainder too small for any mid-size request stays with the block: split
             // off, it would be a sliver no request can use until a neighbour is freed, and
             // the block keeps its size for the next request of that size.
-            if rest >= MIN_TAIL {
+            if rest >= min_rest {
                 *word(b) = need | (h & (PREV_FREE | FIRST));
                 let r = b + need;
                 *word(r) = rest | FREE;
@@ -385,14 +411,14 @@ impl Mid {
             if to_dv {
                 self.retire_dv(src);
             }
-            self.take(b, need, to_dv);
+            self.take(b, need, to_dv, MIN_TAIL);
         } else {
             if self.dv_size < need && !(self.nspare != 0 && self.dv_from_spare(src, need)) {
                 self.grow(src, need)?;
             }
             b = core::mem::replace(&mut self.dv, 0);
             self.dv_size = 0;
-            self.take(b, need, true);
+            self.take(b, need, true, MIN_TAIL);
         }
         let r = self.reg.get(b + 8);
         // SAFETY: `b` now starts a live block of region `r`.
@@ -402,9 +428,10 @@ impl Mid {
         Ok(unsafe { NonNull::new_unchecked(at::<u8>(b + 8)) })
     }
 
-    /// The block of `ptr` if `ptr` is the payload of a live block: `(region, block, size)`.
+    /// The block of `ptr` if `ptr` is the payload of a live block of the kind `small` says
+    /// (a [`Mid::alloc_small`] block or not): `(region, block, size)`.
     #[inline(always)]
-    fn live_block(&self, ptr: usize) -> Result<(usize, usize, usize), HeapError> {
+    fn live_block(&self, ptr: usize, small: bool) -> Result<(usize, usize, usize), HeapError> {
         let bad = |reason| HeapError::InvalidPointer { addr: ptr, reason };
         if ptr & 15 != 0 {
             return Err(bad("misaligned for a mid-size block"));
@@ -424,7 +451,11 @@ impl Mid {
             if *word(r + FIXED + (i >> 6) * 8) & (1 << (i & 63)) == 0 {
                 return Err(bad("not the start of a live mid-size block"));
             }
-            Ok((r, b, *word(b) & !FLAGS))
+            let h = *word(b);
+            if (h & SMALL != 0) != small {
+                return Err(bad("a block of the other size range"));
+            }
+            Ok((r, b, h & !FLAGS))
         }
     }
 
@@ -433,7 +464,8 @@ impl Mid {
     /// # Errors
     /// [`HeapError::InvalidPointer`] if `ptr` is not the payload of a live mid-size block.
     pub fn usable_size(&self, ptr: NonNull<u8>) -> Result<usize, HeapError> {
-        self.live_block(ptr.as_ptr().addr()).map(|(_, _, s)| s - 8)
+        self.live_block(ptr.as_ptr().addr(), false)
+            .map(|(_, _, s)| s - 8)
     }
 
     /// Free the block at `ptr`, allocated for `n` bytes. A pointer that is not a live block
@@ -450,7 +482,19 @@ impl Mid {
         ptr: NonNull<u8>,
         n: usize,
     ) -> Result<(), HeapError> {
-        let (r, mut b, mut size) = self.live_block(ptr.as_ptr().addr())?;
+        self.free_in(src, ptr, n, false)
+    }
+
+    /// [`Mid::free`] of a block of the kind `small` says.
+    #[inline(always)]
+    fn free_in<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        ptr: NonNull<u8>,
+        n: usize,
+        small: bool,
+    ) -> Result<(), HeapError> {
+        let (r, mut b, mut size) = self.live_block(ptr.as_ptr().addr(), small)?;
         if size - 8 < n {
             return Err(HeapError::InvalidPointer {
                 addr: b + 8,
@@ -492,6 +536,7 @@ impl Mid {
             let after = b + size;
             *word(after) |= PREV_FREE;
             self.stats.live -= 1;
+            self.stats.small -= small as usize;
             if into_dv {
                 self.dv = b;
                 self.dv_size = size;

@@ -14,7 +14,7 @@ impl Mid {
     /// [`HeapError::InvalidPointer`] if `ptr` is not the payload of a live mid-size block
     /// (nothing changes).
     pub fn resize_in_place(&mut self, ptr: NonNull<u8>, n: usize) -> Result<bool, HeapError> {
-        let (_, b, size) = self.live_block(ptr.as_ptr().addr())?;
+        let (_, b, size) = self.live_block(ptr.as_ptr().addr(), false)?;
         let need = block_size(n);
         // SAFETY: `b` is a live block; the block after it is a block or the sentinel, and a
         // free block's neighbours are never free.

@@ -6,7 +6,9 @@
 //! fault blocks the vCPU thread in the kernel) or by the VMM itself (vm-memory writes) — raises
 //! a `UFFD_EVENT_PAGEFAULT` message; the handler thread fills the page with `UFFDIO_COPY`
 //! (from a [`PageSource`], e.g. a snapshot file) or `UFFDIO_ZEROPAGE` (the source has no data
-//! for it), which also wakes the faulting thread. Each served fault is counted and timed.
+//! for it; for fresh RAM, [`ZeroSource`], one `UFFDIO_COPY` of zeros fills the faulting
+//! page's whole 16-page block instead: fault-around), then wakes the faulting thread. Each
+//! served fault is counted and timed.
 //!
 //! `UFFD_EVENT_REMOVE` (requested with `UFFD_FEATURE_EVENT_REMOVE`): when the VMM discards
 //! host pages of a registered range (`madvise(MADV_DONTNEED)`, [`discard`]), the kernel reports
@@ -18,13 +20,12 @@
 //! userfaultfd.h` (structures and ioctl numbers below, x86_64).
 
 use serde::Serialize;
-use std::collections::HashSet;
+use serve::{serve, touched};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
 use thiserror::Error;
 
 /// Bytes in a page served by the handler.
@@ -145,7 +146,7 @@ pub trait PageSource: Send + 'static {
     fn read(&mut self, hva: u64, buf: &mut [u8; PAGE as usize]) -> bool;
 
     /// Fault-around: pages (a power of two) of the aligned block around a faulting page that
-    /// the handler fills with one `UFFDIO_ZEROPAGE` when the source has no data for the page
+    /// the handler fills with zeros in one `UFFDIO_COPY` when the source has no data for the page
     /// (default 1: the faulting page only). Counted in [`UffdStats::fault_around`]. Only a
     /// source that has data for no page at all may return more than 1 (the neighbours are
     /// never asked for).
@@ -163,11 +164,14 @@ impl PageSource for ZeroSource {
         false
     }
 
-    /// 16 pages (64 KiB, aligned): a fault in fresh RAM maps the zero page for its whole
-    /// block in one ioctl, as Cloud Hypervisor's prefault cursor and the kernel's own
-    /// fault-around do; a guest that touches memory in order then takes one uffd round trip
-    /// per 16 pages (a write still takes the kernel's in-place copy-on-write fault, no uffd
-    /// message).
+    /// 16 pages (64 KiB, aligned): a fault in fresh RAM fills its whole block with zeroed
+    /// private pages in one `UFFDIO_COPY`, as Cloud Hypervisor's prefault cursor and the
+    /// kernel's own fault-around do; when faults come in order the block grows (up to
+    /// [`FAULT_AROUND_MAX_PAGES`]), so a guest that touches memory in order takes few uffd
+    /// round trips, and its writes take no further fault (`UFFDIO_ZEROPAGE` would
+    /// map the shared zero page read-only: each first write would then take the kernel's
+    /// copy-on-write fault; measured 2.5 × vs 1.3 × the `MADV_POPULATE_WRITE` floor per page,
+    /// BENCHMARKS.md).
     fn fault_around_pages(&self) -> u64 {
         FAULT_AROUND_PAGES
     }
@@ -175,6 +179,11 @@ impl PageSource for ZeroSource {
 
 /// Fault-around block of [`ZeroSource`], pages.
 pub const FAULT_AROUND_PAGES: u64 = 16;
+
+/// Largest fault-around block, pages (2 MiB): the window doubles from
+/// [`FAULT_AROUND_PAGES`] up to this while faults come in order (each the page after the
+/// previous block), and falls back to the aligned 16-page block on any other fault.
+pub const FAULT_AROUND_MAX_PAGES: u64 = 512;
 
 /// Buckets of the serve-latency histogram: bucket `i` counts faults served in
 /// `[2^i, 2^(i+1))` ns (bucket 0 also takes 0 ns; the last takes everything above).
@@ -191,7 +200,8 @@ pub struct UffdStats {
     pub write_faults: u64,
     /// Pages filled with `UFFDIO_COPY` from the source.
     pub copies: u64,
-    /// Pages filled with `UFFDIO_ZEROPAGE`.
+    /// Faults served zero: `UFFDIO_ZEROPAGE`, or with fault-around the faulting page of a
+    /// zeroed block (`UFFDIO_COPY`).
     pub zeropages: u64,
     /// Faults another path had already served (`EEXIST`) or retried after `EAGAIN`.
     pub raced: u64,
@@ -203,7 +213,7 @@ pub struct UffdStats {
     pub removed_pages: u64,
     /// Faults whose ioctl failed otherwise (the faulting thread is woken and faults again).
     pub errors: u64,
-    /// Pages mapped zero ahead of a fault (fault-around: [`PageSource::fault_around_pages`]),
+    /// Pages filled zero ahead of a fault (fault-around: [`PageSource::fault_around_pages`]),
     /// not counted in `zeropages`.
     pub fault_around: u64,
     /// Total serve time in ns (message read → page in place).
@@ -231,7 +241,7 @@ impl UffdStats {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "-- userfaultfd: {} MiB registered; {} faults ({} writes): {} UFFDIO_COPY, {} UFFDIO_ZEROPAGE (+{} pages fault-around), {} raced, {} errors; {} REMOVE events ({} pages)",
+            "-- userfaultfd: {} MiB registered; {} faults ({} writes): {} from the source, {} zero (+{} pages fault-around), {} raced, {} errors; {} REMOVE events ({} pages)",
             self.registered_bytes >> 20,
             self.faults,
             self.write_faults,
@@ -517,338 +527,6 @@ impl crate::memory::GuestRam {
     }
 }
 
-/// The handler thread: poll the uffd and the stop eventfd, serve messages until stopped.
-fn serve(
-    fd: &OwnedFd,
-    wake: i32,
-    shared: &Shared,
-    mut source: Box<dyn PageSource>,
-    ranges: &[(u64, u64)],
-) {
-    let around = source.fault_around_pages().max(1).next_power_of_two() * PAGE;
-    let mut removed: HashSet<u64> = HashSet::new();
-    let mut buf = Box::new([0u8; PAGE as usize]);
-    let mut msgs = [UffdMsg::default(); 16];
-    loop {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut pfd = [
-            libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two live pollfd structures.
-        let rc = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
-        }
-        if pfd[1].revents != 0 {
-            return;
-        }
-        // SAFETY: reads at most size_of_val(msgs) bytes into the live message array.
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                msgs.as_mut_ptr().cast(),
-                std::mem::size_of_val(&msgs),
-            )
-        };
-        if n <= 0 {
-            continue;
-        }
-        let count = n as usize / std::mem::size_of::<UffdMsg>();
-        for m in &msgs[..count] {
-            let t0 = Instant::now();
-            match m.event {
-                UFFD_EVENT_PAGEFAULT => {
-                    let page = m.arg[1] & !(PAGE - 1);
-                    let write = m.arg[0] & UFFD_PAGEFAULT_FLAG_WRITE != 0;
-                    let data = if removed.contains(&page) {
-                        false
-                    } else {
-                        source.read(page, &mut buf)
-                    };
-                    // Fault-around (zero pages only): the aligned block inside the page's
-                    // registered range, in one ioctl when none of it is mapped yet.
-                    let block = (!data && around > PAGE)
-                        .then(|| {
-                            let (r0, rlen) = ranges
-                                .iter()
-                                .copied()
-                                .find(|&(s, l)| page >= s && page - s < l)?;
-                            let start = (page & !(around - 1)).max(r0);
-                            let end = ((page & !(around - 1)) + around).min(r0 + rlen);
-                            (end - start > PAGE).then_some((start, end))
-                        })
-                        .flatten();
-                    let mut ahead = 0;
-                    let outcome = match block {
-                        Some((start, end)) if zero_range(fd, start, end - start) => {
-                            ahead = (end - start) / PAGE - 1;
-                            Served::Done
-                        }
-                        _ if data => copy(fd, page, &buf),
-                        _ => zeropage(fd, page),
-                    };
-                    let ns = t0.elapsed().as_nanos() as u64;
-                    let mut s = match shared.stats.lock() {
-                        Ok(s) => s,
-                        Err(p) => p.into_inner(),
-                    };
-                    s.faults += 1;
-                    s.fault_around += ahead;
-                    s.write_faults += write as u64;
-                    s.source_reads += data as u64;
-                    match outcome {
-                        Served::Done => {
-                            if data {
-                                s.copies += 1;
-                            } else {
-                                s.zeropages += 1;
-                            }
-                            s.record(ns);
-                        }
-                        Served::Raced => s.raced += 1,
-                        Served::Failed => s.errors += 1,
-                    }
-                    drop(s);
-                    if shared.track.load(Ordering::Relaxed) {
-                        touched(shared).push(page);
-                    }
-                    // Wake the faulting thread only now, so a thread that saw its page also
-                    // sees it counted (the copy / zeropage ran with MODE_DONTWAKE); with
-                    // fault-around, every thread waiting in the block.
-                    match block {
-                        Some((start, end)) if ahead > 0 => wake_range(fd, start, end - start),
-                        _ => wake_page(fd, page),
-                    }
-                }
-                UFFD_EVENT_REMOVE => {
-                    let (start, end) = (m.arg[0], m.arg[1]);
-                    let mut p = start & !(PAGE - 1);
-                    let mut pages = 0;
-                    let track = shared.track.load(Ordering::Relaxed);
-                    let mut t = touched(shared);
-                    while p < end {
-                        removed.insert(p);
-                        if track {
-                            t.push(p);
-                        }
-                        p += PAGE;
-                        pages += 1;
-                    }
-                    drop(t);
-                    let mut s = match shared.stats.lock() {
-                        Ok(s) => s,
-                        Err(p) => p.into_inner(),
-                    };
-                    s.remove_events += 1;
-                    s.removed_pages += pages;
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-fn touched(shared: &Shared) -> std::sync::MutexGuard<'_, Vec<u64>> {
-    match shared.touched.lock() {
-        Ok(t) => t,
-        Err(p) => p.into_inner(),
-    }
-}
-
-enum Served {
-    Done,
-    Raced,
-    Failed,
-}
-
-fn wake_range(fd: &OwnedFd, start: u64, len: u64) {
-    let mut r = UffdioRange { start, len };
-    let _ = ioctl(fd, UFFDIO_WAKE, &mut r);
-}
-
-/// `UFFDIO_ZEROPAGE` of a whole range (no page of it may be mapped): true if done.
-fn zero_range(fd: &OwnedFd, start: u64, len: u64) -> bool {
-    let mut z = UffdioZeropage {
-        range: UffdioRange { start, len },
-        mode: UFFDIO_ZEROPAGE_MODE_DONTWAKE,
-        zeropage: 0,
-    };
-    ioctl(fd, UFFDIO_ZEROPAGE, &mut z).is_ok() && z.zeropage == len as i64
-}
-
-fn wake_page(fd: &OwnedFd, page: u64) {
-    let mut r = UffdioRange {
-        start: page,
-        len: PAGE,
-    };
-    let _ = ioctl(fd, UFFDIO_WAKE, &mut r);
-}
-
-fn copy(fd: &OwnedFd, page: u64, buf: &[u8; PAGE as usize]) -> Served {
-    for _ in 0..16 {
-        let mut c = UffdioCopy {
-            dst: page,
-            src: buf.as_ptr() as u64,
-            len: PAGE,
-            mode: UFFDIO_COPY_MODE_DONTWAKE,
-            copy: 0,
-        };
-        match ioctl(fd, UFFDIO_COPY, &mut c) {
-            Ok(()) => return Served::Done,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Served::Raced,
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-            Err(_) => break,
-        }
-    }
-    Served::Failed
-}
-
-fn zeropage(fd: &OwnedFd, page: u64) -> Served {
-    for _ in 0..16 {
-        let mut z = UffdioZeropage {
-            range: UffdioRange {
-                start: page,
-                len: PAGE,
-            },
-            mode: UFFDIO_ZEROPAGE_MODE_DONTWAKE,
-            zeropage: 0,
-        };
-        match ioctl(fd, UFFDIO_ZEROPAGE, &mut z) {
-            Ok(()) => return Served::Done,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Served::Raced,
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-            Err(_) => break,
-        }
-    }
-    Served::Failed
-}
-
+mod serve;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Serves every page as its own address repeated (a stand-in for a snapshot file).
-    struct Pattern;
-    impl PageSource for Pattern {
-        fn read(&mut self, hva: u64, buf: &mut [u8; PAGE as usize]) -> bool {
-            for c in buf.chunks_exact_mut(8) {
-                c.copy_from_slice(&hva.to_le_bytes());
-            }
-            true
-        }
-    }
-
-    fn map(pages: u64) -> *mut u8 {
-        // SAFETY: a fresh private anonymous mapping, unmapped by the test.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                (pages * PAGE) as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        p.cast()
-    }
-
-    fn available() -> bool {
-        std::path::Path::new("/dev/userfaultfd").exists() || {
-            // SAFETY: probe only; the descriptor is closed at once.
-            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
-            if fd >= 0 {
-                // SAFETY: closing the descriptor just opened.
-                unsafe { libc::close(fd as i32) };
-            }
-            fd >= 0
-        }
-    }
-
-    #[test]
-    fn serves_source_then_zero_after_remove() {
-        if !available() {
-            eprintln!("skipped: userfaultfd unsupported by host");
-            return;
-        }
-        let pages = 8;
-        let base = map(pages);
-        let hva = base as u64;
-        // SAFETY: the mapping above lives until the munmap at the end, after the handler.
-        let h =
-            unsafe { UffdHandler::start(&[(hva, pages * PAGE)], Box::new(Pattern)) }.expect("uffd");
-        // First touches come from the source.
-        for i in 0..pages {
-            let a = hva + i * PAGE;
-            // SAFETY: inside the live mapping; the handler fills the page.
-            let v = unsafe { std::ptr::read_volatile((a + 8) as *const u64) };
-            assert_eq!(v, a);
-        }
-        // SAFETY: inside the live mapping.
-        unsafe { std::ptr::write_volatile((hva + 16) as *mut u64, 7) };
-        let s = h.stats();
-        assert_eq!((s.faults, s.copies, s.zeropages), (pages, pages, 0));
-        assert_eq!(s.hist_ns_log2.iter().sum::<u64>(), pages);
-        // Discard pages 2 and 3: they must come back zero, not from the source.
-        // SAFETY: our own pages, contents no longer needed.
-        unsafe { discard(hva + 2 * PAGE, 2 * PAGE) }.expect("madvise");
-        for i in 0..pages {
-            let a = hva + i * PAGE;
-            // SAFETY: inside the live mapping.
-            let v = unsafe { std::ptr::read_volatile((a + 8) as *const u64) };
-            assert_eq!(v, if i == 2 || i == 3 { 0 } else { a }, "page {i}");
-        }
-        // SAFETY: as above.
-        let v = unsafe { std::ptr::read_volatile((hva + 16) as *const u64) };
-        assert_eq!(v, 7);
-        let s = h.stats();
-        assert_eq!(s.remove_events, 1);
-        assert_eq!(s.removed_pages, 2);
-        assert_eq!((s.faults, s.copies, s.zeropages), (pages + 2, pages, 2));
-        drop(h);
-        // SAFETY: unmapping the test's own mapping after the handler stopped.
-        unsafe { libc::munmap(base.cast(), (pages * PAGE) as usize) };
-    }
-
-    #[test]
-    fn bad_ranges_refused() {
-        if !available() {
-            eprintln!("skipped: userfaultfd unsupported by host");
-            return;
-        }
-        // SAFETY: nothing is registered for a refused range.
-        let r = unsafe { UffdHandler::start(&[(0x1001, PAGE)], Box::new(ZeroSource)) };
-        assert!(matches!(r, Err(UffdError::BadRange { .. })));
-        // SAFETY: as above.
-        let r = unsafe { UffdHandler::start(&[(0x1000, 0)], Box::new(ZeroSource)) };
-        assert!(matches!(r, Err(UffdError::BadRange { .. })));
-    }
-
-    #[test]
-    fn histogram_buckets() {
-        let mut s = UffdStats::default();
-        s.record(0);
-        s.record(1);
-        s.record(1500);
-        s.record(u64::MAX);
-        assert_eq!(s.hist_ns_log2[0], 2);
-        assert_eq!(s.hist_ns_log2[10], 1);
-        assert_eq!(s.hist_ns_log2[HIST_BUCKETS - 1], 1);
-        assert_eq!(s.max_ns, u64::MAX);
-    }
-}
+mod tests;
