@@ -9,14 +9,14 @@
 #   and the stage2 test binary: exact GPAs for this MAXPHYADDR), --mem beyond MAXPHYADDR refused
 #   (exit 2, when MAXPHYADDR < 42), the crash paths (crash test binary), the TLB-flush test, the
 #   fault matrix (every variant the platform has; on svm with --known-deviation
-#   qemu-tcg-rsvd-p: 0 fail), the frames (svm only: KVM-independent host logic, 213 emulated
+#   qemu-tcg-rsvd-p and qemu-tcg-1g-a: 0 fail), the frames (svm only: KVM-independent host logic, 213 emulated
 #   seconds on Bochs) / paging / heaps tests, and a shortened hostile run (--quick: 10^5 calls).
 # Builds on the host first: `cargo build --release` (the memvisor the CLI steps run; with
 # `--bin test`, the `target/debug/memvisor` that `cargo test` builds instead, as .ci/run does) and
 # `cargo test --no-run` (debug test binaries, as .ci/run's `cargo test` builds them).
 # --full (svm only): shares the checkout over 9p and runs every test binary `cargo test` runs
 #   (not the doc tests), with MEMVISOR_TIME_SCALE for the slow host and
-#   MEMVISOR_KNOWN_DEVIATION=qemu-tcg-rsvd-p for tests/fault_matrix.rs; 12-20 min.
+#   MEMVISOR_KNOWN_DEVIATION=qemu-tcg-rsvd-p,qemu-tcg-1g-a for tests/fault_matrix.rs; 12-20 min.
 # Options: --platform, --cpu, --phys-bits, --timeout (whole VM; default 900), --kvm-opts, -v as
 #   for scripts/hostvm.sh; --full; --bin release|test (which memvisor the CLI steps run:
 #   target/release/memvisor, the default, or the test-profile target/debug/memvisor that
@@ -67,7 +67,7 @@ if [ "$FULL" = 1 ]; then
   done
   cmd+='; echo "suite: $fails test binaries failed"; [ $fails = 0 ]'
   exec "$ROOT/scripts/hostvm.sh" --platform svm --share "$ROOT" --timeout "$((VM_TIMEOUT > 2400 ? VM_TIMEOUT : 2400))" \
-    --env CI=true --env MEMVISOR_TIME_SCALE=$SCALE --env MEMVISOR_KNOWN_DEVIATION=qemu-tcg-rsvd-p \
+    --env CI=true --env MEMVISOR_TIME_SCALE=$SCALE --env MEMVISOR_KNOWN_DEVIATION=qemu-tcg-rsvd-p,qemu-tcg-1g-a \
     ${PASS[@]+"${PASS[@]}"} --sh "$cmd" \
     "$ROOT/target/debug/memvisor"   # copied with its shared libraries, which the tests need too
 fi
@@ -79,7 +79,7 @@ for t in stage2 crash tlb_flush paging heaps frames_model; do
 done
 case "$PLATFORM" in
   vmx) WANT=vmx-ept; DEV='' ;;
-  svm) WANT=svm-npt; DEV='--known-deviation qemu-tcg-rsvd-p' ;;
+  svm) WANT=svm-npt; DEV='--known-deviation qemu-tcg-rsvd-p --known-deviation qemu-tcg-1g-a' ;;
 esac
 files=()
 for t in "${!T[@]}"; do files+=(--file "${T[$t]}"); done
