@@ -80,42 +80,65 @@ impl Vm {
                 vec![Arc::new(b), Arc::new(t)]
             }
         };
-        // Guest RAM is mapped now, and KVM's VM and RAM memslots are made on another thread
-        // while this one verifies the pages, decodes the state and rebuilds the address
-        // space: KVM_SET_USER_MEMORY_REGION of a big slot allocates KVM's per-memslot
-        // metadata (under shadow paging the rmap and write-tracking arrays, ~10 bytes per
-        // 4 KiB page), the part of a restore that grows most with RAM. The files' headers,
-        // identity and index were validated above, and a file error found on this thread
-        // wins over a KVM error of the other, so bad input is reported as before.
+        // Guest RAM is mapped and KVM's VM created now; the RAM memslots are registered on
+        // another thread while this one verifies the pages, decodes the state, rebuilds the
+        // address space and creates and loads the vCPU: KVM_SET_USER_MEMORY_REGION of a big
+        // slot allocates KVM's per-memslot metadata (under shadow paging the rmap and
+        // write-tracking arrays, ~10 bytes per 4 KiB page), the part of a restore that grows
+        // most with RAM. The files' headers, identity and index were validated above, and a
+        // file error found here wins over a KVM error, so bad input is reported as before.
         let ram = GuestRam::new(mem_bytes)
             .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
         let plan = ram.slot_plan();
-        let (early, prepared) = std::thread::scope(|s| {
-            let thread = std::thread::Builder::new()
-                .name("memvisor-memslots".into())
-                .spawn_scoped(s, || early_vm(&plan));
+        let kvm_vm = open_vm();
+        let (prepared, vcpu, slots) = std::thread::scope(|s| {
+            let thread = kvm_vm.as_ref().ok().map(|(_, vm)| {
+                std::thread::Builder::new()
+                    .name("memvisor-memslots".into())
+                    .spawn_scoped(s, || register_ram(vm, &plan))
+            });
             let prepared = prepare(top, &layers, mem_bytes, ram, &opts, t_start);
-            let early = match thread {
-                Ok(t) => t.join().unwrap_or(Err(SnapError::Unsupported {
-                    what: "a failed memslot thread",
-                })),
-                // No thread (out of threads): register here, after the rest.
-                Err(e) => {
-                    log::debug!("restore: memslots inline ({e})");
-                    early_vm(&plan)
-                }
+            let vcpu = match (&prepared, &kvm_vm) {
+                (Ok(p), Ok((kvm_fd, vm))) => Some(make_vcpu(kvm_fd, vm, &p.cpu)),
+                _ => None,
             };
-            (early, prepared)
+            log::debug!("restore: vCPU loaded after {:?}", t_start.elapsed());
+            let slots = match (thread, &kvm_vm) {
+                (Some(Ok(t)), _) => Some(t.join().unwrap_or(Err(SnapError::Unsupported {
+                    what: "a failed memslot thread",
+                }))),
+                // No thread (out of threads): register here, after the rest.
+                (Some(Err(e)), Ok((_, vm))) => {
+                    log::debug!("restore: memslots inline ({e})");
+                    Some(register_ram(vm, &plan))
+                }
+                _ => None,
+            };
+            (prepared, vcpu, slots)
         });
-        // On an error the VM (if any) is dropped before a vCPU existed: KVM never touched the
-        // host ranges of its memslots, which `prepare` may have unmapped already.
+        // On an error the VM is dropped before any KVM_RUN: KVM never touched the host ranges
+        // of its memslots, which `prepare` may have unmapped already.
         let prepared = prepared?;
-        let early = early?;
+        let (kvm_fd, vm) = kvm_vm?;
+        let (Some(vcpu), Some(slots)) = (vcpu, slots) else {
+            return Err(SnapError::Unsupported {
+                what: "no vCPU or memslots",
+            });
+        };
+        let (vcpu, sync_regs) = vcpu?;
+        let (memslots, memslot_us) = slots?;
         log::debug!(
-            "restore: memslots ready after {:?} (registered in {} us on their thread)",
+            "restore: memslots ready after {:?} (registered in {memslot_us} us on their thread)",
             t_start.elapsed(),
-            early.memslot_us
         );
+        let early = EarlyVm {
+            kvm_fd,
+            vm,
+            vcpu,
+            sync_regs,
+            memslots,
+            memslot_us,
+        };
         prepared.finish(kernel, opts, layers.len(), early, mem_bytes, t_start)
     }
 
@@ -140,31 +163,52 @@ impl Vm {
     }
 }
 
-/// KVM's VM with guest RAM's memslots registered (made by [`early_vm`]).
+/// KVM's VM with guest RAM's memslots registered and the vCPU loaded.
 struct EarlyVm {
     kvm_fd: Kvm,
     vm: VmFd,
+    vcpu: VcpuFd,
+    /// `KVM_CAP_SYNC_REGS` is on for the vCPU.
+    sync_regs: bool,
     memslots: Vec<Memslot>,
     /// Microseconds the RAM memslots took to register.
     memslot_us: u64,
 }
 
-/// Open KVM, create the VM and register the RAM memslots of `plan` (no vCPU yet).
-fn early_vm(plan: &[(Memslot, u64)]) -> Result<EarlyVm, SnapError> {
+/// Open KVM and create the VM (no memslot, no vCPU yet).
+fn open_vm() -> Result<(Kvm, VmFd), SnapError> {
     let kvm_fd = Kvm::new().map_err(|source| crate::vmm::VmmError::NoKvm { source })?;
     let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
+    Ok((kvm_fd, vm))
+}
+
+/// Register the RAM memslots of `plan` with `vm`: the slots and the microseconds it took.
+fn register_ram(vm: &VmFd, plan: &[(Memslot, u64)]) -> Result<(Vec<Memslot>, u64), SnapError> {
     let t_slots = Instant::now();
     // SAFETY: the plan's host ranges are guest RAM's mappings. On success they belong to the
     // restored VM's address space, which the `Vm` drops after its KVM VM (as for a new VM);
-    // on failure the VM is dropped before any vCPU exists, and without a vCPU KVM never
+    // on failure the VM is dropped before any KVM_RUN, and no vCPU run means KVM never
     // accesses a memslot's host range.
-    let memslots = unsafe { crate::memory::register_plan(&vm, plan) }
+    let memslots = unsafe { crate::memory::register_plan(vm, plan) }
         .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
-    Ok(EarlyVm {
-        kvm_fd,
-        vm,
-        memslots,
-        memslot_us: t_slots.elapsed().as_micros() as u64,
+    Ok((memslots, t_slots.elapsed().as_micros() as u64))
+}
+
+/// Create vCPU 0 and load the saved state into it (its registers do not depend on the
+/// memslots, which may still be registering: no KVM_RUN before they are).
+fn make_vcpu(kvm_fd: &Kvm, vm: &VmFd, cpu: &CpuState) -> Result<(VcpuFd, bool), SnapError> {
+    let cpuid = cpuid_of(cpu)?;
+    let mut vcpu = vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+    let sync_regs = enable_sync_regs(kvm_fd, &mut vcpu);
+    load_cpu(&vcpu, cpu)?;
+    Ok((vcpu, sync_regs))
+}
+
+fn cpuid_of(cpu: &CpuState) -> Result<CpuId, SnapError> {
+    CpuId::from_entries(&cpu.cpuid).map_err(|_| SnapError::State {
+        path: String::new(),
+        why: "CPUID table too large".into(),
     })
 }
 
@@ -332,7 +376,7 @@ impl Prepared {
     }
 }
 
-/// Create the vCPU around a restored address space and KVM VM and load the vCPU state.
+/// The restored VM around its address space, KVM VM and loaded vCPU (adds the flush slot).
 fn build(
     cfg: VmConfig,
     space: AddressSpace,
@@ -345,13 +389,12 @@ fn build(
     let EarlyVm {
         kvm_fd,
         vm,
+        vcpu,
+        sync_regs,
         memslots,
         memslot_us,
     } = early;
-    let cpuid = CpuId::from_entries(&cpu.cpuid).map_err(|_| SnapError::State {
-        path: String::new(),
-        why: "CPUID table too large".into(),
-    })?;
+    let cpuid = cpuid_of(cpu)?;
     // The features the VM was built with (what its report and page-table choices used).
     let features = space.features;
     let host = HostInfo::new(
@@ -371,11 +414,6 @@ fn build(
         slots.track(*m, hva);
     }
     let flush_slot = FlushSlot::new(&vm, &mut slots, host.shadow_paging).map_err(mem_err)?;
-    let mut vcpu = vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?;
-    vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
-    let sync_regs = enable_sync_regs(&kvm_fd, &mut vcpu);
-    load_cpu(&vcpu, cpu)?;
-    log::debug!("restore: vCPU loaded after {:?}", t_start.elapsed());
     let watchdog = crate::vm::watchdog::Watchdog::start()
         .map_err(|e| kvm("signal handler")(kvm_ioctls::Error::new(e.errno())))?;
     Ok(Vm {
