@@ -91,11 +91,12 @@ impl Vm {
             .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
         let plan = ram.slot_plan();
         let kvm_vm = open_vm();
+        let shadow = crate::backend::Backend::detect().shadow_paging();
         let (prepared, vcpu, slots) = std::thread::scope(|s| {
-            let thread = kvm_vm.as_ref().ok().map(|(_, vm)| {
+            let thread = kvm_vm.as_ref().ok().map(|(kvm_fd, vm)| {
                 std::thread::Builder::new()
                     .name("memvisor-memslots".into())
-                    .spawn_scoped(s, || register_ram(vm, &plan))
+                    .spawn_scoped(s, || register_ram(kvm_fd, vm, &plan, shadow))
             });
             let prepared = prepare(top, &layers, mem_bytes, ram, &opts, t_start);
             let vcpu = match (&prepared, &kvm_vm) {
@@ -108,9 +109,9 @@ impl Vm {
                     what: "a failed memslot thread",
                 }))),
                 // No thread (out of threads): register here, after the rest.
-                (Some(Err(e)), Ok((_, vm))) => {
+                (Some(Err(e)), Ok((kvm_fd, vm))) => {
                     log::debug!("restore: memslots inline ({e})");
-                    Some(register_ram(vm, &plan))
+                    Some(register_ram(kvm_fd, vm, &plan, shadow))
                 }
                 _ => None,
             };
@@ -119,25 +120,24 @@ impl Vm {
         // On an error the VM is dropped before any KVM_RUN: KVM never touched the host ranges
         // of its memslots, which `prepare` may have unmapped already.
         let prepared = prepared?;
-        let (kvm_fd, vm) = kvm_vm?;
+        let (_kvm, vm) = kvm_vm?;
         let (Some(vcpu), Some(slots)) = (vcpu, slots) else {
             return Err(SnapError::Unsupported {
                 what: "no vCPU or memslots",
             });
         };
         let (vcpu, sync_regs) = vcpu?;
-        let (memslots, memslot_us) = slots?;
+        let slots = slots?;
         log::debug!(
-            "restore: memslots ready after {:?} (registered in {memslot_us} us on their thread)",
+            "restore: memslots ready after {:?} (RAM registered in {} us on their thread)",
             t_start.elapsed(),
+            slots.memslot_us
         );
         let early = EarlyVm {
-            kvm_fd,
             vm,
             vcpu,
             sync_regs,
-            memslots,
-            memslot_us,
+            slots,
         };
         prepared.finish(kernel, opts, layers.len(), early, mem_bytes, t_start)
     }
@@ -165,14 +165,11 @@ impl Vm {
 
 /// KVM's VM with guest RAM's memslots registered and the vCPU loaded.
 struct EarlyVm {
-    kvm_fd: Kvm,
     vm: VmFd,
     vcpu: VcpuFd,
     /// `KVM_CAP_SYNC_REGS` is on for the vCPU.
     sync_regs: bool,
-    memslots: Vec<Memslot>,
-    /// Microseconds the RAM memslots took to register.
-    memslot_us: u64,
+    slots: Slots,
 }
 
 /// Open KVM and create the VM (no memslot, no vCPU yet).
@@ -182,16 +179,42 @@ fn open_vm() -> Result<(Kvm, VmFd), SnapError> {
     Ok((kvm_fd, vm))
 }
 
-/// Register the RAM memslots of `plan` with `vm`: the slots and the microseconds it took.
-fn register_ram(vm: &VmFd, plan: &[(Memslot, u64)]) -> Result<(Vec<Memslot>, u64), SnapError> {
+/// The memslots of a restored VM: guest RAM's and the flush slot.
+struct Slots {
+    memslots: Vec<Memslot>,
+    slots: Memslots,
+    flush_slot: FlushSlot,
+    /// Microseconds the RAM memslots took to register.
+    memslot_us: u64,
+}
+
+/// Register the RAM memslots of `plan` with `vm`, then the flush slot (with shadow paging).
+fn register_ram(
+    kvm_fd: &Kvm,
+    vm: &VmFd,
+    plan: &[(Memslot, u64)],
+    shadow_paging: bool,
+) -> Result<Slots, SnapError> {
+    let mem_err =
+        |e: crate::memory::MemoryError| SnapError::Vmm(crate::vmm::VmmError::Space(e.into()));
     let t_slots = Instant::now();
     // SAFETY: the plan's host ranges are guest RAM's mappings. On success they belong to the
     // restored VM's address space, which the `Vm` drops after its KVM VM (as for a new VM);
     // on failure the VM is dropped before any KVM_RUN, and no vCPU run means KVM never
     // accesses a memslot's host range.
-    let memslots = unsafe { crate::memory::register_plan(vm, plan) }
-        .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
-    Ok((memslots, t_slots.elapsed().as_micros() as u64))
+    let memslots = unsafe { crate::memory::register_plan(vm, plan) }.map_err(mem_err)?;
+    let memslot_us = t_slots.elapsed().as_micros() as u64;
+    let mut slots = Memslots::new(kvm_fd.get_nr_memslots());
+    for &(m, hva) in plan {
+        slots.track(m, hva);
+    }
+    let flush_slot = FlushSlot::new(vm, &mut slots, shadow_paging).map_err(mem_err)?;
+    Ok(Slots {
+        memslots,
+        slots,
+        flush_slot,
+        memslot_us,
+    })
 }
 
 /// Create vCPU 0 and load the saved state into it (its registers do not depend on the
@@ -387,12 +410,16 @@ fn build(
     t_start: Instant,
 ) -> Result<Vm, SnapError> {
     let EarlyVm {
-        kvm_fd,
         vm,
         vcpu,
         sync_regs,
-        memslots,
-        memslot_us,
+        slots:
+            Slots {
+                memslots,
+                slots,
+                flush_slot,
+                memslot_us,
+            },
     } = early;
     let cpuid = cpuid_of(cpu)?;
     // The features the VM was built with (what its report and page-table choices used).
@@ -401,19 +428,6 @@ fn build(
         crate::backend::Backend::detect(),
         crate::backend::maxphyaddr(&cpuid),
     );
-    let mem_err =
-        |e: crate::memory::MemoryError| SnapError::Vmm(crate::vmm::VmmError::Space(e.into()));
-    let mut slots = Memslots::new(kvm_fd.get_nr_memslots());
-    for m in &memslots {
-        let hva = space
-            .ram
-            .mem
-            .get_host_address(GuestAddress(m.gpa))
-            .map(|p| p as u64)
-            .unwrap_or(0);
-        slots.track(*m, hva);
-    }
-    let flush_slot = FlushSlot::new(&vm, &mut slots, host.shadow_paging).map_err(mem_err)?;
     let watchdog = crate::vm::watchdog::Watchdog::start()
         .map_err(|e| kvm("signal handler")(kvm_ioctls::Error::new(e.errno())))?;
     Ok(Vm {
