@@ -38,9 +38,10 @@
 //! (once per RAM size, 256 MiB and 4 GiB), then restored in this process again and again,
 //! the two sizes interleaved round by round (median): from the start of `Vm::restore` (files
 //! opened and checked, every page CRC verified, state decoded, RAM registered with
-//! userfaultfd, memslots, vCPU state loaded) to the first return of `KVM_RUN`, i.e. the
-//! guest has executed (an upper bound of "to its first instruction"; the guest's first
-//! touches of its code and stack pages are served from the file inside that time).
+//! userfaultfd, vCPU state loaded, and meanwhile on a second thread the RAM memslots) to the
+//! first return of `KVM_RUN`, i.e. the guest has executed (an upper bound of "to its first
+//! instruction"; the guest's first touches of its code and stack pages are served from the
+//! file inside that time).
 
 use super::{fig, Figure, Target};
 use memvisor::uffd::{PageSource, UffdHandler, ZeroSource, PAGE};
