@@ -269,6 +269,7 @@ pub fn restore_cmd(a: RestoreArgs) -> ExitCode {
             echo_console: echo(a.json),
             hooks: crate::registry::hooks_for,
             verify_pages: true,
+            ..RestoreOptions::default()
         })
     };
     let (opts, kernel) = match (opts(), kernel(&a.kernel)) {

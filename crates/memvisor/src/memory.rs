@@ -108,6 +108,14 @@ pub enum MemoryError {
         /// The ioctl error.
         source: kvm_ioctls::Error,
     },
+    /// A VMM access to guest RAM on the guest's behalf found no RAM at the GPA.
+    #[error("no guest RAM at GPA {gpa:#x} (+{len} bytes)")]
+    Access {
+        /// First GPA.
+        gpa: u64,
+        /// Bytes.
+        len: u64,
+    },
 }
 
 /// Parse a size such as `256M`, `4G`, `65536`, `512K` (binary units; suffix case-insensitive,
@@ -143,6 +151,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("invalid size '{s}': overflows 64 bits"))
 }
+
+/// Memslots to register, each with the host address (HVA) of its first byte.
+pub type SlotPlan = Vec<(Memslot, u64)>;
 
 /// One memslot as registered with KVM.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]

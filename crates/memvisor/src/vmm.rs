@@ -216,6 +216,29 @@ impl Vm {
                     data.fill(0xff);
                     None
                 }
+                // RAM whose memslot a restore is still registering: complete the access.
+                Ok(VcpuExit::MmioRead(addr, data))
+                    if self.deferred.covers(addr, data.len() as u64) =>
+                {
+                    match self.deferred.complete(&self.space.ram, addr, data, false) {
+                        Ok(()) => continue,
+                        Err(e) => Some(Outcome::KvmError(e.to_string())),
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data))
+                    if self.deferred.covers(addr, data.len() as u64) =>
+                {
+                    let mut v = [0u8; 8];
+                    let n = data.len().min(8);
+                    v[..n].copy_from_slice(&data[..n]);
+                    match self
+                        .deferred
+                        .complete(&self.space.ram, addr, &mut v[..n], true)
+                    {
+                        Ok(()) => continue,
+                        Err(e) => Some(Outcome::KvmError(e.to_string())),
+                    }
+                }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     bump("mmio");
                     let lazy = match self.s2ctl.as_mut() {

@@ -21,6 +21,9 @@ pub struct RestoreStats {
     /// Time from the start of the restore to the VM ready to run (files validated, state
     /// decoded, RAM registered with userfaultfd, memslots, vCPU state loaded), µs.
     pub restore_us: u64,
+    /// Guest accesses to RAM whose memslot was still being registered (lazy restore's
+    /// deferred chunks), completed by the VMM.
+    pub deferred_accesses: u64,
 }
 
 /// Counters of a [`SnapshotSource`].

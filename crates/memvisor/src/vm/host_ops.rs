@@ -290,6 +290,7 @@ impl Vm {
             }
             MemslotKind::DirtyLogged => KVM_MEM_LOG_DIRTY_PAGES,
         };
+        self.deferred.settle()?;
         let r = vm_memory::mmap::MmapRegion::new(size as usize)
             .map_err(|_| MemoryError::BadSlot { gpa, size })?;
         // SAFETY: the region is kept in `host_backing` until the slot is removed or the VM is
@@ -337,6 +338,7 @@ impl Vm {
     /// # Errors
     /// [`VmOpError::Memory`] if KVM refuses.
     pub fn memslot_dirty_log(&mut self, slot: u32) -> OpResult<Vec<u64>> {
+        self.deferred.settle()?;
         let m = self
             .slots
             .slots()
@@ -365,6 +367,7 @@ impl Vm {
     /// # Errors
     /// [`VmOpError::Memory`] if KVM refuses.
     pub fn start_dirty_log(&mut self) -> OpResult<()> {
+        self.deferred.settle()?;
         if self.snap.dirty_on() {
             // Keep what the next incremental snapshot needs before the log is cleared.
             let read = crate::stage2::read_dirty(&self.vm, &self.slots, &self.space)?;
@@ -381,6 +384,7 @@ impl Vm {
     /// # Errors
     /// [`VmOpError::Memory`] if KVM refuses.
     pub fn dirty_log(&mut self) -> OpResult<DirtyRead> {
+        self.deferred.settle()?;
         let read = crate::stage2::read_dirty(&self.vm, &self.slots, &self.space)?;
         // The next incremental snapshot still needs these pages.
         self.snap.stash(&read.merged);

@@ -83,8 +83,11 @@ impl Default for VmOptions {
 
 /// A VM with one vCPU, its guest booted to its ELF entry but not yet run.
 pub struct Vm {
+    /// A restore's deferred RAM memslots (`snapshot::Deferred`); first, so it is dropped
+    /// (its thread joined) before guest RAM.
+    pub(crate) deferred: snapshot::Deferred,
     pub(crate) cfg: VmConfig,
-    pub(crate) vm: VmFd,
+    pub(crate) vm: std::sync::Arc<VmFd>,
     pub(crate) vcpu: VcpuFd,
     pub(crate) features: Features,
     pub(crate) phys_bits: u8,
@@ -273,8 +276,9 @@ impl Vm {
             ..Hypercalls::default()
         };
         Ok(Vm {
+            deferred: Default::default(),
             cfg: cfg.clone(),
-            vm,
+            vm: std::sync::Arc::new(vm),
             vcpu,
             features,
             phys_bits,

@@ -13,6 +13,7 @@ impl Vm {
     /// [`SnapError::File`] (I/O).
     pub fn snapshot(&mut self, path: &Path) -> Result<SnapshotInfo, SnapError> {
         let t0 = Instant::now();
+        self.settle_slots()?;
         self.check_snapshottable()?;
         let cpu = self.capture_cpu()?;
         let mut gpas: BTreeSet<u64> = self.resident_pages();
@@ -33,6 +34,7 @@ impl Vm {
     /// As [`Vm::snapshot`], and [`SnapError::NoBase`].
     pub fn snapshot_incremental(&mut self, path: &Path) -> Result<SnapshotInfo, SnapError> {
         let t0 = Instant::now();
+        self.settle_slots()?;
         self.check_snapshottable()?;
         let Some(base) = self.snap.last_id else {
             return Err(SnapError::NoBase);
@@ -52,6 +54,13 @@ impl Vm {
         let pages = self.read_pages(&gpas, false)?;
         self.reset_dirty_log()?;
         self.write_snapshot(path, Some(base), cpu, pages, t0)
+    }
+
+    /// Wait for a restore's deferred RAM memslots (the dirty log walks every RAM slot).
+    fn settle_slots(&mut self) -> Result<(), SnapError> {
+        self.deferred
+            .settle()
+            .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))
     }
 
     fn check_snapshottable(&self) -> Result<(), SnapError> {

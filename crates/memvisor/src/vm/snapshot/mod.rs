@@ -42,7 +42,10 @@
 //! host memslots (`Vm::add_memslot`), the fault matrix.
 
 mod capture;
+mod deferred;
 mod restore;
+
+pub(crate) use deferred::Deferred;
 
 use super::Vm;
 use crate::backend::{FlushSlot, HostInfo};
@@ -293,6 +296,13 @@ pub struct RestoreOptions {
     /// (default on). Off, a corrupt page is found when the guest first touches it: it is
     /// served zero and counted (`corrupt_pages`).
     pub verify_pages: bool,
+    /// Lazy restore's chunk (bytes, a power of two; default 256 MiB): RAM is cut into
+    /// chunks of this size and only the memslots of the chunks holding a page of the files
+    /// are registered before the first `KVM_RUN`; the rest follow on a thread (`deferred`).
+    pub eager_chunk: u64,
+    /// A test hook: the thread registering the deferred memslots sleeps this long first,
+    /// so the guest meets RAM without a memslot (default zero).
+    pub defer_delay: Duration,
 }
 
 impl Default for RestoreOptions {
@@ -303,6 +313,8 @@ impl Default for RestoreOptions {
             echo_console: crate::hypercall::ConsoleEcho::Off,
             hooks: |_| crate::scenario::default_hooks(),
             verify_pages: true,
+            eager_chunk: 256 << 20,
+            defer_delay: Duration::ZERO,
         }
     }
 }

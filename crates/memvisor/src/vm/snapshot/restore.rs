@@ -80,23 +80,30 @@ impl Vm {
                 vec![Arc::new(b), Arc::new(t)]
             }
         };
-        // Guest RAM is mapped and KVM's VM created now; the RAM memslots are registered on
-        // another thread while this one verifies the pages, decodes the state, rebuilds the
-        // address space and creates and loads the vCPU: KVM_SET_USER_MEMORY_REGION of a big
-        // slot allocates KVM's per-memslot metadata (under shadow paging the rmap and
+        // Lazy restore: guest RAM is mapped and KVM's VM created now; RAM is cut into
+        // `eager_chunk` chunks, and only the memslots of the chunks holding a page of the
+        // files (everything the guest ever wrote: page tables, kernel image, descriptor
+        // tables, stacks, data) are registered before the first KVM_RUN, on another thread
+        // while this one verifies the pages, decodes the state, rebuilds the address space
+        // and creates and loads the vCPU. A page-table walk or instruction fetch into a GPA
+        // without a memslot is no exit the VMM can complete, so those chunks are eager; the
+        // other chunks hold only never-written (zero) RAM and their memslots follow on a
+        // background thread (`deferred`): KVM_SET_USER_MEMORY_REGION of a big slot
+        // allocates KVM's per-memslot metadata (under shadow paging the rmap and
         // write-tracking arrays, ~10 bytes per 4 KiB page), the part of a restore that grows
-        // most with RAM. The files' headers, identity and index were validated above, and a
-        // file error found here wins over a KVM error, so bad input is reported as before.
+        // with RAM. The files' headers, identity and index were validated above, and a file
+        // error found here wins over a KVM error, so bad input is reported as before.
         let ram = GuestRam::new(mem_bytes)
             .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
-        let plan = ram.slot_plan();
         let kvm_vm = open_vm();
+        let limit = kvm_vm.as_ref().map_or(0, |(k, _)| k.get_nr_memslots());
+        let (eager, late) = lazy_plan(&ram, &layers, opts.eager_chunk, limit);
         let shadow = crate::backend::Backend::detect().shadow_paging();
         let (prepared, vcpu, slots) = std::thread::scope(|s| {
             let thread = kvm_vm.as_ref().ok().map(|(kvm_fd, vm)| {
                 std::thread::Builder::new()
                     .name("memvisor-memslots".into())
-                    .spawn_scoped(s, || register_ram(kvm_fd, vm, &plan, shadow))
+                    .spawn_scoped(s, || register_ram(kvm_fd, vm, &eager, &late, shadow))
             });
             let prepared = prepare(top, &layers, mem_bytes, ram, &opts, t_start);
             let vcpu = match (&prepared, &kvm_vm) {
@@ -111,7 +118,7 @@ impl Vm {
                 // No thread (out of threads): register here, after the rest.
                 (Some(Err(e)), Ok((kvm_fd, vm))) => {
                     log::debug!("restore: memslots inline ({e})");
-                    Some(register_ram(kvm_fd, vm, &plan, shadow))
+                    Some(register_ram(kvm_fd, vm, &eager, &late, shadow))
                 }
                 _ => None,
             };
@@ -129,15 +136,24 @@ impl Vm {
         let (vcpu, sync_regs) = vcpu?;
         let slots = slots?;
         log::debug!(
-            "restore: memslots ready after {:?} (RAM registered in {} us on their thread)",
+            "restore: eager memslots ready after {:?} ({} slots in {} us on their thread; {} deferred)",
             t_start.elapsed(),
-            slots.memslot_us
+            eager.len(),
+            slots.memslot_us,
+            late.len()
         );
+        let vm = Arc::new(vm);
+        // SAFETY: the deferred slots' host ranges are guest RAM's mappings, now owned by
+        // `prepared.space`; the `Vm` built below owns both and drops `Deferred` (joining its
+        // thread) before its address space.
+        let deferred = unsafe { Deferred::spawn(vm.clone(), late, opts.defer_delay) }
+            .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
         let early = EarlyVm {
             vm,
             vcpu,
             sync_regs,
             slots,
+            deferred,
         };
         prepared.finish(kernel, opts, layers.len(), early, mem_bytes, t_start)
     }
@@ -159,17 +175,48 @@ impl Vm {
             corrupt_pages: c.corrupt.load(Relaxed),
             layers: self.snap.layers,
             restore_us: self.setup_us,
+            deferred_accesses: self.deferred.accesses,
         })
     }
 }
 
-/// KVM's VM with guest RAM's memslots registered and the vCPU loaded.
+/// KVM's VM with guest RAM's eager memslots registered (the deferred ones on their way) and
+/// the vCPU loaded.
 struct EarlyVm {
-    vm: VmFd,
+    vm: Arc<VmFd>,
     vcpu: VcpuFd,
     /// `KVM_CAP_SYNC_REGS` is on for the vCPU.
     sync_regs: bool,
     slots: Slots,
+    deferred: Deferred,
+}
+
+/// Lazy restore's memslot plan for `ram`: `(eager, deferred)` slots with their HVAs
+/// (`deferred::split_plan`); eager are the `chunk`-sized chunks holding a page of any
+/// layer. The chunk doubles until the slots fit KVM's `limit` (with room for the flush
+/// slot); with no room at all every slot is eager.
+fn lazy_plan(
+    ram: &GuestRam,
+    layers: &[Arc<Snapshot>],
+    chunk: u64,
+    limit: usize,
+) -> (crate::memory::SlotPlan, crate::memory::SlotPlan) {
+    let mut chunk = chunk.clamp(2 << 20, 1 << 40).next_power_of_two();
+    loop {
+        let held: BTreeSet<u64> = layers
+            .iter()
+            .flat_map(|l| l.gpas())
+            .map(|g| g & !(chunk - 1))
+            .collect();
+        let (eager, late) = super::deferred::split_plan(ram, chunk, &|g| held.contains(&g));
+        if eager.len() + late.len() + 2 <= limit {
+            return (eager, late);
+        }
+        if chunk >= 1 << 40 {
+            return (ram.slot_plan(), Vec::new());
+        }
+        chunk *= 2;
+    }
 }
 
 /// Open KVM and create the VM (no memslot, no vCPU yet).
@@ -188,11 +235,14 @@ struct Slots {
     memslot_us: u64,
 }
 
-/// Register the RAM memslots of `plan` with `vm`, then the flush slot (with shadow paging).
+/// Register the eager RAM memslots `plan` with `vm`, then the flush slot (with shadow
+/// paging); the registry also lists the `deferred` slots (registered later by
+/// [`Deferred`]), so no other slot takes their numbers or GPAs.
 fn register_ram(
     kvm_fd: &Kvm,
     vm: &VmFd,
     plan: &[(Memslot, u64)],
+    deferred: &[(Memslot, u64)],
     shadow_paging: bool,
 ) -> Result<Slots, SnapError> {
     let mem_err =
@@ -202,12 +252,14 @@ fn register_ram(
     // restored VM's address space, which the `Vm` drops after its KVM VM (as for a new VM);
     // on failure the VM is dropped before any KVM_RUN, and no vCPU run means KVM never
     // accesses a memslot's host range.
-    let memslots = unsafe { crate::memory::register_plan(vm, plan) }.map_err(mem_err)?;
+    let mut memslots = unsafe { crate::memory::register_plan(vm, plan) }.map_err(mem_err)?;
     let memslot_us = t_slots.elapsed().as_micros() as u64;
     let mut slots = Memslots::new(kvm_fd.get_nr_memslots());
-    for &(m, hva) in plan {
+    for &(m, hva) in plan.iter().chain(deferred) {
         slots.track(m, hva);
     }
+    memslots.extend(deferred.iter().map(|(m, _)| *m));
+    memslots.sort_by_key(|m| m.slot);
     let flush_slot = FlushSlot::new(vm, &mut slots, shadow_paging).map_err(mem_err)?;
     Ok(Slots {
         memslots,
@@ -303,14 +355,18 @@ fn prepare(
         .ok_or_else(|| bad("unknown hypercall or status name".into()))?;
     let space = AddressSpace::from_state(ram, state.space)
         .ok_or_else(|| bad("unknown fault-log kind".into()))?;
-    // Every RAM range of this VM is one of the saved memslots (same GPA and size).
-    let saved: Vec<(u64, u64)> = state.memslots.iter().map(|m| (m.1, m.2)).collect();
-    if !space
-        .ram
-        .ram
-        .iter()
-        .all(|&(g, n)| saved.contains(&(g.raw(), n)))
-    {
+    // The saved memslots inside each RAM range of this VM cover it (one slot per range, or
+    // a lazy restore's eager and deferred chunks: KVM's slots never overlap).
+    let covered = |g: u64, n: u64| {
+        let end = g.saturating_add(n);
+        let sum = state
+            .memslots
+            .iter()
+            .filter(|m| m.1 >= g && m.1.checked_add(m.2).is_some_and(|e| e <= end))
+            .fold(0u64, |acc, m| acc.saturating_add(m.2));
+        sum == n
+    };
+    if !space.ram.ram.iter().all(|&(g, n)| covered(g.raw(), n)) {
         return Err(bad("RAM memslots differ from this VM's".into()));
     }
     log::debug!("restore: address space after {:?}", t_start.elapsed());
@@ -413,6 +469,7 @@ fn build(
         vm,
         vcpu,
         sync_regs,
+        deferred,
         slots:
             Slots {
                 memslots,
@@ -431,6 +488,7 @@ fn build(
     let watchdog = crate::vm::watchdog::Watchdog::start()
         .map_err(|e| kvm("signal handler")(kvm_ioctls::Error::new(e.errno())))?;
     Ok(Vm {
+        deferred,
         cfg,
         vm,
         vcpu,

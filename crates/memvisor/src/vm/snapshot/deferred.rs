@@ -1,0 +1,238 @@
+//! Lazy restore's deferred RAM memslots: a restored VM's first `KVM_RUN` waits only for the
+//! memslots of the RAM chunks holding the snapshot's pages (page tables, kernel image,
+//! stacks, data: see `restore.rs`); the other RAM chunks' memslots are registered by a
+//! background thread while the guest runs. `KVM_SET_USER_MEMORY_REGION` of a big slot is
+//! where a restore's time grows with RAM (under shadow paging KVM allocates and zeroes the
+//! slot's rmap and write-tracking arrays, KVM API doc §4.35).
+//!
+//! A guest data access to a GPA whose memslot is not registered yet exits as
+//! `KVM_EXIT_MMIO` (KVM decoded the instruction; KVM API doc §5 `kvm_run`): [`Deferred`]
+//! waits for the thread, then completes the access against guest RAM itself (a write copies
+//! the bytes to the HVA, a read fills them from it, which userfaultfd serves) and the guest
+//! continues; every later access hits the memslot. Anything that walks the memslot list
+//! (dirty log, snapshot, extra memslots) waits for the thread first ([`Deferred::settle`]).
+
+use crate::memory::{register_plan, GuestRam, MemoryError, Memslot, SlotPlan};
+use kvm_ioctls::VmFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+/// The deferred RAM memslots of a restored VM (none for a VM built by `Vm::new`).
+#[derive(Debug, Default)]
+pub(crate) struct Deferred {
+    /// `(first GPA, bytes)` of each deferred slot.
+    ranges: Vec<(u64, u64)>,
+    /// The registering thread, until joined; it returns the µs it took.
+    thread: Option<JoinHandle<Result<u64, MemoryError>>>,
+    /// The thread failed: `(slot, gpa, size, errno)` of the slot KVM refused.
+    failed: Option<(u32, u64, u64, i32)>,
+    /// Guest accesses completed by the VMM (MMIO exits into a deferred chunk).
+    pub(crate) accesses: u64,
+}
+
+impl Deferred {
+    /// Register `plan`'s slots with `vm` on a new thread, after `delay` (a test hook that
+    /// makes the guest meet unregistered RAM; zero otherwise). With no thread available
+    /// they are registered here.
+    ///
+    /// # Errors
+    /// [`MemoryError::Memslot`] if registering here (no thread) fails.
+    ///
+    /// # Safety
+    /// Every `[hva, hva + size)` of `plan` must stay mapped until [`Self::settle`] returned
+    /// or `self` is dropped (the owner drops `self` before guest RAM).
+    pub(crate) unsafe fn spawn(
+        vm: Arc<VmFd>,
+        plan: Vec<(Memslot, u64)>,
+        delay: Duration,
+    ) -> Result<Deferred, MemoryError> {
+        let ranges = plan.iter().map(|(m, _)| (m.gpa, m.size)).collect();
+        if plan.is_empty() {
+            return Ok(Deferred::default());
+        }
+        let run = move || {
+            std::thread::sleep(delay);
+            let t = Instant::now();
+            // SAFETY: forwarded to the caller of `spawn`.
+            unsafe { register_plan(&vm, &plan) }?;
+            Ok(t.elapsed().as_micros() as u64)
+        };
+        let thread = match std::thread::Builder::new()
+            .name("memvisor-memslots".into())
+            .spawn(run.clone())
+        {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::debug!("restore: deferred memslots inline ({e})");
+                run()?;
+                None
+            }
+        };
+        Ok(Deferred {
+            ranges,
+            thread,
+            failed: None,
+            accesses: 0,
+        })
+    }
+
+    /// Wait until every deferred slot is registered.
+    ///
+    /// # Errors
+    /// [`MemoryError::Memslot`] if KVM refused one (every later call says so again).
+    pub(crate) fn settle(&mut self) -> Result<(), MemoryError> {
+        if let Some(t) = self.thread.take() {
+            match t.join() {
+                Ok(Ok(us)) => log::debug!("restore: deferred memslots registered in {us} us"),
+                Ok(Err(MemoryError::Memslot {
+                    slot,
+                    gpa,
+                    size,
+                    source,
+                })) => self.failed = Some((slot, gpa, size, source.errno())),
+                Ok(Err(e)) => {
+                    log::warn!("deferred memslots: {e}");
+                    self.failed = Some((0, 0, 0, libc::EINVAL));
+                }
+                Err(_) => self.failed = Some((0, 0, 0, libc::EIO)),
+            }
+        }
+        match self.failed {
+            None => Ok(()),
+            Some((slot, gpa, size, errno)) => Err(MemoryError::Memslot {
+                slot,
+                gpa,
+                size,
+                source: kvm_ioctls::Error::new(errno),
+            }),
+        }
+    }
+
+    /// True if `[gpa, gpa + len)` lies wholly in one deferred slot.
+    pub(crate) fn covers(&self, gpa: u64, len: u64) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        self.ranges
+            .iter()
+            .any(|&(a, n)| gpa >= a && end <= a.saturating_add(n))
+    }
+
+    /// Complete a guest MMIO access into a deferred chunk against `ram` (after
+    /// [`Self::settle`]): a write (`write`) stores `data` at `gpa`, a read fills `data`
+    /// from it.
+    ///
+    /// # Errors
+    /// As [`Self::settle`]; [`MemoryError::Access`] if `ram` refuses the GPA (not RAM).
+    pub(crate) fn complete(
+        &mut self,
+        ram: &GuestRam,
+        gpa: u64,
+        data: &mut [u8],
+        write: bool,
+    ) -> Result<(), MemoryError> {
+        self.settle()?;
+        let at = GuestAddress(gpa);
+        let done = if write {
+            ram.mem.write_slice(data, at)
+        } else {
+            ram.mem.read_slice(data, at)
+        };
+        done.map_err(|_| MemoryError::Access {
+            gpa,
+            len: data.len() as u64,
+        })?;
+        self.accesses += 1;
+        Ok(())
+    }
+}
+
+/// The memslots of a lazy restore: each RAM region of `ram` cut at `chunk`-aligned GPAs
+/// (`chunk` a power of two, at least 4 KiB) into chunks; `eager(gpa)` (the chunk's first
+/// GPA) says which chunks KVM must have before the first `KVM_RUN`; consecutive chunks of
+/// the same kind are one memslot. Returns `(eager, deferred)` slots, each with its HVA,
+/// numbered from 0 in GPA order across both lists (flags 0); together they cover RAM
+/// exactly as [`GuestRam::slot_plan`] does.
+pub(crate) fn split_plan(
+    ram: &GuestRam,
+    chunk: u64,
+    eager: &dyn Fn(u64) -> bool,
+) -> (SlotPlan, SlotPlan) {
+    let chunk = chunk.max(4096).next_power_of_two();
+    let mut pieces: Vec<(bool, Memslot, u64)> = Vec::new();
+    for region in ram.mem.iter() {
+        let (start, len, hva) = (region.start_addr().0, region.len(), region.as_ptr() as u64);
+        let end = start + len;
+        let mut at = start;
+        while at < end {
+            let first = at & !(chunk - 1);
+            let next = (first + chunk).min(end);
+            let kind = eager(first);
+            match pieces.last_mut() {
+                Some((k, m, _)) if *k == kind && m.gpa + m.size == at => m.size += next - at,
+                _ => pieces.push((
+                    kind,
+                    Memslot {
+                        slot: 0,
+                        gpa: at,
+                        size: next - at,
+                        flags: 0,
+                    },
+                    hva + (at - start),
+                )),
+            }
+            at = next;
+        }
+    }
+    let (mut early, mut late) = (Vec::new(), Vec::new());
+    for (i, (kind, mut m, hva)) in pieces.into_iter().enumerate() {
+        m.slot = i as u32;
+        if kind {
+            early.push((m, hva));
+        } else {
+            late.push((m, hva));
+        }
+    }
+    (early, late)
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        // The thread may still register slots over guest RAM: wait before RAM goes.
+        let _ = self.settle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
+
+    #[test]
+    fn split_plan_covers_ram() {
+        let ram = GuestRam::new(MMIO_HOLE_START + (1 << 30)).expect("ram");
+        let chunk = 256 << 20;
+        let (early, late) = split_plan(&ram, chunk, &|gpa| gpa < chunk || gpa == MMIO_HOLE_END);
+        assert_eq!(early.len(), 2);
+        assert_eq!((early[0].0.gpa, early[0].0.size), (0, chunk));
+        assert_eq!((early[1].0.gpa, early[1].0.size), (MMIO_HOLE_END, chunk));
+        assert_eq!(late.len(), 2);
+        assert_eq!(
+            (late[0].0.gpa, late[0].0.size),
+            (chunk, MMIO_HOLE_START - chunk)
+        );
+        let all: Vec<_> = early.iter().chain(&late).collect();
+        assert_eq!(all.iter().map(|(m, _)| m.size).sum::<u64>(), ram.bytes);
+        let mut nums: Vec<u32> = all.iter().map(|(m, _)| m.slot).collect();
+        nums.sort_unstable();
+        assert_eq!(nums, [0, 1, 2, 3]);
+        // HVAs follow GPAs inside a region.
+        let base = ram.slot_plan()[0].1;
+        assert_eq!(late[0].1, base + chunk);
+        // All eager: one slot per region, as slot_plan.
+        let (e, l) = split_plan(&ram, chunk, &|_| true);
+        assert_eq!((e.len(), l.len()), (2, 0));
+    }
+}
