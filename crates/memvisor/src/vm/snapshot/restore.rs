@@ -136,11 +136,11 @@ impl Vm {
         let (vcpu, sync_regs) = vcpu?;
         let slots = slots?;
         log::debug!(
-            "restore: eager memslots ready after {:?} ({} slots in {} us on their thread; {} deferred)",
+            "restore: eager memslots ready after {:?} ({:x?} in {} us on their thread; deferred {:x?})",
             t_start.elapsed(),
-            eager.len(),
+            eager.iter().map(|(m, _)| (m.gpa, m.size)).collect::<Vec<_>>(),
             slots.memslot_us,
-            late.len()
+            late.iter().map(|(m, _)| (m.gpa, m.size)).collect::<Vec<_>>(),
         );
         let vm = Arc::new(vm);
         // SAFETY: the deferred slots' host ranges are guest RAM's mappings, now owned by
