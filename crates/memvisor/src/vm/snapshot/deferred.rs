@@ -1,7 +1,7 @@
 //! Lazy restore's deferred RAM memslots: a restored VM's first `KVM_RUN` waits only for the
 //! memslots of the RAM chunks holding the snapshot's pages (page tables, kernel image,
 //! stacks, data: see `restore.rs`); the other RAM chunks' memslots are registered by a
-//! background thread while the guest runs. `KVM_SET_USER_MEMORY_REGION` of a big slot is
+//! background thread started when the first `KVM_RUN` returns, while the guest runs on. `KVM_SET_USER_MEMORY_REGION` of a big slot is
 //! where a restore's time grows with RAM (under shadow paging KVM allocates and zeroes the
 //! slot's rmap and write-tracking arrays, KVM API doc §4.35).
 //!
@@ -19,63 +19,106 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+/// Registers the deferred slots; returns the µs it took.
+type Job = Box<dyn FnOnce() -> Result<u64, MemoryError> + Send>;
+
 /// The deferred RAM memslots of a restored VM (none for a VM built by `Vm::new`).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Deferred {
     /// `(first GPA, bytes)` of each deferred slot.
     ranges: Vec<(u64, u64)>,
-    /// The registering thread, until joined; it returns the µs it took.
+    /// The registration, until [`Self::start`].
+    job: Option<Job>,
+    /// The registering thread, until joined.
     thread: Option<JoinHandle<Result<u64, MemoryError>>>,
-    /// The thread failed: `(slot, gpa, size, errno)` of the slot KVM refused.
+    /// The registration failed: `(slot, gpa, size, errno)` of the slot KVM refused.
     failed: Option<(u32, u64, u64, i32)>,
     /// Guest accesses completed by the VMM (MMIO exits into a deferred chunk).
     pub(crate) accesses: u64,
 }
 
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deferred")
+            .field("ranges", &self.ranges)
+            .field("started", &self.job.is_none())
+            .field("failed", &self.failed)
+            .field("accesses", &self.accesses)
+            .finish()
+    }
+}
+
 impl Deferred {
-    /// Register `plan`'s slots with `vm` on a new thread, after `delay` (a test hook that
-    /// makes the guest meet unregistered RAM; zero otherwise). With no thread available
-    /// they are registered here.
-    ///
-    /// # Errors
-    /// [`MemoryError::Memslot`] if registering here (no thread) fails.
+    /// `plan`'s slots, to be registered with `vm` on a thread from [`Self::start`] (the
+    /// vCPU loop calls it when the first `KVM_RUN` returns, so the registration does not
+    /// compete with the guest's start for a CPU or KVM's locks), after `delay` (a test hook
+    /// that makes the guest meet unregistered RAM; zero otherwise).
     ///
     /// # Safety
     /// Every `[hva, hva + size)` of `plan` must stay mapped until [`Self::settle`] returned
     /// or `self` is dropped (the owner drops `self` before guest RAM).
-    pub(crate) unsafe fn spawn(
-        vm: Arc<VmFd>,
-        plan: Vec<(Memslot, u64)>,
-        delay: Duration,
-    ) -> Result<Deferred, MemoryError> {
+    pub(crate) unsafe fn new(vm: Arc<VmFd>, plan: SlotPlan, delay: Duration) -> Deferred {
         let ranges = plan.iter().map(|(m, _)| (m.gpa, m.size)).collect();
         if plan.is_empty() {
-            return Ok(Deferred::default());
+            return Deferred::default();
         }
-        let run = move || {
+        let job: Job = Box::new(move || {
             std::thread::sleep(delay);
             let t = Instant::now();
-            // SAFETY: forwarded to the caller of `spawn`.
+            // SAFETY: forwarded to the caller of `new`.
             unsafe { register_plan(&vm, &plan) }?;
             Ok(t.elapsed().as_micros() as u64)
-        };
-        let thread = match std::thread::Builder::new()
-            .name("memvisor-memslots".into())
-            .spawn(run.clone())
-        {
-            Ok(t) => Some(t),
-            Err(e) => {
-                log::debug!("restore: deferred memslots inline ({e})");
-                run()?;
-                None
-            }
-        };
-        Ok(Deferred {
+        });
+        Deferred {
             ranges,
-            thread,
+            job: Some(job),
+            thread: None,
             failed: None,
             accesses: 0,
-        })
+        }
+    }
+
+    /// Start registering the deferred slots on their thread (once; with no thread
+    /// available they are registered here).
+    pub(crate) fn start(&mut self) {
+        let Some(job) = self.job.take() else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name("memvisor-memslots".into())
+            .spawn(move || match rx.recv() {
+                Ok(job) => job(),
+                Err(_) => Ok(0),
+            });
+        match spawned {
+            Ok(t) => {
+                // The receiver lives until the thread ran the job.
+                let _ = tx.send(job);
+                self.thread = Some(t);
+            }
+            Err(e) => {
+                log::debug!("restore: deferred memslots inline ({e})");
+                let done = job();
+                self.record(done);
+            }
+        }
+    }
+
+    fn record(&mut self, done: Result<u64, MemoryError>) {
+        match done {
+            Ok(us) => log::debug!("restore: deferred memslots registered in {us} us"),
+            Err(MemoryError::Memslot {
+                slot,
+                gpa,
+                size,
+                source,
+            }) => self.failed = Some((slot, gpa, size, source.errno())),
+            Err(e) => {
+                log::warn!("deferred memslots: {e}");
+                self.failed = Some((0, 0, 0, libc::EINVAL));
+            }
+        }
     }
 
     /// Wait until every deferred slot is registered.
@@ -83,21 +126,12 @@ impl Deferred {
     /// # Errors
     /// [`MemoryError::Memslot`] if KVM refused one (every later call says so again).
     pub(crate) fn settle(&mut self) -> Result<(), MemoryError> {
+        self.start();
         if let Some(t) = self.thread.take() {
-            match t.join() {
-                Ok(Ok(us)) => log::debug!("restore: deferred memslots registered in {us} us"),
-                Ok(Err(MemoryError::Memslot {
-                    slot,
-                    gpa,
-                    size,
-                    source,
-                })) => self.failed = Some((slot, gpa, size, source.errno())),
-                Ok(Err(e)) => {
-                    log::warn!("deferred memslots: {e}");
-                    self.failed = Some((0, 0, 0, libc::EINVAL));
-                }
-                Err(_) => self.failed = Some((0, 0, 0, libc::EIO)),
-            }
+            let done = t
+                .join()
+                .unwrap_or(Err(MemoryError::Access { gpa: 0, len: 0 }));
+            self.record(done);
         }
         match self.failed {
             None => Ok(()),
@@ -200,7 +234,9 @@ pub(crate) fn split_plan(
 
 impl Drop for Deferred {
     fn drop(&mut self) {
-        // The thread may still register slots over guest RAM: wait before RAM goes.
+        // Never started: nothing to register for a VM that goes. Else the thread may still
+        // register slots over guest RAM: wait before RAM goes.
+        self.job = None;
         let _ = self.settle();
     }
 }

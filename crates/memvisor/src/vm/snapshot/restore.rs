@@ -146,8 +146,7 @@ impl Vm {
         // SAFETY: the deferred slots' host ranges are guest RAM's mappings, now owned by
         // `prepared.space`; the `Vm` built below owns both and drops `Deferred` (joining its
         // thread) before its address space.
-        let deferred = unsafe { Deferred::spawn(vm.clone(), late, opts.defer_delay) }
-            .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
+        let deferred = unsafe { Deferred::new(vm.clone(), late, opts.defer_delay) };
         let early = EarlyVm {
             vm,
             vcpu,
