@@ -171,6 +171,7 @@ impl Vm {
             let t_ret = Instant::now();
             if self.first_exit_us.is_none() {
                 self.first_exit_us = Some(self.t_start.elapsed().as_micros() as u64);
+                log::debug!("first exit after {:?} us", self.first_exit_us);
                 // A restore's deferred RAM memslots: registered from now, beside the guest.
                 self.deferred.start();
             }
