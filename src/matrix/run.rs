@@ -247,8 +247,8 @@ impl MatrixRun {
     }
 
     /// Take the 1 GiB leaves (which map GPA 0–1 GiB, the guest's tables included), the LA57
-    /// PML5Es (each an alias of the whole PML4) and the probe-code alias away after the last
-    /// pass.
+    /// PML5Es (each an alias of the whole PML4) and their leaves, and the aliases away after
+    /// the last pass.
     fn tear_down(&mut self, space: &mut AddressSpace) -> Result<(), Status> {
         let mem = &space.ram().mem;
         for &g in &self.one_g_leaves {
@@ -259,8 +259,15 @@ impl MatrixRun {
         for &i in &self.built.pml5es {
             tb.pt.set_pml5e(tb.mem, i, 0).map_err(|_| Status::Fault)?;
         }
-        let flush = tables::unmap_aliases(space, &std::mem::take(&mut self.aliases))
-            .map_err(|_| Status::Fault)?;
+        // The aliases and the LA57 paths' leaves (their 4-level host VAs in slot 114).
+        let mut gone = std::mem::take(&mut self.aliases);
+        gone.extend(
+            self.vas
+                .iter()
+                .filter(|t| t.pml5e.is_some())
+                .map(|t| (t.host_va(), memvisor::addr::PAGE_SIZE)),
+        );
+        let flush = tables::unmap_aliases(space, &gone).map_err(|_| Status::Fault)?;
         let removed = !self.one_g_leaves.is_empty() || !self.built.pml5es.is_empty();
         space.owe_shadow_flush(flush.merge(ShadowFlush::when(removed)));
         Ok(())

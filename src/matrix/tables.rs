@@ -451,8 +451,9 @@ pub fn map_aliases(
     Ok(done)
 }
 
-/// Unmap what [`map_aliases`] mapped. The aliases own no frames (the kernel's and the
-/// records buffer's owners stay as they were); returns the shadow flush the removed leaves
+/// Unmap `(GVA, length)` ranges: what [`map_aliases`] mapped, and the LA57 paths' leaves
+/// after the last pass. These leaves own no frames (the kernel's, the records buffer's and
+/// the data frame's owners stay as they were); returns the shadow flush the removed leaves
 /// owe.
 ///
 /// # Errors
