@@ -1,4 +1,5 @@
-//! x86_64 4-level guest page tables (PML4 → PDPT → PD → PT), built and owned by the host.
+//! x86_64 4-level guest page tables (PML4 → PDPT → PD → PT), built and owned by the host,
+//! optionally under a PML5 for 5-level paging ([`PageTables::enable_la57`], `la57.rs`).
 //!
 //! The VMM builds the guest's page tables in guest RAM, in 4 KiB frames it gets from a
 //! [`FrameSource`] (its zone allocator; tests use [`FramePool`]). [`PageTables`] holds the
