@@ -187,7 +187,7 @@ pub(super) fn la57_vas() -> Vec<TestVa> {
 /// * `pku`: CR4.PKE = 1, leaves with protection key 1, PKRU.AD1 = 1 (slot 86) and
 ///   PKRU.WD1 = 1 (slot 87), 256 VAs each × 24 passes.
 /// * `1g`: 1 GiB leaves: 16 PML4E × 16 PDPTE (PS = 1) combinations, slots 98–113, × 24.
-/// * `la57`: 5-level paging: 16 PML5E combinations over a `P|RW|US` path × 24 ([`la57_vas`];
+/// * `la57`: 5-level paging: 16 PML5E combinations over a `P|RW|US` path × 24 (`la57_vas`;
 ///   the PML5E is the case's fifth level). It needs the 5-level boot, which the VMM does
 ///   where the CPUID has LA57; on a PVM host, whose KVM reports LA57 but cannot enter a
 ///   guest with CR4.LA57 = 1, its cases are "unsupported by host".

@@ -68,7 +68,7 @@ pub struct Translation57 {
 }
 
 impl PageTables {
-    /// Put a PML5 above the PML4 (see the [module docs](self)): entries 0 and 511 point to
+    /// Put a PML5 above the PML4 (see the crate docs, `la57.rs`): entries 0 and 511 point to
     /// the PML4, the rest are zero. Returns the PML5 frame, whose GPA is the CR3 value for
     /// CR4.LA57 = 1. Idempotent: a second call returns the same frame.
     ///
