@@ -79,8 +79,10 @@ impl ReportText for Report {
         let p = &self.page_tables;
         let _ = writeln!(
             o,
-            "-- page tables: CR3 {:#x}; {} table frames (PDPT {}, PD {}, PT {}) in {} pool chunk(s); mappings 4K {} / 2M {} / 1G {}",
-            p.cr3, p.table_frames, p.pdpt_tables, p.pd_tables, p.pt_tables, p.pool_chunks,
+            "-- page tables: CR3 {:#x}{}; {} table frames (PDPT {}, PD {}, PT {}) in {} pool chunk(s); mappings 4K {} / 2M {} / 1G {}",
+            p.cr3,
+            if p.paging_levels == 5 { " (a PML5: 5-level paging)" } else { "" },
+            p.table_frames, p.pdpt_tables, p.pd_tables, p.pt_tables, p.pool_chunks,
             p.mappings_4k, p.mappings_2m, p.mappings_1g
         );
         let _ = writeln!(

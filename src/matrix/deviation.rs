@@ -131,7 +131,15 @@ impl MatrixReport {
                 continue;
             }
             let (t, spec) = (&data.vas[k], &data.passes[p]);
-            let exp = oracle::expect(&t.entries, spec.access, spec.cpl, spec.mode, phys_bits);
+            let (w, n) = t.walk();
+            let exp = oracle::expect_walk(
+                &w[..n],
+                n as u8,
+                spec.access,
+                spec.cpl,
+                spec.mode,
+                phys_bits,
+            );
             let Some(&raw) = data.leaf_raw.get(k) else {
                 continue;
             };

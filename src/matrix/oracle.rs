@@ -2,7 +2,9 @@
 //! from the Intel SDM Vol. 3A §4.6 (access rights), §4.7 (page-fault error code) and §4.5
 //! (reserved bits of 4-level paging entries), and §4.8 (accessed and dirty flags).
 //!
-//! * The walk reads the entries from the PML4E down. The first entry with P = 0 ends it with
+//! * The walk reads the entries from the PML4E down (from the PML5E under 5-level paging,
+//!   CR4.LA57 = 1, [`expect_walk`]; a PML5E's reserved bits are a PML4E's, SDM Vol. 3A
+//!   Table 4-14). The first entry with P = 0 ends it with
 //!   a not-present fault (error code P = 0). A present entry with a reserved bit set (bits
 //!   51:MAXPHYADDR, XD when IA32_EFER.NXE = 0, PS in a PML4E, the low address bits of a large
 //!   leaf) ends it with RSVD = 1 and P = 1. A level-1 entry, or a PDPTE / PDE with PS = 1,
@@ -105,6 +107,21 @@ pub struct Expect {
 /// must hold the walk down to its leaf (a walk that runs out of entries is treated as
 /// ending in a not-present entry).
 pub fn expect(entries: &[u64], access: Access, cpl: u8, mode: Mode, phys_bits: u8) -> Expect {
+    expect_walk(entries, 4, access, cpl, mode, phys_bits)
+}
+
+/// [`expect`] for a walk whose first entry is at level `top`: 4 (the PML4E, 4-level paging)
+/// or 5 (the PML5E, 5-level paging; the rights are then the AND / OR over all five levels,
+/// §4.6). Any other `top` is taken as 4.
+pub fn expect_walk(
+    entries: &[u64],
+    top: u8,
+    access: Access,
+    cpl: u8,
+    mode: Mode,
+    phys_bits: u8,
+) -> Expect {
+    let top = if top == 5 { 5u8 } else { 4 };
     let mut err = 0;
     if access == Access::Write {
         err |= PF_W;
@@ -117,12 +134,13 @@ pub fn expect(entries: &[u64], access: Access, cpl: u8, mode: Mode, phys_bits: u
     }
     let (mut user, mut writable, mut xd) = (true, true, false);
     let mut leaf = None;
-    for (i, &e) in entries.iter().take(4).enumerate() {
-        let level = 4 - i as u8;
+    for (i, &e) in entries.iter().take(usize::from(top)).enumerate() {
+        let level = top - i as u8;
         if e & P == 0 {
             break;
         }
-        if Pte::from_raw(e).reserved_bits(level, phys_bits, mode.nxe) != 0 {
+        // A PML5E has a PML4E's reserved bits (PS among them).
+        if Pte::from_raw(e).reserved_bits(level.min(4), phys_bits, mode.nxe) != 0 {
             return Expect {
                 fault: Some(err | PF_P | PF_RSVD),
                 leaf_after: entries.last().copied().unwrap_or(0),
@@ -335,6 +353,58 @@ mod tests {
         assert_eq!(e.fault, Some(0x7));
         let e = expect(&[T, T | PS], Access::Write, 3, m(true, true), 48);
         assert_eq!((e.fault, e.leaf_after), (None, T | PS | A | D));
+    }
+
+    #[test]
+    fn five_level_walk() {
+        let t5 = |e: &[u64], a, cpl, mode| expect_walk(e, 5, a, cpl, mode, 48).fault;
+        // The PML5E's rights count like any level's: US=0 there makes a user access fault
+        // with P | U, RW=0 a CPL 3 write with P | W | U, XD (NXE = 1) a fetch with I/D.
+        assert_eq!(
+            t5(&[P | RW, T, T, T, T], Access::Read, 3, m(true, true)),
+            Some(0x5)
+        );
+        assert_eq!(
+            t5(&[P | US, T, T, T, T], Access::Write, 3, m(false, true)),
+            Some(0x7)
+        );
+        assert_eq!(
+            t5(&[P | US, T, T, T, T], Access::Write, 0, m(true, true)),
+            Some(0x3)
+        );
+        assert_eq!(
+            t5(&[P | US, T, T, T, T], Access::Write, 0, m(false, true)),
+            None
+        );
+        assert_eq!(
+            t5(&[T | NXB, T, T, T, T], Access::Exec, 3, m(true, true)),
+            Some(0x15)
+        );
+        // Not present at the PML5E: P = 0; with NXE = 0, XD in the PML5E is reserved.
+        assert_eq!(
+            t5(&[RW | US, T, T, T, T], Access::Write, 3, m(true, true)),
+            Some(0x6)
+        );
+        assert_eq!(
+            t5(&[T | NXB, T, T, T, T], Access::Read, 0, m(true, false)),
+            Some(0x9)
+        );
+        // PS and an address bit above MAXPHYADDR in a PML5E are reserved.
+        assert_eq!(
+            t5(&[T | PS, T, T, T, T], Access::Read, 3, m(true, true)),
+            Some(0xd)
+        );
+        assert_eq!(
+            t5(&[T | R51, T, T, T, T], Access::Read, 0, m(true, true)),
+            Some(0x9)
+        );
+        // A permissive PML5E leaves the 4-level answer, A/D included.
+        let e = expect_walk(&[T, T, T, T, P | US], 5, Access::Read, 3, m(true, true), 48);
+        assert_eq!((e.fault, e.leaf_after), (None, P | US | A));
+        assert_eq!(
+            expect_walk(&[T, T, T, P | US], 4, Access::Write, 3, m(true, true), 48),
+            expect(&[T, T, T, P | US], Access::Write, 3, m(true, true), 48)
+        );
     }
 
     #[test]

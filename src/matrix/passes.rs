@@ -3,7 +3,7 @@
 
 use super::oracle::{Access, Mode};
 use super::tables::{self, TestVa};
-use memvisor_abi::layout::{MATRIX_1G_SLOT, MATRIX_VARIANT_SLOT};
+use memvisor_abi::layout::{MATRIX_1G_SLOT, MATRIX_LA57_SLOT, MATRIX_VARIANT_SLOT};
 
 /// One pass: an access at a CPL in a mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,8 @@ pub struct SkippedVa {
     pub va: u64,
     /// PML4E, PDPTE, PDE, PTE flag bits (`None`: no such level, e.g. below a 1 GiB leaf).
     pub entries: [Option<u64>; 4],
+    /// PML5E flag bits of a 5-level VA (`None`: a 4-level walk).
+    pub pml5e: Option<u64>,
 }
 
 impl SkippedVa {
@@ -66,7 +68,11 @@ impl SkippedVa {
                 *e = None;
             }
         }
-        SkippedVa { va: t.va, entries }
+        SkippedVa {
+            va: t.va,
+            entries,
+            pml5e: t.pml5e,
+        }
     }
 }
 
@@ -118,6 +124,7 @@ fn pde_pte_vas(slot: u64, leaf_extra: u64) -> Vec<TestVa> {
                 ],
                 rsvd_level: None,
                 leaf_level: 1,
+                pml5e: None,
             }
         })
         .collect()
@@ -135,6 +142,7 @@ pub(super) fn one_g_vas(data_gpa: u64) -> Vec<TestVa> {
                 entries: [tables::combo_flags(i4), tables::combo_flags(i3) | PS, 0, 0],
                 rsvd_level: None,
                 leaf_level: 3,
+                pml5e: None,
             }
         })
         .collect()
@@ -149,6 +157,23 @@ pub struct Offer {
     pub data_gpa: u64,
     /// The kernel image has the probe-code symbols (an alias can be mapped).
     pub tramp: bool,
+    /// The guest booted with 5-level paging (CR4.LA57 = 1, CR3 a PML5).
+    pub la57_boot: bool,
+}
+
+/// The LA57 variant's 16 VAs: PML5E flag combination `i5` (0–15) at PML5 index `i5 + 1`
+/// (bits 56:48 nonzero, bit 56 clear: canonical in 57 bits, not in 48), over a `P|RW|US`
+/// path in PML4 slot [`MATRIX_LA57_SLOT`] with its own leaf (PTE index `i5`).
+pub(super) fn la57_vas() -> Vec<TestVa> {
+    (0..16u64)
+        .map(|i5| TestVa {
+            va: ((i5 + 1) << 48) | (MATRIX_LA57_SLOT << 39) | (i5 << 12),
+            entries: [T; 4],
+            rsvd_level: None,
+            leaf_level: 1,
+            pml5e: Some(tables::combo_flags(i5)),
+        })
+        .collect()
 }
 
 /// The feature variants beyond WP and NXE. Each runs where the CPUID has the feature and
@@ -162,8 +187,10 @@ pub struct Offer {
 /// * `pku`: CR4.PKE = 1, leaves with protection key 1, PKRU.AD1 = 1 (slot 86) and
 ///   PKRU.WD1 = 1 (slot 87), 256 VAs each × 24 passes.
 /// * `1g`: 1 GiB leaves: 16 PML4E × 16 PDPTE (PS = 1) combinations, slots 98–113, × 24.
-/// * `la57`: 5-level paging: 16 PML5E combinations over a `P|RW|US` path × 24 (VAs above
-///   2^48; the PML5E is not a column).
+/// * `la57`: 5-level paging: 16 PML5E combinations over a `P|RW|US` path × 24 (`la57_vas`;
+///   the PML5E is the case's fifth level). It needs the 5-level boot, which the VMM does
+///   where the CPUID has LA57; on a PVM host, whose KVM reports LA57 but cannot enter a
+///   guest with CR4.LA57 = 1, its cases are "unsupported by host".
 pub fn variants(o: &Offer) -> Vec<Variant> {
     let f = &o.features;
     let skip = |supported: bool, missing: Option<&str>| match (supported, missing) {
@@ -236,18 +263,10 @@ pub fn variants(o: &Offer) -> Vec<Variant> {
         passes: base_passes(Mode::default()),
         needs_tramp: false,
     });
-    let la57 = (0..16u64)
-        .map(|i5| TestVa {
-            va: ((i5 + 1) << 48) | (64 << 39),
-            entries: [T; 4],
-            rsvd_level: None,
-            leaf_level: 1,
-        })
-        .collect();
     v.push(Variant {
         feature: "la57",
-        skip: skip(f.la57, Some("5-level paging needs a 5-level boot")),
-        vas: la57,
+        skip: skip(f.la57 && o.la57_boot, None),
+        vas: la57_vas(),
         passes: base_passes(Mode::default()),
         needs_tramp: false,
     });

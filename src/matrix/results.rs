@@ -121,14 +121,18 @@ pub struct MatrixData {
 }
 
 /// The `--cases-out` header. `mode`: the pass's mode bits beyond WP and NXE (`-`, or
-/// `smep`, `smap`, `ac`, `pke`, `pkru=0x..` joined by `+`).
-pub const TSV_HEADER: &str = "pml4e\tpdpte\tpde\tpte\trsvd_level\taccess\tcpl\twp\tnxe\tva\tfaulted\terror_code\tcr2\tpte_after\tstatus\tmode";
+/// `smep`, `smap`, `ac`, `pke`, `pkru=0x..` joined by `+`). `pml5e`: the PML5E's flag bits
+/// for a 5-level walk (the LA57 variant, CR4.LA57 = 1), `-` for a 4-level walk; the last
+/// column, so the others keep their positions.
+pub const TSV_HEADER: &str = "pml4e\tpdpte\tpde\tpte\trsvd_level\taccess\tcpl\twp\tnxe\tva\tfaulted\terror_code\tcr2\tpte_after\tstatus\tmode\tpml5e";
 
 /// One row of the case table.
 #[derive(Debug, Clone, Copy)]
 pub struct Row {
     /// Entry flag bits, PML4E first (`None`: no such level).
     pub entries: [Option<u64>; 4],
+    /// PML5E flag bits of a 5-level walk (`None`: a 4-level walk).
+    pub pml5e: Option<u64>,
     /// Level with the reserved bit (bit MAXPHYADDR), if any.
     pub rsvd_level: Option<u8>,
     /// The pass.
@@ -201,6 +205,12 @@ impl Row {
         } else {
             s.push_str(&parts.join("+"));
         }
+        match self.pml5e {
+            Some(v) => {
+                let _ = write!(s, "\t{v:#x}");
+            }
+            None => s.push_str("\t-"),
+        }
         s
     }
 }
@@ -226,6 +236,7 @@ impl MatrixData {
                     entries: super::passes::SkippedVa::of(t)
                         .entries
                         .map(|e| e.map(|e| e & !tables::ADDR_BITS)),
+                    pml5e: t.pml5e,
                     rsvd_level: t.rsvd_level,
                     pass: self.passes[p],
                     va: t.va,
@@ -237,6 +248,7 @@ impl MatrixData {
             s.passes.iter().flat_map(move |p| {
                 s.vas.iter().map(move |v| Row {
                     entries: v.entries,
+                    pml5e: v.pml5e,
                     rsvd_level: None,
                     pass: *p,
                     va: v.va,

@@ -59,6 +59,7 @@ pub fn setup(space: &mut AddressSpace, phys_bits: u8) -> Result<(Box<MatrixRun>,
         features: f,
         data_gpa,
         tramp: tramp_syms.is_some(),
+        la57_boot: space.la57(),
     };
     let mut vas = tables::test_vas(phys_bits);
     let mut groups = vec![(0..vas.len(), base_passes(Mode::default()))];
@@ -245,17 +246,30 @@ impl MatrixRun {
         Ok(0)
     }
 
-    /// Take the 1 GiB leaves (which map GPA 0–1 GiB, the guest's tables included) and the
-    /// probe-code alias away after the last pass.
+    /// Take the 1 GiB leaves (which map GPA 0–1 GiB, the guest's tables included), the LA57
+    /// PML5Es (each an alias of the whole PML4) and their leaves, and the aliases away after
+    /// the last pass.
     fn tear_down(&mut self, space: &mut AddressSpace) -> Result<(), Status> {
         let mem = &space.ram().mem;
         for &g in &self.one_g_leaves {
             mem.write_obj::<u64>(0x80, GuestAddress(g))
                 .map_err(|_| Status::Fault)?;
         }
-        let flush = tables::unmap_aliases(space, &std::mem::take(&mut self.aliases))
-            .map_err(|_| Status::Fault)?;
-        space.owe_shadow_flush(flush.merge(ShadowFlush::when(!self.one_g_leaves.is_empty())));
+        let tb = space.host_tables();
+        for &i in &self.built.pml5es {
+            tb.pt.set_pml5e(tb.mem, i, 0).map_err(|_| Status::Fault)?;
+        }
+        // The aliases and the LA57 paths' leaves (their 4-level host VAs in slot 114).
+        let mut gone = std::mem::take(&mut self.aliases);
+        gone.extend(
+            self.vas
+                .iter()
+                .filter(|t| t.pml5e.is_some())
+                .map(|t| (t.host_va(), memvisor::addr::PAGE_SIZE)),
+        );
+        let flush = tables::unmap_aliases(space, &gone).map_err(|_| Status::Fault)?;
+        let removed = !self.one_g_leaves.is_empty() || !self.built.pml5es.is_empty();
+        space.owe_shadow_flush(flush.merge(ShadowFlush::when(removed)));
         Ok(())
     }
 
@@ -392,7 +406,15 @@ pub(super) fn judge(
     pte_after: Option<u64>,
     phys_bits: u8,
 ) -> bool {
-    let exp = oracle::expect(&t.entries, spec.access, spec.cpl, spec.mode, phys_bits);
+    let (w, n) = t.walk();
+    let exp = oracle::expect_walk(
+        &w[..n],
+        n as u8,
+        spec.access,
+        spec.cpl,
+        spec.mode,
+        phys_bits,
+    );
     let Some(after) = pte_after else {
         return false;
     };

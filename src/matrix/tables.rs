@@ -74,6 +74,38 @@ pub struct TestVa {
     /// Level of the leaf: 1 (a 4 KiB PTE) or 3 (a 1 GiB PDPTE with PS = 1, the entries
     /// below it unused).
     pub leaf_level: u8,
+    /// Flag bits of the PML5E for a VA that needs 5-level paging (the LA57 variant: bits
+    /// 56:48 of `va` are its PML5 index, 1–510); `None` for a 4-level walk.
+    pub pml5e: Option<u64>,
+}
+
+impl TestVa {
+    /// The walk's entries from its top level down (PML5E first for a 5-level VA) and the
+    /// number of them: `&w[..n]` is what the oracle walks.
+    pub fn walk(&self) -> ([u64; 5], usize) {
+        let mut w = [0; 5];
+        match self.pml5e {
+            Some(p) => {
+                w[0] = p;
+                w[1..].copy_from_slice(&self.entries);
+                (w, 5)
+            }
+            None => {
+                w[..4].copy_from_slice(&self.entries);
+                (w, 4)
+            }
+        }
+    }
+
+    /// The 4-level address with the same bits 47:0 (the VA itself for a 4-level VA): where
+    /// the host builds and reads a 5-level VA's entries below the PML5E (through PML5E 0,
+    /// which points to the same PML4). LA57 VAs have bit 47 clear.
+    pub fn host_va(&self) -> u64 {
+        match self.pml5e {
+            Some(_) => self.va & ((1 << 47) - 1),
+            None => self.va,
+        }
+    }
 }
 
 /// The 65,540 test VAs in matrix order, the reserved-bit ones with [`rsvd_bit`] of
@@ -87,6 +119,7 @@ pub fn test_vas(phys_bits: u8) -> Vec<TestVa> {
             entries: [i4, i3, i2, i1].map(combo_flags),
             rsvd_level: None,
             leaf_level: 1,
+            pml5e: None,
         });
     }
     for r in 0..RSVD_VAS as u64 {
@@ -97,6 +130,7 @@ pub fn test_vas(phys_bits: u8) -> Vec<TestVa> {
             entries,
             rsvd_level: Some(4 - r as u8),
             leaf_level: 1,
+            pml5e: None,
         });
     }
     v
@@ -120,6 +154,8 @@ pub struct Built {
     /// False if MAXPHYADDR is 52 (no address bit reserved): the reserved-bit VAs were built
     /// without it and their cases are skipped.
     pub rsvd_built: bool,
+    /// PML5 indices given test flags (the LA57 VAs'; zeroed after the last pass).
+    pub pml5es: Vec<usize>,
 }
 
 fn paging(e: memvisor::paging::PagingError) -> SpaceError {
@@ -241,10 +277,10 @@ pub fn build(
             let ro_user = PteFlags::PRESENT | PteFlags::USER;
             (t.va & !((1 << 30) - 1), 0, PageSize::Size1G, ro_user)
         } else {
-            (t.va, data_gpa, PageSize::Size4K, rw_user)
+            (t.host_va(), data_gpa, PageSize::Size4K, rw_user)
         };
         pt.edit(mem, &mut *pool)
-            .map(Gva::new(va), Gpa::new(gpa), size, flags)
+            .map(canonical(va)?, Gpa::new(gpa), size, flags)
             .map_err(paging)?;
     }
     let mut leaf_gpas = vec![0; vas.len()];
@@ -257,7 +293,8 @@ pub fn build(
             if level < t.leaf_level {
                 continue;
             }
-            let gpa = pt.entry_gpa(mem, Gva::new(t.va), level).map_err(paging)?;
+            let gva = canonical(t.host_va())?;
+            let gpa = pt.entry_gpa(mem, gva, level).map_err(paging)?;
             if level == t.leaf_level {
                 leaf_gpas[k] = gpa.raw();
             }
@@ -270,8 +307,18 @@ pub fn build(
             // PS stays as mapped (set_entry_flags keeps it).
             // (Protection keys are written below.)
             let flags = PteFlags::from_bits_truncate(t.entries[i] & !ADDR_BITS & !PS & !KEY_BITS);
-            pt.set_entry_flags(mem, Gva::new(t.va), level, flags)
-                .map_err(paging)?;
+            pt.set_entry_flags(mem, gva, level, flags).map_err(paging)?;
+        }
+    }
+    // The LA57 VAs' PML5Es (each points to the PML4; the path below it is the host VA's,
+    // built above). Refused unless the guest boots 5-level.
+    let mut pml5es = Vec::new();
+    for t in vas {
+        if let Some(f) = t.pml5e {
+            let index = memvisor::paging::pml5_index(t.va);
+            pt.set_pml5e(mem, index, f & !ADDR_BITS).map_err(paging)?;
+            entry_gpas.push(pt.pml5e_gpa(index).map_err(paging)?.raw());
+            pml5es.push(index);
         }
     }
     // Protection keys (bits 62:59 of a leaf, SDM Vol. 3A §4.6.2): not flags of the table
@@ -315,7 +362,13 @@ pub fn build(
         buf_gpa,
         buf_bytes,
         rsvd_built,
+        pml5es,
     })
+}
+
+/// `raw` as a [`Gva`] (the matrix's own VAs are canonical; a bug is an error, not a panic).
+fn canonical(raw: u64) -> Result<Gva, SpaceError> {
+    memvisor::paging::canonical(raw).map_err(paging)
 }
 
 /// Records for the passes, each over its VAs (`passes[i]`), after a plan area of
@@ -398,8 +451,9 @@ pub fn map_aliases(
     Ok(done)
 }
 
-/// Unmap what [`map_aliases`] mapped. The aliases own no frames (the kernel's and the
-/// records buffer's owners stay as they were); returns the shadow flush the removed leaves
+/// Unmap `(GVA, length)` ranges: what [`map_aliases`] mapped, and the LA57 paths' leaves
+/// after the last pass. These leaves own no frames (the kernel's, the records buffer's and
+/// the data frame's owners stay as they were); returns the shadow flush the removed leaves
 /// owe.
 ///
 /// # Errors

@@ -28,6 +28,7 @@ fn judge_needs_every_observation_to_match() {
         entries: [7, 7, 7, 5],
         rsvd_level: None,
         leaf_level: 1,
+        pml5e: None,
     };
     let leaf = 0x0131_4000 | 5;
     let wp0 = spec(Access::Write, 0, false);
@@ -95,6 +96,7 @@ fn judge_needs_every_observation_to_match() {
 fn rows_as_tsv() {
     let row = Row {
         entries: [Some(7), Some(7), Some(7), Some(0x8000_0000_0000_0007)],
+        pml5e: None,
         rsvd_level: None,
         pass: spec(Access::Exec, 0, true),
         va: 0x2000_0000_f000,
@@ -110,10 +112,17 @@ fn rows_as_tsv() {
     assert_eq!(
         row.to_tsv(),
         "0x7\t0x7\t0x7\t0x8000000000000007\t-\tx\t0\t1\t1\t0x20000000f000\t1\t0x11\t\
-         0x20000000f000\t0x8000000001314007\tpass\t-"
+         0x20000000f000\t0x8000000001314007\tpass\t-\t-"
     );
-    assert_eq!(TSV_HEADER.split('\t').count(), 16);
-    assert_eq!(row.to_tsv().split('\t').count(), 16);
+    assert_eq!(TSV_HEADER.split('\t').count(), 17);
+    assert_eq!(row.to_tsv().split('\t').count(), 17);
+    // A 5-level case: the PML5E's flags in the last column (XD | P | US here).
+    let la57 = Row {
+        pml5e: Some(0x8000_0000_0000_0005),
+        va: 0x0001_3900_0000_0000,
+        ..row
+    };
+    assert!(la57.to_tsv().ends_with("\tpass\t-\t0x8000000000000005"));
     let skipped = Row {
         entries: [Some(7), Some(0x87), None, None],
         rsvd_level: Some(3),
@@ -123,14 +132,14 @@ fn rows_as_tsv() {
     };
     assert_eq!(
         skipped.to_tsv(),
-        "0x7\t0x87\t-\t-\tpdpte\tx\t0\t1\t1\t0x20000000f000\t-\t-\t-\t-\tskipped\t-"
+        "0x7\t0x87\t-\t-\tpdpte\tx\t0\t1\t1\t0x20000000f000\t-\t-\t-\t-\tskipped\t-\t-"
     );
     let mut pk = row;
     pk.pass.mode.pke = true;
     pk.pass.mode.pkru = 4;
     pk.pass.mode.smap = true;
     pk.pass.mode.ac = true;
-    assert!(pk.to_tsv().ends_with("\tpass\tsmap+ac+pke+pkru=0x4"));
+    assert!(pk.to_tsv().ends_with("\tpass\tsmap+ac+pke+pkru=0x4\t-"));
 }
 
 #[test]
@@ -140,6 +149,7 @@ fn variants_and_passes() {
         features,
         data_gpa,
         tramp,
+        la57_boot: true,
     };
     let v = variants(&offer(none, 0x1000, true));
     let total: usize = v.iter().map(|s| s.vas.len() * s.passes.len()).sum();
@@ -166,13 +176,39 @@ fn variants_and_passes() {
     };
     assert_eq!(
         runs(&offer(all, 0x1000, true)),
-        ["smep", "smap", "pku", "pku", "1g"]
+        ["smep", "smap", "pku", "pku", "1g", "la57"]
     );
     for v in variants(&offer(all, 0x1000, true)) {
         assert!(v.skip.is_none() || v.skip.is_some_and(|s| s.starts_with("not implemented")));
     }
+    // CPUID has LA57 but KVM refused the 5-level boot (a PVM host): unsupported by host.
+    let refused = Offer {
+        la57_boot: false,
+        ..offer(all, 0x1000, true)
+    };
+    let la57 = variants(&refused)
+        .into_iter()
+        .find(|v| v.feature == "la57")
+        .expect("la57 variant");
+    assert_eq!(la57.skip.as_deref(), Some("unsupported by host"));
+    assert_eq!(la57.vas.len() * la57.passes.len(), 384);
+    // The LA57 VAs: canonical in 57 bits, not in 48, PML5 indices 1..=16 (never 0 / 511),
+    // distinct leaves at one host VA each (bits 47:0), the PML5E flags the 16 combinations.
+    let mut host = Vec::new();
+    for (i, t) in la57.vas.iter().enumerate() {
+        assert!(memvisor::paging::is_canonical_la57(t.va));
+        assert!(memvisor::paging::canonical(t.va).is_err(), "{:#x}", t.va);
+        assert_eq!(memvisor::paging::pml5_index(t.va), i + 1);
+        assert_eq!(t.pml5e, Some(tables::combo_flags(i as u64)));
+        assert_eq!((t.entries, t.leaf_level), ([7; 4], 1));
+        assert!(memvisor_abi::layout::MATRIX_LA57_AREA.contains(&t.host_va()));
+        assert_eq!(t.walk(), ([t.pml5e.unwrap_or(0), 7, 7, 7, 7], 5));
+        host.push(t.host_va());
+    }
+    host.dedup();
+    assert_eq!(host.len(), 16);
     // No probe-code symbols: no SMEP / SMAP; a data frame above 1 GiB: no 1 GiB leaves.
-    assert_eq!(runs(&offer(all, 1 << 30, false)), ["pku", "pku"]);
+    assert_eq!(runs(&offer(all, 1 << 30, false)), ["pku", "pku", "la57"]);
     // The variant VAs are distinct from each other and from the base VAs, canonical, and
     // a 1 GiB VA reaches the data frame's offset.
     let mut vas: Vec<u64> = tables::test_vas(48).iter().map(|t| t.va).collect();
@@ -218,6 +254,7 @@ fn known_deviation_moves_exactly_the_rsvd_without_p_cases() {
             entries: [7 | tables::rsvd_bit(48), 7, 7, 7],
             rsvd_level: Some(4),
             leaf_level: 1,
+            pml5e: None,
         })
         .collect();
     let leaf = 0x0131_4007;
@@ -285,7 +322,7 @@ fn known_deviation_moves_exactly_the_rsvd_without_p_cases() {
         .data
         .rows()
         .next()
-        .is_some_and(|r| r.to_tsv().ends_with("\tdeviation\t-")));
+        .is_some_and(|r| r.to_tsv().ends_with("\tdeviation\t-\t-")));
 }
 
 #[test]

@@ -33,6 +33,11 @@ impl Scenario for FaultMatrix {
         true
     }
 
+    /// The LA57 variant needs a 5-level boot (CR4.LA57 cannot be set later).
+    fn five_level(&self) -> bool {
+        true
+    }
+
     fn prepare(&mut self, ctx: Prepare<'_>) -> Result<(), SpaceError> {
         let (run, plan_gva) = crate::matrix::setup(ctx.space, ctx.phys_bits)?;
         ctx.boot_arg[0] = plan_gva;

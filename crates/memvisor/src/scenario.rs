@@ -46,6 +46,12 @@ pub trait Scenario: Send {
     fn no_nx(&self) -> bool {
         false
     }
+    /// Boot the guest with 5-level paging (CR4.LA57 = 1, CR3 a PML5 whose entries 0 and 511
+    /// point to the PML4; [`crate::space::AddressSpace::enable_la57`]) where the guest CPUID
+    /// has LA57 and the backend runs it (default false: 4-level).
+    fn five_level(&self) -> bool {
+        false
+    }
     /// Set up the stage-2 test layout ([`memvisor_abi::stage2`], [`crate::stage2::Stage2`]).
     fn stage2_layout(&self) -> bool {
         false

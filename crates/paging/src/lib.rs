@@ -1,4 +1,5 @@
-//! x86_64 4-level guest page tables (PML4 → PDPT → PD → PT), built and owned by the host.
+//! x86_64 4-level guest page tables (PML4 → PDPT → PD → PT), built and owned by the host,
+//! optionally under a PML5 for 5-level paging ([`PageTables::enable_la57`], `la57.rs`).
 //!
 //! The VMM builds the guest's page tables in guest RAM, in 4 KiB frames it gets from a
 //! [`FrameSource`] (its zone allocator; tests use [`FramePool`]). [`PageTables`] holds the
@@ -57,7 +58,8 @@
 //! `edit.rs` (the recursive map / unmap / protect editors), `walk.rs` (translate, leaves, dump,
 //! summary), `entry.rs` (single entries at any level, for test tables such as the fault
 //! matrix's: flags of intermediate entries, reserved bits), `direct.rs` (direct map), `io.rs` (guest-memory access to tables),
-//! `tableset.rs` (the set of table frames).
+//! `tableset.rs` (the set of table frames), `la57.rs` (5-level paging: the PML5 above the PML4,
+//! its walk).
 //!
 //! Sources: Intel SDM Vol. 3A §4.5 (4-level paging, entry formats), §4.6 (access rights),
 //! §4.10.4 (TLB invalidation); issue 3 "Page tables"; seed `003_733038d7242770b3.txt`
@@ -72,6 +74,7 @@ mod edit;
 mod entry;
 mod flush;
 mod io;
+mod la57;
 mod mapper;
 pub mod protection;
 pub mod pte;
@@ -81,6 +84,7 @@ mod walk;
 
 pub use direct::{direct_map_plan, DirectSegment};
 pub use flush::{reduces, Protected, ShadowFlush, Unmapped};
+pub use la57::{is_canonical_la57, pml5_index, Translation57, PML5E_FLAGS};
 pub use mapper::Mapper;
 pub use protection::Protection;
 pub use pte::{Pte, PteFlags, ADDR_MASK};

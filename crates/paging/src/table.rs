@@ -37,17 +37,21 @@ impl Default for PagingConfig {
     }
 }
 
-/// A guest's 4-level page tables, living in guest RAM.
+/// A guest's 4-level page tables (with an optional PML5 above them, `la57.rs`), living in
+/// guest RAM.
 ///
 /// Holds the root (PML4) frame, every table frame with its level, and counters. See the
 /// [module docs](super) for the policies (intermediate flags, all-or-nothing, table frames).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct PageTables {
     pub(super) root: Pfn,
-    /// Every table frame (root included) → its level (4 = PML4 … 1 = PT).
+    /// The PML5 above the PML4 under 5-level paging ([`PageTables::enable_la57`]).
+    #[serde(default)]
+    pub(super) pml5: Option<Pfn>,
+    /// Every table frame (root and PML5 included) → its level (5 = PML5, 4 = PML4 … 1 = PT).
     pub(super) tables: TableSet,
-    /// Table frames per level, index `level - 1`.
-    pub(super) tables_per_level: [u64; 4],
+    /// Table frames per level, index `level - 1` (the PML5 at index 4).
+    pub(super) tables_per_level: [u64; 5],
     /// Leaf entries per page size, index [`PageSize::index`].
     pub(super) leaves_per_size: [u64; 3],
     pub(super) config: PagingConfig,
@@ -91,8 +95,9 @@ impl PageTables {
         };
         let mut pt = PageTables {
             root: Pfn::new(0),
+            pml5: None,
             tables: TableSet::default(),
-            tables_per_level: [0; 4],
+            tables_per_level: [0; 5],
             leaves_per_size: [0; 3],
             config,
             poisoned: std::collections::BTreeMap::new(),
@@ -106,7 +111,8 @@ impl PageTables {
         Ok(pt)
     }
 
-    /// The PML4 frame; its GPA is the CR3 value (PCID 0, PWT = PCD = 0).
+    /// The PML4 frame; its GPA is the CR3 value (PCID 0, PWT = PCD = 0) under 4-level
+    /// paging (under 5-level paging CR3 is [`Self::cr3_root`], the PML5).
     pub fn root(&self) -> Pfn {
         self.root
     }
@@ -121,7 +127,7 @@ impl PageTables {
         self.tables.get(pfn).is_some()
     }
 
-    /// Level of table frame `pfn` (4 = PML4 … 1 = PT), `None` if it is not a table.
+    /// Level of table frame `pfn` (5 = PML5, 4 = PML4 … 1 = PT), `None` if it is not a table.
     pub fn table_level(&self, pfn: Pfn) -> Option<u8> {
         self.tables.get(pfn)
     }
@@ -136,7 +142,7 @@ impl PageTables {
         self.tables.len() as u64
     }
 
-    /// Give every table frame, the PML4 included, back to `frames`. The guest must not run
+    /// Give every table frame, the PML4 (and PML5) included, back to `frames`. The guest must not run
     /// on these tables any more.
     pub fn free_all(self, frames: &mut dyn FrameSource) {
         for pfn in self.tables.into_pfns() {
@@ -207,7 +213,7 @@ impl PageTables {
 
     pub(super) fn free_table(&mut self, frames: &mut dyn FrameSource, pfn: Pfn) {
         if let Some(level) = self.tables.remove(pfn) {
-            let n = &mut self.tables_per_level[usize::from(level.clamp(1, 4) - 1)];
+            let n = &mut self.tables_per_level[usize::from(level.clamp(1, 5) - 1)];
             *n = n.saturating_sub(1);
             frames.free_table_frame(pfn);
         }

@@ -389,7 +389,7 @@ impl PageTables {
     /// Table frames per level and leaf mappings per page size (from counters kept by the
     /// editor; `mem` is not read).
     pub fn summary<M: GuestMemoryBackend>(&self, _mem: &M) -> PageTableSummary {
-        let [pt, pd, pdpt, pml4] = self.tables_per_level;
+        let [pt, pd, pdpt, pml4, _pml5] = self.tables_per_level;
         let [m4k, m2m, m1g] = self.leaves_per_size;
         let mapped_bytes = PageSize::ALL
             .iter()

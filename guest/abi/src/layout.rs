@@ -14,6 +14,7 @@
 //! | 0x0000_2000_0000_0000 | 0x0000_2dff_ffff_ffff | fault matrix (PML4 slots 64..=91)       |
 //! | 0x0000_3000_0000_0000 | 0x0000_30ff_ffff_ffff | stage-2 window (<= 1 TiB)               |
 //! | 0x0000_3100_0000_0000 | 0x0000_38ff_ffff_ffff | fault matrix 1 GiB leaves (slots 98..=113) |
+//! | 0x0000_3900_0000_0000 | 0x0000_397f_ffff_ffff | fault matrix LA57 paths (slot 114)      |
 //! | 0x0000_4000_0000_0000 | 0x0000_407f_ffff_ffff | blob (read-only, NX; PML4 slot 128)     |
 //! | 0x0000_7ffe_0000_0000 | 0x0000_7ffe_0000_0fff | doorbell page (US)                      |
 //! | 0x0000_7fff_0000_0000 | 0x0000_7fff_0010_0fff | ring-3 stack 1 MiB (guard page below)   |
@@ -80,6 +81,15 @@ pub const MATRIX_1G_SLOT: u64 = 98;
 /// The GVAs of the fault matrix's 1 GiB leaves: PML4 slots 98..=113.
 pub const MATRIX_1G_AREA: core::ops::Range<u64> =
     (MATRIX_1G_SLOT << 39)..(MATRIX_1G_SLOT + 16) << 39;
+
+/// PML4 slot of the fault matrix's LA57 paths: 16 4 KiB leaves whose 5-level VAs
+/// `((i5 + 1) << 48) | (114 << 39) | (i5 << 12)` go through PML5 entries 1..=16 (each a
+/// PML5E flag combination pointing to the one PML4); the 4-level address with the same bits
+/// 47:0 reaches the same leaves through PML5E 0 (the host builds and reads them there).
+pub const MATRIX_LA57_SLOT: u64 = 114;
+/// The 4-level GVAs of the fault matrix's LA57 paths: PML4 slot 114.
+pub const MATRIX_LA57_AREA: core::ops::Range<u64> =
+    (MATRIX_LA57_SLOT << 39)..(MATRIX_LA57_SLOT + 1) << 39;
 
 /// GVA where the stage-2 window's first GPA is mapped (see [`crate::stage2`]).
 pub const STAGE2_GVA_BASE: u64 = 0x0000_3000_0000_0000;
@@ -176,7 +186,7 @@ const fn region(first: u64, len: u64, name: &'static str) -> Region {
 }
 
 /// The GVA regions of the diagram, in address order.
-pub const GVA_REGIONS: [Region; 10] = [
+pub const GVA_REGIONS: [Region; 11] = [
     region(
         MMAP_WINDOW_START,
         MMAP_WINDOW_END - MMAP_WINDOW_START,
@@ -192,6 +202,11 @@ pub const GVA_REGIONS: [Region; 10] = [
         MATRIX_1G_AREA.start,
         MATRIX_1G_AREA.end - MATRIX_1G_AREA.start,
         "fault matrix 1 GiB leaves (slots 98..=113)",
+    ),
+    region(
+        MATRIX_LA57_AREA.start,
+        MATRIX_LA57_AREA.end - MATRIX_LA57_AREA.start,
+        "fault matrix LA57 paths (slot 114)",
     ),
     region(
         BLOB_AREA.start,
@@ -329,12 +344,13 @@ mod tests {
         );
         in_gva(MATRIX_1G_SLOT << 39, GVA_REGIONS[3].name);
         in_gva(((MATRIX_1G_SLOT + 16) << 39) - 1, GVA_REGIONS[3].name);
-        in_gva(BLOB_GVA, GVA_REGIONS[4].name);
-        in_gva(DOORBELL_GVA, GVA_REGIONS[5].name);
-        in_gva(USER_STACK_TOP - 1, GVA_REGIONS[6].name);
-        in_gva(BOOT_STACK_BOTTOM, GVA_REGIONS[8].name);
-        in_gva(DF_STACK_TOP - 1, GVA_REGIONS[8].name);
-        in_gva(KERNEL_VIRT_OFFSET + KERNEL_PHYS_BASE, GVA_REGIONS[9].name);
+        in_gva(MATRIX_LA57_SLOT << 39, GVA_REGIONS[4].name);
+        in_gva(BLOB_GVA, GVA_REGIONS[5].name);
+        in_gva(DOORBELL_GVA, GVA_REGIONS[6].name);
+        in_gva(USER_STACK_TOP - 1, GVA_REGIONS[7].name);
+        in_gva(BOOT_STACK_BOTTOM, GVA_REGIONS[9].name);
+        in_gva(DF_STACK_TOP - 1, GVA_REGIONS[9].name);
+        in_gva(KERNEL_VIRT_OFFSET + KERNEL_PHYS_BASE, GVA_REGIONS[10].name);
         // Every GVA region is canonical and lies in one half.
         for r in GVA_REGIONS {
             let half = |a: u64| (a as i64) >> 47;

@@ -1,11 +1,21 @@
 //! A software page-table walk from inside the guest: reads the tables the host built through
 //! the (read-only for table frames) direct map. SDM Vol. 3A §4.5.
+//!
+//! The walk starts at the PML4 (`BootInfo.pml4_gpa`) under 4-level and 5-level paging alike:
+//! in a 5-level boot the host's PML5 entries 0 and 511 point to that PML4, so a 48-bit
+//! canonical GVA translates through it exactly. An address that needs the PML5 (bits 56:48
+//! not a sign extension of bit 47) is refused (`None`), never truncated to 48 bits.
 
 use crate::boot;
 
-/// Translate `gva` by walking CR3's tables: `Some((gpa, page_size_bytes))` or `None` if not
+/// Translate a 48-bit canonical `gva` by walking the PML4's tables: `Some((gpa, page_size_bytes))` or `None` if not
 /// present at some level.
 pub fn translate(gva: u64) -> Option<(u64, u64)> {
+    // Bits 63:47 all equal (48-bit canonical); anything else would need the PML5 walk.
+    let top = gva >> 47;
+    if top != 0 && top != 0x1_ffff {
+        return None;
+    }
     let info = boot();
     // The PML4's GPA from the boot info (reading CR3 is privileged; this runs in ring 3).
     let mut table = info.pml4_gpa;

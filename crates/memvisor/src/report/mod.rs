@@ -255,7 +255,8 @@ impl Report {
             .collect();
         let s = space.pt.summary(&space.ram.mem);
         let page_tables = PageTablesJson {
-            cr3: s.root_gpa,
+            cr3: space.cr3(),
+            paging_levels: if space.la57() { 5 } else { 4 },
             table_frames: s.table_frames,
             pdpt_tables: s.pdpt_tables,
             pd_tables: s.pd_tables,

@@ -151,10 +151,12 @@ pub struct ZoneJson {
 /// Page-table summary in JSON.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct PageTablesJson {
-    /// GPA of the PML4.
+    /// The CR3 value: GPA of the PML4, or of the PML5 under 5-level paging.
     #[serde(serialize_with = "crate::report::hex::hex")]
     pub cr3: u64,
-    /// Table frames in use.
+    /// Paging levels the guest booted with: 4, or 5 (CR4.LA57 = 1, CR3 a PML5).
+    pub paging_levels: u8,
+    /// Table frames in use (the PML5 included).
     pub table_frames: u64,
     /// PDPT / PD / PT frames.
     pub pdpt_tables: u64,

@@ -6,6 +6,7 @@
 //! treated as hostile.
 
 mod access;
+mod five_level;
 #[cfg(test)]
 mod flush_tests;
 mod gva;
@@ -169,7 +170,7 @@ pub struct AddressSpace {
     pub(crate) ram: GuestRam,
     /// Frame allocator by zone.
     pub(crate) zones: ZoneTable,
-    /// The guest's page tables (CR3 = `pt.root()`).
+    /// The guest's page tables (CR3 = `pt.cr3_root()`: the PML4, or a PML5 above it).
     pub(crate) pt: PageTables,
     /// Frames for page tables.
     pub(crate) pool: TablePool,
@@ -531,9 +532,9 @@ impl AddressSpace {
         }
     }
 
-    /// GPA of the PML4 (the CR3 value).
+    /// The CR3 value: GPA of the PML4, or of the PML5 after [`Self::enable_la57`].
     pub fn cr3(&self) -> u64 {
-        self.pt.root().raw() * PAGE_SIZE
+        self.pt.cr3_root().raw() * PAGE_SIZE
     }
 
     /// Allocate a region id.

@@ -211,6 +211,16 @@ impl Vm {
                 uffd: cfg.uffd,
             },
         )?;
+        // The vCPU exists before the scenario's prepare so that a 5-level boot can be tried:
+        // KVM checks CR4.LA57 against the vCPU's CPUID (KVM_SET_CPUID2 first).
+        let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        if hooks.five_level()
+            && features.la57
+            && boot::accepts_la57(&vcpu, space.cr3(), features.nx)
+        {
+            space.enable_la57()?;
+        }
         let mut boot_arg = cfg.arg;
         hooks.prepare(crate::scenario::Prepare {
             space: &mut space,
@@ -241,8 +251,6 @@ impl Vm {
         };
         log::debug!("setup: memslots registered after {:?}", t_start.elapsed());
         use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
-        let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
         // KVM_CAP_SYNC_REGS: KVM copies the GPRs and sregs into kvm_run on every exit, so the
         // #PF assist exit reads RSP and CR2 without a KVM_GET_REGS / KVM_GET_SREGS ioctl
         // (each costs ~7 µs on PVM) and sets RIP through kvm_dirty_regs.
@@ -265,7 +273,7 @@ impl Vm {
         let scenario_id = memvisor_abi::scenario::id(&cfg.scenario);
         let boot_gva = space.write_boot_info(scenario_id, cfg.flags, boot_arg, tsc_khz)?;
         let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        boot::setup_sregs(&mut sregs, space.cr3(), features.nx);
+        boot::setup_sregs(&mut sregs, space.cr3(), features.nx, space.la57());
         vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
         let regs = boot::entry_regs(space.kernel.entry, BOOT_STACK_TOP, boot_gva);
         vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
