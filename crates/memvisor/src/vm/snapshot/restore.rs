@@ -201,6 +201,9 @@ fn lazy_plan(
     limit: usize,
 ) -> (crate::memory::SlotPlan, crate::memory::SlotPlan) {
     let mut chunk = chunk.clamp(2 << 20, 1 << 40).next_power_of_two();
+    if limit < 4 {
+        return (ram.slot_plan(), Vec::new());
+    }
     loop {
         let held: BTreeSet<u64> = layers
             .iter()
