@@ -10,7 +10,9 @@
 //! * Rights (§4.6): a **user-mode address** has U/S = 1 at every level; **writable** means
 //!   R/W = 1 at every level; **execute-disable** means NXE = 1 and XD = 1 at some level.
 //!   - CPL 3 (user-mode access): reads need a user-mode address; writes a user-mode,
-//!     writable address; fetches a user-mode address without execute-disable.
+//!     writable address; fetches a user-mode address without execute-disable. CR4.SMAP,
+//!     CR4.SMEP and RFLAGS.AC change nothing here (§4.6.1: they restrict supervisor-mode
+//!     accesses only).
 //!   - CPL 0 (supervisor-mode access): reads are allowed (CR4.SMAP = 1 with RFLAGS.AC = 0
 //!     forbids user-mode addresses); writes are allowed when CR0.WP = 0 (SMAP aside), else
 //!     only to writable addresses; fetches are forbidden with execute-disable, and from
@@ -360,6 +362,18 @@ mod tests {
             None
         );
         assert_eq!(fault(&sup, Access::Write, 0, smap), None);
+        // SMAP does not restrict CPL 3 (user-mode) accesses, AC = 0 or 1: the same outcome
+        // as without SMAP for every access and both page kinds.
+        for ac in [false, true] {
+            let mode = Mode { ac, ..smap };
+            for a in Access::ALL {
+                for e in [&user, &sup, &[T, T, T, P | US]] {
+                    assert_eq!(fault(e, a, 3, mode), fault(e, a, 3, m(false, true)));
+                }
+            }
+        }
+        assert_eq!(fault(&user, Access::Write, 3, smap), None);
+        assert_eq!(fault(&sup, Access::Read, 3, smap), Some(0x5));
         // PKU: key 1 access-disabled / write-disabled.
         let k1 = [T, T, T, T | (1 << 59)];
         let ad = Mode {

@@ -157,8 +157,7 @@ pub struct Offer {
 /// pass).
 ///
 /// * `smep`: CR4.SMEP = 1, PML4 slot 84, 256 PDE × PTE combinations × the 24 base passes.
-/// * `smap`: CR4.SMAP = 1, slot 85, the same × RFLAGS.AC = 0 and 1 (48 passes; the 24 at
-///   CPL 3 are not implemented).
+/// * `smap`: CR4.SMAP = 1, slot 85, the same × RFLAGS.AC = 0 and 1 (48 passes, CPL 0 and 3).
 /// * `pku`: CR4.PKE = 1, leaves with protection key 1, PKRU.AD1 = 1 (slot 86) and
 ///   PKRU.WD1 = 1 (slot 87), 256 VAs each × 24 passes.
 /// * `1g`: 1 GiB leaves: 16 PML4E × 16 PDPTE (PS = 1) combinations, slots 98–113, × 24.
@@ -183,33 +182,20 @@ pub fn variants(o: &Offer) -> Vec<Variant> {
         }),
         needs_tramp: true,
     }];
-    // SMAP: CPL 0 passes (AC = 0 and 1) run; CPL 3 ones would need a US=0 TSS for the
-    // ring switch (an implicit supervisor access), which the kernel does not have.
+    // SMAP: CPL 0 and CPL 3 passes, AC = 0 and 1 (SMAP does not restrict CPL 3 accesses,
+    // the oracle says so; the passes check it, with the ring switch's implicit supervisor
+    // reads on US=0 structures).
     let smap = Mode {
         smap: true,
         ..Mode::default()
     };
     let mut smap_passes = base_passes(smap);
     smap_passes.extend(base_passes(Mode { ac: true, ..smap }));
-    let (smap0, smap3): (Vec<_>, Vec<_>) = smap_passes.into_iter().partition(|p| p.cpl == 0);
     v.push(Variant {
         feature: "smap",
         skip: skip(f.smap, no_tramp),
         vas: pde_pte_vas(s + 1, 0),
-        passes: smap0,
-        needs_tramp: true,
-    });
-    v.push(Variant {
-        feature: "smap",
-        skip: skip(
-            f.smap,
-            Some(
-                "CPL 3 under CR4.SMAP: the ring switch reads TSS.RSP0 from the kernel's \
-                 US=1 TSS (an implicit supervisor access SMAP forbids)",
-            ),
-        ),
-        vas: pde_pte_vas(s + 1, 0),
-        passes: smap3,
+        passes: smap_passes,
         needs_tramp: true,
     });
     for (slot, pkru) in [(s + 2, 1u32 << 2), (s + 3, 1 << 3)] {

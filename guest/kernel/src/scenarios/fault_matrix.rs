@@ -28,8 +28,10 @@
 //! `MATRIX_TRAMP_GVA` for such plans; [`tramp_pass`] points the #PF (and, at CPL 3, #GP)
 //! gates at that alias and calls `matrix_tramp0` / `matrix_tramp3` there, which set CR4
 //! for the pass and put it back before anything runs from US=1 pages again. SMAP passes
-//! also load GDTR / IDTR with the host's US=0 read-only alias of the kernel data and use
-//! the US=0 alias of the records (the plan's `records` already points there).
+//! also load GDTR / IDTR with the host's US=0 read-only alias of the kernel data; at CPL 3
+//! TR too (the TSS through that alias: the ring switch reads TSS.RSP0). CPL 0 SMAP passes
+//! use the US=0 alias of the records (the plan's `records` already points there); CPL 3
+//! ones read the US=1 records in ring 3 and their #PF handler writes the alias.
 
 /// One line for `memvisor scenarios`.
 pub const DESCRIPTION: &str = "the #PF permission matrix: P/RW/US/NX at every level x r/w/x x CPL 0/3 x WP x NXE (+ SMEP, SMAP, PKU, 1 GiB variants where CPUID has them), checked against the SDM (--cases-out FILE)";
@@ -57,6 +59,16 @@ core::arch::global_asm!(
     "    pop qword ptr [rbx + 16]",
     "    mov rax, cr2",
     "    mov [rbx + 8], rax",
+    "    mov [rsp], r12",
+    "    iretq",
+    // The same for a CPL 3 pass run from the alias: the record is written at rbx + r13
+    // (r13 = records alias - records, set by matrix_tramp3: under CR4.SMAP with RFLAGS.AC = 0
+    // this CPL 0 handler may not write the US=1 records the ring-3 loop reads).
+    ".global matrix_pf3a",
+    "matrix_pf3a:",
+    "    pop qword ptr [rbx + r13 + 16]",
+    "    mov rax, cr2",
+    "    mov [rbx + r13 + 8], rax",
     "    mov [rsp], r12",
     "    iretq",
     // The same for a pass at CPL 0: no privilege change, so the frame's RSP is the probe
@@ -143,7 +155,8 @@ core::arch::global_asm!(
     // A CPL 3 pass entered from the alias: rdi = &Tramp. Saves the callee-saved registers
     // and CR4, points TSS.RSP0 below them (the saved RSP stored at RSP0 itself, above any
     // exception frame), sets CR4 for the pass and iretqs to the loop (its US=1 address) on
-    // the user stack with `matrix_user_exit` as its return address.
+    // the user stack with `matrix_user_exit` as its return address, RFLAGS = Tramp.rflags
+    // (AC for CR4.SMAP passes) and r13 = Tramp.records_delta (for matrix_pf3a).
     ".global matrix_tramp3",
     "matrix_tramp3:",
     "    push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
@@ -158,6 +171,8 @@ core::arch::global_asm!(
     "    mov r10, [rdi + 48]",
     "    sub r9, 8",
     "    mov [r9], r10",
+    "    mov r11, [rdi + 72]",
+    "    mov r13, [rdi + 64]",
     "    mov rax, [rdi + 16]",
     "    mov rcx, [rdi + 24]",
     "    mov rsi, [rdi + 8]",
@@ -165,7 +180,7 @@ core::arch::global_asm!(
     "    mov cr4, rax",
     "    push {uds}",
     "    push r9",
-    "    push 0x0002",
+    "    push r11",
     "    push {ucs}",
     "    push rcx",
     "    iretq",
@@ -198,6 +213,7 @@ extern "C" {
     fn matrix_user_exit();
     fn matrix_gp3();
     fn matrix_pf();
+    fn matrix_pf3a();
     fn matrix_pf0();
     fn matrix_loop_read(records: u64, count: u64);
     fn matrix_loop_write(records: u64, count: u64);
@@ -247,13 +263,13 @@ fn restore_gate(vector: u64, saved: &[AtomicU64; 2]) {
     }
 }
 
-/// Point IDT vector 14 at `matrix_pf` (`matrix_pf0` for a CPL 0 pass), at their
-/// supervisor-only aliases if `alias`.
+/// Point IDT vector 14 at `matrix_pf` (`matrix_pf0` for a CPL 0 pass), or at the
+/// supervisor-only aliases of `matrix_pf3a` / `matrix_pf0` if `alias`.
 fn install_handler(cpl: u32, alias: bool) {
-    let h = if cpl == 3 {
-        matrix_pf as *const () as u64
-    } else {
-        matrix_pf0 as *const () as u64
+    let h = match (cpl, alias) {
+        (3, false) => matrix_pf as *const () as u64,
+        (3, true) => matrix_pf3a as *const () as u64,
+        _ => matrix_pf0 as *const () as u64,
     };
     install_gate(VEC_PF, if alias { tramp_alias(h) } else { h }, &SAVED_PF_GATE);
 }
@@ -287,6 +303,10 @@ struct Tramp {
     user_exit: u64,
     /// Non-zero: RFLAGS.AC = 1 around the probe loop (CPL 0, CR4.SMAP).
     ac: u64,
+    /// Records alias - records (CPL 3: where matrix_pf3a writes; 0 without SMAP).
+    records_delta: u64,
+    /// RFLAGS of the ring-3 loop (CPL 3): bit 1, and AC (bit 18) for RFLAGS.AC = 1 passes.
+    rflags: u64,
 }
 
 /// The supervisor-only, read-only alias of the kernel data byte at `a` (its writable
@@ -309,12 +329,24 @@ fn load_tables(gdt: DescriptorTablePointer, idt: DescriptorTablePointer) {
 /// Run pass `p`, whose CR4 bits (SMEP / SMAP) forbid CPL 0 to execute the kernel's US=1
 /// text, through the supervisor-only alias: CR4 is set and put back there, and every
 /// CPL 0 instruction in between (probe loop, #PF and #GP handlers) runs from the alias.
+///
+/// Under CR4.SMAP every structure the CPU reads implicitly (as a supervisor, SDM Vol. 3A
+/// §4.6.1) while the pass runs is on a US=0 page: GDTR and IDTR hold the host's read-only
+/// US=0 alias of the kernel data, and for CPL 3 TR holds [`crate::idt::ALIAS_TSS`], the
+/// kernel's TSS seen through that alias (the ring switch of each #PF / #GP reads TSS.RSP0;
+/// the RSP0 stack is the US=0 boot stack). `ltr` writes the descriptor's busy bit, so it
+/// runs while GDTR is still the kernel's own writable GDT, and TR is put back after.
 fn tramp_pass(p: &Pass, cr4: u64) {
     let lp = match p.access {
         matrix::ACCESS_READ => matrix_loop_read as *const () as u64,
         matrix::ACCESS_WRITE => matrix_loop_write as *const () as u64,
         _ => matrix_loop_exec as *const () as u64,
     };
+    if p.count == 0 {
+        return;
+    }
+    let smap = p.mode & matrix::MODE_SMAP != 0;
+    let ac = p.mode & matrix::MODE_AC != 0;
     let mut t = Tramp {
         records: p.records,
         count: p.count,
@@ -323,21 +355,35 @@ fn tramp_pass(p: &Pass, cr4: u64) {
         rsp0_slot: crate::idt::tss_rsp0_slot() as u64,
         user_stack: boot().user_stack[1] & !0xf,
         user_exit: matrix_user_exit as *const () as u64,
-        ac: u64::from(p.mode & matrix::MODE_AC != 0),
+        ac: u64::from(ac),
+        records_delta: if smap {
+            memvisor_abi::layout::MATRIX_BUF_ALIAS_GVA
+                .wrapping_sub(memvisor_abi::layout::MATRIX_BUF_GVA)
+        } else {
+            0
+        },
+        rflags: 0x2 | u64::from(ac) << 18,
     };
-    if p.count == 0 {
-        return;
-    }
+    // Gates first: sidt must still give the kernel's writable IDT.
     install_handler(p.cpl, true);
-    // Under SMAP the CPU's own reads of the GDT and IDT (exception delivery) are implicit
-    // supervisor accesses: give it their US=0 aliases for the pass (CPL 0 only; the host
-    // does not plan CPL 3 SMAP passes).
-    let smap = p.mode & matrix::MODE_SMAP != 0;
+    if p.cpl == 3 {
+        install_gate(
+            VEC_GP,
+            tramp_alias(matrix_gp3 as *const () as u64),
+            &SAVED_GP_GATE,
+        );
+    }
     let (gdt, idt) = (
         x86_64::instructions::tables::sgdt(),
         x86_64::instructions::tables::sidt(),
     );
     if smap {
+        if p.cpl == 3 {
+            // SAFETY: GDTR is the kernel GDT; the host mapped the kernel-data alias (which
+            // holds the TSS) for this plan and keeps it until the last pass; TR goes back
+            // below, before anything else can deliver an exception from ring 3.
+            unsafe { crate::idt::load_tr_at(kdata_alias(crate::idt::tss_base())) };
+        }
         let alias = |t: DescriptorTablePointer| DescriptorTablePointer {
             limit: t.limit,
             base: VirtAddr::new_truncate(kdata_alias(t.base.as_u64())),
@@ -346,11 +392,6 @@ fn tramp_pass(p: &Pass, cr4: u64) {
     }
     if p.cpl == 3 {
         t.probe = lp;
-        install_gate(
-            VEC_GP,
-            tramp_alias(matrix_gp3 as *const () as u64),
-            &SAVED_GP_GATE,
-        );
         // SAFETY: the host mapped the alias (US=0, executable) of the tramp section; the
         // #PF and #GP gates point into it, the ring-3 stack and records are mapped US=1, and
         // matrix_gp3 comes back here with the callee-saved registers and CR4 restored.
@@ -359,7 +400,6 @@ fn tramp_pass(p: &Pass, cr4: u64) {
                 core::mem::transmute(tramp_alias(matrix_tramp3 as *const () as u64) as usize);
             f(&t);
         }
-        restore_gate(VEC_GP, &SAVED_GP_GATE);
     } else {
         // SAFETY: as above; matrix_tramp0 returns with CR4 restored before the first fetch
         // from the US=1 caller.
@@ -371,6 +411,13 @@ fn tramp_pass(p: &Pass, cr4: u64) {
     }
     if smap {
         load_tables(gdt, idt);
+        if p.cpl == 3 {
+            // SAFETY: GDTR is the kernel GDT again.
+            unsafe { crate::idt::load_tr_kernel() };
+        }
+    }
+    if p.cpl == 3 {
+        restore_gate(VEC_GP, &SAVED_GP_GATE);
     }
     restore_handler();
 }
