@@ -19,6 +19,10 @@
 //!     user-mode addresses when CR4.SMEP = 1.
 //!   - Protection keys (CR4.PKE = 1): data accesses to a user-mode address whose leaf has
 //!     key *i* fault if PKRU.AD*i* = 1, and writes if PKRU.WD*i* = 1 and (CPL 3 or CR0.WP = 1).
+//!   - Implicit supervisor-mode accesses (the CPU's own reads of the GDT, LDT, IDT, TSS;
+//!     [`Access::Desc`]) are supervisor-mode accesses at any CPL (§4.6): a supervisor read,
+//!     U/S = 0 in the error code, and with CR4.SMAP = 1 a user-mode address faults whatever
+//!     RFLAGS.AC says (§4.6.1).
 //! * Error code (§4.7): P (0 not-present, 1 otherwise), W/R (the access was a write), U/S
 //!   (CPL 3), RSVD, I/D (an instruction fetch, only when NXE = 1 or SMEP = 1), PK (the PKRU
 //!   disallowed the data access).
@@ -57,6 +61,11 @@ pub enum Access {
     Write,
     /// An instruction fetch.
     Exec,
+    /// An implicit supervisor-mode data read (SDM Vol. 3A §4.6.1): the CPU reads a segment
+    /// descriptor (here from an LDT at the VA) to load a segment register. Supervisor-mode
+    /// at any CPL: the error code has U/S = 0; CR4.SMAP forbids user-mode addresses
+    /// whatever RFLAGS.AC says; SMEP does not apply (not a fetch).
+    Desc,
 }
 
 impl Access {
@@ -69,6 +78,7 @@ impl Access {
             Access::Read => 'r',
             Access::Write => 'w',
             Access::Exec => 'x',
+            Access::Desc => 'd',
         }
     }
 }
@@ -107,6 +117,17 @@ pub struct Expect {
 /// must hold the walk down to its leaf (a walk that runs out of entries is treated as
 /// ending in a not-present entry).
 pub fn expect(entries: &[u64], access: Access, cpl: u8, mode: Mode, phys_bits: u8) -> Expect {
+    if access == Access::Desc {
+        // An implicit supervisor read: a supervisor-mode read whatever the CPL, with SMAP
+        // applying as if RFLAGS.AC were 0.
+        return expect(
+            entries,
+            Access::Read,
+            0,
+            Mode { ac: false, ..mode },
+            phys_bits,
+        );
+    }
     let mut err = 0;
     if access == Access::Write {
         err |= PF_W;
@@ -153,11 +174,12 @@ pub fn expect(entries: &[u64], access: Access, cpl: u8, mode: Mode, phys_bits: u
         && data
         && (ad || (wd && access == Access::Write && (cpl == 3 || mode.wp)));
     let smap = mode.smap && user && !mode.ac;
+    // (An implicit read, `Desc`, was turned into a CPL 0 read with AC = 0 above.)
     let denied = match (cpl == 3, access) {
-        (true, Access::Read) => !user,
+        (true, Access::Read | Access::Desc) => !user,
         (true, Access::Write) => !user || !writable,
         (true, Access::Exec) => !user || xd,
-        (false, Access::Read) => smap,
+        (false, Access::Read | Access::Desc) => smap,
         (false, Access::Write) => smap || (mode.wp && !writable),
         (false, Access::Exec) => xd || (mode.smep && user),
     };
@@ -374,6 +396,26 @@ mod tests {
         }
         assert_eq!(fault(&user, Access::Write, 3, smap), None);
         assert_eq!(fault(&sup, Access::Read, 3, smap), Some(0x5));
+        // Implicit supervisor reads: U/S = 0 at CPL 3 too; SMAP faults on user pages even
+        // with AC = 1; no SMAP: a supervisor read (user and read-only pages allowed).
+        for cpl in [0, 3] {
+            for ac in [false, true] {
+                let mode = Mode { ac, ..smap };
+                assert_eq!(fault(&user, Access::Desc, cpl, mode), Some(0x1));
+                assert_eq!(fault(&sup, Access::Desc, cpl, mode), None);
+                assert_eq!(
+                    fault(&[T, T, T, P | US], Access::Desc, cpl, m(true, true)),
+                    None
+                );
+            }
+            assert_eq!(fault(&sup, Access::Desc, cpl, m(true, true)), None);
+            assert_eq!(fault(&[T, T, US, T], Access::Desc, cpl, smap), Some(0));
+            // NX with NXE = 0 is reserved: P | RSVD, still U/S = 0.
+            let nx = [T, T, T, T | XD];
+            assert_eq!(fault(&nx, Access::Desc, cpl, m(true, false)), Some(0x9));
+            let e = expect(&user, Access::Desc, cpl, m(true, true), 48);
+            assert_eq!((e.fault, e.leaf_after), (None, T | A));
+        }
         // PKU: key 1 access-disabled / write-disabled.
         let k1 = [T, T, T, T | (1 << 59)];
         let ad = Mode {

@@ -37,6 +37,8 @@
 pub const DESCRIPTION: &str = "the #PF permission matrix: P/RW/US/NX at every level x r/w/x x CPL 0/3 x WP x NXE (+ SMEP, SMAP, PKU, 1 GiB variants where CPUID has them), checked against the SDM (--cases-out FILE)";
 
 use crate::idt::{USER_CS, USER_DS};
+use x86_64::registers::segmentation::{Segment, ES};
+use x86_64::structures::gdt::SegmentSelector;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 use crate::{boot, hc, println};
@@ -123,6 +125,26 @@ core::arch::global_asm!(
     "3:  add rsp, 8",
     "2:  add rbx, 24",
     "    loop 1b",
+    "    pop r12",
+    "    pop rbx",
+    "    ret",
+    // Implicit supervisor reads: each record's VA holds a segment descriptor that LDTR's
+    // LDT (based at the VA's 64 KiB-aligned base, loaded by desc_pass) reaches with the
+    // selector (va & 0xffff) | 7; `mov es` reads it. ES is null again at the end.
+    ".global matrix_loop_desc",
+    "matrix_loop_desc:",
+    "    push rbx",
+    "    push r12",
+    "    mov rbx, rdi",
+    "    mov rcx, rsi",
+    "    lea r12, [rip + 2f]",
+    "1:  mov rdi, [rbx]",
+    "    or edi, 7",
+    "    mov es, di",
+    "2:  add rbx, 24",
+    "    loop 1b",
+    "    xor eax, eax",
+    "    mov es, ax",
     "    pop r12",
     "    pop rbx",
     "    ret",
@@ -218,6 +240,7 @@ extern "C" {
     fn matrix_loop_read(records: u64, count: u64);
     fn matrix_loop_write(records: u64, count: u64);
     fn matrix_loop_exec(records: u64, count: u64);
+    fn matrix_loop_desc(records: u64, count: u64);
 }
 
 /// IDT vector 14 as it was before a pass (low, high quadwords).
@@ -340,6 +363,7 @@ fn tramp_pass(p: &Pass, cr4: u64) {
     let lp = match p.access {
         matrix::ACCESS_READ => matrix_loop_read as *const () as u64,
         matrix::ACCESS_WRITE => matrix_loop_write as *const () as u64,
+        matrix::ACCESS_DESC => matrix_loop_desc as *const () as u64,
         _ => matrix_loop_exec as *const () as u64,
     };
     if p.count == 0 {
@@ -509,6 +533,7 @@ fn probe_loop(p: &Pass) {
         match p.access {
             matrix::ACCESS_READ => matrix_loop_read(p.records, p.count),
             matrix::ACCESS_WRITE => matrix_loop_write(p.records, p.count),
+            matrix::ACCESS_DESC => matrix_loop_desc(p.records, p.count),
             _ => matrix_loop_exec(p.records, p.count),
         }
     }
@@ -532,6 +557,61 @@ static mut USER_PASS: Pass = Pass {
     records: 0,
     count: 0,
 };
+
+/// Run pass `p` (CR4 of the pass: `cr4`): through the alias if it sets SMEP or SMAP, else
+/// at its CPL from the kernel's own text.
+fn any_pass(p: &Pass, cr4: u64) {
+    if p.mode & (matrix::MODE_SMEP | matrix::MODE_SMAP) != 0 {
+        tramp_pass(p, cr4);
+    } else if p.cpl == 3 {
+        install_handler(p.cpl, false);
+        // SAFETY: single vCPU; USER_PASS is written here, read by user_pass while this
+        // function waits in user::run.
+        unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!(USER_PASS), *p) };
+        crate::user::run(user_pass, core::ptr::addr_of!(USER_PASS) as u64);
+        restore_handler();
+    } else {
+        install_handler(p.cpl, false);
+        probe_loop(p);
+        restore_handler();
+    }
+}
+
+/// An implicit-supervisor-read pass ([`matrix::ACCESS_DESC`]): the records are run in
+/// groups that share a 64 KiB-aligned base; for each group LDTR is loaded (at CPL 0, with
+/// the kernel's GDT) with an LDT at that base, limit 0xFFFF, and the group runs as a pass of
+/// its own (`mov es` of each record's LDT selector). LDTR is null and ES the kernel data
+/// segment again afterwards.
+fn desc_pass(p: &Pass, cr4: u64) {
+    let va = |i: u64| {
+        // SAFETY: the host mapped every record (readable at CPL 0: the records or their
+        // US=0 alias, CR4.SMAP not set here); `i` < p.count.
+        unsafe { core::ptr::read_volatile((p.records + i * matrix::RECORD_BYTES) as *const u64) }
+    };
+    let mut i = 0;
+    while i < p.count {
+        let base = va(i) & !0xffff;
+        let mut n = 1;
+        while i + n < p.count && va(i + n) & !0xffff == base {
+            n += 1;
+        }
+        // SAFETY: GDTR is the kernel GDT here (tramp_pass swaps it only inside); the LDT's
+        // descriptors are read only by the probe loop's `mov es`, whose #PF the installed
+        // handler catches.
+        unsafe { crate::idt::load_ldt(Some((base, 0xffff))) };
+        let group = Pass {
+            records: p.records + i * matrix::RECORD_BYTES,
+            count: n,
+            ..*p
+        };
+        any_pass(&group, cr4);
+        i += n;
+    }
+    // SAFETY: GDTR is the kernel GDT; the null selector loads no LDT.
+    unsafe { crate::idt::load_ldt(None) };
+    // SAFETY: the kernel data selector of the kernel GDT (what idt::init loaded into ES).
+    unsafe { ES::set_reg(SegmentSelector(crate::idt::KERNEL_DS)) };
+}
 
 fn sync(ended: u64, next: u64) -> Result<(), &'static str> {
     hc::call(Call::MatrixSync, [ended, next, 0, 0, 0])
@@ -569,19 +649,10 @@ fn run_plan() -> Result<u64, &'static str> {
     for (i, p) in plan.pass.iter().take(plan.passes as usize).enumerate() {
         sync(prev, i as u64)?;
         let cr4 = apply_mode(base, p);
-        if p.mode & (matrix::MODE_SMEP | matrix::MODE_SMAP) != 0 {
-            tramp_pass(p, cr4);
-        } else if p.cpl == 3 {
-            install_handler(p.cpl, false);
-            // SAFETY: single vCPU; USER_PASS is written here, read by user_pass while this
-            // function waits in user::run.
-            unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!(USER_PASS), *p) };
-            crate::user::run(user_pass, core::ptr::addr_of!(USER_PASS) as u64);
-            restore_handler();
+        if p.access == matrix::ACCESS_DESC {
+            desc_pass(p, cr4);
         } else {
-            install_handler(p.cpl, false);
-            probe_loop(p);
-            restore_handler();
+            any_pass(p, cr4);
         }
         write_regs(base);
         prev = i as u64;
