@@ -203,7 +203,7 @@ pub struct Offer {
 /// * `smap`: CR4.SMAP = 1, slot 85, the same × RFLAGS.AC = 0 and 1 (48 passes, CPL 0 and 3).
 /// * `smap-implicit`: implicit supervisor-mode reads (a segment load reads its descriptor
 ///   from an LDT on the test page, SDM Vol. 3A §4.6.1), slot 95, 256 PDE × PTE combinations
-///   × [`implicit_passes`] (12: CPL 0 / 3 × NXE × SMAP off / SMAP with AC = 0 / AC = 1);
+///   × `implicit_passes` (12: CPL 0 / 3 × NXE × SMAP off / SMAP with AC = 0 / AC = 1);
 ///   run where CPUID has SMAP.
 /// * `pku`: CR4.PKE = 1, leaves with protection key 1, PKRU.AD1 = 1 (slot 86) and
 ///   PKRU.WD1 = 1 (slot 87), 256 VAs each × 24 passes.

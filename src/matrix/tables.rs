@@ -159,7 +159,7 @@ fn frames(space: &mut AddressSpace, n: u64) -> Result<Pfn, SpaceError> {
 
 /// Allocate the data frame every test leaf maps (DMA zone first, so that it lies in the
 /// first GiB the 1 GiB leaves map), fill it with `0xC3`, put [`DESCRIPTOR`] at byte
-/// [`super::passes::DESC_OFFSET`], and return its GPA.
+/// `passes::DESC_OFFSET` (8), and return its GPA.
 ///
 /// # Errors
 /// [`SpaceError`] if no frame is free or the write fails.
