@@ -9,28 +9,7 @@ use std::process::Command;
 
 const TARGET: &str = "x86_64-unknown-none";
 
-fn sanitized(cmd: &mut Command) -> &mut Command {
-    for (k, _) in env::vars_os() {
-        let Some(k) = k.to_str() else { continue };
-        let keep = k == "CARGO_HOME" || k == "CARGO_NET_OFFLINE" || k == "CARGO_HTTP_TIMEOUT";
-        let strip = (k.starts_with("CARGO") && !keep)
-            || k.starts_with("RUSTC")
-            || k.starts_with("RUSTDOC")
-            || k == "RUSTFLAGS"
-            || k.starts_with("__CARGO")
-            || k == "DEBUG"
-            || k == "OPT_LEVEL"
-            || k == "PROFILE"
-            || k == "TARGET"
-            || k == "HOST"
-            || k == "NUM_JOBS"
-            || k == "OUT_DIR";
-        if strip {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
+include!("src/sanitize_env.rs");
 
 fn target_installed() -> bool {
     let out = sanitized(&mut Command::new("rustc"))
