@@ -51,14 +51,21 @@ pub enum KnownDeviation {
     /// observed exactly as the oracle expects an *explicit* CPL 0 read with AC = 1 (no
     /// fault, the leaf afterwards with A added), record as expected.
     QemuTcgImplicitAc,
+    /// Bochs (2.7) lets an implicit supervisor-mode read under CR4.SMAP reach a user-mode
+    /// page whenever RFLAGS.AC = 1, at CPL 0 and at CPL 3 (its page walk skips the SMAP
+    /// check when AC is set, without asking whether the access is implicit); SDM Vol. 3A
+    /// §4.6.1 forbids implicit reads of user-mode addresses whatever AC says. The same rule
+    /// as [`KnownDeviation::QemuTcgImplicitAc`], at either CPL.
+    BochsImplicitAc,
 }
 
 impl KnownDeviation {
     /// Every known deviation.
-    pub const ALL: [KnownDeviation; 3] = [
+    pub const ALL: [KnownDeviation; 4] = [
         KnownDeviation::QemuTcgRsvdP,
         KnownDeviation::QemuTcg1gA,
         KnownDeviation::QemuTcgImplicitAc,
+        KnownDeviation::BochsImplicitAc,
     ];
 
     /// Its option value.
@@ -67,6 +74,7 @@ impl KnownDeviation {
             KnownDeviation::QemuTcgRsvdP => "qemu-tcg-rsvd-p",
             KnownDeviation::QemuTcg1gA => "qemu-tcg-1g-a",
             KnownDeviation::QemuTcgImplicitAc => "qemu-tcg-implicit-ac",
+            KnownDeviation::BochsImplicitAc => "bochs-implicit-ac",
         }
     }
 
@@ -81,6 +89,9 @@ impl KnownDeviation {
             }
             KnownDeviation::QemuTcgImplicitAc => {
                 "qemu-tcg-implicit-ac: implicit supervisor read of a user page allowed at CPL 0 with RFLAGS.AC = 1 under CR4.SMAP (QEMU TCG; SDM Vol. 3A §4.6.1 faults whatever AC says)"
+            }
+            KnownDeviation::BochsImplicitAc => {
+                "bochs-implicit-ac: implicit supervisor read of a user page allowed with RFLAGS.AC = 1 under CR4.SMAP, CPL 0 or 3 (Bochs; SDM Vol. 3A §4.6.1 faults whatever AC says)"
             }
         }
     }
@@ -110,11 +121,13 @@ impl KnownDeviation {
         r: &CaseResult,
     ) -> bool {
         let expected = oracle::expect(&t.entries, spec.access, spec.cpl, spec.mode, phys_bits);
-        if self != KnownDeviation::QemuTcgImplicitAc {
-            return self.explains(t.leaf_level, t.va, &expected, leaf_raw, r);
-        }
+        let any_cpl = match self {
+            KnownDeviation::QemuTcgImplicitAc => false,
+            KnownDeviation::BochsImplicitAc => true,
+            _ => return self.explains(t.leaf_level, t.va, &expected, leaf_raw, r),
+        };
         if spec.access != oracle::Access::Desc
-            || spec.cpl != 0
+            || (spec.cpl != 0 && !any_cpl)
             || !(spec.mode.smap && spec.mode.ac)
             || expected.fault.is_none()
             || !r.record_ok
@@ -129,7 +142,7 @@ impl KnownDeviation {
     }
 
     /// True if a failing case deviates exactly this way (the rules that need only the
-    /// oracle's answer; `qemu-tcg-implicit-ac` needs the pass: [`Self::explains_case`]).
+    /// oracle's answer; the `*-implicit-ac` ones need the pass: [`Self::explains_case`]).
     /// `leaf_level` is the test VA's leaf level, `expected` the oracle's answer for it,
     /// `leaf_raw` its leaf as built; `va` its VA; `r` what the guest and host observed.
     pub fn explains(
@@ -163,7 +176,7 @@ impl KnownDeviation {
                     && expected.leaf_after & 0x60 == 0
                     && r.pte_after == leaf_raw | A
             }
-            KnownDeviation::QemuTcgImplicitAc => false,
+            KnownDeviation::QemuTcgImplicitAc | KnownDeviation::BochsImplicitAc => false,
         }
     }
 }
@@ -337,5 +350,18 @@ mod tests {
         let p3 = pass(Access::Desc, 3, smap_ac);
         assert!(r.explains_case(&rsvd, &p3, 48, leaf, &seen(0x8, user.va, leaf)));
         assert!(!d.explains_case(&rsvd, &p3, 48, leaf, &seen(0x8, user.va, leaf)));
+        // Bochs: the same at CPL 0 and CPL 3; still only with SMAP and AC, and only the exact
+        // explicit-read observation.
+        let b = KnownDeviation::BochsImplicitAc;
+        assert_eq!(KnownDeviation::parse("bochs-implicit-ac"), Ok(b));
+        for cpl in [0, 3] {
+            let p = pass(Access::Desc, cpl, smap_ac);
+            assert!(b.explains_case(&user, &p, 48, leaf, &allowed));
+            assert!(!b.explains_case(&user, &p, 48, leaf, &seen(nf, nf, leaf)));
+            assert!(!b.explains_case(&sup, &p, 48, leaf, &allowed));
+            let p0 = pass(Access::Desc, cpl, ac0);
+            assert!(!b.explains_case(&user, &p0, 48, leaf, &allowed));
+        }
+        assert!(!b.explains_case(&user, &pass(Access::Read, 0, smap_ac), 48, leaf, &allowed));
     }
 }
