@@ -26,11 +26,12 @@
 //! counted as `deviation`, apart from pass, fail and skipped.
 //!
 //! # Feature variants
-//! CR4.SMEP, CR4.SMAP (RFLAGS.AC both ways), protection keys and 1 GiB leaves run on their
-//! own VAs and passes where the guest CPUID has the feature ([`variants`]); the host maps
-//! supervisor-only aliases of the guest's probe code, kernel data and records for the
-//! SMEP / SMAP passes ([`tables::map_aliases`]). Variants the CPUID lacks, and those not
-//! implemented (SMAP at CPL 3, LA57), are reported as skipped cases (never passes).
+//! CR4.SMEP, CR4.SMAP (RFLAGS.AC both ways, CPL 0 and 3), implicit supervisor reads
+//! (`smap-implicit`: segment loads from an LDT on the test page), protection keys and 1 GiB
+//! leaves run on their own VAs and passes where the guest CPUID has the feature
+//! ([`variants`]); the host maps supervisor-only aliases of the guest's probe code, kernel
+//! data and records for the SMEP / SMAP passes ([`tables::map_aliases`]). Variants the CPUID
+//! lacks, and those not implemented (LA57), are reported as skipped cases (never passes).
 //!
 //! # Layout
 //! `passes` says which passes run and which case sets are skipped ([`variants`]), `run`
