@@ -5,8 +5,10 @@
 //!   by the handler thread as fresh guest RAM under `--uffd` is: fault-around with one
 //!   `UFFDIO_COPY` of zeros per block, 16 pages doubling up to 512 while faults come in order
 //!   (so 12 messages for 4,096 pages touched in order);
-//! - `uffd_copy`: the same served with `UFFDIO_COPY` from a 4 KiB buffer (what a snapshot
-//!   restore does, file read aside);
+//! - `uffd_copy`: the same from a source with data for every page (what a snapshot restore
+//!   does, file read aside), served with `UFFDIO_COPY` and readahead: the run copied per
+//!   fault starts at the faulting page alone and doubles (up to 512 pages) while faults come
+//!   in order (so 12 messages for 4,096 pages touched in order);
 //! - floor: `madvise(MADV_POPULATE_WRITE)` of the same number of fresh pages (the kernel
 //!   populates them in one call: no fault, no handler);
 //! - memslot-per-page: `KVM_SET_USER_MEMORY_REGION` of one 4 KiB slot, the ioctl the lazy
@@ -36,9 +38,10 @@
 //! (once per RAM size, 256 MiB and 4 GiB), then restored in this process again and again,
 //! the two sizes interleaved round by round (median): from the start of `Vm::restore` (files
 //! opened and checked, every page CRC verified, state decoded, RAM registered with
-//! userfaultfd, memslots, vCPU state loaded) to the first return of `KVM_RUN`, i.e. the
-//! guest has executed (an upper bound of "to its first instruction"; the guest's first
-//! touches of its code and stack pages are served from the file inside that time).
+//! userfaultfd, vCPU state loaded, and meanwhile on a second thread the RAM memslots) to the
+//! first return of `KVM_RUN`, i.e. the guest has executed (an upper bound of "to its first
+//! instruction"; the guest's first touches of its code and stack pages are served from the
+//! file inside that time).
 
 use super::{fig, Figure, Target};
 use memvisor::uffd::{PageSource, UffdHandler, ZeroSource, PAGE};
@@ -99,8 +102,10 @@ fn uffd_ns(pages: usize, source: Box<dyn PageSource>) -> Option<f64> {
     let ns = t0.elapsed().as_nanos() as f64 / pages as f64;
     let served = h.stats();
     drop(h);
-    // Every page served once: filled for its own fault, or ahead of one (fault-around).
-    (served.copies + served.zeropages + served.fault_around == pages as u64).then_some(ns)
+    // Every page served once: filled for its own fault, or ahead of one (fault-around,
+    // readahead).
+    (served.copies + served.zeropages + served.fault_around + served.read_ahead == pages as u64)
+        .then_some(ns)
 }
 
 /// ns per page of `MADV_POPULATE_WRITE` on fresh pages.

@@ -268,39 +268,32 @@ impl GuestRam {
         })
     }
 
+    /// The memslots [`GuestRam::register`] creates (slot numbers from 0, flags 0), each with
+    /// the host address (HVA) of its region.
+    pub fn slot_plan(&self) -> Vec<(Memslot, u64)> {
+        self.mem
+            .iter()
+            .enumerate()
+            .map(|(i, region)| {
+                let slot = Memslot {
+                    slot: i as u32,
+                    gpa: region.start_addr().0,
+                    size: region.len(),
+                    flags: 0,
+                };
+                (slot, region.as_ptr() as u64)
+            })
+            .collect()
+    }
+
     /// Register every region as a KVM memslot (slot numbers from 0, flags 0).
     ///
     /// # Errors
     /// [`MemoryError::Memslot`] if KVM refuses one.
     pub fn register(&self, vm: &VmFd) -> Result<Vec<Memslot>, MemoryError> {
-        let mut slots = Vec::new();
-        for (i, region) in self.mem.iter().enumerate() {
-            let slot = Memslot {
-                slot: i as u32,
-                gpa: region.start_addr().0,
-                size: region.len(),
-                flags: 0,
-            };
-            let kvm_region = kvm_userspace_memory_region {
-                slot: slot.slot,
-                guest_phys_addr: slot.gpa,
-                memory_size: slot.size,
-                userspace_addr: region.as_ptr() as u64,
-                flags: slot.flags,
-            };
-            // SAFETY: the host range [as_ptr, as_ptr + len) is a live mapping owned by
-            // `self.mem`, which outlives the VM (the Vmm keeps both and drops the VM first).
-            unsafe { vm.set_user_memory_region(kvm_region) }.map_err(|source| {
-                MemoryError::Memslot {
-                    slot: slot.slot,
-                    gpa: slot.gpa,
-                    size: slot.size,
-                    source,
-                }
-            })?;
-            slots.push(slot);
-        }
-        Ok(slots)
+        // SAFETY: every HVA of the plan is a live mapping owned by `self.mem`, which outlives
+        // the VM (the Vmm keeps both and drops the VM first).
+        unsafe { register_plan(vm, &self.slot_plan()) }
     }
 
     /// True if `[gpa, gpa + len)` lies wholly inside one RAM range.
@@ -440,6 +433,30 @@ impl Memslots {
         self.slots.insert(slot, (new, hva));
         Ok(())
     }
+}
+
+/// Register the memslots of `plan` (from [`GuestRam::slot_plan`]) with KVM, in order: one
+/// `KVM_SET_USER_MEMORY_REGION` each (KVM API doc §4.35). Apart from the VM and the plan it
+/// touches nothing, so it may run on another thread while the caller prepares the rest of the
+/// VM (a restore does: see `crate::vm::snapshot`).
+///
+/// # Errors
+/// [`MemoryError::Memslot`] if KVM refuses one (the slots before it stay registered).
+///
+/// # Safety
+/// Every `[hva, hva + size)` of the plan must stay mapped while its slot is registered and a
+/// vCPU of `vm` may run.
+pub unsafe fn register_plan(
+    vm: &VmFd,
+    plan: &[(Memslot, u64)],
+) -> Result<Vec<Memslot>, MemoryError> {
+    let mut slots = Vec::with_capacity(plan.len());
+    for (m, hva) in plan {
+        // SAFETY: forwarded to the caller.
+        unsafe { set_region(vm, m, *hva) }?;
+        slots.push(*m);
+    }
+    Ok(slots)
 }
 
 /// KVM_SET_USER_MEMORY_REGION for `m` at host address `hva`.

@@ -64,6 +64,18 @@ fn indices(k: usize) -> [usize; 4] {
     [k & 511, (k >> 9) & 511, (k >> 18) & 511, (k >> 27) & 511]
 }
 
+/// Entries `i .. i + n` of the leaf at `node`.
+///
+/// # Safety
+/// `node` must be a live node page, `i + n <= 512`, and no other reference to those entries
+/// may exist while the slice lives.
+#[inline(always)]
+unsafe fn leaf_run<'a>(node: usize, i: usize, n: usize) -> &'a mut [u64] {
+    debug_assert!(i + n <= FANOUT);
+    // SAFETY: per the contract: `n` initialised, 8-aligned `u64` entries inside one page.
+    unsafe { core::slice::from_raw_parts_mut(slot(node, i), n) }
+}
+
 /// Entry `i` of the node at `node`.
 #[inline(always)]
 fn slot(node: usize, i: usize) -> *mut u64 {
@@ -108,6 +120,20 @@ impl PageRegistry {
             c.set((k + 1, v));
         }
         v
+    }
+
+    /// The cached entries of keys `k .. k + n` now hold `value` (0: they are dropped). Looks
+    /// at the `min(n, CACHE)` cache slots those keys map to, never at more.
+    #[inline]
+    fn cache_update(&self, k: usize, n: usize, value: usize) {
+        for j in 0..n.min(CACHE) {
+            let c = &self.cache[(k + j) & (CACHE - 1)];
+            let ck = c.get().0;
+            // Cached as key + 1 (0 = empty, which wraps to a huge offset).
+            if ck.wrapping_sub(k + 1) < n {
+                c.set(if value == 0 { (0, 0) } else { (ck, value) });
+            }
+        }
     }
 
     /// Tree lookup of key `k`.
@@ -370,20 +396,21 @@ impl PageRegistry {
                 }
             };
             let n = (pages - i).min(FANOUT - idx[0]);
-            let mut added = 0;
-            for j in 0..n {
-                let s = slot(nodes[0], idx[0] + j);
-                // SAFETY: `nodes[0]` is a live leaf page and `idx[0] + j < 512`.
-                unsafe {
-                    added += (*s == 0) as i64;
-                    *s = value as u64;
-                }
-                self.cache[(k + j) & (CACHE - 1)].set((k + j + 1, value));
-            }
+            // SAFETY: `nodes[0]` is a live leaf page of 512 entries, `idx[0] + n <= 512`, and
+            // nothing else refers to its entries while the registry is borrowed mutably.
+            let run = unsafe { leaf_run(nodes[0], idx[0], n) };
+            // Two passes the compiler vectorises (a block of hundreds of pages registers at
+            // a few entries per cycle): count the new entries, then fill.
+            let added = run.iter().filter(|&&e| e == 0).count();
+            run.fill(value as u64);
+            // The cache keeps holding registered pages only, with their new value; the run's
+            // first page (a block's start, looked up by its free) is cached now.
+            self.cache_update(k, n, value);
+            self.cache[k & (CACHE - 1)].set((k + 1, value));
             if added != 0 {
-                self.entries += added as usize;
+                self.entries += added;
                 let c = self.counter(&nodes, &idx, 0);
-                self.add(c, added);
+                self.add(c, added as i64);
             }
             i += n;
         }
@@ -402,23 +429,13 @@ impl PageRegistry {
         n: usize,
     ) -> usize {
         let n = n.min(FANOUT - idx[0]);
-        let mut removed = 0;
-        for j in 0..n {
-            let s = slot(nodes[0], idx[0] + j);
-            // SAFETY: `nodes[0]` is a live leaf page and `idx[0] + j < 512`.
-            unsafe {
-                if *s == 0 {
-                    continue;
-                }
-                *s = 0;
-            }
-            removed += 1;
-            let c = &self.cache[(k + j) & (CACHE - 1)];
-            if c.get().0 == k + j + 1 {
-                c.set((0, 0));
-            }
-        }
+        // SAFETY: `nodes[0]` is a live leaf page of 512 entries, `idx[0] + n <= 512`, and
+        // nothing else refers to its entries while the registry is borrowed mutably.
+        let run = unsafe { leaf_run(nodes[0], idx[0], n) };
+        let removed = run.iter().filter(|&&e| e != 0).count();
         if removed != 0 {
+            run.fill(0);
+            self.cache_update(k, n, 0);
             self.entries -= removed;
             let c = self.counter(nodes, idx, 0);
             self.add(c, -(removed as i64));

@@ -1,7 +1,7 @@
 //! [`SnapshotSource`]: the uffd handler's page source for a restored VM (snapshot layers,
 //! newest first), its counters, and what a restore read ([`RestoreStats`]).
 
-use super::Snapshot;
+use super::{Snapshot, SnapshotError};
 use crate::uffd::{PageSource, PAGE};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,30 +53,64 @@ impl SnapshotSource {
     }
 }
 
-impl PageSource for SnapshotSource {
-    fn read(&mut self, hva: u64, buf: &mut [u8; PAGE as usize]) -> bool {
-        let Some(gpa) = self
-            .ranges
+impl SnapshotSource {
+    /// The GPA of host address `hva`, if it is in a registered range.
+    fn gpa(&self, hva: u64) -> Option<u64> {
+        self.ranges
             .iter()
             .find(|&&(h, _, n)| hva >= h && hva - h < n)
             .map(|&(h, g, _)| g + (hva - h))
-        else {
-            return false;
-        };
+    }
+
+    /// Read the page at `gpa` from the newest layer holding it (CRC-checked): `Ok(false)` if
+    /// no layer holds it.
+    fn read_gpa(&self, gpa: u64, buf: &mut [u8; PAGE as usize]) -> Result<bool, SnapshotError> {
         for layer in self.layers.iter().rev() {
-            match layer.read_page(gpa, buf) {
-                Ok(true) => {
-                    self.counters.pages_read.fetch_add(1, Ordering::Relaxed);
-                    return true;
-                }
-                Ok(false) => continue,
-                Err(e) => {
-                    log::error!("{e}");
-                    self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                    return false;
-                }
+            if layer.read_page(gpa, buf)? {
+                return Ok(true);
             }
         }
-        false
+        Ok(false)
+    }
+}
+
+impl PageSource for SnapshotSource {
+    fn read(&mut self, hva: u64, buf: &mut [u8; PAGE as usize]) -> bool {
+        let Some(gpa) = self.gpa(hva) else {
+            return false;
+        };
+        match self.read_gpa(gpa, buf) {
+            Ok(true) => {
+                self.counters.pages_read.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                log::error!("{e}");
+                self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Pages in order from `hva` while a layer holds them and their CRC matches, each counted
+    /// in [`SourceCounters::pages_read`] (a page with a bad CRC ends the run uncounted: its own
+    /// fault reads, logs and counts it).
+    fn read_ahead(&mut self, hva: u64, buf: &mut [u8]) -> u64 {
+        let mut n = 0;
+        for chunk in buf.chunks_exact_mut(PAGE as usize) {
+            let Ok(page) = <&mut [u8; PAGE as usize]>::try_from(chunk) else {
+                break;
+            };
+            let hit = self
+                .gpa(hva + n * PAGE)
+                .is_some_and(|gpa| matches!(self.read_gpa(gpa, page), Ok(true)));
+            if !hit {
+                break;
+            }
+            n += 1;
+        }
+        self.counters.pages_read.fetch_add(n, Ordering::Relaxed);
+        n
     }
 }

@@ -1,5 +1,6 @@
-//! The handler thread: reads `struct uffd_msg`s and serves page faults (copy, zero, 16-page
-//! zero fault-around) and `UFFD_EVENT_REMOVE` (pages discarded: zero on their next fault).
+//! The handler thread: reads `struct uffd_msg`s and serves page faults (copy with readahead,
+//! zero, 16-page zero fault-around) and `UFFD_EVENT_REMOVE` (pages discarded: zero on their
+//! next fault).
 
 use super::PageSource;
 use super::{
@@ -24,7 +25,8 @@ pub(super) fn serve(
 ) {
     let around = source.fault_around_pages().max(1).next_power_of_two() * PAGE;
     let mut removed: HashSet<u64> = HashSet::new();
-    let mut buf = Box::new([0u8; PAGE as usize]);
+    // The faulting page and, for a source with data, its readahead run (one UFFDIO_COPY).
+    let mut run = vec![0u8; (FAULT_AROUND_MAX_PAGES * PAGE) as usize];
     let mut msgs = [UffdMsg::default(); 16];
     // Fault-around fills its block with one UFFDIO_COPY from this zeroed buffer: the pages are
     // then private and writable, so a later write takes no copy-on-write fault of the zero
@@ -37,6 +39,12 @@ pub(super) fn serve(
     let mut ramp = Ramp {
         next: u64::MAX,
         window: around,
+    };
+    // Readahead of data pages: the window starts at the faulting page alone (a guest touching
+    // a scattered subset reads about only what it touches) and doubles on in-order faults.
+    let mut data_ramp = Ramp {
+        next: u64::MAX,
+        window: PAGE,
     };
     loop {
         if shared.stop.load(Ordering::SeqCst) {
@@ -64,22 +72,26 @@ pub(super) fn serve(
                 UFFD_EVENT_PAGEFAULT => {
                     let page = m.arg[1] & !(PAGE - 1);
                     let write = m.arg[0] & UFFD_PAGEFAULT_FLAG_WRITE != 0;
-                    let data = if removed.contains(&page) {
-                        false
-                    } else {
-                        source.read(page, &mut buf)
+                    let data = !removed.contains(&page) && {
+                        let first = <&mut [u8; PAGE as usize]>::try_from(&mut run[..PAGE as usize]);
+                        first.is_ok_and(|b| source.read(page, b))
                     };
+                    let range = ranges
+                        .iter()
+                        .copied()
+                        .find(|&(s, l)| page >= s && page - s < l);
                     // Fault-around (zero pages only), inside the page's registered range.
                     let block = (!data && around > PAGE)
                         .then(|| {
-                            let (r0, rlen) = ranges
-                                .iter()
-                                .copied()
-                                .find(|&(s, l)| page >= s && page - s < l)?;
+                            let (r0, rlen) = range?;
                             let (start, end) = ramp.block(page, around, r0, r0 + rlen);
                             (end - start > PAGE).then_some((start, end))
                         })
                         .flatten();
+                    if !data && page == data_ramp.next {
+                        // A hole (zero page) in an in-order stream keeps the stream going.
+                        data_ramp.next = page + PAGE;
+                    }
                     let mut ahead = 0;
                     let outcome = match block {
                         Some((start, end)) => {
@@ -100,7 +112,21 @@ pub(super) fn serve(
                                 }
                             }
                         }
-                        None if data => copy(fd, page, &buf),
+                        None if data => {
+                            let pages = read_ahead(
+                                source.as_mut(),
+                                &mut data_ramp,
+                                &removed,
+                                page,
+                                range,
+                                &mut run,
+                            );
+                            let (outcome, filled) =
+                                copy_run(fd, page, &run[..(pages * PAGE) as usize]);
+                            data_ramp.next = page + filled.max(PAGE);
+                            ahead = (filled / PAGE).saturating_sub(1);
+                            outcome
+                        }
                         None => zeropage(fd, page),
                     };
                     let ns = t0.elapsed().as_nanos() as u64;
@@ -109,7 +135,11 @@ pub(super) fn serve(
                         Err(p) => p.into_inner(),
                     };
                     s.faults += 1;
-                    s.fault_around += ahead;
+                    if data {
+                        s.read_ahead += ahead;
+                    } else {
+                        s.fault_around += ahead;
+                    }
                     s.write_faults += write as u64;
                     s.source_reads += data as u64;
                     match outcome {
@@ -126,13 +156,19 @@ pub(super) fn serve(
                     }
                     drop(s);
                     if shared.track.load(Ordering::Relaxed) {
-                        touched(shared).push(page);
+                        // Every page made resident: the guest may write it without a fault.
+                        let mut t = touched(shared);
+                        t.push(page);
+                        if data {
+                            t.extend((1..=ahead).map(|i| page + i * PAGE));
+                        }
                     }
                     // Wake the faulting thread only now, so a thread that saw its page also
                     // sees it counted (the copy / zeropage ran with MODE_DONTWAKE); with
-                    // fault-around, every thread waiting in the block.
+                    // fault-around or readahead, every thread waiting in the block.
                     match block {
                         Some((start, end)) if ahead > 0 => wake_range(fd, start, end - start),
+                        None if data && ahead > 0 => wake_range(fd, page, (ahead + 1) * PAGE),
                         _ => wake_page(fd, page),
                     }
                 }
@@ -265,23 +301,94 @@ fn wake_page(fd: &OwnedFd, page: u64) {
     let _ = ioctl(fd, UFFDIO_WAKE, &mut r);
 }
 
-fn copy(fd: &OwnedFd, page: u64, buf: &[u8; PAGE as usize]) -> Served {
+/// Pages to copy for a data fault on `page` (its data is in `run[..PAGE]`): the faulting page
+/// plus the readahead the window allows, inside the page's registered range, stopping before a
+/// discarded page (it is zero now, not the source's) and where the source has no data.
+fn read_ahead(
+    source: &mut dyn PageSource,
+    ramp: &mut Ramp,
+    removed: &HashSet<u64>,
+    page: u64,
+    range: Option<(u64, u64)>,
+    run: &mut [u8],
+) -> u64 {
+    let Some((r0, rlen)) = range else {
+        return 1;
+    };
+    let (_, end) = ramp.block(page, PAGE, r0, r0 + rlen);
+    let want = ((end - page) / PAGE).min(run.len() as u64 / PAGE);
+    let mut limit = (1..want)
+        .find(|i| removed.contains(&(page + i * PAGE)))
+        .unwrap_or(want);
+    if limit > 1 {
+        // Stop before a page already in place (served earlier): it is not read again.
+        limit = 1 + absent_run(page + PAGE, limit - 1);
+    }
+    if limit <= 1 {
+        return 1;
+    }
+    1 + source.read_ahead(
+        page + PAGE,
+        &mut run[PAGE as usize..(limit * PAGE) as usize],
+    )
+}
+
+/// How many of the `pages` pages from `start` on are not resident (`mincore(2)`), counting
+/// from `start` up to the first resident one; 0 if `mincore` fails.
+fn absent_run(start: u64, pages: u64) -> u64 {
+    let mut vec = vec![0u8; pages as usize];
+    // SAFETY: `[start, start + pages * PAGE)` is inside a registered range (the caller clips
+    // the run to it), page aligned; `vec` has one byte per page.
+    let rc = unsafe {
+        libc::mincore(
+            start as *mut libc::c_void,
+            (pages * PAGE) as usize,
+            vec.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return 0;
+    }
+    vec.iter().take_while(|&&b| b & 1 == 0).count() as u64
+}
+
+/// `UFFDIO_COPY` of `data` (whole pages, the faulting page first) to `[page, page +
+/// data.len())`: the outcome for the faulting page and the bytes filled from `page` on (the
+/// kernel stops at the first page already mapped: a partial count with `EAGAIN`, then
+/// `EEXIST`).
+fn copy_run(fd: &OwnedFd, page: u64, data: &[u8]) -> (Served, u64) {
+    let len = data.len() as u64;
+    let mut done = 0;
     for _ in 0..16 {
         let mut c = UffdioCopy {
-            dst: page,
-            src: buf.as_ptr() as u64,
-            len: PAGE,
+            dst: page + done,
+            src: data.as_ptr() as u64 + done,
+            len: len - done,
             mode: UFFDIO_COPY_MODE_DONTWAKE,
             copy: 0,
         };
         match ioctl(fd, UFFDIO_COPY, &mut c) {
-            Ok(()) => return Served::Done,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Served::Raced,
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-            Err(_) => break,
+            Ok(()) => return (Served::Done, len),
+            Err(e) => {
+                done += (c.copy.max(0) as u64).min(len - done) & !(PAGE - 1);
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) if done < len => continue,
+                    Some(libc::EAGAIN) => return (Served::Done, len),
+                    Some(libc::EEXIST) if done == 0 => return (Served::Raced, 0),
+                    _ if done > 0 => return (Served::Done, done),
+                    _ => return (Served::Failed, 0),
+                }
+            }
         }
     }
-    Served::Failed
+    (
+        if done > 0 {
+            Served::Done
+        } else {
+            Served::Failed
+        },
+        done,
+    )
 }
 
 fn zeropage(fd: &OwnedFd, page: u64) -> Served {

@@ -2,6 +2,7 @@
 //! with userfaultfd served from the files, build memslots and the vCPU, load its state.
 
 use super::*;
+use kvm_ioctls::VmFd;
 
 /// `name` as one of the `&'static str` names `names` yields.
 fn intern(name: &str, names: impl Iterator<Item = &'static str>) -> Option<&'static str> {
@@ -79,116 +80,66 @@ impl Vm {
                 vec![Arc::new(b), Arc::new(t)]
             }
         };
-        if opts.verify_pages {
-            for l in &layers {
-                l.verify_pages()?;
-            }
-        }
-        log::debug!(
-            "restore: files open and verified after {:?}",
-            t_start.elapsed()
-        );
-        let Some(newest) = layers.last().cloned() else {
-            return Err(SnapError::NoBase);
-        };
-        let bad = |why: String| SnapError::State {
-            path: top.display().to_string(),
-            why,
-        };
-        let mut state: VmState =
-            ciborium::from_reader(&newest.state[..]).map_err(|e| bad(e.to_string()))?;
-        if state.version != STATE_VERSION {
-            return Err(bad(format!(
-                "state version {}, this memvisor reads {STATE_VERSION}",
-                state.version
-            )));
-        }
-        if state.config.mem_bytes != mem_bytes {
-            return Err(bad("RAM size differs from the header's".into()));
-        }
-        log::debug!("restore: state decoded after {:?}", t_start.elapsed());
-        let mut ram = GuestRam::new(mem_bytes)
+        // Guest RAM is mapped and KVM's VM created now; the RAM memslots are registered on
+        // another thread while this one verifies the pages, decodes the state, rebuilds the
+        // address space and creates and loads the vCPU: KVM_SET_USER_MEMORY_REGION of a big
+        // slot allocates KVM's per-memslot metadata (under shadow paging the rmap and
+        // write-tracking arrays, ~10 bytes per 4 KiB page), the part of a restore that grows
+        // most with RAM. The files' headers, identity and index were validated above, and a
+        // file error found here wins over a KVM error, so bad input is reported as before.
+        let ram = GuestRam::new(mem_bytes)
             .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
-        let ranges: Vec<(u64, u64, u64)> = ram
-            .mem
-            .iter()
-            .map(|r| (r.as_ptr() as u64, r.start_addr().0, r.len()))
-            .collect();
-        let source = SnapshotSource::new(layers.clone(), ranges);
-        let counters = source.counters.clone();
-        ram.attach_uffd(Box::new(source))
-            .map_err(SnapError::NoUffd)?;
-        if let Some(h) = ram.uffd.as_ref() {
-            // An incremental snapshot of the restored VM needs every page served since now.
-            h.track_touched();
-        }
-        log::debug!("restore: RAM + uffd after {:?}", t_start.elapsed());
-        let layer_pages: BTreeSet<u64> = layers.iter().flat_map(|l| l.gpas()).collect();
-        let hc = state
-            .book
-            .take_hypercalls(opts.echo_console)
-            .ok_or_else(|| bad("unknown hypercall or status name".into()))?;
-        let space = AddressSpace::from_state(ram, state.space)
-            .ok_or_else(|| bad("unknown fault-log kind".into()))?;
-        // Every RAM range of this VM is one of the saved memslots (same GPA and size).
-        let saved: Vec<(u64, u64)> = state.memslots.iter().map(|m| (m.1, m.2)).collect();
-        if !space
-            .ram
-            .ram
-            .iter()
-            .all(|&(g, n)| saved.contains(&(g.raw(), n)))
-        {
-            return Err(bad("RAM memslots differ from this VM's".into()));
-        }
-        let cfg = VmConfig {
-            mem_bytes,
-            kernel,
-            scenario: state.config.scenario_name,
-            flags: state.config.flags,
-            arg: state.config.arg,
-            timeout: opts.timeout,
-            zone_preset: state.config.zone_preset,
-            echo_console: opts.echo_console,
-            check_invariants: state.config.check_invariants,
-            uffd: true,
-            ..VmConfig::default()
+        let plan = ram.slot_plan();
+        let kvm_vm = open_vm();
+        let shadow = crate::backend::Backend::detect().shadow_paging();
+        let (prepared, vcpu, slots) = std::thread::scope(|s| {
+            let thread = kvm_vm.as_ref().ok().map(|(kvm_fd, vm)| {
+                std::thread::Builder::new()
+                    .name("memvisor-memslots".into())
+                    .spawn_scoped(s, || register_ram(kvm_fd, vm, &plan, shadow))
+            });
+            let prepared = prepare(top, &layers, mem_bytes, ram, &opts, t_start);
+            let vcpu = match (&prepared, &kvm_vm) {
+                (Ok(p), Ok((kvm_fd, vm))) => Some(make_vcpu(kvm_fd, vm, &p.cpu)),
+                _ => None,
+            };
+            log::debug!("restore: vCPU loaded after {:?}", t_start.elapsed());
+            let slots = match (thread, &kvm_vm) {
+                (Some(Ok(t)), _) => Some(t.join().unwrap_or(Err(SnapError::Unsupported {
+                    what: "a failed memslot thread",
+                }))),
+                // No thread (out of threads): register here, after the rest.
+                (Some(Err(e)), Ok((kvm_fd, vm))) => {
+                    log::debug!("restore: memslots inline ({e})");
+                    Some(register_ram(kvm_fd, vm, &plan, shadow))
+                }
+                _ => None,
+            };
+            (prepared, vcpu, slots)
+        });
+        // On an error the VM is dropped before any KVM_RUN: KVM never touched the host ranges
+        // of its memslots, which `prepare` may have unmapped already.
+        let prepared = prepared?;
+        let (_kvm, vm) = kvm_vm?;
+        let (Some(vcpu), Some(slots)) = (vcpu, slots) else {
+            return Err(SnapError::Unsupported {
+                what: "no vCPU or memslots",
+            });
         };
-        let hooks = (opts.hooks)(&cfg.scenario);
-        let mut vm = build(cfg, space, hc, hooks, &state.cpu, t_start)?;
-        vm.stepwise = state.config.stepwise;
-        vm.exits = state.book.exits;
-        vm.stage2 = state
-            .book
-            .stage2
-            .into_iter()
-            .map(|f| Stage2Fault {
-                gpa: f.gpa,
-                size: f.size,
-                write: f.write,
-                value: f.value,
-                rip: f.rip,
-                rip_source: f
-                    .rip_source
-                    .and_then(|s| intern(&s, ["exit", "decoded"].into_iter())),
-                exit_rip: f.exit_rip,
-                lazy_backed: f.lazy_backed,
-            })
-            .collect();
-        vm.stage2_total = state.book.stage2_total;
-        vm.flush_slot.count += state.book.flushes;
-        vm.inv_checks = state.book.inv_checks;
-        vm.at_sync = true;
-        vm.snap = Track {
-            last_id: Some(newest.id),
-            dirty_on: false,
-            stashed: BTreeSet::new(),
-            layer_page_count: layer_pages.len() as u64,
-            layers: layers.len() as u64,
-            layer_pages,
-            source: Some(counters),
+        let (vcpu, sync_regs) = vcpu?;
+        let slots = slots?;
+        log::debug!(
+            "restore: memslots ready after {:?} (RAM registered in {} us on their thread)",
+            t_start.elapsed(),
+            slots.memslot_us
+        );
+        let early = EarlyVm {
+            vm,
+            vcpu,
+            sync_regs,
+            slots,
         };
-        vm.setup_us = t_start.elapsed().as_micros() as u64;
-        Ok(vm)
+        prepared.finish(kernel, opts, layers.len(), early, mem_bytes, t_start)
     }
 
     /// Microseconds from the start of [`Vm::restore`] (or [`Vm::new`]) to the first return
@@ -212,49 +163,271 @@ impl Vm {
     }
 }
 
-/// Create the KVM VM and vCPU around a restored address space and load the vCPU state.
+/// KVM's VM with guest RAM's memslots registered and the vCPU loaded.
+struct EarlyVm {
+    vm: VmFd,
+    vcpu: VcpuFd,
+    /// `KVM_CAP_SYNC_REGS` is on for the vCPU.
+    sync_regs: bool,
+    slots: Slots,
+}
+
+/// Open KVM and create the VM (no memslot, no vCPU yet).
+fn open_vm() -> Result<(Kvm, VmFd), SnapError> {
+    let kvm_fd = Kvm::new().map_err(|source| crate::vmm::VmmError::NoKvm { source })?;
+    let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
+    Ok((kvm_fd, vm))
+}
+
+/// The memslots of a restored VM: guest RAM's and the flush slot.
+struct Slots {
+    memslots: Vec<Memslot>,
+    slots: Memslots,
+    flush_slot: FlushSlot,
+    /// Microseconds the RAM memslots took to register.
+    memslot_us: u64,
+}
+
+/// Register the RAM memslots of `plan` with `vm`, then the flush slot (with shadow paging).
+fn register_ram(
+    kvm_fd: &Kvm,
+    vm: &VmFd,
+    plan: &[(Memslot, u64)],
+    shadow_paging: bool,
+) -> Result<Slots, SnapError> {
+    let mem_err =
+        |e: crate::memory::MemoryError| SnapError::Vmm(crate::vmm::VmmError::Space(e.into()));
+    let t_slots = Instant::now();
+    // SAFETY: the plan's host ranges are guest RAM's mappings. On success they belong to the
+    // restored VM's address space, which the `Vm` drops after its KVM VM (as for a new VM);
+    // on failure the VM is dropped before any KVM_RUN, and no vCPU run means KVM never
+    // accesses a memslot's host range.
+    let memslots = unsafe { crate::memory::register_plan(vm, plan) }.map_err(mem_err)?;
+    let memslot_us = t_slots.elapsed().as_micros() as u64;
+    let mut slots = Memslots::new(kvm_fd.get_nr_memslots());
+    for &(m, hva) in plan {
+        slots.track(m, hva);
+    }
+    let flush_slot = FlushSlot::new(vm, &mut slots, shadow_paging).map_err(mem_err)?;
+    Ok(Slots {
+        memslots,
+        slots,
+        flush_slot,
+        memslot_us,
+    })
+}
+
+/// Create vCPU 0 and load the saved state into it (its registers do not depend on the
+/// memslots, which may still be registering: no KVM_RUN before they are).
+fn make_vcpu(kvm_fd: &Kvm, vm: &VmFd, cpu: &CpuState) -> Result<(VcpuFd, bool), SnapError> {
+    let cpuid = cpuid_of(cpu)?;
+    let mut vcpu = vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+    let sync_regs = enable_sync_regs(kvm_fd, &mut vcpu);
+    load_cpu(&vcpu, cpu)?;
+    Ok((vcpu, sync_regs))
+}
+
+fn cpuid_of(cpu: &CpuState) -> Result<CpuId, SnapError> {
+    CpuId::from_entries(&cpu.cpuid).map_err(|_| SnapError::State {
+        path: String::new(),
+        why: "CPUID table too large".into(),
+    })
+}
+
+/// What a restore rebuilt from the files before the vCPU exists.
+struct Prepared {
+    config: ConfigState,
+    cpu: CpuState,
+    book: Book,
+    space: AddressSpace,
+    hc: Hypercalls,
+    layer_pages: BTreeSet<u64>,
+    newest_id: u64,
+    counters: Arc<SourceCounters>,
+}
+
+/// Verify the layers' pages (if asked), decode the newest layer's state, register `ram` with
+/// userfaultfd served from the layers and rebuild the address space on it.
+fn prepare(
+    top: &Path,
+    layers: &[Arc<Snapshot>],
+    mem_bytes: u64,
+    mut ram: GuestRam,
+    opts: &RestoreOptions,
+    t_start: Instant,
+) -> Result<Prepared, SnapError> {
+    if opts.verify_pages {
+        for l in layers {
+            l.verify_pages()?;
+        }
+    }
+    log::debug!("restore: files verified after {:?}", t_start.elapsed());
+    let Some(newest) = layers.last().cloned() else {
+        return Err(SnapError::NoBase);
+    };
+    let bad = |why: String| SnapError::State {
+        path: top.display().to_string(),
+        why,
+    };
+    let mut state: VmState =
+        ciborium::from_reader(&newest.state[..]).map_err(|e| bad(e.to_string()))?;
+    if state.version != STATE_VERSION {
+        return Err(bad(format!(
+            "state version {}, this memvisor reads {STATE_VERSION}",
+            state.version
+        )));
+    }
+    if state.config.mem_bytes != mem_bytes {
+        return Err(bad("RAM size differs from the header's".into()));
+    }
+    log::debug!("restore: state decoded after {:?}", t_start.elapsed());
+    let ranges: Vec<(u64, u64, u64)> = ram
+        .mem
+        .iter()
+        .map(|r| (r.as_ptr() as u64, r.start_addr().0, r.len()))
+        .collect();
+    let source = SnapshotSource::new(layers.to_vec(), ranges);
+    let counters = source.counters.clone();
+    ram.attach_uffd(Box::new(source))
+        .map_err(SnapError::NoUffd)?;
+    if let Some(h) = ram.uffd.as_ref() {
+        // An incremental snapshot of the restored VM needs every page served since now.
+        h.track_touched();
+    }
+    log::debug!("restore: RAM + uffd after {:?}", t_start.elapsed());
+    let layer_pages: BTreeSet<u64> = layers.iter().flat_map(|l| l.gpas()).collect();
+    let hc = state
+        .book
+        .take_hypercalls(opts.echo_console)
+        .ok_or_else(|| bad("unknown hypercall or status name".into()))?;
+    let space = AddressSpace::from_state(ram, state.space)
+        .ok_or_else(|| bad("unknown fault-log kind".into()))?;
+    // Every RAM range of this VM is one of the saved memslots (same GPA and size).
+    let saved: Vec<(u64, u64)> = state.memslots.iter().map(|m| (m.1, m.2)).collect();
+    if !space
+        .ram
+        .ram
+        .iter()
+        .all(|&(g, n)| saved.contains(&(g.raw(), n)))
+    {
+        return Err(bad("RAM memslots differ from this VM's".into()));
+    }
+    log::debug!("restore: address space after {:?}", t_start.elapsed());
+    Ok(Prepared {
+        config: state.config,
+        cpu: state.cpu,
+        book: state.book,
+        space,
+        hc,
+        layer_pages,
+        newest_id: newest.id,
+        counters,
+    })
+}
+
+impl Prepared {
+    /// Create the vCPU on `early`'s VM, load its state and the report's counters.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        self,
+        kernel: Vec<u8>,
+        opts: RestoreOptions,
+        layers: usize,
+        early: EarlyVm,
+        mem_bytes: u64,
+        t_start: Instant,
+    ) -> Result<Vm, SnapError> {
+        let Prepared {
+            config,
+            cpu,
+            book,
+            space,
+            hc,
+            layer_pages,
+            newest_id,
+            counters,
+        } = self;
+        let cfg = VmConfig {
+            mem_bytes,
+            kernel,
+            scenario: config.scenario_name,
+            flags: config.flags,
+            arg: config.arg,
+            timeout: opts.timeout,
+            zone_preset: config.zone_preset,
+            echo_console: opts.echo_console,
+            check_invariants: config.check_invariants,
+            uffd: true,
+            ..VmConfig::default()
+        };
+        let hooks = (opts.hooks)(&cfg.scenario);
+        let mut vm = build(cfg, space, hc, hooks, &cpu, early, t_start)?;
+        vm.stepwise = config.stepwise;
+        vm.exits = book.exits;
+        vm.stage2 = book
+            .stage2
+            .into_iter()
+            .map(|f| Stage2Fault {
+                gpa: f.gpa,
+                size: f.size,
+                write: f.write,
+                value: f.value,
+                rip: f.rip,
+                rip_source: f
+                    .rip_source
+                    .and_then(|s| intern(&s, ["exit", "decoded"].into_iter())),
+                exit_rip: f.exit_rip,
+                lazy_backed: f.lazy_backed,
+            })
+            .collect();
+        vm.stage2_total = book.stage2_total;
+        vm.flush_slot.count += book.flushes;
+        vm.inv_checks = book.inv_checks;
+        vm.at_sync = true;
+        vm.snap = Track {
+            last_id: Some(newest_id),
+            dirty_on: false,
+            stashed: BTreeSet::new(),
+            layer_page_count: layer_pages.len() as u64,
+            layers: layers as u64,
+            layer_pages,
+            source: Some(counters),
+        };
+        vm.setup_us = t_start.elapsed().as_micros() as u64;
+        Ok(vm)
+    }
+}
+
+/// The restored VM around its address space, KVM VM and loaded vCPU (adds the flush slot).
 fn build(
     cfg: VmConfig,
     space: AddressSpace,
     hc: Hypercalls,
     hooks: Box<dyn crate::scenario::Scenario>,
     cpu: &CpuState,
+    early: EarlyVm,
     t_start: Instant,
 ) -> Result<Vm, SnapError> {
-    let kvm_fd = Kvm::new().map_err(|source| crate::vmm::VmmError::NoKvm { source })?;
-    let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
-    let cpuid = CpuId::from_entries(&cpu.cpuid).map_err(|_| SnapError::State {
-        path: String::new(),
-        why: "CPUID table too large".into(),
-    })?;
+    let EarlyVm {
+        vm,
+        vcpu,
+        sync_regs,
+        slots:
+            Slots {
+                memslots,
+                slots,
+                flush_slot,
+                memslot_us,
+            },
+    } = early;
+    let cpuid = cpuid_of(cpu)?;
     // The features the VM was built with (what its report and page-table choices used).
     let features = space.features;
     let host = HostInfo::new(
         crate::backend::Backend::detect(),
         crate::backend::maxphyaddr(&cpuid),
     );
-    let mem_err =
-        |e: crate::memory::MemoryError| SnapError::Vmm(crate::vmm::VmmError::Space(e.into()));
-    let t_slots = Instant::now();
-    let memslots: Vec<Memslot> = space.ram.register(&vm).map_err(mem_err)?;
-    let mut slots = Memslots::new(kvm_fd.get_nr_memslots());
-    for m in &memslots {
-        let hva = space
-            .ram
-            .mem
-            .get_host_address(GuestAddress(m.gpa))
-            .map(|p| p as u64)
-            .unwrap_or(0);
-        slots.track(*m, hva);
-    }
-    let memslot_us = t_slots.elapsed().as_micros() as u64;
-    log::debug!("restore: memslots after {:?}", t_start.elapsed());
-    let flush_slot = FlushSlot::new(&vm, &mut slots, host.shadow_paging).map_err(mem_err)?;
-    let mut vcpu = vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?;
-    vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
-    let sync_regs = enable_sync_regs(&kvm_fd, &mut vcpu);
-    load_cpu(&vcpu, cpu)?;
-    log::debug!("restore: vCPU loaded after {:?}", t_start.elapsed());
     let watchdog = crate::vm::watchdog::Watchdog::start()
         .map_err(|e| kvm("signal handler")(kvm_ioctls::Error::new(e.errno())))?;
     Ok(Vm {
