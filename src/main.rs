@@ -137,7 +137,7 @@ struct RunArgs {
     cases_out: Option<PathBuf>,
     /// fault-matrix only: count the cases that differ from the SDM oracle exactly as this
     /// known emulator deviation as "deviation" instead of "fail" (qemu-tcg-rsvd-p,
-    /// qemu-tcg-1g-a; repeatable).
+    /// qemu-tcg-1g-a, qemu-tcg-implicit-ac, bochs-implicit-ac; repeatable).
     #[arg(long, value_name = "NAME")]
     known_deviation: Vec<String>,
     /// Back guest RAM with userfaultfd: every first touch of a frame is served by a VMM

@@ -16,8 +16,9 @@ use std::time::Duration;
 /// Cases per pass: 16^4 flag combinations + 4 reserved-bit VAs.
 const VAS: u64 = 65_540;
 /// Feature variants (see `memvisor_cli::matrix::variants`): SMEP, SMAP (× AC both ways), 2 ×
-/// PKU, 1 GiB pages (256 VAs × 24 passes each, 48 for SMAP) and LA57 (16 VAs × 24 passes).
-const VARIANT_CASES: u64 = 6 * 256 * 24 + 16 * 24;
+/// PKU, 1 GiB pages (256 VAs × 24 passes each, 48 for SMAP), implicit supervisor reads (256
+/// VAs × 12 passes) and LA57 (16 VAs × 24 passes).
+const VARIANT_CASES: u64 = 6 * 256 * 24 + 256 * 12 + 16 * 24;
 
 #[test]
 fn full_matrix_matches_the_sdm() {
@@ -27,7 +28,7 @@ fn full_matrix_matches_the_sdm() {
     let mut cfg = common::config("fault-matrix", 256 << 20);
     cfg.timeout = Duration::from_secs_f64(300.0 * memvisor::backend::time_scale());
     // The host invariants (src/invariants/) do not know the matrix's test areas (PML4
-    // slots 64-90, `memvisor_cli::matrix::tables::AREA`, its data and records frames) nor the
+    // slots 64-95, `memvisor_cli::matrix::tables::AREA`, its data and records frames) nor the
     // scenario's no-NX build (`BuildOptions::no_nx`): they would flag them as stray leaves
     // and W^X breaches.
     cfg.check_invariants = false;
@@ -35,7 +36,7 @@ fn full_matrix_matches_the_sdm() {
     assert_eq!(r.outcome, "exit", "{:?}\n{}", r.message, r.console);
     assert_eq!(r.guest_exit_code, Some(0), "{}", r.console);
     // On an emulated host with known deviations from the SDM (QEMU TCG: reserved-bit #PF
-    // without P, A in a faulting 1 GiB leaf) the suite names them (comma-separated), as
+    // without P, A in a faulting 1 GiB leaf, implicit reads with AC) the suite names them (comma-separated), as
     // `memvisor run --known-deviation` does; nothing else is forgiven.
     let deviations: Vec<_> = std::env::var("MEMVISOR_KNOWN_DEVIATION")
         .unwrap_or_default()
@@ -97,6 +98,7 @@ fn full_matrix_matches_the_sdm() {
     for (feature, has) in [
         ("smep", r.cpu.smep),
         ("smap", r.cpu.smap),
+        ("smap-implicit", r.cpu.smap),
         ("pku", r.cpu.pku),
         ("1g", r.cpu.page_1g),
         ("la57", r.cpu.la57 && la57_boot),

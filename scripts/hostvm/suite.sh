@@ -16,7 +16,7 @@
 # `cargo test --no-run` (debug test binaries, as .ci/run's `cargo test` builds them).
 # --full (svm only): shares the checkout over 9p and runs every test binary `cargo test` runs
 #   (not the doc tests), with MEMVISOR_TIME_SCALE for the slow host and
-#   MEMVISOR_KNOWN_DEVIATION=qemu-tcg-rsvd-p,qemu-tcg-1g-a for tests/fault_matrix.rs; 12-20 min.
+#   MEMVISOR_KNOWN_DEVIATION=qemu-tcg-rsvd-p,qemu-tcg-1g-a,qemu-tcg-implicit-ac for tests/fault_matrix.rs; 12-20 min.
 # Options: --platform, --cpu, --phys-bits, --timeout (whole VM; default 900), --kvm-opts, -v as
 #   for scripts/hostvm.sh; --full; --bin release|test (which memvisor the CLI steps run:
 #   target/release/memvisor, the default, or the test-profile target/debug/memvisor that
@@ -67,7 +67,7 @@ if [ "$FULL" = 1 ]; then
   done
   cmd+='; echo "suite: $fails test binaries failed"; [ $fails = 0 ]'
   exec "$ROOT/scripts/hostvm.sh" --platform svm --share "$ROOT" --timeout "$((VM_TIMEOUT > 2400 ? VM_TIMEOUT : 2400))" \
-    --env CI=true --env MEMVISOR_TIME_SCALE=$SCALE --env MEMVISOR_KNOWN_DEVIATION=qemu-tcg-rsvd-p,qemu-tcg-1g-a \
+    --env CI=true --env MEMVISOR_TIME_SCALE=$SCALE --env MEMVISOR_KNOWN_DEVIATION=qemu-tcg-rsvd-p,qemu-tcg-1g-a,qemu-tcg-implicit-ac \
     ${PASS[@]+"${PASS[@]}"} --sh "$cmd" \
     "$ROOT/target/debug/memvisor"   # copied with its shared libraries, which the tests need too
 fi
@@ -78,8 +78,8 @@ for t in stage2 crash tlb_flush paging heaps frames_model; do
   [ -n "${T[$t]}" ] || { echo "suite: no test binary for tests/$t.rs" >&2; exit 1; }
 done
 case "$PLATFORM" in
-  vmx) WANT=vmx-ept; DEV='' ;;
-  svm) WANT=svm-npt; DEV='--known-deviation qemu-tcg-rsvd-p --known-deviation qemu-tcg-1g-a' ;;
+  vmx) WANT=vmx-ept; DEV='--known-deviation bochs-implicit-ac' ;;   # Skylake-X models (SMAP)
+  svm) WANT=svm-npt; DEV='--known-deviation qemu-tcg-rsvd-p --known-deviation qemu-tcg-1g-a --known-deviation qemu-tcg-implicit-ac' ;;
 esac
 files=()
 for t in "${!T[@]}"; do files+=(--file "${T[$t]}"); done

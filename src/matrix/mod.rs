@@ -26,14 +26,15 @@
 //! counted as `deviation`, apart from pass, fail and skipped.
 //!
 //! # Feature variants
-//! CR4.SMEP, CR4.SMAP (RFLAGS.AC both ways), protection keys and 1 GiB leaves run on their
-//! own VAs and passes where the guest CPUID has the feature ([`variants`]); the host maps
-//! supervisor-only aliases of the guest's probe code, kernel data and records for the
-//! SMEP / SMAP passes ([`tables::map_aliases`]). LA57 runs where the guest booted 5-level
-//! (a PML5 above the PML4; the VMM boots the fault matrix so where KVM accepts CR4.LA57):
-//! each of its VAs walks a PML5E with its own flag combination ([`tables::TestVa::pml5e`]).
-//! Variants the CPUID (or KVM) lacks, and those not implemented (SMAP at CPL 3), are
-//! reported as skipped cases (never passes).
+//! CR4.SMEP, CR4.SMAP (RFLAGS.AC both ways, CPL 0 and 3), implicit supervisor reads
+//! (`smap-implicit`: segment loads from an LDT on the test page), protection keys and 1 GiB
+//! leaves run on their own VAs and passes where the guest CPUID has the feature
+//! ([`variants`]); the host maps supervisor-only aliases of the guest's probe code, kernel
+//! data and records for the SMEP / SMAP passes ([`tables::map_aliases`]). LA57 runs where the
+//! guest booted 5-level (a PML5 above the PML4; the VMM boots the fault matrix so where KVM
+//! accepts CR4.LA57): each of its VAs walks a PML5E with its own flag combination
+//! ([`tables::TestVa::pml5e`]). Variants the CPUID (or KVM) lacks are reported as skipped
+//! cases (never passes).
 //!
 //! # Layout
 //! `passes` says which passes run and which case sets are skipped ([`variants`]), `run`

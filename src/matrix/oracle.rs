@@ -12,13 +12,19 @@
 //! * Rights (§4.6): a **user-mode address** has U/S = 1 at every level; **writable** means
 //!   R/W = 1 at every level; **execute-disable** means NXE = 1 and XD = 1 at some level.
 //!   - CPL 3 (user-mode access): reads need a user-mode address; writes a user-mode,
-//!     writable address; fetches a user-mode address without execute-disable.
+//!     writable address; fetches a user-mode address without execute-disable. CR4.SMAP,
+//!     CR4.SMEP and RFLAGS.AC change nothing here (§4.6.1: they restrict supervisor-mode
+//!     accesses only).
 //!   - CPL 0 (supervisor-mode access): reads are allowed (CR4.SMAP = 1 with RFLAGS.AC = 0
 //!     forbids user-mode addresses); writes are allowed when CR0.WP = 0 (SMAP aside), else
 //!     only to writable addresses; fetches are forbidden with execute-disable, and from
 //!     user-mode addresses when CR4.SMEP = 1.
 //!   - Protection keys (CR4.PKE = 1): data accesses to a user-mode address whose leaf has
 //!     key *i* fault if PKRU.AD*i* = 1, and writes if PKRU.WD*i* = 1 and (CPL 3 or CR0.WP = 1).
+//!   - Implicit supervisor-mode accesses (the CPU's own reads of the GDT, LDT, IDT, TSS;
+//!     [`Access::Desc`]) are supervisor-mode accesses at any CPL (§4.6): a supervisor read,
+//!     U/S = 0 in the error code, and with CR4.SMAP = 1 a user-mode address faults whatever
+//!     RFLAGS.AC says (§4.6.1).
 //! * Error code (§4.7): P (0 not-present, 1 otherwise), W/R (the access was a write), U/S
 //!   (CPL 3), RSVD, I/D (an instruction fetch, only when NXE = 1 or SMEP = 1), PK (the PKRU
 //!   disallowed the data access).
@@ -57,6 +63,11 @@ pub enum Access {
     Write,
     /// An instruction fetch.
     Exec,
+    /// An implicit supervisor-mode data read (SDM Vol. 3A §4.6.1): the CPU reads a segment
+    /// descriptor (here from an LDT at the VA) to load a segment register. Supervisor-mode
+    /// at any CPL: the error code has U/S = 0; CR4.SMAP forbids user-mode addresses
+    /// whatever RFLAGS.AC says; SMEP does not apply (not a fetch).
+    Desc,
 }
 
 impl Access {
@@ -69,6 +80,7 @@ impl Access {
             Access::Read => 'r',
             Access::Write => 'w',
             Access::Exec => 'x',
+            Access::Desc => 'd',
         }
     }
 }
@@ -121,6 +133,18 @@ pub fn expect_walk(
     mode: Mode,
     phys_bits: u8,
 ) -> Expect {
+    if access == Access::Desc {
+        // An implicit supervisor read: a supervisor-mode read whatever the CPL, with SMAP
+        // applying as if RFLAGS.AC were 0.
+        return expect_walk(
+            entries,
+            top,
+            Access::Read,
+            0,
+            Mode { ac: false, ..mode },
+            phys_bits,
+        );
+    }
     let top = if top == 5 { 5u8 } else { 4 };
     let mut err = 0;
     if access == Access::Write {
@@ -169,11 +193,12 @@ pub fn expect_walk(
         && data
         && (ad || (wd && access == Access::Write && (cpl == 3 || mode.wp)));
     let smap = mode.smap && user && !mode.ac;
+    // (An implicit read, `Desc`, was turned into a CPL 0 read with AC = 0 above.)
     let denied = match (cpl == 3, access) {
-        (true, Access::Read) => !user,
+        (true, Access::Read | Access::Desc) => !user,
         (true, Access::Write) => !user || !writable,
         (true, Access::Exec) => !user || xd,
-        (false, Access::Read) => smap,
+        (false, Access::Read | Access::Desc) => smap,
         (false, Access::Write) => smap || (mode.wp && !writable),
         (false, Access::Exec) => xd || (mode.smep && user),
     };
@@ -430,6 +455,38 @@ mod tests {
             None
         );
         assert_eq!(fault(&sup, Access::Write, 0, smap), None);
+        // SMAP does not restrict CPL 3 (user-mode) accesses, AC = 0 or 1: the same outcome
+        // as without SMAP for every access and both page kinds.
+        for ac in [false, true] {
+            let mode = Mode { ac, ..smap };
+            for a in Access::ALL {
+                for e in [&user, &sup, &[T, T, T, P | US]] {
+                    assert_eq!(fault(e, a, 3, mode), fault(e, a, 3, m(false, true)));
+                }
+            }
+        }
+        assert_eq!(fault(&user, Access::Write, 3, smap), None);
+        assert_eq!(fault(&sup, Access::Read, 3, smap), Some(0x5));
+        // Implicit supervisor reads: U/S = 0 at CPL 3 too; SMAP faults on user pages even
+        // with AC = 1; no SMAP: a supervisor read (user and read-only pages allowed).
+        for cpl in [0, 3] {
+            for ac in [false, true] {
+                let mode = Mode { ac, ..smap };
+                assert_eq!(fault(&user, Access::Desc, cpl, mode), Some(0x1));
+                assert_eq!(fault(&sup, Access::Desc, cpl, mode), None);
+                assert_eq!(
+                    fault(&[T, T, T, P | US], Access::Desc, cpl, m(true, true)),
+                    None
+                );
+            }
+            assert_eq!(fault(&sup, Access::Desc, cpl, m(true, true)), None);
+            assert_eq!(fault(&[T, T, US, T], Access::Desc, cpl, smap), Some(0));
+            // NX with NXE = 0 is reserved: P | RSVD, still U/S = 0.
+            let nx = [T, T, T, T | XD];
+            assert_eq!(fault(&nx, Access::Desc, cpl, m(true, false)), Some(0x9));
+            let e = expect(&user, Access::Desc, cpl, m(true, true), 48);
+            assert_eq!((e.fault, e.leaf_after), (None, T | A));
+        }
         // PKU: key 1 access-disabled / write-disabled.
         let k1 = [T, T, T, T | (1 << 59)];
         let ad = Mode {

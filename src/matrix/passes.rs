@@ -3,7 +3,9 @@
 
 use super::oracle::{Access, Mode};
 use super::tables::{self, TestVa};
-use memvisor_abi::layout::{MATRIX_1G_SLOT, MATRIX_LA57_SLOT, MATRIX_VARIANT_SLOT};
+use memvisor_abi::layout::{
+    MATRIX_1G_SLOT, MATRIX_IMPLICIT_SLOT, MATRIX_LA57_SLOT, MATRIX_VARIANT_SLOT,
+};
 
 /// One pass: an access at a CPL in a mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +40,7 @@ pub(super) fn base_passes(extra: Mode) -> Vec<PassSpec> {
 /// A set of cases that cannot run here: its VAs × its passes.
 #[derive(Debug, Clone)]
 pub struct SkippedSet {
-    /// Feature name (`smep`, `smap`, `pku`, `1g`, `la57`, `nx`, `rsvd`).
+    /// Feature name (`smep`, `smap`, `smap-implicit`, `pku`, `1g`, `la57`, `nx`, `rsvd`).
     pub feature: &'static str,
     /// Why (`unsupported by host`, or what is missing).
     pub reason: String,
@@ -79,7 +81,7 @@ impl SkippedVa {
 /// One feature variant: its own test VAs and passes.
 #[derive(Debug, Clone)]
 pub struct Variant {
-    /// Feature name (`smep`, `smap`, `pku`, `1g`, `la57`).
+    /// Feature name (`smep`, `smap`, `smap-implicit`, `pku`, `1g`, `la57`).
     pub feature: &'static str,
     /// Its test VAs.
     pub vas: Vec<TestVa>,
@@ -148,6 +150,49 @@ pub(super) fn one_g_vas(data_gpa: u64) -> Vec<TestVa> {
         .collect()
 }
 
+/// Byte offset in the data frame of the segment descriptor the implicit-access passes read
+/// (offset 0 stays `0xC3` for the fetch and write probes).
+pub const DESC_OFFSET: u64 = 8;
+
+/// The implicit-access variant's VAs: the 256 PDE × PTE combinations of PML4 slot
+/// [`MATRIX_IMPLICIT_SLOT`] (PML4E = PDPTE = P|RW|US), each at byte [`DESC_OFFSET`] of its
+/// page, where the data frame holds a segment descriptor. The 16 PTE combinations of one
+/// PDE are 16 consecutive pages, so one LDT (64 KiB-aligned base, limit 0xFFFF) spans them.
+pub(super) fn implicit_vas() -> Vec<TestVa> {
+    pde_pte_vas(MATRIX_IMPLICIT_SLOT, 0)
+        .into_iter()
+        .map(|t| TestVa {
+            va: t.va | DESC_OFFSET,
+            ..t
+        })
+        .collect()
+}
+
+/// The implicit-access variant's 12 passes: an implicit supervisor read ([`Access::Desc`])
+/// at CPL 0 and 3 × EFER.NXE × (CR4.SMAP = 0; SMAP = 1 with RFLAGS.AC = 0; SMAP = 1 with
+/// AC = 1), CR0.WP = 1.
+pub(super) fn implicit_passes() -> Vec<PassSpec> {
+    let mut v = Vec::with_capacity(12);
+    for (smap, ac) in [(false, false), (true, false), (true, true)] {
+        for nxe in [false, true] {
+            for cpl in [0u8, 3] {
+                v.push(PassSpec {
+                    access: Access::Desc,
+                    cpl,
+                    mode: Mode {
+                        wp: true,
+                        nxe,
+                        smap,
+                        ac,
+                        ..Mode::default()
+                    },
+                });
+            }
+        }
+    }
+    v
+}
+
 /// What the host and the guest image offer the variants.
 #[derive(Debug, Clone, Copy)]
 pub struct Offer {
@@ -182,8 +227,11 @@ pub(super) fn la57_vas() -> Vec<TestVa> {
 /// pass).
 ///
 /// * `smep`: CR4.SMEP = 1, PML4 slot 84, 256 PDE × PTE combinations × the 24 base passes.
-/// * `smap`: CR4.SMAP = 1, slot 85, the same × RFLAGS.AC = 0 and 1 (48 passes; the 24 at
-///   CPL 3 are not implemented).
+/// * `smap`: CR4.SMAP = 1, slot 85, the same × RFLAGS.AC = 0 and 1 (48 passes, CPL 0 and 3).
+/// * `smap-implicit`: implicit supervisor-mode reads (a segment load reads its descriptor
+///   from an LDT on the test page, SDM Vol. 3A §4.6.1), slot 95, 256 PDE × PTE combinations
+///   × `implicit_passes` (12: CPL 0 / 3 × NXE × SMAP off / SMAP with AC = 0 / AC = 1);
+///   run where CPUID has SMAP.
 /// * `pku`: CR4.PKE = 1, leaves with protection key 1, PKRU.AD1 = 1 (slot 86) and
 ///   PKRU.WD1 = 1 (slot 87), 256 VAs each × 24 passes.
 /// * `1g`: 1 GiB leaves: 16 PML4E × 16 PDPTE (PS = 1) combinations, slots 98–113, × 24.
@@ -210,33 +258,27 @@ pub fn variants(o: &Offer) -> Vec<Variant> {
         }),
         needs_tramp: true,
     }];
-    // SMAP: CPL 0 passes (AC = 0 and 1) run; CPL 3 ones would need a US=0 TSS for the
-    // ring switch (an implicit supervisor access), which the kernel does not have.
+    // SMAP: CPL 0 and CPL 3 passes, AC = 0 and 1 (SMAP does not restrict CPL 3 accesses,
+    // the oracle says so; the passes check it, with the ring switch's implicit supervisor
+    // reads on US=0 structures).
     let smap = Mode {
         smap: true,
         ..Mode::default()
     };
     let mut smap_passes = base_passes(smap);
     smap_passes.extend(base_passes(Mode { ac: true, ..smap }));
-    let (smap0, smap3): (Vec<_>, Vec<_>) = smap_passes.into_iter().partition(|p| p.cpl == 0);
     v.push(Variant {
         feature: "smap",
         skip: skip(f.smap, no_tramp),
         vas: pde_pte_vas(s + 1, 0),
-        passes: smap0,
+        passes: smap_passes,
         needs_tramp: true,
     });
     v.push(Variant {
-        feature: "smap",
-        skip: skip(
-            f.smap,
-            Some(
-                "CPL 3 under CR4.SMAP: the ring switch reads TSS.RSP0 from the kernel's \
-                 US=1 TSS (an implicit supervisor access SMAP forbids)",
-            ),
-        ),
-        vas: pde_pte_vas(s + 1, 0),
-        passes: smap3,
+        feature: "smap-implicit",
+        skip: skip(f.smap, no_tramp),
+        vas: implicit_vas(),
+        passes: implicit_passes(),
         needs_tramp: true,
     });
     for (slot, pkru) in [(s + 2, 1u32 << 2), (s + 3, 1 << 3)] {

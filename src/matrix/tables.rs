@@ -11,7 +11,8 @@
 //! * **Variant VAs** ([`super::variants`]): 256 per 4 KiB variant in PML4 slots 84–87, and
 //!   256 through 1 GiB leaves (PDPTE.PS = 1, mapping GPA 0) in slots 98–113.
 //! * Every leaf points to one **data frame** filled with `0xC3` (`ret`), so a fetch probe can
-//!   `call` any test VA and a write probe stores the byte already there.
+//!   `call` any test VA and a write probe stores the byte already there; its bytes 8..16 hold
+//!   the segment descriptor the implicit-access VAs (page offset 8, slot 95) are read at.
 //! * The **records buffer** at [`BUF_GVA`] (US=1, RW, no NX): the [`Plan`] in its first
 //!   [`PLAN_BYTES`], then one `[va, cr2, error_code]` record per case, pass after pass,
 //!   prefilled with `[va, NOT_FAULTED, NOT_FAULTED]`.
@@ -34,7 +35,7 @@ pub use memvisor::layout::{
 };
 /// Bytes at the start of the buffer for the plan (whole pages).
 pub const PLAN_BYTES: u64 = (core::mem::size_of::<Plan>() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-/// The GVAs this module maps: PML4 slots 64 (first matrix VA) to 91 (probe-code alias);
+/// The GVAs this module maps: PML4 slots 64 (first matrix VA) to 95 (implicit-access VAs);
 /// the 1 GiB leaves are in [`memvisor::layout::MATRIX_1G_AREA`].
 pub use memvisor::layout::MATRIX_AREA as AREA;
 /// Matrix VAs (16^4).
@@ -193,7 +194,8 @@ fn frames(space: &mut AddressSpace, n: u64) -> Result<Pfn, SpaceError> {
 }
 
 /// Allocate the data frame every test leaf maps (DMA zone first, so that it lies in the
-/// first GiB the 1 GiB leaves map), fill it with `0xC3` and return its GPA.
+/// first GiB the 1 GiB leaves map), fill it with `0xC3`, put [`DESCRIPTOR`] at byte
+/// `passes::DESC_OFFSET` (8), and return its GPA.
 ///
 /// # Errors
 /// [`SpaceError`] if no frame is free or the write fails.
@@ -204,16 +206,24 @@ pub fn data_frame(space: &mut AddressSpace) -> Result<u64, SpaceError> {
         Err(_) => frames(space, 1)?,
     };
     let data_gpa = data.gpa()?.raw();
+    let mut page = [0xc3u8; PAGE_SIZE as usize];
+    let d = super::passes::DESC_OFFSET as usize;
+    page[d..d + 8].copy_from_slice(&DESCRIPTOR.to_le_bytes());
     space
         .ram()
         .mem
-        .write_slice(&[0xc3u8; PAGE_SIZE as usize], GuestAddress(data_gpa))
+        .write_slice(&page, GuestAddress(data_gpa))
         .map_err(|_| SpaceError::Write {
             what: "matrix data frame",
         })?;
     space.add_host_frames(AREA, data, 1);
     Ok(data_gpa)
 }
+
+/// The segment descriptor the implicit-access passes load (SDM Vol. 3A §3.4.5): a present
+/// DPL 3 read/write data segment, base 0, limit 4 GiB, with its accessed flag already set,
+/// so loading it reads the descriptor and writes nothing.
+pub const DESCRIPTOR: u64 = 0x00cf_f300_0000_ffff;
 
 /// Build the test tables for `vas` over the data frame at `data_gpa` ([`data_frame`]) and
 /// a records buffer of `buf_bytes` (plan included) filled with `records` (already laid out
@@ -277,7 +287,12 @@ pub fn build(
             let ro_user = PteFlags::PRESENT | PteFlags::USER;
             (t.va & !((1 << 30) - 1), 0, PageSize::Size1G, ro_user)
         } else {
-            (t.host_va(), data_gpa, PageSize::Size4K, rw_user)
+            (
+                t.host_va() & !(PAGE_SIZE - 1),
+                data_gpa,
+                PageSize::Size4K,
+                rw_user,
+            )
         };
         pt.edit(mem, &mut *pool)
             .map(canonical(va)?, Gpa::new(gpa), size, flags)

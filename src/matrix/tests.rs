@@ -153,9 +153,9 @@ fn variants_and_passes() {
     };
     let v = variants(&offer(none, 0x1000, true));
     let total: usize = v.iter().map(|s| s.vas.len() * s.passes.len()).sum();
-    // SMEP 256 × 24, SMAP 256 × 48 (AC both ways), 2 × PKU 256 × 24, 1 GiB 256 × 24,
-    // LA57 16 × 24.
-    assert_eq!(total, 37_248);
+    // SMEP 256 × 24, SMAP 256 × 48 (AC both ways), SMAP implicit 256 × 12, 2 × PKU
+    // 256 × 24, 1 GiB 256 × 24, LA57 16 × 24.
+    assert_eq!(total, 40_320);
     assert!(v
         .iter()
         .all(|s| s.skip.as_deref() == Some("unsupported by host")));
@@ -176,7 +176,7 @@ fn variants_and_passes() {
     };
     assert_eq!(
         runs(&offer(all, 0x1000, true)),
-        ["smep", "smap", "pku", "pku", "1g", "la57"]
+        ["smep", "smap", "smap-implicit", "pku", "pku", "1g", "la57"]
     );
     for v in variants(&offer(all, 0x1000, true)) {
         assert!(v.skip.is_none() || v.skip.is_some_and(|s| s.starts_with("not implemented")));
@@ -239,6 +239,44 @@ fn variants_and_passes() {
     assert_eq!(p.len(), 24);
     assert_eq!(mode_bits(p[23].mode), abi::MODE_WP | abi::MODE_NXE);
     assert_eq!((p[3].cpl, p[3].access), (3, Access::Read));
+}
+
+#[test]
+fn implicit_access_variant_layout() {
+    use super::passes::{implicit_passes, implicit_vas, DESC_OFFSET};
+    let v = implicit_vas();
+    assert_eq!(v.len(), 256);
+    assert_eq!(v[0x1f].va, (95 << 39) | (1 << 21) | (15 << 12) | 8);
+    assert_eq!(v[0x1f].entries, [7, 7, 1, tables::combo_flags(15)]);
+    // One LDT per PDE combination: a 64 KiB-aligned base, the 16 PTE combinations inside its
+    // limit (0xFFFF) at selector (va & 0xffff) | 7 (TI = 1, RPL 3), index * 8 = page offset.
+    for g in v.chunks(16) {
+        let base = g[0].va & !0xffff;
+        for t in g {
+            assert_eq!(t.va & !0xffff, base);
+            assert_eq!(t.va & 0xfff, DESC_OFFSET);
+            let sel = (t.va & 0xffff) | 7;
+            assert_eq!(base + (sel >> 3) * 8, t.va);
+            assert!((sel >> 3) * 8 + 7 <= 0xffff);
+        }
+    }
+    // The descriptor: present, DPL 3, a code/data (S = 1) read/write data segment whose
+    // accessed flag is set (type 3): loading it writes nothing.
+    let d = tables::DESCRIPTOR;
+    assert_eq!((d >> 47) & 1, 1);
+    assert_eq!((d >> 45) & 3, 3);
+    assert_eq!((d >> 44) & 1, 1);
+    assert_eq!((d >> 40) & 0xf, 3);
+    let p = implicit_passes();
+    assert_eq!(p.len(), 12);
+    assert!(p.iter().all(|s| s.access == Access::Desc && s.mode.wp));
+    assert_eq!(p.iter().filter(|s| s.mode.ac && !s.mode.smap).count(), 0);
+    // The oracle per pass for a user page: a fault (U/S = 0) exactly when SMAP is on.
+    let user = [7, 7, 7, 7];
+    for s in &p {
+        let e = oracle::expect(&user, s.access, s.cpl, s.mode, 48);
+        assert_eq!(e.fault, s.mode.smap.then_some(1), "{s:?}");
+    }
 }
 
 #[test]

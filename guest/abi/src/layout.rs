@@ -11,7 +11,7 @@
 //! | first GVA             | last GVA              | region                                  |
 //! | --------------------- | --------------------- | --------------------------------------- |
 //! | 0x0000_1000_0000_0000 | 0x0000_1fff_ffff_ffff | mmap window (16 TiB; regions + guards)  |
-//! | 0x0000_2000_0000_0000 | 0x0000_2dff_ffff_ffff | fault matrix (PML4 slots 64..=91)       |
+//! | 0x0000_2000_0000_0000 | 0x0000_2fff_ffff_ffff | fault matrix (PML4 slots 64..=95)       |
 //! | 0x0000_3000_0000_0000 | 0x0000_30ff_ffff_ffff | stage-2 window (<= 1 TiB)               |
 //! | 0x0000_3100_0000_0000 | 0x0000_38ff_ffff_ffff | fault matrix 1 GiB leaves (slots 98..=113) |
 //! | 0x0000_3900_0000_0000 | 0x0000_397f_ffff_ffff | fault matrix LA57 paths (slot 114)      |
@@ -72,9 +72,13 @@ pub const MATRIX_BUF_GVA: u64 = 90 << 39;
 /// GVA of the fault matrix's supervisor-only (US=0) alias of the kernel's probe code
 /// (PML4 slot 91), which CPL 0 runs while CR4.SMEP / SMAP are set.
 pub const MATRIX_TRAMP_GVA: u64 = 91 << 39;
-/// The GVAs the fault matrix maps: PML4 slots 64 (first matrix VA) to 91 (probe-code alias).
+/// PML4 slot of the fault matrix's implicit-supervisor-access variant (`smap-implicit`): 256
+/// test pages whose descriptor at offset 8 a segment load reads through an LDT.
+pub const MATRIX_IMPLICIT_SLOT: u64 = 95;
+/// The GVAs the fault matrix maps: PML4 slots 64 (first matrix VA) to 95 (implicit-access
+/// variant; slots 92..=94 unused).
 pub const MATRIX_AREA: core::ops::Range<u64> =
-    (MATRIX_SLOT << 39)..((MATRIX_TRAMP_GVA >> 39) + 1) << 39;
+    (MATRIX_SLOT << 39)..(MATRIX_IMPLICIT_SLOT + 1) << 39;
 /// First of the 16 PML4 slots of the fault matrix's 1 GiB leaves (one slot per PML4E flag
 /// combination, 16 PDPTE leaves each), after the stage-2 window.
 pub const MATRIX_1G_SLOT: u64 = 98;
@@ -195,7 +199,7 @@ pub const GVA_REGIONS: [Region; 11] = [
     region(
         MATRIX_AREA.start,
         MATRIX_AREA.end - MATRIX_AREA.start,
-        "fault matrix (PML4 slots 64..=91)",
+        "fault matrix (PML4 slots 64..=95)",
     ),
     region(STAGE2_GVA_BASE, STAGE2_MAX_LEN, "stage-2 window (<= 1 TiB)"),
     region(
@@ -338,6 +342,8 @@ mod tests {
         in_gva(((MATRIX_VARIANT_SLOT + 4) << 39) - 1, GVA_REGIONS[1].name);
         in_gva(MATRIX_TRAMP_GVA, GVA_REGIONS[1].name);
         in_gva(MATRIX_BUF_ALIAS_GVA, GVA_REGIONS[1].name);
+        in_gva(MATRIX_IMPLICIT_SLOT << 39, GVA_REGIONS[1].name);
+        in_gva(((MATRIX_IMPLICIT_SLOT + 1) << 39) - 1, GVA_REGIONS[1].name);
         in_gva(
             MATRIX_KDATA_ALIAS_GVA + KERNEL_PHYS_BASE,
             GVA_REGIONS[1].name,

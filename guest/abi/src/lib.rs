@@ -493,6 +493,10 @@ pub mod matrix {
     pub const ACCESS_WRITE: u32 = 1;
     /// [`Pass::access`]: an instruction fetch (`call` to the VA, whose byte is `ret`).
     pub const ACCESS_EXEC: u32 = 2;
+    /// [`Pass::access`]: an implicit supervisor-mode read (SDM Vol. 3A §4.6.1) of the 8-byte
+    /// descriptor at the VA: `mov es` of an LDT selector, with LDTR based at the VA's
+    /// 64 KiB-aligned base (selector = `(va & 0xffff) | 7`; the VA is 8-byte aligned).
+    pub const ACCESS_DESC: u32 = 3;
     /// [`Pass::mode`]: CR0.WP = 1.
     pub const MODE_WP: u32 = 1;
     /// [`Pass::mode`]: IA32_EFER.NXE = 1.

@@ -88,6 +88,17 @@ pub const KERNEL_DS: u16 = 0x10;
 pub const USER_CS: u16 = 0x20;
 /// GDT selector of the ring-3 data segment.
 pub const USER_DS: u16 = 0x18;
+/// GDT selector of the kernel's TSS (loaded in TR at boot).
+pub const KERNEL_TSS: u16 = 0x28;
+/// GDT selector of a second descriptor of the same TSS whose base [`load_tr_at`] sets (to a
+/// second mapping of the TSS, e.g. a supervisor-only alias for CR4.SMAP tests).
+pub const ALIAS_TSS: u16 = 0x38;
+/// GDT selector of the LDT descriptor [`load_ldt`] sets (no LDT is loaded at boot).
+pub const LDT: u16 = 0x48;
+/// GDT entries (8 bytes each): null, 4 segments, 3 system descriptors of 16 bytes.
+const GDT_ENTRIES: usize = 11;
+/// Linear address of the GDT (its kernel mapping), set by [`init`].
+static GDT_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 #[repr(C, align(16))]
 struct Idt([[u64; 2]; 256]);
 
@@ -121,7 +132,7 @@ const fn iomap() -> [u8; IOMAP_BYTES] {
 
 struct Tables {
     idt: Idt,
-    gdt: GlobalDescriptorTable,
+    gdt: GlobalDescriptorTable<GDT_ENTRIES>,
     tss: TssWithIoMap,
 }
 
@@ -131,7 +142,7 @@ unsafe impl Sync for TablesCell {}
 
 static TABLES: TablesCell = TablesCell(UnsafeCell::new(Tables {
     idt: Idt([[0; 2]; 256]),
-    gdt: GlobalDescriptorTable::new(),
+    gdt: GlobalDescriptorTable::empty(),
     tss: TssWithIoMap {
         tss: TaskStateSegment::new(),
         iomap: iomap(),
@@ -171,8 +182,17 @@ pub fn init(info: &BootInfo) {
             Err(_) => crate::hc::panic_str("TSS I/O bitmap rejected"),
         };
         let tss = t.gdt.append(tss_desc);
-        let gdt: &'static GlobalDescriptorTable = &*core::ptr::addr_of!(t.gdt);
+        debug_assert!(tss.0 == KERNEL_TSS);
+        // Placeholders (not present) that load_tr_at / load_ldt fill in before use.
+        let alias = t.gdt.append(Descriptor::SystemSegment(0, 0));
+        let ldt = t.gdt.append(Descriptor::SystemSegment(0, 0));
+        debug_assert!(alias.0 == ALIAS_TSS && ldt.0 == LDT);
+        let gdt: &'static GlobalDescriptorTable<GDT_ENTRIES> = &*core::ptr::addr_of!(t.gdt);
         gdt.load();
+        GDT_BASE.store(
+            x86_64::instructions::tables::sgdt().base.as_u64(),
+            core::sync::atomic::Ordering::Relaxed,
+        );
         CS::set_reg(code);
         DS::set_reg(data);
         ES::set_reg(data);
@@ -201,6 +221,96 @@ pub fn tss_rsp0_slot() -> *mut u64 {
     unsafe {
         let t = TABLES.0.get();
         core::ptr::addr_of_mut!((*t).tss.tss.privilege_stack_table[0]) as *mut u64
+    }
+}
+
+/// Linear address of the kernel's TSS (its kernel mapping).
+pub fn tss_base() -> u64 {
+    // SAFETY: only the address is taken; TABLES lives forever.
+    unsafe { core::ptr::addr_of!((*TABLES.0.get()).tss.tss) as u64 }
+}
+
+/// A 16-byte system descriptor (SDM Vol. 3A §8.2.3, Figure 8-4: TSS and LDT descriptors in
+/// IA-32e mode): present, DPL 0, `typ` (0x2 LDT, 0x9 available TSS), byte-granular `limit`.
+pub const fn system_descriptor(base: u64, limit: u32, typ: u8) -> [u64; 2] {
+    let low = (limit as u64 & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (((typ as u64 & 0xf) | 0x80) << 40)
+        | (((limit as u64 >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    [low, base >> 32]
+}
+
+/// Write the 16-byte GDT entry at selector `sel` (one of the kernel GDT's system slots).
+///
+/// # Safety
+/// GDTR need not be the kernel GDT, but nothing may use the descriptor while it is half
+/// written (single vCPU, no exception expected in between).
+unsafe fn write_system(sel: u16, d: [u64; 2]) {
+    let e = (GDT_BASE.load(core::sync::atomic::Ordering::Relaxed) + u64::from(sel)) as *mut u64;
+    // SAFETY: `sel` is one of this module's system slots inside the kernel GDT (static,
+    // writable kernel data); the caller guarantees no concurrent use.
+    unsafe {
+        core::ptr::write_volatile(e, d[0]);
+        core::ptr::write_volatile(e.add(1), d[1]);
+    }
+}
+
+/// Load TR with [`ALIAS_TSS`]: the kernel's TSS (same limit, I/O bitmap offset and contents)
+/// seen at linear address `base`. `ltr` sets the descriptor's busy bit (SDM Vol. 3A §8.2.4),
+/// so GDTR must be the kernel's writable GDT when this runs.
+///
+/// # Safety
+/// `base` must map the kernel's TSS frames (read access suffices: 64-bit mode only reads the
+/// TSS, for RSP0 / IST / the I/O bitmap) for as long as TR holds it, i.e. until
+/// [`load_tr_kernel`]; GDTR must be the kernel GDT.
+pub unsafe fn load_tr_at(base: u64) {
+    let kernel = (GDT_BASE.load(core::sync::atomic::Ordering::Relaxed) + u64::from(KERNEL_TSS))
+        as *const u64;
+    // SAFETY: per the caller; the kernel TSS descriptor (static GDT) gives the limit; the
+    // alias descriptor is written before `ltr` reads it.
+    unsafe {
+        let low = core::ptr::read_volatile(kernel);
+        let limit = (low & 0xffff) as u32 | (((low >> 48) & 0xf) as u32) << 16;
+        write_system(ALIAS_TSS, system_descriptor(base, limit, 0x9));
+        core::arch::asm!("ltr {0:x}", in(reg) ALIAS_TSS, options(nostack, preserves_flags));
+    }
+}
+
+/// Load TR with the kernel's own TSS again (after [`load_tr_at`]): clears its busy bit first
+/// (`ltr` of a busy TSS is #GP). GDTR must be the kernel GDT.
+///
+/// # Safety
+/// GDTR must be the kernel GDT.
+pub unsafe fn load_tr_kernel() {
+    let e =
+        (GDT_BASE.load(core::sync::atomic::Ordering::Relaxed) + u64::from(KERNEL_TSS)) as *mut u64;
+    // SAFETY: the kernel TSS descriptor in the static GDT; bit 41 is the busy bit of its type.
+    unsafe {
+        core::ptr::write_volatile(e, core::ptr::read_volatile(e) & !(1 << 41));
+        core::arch::asm!("ltr {0:x}", in(reg) KERNEL_TSS, options(nostack, preserves_flags));
+    }
+}
+
+/// Load LDTR with [`LDT`] describing an LDT at linear address `base` of `limit + 1` bytes, or
+/// with the null selector (no LDT) if `base` is `None`. `lldt` reads only the GDT; the LDT
+/// itself is read when a selector with TI = 1 is loaded (an implicit supervisor access, SDM
+/// Vol. 3A §4.6.1). GDTR must be the kernel GDT.
+///
+/// # Safety
+/// GDTR must be the kernel GDT; segment loads through the LDT must be expected (faults
+/// caught) while it is loaded.
+pub unsafe fn load_ldt(ldt: Option<(u64, u32)>) {
+    // SAFETY: per the caller.
+    unsafe {
+        let sel = match ldt {
+            Some((base, limit)) => {
+                write_system(LDT, system_descriptor(base, limit, 0x2));
+                LDT
+            }
+            None => 0,
+        };
+        core::arch::asm!("lldt {0:x}", in(reg) sel, options(nostack, preserves_flags));
     }
 }
 

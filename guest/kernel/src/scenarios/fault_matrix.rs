@@ -28,13 +28,17 @@
 //! `MATRIX_TRAMP_GVA` for such plans; [`tramp_pass`] points the #PF (and, at CPL 3, #GP)
 //! gates at that alias and calls `matrix_tramp0` / `matrix_tramp3` there, which set CR4
 //! for the pass and put it back before anything runs from US=1 pages again. SMAP passes
-//! also load GDTR / IDTR with the host's US=0 read-only alias of the kernel data and use
-//! the US=0 alias of the records (the plan's `records` already points there).
+//! also load GDTR / IDTR with the host's US=0 read-only alias of the kernel data; at CPL 3
+//! TR too (the TSS through that alias: the ring switch reads TSS.RSP0). CPL 0 SMAP passes
+//! use the US=0 alias of the records (the plan's `records` already points there); CPL 3
+//! ones read the US=1 records in ring 3 and their #PF handler writes the alias.
 
 /// One line for `memvisor scenarios`.
 pub const DESCRIPTION: &str = "the #PF permission matrix: P/RW/US/NX at every level x r/w/x x CPL 0/3 x WP x NXE (+ SMEP, SMAP, PKU, 1 GiB variants where CPUID has them), checked against the SDM (--cases-out FILE)";
 
 use crate::idt::{USER_CS, USER_DS};
+use x86_64::registers::segmentation::{Segment, ES};
+use x86_64::structures::gdt::SegmentSelector;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 use crate::{boot, hc, println};
@@ -57,6 +61,16 @@ core::arch::global_asm!(
     "    pop qword ptr [rbx + 16]",
     "    mov rax, cr2",
     "    mov [rbx + 8], rax",
+    "    mov [rsp], r12",
+    "    iretq",
+    // The same for a CPL 3 pass run from the alias: the record is written at rbx + r13
+    // (r13 = records alias - records, set by matrix_tramp3: under CR4.SMAP with RFLAGS.AC = 0
+    // this CPL 0 handler may not write the US=1 records the ring-3 loop reads).
+    ".global matrix_pf3a",
+    "matrix_pf3a:",
+    "    pop qword ptr [rbx + r13 + 16]",
+    "    mov rax, cr2",
+    "    mov [rbx + r13 + 8], rax",
     "    mov [rsp], r12",
     "    iretq",
     // The same for a pass at CPL 0: no privilege change, so the frame's RSP is the probe
@@ -114,6 +128,26 @@ core::arch::global_asm!(
     "    pop r12",
     "    pop rbx",
     "    ret",
+    // Implicit supervisor reads: each record's VA holds a segment descriptor that LDTR's
+    // LDT (based at the VA's 64 KiB-aligned base, loaded by desc_pass) reaches with the
+    // selector (va & 0xffff) | 7; `mov es` reads it. ES is null again at the end.
+    ".global matrix_loop_desc",
+    "matrix_loop_desc:",
+    "    push rbx",
+    "    push r12",
+    "    mov rbx, rdi",
+    "    mov rcx, rsi",
+    "    lea r12, [rip + 2f]",
+    "1:  mov rdi, [rbx]",
+    "    or edi, 7",
+    "    mov es, di",
+    "2:  add rbx, 24",
+    "    loop 1b",
+    "    xor eax, eax",
+    "    mov es, ax",
+    "    pop r12",
+    "    pop rbx",
+    "    ret",
     // A CPL 0 pass run from the alias: rdi = &Tramp. Sets CR4 for the pass, runs the loop
     // (its alias address), puts CR4 back before returning to the US=1 caller.
     ".global matrix_tramp0",
@@ -143,7 +177,8 @@ core::arch::global_asm!(
     // A CPL 3 pass entered from the alias: rdi = &Tramp. Saves the callee-saved registers
     // and CR4, points TSS.RSP0 below them (the saved RSP stored at RSP0 itself, above any
     // exception frame), sets CR4 for the pass and iretqs to the loop (its US=1 address) on
-    // the user stack with `matrix_user_exit` as its return address.
+    // the user stack with `matrix_user_exit` as its return address, RFLAGS = Tramp.rflags
+    // (AC for CR4.SMAP passes) and r13 = Tramp.records_delta (for matrix_pf3a).
     ".global matrix_tramp3",
     "matrix_tramp3:",
     "    push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
@@ -158,6 +193,8 @@ core::arch::global_asm!(
     "    mov r10, [rdi + 48]",
     "    sub r9, 8",
     "    mov [r9], r10",
+    "    mov r11, [rdi + 72]",
+    "    mov r13, [rdi + 64]",
     "    mov rax, [rdi + 16]",
     "    mov rcx, [rdi + 24]",
     "    mov rsi, [rdi + 8]",
@@ -165,7 +202,7 @@ core::arch::global_asm!(
     "    mov cr4, rax",
     "    push {uds}",
     "    push r9",
-    "    push 0x0002",
+    "    push r11",
     "    push {ucs}",
     "    push rcx",
     "    iretq",
@@ -198,10 +235,12 @@ extern "C" {
     fn matrix_user_exit();
     fn matrix_gp3();
     fn matrix_pf();
+    fn matrix_pf3a();
     fn matrix_pf0();
     fn matrix_loop_read(records: u64, count: u64);
     fn matrix_loop_write(records: u64, count: u64);
     fn matrix_loop_exec(records: u64, count: u64);
+    fn matrix_loop_desc(records: u64, count: u64);
 }
 
 /// IDT vector 14 as it was before a pass (low, high quadwords).
@@ -247,13 +286,13 @@ fn restore_gate(vector: u64, saved: &[AtomicU64; 2]) {
     }
 }
 
-/// Point IDT vector 14 at `matrix_pf` (`matrix_pf0` for a CPL 0 pass), at their
-/// supervisor-only aliases if `alias`.
+/// Point IDT vector 14 at `matrix_pf` (`matrix_pf0` for a CPL 0 pass), or at the
+/// supervisor-only aliases of `matrix_pf3a` / `matrix_pf0` if `alias`.
 fn install_handler(cpl: u32, alias: bool) {
-    let h = if cpl == 3 {
-        matrix_pf as *const () as u64
-    } else {
-        matrix_pf0 as *const () as u64
+    let h = match (cpl, alias) {
+        (3, false) => matrix_pf as *const () as u64,
+        (3, true) => matrix_pf3a as *const () as u64,
+        _ => matrix_pf0 as *const () as u64,
     };
     install_gate(VEC_PF, if alias { tramp_alias(h) } else { h }, &SAVED_PF_GATE);
 }
@@ -287,6 +326,10 @@ struct Tramp {
     user_exit: u64,
     /// Non-zero: RFLAGS.AC = 1 around the probe loop (CPL 0, CR4.SMAP).
     ac: u64,
+    /// Records alias - records (CPL 3: where matrix_pf3a writes; 0 without SMAP).
+    records_delta: u64,
+    /// RFLAGS of the ring-3 loop (CPL 3): bit 1, and AC (bit 18) for RFLAGS.AC = 1 passes.
+    rflags: u64,
 }
 
 /// The supervisor-only, read-only alias of the kernel data byte at `a` (its writable
@@ -309,12 +352,25 @@ fn load_tables(gdt: DescriptorTablePointer, idt: DescriptorTablePointer) {
 /// Run pass `p`, whose CR4 bits (SMEP / SMAP) forbid CPL 0 to execute the kernel's US=1
 /// text, through the supervisor-only alias: CR4 is set and put back there, and every
 /// CPL 0 instruction in between (probe loop, #PF and #GP handlers) runs from the alias.
+///
+/// Under CR4.SMAP every structure the CPU reads implicitly (as a supervisor, SDM Vol. 3A
+/// §4.6.1) while the pass runs is on a US=0 page: GDTR and IDTR hold the host's read-only
+/// US=0 alias of the kernel data, and for CPL 3 TR holds [`crate::idt::ALIAS_TSS`], the
+/// kernel's TSS seen through that alias (the ring switch of each #PF / #GP reads TSS.RSP0;
+/// the RSP0 stack is the US=0 boot stack). `ltr` writes the descriptor's busy bit, so it
+/// runs while GDTR is still the kernel's own writable GDT, and TR is put back after.
 fn tramp_pass(p: &Pass, cr4: u64) {
     let lp = match p.access {
         matrix::ACCESS_READ => matrix_loop_read as *const () as u64,
         matrix::ACCESS_WRITE => matrix_loop_write as *const () as u64,
+        matrix::ACCESS_DESC => matrix_loop_desc as *const () as u64,
         _ => matrix_loop_exec as *const () as u64,
     };
+    if p.count == 0 {
+        return;
+    }
+    let smap = p.mode & matrix::MODE_SMAP != 0;
+    let ac = p.mode & matrix::MODE_AC != 0;
     let mut t = Tramp {
         records: p.records,
         count: p.count,
@@ -323,21 +379,35 @@ fn tramp_pass(p: &Pass, cr4: u64) {
         rsp0_slot: crate::idt::tss_rsp0_slot() as u64,
         user_stack: boot().user_stack[1] & !0xf,
         user_exit: matrix_user_exit as *const () as u64,
-        ac: u64::from(p.mode & matrix::MODE_AC != 0),
+        ac: u64::from(ac),
+        records_delta: if smap {
+            memvisor_abi::layout::MATRIX_BUF_ALIAS_GVA
+                .wrapping_sub(memvisor_abi::layout::MATRIX_BUF_GVA)
+        } else {
+            0
+        },
+        rflags: 0x2 | u64::from(ac) << 18,
     };
-    if p.count == 0 {
-        return;
-    }
+    // Gates first: sidt must still give the kernel's writable IDT.
     install_handler(p.cpl, true);
-    // Under SMAP the CPU's own reads of the GDT and IDT (exception delivery) are implicit
-    // supervisor accesses: give it their US=0 aliases for the pass (CPL 0 only; the host
-    // does not plan CPL 3 SMAP passes).
-    let smap = p.mode & matrix::MODE_SMAP != 0;
+    if p.cpl == 3 {
+        install_gate(
+            VEC_GP,
+            tramp_alias(matrix_gp3 as *const () as u64),
+            &SAVED_GP_GATE,
+        );
+    }
     let (gdt, idt) = (
         x86_64::instructions::tables::sgdt(),
         x86_64::instructions::tables::sidt(),
     );
     if smap {
+        if p.cpl == 3 {
+            // SAFETY: GDTR is the kernel GDT; the host mapped the kernel-data alias (which
+            // holds the TSS) for this plan and keeps it until the last pass; TR goes back
+            // below, before anything else can deliver an exception from ring 3.
+            unsafe { crate::idt::load_tr_at(kdata_alias(crate::idt::tss_base())) };
+        }
         let alias = |t: DescriptorTablePointer| DescriptorTablePointer {
             limit: t.limit,
             base: VirtAddr::new_truncate(kdata_alias(t.base.as_u64())),
@@ -346,11 +416,6 @@ fn tramp_pass(p: &Pass, cr4: u64) {
     }
     if p.cpl == 3 {
         t.probe = lp;
-        install_gate(
-            VEC_GP,
-            tramp_alias(matrix_gp3 as *const () as u64),
-            &SAVED_GP_GATE,
-        );
         // SAFETY: the host mapped the alias (US=0, executable) of the tramp section; the
         // #PF and #GP gates point into it, the ring-3 stack and records are mapped US=1, and
         // matrix_gp3 comes back here with the callee-saved registers and CR4 restored.
@@ -359,7 +424,6 @@ fn tramp_pass(p: &Pass, cr4: u64) {
                 core::mem::transmute(tramp_alias(matrix_tramp3 as *const () as u64) as usize);
             f(&t);
         }
-        restore_gate(VEC_GP, &SAVED_GP_GATE);
     } else {
         // SAFETY: as above; matrix_tramp0 returns with CR4 restored before the first fetch
         // from the US=1 caller.
@@ -371,6 +435,13 @@ fn tramp_pass(p: &Pass, cr4: u64) {
     }
     if smap {
         load_tables(gdt, idt);
+        if p.cpl == 3 {
+            // SAFETY: GDTR is the kernel GDT again.
+            unsafe { crate::idt::load_tr_kernel() };
+        }
+    }
+    if p.cpl == 3 {
+        restore_gate(VEC_GP, &SAVED_GP_GATE);
     }
     restore_handler();
 }
@@ -462,6 +533,7 @@ fn probe_loop(p: &Pass) {
         match p.access {
             matrix::ACCESS_READ => matrix_loop_read(p.records, p.count),
             matrix::ACCESS_WRITE => matrix_loop_write(p.records, p.count),
+            matrix::ACCESS_DESC => matrix_loop_desc(p.records, p.count),
             _ => matrix_loop_exec(p.records, p.count),
         }
     }
@@ -485,6 +557,61 @@ static mut USER_PASS: Pass = Pass {
     records: 0,
     count: 0,
 };
+
+/// Run pass `p` (CR4 of the pass: `cr4`): through the alias if it sets SMEP or SMAP, else
+/// at its CPL from the kernel's own text.
+fn any_pass(p: &Pass, cr4: u64) {
+    if p.mode & (matrix::MODE_SMEP | matrix::MODE_SMAP) != 0 {
+        tramp_pass(p, cr4);
+    } else if p.cpl == 3 {
+        install_handler(p.cpl, false);
+        // SAFETY: single vCPU; USER_PASS is written here, read by user_pass while this
+        // function waits in user::run.
+        unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!(USER_PASS), *p) };
+        crate::user::run(user_pass, core::ptr::addr_of!(USER_PASS) as u64);
+        restore_handler();
+    } else {
+        install_handler(p.cpl, false);
+        probe_loop(p);
+        restore_handler();
+    }
+}
+
+/// An implicit-supervisor-read pass ([`matrix::ACCESS_DESC`]): the records are run in
+/// groups that share a 64 KiB-aligned base; for each group LDTR is loaded (at CPL 0, with
+/// the kernel's GDT) with an LDT at that base, limit 0xFFFF, and the group runs as a pass of
+/// its own (`mov es` of each record's LDT selector). LDTR is null and ES the kernel data
+/// segment again afterwards.
+fn desc_pass(p: &Pass, cr4: u64) {
+    let va = |i: u64| {
+        // SAFETY: the host mapped every record (readable at CPL 0: the records or their
+        // US=0 alias, CR4.SMAP not set here); `i` < p.count.
+        unsafe { core::ptr::read_volatile((p.records + i * matrix::RECORD_BYTES) as *const u64) }
+    };
+    let mut i = 0;
+    while i < p.count {
+        let base = va(i) & !0xffff;
+        let mut n = 1;
+        while i + n < p.count && va(i + n) & !0xffff == base {
+            n += 1;
+        }
+        // SAFETY: GDTR is the kernel GDT here (tramp_pass swaps it only inside); the LDT's
+        // descriptors are read only by the probe loop's `mov es`, whose #PF the installed
+        // handler catches.
+        unsafe { crate::idt::load_ldt(Some((base, 0xffff))) };
+        let group = Pass {
+            records: p.records + i * matrix::RECORD_BYTES,
+            count: n,
+            ..*p
+        };
+        any_pass(&group, cr4);
+        i += n;
+    }
+    // SAFETY: GDTR is the kernel GDT; the null selector loads no LDT.
+    unsafe { crate::idt::load_ldt(None) };
+    // SAFETY: the kernel data selector of the kernel GDT (what idt::init loaded into ES).
+    unsafe { ES::set_reg(SegmentSelector(crate::idt::KERNEL_DS)) };
+}
 
 fn sync(ended: u64, next: u64) -> Result<(), &'static str> {
     hc::call(Call::MatrixSync, [ended, next, 0, 0, 0])
@@ -522,19 +649,10 @@ fn run_plan() -> Result<u64, &'static str> {
     for (i, p) in plan.pass.iter().take(plan.passes as usize).enumerate() {
         sync(prev, i as u64)?;
         let cr4 = apply_mode(base, p);
-        if p.mode & (matrix::MODE_SMEP | matrix::MODE_SMAP) != 0 {
-            tramp_pass(p, cr4);
-        } else if p.cpl == 3 {
-            install_handler(p.cpl, false);
-            // SAFETY: single vCPU; USER_PASS is written here, read by user_pass while this
-            // function waits in user::run.
-            unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!(USER_PASS), *p) };
-            crate::user::run(user_pass, core::ptr::addr_of!(USER_PASS) as u64);
-            restore_handler();
+        if p.access == matrix::ACCESS_DESC {
+            desc_pass(p, cr4);
         } else {
-            install_handler(p.cpl, false);
-            probe_loop(p);
-            restore_handler();
+            any_pass(p, cr4);
         }
         write_regs(base);
         prev = i as u64;
