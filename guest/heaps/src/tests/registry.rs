@@ -4,7 +4,7 @@ use crate::registry::PageRegistry;
 #[test]
 fn insert_get_remove_frees_nodes() {
     let mut src = HostPageSource::new();
-    let mut r = PageRegistry::new();
+    let mut r = PageRegistry::tree_only();
     let a = 0x7f12_3456_7000usize;
     let b = 0xffff_ffff_8020_0000usize; // upper half (kernel image)
     r.insert(&mut src, a, 11).unwrap();
@@ -39,7 +39,7 @@ fn insert_get_remove_frees_nodes() {
 #[test]
 fn ranges_and_failed_insert_roll_back() {
     let mut src = HostPageSource::new();
-    let mut r = PageRegistry::new();
+    let mut r = PageRegistry::tree_only();
     // 1030 pages crossing two leaf boundaries.
     let base = 0x4000_0000usize - 3 * 4096;
     r.insert_range(&mut src, base, 1030, 7).unwrap();
@@ -61,6 +61,80 @@ fn ranges_and_failed_insert_roll_back() {
     r.insert(&mut src, base, 1).unwrap();
     r.clear(&mut src);
     assert_eq!(src.mapped_pages(), 0);
+}
+
+#[test]
+fn few_runs_stay_inline_then_spill() {
+    use crate::registry::RUNS_INLINE;
+    let mut src = HostPageSource::new();
+    let mut r = PageRegistry::new();
+    // Runs in different 2 MiB windows and both halves: no node page while inline.
+    let top = 0xffff_ffff_ffff_f000usize; // the last page of the address space
+    r.insert_range(&mut src, top, 1, 5).unwrap();
+    r.insert_range(&mut src, 0x4000_0000, 67, 1).unwrap();
+    r.insert_range(&mut src, 0x7000_0000_0000, 16, 2).unwrap();
+    assert_eq!(
+        (r.node_pages(), src.mapped_pages(), r.entries()),
+        (0, 0, 84)
+    );
+    assert_eq!(r.get(top + 0xfff), 5);
+    assert_eq!(r.get(0x4000_0000 + 66 * 4096 + 5), 1);
+    assert_eq!(r.get(0x4000_0000 + 67 * 4096), 0);
+    assert_eq!(r.get(0x7000_0000_0000 - 1), 0);
+    // A removal inside a run splits it; the ends read right.
+    r.remove_range(&mut src, 0x4000_0000 + 10 * 4096, 5);
+    assert_eq!(r.inline_runs(), 4);
+    assert_eq!(r.get(0x4000_0000 + 9 * 4096), 1);
+    assert_eq!(r.get(0x4000_0000 + 10 * 4096), 0);
+    assert_eq!(r.get(0x4000_0000 + 14 * 4096), 0);
+    assert_eq!(r.get(0x4000_0000 + 15 * 4096), 1);
+    assert_eq!(r.entries(), 79);
+    // Past RUNS_INLINE runs, the runs move into the tree.
+    for i in 0..RUNS_INLINE {
+        r.insert_range(&mut src, 0x5000_0000 + i * 8192, 1, 9)
+            .unwrap();
+    }
+    assert_eq!(r.inline_runs(), 0);
+    assert!(r.node_pages() > 0);
+    assert_eq!(r.node_pages(), src.mapped_pages());
+    assert_eq!(r.entries(), 79 + RUNS_INLINE);
+    assert_eq!(r.get(top), 5);
+    assert_eq!(r.get(0x4000_0000 + 15 * 4096), 1);
+    assert_eq!(r.get(0x4000_0000 + 12 * 4096), 0);
+    // Emptied, the tree unmaps its nodes; the next runs are inline again.
+    r.remove_range(&mut src, 0x4000_0000, 67);
+    r.remove_range(&mut src, 0x7000_0000_0000, 16);
+    r.remove_range(&mut src, 0x5000_0000, RUNS_INLINE * 2);
+    r.remove_range(&mut src, top, 1);
+    assert_eq!((r.entries(), r.node_pages(), src.mapped_pages()), (0, 0, 0));
+    r.insert_range(&mut src, 0x4000_0000, 3, 7).unwrap();
+    assert_eq!((r.inline_runs(), r.node_pages()), (1, 0));
+    // A spill that cannot map a node page fails and changes nothing.
+    for i in 1..RUNS_INLINE {
+        r.insert_range(&mut src, 0x5000_0000 + i * 8192, 1, 9)
+            .unwrap();
+    }
+    src.set_limit(Some(0));
+    assert!(r.insert_range(&mut src, 0x6000_0000, 1, 3).is_err());
+    assert_eq!(
+        (r.inline_runs(), r.node_pages(), r.entries()),
+        (RUNS_INLINE, 0, 3 + RUNS_INLINE - 1)
+    );
+    assert_eq!(r.get(0x4000_0000 + 2 * 4096), 7);
+    assert_eq!(r.get(0x6000_0000), 0);
+    // Splits use the spare slots; with none left and no page, the split run's tail is
+    // unregistered (counted), never left stale.
+    r.remove_range(&mut src, 0x4000_0000 + 4096, 1);
+    assert_eq!(r.get(0x4000_0000), 7);
+    assert_eq!(r.get(0x4000_0000 + 4096), 0);
+    assert_eq!(r.get(0x4000_0000 + 2 * 4096), 7);
+    assert_eq!(r.dropped_pages(), 0);
+    r.clear(&mut src);
+    assert_eq!(
+        (r.entries(), r.inline_runs(), src.mapped_pages()),
+        (0, 0, 0)
+    );
+    src.set_limit(None);
 }
 
 mod model {
@@ -101,10 +175,15 @@ mod model {
         /// Range operations (one walk per leaf) agree with a page → value map; nodes are
         /// unmapped as soon as they empty; a failed insert leaves nothing behind.
         #[test]
-        fn registry_matches_model(ops in proptest::collection::vec(op(), 1..24), limit in 0usize..3) {
+        fn registry_matches_model(
+            ops in proptest::collection::vec(op(), 1..24),
+            limit in 0usize..3,
+            inline in any::<bool>(),
+        ) {
             let mut src = HostPageSource::new();
-            let mut r = PageRegistry::new();
+            let mut r = if inline { PageRegistry::new() } else { PageRegistry::tree_only() };
             let mut m: BTreeMap<usize, usize> = BTreeMap::new();
+            let mut dropped = 0;
             for (i, op) in ops.iter().enumerate() {
                 // Every few ops, run out of node pages after `limit` more.
                 let starve = i % 5 == 4;
@@ -149,6 +228,18 @@ mod model {
                 if starve {
                     src.set_limit(None);
                 }
+                if r.dropped_pages() != dropped {
+                    // Only after a split with every inline slot in use and no page: those
+                    // pages read 0 (never stale), the others keep their values.
+                    prop_assert!(starve);
+                    let before = m.len();
+                    m.retain(|&p, _| r.get(p) != 0);
+                    prop_assert_eq!(before - m.len(), r.dropped_pages() - dropped);
+                    dropped = r.dropped_pages();
+                }
+                if r.inline_runs() != 0 {
+                    prop_assert_eq!(r.node_pages(), 0);
+                }
                 prop_assert_eq!(r.entries(), m.len());
                 prop_assert_eq!(r.node_pages(), src.mapped_pages());
                 // The tree is only as tall as the keys need: keys of one 2 MiB window take
@@ -156,7 +247,10 @@ mod model {
                 let mut windows = m.keys().map(|&p| ((p >> 12) & ((1 << 36) - 1)) >> 9);
                 if let Some(w) = windows.next() {
                     if windows.all(|x| x == w) {
-                        prop_assert_eq!(r.node_pages(), 1);
+                        prop_assert!(r.node_pages() <= 1);
+                        if !inline {
+                            prop_assert_eq!(r.node_pages(), 1);
+                        }
                     }
                 }
                 for (&p, &v) in &m {
