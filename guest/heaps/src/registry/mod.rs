@@ -16,7 +16,9 @@
 //! [`RUNS_INLINE`] runs `(first key, pages, value)` (a MeMS node, a mid-size region, the
 //! first slabs) are kept inline in the struct, looked up by a linear scan behind the cache.
 //! The insert that would exceed them (or that overlaps one) moves them into the tree first
-//! (the "spill"); the tree takes new runs until it is empty again. So a fresh heap's
+//! (the "spill"); the tree takes new runs until it is empty again. A page registered with its
+//! own address as the value (a one-page slab) joins an adjacent run of such pages, so the
+//! first slabs of a heap, handed out by the page pool in address order, take one run. So a fresh heap's
 //! registries cost no page (and no first touch) until they hold many runs.
 //!
 //! Every node is one page from the [`PageSource`] holding 512 `u64` entries. An interior entry
@@ -41,6 +43,10 @@ pub(crate) const CACHE: usize = 128;
 pub(crate) const RUNS_INLINE: usize = 16;
 /// Inline run slots: [`RUNS_INLINE`] plus room for the runs a removal splits in two.
 const RUNS: usize = 24;
+/// The value of an inline run of pages each registered with its own address (one-page
+/// blocks of the page families, which come from the page pool in address order): not a
+/// page address, so no caller's value.
+const OWN: usize = usize::MAX;
 
 /// See the module docs.
 pub(crate) struct PageRegistry {
@@ -190,7 +196,7 @@ impl PageRegistry {
     fn run_get(&self, k: usize) -> usize {
         for &(rk, n, v) in &self.runs[..self.nruns] {
             if k.wrapping_sub(rk) < n {
-                return v;
+                return if v == OWN { key_base(k) } else { v };
             }
         }
         0
@@ -228,7 +234,7 @@ impl PageRegistry {
         pages: usize,
         value: usize,
     ) -> Result<(), HeapError> {
-        debug_assert!(value != 0);
+        debug_assert!(value != 0 && value != OWN);
         if pages == 0 {
             return Ok(());
         }
@@ -237,14 +243,30 @@ impl PageRegistry {
                 let overlaps = self.runs[..self.nruns]
                     .iter()
                     .any(|&(rk, n, _)| rk < k + pages && k < rk + n);
-                if self.nruns < self.inline_max && !overlaps {
-                    // No key of the range is registered, so none is cached.
-                    self.runs[self.nruns] = (k, pages, value);
+                // A page registered with its own address (a one-page block of the page
+                // families) joins an adjacent run of such pages.
+                let own = pages == 1 && value == base;
+                let next_to =
+                    |&(rk, n, v): &(usize, usize, usize)| v == OWN && (rk + n == k || k + 1 == rk);
+                let join = if own && !overlaps && self.inline_max != 0 {
+                    self.runs[..self.nruns].iter().position(next_to)
+                } else {
+                    None
+                };
+                if let Some(i) = join {
+                    let (rk, n, _) = self.runs[i];
+                    self.runs[i] = (rk.min(k), n + 1, OWN);
+                } else if self.nruns < self.inline_max && !overlaps {
+                    self.runs[self.nruns] = (k, pages, if own { OWN } else { value });
                     self.nruns += 1;
-                    self.entries += pages;
-                    self.cache[k & (CACHE - 1)].set((k + 1, value));
-                    return Ok(());
+                } else {
+                    self.spill(src)?;
+                    return self.tree_insert_range(src, base, pages, value);
                 }
+                // No key of the range was registered, so none is cached.
+                self.entries += pages;
+                self.cache[k & (CACHE - 1)].set((k + 1, value));
+                return Ok(());
             }
             self.spill(src)?;
         }
@@ -262,10 +284,16 @@ impl PageRegistry {
         self.entries = 0;
         for i in 0..n {
             let (k, p, v) = runs[i];
-            if let Err(e) = self.tree_insert_range(src, key_base(k), p, v) {
-                // The failed run rolled itself back; take the others out again, which
-                // unmaps every node mapped here.
-                for &(k, p, _) in &runs[..i] {
+            let r = if v == OWN {
+                (k..k + p)
+                    .try_for_each(|k| self.tree_insert_range(src, key_base(k), 1, key_base(k)))
+            } else {
+                self.tree_insert_range(src, key_base(k), p, v)
+            };
+            if let Err(e) = r {
+                // Take the runs out again (the failed one may be partly in), which unmaps
+                // every node mapped here.
+                for &(k, p, _) in &runs[..=i] {
                     self.tree_remove_range(src, key_base(k), p);
                 }
                 debug_assert!(self.root == 0 && self.entries == 0);

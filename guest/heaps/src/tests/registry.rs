@@ -81,6 +81,17 @@ fn few_runs_stay_inline_then_spill() {
     assert_eq!(r.get(0x4000_0000 + 66 * 4096 + 5), 1);
     assert_eq!(r.get(0x4000_0000 + 67 * 4096), 0);
     assert_eq!(r.get(0x7000_0000_0000 - 1), 0);
+    // Pages registered with their own address join one run, at either end.
+    let own = 0x2000_0000usize;
+    for j in (0..20).rev().chain(20..40) {
+        r.insert_range(&mut src, own + j * 4096, 1, own + j * 4096)
+            .unwrap();
+    }
+    assert_eq!((r.inline_runs(), r.node_pages(), r.entries()), (4, 0, 124));
+    assert_eq!(r.get(own + 39 * 4096 + 8), own + 39 * 4096);
+    assert_eq!(r.get(own + 40 * 4096), 0);
+    r.remove_range(&mut src, own, 40);
+    assert_eq!((r.inline_runs(), r.entries()), (3, 84));
     // A removal inside a run splits it; the ends read right.
     r.remove_range(&mut src, 0x4000_0000 + 10 * 4096, 5);
     assert_eq!(r.inline_runs(), 4);
@@ -146,6 +157,9 @@ mod model {
     #[derive(Debug, Clone)]
     enum Op {
         Insert(usize, usize),
+        /// Pages `p .. p + n` each registered with its own address as the value (even
+        /// offsets downwards, then odd ones upwards: runs grow at both ends and meet).
+        InsertOwn(usize, usize),
         InsertRange(usize, usize, usize),
         Remove(usize),
         RemoveRange(usize, usize),
@@ -164,6 +178,7 @@ mod model {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (page(), 1usize..4).prop_map(|(p, v)| Op::Insert(p, v)),
+            (page(), 1usize..40).prop_map(|(p, n)| Op::InsertOwn(p, n)),
             (page(), 0usize..1100, 1usize..4).prop_map(|(p, n, v)| Op::InsertRange(p, n, v)),
             page().prop_map(Op::Remove),
             (page(), 0usize..1100).prop_map(|(p, n)| Op::RemoveRange(p, n)),
@@ -194,6 +209,15 @@ mod model {
                     Op::Insert(p, v) => {
                         if r.insert(&mut src, p + 7, v).is_ok() {
                             m.insert(p, v);
+                        }
+                    }
+                    Op::InsertOwn(p, n) => {
+                        let evens = (0..n).rev().filter(|j| j % 2 == 0);
+                        for j in evens.chain((0..n).filter(|j| j % 2 == 1)) {
+                            let q = p + j * 4096;
+                            if r.insert_range(&mut src, q, 1, q).is_ok() {
+                                m.insert(q, q);
+                            }
                         }
                     }
                     Op::InsertRange(p, n, v) => {
