@@ -14,7 +14,7 @@
 //!
 //! A registry of a few page runs needs no node page at all: while the tree is empty, up to
 //! [`RUNS_INLINE`] runs `(first key, pages, value)` (a MeMS node, a mid-size region, the
-//! first slabs) are kept inline in the struct, looked up by a linear scan behind the cache.
+//! first slabs) are kept inline in the struct, looked up by a binary search behind the cache.
 //! The insert that would exceed them (or that overlaps one) moves them into the tree first
 //! (the "spill"); the tree takes new runs until it is empty again. A page registered with its
 //! own address as the value (a one-page slab) joins an adjacent run of such pages, so the
@@ -40,9 +40,9 @@ const FANOUT: usize = 512;
 /// Entries of the lookup cache (a power of two).
 pub(crate) const CACHE: usize = 128;
 /// Inline runs an insert may fill before the runs move into the tree.
-pub(crate) const RUNS_INLINE: usize = 16;
+pub(crate) const RUNS_INLINE: usize = 128;
 /// Inline run slots: [`RUNS_INLINE`] plus room for the runs a removal splits in two.
-const RUNS: usize = 24;
+pub(crate) const RUNS: usize = 160;
 /// The value of an inline run of pages each registered with its own address (one-page
 /// blocks of the page families, which come from the page pool in address order): not a
 /// page address, so no caller's value.
@@ -65,8 +65,8 @@ pub(crate) struct PageRegistry {
     /// Direct-mapped lookup cache: `(key + 1, value)`, indexed by the low bits of the key;
     /// `(0, _)` is empty. Only holds registered pages (cleared on removal).
     cache: [Cell<(usize, usize)>; CACHE],
-    /// Inline runs `(first key, pages, value)`, disjoint, `pages >= 1`; only used while the
-    /// tree is empty (`root == 0`), so `nruns != 0` implies `root == 0`.
+    /// Inline runs `(first key, pages, value)`, sorted by key, disjoint, `pages >= 1`
+    /// (binary-searched); only used while the tree is empty (`root == 0`), so `nruns != 0` implies `root == 0`.
     runs: [(usize, usize, usize); RUNS],
     nruns: usize,
     /// Runs an insert may fill inline ([`RUNS_INLINE`]; 0 = always the tree).
@@ -127,8 +127,14 @@ impl PageRegistry {
     /// A registry that never keeps runs inline (tests of the tree).
     #[cfg(test)]
     pub(crate) const fn tree_only() -> Self {
+        Self::with_inline_max(0)
+    }
+
+    /// A registry whose inserts fill at most `n` inline runs (at most [`RUNS`]; tests).
+    #[cfg(test)]
+    pub(crate) const fn with_inline_max(n: usize) -> Self {
         let mut r = Self::new();
-        r.inline_max = 0;
+        r.inline_max = if n < RUNS { n } else { RUNS };
         r
     }
 
@@ -194,12 +200,33 @@ impl PageRegistry {
     /// Inline-run lookup of key `k`.
     #[inline]
     fn run_get(&self, k: usize) -> usize {
-        for &(rk, n, v) in &self.runs[..self.nruns] {
-            if k.wrapping_sub(rk) < n {
-                return if v == OWN { key_base(k) } else { v };
+        // The runs are sorted by key: the last one starting at or below `k`.
+        let i = self.runs[..self.nruns].partition_point(|r| r.0 <= k);
+        let Some(&(rk, n, v)) = i.checked_sub(1).map(|i| &self.runs[i]) else {
+            return 0;
+        };
+        if k - rk < n {
+            if v == OWN {
+                key_base(k)
+            } else {
+                v
             }
+        } else {
+            0
         }
-        0
+    }
+
+    /// Put `run` at index `i` of the inline runs (a free slot exists).
+    fn run_insert(&mut self, i: usize, run: (usize, usize, usize)) {
+        self.runs.copy_within(i..self.nruns, i + 1);
+        self.runs[i] = run;
+        self.nruns += 1;
+    }
+
+    /// Take the inline run at index `i` out.
+    fn run_remove(&mut self, i: usize) {
+        self.runs.copy_within(i + 1..self.nruns, i);
+        self.nruns -= 1;
     }
 
     /// Register the page containing `va` with `value` (non-zero). Overwrites silently.
@@ -240,25 +267,31 @@ impl PageRegistry {
         }
         if self.root == 0 {
             if let Some(k) = contiguous_keys(base, pages) {
-                let overlaps = self.runs[..self.nruns]
-                    .iter()
-                    .any(|&(rk, n, _)| rk < k + pages && k < rk + n);
+                // The runs are sorted by key: `i` is where this one goes.
+                let i = self.runs[..self.nruns].partition_point(|r| r.0 < k);
+                let prev = i.checked_sub(1).map(|j| self.runs[j]);
+                let next = (i < self.nruns).then(|| self.runs[i]);
+                let overlaps = prev.is_some_and(|(rk, n, _)| rk + n > k)
+                    || next.is_some_and(|(rk, _, _)| rk < k + pages);
                 // A page registered with its own address (a one-page block of the page
-                // families) joins an adjacent run of such pages.
-                let own = pages == 1 && value == base;
-                let next_to =
-                    |&(rk, n, v): &(usize, usize, usize)| v == OWN && (rk + n == k || k + 1 == rk);
-                let join = if own && !overlaps && self.inline_max != 0 {
-                    self.runs[..self.nruns].iter().position(next_to)
-                } else {
-                    None
-                };
-                if let Some(i) = join {
-                    let (rk, n, _) = self.runs[i];
-                    self.runs[i] = (rk.min(k), n + 1, OWN);
+                // families) joins an adjacent run of such pages (both, if it fills a gap).
+                let own = pages == 1 && value == base && self.inline_max != 0 && !overlaps;
+                let after_prev = own && prev.is_some_and(|(rk, n, v)| v == OWN && rk + n == k);
+                let before_next = own && next.is_some_and(|(rk, _, v)| v == OWN && k + 1 == rk);
+                if after_prev && before_next {
+                    self.runs[i - 1].1 += 1 + self.runs[i].1;
+                    self.run_remove(i);
+                } else if after_prev {
+                    self.runs[i - 1].1 += 1;
+                } else if before_next {
+                    self.runs[i] = (k, self.runs[i].1 + 1, OWN);
                 } else if self.nruns < self.inline_max && !overlaps {
-                    self.runs[self.nruns] = (k, pages, if own { OWN } else { value });
-                    self.nruns += 1;
+                    let v = if pages == 1 && value == base {
+                        OWN
+                    } else {
+                        value
+                    };
+                    self.run_insert(i, (k, pages, v));
                 } else {
                     self.spill(src)?;
                     return self.tree_insert_range(src, base, pages, value);
@@ -324,16 +357,16 @@ impl PageRegistry {
         // overflow): the removal is [c, d), saturated at the top.
         let c = base >> 12;
         let d = c.saturating_add(pages);
-        let mut i = 0;
+        // The runs are sorted and disjoint: start at the first one ending after `c`.
+        let mut i = self.runs[..self.nruns].partition_point(|r| (key_base(r.0) >> 12) + r.1 <= c);
         while i < self.nruns {
             let (rk, n, v) = self.runs[i];
             let a = key_base(rk) >> 12;
             let b = a + n;
-            let (lo, hi) = (a.max(c), b.min(d));
-            if lo >= hi {
-                i += 1;
-                continue;
+            if a >= d {
+                break;
             }
+            let (lo, hi) = (a.max(c), b.min(d));
             let (left, right) = (lo - a, b - hi);
             let mid = n - left - right;
             if left != 0 && right != 0 && self.nruns == RUNS {
@@ -352,16 +385,15 @@ impl PageRegistry {
             self.cache_update(rk + left, mid, 0);
             match (left, right) {
                 (0, 0) => {
-                    self.nruns -= 1;
-                    self.runs[i] = self.runs[self.nruns];
+                    self.run_remove(i);
                     continue;
                 }
                 (_, 0) => self.runs[i].1 = left,
                 (0, _) => self.runs[i] = (rk + left + mid, right, v),
                 _ => {
                     self.runs[i].1 = left;
-                    self.runs[self.nruns] = (rk + left + mid, right, v);
-                    self.nruns += 1;
+                    self.run_insert(i + 1, (rk + left + mid, right, v));
+                    i += 1;
                 }
             }
             i += 1;

@@ -148,6 +148,47 @@ fn few_runs_stay_inline_then_spill() {
     src.set_limit(None);
 }
 
+/// A split of an inline run with every slot in use and no page for the tree unregisters
+/// the run's tail (counted), never leaves it stale.
+#[test]
+fn split_without_slot_or_page_drops_the_tail() {
+    use crate::registry::RUNS;
+    let mut src = HostPageSource::new();
+    let mut r = PageRegistry::with_inline_max(RUNS);
+    let base = 0x4000_0000usize;
+    for i in 0..RUNS {
+        r.insert_range(&mut src, base + i * 4 * 4096, 3, 5).unwrap();
+    }
+    assert_eq!(
+        (r.inline_runs(), r.node_pages(), r.entries()),
+        (RUNS, 0, 3 * RUNS)
+    );
+    src.set_limit(Some(0));
+    r.remove_range(&mut src, base + 4096, 1);
+    assert_eq!(r.dropped_pages(), 1);
+    assert_eq!(r.get(base), 5);
+    assert_eq!(r.get(base + 4096), 0);
+    assert_eq!(r.get(base + 2 * 4096), 0, "the dropped tail");
+    assert_eq!(r.get(base + 4 * 4096), 5);
+    assert_eq!(r.entries(), 3 * RUNS - 2);
+    // With a page, a split spills the runs into the tree instead.
+    src.set_limit(None);
+    r.remove_range(&mut src, base + 5 * 4096, 1);
+    assert_eq!(r.inline_runs(), 0);
+    assert!(r.node_pages() > 0);
+    assert_eq!(
+        (
+            r.get(base + 4 * 4096),
+            r.get(base + 5 * 4096),
+            r.get(base + 6 * 4096)
+        ),
+        (5, 0, 5)
+    );
+    assert_eq!(r.entries(), 3 * RUNS - 3);
+    r.clear(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}
+
 mod model {
     use super::*;
     use proptest::prelude::*;
@@ -193,10 +234,11 @@ mod model {
         fn registry_matches_model(
             ops in proptest::collection::vec(op(), 1..24),
             limit in 0usize..3,
-            inline in any::<bool>(),
+            inline_max in prop_oneof![Just(0usize), 1usize..6, Just(crate::registry::RUNS_INLINE)],
         ) {
+            let inline = inline_max != 0;
             let mut src = HostPageSource::new();
-            let mut r = if inline { PageRegistry::new() } else { PageRegistry::tree_only() };
+            let mut r = PageRegistry::with_inline_max(inline_max);
             let mut m: BTreeMap<usize, usize> = BTreeMap::new();
             let mut dropped = 0;
             for (i, op) in ops.iter().enumerate() {
