@@ -6,7 +6,7 @@ use super::splitmix64;
 
 impl BitmapAllocator {
     /// Recompute group counts and both summary bitmaps from the bitmap.
-    pub(super) fn rebuild_summaries(&mut self) {
+    pub(crate) fn rebuild_summaries(&mut self) {
         self.nonempty.clear_all();
         self.full.clear_all();
         for (g, chunk) in self.words.chunks_exact(GROUP_WORDS).enumerate() {
