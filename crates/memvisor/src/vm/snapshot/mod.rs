@@ -298,9 +298,11 @@ pub struct RestoreOptions {
     /// (default on). Off, a corrupt page is found when the guest first touches it: it is
     /// served zero and counted (`corrupt_pages`).
     pub verify_pages: bool,
-    /// Lazy restore's chunk (bytes, a power of two; default 256 MiB): RAM is cut into
-    /// chunks of this size and only the memslots of the chunks holding a page of the files
-    /// are registered before the first `KVM_RUN`; the rest follow on a thread (`deferred`).
+    /// Lazy restore's chunk (bytes, a power of two, at least 2 MiB; default 2 MiB, the
+    /// page-table pool's and a large page's unit): RAM is cut into chunks of this size and
+    /// only the memslots of the chunks holding a page of the files are registered before
+    /// the first `KVM_RUN` (consecutive chunks merged; the chunk doubles while that would
+    /// take more than 16 slots); the rest follow on a thread (`deferred`).
     pub eager_chunk: u64,
     /// A test hook: the thread registering the deferred memslots sleeps this long first,
     /// so the guest meets RAM without a memslot (default zero).
@@ -315,7 +317,7 @@ impl Default for RestoreOptions {
             echo_console: crate::hypercall::ConsoleEcho::Off,
             hooks: |_| crate::scenario::default_hooks(),
             verify_pages: true,
-            eager_chunk: 256 << 20,
+            eager_chunk: 2 << 20,
             defer_delay: Duration::ZERO,
         }
     }
