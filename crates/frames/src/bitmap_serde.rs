@@ -187,8 +187,18 @@ fn rebuild(i: In) -> Result<BitmapAllocator, String> {
         failures: i.failures,
     };
     a.rebuild_summaries();
-    // Padding bits clear, free count = the bitmap's (the rest holds by construction).
-    a.check_invariants().map_err(|e| format!("bitmap: {e}"))?;
+    // The rest holds by construction: free count = the bitmap's, padding bits clear.
+    let free: u64 = a.group_free.iter().map(|&c| u64::from(c)).sum();
+    if free != a.free {
+        return Err(format!("bitmap: free {} != bitmap {free}", a.free));
+    }
+    let first = (a.base - origin) as usize;
+    let last = first + a.frames as usize;
+    let pad = |i: usize| a.words[i / 64] & (1u64 << (i % 64)) != 0;
+    if (0..first).chain(last..a.words.len() * 64).any(pad) {
+        return Err("bitmap: a padding bit is set".into());
+    }
+    debug_assert!(a.check_invariants().is_ok());
     Ok(a)
 }
 
@@ -285,6 +295,16 @@ mod tests {
         ] {
             assert!(dec(&bad).is_err());
         }
+        // Padding frame 0 free (frames 1..512 managed), the free count agreeing.
+        let pad = Out {
+            base: 1,
+            frames: 511,
+            hint: 0,
+            free: 512,
+            words_rle: encode(&[!0u64; 8]),
+            ..good_copy(&good)
+        };
+        assert!(dec(&pad).is_err_and(|e| e.contains("padding")));
         let mut r = BTreeMap::new();
         r.insert(4000u64, 5000u64);
         let bad = Out {
