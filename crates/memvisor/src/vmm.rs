@@ -397,6 +397,9 @@ impl Vm {
     }
 
     fn after_host_edit(&mut self) -> Option<Outcome> {
+        if let Err(e) = self.deferred.after_host_edit(&self.space) {
+            return Some(Outcome::KvmError(e.to_string()));
+        }
         after_host_edit(
             self.cfg.check_invariants,
             &mut self.inv_checks,

@@ -96,8 +96,13 @@ impl Vm {
         let ram = GuestRam::new(mem_bytes)
             .map_err(|e| SnapError::Vmm(crate::vmm::VmmError::Space(e.into())))?;
         let kvm_vm = open_vm();
+        log::debug!(
+            "restore: RAM mapped, KVM VM created after {:?}",
+            t_start.elapsed()
+        );
         let limit = kvm_vm.as_ref().map_or(0, |(k, _)| k.get_nr_memslots());
-        let (eager, late) = lazy_plan(&ram, &layers, opts.eager_chunk, limit);
+        let held: Vec<u64> = layers.iter().flat_map(|l| l.gpas()).collect();
+        let (eager, late) = super::deferred::lazy_plan(&ram, &held, opts.eager_chunk, limit);
         let shadow = crate::backend::Backend::detect().shadow_paging();
         let (prepared, vcpu, slots) = std::thread::scope(|s| {
             let thread = kvm_vm.as_ref().ok().map(|(kvm_fd, vm)| {
@@ -188,37 +193,6 @@ struct EarlyVm {
     sync_regs: bool,
     slots: Slots,
     deferred: Deferred,
-}
-
-/// Lazy restore's memslot plan for `ram`: `(eager, deferred)` slots with their HVAs
-/// (`deferred::split_plan`); eager are the `chunk`-sized chunks holding a page of any
-/// layer. The chunk doubles until the slots fit KVM's `limit` (with room for the flush
-/// slot); with no room at all every slot is eager.
-fn lazy_plan(
-    ram: &GuestRam,
-    layers: &[Arc<Snapshot>],
-    chunk: u64,
-    limit: usize,
-) -> (crate::memory::SlotPlan, crate::memory::SlotPlan) {
-    let mut chunk = chunk.clamp(2 << 20, 1 << 40).next_power_of_two();
-    if limit < 4 {
-        return (ram.slot_plan(), Vec::new());
-    }
-    loop {
-        let held: BTreeSet<u64> = layers
-            .iter()
-            .flat_map(|l| l.gpas())
-            .map(|g| g & !(chunk - 1))
-            .collect();
-        let (eager, late) = super::deferred::split_plan(ram, chunk, &|g| held.contains(&g));
-        if eager.len() + late.len() + 2 <= limit {
-            return (eager, late);
-        }
-        if chunk >= 1 << 40 {
-            return (ram.slot_plan(), Vec::new());
-        }
-        chunk *= 2;
-    }
 }
 
 /// Open KVM and create the VM (no memslot, no vCPU yet).
@@ -421,6 +395,7 @@ impl Prepared {
         };
         let hooks = (opts.hooks)(&cfg.scenario);
         let mut vm = build(cfg, space, hc, hooks, &cpu, early, t_start)?;
+        vm.deferred.watch(&vm.space);
         vm.stepwise = config.stepwise;
         vm.exits = book.exits;
         vm.stage2 = book
