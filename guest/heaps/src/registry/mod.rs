@@ -69,6 +69,8 @@ pub(crate) struct PageRegistry {
     /// (binary-searched); only used while the tree is empty (`root == 0`), so `nruns != 0` implies `root == 0`.
     runs: [(usize, usize, usize); RUNS],
     nruns: usize,
+    /// Index of the run the last inline lookup found (a hint; checked before use).
+    last_run: Cell<usize>,
     /// Runs an insert may fill inline ([`RUNS_INLINE`]; 0 = always the tree).
     inline_max: usize,
     /// Pages unregistered because a removal split an inline run with every slot in use and
@@ -119,6 +121,7 @@ impl PageRegistry {
             cache: [const { Cell::new((0, 0)) }; CACHE],
             runs: [(0, 0, 0); RUNS],
             nruns: 0,
+            last_run: Cell::new(0),
             inline_max: RUNS_INLINE,
             dropped: 0,
         }
@@ -200,17 +203,29 @@ impl PageRegistry {
     /// Inline-run lookup of key `k`.
     #[inline]
     fn run_get(&self, k: usize) -> usize {
+        let val = |v: usize| if v == OWN { key_base(k) } else { v };
+        // The run of the last lookup, or a neighbour (a walk through a heap's blocks in
+        // address order, either way), before a binary search. Any run the index holds now
+        // is a registered run, so a stale index can only miss.
+        let j = self.last_run.get();
+        for i in [j, j + 1, j.wrapping_sub(1)] {
+            if i < self.nruns {
+                let (rk, n, v) = self.runs[i];
+                if k.wrapping_sub(rk) < n {
+                    self.last_run.set(i);
+                    return val(v);
+                }
+            }
+        }
         // The runs are sorted by key: the last one starting at or below `k`.
         let i = self.runs[..self.nruns].partition_point(|r| r.0 <= k);
-        let Some(&(rk, n, v)) = i.checked_sub(1).map(|i| &self.runs[i]) else {
+        let Some(i) = i.checked_sub(1) else {
             return 0;
         };
+        let (rk, n, v) = self.runs[i];
         if k - rk < n {
-            if v == OWN {
-                key_base(k)
-            } else {
-                v
-            }
+            self.last_run.set(i);
+            val(v)
         } else {
             0
         }
