@@ -167,6 +167,11 @@ impl Vm {
             if let Some((reason, t)) = self.last_exit.take() {
                 self.latency.record(&reason, t.elapsed());
             }
+            // Frames handed out since the restore by a host edit the run loop did not see
+            // (the `Vm` API's mmap between runs): wait for the deferred memslots first.
+            if let Err(e) = self.deferred.after_host_edit(&self.space) {
+                return Exit::Stopped(Outcome::KvmError(e.to_string()));
+            }
             let exit = self.vcpu.run();
             let t_ret = Instant::now();
             if self.first_exit_us.is_none() {

@@ -180,6 +180,7 @@ impl Vm {
             layers: self.snap.layers,
             restore_us: self.setup_us,
             deferred_accesses: self.deferred.accesses,
+            frame_waits: self.deferred.frame_waits,
         })
     }
 }
