@@ -47,10 +47,30 @@ memvisor_guest_sdk::guest_main! {
 
 mod common;
 
+#[cfg(test)]
+use memvisor_abi::{MapFlags, Prot, Zone};
+
+/// Pages of each region: 8 MiB, several 2 MiB chunks with no page in a snapshot.
+#[cfg(test)]
+const PAGES: u64 = 2048;
+
+/// The guest with its regions A and B mapped (`POPULATE`: frames zeroed, never written) and
+/// passed as arguments; `None` where the test skips.
+#[cfg(test)]
+fn guest_with_regions() -> Option<memvisor::Vm> {
+    let mut vm = common::guest_vm("lazy_restore")?;
+    let mut region = || {
+        vm.mmap(PAGES << 12, Prot::USER_RW, Zone::ANY, MapFlags::POPULATE)
+            .expect("mmap")
+    };
+    let (a, b) = (region(), region());
+    vm.set_args([a, b, PAGES, 0]).expect("args");
+    Some(vm)
+}
+
 #[test]
 fn guest_touches_ram_before_its_memslot_is_registered() {
     use memvisor::vm::RestoreOptions;
-    use memvisor_abi::{MapFlags, Prot, Zone};
     use std::time::Duration;
     if !common::uffd_or_skip("lazy_restore") {
         return;
@@ -64,14 +84,9 @@ fn guest_touches_ram_before_its_memslot_is_registered() {
             vm.space().zones().total_free(),
         )
     };
-    const PAGES: u64 = 2048; // 8 MiB each: several 2 MiB chunks with no page in a snapshot
-    let mut vm = common::vm_or_skip!("lazy_restore");
-    let mut region = || {
-        vm.mmap(PAGES << 12, Prot::USER_RW, Zone::ANY, MapFlags::POPULATE)
-            .expect("mmap")
+    let Some(mut vm) = guest_with_regions() else {
+        return;
     };
-    let (a, b) = (region(), region());
-    vm.set_args([a, b, PAGES, 0]).expect("args");
     let dir = tempfile::tempdir().expect("tempdir");
     let snap = |n: &str| dir.path().join(n);
     assert_eq!(common::sync(&mut vm), [1]);
@@ -118,19 +133,13 @@ fn guest_touches_ram_before_its_memslot_is_registered() {
 #[test]
 fn host_mmap_after_restore_waits_for_deferred_memslots() {
     use memvisor::vm::RestoreOptions;
-    use memvisor_abi::{MapFlags, Prot, Zone};
     use std::time::Duration;
     if !common::uffd_or_skip("lazy_restore") {
         return;
     }
-    const PAGES: u64 = 2048;
-    let mut vm = common::vm_or_skip!("lazy_restore");
-    let mut region = || {
-        vm.mmap(PAGES << 12, Prot::USER_RW, Zone::ANY, MapFlags::POPULATE)
-            .expect("mmap")
+    let Some(mut vm) = guest_with_regions() else {
+        return;
     };
-    let (a, b) = (region(), region());
-    vm.set_args([a, b, PAGES, 0]).expect("args");
     let dir = tempfile::tempdir().expect("tempdir");
     let snap = dir.path().join("1.snap");
     assert_eq!(common::sync(&mut vm), [1]);
