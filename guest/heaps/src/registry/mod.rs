@@ -357,7 +357,7 @@ impl PageRegistry {
     /// in two takes a free slot, or the runs move into the tree first), tree entries are
     /// cleared one walk per leaf node. Only if a split finds every slot in use and the page
     /// source cannot give a node page is the split run's tail unregistered too (counted in
-    /// [`Self::dropped_pages`]).
+    /// `dropped_pages`, a test counter).
     pub(crate) fn remove_range<S: PageSource + ?Sized>(
         &mut self,
         src: &mut S,
