@@ -34,8 +34,17 @@ impl<S: PageSource> MemvisorHeap<S> {
             }
             _ => {}
         }
-        let nl = Layout::from_size_align(new, layout.align()).ok()?;
-        let q = self.alloc(nl)?;
+        let q = if rn == Route::Large && new > old {
+            // A growing MeMS block: room for one more step of the same size if it grows by
+            // small steps (see `grown_size`); the exact size if that much is not available.
+            let roomy = Layout::from_size_align(grown_size(old, new), layout.align()).ok();
+            match roomy.and_then(|l| self.alloc(l)) {
+                Some(q) => q,
+                None => self.alloc(Layout::from_size_align(new, layout.align()).ok()?)?,
+            }
+        } else {
+            self.alloc(Layout::from_size_align(new, layout.align()).ok()?)?
+        };
         // SAFETY: `ptr` holds at least `old` bytes (the caller's layout) and `q` at least
         // `new`; they are distinct live blocks.
         unsafe { core::ptr::copy_nonoverlapping(ptr.as_ptr(), q.as_ptr(), old.min(new)) };
@@ -74,4 +83,21 @@ impl<S: PageSource> MemvisorHeap<S> {
             _ => None,
         }
     }
+}
+
+/// The size a MeMS block that grows from `old` to `new` bytes (`old < new`) is moved to:
+/// room for one more growth by the same factor (`new × new / old`, rounded up) when the step
+/// is at most a quarter of `new`, else `new`. A buffer that is appended to grows by such
+/// factors (perl's strings and arrays by 1.2, CPython's lists by 1.125); with the room its
+/// next growth stays in place ([`MemvisorHeap::large_realloc_in_place`]: no copy, and no
+/// moment at which the old and the new copy are both mapped, which is what sets the heap's
+/// peak when the buffer is its biggest block). The room costs at most a third of the block
+/// while it stops growing; a block that jumps (a step above a quarter) gets none.
+pub(super) fn grown_size(old: usize, new: usize) -> usize {
+    let step = new - old;
+    if step > new / 4 {
+        return new;
+    }
+    let next = (new as u128 * new as u128).div_ceil(old as u128);
+    usize::try_from(next).unwrap_or(new)
 }

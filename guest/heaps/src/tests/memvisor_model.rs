@@ -87,6 +87,16 @@ fn solo_pages(size: usize, align: usize) -> Option<usize> {
         .then(|| (rounded + align.saturating_sub(PAGE_SIZE)).div_ceil(PAGE_SIZE))
 }
 
+/// The size a realloc moves a growing MeMS block to (the model's statement of the policy of
+/// `memvisor/realloc.rs`): room for one more growth by the same factor when the step is at
+/// most a quarter of the new size.
+fn grown(old: usize, new: usize) -> usize {
+    if new <= old || new - old > new / 4 {
+        return new;
+    }
+    (new as u128 * new as u128).div_ceil(old as u128) as usize
+}
+
 fn check_no_overlap(live: &BTreeMap<usize, Live>, addr: usize, len: usize) {
     if let Some((&a, l)) = live.range(..addr).next_back() {
         assert!(a + l.layout.size() <= addr, "overlaps the block before");
@@ -189,11 +199,18 @@ fn run(ops: Vec<Op>) {
                     "realloc lost the contents"
                 );
                 fill(q.as_ptr(), nl.size(), l.id);
-                // A block keeps its solo node when resized in place.
+                // A block keeps its solo node when resized in place; a MeMS block moved by a
+                // growth by small steps gets room for one more (`grown`).
                 let solo = if qa == addr {
                     l.solo
                 } else {
-                    solo_pages(size, nl.align())
+                    let old = l.layout.size().max(1);
+                    let target = if route(size.max(1), nl.align()) == Route::Large {
+                        grown(old, size.max(1))
+                    } else {
+                        size
+                    };
+                    solo_pages(target, nl.align())
                 };
                 if qa != addr {
                     freed.push((addr, l.layout));
@@ -530,4 +547,33 @@ fn small_blocks_fill_mid_size_holes_at_the_peak() {
     }
     assert_eq!((h.stats().live, h.stats().bad_frees), ([0, 0], 3));
     assert_eq!(h.mid().audit().unwrap().live, 0);
+}
+
+/// A buffer grown by small steps (×1.2, as perl's strings and arrays) past the solo threshold
+/// moves only every other growth at most: the move leaves room for the next step, which then
+/// stays in place (no copy, and the old and the new copy are never both mapped for it); its
+/// contents survive, and freeing it gives every page of its node back.
+#[test]
+fn buffer_grown_by_small_steps_grows_in_place() {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    let mut size = 70_000;
+    let mut buf = h.alloc(lay(size, 8)).unwrap();
+    let (mut moves, mut steps) = (0, 0);
+    while size < 2_000_000 {
+        let new = size + size / 5;
+        // SAFETY: `buf` holds `size` bytes.
+        unsafe { buf.as_ptr().add(size - 1).write(steps as u8) };
+        let q = h.realloc(buf, lay(size, 8), new).unwrap();
+        // SAFETY: `q` holds `new > size` bytes, the first `size` kept.
+        assert_eq!(unsafe { q.as_ptr().add(size - 1).read() }, steps as u8);
+        moves += usize::from(q != buf);
+        steps += 1;
+        (buf, size) = (q, new);
+    }
+    assert!(moves * 2 <= steps + 1, "{moves} moves in {steps} growths");
+    let before = h.mems().data_pages();
+    h.dealloc(buf, lay(size, 8));
+    assert!(h.mems().data_pages() < before);
+    assert_eq!(h.stats().live, [0, 0]);
+    assert_eq!(h.stats().bad_frees, 0);
 }
