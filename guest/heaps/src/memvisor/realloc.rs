@@ -2,7 +2,7 @@
 //! the block can hold it (a slab slot of the same class, a mid-size block growing into the free
 //! block behind it, a MeMS block growing into its hole), otherwise allocate, copy, free.
 
-use super::{route, MemvisorHeap, Route, SOLO_MIN};
+use super::{borrowable, route, MemvisorHeap, Route, SOLO_MIN};
 use crate::PageSource;
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -22,6 +22,18 @@ impl<S: PageSource> MemvisorHeap<S> {
         let (ro, rn) = (route(old, layout.align()), route(new, layout.align()));
         match (ro, rn) {
             (Route::Slab(a), Route::Slab(b)) if a == b => return Some(ptr),
+            (Route::Slab(a), Route::Slab(b)) => match self.slab_slot(ptr, a) {
+                Ok(Some((s, hc, i))) => {
+                    return self.slab_realloc(ptr, (s, hc, i), b, layout.align(), (old, new));
+                }
+                // A slab-class block the mid-size path serves: move it below.
+                Ok(None) => {}
+                Err(e) => {
+                    self.stats.bad_frees += 1;
+                    self.last_error = Some(e);
+                    return None;
+                }
+            },
             (Route::Mid, Route::Mid) => {
                 if let Some(p) = self.mid_realloc_in_place(ptr, new) {
                     return Some(p);
@@ -49,6 +61,38 @@ impl<S: PageSource> MemvisorHeap<S> {
         // `new`; they are distinct live blocks.
         unsafe { core::ptr::copy_nonoverlapping(ptr.as_ptr(), q.as_ptr(), old.min(new)) };
         self.dealloc(ptr, layout);
+        Some(q)
+    }
+
+    /// `realloc` of a block in slot `i` of slab `s` (of class `hc`, checked live by
+    /// `slab_slot`) to class `b` (`new` bytes at alignment `align`; `old` before). In place if a block of class
+    /// `b` may sit in that slot ([`borrowable`]: the slot is of `b`'s class or of one of the
+    /// next [`BORROW`](super::BORROW) classes at most 1.25 × its size, so a later free of
+    /// the new layout accepts it): a growth into a borrowed slot's room, a shrink by a
+    /// class or three. Else a slot of class `b`, a copy, and the old slot freed without a
+    /// second lookup.
+    #[inline]
+    fn slab_realloc(
+        &mut self,
+        ptr: NonNull<u8>,
+        (s, hc, i): (usize, usize, usize),
+        b: usize,
+        align: usize,
+        (old, new): (usize, usize),
+    ) -> Option<NonNull<u8>> {
+        if borrowable(b, hc) {
+            return Some(ptr);
+        }
+        // The ops clock of the page-return policy counts an alloc and a free.
+        self.ops = self.ops.wrapping_add(2);
+        let q = self.slab_alloc(b, align)?;
+        // SAFETY: `ptr` is a live slot holding at least `old` bytes (the caller's layout,
+        // checked against the slot's class) and `q` a distinct live block of at least
+        // `new`.
+        unsafe { core::ptr::copy_nonoverlapping(ptr.as_ptr(), q.as_ptr(), old.min(new)) };
+        // The new slot came from class `b`'s slabs (or the mid-size path): slab `s` and
+        // slot `i` are as `slab_slot` found them.
+        self.release_slot(hc, s, i);
         Some(q)
     }
 

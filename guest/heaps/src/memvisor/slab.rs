@@ -133,6 +133,31 @@ impl Class {
     };
 }
 
+/// The index of the live slot at `addr` of the live slab `s` of class `c` (header magic and
+/// class checked by the caller).
+///
+/// # Errors
+/// [`HeapError::InvalidPointer`] if `addr` is not the start of a slot of `s`,
+/// [`HeapError::DoubleFree`] if that slot is free.
+#[inline(always)]
+fn slot_index(addr: usize, c: usize, s: usize) -> Result<usize, HeapError> {
+    let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
+    let (size, first) = (CLASSES[c], s + HDR[c] as usize);
+    if addr < first {
+        return bad("not a slot of a slab of this size class");
+    }
+    let off = addr - first;
+    let i = off / size;
+    if !off.is_multiple_of(size) || i >= NSLOTS[c] as usize {
+        return bad("not the start of a slot");
+    }
+    // SAFETY: `s` is a live slab of class `c`, so its bitmap words are mapped.
+    if unsafe { *word(s, i / 64) } & (1u64 << (i % 64)) != 0 {
+        return Err(HeapError::DoubleFree { addr });
+    }
+    Ok(i)
+}
+
 impl<S: PageSource> MemvisorHeap<S> {
     #[inline(always)]
     pub(super) fn slab_alloc(&mut self, c: usize, align: usize) -> Option<NonNull<u8>> {
@@ -319,23 +344,20 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// checked): slot boundary, double free, partial list, an emptied slab back to its family.
     #[inline(always)]
     fn slab_release(&mut self, addr: usize, c: usize, s: usize) -> Result<(), HeapError> {
-        let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
-        // SAFETY: `s` is a live slab of class `c` (checked by the caller).
+        let i = slot_index(addr, c, s)?;
+        self.release_slot(c, s, i);
+        Ok(())
+    }
+
+    /// Free slot `i` of the live slab `s` of class `c`, a slot [`slot_index`] found live:
+    /// bitmap, used count, partial list, an emptied slab back to its family.
+    #[inline(always)]
+    pub(super) fn release_slot(&mut self, c: usize, s: usize, i: usize) {
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        // SAFETY: `s` is a live slab of class `c` and `i` a live slot of it (the caller's
+        // `slot_index`).
         unsafe {
             let h = hdr(s);
-            let (size, first) = (CLASSES[c], s + HDR[c] as usize);
-            if addr < first {
-                return bad("not a slot of a slab of this size class");
-            }
-            let off = addr - first;
-            let i = off / size;
-            if !off.is_multiple_of(size) || i >= NSLOTS[c] as usize {
-                return bad("not the start of a slot");
-            }
-            let (w, b) = (i / 64, 1u64 << (i % 64));
-            if *word(s, w) & b != 0 {
-                return Err(HeapError::DoubleFree { addr });
-            }
             *word(s, w) |= b;
             let was_full = (*h).used == NSLOTS[c];
             (*h).used -= 1;
@@ -354,7 +376,36 @@ impl<S: PageSource> MemvisorHeap<S> {
                 }
             }
         }
-        Ok(())
+    }
+
+    /// The live slot of a block of class `c` (the caller's layout) at `ptr`, checked as a
+    /// free checks it and changing nothing: `Ok(Some((slab, slot class, slot index)))`, or
+    /// `Ok(None)` for a block the mid-size path serves ([`Mid::alloc_small`](super::Mid)).
+    ///
+    /// # Errors
+    /// [`HeapError::InvalidPointer`] or [`HeapError::DoubleFree`], as [`Self::dealloc`]
+    /// would refuse `ptr`.
+    #[inline(always)]
+    pub(super) fn slab_slot(
+        &self,
+        ptr: NonNull<u8>,
+        c: usize,
+    ) -> Result<Option<(usize, usize, usize)>, HeapError> {
+        let addr = ptr.as_ptr().expose_provenance();
+        let bad = |reason| HeapError::InvalidPointer { addr, reason };
+        let s = (addr & !(PAGE_SIZE - 1)) + SLAB_OFF;
+        if s != self.classes[c].partial && !self.slabs.contains(ptr.as_ptr()) {
+            if self.mid.contains(addr) {
+                return Ok(None);
+            }
+            return Err(bad("not in a slab page"));
+        }
+        // SAFETY: as in `slab_free`: the page belongs to the slab heap.
+        let (magic, hc) = unsafe { ((*hdr(s)).magic, (*hdr(s)).class as usize) };
+        if magic != SLAB_MAGIC || !borrowable(c, hc) {
+            return Err(bad("not a slot of a slab of this size class"));
+        }
+        Ok(Some((s, hc, slot_index(addr, hc, s)?)))
     }
 
     /// Push slab `s` at the head of class `c`'s partial list.

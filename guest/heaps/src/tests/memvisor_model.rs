@@ -577,3 +577,42 @@ fn buffer_grown_by_small_steps_grows_in_place() {
     assert_eq!(h.stats().live, [0, 0]);
     assert_eq!(h.stats().bad_frees, 0);
 }
+
+/// Slab-class reallocs: a shrink by a class or three stays in its slot (a later free of the
+/// new layout accepts the slot), a growth past the slot moves and frees the old slot, a
+/// growth that still fits a borrowed slot stays; a realloc of a freed or foreign pointer is
+/// refused (`None`, counted in `bad_frees`) without touching the heap.
+#[test]
+fn slab_realloc_in_place_and_refusals() {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    // 200 → 176 B: classes 200 and 176 (200 ≤ 1.25 × 176, 3 classes apart): in place.
+    let p = h.alloc(lay(200, 8)).unwrap();
+    // SAFETY: `p` holds 200 bytes.
+    unsafe { p.as_ptr().write_bytes(0xa5, 200) };
+    assert_eq!(h.realloc(p, lay(200, 8), 176), Some(p));
+    // 176 → 200 again: the slot (class 200) holds it.
+    assert_eq!(h.realloc(p, lay(176, 8), 200), Some(p));
+    // 200 → 120: too far below the slot's class: moves, contents kept, old slot freed.
+    let q = h.realloc(p, lay(200, 8), 120).unwrap();
+    assert_ne!(q, p);
+    // SAFETY: `q` holds 120 bytes.
+    assert!((0..120).all(|i| unsafe { q.as_ptr().add(i).read() } == 0xa5));
+    assert_eq!(h.stats().live, [1, 0]);
+    assert_eq!(h.audit_slabs().unwrap(), 1);
+    // The old slot is free now: a realloc of it is a double free, refused.
+    let before = snapshot(&h);
+    assert_eq!(h.realloc(p, lay(200, 8), 300), None);
+    assert_eq!(h.stats().bad_frees, 1);
+    assert_eq!(before, snapshot(&h));
+    // A pointer into no heap page: refused.
+    let foreign = [0u64; 4];
+    let f = NonNull::new(foreign.as_ptr() as *mut u8).unwrap();
+    assert_eq!(h.realloc(f, lay(24, 8), 64), None);
+    assert_eq!(h.stats().bad_frees, 2);
+    // Growth to the next class of a block in its own class: moves.
+    let r = h.realloc(q, lay(120, 8), 300).unwrap();
+    assert_ne!(r, q);
+    h.dealloc(r, lay(300, 8));
+    assert_eq!(h.stats().live, [0, 0]);
+    assert_eq!(h.audit_slabs().unwrap(), 0);
+}
