@@ -1,6 +1,9 @@
 //! `realloc` of the `memvisor` heap: in place when the new size routes to the same heap and
-//! the block can hold it (a slab slot of the same class, a mid-size block growing into the free
-//! block behind it, a MeMS block growing into its hole), otherwise allocate, copy, free.
+//! the block can hold it (a slab slot of a class the new size may use, a mid-size block
+//! growing into the free block behind it, a MeMS block growing into its hole), otherwise
+//! allocate, copy, free. A MeMS block that grows by a small step moves to room for one more
+//! step ([`grown_size`]), so a buffer that is appended to is copied at most every other
+//! growth and its old and new copies are mapped together half as often.
 
 use super::{borrowable, route, MemvisorHeap, Route, SOLO_MIN};
 use crate::PageSource;
@@ -10,7 +13,10 @@ use core::ptr::NonNull;
 impl<S: PageSource> MemvisorHeap<S> {
     /// Resize `ptr` (allocated with `layout`) to `new_size`, keeping the contents up to the
     /// smaller size. In place when the new size routes to the same heap and the block is big
-    /// enough; otherwise allocate, copy, free. `None` (and `ptr` untouched) when out of memory.
+    /// enough (a slab slot whose class the new size may use, see `slab_realloc`); otherwise
+    /// allocate, copy, free. `None` (and `ptr` untouched) when out of memory, or when `ptr`
+    /// is not a live block of the layout's slab class (a freed or foreign pointer: refused
+    /// before anything is read from it, counted in [`Stats::bad_frees`](super::Stats)).
     pub fn realloc(
         &mut self,
         ptr: NonNull<u8>,
