@@ -41,7 +41,7 @@ impl<S: PageSource> MemvisorHeap<S> {
                 }
             },
             (Route::Mid, Route::Mid) => {
-                if let Some(p) = self.mid_realloc_in_place(ptr, new) {
+                if let Some(p) = self.mid_realloc_in_place(ptr, old, new) {
                     return Some(p);
                 }
             }
@@ -52,10 +52,18 @@ impl<S: PageSource> MemvisorHeap<S> {
             }
             _ => {}
         }
-        let q = if rn == Route::Large && new > old {
-            // A growing MeMS block: room for one more step of the same size if it grows by
-            // small steps (see `grown_size`); the exact size if that much is not available.
-            let roomy = Layout::from_size_align(grown_size(old, new), layout.align()).ok();
+        let roomy = match (ro, rn) {
+            (_, Route::Large) if new > old => {
+                let g = grown_size(old, new);
+                (route(g, layout.align()) == rn).then_some(g)
+            }
+            _ => None,
+        };
+        let q = if let Some(g) = roomy {
+            // A growing MeMS or mid-size block: room for one more growth by the same factor
+            // if it grows by small steps (see `grown_size`); the exact size if that much is
+            // not available.
+            let roomy = Layout::from_size_align(g, layout.align()).ok();
             match roomy.and_then(|l| self.alloc(l)) {
                 Some(q) => q,
                 None => self.alloc(Layout::from_size_align(new, layout.align()).ok()?)?,
@@ -102,10 +110,21 @@ impl<S: PageSource> MemvisorHeap<S> {
         Some(q)
     }
 
-    /// A mid-size block resized without moving ([`Mid::resize_in_place`]: a shrink always,
-    /// a growth into a free block behind it). `None`: move it.
-    fn mid_realloc_in_place(&mut self, ptr: NonNull<u8>, new: usize) -> Option<NonNull<u8>> {
-        match self.mid.resize_in_place(ptr, new) {
+    /// A mid-size block resized without moving ([`Mid::resize_in_place`](super::Mid::resize_in_place):
+    /// a shrink always; [`Mid::grow_in_place`](super::Mid::grow_in_place): a growth within
+    /// the block's room, or into a free block behind it). `None`: move it.
+    fn mid_realloc_in_place(
+        &mut self,
+        ptr: NonNull<u8>,
+        old: usize,
+        new: usize,
+    ) -> Option<NonNull<u8>> {
+        let r = if new > old {
+            self.mid.grow_in_place(ptr, new)
+        } else {
+            self.mid.resize_in_place(ptr, new)
+        };
+        match r {
             Ok(true) => Some(ptr),
             _ => None,
         }
@@ -135,13 +154,14 @@ impl<S: PageSource> MemvisorHeap<S> {
     }
 }
 
-/// The size a MeMS block that grows from `old` to `new` bytes (`old < new`) is moved to:
+/// The size a MeMS or mid-size block that grows from `old` to `new` bytes (`old < new`) is
+/// moved to (if that size routes to the same heap as `new`):
 /// room for one more growth by the same factor (`new × new / old`, rounded up) when the step
 /// is at most a quarter of `new`, else `new`. A buffer that is appended to grows by such
 /// factors (perl's strings and arrays by 1.2, CPython's lists by 1.125); with the room its
-/// next growth stays in place ([`MemvisorHeap::large_realloc_in_place`]: no copy, and no
-/// moment at which the old and the new copy are both mapped, which is what sets the heap's
-/// peak when the buffer is its biggest block). The room costs at most a third of the block
+/// next growth stays in place (`large_realloc_in_place`, `mid_realloc_in_place`): no copy,
+/// and no moment at which the old and the new copy are both mapped, which is what sets the
+/// heap's peak when a MeMS buffer is its biggest block. The room costs at most a third of the block
 /// while it stops growing; a block that jumps (a step above a quarter) gets none.
 pub(super) fn grown_size(old: usize, new: usize) -> usize {
     let step = new - old;
