@@ -6,7 +6,7 @@
 //! growth and its old and new copies are mapped together half as often.
 
 use super::{borrowable, route, MemvisorHeap, Route, SOLO_MIN};
-use crate::PageSource;
+use crate::{HeapError, PageSource};
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
@@ -15,8 +15,11 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// smaller size. In place when the new size routes to the same heap and the block is big
     /// enough (a slab slot whose class the new size may use, see `slab_realloc`); otherwise
     /// allocate, copy, free. `None` (and `ptr` untouched) when out of memory, or when `ptr`
-    /// is not a live block of the layout's slab class (a freed or foreign pointer: refused
-    /// before anything is read from it, counted in [`Stats::bad_frees`](super::Stats)).
+    /// is not a live block of the layout's heap (a freed, foreign or interior pointer) or,
+    /// before a move reads `old` bytes from it or a MeMS block is resized, is smaller than
+    /// the layout: refused before anything is read from it and counted in
+    /// [`Stats::bad_frees`](super::Stats), as `dealloc` would refuse it. (A mid-size block
+    /// resized in place is only checked to be live: nothing is read from it.)
     pub fn realloc(
         &mut self,
         ptr: NonNull<u8>,
@@ -33,24 +36,28 @@ impl<S: PageSource> MemvisorHeap<S> {
                     return self.slab_realloc(ptr, (s, hc, i), b, layout.align(), (old, new));
                 }
                 // A slab-class block the mid-size path serves: move it below.
-                Ok(None) => {}
-                Err(e) => {
-                    self.stats.bad_frees += 1;
-                    self.last_error = Some(e);
-                    return None;
+                Ok(None) => {
+                    if let Err(e) = self.check_live(ptr, ro, old) {
+                        return self.refuse(e);
+                    }
                 }
+                Err(e) => return self.refuse(e),
             },
-            (Route::Mid, Route::Mid) => {
-                if let Some(p) = self.mid_realloc_in_place(ptr, old, new) {
-                    return Some(p);
+            (Route::Mid, Route::Mid) => match self.mid_realloc_in_place(ptr, old, new) {
+                Ok(true) => return Some(ptr),
+                Ok(false) => {}
+                Err(e) => return self.refuse(e),
+            },
+            (Route::Large, Route::Large) => match self.large_realloc_in_place(ptr, old, new) {
+                Ok(Some(p)) => return Some(p),
+                Ok(None) => {}
+                Err(e) => return self.refuse(e),
+            },
+            _ => {
+                if let Err(e) = self.check_live(ptr, ro, old) {
+                    return self.refuse(e);
                 }
             }
-            (Route::Large, Route::Large) => {
-                if let Some(p) = self.large_realloc_in_place(ptr, old, new) {
-                    return Some(p);
-                }
-            }
-            _ => {}
         }
         let roomy = match (ro, rn) {
             (_, Route::Large) if new > old => {
@@ -71,8 +78,8 @@ impl<S: PageSource> MemvisorHeap<S> {
         } else {
             self.alloc(Layout::from_size_align(new, layout.align()).ok()?)?
         };
-        // SAFETY: `ptr` holds at least `old` bytes (the caller's layout) and `q` at least
-        // `new`; they are distinct live blocks.
+        // SAFETY: `ptr` is a live block of at least `old` bytes (checked above: its slot,
+        // mid-size block or MeMS segment) and `q` a distinct live block of at least `new`.
         unsafe { core::ptr::copy_nonoverlapping(ptr.as_ptr(), q.as_ptr(), old.min(new)) };
         self.dealloc(ptr, layout);
         Some(q)
@@ -112,45 +119,91 @@ impl<S: PageSource> MemvisorHeap<S> {
 
     /// A mid-size block resized without moving ([`Mid::resize_in_place`](super::Mid::resize_in_place):
     /// a shrink always; [`Mid::grow_in_place`](super::Mid::grow_in_place): a growth within
-    /// the block's room, or into a free block behind it). `None`: move it.
+    /// the block's room, or into a free block behind it). `Ok(false)`: move it (the block is
+    /// live and holds `old` bytes).
+    ///
+    /// # Errors
+    /// [`HeapError::InvalidPointer`] if `ptr` is not a live mid-size block of at least `old`
+    /// bytes (nothing changes).
     fn mid_realloc_in_place(
         &mut self,
         ptr: NonNull<u8>,
         old: usize,
         new: usize,
-    ) -> Option<NonNull<u8>> {
-        let r = if new > old {
-            self.mid.grow_in_place(ptr, new)
-        } else {
-            self.mid.resize_in_place(ptr, new)
-        };
-        match r {
-            Ok(true) => Some(ptr),
-            _ => None,
+    ) -> Result<bool, HeapError> {
+        if new <= old {
+            return self.mid.resize_in_place(ptr, new);
         }
+        if self.mid.grow_in_place(ptr, new)? {
+            return Ok(true);
+        }
+        self.check_live(ptr, Route::Mid, old).map(|()| false)
     }
 
     /// A MeMS block resized without moving, if that is sensible: a shrink to at least half
     /// keeps the block as it is; a smaller shrink gives the tail back to MeMS, unless the block
     /// had a solo node and the new size does not (moving it lets the node go); a growth takes
-    /// the front of the hole behind the block. `None`: move it.
+    /// the front of the hole behind the block. `Ok(None)`: move it (the block is live and
+    /// holds `old` bytes).
+    ///
+    /// # Errors
+    /// As [`Mems::mems_free`](crate::Mems::mems_free) if `ptr` is not a live MeMS block,
+    /// [`HeapError::InvalidPointer`] if it is smaller than `old` (nothing changes).
     fn large_realloc_in_place(
         &mut self,
         ptr: NonNull<u8>,
         old: usize,
         new: usize,
-    ) -> Option<NonNull<u8>> {
-        let usable = self.large.mems_usable_size(ptr).ok()?;
+    ) -> Result<Option<NonNull<u8>>, HeapError> {
+        let usable = self.large.mems_usable_size(ptr)?;
+        if usable < old {
+            return Err(smaller(ptr));
+        }
         if new <= usable && new >= usable / 2 {
-            return Some(ptr);
+            return Ok(Some(ptr));
         }
         if new < usable && old >= SOLO_MIN && new < SOLO_MIN {
-            return None;
+            return Ok(None);
         }
-        match self.large.mems_resize_in_place(ptr, new) {
-            Ok(true) => Some(ptr),
-            _ => None,
+        Ok(self.large.mems_resize_in_place(ptr, new)?.then_some(ptr))
+    }
+
+    /// Is `ptr` a live block of route `r` holding at least `old` bytes (checked as a free
+    /// checks it, before a move reads `old` bytes from it)?
+    ///
+    /// # Errors
+    /// As `dealloc` would refuse `ptr`; [`HeapError::InvalidPointer`] if the block is
+    /// smaller than `old`.
+    fn check_live(&self, ptr: NonNull<u8>, r: Route, old: usize) -> Result<(), HeapError> {
+        let usable = match r {
+            // The slot's class may hold the layout's class (`slab_slot`), so at least `old`.
+            Route::Slab(a) => match self.slab_slot(ptr, a)? {
+                Some(_) => return Ok(()),
+                None => self.mid.usable_size_small(ptr)?,
+            },
+            Route::Mid => self.mid.usable_size(ptr)?,
+            Route::Large => self.large.mems_usable_size(ptr)?,
+        };
+        if usable < old {
+            return Err(smaller(ptr));
         }
+        Ok(())
+    }
+
+    /// Refuse a realloc of a bad pointer: counted as a refused free, `None`.
+    #[cold]
+    fn refuse(&mut self, e: HeapError) -> Option<NonNull<u8>> {
+        self.stats.bad_frees += 1;
+        self.last_error = Some(e);
+        None
+    }
+}
+
+/// The error of a block smaller than the layout it is resized with.
+fn smaller(ptr: NonNull<u8>) -> HeapError {
+    HeapError::InvalidPointer {
+        addr: ptr.as_ptr().expose_provenance(),
+        reason: "block smaller than the layout",
     }
 }
 

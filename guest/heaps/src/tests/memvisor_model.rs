@@ -616,3 +616,57 @@ fn slab_realloc_in_place_and_refusals() {
     assert_eq!(h.stats().live, [0, 0]);
     assert_eq!(h.audit_slabs().unwrap(), 0);
 }
+
+/// A realloc of a pointer that is not a live block of the layout's heap holding the layout's
+/// size (freed, interior, or with a layout bigger than the block) is refused before anything
+/// is read from it, on every route and for a move to every other route: `None`, counted in
+/// `bad_frees`, the heap unchanged.
+#[test]
+fn realloc_refuses_bad_pointers_of_every_route() {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    let keep = [h.alloc(lay(40, 8)).unwrap(), h.alloc(lay(3000, 8)).unwrap()];
+    let mut refused = 0;
+    for (size, to) in [
+        (40, [24, 3000, 100_000]),
+        (3000, [4000, 40, 100_000]),
+        (100_000, [120_000, 40, 3000]),
+    ] {
+        let p = h.alloc(lay(size, 8)).unwrap();
+        // Interior pointer, then a layout bigger than the block (checked before a move or a
+        // MeMS resize reads or keeps it; a mid-size block resized in place is only checked
+        // to be live: nothing is read from it; a slab slot of a bigger class is another
+        // class).
+        let interior = NonNull::new(p.as_ptr().wrapping_add(16)).unwrap();
+        for new in to {
+            let before = snapshot(&h);
+            assert_eq!(h.realloc(interior, lay(size, 8), new), None);
+            refused += 1;
+            let mid_to_mid = size < 65_536 && (993..65_536).contains(&new);
+            if size > 992 && !mid_to_mid {
+                assert_eq!(
+                    h.realloc(p, lay(size * 3, 8), new),
+                    None,
+                    "{size} as {}",
+                    size * 3
+                );
+                refused += 1;
+            }
+            assert_eq!(before, snapshot(&h));
+        }
+        h.dealloc(p, lay(size, 8));
+        for new in to {
+            let before = snapshot(&h);
+            assert_eq!(
+                h.realloc(p, lay(size, 8), new),
+                None,
+                "freed {size} -> {new}"
+            );
+            refused += 1;
+            assert_eq!(before, snapshot(&h));
+        }
+    }
+    assert_eq!(h.stats().bad_frees, refused);
+    h.dealloc(keep[0], lay(40, 8));
+    h.dealloc(keep[1], lay(3000, 8));
+    assert_eq!(h.stats().live, [0, 0]);
+}
