@@ -174,6 +174,8 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// # Errors
     /// As `dealloc` would refuse `ptr`; [`HeapError::InvalidPointer`] if the block is
     /// smaller than `old`.
+    #[cold]
+    #[inline(never)]
     fn check_live(&self, ptr: NonNull<u8>, r: Route, old: usize) -> Result<(), HeapError> {
         let usable = match r {
             // The slot's class may hold the layout's class (`slab_slot`), so at least `old`.
@@ -192,6 +194,7 @@ impl<S: PageSource> MemvisorHeap<S> {
 
     /// Refuse a realloc of a bad pointer: counted as a refused free, `None`.
     #[cold]
+    #[inline(never)]
     fn refuse(&mut self, e: HeapError) -> Option<NonNull<u8>> {
         self.stats.bad_frees += 1;
         self.last_error = Some(e);
