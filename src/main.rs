@@ -99,8 +99,12 @@ struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Write the table with today's date into BENCHMARKS.md (section "memvisor bench").
-    #[arg(long)]
+    #[arg(long, conflicts_with = "only")]
     update_md: bool,
+    /// Only the rows whose name starts with PREFIX (and only the measurements they need),
+    /// e.g. `snapshot_restore_`.
+    #[arg(long, value_name = "PREFIX")]
+    only: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -322,7 +326,7 @@ fn replay_many(
 }
 
 fn bench(b: BenchArgs) -> ExitCode {
-    let result = match memvisor_cli::bench::run(b.quick) {
+    let result = match memvisor_cli::bench::run_only(b.quick, b.only.as_deref()) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };

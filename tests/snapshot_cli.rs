@@ -1,6 +1,7 @@
 //! `memvisor snapshot-info`: a valid base and incremental layer are described (exit 0); a
 //! truncated, corrupt, wrong-version, wrong-size, other-kernel or wrongly layered snapshot is
-//! refused with exit 2 and one line naming the file and the defect.
+//! refused with exit 2 and one line naming the file and the defect. `memvisor bench --only
+//! snapshot_restore_` measures the restore rows alone.
 
 mod common;
 
@@ -58,6 +59,13 @@ fn snapshot_info_accepts_good_and_refuses_bad_files() {
         &["snapshot-info", s(&bad("ver.snap", &x))],
         "format version 9",
     );
+    // Version 1 (zone bitmaps as CBOR integers) is no longer read.
+    let mut x = good.clone();
+    x[8] = 1;
+    assert_bad(
+        &["snapshot-info", s(&bad("v1.snap", &x))],
+        "format version 1",
+    );
     assert_bad(
         &["snapshot-info", "--mem", "512M", s(&base)],
         "taken with 268435456 bytes of guest RAM, this VM has 536870912",
@@ -80,4 +88,32 @@ fn snapshot_info_accepts_good_and_refuses_bad_files() {
         &["snapshot-info", s(&dir.path().join("missing.snap"))],
         "missing.snap",
     );
+}
+
+#[test]
+fn bench_only_measures_the_restore_rows() {
+    if !common::uffd_or_skip("bench_only_measures_the_restore_rows") {
+        return;
+    }
+    let out = memvisor(&["bench", "--quick", "--json", "--only", "snapshot_restore_"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+    let rows = v["figures"].as_array().expect("figures");
+    let names: Vec<&str> = rows.iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "snapshot_restore_to_first_guest_exit_256MiB",
+            "snapshot_restore_to_first_guest_exit_4GiB"
+        ]
+    );
+    for f in rows {
+        let (a, b) = (f["value"].as_f64(), f["peer_value"].as_f64());
+        assert!(
+            a.is_some_and(|x| x > 0.0) && b.is_some_and(|x| x > 0.0),
+            "{f}"
+        );
+    }
+    assert_bad(&["bench", "--only", "x", "--update-md"], "--update-md");
 }

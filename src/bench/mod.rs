@@ -77,7 +77,7 @@ pub struct BenchResult {
     pub cpu: String,
     /// `pvm` (KVM with the PVM backend) or `vmx/svm` or `unknown`.
     pub kvm_backend: String,
-    /// TSC frequency used for guest figures, kHz.
+    /// TSC frequency used for the bench guest's figures, kHz (0 when `--only` skipped them).
     pub tsc_khz: u64,
     /// Quick mode (few iterations).
     pub quick: bool,
@@ -268,6 +268,61 @@ pub enum BenchError {
 /// # Errors
 /// [`BenchError`] when the guest cannot run or fails.
 pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
+    run_only(quick, None)
+}
+
+/// Groups of rows measured together, by the prefixes of their rows' names; the first group
+/// (`core`: the bench guest's and the host's own rows) is everything else.
+type Group = (
+    &'static [&'static str],
+    fn(bool) -> Result<Vec<Figure>, BenchError>,
+);
+
+/// [`run`] limited to the rows whose name starts with `only` (`memvisor bench --only
+/// PREFIX`): only the groups that can produce such a row run (a group's rows keep their
+/// peers, measured in the same run); `None` runs everything.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_only(quick: bool, only: Option<&str>) -> Result<BenchResult, BenchError> {
+    let groups: [Group; 4] = [
+        (&["uffd_"], |q| Ok(uffd::figures(q))),
+        (
+            &["guest_demand_paging_", "guest_memslot_", "guest_uffd_"],
+            |q| Ok(uffd::guest_figures(q)),
+        ),
+        (&["snapshot_restore_"], |q| Ok(uffd::restore_figures(q))),
+        (&["heap_"], heap_figures),
+    ];
+    let hit = |names: &[&str], p: &str| names.iter().any(|n| n.starts_with(p) || p.starts_with(n));
+    let core = only.is_none_or(|p| !groups.iter().any(|g| hit(g.0, p)));
+    let (mut f, khz) = if core {
+        core_figures(quick)?
+    } else {
+        (Vec::new(), 0)
+    };
+    for (names, run) in groups {
+        if only.is_none_or(|p| hit(names, p)) {
+            f.extend(run(quick)?);
+        }
+    }
+    f.retain(|x| only.is_none_or(|p| x.name.starts_with(p)));
+    Ok(BenchResult {
+        cpu: cpu_model(),
+        kvm_backend: kvm_backend(),
+        tsc_khz: khz,
+        quick,
+        missed: f
+            .iter()
+            .filter(|x| x.verdict == Verdict::Missed)
+            .map(|x| x.name.clone())
+            .collect(),
+        figures: f,
+    })
+}
+
+/// The bench guest's and the host's own rows, and the TSC frequency (kHz) of the guest's.
+fn core_figures(quick: bool) -> Result<(Vec<Figure>, u64), BenchError> {
     let cfg = guest_config(quick);
     let r = vmm::run(&cfg)?;
     if !r.success() {
@@ -410,22 +465,7 @@ pub fn run(quick: bool) -> Result<BenchResult, BenchError> {
         buddy,
         Target::ValueAndRatioMax(25.0, 0.33),
     ));
-    f.extend(uffd::figures(quick));
-    f.extend(uffd::guest_figures(quick));
-    f.extend(uffd::restore_figures(quick));
-    f.extend(heap_figures(quick)?);
-    Ok(BenchResult {
-        cpu: cpu_model(),
-        kvm_backend: kvm_backend(),
-        tsc_khz: khz,
-        quick,
-        missed: f
-            .iter()
-            .filter(|x| x.verdict == Verdict::Missed)
-            .map(|x| x.name.clone())
-            .collect(),
-        figures: f,
-    })
+    Ok((f, khz))
 }
 
 /// Guest heap figures (issue 4), from the `heap-bench` guest (see `crate::replay::bench_report`):

@@ -36,9 +36,11 @@
 //!
 //! Snapshot restore ([`restore_figures`]): the demo is snapshotted at its first sync point
 //! (once per RAM size, 256 MiB and 4 GiB), then restored in this process again and again,
-//! the two sizes interleaved round by round (median): from the start of `Vm::restore` (files
-//! opened and checked, every page CRC verified, state decoded, RAM registered with
-//! userfaultfd, vCPU state loaded, and meanwhile on a second thread the RAM memslots) to the
+//! the two sizes interleaved round by round (31 rounds, 3 with `--quick`; median: on a
+//! shared host single restores are slowed several-fold when another process takes the CPU):
+//! from the start of `Vm::restore` (files opened and checked, every page CRC verified, state
+//! decoded, RAM registered with userfaultfd, vCPU state loaded, and meanwhile on a second
+//! thread the eager RAM memslots: the 2 MiB chunks holding the file's pages) to the
 //! first return of `KVM_RUN`, i.e. the guest has executed (an upper bound of "to its first
 //! instruction"; the guest's first touches of its code and stack pages are served from the
 //! file inside that time).
@@ -238,7 +240,7 @@ fn restore_us(path: &std::path::Path) -> Option<f64> {
 /// Restore-to-first-guest-exit of a 256 MiB and a 4 GiB demo snapshot (see the module docs).
 pub(super) fn restore_figures(quick: bool) -> Vec<Figure> {
     let dir = std::env::temp_dir().join(format!("memvisor-bench-restore-{}", std::process::id()));
-    let rounds = if quick { 3 } else { 9 };
+    let rounds = if quick { 3 } else { 31 };
     let (small, large) = (dir.join("256M.snap"), dir.join("4G.snap"));
     let made = std::fs::create_dir_all(&dir).is_ok()
         && demo_snapshot(256 << 20, &small).is_some()
@@ -275,7 +277,8 @@ pub(super) fn restore_figures(quick: bool) -> Vec<Figure> {
             "us",
             &peer("the same, 256 MiB guest (flat: lazy restore)"),
             a,
-            Target::ValueAndRatioMax(10_000.0, 1.5),
+            // Flat: issue 16's "stays flat as the guest's memory grows to 4 GiB", ≤ ~1.2.
+            Target::ValueAndRatioMax(10_000.0, 1.2),
         ),
     ]
 }

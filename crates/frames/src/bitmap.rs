@@ -61,8 +61,13 @@ pub struct BitmapStats {
 /// Metadata: 1/8 byte per frame for the bitmap plus ~1/256 byte per frame for the summaries
 /// (≈ 0.1297 B/frame at 64 GiB; see [`BitmapAllocator::metadata_bytes`]).
 ///
+/// Serde (memvisor's snapshots): the bitmap as one byte string of run-length records, the
+/// counters and reserved ranges; the group counts and summaries are rebuilt and the result
+/// checked on load, so a hostile encoding is an error, never an inconsistent allocator.
+///
 /// Not thread-safe by itself (`&mut self` everywhere); the VMM wraps it in its own lock.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+/// Serialized by `bitmap_serde` (run-length-coded bitmap, derived parts rebuilt on load).
+#[derive(Clone, Debug)]
 pub struct BitmapAllocator {
     pub(super) base: u64,
     pub(super) frames: u64,

@@ -38,6 +38,7 @@
 pub mod addr;
 mod bitmap;
 mod bitmap_extra;
+mod bitmap_serde;
 mod freemap;
 mod preset;
 mod search;

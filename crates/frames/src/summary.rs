@@ -6,7 +6,7 @@
 
 /// See the module docs. All levels live in one vector (`offs[k]..offs[k + 1]` is level `k`)
 /// so the common case — level 0 only — is a single indexed read-modify-write.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug)]
 pub(crate) struct SummaryBits {
     bits: Vec<u64>,
     /// Start of each level in `bits`, plus the end (`offs[depth]`).

@@ -2,12 +2,12 @@
 //! ever written) and opaque state sections, read lazily (a page at a time, for the uffd
 //! handler: [`SnapshotSource`]), with incremental layers on top of a base.
 //!
-//! # Format, version 1 (all integers little-endian)
+//! # Format, version 2 (all integers little-endian)
 //!
 //! ```text
 //! header (64 bytes)
 //!   0  magic         8 bytes  "MVSNAP\0\x01"
-//!   8  version       u32      1
+//!   8  version       u32      2
 //!  12  flags         u32      bit 0: incremental (layered on the snapshot `base_id`)
 //!  16  mem_bytes     u64      guest RAM the snapshot was taken with
 //!  24  kernel_len    u64      length of the guest kernel ELF
@@ -47,8 +47,10 @@ use thiserror::Error;
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"MVSNAP\0\x01";
-/// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this build writes and reads. Version 2 (STATE version 2) stores the
+/// zone bitmaps run-length coded (`memvisor_frames`' `BitmapAllocator` encoding); version 1
+/// files are refused with [`SnapshotError::Version`].
+pub const VERSION: u32 = 2;
 const HEADER: usize = 64;
 const SECTION_HEADER: usize = 24;
 const KIND_STATE: u32 = 1;

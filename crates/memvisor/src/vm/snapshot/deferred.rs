@@ -11,9 +11,17 @@
 //! the bytes to the HVA, a read fills them from it, which userfaultfd serves) and the guest
 //! continues; every later access hits the memslot. Anything that walks the memslot list
 //! (dirty log, snapshot, extra memslots) waits for the thread first ([`Deferred::settle`]).
+//!
+//! A page-table walk or an instruction fetch cannot be completed that way, so frames the
+//! VMM hands out after the restore must not lie in a chunk without a memslot: after every
+//! host edit (hypercall, #PF assist) [`Deferred::after_host_edit`] waits for the thread if
+//! the edit took frames from the zones or the page-table pool (a new table, a newly mapped
+//! frame); the frames in use at the snapshot are in the eager chunks (they were written).
 
 use crate::memory::{register_plan, GuestRam, MemoryError, Memslot, SlotPlan};
+use crate::space::AddressSpace;
 use kvm_ioctls::VmFd;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,6 +43,12 @@ pub(crate) struct Deferred {
     failed: Option<(u32, u64, u64, i32)>,
     /// Guest accesses completed by the VMM (MMIO exits into a deferred chunk).
     pub(crate) accesses: u64,
+    /// Times a host edit that handed out frames waited for the deferred slots
+    /// ([`Self::after_host_edit`]).
+    pub(crate) frame_waits: u64,
+    /// The zones' allocation count and the table frames in use at the restore
+    /// ([`Self::after_host_edit`]).
+    baseline: (u64, u64),
 }
 
 impl std::fmt::Debug for Deferred {
@@ -44,6 +58,7 @@ impl std::fmt::Debug for Deferred {
             .field("started", &self.job.is_none())
             .field("failed", &self.failed)
             .field("accesses", &self.accesses)
+            .field("frame_waits", &self.frame_waits)
             .finish()
     }
 }
@@ -75,7 +90,34 @@ impl Deferred {
             thread: None,
             failed: None,
             accesses: 0,
+            frame_waits: 0,
+            baseline: (0, 0),
         }
+    }
+
+    /// Remember the restored address space's frame counts, for [`Self::after_host_edit`].
+    pub(crate) fn watch(&mut self, space: &AddressSpace) {
+        self.baseline = (space.zones().total_allocations(), space.pool().in_use());
+    }
+
+    /// After a host edit of `space`: while slots are still deferred, wait for them if the
+    /// edit handed out a frame (the zones' monotonic allocation count or the pool's table
+    /// frames changed; a free count would miss an edit that frees and allocates alike, such
+    /// as a `MAP_FIXED` mmap over a mapping), which may lie in a deferred chunk and be walked
+    /// or fetched from by the guest next.
+    ///
+    /// # Errors
+    /// As [`Self::settle`].
+    pub(crate) fn after_host_edit(&mut self, space: &AddressSpace) -> Result<(), MemoryError> {
+        if self.job.is_none() && self.thread.is_none() {
+            return Ok(());
+        }
+        if (space.zones().total_allocations(), space.pool().in_use()) != self.baseline {
+            log::debug!("restore: a host edit handed out frames; waiting for deferred memslots");
+            self.frame_waits += 1;
+            return self.settle();
+        }
+        Ok(())
     }
 
     /// Start registering the deferred slots on their thread (once; with no thread
@@ -183,6 +225,39 @@ impl Deferred {
     }
 }
 
+/// Most eager memslots a lazy restore registers before the first `KVM_RUN`: each costs
+/// KVM a fixed ~15-20 µs here (measured, PVM host) besides its size, so a snapshot whose
+/// pages are scattered over more chunks gets larger chunks instead.
+pub(crate) const MAX_EAGER_SLOTS: usize = 16;
+
+/// Lazy restore's memslot plan for `ram`: `(eager, deferred)` slots with their HVAs
+/// ([`split_plan`]); eager are the `chunk`-sized chunks holding a GPA of `held` (the
+/// layers' pages). The chunk doubles until there are at most [`MAX_EAGER_SLOTS`] eager
+/// slots and all slots fit KVM's `limit` (with room for the flush slot); with no room at
+/// all every slot is eager.
+pub(crate) fn lazy_plan(
+    ram: &GuestRam,
+    held: &[u64],
+    chunk: u64,
+    limit: usize,
+) -> (SlotPlan, SlotPlan) {
+    let mut chunk = chunk.clamp(2 << 20, 1 << 40).next_power_of_two();
+    if limit < 4 {
+        return (ram.slot_plan(), Vec::new());
+    }
+    loop {
+        let chunks: BTreeSet<u64> = held.iter().map(|g| g & !(chunk - 1)).collect();
+        let (eager, late) = split_plan(ram, chunk, &|g| chunks.contains(&g));
+        if eager.len() + late.len() + 2 <= limit && eager.len() <= MAX_EAGER_SLOTS {
+            return (eager, late);
+        }
+        if chunk >= 1 << 40 {
+            return (ram.slot_plan(), Vec::new());
+        }
+        chunk *= 2;
+    }
+}
+
 /// The memslots of a lazy restore: each RAM region of `ram` cut at `chunk`-aligned GPAs
 /// (`chunk` a power of two, at least 4 KiB) into chunks; `eager(gpa)` (the chunk's first
 /// GPA) says which chunks KVM must have before the first `KVM_RUN`; consecutive chunks of
@@ -269,6 +344,32 @@ mod tests {
         assert_eq!(late[0].1, base + chunk);
         // All eager: one slot per region, as slot_plan.
         let (e, l) = split_plan(&ram, chunk, &|_| true);
+        assert_eq!((e.len(), l.len()), (2, 0));
+    }
+    #[test]
+    fn lazy_plan_bounds_eager_slots() {
+        let ram = GuestRam::new(MMIO_HOLE_START + (1 << 30)).expect("ram");
+        let mib = 1u64 << 20;
+        // The demo's pages: two 2 MiB-chunk runs low and one page above 4 GiB.
+        let held = [0, 3 * mib, 16 * mib + 4096, MMIO_HOLE_END + 8192];
+        let (e, l) = lazy_plan(&ram, &held, 2 * mib, 32_764);
+        let spans: Vec<_> = e.iter().map(|(m, _)| (m.gpa, m.size)).collect();
+        assert_eq!(
+            spans,
+            [(0, 4 * mib), (16 * mib, 2 * mib), (MMIO_HOLE_END, 2 * mib)]
+        );
+        assert_eq!(l.len(), 3);
+        // Pages in 90 chunks 32 MiB apart: the chunk doubles to 16 or fewer eager slots.
+        let held: Vec<u64> = (0..90).map(|i| i * 32 * mib).collect();
+        let (e, l) = lazy_plan(&ram, &held, 2 * mib, 32_764);
+        assert!(e.len() <= MAX_EAGER_SLOTS, "{} eager slots", e.len());
+        let size: u64 = e.iter().chain(&l).map(|(m, _)| m.size).sum();
+        assert_eq!(size, ram.bytes);
+        for g in &held {
+            assert!(e.iter().any(|(m, _)| *g >= m.gpa && *g < m.gpa + m.size));
+        }
+        // No room in KVM for a split: RAM as one slot per region, all eager.
+        let (e, l) = lazy_plan(&ram, &held, 2 * mib, 3);
         assert_eq!((e.len(), l.len()), (2, 0));
     }
 }

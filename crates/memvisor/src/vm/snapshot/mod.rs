@@ -32,7 +32,9 @@
 //! KERNEL_GS_BASE, TSC_AUX, PAT, TSC, MISC_ENABLE), vCPU events, debug registers, MP state,
 //! the CPUID table), the RAM memslots, the memory manager ([`crate::space::SpaceState`]:
 //! zones and their bitmaps, the page-table pool, the page-table bookkeeping, the regions and
-//! the mmap window's FreeMap, the fault log and counters) and the report's counters
+//! the mmap window's FreeMap, the fault log and counters; each zone's bitmap is one CBOR byte
+//! string of run-length records, its summaries rebuilt and checked on load: see
+//! `memvisor_frames::BitmapAllocator`'s serde) and the report's counters
 //! (hypercalls, exits, console so far). kvm-bindings encodes its structures as their bytes
 //! (x86_64 layout of `<linux/kvm.h>`). No in-kernel LAPIC / IOAPIC exists in this VMM (no
 //! `KVM_CREATE_IRQCHIP`), so there is none to save.
@@ -47,12 +49,12 @@ mod restore;
 
 pub(crate) use deferred::Deferred;
 
-use super::Vm;
+use super::{RunState, Vm};
 use crate::backend::{FlushSlot, HostInfo};
 use crate::frames::ZonePreset;
 use crate::hypercall::{CallStats, Hypercalls};
 use crate::memory::{GuestRam, Memslot, Memslots};
-use crate::report::{ExitLatency, Stage2Fault};
+use crate::report::Stage2Fault;
 use crate::snapshot::{
     self, Identity, RestoreStats, Snapshot, SnapshotError, SnapshotSource, SourceCounters,
 };
@@ -72,7 +74,7 @@ use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 /// Version of the STATE section's encoding (inside format version [`snapshot::VERSION`]).
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// MSRs saved with the vCPU (those KVM does not support are skipped): IA32_TSC, SYSENTER_CS /
 /// ESP / EIP, MISC_ENABLE, PAT, STAR, LSTAR, CSTAR, SFMASK, FS_BASE, GS_BASE,
@@ -296,9 +298,11 @@ pub struct RestoreOptions {
     /// (default on). Off, a corrupt page is found when the guest first touches it: it is
     /// served zero and counted (`corrupt_pages`).
     pub verify_pages: bool,
-    /// Lazy restore's chunk (bytes, a power of two; default 256 MiB): RAM is cut into
-    /// chunks of this size and only the memslots of the chunks holding a page of the files
-    /// are registered before the first `KVM_RUN`; the rest follow on a thread (`deferred`).
+    /// Lazy restore's chunk (bytes, a power of two, at least 2 MiB; default 2 MiB, the
+    /// page-table pool's and a large page's unit): RAM is cut into chunks of this size and
+    /// only the memslots of the chunks holding a page of the files are registered before
+    /// the first `KVM_RUN` (consecutive chunks merged; the chunk doubles while that would
+    /// take more than 16 slots); the rest follow on a thread (`deferred`).
     pub eager_chunk: u64,
     /// A test hook: the thread registering the deferred memslots sleeps this long first,
     /// so the guest meets RAM without a memslot (default zero).
@@ -313,7 +317,7 @@ impl Default for RestoreOptions {
             echo_console: crate::hypercall::ConsoleEcho::Off,
             hooks: |_| crate::scenario::default_hooks(),
             verify_pages: true,
-            eager_chunk: 256 << 20,
+            eager_chunk: 2 << 20,
             defer_delay: Duration::ZERO,
         }
     }
