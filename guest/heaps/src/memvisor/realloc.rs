@@ -67,9 +67,9 @@ impl<S: PageSource> MemvisorHeap<S> {
             _ => None,
         };
         let q = if let Some(g) = roomy {
-            // A growing MeMS or mid-size block: room for one more growth by the same factor
-            // if it grows by small steps (see `grown_size`); the exact size if that much is
-            // not available.
+            // A growing MeMS block: room for one more growth by the same factor if it grows
+            // by small steps (see `grown_size`); the exact size if that much is not
+            // available.
             let roomy = Layout::from_size_align(g, layout.align()).ok();
             match roomy.and_then(|l| self.alloc(l)) {
                 Some(q) => q,
@@ -86,12 +86,12 @@ impl<S: PageSource> MemvisorHeap<S> {
     }
 
     /// `realloc` of a block in slot `i` of slab `s` (of class `hc`, checked live by
-    /// `slab_slot`) to class `b` (`new` bytes at alignment `align`; `old` before). In place if a block of class
-    /// `b` may sit in that slot ([`borrowable`]: the slot is of `b`'s class or of one of the
-    /// next [`BORROW`](super::BORROW) classes at most 1.25 × its size, so a later free of
-    /// the new layout accepts it): a growth into a borrowed slot's room, a shrink by a
-    /// class or three. Else a slot of class `b`, a copy, and the old slot freed without a
-    /// second lookup.
+    /// `slab_slot`) to class `b` (`new` bytes at alignment `align`; `old` before). In place
+    /// if a block of class `b` may sit in that slot ([`borrowable`]: the slot is of `b`'s
+    /// class or of one of the next [`BORROW`](super::BORROW) classes at most 1.25 × its
+    /// size, so a later free of the new layout accepts it): a growth into a borrowed slot's
+    /// room, a shrink by a class or three. Else a slot of class `b`, a copy, and the old slot
+    /// freed without a second lookup.
     #[inline]
     fn slab_realloc(
         &mut self,
@@ -117,9 +117,10 @@ impl<S: PageSource> MemvisorHeap<S> {
         Some(q)
     }
 
-    /// A mid-size block resized without moving ([`Mid::resize_in_place`](super::Mid::resize_in_place):
-    /// a shrink always; [`Mid::grow_in_place`](super::Mid::grow_in_place): a growth within
-    /// the block's room, or into a free block behind it). `Ok(false)`: move it (the block is
+    /// A mid-size block resized without moving
+    /// ([`Mid::resize_in_place`](super::Mid::resize_in_place): a shrink always;
+    /// [`Mid::grow_in_place`](super::Mid::grow_in_place): a growth within the block's room,
+    /// or into a free block behind it). `Ok(false)`: move it (the block is
     /// live and holds `old` bytes).
     ///
     /// # Errors
@@ -210,14 +211,15 @@ fn smaller(ptr: NonNull<u8>) -> HeapError {
     }
 }
 
-/// The size a MeMS or mid-size block that grows from `old` to `new` bytes (`old < new`) is
-/// moved to (if that size routes to the same heap as `new`):
+/// The size a MeMS block that grows from `old` to `new` bytes (`old < new`) is moved to (if
+/// that size still routes to MeMS):
 /// room for one more growth by the same factor (`new × new / old`, rounded up) when the step
 /// is at most a quarter of `new`, else `new`. A buffer that is appended to grows by such
 /// factors (perl's strings and arrays by 1.2, CPython's lists by 1.125); with the room its
-/// next growth stays in place (`large_realloc_in_place`, `mid_realloc_in_place`): no copy,
-/// and no moment at which the old and the new copy are both mapped, which is what sets the
-/// heap's peak when a MeMS buffer is its biggest block. The room costs at most a third of the block
+/// next growth stays in place (`large_realloc_in_place`): no copy, and no moment at which
+/// the old and the new copy are both mapped, which is what sets the heap's peak when the
+/// buffer is its biggest block. (Mid-size moves get no room: it cost perl and redis-server
+/// pages, BENCHMARKS.md "Sixth session", 13g.) The room costs at most a third of the block
 /// while it stops growing; a block that jumps (a step above a quarter) gets none.
 pub(super) fn grown_size(old: usize, new: usize) -> usize {
     let step = new - old;
