@@ -2,8 +2,11 @@
 //! and the e820 map the guest receives.
 //!
 //! Regions are anonymous `MAP_NORESERVE | MAP_PRIVATE` mappings (vm-memory's default), so a
-//! 64 GiB guest costs nothing until pages are touched. KVM API doc §4.35
-//! (`KVM_SET_USER_MEMORY_REGION`).
+//! 64 GiB guest costs nothing until pages are touched; or, with [`RamBacking::Shm`], shared
+//! mappings of one memfd ([`shm`]). KVM API doc §4.35 (`KVM_SET_USER_MEMORY_REGION`).
+
+pub mod shm;
+pub use shm::{RamBacking, ShmBacking, ShmError};
 
 use crate::addr::Gpa;
 use crate::layout::{MAX_MEM_SIZE, MMIO_HOLE_END, MMIO_HOLE_START};
@@ -94,6 +97,9 @@ pub enum MemoryError {
         /// Size in bytes.
         size: u64,
     },
+    /// The shared-memory backing could not be set up ([`RamBacking::Shm`]).
+    #[error(transparent)]
+    Shm(#[from] ShmError),
     /// KVM refused a memslot.
     #[error(
         "KVM_SET_USER_MEMORY_REGION slot {slot} (gpa {gpa:#x}, {size} bytes) failed: {source}"
@@ -184,6 +190,9 @@ pub struct GuestRam {
     /// The userfaultfd handler serving RAM's first touches, when RAM is uffd-backed
     /// ([`crate::uffd`], `GuestRam::attach_uffd`).
     pub uffd: Option<crate::uffd::UffdHandler>,
+    /// The memfd and its alias mapping with [`RamBacking::Shm`] (last: unmapped after the
+    /// regions and the handler are gone).
+    pub shm: Option<ShmBacking>,
 }
 
 /// RAM ranges `(first GPA, bytes)` for `bytes` of guest RAM: below the MMIO hole, then from
@@ -224,12 +233,20 @@ pub fn e820_for(ram: &[(Gpa, u64)]) -> Vec<E820Entry> {
 }
 
 impl GuestRam {
-    /// Reserve `bytes` of guest RAM (lazily backed).
+    /// Reserve `bytes` of guest RAM (lazily backed, private anonymous memory).
     ///
     /// # Errors
     /// [`MemoryError::Zero`], [`MemoryError::Unaligned`], [`MemoryError::TooLarge`] or
     /// [`MemoryError::Mmap`].
     pub fn new(bytes: u64) -> Result<Self, MemoryError> {
+        Self::new_with(bytes, RamBacking::Anonymous)
+    }
+
+    /// Reserve `bytes` of guest RAM backed as `backing` says (lazily in both cases).
+    ///
+    /// # Errors
+    /// As [`GuestRam::new`], and [`MemoryError::Shm`] when the memfd cannot be made.
+    pub fn new_with(bytes: u64, backing: RamBacking) -> Result<Self, MemoryError> {
         if bytes == 0 {
             return Err(MemoryError::Zero);
         }
@@ -247,13 +264,35 @@ impl GuestRam {
             .iter()
             .map(|&(a, s)| (GuestAddress(a.raw()), s as usize))
             .collect();
-        let mem =
-            GuestMem::from_ranges(&ranges).map_err(|source| MemoryError::Mmap { bytes, source })?;
+        let shm = match backing {
+            RamBacking::Anonymous => None,
+            RamBacking::Shm => Some(ShmBacking::create(bytes)?),
+        };
+        let mem = match &shm {
+            None => GuestMem::from_ranges(&ranges),
+            Some(shm) => {
+                // The RAM ranges one after another in the file, in GPA order.
+                let mut files = Vec::with_capacity(ranges.len());
+                let mut offset = 0u64;
+                for &(gpa, size) in &ranges {
+                    let file = shm.file().try_clone().map_err(|source| ShmError::Sys {
+                        what: "dup",
+                        bytes,
+                        source,
+                    })?;
+                    files.push((gpa, size, Some(vm_memory::FileOffset::new(file, offset))));
+                    offset += size as u64;
+                }
+                GuestMem::from_ranges_with_files(&files)
+            }
+        }
+        .map_err(|source| MemoryError::Mmap { bytes, source })?;
         // Transparent huge pages for guest RAM, as QEMU does: the host faults guest RAM in
         // 2 MiB at a time instead of 4 KiB, so most first touches of a frame (demand
         // paging, fresh frames) find the host page already there. Advice only: with THP
-        // off or unavailable the kernel ignores it and nothing else changes.
-        for region in mem.iter() {
+        // off or unavailable the kernel ignores it and nothing else changes. (Anonymous RAM
+        // only: shared memory keeps 4 KiB pages, so a minor fault maps one page.)
+        for region in mem.iter().filter(|_| shm.is_none()) {
             // SAFETY: the range is exactly one mapping vm-memory created and owns; madvise
             // only changes how the kernel backs it (no data change, no unmapping).
             let rc = unsafe {
@@ -276,7 +315,30 @@ impl GuestRam {
             ram,
             bytes,
             uffd: None,
+            shm,
         })
+    }
+
+    /// How RAM is backed.
+    pub fn backing(&self) -> RamBacking {
+        match self.shm {
+            Some(_) => RamBacking::Shm,
+            None => RamBacking::Anonymous,
+        }
+    }
+
+    /// With [`RamBacking::Shm`], the memfd offset of guest-physical `gpa` (the RAM ranges lie
+    /// one after another in the file); `None` outside RAM or for anonymous RAM.
+    pub fn shm_offset(&self, gpa: u64) -> Option<u64> {
+        self.shm.as_ref()?;
+        let mut offset = 0u64;
+        for &(a, s) in &self.ram {
+            if gpa >= a.raw() && gpa - a.raw() < s {
+                return Some(offset + (gpa - a.raw()));
+            }
+            offset += s;
+        }
+        None
     }
 
     /// The memslots [`GuestRam::register`] creates (slot numbers from 0, flags 0), each with

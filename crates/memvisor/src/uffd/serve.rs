@@ -4,10 +4,10 @@
 
 use super::PageSource;
 use super::{
-    ioctl, Shared, UffdMsg, UffdioCopy, UffdioRange, UffdioZeropage, FAULT_AROUND_MAX_PAGES, PAGE,
-    UFFDIO_COPY, UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_WAKE, UFFDIO_ZEROPAGE,
-    UFFDIO_ZEROPAGE_MODE_DONTWAKE, UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMOVE,
-    UFFD_PAGEFAULT_FLAG_WRITE,
+    ioctl, Shared, UffdMsg, UffdioContinue, UffdioCopy, UffdioRange, UffdioZeropage,
+    FAULT_AROUND_MAX_PAGES, PAGE, UFFDIO_CONTINUE, UFFDIO_CONTINUE_MODE_DONTWAKE, UFFDIO_COPY,
+    UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_WAKE, UFFDIO_ZEROPAGE, UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+    UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMOVE, UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_WRITE,
 };
 use std::collections::HashSet;
 use std::io;
@@ -69,6 +69,32 @@ pub(super) fn serve(
         for m in &msgs[..count] {
             let t0 = Instant::now();
             match m.event {
+                UFFD_EVENT_PAGEFAULT if m.arg[0] & UFFD_PAGEFAULT_FLAG_MINOR != 0 => {
+                    // The page is in the shared memory's page cache: map it (no copy).
+                    let page = m.arg[1] & !(PAGE - 1);
+                    let outcome = continue_page(fd, page);
+                    let ns = t0.elapsed().as_nanos() as u64;
+                    let mut s = match shared.stats.lock() {
+                        Ok(s) => s,
+                        Err(p) => p.into_inner(),
+                    };
+                    s.faults += 1;
+                    s.minor_faults += 1;
+                    s.write_faults += (m.arg[0] & UFFD_PAGEFAULT_FLAG_WRITE != 0) as u64;
+                    match outcome {
+                        Served::Done => {
+                            s.continues += 1;
+                            s.record(ns);
+                        }
+                        Served::Raced => s.raced += 1,
+                        Served::Failed => s.errors += 1,
+                    }
+                    drop(s);
+                    if shared.track.load(Ordering::Relaxed) {
+                        touched(shared).push(page);
+                    }
+                    wake_page(fd, page);
+                }
                 UFFD_EVENT_PAGEFAULT => {
                     let page = m.arg[1] & !(PAGE - 1);
                     let write = m.arg[0] & UFFD_PAGEFAULT_FLAG_WRITE != 0;
@@ -135,6 +161,7 @@ pub(super) fn serve(
                         Err(p) => p.into_inner(),
                     };
                     s.faults += 1;
+                    s.missing_faults += 1;
                     if data {
                         s.read_ahead += ahead;
                     } else {
@@ -402,6 +429,29 @@ fn zeropage(fd: &OwnedFd, page: u64) -> Served {
             zeropage: 0,
         };
         match ioctl(fd, UFFDIO_ZEROPAGE, &mut z) {
+            Ok(()) => return Served::Done,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Served::Raced,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(_) => break,
+        }
+    }
+    Served::Failed
+}
+
+/// `UFFDIO_CONTINUE` of one page (map its page-cache page; the faulting thread is woken by the
+/// caller). `EEXIST`: already mapped (raced); `EFAULT`: the page left the page cache meanwhile
+/// (a hole punched): failed, the woken thread faults again as a missing fault.
+fn continue_page(fd: &OwnedFd, page: u64) -> Served {
+    for _ in 0..16 {
+        let mut c = UffdioContinue {
+            range: UffdioRange {
+                start: page,
+                len: PAGE,
+            },
+            mode: UFFDIO_CONTINUE_MODE_DONTWAKE,
+            mapped: 0,
+        };
+        match ioctl(fd, UFFDIO_CONTINUE, &mut c) {
             Ok(()) => return Served::Done,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Served::Raced,
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
