@@ -515,4 +515,6 @@ pub use stats::{UffdMode, UffdStats, HIST_BUCKETS};
 mod serve;
 pub use ram::{parse_gpa_range, RamOptions};
 #[cfg(test)]
+mod shm_tests;
+#[cfg(test)]
 mod tests;
