@@ -46,6 +46,11 @@ pub(super) fn serve(
         next: u64::MAX,
         window: PAGE,
     };
+    // Continue-ahead of minor faults, likewise from the faulting page alone.
+    let mut minor_ramp = Ramp {
+        next: u64::MAX,
+        window: PAGE,
+    };
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -70,9 +75,18 @@ pub(super) fn serve(
             let t0 = Instant::now();
             match m.event {
                 UFFD_EVENT_PAGEFAULT if m.arg[0] & UFFD_PAGEFAULT_FLAG_MINOR != 0 => {
-                    // The page is in the shared memory's page cache: map it (no copy).
+                    // The page is in the shared memory's page cache: map it (no copy), and
+                    // while minor faults come in order, the run after it (continue-ahead).
                     let page = m.arg[1] & !(PAGE - 1);
-                    let outcome = continue_page(fd, page);
+                    let end = ranges
+                        .iter()
+                        .find(|&&(s, l)| page >= s && page - s < l)
+                        .map_or(page + PAGE, |&(r0, rlen)| {
+                            minor_ramp.block(page, PAGE, r0, r0 + rlen).1
+                        });
+                    let (outcome, mapped) = continue_run(fd, page, end - page);
+                    minor_ramp.next = page + mapped.max(PAGE);
+                    let ahead = (mapped / PAGE).saturating_sub(1);
                     let ns = t0.elapsed().as_nanos() as u64;
                     let mut s = match shared.stats.lock() {
                         Ok(s) => s,
@@ -80,6 +94,7 @@ pub(super) fn serve(
                     };
                     s.faults += 1;
                     s.minor_faults += 1;
+                    s.continue_ahead += ahead;
                     s.write_faults += (m.arg[0] & UFFD_PAGEFAULT_FLAG_WRITE != 0) as u64;
                     match outcome {
                         Served::Done => {
@@ -91,9 +106,13 @@ pub(super) fn serve(
                     }
                     drop(s);
                     if shared.track.load(Ordering::Relaxed) {
-                        touched(shared).push(page);
+                        touched(shared).extend((0..=ahead).map(|i| page + i * PAGE));
                     }
-                    wake_page(fd, page);
+                    if ahead > 0 {
+                        wake_range(fd, page, mapped);
+                    } else {
+                        wake_page(fd, page);
+                    }
                 }
                 UFFD_EVENT_PAGEFAULT => {
                     let page = m.arg[1] & !(PAGE - 1);
@@ -438,25 +457,32 @@ fn zeropage(fd: &OwnedFd, page: u64) -> Served {
     Served::Failed
 }
 
-/// `UFFDIO_CONTINUE` of one page (map its page-cache page; the faulting thread is woken by the
-/// caller). `EEXIST`: already mapped (raced); `EFAULT`: the page left the page cache meanwhile
-/// (a hole punched): failed, the woken thread faults again as a missing fault.
-fn continue_page(fd: &OwnedFd, page: u64) -> Served {
-    for _ in 0..16 {
+/// `UFFDIO_CONTINUE` of `[page, page + len)` (map the page-cache pages; the faulting thread is
+/// woken by the caller): the outcome for the faulting page and the bytes mapped from `page` on.
+/// The kernel stops at the first page already mapped (`EEXIST`) or no longer in the page
+/// cache (`EFAULT`: e.g. a hole punched meanwhile; the woken thread then faults again,
+/// missing), with a partial count (`EAGAIN`) if pages before it were mapped.
+fn continue_run(fd: &OwnedFd, page: u64, len: u64) -> (Served, u64) {
+    let mut tries = 0;
+    loop {
         let mut c = UffdioContinue {
-            range: UffdioRange {
-                start: page,
-                len: PAGE,
-            },
+            range: UffdioRange { start: page, len },
             mode: UFFDIO_CONTINUE_MODE_DONTWAKE,
             mapped: 0,
         };
         match ioctl(fd, UFFDIO_CONTINUE, &mut c) {
-            Ok(()) => return Served::Done,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Served::Raced,
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-            Err(_) => break,
+            Ok(()) => return (Served::Done, len),
+            Err(e) => {
+                let done = (c.mapped.max(0) as u64).min(len) & !(PAGE - 1);
+                if done > 0 {
+                    return (Served::Done, done);
+                }
+                match e.raw_os_error() {
+                    Some(libc::EEXIST) => return (Served::Raced, 0),
+                    Some(libc::EAGAIN) if tries < 16 => tries += 1,
+                    _ => return (Served::Failed, 0),
+                }
+            }
         }
     }
-    Served::Failed
 }

@@ -34,6 +34,11 @@ pub struct UffdStats {
     pub minor_faults: u64,
     /// Minor faults resolved with `UFFDIO_CONTINUE` (the rest raced or failed).
     pub continues: u64,
+    /// Pages mapped with `UFFDIO_CONTINUE` ahead of a minor fault (continue-ahead: the run
+    /// starts at the faulting page alone and doubles, up to
+    /// [`FAULT_AROUND_MAX_PAGES`](super::FAULT_AROUND_MAX_PAGES), while minor faults come in
+    /// order; it stops at a page not in the page cache or already mapped), not in `continues`.
+    pub continue_ahead: u64,
     /// Of those, write faults (`UFFD_PAGEFAULT_FLAG_WRITE`).
     pub write_faults: u64,
     /// Pages filled with `UFFDIO_COPY` from the source.
@@ -83,7 +88,7 @@ impl UffdStats {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "-- userfaultfd: {} MiB registered ({}); {} faults ({} writes; {} missing, {} minor): {} from the source (+{} pages readahead), {} zero (+{} pages fault-around), {} continued, {} raced, {} errors; {} REMOVE events ({} pages)",
+            "-- userfaultfd: {} MiB registered ({}); {} faults ({} writes; {} missing, {} minor): {} from the source (+{} pages readahead), {} zero (+{} pages fault-around), {} continued (+{} pages ahead), {} raced, {} errors; {} REMOVE events ({} pages)",
             self.registered_bytes >> 20,
             match self.mode {
                 UffdMode::Missing => "MISSING",
@@ -98,6 +103,7 @@ impl UffdStats {
             self.zeropages,
             self.fault_around,
             self.continues,
+            self.continue_ahead,
             self.raced,
             self.errors,
             self.remove_events,
