@@ -66,7 +66,12 @@ fn page_filled_through_the_alias_is_a_minor_fault() {
     }
     let s = stats(&ram);
     assert_eq!(
-        (s.minor_faults, s.continues, s.continue_ahead, s.missing_faults),
+        (
+            s.minor_faults,
+            s.continues,
+            s.continue_ahead,
+            s.missing_faults
+        ),
         (4, 4, 1, 0)
     );
     // A page not in the page cache is a missing fault, served zero.
