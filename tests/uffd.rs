@@ -2,7 +2,9 @@
 //! with every first touch of a frame served by the VMM's uffd handler thread and must end
 //! exactly as a run on ordinary anonymous RAM (guest output, fault log, zones, page tables,
 //! exit code); the handler's counters must add up, munmap must discard freed frames through
-//! `UFFD_EVENT_REMOVE`, and `--json` must match `docs/report.schema.json`.
+//! `UFFD_EVENT_REMOVE`, and `--json` must match `docs/report.schema.json`. The same holds on
+//! shared-memory RAM (`--ram-backing shm`: MISSING | MINOR, minor faults after a prefill
+//! through the alias) and with only chosen GPA ranges registered (`--uffd-range`).
 
 mod common;
 
