@@ -172,6 +172,24 @@ fn same_as_plain_with(scenario: &str, ram: memvisor::uffd::RamOptions) -> Report
     r
 }
 
+/// userfaultfd with MINOR mode on shared memory (`UFFD_FEATURE_MINOR_SHMEM`, Linux 5.14);
+/// false (reported "skipped: unsupported by host") on a kernel without it.
+fn minor_or_skip(test: &str) -> bool {
+    if !uffd_or_skip(test) {
+        return false;
+    }
+    let mut ram = memvisor::memory::GuestRam::new_with(2 << 20, memvisor::memory::RamBacking::Shm)
+        .expect("shared-memory RAM");
+    match ram.attach_uffd(Box::new(memvisor::uffd::ZeroSource)) {
+        Ok(()) => true,
+        Err(memvisor::uffd::UffdError::Unsupported { what }) => {
+            eprintln!("skipped {test}: unsupported by host ({what})");
+            false
+        }
+        Err(e) => panic!("{test}: userfaultfd on shared memory: {e}"),
+    }
+}
+
 fn shm(prefill: Vec<(u64, u64)>) -> memvisor::uffd::RamOptions {
     memvisor::uffd::RamOptions {
         backing: memvisor::memory::RamBacking::Shm,
@@ -182,7 +200,7 @@ fn shm(prefill: Vec<(u64, u64)>) -> memvisor::uffd::RamOptions {
 
 #[test]
 fn shm_minor_mode_same_as_plain() {
-    if !uffd_or_skip("shm_minor_mode_same_as_plain") {
+    if !minor_or_skip("shm_minor_mode_same_as_plain") {
         return;
     }
     for scenario in ["demo", "seed-mems"] {
@@ -222,7 +240,7 @@ fn shm_minor_mode_same_as_plain() {
 
 #[test]
 fn chosen_uffd_ranges_same_as_plain() {
-    if !uffd_or_skip("chosen_uffd_ranges_same_as_plain") {
+    if !minor_or_skip("chosen_uffd_ranges_same_as_plain") {
         return;
     }
     let whole = same_as_plain_with("demo", Default::default());
@@ -258,7 +276,7 @@ fn chosen_uffd_ranges_same_as_plain() {
 
 #[test]
 fn cli_ram_backing_and_ranges() {
-    if !uffd_or_skip("cli_ram_backing_and_ranges") {
+    if !minor_or_skip("cli_ram_backing_and_ranges") {
         return;
     }
     let run = |args: &[&str]| {
