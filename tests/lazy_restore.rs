@@ -47,10 +47,30 @@ memvisor_guest_sdk::guest_main! {
 
 mod common;
 
+#[cfg(test)]
+use memvisor_abi::{MapFlags, Prot, Zone};
+
+/// Pages of each region: 8 MiB, several 2 MiB chunks with no page in a snapshot.
+#[cfg(test)]
+const PAGES: u64 = 2048;
+
+/// The guest with its regions A and B mapped (`POPULATE`: frames zeroed, never written) and
+/// passed as arguments; `None` where the test skips.
+#[cfg(test)]
+fn guest_with_regions() -> Option<memvisor::Vm> {
+    let mut vm = common::guest_vm("lazy_restore")?;
+    let mut region = || {
+        vm.mmap(PAGES << 12, Prot::USER_RW, Zone::ANY, MapFlags::POPULATE)
+            .expect("mmap")
+    };
+    let (a, b) = (region(), region());
+    vm.set_args([a, b, PAGES, 0]).expect("args");
+    Some(vm)
+}
+
 #[test]
 fn guest_touches_ram_before_its_memslot_is_registered() {
     use memvisor::vm::RestoreOptions;
-    use memvisor_abi::{MapFlags, Prot, Zone};
     use std::time::Duration;
     if !common::uffd_or_skip("lazy_restore") {
         return;
@@ -64,14 +84,9 @@ fn guest_touches_ram_before_its_memslot_is_registered() {
             vm.space().zones().total_free(),
         )
     };
-    const PAGES: u64 = 2048; // 8 MiB each: several 2 MiB chunks with no page in a snapshot
-    let mut vm = common::vm_or_skip!("lazy_restore");
-    let mut region = || {
-        vm.mmap(PAGES << 12, Prot::USER_RW, Zone::ANY, MapFlags::POPULATE)
-            .expect("mmap")
+    let Some(mut vm) = guest_with_regions() else {
+        return;
     };
-    let (a, b) = (region(), region());
-    vm.set_args([a, b, PAGES, 0]).expect("args");
     let dir = tempfile::tempdir().expect("tempdir");
     let snap = |n: &str| dir.path().join(n);
     assert_eq!(common::sync(&mut vm), [1]);
@@ -110,4 +125,46 @@ fn guest_touches_ram_before_its_memslot_is_registered() {
         common::done(&mut r);
         assert_eq!(outcome(&r), whole, "{n}");
     }
+}
+
+/// A `Vm::mmap` between runs of a lazily restored VM hands out frames that may lie in a
+/// deferred chunk: the vCPU loop waits for the deferred memslots before the next `KVM_RUN`
+/// (`restore_stats().frame_waits`), so the guest then meets no unregistered RAM.
+#[test]
+fn host_mmap_after_restore_waits_for_deferred_memslots() {
+    use memvisor::vm::RestoreOptions;
+    use std::time::Duration;
+    if !common::uffd_or_skip("lazy_restore") {
+        return;
+    }
+    let Some(mut vm) = guest_with_regions() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = dir.path().join("1.snap");
+    assert_eq!(common::sync(&mut vm), [1]);
+    vm.snapshot(&snap).expect("snapshot at sync 1");
+    drop(vm);
+    let opts = RestoreOptions {
+        eager_chunk: 2 << 20,
+        defer_delay: Duration::from_millis(300),
+        ..RestoreOptions::default()
+    };
+    let elf = common::guest_elf("lazy_restore");
+    let mut r = memvisor::Vm::restore(&snap, None, elf, opts).expect("restore");
+    let stats = |r: &memvisor::Vm| r.restore_stats().expect("restored");
+    assert_eq!(stats(&r).frame_waits, 0);
+    // Fresh frames (the zones' lowest free ones) handed out by the host between runs.
+    let c = r
+        .mmap(PAGES << 12, Prot::USER_RW, Zone::ANY, MapFlags::POPULATE)
+        .expect("mmap after restore");
+    assert_ne!(c, 0);
+    let sum_a: u64 = (0..PAGES).map(|i| i * 3 + 7).sum();
+    assert_eq!(common::sync(&mut r), [2, sum_a]);
+    let s = stats(&r);
+    assert_eq!(s.frame_waits, 1, "{s:?}");
+    // Every memslot was registered before the guest's first write to region A.
+    assert_eq!(s.deferred_accesses, 0, "{s:?}");
+    assert_eq!(common::sync(&mut r), [3, 0]);
+    common::done(&mut r);
 }

@@ -448,6 +448,17 @@ impl ZoneTable {
         self.zones.iter().map(Zone::free).sum()
     }
 
+    /// Successful frame allocations over all zones since the table was built (or since the
+    /// state it was restored from was built): a monotonic count, so unlike
+    /// [`Self::total_free`] it moves on every allocation even when frees balance it.
+    pub fn total_allocations(&self) -> u64 {
+        self.zones
+            .iter()
+            .filter_map(|z| z.alloc.as_ref())
+            .map(|a| a.stats().allocations)
+            .sum()
+    }
+
     /// Bytes of allocator metadata over all zones.
     pub fn metadata_bytes(&self) -> usize {
         std::mem::size_of::<Self>()

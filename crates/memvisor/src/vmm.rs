@@ -153,8 +153,8 @@ impl Vm {
     /// MMIO exit the host should see.
     pub(crate) fn run_loop(&mut self) -> Exit {
         let stepwise = self.stepwise;
-        if let Some(len) = self.pending_mmio_read.take() {
-            let v = self.mmio_read_value.to_le_bytes();
+        if let Some(len) = self.run_state.pending_mmio_read.take() {
+            let v = self.run_state.mmio_read_value.to_le_bytes();
             let n = len.min(8);
             // SAFETY: the last exit was KVM_EXIT_MMIO, so `mmio` is the active member of the
             // kvm_run exit union; KVM copies `data` into the guest's register at KVM_RUN.
@@ -163,25 +163,30 @@ impl Vm {
             };
         }
         loop {
-            if self.first_entry_us.is_none() {
-                self.first_entry_us = Some(self.t_start.elapsed().as_micros() as u64);
+            if self.run_state.first_entry_us.is_none() {
+                self.run_state.first_entry_us = Some(self.t_start.elapsed().as_micros() as u64);
             }
             if self.watchdog.timed_out() {
                 return Exit::Timeout;
             }
-            if let Some((reason, t)) = self.last_exit.take() {
-                self.latency.record(&reason, t.elapsed());
+            if let Some((reason, t)) = self.run_state.last_exit.take() {
+                self.run_state.latency.record(&reason, t.elapsed());
+            }
+            // Frames handed out since the restore by a host edit the run loop did not see
+            // (the `Vm` API's mmap between runs): wait for the deferred memslots first.
+            if let Err(e) = self.deferred.after_host_edit(&self.space) {
+                return Exit::Stopped(Outcome::KvmError(e.to_string()));
             }
             let exit = self.vcpu.run();
             let t_ret = Instant::now();
-            if self.first_exit_us.is_none() {
-                self.first_exit_us = Some(self.t_start.elapsed().as_micros() as u64);
-                log::debug!("first exit after {:?} us", self.first_exit_us);
+            if self.run_state.first_exit_us.is_none() {
+                self.run_state.first_exit_us = Some(self.t_start.elapsed().as_micros() as u64);
+                log::debug!("first exit after {:?} us", self.run_state.first_exit_us);
                 // A restore's deferred RAM memslots: registered from now, beside the guest.
                 self.deferred.start();
             }
-            let exits = &mut self.exits;
-            let last_exit = &mut self.last_exit;
+            let exits = &mut self.run_state.exits;
+            let last_exit = &mut self.run_state.last_exit;
             let mut bump = |name: &str| {
                 *exits.entry(name.to_string()).or_default() += 1;
                 *last_exit = Some((name.to_string(), t_ret));
@@ -206,8 +211,8 @@ impl Vm {
                             block = Some(gpa);
                         }
                         PORT_NULL => {
-                            if self.first_guest_us.is_none() {
-                                self.first_guest_us =
+                            if self.run_state.first_guest_us.is_none() {
+                                self.run_state.first_guest_us =
                                     Some(self.t_start.elapsed().as_micros() as u64);
                             }
                         }
@@ -359,8 +364,8 @@ impl Vm {
                 }
             }
             if let Some((gpa, size, write, value, lazy_backed)) = mmio {
-                self.stage2_total += 1;
-                if self.stage2.len() < STAGE2_LOG_MAX {
+                self.run_state.stage2_total += 1;
+                if self.run_state.stage2.len() < STAGE2_LOG_MAX {
                     // KVM has not yet completed a read (RIP is the instruction's); it has
                     // completed a write and advanced RIP past it (see `Stage2Fault::rip`).
                     let regs = self.vcpu.get_regs().ok();
@@ -375,7 +380,7 @@ impl Vm {
                         }
                         (_, None) => (None, None),
                     };
-                    self.stage2.push(Stage2Fault {
+                    self.run_state.stage2.push(Stage2Fault {
                         gpa,
                         size,
                         write,
@@ -388,7 +393,7 @@ impl Vm {
                 }
                 if stepwise && !lazy_backed {
                     if !write {
-                        self.pending_mmio_read = Some(size as usize);
+                        self.run_state.pending_mmio_read = Some(size as usize);
                     }
                     return Exit::Mmio {
                         gpa,
@@ -407,7 +412,7 @@ impl Vm {
         }
         after_host_edit(
             self.cfg.check_invariants,
-            &mut self.inv_checks,
+            &mut self.run_state.inv_checks,
             &mut self.flush_slot,
             &self.vm,
             &mut self.slots,

@@ -24,6 +24,10 @@ pub struct RestoreStats {
     /// Guest accesses to RAM whose memslot was still being registered (lazy restore's
     /// deferred chunks), completed by the VMM.
     pub deferred_accesses: u64,
+    /// Times the VMM waited for the deferred memslots because a host edit (a hypercall, a
+    /// #PF assist, the `Vm` API) handed out frames, which may lie in a deferred chunk where
+    /// the guest could not walk or fetch (0 or 1: the slots are all there afterwards).
+    pub frame_waits: u64,
 }
 
 /// Counters of a [`SnapshotSource`].

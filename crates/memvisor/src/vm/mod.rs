@@ -110,6 +110,38 @@ pub struct Vm {
     pub(crate) watchdog: watchdog::Watchdog,
     /// Stop at every ucall and MMIO exit ([`Vm::run`]) rather than run to the end.
     pub(crate) stepwise: bool,
+    /// What the vCPU loop counts, logs and times.
+    pub(crate) run_state: RunState,
+    pub(crate) host_backing: Vec<(u32, vm_memory::mmap::MmapRegion)>,
+    pub(crate) t_start: Instant,
+    pub(crate) setup_us: u64,
+    pub(crate) memslot_us: u64,
+    /// The last [`Vm::run`] returned `Ucall(Sync)`: a snapshot may be taken.
+    pub(crate) at_sync: bool,
+    /// Snapshot bookkeeping (`snapshot/`).
+    pub(crate) snap: snapshot::Track,
+}
+
+/// Turn on `KVM_CAP_SYNC_REGS` for `vcpu` where KVM has it for both the GPRs and the sregs
+/// (KVM API doc, capability `KVM_CAP_SYNC_REGS` and section 5, `kvm_run`'s `kvm_valid_regs` /
+/// `kvm_dirty_regs`): KVM then copies them into `kvm_run` on
+/// every exit, so the #PF assist exit reads RSP and CR2 without a `KVM_GET_REGS` /
+/// `KVM_GET_SREGS` ioctl (each costs ~7 µs on PVM) and sets RIP through `kvm_dirty_regs`.
+/// Returns whether it is on.
+pub(crate) fn enable_sync_regs(kvm: &kvm_ioctls::Kvm, vcpu: &mut VcpuFd) -> bool {
+    use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
+    let both = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+    let on = kvm.check_extension_int(kvm_ioctls::Cap::SyncRegs) as u32 & both == both;
+    if on {
+        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
+    }
+    on
+}
+
+/// What the vCPU loop counts, logs and times in a [`Vm`]: empty for a booted VM, and for a
+/// restored one until the snapshot's bookkeeping is put back (`snapshot/restore.rs`).
+pub(crate) struct RunState {
     pub(crate) exits: BTreeMap<String, u64>,
     pub(crate) stage2: Vec<Stage2Fault>,
     pub(crate) stage2_total: u64,
@@ -121,19 +153,31 @@ pub struct Vm {
     pub(crate) mmio_read_value: u64,
     /// How the run ended, once it has.
     pub(crate) finished: Option<Exit>,
-    pub(crate) host_backing: Vec<(u32, vm_memory::mmap::MmapRegion)>,
-    pub(crate) t_start: Instant,
-    pub(crate) setup_us: u64,
-    pub(crate) memslot_us: u64,
     pub(crate) first_entry_us: Option<u64>,
     /// Time from `t_start` to the first return of `KVM_RUN` (the guest has run).
     pub(crate) first_exit_us: Option<u64>,
     pub(crate) first_guest_us: Option<u64>,
     pub(crate) run_time: Duration,
-    /// The last [`Vm::run`] returned `Ucall(Sync)`: a snapshot may be taken.
-    pub(crate) at_sync: bool,
-    /// Snapshot bookkeeping (`snapshot/`).
-    pub(crate) snap: snapshot::Track,
+}
+
+impl Default for RunState {
+    fn default() -> Self {
+        RunState {
+            exits: BTreeMap::new(),
+            stage2: Vec::new(),
+            stage2_total: 0,
+            inv_checks: 0,
+            latency: ExitLatency::default(),
+            last_exit: None,
+            pending_mmio_read: None,
+            mmio_read_value: u64::MAX,
+            finished: None,
+            first_entry_us: None,
+            first_exit_us: None,
+            first_guest_us: None,
+            run_time: Duration::ZERO,
+        }
+    }
 }
 
 impl Vm {
@@ -256,17 +300,7 @@ impl Vm {
             None
         };
         log::debug!("setup: memslots registered after {:?}", t_start.elapsed());
-        use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
-        // KVM_CAP_SYNC_REGS: KVM copies the GPRs and sregs into kvm_run on every exit, so the
-        // #PF assist exit reads RSP and CR2 without a KVM_GET_REGS / KVM_GET_SREGS ioctl
-        // (each costs ~7 µs on PVM) and sets RIP through kvm_dirty_regs.
-        let sync_mask = kvm.check_extension_int(kvm_ioctls::Cap::SyncRegs) as u32;
-        let sync_regs = sync_mask & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
-            == (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
-        if sync_regs {
-            vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
-            vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
-        }
+        let sync_regs = enable_sync_regs(&kvm, &mut vcpu);
         // TSC frequency: CPUID 0x15 if it has it, else KVM_GET_TSC_KHZ, else calibrate.
         let tsc_khz = if features.tsc_khz != 0 {
             features.tsc_khz
@@ -308,23 +342,11 @@ impl Vm {
             tsc_khz,
             watchdog,
             stepwise: false,
-            exits: BTreeMap::new(),
-            stage2: Vec::new(),
-            stage2_total: 0,
-            inv_checks: 0,
-            latency: ExitLatency::default(),
-            last_exit: None,
-            pending_mmio_read: None,
-            mmio_read_value: u64::MAX,
-            finished: None,
+            run_state: RunState::default(),
             host_backing: Vec::new(),
             setup_us: t_start.elapsed().as_micros() as u64,
             t_start,
             memslot_us,
-            first_entry_us: None,
-            first_exit_us: None,
-            first_guest_us: None,
-            run_time: Duration::ZERO,
             at_sync: false,
             snap: snapshot::Track::default(),
         })
@@ -336,17 +358,17 @@ impl Vm {
     /// # Errors
     /// None today (KVM failures are [`Exit::Stopped`]); the `Result` leaves room for them.
     pub fn run(&mut self) -> Result<Exit, VmmError> {
-        if let Some(done) = &self.finished {
+        if let Some(done) = &self.run_state.finished {
             return Ok(done.clone());
         }
         self.watchdog.arm(self.cfg.timeout);
         let t0 = Instant::now();
         let exit = self.run_loop();
-        self.run_time += t0.elapsed();
+        self.run_state.run_time += t0.elapsed();
         self.watchdog.disarm();
         self.at_sync = matches!(exit, Exit::Ucall(Ucall::Sync(_)));
         if !exit.resumable() {
-            self.finished = Some(exit.clone());
+            self.run_state.finished = Some(exit.clone());
         }
         Ok(exit)
     }
@@ -358,7 +380,7 @@ impl Vm {
     /// # Errors
     /// [`VmOpError::Range`] once the guest has started.
     pub fn set_args(&mut self, arg: [u64; 4]) -> Result<(), VmOpError> {
-        if self.first_entry_us.is_some() {
+        if self.run_state.first_entry_us.is_some() {
             return Err(VmOpError::Range {
                 start: 0,
                 len: 0,
@@ -393,7 +415,7 @@ impl Vm {
     /// The value the guest's pending (or next) MMIO read returns, little-endian, truncated to
     /// the access size (default all-ones, like an unclaimed bus).
     pub fn set_mmio_read(&mut self, value: u64) {
-        self.mmio_read_value = value;
+        self.run_state.mmio_read_value = value;
     }
 
     /// The host's fault log: faults served by demand paging (`kind` "lazy") and those the
@@ -404,7 +426,7 @@ impl Vm {
 
     /// Exits so far by reason (`io_out`, `mmio`, `doorbell`, `pf_assist`, ...).
     pub fn exit_counts(&self) -> &BTreeMap<String, u64> {
-        &self.exits
+        &self.run_state.exits
     }
 
     /// The guest's console output so far.
@@ -444,7 +466,7 @@ impl Vm {
     /// The full report (memslots, zones, page tables, fault log, stage-2 exits, exit counts,
     /// hypercalls, invariants at the end): consumes the VM.
     pub fn report(mut self) -> Report {
-        let outcome = match self.finished.as_ref().and_then(Exit::outcome) {
+        let outcome = match self.run_state.finished.as_ref().and_then(Exit::outcome) {
             Some(o) => o,
             None => Outcome::UnexpectedExit("the host stopped before the guest ended".into()),
         };
@@ -461,9 +483,12 @@ impl Vm {
             memslots: std::mem::take(&mut self.memslots),
             cpu: self.features,
             hypercalls: hc,
-            exits: std::mem::take(&mut self.exits),
-            exit_latency: std::mem::take(&mut self.latency),
-            stage2: (std::mem::take(&mut self.stage2), self.stage2_total),
+            exits: std::mem::take(&mut self.run_state.exits),
+            exit_latency: std::mem::take(&mut self.run_state.latency),
+            stage2: (
+                std::mem::take(&mut self.run_state.stage2),
+                self.run_state.stage2_total,
+            ),
             stage2_report: self.s2ctl.take().map(|s| s.report),
             shadow_flushes: self.flush_slot.count,
             outcome,
@@ -471,9 +496,9 @@ impl Vm {
             timings: Timings {
                 setup_us: self.setup_us,
                 memslot_us: self.memslot_us,
-                first_entry_us: self.first_entry_us.unwrap_or(self.setup_us),
-                first_guest_instruction_us: self.first_guest_us,
-                run_us: self.run_time.as_micros() as u64,
+                first_entry_us: self.run_state.first_entry_us.unwrap_or(self.setup_us),
+                first_guest_instruction_us: self.run_state.first_guest_us,
+                run_us: self.run_state.run_time.as_micros() as u64,
                 total_us: self.t_start.elapsed().as_micros() as u64,
             },
             tsc_khz: self.tsc_khz,
@@ -485,7 +510,7 @@ impl Vm {
             &mut report,
             &mut self.space,
             self.cfg.check_invariants,
-            self.inv_checks,
+            self.run_state.inv_checks,
         );
         report
     }

@@ -79,7 +79,10 @@ impl Vm {
                 what: "this scenario's host-side state",
             });
         }
-        if !self.at_sync || self.finished.is_some() || self.pending_mmio_read.is_some() {
+        if !self.at_sync
+            || self.run_state.finished.is_some()
+            || self.run_state.pending_mmio_read.is_some()
+        {
             return Err(SnapError::NotAtSync);
         }
         Ok(())
@@ -277,8 +280,9 @@ impl Vm {
             blocks: hc.blocks,
             console: hc.console.clone(),
             records: hc.records.clone(),
-            exits: self.exits.clone(),
+            exits: self.run_state.exits.clone(),
             stage2: self
+                .run_state
                 .stage2
                 .iter()
                 .map(|f| Stage2State {
@@ -292,10 +296,10 @@ impl Vm {
                     lazy_backed: f.lazy_backed,
                 })
                 .collect(),
-            stage2_total: self.stage2_total,
+            stage2_total: self.run_state.stage2_total,
             flushes: self.flush_slot.count,
-            inv_checks: self.inv_checks,
-            first_guest_us: self.first_guest_us,
+            inv_checks: self.run_state.inv_checks,
+            first_guest_us: self.run_state.first_guest_us,
         }
     }
 }

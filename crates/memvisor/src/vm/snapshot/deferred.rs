@@ -43,7 +43,10 @@ pub(crate) struct Deferred {
     failed: Option<(u32, u64, u64, i32)>,
     /// Guest accesses completed by the VMM (MMIO exits into a deferred chunk).
     pub(crate) accesses: u64,
-    /// Free frames of the zones and table frames in use at the restore
+    /// Times a host edit that handed out frames waited for the deferred slots
+    /// ([`Self::after_host_edit`]).
+    pub(crate) frame_waits: u64,
+    /// The zones' allocation count and the table frames in use at the restore
     /// ([`Self::after_host_edit`]).
     baseline: (u64, u64),
 }
@@ -55,6 +58,7 @@ impl std::fmt::Debug for Deferred {
             .field("started", &self.job.is_none())
             .field("failed", &self.failed)
             .field("accesses", &self.accesses)
+            .field("frame_waits", &self.frame_waits)
             .finish()
     }
 }
@@ -86,18 +90,21 @@ impl Deferred {
             thread: None,
             failed: None,
             accesses: 0,
+            frame_waits: 0,
             baseline: (0, 0),
         }
     }
 
     /// Remember the restored address space's frame counts, for [`Self::after_host_edit`].
     pub(crate) fn watch(&mut self, space: &AddressSpace) {
-        self.baseline = (space.zones().total_free(), space.pool().in_use());
+        self.baseline = (space.zones().total_allocations(), space.pool().in_use());
     }
 
     /// After a host edit of `space`: while slots are still deferred, wait for them if the
-    /// edit handed out a frame (zones' free count or the pool's table frames changed), which
-    /// may lie in a deferred chunk and be walked or fetched from by the guest next.
+    /// edit handed out a frame (the zones' monotonic allocation count or the pool's table
+    /// frames changed; a free count would miss an edit that frees and allocates alike, such
+    /// as a `MAP_FIXED` mmap over a mapping), which may lie in a deferred chunk and be walked
+    /// or fetched from by the guest next.
     ///
     /// # Errors
     /// As [`Self::settle`].
@@ -105,8 +112,9 @@ impl Deferred {
         if self.job.is_none() && self.thread.is_none() {
             return Ok(());
         }
-        if (space.zones().total_free(), space.pool().in_use()) != self.baseline {
+        if (space.zones().total_allocations(), space.pool().in_use()) != self.baseline {
             log::debug!("restore: a host edit handed out frames; waiting for deferred memslots");
+            self.frame_waits += 1;
             return self.settle();
         }
         Ok(())

@@ -49,12 +49,12 @@ mod restore;
 
 pub(crate) use deferred::Deferred;
 
-use super::Vm;
+use super::{RunState, Vm};
 use crate::backend::{FlushSlot, HostInfo};
 use crate::frames::ZonePreset;
 use crate::hypercall::{CallStats, Hypercalls};
 use crate::memory::{GuestRam, Memslot, Memslots};
-use crate::report::{ExitLatency, Stage2Fault};
+use crate::report::Stage2Fault;
 use crate::snapshot::{
     self, Identity, RestoreStats, Snapshot, SnapshotError, SnapshotSource, SourceCounters,
 };

@@ -166,7 +166,7 @@ impl Vm {
     /// of `KVM_RUN`: the guest has executed (an upper bound of "to the first guest
     /// instruction"); `None` before the first run.
     pub fn first_exit_us(&self) -> Option<u64> {
-        self.first_exit_us
+        self.run_state.first_exit_us
     }
 
     /// What this VM read from its snapshot files so far (a restored VM), else `None`.
@@ -180,6 +180,7 @@ impl Vm {
             layers: self.snap.layers,
             restore_us: self.setup_us,
             deferred_accesses: self.deferred.accesses,
+            frame_waits: self.deferred.frame_waits,
         })
     }
 }
@@ -251,7 +252,7 @@ fn make_vcpu(kvm_fd: &Kvm, vm: &VmFd, cpu: &CpuState) -> Result<(VcpuFd, bool), 
     let cpuid = cpuid_of(cpu)?;
     let mut vcpu = vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
-    let sync_regs = enable_sync_regs(kvm_fd, &mut vcpu);
+    let sync_regs = super::super::enable_sync_regs(kvm_fd, &mut vcpu);
     load_cpu(&vcpu, cpu)?;
     Ok((vcpu, sync_regs))
 }
@@ -397,8 +398,8 @@ impl Prepared {
         let mut vm = build(cfg, space, hc, hooks, &cpu, early, t_start)?;
         vm.deferred.watch(&vm.space);
         vm.stepwise = config.stepwise;
-        vm.exits = book.exits;
-        vm.stage2 = book
+        vm.run_state.exits = book.exits;
+        vm.run_state.stage2 = book
             .stage2
             .into_iter()
             .map(|f| Stage2Fault {
@@ -414,9 +415,9 @@ impl Prepared {
                 lazy_backed: f.lazy_backed,
             })
             .collect();
-        vm.stage2_total = book.stage2_total;
+        vm.run_state.stage2_total = book.stage2_total;
         vm.flush_slot.count += book.flushes;
-        vm.inv_checks = book.inv_checks;
+        vm.run_state.inv_checks = book.inv_checks;
         vm.at_sync = true;
         vm.snap = Track {
             last_id: Some(newest_id),
@@ -483,38 +484,14 @@ fn build(
         tsc_khz: cpu.tsc_khz,
         watchdog,
         stepwise: false,
-        exits: BTreeMap::new(),
-        stage2: Vec::new(),
-        stage2_total: 0,
-        inv_checks: 0,
-        latency: ExitLatency::default(),
-        last_exit: None,
-        pending_mmio_read: None,
-        mmio_read_value: u64::MAX,
-        finished: None,
+        run_state: RunState::default(),
         host_backing: Vec::new(),
         t_start,
         setup_us: 0,
         memslot_us,
-        first_entry_us: None,
-        first_exit_us: None,
-        first_guest_us: None,
-        run_time: Duration::ZERO,
         at_sync: true,
         snap: Track::default(),
     })
-}
-
-fn enable_sync_regs(kvm_fd: &Kvm, vcpu: &mut VcpuFd) -> bool {
-    use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
-    let mask = kvm_fd.check_extension_int(kvm_ioctls::Cap::SyncRegs) as u32;
-    let ok =
-        mask & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) == (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
-    if ok {
-        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
-        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
-    }
-    ok
 }
 
 /// Load the saved vCPU state (Firecracker's order: MSRs after CPUID, then registers, special
