@@ -359,3 +359,58 @@ fn cli_ram_backing_and_ranges() {
         assert!(err.contains(what), "{args:?}: {err}");
     }
 }
+
+/// Run `vm` (stepwise) through its resumable exits up to sync point `n` or the end.
+fn run_until_sync(vm: &mut memvisor::vm::Vm, n: u64) {
+    use memvisor::vm::{Exit, Ucall};
+    loop {
+        match vm.run().expect("run") {
+            Exit::Ucall(Ucall::Sync(k)) if k.first() == Some(&n) => return,
+            e if e.resumable() => {}
+            e => panic!("ended before sync {n}: {e:?}"),
+        }
+    }
+}
+
+fn run_to_end(mut vm: memvisor::vm::Vm) -> Report {
+    while vm.run().expect("run").resumable() {}
+    vm.report()
+}
+
+#[test]
+fn snapshot_of_a_shm_guest_restores_on_anonymous_ram() {
+    if !minor_or_skip("snapshot_of_a_shm_guest_restores_on_anonymous_ram") {
+        return;
+    }
+    let mut cfg = common::config("demo", 256 << 20);
+    cfg.uffd = true;
+    cfg.ram = shm(vec![(16 << 20, 16 << 20)]);
+    let hooks = memvisor_cli::registry::hooks_for;
+    let mut vm = memvisor::vm::Vm::create(&cfg, hooks("demo"), None).expect("VM");
+    vm.set_stepwise(true);
+    run_until_sync(&mut vm, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shm.snap");
+    let info = vm.snapshot(&path).expect("snapshot of a shm guest");
+    assert!(info.pages > 0);
+    let whole = run_to_end(vm);
+    let opts = memvisor::vm::RestoreOptions {
+        hooks,
+        ..Default::default()
+    };
+    let restored =
+        memvisor::vm::Vm::restore(&path, None, memvisor::guest_image::GUEST_ELF.to_vec(), opts)
+            .expect("restore");
+    let r = run_to_end(restored);
+    assert_eq!(whole.guest_exit_code, Some(0), "{}", whole.console);
+    assert_eq!(r.guest_exit_code, Some(0), "{}", r.console);
+    let j = serde_json::to_value(&r).expect("JSON");
+    let w = serde_json::to_value(&whole).expect("JSON");
+    assert_eq!(j["zones"], w["zones"]);
+    assert_eq!(j["outcome"], w["outcome"]);
+    // The restored VM's RAM is anonymous (MISSING mode), served from the file.
+    let s = r.uffd.as_ref().expect("uffd");
+    assert_eq!(s.mode, memvisor::uffd::UffdMode::Missing);
+    assert_eq!(untimed(&r.console), untimed(&whole.console));
+    assert_eq!(j["faults"], w["faults"]);
+}
