@@ -155,7 +155,7 @@ pub enum UffdError {
     },
     /// A guest-physical range given for userfaultfd (`--uffd-range`) is malformed, empty, not
     /// 4 KiB aligned, outside RAM (or across the MMIO hole) or overlaps another.
-    #[error("uffd range {text}: {why}")]
+    #[error("GPA range {text}: {why}")]
     BadGpaRange {
         /// The range as given (`START..END`, or hex start and length).
         text: String,

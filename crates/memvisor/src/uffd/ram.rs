@@ -161,7 +161,7 @@ impl GuestRam {
             .as_ref()
             .ok_or_else(|| bad("prefill needs shared-memory RAM (--ram-backing shm)"))?;
         if len == 0 || !self.contains(gpa, len) {
-            return Err(bad("empty or not inside one RAM range"));
+            return Err(bad("prefill range empty or not inside one RAM range"));
         }
         let offset = self
             .shm_offset(gpa)
