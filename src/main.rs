@@ -163,6 +163,10 @@ struct RunArgs {
     /// (START..END as --uffd-range; repeatable).
     #[arg(long, value_name = "START..END")]
     uffd_prefill: Vec<String>,
+    /// With --ram-backing shm and --uffd: a background prefault cursor fills the registered
+    /// memory's page cache in 2 MiB steps while the guest runs (commits that host memory).
+    #[arg(long)]
+    uffd_prefault: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -480,6 +484,7 @@ fn run(a: RunArgs) -> ExitCode {
             RamBackingArg::Anon => memvisor::memory::RamBacking::Anonymous,
             RamBackingArg::Shm => memvisor::memory::RamBacking::Shm,
         },
+        prefault_cursor: a.uffd_prefault,
         ..Default::default()
     };
     for (flag, texts, out) in [
@@ -495,6 +500,9 @@ fn run(a: RunArgs) -> ExitCode {
     }
     if !ram.prefill.is_empty() && ram.backing != memvisor::memory::RamBacking::Shm {
         return fail("--uffd-prefill needs --ram-backing shm");
+    }
+    if a.uffd_prefault && ram.backing != memvisor::memory::RamBacking::Shm {
+        return fail("--uffd-prefault needs --ram-backing shm");
     }
     let cfg = VmConfig {
         mem_bytes,
@@ -514,7 +522,7 @@ fn run(a: RunArgs) -> ExitCode {
             ConsoleEcho::Stdout
         },
         check_invariants: hooks.check_invariants(),
-        uffd: a.uffd || !ram.uffd_ranges.is_empty(),
+        uffd: a.uffd || a.uffd_prefault || !ram.uffd_ranges.is_empty(),
         ram,
         ..VmConfig::default()
     };

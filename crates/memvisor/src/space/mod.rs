@@ -292,6 +292,9 @@ impl AddressSpace {
         for &(gpa, len) in &ram_opts.prefill {
             ram.shm_prefill(gpa, len)?;
         }
+        if ram_opts.prefault_cursor {
+            ram.start_prefault_cursor()?;
+        }
         let mut zones = ZoneTable::new(&ram.ram, preset)?;
         log::debug!("build: RAM + zones after {:?}", t0.elapsed());
         let min = KERNEL_PHYS_BASE + (4 << 20);

@@ -162,6 +162,12 @@ pub enum UffdError {
         /// What is wrong.
         why: &'static str,
     },
+    /// The prefault cursor needs shared-memory RAM registered with userfaultfd.
+    #[error("prefault cursor: {why}")]
+    NoCursor {
+        /// What is missing.
+        why: &'static str,
+    },
     /// Shared-memory RAM could not be prefilled or discarded.
     #[error(transparent)]
     Shm(#[from] crate::memory::ShmError),
@@ -259,6 +265,8 @@ pub struct UffdHandler {
     wake: OwnedFd,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The prefault cursor's thread ([`crate::memory::GuestRam::start_prefault_cursor`]).
+    cursor: Option<JoinHandle<()>>,
     ranges: Vec<(u64, u64)>,
 }
 
@@ -425,6 +433,7 @@ impl UffdHandler {
             wake,
             shared,
             thread: Some(thread),
+            cursor: None,
             ranges: ranges.to_vec(),
         })
     }
@@ -461,6 +470,9 @@ impl Drop for UffdHandler {
         let one = 1u64;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd.
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if let Some(t) = self.cursor.take() {
+            let _ = t.join();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -513,7 +525,7 @@ mod ram;
 mod stats;
 pub use stats::{UffdMode, UffdStats, HIST_BUCKETS};
 mod serve;
-pub use ram::{parse_gpa_range, RamOptions};
+pub use ram::{parse_gpa_range, RamOptions, CURSOR_STEP};
 #[cfg(test)]
 mod shm_tests;
 #[cfg(test)]

@@ -19,7 +19,13 @@ pub struct RamOptions {
     /// pages) through the alias mapping before the guest runs: with userfaultfd their first
     /// touch is a minor fault ([`GuestRam::shm_prefill`]; shared memory only).
     pub prefill: Vec<(u64, u64)>,
+    /// Start the prefault cursor after registration ([`GuestRam::start_prefault_cursor`];
+    /// shared memory with userfaultfd only).
+    pub prefault_cursor: bool,
 }
+
+/// Step of the prefault cursor, bytes.
+pub const CURSOR_STEP: u64 = 2 << 20;
 
 /// Parse a GPA range `START..END` (end exclusive; each a decimal or `0x` hex number of
 /// bytes) into `(first GPA, bytes)`.
@@ -51,6 +57,40 @@ pub fn parse_gpa_range(text: &str) -> Result<(u64, u64), UffdError> {
         return Err(bad("not 4 KiB aligned"));
     }
     Ok((start, end - start))
+}
+
+/// The prefault cursor's thread: `fallocate` each file range `(offset, bytes)` in
+/// [`CURSOR_STEP`] steps until done or the handler stops.
+fn cursor(file: &std::fs::File, chunks: &[(u64, u64)], shared: &super::Shared) {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+    for &(off, len) in chunks {
+        let end = off + len;
+        let mut o = off;
+        while o < end {
+            if shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let n = CURSOR_STEP.min(end - o);
+            // SAFETY: plain system call on our own descriptor of the memfd; the range lies
+            // inside the file (a registered range of guest RAM).
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, o as i64, n as i64) };
+            if rc != 0 {
+                log::warn!(
+                    "prefault cursor stopped at file offset {o:#x}: {}",
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+            let mut s = match shared.stats.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            s.prefaulted_bytes += n;
+            drop(s);
+            o += n;
+        }
+    }
 }
 
 fn show(start: u64, len: u64) -> String {
@@ -168,6 +208,64 @@ impl GuestRam {
             .ok_or_else(|| bad("not inside guest RAM"))?;
         shm.populate(offset, len)?;
         Ok(())
+    }
+
+    /// Start the **prefault cursor**, as Cloud Hypervisor's on-demand restore has: a VMM
+    /// thread that walks the registered ranges in ascending order, [`CURSOR_STEP`] at a
+    /// time, and puts their pages into the memfd's page cache (`fallocate`; pages already
+    /// there keep their contents), so the guest's later first touches are minor faults
+    /// (`UFFDIO_CONTINUE`, no allocation on the vCPU's path) while the memory is allocated in
+    /// the background. It commits host memory for every registered byte; it stops when done,
+    /// on an error (logged) or when the handler is dropped. Progress:
+    /// [`super::UffdStats::prefaulted_bytes`].
+    ///
+    /// # Errors
+    /// [`UffdError::NoCursor`] without shared memory or userfaultfd, or when a cursor runs
+    /// already; [`UffdError::Thread`].
+    pub fn start_prefault_cursor(&mut self) -> Result<(), UffdError> {
+        let no = |why| UffdError::NoCursor { why };
+        let shm = self
+            .shm
+            .as_ref()
+            .ok_or_else(|| no("needs shared-memory RAM (--ram-backing shm)"))?;
+        let h = self
+            .uffd
+            .as_ref()
+            .ok_or_else(|| no("needs userfaultfd (--uffd)"))?;
+        if h.cursor.is_some() {
+            return Err(no("already running"));
+        }
+        // File ranges of the registered host ranges.
+        let mut chunks = Vec::with_capacity(h.ranges.len());
+        for &(hva, len) in &h.ranges {
+            let off = self
+                .gpa_of(hva)
+                .and_then(|gpa| self.shm_offset(gpa))
+                .ok_or_else(|| no("a registered range is not guest RAM"))?;
+            chunks.push((off, len));
+        }
+        let file = shm
+            .file()
+            .try_clone()
+            .map_err(|source| UffdError::Thread { source })?;
+        let shared = h.shared.clone();
+        let t = std::thread::Builder::new()
+            .name("uffd-prefault".into())
+            .spawn(move || cursor(&file, &chunks, &shared))
+            .map_err(|source| UffdError::Thread { source })?;
+        if let Some(h) = self.uffd.as_mut() {
+            h.cursor = Some(t);
+        }
+        Ok(())
+    }
+
+    /// Guest-physical address of host address `hva` in RAM.
+    fn gpa_of(&self, hva: u64) -> Option<u64> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        self.mem.iter().find_map(|r| {
+            let p = r.as_ptr() as u64;
+            (hva >= p && hva - p < r.len()).then(|| r.start_addr().0 + (hva - p))
+        })
     }
 
     /// With uffd-backed RAM, discard the host pages of the freed frames `[gpa, gpa + len)`

@@ -199,3 +199,47 @@ fn gpa_range_syntax() {
     assert!(parse_gpa_range("0x1001..0x3000").is_err());
     assert!(parse_gpa_range("0x1000..0xffffffffffffffffff").is_err());
 }
+
+#[test]
+fn prefault_cursor_fills_the_page_cache_then_touches_are_minor() {
+    let Some(mut ram) = shm_ram() else { return };
+    let mut anon = GuestRam::new(16 << 20).expect("RAM");
+    assert!(matches!(
+        anon.start_prefault_cursor(),
+        Err(UffdError::NoCursor { .. })
+    ));
+    // A page the VMM wrote before the cursor keeps its data.
+    ram.mem
+        .write_obj(0x5555_u64, GuestAddress(0x200_000))
+        .expect("write");
+    ram.start_prefault_cursor().expect("cursor");
+    assert!(matches!(
+        ram.start_prefault_cursor(),
+        Err(UffdError::NoCursor { .. })
+    ));
+    let t0 = std::time::Instant::now();
+    while stats(&ram).prefaulted_bytes < 16 << 20 {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "cursor stalled: {:?}",
+            stats(&ram)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(stats(&ram).prefaulted_bytes, 16 << 20);
+    let before = stats(&ram);
+    for i in 0..64u64 {
+        assert_eq!(read(&ram, 0x800_000 + i * PAGE), 0);
+    }
+    assert_eq!(read(&ram, 0x200_000), 0x5555);
+    let s = stats(&ram);
+    assert_eq!(
+        s.missing_faults, before.missing_faults,
+        "all pages were in the page cache"
+    );
+    assert!(s.minor_faults > before.minor_faults);
+    // 65 pages read (continue-ahead may map more past them).
+    assert!(s.continues + s.continue_ahead - before.continues - before.continue_ahead >= 65);
+    assert_eq!(s.errors, 0);
+    drop(anon);
+}

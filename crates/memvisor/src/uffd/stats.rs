@@ -39,6 +39,9 @@ pub struct UffdStats {
     /// [`FAULT_AROUND_MAX_PAGES`](super::FAULT_AROUND_MAX_PAGES), while minor faults come in
     /// order; it stops at a page not in the page cache or already mapped), not in `continues`.
     pub continue_ahead: u64,
+    /// Bytes of the registered shared memory the prefault cursor has put into the page cache
+    /// so far (0 without `--uffd-prefault`).
+    pub prefaulted_bytes: u64,
     /// Of those, write faults (`UFFD_PAGEFAULT_FLAG_WRITE`).
     pub write_faults: u64,
     /// Pages filled with `UFFDIO_COPY` from the source.
@@ -88,7 +91,7 @@ impl UffdStats {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "-- userfaultfd: {} MiB registered ({}); {} faults ({} writes; {} missing, {} minor): {} from the source (+{} pages readahead), {} zero (+{} pages fault-around), {} continued (+{} pages ahead), {} raced, {} errors; {} REMOVE events ({} pages)",
+            "-- userfaultfd: {} MiB registered ({}); {} faults ({} writes; {} missing, {} minor): {} from the source (+{} pages readahead), {} zero (+{} pages fault-around), {} continued (+{} pages ahead), {} raced, {} errors; {} REMOVE events ({} pages); {} MiB prefaulted",
             self.registered_bytes >> 20,
             match self.mode {
                 UffdMode::Missing => "MISSING",
@@ -107,7 +110,8 @@ impl UffdStats {
             self.raced,
             self.errors,
             self.remove_events,
-            self.removed_pages
+            self.removed_pages,
+            self.prefaulted_bytes >> 20
         );
         let _ = writeln!(
             o,
