@@ -88,6 +88,21 @@ const fn tables() -> ([u16; NCLASS], [u16; NCLASS]) {
 const TABLES: ([u16; NCLASS], [u16; NCLASS]) = tables();
 /// Header bytes of a slab of each class.
 pub const HDR: [u16; NCLASS] = TABLES.0;
+/// `⌊2^32 / size⌋ + 1` of each class: a slot index is `(offset × RECIP) >> 32` (a multiply
+/// instead of a ~25-cycle `div` on every free), exact for every offset within a page.
+const RECIP: [u64; NCLASS] = {
+    let mut r = [0u64; NCLASS];
+    let mut c = 0;
+    while c < NCLASS {
+        let d = CLASSES[c] as u64;
+        r[c] = (1u64 << 32) / d + 1;
+        // offset = q·d + r' (< 4096): (offset × RECIP) >> 32 = q + ⌊(q·e + r'·(2^32 + e)/d) / 2^32⌋
+        // with e = RECIP·d − 2^32 ≤ d, and the floor is 0 when e·(4096 + d) < 2^32.
+        assert!((r[c] * d - (1u64 << 32)) * (PAGE_SIZE as u64 + d) < 1u64 << 32);
+        c += 1;
+    }
+    r
+};
 /// Slots of a slab of each class.
 pub const NSLOTS: [u16; NCLASS] = TABLES.1;
 
@@ -131,6 +146,32 @@ impl Class {
         fid: None,
         slabs: 0,
     };
+}
+
+/// The index of the live slot at `addr` of the live slab `s` of class `c` (header magic and
+/// class checked by the caller).
+///
+/// # Errors
+/// [`HeapError::InvalidPointer`] if `addr` is not the start of a slot of `s`,
+/// [`HeapError::DoubleFree`] if that slot is free.
+#[inline(always)]
+fn slot_index(addr: usize, c: usize, s: usize) -> Result<usize, HeapError> {
+    let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
+    let (size, first) = (CLASSES[c], s + HDR[c] as usize);
+    if addr < first {
+        return bad("not a slot of a slab of this size class");
+    }
+    let off = addr - first;
+    // `addr` lies in the slab's page, so `off` < 4096 and the reciprocal is exact.
+    let i = ((off as u64 * RECIP[c]) >> 32) as usize;
+    if i * size != off || i >= NSLOTS[c] as usize {
+        return bad("not the start of a slot");
+    }
+    // SAFETY: `s` is a live slab of class `c`, so its bitmap words are mapped.
+    if unsafe { *word(s, i / 64) } & (1u64 << (i % 64)) != 0 {
+        return Err(HeapError::DoubleFree { addr });
+    }
+    Ok(i)
 }
 
 impl<S: PageSource> MemvisorHeap<S> {
@@ -319,23 +360,20 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// checked): slot boundary, double free, partial list, an emptied slab back to its family.
     #[inline(always)]
     fn slab_release(&mut self, addr: usize, c: usize, s: usize) -> Result<(), HeapError> {
-        let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
-        // SAFETY: `s` is a live slab of class `c` (checked by the caller).
+        let i = slot_index(addr, c, s)?;
+        self.release_slot(c, s, i);
+        Ok(())
+    }
+
+    /// Free slot `i` of the live slab `s` of class `c`, a slot [`slot_index`] found live:
+    /// bitmap, used count, partial list, an emptied slab back to its family.
+    #[inline(always)]
+    pub(super) fn release_slot(&mut self, c: usize, s: usize, i: usize) {
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        // SAFETY: `s` is a live slab of class `c` and `i` a live slot of it (the caller's
+        // `slot_index`).
         unsafe {
             let h = hdr(s);
-            let (size, first) = (CLASSES[c], s + HDR[c] as usize);
-            if addr < first {
-                return bad("not a slot of a slab of this size class");
-            }
-            let off = addr - first;
-            let i = off / size;
-            if !off.is_multiple_of(size) || i >= NSLOTS[c] as usize {
-                return bad("not the start of a slot");
-            }
-            let (w, b) = (i / 64, 1u64 << (i % 64));
-            if *word(s, w) & b != 0 {
-                return Err(HeapError::DoubleFree { addr });
-            }
             *word(s, w) |= b;
             let was_full = (*h).used == NSLOTS[c];
             (*h).used -= 1;
@@ -354,7 +392,36 @@ impl<S: PageSource> MemvisorHeap<S> {
                 }
             }
         }
-        Ok(())
+    }
+
+    /// The live slot of a block of class `c` (the caller's layout) at `ptr`, checked as a
+    /// free checks it and changing nothing: `Ok(Some((slab, slot class, slot index)))`, or
+    /// `Ok(None)` for a block the mid-size path serves ([`Mid::alloc_small`](super::Mid)).
+    ///
+    /// # Errors
+    /// [`HeapError::InvalidPointer`] or [`HeapError::DoubleFree`], as [`Self::dealloc`]
+    /// would refuse `ptr`.
+    #[inline(always)]
+    pub(super) fn slab_slot(
+        &self,
+        ptr: NonNull<u8>,
+        c: usize,
+    ) -> Result<Option<(usize, usize, usize)>, HeapError> {
+        let addr = ptr.as_ptr().expose_provenance();
+        let bad = |reason| HeapError::InvalidPointer { addr, reason };
+        let s = (addr & !(PAGE_SIZE - 1)) + SLAB_OFF;
+        if s != self.classes[c].partial && !self.slabs.contains(ptr.as_ptr()) {
+            if self.mid.contains(addr) {
+                return Ok(None);
+            }
+            return Err(bad("not in a slab page"));
+        }
+        // SAFETY: as in `slab_free`: the page belongs to the slab heap.
+        let (magic, hc) = unsafe { ((*hdr(s)).magic, (*hdr(s)).class as usize) };
+        if magic != SLAB_MAGIC || !borrowable(c, hc) {
+            return Err(bad("not a slot of a slab of this size class"));
+        }
+        Ok(Some((s, hc, slot_index(addr, hc, s)?)))
     }
 
     /// Push slab `s` at the head of class `c`'s partial list.

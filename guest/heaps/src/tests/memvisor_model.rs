@@ -87,6 +87,16 @@ fn solo_pages(size: usize, align: usize) -> Option<usize> {
         .then(|| (rounded + align.saturating_sub(PAGE_SIZE)).div_ceil(PAGE_SIZE))
 }
 
+/// The size a realloc moves a growing MeMS block to (the model's statement of the policy of
+/// `memvisor/realloc.rs`): room for one more growth by the same factor when the step is at
+/// most a quarter of the new size.
+fn grown(old: usize, new: usize) -> usize {
+    if new <= old || new - old > new / 4 {
+        return new;
+    }
+    (new as u128 * new as u128).div_ceil(old as u128) as usize
+}
+
 fn check_no_overlap(live: &BTreeMap<usize, Live>, addr: usize, len: usize) {
     if let Some((&a, l)) = live.range(..addr).next_back() {
         assert!(a + l.layout.size() <= addr, "overlaps the block before");
@@ -189,11 +199,18 @@ fn run(ops: Vec<Op>) {
                     "realloc lost the contents"
                 );
                 fill(q.as_ptr(), nl.size(), l.id);
-                // A block keeps its solo node when resized in place.
+                // A block keeps its solo node when resized in place; a MeMS block moved by a
+                // growth by small steps gets room for one more (`grown`).
                 let solo = if qa == addr {
                     l.solo
                 } else {
-                    solo_pages(size, nl.align())
+                    let old = l.layout.size().max(1);
+                    let target = if route(size.max(1), nl.align()) == Route::Large {
+                        grown(old, size.max(1))
+                    } else {
+                        size
+                    };
+                    solo_pages(target, nl.align())
                 };
                 if qa != addr {
                     freed.push((addr, l.layout));
@@ -530,4 +547,126 @@ fn small_blocks_fill_mid_size_holes_at_the_peak() {
     }
     assert_eq!((h.stats().live, h.stats().bad_frees), ([0, 0], 3));
     assert_eq!(h.mid().audit().unwrap().live, 0);
+}
+
+/// A buffer grown by small steps (×1.2, as perl's strings and arrays) past the solo threshold
+/// moves only every other growth at most: the move leaves room for the next step, which then
+/// stays in place (no copy, and the old and the new copy are never both mapped for it); its
+/// contents survive, and freeing it gives every page of its node back.
+#[test]
+fn buffer_grown_by_small_steps_grows_in_place() {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    let mut size = 70_000;
+    let mut buf = h.alloc(lay(size, 8)).unwrap();
+    let (mut moves, mut steps) = (0, 0);
+    while size < 2_000_000 {
+        let new = size + size / 5;
+        // SAFETY: `buf` holds `size` bytes.
+        unsafe { buf.as_ptr().add(size - 1).write(steps as u8) };
+        let q = h.realloc(buf, lay(size, 8), new).unwrap();
+        // SAFETY: `q` holds `new > size` bytes, the first `size` kept.
+        assert_eq!(unsafe { q.as_ptr().add(size - 1).read() }, steps as u8);
+        moves += usize::from(q != buf);
+        steps += 1;
+        (buf, size) = (q, new);
+    }
+    assert!(moves * 2 <= steps + 1, "{moves} moves in {steps} growths");
+    let before = h.mems().data_pages();
+    h.dealloc(buf, lay(size, 8));
+    assert!(h.mems().data_pages() < before);
+    assert_eq!(h.stats().live, [0, 0]);
+    assert_eq!(h.stats().bad_frees, 0);
+}
+
+/// Slab-class reallocs: a shrink by a class or three stays in its slot (a later free of the
+/// new layout accepts the slot), a growth past the slot moves and frees the old slot, a
+/// growth that still fits a borrowed slot stays; a realloc of a freed or foreign pointer is
+/// refused (`None`, counted in `bad_frees`) without touching the heap.
+#[test]
+fn slab_realloc_in_place_and_refusals() {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    // 200 → 176 B: classes 200 and 176 (200 ≤ 1.25 × 176, 3 classes apart): in place.
+    let p = h.alloc(lay(200, 8)).unwrap();
+    // SAFETY: `p` holds 200 bytes.
+    unsafe { p.as_ptr().write_bytes(0xa5, 200) };
+    assert_eq!(h.realloc(p, lay(200, 8), 176), Some(p));
+    // 176 → 200 again: the slot (class 200) holds it.
+    assert_eq!(h.realloc(p, lay(176, 8), 200), Some(p));
+    // 200 → 120: too far below the slot's class: moves, contents kept, old slot freed.
+    let q = h.realloc(p, lay(200, 8), 120).unwrap();
+    assert_ne!(q, p);
+    // SAFETY: `q` holds 120 bytes.
+    assert!((0..120).all(|i| unsafe { q.as_ptr().add(i).read() } == 0xa5));
+    assert_eq!(h.stats().live, [1, 0]);
+    assert_eq!(h.audit_slabs().unwrap(), 1);
+    // The old slot is free now: a realloc of it is a double free, refused.
+    let before = snapshot(&h);
+    assert_eq!(h.realloc(p, lay(200, 8), 300), None);
+    assert_eq!(h.stats().bad_frees, 1);
+    assert_eq!(before, snapshot(&h));
+    // A pointer into no heap page: refused.
+    let foreign = [0u64; 4];
+    let f = NonNull::new(foreign.as_ptr() as *mut u8).unwrap();
+    assert_eq!(h.realloc(f, lay(24, 8), 64), None);
+    assert_eq!(h.stats().bad_frees, 2);
+    // Growth to the next class of a block in its own class: moves.
+    let r = h.realloc(q, lay(120, 8), 300).unwrap();
+    assert_ne!(r, q);
+    h.dealloc(r, lay(300, 8));
+    assert_eq!(h.stats().live, [0, 0]);
+    assert_eq!(h.audit_slabs().unwrap(), 0);
+}
+
+/// A realloc of a pointer that is not a live block of the layout's heap holding the layout's
+/// size (freed, interior, or with a layout bigger than the block) is refused before anything
+/// is read from it, on every route and for a move to every other route: `None`, counted in
+/// `bad_frees`, the heap unchanged.
+#[test]
+fn realloc_refuses_bad_pointers_of_every_route() {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    let keep = [h.alloc(lay(40, 8)).unwrap(), h.alloc(lay(3000, 8)).unwrap()];
+    let mut refused = 0;
+    for (size, to) in [
+        (40, [24, 3000, 100_000]),
+        (3000, [4000, 40, 100_000]),
+        (100_000, [120_000, 40, 3000]),
+    ] {
+        let p = h.alloc(lay(size, 8)).unwrap();
+        // Interior pointer, then a layout bigger than the block (checked before a move or a
+        // MeMS resize reads or keeps it; a mid-size block resized in place is only checked
+        // to be live: nothing is read from it; a slab slot of a bigger class is another
+        // class).
+        let interior = NonNull::new(p.as_ptr().wrapping_add(16)).unwrap();
+        for new in to {
+            let before = snapshot(&h);
+            assert_eq!(h.realloc(interior, lay(size, 8), new), None);
+            refused += 1;
+            let mid_to_mid = size < 65_536 && (993..65_536).contains(&new);
+            if size > 992 && !mid_to_mid {
+                assert_eq!(
+                    h.realloc(p, lay(size * 3, 8), new),
+                    None,
+                    "{size} as {}",
+                    size * 3
+                );
+                refused += 1;
+            }
+            assert_eq!(before, snapshot(&h));
+        }
+        h.dealloc(p, lay(size, 8));
+        for new in to {
+            let before = snapshot(&h);
+            assert_eq!(
+                h.realloc(p, lay(size, 8), new),
+                None,
+                "freed {size} -> {new}"
+            );
+            refused += 1;
+            assert_eq!(before, snapshot(&h));
+        }
+    }
+    assert_eq!(h.stats().bad_frees, refused);
+    h.dealloc(keep[0], lay(40, 8));
+    h.dealloc(keep[1], lay(3000, 8));
+    assert_eq!(h.stats().live, [0, 0]);
 }

@@ -25,6 +25,7 @@ enum Op {
     WrongKind { pick: usize },
     Free { pick: usize },
     Resize { pick: usize, size: usize },
+    Grow { pick: usize, size: usize },
     DoubleFree { pick: usize },
     Interior { pick: usize, off: usize },
 }
@@ -45,6 +46,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|pick| Op::WrongKind { pick }),
         8 => any::<usize>().prop_map(|pick| Op::Free { pick }),
         3 => (any::<usize>(), size()).prop_map(|(pick, size)| Op::Resize { pick, size }),
+        2 => (any::<usize>(), size()).prop_map(|(pick, size)| Op::Grow { pick, size }),
         1 => any::<usize>().prop_map(|pick| Op::DoubleFree { pick }),
         1 => (any::<usize>(), 1usize..70_000).prop_map(|(pick, off)| Op::Interior { pick, off }),
     ]
@@ -166,6 +168,34 @@ fn run(ops: Vec<Op>) {
                     live.insert(a, (size, i));
                 } else {
                     assert!(size > s, "a shrink always succeeds in place");
+                }
+            }
+            Op::Grow { pick, size } => {
+                if live.is_empty() {
+                    continue;
+                }
+                let a = *live.keys().nth(pick % live.len()).unwrap();
+                if small.contains(&a) {
+                    assert!(m.grow_in_place(nn(a), size).is_err(), "a small block grown");
+                    continue;
+                }
+                let (s, i) = live[&a];
+                let next = live.range(a + 1..).next().map(|(&b, _)| b);
+                let usable = m.usable_size(nn(a)).unwrap();
+                if m.grow_in_place(nn(a), size).expect("grow") {
+                    let now = m.usable_size(nn(a)).unwrap();
+                    assert!(now >= size);
+                    if size <= usable {
+                        assert_eq!(now, usable, "a growth within the block cut its room");
+                    }
+                    assert!(check(a as *const u8, s.min(size), i), "grow lost data");
+                    if let Some(b) = next {
+                        assert!(a + now <= b, "grown over the next block");
+                    }
+                    fill(a as *mut u8, size, i);
+                    live.insert(a, (size, i));
+                } else {
+                    assert!(size > usable, "a block that holds the size stays");
                 }
             }
             Op::DoubleFree { pick } => {

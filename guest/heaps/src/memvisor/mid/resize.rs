@@ -14,6 +14,22 @@ impl Mid {
     /// [`HeapError::InvalidPointer`] if `ptr` is not the payload of a live mid-size block
     /// (nothing changes).
     pub fn resize_in_place(&mut self, ptr: NonNull<u8>, n: usize) -> Result<bool, HeapError> {
+        self.resize(ptr, n, false)
+    }
+
+    /// [`Mid::resize_in_place`] for a growth: a block that already holds `n` bytes keeps
+    /// its whole size (the room a growing block was given stays for its next growth; no
+    /// tail goes back), else it takes the front of the free block behind it. `Ok(false)` if
+    /// it can not grow in place.
+    ///
+    /// # Errors
+    /// As [`Mid::resize_in_place`].
+    pub fn grow_in_place(&mut self, ptr: NonNull<u8>, n: usize) -> Result<bool, HeapError> {
+        self.resize(ptr, n, true)
+    }
+
+    #[inline]
+    fn resize(&mut self, ptr: NonNull<u8>, n: usize, keep: bool) -> Result<bool, HeapError> {
         let (_, b, size) = self.live_block(ptr.as_ptr().addr(), false)?;
         let need = block_size(n);
         // SAFETY: `b` is a live block; the block after it is a block or the sentinel, and a
@@ -27,7 +43,7 @@ impl Mid {
                 // A tail goes back if it merges with a free block behind it or can hold a
                 // mid-size block of its own.
                 let rest = size - need;
-                if rest < MIN_BLOCK || (rest < MIN_TAIL && nh & FREE == 0) {
+                if keep || rest < MIN_BLOCK || (rest < MIN_TAIL && nh & FREE == 0) {
                     return Ok(true);
                 }
                 *word(b) = need | flags;

@@ -45,6 +45,16 @@ impl Mid {
         NonNull::new(at::<u8>(b + 8))
     }
 
+    /// Payload size in bytes of the live [`Mid::alloc_small`] block at `ptr`.
+    ///
+    /// # Errors
+    /// [`HeapError::InvalidPointer`] if `ptr` is not the payload of a live block from
+    /// [`Mid::alloc_small`].
+    pub fn usable_size_small(&self, ptr: NonNull<u8>) -> Result<usize, HeapError> {
+        self.live_block(ptr.as_ptr().addr(), true)
+            .map(|(_, _, s)| s - 8)
+    }
+
     /// Free the [`Mid::alloc_small`] block at `ptr`, allocated for `n` bytes; as
     /// [`Mid::free`] otherwise.
     ///
