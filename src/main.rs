@@ -148,6 +148,31 @@ struct RunArgs {
     /// handler thread (counted and timed in the report's `uffd` section).
     #[arg(long)]
     uffd: bool,
+    /// How guest RAM is backed: `anon` (private anonymous memory) or `shm` (a memfd mapped
+    /// shared, with an unregistered alias mapping; with --uffd registered MISSING|MINOR, minor
+    /// faults served by UFFDIO_CONTINUE).
+    #[arg(long, value_enum, default_value = "anon")]
+    ram_backing: RamBackingArg,
+    /// Register only this GPA range with userfaultfd (START..END, end exclusive, decimal or
+    /// 0x hex, 4 KiB aligned, inside one RAM range; repeatable; implies --uffd); the rest of
+    /// RAM is backed normally.
+    #[arg(long, value_name = "START..END")]
+    uffd_range: Vec<String>,
+    /// With --ram-backing shm: put zeroed pages of this GPA range into the memfd's page cache
+    /// through the alias before the guest runs, so their first touch is a minor fault
+    /// (START..END as --uffd-range; repeatable).
+    #[arg(long, value_name = "START..END")]
+    uffd_prefill: Vec<String>,
+    /// With --ram-backing shm and --uffd: a background prefault cursor fills the registered
+    /// memory's page cache in 2 MiB steps while the guest runs (commits that host memory).
+    #[arg(long)]
+    uffd_prefault: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum RamBackingArg {
+    Anon,
+    Shm,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -454,6 +479,31 @@ fn run(a: RunArgs) -> ExitCode {
             Err(e) => return fail(format!("--known-deviation: {e}")),
         }
     }
+    let mut ram = memvisor::uffd::RamOptions {
+        backing: match a.ram_backing {
+            RamBackingArg::Anon => memvisor::memory::RamBacking::Anonymous,
+            RamBackingArg::Shm => memvisor::memory::RamBacking::Shm,
+        },
+        prefault_cursor: a.uffd_prefault,
+        ..Default::default()
+    };
+    for (flag, texts, out) in [
+        ("--uffd-range", &a.uffd_range, &mut ram.uffd_ranges),
+        ("--uffd-prefill", &a.uffd_prefill, &mut ram.prefill),
+    ] {
+        for t in texts {
+            match memvisor::uffd::parse_gpa_range(t) {
+                Ok(r) => out.push(r),
+                Err(e) => return fail(format!("{flag}: {e}")),
+            }
+        }
+    }
+    if !ram.prefill.is_empty() && ram.backing != memvisor::memory::RamBacking::Shm {
+        return fail("--uffd-prefill needs --ram-backing shm");
+    }
+    if a.uffd_prefault && ram.backing != memvisor::memory::RamBacking::Shm {
+        return fail("--uffd-prefault needs --ram-backing shm");
+    }
     let cfg = VmConfig {
         mem_bytes,
         kernel,
@@ -472,7 +522,8 @@ fn run(a: RunArgs) -> ExitCode {
             ConsoleEcho::Stdout
         },
         check_invariants: hooks.check_invariants(),
-        uffd: a.uffd,
+        uffd: a.uffd || a.uffd_prefault || !ram.uffd_ranges.is_empty(),
+        ram,
         ..VmConfig::default()
     };
     let mut report: Report = match vmm::run_scenario(&cfg, hooks) {

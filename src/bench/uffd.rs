@@ -9,6 +9,12 @@
 //!   does, file read aside), served with `UFFDIO_COPY` and readahead: the run copied per
 //!   fault starts at the faulting page alone and doubles (up to 512 pages) while faults come
 //!   in order (so 12 messages for 4,096 pages touched in order);
+//! - `uffd_minor_continue`: first writes to each page of a shared-memory range (a memfd mapped
+//!   `MAP_SHARED`, registered MISSING | MINOR) whose page cache was filled beforehand
+//!   (`fallocate`, untimed: the VMM's prefill through its alias), served with
+//!   `UFFDIO_CONTINUE` and continue-ahead (the run doubles up to 512 pages while minor faults
+//!   come in order), what `--ram-backing shm --uffd-prefill` gives the guest
+//!   (`uffd_minor_prefill_and_continue`: the same plus the `fallocate` fill, timed);
 //! - floor: `madvise(MADV_POPULATE_WRITE)` of the same number of fresh pages (the kernel
 //!   populates them in one call: no fault, no handler);
 //! - memslot-per-page: `KVM_SET_USER_MEMORY_REGION` of one 4 KiB slot, the ioctl the lazy
@@ -110,6 +116,48 @@ fn uffd_ns(pages: usize, source: Box<dyn PageSource>) -> Option<f64> {
         .then_some(ns)
 }
 
+/// ns per page of first writes to a MINOR-registered shared-memory range whose page cache
+/// was filled first: minor faults served with `UFFDIO_CONTINUE`; and ns per page of that
+/// fill (`fallocate`).
+fn minor_ns(pages: usize) -> Option<(f64, f64)> {
+    let len = pages as u64 * PAGE;
+    let shm = memvisor::memory::ShmBacking::create(len).ok()?;
+    let t0 = Instant::now();
+    shm.populate(0, len).ok()?;
+    let fill = t0.elapsed().as_nanos() as f64 / pages as f64;
+    use std::os::fd::AsRawFd;
+    // SAFETY: a new shared mapping of the memfd, owned by the Mapping below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_NORESERVE,
+            shm.file().as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    let m = Mapping(p, len as usize);
+    // SAFETY: the shared mapping outlives the handler (dropped first, below).
+    let h = unsafe {
+        UffdHandler::start_with(
+            &[(m.0 as u64, len)],
+            Box::new(ZeroSource),
+            memvisor::uffd::UffdMode::MissingMinor,
+        )
+    }
+    .ok()?;
+    let t0 = Instant::now();
+    m.touch_all();
+    let ns = t0.elapsed().as_nanos() as f64 / pages as f64;
+    let s = h.stats();
+    drop(h);
+    (s.missing_faults == 0 && s.continues + s.continue_ahead == pages as u64).then_some((ns, fill))
+}
+
 /// ns per page of `MADV_POPULATE_WRITE` on fresh pages.
 fn populate_ns(pages: usize) -> Option<f64> {
     let m = Mapping::new(pages)?;
@@ -160,13 +208,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub(super) fn figures(quick: bool) -> Vec<Figure> {
     let (pages, rounds) = if quick { (4096, 3) } else { (16384, 7) };
     let (mut zero, mut copy, mut pop, mut slot) = (vec![], vec![], vec![], vec![]);
+    let (mut minor, mut minor_fill) = (vec![], vec![]);
     for _ in 0..rounds {
         zero.push(uffd_ns(pages, Box::new(ZeroSource)).unwrap_or(f64::NAN));
         copy.push(uffd_ns(pages, Box::new(Filled)).unwrap_or(f64::NAN));
+        let (m, f) = minor_ns(pages).unwrap_or((f64::NAN, f64::NAN));
+        minor.push(m);
+        minor_fill.push(m + f);
         pop.push(populate_ns(pages).unwrap_or(f64::NAN));
         slot.push(memslot_ns(pages).unwrap_or(f64::NAN));
     }
     let (zero, copy, pop, slot) = (median(zero), median(copy), median(pop), median(slot));
+    let (minor, minor_fill) = (median(minor), median(minor_fill));
     let na = |x: f64, what: &str| {
         if x.is_finite() {
             what.to_string()
@@ -190,6 +243,30 @@ pub(super) fn figures(quick: bool) -> Vec<Figure> {
             &na(pop, "MADV_POPULATE_WRITE per page (floor)"),
             pop,
             Target::RatioMax(3.0),
+        ),
+        fig(
+            "uffd_minor_continue_per_page",
+            minor,
+            "ns",
+            &na(pop, "MADV_POPULATE_WRITE per page (floor)"),
+            pop,
+            Target::Scale,
+        ),
+        fig(
+            "uffd_minor_prefill_and_continue_per_page",
+            minor_fill,
+            "ns",
+            &na(pop, "MADV_POPULATE_WRITE per page (floor)"),
+            pop,
+            Target::Scale,
+        ),
+        fig(
+            "uffd_minor_continue_vs_copy_per_page",
+            minor,
+            "ns",
+            &na(copy, "uffd_copy per page (UFFDIO_COPY with readahead)"),
+            copy,
+            Target::Scale,
         ),
         fig(
             "uffd_zero_fill_vs_memslot_per_page",

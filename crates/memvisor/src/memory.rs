@@ -2,8 +2,11 @@
 //! and the e820 map the guest receives.
 //!
 //! Regions are anonymous `MAP_NORESERVE | MAP_PRIVATE` mappings (vm-memory's default), so a
-//! 64 GiB guest costs nothing until pages are touched. KVM API doc §4.35
-//! (`KVM_SET_USER_MEMORY_REGION`).
+//! 64 GiB guest costs nothing until pages are touched; or, with [`RamBacking::Shm`], shared
+//! mappings of one memfd ([`shm`]). KVM API doc §4.35 (`KVM_SET_USER_MEMORY_REGION`).
+
+pub mod shm;
+pub use shm::{RamBacking, ShmBacking, ShmError};
 
 use crate::addr::Gpa;
 use crate::layout::{MAX_MEM_SIZE, MMIO_HOLE_END, MMIO_HOLE_START};
@@ -94,6 +97,9 @@ pub enum MemoryError {
         /// Size in bytes.
         size: u64,
     },
+    /// The shared-memory backing could not be set up ([`RamBacking::Shm`]).
+    #[error(transparent)]
+    Shm(#[from] ShmError),
     /// KVM refused a memslot.
     #[error(
         "KVM_SET_USER_MEMORY_REGION slot {slot} (gpa {gpa:#x}, {size} bytes) failed: {source}"
@@ -184,6 +190,9 @@ pub struct GuestRam {
     /// The userfaultfd handler serving RAM's first touches, when RAM is uffd-backed
     /// ([`crate::uffd`], `GuestRam::attach_uffd`).
     pub uffd: Option<crate::uffd::UffdHandler>,
+    /// The memfd and its alias mapping with [`RamBacking::Shm`] (last: unmapped after the
+    /// regions and the handler are gone).
+    pub shm: Option<ShmBacking>,
 }
 
 /// RAM ranges `(first GPA, bytes)` for `bytes` of guest RAM: below the MMIO hole, then from
@@ -224,12 +233,20 @@ pub fn e820_for(ram: &[(Gpa, u64)]) -> Vec<E820Entry> {
 }
 
 impl GuestRam {
-    /// Reserve `bytes` of guest RAM (lazily backed).
+    /// Reserve `bytes` of guest RAM (lazily backed, private anonymous memory).
     ///
     /// # Errors
     /// [`MemoryError::Zero`], [`MemoryError::Unaligned`], [`MemoryError::TooLarge`] or
     /// [`MemoryError::Mmap`].
     pub fn new(bytes: u64) -> Result<Self, MemoryError> {
+        Self::new_with(bytes, RamBacking::Anonymous)
+    }
+
+    /// Reserve `bytes` of guest RAM backed as `backing` says (lazily in both cases).
+    ///
+    /// # Errors
+    /// As [`GuestRam::new`], and [`MemoryError::Shm`] when the memfd cannot be made.
+    pub fn new_with(bytes: u64, backing: RamBacking) -> Result<Self, MemoryError> {
         if bytes == 0 {
             return Err(MemoryError::Zero);
         }
@@ -247,13 +264,35 @@ impl GuestRam {
             .iter()
             .map(|&(a, s)| (GuestAddress(a.raw()), s as usize))
             .collect();
-        let mem =
-            GuestMem::from_ranges(&ranges).map_err(|source| MemoryError::Mmap { bytes, source })?;
+        let shm = match backing {
+            RamBacking::Anonymous => None,
+            RamBacking::Shm => Some(ShmBacking::create(bytes)?),
+        };
+        let mem = match &shm {
+            None => GuestMem::from_ranges(&ranges),
+            Some(shm) => {
+                // The RAM ranges one after another in the file, in GPA order.
+                let mut files = Vec::with_capacity(ranges.len());
+                let mut offset = 0u64;
+                for &(gpa, size) in &ranges {
+                    let file = shm.file().try_clone().map_err(|source| ShmError::Sys {
+                        what: "dup",
+                        bytes,
+                        source,
+                    })?;
+                    files.push((gpa, size, Some(vm_memory::FileOffset::new(file, offset))));
+                    offset += size as u64;
+                }
+                GuestMem::from_ranges_with_files(&files)
+            }
+        }
+        .map_err(|source| MemoryError::Mmap { bytes, source })?;
         // Transparent huge pages for guest RAM, as QEMU does: the host faults guest RAM in
         // 2 MiB at a time instead of 4 KiB, so most first touches of a frame (demand
         // paging, fresh frames) find the host page already there. Advice only: with THP
-        // off or unavailable the kernel ignores it and nothing else changes.
-        for region in mem.iter() {
+        // off or unavailable the kernel ignores it and nothing else changes. (Anonymous RAM
+        // only: shared memory keeps 4 KiB pages, so a minor fault maps one page.)
+        for region in mem.iter().filter(|_| shm.is_none()) {
             // SAFETY: the range is exactly one mapping vm-memory created and owns; madvise
             // only changes how the kernel backs it (no data change, no unmapping).
             let rc = unsafe {
@@ -276,7 +315,30 @@ impl GuestRam {
             ram,
             bytes,
             uffd: None,
+            shm,
         })
+    }
+
+    /// How RAM is backed.
+    pub fn backing(&self) -> RamBacking {
+        match self.shm {
+            Some(_) => RamBacking::Shm,
+            None => RamBacking::Anonymous,
+        }
+    }
+
+    /// With [`RamBacking::Shm`], the memfd offset of guest-physical `gpa` (the RAM ranges lie
+    /// one after another in the file); `None` outside RAM or for anonymous RAM.
+    pub fn shm_offset(&self, gpa: u64) -> Option<u64> {
+        self.shm.as_ref()?;
+        let mut offset = 0u64;
+        for &(a, s) in &self.ram {
+            if gpa >= a.raw() && gpa - a.raw() < s {
+                return Some(offset + (gpa - a.raw()));
+            }
+            offset += s;
+        }
+        None
     }
 
     /// The memslots [`GuestRam::register`] creates (slot numbers from 0, flags 0), each with
@@ -492,92 +554,4 @@ unsafe fn set_region(vm: &VmFd, m: &Memslot, hva: u64) -> Result<(), MemoryError
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("256M"), Ok(256 << 20));
-        assert_eq!(parse_size("4g"), Ok(4 << 30));
-        assert_eq!(parse_size("64GiB"), Ok(64 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("99999999999999999999").is_err());
-        assert!(parse_size("16777216T").is_err());
-    }
-
-    #[test]
-    fn layout_around_hole() {
-        assert_eq!(ram_ranges(256 << 20), vec![(Gpa::new(0), 256 << 20)]);
-        assert_eq!(
-            ram_ranges(4 << 30),
-            vec![(Gpa::new(0), 3 << 30), (Gpa::new(4 << 30), 1 << 30)]
-        );
-        let e = e820_for(&ram_ranges(4 << 30));
-        assert_eq!(e.len(), 3);
-        assert_eq!(
-            (e[1].addr, e[1].size, e[1].kind),
-            (3 << 30, 1 << 30, E820_RESERVED)
-        );
-        assert_eq!((e[2].addr, e[2].kind), (4 << 30, E820_RAM));
-    }
-
-    #[test]
-    fn memslot_registry_refuses_overlaps_and_excess() {
-        let mut m = Memslots::new(2);
-        m.track(
-            Memslot {
-                slot: 0,
-                gpa: 0,
-                size: 1 << 20,
-                flags: 0,
-            },
-            0,
-        );
-        assert!(matches!(
-            m.check(0x8_0000, 0x1000, None),
-            Err(MemoryError::Overlap { other: 0, .. })
-        ));
-        assert!(m.check(1 << 20, 0x1000, None).is_ok());
-        assert!(matches!(
-            m.check(1 << 20, 0, None),
-            Err(MemoryError::BadSlot { .. })
-        ));
-        assert!(matches!(
-            m.check(u64::MAX - 0xfff, 0x2000, None),
-            Err(MemoryError::BadSlot { .. })
-        ));
-        m.track(
-            Memslot {
-                slot: 1,
-                gpa: 2 << 20,
-                size: 0x1000,
-                flags: 0,
-            },
-            0,
-        );
-        assert!(matches!(
-            m.check(8 << 20, 0x1000, None),
-            Err(MemoryError::TooManySlots { limit: 2 })
-        ));
-    }
-
-    #[test]
-    fn bad_sizes() {
-        assert!(matches!(GuestRam::new(0), Err(MemoryError::Zero)));
-        assert!(matches!(
-            GuestRam::new(4097),
-            Err(MemoryError::Unaligned { .. })
-        ));
-        assert!(matches!(
-            GuestRam::new(2 << 40),
-            Err(MemoryError::TooLarge { .. })
-        ));
-        let r = GuestRam::new(8 << 20).expect("8 MiB");
-        assert!(r.contains(0, 8 << 20));
-        assert!(!r.contains(0, (8 << 20) + 1));
-        assert!(!r.contains(u64::MAX, 2));
-    }
-}
+mod tests;

@@ -68,6 +68,10 @@ pub struct VmConfig {
     pub check_invariants: bool,
     /// Back guest RAM through userfaultfd (`--uffd`; [`crate::uffd`]).
     pub uffd: bool,
+    /// RAM backing (anonymous or shared memory), the GPA ranges userfaultfd serves with
+    /// `uffd` (empty: all of RAM) and the shared-memory prefill (`--ram-backing`,
+    /// `--uffd-range`, `--uffd-prefill`).
+    pub ram: crate::uffd::RamOptions,
     /// Extra read-only and lazy guest-physical ranges in the stage-2 window
     /// ([`crate::stage2::Extras`]; `VmBuilder::read_only_range`, `lazy_range`).
     pub stage2_extras: crate::stage2::Extras,
@@ -88,6 +92,7 @@ impl Default for VmConfig {
             echo_console: crate::hypercall::ConsoleEcho::Off,
             check_invariants: false,
             uffd: false,
+            ram: crate::uffd::RamOptions::default(),
             stage2_extras: crate::stage2::Extras::default(),
         }
     }

@@ -265,10 +265,35 @@ impl AddressSpace {
         features: Features,
         opts: BuildOptions,
     ) -> Result<Self, SpaceError> {
+        let ram = crate::uffd::RamOptions::default();
+        Self::build_with_ram(mem_bytes, kernel, preset, features, opts, &ram)
+    }
+
+    /// [`AddressSpace::build_with`] with RAM backed as `ram` says: its backing, and with
+    /// [`BuildOptions::uffd`] the GPA ranges registered with userfaultfd (all of RAM when
+    /// none) and the shared-memory prefill (before anything is written to RAM).
+    ///
+    /// # Errors
+    /// As [`AddressSpace::build`]; [`SpaceError::Uffd`] for a bad range, a prefill without
+    /// shared memory, or userfaultfd refusing (e.g. MINOR mode unsupported by the host).
+    pub fn build_with_ram(
+        mem_bytes: u64,
+        kernel: &[u8],
+        preset: ZonePreset,
+        features: Features,
+        opts: BuildOptions,
+        ram_opts: &crate::uffd::RamOptions,
+    ) -> Result<Self, SpaceError> {
         let t0 = std::time::Instant::now();
-        let mut ram = GuestRam::new(mem_bytes)?;
+        let mut ram = GuestRam::new_with(mem_bytes, ram_opts.backing)?;
         if opts.uffd {
-            ram.attach_uffd(Box::new(crate::uffd::ZeroSource))?;
+            ram.attach_uffd_ranges(Box::new(crate::uffd::ZeroSource), &ram_opts.uffd_ranges)?;
+        }
+        for &(gpa, len) in &ram_opts.prefill {
+            ram.shm_prefill(gpa, len)?;
+        }
+        if ram_opts.prefault_cursor {
+            ram.start_prefault_cursor()?;
         }
         let mut zones = ZoneTable::new(&ram.ram, preset)?;
         log::debug!("build: RAM + zones after {:?}", t0.elapsed());

@@ -16,10 +16,21 @@
 //! served as zero, never from the source again (no stale snapshot page comes back after the
 //! guest unmapped and the VMM discarded the frame).
 //!
+//! MINOR mode ([`UffdMode::MissingMinor`], guest RAM on shared memory:
+//! [`crate::memory::RamBacking::Shm`]): the range is registered
+//! `UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR` (needs
+//! `UFFD_FEATURE_MINOR_SHMEM`). A page not in the memfd's page cache still faults *missing*
+//! (served as above: `UFFDIO_COPY` / `UFFDIO_ZEROPAGE`, which also fill the page cache); a page
+//! already in the page cache (put there through the VMM's unregistered alias mapping, e.g.
+//! [`crate::memory::GuestRam::shm_prefill`]) but not yet mapped in the registered range faults
+//! *minor* and is served with `UFFDIO_CONTINUE`: its page-cache page is mapped, nothing is
+//! copied. Minor and missing faults are counted apart ([`UffdStats::minor_faults`],
+//! [`UffdStats::missing_faults`]). On shared memory a discard is `MADV_REMOVE` (a hole punched
+//! in the memfd; [`discard`]), since `MADV_DONTNEED` would leave the old page in the page cache.
+//!
 //! Sources: Linux `Documentation/admin-guide/mm/userfaultfd.rst`, `include/uapi/linux/
 //! userfaultfd.h` (structures and ioctl numbers below, x86_64).
 
-use serde::Serialize;
 use serve::{serve, touched};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -33,17 +44,22 @@ pub const PAGE: u64 = 4096;
 
 const UFFD_API: u64 = 0xaa;
 const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFDIO_REGISTER_MODE_MINOR: u64 = 1 << 2;
 // _IOWR(0xAA, nr, size) = 0xc000_0000 | size << 16 | 0xaa << 8 | nr.
 const UFFDIO_API: u64 = 0xc018_aa3f;
 const UFFDIO_REGISTER: u64 = 0xc020_aa00;
 const UFFDIO_COPY: u64 = 0xc028_aa03;
 const UFFDIO_ZEROPAGE: u64 = 0xc020_aa04;
+const UFFDIO_CONTINUE: u64 = 0xc020_aa07;
 // _IOR(0xAA, 0x02, struct uffdio_range) = 0x8000_0000 | 16 << 16 | 0xaa << 8 | 2.
 const UFFDIO_WAKE: u64 = 0x8010_aa02;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 const UFFD_EVENT_REMOVE: u8 = 0x15;
 const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
+const UFFD_PAGEFAULT_FLAG_MINOR: u64 = 1 << 2;
+const UFFDIO_CONTINUE_MODE_DONTWAKE: u64 = 1;
 const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
 const UFFDIO_ZEROPAGE_MODE_DONTWAKE: u64 = 1;
 
@@ -82,6 +98,13 @@ struct UffdioZeropage {
     range: UffdioRange,
     mode: u64,
     zeropage: i64,
+}
+
+#[repr(C)]
+struct UffdioContinue {
+    range: UffdioRange,
+    mode: u64,
+    mapped: i64,
 }
 
 /// `struct uffd_msg` (32 bytes): event, 7 reserved bytes, then the 24-byte argument union
@@ -130,6 +153,24 @@ pub enum UffdError {
         /// Length in bytes.
         len: u64,
     },
+    /// A guest-physical range given for userfaultfd (`--uffd-range`) is malformed, empty, not
+    /// 4 KiB aligned, outside RAM (or across the MMIO hole) or overlaps another.
+    #[error("GPA range {text}: {why}")]
+    BadGpaRange {
+        /// The range as given (`START..END`, or hex start and length).
+        text: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The prefault cursor needs shared-memory RAM registered with userfaultfd.
+    #[error("prefault cursor: {why}")]
+    NoCursor {
+        /// What is missing.
+        why: &'static str,
+    },
+    /// Shared-memory RAM could not be prefilled or discarded.
+    #[error(transparent)]
+    Shm(#[from] crate::memory::ShmError),
     /// The handler thread could not be started.
     #[error("cannot start the userfaultfd handler thread: {source}")]
     Thread {
@@ -206,101 +247,6 @@ pub const FAULT_AROUND_PAGES: u64 = 16;
 /// previous block), and falls back to the aligned 16-page block on any other fault.
 pub const FAULT_AROUND_MAX_PAGES: u64 = 512;
 
-/// Buckets of the serve-latency histogram: bucket `i` counts faults served in
-/// `[2^i, 2^(i+1))` ns (bucket 0 also takes 0 ns; the last takes everything above).
-pub const HIST_BUCKETS: usize = 32;
-
-/// What the handler did (a copy of its counters).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct UffdStats {
-    /// Registered bytes.
-    pub registered_bytes: u64,
-    /// Page-fault messages read.
-    pub faults: u64,
-    /// Of those, write faults (`UFFD_PAGEFAULT_FLAG_WRITE`).
-    pub write_faults: u64,
-    /// Pages filled with `UFFDIO_COPY` from the source.
-    pub copies: u64,
-    /// Faults served zero: `UFFDIO_ZEROPAGE`, or with fault-around the faulting page of a
-    /// zeroed block (`UFFDIO_COPY`).
-    pub zeropages: u64,
-    /// Faults another path had already served (`EEXIST`) or retried after `EAGAIN`.
-    pub raced: u64,
-    /// Pages the source was asked for (and returned data for: `copies`).
-    pub source_reads: u64,
-    /// `UFFD_EVENT_REMOVE` messages read.
-    pub remove_events: u64,
-    /// Pages those covered (served zero on their next fault).
-    pub removed_pages: u64,
-    /// Faults whose ioctl failed otherwise (the faulting thread is woken and faults again).
-    pub errors: u64,
-    /// Pages filled zero ahead of a fault (fault-around: [`PageSource::fault_around_pages`]),
-    /// not counted in `zeropages`.
-    pub fault_around: u64,
-    /// Pages copied from the source ahead of a fault (readahead: [`PageSource::read_ahead`];
-    /// the window starts at the faulting page alone and doubles, up to
-    /// [`FAULT_AROUND_MAX_PAGES`], while faults come in order), not counted in `copies`.
-    pub read_ahead: u64,
-    /// Total serve time in ns (message read → page in place).
-    pub total_ns: u64,
-    /// Longest serve time in ns.
-    pub max_ns: u64,
-    /// Serve-time histogram: `hist_ns_log2[i]` faults took `[2^i, 2^(i+1))` ns.
-    pub hist_ns_log2: Vec<u64>,
-}
-
-impl UffdStats {
-    fn record(&mut self, ns: u64) {
-        self.total_ns = self.total_ns.saturating_add(ns);
-        self.max_ns = self.max_ns.max(ns);
-        if self.hist_ns_log2.len() != HIST_BUCKETS {
-            self.hist_ns_log2 = vec![0; HIST_BUCKETS];
-        }
-        let b = (63 - ns.max(1).leading_zeros() as usize).min(HIST_BUCKETS - 1);
-        self.hist_ns_log2[b] += 1;
-    }
-
-    /// The report's text section: counts, then the non-empty histogram buckets.
-    pub fn to_text(&self) -> String {
-        use std::fmt::Write;
-        let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "-- userfaultfd: {} MiB registered; {} faults ({} writes): {} from the source (+{} pages readahead), {} zero (+{} pages fault-around), {} raced, {} errors; {} REMOVE events ({} pages)",
-            self.registered_bytes >> 20,
-            self.faults,
-            self.write_faults,
-            self.copies,
-            self.read_ahead,
-            self.zeropages,
-            self.fault_around,
-            self.raced,
-            self.errors,
-            self.remove_events,
-            self.removed_pages
-        );
-        let _ = writeln!(
-            o,
-            "  serve time: mean {:.2} us, max {:.2} us; histogram (ns range: faults):",
-            self.mean_ns() as f64 / 1000.0,
-            self.max_ns as f64 / 1000.0
-        );
-        for (i, &n) in self.hist_ns_log2.iter().enumerate() {
-            if n > 0 {
-                let _ = writeln!(o, "    [{:>10}, {:>10}): {n}", 1u64 << i, 1u64 << (i + 1));
-            }
-        }
-        o
-    }
-
-    /// Mean serve time in ns (0 without faults).
-    pub fn mean_ns(&self) -> u64 {
-        self.total_ns
-            .checked_div(self.copies + self.zeropages)
-            .unwrap_or(0)
-    }
-}
-
 struct Shared {
     stats: Mutex<UffdStats>,
     stop: AtomicBool,
@@ -319,6 +265,8 @@ pub struct UffdHandler {
     wake: OwnedFd,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The prefault cursor's thread ([`crate::memory::GuestRam::start_prefault_cursor`]).
+    cursor: Option<JoinHandle<()>>,
     ranges: Vec<(u64, u64)>,
 }
 
@@ -357,6 +305,30 @@ impl UffdHandler {
         ranges: &[(u64, u64)],
         source: Box<dyn PageSource>,
     ) -> Result<UffdHandler, UffdError> {
+        // SAFETY: forwarded to the caller.
+        unsafe { Self::start_with(ranges, source, UffdMode::Missing) }
+    }
+
+    /// [`UffdHandler::start`] in `mode`. With [`UffdMode::MissingMinor`] the ranges must be
+    /// shared-memory mappings (`MAP_SHARED` of a memfd or tmpfs file); minor faults are
+    /// resolved with `UFFDIO_CONTINUE` (whatever the page cache holds is mapped; `source` is
+    /// asked only on missing faults).
+    ///
+    /// # Errors
+    /// As [`UffdHandler::start`]; [`UffdError::Unsupported`] when MINOR mode is asked and the
+    /// kernel lacks `UFFD_FEATURE_MINOR_SHMEM` or `UFFDIO_CONTINUE` on the range (an
+    /// anonymous range has no MINOR mode: `UFFDIO_REGISTER` fails with `EINVAL`).
+    ///
+    /// # Safety
+    /// Each range must be a mapping owned by the caller (private anonymous, or shared memory
+    /// for MINOR mode) that stays mapped while the handler lives; the handler writes pages
+    /// into it (`UFFDIO_COPY`).
+    pub unsafe fn start_with(
+        ranges: &[(u64, u64)],
+        source: Box<dyn PageSource>,
+        mode: UffdMode,
+    ) -> Result<UffdHandler, UffdError> {
+        let minor = mode == UffdMode::MissingMinor;
         // SAFETY: plain system call; the returned descriptor is owned below.
         let raw =
             unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
@@ -367,20 +339,34 @@ impl UffdHandler {
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        let wanted = UFFD_FEATURE_EVENT_REMOVE | if minor { UFFD_FEATURE_MINOR_SHMEM } else { 0 };
         let mut api = UffdioApi {
             api: UFFD_API,
-            features: UFFD_FEATURE_EVENT_REMOVE,
+            features: wanted,
             ioctls: 0,
         };
-        ioctl(&fd, UFFDIO_API, &mut api).map_err(|source| UffdError::Ioctl {
-            what: "UFFDIO_API",
-            start: 0,
-            len: 0,
-            source,
-        })?;
+        if let Err(source) = ioctl(&fd, UFFDIO_API, &mut api) {
+            // The kernel refuses (EINVAL) a request for a feature it does not know.
+            if minor && source.raw_os_error() == Some(libc::EINVAL) {
+                return Err(UffdError::Unsupported {
+                    what: "UFFD_FEATURE_MINOR_SHMEM",
+                });
+            }
+            return Err(UffdError::Ioctl {
+                what: "UFFDIO_API",
+                start: 0,
+                len: 0,
+                source,
+            });
+        }
         if api.features & UFFD_FEATURE_EVENT_REMOVE == 0 {
             return Err(UffdError::Unsupported {
                 what: "UFFD_FEATURE_EVENT_REMOVE",
+            });
+        }
+        if minor && api.features & UFFD_FEATURE_MINOR_SHMEM == 0 {
+            return Err(UffdError::Unsupported {
+                what: "UFFD_FEATURE_MINOR_SHMEM",
             });
         }
         let mut registered = 0u64;
@@ -391,7 +377,8 @@ impl UffdHandler {
             }
             let mut reg = UffdioRegister {
                 range: UffdioRange { start, len },
-                mode: UFFDIO_REGISTER_MODE_MISSING,
+                mode: UFFDIO_REGISTER_MODE_MISSING
+                    | if minor { UFFDIO_REGISTER_MODE_MINOR } else { 0 },
                 ioctls: 0,
             };
             ioctl(&fd, UFFDIO_REGISTER, &mut reg).map_err(|source| UffdError::Ioctl {
@@ -404,6 +391,12 @@ impl UffdHandler {
             if reg.ioctls & (1 << 3) == 0 || reg.ioctls & (1 << 4) == 0 {
                 return Err(UffdError::Unsupported {
                     what: "UFFDIO_COPY / UFFDIO_ZEROPAGE on this range",
+                });
+            }
+            // _UFFDIO_CONTINUE = 0x07.
+            if minor && reg.ioctls & (1 << 7) == 0 {
+                return Err(UffdError::Unsupported {
+                    what: "UFFDIO_CONTINUE on this range",
                 });
             }
             registered += len;
@@ -419,6 +412,7 @@ impl UffdHandler {
         let wake = unsafe { OwnedFd::from_raw_fd(ev) };
         let shared = Arc::new(Shared {
             stats: Mutex::new(UffdStats {
+                mode,
                 registered_bytes: registered,
                 hist_ns_log2: vec![0; HIST_BUCKETS],
                 ..UffdStats::default()
@@ -439,6 +433,7 @@ impl UffdHandler {
             wake,
             shared,
             thread: Some(thread),
+            cursor: None,
             ranges: ranges.to_vec(),
         })
     }
@@ -475,6 +470,9 @@ impl Drop for UffdHandler {
         let one = 1u64;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd.
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if let Some(t) = self.cursor.take() {
+            let _ = t.join();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -482,9 +480,10 @@ impl Drop for UffdHandler {
     }
 }
 
-/// Discard host pages `[hva, hva + len)` of a registered range (`MADV_DONTNEED`): the kernel
-/// reports `UFFD_EVENT_REMOVE` to the handler (which marks the pages zero-on-next-fault)
-/// before it drops them; the call returns once the handler has read the event.
+/// Discard host pages `[hva, hva + len)` of a registered private anonymous range
+/// (`MADV_DONTNEED`): the kernel reports `UFFD_EVENT_REMOVE` to the handler (which marks the
+/// pages zero-on-next-fault) before it drops them; the call returns once the handler has read
+/// the event.
 ///
 /// # Errors
 /// The OS error of `madvise`.
@@ -493,7 +492,28 @@ impl Drop for UffdHandler {
 /// The range must be host memory the caller owns and whose contents it no longer needs.
 pub unsafe fn discard(hva: u64, len: u64) -> io::Result<()> {
     // SAFETY: forwarded to the caller; MADV_DONTNEED unmaps no VMA.
-    let rc = unsafe { libc::madvise(hva as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+    unsafe { madvise(hva, len, libc::MADV_DONTNEED) }
+}
+
+/// [`discard`] for a registered shared-memory range (MINOR mode): `MADV_REMOVE`, which punches
+/// a hole in the file, so the page-cache pages go too and no stale page comes back on the
+/// next touch (`MADV_DONTNEED` would only unmap them). Raises `UFFD_EVENT_REMOVE` likewise.
+///
+/// # Errors
+/// The OS error of `madvise`.
+///
+/// # Safety
+/// As [`discard`], for every mapping of the same file pages (the alias included).
+pub unsafe fn discard_shared(hva: u64, len: u64) -> io::Result<()> {
+    // SAFETY: forwarded to the caller; MADV_REMOVE unmaps no VMA.
+    unsafe { madvise(hva, len, libc::MADV_REMOVE) }
+}
+
+/// # Safety
+/// As [`discard`].
+unsafe fn madvise(hva: u64, len: u64, advice: i32) -> io::Result<()> {
+    // SAFETY: forwarded to the caller.
+    let rc = unsafe { libc::madvise(hva as *mut libc::c_void, len as usize, advice) };
     if rc != 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -501,58 +521,12 @@ pub unsafe fn discard(hva: u64, len: u64) -> io::Result<()> {
     }
 }
 
-impl crate::memory::GuestRam {
-    /// Register every RAM region with a new userfaultfd served from `source` (MISSING mode):
-    /// from now on each first touch of a frame, by the guest or the VMM, is served by the
-    /// handler thread. Call before anything is written to RAM.
-    ///
-    /// # Errors
-    /// As [`UffdHandler::start`].
-    pub fn attach_uffd(&mut self, source: Box<dyn PageSource>) -> Result<(), UffdError> {
-        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-        let ranges: Vec<(u64, u64)> = self
-            .mem
-            .iter()
-            .map(|r| (r.as_ptr() as u64, r.len()))
-            .collect();
-        // The handler is stored in `self`, so it is dropped with (and before the unmapping of)
-        // the regions it serves.
-        // SAFETY: each range is exactly one private anonymous mapping vm-memory created for
-        // this GuestRam. The handler writes only in answer to a fault in the range, i.e. while
-        // it is mapped; when the GuestRam drops, the mappings go first (field order) and the
-        // kernel unregisters them with them (no UFFD_FEATURE_EVENT_UNMAP: no message), then
-        // the handler stops.
-        let h = unsafe { UffdHandler::start(&ranges, source)? };
-        self.uffd = Some(h);
-        Ok(())
-    }
-
-    /// With uffd-backed RAM, discard the host pages of the freed frames `[gpa, gpa + len)`
-    /// (`MADV_DONTNEED`; the handler sees `UFFD_EVENT_REMOVE` and serves them zero on their
-    /// next touch). Without uffd, nothing.
-    pub fn discard_if_uffd(&self, gpa: u64, len: u64) {
-        if self.uffd.is_none() || !self.contains(gpa, len) {
-            return;
-        }
-        let Some(hva) = self.hva(gpa) else { return };
-        // SAFETY: `[gpa, gpa + len)` lies in one RAM region (checked above), so the host range
-        // is inside its mapping; the frames were just freed, their contents are not needed
-        // (a freed frame is zeroed before reuse anyway).
-        if let Err(e) = unsafe { discard(hva, len) } {
-            log::warn!("MADV_DONTNEED of freed frames at GPA {gpa:#x}: {e}");
-        }
-    }
-
-    /// Host address of guest-physical `gpa` in RAM.
-    fn hva(&self, gpa: u64) -> Option<u64> {
-        use vm_memory::GuestMemoryBackend;
-        self.mem
-            .get_host_address(vm_memory::GuestAddress(gpa))
-            .ok()
-            .map(|p| p as u64)
-    }
-}
-
+mod ram;
+mod stats;
+pub use stats::{UffdMode, UffdStats, HIST_BUCKETS};
 mod serve;
+pub use ram::{parse_gpa_range, RamOptions, CURSOR_STEP};
+#[cfg(test)]
+mod shm_tests;
 #[cfg(test)]
 mod tests;

@@ -4,10 +4,10 @@
 
 use super::PageSource;
 use super::{
-    ioctl, Shared, UffdMsg, UffdioCopy, UffdioRange, UffdioZeropage, FAULT_AROUND_MAX_PAGES, PAGE,
-    UFFDIO_COPY, UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_WAKE, UFFDIO_ZEROPAGE,
-    UFFDIO_ZEROPAGE_MODE_DONTWAKE, UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMOVE,
-    UFFD_PAGEFAULT_FLAG_WRITE,
+    ioctl, Shared, UffdMsg, UffdioContinue, UffdioCopy, UffdioRange, UffdioZeropage,
+    FAULT_AROUND_MAX_PAGES, PAGE, UFFDIO_CONTINUE, UFFDIO_CONTINUE_MODE_DONTWAKE, UFFDIO_COPY,
+    UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_WAKE, UFFDIO_ZEROPAGE, UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+    UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMOVE, UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_WRITE,
 };
 use std::collections::HashSet;
 use std::io;
@@ -46,6 +46,11 @@ pub(super) fn serve(
         next: u64::MAX,
         window: PAGE,
     };
+    // Continue-ahead of minor faults, likewise from the faulting page alone.
+    let mut minor_ramp = Ramp {
+        next: u64::MAX,
+        window: PAGE,
+    };
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -69,6 +74,46 @@ pub(super) fn serve(
         for m in &msgs[..count] {
             let t0 = Instant::now();
             match m.event {
+                UFFD_EVENT_PAGEFAULT if m.arg[0] & UFFD_PAGEFAULT_FLAG_MINOR != 0 => {
+                    // The page is in the shared memory's page cache: map it (no copy), and
+                    // while minor faults come in order, the run after it (continue-ahead).
+                    let page = m.arg[1] & !(PAGE - 1);
+                    let end = ranges
+                        .iter()
+                        .find(|&&(s, l)| page >= s && page - s < l)
+                        .map_or(page + PAGE, |&(r0, rlen)| {
+                            minor_ramp.block(page, PAGE, r0, r0 + rlen).1
+                        });
+                    let (outcome, mapped) = continue_run(fd, page, end - page);
+                    minor_ramp.next = page + mapped.max(PAGE);
+                    let ahead = (mapped / PAGE).saturating_sub(1);
+                    let ns = t0.elapsed().as_nanos() as u64;
+                    let mut s = match shared.stats.lock() {
+                        Ok(s) => s,
+                        Err(p) => p.into_inner(),
+                    };
+                    s.faults += 1;
+                    s.minor_faults += 1;
+                    s.continue_ahead += ahead;
+                    s.write_faults += (m.arg[0] & UFFD_PAGEFAULT_FLAG_WRITE != 0) as u64;
+                    match outcome {
+                        Served::Done => {
+                            s.continues += 1;
+                            s.record(ns);
+                        }
+                        Served::Raced => s.raced += 1,
+                        Served::Failed => s.errors += 1,
+                    }
+                    drop(s);
+                    if shared.track.load(Ordering::Relaxed) {
+                        touched(shared).extend((0..=ahead).map(|i| page + i * PAGE));
+                    }
+                    if ahead > 0 {
+                        wake_range(fd, page, mapped);
+                    } else {
+                        wake_page(fd, page);
+                    }
+                }
                 UFFD_EVENT_PAGEFAULT => {
                     let page = m.arg[1] & !(PAGE - 1);
                     let write = m.arg[0] & UFFD_PAGEFAULT_FLAG_WRITE != 0;
@@ -135,6 +180,7 @@ pub(super) fn serve(
                         Err(p) => p.into_inner(),
                     };
                     s.faults += 1;
+                    s.missing_faults += 1;
                     if data {
                         s.read_ahead += ahead;
                     } else {
@@ -409,4 +455,34 @@ fn zeropage(fd: &OwnedFd, page: u64) -> Served {
         }
     }
     Served::Failed
+}
+
+/// `UFFDIO_CONTINUE` of `[page, page + len)` (map the page-cache pages; the faulting thread is
+/// woken by the caller): the outcome for the faulting page and the bytes mapped from `page` on.
+/// The kernel stops at the first page already mapped (`EEXIST`) or no longer in the page
+/// cache (`EFAULT`: e.g. a hole punched meanwhile; the woken thread then faults again,
+/// missing), with a partial count (`EAGAIN`) if pages before it were mapped.
+fn continue_run(fd: &OwnedFd, page: u64, len: u64) -> (Served, u64) {
+    let mut tries = 0;
+    loop {
+        let mut c = UffdioContinue {
+            range: UffdioRange { start: page, len },
+            mode: UFFDIO_CONTINUE_MODE_DONTWAKE,
+            mapped: 0,
+        };
+        match ioctl(fd, UFFDIO_CONTINUE, &mut c) {
+            Ok(()) => return (Served::Done, len),
+            Err(e) => {
+                let done = (c.mapped.max(0) as u64).min(len) & !(PAGE - 1);
+                if done > 0 {
+                    return (Served::Done, done);
+                }
+                match e.raw_os_error() {
+                    Some(libc::EEXIST) => return (Served::Raced, 0),
+                    Some(libc::EAGAIN) if tries < 16 => tries += 1,
+                    _ => return (Served::Failed, 0),
+                }
+            }
+        }
+    }
 }

@@ -65,6 +65,9 @@ pub struct VmOptions {
     /// Back guest RAM through userfaultfd (default off; [`crate::uffd`]): first touches are
     /// served by a VMM handler thread, counted in the report's `uffd` section.
     pub uffd: bool,
+    /// RAM backing and the uffd ranges (default: anonymous RAM, all of it registered with
+    /// `uffd`; [`crate::uffd::RamOptions`]).
+    pub ram: crate::uffd::RamOptions,
 }
 
 impl Default for VmOptions {
@@ -77,6 +80,7 @@ impl Default for VmOptions {
             check_invariants: true,
             echo_console: false,
             uffd: false,
+            ram: crate::uffd::RamOptions::default(),
         }
     }
 }
@@ -197,6 +201,7 @@ impl Vm {
             },
             check_invariants: opts.check_invariants,
             uffd: opts.uffd,
+            ram: opts.ram,
             ..VmConfig::default()
         };
         let mut vm = Vm::create(&cfg, crate::scenario::default_hooks(), opts.cpuid)?;
@@ -245,7 +250,7 @@ impl Vm {
             )));
         }
         log::debug!("setup: KVM VM + CPUID after {:?}", t_start.elapsed());
-        let mut space = AddressSpace::build_with(
+        let mut space = AddressSpace::build_with_ram(
             cfg.mem_bytes,
             &cfg.kernel,
             cfg.zone_preset,
@@ -254,6 +259,7 @@ impl Vm {
                 no_nx: hooks.no_nx(),
                 uffd: cfg.uffd,
             },
+            &cfg.ram,
         )?;
         // The vCPU exists before the scenario's prepare so that a 5-level boot can be tried:
         // KVM checks CR4.LA57 against the vCPU's CPUID (KVM_SET_CPUID2 first).
