@@ -276,12 +276,16 @@ fn every_sample_trace_replays_on_every_heap() {
 /// perl went from 0.8189 to 0.8874 (≥ talc and within 3 points of dlmalloc now; 90 % needs
 /// 2,097 pages, it has 2,126), redis-server from 0.9122 to 0.9146, gcc-cc1 from 0.9224 to
 /// 0.9281 and nginx from 0.8655 to 0.8703 (talc's 179 pages: "≥ talc" met; 90 % needs 173);
-/// python-json fell from 0.9103 to 0.9010 (7 pages).
+/// python-json fell from 0.9103 to 0.9010 (7 pages). Sixth session, 13f (registries without
+/// node pages for up to 128 runs, MeMS's pool and small hash table in one page): gcc-cc1
+/// 0.9407 (807 pages; talc 803), nginx 0.8902 (175; 90 % needs 173), python-json 0.9097
+/// (1,452; talc 1,434); with 13g's realloc paths perl is at 0.9299 (2,029 pages: every
+/// target met; kept here as a floor).
 const KNOWN_EFFICIENCY_MISSES: [(&str, f64); 4] = [
-    ("gcc-cc1", 0.9281),
-    ("nginx", 0.8703),
-    ("perl", 0.9226),
-    ("python-json", 0.9010),
+    ("gcc-cc1", 0.9407),
+    ("nginx", 0.8902),
+    ("perl", 0.9299),
+    ("python-json", 0.9097),
 ];
 
 #[test]

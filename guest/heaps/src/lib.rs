@@ -15,8 +15,11 @@
 //! tables; only as tall as its keys need, so pages within one 2 MiB window cost one node;
 //! nodes are pages from the source, emptied nodes are unmapped at once) from every 4 KiB page
 //! it owns to that page's VM page (page families) or main node (MeMS), with a 128-entry
-//! direct-mapped lookup cache; ranges are registered one leaf at a time. It is what
-//! validates a pointer before any in-band data is trusted, in O(1).
+//! direct-mapped lookup cache; ranges are registered one leaf at a time. While the tree is
+//! empty, up to 128 runs (sorted, binary-searched) are kept inline in the heap struct instead (a fresh heap's registry
+//! costs no page until it holds more runs; adjacent one-page blocks registered with their own
+//! address share a run). It is what validates a pointer before any in-band data is trusted,
+//! in O(1).
 //!
 //! # Alignment
 //! * [`page_family`]: every payload is **16-byte aligned** (no larger alignment).

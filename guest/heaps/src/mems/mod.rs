@@ -43,7 +43,10 @@
 //! Never inside the regions handed to the program. Main and sub-chain nodes are 64-byte slots
 //! in **node-pool pages** (one page = a 64-byte pool header + 63 slots, chained); live
 //! PROCESS segments are found by address in an open-addressing **hash table** (16-byte
-//! entries, in pages, resized by doubling/halving); the page registry (see the crate docs) maps every region
+//! entries, resized by doubling/halving). The first pool page (the *home* page) holds 31
+//! slots and, in its upper half, the table while it has at most 128 entries (up to 96 live
+//! PROCESS segments), so a fresh MeMS maps a single metadata page; a bigger table has pages
+//! of its own; the page registry (see the crate docs) maps every region
 //! page to its main node (for `mems_get` and for classifying bad frees). All of it comes from
 //! the same page source and is counted by [`Mems::pages_in_use`]; `mems_finish` returns it all.
 //! Since the regions hold no metadata, they are mapped with [`PageSource::map_pages_dirty`]
@@ -79,7 +82,15 @@ const MAIN_SOLO: usize = 1;
 const NODE_MAGIC: u32 = 0x4d65_4d53; // "MeMS"
 const FL: usize = 64;
 const SL: usize = 8;
+/// Smallest hash table of its own pages (one page).
 const MIN_TABLE: usize = PAGE_SIZE / 16;
+/// The hash table while it is small: 128 entries in the upper half of the first node-pool
+/// page (the "home" page), so a fresh MeMS maps one metadata page, not two.
+const HOME_TABLE: usize = MIN_TABLE / 2;
+/// Offset of the home table in the home page; node slots of the home page stop below it.
+const HOME_TABLE_OFF: usize = PAGE_SIZE - HOME_TABLE * 16;
+/// Node slots of the home page.
+const HOME_SLOTS: usize = HOME_TABLE_OFF / NODE - 1;
 
 /// A sub-chain node (PROCESS or HOLE segment), 64 bytes in a pool page.
 #[repr(C)]
@@ -182,6 +193,8 @@ pub struct Mems<S: PageSource> {
     solo_min: usize,
     // Node pool.
     pool_first: usize,
+    /// The home page (the first pool page mapped), 0 if none.
+    home: usize,
     pool_pages: usize,
     free_nodes: usize,
     free_count: usize,
@@ -211,6 +224,7 @@ impl<S: PageSource> Mems<S> {
             min_grow_pages: 1,
             solo_min: usize::MAX,
             pool_first: 0,
+            home: 0,
             pool_pages: 0,
             free_nodes: 0,
             free_count: 0,
@@ -269,7 +283,24 @@ impl<S: PageSource> Mems<S> {
 
     /// Pages of metadata: node pool, hash table and page registry.
     pub fn metadata_pages(&self) -> usize {
-        self.pool_pages + self.table_cap * 16 / PAGE_SIZE + self.registry.node_pages()
+        self.pool_pages + self.table_pages() + self.registry.node_pages()
+    }
+
+    /// Pages of the hash table's own (0 while it lives in the home page).
+    pub(crate) fn table_pages(&self) -> usize {
+        if self.table_at_home() {
+            0
+        } else {
+            self.table_cap * 16 / PAGE_SIZE
+        }
+    }
+
+    /// Node slots in the pool pages.
+    fn pool_slots(&self) -> usize {
+        match self.pool_pages {
+            0 => 0,
+            n => HOME_SLOTS + (n - 1) * SLOTS_PER_POOL_PAGE,
+        }
     }
 
     /// Bytes in holes (the report's "Space unused").

@@ -9,11 +9,18 @@ impl<S: PageSource> Mems<S> {
     pub(super) fn reserve_nodes(&mut self, n: usize) -> Result<(), HeapError> {
         while self.free_count < n {
             let page = map(&mut self.source, 1).ok_or(HeapError::OutOfMemory { pages: 1 })?;
+            // The first page is the home page: its upper half is kept for the hash table.
+            let slots = if self.home == 0 {
+                self.home = page;
+                HOME_SLOTS
+            } else {
+                SLOTS_PER_POOL_PAGE
+            };
             // SAFETY: `page` is a fresh page owned by the pool: word 0 links the pool pages,
-            // slots 1..64 join the free list (their word 0 links the list).
+            // slots 1..=slots join the free list (their word 0 links the list).
             unsafe {
                 *at::<usize>(page) = self.pool_first;
-                for i in 1..=SLOTS_PER_POOL_PAGE {
+                for i in 1..=slots {
                     let s = page + i * NODE;
                     *at::<usize>(s) = self.free_nodes;
                     self.free_nodes = s;
@@ -21,7 +28,7 @@ impl<S: PageSource> Mems<S> {
             }
             self.pool_first = page;
             self.pool_pages += 1;
-            self.free_count += SLOTS_PER_POOL_PAGE;
+            self.free_count += slots;
         }
         Ok(())
     }
@@ -47,7 +54,11 @@ impl<S: PageSource> Mems<S> {
         self.free_count += 1;
     }
 
+    /// Unmap the pool pages (and so the home table: the table goes first if it is there).
     pub(super) fn release_pool(&mut self) {
+        if self.table_at_home() {
+            self.release_table();
+        }
         let mut p = self.pool_first;
         while p != 0 {
             // SAFETY: `p` is a live pool page; read its link before unmapping it.
@@ -56,6 +67,7 @@ impl<S: PageSource> Mems<S> {
             p = next;
         }
         self.pool_first = 0;
+        self.home = 0;
         self.pool_pages = 0;
         self.free_nodes = 0;
         self.free_count = 0;

@@ -74,7 +74,7 @@ impl<S: PageSource> Mems<S> {
         let corrupt = |addr, reason| Err(HeapError::Corrupted { addr, reason });
         let mut a = MemsAudit {
             pool_pages: self.pool_pages,
-            table_pages: self.table_cap * 16 / PAGE_SIZE,
+            table_pages: self.table_pages(),
             registry_pages: self.registry.node_pages(),
             ..MemsAudit::default()
         };
@@ -198,7 +198,7 @@ impl<S: PageSource> Mems<S> {
             || a.hole_bytes != self.hole_bytes
             || a.data_pages != self.data_pages
             || self.registry.entries() != self.data_pages
-            || nodes + self.free_count != self.pool_pages * SLOTS_PER_POOL_PAGE
+            || nodes + self.free_count != self.pool_slots()
         {
             return corrupt(0, "counters");
         }

@@ -83,15 +83,28 @@ impl<S: PageSource> Mems<S> {
             *self.entry(i) = [0, 0];
         }
         self.table_len -= 1;
-        if self.table_cap > MIN_TABLE && self.table_len * 8 < self.table_cap {
+        if self.table_len * 8 < self.table_cap
+            && (self.table_cap > MIN_TABLE || (self.table_cap == MIN_TABLE && self.home != 0))
+        {
+            // Down to one page, then back into the home page.
             let _ = self.hresize(self.table_cap / 2);
         }
+    }
+
+    /// Is the table in the home page's upper half?
+    #[inline(always)]
+    pub(super) fn table_at_home(&self) -> bool {
+        self.table != 0 && self.table == self.home + HOME_TABLE_OFF
     }
 
     /// Room for one more entry.
     pub(super) fn hreserve(&mut self) -> Result<(), HeapError> {
         if self.table == 0 {
-            self.hresize(MIN_TABLE)
+            self.hresize(if self.home != 0 {
+                HOME_TABLE
+            } else {
+                MIN_TABLE
+            })
         } else if (self.table_len + 1) * 4 > self.table_cap * 3 {
             self.hresize(self.table_cap * 2)
         } else {
@@ -99,9 +112,20 @@ impl<S: PageSource> Mems<S> {
         }
     }
 
+    /// Move the entries to a table of `cap` entries: the home table for [`HOME_TABLE`] (with
+    /// a home page), else fresh pages of its own.
     pub(super) fn hresize(&mut self, cap: usize) -> Result<(), HeapError> {
-        let pages = cap * 16 / PAGE_SIZE;
-        let new = map(&mut self.source, pages).ok_or(HeapError::OutOfMemory { pages })?;
+        let old_pages = self.table_pages();
+        let new = if cap == HOME_TABLE && self.home != 0 {
+            let t = self.home + HOME_TABLE_OFF;
+            // SAFETY: the upper half of the live home page is the home table's, unused now
+            // (the table is elsewhere or absent); it may hold entries of an earlier stay.
+            unsafe { core::ptr::write_bytes(at::<u8>(t), 0, HOME_TABLE * 16) };
+            t
+        } else {
+            let pages = (cap * 16).div_ceil(PAGE_SIZE);
+            map(&mut self.source, pages).ok_or(HeapError::OutOfMemory { pages })?
+        };
         let (old, old_cap) = (self.table, self.table_cap);
         self.table = new;
         self.table_cap = cap;
@@ -113,19 +137,16 @@ impl<S: PageSource> Mems<S> {
                 self.hinsert(e[0], e[1]);
             }
         }
-        if old != 0 {
-            unmap(&mut self.source, old, old_cap * 16 / PAGE_SIZE);
+        if old_pages != 0 {
+            unmap(&mut self.source, old, old_pages);
         }
         Ok(())
     }
 
     pub(super) fn release_table(&mut self) {
-        if self.table != 0 {
-            unmap(
-                &mut self.source,
-                self.table,
-                self.table_cap * 16 / PAGE_SIZE,
-            );
+        let pages = self.table_pages();
+        if pages != 0 {
+            unmap(&mut self.source, self.table, pages);
         }
         self.table = 0;
         self.table_cap = 0;

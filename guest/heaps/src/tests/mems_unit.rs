@@ -241,6 +241,40 @@ fn hash_table_grows_and_shrinks() {
     assert_eq!(m.source().mapped_pages(), m.pages_in_use());
 }
 
+/// A fresh MeMS maps one metadata page (the home page: node slots and the small hash table;
+/// its registry entries are inline); a table past 96 entries gets pages of its own and comes
+/// back home when it empties again.
+#[test]
+fn home_page_holds_pool_and_small_table() {
+    let mut m = Mems::new(HostPageSource::new());
+    let p = m.mems_malloc(100).unwrap();
+    let a = m.audit().unwrap();
+    assert_eq!((a.pool_pages, a.table_pages, a.registry_pages), (1, 0, 0));
+    assert_eq!(m.metadata_pages(), 1);
+    assert_eq!(m.source().mapped_pages(), m.pages_in_use());
+    let mut ps: Vec<_> = (0..200).map(|_| m.mems_malloc(16).unwrap()).collect();
+    let a = m.audit().unwrap();
+    assert!(a.table_pages >= 1, "{a:?}");
+    assert!(a.pool_pages >= 4, "{a:?}");
+    assert_eq!(m.source().mapped_pages(), m.pages_in_use());
+    for q in ps.drain(10..) {
+        m.mems_free(q).unwrap();
+        m.audit().unwrap();
+    }
+    let a = m.audit().unwrap();
+    assert_eq!(a.table_pages, 0, "back in the home page: {a:?}");
+    assert_eq!(m.source().mapped_pages(), m.pages_in_use());
+    // Every entry moved home is still found.
+    for q in ps {
+        m.mems_free(q).unwrap();
+    }
+    m.mems_free(p).unwrap();
+    m.audit().unwrap();
+    assert!(m.mems_free(p).is_err(), "double free refused");
+    m.mems_finish();
+    assert_eq!(m.source().mapped_pages(), 0);
+}
+
 #[test]
 fn out_of_memory() {
     let mut m = Mems::new(HostPageSource::with_limit(12));

@@ -6,7 +6,8 @@
 //! process-wide **pool** shared by every heap:
 //! * single pages come from a **chunk**: one `mmap` of [`CHUNK_PAGES`] pages, handed out a
 //!   page at a time;
-//! * freed pages are **cached** (as runs, up to [`CACHE_CAP`] runs and [`CACHE_PAGES`] pages)
+//! * freed pages are **cached** (as runs, up to [`CACHE_CAP`] runs and [`CACHE_PAGES`] pages;
+//!   a run next to a cached run joins it)
 //!   and zeroed when handed out again (the `PageSource` contract promises zero-filled pages;
 //!   zeroing a page natively costs far less than an exit), except for `map_pages_dirty`
 //!   (MeMS's data regions), which takes a recycled run as it is; a request takes an exact
@@ -361,6 +362,20 @@ impl Pool {
         } else {
             2
         }] += 1;
+        // A run next to a cached one joins it (a heap's teardown gives its pages back one
+        // at a time): fewer runs, so the cache is not evicted for want of slots (each
+        // eviction is an exit and a flush of KVM's shadow page tables). Adjacent runs lie in
+        // one host region (see `evict`). Newest runs first; at most CACHE_CAP compares.
+        if pages <= CACHE_PAGES / 2 && self.cached_pages + pages <= CACHE_PAGES {
+            let next_to =
+                |&(b, n): &(usize, usize)| b + n * PAGE == base || base + pages * PAGE == b;
+            if let Some(i) = self.cache[..self.ncache].iter().rposition(next_to) {
+                let (b, n) = self.cache[i];
+                self.cache[i] = (b.min(base), n + pages);
+                self.cached_pages += pages;
+                return;
+            }
+        }
         if self.ncache == CACHE_CAP || self.cached_pages + pages > CACHE_PAGES {
             self.evict(CACHE_PAGES / 4);
         }

@@ -1,66 +1,13 @@
-//! Page registry: a radix tree of up to 4 levels (9 bits a level, like the x86-64 page tables)
-//! from a 4 KiB virtual page to a non-zero `usize` value (the owning page header or main node).
-//!
-//! It is what the heaps use to validate a pointer without trusting in-band data: a pointer is
-//! only looked at if its page is registered. Lookups are O(1) (at most four dependent loads).
-//!
-//! The tree is only as tall as its keys need: its root covers the keys that share the
-//! `prefix` above its `height` levels (a single leaf for pages within one 2 MiB-aligned
-//! window, 512 leaves under a root for one 1 GiB window, …). A key outside grows the tree by
-//! a new root above the old one; when a removal leaves the root with a single child, the
-//! child becomes the root. So a small heap pays one node page, not four (x86-64 page tables
-//! always walk four levels; a tree of this kind is what Linux's radix tree / XArray does
-//! with its `shift`).
-//!
-//! Every node is one page from the [`PageSource`] holding 512 `u64` entries. An interior entry
-//! is `child_base | population(child)`: the child is page-aligned, so its low 12 bits hold the
-//! number of non-zero entries in the child (0..=512). The root's population is kept in the
-//! struct. A node whose population drops to 0 is unmapped at once, so an empty registry holds
-//! no pages. A small direct-mapped cache ([`CACHE`] entries, inside the struct) in front of
-//! the tree serves repeated lookups of hot pages with one load. Keys are canonical x86-64 virtual addresses: bits 47..12 index the tree (bits
-//! 63..48 must equal bit 47, so the lower and upper halves never collide).
+//! The page registry's radix tree: walks, growth and shrinking of the root, range fills and
+//! clears of leaf runs (see the parent module for the layout).
 
-use core::cell::Cell;
+use super::*;
+use crate::at;
 
-use crate::{at, map, unmap, HeapError, PageSource};
-
-const FANOUT: usize = 512;
-const COUNT_MASK: u64 = 0xfff;
-/// Entries of the lookup cache (a power of two).
-pub(crate) const CACHE: usize = 128;
-
-/// See the module docs.
-pub(crate) struct PageRegistry {
-    /// Root node base address, 0 if none.
-    root: usize,
-    /// Non-zero entries in the root.
-    root_count: usize,
-    /// Levels of the tree (1 = the root is a leaf … 4), 0 if empty.
-    height: usize,
-    /// The key bits above the root's levels (`key >> (9 * height)`) shared by every key.
-    prefix: usize,
-    /// Pages mapped for nodes.
-    node_pages: usize,
-    /// Registered 4 KiB pages.
-    entries: usize,
-    /// Direct-mapped lookup cache: `(key + 1, value)`, indexed by the low bits of the key;
-    /// `(0, _)` is empty. Only holds registered pages (cleared on removal).
-    cache: [Cell<(usize, usize)>; CACHE],
-}
-
-/// Page-number key of a canonical address, or `None` for a non-canonical one.
-#[inline(always)]
-fn key(va: usize) -> Option<usize> {
-    let top = (va as u64 as i64) >> 47;
-    if top == 0 || top == -1 {
-        Some((va >> 12) & ((1usize << 36) - 1))
-    } else {
-        None
-    }
-}
+pub(super) const COUNT_MASK: u64 = 0xfff;
 
 #[inline(always)]
-fn indices(k: usize) -> [usize; 4] {
+pub(super) fn indices(k: usize) -> [usize; 4] {
     [k & 511, (k >> 9) & 511, (k >> 18) & 511, (k >> 27) & 511]
 }
 
@@ -78,67 +25,15 @@ unsafe fn leaf_run<'a>(node: usize, i: usize, n: usize) -> &'a mut [u64] {
 
 /// Entry `i` of the node at `node`.
 #[inline(always)]
-fn slot(node: usize, i: usize) -> *mut u64 {
+pub(super) fn slot(node: usize, i: usize) -> *mut u64 {
     debug_assert!(i < FANOUT);
     at::<u64>(node + i * 8)
 }
 
 impl PageRegistry {
-    pub(crate) const fn new() -> Self {
-        PageRegistry {
-            root: 0,
-            root_count: 0,
-            height: 0,
-            prefix: 0,
-            node_pages: 0,
-            entries: 0,
-            cache: [const { Cell::new((0, 0)) }; CACHE],
-        }
-    }
-
-    /// Pages this registry has mapped for its nodes.
-    pub(crate) fn node_pages(&self) -> usize {
-        self.node_pages
-    }
-
-    /// Number of registered pages.
-    pub(crate) fn entries(&self) -> usize {
-        self.entries
-    }
-
-    /// The value registered for the page containing `va`, or 0.
-    #[inline(always)]
-    pub(crate) fn get(&self, va: usize) -> usize {
-        let Some(k) = key(va) else { return 0 };
-        let c = &self.cache[k & (CACHE - 1)];
-        let (ck, cv) = c.get();
-        if ck == k + 1 {
-            return cv;
-        }
-        let v = self.walk(k);
-        if v != 0 {
-            c.set((k + 1, v));
-        }
-        v
-    }
-
-    /// The cached entries of keys `k .. k + n` now hold `value` (0: they are dropped). Looks
-    /// at the `min(n, CACHE)` cache slots those keys map to, never at more.
-    #[inline]
-    fn cache_update(&self, k: usize, n: usize, value: usize) {
-        for j in 0..n.min(CACHE) {
-            let c = &self.cache[(k + j) & (CACHE - 1)];
-            let ck = c.get().0;
-            // Cached as key + 1 (0 = empty, which wraps to a huge offset).
-            if ck.wrapping_sub(k + 1) < n {
-                c.set(if value == 0 { (0, 0) } else { (ck, value) });
-            }
-        }
-    }
-
     /// Tree lookup of key `k`.
     #[inline]
-    fn walk(&self, k: usize) -> usize {
+    pub(super) fn walk(&self, k: usize) -> usize {
         if !self.covers(k) {
             return 0;
         }
@@ -338,43 +233,14 @@ impl PageRegistry {
         Some(nodes)
     }
 
-    /// Register the page containing `va` with `value` (non-zero). Overwrites silently.
-    #[cfg(test)]
-    pub(crate) fn insert<S: PageSource + ?Sized>(
-        &mut self,
-        src: &mut S,
-        va: usize,
-        value: usize,
-    ) -> Result<(), HeapError> {
-        self.insert_range(src, va & !0xfff, 1, value)
-    }
-
-    /// Unregister the page containing `va`; returns the old value (0 if it was absent).
-    #[cfg(test)]
-    pub(crate) fn remove<S: PageSource + ?Sized>(&mut self, src: &mut S, va: usize) -> usize {
-        let Some(k) = key(va) else { return 0 };
-        let idx = indices(k);
-        let Some(nodes) = self.find_path(k, &idx) else {
-            return 0;
-        };
-        // SAFETY: `nodes[0]` is a live leaf.
-        let old = unsafe { *slot(nodes[0], idx[0]) };
-        if old != 0 {
-            self.clear_leaf_run(src, k, &nodes, &idx, 1);
-        }
-        old as usize
-    }
-
-    /// Register `pages` pages from `base` (page-aligned) with `value` (non-zero), one tree
-    /// walk per leaf node the range touches; on failure nothing stays registered.
-    pub(crate) fn insert_range<S: PageSource + ?Sized>(
+    /// [`Self::insert_range`] in the tree.
+    pub(super) fn tree_insert_range<S: PageSource + ?Sized>(
         &mut self,
         src: &mut S,
         base: usize,
         pages: usize,
         value: usize,
     ) -> Result<(), HeapError> {
-        debug_assert!(value != 0);
         let mut i = 0;
         while i < pages {
             let va = base + (i << 12);
@@ -391,7 +257,7 @@ impl PageRegistry {
                 Ok(f) => f,
                 Err(e) => {
                     // Nothing stays registered: undo the leaves filled so far.
-                    self.remove_range(src, base, i);
+                    self.tree_remove_range(src, base, i);
                     return Err(e);
                 }
             };
@@ -445,8 +311,8 @@ impl PageRegistry {
         n
     }
 
-    /// Unregister `pages` pages from `base` (page-aligned), one tree walk per leaf node.
-    pub(crate) fn remove_range<S: PageSource + ?Sized>(
+    /// [`Self::remove_range`] in the tree.
+    pub(super) fn tree_remove_range<S: PageSource + ?Sized>(
         &mut self,
         src: &mut S,
         base: usize,
@@ -466,41 +332,10 @@ impl PageRegistry {
             i += n;
         }
     }
-
-    /// Unmap every node (all entries are dropped).
-    pub(crate) fn clear<S: PageSource + ?Sized>(&mut self, src: &mut S) {
-        fn free_level<S: PageSource + ?Sized>(src: &mut S, node: usize, level: usize) -> usize {
-            let mut freed = 1;
-            if level > 0 {
-                for i in 0..FANOUT {
-                    // SAFETY: `node` is a live node page.
-                    let e = unsafe { *slot(node, i) };
-                    if e != 0 {
-                        freed += free_level(src, (e & !COUNT_MASK) as usize, level - 1);
-                    }
-                }
-            }
-            unmap(src, node, 1);
-            freed
-        }
-        if self.root != 0 {
-            let freed = free_level(src, self.root, self.height - 1);
-            self.node_pages -= freed;
-        }
-        debug_assert_eq!(self.node_pages, 0);
-        self.root = 0;
-        self.root_count = 0;
-        self.height = 0;
-        self.prefix = 0;
-        self.entries = 0;
-        for c in &self.cache {
-            c.set((0, 0));
-        }
-    }
 }
 
 #[derive(Clone, Copy)]
-enum Counter {
+pub(super) enum Counter {
     Root,
     Entry(*mut u64),
 }
