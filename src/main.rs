@@ -364,46 +364,11 @@ fn bench(b: BenchArgs) -> ExitCode {
         print!("{}", result.table());
     }
     if b.update_md {
-        if let Err(e) = update_md(&result) {
+        if let Err(e) = result.update_md(std::path::Path::new("BENCHMARKS.md")) {
             return fail(format!("BENCHMARKS.md: {e}"));
         }
     }
     ExitCode::SUCCESS
-}
-
-/// Replace (or append) the "memvisor bench" section of BENCHMARKS.md, writing a temporary file
-/// and renaming it so a failure never leaves a partial file.
-fn update_md(r: &memvisor_cli::bench::BenchResult) -> std::io::Result<()> {
-    const HEAD: &str = "## memvisor bench";
-    let path = std::path::Path::new("BENCHMARKS.md");
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let date = std::process::Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let section = format!(
-        "{HEAD}\n\nRun {date} with `cargo run --release -- bench --update-md`.\n\n{}\n",
-        r.table()
-    );
-    let new = match old.find(HEAD) {
-        Some(start) => {
-            let rest = &old[start + HEAD.len()..];
-            let end = rest
-                .find("\n## ")
-                .map_or(old.len(), |i| start + HEAD.len() + i + 1);
-            format!("{}{}{}", &old[..start], section, &old[end..])
-        }
-        None => format!("{}\n{}", old.trim_end(), "\n".to_string() + &section),
-    };
-    let tmp = path.with_extension("md.tmp");
-    let res = std::fs::write(&tmp, new).and_then(|()| std::fs::rename(&tmp, path));
-    if res.is_err() {
-        // Never leave the partial file behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
 }
 
 fn run(a: RunArgs) -> ExitCode {

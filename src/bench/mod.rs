@@ -6,17 +6,16 @@
 //! repetitions (median of batches). Targets are read from the table, never asserted by a
 //! timed test.
 
-use memvisor::addr::{Gpa, Gva, Pfn};
-use memvisor::frames::BitmapAllocator;
-use memvisor::paging::{FramePool, PageSize, PageTables, PteFlags};
+use memvisor::paging::PageSize;
 use memvisor::report::Report;
 use memvisor::vmm::{self, VmConfig, VmmError};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 pub use target::{Target, Verdict};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+mod heap;
+mod host;
 mod target;
 mod uffd;
 
@@ -126,114 +125,6 @@ fn kvm_backend() -> String {
     }
 }
 
-/// Host Linux minor fault: first touch of fresh anonymous pages in this process, ns per page.
-fn host_minor_fault_ns(pages: usize) -> f64 {
-    let len = pages * 4096;
-    // SAFETY: a private anonymous mapping we own and unmap below; no other reference to it.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return f64::NAN;
-    }
-    let t0 = Instant::now();
-    for i in 0..pages {
-        // SAFETY: inside the mapping.
-        unsafe { std::ptr::write_volatile((p as *mut u8).add(i * 4096), 1) };
-    }
-    let ns = t0.elapsed().as_nanos() as f64 / pages as f64;
-    // SAFETY: unmapping exactly what we mapped.
-    unsafe { libc::munmap(p, len) };
-    ns
-}
-
-/// Page-table build figures: ns per entry for a direct map of `bytes` with `size` pages, and
-/// memset of the same number of PTE bytes, one of each per rep (interleaved, as in
-/// `crates/paging/benches/paging.rs`); medians over `reps`.
-fn pt_build(bytes: u64, size: PageSize, reps: usize) -> (f64, f64) {
-    let entries = bytes / size.bytes();
-    let tables = (entries / 512 + 8) as usize;
-    let mem_bytes = (tables + 16) * 4096;
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_bytes)]) else {
-        return (f64::NAN, f64::NAN);
-    };
-    let flags = PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::NO_EXECUTE;
-    let mut times = Vec::new();
-    // The memset peer runs interleaved with the builds (one of each per rep), so both see
-    // the same machine state; each figure is the median over reps.
-    let mut buf = vec![0xffu8; (entries * 8) as usize];
-    let mut memsets = Vec::new();
-    for _ in 0..reps {
-        let Ok(mut pool) = FramePool::new(Pfn::new(1), (mem_bytes / 4096 - 1) as u64) else {
-            return (f64::NAN, f64::NAN);
-        };
-        let Ok(mut pt) = PageTables::new(&mem, &mut pool) else {
-            return (f64::NAN, f64::NAN);
-        };
-        // Map GPAs above the table memory (a writable mapping over table frames is refused).
-        let base = Gpa::new(1 << 40);
-        let t0 = Instant::now();
-        let ok = match size {
-            PageSize::Size4K => pt
-                .edit(&mem, &mut pool)
-                .map_range(Gva::new(0xffff_8880_0000_0000), base, bytes, size, flags)
-                .is_ok(),
-            _ => pt
-                .edit(&mem, &mut pool)
-                .map_direct(
-                    Gva::new(0xffff_8880_0000_0000),
-                    &[(base, bytes)],
-                    false,
-                    flags,
-                )
-                .is_ok(),
-        };
-        let dt = t0.elapsed();
-        if !ok {
-            return (f64::NAN, f64::NAN);
-        }
-        times.push(dt.as_nanos() as f64 / entries as f64);
-        memsets.push(
-            median_ns(1, 1, || {
-                buf.fill(0);
-                std::hint::black_box(&buf);
-            }) / entries as f64,
-        );
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    (median(&mut times), median(&mut memsets))
-}
-
-/// Single-frame alloc+free pair on our bitmap allocator and on buddy_system_allocator's
-/// FrameAllocator, 1 GiB of frames (ns per pair).
-fn frames_pair() -> (f64, f64) {
-    let frames = (1u64 << 30) / 4096;
-    let mut ours = BitmapAllocator::new(Pfn::new(0), frames);
-    let a = median_ns(9, 100_000, || {
-        if let Ok(p) = ours.alloc() {
-            let _ = ours.free(p, 1);
-        }
-    });
-    let mut buddy = buddy_system_allocator::FrameAllocator::<32>::new();
-    buddy.add_frame(0, frames as usize);
-    let b = median_ns(9, 100_000, || {
-        if let Some(p) = buddy.alloc(1) {
-            buddy.dealloc(p, 1);
-        }
-    });
-    (a, b)
-}
-
 fn guest_config(quick: bool) -> VmConfig {
     VmConfig {
         mem_bytes: 256 << 20,
@@ -292,7 +183,7 @@ pub fn run_only(quick: bool, only: Option<&str>) -> Result<BenchResult, BenchErr
             |q| Ok(uffd::guest_figures(q)),
         ),
         (&["snapshot_restore_"], |q| Ok(uffd::restore_figures(q))),
-        (&["heap_"], heap_figures),
+        (&["heap_"], heap::heap_figures),
     ];
     let hit = |names: &[&str], p: &str| names.iter().any(|n| n.starts_with(p) || p.starts_with(n));
     let core = only.is_none_or(|p| !groups.iter().any(|g| hit(g.0, p)));
@@ -383,7 +274,7 @@ fn core_figures(quick: bool) -> Result<(Vec<Figure>, u64), BenchError> {
         r3_exit,
         Target::Scale,
     ));
-    let minor = host_minor_fault_ns(if quick { 256 } else { 4096 });
+    let minor = host::host_minor_fault_ns(if quick { 256 } else { 4096 });
     f.push(fig(
         "host_linux_minor_fault",
         minor,
@@ -412,7 +303,7 @@ fn core_figures(quick: bool) -> Result<(Vec<Figure>, u64), BenchError> {
         ));
     }
     let reps = if quick { 5 } else { 31 };
-    let (pt2m, ms2m) = pt_build(64 << 30, PageSize::Size2M, reps);
+    let (pt2m, ms2m) = host::pt_build(64 << 30, PageSize::Size2M, reps);
     f.push(fig(
         "pt_build_64GiB_direct_map_2M",
         pt2m,
@@ -421,7 +312,7 @@ fn core_figures(quick: bool) -> Result<(Vec<Figure>, u64), BenchError> {
         ms2m,
         Target::RatioMax(2.0),
     ));
-    let (pt4k, ms4k) = pt_build(1 << 30, PageSize::Size4K, reps);
+    let (pt4k, ms4k) = host::pt_build(1 << 30, PageSize::Size4K, reps);
     f.push(fig(
         "pt_build_1GiB_4K",
         pt4k,
@@ -456,7 +347,7 @@ fn core_figures(quick: bool) -> Result<(Vec<Figure>, u64), BenchError> {
         setup_gib,
         Target::Scale,
     ));
-    let (ours, buddy) = frames_pair();
+    let (ours, buddy) = host::frames_pair();
     f.push(fig(
         "frames_single_alloc_free_pair_1GiB",
         ours,
@@ -466,108 +357,6 @@ fn core_figures(quick: bool) -> Result<(Vec<Figure>, u64), BenchError> {
         Target::ValueAndRatioMax(25.0, 0.33),
     ));
     Ok((f, khz))
-}
-
-/// Guest heap figures (issue 4), from the `heap-bench` guest (see `crate::replay::bench_report`):
-/// page families vs talc on alloc+free pairs of ≤ 256-byte objects (and the other sizes,
-/// for scale), and the memvisor heap vs talc replaying each sample trace (throughput and
-/// efficiency).
-fn heap_figures(quick: bool) -> Result<Vec<Figure>, BenchError> {
-    let r = crate::replay::bench_report(quick).map_err(BenchError::Guest)?;
-    let khz = r.tsc_khz;
-    let raw = |n: &str| {
-        r.records
-            .get(&format!("bench.{n}"))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let mut f = Vec::new();
-    for size in [16, 64, 256, 1024, 4096, 16384] {
-        let target = if size <= 256 {
-            Target::RatioMax(1.0)
-        } else {
-            Target::Scale
-        };
-        for kind in ["pair", "batch"] {
-            let ns = |h: &str| rec(&r, &format!("heap_{kind}_{h}_{size}"), khz);
-            f.push(fig(
-                &format!("heap_{kind}_page_family_{size}B"),
-                ns("page-family"),
-                "ns",
-                "talc",
-                ns("talc"),
-                target,
-            ));
-        }
-        // The memvisor heap's mid-size path (issue 13): pair and batch at 1, 4 and 16 KiB
-        // against talc, and the pair against the stronger peers.
-        let mid = if size >= 1024 {
-            Target::RatioMax(1.0)
-        } else {
-            Target::Scale
-        };
-        for kind in ["pair", "batch"] {
-            let ns = |h: &str| rec(&r, &format!("heap_{kind}_{h}_{size}"), khz);
-            if kind == "batch" && size < 1024 {
-                continue;
-            }
-            f.push(fig(
-                &format!("heap_{kind}_memvisor_{size}B"),
-                ns("memvisor"),
-                "ns",
-                "talc",
-                ns("talc"),
-                mid,
-            ));
-        }
-        if size >= 1024 {
-            for peer in ["rlsf", "dlmalloc"] {
-                let ns = |h: &str| rec(&r, &format!("heap_pair_{h}_{size}"), khz);
-                f.push(fig(
-                    &format!("heap_pair_memvisor_{size}B_vs_{peer}"),
-                    ns("memvisor"),
-                    "ns",
-                    peer,
-                    ns(peer),
-                    Target::Scale,
-                ));
-            }
-        }
-    }
-    for p in crate::replay::sample_traces() {
-        let Some(t) = p.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
-            continue;
-        };
-        let ops = |h: &str| raw(&format!("heap_replay_{t}_{h}_ops"));
-        let eff = |h: &str| raw(&format!("heap_replay_{t}_{h}_eff_bp")) / 100.0;
-        f.push(fig(
-            &format!("heap_replay_{t}_memvisor"),
-            ops("memvisor"),
-            "ops/s",
-            "talc",
-            ops("talc"),
-            Target::RatioMin(1.0),
-        ));
-        for peer in ["rlsf", "dlmalloc"] {
-            f.push(fig(
-                &format!("heap_replay_{t}_memvisor_vs_{peer}"),
-                ops("memvisor"),
-                "ops/s",
-                peer,
-                ops(peer),
-                Target::RatioMin(1.0),
-            ));
-        }
-        f.push(fig(
-            &format!("heap_replay_{t}_memvisor_efficiency"),
-            eff("memvisor"),
-            "%",
-            "talc",
-            eff("talc"),
-            Target::ValueMin(90.0),
-        ));
-    }
-    Ok(f)
 }
 
 /// Median VMM start → first guest instruction (µs) and memslot registration (µs), 256 MiB.
@@ -605,6 +394,44 @@ fn memslot_per_gib(quick: bool) -> Result<(f64, f64), BenchError> {
 }
 
 impl BenchResult {
+    /// Replace (or append) the "memvisor bench" section of the Markdown file `path`
+    /// (BENCHMARKS.md) with this table and today's date, writing a temporary file and
+    /// renaming it so a failure never leaves a partial file.
+    ///
+    /// # Errors
+    /// The I/O error of writing or renaming the temporary file.
+    pub fn update_md(&self, path: &std::path::Path) -> std::io::Result<()> {
+        const HEAD: &str = "## memvisor bench";
+        let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+        let date = std::process::Command::new("date")
+            .arg("+%Y-%m-%d")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let section = format!(
+            "{HEAD}\n\nRun {date} with `cargo run --release -- bench --update-md`.\n\n{}\n",
+            self.table()
+        );
+        let new = match old.find(HEAD) {
+            Some(start) => {
+                let rest = &old[start + HEAD.len()..];
+                let end = rest
+                    .find("\n## ")
+                    .map_or(old.len(), |i| start + HEAD.len() + i + 1);
+                format!("{}{}{}", &old[..start], section, &old[end..])
+            }
+            None => format!("{}\n{}", old.trim_end(), "\n".to_string() + &section),
+        };
+        let tmp = path.with_extension("md.tmp");
+        let res = std::fs::write(&tmp, new).and_then(|()| std::fs::rename(&tmp, path));
+        if res.is_err() {
+            // Never leave the partial file behind.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res
+    }
+
     /// The table as text (Markdown).
     pub fn table(&self) -> String {
         let mut o = String::new();
