@@ -319,14 +319,17 @@ fn main() {
             if !dump {
                 return;
             }
-            let (pf, m) = (h.slab_families(), h.mems());
+            let (sp, m) = (h.slab_page_stats(), h.mems());
             let now = h.pages_in_use();
             if now > at_peak.0 {
                 let mut s = format!(
-                    "slab data {} slab registry {} mems data {} mems holes {} B live {cur} B nodes {} kept {}\n",
-                    pf.data_pages(), pf.metadata_pages(), m.data_pages(), m.hole_bytes(), m.main_chain_len(),
+                    "slab pages {} spare {} slab registry {} mems data {} mems holes {} B live {cur} B nodes {} kept {}\n",
+                    sp.slab_pages, sp.spare_pages, sp.registry_pages, m.data_pages(), m.hole_bytes(), m.main_chain_len(),
                     h.keep_stats().kept_pages
                 );
+                if let Ok(a) = h.audit_slabs() {
+                    s += &format!("slabs by class {:?} free slots {}\n", a.slabs, a.free_slots);
+                }
                 s += &format!(
                     "mid: {:?} {:?} spare {}\n",
                     h.mid().stats(),
@@ -355,7 +358,12 @@ fn main() {
             }
         });
         let bad = h.stats().bad_frees;
-        println!("mid: {:?}; keep: {:?}", h.mid().stats(), h.keep_stats());
+        println!(
+            "mid: {:?}; keep: {:?}; slab pages: {:?}",
+            h.mid().stats(),
+            h.keep_stats(),
+            h.slab_page_stats()
+        );
         drop(h);
         let pages = src.peak_pages();
         let calls = src.0.borrow().calls;

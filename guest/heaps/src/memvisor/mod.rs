@@ -7,8 +7,8 @@
 //!
 //! | request | heap |
 //! | --- | --- |
-//! | size ≤ 992, align ≤ 16 (and a class of that alignment exists) | **size classes on page families**: 42 slab classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 280, 304, 328, 360, 392, 440, 496, 568, 656, 792, 992), one family per class (`slab-48`, …); slab layout in `memvisor/slab.rs`; a class without a slab borrows a free slot of one of the next 3 classes at most 1.25 × its size before it takes a page; at the heap's high-water mark a class of at least [`SMALL_MIN_CLASS`] bytes without a free slot takes a hole of the mid-size regions instead of a new page, while their holes (free blocks on the lists) are at least [`SMALL_HOLES_PER_1024`] / 1,024 of them ([`Mid::alloc_small`], `memvisor/mid/small.rs`) |
-//! | 993 B ≤ size < [`SOLO_MIN`], align ≤ 16 (and sizes ≤ 992 at align 16 without a class) | **the mid-size path** ([`Mid`], `memvisor/mid/`): TLSF-style segregated fits with boundary tags and a designated victim in regions of 16 pages (64 once it holds 2 MiB); O(1) alloc and free, immediate coalescing, checked frees (region registry, live-start bitmap); emptied regions stay as spares (up to [`MAX_SPARES`]) |
+//! | size ≤ 1,016, align ≤ 16 (and a class of that alignment exists) | **slab size classes**: 42 classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 288, 312, 336, 368, 400, 448, 504, 576, 672, 808, 1016), each slab one page straight from the slab page source (`slab-48`, … in reports); slab layout in `memvisor/slab.rs`, the page store (registry, spare pages) in `memvisor/slab_pages.rs`; a class without a slab borrows a free slot of one of the next 3 classes at most 1.25 × its size before it takes a page; at the heap's high-water mark a class of at least [`SMALL_MIN_CLASS`] bytes without a free slot takes a hole of the mid-size regions instead of a new page, while their holes (free blocks on the lists) are at least [`SMALL_HOLES_PER_1024`] / 1,024 of them ([`Mid::alloc_small`], `memvisor/mid/small.rs`) |
+//! | 1,017 B ≤ size < [`SOLO_MIN`], align ≤ 16 (and sizes ≤ 1,016 at align 16 without a class) | **the mid-size path** ([`Mid`], `memvisor/mid/`): TLSF-style segregated fits with boundary tags and a designated victim in regions of 16 pages (64 once it holds 2 MiB); O(1) alloc and free, immediate coalescing, checked frees (region registry, live-start bitmap); emptied regions stay as spares (up to [`MAX_SPARES`]) |
 //! | size ≥ [`SOLO_MIN`] (64 KiB) | **MeMS**, a solo main node of its own, unmapped when the block is freed |
 //! | align > 16 | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
 //!
@@ -16,12 +16,12 @@
 //! A page-family block carries an 8-byte header and rounds to 16 bytes. On the python-json
 //! trace (43,572 live blocks at the peak, mostly 24–72 bytes) even an ideal page-family heap
 //! with a family for every size ≡ 8 (mod 16) and no fragmentation reaches only 89.7 % of the
-//! live bytes per mapped byte. So a class's blocks are **slabs**: one multi-unit block of the
-//! class's family that fills a one-page VM page and holds header-less slots. Per page that
-//! costs the family's 88 bytes plus a 32–64-byte slab header (sized to the slot count), plus
-//! the rounding to the class and the slab's unused tail; the python-json live set at its peak
-//! packs into 1,220 slab pages at best (91.8 % for the sizes ≤ 992). Bigger slabs would cut
-//! the per-page costs but leave more empty slots in each class's last slab, which costs more
+//! live bytes per mapped byte. So a class's blocks are **slabs**: one page of header-less
+//! slots. Per page that costs a 32–64-byte slab header (sized to the slot count), the
+//! rounding to the class and the slab's unused tail. (Until issue 13's seventh session a
+//! slab was a block of a page family, whose page header, bitmap and block header cost 80
+//! more bytes a page: payload 4,008 instead of 4,096 bytes.) Bigger slabs would cut the
+//! per-page costs but leave more empty slots in each class's last slab, which costs more
 //! than it saves on both sample traces.
 //!
 //! # MeMS policy
@@ -40,7 +40,8 @@
 //! ([`Mems::mems_resize_in_place`]).
 //!
 //! # Page-return policy
-//! MeMS's page source is a [`Keep`] (`memvisor/keep.rs`): the runs MeMS gives back are kept
+//! Emptied slab pages are kept as spares for any class's next slab, up to
+//! [`SPARE_SLABS`], and returned in batches (`memvisor/slab_pages.rs`). MeMS's page source is a [`Keep`] (`memvisor/keep.rs`): the runs MeMS gives back are kept
 //! for reuse by a request of the same size, up to a bound, and returned in batches (on the
 //! bound, on a request no kept run fits, after [`DECAY_OPS`] operations unused, and before
 //! the slabs grow past the heap's high-water mark), so a program that frees and re-allocates
@@ -51,22 +52,25 @@ mod keep;
 mod mid;
 mod realloc;
 mod slab;
+mod slab_audit;
+mod slab_pages;
 
 pub use keep::{Keep, KeepStats, DECAY_OPS, KEEP_MAX_PAGES, KEEP_RUNS};
 pub use mid::{
     Mid, MidAudit, MidStats, MAX_SPARES, MID_MAX, MID_MIN, REGION_PAGES, SMALL_HOLES_PER_1024,
 };
-pub use slab::{
-    borrowable, slab_layout, BORROW, HDR, NSLOTS, SLAB_OFF, SLAB_PAYLOAD, SMALL_MIN_CLASS,
-};
+pub use slab::{borrowable, slab_layout, BORROW, HDR, NSLOTS, SLAB_PAYLOAD, SMALL_MIN_CLASS};
+pub use slab_audit::SlabAudit;
+pub use slab_pages::{SlabPageStats, SPARE_SLABS};
 
-use crate::{HeapError, Mems, PageFamilies, PageSource, PAGE_SIZE};
+use crate::{HeapError, Mems, PageSource, PAGE_SIZE};
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use slab::Class;
+use slab_pages::SlabPages;
 
 /// Largest size served by the slab classes.
-pub const SLAB_MAX: usize = 992;
+pub const SLAB_MAX: usize = 1016;
 /// Number of slab classes.
 pub const NCLASS: usize = 42;
 /// Index of the first class above 256 bytes.
@@ -76,8 +80,8 @@ const FIRST_BIG: usize = 31;
 /// largest multiple of 8 of which n slots fit in a slab with a 32-byte header (checked below).
 pub const CLASSES: [usize; NCLASS] = [
     16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 136, 144, 152, 160, 168, 176,
-    184, 192, 200, 208, 216, 224, 232, 240, 248, 256, 280, 304, 328, 360, 392, 440, 496, 568, 656,
-    792, 992,
+    184, 192, 200, 208, 216, 224, 232, 240, 248, 256, 288, 312, 336, 368, 400, 448, 504, 576, 672,
+    808, 1016,
 ];
 const _: () = {
     let mut i = FIRST_BIG;
@@ -89,14 +93,50 @@ const _: () = {
     }
     assert!(CLASSES[NCLASS - 1] == SLAB_MAX && CLASSES[FIRST_BIG - 1] == 256);
 };
-/// Family names of the classes (`slab-<size>`).
+/// Report labels of the classes (`slab-<size>`).
 pub const CLASS_NAMES: [&str; NCLASS] = [
-    "slab-16", "slab-24", "slab-32", "slab-40", "slab-48", "slab-56", "slab-64", "slab-72",
-    "slab-80", "slab-88", "slab-96", "slab-104", "slab-112", "slab-120", "slab-128", "slab-136",
-    "slab-144", "slab-152", "slab-160", "slab-168", "slab-176", "slab-184", "slab-192", "slab-200",
-    "slab-208", "slab-216", "slab-224", "slab-232", "slab-240", "slab-248", "slab-256", "slab-280",
-    "slab-304", "slab-328", "slab-360", "slab-392", "slab-440", "slab-496", "slab-568", "slab-656",
-    "slab-792", "slab-992",
+    "slab-16",
+    "slab-24",
+    "slab-32",
+    "slab-40",
+    "slab-48",
+    "slab-56",
+    "slab-64",
+    "slab-72",
+    "slab-80",
+    "slab-88",
+    "slab-96",
+    "slab-104",
+    "slab-112",
+    "slab-120",
+    "slab-128",
+    "slab-136",
+    "slab-144",
+    "slab-152",
+    "slab-160",
+    "slab-168",
+    "slab-176",
+    "slab-184",
+    "slab-192",
+    "slab-200",
+    "slab-208",
+    "slab-216",
+    "slab-224",
+    "slab-232",
+    "slab-240",
+    "slab-248",
+    "slab-256",
+    "slab-288",
+    "slab-312",
+    "slab-336",
+    "slab-368",
+    "slab-400",
+    "slab-448",
+    "slab-504",
+    "slab-576",
+    "slab-672",
+    "slab-808",
+    "slab-1016",
 ];
 /// Bytes of MeMS holes below which an emptied region is kept (see `dealloc`).
 pub const LARGE_SLACK: usize = 64 * 1024;
@@ -159,7 +199,7 @@ const _: () = {
                 Route::Slab(c) => assert!(
                     CLASSES[c] >= s
                         && CLASSES[c].is_multiple_of(a)
-                        && (SLAB_OFF + HDR[c] as usize).is_multiple_of(16)
+                        && (HDR[c] as usize).is_multiple_of(16)
                 ),
                 Route::Mid => assert!(s > 256 && a == 16),
                 Route::Large => panic!(),
@@ -183,20 +223,21 @@ pub struct Stats {
     pub mid_live: usize,
     /// Frees (and reallocs) the heaps refused: pointer not from this heap, double free.
     pub bad_frees: usize,
-    /// Slabs created / given back.
+    /// Slabs created (on a fresh or a spare page).
     pub slabs_made: usize,
-    /// Slabs given back to their family.
+    /// Slabs emptied and given back to the slab-page store (as spares).
     pub slabs_freed: usize,
 }
 
 /// The memvisor heap on three page sources (one per sub-heap; they may share accounting).
 pub struct MemvisorHeap<S: PageSource> {
-    slabs: PageFamilies<S>,
+    /// The slabs' pages (`memvisor/slab_pages.rs`).
+    slabs: SlabPages<S>,
     large: Mems<Keep<S>>,
     /// Mid-size blocks; its regions come from `large`'s [`Keep`].
     mid: Mid,
-    /// Most pages held at once (slabs, MeMS and kept runs): kept runs are returned before
-    /// the slabs grow past it.
+    /// Most pages held at once (slabs, MeMS and kept runs): kept runs, spare regions and
+    /// spare slab pages are returned before the heap grows past it.
     high: usize,
     /// Operations (alloc and dealloc calls): the clock of the page-return policy.
     ops: u64,
@@ -210,7 +251,7 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// An empty heap; maps nothing until the first allocation.
     pub const fn new(slab_src: S, large_src: S) -> Self {
         MemvisorHeap {
-            slabs: PageFamilies::new(slab_src),
+            slabs: SlabPages::new(slab_src),
             large: Mems::new(Keep::new(large_src)),
             mid: Mid::new(),
             high: 0,
@@ -228,21 +269,9 @@ impl<S: PageSource> MemvisorHeap<S> {
         }
     }
 
-    /// Register the families (once).
+    /// Set MeMS's growth policy (once).
     #[cold]
     fn init(&mut self) -> bool {
-        for (i, name) in CLASS_NAMES.iter().enumerate() {
-            // 8-byte structs: a slab is one block of `slab_units(class)` units.
-            match self.slabs.mm_instantiate_new_page_family(name, 8) {
-                Ok(f) => self.classes[i].fid = Some(f),
-                Err(e) => {
-                    self.last_error = Some(e);
-                    return false;
-                }
-            }
-        }
-        self.slabs.set_empty_page_cache(0);
-        self.slabs.set_quick_cache(64);
         self.large.set_min_grow_pages(GROW_PAGES);
         self.large.set_solo_min(SOLO_MIN);
         self.ready = true;
@@ -259,8 +288,8 @@ impl<S: PageSource> MemvisorHeap<S> {
         self.last_error
     }
 
-    /// Pages mapped from the page sources by both sub-heaps (data and metadata) and kept
-    /// for reuse by the page-return policy.
+    /// Pages mapped from the page sources by the sub-heaps (data and metadata) and kept
+    /// for reuse by the page-return policy (kept runs, spare slab pages).
     pub fn pages_in_use(&self) -> usize {
         self.slabs.pages_in_use()
             + self.large.pages_in_use()
@@ -287,6 +316,14 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// the high-water mark where they can. Cold (slab growth).
     #[cold]
     pub(crate) fn make_room(&mut self, pages: usize) {
+        let spares = self.slabs.spares();
+        if spares != 0 {
+            let after = self.pages_in_use() + pages;
+            if after > self.high {
+                self.slabs
+                    .release_to(spares.saturating_sub(after - self.high));
+            }
+        }
         if self.mid.spare_pages() != 0 && self.pages_in_use() + pages > self.high {
             self.mid.release_spare(self.large.source_mut());
         }
@@ -308,26 +345,6 @@ impl<S: PageSource> MemvisorHeap<S> {
         if held > self.high {
             self.high = held;
         }
-    }
-
-    /// Totals over the slab families: `(pages, bytes in slab blocks, free bytes beside
-    /// them, empty pages cached)`.
-    pub fn family_totals(&self) -> (usize, usize, usize, usize) {
-        let mut t = (0, 0, 0, 0);
-        for fid in self.classes.iter().filter_map(|c| c.fid) {
-            if let Ok(info) = self.slabs.family_info(fid) {
-                t.0 += info.pages;
-                t.1 += info.alloc_bytes;
-                t.2 += info.free_bytes;
-                t.3 += info.empty_pages;
-            }
-        }
-        t
-    }
-
-    /// The slab page families (reports).
-    pub fn slab_families(&self) -> &PageFamilies<S> {
-        &self.slabs
     }
 
     /// The mid-size path (reports, audits).
@@ -396,6 +413,9 @@ impl<S: PageSource> MemvisorHeap<S> {
 
     #[inline(always)]
     fn mid_alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
+        if self.slabs.spares() != 0 {
+            self.mid_room();
+        }
         let held = self.mid.stats().region_pages;
         match self.mid.alloc(self.large.source_mut(), size) {
             Ok(p) => {
@@ -411,6 +431,20 @@ impl<S: PageSource> MemvisorHeap<S> {
                 None
             }
         }
+    }
+
+    /// The mid-size path may map a region (of [`REGION_PAGES`] + 1 pages at most, or
+    /// `mid::REGION_MAX` once it is big): spare slab pages go first if the heap would pass
+    /// its high-water mark.
+    #[cold]
+    #[inline(never)]
+    fn mid_room(&mut self) {
+        let pages = if self.mid.stats().region_pages >= mid::REGION_BIG_AT {
+            mid::REGION_MAX
+        } else {
+            REGION_PAGES + 1
+        };
+        self.make_room(pages);
     }
 
     /// The mid-size path mapped a region: advance the page-return clock, raise the mark.
@@ -432,9 +466,9 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// MeMS allocation (the growth policy is MeMS's own, set in `init`).
     #[inline]
     fn large_alloc(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, HeapError> {
-        if self.mid.spare_pages() != 0 {
-            // MeMS may grow: empty mid-size regions go first if the heap would pass its
-            // high-water mark.
+        if self.mid.spare_pages() != 0 || self.slabs.spares() != 0 {
+            // MeMS may grow: empty mid-size regions and spare slab pages go first if the
+            // heap would pass its high-water mark.
             self.make_room((size / PAGE_SIZE + 1).max(GROW_PAGES));
         }
         let ops = self.ops;
@@ -445,7 +479,9 @@ impl<S: PageSource> MemvisorHeap<S> {
 
 impl<S: PageSource> Drop for MemvisorHeap<S> {
     fn drop(&mut self) {
-        // Before the fields drop: the regions go to the keep, which returns them.
+        // Before the fields drop: the regions go to the keep, which returns them; the slab
+        // pages go back to their source (the store returns its spares when it drops).
         self.mid.clear(self.large.source_mut());
+        self.drop_slabs();
     }
 }

@@ -1,45 +1,45 @@
-//! Slabs of the memvisor heap's size classes: each slab is one block of its class's page
-//! family that fills a one-page VM page, cut into header-less slots.
+//! Slabs of the memvisor heap's size classes: each slab is one page of the heap's slab-page
+//! store (`memvisor/slab_pages.rs`, pages straight from the slab page source), cut into
+//! header-less slots.
 //!
 //! ```text
-//! page + 0     VM page header, allocation bitmap, block header (page families, 80 bytes)
-//! page + 80    slab header (hdr(C) bytes): magic, class, used count, partial-list links,
-//!              then a bitmap of free slots, one word per 64 slots, padded to 16 bytes
-//! page + 80 + hdr(C)   slot 0, slot 1, … (C bytes each, no per-slot header)
+//! page + 0        slab header (hdr(C) bytes): magic, class, used count, list links, then a
+//!                 bitmap of free slots, one word per 64 slots, padded to 16 bytes
+//! page + hdr(C)   slot 0, slot 1, … (C bytes each, no per-slot header)
 //! ```
 //! The header is as long as the class's slot count needs: 32 bytes for up to 64 slots
 //! (classes ≥ 64 bytes), 48 for up to 192, 64 for up to 256 (class 16 only), so that every
-//! class gets as many slots as fit in the block's 4,008 bytes ([`slab_layout`]).
+//! class gets as many slots as fit in the page's 4,096 bytes ([`slab_layout`]).
 //!
-//! The slab of a slot is `(ptr & !4095) + 80`; a free is checked against the slab header
-//! (magic, class, slot boundary, free bit) after making sure the page belongs to the slab
-//! heap: it is the class's current slab, or an O(1) registry lookup says so. A block may sit
-//! in a slot of a slightly larger class ([`borrowable`]: one of the next [`BORROW`] classes,
-//! at most 1.25 × its size) when its own class has no free slot and that class has a partly
-//! used slab: a size the program uses for a few blocks only does not cost a slab page of its
-//! own. A free accepts a slab of the layout's class or of a class it may borrow from.
+//! The slab of a slot is `ptr & !4095`; a free is checked against the slab header (magic,
+//! class, slot boundary, free bit) after making sure the page belongs to the slab heap: it
+//! is the class's current slab, or an O(1) lookup in the store's page registry says so. A
+//! block may sit in a slot of a slightly larger class ([`borrowable`]: one of the next
+//! [`BORROW`] classes, at most 1.25 × its size) when its own class has no free slot and that
+//! class has a partly used slab: a size the program uses for a few blocks only does not cost
+//! a slab page of its own. A free accepts a slab of the layout's class or of a class it may
+//! borrow from.
 //!
 //! At the heap's high-water mark, a class of at least [`SMALL_MIN_CLASS`] bytes without a
-//! free slot (and no lender) takes a hole of the mid-size regions if they hold at least
-//! [`SMALL_HOLES_PER_1024`](super::SMALL_HOLES_PER_1024) / 1,024 of free bytes on their lists ([`Mid::alloc_small`](super::Mid)):
-//! the space the mid-size path keeps between its blocks then serves small objects instead of
-//! the heap mapping a new page beside it. A free whose page is not a slab page looks in the
-//! mid-size path's registry before it is refused.
+//! free slot (and no lender, no spare page) takes a hole of the mid-size regions if they hold
+//! at least [`SMALL_HOLES_PER_1024`](super::SMALL_HOLES_PER_1024) / 1,024 of free bytes on
+//! their lists ([`Mid::alloc_small`](super::Mid)): the space the mid-size path keeps between
+//! its blocks then serves small objects instead of the heap mapping a new page beside it. A
+//! free whose page is not a slab page looks in the mid-size path's registry before it is
+//! refused.
 //!
-//! Partly used slabs of a class sit on a doubly linked list; allocation
-//! takes the first free slot of the list's head (`trailing_zeros` over at most 4 words). A
-//! slab that becomes empty goes back to its family (which unmaps the page), unless it is its
-//! class's only partly used slab.
+//! Each slab of a class is on one of two doubly linked lists: partly used (allocation takes
+//! the first free slot of the list's head: `trailing_zeros` over at most 4 words) or full
+//! (so that an audit and the heap's teardown find every slab). A slab that becomes empty
+//! goes back to the store as a spare page (`slab_pages.rs`: kept for any class's next slab,
+//! up to a bound, and returned in batches), unless it is its class's only partly used slab.
 
 use super::{MemvisorHeap, CLASSES, NCLASS};
-use crate::{FamilyId, HeapError, PageSource, PAGE_SIZE};
+use crate::{HeapError, PageSource, PAGE_SIZE};
 use core::ptr::NonNull;
 
-/// Offset of a one-page VM page's first payload (page-family layout: 32-byte page header,
-/// 32-byte allocation bitmap, 8-byte block header, 16-byte alignment).
-pub const SLAB_OFF: usize = 80;
-/// Largest payload of a one-page VM page: what a slab block may use.
-pub const SLAB_PAYLOAD: usize = 4008;
+/// Bytes of a slab: one page, header included.
+pub const SLAB_PAYLOAD: usize = PAGE_SIZE;
 /// Classes above its own a block may borrow a free slot from ([`borrowable`]).
 pub const BORROW: usize = 3;
 
@@ -56,7 +56,7 @@ pub const SMALL_MIN_CLASS: usize = 128;
 
 /// Bytes of slab header before the bitmap: magic, class, used (8), next, prev.
 const FIXED_HDR: usize = 24;
-const SLAB_MAGIC: u32 = 0x51ab_5eed;
+pub(super) const SLAB_MAGIC: u32 = 0x51ab_5eed;
 
 /// `(header bytes, slots)` of a slab of `class`-byte slots: the most slots that fit in
 /// [`SLAB_PAYLOAD`] with a header of 24 bytes plus one bitmap word per 64 slots, rounded
@@ -106,36 +106,36 @@ const RECIP: [u64; NCLASS] = {
 /// Slots of a slab of each class.
 pub const NSLOTS: [u16; NCLASS] = TABLES.1;
 
-/// The fixed part of a slab header at `page + SLAB_OFF`; the bitmap words follow (only
+/// The fixed part of a slab header at `page + 0`; the bitmap words follow (only
 /// `NSLOTS[class].div_ceil(64)` of them: the slots start right after).
 #[repr(C)]
-struct Slab {
-    magic: u32,
-    class: u16,
-    used: u16,
-    next: usize,
-    prev: usize,
+pub(super) struct Slab {
+    pub(super) magic: u32,
+    pub(super) class: u16,
+    pub(super) used: u16,
+    pub(super) next: usize,
+    pub(super) prev: usize,
 }
 const _: () = assert!(core::mem::size_of::<Slab>() == FIXED_HDR);
 
 /// Bitmap word `w` of the slab header at `s`.
 #[inline(always)]
-fn word(s: usize, w: usize) -> *mut u64 {
+pub(super) fn word(s: usize, w: usize) -> *mut u64 {
     core::ptr::with_exposed_provenance_mut(s + FIXED_HDR + w * 8)
 }
 
 #[inline(always)]
-fn hdr(s: usize) -> *mut Slab {
+pub(super) fn hdr(s: usize) -> *mut Slab {
     core::ptr::with_exposed_provenance_mut(s)
 }
 
 /// A size class's state.
 #[derive(Clone, Copy)]
 pub(super) struct Class {
-    /// First slab with a free slot (header address), 0 if none.
+    /// First slab with a free slot (its page), 0 if none.
     pub(super) partial: usize,
-    /// The class's family.
-    pub(super) fid: Option<FamilyId>,
+    /// First full slab, 0 if none.
+    pub(super) full: usize,
     /// Slabs of this class.
     pub(super) slabs: usize,
 }
@@ -143,9 +143,43 @@ pub(super) struct Class {
 impl Class {
     pub(super) const EMPTY: Class = Class {
         partial: 0,
-        fid: None,
+        full: 0,
         slabs: 0,
     };
+}
+
+/// Push slab `s` at the head of the list `head`.
+#[inline(always)]
+fn push(head: &mut usize, s: usize) {
+    // SAFETY: `s` and `*head` (if non-zero) are live slab headers.
+    unsafe {
+        (*hdr(s)).prev = 0;
+        (*hdr(s)).next = *head;
+        if *head != 0 {
+            (*hdr(*head)).prev = s;
+        }
+    }
+    *head = s;
+}
+
+/// Unlink slab `s` from the list `head`.
+#[inline(always)]
+fn unlink(head: &mut usize, s: usize) {
+    // SAFETY: `s` is a live slab header on the list; its neighbours are live headers.
+    unsafe {
+        let h = hdr(s);
+        let (p, n) = ((*h).prev, (*h).next);
+        if p != 0 {
+            (*hdr(p)).next = n;
+        } else {
+            *head = n;
+        }
+        if n != 0 {
+            (*hdr(n)).prev = p;
+        }
+        (*h).prev = 0;
+        (*h).next = 0;
+    }
 }
 
 /// The index of the live slot at `addr` of the live slab `s` of class `c` (header magic and
@@ -193,10 +227,14 @@ impl<S: PageSource> MemvisorHeap<S> {
             let s = self.classes[d].partial;
             return self.slab_take(d, s);
         }
+        if let Some(page) = self.slabs.take_spare() {
+            let s = self.new_slab(c, page);
+            return self.slab_take(c, s);
+        }
         if let Some(p) = self.small_from_mid(c) {
             return Some(p);
         }
-        let s = self.new_slab(c)?;
+        let s = self.map_slab(c)?;
         self.slab_take(c, s)
     }
 
@@ -234,7 +272,9 @@ impl<S: PageSource> MemvisorHeap<S> {
             *word(s, w) = bits & (bits - 1);
             (*h).used += 1;
             if (*h).used == NSLOTS[c] {
-                self.unlink(c, s);
+                let cl = &mut self.classes[c];
+                unlink(&mut cl.partial, s);
+                push(&mut cl.full, s);
             }
             self.stats.live[0] += 1;
             let p = s + HDR[c] as usize + (w * 64 + bit) * CLASSES[c];
@@ -266,30 +306,34 @@ impl<S: PageSource> MemvisorHeap<S> {
         None
     }
 
+    /// A new slab of class `c` on a page mapped for it (after kept runs and spare regions
+    /// went back if the heap would pass its high-water mark).
     #[cold]
-    fn new_slab(&mut self, c: usize) -> Option<usize> {
-        let fid = self.classes[c].fid?;
-        let (hdr_bytes, nslots) = (HDR[c] as usize, NSLOTS[c] as usize);
-        let units = (hdr_bytes + nslots * CLASSES[c]).div_ceil(8);
-        // A new slab may map a page (and a registry page): kept runs go back first if the
-        // heap would pass its high-water mark.
+    fn map_slab(&mut self, c: usize) -> Option<usize> {
+        // A new slab maps a page (and maybe a registry page).
         self.make_room(2);
-        let p = match self.slabs.xmalloc(fid, units) {
-            Ok(p) => p,
+        match self.slabs.map_page() {
+            Ok(page) => {
+                let s = self.new_slab(c, page);
+                self.note_high();
+                Some(s)
+            }
             Err(e) => {
                 self.last_error = Some(e);
-                return None;
+                None
             }
-        };
-        let s = p.as_ptr().expose_provenance();
-        if s & (PAGE_SIZE - 1) != SLAB_OFF {
-            // Not the page-filling block the layout promises: give it back.
-            let _ = self.slabs.xfree(p);
-            return None;
         }
-        // SAFETY: the block's payload is `8 * units ≥ hdr_bytes` writable bytes at `s`.
+    }
+
+    /// Make `page` (a store page that holds no slab) an empty slab of class `c` on its
+    /// partial list.
+    #[cold]
+    fn new_slab(&mut self, c: usize, page: usize) -> usize {
+        let nslots = NSLOTS[c] as usize;
+        // SAFETY: `page` is a mapped, writable page of the store that no slab uses; the
+        // header is `HDR[c]` < 4096 bytes.
         unsafe {
-            hdr(s).write(Slab {
+            hdr(page).write(Slab {
                 magic: SLAB_MAGIC,
                 class: c as u16,
                 used: 0,
@@ -298,14 +342,13 @@ impl<S: PageSource> MemvisorHeap<S> {
             });
             for w in 0..nslots.div_ceil(64) {
                 let left = nslots - w * 64;
-                *word(s, w) = if left >= 64 { !0 } else { (1u64 << left) - 1 };
+                *word(page, w) = if left >= 64 { !0 } else { (1u64 << left) - 1 };
             }
         }
-        self.note_high();
-        self.push(c, s);
+        push(&mut self.classes[c].partial, page);
         self.classes[c].slabs += 1;
         self.stats.slabs_made += 1;
-        Some(s)
+        page
     }
 
     #[inline(always)]
@@ -313,10 +356,10 @@ impl<S: PageSource> MemvisorHeap<S> {
         let addr = ptr.as_ptr().expose_provenance();
         let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
         let lc = c;
-        let s = (addr & !(PAGE_SIZE - 1)) + SLAB_OFF;
+        let s = addr & !(PAGE_SIZE - 1);
         // The class's current slab is a live slab page; any other page is looked up in the
-        // page families' registry before anything in it is read.
-        if s != self.classes[c].partial && !self.slabs.contains(ptr.as_ptr()) {
+        // store's page registry before anything in it is read.
+        if s != self.classes[c].partial && !self.slabs.contains(s) {
             if self.mid.contains(addr) {
                 return self.small_free_mid(ptr, c);
             }
@@ -366,7 +409,7 @@ impl<S: PageSource> MemvisorHeap<S> {
     }
 
     /// Free slot `i` of the live slab `s` of class `c`, a slot [`slot_index`] found live:
-    /// bitmap, used count, partial list, an emptied slab back to its family.
+    /// bitmap, used count, lists, an emptied slab to the store's spares.
     #[inline(always)]
     pub(super) fn release_slot(&mut self, c: usize, s: usize, i: usize) {
         let (w, b) = (i / 64, 1u64 << (i % 64));
@@ -379,17 +422,16 @@ impl<S: PageSource> MemvisorHeap<S> {
             (*h).used -= 1;
             self.stats.live[0] -= 1;
             if was_full {
-                self.push(c, s);
+                let cl = &mut self.classes[c];
+                unlink(&mut cl.full, s);
+                push(&mut cl.partial, s);
             } else if (*h).used == 0 && !((*h).prev == 0 && (*h).next == 0) {
-                // Empty and not the class's only partial slab: back to the family.
-                self.unlink(c, s);
+                // Empty and not the class's only partial slab: a spare page now.
+                unlink(&mut self.classes[c].partial, s);
                 (*h).magic = 0;
                 self.classes[c].slabs -= 1;
                 self.stats.slabs_freed += 1;
-                let p = NonNull::new_unchecked(core::ptr::with_exposed_provenance_mut::<u8>(s));
-                if let Err(e) = self.slabs.xfree(p) {
-                    self.last_error = Some(e);
-                }
+                self.slabs.give(s);
             }
         }
     }
@@ -409,8 +451,8 @@ impl<S: PageSource> MemvisorHeap<S> {
     ) -> Result<Option<(usize, usize, usize)>, HeapError> {
         let addr = ptr.as_ptr().expose_provenance();
         let bad = |reason| HeapError::InvalidPointer { addr, reason };
-        let s = (addr & !(PAGE_SIZE - 1)) + SLAB_OFF;
-        if s != self.classes[c].partial && !self.slabs.contains(ptr.as_ptr()) {
+        let s = addr & !(PAGE_SIZE - 1);
+        if s != self.classes[c].partial && !self.slabs.contains(s) {
             if self.mid.contains(addr) {
                 return Ok(None);
             }
@@ -422,100 +464,5 @@ impl<S: PageSource> MemvisorHeap<S> {
             return Err(bad("not a slot of a slab of this size class"));
         }
         Ok(Some((s, hc, slot_index(addr, hc, s)?)))
-    }
-
-    /// Push slab `s` at the head of class `c`'s partial list.
-    #[inline(always)]
-    fn push(&mut self, c: usize, s: usize) {
-        let head = self.classes[c].partial;
-        // SAFETY: `s` and `head` (if non-zero) are live slab headers.
-        unsafe {
-            (*hdr(s)).prev = 0;
-            (*hdr(s)).next = head;
-            if head != 0 {
-                (*hdr(head)).prev = s;
-            }
-        }
-        self.classes[c].partial = s;
-    }
-
-    /// Unlink slab `s` from class `c`'s partial list.
-    #[inline(always)]
-    fn unlink(&mut self, c: usize, s: usize) {
-        // SAFETY: `s` is a live slab header on the list; its neighbours are live headers.
-        unsafe {
-            let h = hdr(s);
-            let (p, n) = ((*h).prev, (*h).next);
-            if p != 0 {
-                (*hdr(p)).next = n;
-            } else {
-                self.classes[c].partial = n;
-            }
-            if n != 0 {
-                (*hdr(n)).prev = p;
-            }
-            (*h).prev = 0;
-            (*h).next = 0;
-        }
-    }
-
-    /// Check every slab of every class against its header and the class's partial list:
-    /// `Ok(live slots)`. O(slabs); for tests.
-    ///
-    /// # Errors
-    /// [`HeapError::Corrupted`] at the first broken slab or list.
-    pub fn audit_slabs(&self) -> Result<usize, HeapError> {
-        let corrupt = |addr, reason| Err(HeapError::Corrupted { addr, reason });
-        let mut live = 0;
-        for (c, cl) in self.classes.iter().enumerate() {
-            let mut s = cl.partial;
-            let mut prev = 0;
-            let mut n = 0;
-            while s != 0 {
-                // SAFETY: partial-list members are live slab headers (checked as we go).
-                unsafe {
-                    let h = hdr(s);
-                    if (*h).magic != SLAB_MAGIC
-                        || (*h).class as usize != c
-                        || (*h).prev != prev
-                        || (*h).used >= NSLOTS[c]
-                    {
-                        return corrupt(s, "slab on a partial list");
-                    }
-                    let nslots = NSLOTS[c] as usize;
-                    let mut free = 0;
-                    for w in 0..nslots.div_ceil(64) {
-                        let bits = *word(s, w);
-                        let valid = if nslots - w * 64 >= 64 {
-                            !0
-                        } else {
-                            (1u64 << (nslots - w * 64)) - 1
-                        };
-                        if bits & !valid != 0 {
-                            return corrupt(s, "free bit beyond the last slot");
-                        }
-                        free += bits.count_ones() as usize;
-                    }
-                    if free + (*h).used as usize != nslots {
-                        return corrupt(s, "used count disagrees with the bitmap");
-                    }
-                    live += (*h).used as usize;
-                    prev = s;
-                    s = (*h).next;
-                }
-                n += 1;
-                if n > cl.slabs {
-                    return corrupt(prev, "partial list longer than the class's slabs");
-                }
-            }
-            // Full slabs are off the list: the class's slabs hold the rest of the live slots.
-            live += (cl.slabs - n) * NSLOTS[c] as usize;
-        }
-        // Slab-class blocks the mid-size path serves count as live slab-class blocks.
-        live += self.mid.stats().small;
-        if live != self.stats.live[0] {
-            return corrupt(0, "live slot count");
-        }
-        Ok(live)
     }
 }

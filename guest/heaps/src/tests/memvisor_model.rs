@@ -1,10 +1,12 @@
-//! The memvisor heap (slab classes on page families, the mid-size path, MeMS for the rest)
+//! The memvisor heap (slab classes on their page store, the mid-size path, MeMS for the rest)
 //! vs a shadow model
 //! (proptest): random alloc / dealloc / realloc of every size range and alignment, with bad
 //! frees (double, interior, foreign, wrong layout). After every step: no overlap, alignment,
 //! contents intact, live counts and pages accounted (heap audits, page sources), refused
-//! frees change nothing; solo MeMS nodes go back as soon as their block is freed; at the end
-//! the heap keeps at most one empty slab per class and a bounded MeMS slack.
+//! frees change nothing; solo MeMS nodes go back as soon as their block is freed; spare slab
+//! pages are mapped, registered, distinct, within their bound and never hold a live block,
+//! and go back unmapped; at the end the heap keeps at most one empty slab per class, its
+//! spares and a bounded MeMS slack.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -16,7 +18,7 @@ use super::{check, fill};
 use crate::host::HostPageSource;
 use crate::memvisor::{
     borrowable, route, Route, CLASSES, GROW_PAGES, KEEP_MAX_PAGES, LARGE_SLACK, MAX_SPARES, NCLASS,
-    SOLO_MIN,
+    SLAB_MAX, SOLO_MIN, SPARE_SLABS,
 };
 use crate::{MemvisorHeap, PAGE_SIZE};
 
@@ -68,7 +70,7 @@ type H = MemvisorHeap<HostPageSource>;
 /// Everything a refused free must leave unchanged.
 fn snapshot(h: &H) -> impl PartialEq + core::fmt::Debug {
     (
-        h.slab_families().audit().expect("page-family audit"),
+        h.slab_page_stats(),
         h.mems().audit().expect("MeMS audit"),
         h.audit_slabs().expect("slab audit"),
         h.mid().audit().expect("mid-size audit"),
@@ -137,6 +139,38 @@ fn check_kept(h: &H, live: &BTreeMap<usize, Live>) -> Vec<(usize, usize)> {
     assert_eq!(total, h.keep_stats().kept_pages, "kept pages counted");
     assert!(total <= KEEP_MAX_PAGES, "kept pages within the bound");
     kept
+}
+
+/// The slab-page store's invariants: spare pages are page-aligned, mapped in the slab source,
+/// distinct, within the bound, counted, and hold no live block (a page is never handed out
+/// twice: the audit checks every slab is a registered page, one list each, and that the
+/// registry holds exactly the slabs and spares). Returns the spares.
+fn check_spares(h: &H, live: &BTreeMap<usize, Live>) -> Vec<usize> {
+    let spares = h.spare_slab_pages().to_vec();
+    assert!(spares.len() <= SPARE_SLABS, "spares within the bound");
+    assert_eq!(spares.len(), h.slab_page_stats().spare_pages);
+    let regions: Vec<(usize, usize)> = h.slab_source().regions().collect();
+    for (i, &p) in spares.iter().enumerate() {
+        assert!(p % PAGE_SIZE == 0, "spare {p:#x} not a page");
+        assert!(
+            regions.iter().any(|&(b, n)| b == p && n == 1),
+            "spare {p:#x} not mapped"
+        );
+        assert!(!spares[i + 1..].contains(&p), "spare {p:#x} kept twice");
+        if let Some((&a, l)) = live.range(..p + PAGE_SIZE).next_back() {
+            assert!(
+                a + l.layout.size() <= p,
+                "a live block lies in spare {p:#x}"
+            );
+        }
+    }
+    let a = h.audit_slabs().expect("slab audit");
+    assert_eq!(a.spare_pages, spares.len());
+    assert_eq!(
+        a.registered_pages,
+        a.slabs.iter().sum::<usize>() + spares.len()
+    );
+    spares
 }
 
 fn run(ops: Vec<Op>) {
@@ -309,7 +343,7 @@ fn run(ops: Vec<Op>) {
             .count();
         assert_eq!(h.stats().live, [slabs, live.len() - slabs], "live counts");
         assert_eq!(h.stats().mid_live, mids, "mid-size live count");
-        assert_eq!(h.audit_slabs().expect("slab audit"), slabs);
+        assert_eq!(h.audit_slabs().expect("slab audit").live, slabs);
         let mid = h
             .mid()
             .audit()
@@ -325,15 +359,13 @@ fn run(ops: Vec<Op>) {
             .audit()
             .unwrap_or_else(|e| panic!("MeMS audit: {e}"));
         assert_eq!(m.process_segments, live.len() - slabs - mids);
-        h.slab_families()
-            .audit()
-            .unwrap_or_else(|e| panic!("page-family audit: {e}"));
         assert_eq!(
-            h.slab_families().source().mapped_pages() + h.mems().source().inner().mapped_pages(),
+            h.slab_source().mapped_pages() + h.mems().source().inner().mapped_pages(),
             h.pages_in_use(),
             "pages accounted"
         );
         check_kept(&h, &live);
+        check_spares(&h, &live);
     }
     for (&a, l) in &live {
         assert!(check(a as *const u8, l.layout.size(), l.id), "corrupted");
@@ -359,14 +391,31 @@ fn run(ops: Vec<Op>) {
             "returned run {b:#x} ({p} pages) still mapped"
         );
     }
+    // Every spare slab page goes back on request, unregistered and unmapped.
+    let spares = check_spares(&h, &BTreeMap::new());
+    let returned = h.slab_page_stats().returned_pages;
+    h.release_spare_slabs();
+    assert_eq!(h.slab_page_stats().spare_pages, 0);
     assert_eq!(
-        h.slab_families().source().mapped_pages() + h.mems().source().inner().mapped_pages(),
+        h.slab_page_stats().returned_pages - returned,
+        spares.len() as u64
+    );
+    for p in spares {
+        assert!(
+            !h.slab_source().regions().any(|r| r.0 == p),
+            "returned spare {p:#x} still mapped"
+        );
+    }
+    assert_eq!(
+        h.slab_source().mapped_pages() + h.mems().source().inner().mapped_pages(),
         h.pages_in_use(),
         "pages accounted after the release"
     );
     // Empty: each class keeps at most its one (empty) partial slab; MeMS keeps emptied nodes
     // only while their holes are within the slack.
-    assert!(h.slab_families().data_pages() <= NCLASS);
+    let a = h.audit_slabs().expect("slab audit");
+    assert!(a.slabs.iter().all(|&n| n <= 1) && a.empty_slabs == a.slabs.iter().sum::<usize>());
+    assert!(h.slab_page_stats().slab_pages <= NCLASS);
     let m = h.mems().audit().expect("MeMS audit");
     assert_eq!(m.process_segments, 0);
     assert!(m.data_pages * PAGE_SIZE <= LARGE_SLACK + GROW_PAGES * PAGE_SIZE);
@@ -426,7 +475,7 @@ fn sparse_sizes_borrow_slots_of_a_larger_class() {
     }
     assert_eq!(h.stats().bad_frees, 1);
     assert_eq!(h.stats().live, [0, 0]);
-    assert_eq!(h.audit_slabs().unwrap(), 0);
+    assert_eq!(h.audit_slabs().unwrap().live, 0);
 }
 
 /// A realloc loop that grows a buffer through the solo threshold leaves nothing behind once
@@ -598,7 +647,7 @@ fn slab_realloc_in_place_and_refusals() {
     // SAFETY: `q` holds 120 bytes.
     assert!((0..120).all(|i| unsafe { q.as_ptr().add(i).read() } == 0xa5));
     assert_eq!(h.stats().live, [1, 0]);
-    assert_eq!(h.audit_slabs().unwrap(), 1);
+    assert_eq!(h.audit_slabs().unwrap().live, 1);
     // The old slot is free now: a realloc of it is a double free, refused.
     let before = snapshot(&h);
     assert_eq!(h.realloc(p, lay(200, 8), 300), None);
@@ -614,7 +663,7 @@ fn slab_realloc_in_place_and_refusals() {
     assert_ne!(r, q);
     h.dealloc(r, lay(300, 8));
     assert_eq!(h.stats().live, [0, 0]);
-    assert_eq!(h.audit_slabs().unwrap(), 0);
+    assert_eq!(h.audit_slabs().unwrap().live, 0);
 }
 
 /// A realloc of a pointer that is not a live block of the layout's heap holding the layout's
@@ -641,8 +690,8 @@ fn realloc_refuses_bad_pointers_of_every_route() {
             let before = snapshot(&h);
             assert_eq!(h.realloc(interior, lay(size, 8), new), None);
             refused += 1;
-            let mid_to_mid = size < 65_536 && (993..65_536).contains(&new);
-            if size > 992 && !mid_to_mid {
+            let mid_to_mid = size < 65_536 && (SLAB_MAX + 1..65_536).contains(&new);
+            if size > SLAB_MAX && !mid_to_mid {
                 assert_eq!(
                     h.realloc(p, lay(size * 3, 8), new),
                     None,
@@ -669,4 +718,73 @@ fn realloc_refuses_bad_pointers_of_every_route() {
     h.dealloc(keep[0], lay(40, 8));
     h.dealloc(keep[1], lay(3000, 8));
     assert_eq!(h.stats().live, [0, 0]);
+}
+
+/// Emptied slab pages are kept as spares: a class that fills and empties a slab in a loop
+/// pays no source call per cycle; a spare serves any class's next slab; a mass free keeps at
+/// most `SPARE_SLABS` pages and returns the rest in batches, unmapped; dropping the heap
+/// unmaps every slab page, spares and registry nodes included.
+#[test]
+fn emptied_slab_pages_are_kept_as_spares() {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    let l = lay(64, 8);
+    let Route::Slab(c) = route(64, 8) else {
+        panic!("64 B not on a slab")
+    };
+    let per = crate::memvisor::NSLOTS[c] as usize;
+    // A slab of class 64 with one free slot, then a loop that fills it and a second slab
+    // and frees those blocks: the second slab empties beside a partly used one each time.
+    let first: Vec<_> = (0..per - 1).map(|_| h.alloc(l).unwrap()).collect();
+    let calls = h.slab_source().calls();
+    for _ in 0..100 {
+        let v: Vec<_> = (0..per).map(|_| h.alloc(l).unwrap()).collect();
+        for p in v {
+            h.dealloc(p, l);
+        }
+    }
+    assert_eq!(h.slab_source().calls().0, calls.0 + 1, "one page mapped");
+    assert_eq!(h.slab_source().calls().1, calls.1, "none unmapped");
+    assert_eq!(h.slab_page_stats().spare_pages, 1);
+    assert!(h.slab_page_stats().reused_pages >= 99);
+    // Another class takes the spare.
+    let other = h.alloc(lay(200, 8)).unwrap();
+    assert_eq!(h.slab_page_stats().spare_pages, 0);
+    assert_eq!(h.slab_source().calls().0, calls.0 + 1);
+    h.dealloc(other, lay(200, 8));
+    for p in first {
+        h.dealloc(p, l);
+    }
+    // A mass free: at most SPARE_SLABS kept, the rest returned in batches.
+    let v: Vec<_> = (0..per * 100).map(|_| h.alloc(l).unwrap()).collect();
+    let before = h.slab_page_stats();
+    for p in v {
+        h.dealloc(p, l);
+        assert!(h.slab_page_stats().spare_pages <= SPARE_SLABS);
+    }
+    let after = h.slab_page_stats();
+    assert!(after.returned_pages - before.returned_pages >= 100 - 1 - SPARE_SLABS as u64);
+    assert!(after.return_batches - before.return_batches >= 10);
+    assert_eq!(
+        h.slab_source().mapped_pages(),
+        h.slab_page_stats().slab_pages + after.spare_pages + after.registry_pages
+    );
+    check_spares(&h, &BTreeMap::new());
+    // Live slabs (partly used and full) and spares at the drop: every page goes back.
+    let (mut s1, mut s2) = (HostPageSource::new(), HostPageSource::new());
+    {
+        let mut h = MemvisorHeap::new(&mut s1, &mut s2);
+        let v: Vec<_> = (0..3000)
+            .map(|i| {
+                (
+                    h.alloc(lay(16 + i % 1000, 8)).unwrap(),
+                    lay(16 + i % 1000, 8),
+                )
+            })
+            .collect();
+        for &(p, l) in v.iter().step_by(3) {
+            h.dealloc(p, l);
+        }
+        assert!(h.slab_page_stats().slab_pages > 100);
+    }
+    assert_eq!((s1.mapped_pages(), s2.mapped_pages()), (0, 0));
 }

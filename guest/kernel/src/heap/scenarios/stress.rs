@@ -180,11 +180,12 @@ pub extern "C" fn heap_stress(_: u64) -> u64 {
         report("mems", e, m, audit, c);
         failed += u64::from(e != 0 || audit != "ok");
     }
-    // memvisor (slabs on page families + MeMS), with both audits.
+    // memvisor (slabs on their page store, the mid-size path, MeMS), with the slab,
+    // mid-size and MeMS audits.
     {
         let mut h: MemvisorHeap<GuestPages> = crate::heap::peers::memvisor(&STRESS_ACCT);
         let ((e, m), c) = t(&mut || stress(&mut h, ops, 3));
-        let a1 = h.slab_families().audit();
+        let a1 = h.audit_slabs().and(h.mid().audit());
         let a2 = h.mems().audit();
         let live = h.stats().live;
         let audit = match (a1, a2) {
