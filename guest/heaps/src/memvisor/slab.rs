@@ -41,7 +41,7 @@ use core::ptr::NonNull;
 /// Bytes of a slab: one page, header included.
 pub const SLAB_PAYLOAD: usize = PAGE_SIZE;
 /// Classes above its own a block may borrow a free slot from ([`borrowable`]).
-pub const BORROW: usize = 3;
+pub const BORROW: usize = 5;
 
 /// May a block of class `c` sit in a slot of class `d`? `d` is `c`, or one of the next
 /// [`BORROW`] classes at most 1.25 × its size. A free checks the slab's class against this.
