@@ -202,6 +202,25 @@ pub struct KeepFigures {
     pub return_batches: u64,
 }
 
+/// The memvisor heap's spare slab pages over the checked pass (guest
+/// `guest/heaps/src/memvisor/slab_pages.rs`): emptied slab pages kept for the next slab up to
+/// a bound and returned in batches.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct SlabSpareFigures {
+    /// Most spare pages kept.
+    pub bound_pages: u64,
+    /// Most spare pages kept at once.
+    pub peak_spare_pages: u64,
+    /// Spare pages kept when the trace ended.
+    pub spare_pages_at_end: u64,
+    /// Slabs made on a spare page (no map, no unmap).
+    pub reused_pages: u64,
+    /// Slab pages returned to the page source.
+    pub returned_pages: u64,
+    /// Batches the returns went in.
+    pub return_batches: u64,
+}
+
 /// What `memvisor replay` prints (`--json` keys).
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplayResult {
@@ -241,6 +260,8 @@ pub struct ReplayResult {
     pub exits_per_1k_ops: f64,
     /// The memvisor heap's page-return policy (checked pass; `None` for the other heaps).
     pub keep: Option<KeepFigures>,
+    /// The memvisor heap's spare slab pages (other heaps: absent).
+    pub slab_spares: Option<SlabSpareFigures>,
     /// Every `replay.*` record the guest sent (diagnostics: page-source calls, ...).
     pub records: std::collections::BTreeMap<String, String>,
     /// Guest exit code.
@@ -294,6 +315,14 @@ impl ReplayResult {
                 returned_pages: num("keep_returned_pages"),
                 return_batches: num("keep_return_batches"),
             }),
+            slab_spares: get("slab_spare_bound_pages").map(|_| SlabSpareFigures {
+                bound_pages: num("slab_spare_bound_pages"),
+                peak_spare_pages: num("slab_spare_peak_pages"),
+                spare_pages_at_end: num("slab_spare_pages_at_end"),
+                reused_pages: num("slab_spare_reused_pages"),
+                returned_pages: num("slab_spare_returned_pages"),
+                return_batches: num("slab_spare_return_batches"),
+            }),
             exits_per_1k_ops: num("source_exits") as f64 * 1000.0 / num("events").max(1) as f64,
             records: r
                 .records
@@ -339,6 +368,13 @@ impl ReplayResult {
                 k.reused_runs,
                 k.returned_pages,
                 k.return_batches
+            );
+        }
+        if let Some(s) = &self.slab_spares {
+            let _ = writeln!(
+                o,
+                "slab spares: bound {} pages, peak {} kept, {} reused, {} pages returned in {} batches",
+                s.bound_pages, s.peak_spare_pages, s.reused_pages, s.returned_pages, s.return_batches
             );
         }
         o

@@ -280,13 +280,11 @@ fn every_sample_trace_replays_on_every_heap() {
 /// node pages for up to 128 runs, MeMS's pool and small hash table in one page): gcc-cc1
 /// 0.9407 (807 pages; talc 803), nginx 0.8902 (175; 90 % needs 173), python-json 0.9097
 /// (1,452; talc 1,434); with 13g's realloc paths perl is at 0.9299 (2,029 pages: every
-/// target met; kept here as a floor).
-const KNOWN_EFFICIENCY_MISSES: [(&str, f64); 4] = [
-    ("gcc-cc1", 0.9407),
-    ("nginx", 0.8902),
-    ("perl", 0.9299),
-    ("python-json", 0.9097),
-];
+/// target met; kept here as a floor). Seventh session, 13h (slabs on pages straight from the
+/// page source, borrowing from the next 5 classes): gcc-cc1 0.9490 (800 pages), python-json
+/// 0.9282 (1,423) and perl 0.9410 (2,005) meet every target, so they are asserted as the
+/// other traces are.
+const KNOWN_EFFICIENCY_MISSES: [(&str, f64); 1] = [("nginx", 0.8902)];
 
 #[test]
 fn the_memvisor_heap_meets_the_efficiency_targets_on_every_trace() {

@@ -73,7 +73,7 @@ use core::ptr::NonNull;
 
 pub use error::{HeapError, NameBuf};
 pub use mems::{Mems, MemsAudit};
-pub use memvisor::{KeepStats, MemvisorHeap};
+pub use memvisor::{KeepStats, MemvisorHeap, SlabPageStats};
 pub use page_family::{FamilyId, FamilyInfo, FamilyRef, PageFamilies, PfAudit};
 
 /// Size in bytes of one page handed out by a [`PageSource`] (x86-64 base page).

@@ -41,8 +41,9 @@ pub trait Heap {
     fn refused(&self) -> usize {
         0
     }
-    /// The page-return policy's counters, for a heap that has one (memvisor).
-    fn keep_stats(&self) -> Option<memvisor_heaps::KeepStats> {
+    /// The page-return policy's counters, for a heap that has one (memvisor): kept MeMS
+    /// runs and spare slab pages.
+    fn keep_stats(&self) -> Option<(memvisor_heaps::KeepStats, memvisor_heaps::SlabPageStats)> {
         None
     }
 }
@@ -220,8 +221,8 @@ impl Heap for MemvisorHeap<GuestPages> {
     fn refused(&self) -> usize {
         self.stats().bad_frees
     }
-    fn keep_stats(&self) -> Option<memvisor_heaps::KeepStats> {
-        Some(MemvisorHeap::keep_stats(self))
+    fn keep_stats(&self) -> Option<(memvisor_heaps::KeepStats, memvisor_heaps::SlabPageStats)> {
+        Some((MemvisorHeap::keep_stats(self), self.slab_page_stats()))
     }
 }
 

@@ -112,8 +112,9 @@ pub struct Outcome {
     pub zero_cycles: u64,
     /// Part of `source_cycles` in hypercall exits.
     pub hc_cycles: u64,
-    /// The page-return policy's counters after the checked pass (memvisor only).
-    pub keep: Option<memvisor_heaps::KeepStats>,
+    /// The page-return policy's counters after the checked pass (memvisor only): kept MeMS
+    /// runs, spare slab pages.
+    pub keep: Option<(memvisor_heaps::KeepStats, memvisor_heaps::SlabPageStats)>,
 }
 
 impl Outcome {
@@ -494,8 +495,12 @@ pub fn time_once(t: &Trace, heap: usize) -> Option<u64> {
     with_heap!(heap, run, t)
 }
 
-/// The page-return policy's records (`keep_*`) through `rec`.
-pub fn rec_keep(mut rec: impl FnMut(&str, u64), k: &memvisor_heaps::KeepStats) {
+/// The page-return policy's records (`keep_*` for kept MeMS runs, `slab_spare_*` for spare
+/// slab pages) through `rec`.
+pub fn rec_keep(
+    mut rec: impl FnMut(&str, u64),
+    (k, s): &(memvisor_heaps::KeepStats, memvisor_heaps::SlabPageStats),
+) {
     rec(
         "keep_bound_pages",
         memvisor_heaps::memvisor::KEEP_MAX_PAGES as u64,
@@ -506,6 +511,15 @@ pub fn rec_keep(mut rec: impl FnMut(&str, u64), k: &memvisor_heaps::KeepStats) {
     rec("keep_reused_runs", k.reused_runs);
     rec("keep_returned_pages", k.returned_pages);
     rec("keep_return_batches", k.return_batches);
+    rec(
+        "slab_spare_bound_pages",
+        memvisor_heaps::memvisor::SPARE_SLABS as u64,
+    );
+    rec("slab_spare_peak_pages", s.peak_spare_pages as u64);
+    rec("slab_spare_pages_at_end", s.spare_pages as u64);
+    rec("slab_spare_reused_pages", s.reused_pages);
+    rec("slab_spare_returned_pages", s.returned_pages);
+    rec("slab_spare_return_batches", s.return_batches);
 }
 
 fn rec(key: &str, v: impl core::fmt::Display) {
