@@ -3,7 +3,7 @@
 
 use super::slab::{hdr, word, SLAB_MAGIC};
 use super::slab_pages::SlabPageStats;
-use super::{MemvisorHeap, NCLASS, NSLOTS};
+use super::{MemvisorHeap, CLASSES, NCLASS, NSLOTS};
 use crate::{HeapError, PageSource, PAGE_SIZE};
 
 /// What [`MemvisorHeap::audit_slabs`] found.
@@ -17,6 +17,8 @@ pub struct SlabAudit {
     pub empty_slabs: usize,
     /// Free slots over all slabs.
     pub free_slots: usize,
+    /// Bytes of those free slots.
+    pub free_slot_bytes: usize,
     /// Empty slab pages kept as spares.
     pub spare_pages: usize,
     /// Pages the store's registry holds (slabs and spares).
@@ -58,6 +60,7 @@ impl<S: PageSource> MemvisorHeap<S> {
             slabs: [0; NCLASS],
             empty_slabs: 0,
             free_slots: 0,
+            free_slot_bytes: 0,
             spare_pages: 0,
             registered_pages: 0,
         };
@@ -101,6 +104,7 @@ impl<S: PageSource> MemvisorHeap<S> {
                         }
                         a.live += used;
                         a.free_slots += free;
+                        a.free_slot_bytes += free * CLASSES[c];
                         a.empty_slabs += usize::from(used == 0);
                         prev = s;
                         s = (*h).next;
