@@ -400,7 +400,7 @@ impl<S: PageSource> MemvisorHeap<S> {
     }
 
     /// Free the slot at `addr` of the live slab `s` of class `c` (header magic and class
-    /// checked): slot boundary, double free, partial list, an emptied slab back to its family.
+    /// checked): slot boundary, double free, lists, an emptied slab to the spares.
     #[inline(always)]
     fn slab_release(&mut self, addr: usize, c: usize, s: usize) -> Result<(), HeapError> {
         let i = slot_index(addr, c, s)?;
