@@ -627,7 +627,7 @@ fn buffer_grown_by_small_steps_grows_in_place() {
     assert_eq!(h.stats().bad_frees, 0);
 }
 
-/// Slab-class reallocs: a shrink by a class or three stays in its slot (a later free of the
+/// Slab-class reallocs: a shrink by up to `BORROW` classes stays in its slot (a later free of the
 /// new layout accepts the slot), a growth past the slot moves and frees the old slot, a
 /// growth that still fits a borrowed slot stays; a realloc of a freed or foreign pointer is
 /// refused (`None`, counted in `bad_frees`) without touching the heap.
