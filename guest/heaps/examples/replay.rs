@@ -328,7 +328,10 @@ fn main() {
                     h.keep_stats().kept_pages
                 );
                 if let Ok(a) = h.audit_slabs() {
-                    s += &format!("slabs by class {:?} free slots {} ({} B)\n", a.slabs, a.free_slots, a.free_slot_bytes);
+                    s += &format!(
+                        "slabs by class {:?} free slots {} ({} B)\n",
+                        a.slabs, a.free_slots, a.free_slot_bytes
+                    );
                 }
                 s += &format!(
                     "mid: {:?} {:?} spare {}\n",

@@ -90,8 +90,8 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// if a block of class `b` may sit in that slot ([`borrowable`]: the slot is of `b`'s
     /// class or of one of the next [`BORROW`](super::BORROW) classes at most 1.25 × its
     /// size, so a later free of the new layout accepts it): a growth into a borrowed slot's
-    /// room, a shrink by up to `BORROW` classes. Else a slot of class `b`, a copy, and the old slot
-    /// freed without a second lookup.
+    /// room, a shrink by up to `BORROW` classes. Else a slot of class `b`, a copy, and the
+    /// old slot freed without a second lookup.
     #[inline]
     fn slab_realloc(
         &mut self,
