@@ -413,9 +413,6 @@ impl<S: PageSource> MemvisorHeap<S> {
 
     #[inline(always)]
     fn mid_alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
-        if self.slabs.spares() != 0 {
-            self.mid_room();
-        }
         let held = self.mid.stats().region_pages;
         match self.mid.alloc(self.large.source_mut(), size) {
             Ok(p) => {
@@ -433,23 +430,14 @@ impl<S: PageSource> MemvisorHeap<S> {
         }
     }
 
-    /// The mid-size path may map a region (of [`REGION_PAGES`] + 1 pages at most, or
-    /// `mid::REGION_MAX` once it is big): spare slab pages go first if the heap would pass
-    /// its high-water mark.
-    #[cold]
-    #[inline(never)]
-    fn mid_room(&mut self) {
-        let pages = if self.mid.stats().region_pages >= mid::REGION_BIG_AT {
-            mid::REGION_MAX
-        } else {
-            REGION_PAGES + 1
-        };
-        self.make_room(pages);
-    }
-
     /// The mid-size path mapped a region: advance the page-return clock, raise the mark.
     #[cold]
     fn mid_grew(&mut self) {
+        // Spare slab pages that now lift the heap past its high-water mark go back (checked
+        // here, after the growth, to keep the check off `mid_alloc`'s path).
+        if self.slabs.spares() != 0 {
+            self.make_room(0);
+        }
         let ops = self.ops;
         self.large.source_mut().decay(ops);
         self.note_high();
