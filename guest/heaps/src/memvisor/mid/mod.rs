@@ -50,6 +50,7 @@ pub use small::SMALL_HOLES_PER_1024;
 
 use crate::registry::PageRegistry;
 use crate::{at, HeapError, PageSource, PAGE_SIZE};
+use core::cell::Cell;
 use core::ptr::NonNull;
 
 /// Smallest request served here (one more than the largest slab class).
@@ -198,6 +199,11 @@ pub struct Mid {
     listed: usize,
     heads: [[usize; SL]; FL],
     reg: PageRegistry,
+    /// The region of the last lookup, `(header address, bytes)`, `(0, 0)` if none: a
+    /// program (and a batch) allocates and frees mostly in one region at a time, and a
+    /// range check is cheaper than the registry's per-page lookup. Always a live region
+    /// (reset when its region goes back).
+    hint: Cell<(usize, usize)>,
     /// First region of the region list (header address), 0 if none.
     regions: usize,
     /// First block of the empty region kept in place, 0 if none.
@@ -225,6 +231,7 @@ impl Mid {
             listed: 0,
             heads: [[0; SL]; FL],
             reg: PageRegistry::new(),
+            hint: Cell::new((0, 0)),
             regions: 0,
             spares: [0; MAX_SPARES],
             spare_sizes: [0; MAX_SPARES],
@@ -260,7 +267,29 @@ impl Mid {
 
     /// Does `ptr` lie in a region of this allocator?
     pub fn contains(&self, ptr: usize) -> bool {
-        self.reg.get(ptr) != 0
+        self.region_at(ptr) != 0
+    }
+
+    /// Header address of the region `va` lies in, 0 if none: the hint's region if it holds
+    /// `va`, else the registry's answer (which becomes the hint).
+    #[inline(always)]
+    fn region_at(&self, va: usize) -> usize {
+        let (base, len) = self.hint.get();
+        if va.wrapping_sub(base) < len {
+            return base;
+        }
+        self.region_miss(va)
+    }
+
+    #[inline(always)]
+    fn region_miss(&self, va: usize) -> usize {
+        let r = self.reg.get(va);
+        if r != 0 {
+            // SAFETY: a registered region's header is mapped and holds its page count.
+            let pages = unsafe { (*at::<Region>(r)).pages };
+            self.hint.set((r, pages * PAGE_SIZE));
+        }
+        r
     }
 
     #[inline(always)]
@@ -420,7 +449,7 @@ impl Mid {
             self.dv_size = 0;
             self.take(b, need, true, MIN_TAIL);
         }
-        let r = self.reg.get(b + 8);
+        let r = self.region_at(b + 8);
         // SAFETY: `b` now starts a live block of region `r`.
         unsafe { set_live(r, b, true) };
         self.stats.live += 1;
@@ -436,7 +465,7 @@ impl Mid {
         if ptr & 15 != 0 {
             return Err(bad("misaligned for a mid-size block"));
         }
-        let r = self.reg.get(ptr);
+        let r = self.region_at(ptr);
         if r == 0 {
             return Err(bad("not in a mid-size region"));
         }
@@ -579,6 +608,11 @@ impl Mid {
 
     pub(super) fn region_of(&self, va: usize) -> usize {
         self.reg.get(va)
+    }
+
+    /// The region hint, for the audit.
+    pub(super) fn hint(&self) -> (usize, usize) {
+        self.hint.get()
     }
 }
 

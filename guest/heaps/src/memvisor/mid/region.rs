@@ -80,6 +80,9 @@ impl Mid {
             if next != 0 {
                 (*at::<Region>(next)).prev = prev;
             }
+            if self.hint.get().0 == r {
+                self.hint.set((0, 0));
+            }
             self.reg.remove_range(src, r, pages);
             unmap(src, r, pages);
             self.stats.regions -= 1;
@@ -117,7 +120,7 @@ impl Mid {
         // or the sentinel's.
         let empty = unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 };
         if empty {
-            let r = self.reg.get(b + 8);
+            let r = self.region_at(b + 8);
             if !self.keep_spare(r, b) {
                 self.release_region(src, r);
             }
@@ -175,7 +178,7 @@ impl Mid {
             self.dv = 0;
             self.dv_size = 0;
         }
-        let r = self.reg.get(b + 8);
+        let r = self.region_at(b + 8);
         self.release_region(src, r);
     }
 
@@ -186,7 +189,7 @@ impl Mid {
         // SAFETY: the dv is a free block of a live region; the word after it is a block's
         // or the sentinel's.
         if b != 0 && unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 } {
-            let r = self.reg.get(b + 8);
+            let r = self.region_at(b + 8);
             // SAFETY: a live region header.
             return self.spare_pages + unsafe { (*at::<Region>(r)).pages };
         }
