@@ -26,7 +26,8 @@
 //! touching a list.
 //!
 //! A free is checked against heap-owned state before any in-band word is trusted: the
-//! page must be registered (the regions' page registry) and the block must start a live
+//! page must be registered (the regions' page registry, or the region of the last lookup,
+//! a range check kept only while that region is mapped) and the block must start a live
 //! block (the region's live-start bitmap). Regions have [`REGION_PAGES`] pages (the largest
 //! request gets one of its size, 17 pages), 64 once the path holds 2 MiB: the guest's page
 //! pool serves runs of up to 16 pages from one 64-page chunk and maps larger runs on their
@@ -268,28 +269,6 @@ impl Mid {
     /// Does `ptr` lie in a region of this allocator?
     pub fn contains(&self, ptr: usize) -> bool {
         self.region_at(ptr) != 0
-    }
-
-    /// Header address of the region `va` lies in, 0 if none: the hint's region if it holds
-    /// `va`, else the registry's answer (which becomes the hint).
-    #[inline(always)]
-    fn region_at(&self, va: usize) -> usize {
-        let (base, len) = self.hint.get();
-        if va.wrapping_sub(base) < len {
-            return base;
-        }
-        self.region_miss(va)
-    }
-
-    #[inline(always)]
-    fn region_miss(&self, va: usize) -> usize {
-        let r = self.reg.get(va);
-        if r != 0 {
-            // SAFETY: a registered region's header is mapped and holds its page count.
-            let pages = unsafe { (*at::<Region>(r)).pages };
-            self.hint.set((r, pages * PAGE_SIZE));
-        }
-        r
     }
 
     #[inline(always)]
@@ -608,11 +587,6 @@ impl Mid {
 
     pub(super) fn region_of(&self, va: usize) -> usize {
         self.reg.get(va)
-    }
-
-    /// The region hint, for the audit.
-    pub(super) fn hint(&self) -> (usize, usize) {
-        self.hint.get()
     }
 }
 

@@ -1,4 +1,5 @@
-//! Regions of the mid-size path: mapping, giving back, the spare.
+//! Regions of the mid-size path: finding a pointer's region, mapping, giving back, the
+//! spares.
 
 use super::{
     first_offset, word, Mid, Region, FIRST, FL, FLAGS, FREE, MAX_SPARES, PREV_FREE, REGION_BIG_AT,
@@ -7,6 +8,28 @@ use super::{
 use crate::{at, map_dirty, unmap, HeapError, PageSource, PAGE_SIZE};
 
 impl Mid {
+    /// Header address of the region `va` lies in, 0 if none: the hint's region if it holds
+    /// `va`, else the registry's answer (which becomes the hint).
+    #[inline(always)]
+    pub(super) fn region_at(&self, va: usize) -> usize {
+        let (base, len) = self.hint.get();
+        if va.wrapping_sub(base) < len {
+            return base;
+        }
+        let r = self.reg.get(va);
+        if r != 0 {
+            // SAFETY: a registered region's header is mapped and holds its page count.
+            let pages = unsafe { (*at::<Region>(r)).pages };
+            self.hint.set((r, pages * PAGE_SIZE));
+        }
+        r
+    }
+
+    /// The region hint `(header address, bytes)`, for the audit.
+    pub(super) fn hint(&self) -> (usize, usize) {
+        self.hint.get()
+    }
+
     /// Map a region for a block of `need` bytes and put its free block on a list.
     #[cold]
     #[inline(never)]
