@@ -41,7 +41,7 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
     let mut r = first_region;
     let mut prev = 0;
     while r != 0 {
-        if m.region_of(r) != r || w(r) != REGION_MAGIC || w(r + 24) != prev {
+        if m.region_of(r) != r | w(r + 8) || w(r) != REGION_MAGIC || w(r + 24) != prev {
             return corrupt(r, "mid-size region header");
         }
         let pages = w(r + 8);

@@ -91,6 +91,8 @@ const PROBE: usize = 8;
 pub(super) const FIXED: usize = 32;
 
 const _: () = assert!(2 * REGION_MAX * PAGE_SIZE < 1 << (9 + FL));
+// A region's pages fit the low bits of its registry entry (`region.rs`, `region_at`).
+const _: () = assert!((1 << (9 + FL)) / PAGE_SIZE < PAGE_SIZE);
 // The largest request fits a region of at most twice the usual pages.
 const _: () = assert!(
     block_size(MID_MAX) + first_offset(2 * REGION_PAGES) + 8 <= 2 * REGION_PAGES * PAGE_SIZE
@@ -585,6 +587,7 @@ impl Mid {
         }
     }
 
+    /// The registry's entry for `va`: `header address | pages`, 0 if none.
     pub(super) fn region_of(&self, va: usize) -> usize {
         self.reg.get(va)
     }

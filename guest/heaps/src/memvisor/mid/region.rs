@@ -9,18 +9,19 @@ use crate::{at, map_dirty, unmap, HeapError, PageSource, PAGE_SIZE};
 
 impl Mid {
     /// Header address of the region `va` lies in, 0 if none: the hint's region if it holds
-    /// `va`, else the registry's answer (which becomes the hint).
+    /// `va`, else the registry's answer (which becomes the hint). The registry holds each
+    /// region's pages as `header address | pages` (pages < 4,096), so a miss reads no
+    /// region header.
     #[inline(always)]
     pub(super) fn region_at(&self, va: usize) -> usize {
         let (base, len) = self.hint.get();
         if va.wrapping_sub(base) < len {
             return base;
         }
-        let r = self.reg.get(va);
+        let v = self.reg.get(va);
+        let r = v & !(PAGE_SIZE - 1);
         if r != 0 {
-            // SAFETY: a registered region's header is mapped and holds its page count.
-            let pages = unsafe { (*at::<Region>(r)).pages };
-            self.hint.set((r, pages * PAGE_SIZE));
+            self.hint.set((r, (v & (PAGE_SIZE - 1)) * PAGE_SIZE));
         }
         r
     }
@@ -55,7 +56,9 @@ impl Mid {
             return Err(HeapError::TooLarge { size: need });
         }
         let r = map_dirty(src, pages).ok_or(HeapError::OutOfMemory { pages })?;
-        if let Err(e) = self.reg.insert_range(src, r, pages, r) {
+        // Registered as `r | pages` (see `region_at`; pages < 4,096 as `TooLarge` bounds
+        // them above).
+        if let Err(e) = self.reg.insert_range(src, r, pages, r | pages) {
             unmap(src, r, pages);
             return Err(e);
         }
