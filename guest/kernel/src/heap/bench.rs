@@ -4,6 +4,8 @@
 //!   (median over batches), sizes 16 … 16384, on every heap;
 //! * `bench.heap_batch_<heap>_<size>` — cycles per operation of 256 allocations then 256
 //!   frees (in allocation order);
+//!
+//!   both in rounds interleaved across the heaps ([`heap_figures`]);
 //! * for every trace of the blob the host mapped and every heap:
 //!   `bench.heap_replay_<trace>_<heap>_ops` (events per second of the timed pass),
 //!   `…_eff_bp` (efficiency in basis points), `…_errors`.
@@ -76,26 +78,52 @@ fn figures<H: Heap>(h: &mut H, size: usize, quick: bool) -> (u64, u64) {
     (pair, v[batches / 2])
 }
 
-fn heap_figures(name: &str, quick: bool) {
-    fn run<H: Heap>(mut h: H, name: &str, quick: bool) {
-        for s in SIZES {
-            let (pair, batch) = figures(&mut h, s, quick);
-            record(format_args!("heap_pair_{}_{}", name, s), pair);
-            record(format_args!("heap_batch_{}_{}", name, s), batch);
+/// Rounds of the alloc + free figures (each heap once per round, in a rotating order).
+const FIGURE_ROUNDS: usize = 3;
+
+/// The alloc + free figures of every heap at every size of [`SIZES`], **interleaved by
+/// rounds**: one instance of each heap lives through all sizes; for each size, round `r` runs
+/// [`figures`] (warm-up, then its samples back to back, as a program in a steady state would
+/// see the heap) on every heap in the order `r, r + 1, …` (mod the heap count), so a burst of
+/// load on the shared host does not fall on one heap's turn only; the median of the
+/// [`FIGURE_ROUNDS`] rounds counts. (Interleaving sample by sample instead measures each
+/// sample cold: the other heaps' page returns flush KVM's shadow page tables in between.)
+fn heap_figures(quick: bool) {
+    let a = &BENCH_ACCT;
+    let (mut pf, mut mems, mut mv) = (PfHeap::new(a), MemsHeap::new(a), peers::memvisor(a));
+    let (mut talc, mut ll, mut buddy) = (TalcHeap::new(a), LlHeap::new(a), BuddyHeap::new(a));
+    let (mut rlsf, mut dl) = (RlsfHeap::new(a), DlHeap::new(a));
+    const H: usize = HEAPS.len();
+    for s in SIZES {
+        // fig[r][i]: round r of heap HEAPS[i].
+        let mut fig = [[(0u64, 0u64); H]; FIGURE_ROUNDS];
+        for (r, round) in fig.iter_mut().enumerate() {
+            for k in 0..H {
+                let i = (k + r) % H;
+                round[i] = match HEAPS[i] {
+                    "page-family" => figures(&mut pf, s, quick),
+                    "mems" => figures(&mut mems, s, quick),
+                    "memvisor" => figures(&mut mv, s, quick),
+                    "talc" => figures(&mut talc, s, quick),
+                    "linked-list" => figures(&mut ll, s, quick),
+                    "buddy" => figures(&mut buddy, s, quick),
+                    "rlsf" => figures(&mut rlsf, s, quick),
+                    "dlmalloc" => figures(&mut dl, s, quick),
+                    _ => (0, 0),
+                };
+            }
+        }
+        for (i, name) in HEAPS.iter().enumerate() {
+            let mut pair = fig.map(|round| round[i].0);
+            let mut batch = fig.map(|round| round[i].1);
+            pair.sort_unstable();
+            batch.sort_unstable();
+            let mid = FIGURE_ROUNDS / 2;
+            record(format_args!("heap_pair_{}_{}", name, s), pair[mid]);
+            record(format_args!("heap_batch_{}_{}", name, s), batch[mid]);
         }
     }
-    let a = &BENCH_ACCT;
-    match name {
-        "page-family" => run(PfHeap::new(a), name, quick),
-        "mems" => run(MemsHeap::new(a), name, quick),
-        "memvisor" => run(peers::memvisor(a), name, quick),
-        "talc" => run(TalcHeap::new(a), name, quick),
-        "linked-list" => run(LlHeap::new(a), name, quick),
-        "buddy" => run(BuddyHeap::new(a), name, quick),
-        "rlsf" => run(RlsfHeap::new(a), name, quick),
-        "dlmalloc" => run(DlHeap::new(a), name, quick),
-        _ => {}
-    }
+    drop((pf, mems, mv, talc, ll, buddy, rlsf, dl));
     source::flush();
 }
 
@@ -103,9 +131,7 @@ fn heap_figures(name: &str, quick: bool) {
 pub extern "C" fn run_user(_: u64) -> u64 {
     let info = boot();
     let quick = info.flags & flags::QUICK != 0;
-    for name in HEAPS {
-        heap_figures(name, quick);
-    }
+    heap_figures(quick);
     let mut errors = 0;
     for t in replay::traces(info.arg[0], info.arg[1]) {
         let mut outs = [None; HEAPS.len()];
