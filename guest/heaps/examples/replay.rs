@@ -7,6 +7,12 @@
 //! run the same heap code.
 //!
 //! `cargo run -p memvisor-heaps --features host --release --example replay -- TRACE...`
+//!
+//! Environment: `DUMP=1` (and `DUMP_MID=1`: every mid-size block) prints the state at the
+//! peak; `SERIES=1` prints `S pages slab-data mems-data+kept mid live-bytes` on stderr at
+//! every change of the pages held; `PAIR=size` and `BATCH=size` time the alloc + free pair
+//! and the 256-block batch of one size against talc instead of replaying; `BENCH=1` runs
+//! the guest bench's sequence.
 
 use std::cell::RefCell;
 use std::ptr::NonNull;
@@ -300,7 +306,44 @@ fn bench_sequence() {
     run(&mut t, "talc", |_| String::new());
 }
 
+/// `BATCH=size`: ns per operation of 256 allocations of `size` bytes then 256 frees in
+/// allocation order (the guest bench's `heap_batch_*` sequence), best of 7 × 2,000 batches,
+/// memvisor and talc interleaved twice.
+fn batch(size: usize) {
+    fn run<H: Heap>(h: &mut H, l: Layout) -> f64 {
+        let mut v = Vec::with_capacity(256);
+        let mut best = u128::MAX;
+        for _ in 0..7 {
+            let t0 = Instant::now();
+            for _ in 0..2000 {
+                for _ in 0..256 {
+                    v.push(h.alloc(l));
+                }
+                for p in v.drain(..) {
+                    h.dealloc(p, l);
+                }
+            }
+            best = best.min(t0.elapsed().as_nanos());
+        }
+        best as f64 / (2000.0 * 512.0)
+    }
+    let l = lay(size);
+    let src = new_src();
+    let mut h = MemvisorHeap::new(src.clone(), src);
+    let mut t = Talc(talc::Talc::new(Oom(new_src(), Vec::new())));
+    let (a, b) = (run(&mut h, l), run(&mut t, l));
+    let (c, d) = (run(&mut h, l), run(&mut t, l));
+    println!(
+        "batch {size} B: memvisor {:.2} ns, talc {:.2} ns",
+        a.min(c),
+        b.min(d)
+    );
+}
+
 fn main() {
+    if let Some(s) = std::env::var("BATCH").ok().and_then(|s| s.parse().ok()) {
+        return batch(s);
+    }
     if let Some(s) = std::env::var("PAIR").ok().and_then(|s| s.parse().ok()) {
         return pair(s);
     }
@@ -315,7 +358,21 @@ fn main() {
         let src = new_src();
         let mut h = MemvisorHeap::new(src.clone(), src.clone());
         let mut at_peak = (0usize, String::new());
+        // SERIES=1: one line on stderr whenever the pages held change.
+        let series = std::env::var_os("SERIES").is_some();
+        let mut last_pages = 0;
         let (peak, _) = replay(&mut h, &ev, &mut tab, |h, cur| {
+            if series && h.pages_in_use() != last_pages {
+                last_pages = h.pages_in_use();
+                eprintln!(
+                    "S {} {} {} {} {}",
+                    last_pages,
+                    h.slab_families().data_pages(),
+                    h.mems().data_pages() + h.keep_stats().kept_pages,
+                    h.mid().pages_in_use(),
+                    cur
+                );
+            }
             if !dump {
                 return;
             }

@@ -297,3 +297,33 @@ fn spare_region_absorbs_a_pair_loop() {
     m.clear(&mut src);
     assert_eq!(src.mapped_pages(), 0);
 }
+
+/// The region hint (the region of the last lookup, checked before the registry) never
+/// outlives its region: once the region goes back, a free of a pointer into it is refused
+/// without touching its (unmapped) pages, and a new region at any address is found.
+#[test]
+fn region_hint_forgets_a_returned_region() {
+    let mut src = HostPageSource::new();
+    let mut m = Mid::new();
+    let p = m.alloc(&mut src, 4096).unwrap();
+    let q = m.alloc(&mut src, 4096).unwrap();
+    // Both frees look the region up through the hint.
+    m.free(&mut src, q, 4096).unwrap();
+    m.free(&mut src, p, 4096).unwrap();
+    assert!(m.contains(p.as_ptr().addr()));
+    assert_eq!(m.release_spare(&mut src), 16);
+    assert_eq!(src.mapped_pages(), 0, "the region went back");
+    assert!(
+        !m.contains(p.as_ptr().addr()),
+        "a returned region is not ours"
+    );
+    assert!(
+        m.free(&mut src, p, 4096).is_err(),
+        "a free into a returned region"
+    );
+    let r = m.alloc(&mut src, 4096).unwrap();
+    m.audit().expect("audit");
+    m.free(&mut src, r, 4096).unwrap();
+    m.clear(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}

@@ -24,6 +24,8 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
     let (heads, fl_bits, sl_bits) = (parts.heads, parts.fl_bits, parts.sl_bits);
     let (first_region, spares, (dv, dv_size)) = (parts.regions, parts.spares, parts.dv);
     let mut dv_seen = false;
+    let hint = m.hint();
+    let mut hint_seen = hint == (0, 0);
     let mut out = MidAudit {
         live: 0,
         small: 0,
@@ -39,7 +41,7 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
     let mut r = first_region;
     let mut prev = 0;
     while r != 0 {
-        if m.region_of(r) != r || w(r) != REGION_MAGIC || w(r + 24) != prev {
+        if m.region_of(r) != r | w(r + 8) || w(r) != REGION_MAGIC || w(r + 24) != prev {
             return corrupt(r, "mid-size region header");
         }
         let pages = w(r + 8);
@@ -119,11 +121,15 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
         }
         out.live += live_here;
         out.regions += 1;
+        hint_seen |= hint == (r, pages * PAGE_SIZE);
         prev = r;
         r = w(r + 16);
         if out.regions > m.stats().regions {
             return corrupt(r, "mid-size region list longer than counted");
         }
+    }
+    if !hint_seen {
+        return corrupt(hint.0, "mid-size region hint not a live region");
     }
     // Lists: every member free, of its list's size range, linked both ways; bitmaps agree.
     let mut listed = 0;

@@ -26,7 +26,8 @@
 //! touching a list.
 //!
 //! A free is checked against heap-owned state before any in-band word is trusted: the
-//! page must be registered (the regions' page registry) and the block must start a live
+//! page must be registered (the regions' page registry, or the region of the last lookup,
+//! a range check kept only while that region is mapped) and the block must start a live
 //! block (the region's live-start bitmap). Regions have [`REGION_PAGES`] pages (the largest
 //! request gets one of its size, 17 pages), 64 once the path holds 2 MiB: the guest's page
 //! pool serves runs of up to 16 pages from one 64-page chunk and maps larger runs on their
@@ -50,6 +51,7 @@ pub use small::SMALL_HOLES_PER_1024;
 
 use crate::registry::PageRegistry;
 use crate::{at, HeapError, PageSource, PAGE_SIZE};
+use core::cell::Cell;
 use core::ptr::NonNull;
 
 /// Smallest request served here (one more than the largest slab class).
@@ -89,6 +91,8 @@ const PROBE: usize = 8;
 pub(super) const FIXED: usize = 32;
 
 const _: () = assert!(2 * REGION_MAX * PAGE_SIZE < 1 << (9 + FL));
+// A region's pages fit the low bits of its registry entry (`region.rs`, `region_at`).
+const _: () = assert!((1 << (9 + FL)) / PAGE_SIZE < PAGE_SIZE);
 // The largest request fits a region of at most twice the usual pages.
 const _: () = assert!(
     block_size(MID_MAX) + first_offset(2 * REGION_PAGES) + 8 <= 2 * REGION_PAGES * PAGE_SIZE
@@ -198,6 +202,11 @@ pub struct Mid {
     listed: usize,
     heads: [[usize; SL]; FL],
     reg: PageRegistry,
+    /// The region of the last lookup, `(header address, bytes)`, `(0, 0)` if none: a
+    /// program (and a batch) allocates and frees mostly in one region at a time, and a
+    /// range check is cheaper than the registry's per-page lookup. Always a live region
+    /// (reset when its region goes back).
+    hint: Cell<(usize, usize)>,
     /// First region of the region list (header address), 0 if none.
     regions: usize,
     /// First block of the empty region kept in place, 0 if none.
@@ -225,6 +234,7 @@ impl Mid {
             listed: 0,
             heads: [[0; SL]; FL],
             reg: PageRegistry::new(),
+            hint: Cell::new((0, 0)),
             regions: 0,
             spares: [0; MAX_SPARES],
             spare_sizes: [0; MAX_SPARES],
@@ -260,7 +270,7 @@ impl Mid {
 
     /// Does `ptr` lie in a region of this allocator?
     pub fn contains(&self, ptr: usize) -> bool {
-        self.reg.get(ptr) != 0
+        self.region_at(ptr) != 0
     }
 
     #[inline(always)]
@@ -420,7 +430,7 @@ impl Mid {
             self.dv_size = 0;
             self.take(b, need, true, MIN_TAIL);
         }
-        let r = self.reg.get(b + 8);
+        let r = self.region_at(b + 8);
         // SAFETY: `b` now starts a live block of region `r`.
         unsafe { set_live(r, b, true) };
         self.stats.live += 1;
@@ -436,7 +446,7 @@ impl Mid {
         if ptr & 15 != 0 {
             return Err(bad("misaligned for a mid-size block"));
         }
-        let r = self.reg.get(ptr);
+        let r = self.region_at(ptr);
         if r == 0 {
             return Err(bad("not in a mid-size region"));
         }
@@ -577,6 +587,7 @@ impl Mid {
         }
     }
 
+    /// The registry's entry for `va`: `header address | pages`, 0 if none.
     pub(super) fn region_of(&self, va: usize) -> usize {
         self.reg.get(va)
     }

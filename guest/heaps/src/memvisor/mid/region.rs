@@ -1,4 +1,5 @@
-//! Regions of the mid-size path: mapping, giving back, the spare.
+//! Regions of the mid-size path: finding a pointer's region, mapping, giving back, the
+//! spares.
 
 use super::{
     first_offset, word, Mid, Region, FIRST, FL, FLAGS, FREE, MAX_SPARES, PREV_FREE, REGION_BIG_AT,
@@ -7,6 +8,29 @@ use super::{
 use crate::{at, map_dirty, unmap, HeapError, PageSource, PAGE_SIZE};
 
 impl Mid {
+    /// Header address of the region `va` lies in, 0 if none: the hint's region if it holds
+    /// `va`, else the registry's answer (which becomes the hint). The registry holds each
+    /// region's pages as `header address | pages` (pages < 4,096), so a miss reads no
+    /// region header.
+    #[inline(always)]
+    pub(super) fn region_at(&self, va: usize) -> usize {
+        let (base, len) = self.hint.get();
+        if va.wrapping_sub(base) < len {
+            return base;
+        }
+        let v = self.reg.get(va);
+        let r = v & !(PAGE_SIZE - 1);
+        if r != 0 {
+            self.hint.set((r, (v & (PAGE_SIZE - 1)) * PAGE_SIZE));
+        }
+        r
+    }
+
+    /// The region hint `(header address, bytes)`, for the audit.
+    pub(super) fn hint(&self) -> (usize, usize) {
+        self.hint.get()
+    }
+
     /// Map a region for a block of `need` bytes and put its free block on a list.
     #[cold]
     #[inline(never)]
@@ -32,7 +56,9 @@ impl Mid {
             return Err(HeapError::TooLarge { size: need });
         }
         let r = map_dirty(src, pages).ok_or(HeapError::OutOfMemory { pages })?;
-        if let Err(e) = self.reg.insert_range(src, r, pages, r) {
+        // Registered as `r | pages` (see `region_at`; pages < 4,096 as `TooLarge` bounds
+        // them above).
+        if let Err(e) = self.reg.insert_range(src, r, pages, r | pages) {
             unmap(src, r, pages);
             return Err(e);
         }
@@ -80,6 +106,9 @@ impl Mid {
             if next != 0 {
                 (*at::<Region>(next)).prev = prev;
             }
+            if self.hint.get().0 == r {
+                self.hint.set((0, 0));
+            }
             self.reg.remove_range(src, r, pages);
             unmap(src, r, pages);
             self.stats.regions -= 1;
@@ -117,7 +146,7 @@ impl Mid {
         // or the sentinel's.
         let empty = unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 };
         if empty {
-            let r = self.reg.get(b + 8);
+            let r = self.region_at(b + 8);
             if !self.keep_spare(r, b) {
                 self.release_region(src, r);
             }
@@ -175,7 +204,7 @@ impl Mid {
             self.dv = 0;
             self.dv_size = 0;
         }
-        let r = self.reg.get(b + 8);
+        let r = self.region_at(b + 8);
         self.release_region(src, r);
     }
 
@@ -186,7 +215,7 @@ impl Mid {
         // SAFETY: the dv is a free block of a live region; the word after it is a block's
         // or the sentinel's.
         if b != 0 && unsafe { *word(b) & FIRST != 0 && *word(b + size) & !FLAGS == 0 } {
-            let r = self.reg.get(b + 8);
+            let r = self.region_at(b + 8);
             // SAFETY: a live region header.
             return self.spare_pages + unsafe { (*at::<Region>(r)).pages };
         }

@@ -34,7 +34,7 @@ impl Mid {
         }
         self.remove(b, size);
         self.take(b, need, false, MIN_BLOCK);
-        let r = self.reg.get(b + 8);
+        let r = self.region_at(b + 8);
         // SAFETY: `b` now starts a live block of region `r`.
         unsafe {
             *word(b) |= SMALL;
