@@ -9,7 +9,7 @@
 //! `cargo run -p memvisor-heaps --features host --release --example replay -- TRACE...`
 //!
 //! Environment: `DUMP=1` (and `DUMP_MID=1`: every mid-size block) prints the state at the
-//! peak; `SERIES=1` prints `S pages slab-data mems-data+kept mid live-bytes` on stderr at
+//! peak; `SERIES=1` prints `S pages slab+spare mems-data+kept mid live-bytes` on stderr at
 //! every change of the pages held; `PAIR=size` and `BATCH=size` time the alloc + free pair
 //! and the 256-block batch of one size against talc instead of replaying; `BENCH=1` runs
 //! the guest bench's sequence.
@@ -367,7 +367,7 @@ fn main() {
                 eprintln!(
                     "S {} {} {} {} {}",
                     last_pages,
-                    h.slab_families().data_pages(),
+                    h.slab_page_stats().slab_pages + h.slab_page_stats().spare_pages,
                     h.mems().data_pages() + h.keep_stats().kept_pages,
                     h.mid().pages_in_use(),
                     cur
