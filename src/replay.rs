@@ -200,6 +200,11 @@ pub struct KeepFigures {
     pub returned_pages: u64,
     /// Batches the returns went in.
     pub return_batches: u64,
+    /// Free tails of mid-size regions given back at the high-water mark (the regions stay
+    /// smaller).
+    pub tail_returns: u64,
+    /// Pages of those tails.
+    pub tail_returned_pages: u64,
 }
 
 /// The memvisor heap's spare slab pages over the checked pass (guest
@@ -314,6 +319,8 @@ impl ReplayResult {
                 reused_runs: num("keep_reused_runs"),
                 returned_pages: num("keep_returned_pages"),
                 return_batches: num("keep_return_batches"),
+                tail_returns: num("keep_tail_returns"),
+                tail_returned_pages: num("keep_tail_returned_pages"),
             }),
             slab_spares: get("slab_spare_bound_pages").map(|_| SlabSpareFigures {
                 bound_pages: num("slab_spare_bound_pages"),
@@ -361,13 +368,15 @@ impl ReplayResult {
         if let Some(k) = &self.keep {
             let _ = writeln!(
                 o,
-                "keep: bound {} pages, peak {} kept, {} runs kept, {} reused, {} pages returned in {} batches",
+                "keep: bound {} pages, peak {} kept, {} runs kept, {} reused, {} pages returned in {} batches, {} region tails ({} pages) returned",
                 k.bound_pages,
                 k.peak_kept_pages,
                 k.kept_runs,
                 k.reused_runs,
                 k.returned_pages,
-                k.return_batches
+                k.return_batches,
+                k.tail_returns,
+                k.tail_returned_pages
             );
         }
         if let Some(s) = &self.slab_spares {

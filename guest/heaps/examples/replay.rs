@@ -72,6 +72,15 @@ unsafe impl PageSource for Shared {
         p.calls.1 += 1;
         p.cache.entry(pages).or_default().push(base);
     }
+    fn shrink_pages(&mut self, base: NonNull<u8>, pages: usize, keep: usize) -> bool {
+        let mut p = self.0.borrow_mut();
+        let done = p.src.shrink_pages(base, pages, keep);
+        if done {
+            p.held -= pages - keep;
+            p.calls.1 += 1;
+        }
+        done
+    }
 }
 
 impl Shared {

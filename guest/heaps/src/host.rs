@@ -1,21 +1,22 @@
-//! A [`PageSource`] on the host (feature `host`, and in tests): pages from `std::alloc`
-//! (4096-aligned, zeroed), with tracking so tests can check the heaps give back exactly what
-//! they took.
+//! A [`PageSource`] on the host (feature `host`, and in tests): pages from anonymous private
+//! `mmap` (4096-aligned, zero-filled), with tracking so tests can check the heaps give back
+//! exactly what they took. A page given back is `munmap`ped, so a heap that touches it again
+//! faults.
 
 use core::ptr::NonNull;
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::BTreeMap;
 
 use crate::{PageSource, PAGE_SIZE};
 
-/// Host page source: every `map_pages` is one `std::alloc` allocation.
+/// Host page source: every `map_pages` is one anonymous `mmap`.
 ///
-/// Panics if `unmap_pages` gets a base it did not hand out or a different page count. Pages
-/// still mapped when it is dropped are freed.
+/// Panics if `unmap_pages` or `shrink_pages` gets a `(base, pages)` that is not a live run
+/// (as mapped, or as a `shrink_pages` left it). Pages still mapped when it is dropped are
+/// unmapped.
 #[derive(Debug, Default)]
 pub struct HostPageSource {
-    /// base address -> (pointer as allocated, pages)
-    live: BTreeMap<usize, (*mut u8, usize)>,
+    /// base address -> pages
+    live: BTreeMap<usize, usize>,
     mapped: usize,
     peak: usize,
     limit: Option<usize>,
@@ -51,35 +52,66 @@ impl HostPageSource {
         self.peak
     }
 
-    /// Number of `map_pages` / `unmap_pages` calls that succeeded.
+    /// Number of `map_pages` / `unmap_pages` calls that succeeded (a `shrink_pages` that gave
+    /// pages back counts as an unmap).
     pub fn calls(&self) -> (u64, u64) {
         (self.maps, self.unmaps)
     }
 
-    /// Mappings currently live, as `(base, pages)`.
+    /// Runs currently live, as `(base, pages)`.
     pub fn regions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.live.iter().map(|(&b, &(_, p))| (b, p))
+        self.live.iter().map(|(&b, &p)| (b, p))
     }
 
-    fn layout(pages: usize) -> Layout {
-        Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).expect("page layout")
+    /// `munmap` of `pages` pages at `base`, which this source mapped.
+    fn munmap(base: usize, pages: usize) {
+        // SAFETY: `[base, base + pages * 4096)` is part of an anonymous mapping this source
+        // made and still owns (the caller checked it against `live`); nothing else refers to it
+        // once its owner gave it back.
+        let r = unsafe {
+            libc::munmap(
+                core::ptr::with_exposed_provenance_mut(base),
+                pages * PAGE_SIZE,
+            )
+        };
+        assert_eq!(r, 0, "munmap({base:#x}, {pages} pages) failed");
+    }
+
+    /// The live run at `base`, which must have `pages` pages.
+    fn check(&self, base: usize, pages: usize, what: &str) {
+        assert_eq!(
+            self.live.get(&base).copied(),
+            Some(pages),
+            "{what}({base:#x}, {pages}) does not match a live run"
+        );
     }
 }
 
-// SAFETY: the raw pointers are owned allocations, not shared with anything else.
-unsafe impl Send for HostPageSource {}
-
-// SAFETY: every mapping is a fresh zeroed, 4096-aligned `std::alloc` allocation of exactly
-// `pages * 4096` bytes that stays live until it is unmapped; user-space addresses are
-// canonical.
+// SAFETY: every mapping is a fresh anonymous private `mmap` of exactly `pages * 4096` bytes
+// (zero-filled, page-aligned, read/write, user-space so canonical) that stays mapped until it
+// is given back.
 unsafe impl PageSource for HostPageSource {
     fn map_pages(&mut self, pages: usize) -> Option<NonNull<u8>> {
         if pages == 0 || self.limit.is_some_and(|l| self.mapped + pages > l) {
             return None;
         }
-        // SAFETY: the layout has a non-zero size.
-        let p = NonNull::new(unsafe { alloc_zeroed(Self::layout(pages)) })?;
-        self.live.insert(p.as_ptr().addr(), (p.as_ptr(), pages));
+        let len = pages.checked_mul(PAGE_SIZE)?;
+        // SAFETY: a new anonymous private mapping; it aliases nothing.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        let p = NonNull::new(p.cast::<u8>())?;
+        self.live.insert(p.as_ptr().expose_provenance(), pages);
         self.mapped += pages;
         self.peak = self.peak.max(self.mapped);
         self.maps += 1;
@@ -96,34 +128,74 @@ unsafe impl PageSource for HostPageSource {
     }
 
     fn unmap_pages(&mut self, base: NonNull<u8>, pages: usize) {
-        let got = self.live.remove(&base.as_ptr().addr());
-        assert_eq!(
-            got.map(|g| g.1),
-            Some(pages),
-            "unmap_pages({:p}, {pages}) does not match a mapping",
-            base
-        );
+        let b = base.as_ptr().expose_provenance();
+        self.check(b, pages, "unmap_pages");
+        self.live.remove(&b);
+        Self::munmap(b, pages);
         self.mapped -= pages;
         self.unmaps += 1;
-        if let Some((ptr, _)) = got {
-            // SAFETY: `ptr` was allocated by `map_pages` with this exact layout.
-            unsafe { dealloc(ptr, Self::layout(pages)) };
-        }
+    }
+
+    fn shrink_pages(&mut self, base: NonNull<u8>, pages: usize, keep: usize) -> bool {
+        let b = base.as_ptr().expose_provenance();
+        self.check(b, pages, "shrink_pages");
+        assert!(
+            (1..pages).contains(&keep),
+            "shrink_pages({b:#x}, {pages}, keep {keep}): keep must be in 1..pages"
+        );
+        Self::munmap(b + keep * PAGE_SIZE, pages - keep);
+        self.live.insert(b, keep);
+        self.mapped -= pages - keep;
+        self.unmaps += 1;
+        true
     }
 
     /// A stand-in "physical" address: the virtual address with bit 62 set, so tests can tell
     /// a translation from an identity.
     fn translate(&self, va: usize) -> Option<u64> {
-        let (&b, &(_, p)) = self.live.range(..=va).next_back()?;
+        let (&b, &p) = self.live.range(..=va).next_back()?;
         (va < b + p * PAGE_SIZE).then_some(va as u64 | 1 << 62)
     }
 }
 
 impl Drop for HostPageSource {
     fn drop(&mut self) {
-        for &(ptr, p) in self.live.values() {
-            // SAFETY: each live entry is an allocation made by `map_pages` with this layout.
-            unsafe { dealloc(ptr, Self::layout(p)) };
+        for (&b, &p) in &self.live {
+            Self::munmap(b, p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shrink unmaps the tail and leaves `(base, keep)` as the run; the old count is then
+    /// refused.
+    #[test]
+    fn shrink_gives_back_the_tail() {
+        let mut s = HostPageSource::new();
+        let p = s.map_pages(5).unwrap();
+        // SAFETY: five fresh writable pages.
+        unsafe { p.as_ptr().add(4 * PAGE_SIZE).write(7) };
+        assert!(s.shrink_pages(p, 5, 2));
+        assert_eq!(
+            (s.mapped_pages(), s.peak_pages(), s.calls()),
+            (2, 5, (1, 1))
+        );
+        assert_eq!(
+            s.regions().collect::<std::vec::Vec<_>>(),
+            [(p.as_ptr().addr(), 2)]
+        );
+        assert!(s.translate(p.as_ptr().addr() + 2 * PAGE_SIZE).is_none());
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut t = HostPageSource::new();
+            let q = t.map_pages(3).unwrap();
+            t.shrink_pages(q, 3, 1);
+            t.unmap_pages(q, 3);
+        }));
+        assert!(again.is_err(), "an unmap with the old count");
+        s.unmap_pages(p, 2);
+        assert_eq!(s.mapped_pages(), 0);
     }
 }

@@ -94,7 +94,8 @@ pub const PAGE_SHIFT: u32 = 12;
 /// * the address range lies in the canonical x86-64 address space (bits 63..47 equal).
 ///
 /// The heaps only call `unmap_pages` with exactly a `(base, pages)` pair they got from
-/// `map_pages` (never a sub-range).
+/// `map_pages` (never a sub-range), or the `(base, keep)` a successful
+/// [`PageSource::shrink_pages`] left of it.
 pub unsafe trait PageSource {
     /// Map `pages` (≥ 1) fresh zeroed, contiguous, 4 KiB-aligned pages, read/write.
     /// `None` when out of memory.
@@ -111,6 +112,16 @@ pub unsafe trait PageSource {
     /// Unmap pages previously returned by `map_pages` or `map_pages_dirty` (exactly the same
     /// base and count).
     fn unmap_pages(&mut self, base: NonNull<u8>, pages: usize);
+    /// Give back the last `pages - keep` pages of the run `(base, pages)` (as mapped, or as an
+    /// earlier `shrink_pages` left it), `1 <= keep < pages`; the first `keep` pages stay
+    /// mapped with their contents, and from then on the run is `(base, keep)` for
+    /// `unmap_pages` and `shrink_pages`. Like `munmap` of a mapping's tail (POSIX) or
+    /// `mremap` to a smaller size. Returns `false`, and changes nothing, if the source
+    /// cannot give back part of a run (the default).
+    fn shrink_pages(&mut self, base: NonNull<u8>, pages: usize, keep: usize) -> bool {
+        let _ = (base, pages, keep);
+        false
+    }
     /// Guest-physical address of the virtual address `va` (a page-table walk in the guest).
     /// Default: `None` (no translation available).
     fn translate(&self, va: usize) -> Option<u64> {
@@ -129,6 +140,9 @@ unsafe impl<S: PageSource + ?Sized> PageSource for &mut S {
     }
     fn unmap_pages(&mut self, base: NonNull<u8>, pages: usize) {
         (**self).unmap_pages(base, pages)
+    }
+    fn shrink_pages(&mut self, base: NonNull<u8>, pages: usize, keep: usize) -> bool {
+        (**self).shrink_pages(base, pages, keep)
     }
     fn translate(&self, va: usize) -> Option<u64> {
         (**self).translate(va)
@@ -172,6 +186,18 @@ pub(crate) fn unmap<S: PageSource + ?Sized>(src: &mut S, base: usize, pages: usi
     if let Some(p) = NonNull::new(at::<u8>(base)) {
         src.unmap_pages(p, pages);
     }
+}
+
+/// Give the pages of the run `(base, pages)` from `keep` on back to `src`
+/// ([`PageSource::shrink_pages`]); `false` if the source cannot.
+#[inline]
+pub(crate) fn shrink<S: PageSource + ?Sized>(
+    src: &mut S,
+    base: usize,
+    pages: usize,
+    keep: usize,
+) -> bool {
+    NonNull::new(at::<u8>(base)).is_some_and(|p| src.shrink_pages(p, pages, keep))
 }
 
 /// Write `addr` as `0x…` hex (reports).

@@ -52,6 +52,12 @@ pub struct KeepStats {
     pub returned_runs: u64,
     /// Batches of returns (a bound, a miss, a decay or an explicit release).
     pub return_batches: u64,
+    /// Free tails of mid-size regions given back at the heap's high-water mark
+    /// ([`Mid::trim_tails`](super::Mid::trim_tails); filled in by
+    /// [`MemvisorHeap::keep_stats`](super::MemvisorHeap::keep_stats), 0 from [`Keep::stats`]).
+    pub tail_returns: u64,
+    /// Pages of those tails.
+    pub tail_returned_pages: u64,
 }
 
 /// A page source that keeps returned runs for reuse (see the module docs).
@@ -81,6 +87,8 @@ impl<S: PageSource> Keep<S> {
                 returned_pages: 0,
                 returned_runs: 0,
                 return_batches: 0,
+                tail_returns: 0,
+                tail_returned_pages: 0,
             },
         }
     }
@@ -186,7 +194,8 @@ impl<S: PageSource> Keep<S> {
 // SAFETY: every run handed out is either fresh from the inner source (whose contract holds)
 // or a run the inner source mapped with exactly that count, given back by its previous owner
 // and kept by nobody else (it leaves the keep when handed out), zeroed for `map_pages`. Runs
-// go back to the inner source with the base and count it mapped them with.
+// go back to the inner source with the base and count it mapped them with (or that an
+// owner's `shrink_pages`, forwarded to the inner source, left them with).
 unsafe impl<S: PageSource> PageSource for Keep<S> {
     fn map_pages(&mut self, pages: usize) -> Option<NonNull<u8>> {
         self.get(pages, true)
@@ -212,6 +221,12 @@ unsafe impl<S: PageSource> PageSource for Keep<S> {
         if self.stats.kept_pages > KEEP_MAX_PAGES {
             self.release_to(KEEP_MAX_PAGES / 2);
         }
+    }
+
+    /// The tail of a run its owner holds (never a kept run) goes straight to the inner
+    /// source: a shrink lowers the pages held, which keeping would undo.
+    fn shrink_pages(&mut self, base: NonNull<u8>, pages: usize, keep: usize) -> bool {
+        self.inner.shrink_pages(base, pages, keep)
     }
 
     fn translate(&self, va: usize) -> Option<u64> {

@@ -230,6 +230,7 @@ pub struct Stats {
 }
 
 /// The memvisor heap on three page sources (one per sub-heap; they may share accounting).
+/// The memvisor heap on three page sources (one per sub-heap; they may share accounting).
 pub struct MemvisorHeap<S: PageSource> {
     /// The slabs' pages (`memvisor/slab_pages.rs`).
     slabs: SlabPages<S>,
@@ -299,7 +300,12 @@ impl<S: PageSource> MemvisorHeap<S> {
 
     /// Counters of the page-return policy.
     pub fn keep_stats(&self) -> KeepStats {
-        self.large.source().stats()
+        let m = self.mid.stats();
+        KeepStats {
+            tail_returns: m.regions_trimmed,
+            tail_returned_pages: m.trimmed_pages,
+            ..self.large.source().stats()
+        }
     }
 
     /// The kept runs `(base, pages)` (tests).
@@ -328,13 +334,12 @@ impl<S: PageSource> MemvisorHeap<S> {
             self.mid.release_spare(self.large.source_mut());
         }
         let kept = self.large.source().kept_pages();
-        if kept == 0 {
-            return;
-        }
-        let after = self.pages_in_use() + pages;
-        if after > self.high {
-            let keep = kept.saturating_sub(after - self.high);
-            self.large.source_mut().release_to(keep);
+        if kept != 0 {
+            let after = self.pages_in_use() + pages;
+            if after > self.high {
+                let keep = kept.saturating_sub(after - self.high);
+                self.large.source_mut().release_to(keep);
+            }
         }
     }
 
@@ -413,14 +418,35 @@ impl<S: PageSource> MemvisorHeap<S> {
 
     #[inline(always)]
     fn mid_alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
-        let held = self.mid.stats().region_pages;
-        match self.mid.alloc(self.large.source_mut(), size) {
+        match self.mid.try_alloc(self.large.source_mut(), size) {
+            Some(p) => {
+                self.stats.live[1] += 1;
+                self.stats.mid_live += 1;
+                Some(p)
+            }
+            None => self.mid_alloc_grown(size),
+        }
+    }
+
+    /// The mid-size path maps a region: room is made first (spare slab pages and regions,
+    /// kept runs and region tails go back so the heap stays within its high-water mark where
+    /// it can), then the page-return clock advances and the mark rises.
+    #[cold]
+    fn mid_alloc_grown(&mut self, size: usize) -> Option<NonNull<u8>> {
+        // The region, and maybe a registry node.
+        let grow = self.mid.grow_pages(size) + 1;
+        self.make_room(grow);
+        // Region tails that stayed free since the last growth go back if the heap would
+        // pass its high-water mark; the others are marked (`Mid::trim_tails`).
+        let want = (self.pages_in_use() + grow).saturating_sub(self.high);
+        self.mid.trim_tails(self.large.source_mut(), want);
+        match self.mid.alloc_grown(self.large.source_mut(), size) {
             Ok(p) => {
                 self.stats.live[1] += 1;
                 self.stats.mid_live += 1;
-                if self.mid.stats().region_pages != held {
-                    self.mid_grew();
-                }
+                let ops = self.ops;
+                self.large.source_mut().decay(ops);
+                self.note_high();
                 Some(p)
             }
             Err(e) => {
@@ -428,19 +454,6 @@ impl<S: PageSource> MemvisorHeap<S> {
                 None
             }
         }
-    }
-
-    /// The mid-size path mapped a region: advance the page-return clock, raise the mark.
-    #[cold]
-    fn mid_grew(&mut self) {
-        // Spare slab pages that now lift the heap past its high-water mark go back (checked
-        // here, after the growth, to keep the check off `mid_alloc`'s path).
-        if self.slabs.spares() != 0 {
-            self.make_room(0);
-        }
-        let ops = self.ops;
-        self.large.source_mut().decay(ops);
-        self.note_high();
     }
 
     #[inline(always)]

@@ -415,6 +415,46 @@ impl PageRegistry {
         }
     }
 
+    /// Give the registered pages of `pages` pages from `base` (page-aligned) the value
+    /// `value` (non-zero, not a page's own address) in place: tree entries are overwritten,
+    /// an inline run wholly inside the range takes the value. Maps nothing and registers
+    /// nothing new, so it cannot fail; a page that is not registered, or that an inline run
+    /// reaching outside the range holds, keeps what it has. Returns the pages that took it.
+    pub(crate) fn set_range(&mut self, base: usize, pages: usize, value: usize) -> usize {
+        debug_assert!(value != 0 && value != OWN);
+        // In page numbers (`address >> 12`), saturated at the top: the range is [c, d).
+        let c = base >> 12;
+        let d = c.saturating_add(pages);
+        let mut set = 0;
+        if self.nruns != 0 {
+            for i in 0..self.nruns {
+                let (rk, n, _) = self.runs[i];
+                let a = key_base(rk) >> 12;
+                if a >= c && a + n <= d {
+                    self.runs[i].2 = value;
+                    self.cache_update(rk, n, value);
+                    set += n;
+                }
+            }
+            return set;
+        }
+        let mut i = 0;
+        while i < pages {
+            let Some(k) = key(base + (i << 12)) else {
+                i += 1;
+                continue;
+            };
+            let idx = tree::indices(k);
+            let n = (pages - i).min(FANOUT - idx[0]);
+            if let Some(nodes) = self.find_path(k, &idx) {
+                set += self.set_leaf_run(&nodes, &idx, n, value);
+                self.cache_update(k, n, value);
+            }
+            i += n;
+        }
+        set
+    }
+
     /// Unmap every node (all entries are dropped).
     pub(crate) fn clear<S: PageSource + ?Sized>(&mut self, src: &mut S) {
         fn free_level<S: PageSource + ?Sized>(src: &mut S, node: usize, level: usize) -> usize {

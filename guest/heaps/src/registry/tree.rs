@@ -216,7 +216,7 @@ impl PageRegistry {
     }
 
     /// The live path to key `k` of indices `idx`, or `None` if a node on it is missing.
-    fn find_path(&self, k: usize, idx: &[usize; 4]) -> Option<[usize; 4]> {
+    pub(super) fn find_path(&self, k: usize, idx: &[usize; 4]) -> Option<[usize; 4]> {
         if !self.covers(k) {
             return None;
         }
@@ -281,6 +281,26 @@ impl PageRegistry {
             i += n;
         }
         Ok(())
+    }
+
+    /// Overwrite the non-zero entries of the `n` entries from index `idx[0]` of the leaf
+    /// `nodes[0]` (`idx[0] + n <= 512`) with `value`; returns how many there were.
+    pub(super) fn set_leaf_run(
+        &mut self,
+        nodes: &[usize; 4],
+        idx: &[usize; 4],
+        n: usize,
+        value: usize,
+    ) -> usize {
+        // SAFETY: `nodes[0]` is a live leaf page of 512 entries, `idx[0] + n <= 512`, and
+        // nothing else refers to its entries while the registry is borrowed mutably.
+        let run = unsafe { leaf_run(nodes[0], idx[0], n) };
+        let mut set = 0;
+        for e in run.iter_mut().filter(|e| **e != 0) {
+            *e = value as u64;
+            set += 1;
+        }
+        set
     }
 
     /// Clear up to `n` entries from key `k` in the leaf `nodes[0]` (not past its end), drop

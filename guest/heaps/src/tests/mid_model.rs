@@ -7,7 +7,9 @@
 //! ([`Mid::alloc_small`]) come only from free blocks the path already holds (no page is
 //! mapped for them), never overlap another block, and are freed only by
 //! [`Mid::free_small`]: [`Mid::free`] and [`Mid::resize_in_place`] refuse them, and
-//! `free_small` refuses the other blocks.
+//! `free_small` refuses the other blocks. Region tails given back ([`Mid::trim_tails`])
+//! are unmapped at once (the host source `munmap`s them), at most the pages asked for, and
+//! only free pages: every live block stays inside the mapped pages.
 
 use core::ptr::NonNull;
 use proptest::prelude::*;
@@ -28,6 +30,7 @@ enum Op {
     Grow { pick: usize, size: usize },
     DoubleFree { pick: usize },
     Interior { pick: usize, off: usize },
+    Trim { want: usize },
 }
 
 fn size() -> impl Strategy<Value = usize> {
@@ -49,6 +52,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), size()).prop_map(|(pick, size)| Op::Grow { pick, size }),
         1 => any::<usize>().prop_map(|pick| Op::DoubleFree { pick }),
         1 => (any::<usize>(), 1usize..70_000).prop_map(|(pick, off)| Op::Interior { pick, off }),
+        2 => (0usize..40).prop_map(|want| Op::Trim { want }),
     ]
 }
 
@@ -230,6 +234,21 @@ fn run(ops: Vec<Op>) {
                 );
                 assert_eq!(before, (m.audit().unwrap(), m.stats(), src.mapped_pages()));
             }
+            Op::Trim { want } => {
+                let before = (src.mapped_pages(), m.stats().region_pages);
+                let got = m.trim_tails(&mut src, want);
+                assert!(got <= want, "more than asked for");
+                assert_eq!(before.0 - got, src.mapped_pages(), "not unmapped");
+                assert_eq!(before.1 - got, m.stats().region_pages);
+                for (&a, &(s, i)) in &live {
+                    assert!(
+                        src.regions()
+                            .any(|(b, n)| b <= a && a + s <= b + n * crate::PAGE_SIZE),
+                        "a live block lost its pages"
+                    );
+                    assert!(check(a as *const u8, s, i), "corrupted by a trim");
+                }
+            }
         }
         let a = m.audit().unwrap_or_else(|e| panic!("audit: {e}"));
         assert_eq!((a.live, a.small), (live.len(), small.len()));
@@ -326,4 +345,49 @@ fn region_hint_forgets_a_returned_region() {
     m.free(&mut src, r, 4096).unwrap();
     m.clear(&mut src);
     assert_eq!(src.mapped_pages(), 0);
+}
+
+/// A region's free tail goes back (unmapped: the host source `munmap`s it) once it stayed
+/// the same between two looks, at most the pages asked for; the region stays smaller, a
+/// free of a pointer into the tail is refused, the tail's space is not handed out again,
+/// and the region goes back with the pages it has left.
+#[test]
+fn free_region_tail_goes_back() {
+    let mut src = HostPageSource::new();
+    let mut m = Mid::new();
+    // One block of 8 pages and a bit: the 16-page region keeps a free tail of 7 whole pages
+    // (TRIM_MIN).
+    let p = m.alloc(&mut src, 32_800).unwrap();
+    assert_eq!((src.mapped_pages(), m.stats().region_pages), (16, 16));
+    assert_eq!(
+        m.trim_tails(&mut src, 100),
+        0,
+        "the first look only marks the tail"
+    );
+    assert_eq!(m.trim_tails(&mut src, 3), 3, "at most the pages asked for");
+    assert_eq!((src.mapped_pages(), m.stats().region_pages), (13, 13));
+    assert_eq!(
+        m.trim_tails(&mut src, 100),
+        0,
+        "a tail of fewer than TRIM_MIN whole pages stays"
+    );
+    m.audit().expect("audit");
+    let region = src.regions().next().unwrap();
+    assert_eq!(region.1, 13);
+    let tail = region.0 + 13 * crate::PAGE_SIZE;
+    assert!(!m.contains(tail + 64), "a given-back page is not ours");
+    assert!(m
+        .free(&mut src, NonNull::new(tail as *mut u8).unwrap(), MID_MIN)
+        .is_err());
+    // A request the region's last free bytes cannot hold maps a new region elsewhere.
+    let q = m.alloc(&mut src, 20_000).unwrap();
+    assert_eq!(m.stats().regions, 2);
+    assert!(q.as_ptr().addr() < region.0 || q.as_ptr().addr() >= tail);
+    m.audit().expect("audit");
+    m.free(&mut src, q, 20_000).unwrap();
+    m.free(&mut src, p, 32_800).unwrap();
+    m.release_spare(&mut src);
+    assert_eq!(m.stats().regions, 0);
+    assert_eq!(src.mapped_pages(), 0, "returned with the pages it had left");
+    m.clear(&mut src);
 }

@@ -204,6 +204,8 @@ mod model {
         InsertRange(usize, usize, usize),
         Remove(usize),
         RemoveRange(usize, usize),
+        /// `set_range`: registered pages take a new value in place (nothing is mapped).
+        SetRange(usize, usize, usize),
     }
 
     // Pages near leaf (512) and level-2 (512 * 512) boundaries, in both halves.
@@ -223,6 +225,7 @@ mod model {
             (page(), 0usize..1100, 1usize..4).prop_map(|(p, n, v)| Op::InsertRange(p, n, v)),
             page().prop_map(Op::Remove),
             (page(), 0usize..1100).prop_map(|(p, n)| Op::RemoveRange(p, n)),
+            (page(), 1usize..1100, 5usize..8).prop_map(|(p, n, v)| Op::SetRange(p, n, v)),
         ]
     }
 
@@ -289,6 +292,36 @@ mod model {
                         for j in 0..n {
                             m.remove(&(p + j * 4096));
                         }
+                    }
+                    Op::SetRange(p, n, v) => {
+                        // In the tree every registered page of the range takes the value;
+                        // inline, the runs wholly inside it. No page is registered anew.
+                        let tree = r.inline_runs() == 0;
+                        let mapped = src.mapped_pages();
+                        let set = r.set_range(p, n, v);
+                        prop_assert_eq!(src.mapped_pages(), mapped);
+                        // Pages that changed, and pages that already had the value (either).
+                        let (mut changed, mut same) = (0, 0);
+                        for j in 0..n {
+                            let q = p + j * 4096;
+                            let got = r.get(q);
+                            match m.get(&q).copied() {
+                                None => prop_assert_eq!(got, 0),
+                                Some(old) if old == v => {
+                                    prop_assert_eq!(got, v);
+                                    same += 1;
+                                }
+                                Some(_) if got == v => {
+                                    changed += 1;
+                                    m.insert(q, v);
+                                }
+                                Some(old) => {
+                                    prop_assert!(!tree, "a tree entry kept its value");
+                                    prop_assert_eq!(got, old);
+                                }
+                            }
+                        }
+                        prop_assert!(changed <= set && set <= changed + same);
                     }
                 }
                 if starve {

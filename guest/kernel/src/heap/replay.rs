@@ -511,6 +511,8 @@ pub fn rec_keep(
     rec("keep_reused_runs", k.reused_runs);
     rec("keep_returned_pages", k.returned_pages);
     rec("keep_return_batches", k.return_batches);
+    rec("keep_tail_returns", k.tail_returns);
+    rec("keep_tail_returned_pages", k.tail_returned_pages);
     rec(
         "slab_spare_bound_pages",
         memvisor_heaps::memvisor::SPARE_SLABS as u64,

@@ -165,6 +165,22 @@ unsafe impl PageSource for GuestPages {
         }
     }
 
+    /// The tail goes to the pool as a run of its own (cached, or queued for `munmap`: the
+    /// host's `munmap` takes any page range inside one region).
+    fn shrink_pages(&mut self, base: NonNull<u8>, pages: usize, keep: usize) -> bool {
+        if keep == 0 || keep >= pages {
+            return false;
+        }
+        let tail = base.as_ptr().expose_provenance() + keep * PAGE;
+        let t0 = rdtsc();
+        let given = with_pool(|p| p.give(tail, pages - keep)).is_some();
+        SOURCE_CYCLES.fetch_add(rdtsc().wrapping_sub(t0), Ordering::Relaxed);
+        if given {
+            self.acct.sub(pages - keep);
+        }
+        given
+    }
+
     fn translate(&self, va: usize) -> Option<u64> {
         translate(va)
     }

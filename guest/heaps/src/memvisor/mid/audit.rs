@@ -41,13 +41,17 @@ pub(super) fn audit(m: &Mid) -> Result<MidAudit, HeapError> {
     let mut r = first_region;
     let mut prev = 0;
     while r != 0 {
-        if m.region_of(r) != r | w(r + 8) || w(r) != REGION_MAGIC || w(r + 24) != prev {
+        let (magic, first_off) = (w(r) as u32, w(r) >> 32);
+        if m.region_of(r) != r | w(r + 8) || magic != REGION_MAGIC || w(r + 24) != prev {
             return corrupt(r, "mid-size region header");
         }
         let pages = w(r + 8);
         pages_total += pages;
         let end = r + pages * PAGE_SIZE - 8;
-        let first = r + first_offset(pages);
+        let first = r + first_off;
+        if first_off < first_offset(1) || first_off % 16 != 8 || first >= end {
+            return corrupt(r, "mid-size region first-block offset");
+        }
         let mut b = first;
         let mut prev_free = false;
         let mut live_here = 0;
@@ -188,7 +192,7 @@ impl Mid {
         while r != 0 {
             let pages = w(r + 8);
             let end = r + pages * PAGE_SIZE - 8;
-            let mut b = r + first_offset(pages);
+            let mut b = r + (w(r) >> 32);
             while b < end {
                 let h = w(b);
                 let size = h & !FLAGS;

@@ -5,8 +5,9 @@
 //! real-time systems", ECRTS 2004): O(1) allocation and free, immediate coalescing.
 //!
 //! ```text
-//! region + 0        header: magic, pages, region list links (32 bytes), then the
-//!                   live-start bitmap, one bit per 16 bytes of the region
+//! region + 0        header: magic and offset of the first block, pages, region list
+//!                   links, tail mark (40 bytes), then the live-start bitmap, one bit per 16 bytes of the
+//!                   region as mapped
 //! region + first    block: size word (size | FREE | PREV_FREE | FIRST), payload …
 //!   (free block:    size word, next free, prev free, …, footer = size in its last word)
 //! region end - 8    sentinel size word (size 0, never free)
@@ -74,7 +75,7 @@ pub(super) const MIN_BLOCK: usize = 32;
 pub(super) const SL: usize = 16;
 /// First-level lists: level 0 below 1 KiB, level f for sizes in [2^(9+f), 2^(10+f)).
 pub(super) const FL: usize = 12;
-pub(super) const REGION_MAGIC: usize = 0x6d69_645f_7265_6769;
+pub(super) const REGION_MAGIC: u32 = 0x7267_646d;
 /// Pages of a region once the path holds [`REGION_BIG_AT`] pages.
 pub(super) const REGION_MAX: usize = 64;
 /// Region pages held from which new regions have [`REGION_MAX`] pages (2 MiB).
@@ -87,8 +88,8 @@ const MIN_TAIL: usize = block_size(MID_MIN);
 pub const MAX_SPARES: usize = 64;
 /// Blocks of a request's own list tried before the next list.
 const PROBE: usize = 8;
-/// Fixed part of a region header: magic, pages, next, prev.
-pub(super) const FIXED: usize = 32;
+/// Fixed part of a region header: magic and first, pages, next, prev, tail mark.
+pub(super) const FIXED: usize = 40;
 
 const _: () = assert!(2 * REGION_MAX * PAGE_SIZE < 1 << (9 + FL));
 // A region's pages fit the low bits of its registry entry (`region.rs`, `region_at`).
@@ -147,11 +148,19 @@ fn word(a: usize) -> *mut usize {
 /// Region header (fixed part).
 #[repr(C)]
 struct Region {
-    magic: usize,
+    magic: u32,
+    /// Offset of the first block ([`first_offset`] of the pages it was mapped with).
+    first: u32,
+    /// Pages mapped now (fewer than it was mapped with once its tail went back,
+    /// [`Mid::trim_tails`]).
     pages: usize,
     next: usize,
     prev: usize,
+    /// The free block that ended the region at the last look of [`Mid::trim_tails`], 0 if
+    /// none: a tail is given back only once it has stayed the same between two looks.
+    mark: usize,
 }
+const _: () = assert!(core::mem::size_of::<Region>() == FIXED);
 
 /// Counters and totals of the mid-size path (O(1)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -170,6 +179,10 @@ pub struct MidStats {
     pub regions_made: u64,
     /// Regions returned to the page source.
     pub regions_freed: u64,
+    /// Region tails given back ([`Mid::trim_tails`]).
+    pub regions_trimmed: u64,
+    /// Pages of those tails.
+    pub trimmed_pages: u64,
 }
 
 /// What [`Mid::audit`] found.
@@ -250,6 +263,8 @@ impl Mid {
                 region_pages: 0,
                 regions_made: 0,
                 regions_freed: 0,
+                regions_trimmed: 0,
+                trimmed_pages: 0,
             },
         }
     }
@@ -404,6 +419,16 @@ impl Mid {
         src: &mut S,
         n: usize,
     ) -> Result<NonNull<u8>, HeapError> {
+        match self.try_alloc(src, n) {
+            Some(p) => Ok(p),
+            None => self.alloc_grown(src, n),
+        }
+    }
+
+    /// [`Mid::alloc`] without growing: `None` if no free block, dv or spare region holds
+    /// `n` bytes, so that a new region ([`Mid::grow_pages`] pages) would be mapped.
+    #[inline]
+    pub fn try_alloc<S: PageSource>(&mut self, src: &mut S, n: usize) -> Option<NonNull<u8>> {
         let need = block_size(n);
         let (mut b, size) = self.find(need);
         if b != 0 {
@@ -424,18 +449,42 @@ impl Mid {
             self.take(b, need, to_dv, MIN_TAIL);
         } else {
             if self.dv_size < need && !(self.nspare != 0 && self.dv_from_spare(src, need)) {
-                self.grow(src, need)?;
+                return None;
             }
             b = core::mem::replace(&mut self.dv, 0);
             self.dv_size = 0;
             self.take(b, need, true, MIN_TAIL);
         }
+        Some(self.hand_out(b))
+    }
+
+    /// [`Mid::alloc`] from a new region, mapped for it (after [`Mid::try_alloc`] missed).
+    ///
+    /// # Errors
+    /// As [`Mid::alloc`].
+    #[cold]
+    pub fn alloc_grown<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        n: usize,
+    ) -> Result<NonNull<u8>, HeapError> {
+        let need = block_size(n);
+        self.grow(src, need)?;
+        let b = core::mem::replace(&mut self.dv, 0);
+        self.dv_size = 0;
+        self.take(b, need, true, MIN_TAIL);
+        Ok(self.hand_out(b))
+    }
+
+    /// Mark `b` (just cut to size) live and return its payload.
+    #[inline(always)]
+    fn hand_out(&mut self, b: usize) -> NonNull<u8> {
         let r = self.region_at(b + 8);
         // SAFETY: `b` now starts a live block of region `r`.
         unsafe { set_live(r, b, true) };
         self.stats.live += 1;
         // SAFETY: b + 8 is in a mapped region, so non-null.
-        Ok(unsafe { NonNull::new_unchecked(at::<u8>(b + 8)) })
+        unsafe { NonNull::new_unchecked(at::<u8>(b + 8)) }
     }
 
     /// The block of `ptr` if `ptr` is the payload of a live block of the kind `small` says

@@ -2,10 +2,13 @@
 //! spares.
 
 use super::{
-    first_offset, word, Mid, Region, FIRST, FL, FLAGS, FREE, MAX_SPARES, PREV_FREE, REGION_BIG_AT,
-    REGION_MAGIC, REGION_MAX, REGION_PAGES,
+    block_size, first_offset, word, Mid, Region, FIRST, FL, FLAGS, FREE, MAX_SPARES, MIN_BLOCK,
+    PREV_FREE, REGION_BIG_AT, REGION_MAGIC, REGION_MAX, REGION_PAGES,
 };
-use crate::{at, map_dirty, unmap, HeapError, PageSource, PAGE_SIZE};
+use crate::{at, map_dirty, shrink, unmap, HeapError, PageSource, PAGE_SIZE};
+
+/// Whole free pages a region's tail must have to be given back.
+pub(super) const TRIM_MIN: usize = 7;
 
 impl Mid {
     /// Header address of the region `va` lies in, 0 if none: the hint's region if it holds
@@ -31,14 +34,13 @@ impl Mid {
         self.hint.get()
     }
 
-    /// Map a region for a block of `need` bytes and put its free block on a list.
-    #[cold]
-    #[inline(never)]
-    pub(super) fn grow<S: PageSource>(
-        &mut self,
-        src: &mut S,
-        need: usize,
-    ) -> Result<(), HeapError> {
+    /// Pages of the region [`Mid::alloc_grown`] would map for a request of `n` bytes.
+    pub fn grow_pages(&self, n: usize) -> usize {
+        self.region_pages_for(block_size(n))
+    }
+
+    /// Pages of a new region for a block of `need` bytes.
+    fn region_pages_for(&self, need: usize) -> usize {
         // Small regions while the path is small (the last region's free tail is what it
         // wastes at a peak), big ones once it holds REGION_BIG_AT pages (less header and
         // tail per page; one page-source call per region either way: the guest's pool serves
@@ -52,6 +54,18 @@ impl Mid {
         while first_offset(pages) + need + 8 > pages * PAGE_SIZE {
             pages += 1;
         }
+        pages
+    }
+
+    /// Map a region for a block of `need` bytes and make its free block the dv.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn grow<S: PageSource>(
+        &mut self,
+        src: &mut S,
+        need: usize,
+    ) -> Result<(), HeapError> {
+        let pages = self.region_pages_for(need);
         if pages * PAGE_SIZE >= 1 << (9 + FL) {
             return Err(HeapError::TooLarge { size: need });
         }
@@ -68,9 +82,11 @@ impl Mid {
             core::ptr::write_bytes(at::<u8>(r), 0, first);
             at::<Region>(r).write(Region {
                 magic: REGION_MAGIC,
+                first: first as u32,
                 pages,
                 next: self.regions,
                 prev: 0,
+                mark: 0,
             });
             if self.regions != 0 {
                 (*at::<Region>(self.regions)).prev = r;
@@ -89,6 +105,100 @@ impl Mid {
         self.stats.region_pages += pages;
         self.stats.regions_made += 1;
         Ok(())
+    }
+
+    /// Give back up to `want` pages from the free tails of the regions (the whole pages of
+    /// a free block that ends a region, less what must stay for a smaller block), newest
+    /// region first, until `want` pages went back or every region was looked at; the
+    /// regions stay smaller. Regions whose only block is free (the spares, an empty dv) are
+    /// left alone: they go back whole. Needs a page source that gives back part of a run
+    /// ([`PageSource::shrink_pages`]); returns the pages given back. O(regions).
+    #[cold]
+    pub fn trim_tails<S: PageSource>(&mut self, src: &mut S, want: usize) -> usize {
+        let mut got = 0;
+        let mut r = self.regions;
+        while r != 0 {
+            // SAFETY: a live region header.
+            let next = unsafe { (*at::<Region>(r)).next };
+            got += self.trim(src, r, want - got);
+            r = next;
+        }
+        got
+    }
+
+    /// Give back up to `want` of the free tail pages of region `r` (see `trim_tails`).
+    fn trim<S: PageSource>(&mut self, src: &mut S, r: usize, want: usize) -> usize {
+        // SAFETY: `r` is a live region header; its last word is the sentinel, and a free
+        // block before it has its footer in the word before (boundary tags); every word
+        // written lies below the new end, in the pages that stay mapped.
+        unsafe {
+            let pages = (*at::<Region>(r)).pages;
+            let end = r + pages * PAGE_SIZE - 8;
+            if *word(end) & PREV_FREE == 0 {
+                (*at::<Region>(r)).mark = 0;
+                return 0;
+            }
+            let size = *word(end - 8);
+            let t = end - size;
+            if *word(t) & FIRST != 0 {
+                return 0;
+            }
+            let h = &mut *at::<Region>(r);
+            if h.mark != t || want == 0 {
+                h.mark = t;
+                return 0;
+            }
+            // What stays of the block is none of it or a whole block.
+            if size / PAGE_SIZE < TRIM_MIN {
+                return 0;
+            }
+            let mut k = (size / PAGE_SIZE).min(want);
+            let rest = |k: usize| size - k * PAGE_SIZE;
+            if k != 0 && rest(k) != 0 && rest(k) < MIN_BLOCK {
+                k -= 1;
+            }
+            if k == 0 {
+                return 0;
+            }
+            let is_dv = t == self.dv;
+            if !is_dv {
+                self.remove(t, size);
+            }
+            if !shrink(src, r, pages, pages - k) {
+                if !is_dv {
+                    self.insert(t, size);
+                }
+                return 0;
+            }
+            let (rest, new_end) = (rest(k), end - k * PAGE_SIZE);
+            if rest == 0 {
+                *word(new_end) = 0;
+                if is_dv {
+                    self.dv = 0;
+                    self.dv_size = 0;
+                }
+            } else {
+                *word(t) = rest | FREE;
+                *word(t + rest - 8) = rest;
+                *word(new_end) = PREV_FREE;
+                if is_dv {
+                    self.dv_size = rest;
+                } else {
+                    self.insert(t, rest);
+                }
+            }
+            let left = pages - k;
+            (*at::<Region>(r)).pages = left;
+            self.reg.remove_range(src, r + left * PAGE_SIZE, k);
+            self.reg.set_range(r, left, r | left);
+            if self.hint.get().0 == r {
+                self.hint.set((r, left * PAGE_SIZE));
+            }
+            self.stats.region_pages -= k;
+            self.stats.regions_trimmed += 1;
+            self.stats.trimmed_pages += k as u64;
+            k
+        }
     }
 
     /// Give back region `r`, whose only block is free and off the lists and the dv.
