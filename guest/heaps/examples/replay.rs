@@ -395,8 +395,15 @@ fn main() {
                 );
                 if let Ok(a) = h.audit_slabs() {
                     s += &format!(
-                        "slabs by class {:?} free slots {} ({} B)\n",
-                        a.slabs, a.free_slots, a.free_slot_bytes
+                        "slabs by class {:?} free slots {} ({} B)\nfree bytes by class {:?}\n",
+                        a.slabs,
+                        a.free_slots,
+                        a.free_slot_bytes,
+                        a.free_by_class
+                            .iter()
+                            .zip(memvisor_heaps::memvisor::CLASSES)
+                            .map(|(n, c)| n * c)
+                            .collect::<Vec<_>>()
                     );
                 }
                 s += &format!(

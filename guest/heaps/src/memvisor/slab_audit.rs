@@ -19,6 +19,8 @@ pub struct SlabAudit {
     pub free_slots: usize,
     /// Bytes of those free slots.
     pub free_slot_bytes: usize,
+    /// Free slots by class.
+    pub free_by_class: [usize; NCLASS],
     /// Empty slab pages kept as spares.
     pub spare_pages: usize,
     /// Pages the store's registry holds (slabs and spares).
@@ -61,6 +63,7 @@ impl<S: PageSource> MemvisorHeap<S> {
             empty_slabs: 0,
             free_slots: 0,
             free_slot_bytes: 0,
+            free_by_class: [0; NCLASS],
             spare_pages: 0,
             registered_pages: 0,
         };
@@ -105,6 +108,7 @@ impl<S: PageSource> MemvisorHeap<S> {
                         a.live += used;
                         a.free_slots += free;
                         a.free_slot_bytes += free * CLASSES[c];
+                        a.free_by_class[c] += free;
                         a.empty_slabs += usize::from(used == 0);
                         prev = s;
                         s = (*h).next;
