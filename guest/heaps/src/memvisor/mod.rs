@@ -44,9 +44,11 @@
 //! [`SPARE_SLABS`], and returned in batches (`memvisor/slab_pages.rs`). MeMS's page source is a [`Keep`] (`memvisor/keep.rs`): the runs MeMS gives back are kept
 //! for reuse by a request of the same size, up to a bound, and returned in batches (on the
 //! bound, on a request no kept run fits, after [`DECAY_OPS`] operations unused, and before
-//! the slabs grow past the heap's high-water mark), so a program that frees and re-allocates
-//! a large buffer does not pay a host exit (and a shadow flush) each time, and kept pages
-//! never raise the heap's peak footprint.
+//! the slabs or the mid-size path grow past the heap's high-water mark), so a program that
+//! frees and re-allocates a large buffer does not pay a host exit (and a shadow flush) each
+//! time, and kept pages never raise the heap's peak footprint. Before the mid-size path
+//! grows past that mark, the free tails of its regions that stayed the same since its last
+//! growth go back as well ([`Mid::trim_tails`]; counted in [`KeepStats::tail_returns`]).
 
 mod keep;
 mod mid;

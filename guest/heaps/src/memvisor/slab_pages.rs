@@ -12,11 +12,9 @@
 //! boundary pays no map/unmap (on the PVM host: no exit and no shadow flush) per cycle.
 //! Spares count in the heap's pages; they go back to the source in batches: the oldest half
 //! when a slab empties into a full cache, and all that would lift the heap past its
-//! high-water mark before the slabs or MeMS grow
+//! high-water mark before the slabs, MeMS or the mid-size path grow
 //! ([`MemvisorHeap::make_room`](super::MemvisorHeap)), so they do not raise its peak
-//! footprint (right after the mid-size path maps a region, to keep the check off its
-//! allocation path: a region mapped while spares are kept may count them in the page
-//! source's peak once; none of the 8 sample traces changed by a page). A page goes back unregistered first, then unmapped with the base and count
+//! footprint. A page goes back unregistered first, then unmapped with the base and count
 //! (1) it was mapped with.
 
 use crate::registry::PageRegistry;

@@ -37,7 +37,15 @@
 //! stays the dv; a spare becomes the dv when neither the lists nor the dv hold a request)
 //! and goes back to the page source (the heap's [`Keep`](super::Keep)) beyond that; spares
 //! never raise the heap's peak: the path only grows when no spare holds the request, and
-//! the heap returns them before the slabs or MeMS grow past its high-water mark.
+//! the heap returns them before the slabs, MeMS or this path grow past its high-water mark.
+//!
+//! A region's **free tail** goes back too ([`Mid::trim_tails`], `region.rs`): when the path
+//! is about to map a region and the heap would pass its high-water mark, each region whose
+//! last block is free and has stayed the same since the previous growth (a mark in its
+//! header) gives back the whole pages of that block (at least 7, only as many as the growth
+//! needs) through [`PageSource::shrink_pages`]; the region stays smaller. A tail that
+//! changed between two growths is still in use, and a whole region mapped later for it
+//! would cost more than the pages saved (BENCHMARKS.md, issue 13, eighth session).
 //!
 //! The holes of the regions also serve slab-class requests at the heap's peak
 //! ([`Mid::alloc_small`], `small.rs`): such a block carries the `SMALL` flag, and only

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{at, map_dirty, shrink, unmap, HeapError, PageSource, PAGE_SIZE};
 
-/// Whole free pages a region's tail must have to be given back.
+/// Whole free pages a region's tail must have to be given back ([`Mid::trim_tails`]).
 pub(super) const TRIM_MIN: usize = 7;
 
 impl Mid {
@@ -107,12 +107,15 @@ impl Mid {
         Ok(())
     }
 
-    /// Give back up to `want` pages from the free tails of the regions (the whole pages of
-    /// a free block that ends a region, less what must stay for a smaller block), newest
-    /// region first, until `want` pages went back or every region was looked at; the
-    /// regions stay smaller. Regions whose only block is free (the spares, an empty dv) are
-    /// left alone: they go back whole. Needs a page source that gives back part of a run
-    /// ([`PageSource::shrink_pages`]); returns the pages given back. O(regions).
+    /// Give back up to `want` 4 KiB pages from the free tails of the regions, newest region
+    /// first; returns the pages given back. A region's tail is the free block that ends it;
+    /// it goes back only if it has stayed the same since the previous call (each call marks
+    /// every region's tail: a tail still in use changes between two growths) and holds at
+    /// least 7 whole pages; then its whole pages go back (less what must stay for a block
+    /// of at least 32 bytes, and no more than the `want` left) and the region stays smaller.
+    /// Regions whose only block is free (the spares, an empty dv) are left alone: they go
+    /// back whole. With `want` = 0 it only marks. Needs a page source that gives back part
+    /// of a run ([`PageSource::shrink_pages`]; one that refuses changes nothing). O(regions).
     #[cold]
     pub fn trim_tails<S: PageSource>(&mut self, src: &mut S, want: usize) -> usize {
         let mut got = 0;
