@@ -293,14 +293,13 @@ impl<S: PageSource> MemvisorHeap<S> {
     #[cold]
     fn lender(&self, c: usize, align: usize) -> Option<usize> {
         if self.classes[c].slabs == 0 {
-            let lenders = self.classes.iter().zip(CLASSES).enumerate();
-            for (d, (cl, size)) in lenders.skip(c + 1).take(BORROW) {
-                if !borrowable(c, d) {
-                    break;
-                }
-                if cl.partial != 0 && (align <= 8 || size.is_multiple_of(16)) {
+            // Plain indices: no iterator over a copy of `CLASSES` on every borrowed request.
+            let mut d = c + 1;
+            while d < NCLASS && borrowable(c, d) {
+                if self.classes[d].partial != 0 && (align <= 8 || CLASSES[d].is_multiple_of(16)) {
                     return Some(d);
                 }
+                d += 1;
             }
         }
         None
