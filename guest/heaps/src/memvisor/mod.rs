@@ -232,7 +232,6 @@ pub struct Stats {
 }
 
 /// The memvisor heap on three page sources (one per sub-heap; they may share accounting).
-/// The memvisor heap on three page sources (one per sub-heap; they may share accounting).
 pub struct MemvisorHeap<S: PageSource> {
     /// The slabs' pages (`memvisor/slab_pages.rs`).
     slabs: SlabPages<S>,
@@ -336,12 +335,13 @@ impl<S: PageSource> MemvisorHeap<S> {
             self.mid.release_spare(self.large.source_mut());
         }
         let kept = self.large.source().kept_pages();
-        if kept != 0 {
-            let after = self.pages_in_use() + pages;
-            if after > self.high {
-                let keep = kept.saturating_sub(after - self.high);
-                self.large.source_mut().release_to(keep);
-            }
+        if kept == 0 {
+            return;
+        }
+        let after = self.pages_in_use() + pages;
+        if after > self.high {
+            let keep = kept.saturating_sub(after - self.high);
+            self.large.source_mut().release_to(keep);
         }
     }
 

@@ -438,21 +438,7 @@ impl PageRegistry {
             }
             return set;
         }
-        let mut i = 0;
-        while i < pages {
-            let Some(k) = key(base + (i << 12)) else {
-                i += 1;
-                continue;
-            };
-            let idx = tree::indices(k);
-            let n = (pages - i).min(FANOUT - idx[0]);
-            if let Some(nodes) = self.find_path(k, &idx) {
-                set += self.set_leaf_run(&nodes, &idx, n, value);
-                self.cache_update(k, n, value);
-            }
-            i += n;
-        }
-        set
+        self.tree_set_range(base, pages, value)
     }
 
     /// Unmap every node (all entries are dropped).

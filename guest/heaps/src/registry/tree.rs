@@ -216,7 +216,7 @@ impl PageRegistry {
     }
 
     /// The live path to key `k` of indices `idx`, or `None` if a node on it is missing.
-    pub(super) fn find_path(&self, k: usize, idx: &[usize; 4]) -> Option<[usize; 4]> {
+    fn find_path(&self, k: usize, idx: &[usize; 4]) -> Option<[usize; 4]> {
         if !self.covers(k) {
             return None;
         }
@@ -283,22 +283,30 @@ impl PageRegistry {
         Ok(())
     }
 
-    /// Overwrite the non-zero entries of the `n` entries from index `idx[0]` of the leaf
-    /// `nodes[0]` (`idx[0] + n <= 512`) with `value`; returns how many there were.
-    pub(super) fn set_leaf_run(
-        &mut self,
-        nodes: &[usize; 4],
-        idx: &[usize; 4],
-        n: usize,
-        value: usize,
-    ) -> usize {
-        // SAFETY: `nodes[0]` is a live leaf page of 512 entries, `idx[0] + n <= 512`, and
-        // nothing else refers to its entries while the registry is borrowed mutably.
-        let run = unsafe { leaf_run(nodes[0], idx[0], n) };
+    /// [`Self::set_range`] in the tree: every non-zero entry of the range takes `value`;
+    /// returns how many did. Maps and unmaps nothing.
+    pub(super) fn tree_set_range(&mut self, base: usize, pages: usize, value: usize) -> usize {
         let mut set = 0;
-        for e in run.iter_mut().filter(|e| **e != 0) {
-            *e = value as u64;
-            set += 1;
+        let mut i = 0;
+        while i < pages {
+            let Some(k) = key(base + (i << 12)) else {
+                i += 1;
+                continue;
+            };
+            let idx = indices(k);
+            let n = (pages - i).min(FANOUT - idx[0]);
+            if let Some(nodes) = self.find_path(k, &idx) {
+                // SAFETY: `nodes[0]` is a live leaf page of 512 entries, `idx[0] + n <=
+                // 512`, and nothing else refers to its entries while the registry is
+                // borrowed mutably.
+                let run = unsafe { leaf_run(nodes[0], idx[0], n) };
+                for e in run.iter_mut().filter(|e| **e != 0) {
+                    *e = value as u64;
+                    set += 1;
+                }
+                self.cache_update(k, n, value);
+            }
+            i += n;
         }
         set
     }
