@@ -178,7 +178,10 @@ pub struct MemsAudit {
 /// The MeMS heap (seed 004). See the module docs.
 pub struct Mems<S: PageSource> {
     source: S,
-    registry: PageRegistry,
+    /// Main nodes by page; nodes come and go whole (a solo node per large block), lookups
+    /// are rare (the hash table finds PROCESS segments): a big removal drops the registry's
+    /// lookup cache at once instead of looking at a slot per page.
+    registry: PageRegistry<true>,
     // Main chain.
     first_main: usize,
     last_main: usize,

@@ -43,13 +43,21 @@ pub(crate) const CACHE: usize = 128;
 pub(crate) const RUNS_INLINE: usize = 128;
 /// Inline run slots: [`RUNS_INLINE`] plus room for the runs a removal splits in two.
 pub(crate) const RUNS: usize = 160;
+/// Ranges of more pages than this drop the whole lookup cache (a new epoch, one store) instead
+/// of looking at the cache slot of each of their keys.
+const CACHE_SCAN: usize = 8;
+/// Bit position of the epoch in a cache tag (keys are 36 bits, so `key + 1` fits below).
+const EPOCH_SHIFT: u32 = 40;
 /// The value of an inline run of pages each registered with its own address (one-page
 /// blocks of the page families, which come from the page pool in address order): not a
 /// page address, so no caller's value.
 const OWN: usize = usize::MAX;
 
-/// See the module docs.
-pub(crate) struct PageRegistry {
+/// See the module docs. `EPOCHS`: a removal (or value change) of more than [`CACHE_SCAN`]
+/// pages drops the whole lookup cache in one store, at the price of one more load per lookup
+/// (for a registry whose big ranges come and go often and whose lookups are rare: MeMS's
+/// nodes, found by the hash table); without it, such a change looks at up to [`CACHE`] slots.
+pub(crate) struct PageRegistry<const EPOCHS: bool = false> {
     /// Root node base address, 0 if none.
     root: usize,
     /// Non-zero entries in the root.
@@ -62,9 +70,12 @@ pub(crate) struct PageRegistry {
     node_pages: usize,
     /// Registered 4 KiB pages.
     entries: usize,
-    /// Direct-mapped lookup cache: `(key + 1, value)`, indexed by the low bits of the key;
-    /// `(0, _)` is empty. Only holds registered pages (cleared on removal).
+    /// Direct-mapped lookup cache: `(tag, value)` with `tag = (key + 1) | epoch`, indexed by
+    /// the low bits of the key; a tag of another epoch (or 0) is empty. Only holds registered
+    /// pages: a change of a few pages updates their slots, a bigger one starts a new epoch.
     cache: [Cell<(usize, usize)>; CACHE],
+    /// The current epoch, already shifted to [`EPOCH_SHIFT`].
+    epoch: Cell<usize>,
     /// Inline runs `(first key, pages, value)`, sorted by key, disjoint, `pages >= 1`
     /// (binary-searched); only used while the tree is empty (`root == 0`), so `nruns != 0` implies `root == 0`.
     runs: [(usize, usize, usize); RUNS],
@@ -72,10 +83,11 @@ pub(crate) struct PageRegistry {
     /// Index of the run the last inline lookup found (a hint; checked before use).
     last_run: Cell<usize>,
     /// Runs an insert may fill inline ([`RUNS_INLINE`]; 0 = always the tree).
-    inline_max: usize,
+    inline_max: u32,
     /// Pages unregistered because a removal split an inline run with every slot in use and
-    /// no node page could be mapped to spill the runs (see [`PageRegistry::remove_range`]).
-    dropped: usize,
+    /// no node page could be mapped to spill the runs (see [`PageRegistry::remove_range`];
+    /// saturating, a test counter). With `inline_max`, 32 bits so the struct keeps its size.
+    dropped: u32,
 }
 
 /// Page-number key of a canonical address, or `None` for a non-canonical one.
@@ -109,7 +121,7 @@ fn contiguous_keys(base: usize, pages: usize) -> Option<usize> {
     (kl.checked_sub(k)? == pages - 1).then_some(k)
 }
 
-impl PageRegistry {
+impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
     pub(crate) const fn new() -> Self {
         PageRegistry {
             root: 0,
@@ -119,10 +131,11 @@ impl PageRegistry {
             node_pages: 0,
             entries: 0,
             cache: [const { Cell::new((0, 0)) }; CACHE],
+            epoch: Cell::new(0),
             runs: [(0, 0, 0); RUNS],
             nruns: 0,
             last_run: Cell::new(0),
-            inline_max: RUNS_INLINE,
+            inline_max: RUNS_INLINE as u32,
             dropped: 0,
         }
     }
@@ -137,7 +150,7 @@ impl PageRegistry {
     #[cfg(test)]
     pub(crate) const fn with_inline_max(n: usize) -> Self {
         let mut r = Self::new();
-        r.inline_max = if n < RUNS { n } else { RUNS };
+        r.inline_max = if n < RUNS { n as u32 } else { RUNS as u32 };
         r
     }
 
@@ -147,7 +160,13 @@ impl PageRegistry {
     /// the heaps' audits see it as registered pages missing.
     #[cfg(test)]
     pub(crate) fn dropped_pages(&self) -> usize {
-        self.dropped
+        self.dropped as usize
+    }
+
+    /// Set the cache epoch (tests of its wrap-around), shifted to [`EPOCH_SHIFT`].
+    #[cfg(test)]
+    pub(crate) fn set_epoch(&self, epoch: usize) {
+        self.epoch.set(epoch << EPOCH_SHIFT);
     }
 
     /// Inline runs held now (tests).
@@ -172,7 +191,8 @@ impl PageRegistry {
         let Some(k) = key(va) else { return 0 };
         let c = &self.cache[k & (CACHE - 1)];
         let (ck, cv) = c.get();
-        if ck == k + 1 {
+        let tag = self.tag(k);
+        if ck == tag {
             return cv;
         }
         let v = if self.nruns != 0 {
@@ -181,20 +201,54 @@ impl PageRegistry {
             self.walk(k)
         };
         if v != 0 {
-            c.set((k + 1, v));
+            c.set((tag, v));
         }
         v
     }
 
+    /// The cache tag of key `k` in the current epoch.
+    #[inline(always)]
+    fn tag(&self, k: usize) -> usize {
+        if EPOCHS {
+            (k + 1) | self.epoch.get()
+        } else {
+            k + 1
+        }
+    }
+
+    /// Cache `value` for key `k` (registered now).
+    #[inline(always)]
+    fn cache_set(&self, k: usize, value: usize) {
+        self.cache[k & (CACHE - 1)].set((self.tag(k), value));
+    }
+
+    /// Drop every cached entry: a new epoch, or (when the epochs wrap) clear the slots.
+    fn cache_drop_all(&self) {
+        let next = self.epoch.get().wrapping_add(1 << EPOCH_SHIFT);
+        if next == 0 {
+            for c in &self.cache {
+                c.set((0, 0));
+            }
+        }
+        self.epoch.set(next);
+    }
+
     /// The cached entries of keys `k .. k + n` now hold `value` (0: they are dropped). Looks
-    /// at the `min(n, CACHE)` cache slots those keys map to, never at more.
+    /// at the `min(n, CACHE)` cache slots those keys map to, or (with `EPOCHS`, for more than
+    /// [`CACHE_SCAN`] keys) drops the whole cache (one store; the next lookups fill it again).
     #[inline]
     fn cache_update(&self, k: usize, n: usize, value: usize) {
+        if EPOCHS && n > CACHE_SCAN {
+            self.cache_drop_all();
+            return;
+        }
+        let epoch = if EPOCHS { self.epoch.get() } else { 0 };
         for j in 0..n.min(CACHE) {
             let c = &self.cache[(k + j) & (CACHE - 1)];
             let ck = c.get().0;
-            // Cached as key + 1 (0 = empty, which wraps to a huge offset).
-            if ck.wrapping_sub(k + 1) < n {
+            // Tagged `(key + 1) | epoch`: an empty slot or another epoch's leaves high bits
+            // (or wraps) and is no key of the range.
+            if (ck ^ epoch).wrapping_sub(k + 1) < n {
                 c.set(if value == 0 { (0, 0) } else { (ck, value) });
             }
         }
@@ -300,7 +354,7 @@ impl PageRegistry {
                     self.runs[i - 1].1 += 1;
                 } else if before_next {
                     self.runs[i] = (k, self.runs[i].1 + 1, OWN);
-                } else if self.nruns < self.inline_max && !overlaps {
+                } else if self.nruns < self.inline_max as usize && !overlaps {
                     let v = if pages == 1 && value == base {
                         OWN
                     } else {
@@ -313,7 +367,7 @@ impl PageRegistry {
                 }
                 // No key of the range was registered, so none is cached.
                 self.entries += pages;
-                self.cache[k & (CACHE - 1)].set((k + 1, value));
+                self.cache_set(k, value);
                 return Ok(());
             }
             self.spill(src)?;
@@ -390,7 +444,9 @@ impl PageRegistry {
                     return;
                 }
                 // No slot and no node page: the tail goes too (see the docs).
-                self.dropped += right;
+                self.dropped = self
+                    .dropped
+                    .saturating_add(u32::try_from(right).unwrap_or(u32::MAX));
                 self.entries -= right;
                 self.cache_update(rk + left + mid, right, 0);
                 self.runs[i].1 = n - right;
@@ -471,5 +527,6 @@ impl PageRegistry {
         for c in &self.cache {
             c.set((0, 0));
         }
+        self.epoch.set(0);
     }
 }

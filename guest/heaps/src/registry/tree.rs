@@ -30,7 +30,7 @@ pub(super) fn slot(node: usize, i: usize) -> *mut u64 {
     at::<u64>(node + i * 8)
 }
 
-impl PageRegistry {
+impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
     /// Tree lookup of key `k`.
     #[inline]
     pub(super) fn walk(&self, k: usize) -> usize {
@@ -272,7 +272,7 @@ impl PageRegistry {
             // The cache keeps holding registered pages only, with their new value; the run's
             // first page (a block's start, looked up by its free) is cached now.
             self.cache_update(k, n, value);
-            self.cache[k & (CACHE - 1)].set((k + 1, value));
+            self.cache_set(k, value);
             if added != 0 {
                 self.entries += added;
                 let c = self.counter(&nodes, &idx, 0);

@@ -1,10 +1,52 @@
 use crate::host::HostPageSource;
 use crate::registry::PageRegistry;
 
+/// The lookup cache never serves a page unregistered by a range removal: with cache epochs a
+/// removal of more than a few pages starts a new epoch instead of looking at each page's slot,
+/// and the epochs wrapping around clears the cache; without, the slots are looked at; inline
+/// runs and the tree alike.
+#[test]
+fn cache_epochs_drop_removed_ranges() {
+    cache_drops::<true>();
+    cache_drops::<false>();
+}
+
+fn cache_drops<const EPOCHS: bool>() {
+    for inline in [true, false] {
+        let mut src = HostPageSource::new();
+        let mut r = if inline {
+            PageRegistry::<EPOCHS>::new()
+        } else {
+            PageRegistry::<EPOCHS>::tree_only()
+        };
+        let (a, b) = (0x4000_0000usize, 0x4010_0000usize);
+        r.insert_range(&mut src, a, 1, 5).unwrap();
+        r.insert_range(&mut src, b, 40, 7).unwrap();
+        // Cached now.
+        assert_eq!((r.get(a), r.get(b), r.get(b + 39 * 4096)), (5, 7, 7));
+        r.remove_range(&mut src, b, 40);
+        assert_eq!((r.get(a), r.get(b), r.get(b + 39 * 4096)), (5, 0, 0));
+        // The last epoch: the next big removal wraps around and clears every slot.
+        r.set_epoch((1 << 24) - 1);
+        r.insert_range(&mut src, b, 40, 9).unwrap();
+        assert_eq!((r.get(a), r.get(b + 4096)), (5, 9));
+        r.remove_range(&mut src, b, 40);
+        assert_eq!((r.get(a), r.get(b), r.get(b + 4096)), (5, 0, 0));
+        // A removal of a few pages updates their slots only.
+        r.insert_range(&mut src, b, 4, 3).unwrap();
+        assert_eq!(r.get(b + 3 * 4096), 3);
+        r.remove_range(&mut src, b + 2 * 4096, 2);
+        assert_eq!((r.get(a), r.get(b), r.get(b + 2 * 4096)), (5, 3, 0));
+        r.remove_range(&mut src, b, 2);
+        r.remove_range(&mut src, a, 1);
+        assert_eq!((r.entries(), r.node_pages(), src.mapped_pages()), (0, 0, 0));
+    }
+}
+
 #[test]
 fn insert_get_remove_frees_nodes() {
     let mut src = HostPageSource::new();
-    let mut r = PageRegistry::tree_only();
+    let mut r = PageRegistry::<false>::tree_only();
     let a = 0x7f12_3456_7000usize;
     let b = 0xffff_ffff_8020_0000usize; // upper half (kernel image)
     r.insert(&mut src, a, 11).unwrap();
@@ -39,7 +81,7 @@ fn insert_get_remove_frees_nodes() {
 #[test]
 fn ranges_and_failed_insert_roll_back() {
     let mut src = HostPageSource::new();
-    let mut r = PageRegistry::tree_only();
+    let mut r = PageRegistry::<false>::tree_only();
     // 1030 pages crossing two leaf boundaries.
     let base = 0x4000_0000usize - 3 * 4096;
     r.insert_range(&mut src, base, 1030, 7).unwrap();
@@ -67,7 +109,7 @@ fn ranges_and_failed_insert_roll_back() {
 fn few_runs_stay_inline_then_spill() {
     use crate::registry::RUNS_INLINE;
     let mut src = HostPageSource::new();
-    let mut r = PageRegistry::new();
+    let mut r = PageRegistry::<false>::new();
     // Runs in different 2 MiB windows and both halves: no node page while inline.
     let top = 0xffff_ffff_ffff_f000usize; // the last page of the address space
     r.insert_range(&mut src, top, 1, 5).unwrap();
@@ -154,7 +196,7 @@ fn few_runs_stay_inline_then_spill() {
 fn split_without_slot_or_page_drops_the_tail() {
     use crate::registry::RUNS;
     let mut src = HostPageSource::new();
-    let mut r = PageRegistry::with_inline_max(RUNS);
+    let mut r = PageRegistry::<false>::with_inline_max(RUNS);
     let base = 0x4000_0000usize;
     for i in 0..RUNS {
         r.insert_range(&mut src, base + i * 4 * 4096, 3, 5).unwrap();
@@ -239,139 +281,150 @@ mod model {
             limit in 0usize..3,
             inline_max in prop_oneof![Just(0usize), 1usize..6, Just(crate::registry::RUNS_INLINE)],
         ) {
-            let inline = inline_max != 0;
-            let mut src = HostPageSource::new();
-            let mut r = PageRegistry::with_inline_max(inline_max);
-            let mut m: BTreeMap<usize, usize> = BTreeMap::new();
-            let mut dropped = 0;
-            for (i, op) in ops.iter().enumerate() {
-                // Every few ops, run out of node pages after `limit` more.
-                let starve = i % 5 == 4;
-                if starve {
-                    src.set_limit(Some(src.mapped_pages() + limit));
-                }
-                match *op {
-                    Op::Insert(p, v) => {
-                        if r.insert(&mut src, p + 7, v).is_ok() {
-                            m.insert(p, v);
-                        }
-                    }
-                    Op::InsertOwn(p, n) => {
-                        let evens = (0..n).rev().filter(|j| j % 2 == 0);
-                        for j in evens.chain((0..n).filter(|j| j % 2 == 1)) {
-                            let q = p + j * 4096;
-                            if r.insert_range(&mut src, q, 1, q).is_ok() {
-                                m.insert(q, q);
-                            }
-                        }
-                    }
-                    Op::InsertRange(p, n, v) => {
-                        if r.insert_range(&mut src, p, n, v).is_ok() {
-                            for j in 0..n {
-                                m.insert(p + j * 4096, v);
-                            }
-                        } else {
-                            // Rolled back: the pages filled before the failure are
-                            // unregistered; the ones after it keep their old values.
-                            for j in 0..n {
-                                let q = p + j * 4096;
-                                match r.get(q) {
-                                    0 => {
-                                        m.remove(&q);
-                                    }
-                                    got => prop_assert_eq!(Some(&got), m.get(&q)),
-                                }
-                            }
-                        }
-                    }
-                    Op::Remove(p) => {
-                        prop_assert_eq!(r.remove(&mut src, p + 9), m.remove(&p).unwrap_or(0));
-                    }
-                    Op::RemoveRange(p, n) => {
-                        r.remove_range(&mut src, p, n);
-                        for j in 0..n {
-                            m.remove(&(p + j * 4096));
-                        }
-                    }
-                    Op::SetRange(p, n, v) => {
-                        // In the tree every registered page of the range takes the value;
-                        // inline, the runs wholly inside it. No page is registered anew.
-                        let tree = r.inline_runs() == 0;
-                        let mapped = src.mapped_pages();
-                        let set = r.set_range(p, n, v);
-                        prop_assert_eq!(src.mapped_pages(), mapped);
-                        // Pages that changed, and pages that already had the value (either).
-                        let (mut changed, mut same) = (0, 0);
-                        for j in 0..n {
-                            let q = p + j * 4096;
-                            let got = r.get(q);
-                            match m.get(&q).copied() {
-                                None => prop_assert_eq!(got, 0),
-                                Some(old) if old == v => {
-                                    prop_assert_eq!(got, v);
-                                    same += 1;
-                                }
-                                Some(_) if got == v => {
-                                    changed += 1;
-                                    m.insert(q, v);
-                                }
-                                Some(old) => {
-                                    prop_assert!(!tree, "a tree entry kept its value");
-                                    prop_assert_eq!(got, old);
-                                }
-                            }
-                        }
-                        prop_assert!(changed <= set && set <= changed + same);
+            model::<false>(&ops, limit, inline_max)?;
+            model::<true>(&ops, limit, inline_max)?;
+        }
+    }
+
+    /// The model run of `registry_matches_model` on a registry with or without cache epochs.
+    fn model<const EPOCHS: bool>(
+        ops: &[Op],
+        limit: usize,
+        inline_max: usize,
+    ) -> Result<(), TestCaseError> {
+        let inline = inline_max != 0;
+        let mut src = HostPageSource::new();
+        let mut r = PageRegistry::<EPOCHS>::with_inline_max(inline_max);
+        let mut m: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut dropped = 0;
+        for (i, op) in ops.iter().enumerate() {
+            // Every few ops, run out of node pages after `limit` more.
+            let starve = i % 5 == 4;
+            if starve {
+                src.set_limit(Some(src.mapped_pages() + limit));
+            }
+            match *op {
+                Op::Insert(p, v) => {
+                    if r.insert(&mut src, p + 7, v).is_ok() {
+                        m.insert(p, v);
                     }
                 }
-                if starve {
-                    src.set_limit(None);
-                }
-                if r.dropped_pages() != dropped {
-                    // Only after a split with every inline slot in use and no page: those
-                    // pages read 0 (never stale), the others keep their values.
-                    prop_assert!(starve);
-                    let before = m.len();
-                    m.retain(|&p, _| r.get(p) != 0);
-                    prop_assert_eq!(before - m.len(), r.dropped_pages() - dropped);
-                    dropped = r.dropped_pages();
-                }
-                if r.inline_runs() != 0 {
-                    prop_assert_eq!(r.node_pages(), 0);
-                }
-                prop_assert_eq!(r.entries(), m.len());
-                prop_assert_eq!(r.node_pages(), src.mapped_pages());
-                // The tree is only as tall as the keys need: keys of one 2 MiB window take
-                // a single leaf.
-                let mut windows = m.keys().map(|&p| ((p >> 12) & ((1 << 36) - 1)) >> 9);
-                if let Some(w) = windows.next() {
-                    if windows.all(|x| x == w) {
-                        prop_assert!(r.node_pages() <= 1);
-                        if !inline {
-                            prop_assert_eq!(r.node_pages(), 1);
-                        }
-                    }
-                }
-                for (&p, &v) in &m {
-                    prop_assert_eq!(r.get(p), v);
-                    prop_assert_eq!(r.get(p + 4095), v);
-                }
-                // Neighbours of every touched range agree too (absent ones read 0).
-                if let Op::InsertRange(p, n, _) | Op::RemoveRange(p, n) = *op {
-                    for j in [0usize, n / 2, n.saturating_sub(1), n] {
+                Op::InsertOwn(p, n) => {
+                    let evens = (0..n).rev().filter(|j| j % 2 == 0);
+                    for j in evens.chain((0..n).filter(|j| j % 2 == 1)) {
                         let q = p + j * 4096;
-                        prop_assert_eq!(r.get(q), m.get(&q).copied().unwrap_or(0));
+                        if r.insert_range(&mut src, q, 1, q).is_ok() {
+                            m.insert(q, q);
+                        }
                     }
-                    let q = p.wrapping_sub(4096);
+                }
+                Op::InsertRange(p, n, v) => {
+                    if r.insert_range(&mut src, p, n, v).is_ok() {
+                        for j in 0..n {
+                            m.insert(p + j * 4096, v);
+                        }
+                    } else {
+                        // Rolled back: the pages filled before the failure are
+                        // unregistered; the ones after it keep their old values.
+                        for j in 0..n {
+                            let q = p + j * 4096;
+                            match r.get(q) {
+                                0 => {
+                                    m.remove(&q);
+                                }
+                                got => prop_assert_eq!(Some(&got), m.get(&q)),
+                            }
+                        }
+                    }
+                }
+                Op::Remove(p) => {
+                    prop_assert_eq!(r.remove(&mut src, p + 9), m.remove(&p).unwrap_or(0));
+                }
+                Op::RemoveRange(p, n) => {
+                    r.remove_range(&mut src, p, n);
+                    for j in 0..n {
+                        m.remove(&(p + j * 4096));
+                    }
+                }
+                Op::SetRange(p, n, v) => {
+                    // In the tree every registered page of the range takes the value;
+                    // inline, the runs wholly inside it. No page is registered anew.
+                    let tree = r.inline_runs() == 0;
+                    let mapped = src.mapped_pages();
+                    let set = r.set_range(p, n, v);
+                    prop_assert_eq!(src.mapped_pages(), mapped);
+                    // Pages that changed, and pages that already had the value (either).
+                    let (mut changed, mut same) = (0, 0);
+                    for j in 0..n {
+                        let q = p + j * 4096;
+                        let got = r.get(q);
+                        match m.get(&q).copied() {
+                            None => prop_assert_eq!(got, 0),
+                            Some(old) if old == v => {
+                                prop_assert_eq!(got, v);
+                                same += 1;
+                            }
+                            Some(_) if got == v => {
+                                changed += 1;
+                                m.insert(q, v);
+                            }
+                            Some(old) => {
+                                prop_assert!(!tree, "a tree entry kept its value");
+                                prop_assert_eq!(got, old);
+                            }
+                        }
+                    }
+                    prop_assert!(changed <= set && set <= changed + same);
+                }
+            }
+            if starve {
+                src.set_limit(None);
+            }
+            if r.dropped_pages() != dropped {
+                // Only after a split with every inline slot in use and no page: those
+                // pages read 0 (never stale), the others keep their values.
+                prop_assert!(starve);
+                let before = m.len();
+                m.retain(|&p, _| r.get(p) != 0);
+                prop_assert_eq!(before - m.len(), r.dropped_pages() - dropped);
+                dropped = r.dropped_pages();
+            }
+            if r.inline_runs() != 0 {
+                prop_assert_eq!(r.node_pages(), 0);
+            }
+            prop_assert_eq!(r.entries(), m.len());
+            prop_assert_eq!(r.node_pages(), src.mapped_pages());
+            // The tree is only as tall as the keys need: keys of one 2 MiB window take
+            // a single leaf.
+            let mut windows = m.keys().map(|&p| ((p >> 12) & ((1 << 36) - 1)) >> 9);
+            if let Some(w) = windows.next() {
+                if windows.all(|x| x == w) {
+                    prop_assert!(r.node_pages() <= 1);
+                    if !inline {
+                        prop_assert_eq!(r.node_pages(), 1);
+                    }
+                }
+            }
+            for (&p, &v) in &m {
+                prop_assert_eq!(r.get(p), v);
+                prop_assert_eq!(r.get(p + 4095), v);
+            }
+            // Neighbours of every touched range agree too (absent ones read 0).
+            if let Op::InsertRange(p, n, _) | Op::RemoveRange(p, n) = *op {
+                for j in [0usize, n / 2, n.saturating_sub(1), n] {
+                    let q = p + j * 4096;
                     prop_assert_eq!(r.get(q), m.get(&q).copied().unwrap_or(0));
                 }
+                let q = p.wrapping_sub(4096);
+                prop_assert_eq!(r.get(q), m.get(&q).copied().unwrap_or(0));
             }
-            // Every node page the tree holds is needed: emptying it unmaps them all.
-            let keys: Vec<usize> = m.keys().copied().collect();
-            for p in keys {
-                r.remove(&mut src, p);
-            }
-            prop_assert_eq!((r.entries(), r.node_pages(), src.mapped_pages()), (0, 0, 0));
         }
+        // Every node page the tree holds is needed: emptying it unmaps them all.
+        let keys: Vec<usize> = m.keys().copied().collect();
+        for p in keys {
+            r.remove(&mut src, p);
+        }
+        prop_assert_eq!((r.entries(), r.node_pages(), src.mapped_pages()), (0, 0, 0));
+        Ok(())
     }
 }
