@@ -26,8 +26,12 @@
 //! number of non-zero entries in the child (0..=512). The root's population is kept in the
 //! struct. A node whose population drops to 0 is unmapped at once, so an empty registry holds
 //! no pages. A small direct-mapped cache ([`CACHE`] entries, inside the struct) in front of
-//! the tree serves repeated lookups of hot pages with one load. Keys are canonical x86-64 virtual addresses: bits 47..12 index the tree (bits
-//! 63..48 must equal bit 47, so the lower and upper halves never collide).
+//! the tree serves repeated lookups of hot pages with one load; a registry with cache epochs
+//! (`PageRegistry<true>`, MeMS's) drops it in one store when a range of more than
+//! [`CACHE_SCAN`] pages goes, the others clear the slots of the range's keys.
+//!
+//! Keys are canonical x86-64 virtual addresses: bits 47..12 index the tree (bits 63..48 must
+//! equal bit 47, so the lower and upper halves never collide).
 
 use core::cell::Cell;
 
