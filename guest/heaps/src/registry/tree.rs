@@ -11,6 +11,25 @@ pub(super) fn indices(k: usize) -> [usize; 4] {
     [k & 511, (k >> 9) & 511, (k >> 18) & 511, (k >> 27) & 511]
 }
 
+/// The range of `pages` pages from `base` cut at leaf boundaries: `(first key, its indices,
+/// keys in this leaf)` for each piece, in order; non-canonical pages are skipped one by one.
+fn leaf_runs(base: usize, pages: usize) -> impl Iterator<Item = (usize, [usize; 4], usize)> {
+    let mut i = 0;
+    core::iter::from_fn(move || {
+        while i < pages {
+            let Some(k) = key(base + (i << 12)) else {
+                i += 1;
+                continue;
+            };
+            let idx = indices(k);
+            let n = (pages - i).min(FANOUT - idx[0]);
+            i += n;
+            return Some((k, idx, n));
+        }
+        None
+    })
+}
+
 /// Entries `i .. i + n` of the leaf at `node`.
 ///
 /// # Safety
@@ -287,14 +306,7 @@ impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
     /// returns how many did. Maps and unmaps nothing.
     pub(super) fn tree_set_range(&mut self, base: usize, pages: usize, value: usize) -> usize {
         let mut set = 0;
-        let mut i = 0;
-        while i < pages {
-            let Some(k) = key(base + (i << 12)) else {
-                i += 1;
-                continue;
-            };
-            let idx = indices(k);
-            let n = (pages - i).min(FANOUT - idx[0]);
+        for (k, idx, n) in leaf_runs(base, pages) {
             if let Some(nodes) = self.find_path(k, &idx) {
                 // SAFETY: `nodes[0]` is a live leaf page of 512 entries, `idx[0] + n <=
                 // 512`, and nothing else refers to its entries while the registry is
@@ -306,7 +318,6 @@ impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
                 }
                 self.cache_update(k, n, value);
             }
-            i += n;
         }
         set
     }
@@ -346,18 +357,10 @@ impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
         base: usize,
         pages: usize,
     ) {
-        let mut i = 0;
-        while i < pages {
-            let Some(k) = key(base + (i << 12)) else {
-                i += 1;
-                continue;
-            };
-            let idx = indices(k);
-            let n = (pages - i).min(FANOUT - idx[0]);
+        for (k, idx, n) in leaf_runs(base, pages) {
             if let Some(nodes) = self.find_path(k, &idx) {
                 self.clear_leaf_run(src, k, &nodes, &idx, n);
             }
-            i += n;
         }
     }
 }
