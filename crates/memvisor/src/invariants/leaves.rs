@@ -52,16 +52,11 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
         })
     };
     let (kstart, kend) = (space.kernel.phys_start, space.kernel.phys_end);
-    // Kernel segments by page range: (gva_lo, gva_hi, gpa_lo, index).
-    let segs: Vec<(u64, u64, u64)> = space
-        .kernel
-        .segments
+    // Kernel segments by the range the build maps (`space::image`, 2 MiB text included):
+    // (gva_lo, gva_hi, gpa_lo), in segment order.
+    let segs: Vec<(u64, u64, u64)> = crate::space::image::image_mappings(&space.kernel)
         .iter()
-        .map(|s| {
-            let lo = s.gva & !(PAGE_SIZE - 1);
-            let hi = (s.gva + s.memsz).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-            (lo, hi, s.gpa & !(PAGE_SIZE - 1))
-        })
+        .map(|m| (m.gva, m.gva + m.len, m.gpa))
         .collect();
     // Expected stack mappings: GVA -> PFN (the build maps them in this order).
     let mut stack_map: HashMap<u64, u64> = HashMap::new();
@@ -276,8 +271,18 @@ pub(super) fn check_leaves(c: &mut Checker<'_>) -> LeafScan {
             }
             Area::Kernel(i) => {
                 counts.kernel += 1;
-                let (lo, _, gpa_lo) = segs[i];
+                let (lo, hi, gpa_lo) = segs[i];
                 let s = space.kernel.segments[i];
+                if gva.saturating_add(size) > hi {
+                    c.at(
+                        "kernel_rights",
+                        Some(pfn),
+                        gva,
+                        format!(
+                            "kernel leaf of {size:#x} bytes runs past its segment's end {hi:#x}"
+                        ),
+                    );
+                }
                 if gpa != gpa_lo + (gva - lo) {
                     c.at(
                         "kernel_rights",

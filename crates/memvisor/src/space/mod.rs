@@ -10,6 +10,7 @@ mod five_level;
 #[cfg(test)]
 mod flush_tests;
 mod gva;
+pub mod image;
 pub mod ops;
 pub mod pool;
 mod state;
@@ -325,33 +326,27 @@ impl AddressSpace {
         let mut pt = PageTables::new(&ram.mem, &mut pool)?;
         let nx = features.nx && !opts.no_nx;
 
-        // Kernel image, per segment, W^X.
+        // Kernel image, per segment, W^X (text in 2 MiB pages where `image` allows).
         for seg in &image.segments {
             if seg.write && seg.exec {
                 return Err(SpaceError::WritableExecutable { gva: seg.gva });
             }
+        }
+        for m in image::image_mappings(&image) {
             // The mmap window is the guest's to map and unmap: no kernel page may lie there.
-            if seg.gva < MMAP_WINDOW_END && seg.gva.saturating_add(seg.memsz) > MMAP_WINDOW_START {
-                return Err(SpaceError::KernelInWindow { gva: seg.gva });
+            if m.gva < MMAP_WINDOW_END && m.gva.saturating_add(m.len) > MMAP_WINDOW_START {
+                return Err(SpaceError::KernelInWindow {
+                    gva: image.segments[m.segment].gva,
+                });
             }
             // The image is user-accessible (US=1): the guest runs its scenarios in ring 3,
             // where PVM executes them natively (CPL0 code is emulated there). W^X holds.
-            let prot = if seg.exec {
-                Protection::USER_CODE
-            } else if seg.write {
-                Protection::USER_DATA
-            } else {
-                Protection::USER_RODATA
-            };
-            let gva = seg.gva & !(PAGE_SIZE - 1);
-            let gpa = seg.gpa & !(PAGE_SIZE - 1);
-            let len = (seg.gva + seg.memsz).div_ceil(PAGE_SIZE) * PAGE_SIZE - gva;
             pt.edit(&ram.mem, &mut pool).map_range(
-                crate::paging::canonical(gva)?,
-                Gpa::new(gpa),
-                len,
-                PageSize::Size4K,
-                prot_flags(prot, nx),
+                crate::paging::canonical(m.gva)?,
+                Gpa::new(m.gpa),
+                m.len,
+                m.size,
+                prot_flags(m.prot, nx),
             )?;
         }
 
