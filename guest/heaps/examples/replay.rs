@@ -450,8 +450,8 @@ fn main() {
                 }
                 if let Ok(a) = m.audit() {
                     s += &format!(
-                        "mems pool {} table {} registry {} segments {} holes {}\n",
-                        a.pool_pages, a.table_pages, a.registry_pages, a.process_segments, a.holes
+                        "mems pool {} table {} segments {} holes {}\n",
+                        a.pool_pages, a.table_pages, a.process_segments, a.holes
                     );
                 }
                 let _ = m.mems_print_stats(&mut s);

@@ -6,20 +6,21 @@
 //! `mmap` / `munmap` hypercalls, on the host (tests, benchmarks) it is
 //! `host::HostPageSource` (feature `host`). Neither heap uses the `alloc` crate, so both can
 //! sit under the guest's `#[global_allocator]`: all metadata lives in pages obtained from the
-//! page source (in-band block and page headers, a page registry, MeMS's node pool and hash
-//! table) or in fixed-size arrays inside the heap structs. Both constructors are `const fn`,
+//! page source (in-band block and page headers, the page families' page registry, MeMS's
+//! node pool and hash table) or in fixed-size arrays inside the heap structs. Both constructors are `const fn`,
 //! so a heap can live in a `static` behind a lock; every operation takes `&mut self`.
 //!
 //! # Page registry
-//! Each heap keeps a radix tree of up to 4 levels (9 bits a level, like the x86-64 page
+//! The page families (and the memvisor heap's slab and mid-size paths) keep a radix tree of up to 4 levels (9 bits a level, like the x86-64 page
 //! tables; only as tall as its keys need, so pages within one 2 MiB window cost one node;
 //! nodes are pages from the source, emptied nodes are unmapped at once) from every 4 KiB page
-//! it owns to that page's VM page (page families) or main node (MeMS), with a 128-entry
+//! it owns to that page's VM page (page families), slab or region, with a 128-entry
 //! direct-mapped lookup cache; ranges are registered one leaf at a time. While the tree is
 //! empty, up to 128 runs (sorted, binary-searched) are kept inline in the heap struct instead (a fresh heap's registry
 //! costs no page until it holds more runs; adjacent one-page blocks registered with their own
 //! address share a run). It is what validates a pointer before any in-band data is trusted,
-//! in O(1).
+//! in O(1). MeMS keeps none: its hash table of live segment starts validates a free, and
+//! its few lookups by any address walk the main chain (see [`mems`]).
 //!
 //! # Alignment
 //! * [`page_family`]: every payload is **16-byte aligned** (no larger alignment).

@@ -61,11 +61,6 @@ impl<S: PageSource> Mems<S> {
         // A region holds no metadata and MeMS does not promise zeroed memory.
         let base = map_dirty(&mut self.source, pages).ok_or(HeapError::OutOfMemory { pages })?;
         let m = self.take_node();
-        if let Err(e) = self.registry.insert_range(&mut self.source, base, pages, m) {
-            unmap(&mut self.source, base, pages);
-            self.put_node(m);
-            return Err(e);
-        }
         let h = self.take_node();
         // SAFETY: `m` and `h` are fresh pool slots; `last_main` (if any) is a live main node.
         unsafe {

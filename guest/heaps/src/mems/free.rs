@@ -186,7 +186,6 @@ impl<S: PageSource> Mems<S> {
             } else {
                 self.last_main = prev;
             }
-            self.registry.remove_range(&mut self.source, start, pages);
             unmap(&mut self.source, start, pages);
             self.put_node(head);
             self.put_node(m);
@@ -196,17 +195,34 @@ impl<S: PageSource> Mems<S> {
         }
     }
 
-    /// Why `addr` is not the start of a PROCESS segment (walks one sub-chain: error path).
+    /// The main node whose region holds byte `addr`, 0 if none: a walk of the main chain
+    /// (O(main nodes), as the seed's `mems_get`).
+    fn main_of(&self, addr: usize) -> usize {
+        let mut m = self.first_main;
+        while m != 0 {
+            // SAFETY: chain members are live main nodes.
+            let (start, pages, next) =
+                unsafe { ((*mainp(m)).start, (*mainp(m)).pages, (*mainp(m)).next) };
+            if addr >= start && addr - start < pages * PAGE_SIZE {
+                return m;
+            }
+            m = next;
+        }
+        0
+    }
+
+    /// Why `addr` is not the start of a PROCESS segment (walks the main chain and one
+    /// sub-chain: error path).
     #[cold]
     pub(super) fn classify(&self, addr: usize) -> HeapError {
-        let m = self.registry.get(addr);
+        let m = self.main_of(addr);
         if m == 0 {
             return HeapError::InvalidPointer {
                 addr,
                 reason: "not in a MeMS region",
             };
         }
-        // SAFETY: registry values are live main nodes; their sub-chains are live nodes.
+        // SAFETY: `m` is a live main node; its sub-chain holds live nodes.
         unsafe {
             let mut s = (*mainp(m)).head;
             while s != 0 {
@@ -230,16 +246,17 @@ impl<S: PageSource> Mems<S> {
         }
     }
 
-    /// Does `ptr` lie inside one of this heap's regions (any byte, allocated or not)? O(1).
+    /// Does `ptr` lie inside one of this heap's regions (any byte, allocated or not)?
+    /// O(main nodes): a walk of the main chain.
     pub fn contains(&self, ptr: *const u8) -> bool {
-        self.registry.get(ptr.addr()) != 0
+        self.main_of(ptr.addr()) != 0
     }
 
     /// The seed's `mems_get`: the physical address of `ptr`, which must lie inside a MeMS
     /// region (any byte of it); `None` if it does not, or if the page source cannot translate.
     pub fn mems_get(&self, ptr: *const u8) -> Option<u64> {
         let addr = ptr.addr();
-        if self.registry.get(addr) == 0 {
+        if self.main_of(addr) == 0 {
             return None;
         }
         self.source.translate(addr)
@@ -256,7 +273,6 @@ impl<S: PageSource> Mems<S> {
             unmap(&mut self.source, start, pages);
             m = next;
         }
-        self.registry.clear(&mut self.source);
         self.release_pool();
         self.release_table();
         self.first_main = 0;

@@ -46,9 +46,10 @@
 //! entries, resized by doubling/halving). The first pool page (the *home* page) holds 31
 //! slots and, in its upper half, the table while it has at most 128 entries (up to 96 live
 //! PROCESS segments), so a fresh MeMS maps a single metadata page; a bigger table has pages
-//! of its own; the page registry (see the crate docs) maps every region
-//! page to its main node (for `mems_get` and for classifying bad frees). All of it comes from
-//! the same page source and is counted by [`Mems::pages_in_use`]; `mems_finish` returns it all.
+//! of its own. The few lookups by any address (`mems_get`, [`Mems::contains`], classifying a
+//! bad free) walk the main chain, as the seed's `mems_get` does: no per-page map is kept, so
+//! a large block's node costs no work per page to make or drop. All of it comes from the
+//! same page source and is counted by [`Mems::pages_in_use`]; `mems_finish` returns it all.
 //! Since the regions hold no metadata, they are mapped with [`PageSource::map_pages_dirty`]
 //! (a recycling source need not zero them; `mems_malloc` never promised zeroed memory).
 
@@ -62,7 +63,6 @@ mod pool;
 mod report;
 mod table;
 
-use crate::registry::PageRegistry;
 use crate::{at, map, map_dirty, round_up, unmap, HeapError, PageSource, PAGE_SIZE};
 
 /// Alignment of every segment start, in bytes.
@@ -171,17 +171,11 @@ pub struct MemsAudit {
     pub pool_pages: usize,
     /// Hash-table pages.
     pub table_pages: usize,
-    /// Page-registry pages.
-    pub registry_pages: usize,
 }
 
 /// The MeMS heap (seed 004). See the module docs.
 pub struct Mems<S: PageSource> {
     source: S,
-    /// Main nodes by page; nodes come and go whole (a solo node per large block), lookups
-    /// are rare (the hash table finds PROCESS segments): a big removal drops the registry's
-    /// lookup cache at once instead of looking at a slot per page.
-    registry: PageRegistry<true>,
     // Main chain.
     first_main: usize,
     last_main: usize,
@@ -216,7 +210,6 @@ impl<S: PageSource> Mems<S> {
     pub const fn new(source: S) -> Self {
         Mems {
             source,
-            registry: PageRegistry::new(),
             first_main: 0,
             last_main: 0,
             main_len: 0,
@@ -274,7 +267,7 @@ impl<S: PageSource> Mems<S> {
         self.solo_min = bytes;
     }
 
-    /// Pages mapped from the source: regions + node pool + hash table + registry.
+    /// Pages mapped from the source: regions + node pool + hash table.
     pub fn pages_in_use(&self) -> usize {
         self.data_pages + self.metadata_pages()
     }
@@ -284,9 +277,9 @@ impl<S: PageSource> Mems<S> {
         self.data_pages
     }
 
-    /// Pages of metadata: node pool, hash table and page registry.
+    /// Pages of metadata: node pool and hash table.
     pub fn metadata_pages(&self) -> usize {
-        self.pool_pages + self.table_pages() + self.registry.node_pages()
+        self.pool_pages + self.table_pages()
     }
 
     /// Pages of the hash table's own (0 while it lives in the home page).

@@ -66,7 +66,7 @@ impl<S: PageSource> Mems<S> {
     }
 
     /// Walk the chains and check every invariant (tiling, links, no adjacent holes, hash
-    /// table, hole index, registry, counters, byte accounting). O(heap size); for tests.
+    /// table, hole index, counters, byte accounting). O(heap size); for tests.
     ///
     /// # Errors
     /// [`HeapError::Corrupted`] at the first broken invariant.
@@ -75,7 +75,6 @@ impl<S: PageSource> Mems<S> {
         let mut a = MemsAudit {
             pool_pages: self.pool_pages,
             table_pages: self.table_pages(),
-            registry_pages: self.registry.node_pages(),
             ..MemsAudit::default()
         };
         let mut m = self.first_main;
@@ -88,11 +87,6 @@ impl<S: PageSource> Mems<S> {
                 let mn = mainp(m);
                 if (*mn).kind != KIND_MAIN || (*mn).magic != NODE_MAGIC || (*mn).prev != prev_m {
                     return corrupt(m, "main node");
-                }
-                for i in 0..(*mn).pages {
-                    if self.registry.get((*mn).start + i * PAGE_SIZE) != m {
-                        return corrupt(m, "region page not registered to its main node");
-                    }
                 }
                 a.main_nodes += 1;
                 a.data_pages += (*mn).pages;
@@ -197,7 +191,6 @@ impl<S: PageSource> Mems<S> {
             || self.table_len != a.process_segments
             || a.hole_bytes != self.hole_bytes
             || a.data_pages != self.data_pages
-            || self.registry.entries() != self.data_pages
             || nodes + self.free_count != self.pool_slots()
         {
             return corrupt(0, "counters");

@@ -26,9 +26,8 @@
 //! number of non-zero entries in the child (0..=512). The root's population is kept in the
 //! struct. A node whose population drops to 0 is unmapped at once, so an empty registry holds
 //! no pages. A small direct-mapped cache ([`CACHE`] entries, inside the struct) in front of
-//! the tree serves repeated lookups of hot pages with one load; a registry with cache epochs
-//! (`PageRegistry<true>`, MeMS's) drops it in one store when a range of more than
-//! [`CACHE_SCAN`] pages goes, the others clear the slots of the range's keys.
+//! the tree serves repeated lookups of hot pages with one load; a change of a range updates
+//! or clears the slots of the range's keys.
 //!
 //! Keys are canonical x86-64 virtual addresses: bits 47..12 index the tree (bits 63..48 must
 //! equal bit 47, so the lower and upper halves never collide).
@@ -47,21 +46,13 @@ pub(crate) const CACHE: usize = 128;
 pub(crate) const RUNS_INLINE: usize = 128;
 /// Inline run slots: [`RUNS_INLINE`] plus room for the runs a removal splits in two.
 pub(crate) const RUNS: usize = 160;
-/// Ranges of more pages than this drop the whole lookup cache (a new epoch, one store) instead
-/// of looking at the cache slot of each of their keys.
-const CACHE_SCAN: usize = 8;
-/// Bit position of the epoch in a cache tag (keys are 36 bits, so `key + 1` fits below).
-const EPOCH_SHIFT: u32 = 40;
 /// The value of an inline run of pages each registered with its own address (one-page
 /// blocks of the page families, which come from the page pool in address order): not a
 /// page address, so no caller's value.
 const OWN: usize = usize::MAX;
 
-/// See the module docs. `EPOCHS`: a removal (or value change) of more than [`CACHE_SCAN`]
-/// pages drops the whole lookup cache in one store, at the price of one more load per lookup
-/// (for a registry whose big ranges come and go often and whose lookups are rare: MeMS's
-/// nodes, found by the hash table); without it, such a change looks at up to [`CACHE`] slots.
-pub(crate) struct PageRegistry<const EPOCHS: bool = false> {
+/// See the module docs.
+pub(crate) struct PageRegistry {
     /// Root node base address, 0 if none.
     root: usize,
     /// Non-zero entries in the root.
@@ -74,12 +65,10 @@ pub(crate) struct PageRegistry<const EPOCHS: bool = false> {
     node_pages: usize,
     /// Registered 4 KiB pages.
     entries: usize,
-    /// Direct-mapped lookup cache: `(tag, value)` with `tag = (key + 1) | epoch`, indexed by
-    /// the low bits of the key; a tag of another epoch (or 0) is empty. Only holds registered
-    /// pages: a change of a few pages updates their slots, a bigger one starts a new epoch.
+    /// Direct-mapped lookup cache: `(key + 1, value)`, indexed by the low bits of the key; a
+    /// tag of 0 is empty. Only holds registered pages: a change of a range updates the slots
+    /// of its keys.
     cache: [Cell<(usize, usize)>; CACHE],
-    /// The current epoch, already shifted to [`EPOCH_SHIFT`].
-    epoch: Cell<usize>,
     /// Inline runs `(first key, pages, value)`, sorted by key, disjoint, `pages >= 1`
     /// (binary-searched); only used while the tree is empty (`root == 0`), so `nruns != 0` implies `root == 0`.
     runs: [(usize, usize, usize); RUNS],
@@ -125,7 +114,7 @@ fn contiguous_keys(base: usize, pages: usize) -> Option<usize> {
     (kl.checked_sub(k)? == pages - 1).then_some(k)
 }
 
-impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
+impl PageRegistry {
     pub(crate) const fn new() -> Self {
         PageRegistry {
             root: 0,
@@ -135,7 +124,6 @@ impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
             node_pages: 0,
             entries: 0,
             cache: [const { Cell::new((0, 0)) }; CACHE],
-            epoch: Cell::new(0),
             runs: [(0, 0, 0); RUNS],
             nruns: 0,
             last_run: Cell::new(0),
@@ -167,12 +155,6 @@ impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
         self.dropped as usize
     }
 
-    /// Set the cache epoch (tests of its wrap-around), shifted to [`EPOCH_SHIFT`].
-    #[cfg(test)]
-    pub(crate) fn set_epoch(&self, epoch: usize) {
-        self.epoch.set(epoch << EPOCH_SHIFT);
-    }
-
     /// Inline runs held now (tests).
     #[cfg(test)]
     pub(crate) fn inline_runs(&self) -> usize {
@@ -195,7 +177,7 @@ impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
         let Some(k) = key(va) else { return 0 };
         let c = &self.cache[k & (CACHE - 1)];
         let (ck, cv) = c.get();
-        let tag = self.tag(k);
+        let tag = k + 1;
         if ck == tag {
             return cv;
         }
@@ -210,49 +192,21 @@ impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
         v
     }
 
-    /// The cache tag of key `k` in the current epoch.
-    #[inline(always)]
-    fn tag(&self, k: usize) -> usize {
-        if EPOCHS {
-            (k + 1) | self.epoch.get()
-        } else {
-            k + 1
-        }
-    }
-
     /// Cache `value` for key `k` (registered now).
     #[inline(always)]
     fn cache_set(&self, k: usize, value: usize) {
-        self.cache[k & (CACHE - 1)].set((self.tag(k), value));
-    }
-
-    /// Drop every cached entry: a new epoch, or (when the epochs wrap) clear the slots.
-    fn cache_drop_all(&self) {
-        let next = self.epoch.get().wrapping_add(1 << EPOCH_SHIFT);
-        if next == 0 {
-            for c in &self.cache {
-                c.set((0, 0));
-            }
-        }
-        self.epoch.set(next);
+        self.cache[k & (CACHE - 1)].set((k + 1, value));
     }
 
     /// The cached entries of keys `k .. k + n` now hold `value` (0: they are dropped). Looks
-    /// at the `min(n, CACHE)` cache slots those keys map to, or (with `EPOCHS`, for more than
-    /// [`CACHE_SCAN`] keys) drops the whole cache (one store; the next lookups fill it again).
+    /// at the `min(n, CACHE)` cache slots those keys map to.
     #[inline]
     fn cache_update(&self, k: usize, n: usize, value: usize) {
-        if EPOCHS && n > CACHE_SCAN {
-            self.cache_drop_all();
-            return;
-        }
-        let epoch = if EPOCHS { self.epoch.get() } else { 0 };
         for j in 0..n.min(CACHE) {
             let c = &self.cache[(k + j) & (CACHE - 1)];
             let ck = c.get().0;
-            // Tagged `(key + 1) | epoch`: an empty slot or another epoch's leaves high bits
-            // (or wraps) and is no key of the range.
-            if (ck ^ epoch).wrapping_sub(k + 1) < n {
+            // Tagged `key + 1`: an empty slot (0) wraps and is no key of the range.
+            if ck.wrapping_sub(k + 1) < n {
                 c.set(if value == 0 { (0, 0) } else { (ck, value) });
             }
         }
@@ -531,6 +485,5 @@ impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
         for c in &self.cache {
             c.set((0, 0));
         }
-        self.epoch.set(0);
     }
 }

@@ -49,7 +49,7 @@ pub(super) fn slot(node: usize, i: usize) -> *mut u64 {
     at::<u64>(node + i * 8)
 }
 
-impl<const EPOCHS: bool> PageRegistry<EPOCHS> {
+impl PageRegistry {
     /// Tree lookup of key `k`.
     #[inline]
     pub(super) fn walk(&self, k: usize) -> usize {

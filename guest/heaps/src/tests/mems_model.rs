@@ -230,7 +230,7 @@ fn run(ops: Vec<Op>, release_empty: bool, (min_grow, solo_min): Policy) {
         let a = m.audit().unwrap_or_else(|e| panic!("audit: {e}"));
         assert_eq!(m.source().mapped_pages(), m.pages_in_use());
         assert_eq!(
-            a.data_pages + a.pool_pages + a.table_pages + a.registry_pages,
+            a.data_pages + a.pool_pages + a.table_pages,
             m.pages_in_use()
         );
         assert_eq!(a.data_pages * PAGE_SIZE, a.process_bytes + a.hole_bytes);

@@ -1,23 +1,16 @@
 use crate::host::HostPageSource;
 use crate::registry::PageRegistry;
 
-/// The lookup cache never serves a page unregistered by a range removal: with cache epochs a
-/// removal of more than a few pages starts a new epoch instead of looking at each page's slot,
-/// and the epochs wrapping around clears the cache; without, the slots are looked at; inline
-/// runs and the tree alike.
+/// The lookup cache never serves a page unregistered by a range removal, big or small;
+/// inline runs and the tree alike.
 #[test]
-fn cache_epochs_drop_removed_ranges() {
-    cache_drops::<true>();
-    cache_drops::<false>();
-}
-
-fn cache_drops<const EPOCHS: bool>() {
+fn cache_drops_removed_ranges() {
     for inline in [true, false] {
         let mut src = HostPageSource::new();
         let mut r = if inline {
-            PageRegistry::<EPOCHS>::new()
+            PageRegistry::new()
         } else {
-            PageRegistry::<EPOCHS>::tree_only()
+            PageRegistry::tree_only()
         };
         let (a, b) = (0x4000_0000usize, 0x4010_0000usize);
         r.insert_range(&mut src, a, 1, 5).unwrap();
@@ -26,8 +19,7 @@ fn cache_drops<const EPOCHS: bool>() {
         assert_eq!((r.get(a), r.get(b), r.get(b + 39 * 4096)), (5, 7, 7));
         r.remove_range(&mut src, b, 40);
         assert_eq!((r.get(a), r.get(b), r.get(b + 39 * 4096)), (5, 0, 0));
-        // The last epoch: the next big removal wraps around and clears every slot.
-        r.set_epoch((1 << 24) - 1);
+        // Again, with another value.
         r.insert_range(&mut src, b, 40, 9).unwrap();
         assert_eq!((r.get(a), r.get(b + 4096)), (5, 9));
         r.remove_range(&mut src, b, 40);
@@ -46,7 +38,7 @@ fn cache_drops<const EPOCHS: bool>() {
 #[test]
 fn insert_get_remove_frees_nodes() {
     let mut src = HostPageSource::new();
-    let mut r = PageRegistry::<false>::tree_only();
+    let mut r = PageRegistry::tree_only();
     let a = 0x7f12_3456_7000usize;
     let b = 0xffff_ffff_8020_0000usize; // upper half (kernel image)
     r.insert(&mut src, a, 11).unwrap();
@@ -81,7 +73,7 @@ fn insert_get_remove_frees_nodes() {
 #[test]
 fn ranges_and_failed_insert_roll_back() {
     let mut src = HostPageSource::new();
-    let mut r = PageRegistry::<false>::tree_only();
+    let mut r = PageRegistry::tree_only();
     // 1030 pages crossing two leaf boundaries.
     let base = 0x4000_0000usize - 3 * 4096;
     r.insert_range(&mut src, base, 1030, 7).unwrap();
@@ -109,7 +101,7 @@ fn ranges_and_failed_insert_roll_back() {
 fn few_runs_stay_inline_then_spill() {
     use crate::registry::RUNS_INLINE;
     let mut src = HostPageSource::new();
-    let mut r = PageRegistry::<false>::new();
+    let mut r = PageRegistry::new();
     // Runs in different 2 MiB windows and both halves: no node page while inline.
     let top = 0xffff_ffff_ffff_f000usize; // the last page of the address space
     r.insert_range(&mut src, top, 1, 5).unwrap();
@@ -196,7 +188,7 @@ fn few_runs_stay_inline_then_spill() {
 fn split_without_slot_or_page_drops_the_tail() {
     use crate::registry::RUNS;
     let mut src = HostPageSource::new();
-    let mut r = PageRegistry::<false>::with_inline_max(RUNS);
+    let mut r = PageRegistry::with_inline_max(RUNS);
     let base = 0x4000_0000usize;
     for i in 0..RUNS {
         r.insert_range(&mut src, base + i * 4 * 4096, 3, 5).unwrap();
@@ -281,20 +273,15 @@ mod model {
             limit in 0usize..3,
             inline_max in prop_oneof![Just(0usize), 1usize..6, Just(crate::registry::RUNS_INLINE)],
         ) {
-            model::<false>(&ops, limit, inline_max)?;
-            model::<true>(&ops, limit, inline_max)?;
+            model(&ops, limit, inline_max)?;
         }
     }
 
-    /// The model run of `registry_matches_model` on a registry with or without cache epochs.
-    fn model<const EPOCHS: bool>(
-        ops: &[Op],
-        limit: usize,
-        inline_max: usize,
-    ) -> Result<(), TestCaseError> {
+    /// The model run of `registry_matches_model`.
+    fn model(ops: &[Op], limit: usize, inline_max: usize) -> Result<(), TestCaseError> {
         let inline = inline_max != 0;
         let mut src = HostPageSource::new();
-        let mut r = PageRegistry::<EPOCHS>::with_inline_max(inline_max);
+        let mut r = PageRegistry::with_inline_max(inline_max);
         let mut m: BTreeMap<usize, usize> = BTreeMap::new();
         let mut dropped = 0;
         for (i, op) in ops.iter().enumerate() {
