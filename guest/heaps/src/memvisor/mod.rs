@@ -169,14 +169,10 @@ pub const fn route(size: usize, align: usize) -> Route {
             let s = if size < 16 { 16 } else { size };
             s.div_ceil(8) - 2
         } else {
-            let mut c = FIRST_BIG;
-            while CLASSES[c] < size {
-                c += 1;
-            }
-            c
+            big_class(size)
         };
         // Slots of a class ≡ 8 (mod 16) are only 8-byte aligned.
-        while align > 8 && !CLASSES[c].is_multiple_of(16) {
+        while align > 8 && (ONLY_8_ALIGNED >> c) & 1 != 0 {
             c += 1;
             if c == NCLASS {
                 return Route::Mid;
@@ -190,8 +186,59 @@ pub const fn route(size: usize, align: usize) -> Route {
     Route::Large
 }
 
-// Every route of a size ≤ SLAB_MAX is a slab class that holds the size at the alignment;
-// checked exhaustively at compile time.
+/// The smallest class above 256 bytes that holds `size` (257 ..= [`SLAB_MAX`]): a tree of
+/// comparisons with the class sizes as immediates, so a request reads no table (see
+/// [`slab::class_size`]).
+#[inline(always)]
+const fn big_class(size: usize) -> usize {
+    const B: usize = FIRST_BIG;
+    const _: () = assert!(NCLASS == B + 11);
+    if size <= CLASSES[B + 5] {
+        if size <= CLASSES[B + 2] {
+            if size <= CLASSES[B] {
+                B
+            } else if size <= CLASSES[B + 1] {
+                B + 1
+            } else {
+                B + 2
+            }
+        } else if size <= CLASSES[B + 3] {
+            B + 3
+        } else if size <= CLASSES[B + 4] {
+            B + 4
+        } else {
+            B + 5
+        }
+    } else if size <= CLASSES[B + 8] {
+        if size <= CLASSES[B + 6] {
+            B + 6
+        } else if size <= CLASSES[B + 7] {
+            B + 7
+        } else {
+            B + 8
+        }
+    } else if size <= CLASSES[B + 9] {
+        B + 9
+    } else {
+        B + 10
+    }
+}
+
+/// Bit `c` set: the slots of class `c` are only 8-byte aligned (size ≡ 8 mod 16).
+const ONLY_8_ALIGNED: u64 = {
+    let mut m = 0u64;
+    let mut c = 0;
+    while c < NCLASS {
+        if !CLASSES[c].is_multiple_of(16) {
+            m |= 1 << c;
+        }
+        c += 1;
+    }
+    m
+};
+
+// Every route of a size ≤ SLAB_MAX is a slab class that holds the size at the alignment,
+// the smallest one at alignment ≤ 8; checked exhaustively at compile time.
 const _: () = {
     let mut s = 1;
     while s <= SLAB_MAX {
@@ -202,6 +249,7 @@ const _: () = {
                     CLASSES[c] >= s
                         && CLASSES[c].is_multiple_of(a)
                         && (HDR[c] as usize).is_multiple_of(16)
+                        && (a > 8 || c == 0 || CLASSES[c - 1] < s)
                 ),
                 Route::Mid => assert!(s > 256 && a == 16),
                 Route::Large => panic!(),
@@ -257,7 +305,7 @@ impl<S: PageSource> MemvisorHeap<S> {
             large: Mems::new(Keep::new(large_src)),
             mid: Mid::new(),
             high: 0,
-            classes: [Class::EMPTY; NCLASS],
+            classes: Class::ALL_EMPTY,
             ready: false,
             stats: Stats {
                 live: [0; 2],

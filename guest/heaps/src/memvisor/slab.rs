@@ -34,7 +34,7 @@
 //! goes back to the store as a spare page (`slab_pages.rs`: kept for any class's next slab,
 //! up to a bound, and returned in batches), unless it is its class's only partly used slab.
 
-use super::{MemvisorHeap, CLASSES, NCLASS};
+use super::{MemvisorHeap, CLASSES, FIRST_BIG, NCLASS};
 use crate::{HeapError, PageSource, PAGE_SIZE};
 use core::ptr::NonNull;
 
@@ -46,8 +46,40 @@ pub const BORROW: usize = 5;
 /// May a block of class `c` sit in a slot of class `d`? `d` is `c`, or one of the next
 /// [`BORROW`] classes at most 1.25 × its size. A free checks the slab's class against this.
 pub const fn borrowable(c: usize, d: usize) -> bool {
-    d >= c && d <= c + BORROW && d < NCLASS && CLASSES[d] * 4 <= CLASSES[c] * 5
+    d >= c && d <= c + BORROW && d < NCLASS && class_size(d) * 4 <= class_size(c) * 5
 }
+
+/// The 11 classes above 256 bytes, in 8-byte units, 7 bits each (all below 128).
+const BIG_UNITS: u128 = {
+    let mut p = 0u128;
+    let mut c = FIRST_BIG;
+    while c < NCLASS {
+        assert!(CLASSES[c].is_multiple_of(8) && CLASSES[c] / 8 < 128);
+        p |= ((CLASSES[c] / 8) as u128) << (7 * (c - FIRST_BIG));
+        c += 1;
+    }
+    p
+};
+
+/// `CLASSES[c]` without a load from a table: arithmetic up to 256 bytes, then an
+/// immediate. On a PVM host every page the heap touches after a shadow flush costs a
+/// shadow fault, and the class tables are a page of `.rodata` of their own
+/// (BENCHMARKS.md, "Tenth session").
+#[inline(always)]
+pub const fn class_size(c: usize) -> usize {
+    if c < FIRST_BIG {
+        16 + 8 * c
+    } else {
+        (((BIG_UNITS >> (7 * (c - FIRST_BIG))) & 127) as usize) * 8
+    }
+}
+const _: () = {
+    let mut c = 0;
+    while c < NCLASS {
+        assert!(class_size(c) == CLASSES[c]);
+        c += 1;
+    }
+};
 
 /// Smallest slab class served from the mid-size path's holes (smaller classes lose too
 /// much to a mid-size block's size word and 16-byte rounding; chosen with the host replay of
@@ -129,7 +161,9 @@ pub(super) fn hdr(s: usize) -> *mut Slab {
     core::ptr::with_exposed_provenance_mut(s)
 }
 
-/// A size class's state.
+/// A size class's state, with copies of its entries in the class tables ([`CLASSES`],
+/// [`HDR`], [`NSLOTS`], the reciprocal): the hot paths read them next to the lists instead
+/// of from a page of `.rodata` (see [`class_size`]).
 #[derive(Clone, Copy)]
 pub(super) struct Class {
     /// First slab with a free slot (its page), 0 if none.
@@ -137,14 +171,42 @@ pub(super) struct Class {
     /// First full slab, 0 if none.
     pub(super) full: usize,
     /// Slabs of this class.
-    pub(super) slabs: usize,
+    pub(super) slabs: u32,
+    /// `⌊2^32 / size⌋ + 1` (at most 2^28 + 1).
+    pub(super) recip: u32,
+    /// Slot bytes.
+    pub(super) size: u16,
+    /// Slab header bytes.
+    pub(super) hdr: u16,
+    /// Slots of a slab.
+    pub(super) nslots: u16,
 }
+const _: () = assert!(core::mem::size_of::<Class>() == 32);
 
 impl Class {
-    pub(super) const EMPTY: Class = Class {
-        partial: 0,
-        full: 0,
-        slabs: 0,
+    /// Class `c` with no slab.
+    const fn empty(c: usize) -> Class {
+        assert!(RECIP[c] <= u32::MAX as u64 && CLASSES[c] <= u16::MAX as usize);
+        Class {
+            partial: 0,
+            full: 0,
+            slabs: 0,
+            recip: RECIP[c] as u32,
+            size: CLASSES[c] as u16,
+            hdr: HDR[c],
+            nslots: NSLOTS[c],
+        }
+    }
+
+    /// Every class, with no slab.
+    pub(super) const ALL_EMPTY: [Class; NCLASS] = {
+        let mut a = [Class::empty(0); NCLASS];
+        let mut c = 1;
+        while c < NCLASS {
+            a[c] = Class::empty(c);
+            c += 1;
+        }
+        a
     };
 }
 
@@ -182,23 +244,23 @@ fn unlink(head: &mut usize, s: usize) {
     }
 }
 
-/// The index of the live slot at `addr` of the live slab `s` of class `c` (header magic and
+/// The index of the live slot at `addr` of the live slab `s` of class `cl` (header magic and
 /// class checked by the caller).
 ///
 /// # Errors
 /// [`HeapError::InvalidPointer`] if `addr` is not the start of a slot of `s`,
 /// [`HeapError::DoubleFree`] if that slot is free.
 #[inline(always)]
-fn slot_index(addr: usize, c: usize, s: usize) -> Result<usize, HeapError> {
+fn slot_index(addr: usize, cl: &Class, s: usize) -> Result<usize, HeapError> {
     let bad = |reason| Err(HeapError::InvalidPointer { addr, reason });
-    let (size, first) = (CLASSES[c], s + HDR[c] as usize);
+    let (size, first) = (cl.size as usize, s + cl.hdr as usize);
     if addr < first {
         return bad("not a slot of a slab of this size class");
     }
     let off = addr - first;
     // `addr` lies in the slab's page, so `off` < 4096 and the reciprocal is exact.
-    let i = ((off as u64 * RECIP[c]) >> 32) as usize;
-    if i * size != off || i >= NSLOTS[c] as usize {
+    let i = ((off as u64 * cl.recip as u64) >> 32) as usize;
+    if i * size != off || i >= cl.nslots as usize {
         return bad("not the start of a slot");
     }
     // SAFETY: `s` is a live slab of class `c`, so its bitmap words are mapped.
@@ -244,14 +306,14 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// free space of the mid-size regions serves small objects too instead of the heap
     /// mapping a page beside it.
     fn small_from_mid(&mut self, c: usize) -> Option<NonNull<u8>> {
-        if CLASSES[c] < SMALL_MIN_CLASS || !self.mid.holds_much_free() {
+        if class_size(c) < SMALL_MIN_CLASS || !self.mid.holds_much_free() {
             return None;
         }
         self.make_room(1);
         if self.pages_in_use() < self.high {
             return None;
         }
-        let p = self.mid.alloc_small(CLASSES[c])?;
+        let p = self.mid.alloc_small(class_size(c))?;
         self.stats.live[0] += 1;
         Some(p)
     }
@@ -271,13 +333,14 @@ impl<S: PageSource> MemvisorHeap<S> {
             let bit = bits.trailing_zeros() as usize;
             *word(s, w) = bits & (bits - 1);
             (*h).used += 1;
-            if (*h).used == NSLOTS[c] {
-                let cl = &mut self.classes[c];
+            let cl = &mut self.classes[c];
+            let (hdr_bytes, size) = (cl.hdr as usize, cl.size as usize);
+            if (*h).used == cl.nslots {
                 unlink(&mut cl.partial, s);
                 push(&mut cl.full, s);
             }
             self.stats.live[0] += 1;
-            let p = s + HDR[c] as usize + (w * 64 + bit) * CLASSES[c];
+            let p = s + hdr_bytes + (w * 64 + bit) * size;
             Some(NonNull::new_unchecked(
                 core::ptr::with_exposed_provenance_mut(p),
             ))
@@ -296,7 +359,8 @@ impl<S: PageSource> MemvisorHeap<S> {
             // Plain indices: no iterator over a copy of `CLASSES` on every borrowed request.
             let mut d = c + 1;
             while d < NCLASS && borrowable(c, d) {
-                if self.classes[d].partial != 0 && (align <= 8 || CLASSES[d].is_multiple_of(16)) {
+                if self.classes[d].partial != 0 && (align <= 8 || class_size(d).is_multiple_of(16))
+                {
                     return Some(d);
                 }
                 d += 1;
@@ -328,7 +392,7 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// partial list.
     #[cold]
     fn new_slab(&mut self, c: usize, page: usize) -> usize {
-        let nslots = NSLOTS[c] as usize;
+        let nslots = self.classes[c].nslots as usize;
         // SAFETY: `page` is a mapped, writable page of the store that no slab uses; the
         // header is `HDR[c]` < 4096 bytes.
         unsafe {
@@ -385,7 +449,7 @@ impl<S: PageSource> MemvisorHeap<S> {
     #[inline(never)]
     fn small_free_mid(&mut self, ptr: NonNull<u8>, c: usize) -> Result<(), HeapError> {
         self.mid
-            .free_small(self.large.source_mut(), ptr, CLASSES[c])?;
+            .free_small(self.large.source_mut(), ptr, class_size(c))?;
         self.stats.live[0] -= 1;
         Ok(())
     }
@@ -402,7 +466,7 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// checked): slot boundary, double free, lists, an emptied slab to the spares.
     #[inline(always)]
     fn slab_release(&mut self, addr: usize, c: usize, s: usize) -> Result<(), HeapError> {
-        let i = slot_index(addr, c, s)?;
+        let i = slot_index(addr, &self.classes[c], s)?;
         self.release_slot(c, s, i);
         Ok(())
     }
@@ -417,7 +481,7 @@ impl<S: PageSource> MemvisorHeap<S> {
         unsafe {
             let h = hdr(s);
             *word(s, w) |= b;
-            let was_full = (*h).used == NSLOTS[c];
+            let was_full = (*h).used == self.classes[c].nslots;
             (*h).used -= 1;
             self.stats.live[0] -= 1;
             if was_full {
@@ -462,6 +526,6 @@ impl<S: PageSource> MemvisorHeap<S> {
         if magic != SLAB_MAGIC || !borrowable(c, hc) {
             return Err(bad("not a slot of a slab of this size class"));
         }
-        Ok(Some((s, hc, slot_index(addr, hc, s)?)))
+        Ok(Some((s, hc, slot_index(addr, &self.classes[hc], s)?)))
     }
 }

@@ -76,7 +76,7 @@ impl<S: PageSource> MemvisorHeap<S> {
                         return corrupt(s, "slab not a page of the store");
                     }
                     a.slabs[c] += 1;
-                    if a.slabs[c] > cl.slabs {
+                    if a.slabs[c] > cl.slabs as usize {
                         return corrupt(s, "lists longer than the class's slabs");
                     }
                     // SAFETY: a registered store page is mapped; the fields are checked
@@ -115,7 +115,7 @@ impl<S: PageSource> MemvisorHeap<S> {
                     }
                 }
             }
-            if a.slabs[c] != cl.slabs {
+            if a.slabs[c] != cl.slabs as usize {
                 return corrupt(c, "class's slab count");
             }
         }
