@@ -263,7 +263,7 @@ fn slot_index(addr: usize, cl: &Class, s: usize) -> Result<usize, HeapError> {
     if i * size != off || i >= cl.nslots as usize {
         return bad("not the start of a slot");
     }
-    // SAFETY: `s` is a live slab of class `c`, so its bitmap words are mapped.
+    // SAFETY: `s` is a live slab of class `cl`, so its bitmap words are mapped.
     if unsafe { *word(s, i / 64) } & (1u64 << (i % 64)) != 0 {
         return Err(HeapError::DoubleFree { addr });
     }
