@@ -138,7 +138,11 @@ pub fn ring_mmio(gpa: u64) {
     }
 }
 
-static MAIN: StaticBlock<64> = StaticBlock::new();
+/// Requests the main block holds: the most [`batch`] sends in one exit (a heap's page pool
+/// unmaps up to this many runs at once, so that KVM's shadow tables are flushed once).
+pub const MAIN_BLOCK_REQUESTS: usize = 256;
+
+static MAIN: StaticBlock<MAIN_BLOCK_REQUESTS> = StaticBlock::new();
 static FAULT: StaticBlock<4> = StaticBlock::new();
 
 /// GPA of the main request block (for tests that account for the guest's own writes).

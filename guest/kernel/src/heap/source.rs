@@ -16,7 +16,8 @@
 //!   exit (an `mmap`, a full queue, an eviction or a [`flush`]);
 //! * when the cache is over its budget, its oldest runs are unmapped (adjacent runs merged)
 //!   until it is at a quarter of the budget: `munmap` requests go to the host up to
-//!   [`MAX_PENDING`] per exit, with one TLB
+//!   [`MAX_PENDING`] per exit (as many as the cache has runs, so an eviction is one exit
+//!   however scattered its runs are), with one TLB
 //!   flush per batch (the guest's job after `munmap`, see the ABI docs). Unmapping is rare on
 //!   purpose: after a batch that unmapped touched pages the VMM flushes KVM's shadow page
 //!   tables (README, "On a PVM host"), and every page the guest touches next takes a shadow
@@ -44,9 +45,12 @@ pub const CHUNK_PAGES: usize = 64;
 pub const CACHE_CAP: usize = 256;
 /// Pages the cache may hold before its oldest runs are unmapped (2 MiB).
 pub const CACHE_PAGES: usize = 512;
-/// `munmap` requests queued before they are sent in one exit.
-pub const MAX_PENDING: usize = 48;
-const _: () = assert!(MAX_PENDING < MAX_BATCH as usize && MAX_PENDING < 64);
+/// `munmap` requests queued before they are sent in one exit: as many as the cache has
+/// runs, so that an eviction is one exit (and one flush of KVM's shadow page tables on a
+/// PVM host), whatever the sizes of the runs.
+pub const MAX_PENDING: usize = CACHE_CAP - 1;
+const _: () =
+    assert!(MAX_PENDING < MAX_BATCH as usize && MAX_PENDING < hc::MAIN_BLOCK_REQUESTS);
 
 /// Pages a heap holds from the page source (one per heap or group of heaps).
 #[derive(Debug)]
@@ -249,6 +253,9 @@ struct Pool {
     cached_pages: usize,
     pending: [(usize, usize); MAX_PENDING],
     npending: usize,
+    /// The requests of one exit (built here, not on the stack: only the used ones are
+    /// written).
+    reqs: [Request; MAX_PENDING + 1],
     stats: PoolStats,
 }
 
@@ -265,6 +272,7 @@ static POOL: PoolCell = PoolCell(UnsafeCell::new(Pool {
     cached_pages: 0,
     pending: [(0, 0); MAX_PENDING],
     npending: 0,
+    reqs: [Request::new(Call::Nop, [0; 5]); MAX_PENDING + 1],
     stats: PoolStats {
         host_pages: 0,
         host_peak: 0,
@@ -451,7 +459,7 @@ impl Pool {
     /// One exit: the queued `munmap`s, then (if `map` is given) an `mmap` of that many
     /// pages, whose base is returned. Flushes the TLB if anything was unmapped.
     fn send(&mut self, map: Option<usize>) -> Option<usize> {
-        let mut reqs = [Request::new(Call::Nop, [0; 5]); MAX_PENDING + 1];
+        let reqs = &mut self.reqs;
         let n = self.npending;
         for (r, &(b, p)) in reqs.iter_mut().zip(&self.pending[..n]) {
             *r = Request::new(Call::Munmap, [b as u64, (p * PAGE) as u64, 0, 0, 0]);
