@@ -158,6 +158,12 @@ impl<S: PageSource> Keep<S> {
         self.stats.return_batches += 1;
     }
 
+    /// Whether a kept run has exactly `pages` pages (a request of that size is served
+    /// without mapping).
+    pub fn holds(&self, pages: usize) -> bool {
+        self.runs[..self.n].iter().any(|r| r.1 == pages)
+    }
+
     /// A kept run of exactly `pages` pages (the newest), removed from the keep.
     fn take(&mut self, pages: usize) -> Option<usize> {
         let i = (0..self.n).rev().find(|&i| self.runs[i].1 == pages)?;

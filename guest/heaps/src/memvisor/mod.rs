@@ -292,6 +292,9 @@ pub struct MemvisorHeap<S: PageSource> {
     /// Operations (alloc and dealloc calls): the clock of the page-return policy.
     ops: u64,
     classes: [Class; NCLASS],
+    /// Bit `c`: class `c`'s only partly used slab went empty (it may have taken a block
+    /// since; `spare_empty_slabs` checks), so its page can go back at the high-water mark.
+    empty_slabs: u64,
     ready: bool,
     stats: Stats,
     last_error: Option<HeapError>,
@@ -306,6 +309,7 @@ impl<S: PageSource> MemvisorHeap<S> {
             mid: Mid::new(),
             high: 0,
             classes: Class::ALL_EMPTY,
+            empty_slabs: 0,
             ready: false,
             stats: Stats {
                 live: [0; 2],
@@ -371,6 +375,11 @@ impl<S: PageSource> MemvisorHeap<S> {
     /// the high-water mark where they can. Cold (slab growth).
     #[cold]
     pub(crate) fn make_room(&mut self, pages: usize) {
+        let after = self.pages_in_use() + pages;
+        if after > self.high {
+            // Empty slabs kept as their class's only partial slab go back too.
+            self.spare_empty_slabs(after - self.high);
+        }
         let spares = self.slabs.spares();
         if spares != 0 {
             let after = self.pages_in_use() + pages;
@@ -521,6 +530,13 @@ impl<S: PageSource> MemvisorHeap<S> {
             // MeMS may grow: empty mid-size regions and spare slab pages go first if the
             // heap would pass its high-water mark.
             self.make_room((size / PAGE_SIZE + 1).max(GROW_PAGES));
+        } else if size >= SOLO_MIN {
+            // MeMS maps a solo node unless a kept run serves it: empty slabs go first if
+            // the heap would pass its high-water mark.
+            let pages = size.div_ceil(PAGE_SIZE);
+            if self.pages_in_use() + pages > self.high && !self.large.source().holds(pages) {
+                self.make_room(pages);
+            }
         }
         let ops = self.ops;
         self.large.source_mut().decay(ops);

@@ -488,15 +488,61 @@ impl<S: PageSource> MemvisorHeap<S> {
                 let cl = &mut self.classes[c];
                 unlink(&mut cl.full, s);
                 push(&mut cl.partial, s);
-            } else if (*h).used == 0 && !((*h).prev == 0 && (*h).next == 0) {
-                // Empty and not the class's only partial slab: a spare page now.
-                unlink(&mut self.classes[c].partial, s);
-                (*h).magic = 0;
-                self.classes[c].slabs -= 1;
-                self.stats.slabs_freed += 1;
-                self.slabs.give(s);
+            } else if (*h).used == 0 {
+                if (*h).prev == 0 && (*h).next == 0 {
+                    // The class's only partial slab: kept, unless the heap is about to
+                    // pass its high-water mark (`spare_empty_slabs`).
+                    self.empty_slabs |= 1 << c;
+                } else {
+                    // Empty and not the class's only partial slab: a spare page now.
+                    unlink(&mut self.classes[c].partial, s);
+                    (*h).magic = 0;
+                    self.classes[c].slabs -= 1;
+                    self.stats.slabs_freed += 1;
+                    self.slabs.give(s);
+                }
             }
         }
+    }
+
+    /// Before the heap grows past its high-water mark: the empty slabs that are their
+    /// class's only partly used slab (kept so that a block allocated and freed in a loop
+    /// does not map and unmap a page each time) become spare pages, which the caller gives
+    /// back; up to `want` of them, lowest class first. Returns how many. The class takes a
+    /// page again on its next request. Reads only the partial slabs its mask names
+    /// (`empty_slabs`: set when such a slab empties, cleared when it goes or the class has
+    /// no partial slab; a class whose slab took a block again keeps its bit, as its empty
+    /// slab may come back to the head of the list).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn spare_empty_slabs(&mut self, want: usize) -> usize {
+        let mut got = 0;
+        let mut m = self.empty_slabs;
+        while m != 0 && got < want {
+            let c = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let s = self.classes[c].partial;
+            if s == 0 {
+                self.empty_slabs &= !(1 << c);
+                continue;
+            }
+            // SAFETY: `s` is the header of a live slab of class `c` (the head of its
+            // partial list).
+            unsafe {
+                let h = hdr(s);
+                if (*h).used != 0 {
+                    continue;
+                }
+                unlink(&mut self.classes[c].partial, s);
+                (*h).magic = 0;
+            }
+            self.empty_slabs &= !(1 << c);
+            self.classes[c].slabs -= 1;
+            self.stats.slabs_freed += 1;
+            self.slabs.give(s);
+            got += 1;
+        }
+        got
     }
 
     /// The live slot of a block of class `c` (the caller's layout) at `ptr`, checked as a
