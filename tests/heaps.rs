@@ -269,7 +269,6 @@ fn every_sample_trace_replays_on_every_heap() {
     }
 }
 
-
 #[test]
 fn the_memvisor_heap_meets_the_efficiency_targets_on_every_trace() {
     if !common::kvm_or_skip("the_memvisor_heap_meets_the_efficiency_targets_on_every_trace") {

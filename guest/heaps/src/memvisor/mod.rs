@@ -41,7 +41,11 @@
 //!
 //! # Page-return policy
 //! Emptied slab pages are kept as spares for any class's next slab, up to
-//! [`SPARE_SLABS`], and returned in batches (`memvisor/slab_pages.rs`). MeMS's page source is a [`Keep`] (`memvisor/keep.rs`): the runs MeMS gives back are kept
+//! [`SPARE_SLABS`], and returned in batches (`memvisor/slab_pages.rs`). A class's only
+//! partly used slab stays when it empties (a block allocated and freed in a loop maps no
+//! page), until the heap is about to pass its high-water mark: then it becomes a spare and
+//! goes back first (in `make_room`, before a slab, a region or a solo MeMS node is mapped;
+//! at nginx's peak six classes held such a page). MeMS's page source is a [`Keep`] (`memvisor/keep.rs`): the runs MeMS gives back are kept
 //! for reuse by a request of the same size, up to a bound, and returned in batches (on the
 //! bound, on a request no kept run fits, after [`DECAY_OPS`] operations unused, and before
 //! the slabs or the mid-size path grow past the heap's high-water mark), so a program that

@@ -5,7 +5,8 @@
 //! lookup) before it reads anything in it.
 //!
 //! Page-return policy (issue 13, item 4): a slab that empties (and is not its class's only
-//! partly used slab) is not unmapped at once: up to [`SPARE_SLABS`] empty slab pages are kept
+//! partly used slab, which stays until the heap is about to pass its high-water mark) is not
+//! unmapped at once: up to [`SPARE_SLABS`] empty slab pages are kept
 //! as **spares**, still mapped and registered (their header's magic is cleared, so a free
 //! into one is refused), and a new slab of any class takes the newest spare before the
 //! source is asked for a page. So a program whose slab count oscillates around a page

@@ -802,7 +802,11 @@ fn empty_slabs_go_back_before_the_heap_passes_its_peak() {
         h.dealloc(p, lay(s, 8));
     }
     let st = h.slab_page_stats();
-    assert_eq!((st.slab_pages, st.spare_pages), (3, 0), "kept, one per class");
+    assert_eq!(
+        (st.slab_pages, st.spare_pages),
+        (3, 0),
+        "kept, one per class"
+    );
     let big = lay(SOLO_MIN, 8);
     let p = h.alloc(big).unwrap();
     let st = h.slab_page_stats();
