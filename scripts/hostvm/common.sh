@@ -5,6 +5,13 @@
 
 die() { echo "hostvm($PLAT): $*" >&2; exit 125; }
 
+# apt_locked CMD...: run an apt command while holding one lock file shared by every hostvm
+# run of this machine. `.ci/run` starts the VMX and SVM suites side by side, and on a fresh
+# machine both install packages at once: without the lock, one `apt-get update` fails on
+# the other's lock and the install that follows finds no package lists.
+APT_LOCK=${TMPDIR:-/tmp}/memvisor-hostvm-apt.lock
+apt_locked() { flock "$APT_LOCK" "$@"; }
+
 # install_host_tools CMD_OR_FILE:PACKAGE...: apt-get install the packages whose command / file is
 # missing (Debian packages; apt-get update once, only if something is missing).
 install_host_tools() {
@@ -17,9 +24,9 @@ install_host_tools() {
   [ ${#need[@]} -eq 0 ] && return 0
   [ "$(id -u)" = 0 ] || die "needs root to apt-get install ${need[*]}"
   echo "hostvm($PLAT): installing ${need[*]}" >&2
-  apt-get update -qq >&2 || true
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 \
-    || die "apt-get install ${need[*]} failed"
+  apt_locked apt-get update -qq >&2 || true
+  DEBIAN_FRONTEND=noninteractive apt_locked apt-get install -y -qq --no-install-recommends \
+    "${need[@]}" >&2 || die "apt-get install ${need[*]} failed"
 }
 
 # fetch_pkg PACKAGE DEST: apt-get download + dpkg-deb -x into DEST, once (never dpkg -i).
@@ -28,8 +35,8 @@ fetch_pkg() {
   [ -e "$dest/.done" ] && return 0
   mkdir -p "$dl" && chmod 777 "$dl"       # apt's _apt user downloads into it
   rm -rf "$dest"; mkdir -p "$dest"
-  ( cd "$dl" && rm -f "${pkg}"_*.deb && apt-get download -qq "$pkg" >&2 ) \
-    || { apt-get update -qq >&2; ( cd "$dl" && apt-get download -qq "$pkg" >&2 ); } \
+  ( cd "$dl" && rm -f "${pkg}"_*.deb && apt_locked apt-get download -qq "$pkg" >&2 ) \
+    || { apt_locked apt-get update -qq >&2; ( cd "$dl" && apt_locked apt-get download -qq "$pkg" >&2 ); } \
     || die "apt-get download $pkg failed"
   dpkg-deb -x "$dl/${pkg}"_*.deb "$dest" && touch "$dest/.done"
 }
@@ -44,7 +51,7 @@ prepare_cache() {
     kpkg=$(cat "$CACHE/kernel-pkg" 2>/dev/null || true)
     if [ -z "$kpkg" ]; then
       kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-      [ -n "$kpkg" ] || { apt-get update -qq >&2; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); }
+      [ -n "$kpkg" ] || { apt_locked apt-get update -qq >&2; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); }
       [ -n "$kpkg" ] || die "cannot find the kernel package behind linux-image-amd64"
       echo "$kpkg" > "$CACHE/kernel-pkg"
     fi
