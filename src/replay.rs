@@ -205,6 +205,16 @@ pub struct KeepFigures {
     pub tail_returns: u64,
     /// Pages of those tails.
     pub tail_returned_pages: u64,
+    /// Most freed solo MeMS blocks parked at once (guest `memvisor/park.rs`).
+    pub parked_bound_blocks: u64,
+    /// Freed solo MeMS blocks parked for reuse.
+    pub parked_blocks: u64,
+    /// Requests served from a parked block (no MeMS work, no page mapped).
+    pub unparked_blocks: u64,
+    /// Most pages (4 KiB) parked at once.
+    pub peak_parked_pages: u64,
+    /// Pages parked when the trace ended.
+    pub parked_pages_at_end: u64,
 }
 
 /// The memvisor heap's spare slab pages over the checked pass (guest
@@ -321,6 +331,11 @@ impl ReplayResult {
                 return_batches: num("keep_return_batches"),
                 tail_returns: num("keep_tail_returns"),
                 tail_returned_pages: num("keep_tail_returned_pages"),
+                parked_bound_blocks: num("keep_parked_bound_blocks"),
+                parked_blocks: num("keep_parked_blocks"),
+                unparked_blocks: num("keep_unparked_blocks"),
+                peak_parked_pages: num("keep_parked_peak_pages"),
+                parked_pages_at_end: num("keep_parked_pages_at_end"),
             }),
             slab_spares: get("slab_spare_bound_pages").map(|_| SlabSpareFigures {
                 bound_pages: num("slab_spare_bound_pages"),
@@ -377,6 +392,11 @@ impl ReplayResult {
                 k.return_batches,
                 k.tail_returns,
                 k.tail_returned_pages
+            );
+            let _ = writeln!(
+                o,
+                "parked: bound {} blocks, {} parked, {} reused, peak {} pages",
+                k.parked_bound_blocks, k.parked_blocks, k.unparked_blocks, k.peak_parked_pages
             );
         }
         if let Some(s) = &self.slab_spares {

@@ -166,6 +166,44 @@ impl<S: PageSource> Mems<S> {
         Ok(())
     }
 
+    /// Give back the pages of the solo node of the PROCESS segment at `ptr` past the last page
+    /// the segment reaches ([`PageSource::shrink_pages`]; the node's tail HOLE shrinks or
+    /// goes). Returns the pages given back: 0 for a block of a shared (not solo) node, one
+    /// with no free page behind it, or a source that cannot shrink a run.
+    ///
+    /// # Errors
+    /// As [`Mems::mems_free`] if `ptr` is not a live PROCESS segment (nothing changes).
+    pub fn trim_solo(&mut self, ptr: NonNull<u8>) -> Result<usize, HeapError> {
+        let n = self.lookup_process(ptr.as_ptr().addr())?;
+        // SAFETY: `n` is a live PROCESS node; its main node and sub-chain are live. A solo
+        // node is [HOLE (alignment padding)] PROCESS [HOLE].
+        unsafe {
+            let m = (*seg(n)).main;
+            let mn = mainp(m);
+            let t = (*seg(n)).next;
+            if (*mn).flags & MAIN_SOLO == 0 || t == 0 {
+                return Ok(0);
+            }
+            let (start, pages) = ((*mn).start, (*mn).pages);
+            let keep = ((*seg(n)).start + (*seg(n)).size - start).div_ceil(PAGE_SIZE);
+            let cut = pages - keep;
+            if cut == 0 || !shrink(&mut self.source, start, pages, keep) {
+                return Ok(0);
+            }
+            (*mn).pages = keep;
+            self.data_pages -= cut;
+            self.hole_bytes -= cut * PAGE_SIZE;
+            if (*seg(t)).size == cut * PAGE_SIZE {
+                (*seg(n)).next = 0;
+                (*mn).sub_len -= 1;
+                self.put_node(t);
+            } else {
+                (*seg(t)).size -= cut * PAGE_SIZE;
+            }
+            Ok(cut)
+        }
+    }
+
     /// Unmap main node `m` (a single HOLE, not indexed) and drop it from the chain.
     ///
     /// # Safety

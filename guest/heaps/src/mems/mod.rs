@@ -63,7 +63,7 @@ mod pool;
 mod report;
 mod table;
 
-use crate::{at, map, map_dirty, round_up, unmap, HeapError, PageSource, PAGE_SIZE};
+use crate::{at, map, map_dirty, round_up, shrink, unmap, HeapError, PageSource, PAGE_SIZE};
 
 /// Alignment of every segment start, in bytes.
 pub const ALIGN: usize = 16;

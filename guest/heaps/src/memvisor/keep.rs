@@ -58,6 +58,15 @@ pub struct KeepStats {
     pub tail_returns: u64,
     /// Pages of those tails.
     pub tail_returned_pages: u64,
+    /// Freed solo MeMS blocks parked for reuse (`memvisor/park.rs`; filled in by
+    /// [`MemvisorHeap::keep_stats`](super::MemvisorHeap::keep_stats), 0 from [`Keep::stats`]).
+    pub parked_blocks: u64,
+    /// Requests served from a parked block (no MeMS work, no page mapped).
+    pub unparked_blocks: u64,
+    /// Pages of the parked blocks now (their solo nodes', 4 KiB each).
+    pub parked_pages: usize,
+    /// Most pages parked at once.
+    pub peak_parked_pages: usize,
 }
 
 /// A page source that keeps returned runs for reuse (see the module docs).
@@ -89,6 +98,10 @@ impl<S: PageSource> Keep<S> {
                 return_batches: 0,
                 tail_returns: 0,
                 tail_returned_pages: 0,
+                parked_blocks: 0,
+                unparked_blocks: 0,
+                parked_pages: 0,
+                peak_parked_pages: 0,
             },
         }
     }

@@ -9,7 +9,7 @@
 //! | --- | --- |
 //! | size ≤ 1,016, align ≤ 16 (and a class of that alignment exists) | **slab size classes**: 42 classes ([`CLASSES`]: every multiple of 8 up to 256, then the largest multiple of 8 of which n slots fit in a slab, n = 14 … 4: 288, 312, 336, 368, 400, 448, 504, 576, 672, 808, 1016), each slab one page straight from the slab page source (`slab-48`, … in reports); slab layout in `memvisor/slab.rs`, the page store (registry, spare pages) in `memvisor/slab_pages.rs`; a class without a slab borrows a free slot of one of the next [`BORROW`] (5) classes at most 1.25 × its size before it takes a page; at the heap's high-water mark a class of at least [`SMALL_MIN_CLASS`] bytes without a free slot takes a hole of the mid-size regions instead of a new page, while their holes (free blocks on the lists) are at least [`SMALL_HOLES_PER_1024`] / 1,024 of them ([`Mid::alloc_small`], `memvisor/mid/small.rs`) |
 //! | 1,017 B ≤ size < [`SOLO_MIN`], align ≤ 16 (and sizes ≤ 1,016 at align 16 without a class) | **the mid-size path** ([`Mid`], `memvisor/mid/`): TLSF-style segregated fits with boundary tags and a designated victim in regions of 16 pages (64 once it holds 2 MiB); O(1) alloc and free, immediate coalescing, checked frees (region registry, live-start bitmap); emptied regions stay as spares (up to [`MAX_SPARES`]) |
-//! | size ≥ [`SOLO_MIN`] (64 KiB) | **MeMS**, a solo main node of its own, unmapped when the block is freed |
+//! | size ≥ [`SOLO_MIN`] (64 KiB) | **MeMS**, a solo main node of its own; a freed one is **parked** for reuse by a request of at most its size (up to [`PARK`] blocks, `memvisor/park.rs`), then freed to MeMS, which unmaps its node |
 //! | align > 16 | **MeMS** ([`Mems::mems_alloc_aligned`], any power-of-two alignment up to 1 GiB), in main nodes of at least [`GROW_PAGES`] pages shared by many blocks; an emptied node goes back once the holes exceed [`LARGE_SLACK`] or 1/32 of the regions |
 //!
 //! # Why slabs, and what efficiency to expect
@@ -53,9 +53,16 @@
 //! time, and kept pages never raise the heap's peak footprint. Before the mid-size path
 //! grows past that mark, the free tails of its regions that stayed the same since its last
 //! growth go back as well ([`Mid::trim_tails`]; counted in [`KeepStats::tail_returns`]).
+//! Before the keep, freed solo blocks are **parked** (`memvisor/park.rs`): a request of at
+//! most a parked block's size takes it back with no MeMS work at all (nginx alternates
+//! 72, 136 and 264 KiB buffers; one block serves them all). A block taken for a smaller
+//! request is cut to it, and parked blocks go to MeMS, before the heap grows past its
+//! high-water mark, and after [`DECAY_OPS`] operations parked (counted in
+//! [`KeepStats::parked_blocks`] and [`KeepStats::unparked_blocks`]).
 
 mod keep;
 mod mid;
+mod park;
 mod realloc;
 mod slab;
 mod slab_audit;
@@ -65,6 +72,7 @@ pub use keep::{Keep, KeepStats, DECAY_OPS, KEEP_MAX_PAGES, KEEP_RUNS};
 pub use mid::{
     Mid, MidAudit, MidStats, MAX_SPARES, MID_MAX, MID_MIN, REGION_PAGES, SMALL_HOLES_PER_1024,
 };
+pub use park::PARK;
 pub use slab::{borrowable, slab_layout, BORROW, HDR, NSLOTS, SLAB_PAYLOAD, SMALL_MIN_CLASS};
 pub use slab_audit::SlabAudit;
 pub use slab_pages::{SlabPageStats, SPARE_SLABS};
@@ -72,6 +80,7 @@ pub use slab_pages::{SlabPageStats, SPARE_SLABS};
 use crate::{HeapError, Mems, PageSource, PAGE_SIZE};
 use core::alloc::Layout;
 use core::ptr::NonNull;
+use park::Park;
 use slab::Class;
 use slab_pages::SlabPages;
 
@@ -288,6 +297,8 @@ pub struct MemvisorHeap<S: PageSource> {
     /// The slabs' pages (`memvisor/slab_pages.rs`).
     slabs: SlabPages<S>,
     large: Mems<Keep<S>>,
+    /// Freed solo MeMS blocks kept for reuse (`memvisor/park.rs`).
+    park: Park,
     /// Mid-size blocks; its regions come from `large`'s [`Keep`].
     mid: Mid,
     /// Most pages held at once (slabs, MeMS and kept runs): kept runs, spare regions and
@@ -310,6 +321,7 @@ impl<S: PageSource> MemvisorHeap<S> {
         MemvisorHeap {
             slabs: SlabPages::new(slab_src),
             large: Mems::new(Keep::new(large_src)),
+            park: Park::new(),
             mid: Mid::new(),
             high: 0,
             classes: Class::ALL_EMPTY,
@@ -361,6 +373,10 @@ impl<S: PageSource> MemvisorHeap<S> {
         KeepStats {
             tail_returns: m.regions_trimmed,
             tail_returned_pages: m.trimmed_pages,
+            parked_blocks: self.park.stats.parked,
+            unparked_blocks: self.park.stats.unparked,
+            parked_pages: self.park.pages(),
+            peak_parked_pages: self.park.stats.peak_pages,
             ..self.large.source().stats()
         }
     }
@@ -370,7 +386,8 @@ impl<S: PageSource> MemvisorHeap<S> {
         self.large.source().runs()
     }
 
-    /// Return every kept run to the page source now (one batch).
+    /// Return every kept run to the page source now (one batch); parked blocks stay
+    /// ([`MemvisorHeap::release_parked`] frees them to MeMS, whose nodes go to the keep).
     pub fn release_kept(&mut self) {
         self.large.source_mut().release_to(0);
     }
@@ -394,6 +411,11 @@ impl<S: PageSource> MemvisorHeap<S> {
         }
         if self.mid.spare_pages() != 0 && self.pages_in_use() + pages > self.high {
             self.mid.release_spare(self.large.source_mut());
+        }
+        if self.park.any() && self.pages_in_use() + pages > self.high {
+            // Loose blocks are cut to their request, then parked blocks go to MeMS (and their
+            // nodes to the keep).
+            self.unpark_for(pages);
         }
         let kept = self.large.source().kept_pages();
         if kept == 0 {
@@ -437,17 +459,35 @@ impl<S: PageSource> MemvisorHeap<S> {
         match route(size, layout.align()) {
             Route::Slab(c) => self.slab_alloc(c, layout.align()),
             Route::Mid => self.mid_alloc(size),
-            Route::Large => match self.large_alloc(size, layout.align()) {
-                Ok(p) => {
-                    self.stats.live[1] += 1;
-                    self.note_high();
-                    Some(p)
+            Route::Large if layout.align() <= 16 && self.park.any() => {
+                // A parked block: no MeMS work, and the pages held do not change.
+                match self.unpark(size) {
+                    Some(p) => {
+                        self.stats.live[1] += 1;
+                        Some(p)
+                    }
+                    None => {
+                        self.decay_parked(DECAY_OPS);
+                        self.large_alloc_noted(size, layout.align())
+                    }
                 }
-                Err(e) => {
-                    self.last_error = Some(e);
-                    None
-                }
-            },
+            }
+            Route::Large => self.large_alloc_noted(size, layout.align()),
+        }
+    }
+
+    /// `alloc` of a MeMS block: the high-water mark rises if the heap grew.
+    fn large_alloc_noted(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        match self.large_alloc(size, align) {
+            Ok(p) => {
+                self.stats.live[1] += 1;
+                self.note_high();
+                Some(p)
+            }
+            Err(e) => {
+                self.last_error = Some(e);
+                None
+            }
         }
     }
 
@@ -461,14 +501,14 @@ impl<S: PageSource> MemvisorHeap<S> {
             Route::Slab(c) => self.slab_free(ptr, c),
             Route::Mid => self.mid_free(ptr, size),
             Route::Large => {
-                // Keep emptied MeMS regions while the holes are few (no map/unmap churn for a
-                // program that frees and allocates a large buffer in a loop); release them
-                // once the holes exceed LARGE_SLACK or 1/32 of the regions.
-                let slack = LARGE_SLACK.max(self.large.data_pages() * PAGE_SIZE / 32);
-                self.large
-                    .set_release_empty(self.large.hole_bytes() > slack);
-                let r = self.large.mems_free(ptr).map(|()| self.stats.live[1] -= 1);
+                let r = if layout.align() <= 16 {
+                    self.large_free(ptr)
+                } else {
+                    self.mems_free(ptr)
+                };
+                let r = r.map(|()| self.stats.live[1] -= 1);
                 let ops = self.ops;
+                self.decay_parked(DECAY_OPS);
                 self.large.source_mut().decay(ops);
                 r
             }
@@ -477,6 +517,16 @@ impl<S: PageSource> MemvisorHeap<S> {
             self.stats.bad_frees += 1;
             self.last_error = Some(e);
         }
+    }
+
+    /// Free a MeMS block to MeMS. Emptied MeMS regions are kept while the holes are few (no
+    /// map/unmap churn for a program that frees and allocates a large buffer in a loop), and
+    /// released once the holes exceed LARGE_SLACK or 1/32 of the regions.
+    fn mems_free(&mut self, ptr: NonNull<u8>) -> Result<(), HeapError> {
+        let slack = LARGE_SLACK.max(self.large.data_pages() * PAGE_SIZE / 32);
+        self.large
+            .set_release_empty(self.large.hole_bytes() > slack);
+        self.large.mems_free(ptr)
     }
 
     #[inline(always)]

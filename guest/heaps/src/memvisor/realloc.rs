@@ -29,6 +29,15 @@ impl<S: PageSource> MemvisorHeap<S> {
         let old = layout.size().max(1);
         let new = new_size.max(1);
         let (ro, rn) = (route(old, layout.align()), route(new, layout.align()));
+        if ro == Route::Large && self.park.any() {
+            // A parked block is a freed one; a loose one is cut to its request before its
+            // size changes (`memvisor/park.rs`).
+            let addr = ptr.as_ptr().addr();
+            if self.park.holds(addr) {
+                return self.refuse(HeapError::DoubleFree { addr });
+            }
+            self.unloose(addr);
+        }
         match (ro, rn) {
             (Route::Slab(a), Route::Slab(b)) if a == b => return Some(ptr),
             (Route::Slab(a), Route::Slab(b)) => match self.slab_slot(ptr, a) {

@@ -18,7 +18,7 @@ use super::{check, fill};
 use crate::host::HostPageSource;
 use crate::memvisor::{
     borrowable, route, Route, CLASSES, GROW_PAGES, KEEP_MAX_PAGES, LARGE_SLACK, MAX_SPARES, NCLASS,
-    SLAB_MAX, SOLO_MIN, SPARE_SLABS,
+    PARK, SLAB_MAX, SOLO_MIN, SPARE_SLABS,
 };
 use crate::{MemvisorHeap, PAGE_SIZE};
 
@@ -212,7 +212,12 @@ fn run(ops: Vec<Op>) {
                 let before = h.mems().data_pages();
                 h.dealloc(NonNull::new(addr as *mut u8).unwrap(), l.layout);
                 if let Some(n) = l.solo {
-                    assert_eq!(h.mems().data_pages(), before - n, "solo node kept");
+                    if l.layout.align() <= 16 {
+                        // Parked for reuse (`memvisor/park.rs`), its node held.
+                        assert!(h.parked().any(|b| b.0 == addr), "solo block parked");
+                    } else {
+                        assert_eq!(h.mems().data_pages(), before - n, "solo node kept");
+                    }
                 }
                 freed.push((addr, l.layout));
             }
@@ -358,7 +363,15 @@ fn run(ops: Vec<Op>) {
             .mems()
             .audit()
             .unwrap_or_else(|e| panic!("MeMS audit: {e}"));
-        assert_eq!(m.process_segments, live.len() - slabs - mids);
+        // Parked blocks are live MeMS blocks the heap holds, never live program blocks.
+        let parked: Vec<(usize, usize)> = h.parked().collect();
+        assert!(parked.len() <= PARK);
+        for (i, &(a, usable)) in parked.iter().enumerate() {
+            assert!(usable >= SOLO_MIN, "parked block {a:#x} not solo");
+            assert!(!parked[i + 1..].iter().any(|b| b.0 == a), "parked twice");
+            check_no_overlap(&live, a, usable);
+        }
+        assert_eq!(m.process_segments, live.len() - slabs - mids + parked.len());
         assert_eq!(
             h.slab_source().mapped_pages() + h.mems().source().inner().mapped_pages(),
             h.pages_in_use(),
@@ -375,6 +388,9 @@ fn run(ops: Vec<Op>) {
     }
     assert_eq!(h.stats().live, [0, 0]);
     assert_eq!(h.stats().bad_frees, bad);
+    // Parked blocks go to MeMS on request (their nodes to the keep).
+    h.release_parked();
+    assert_eq!(h.parked().count(), 0);
     let before = check_kept(&h, &BTreeMap::new());
     // Every kept run goes back on request, unmapped in the source.
     let returned = h.keep_stats().returned_pages;
@@ -493,11 +509,17 @@ fn growing_buffer_does_not_pin_nodes() {
         size = new;
         small.push(h.alloc(lay(1500, 8)).unwrap());
     }
-    let pinned = h.mems().data_pages();
+    // Freed, the buffer is parked (held for reuse); once parked blocks go back, its solo
+    // node goes with it.
+    // (So may be an earlier copy the last move left.)
     h.dealloc(buf, lay(size, 8));
+    assert!(h.parked().any(|b| b.0 == buf.as_ptr().addr()));
+    let pinned = h.mems().data_pages();
+    let parked: usize = h.parked().map(|b| b.1.div_ceil(PAGE_SIZE)).sum();
+    h.release_parked();
     assert_eq!(
         h.mems().data_pages(),
-        pinned - size.next_multiple_of(16).div_ceil(PAGE_SIZE),
+        pinned - parked,
         "the buffer's solo node went back"
     );
     assert!(h.mems().data_pages() * PAGE_SIZE <= 2 * GROW_PAGES * PAGE_SIZE);
@@ -510,12 +532,13 @@ fn growing_buffer_does_not_pin_nodes() {
 /// The page-return policy on a bzip2-like loop: a freed large buffer is kept and handed out
 /// again to a request of the same size without a call to the source; a request of another
 /// size returns the kept runs first (the heap does not grow beside them); runs unused for
-/// `DECAY_OPS` operations go back; the bound holds.
+/// `DECAY_OPS` operations go back; the bound holds. (Blocks aligned to 32 bytes, which are
+/// not parked: `freed_large_buffers_are_parked_and_reused` has the parked ones.)
 #[test]
 fn freed_large_buffers_are_kept_and_reused() {
     use crate::memvisor::DECAY_OPS;
     let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
-    let big = lay(3_600_000, 8);
+    let big = lay(3_600_000, 32);
     let p = h.alloc(big).expect("alloc");
     h.dealloc(p, big);
     let calls = h.mems().source().inner().calls();
@@ -530,7 +553,7 @@ fn freed_large_buffers_are_kept_and_reused() {
     assert!(h.keep_stats().reused_runs >= 5);
     // Another size: kept pages go back (at least as many as are mapped) before the heap
     // maps more; here the one kept run.
-    let other = lay(1_000_000, 8);
+    let other = lay(1_000_000, 32);
     let q = h.alloc(other).expect("alloc");
     assert_eq!(h.keep_stats().kept_pages, 0);
     assert!(h.keep_stats().returned_pages >= kept as u64);
@@ -542,13 +565,13 @@ fn freed_large_buffers_are_kept_and_reused() {
         let s = h.alloc(small).expect("alloc");
         h.dealloc(s, small);
     }
-    let r = h.alloc(lay(70_000, 8)).expect("alloc");
+    let r = h.alloc(lay(70_000, 32)).expect("alloc");
     assert_eq!(h.keep_stats().kept_pages, 0, "decayed");
-    h.dealloc(r, lay(70_000, 8));
+    h.dealloc(r, lay(70_000, 32));
     // The bound: many different sizes freed keep at most KEEP_MAX_PAGES.
     let mut v = std::vec::Vec::new();
     for i in 0..40 {
-        let l = lay(2_000_000 + i * 8192, 8);
+        let l = lay(2_000_000 + i * 8192, 32);
         v.push((h.alloc(l).expect("alloc"), l));
     }
     for (p, l) in v {
@@ -556,6 +579,83 @@ fn freed_large_buffers_are_kept_and_reused() {
         assert!(h.keep_stats().kept_pages <= KEEP_MAX_PAGES);
     }
     assert!(h.keep_stats().return_batches >= 3);
+}
+
+/// Parked large blocks (`memvisor/park.rs`): a freed solo block is parked and handed out
+/// again, to a request of its size or a smaller one, without a call to the source; a smaller
+/// request's block is cut to its request before the heap grows past its high-water mark, and
+/// before a realloc resizes it (contents kept); a parked block cannot be freed or resized
+/// again; at most `PARK` blocks are parked; parked blocks go back on request.
+#[test]
+fn freed_large_buffers_are_parked_and_reused() {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    let (big, small) = (lay(270_352, 8), lay(73_744, 8));
+    let p = h.alloc(big).expect("alloc");
+    h.dealloc(p, big);
+    let (calls, pages) = (h.mems().source().inner().calls(), h.pages_in_use());
+    assert_eq!(
+        h.parked().collect::<Vec<_>>(),
+        [(p.as_ptr().addr(), 270_352)]
+    );
+    // The same size, then a smaller one, alternating: the one block serves all.
+    for l in [big, small, big, small, small, big] {
+        let q = h.alloc(l).expect("alloc");
+        assert_eq!(q, p, "served by the parked block");
+        fill(q.as_ptr(), l.size(), 3);
+        h.dealloc(q, l);
+    }
+    assert_eq!(h.mems().source().inner().calls(), calls, "no source call");
+    assert_eq!(h.pages_in_use(), pages);
+    // A freed (parked) block is refused by dealloc and realloc, and nothing changes.
+    h.dealloc(p, big);
+    assert!(h.realloc(p, big, 300_000).is_none());
+    assert_eq!(h.stats().bad_frees, 2);
+    assert_eq!(h.parked().count(), 1);
+    // A small request takes the big block (loose); the heap grows past its mark for a second
+    // big block only after the loose block is cut to its request.
+    let q = h.alloc(small).expect("alloc");
+    fill(q.as_ptr(), small.size(), 5);
+    let r = h.alloc(big).expect("alloc");
+    assert_eq!(
+        h.mems().mems_usable_size(q).expect("live"),
+        73_744,
+        "the loose block was cut to its request"
+    );
+    assert!(check(q.as_ptr(), small.size(), 5));
+    assert!(h.pages_in_use() <= pages + 73_744usize.div_ceil(PAGE_SIZE));
+    // A realloc of a loose block cuts it first, keeping its contents.
+    h.dealloc(r, big);
+    let q2 = h.alloc(lay(100_000, 8)).expect("alloc");
+    assert_eq!(q2, r, "the parked big block");
+    fill(q2.as_ptr(), 100_000, 9);
+    let q3 = h.realloc(q2, lay(100_000, 8), 120_000).expect("realloc");
+    assert!(check(q3.as_ptr(), 100_000, 9));
+    assert!(h.mems().mems_usable_size(q3).expect("live") < 270_352);
+    h.dealloc(q3, lay(120_000, 8));
+    h.dealloc(q, small);
+    // The bound: more frees than PARK park the newest PARK blocks.
+    let v: Vec<_> = (0..PARK + 3)
+        .map(|i| {
+            let l = lay(SOLO_MIN + i * PAGE_SIZE, 8);
+            (h.alloc(l).expect("alloc"), l)
+        })
+        .collect();
+    for &(b, l) in &v {
+        h.dealloc(b, l);
+    }
+    let mut parked: Vec<usize> = h.parked().map(|b| b.0).collect();
+    let mut newest: Vec<usize> = v[v.len() - PARK..]
+        .iter()
+        .map(|b| b.0.as_ptr().addr())
+        .collect();
+    parked.sort_unstable();
+    newest.sort_unstable();
+    assert_eq!(parked, newest);
+    h.release_parked();
+    assert_eq!(h.parked().count(), 0);
+    assert_eq!(h.mems().audit().expect("MeMS audit").process_segments, 0);
+    assert_eq!(h.stats().live, [0, 0]);
+    assert_eq!(h.stats().bad_frees, 2);
 }
 
 /// At the heap's high-water mark, a slab class without a free slot takes a hole of the
@@ -622,6 +722,7 @@ fn buffer_grown_by_small_steps_grows_in_place() {
     assert!(moves * 2 <= steps + 1, "{moves} moves in {steps} growths");
     let before = h.mems().data_pages();
     h.dealloc(buf, lay(size, 8));
+    h.release_parked();
     assert!(h.mems().data_pages() < before);
     assert_eq!(h.stats().live, [0, 0]);
     assert_eq!(h.stats().bad_frees, 0);

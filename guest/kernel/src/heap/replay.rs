@@ -495,8 +495,8 @@ pub fn time_once(t: &Trace, heap: usize) -> Option<u64> {
     with_heap!(heap, run, t)
 }
 
-/// The page-return policy's records (`keep_*` for kept MeMS runs, `slab_spare_*` for spare
-/// slab pages) through `rec`.
+/// The page-return policy's records (`keep_*` for kept MeMS runs and parked MeMS blocks,
+/// `slab_spare_*` for spare slab pages) through `rec`.
 pub fn rec_keep(
     mut rec: impl FnMut(&str, u64),
     (k, s): &(memvisor_heaps::KeepStats, memvisor_heaps::SlabPageStats),
@@ -513,6 +513,11 @@ pub fn rec_keep(
     rec("keep_return_batches", k.return_batches);
     rec("keep_tail_returns", k.tail_returns);
     rec("keep_tail_returned_pages", k.tail_returned_pages);
+    rec("keep_parked_bound_blocks", memvisor_heaps::memvisor::PARK as u64);
+    rec("keep_parked_blocks", k.parked_blocks);
+    rec("keep_unparked_blocks", k.unparked_blocks);
+    rec("keep_parked_peak_pages", k.peak_parked_pages as u64);
+    rec("keep_parked_pages_at_end", k.parked_pages as u64);
     rec(
         "slab_spare_bound_pages",
         memvisor_heaps::memvisor::SPARE_SLABS as u64,
