@@ -297,3 +297,45 @@ fn out_of_memory() {
     }
     m.audit().unwrap();
 }
+
+/// `trim_solo` gives back the pages of a solo node past its PROCESS segment (after a shrink
+/// in place), through the source's `shrink_pages`; the node stays tiled and the block keeps
+/// its contents. A block of a shared node, or one that reaches its node's last page, gives
+/// nothing back; a freed pointer is refused.
+#[test]
+fn trim_solo_gives_back_the_tail_pages() {
+    let mut m = Mems::new(HostPageSource::new());
+    m.set_solo_min(64 * 1024);
+    let p = m.mems_malloc(270_352).unwrap();
+    assert_eq!(m.data_pages(), 67);
+    // SAFETY: `p` is a live 270,352-byte segment.
+    unsafe { p.as_ptr().write_bytes(0x5a, 73_744) };
+    assert_eq!(
+        m.trim_solo(p).unwrap(),
+        0,
+        "nothing behind the block's last page"
+    );
+    assert!(m.mems_resize_in_place(p, 73_744).unwrap());
+    assert_eq!(m.trim_solo(p).unwrap(), 67 - 19);
+    assert_eq!(
+        (
+            m.data_pages(),
+            m.source().mapped_pages() - m.metadata_pages()
+        ),
+        (19, 19)
+    );
+    assert_eq!(m.hole_bytes(), 19 * PAGE_SIZE - 73_744);
+    // SAFETY: `p` still holds 73,744 bytes.
+    assert!(unsafe { core::slice::from_raw_parts(p.as_ptr(), 73_744) }
+        .iter()
+        .all(|&b| b == 0x5a));
+    m.audit().unwrap();
+    // A block of a shared node is left alone.
+    let q = m.mems_malloc(1000).unwrap();
+    assert_eq!(m.trim_solo(q).unwrap(), 0);
+    m.mems_free(p).unwrap();
+    assert!(m.trim_solo(p).is_err(), "a freed block");
+    assert_eq!(m.data_pages(), 1, "the solo node went back whole");
+    m.mems_free(q).unwrap();
+    m.audit().unwrap();
+}
