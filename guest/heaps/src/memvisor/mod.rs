@@ -77,7 +77,7 @@ pub use slab::{borrowable, slab_layout, BORROW, HDR, NSLOTS, SLAB_PAYLOAD, SMALL
 pub use slab_audit::SlabAudit;
 pub use slab_pages::{SlabPageStats, SPARE_SLABS};
 
-use crate::{HeapError, Mems, PageSource, PAGE_SIZE};
+use crate::{HeapError, Mems, PageSource};
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use park::Park;
@@ -476,21 +476,6 @@ impl<S: PageSource> MemvisorHeap<S> {
         }
     }
 
-    /// `alloc` of a MeMS block: the high-water mark rises if the heap grew.
-    fn large_alloc_noted(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        match self.large_alloc(size, align) {
-            Ok(p) => {
-                self.stats.live[1] += 1;
-                self.note_high();
-                Some(p)
-            }
-            Err(e) => {
-                self.last_error = Some(e);
-                None
-            }
-        }
-    }
-
     /// Free `ptr`, allocated with `layout`. A pointer this heap did not hand out (or a double
     /// free) is refused and counted in [`Stats::bad_frees`]; the heap stays unchanged.
     #[inline]
@@ -517,16 +502,6 @@ impl<S: PageSource> MemvisorHeap<S> {
             self.stats.bad_frees += 1;
             self.last_error = Some(e);
         }
-    }
-
-    /// Free a MeMS block to MeMS. Emptied MeMS regions are kept while the holes are few (no
-    /// map/unmap churn for a program that frees and allocates a large buffer in a loop), and
-    /// released once the holes exceed LARGE_SLACK or 1/32 of the regions.
-    fn mems_free(&mut self, ptr: NonNull<u8>) -> Result<(), HeapError> {
-        let slack = LARGE_SLACK.max(self.large.data_pages() * PAGE_SIZE / 32);
-        self.large
-            .set_release_empty(self.large.hole_bytes() > slack);
-        self.large.mems_free(ptr)
     }
 
     #[inline(always)]
@@ -575,26 +550,6 @@ impl<S: PageSource> MemvisorHeap<S> {
         self.stats.live[1] -= 1;
         self.stats.mid_live -= 1;
         Ok(())
-    }
-
-    /// MeMS allocation (the growth policy is MeMS's own, set in `init`).
-    #[inline]
-    fn large_alloc(&mut self, size: usize, align: usize) -> Result<NonNull<u8>, HeapError> {
-        if self.mid.spare_pages() != 0 || self.slabs.spares() != 0 {
-            // MeMS may grow: empty mid-size regions and spare slab pages go first if the
-            // heap would pass its high-water mark.
-            self.make_room((size / PAGE_SIZE + 1).max(GROW_PAGES));
-        } else if size >= SOLO_MIN {
-            // MeMS maps a solo node unless a kept run serves it: empty slabs go first if
-            // the heap would pass its high-water mark.
-            let pages = size.div_ceil(PAGE_SIZE);
-            if self.pages_in_use() + pages > self.high && !self.large.source().holds(pages) {
-                self.make_room(pages);
-            }
-        }
-        let ops = self.ops;
-        self.large.source_mut().decay(ops);
-        self.large.mems_alloc_aligned(size, align)
     }
 }
 

@@ -1,3 +1,6 @@
+//! The memvisor heap's large blocks (route Large: MeMS) and, in front of MeMS, the parked
+//! ones.
+//!
 //! Parked large blocks: the memvisor heap's cache of freed MeMS blocks (as glibc's tcache is
 //! for small chunks, for blocks of at least [`SOLO_MIN`] bytes, each alone in a solo MeMS
 //! node).
@@ -17,7 +20,7 @@
 //! MeMS, oldest first; blocks parked for [`DECAY_OPS`](super::DECAY_OPS) operations are freed
 //! too. A freed, parked pointer is refused as a double free by `dealloc` and `realloc`.
 
-use super::{MemvisorHeap, SOLO_MIN};
+use super::{MemvisorHeap, GROW_PAGES, LARGE_SLACK, SOLO_MIN};
 use crate::{HeapError, PageSource, PAGE_SIZE};
 use core::ptr::NonNull;
 
@@ -128,6 +131,54 @@ impl Park {
 }
 
 impl<S: PageSource> MemvisorHeap<S> {
+    /// `alloc` of a MeMS block: the high-water mark rises if the heap grew.
+    pub(super) fn large_alloc_noted(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        match self.large_alloc(size, align) {
+            Ok(p) => {
+                self.stats.live[1] += 1;
+                self.note_high();
+                Some(p)
+            }
+            Err(e) => {
+                self.last_error = Some(e);
+                None
+            }
+        }
+    }
+
+    /// MeMS allocation (the growth policy is MeMS's own, set in `init`).
+    #[inline]
+    pub(super) fn large_alloc(
+        &mut self,
+        size: usize,
+        align: usize,
+    ) -> Result<NonNull<u8>, HeapError> {
+        if self.mid.spare_pages() != 0 || self.slabs.spares() != 0 {
+            // MeMS may grow: empty mid-size regions and spare slab pages go first if the
+            // heap would pass its high-water mark.
+            self.make_room((size / PAGE_SIZE + 1).max(GROW_PAGES));
+        } else if size >= SOLO_MIN {
+            // MeMS maps a solo node unless a kept run serves it: empty slabs go first if
+            // the heap would pass its high-water mark.
+            let pages = size.div_ceil(PAGE_SIZE);
+            if self.pages_in_use() + pages > self.high && !self.large.source().holds(pages) {
+                self.make_room(pages);
+            }
+        }
+        let ops = self.ops;
+        self.large.source_mut().decay(ops);
+        self.large.mems_alloc_aligned(size, align)
+    }
+    /// Free a MeMS block to MeMS. Emptied MeMS regions are kept while the holes are few (no
+    /// map/unmap churn for a program that frees and allocates a large buffer in a loop), and
+    /// released once the holes exceed LARGE_SLACK or 1/32 of the regions.
+    pub(super) fn mems_free(&mut self, ptr: NonNull<u8>) -> Result<(), HeapError> {
+        let slack = LARGE_SLACK.max(self.large.data_pages() * PAGE_SIZE / 32);
+        self.large
+            .set_release_empty(self.large.hole_bytes() > slack);
+        self.large.mems_free(ptr)
+    }
+
     /// Free the MeMS block at `ptr` (route Large, alignment ≤ 16): parked if it is a solo
     /// block, else freed to MeMS.
     ///

@@ -4,6 +4,7 @@ mod mems_model;
 mod mems_unit;
 mod memvisor_model;
 mod mid_model;
+mod park;
 mod pf_model;
 mod pf_unit;
 mod registry;
