@@ -169,6 +169,7 @@ impl<S: PageSource> MemvisorHeap<S> {
         self.large.source_mut().decay(ops);
         self.large.mems_alloc_aligned(size, align)
     }
+
     /// Free a MeMS block to MeMS. Emptied MeMS regions are kept while the holes are few (no
     /// map/unmap churn for a program that frees and allocates a large buffer in a loop), and
     /// released once the holes exceed LARGE_SLACK or 1/32 of the regions.
@@ -295,7 +296,9 @@ impl<S: PageSource> MemvisorHeap<S> {
         }
     }
 
-    /// Free every parked block to MeMS and cut every loose one (tests, `release_kept`).
+    /// Free every parked block to MeMS (their nodes go to the keep) and cut every loose one to
+    /// its request (tests; an owner that wants the heap to hold only live blocks, then calls
+    /// [`MemvisorHeap::release_kept`]).
     pub fn release_parked(&mut self) {
         self.unpark_for(0);
         while self.park.n != 0 {
