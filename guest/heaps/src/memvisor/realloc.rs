@@ -8,6 +8,7 @@
 use super::{borrowable, route, MemvisorHeap, Route, SOLO_MIN};
 use crate::{HeapError, PageSource};
 use core::alloc::Layout;
+use core::mem::MaybeUninit;
 use core::ptr::NonNull;
 
 impl<S: PageSource> MemvisorHeap<S> {
@@ -260,15 +261,19 @@ unsafe fn copy_block(src: *const u8, dst: *mut u8, n: usize) {
         unsafe { core::ptr::copy_nonoverlapping(src, dst, n) };
         return;
     }
+    // The words are `MaybeUninit`: a block's bytes need not be initialized (a program may
+    // grow a buffer it never wrote), and a `u64` must be.
+    type Word = MaybeUninit<u64>;
     // SAFETY: every offset read or written is below `n`: a word at `i` with `i + 8 ≤ n`,
     // the tail word at `n − 8` with `n ≥ 8`, single bytes below `n`; the caller makes `src`
     // readable and `dst` writable for `n` bytes, and they do not overlap.
     unsafe {
-        let rd = |i: usize| src.add(i).cast::<u64>().read_unaligned();
-        let wr = |i: usize, v: u64| dst.add(i).cast::<u64>().write_unaligned(v);
+        let rd = |i: usize| src.add(i).cast::<Word>().read_unaligned();
+        let wr = |i: usize, v: Word| dst.add(i).cast::<Word>().write_unaligned(v);
         if n < 8 {
             for i in 0..n {
-                *dst.add(i) = *src.add(i);
+                let b = src.add(i).cast::<MaybeUninit<u8>>().read();
+                dst.add(i).cast::<MaybeUninit<u8>>().write(b);
             }
             return;
         }
