@@ -417,6 +417,12 @@ impl<S: PageSource> MemvisorHeap<S> {
             // nodes to the keep).
             self.unpark_for(pages);
         }
+        self.release_kept_past_mark(pages);
+    }
+
+    /// Return the oldest kept runs while the heap would pass its high-water mark by growing
+    /// `pages` pages (as many pages as it would pass it by, at most all kept).
+    pub(super) fn release_kept_past_mark(&mut self, pages: usize) {
         let kept = self.large.source().kept_pages();
         if kept == 0 {
             return;

@@ -272,14 +272,8 @@ impl<S: PageSource> MemvisorHeap<S> {
         while self.park.n != 0 && self.pages_in_use() + pages > self.high {
             self.unpark_oldest();
             // MeMS's emptied node went to the keep: back to the source if that passes the
-            // mark (`make_room` goes on with the keep).
-            let kept = self.large.source().kept_pages();
-            let after = self.pages_in_use() + pages;
-            if kept != 0 && after > self.high {
-                self.large
-                    .source_mut()
-                    .release_to(kept.saturating_sub(after - self.high));
-            }
+            // mark.
+            self.release_kept_past_mark(pages);
         }
     }
 
