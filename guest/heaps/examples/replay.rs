@@ -14,8 +14,13 @@
 //! and the 256-block batch of one size against talc instead of replaying; `BENCH=1` runs
 //! the guest bench's sequence; `POLLUTE=n` writes a 4 MiB buffer every `n` events, outside
 //! the time counted, as each exit of a guest on a PVM host does to the caches (a guest replay
-//! exits about every 300 events). Under `valgrind --tool=callgrind --cache-sim=yes` this
-//! gives the heap's instructions and cache misses per event as deterministic figures.
+//! exits about every 300 events); `PEER=dlmalloc` replays on dlmalloc (the `dlmalloc` crate,
+//! bump-allocated segments of one reservation) instead of talc. Under `valgrind
+//! --tool=callgrind --cache-sim=yes` this gives the heap's instructions and cache misses per
+//! event as deterministic figures; the `Heap` methods of the memvisor heap and of the peer
+//! are never inlined, so `--toggle-collect='<replay::Peer as replay::Heap>::*'` (and the same
+//! for `<memvisor_heaps::memvisor::MemvisorHeap<replay::Shared> as replay::Heap>::*`, with
+//! `<replay::Shared*` and `<replay::DlPages*` toggled off again inside) counts each heap alone.
 
 use std::cell::RefCell;
 use std::ptr::NonNull;
@@ -144,12 +149,15 @@ trait Heap {
 }
 
 impl Heap for MemvisorHeap<Shared> {
+    #[inline(never)]
     fn alloc(&mut self, l: Layout) -> NonNull<u8> {
         MemvisorHeap::alloc(self, l).expect("alloc")
     }
+    #[inline(never)]
     fn dealloc(&mut self, p: NonNull<u8>, l: Layout) {
         MemvisorHeap::dealloc(self, p, l)
     }
+    #[inline(never)]
     fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> NonNull<u8> {
         MemvisorHeap::realloc(self, p, l, new).expect("realloc")
     }
@@ -200,6 +208,167 @@ impl Drop for Talc {
     fn drop(&mut self) {
         for (p, n) in std::mem::take(&mut self.0.oom_handler.1) {
             self.0.oom_handler.0.unmap_pages(p, n);
+        }
+    }
+}
+
+/// dlmalloc's system allocator: bump allocation in one 4 GiB reservation made once per
+/// process (the next heap starts at its base again, so its pages are already faulted in, as
+/// the memvisor heap's recycled runs are), with the pages held counted in the shared page
+/// source's peak. Freed runs are counted, never reused by the same heap.
+struct DlPages(Shared, std::cell::Cell<usize>);
+
+/// Bytes of the reservation.
+const DL_ARENA: usize = 4 << 30;
+
+fn dl_arena() -> usize {
+    static BASE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        // SAFETY: a fresh anonymous private reservation; nothing else uses it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                DL_ARENA,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap of the dlmalloc arena");
+        p as usize
+    })
+}
+
+// SAFETY: the example is single-threaded: a `DlPages` (and its `Rc`) never leaves the main
+// thread; `dlmalloc::Allocator` merely requires `Send`.
+unsafe impl Send for DlPages {}
+
+// SAFETY: `alloc` returns page runs of the reservation, each handed out once per heap;
+// `remap` never moves; pages may be dirty.
+unsafe impl dlmalloc::Allocator for DlPages {
+    fn alloc(&self, size: usize) -> (*mut u8, usize, u32) {
+        let bytes = size.div_ceil(4096) * 4096;
+        let off = self.1.get();
+        if off + bytes > DL_ARENA {
+            return (std::ptr::null_mut(), 0, 0);
+        }
+        self.1.set(off + bytes);
+        let mut p = self.0 .0.borrow_mut();
+        p.held += bytes / 4096;
+        p.peak = p.peak.max(p.held);
+        p.calls.0 += 1;
+        ((dl_arena() + off) as *mut u8, bytes, 0)
+    }
+    fn remap(&self, _: *mut u8, _: usize, _: usize, _: bool) -> *mut u8 {
+        std::ptr::null_mut()
+    }
+    fn free_part(&self, ptr: *mut u8, old: usize, new: usize) -> bool {
+        if !(ptr as usize).is_multiple_of(4096)
+            || !new.is_multiple_of(4096)
+            || !old.is_multiple_of(4096)
+            || new >= old
+        {
+            return false;
+        }
+        let mut p = self.0 .0.borrow_mut();
+        p.held -= (old - new) / 4096;
+        p.calls.1 += 1;
+        true
+    }
+    fn free(&self, _: *mut u8, size: usize) -> bool {
+        let mut p = self.0 .0.borrow_mut();
+        p.held -= size.div_ceil(4096);
+        p.calls.1 += 1;
+        true
+    }
+    fn can_release_part(&self, _: u32) -> bool {
+        true
+    }
+    fn allocates_zeros(&self) -> bool {
+        false
+    }
+    fn page_size(&self) -> usize {
+        4096
+    }
+}
+
+/// `PEER=dlmalloc`: dlmalloc instead of talc as the peer.
+struct Dl(Option<dlmalloc::Dlmalloc<DlPages>>);
+
+impl Heap for Dl {
+    fn alloc(&mut self, l: Layout) -> NonNull<u8> {
+        let d = self.0.as_mut().expect("heap");
+        // SAFETY: non-zero size, power-of-two alignment.
+        NonNull::new(unsafe { d.malloc(l.size(), l.align()) }).expect("dlmalloc alloc")
+    }
+    fn dealloc(&mut self, p: NonNull<u8>, l: Layout) {
+        let d = self.0.as_mut().expect("heap");
+        // SAFETY: `p` is live, allocated with `l`.
+        unsafe { d.free(p.as_ptr(), l.size(), l.align()) }
+    }
+    fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> NonNull<u8> {
+        let d = self.0.as_mut().expect("heap");
+        // SAFETY: `p` is live, allocated with `l`.
+        NonNull::new(unsafe { d.realloc(p.as_ptr(), l.size(), l.align(), new.max(1)) })
+            .expect("dlmalloc realloc")
+    }
+}
+
+impl Drop for Dl {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            // SAFETY: no block of this heap is used after it is dropped.
+            unsafe { d.destroy() };
+        }
+    }
+}
+
+/// The peer heap on `src`: talc, or dlmalloc with `PEER=dlmalloc`.
+enum Peer {
+    Talc(Talc),
+    Dl(Box<Dl>),
+}
+
+impl Peer {
+    fn new(src: Shared) -> Self {
+        if std::env::var("PEER").is_ok_and(|p| p == "dlmalloc") {
+            Peer::Dl(Box::new(Dl(Some(dlmalloc::Dlmalloc::new_with_allocator(
+                DlPages(src, std::cell::Cell::new(0)),
+            )))))
+        } else {
+            Peer::Talc(Talc(talc::Talc::new(Oom(src, Vec::new()))))
+        }
+    }
+    fn name() -> &'static str {
+        if std::env::var("PEER").is_ok_and(|p| p == "dlmalloc") {
+            "dlmalloc"
+        } else {
+            "talc"
+        }
+    }
+}
+
+impl Heap for Peer {
+    #[inline(never)]
+    fn alloc(&mut self, l: Layout) -> NonNull<u8> {
+        match self {
+            Peer::Talc(t) => t.alloc(l),
+            Peer::Dl(d) => d.alloc(l),
+        }
+    }
+    #[inline(never)]
+    fn dealloc(&mut self, p: NonNull<u8>, l: Layout) {
+        match self {
+            Peer::Talc(t) => t.dealloc(p, l),
+            Peer::Dl(d) => d.dealloc(p, l),
+        }
+    }
+    #[inline(never)]
+    fn realloc(&mut self, p: NonNull<u8>, l: Layout, new: usize) -> NonNull<u8> {
+        match self {
+            Peer::Talc(t) => t.realloc(p, l, new),
+            Peer::Dl(d) => d.realloc(p, l, new),
         }
     }
 }
@@ -470,7 +639,7 @@ fn main() {
         let calls = src.0.borrow().calls;
         println!("page source calls (map, unmap): {calls:?}");
         let tsrc = new_src();
-        let mut t = Talc(talc::Talc::new(Oom(tsrc.clone(), Vec::new())));
+        let mut t = Peer::new(tsrc.clone());
         replay(&mut t, &ev, &mut tab, |_, _| ());
         drop(t);
         let tpages = tsrc.peak_pages();
@@ -482,16 +651,17 @@ fn main() {
             let src = new_src();
             let mut h = MemvisorHeap::new(src.clone(), src);
             bm = bm.min(replay(&mut h, &ev, &mut tab, |_, _| ()).1);
-            let mut t = Talc(talc::Talc::new(Oom(new_src(), Vec::new())));
+            let mut t = Peer::new(new_src());
             bt = bt.min(replay(&mut t, &ev, &mut tab, |_, _| ()).1);
         }
         let n = ev.len() as f64;
         println!(
             "{path}: {} events, peak live {peak}: memvisor {pages} pages, {:.2} % ({:.1} ns/event, \
-             bad frees {bad}); talc {tpages} pages, {:.2} % ({:.1} ns/event); speed ratio {:.2}",
+             bad frees {bad}); {} {tpages} pages, {:.2} % ({:.1} ns/event); speed ratio {:.2}",
             ev.len(),
             peak as f64 * 100.0 / (pages * 4096) as f64,
             bm as f64 / n,
+            Peer::name(),
             peak as f64 * 100.0 / (tpages * 4096) as f64,
             bt as f64 / n,
             bt as f64 / bm as f64
