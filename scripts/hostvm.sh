@@ -19,9 +19,13 @@
 #   scripts/hostvm.sh --platform vmx --file target/debug/deps/paging-HASH --sh 'paging-HASH'
 #   scripts/hostvm.sh --platform svm --share . --sh 'cargo-less commands ...'
 #   scripts/hostvm/suite.sh --platform svm     (the reduced CI suite; see its --help)
+#   scripts/hostvm.sh --platform vmx --prepare (install and cache only; .ci/run does this
+#                                               for both platforms while `cargo test` runs)
 #
 # Options:
 #   --platform P      vmx or svm (required)
+#   --prepare         only install the emulator's packages and build the cache (kernel,
+#                     busybox, initramfs base), then exit 0: no VM boots, nothing to run
 #   --sh CMD          run CMD with /bin/sh instead of memvisor's arguments
 #   --file SRC[:DEST] copy SRC into the VM at DEST (default: the same absolute path), with the
 #                     shared libraries it needs (repeatable; files or directories)
@@ -49,10 +53,11 @@ HOSTVM_DIR=$(cd "$(dirname "$0")/hostvm" && pwd)
 
 usage_die() { echo "hostvm: $*" >&2; exit 2; }
 PLATFORM='' SHELL_CMD='' SHARE='' SHARE_AT='' MEM_MB=2048 CPU_MODEL='' PHYS_BITS='' KVM_OPTS=''
-VM_TIMEOUT=1800 CONSOLE_OUT='' VERBOSE=0 FILES=() ENVS=()
+VM_TIMEOUT=1800 CONSOLE_OUT='' VERBOSE=0 FILES=() ENVS=() PREPARE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --platform) PLATFORM=${2:-}; shift 2 ;;
+    --prepare) PREPARE=1; shift ;;
     --sh) SHELL_CMD=${2:-}; shift 2 ;;
     --file) FILES+=("${2:-}"); shift 2 ;;
     --share) SHARE=${2:-}; shift 2 ;;
@@ -78,7 +83,7 @@ esac
 [[ "$VM_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || usage_die "--timeout takes whole seconds"
 BIN=''
 if [ $# -ge 1 ]; then BIN=$1; shift; fi
-[ -n "$BIN" ] || [ -n "$SHELL_CMD" ] || usage_die "nothing to run: MEMVISOR_BIN or --sh CMD (see --help)"
+[ -n "$BIN" ] || [ -n "$SHELL_CMD" ] || [ "$PREPARE" = 1 ] || usage_die "nothing to run: MEMVISOR_BIN or --sh CMD (see --help)"
 [ -z "$BIN" ] || [ -x "$BIN" ] || usage_die "$BIN is not an executable file"
 if [ -n "$SHARE" ]; then
   [ -d "$SHARE" ] || usage_die "--share $SHARE is not a directory"
@@ -93,6 +98,7 @@ for e in ${ENVS[@]+"${ENVS[@]}"}; do [[ "$e" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || u
 plat_check_opts
 install_host_tools "${HOST_TOOLS[@]}"
 prepare_cache
+if [ "$PREPARE" = 1 ]; then echo "hostvm($PLAT): prepared ($CACHE)" >&2; exit 0; fi
 
 RUN=$(mktemp -d /tmp/hostvm-run.XXXXXX)
 EPID='' TPID=''
