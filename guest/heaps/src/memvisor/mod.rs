@@ -66,6 +66,7 @@ mod park;
 mod realloc;
 mod slab;
 mod slab_audit;
+mod slab_list;
 mod slab_pages;
 
 pub use keep::{Keep, KeepStats, DECAY_OPS, KEEP_MAX_PAGES, KEEP_RUNS};
@@ -73,7 +74,9 @@ pub use mid::{
     Mid, MidAudit, MidStats, MAX_SPARES, MID_MAX, MID_MIN, REGION_PAGES, SMALL_HOLES_PER_1024,
 };
 pub use park::PARK;
-pub use slab::{borrowable, slab_layout, BORROW, HDR, NSLOTS, SLAB_PAYLOAD, SMALL_MIN_CLASS};
+pub use slab::{
+    borrowable, slab_layout, BORROW, HDR, NSLOTS, QUEUE_FROM, SLAB_PAYLOAD, SMALL_MIN_CLASS,
+};
 pub use slab_audit::SlabAudit;
 pub use slab_pages::{SlabPageStats, SPARE_SLABS};
 

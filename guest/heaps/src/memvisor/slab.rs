@@ -30,16 +30,27 @@
 //!
 //! Each slab of a class is on one of two doubly linked lists: partly used (allocation takes
 //! the first free slot of the list's head: `trailing_zeros` over at most 4 words) or full
-//! (so that an audit and the heap's teardown find every slab). A slab that becomes empty
+//! (so that an audit and the heap's teardown find every slab). A full slab that gets a slot
+//! back goes first on the partial list (its lines are warm), or second once the class has
+//! [`QUEUE_FROM`] partly used slabs: then allocation fills the head while the other slabs
+//! drain, as jemalloc takes its oldest slab, and a class whose objects mostly died does not
+//! keep them all alive by handing out their freed slots one by one (the awk validation
+//! trace: 1,861 → 1,791 pages, BENCHMARKS.md, thirteenth session). A slab that becomes empty
 //! goes back to the store as a spare page (`slab_pages.rs`: kept for any class's next slab,
 //! up to a bound, and returned in batches), unless it is its class's only partly used slab.
 
+use super::slab_list::{push, push_second, unlink};
 use super::{MemvisorHeap, CLASSES, FIRST_BIG, NCLASS};
 use crate::{HeapError, PageSource, PAGE_SIZE};
 use core::ptr::NonNull;
 
 /// Bytes of a slab: one page, header included.
 pub const SLAB_PAYLOAD: usize = PAGE_SIZE;
+/// Partly used slabs of a class from which a full slab that gets a slot back goes second on
+/// the partial list instead of first (`release_slot`; chosen with a simulation of the
+/// awk validation trace: 8 keeps most of the gain of always going second, and leaves every
+/// trace in `tests/data/traces` with the pages it had).
+pub const QUEUE_FROM: u16 = 8;
 /// Classes above its own a block may borrow a free slot from ([`borrowable`]).
 pub const BORROW: usize = 5;
 
@@ -180,6 +191,8 @@ pub(super) struct Class {
     pub(super) hdr: u16,
     /// Slots of a slab.
     pub(super) nslots: u16,
+    /// Slabs on the partial list (modulo 2^16: it only decides [`QUEUE_FROM`]).
+    pub(super) npartial: u16,
 }
 const _: () = assert!(core::mem::size_of::<Class>() == 32);
 
@@ -195,6 +208,7 @@ impl Class {
             size: CLASSES[c] as u16,
             hdr: HDR[c],
             nslots: NSLOTS[c],
+            npartial: 0,
         }
     }
 
@@ -208,40 +222,6 @@ impl Class {
         }
         a
     };
-}
-
-/// Push slab `s` at the head of the list `head`.
-#[inline(always)]
-fn push(head: &mut usize, s: usize) {
-    // SAFETY: `s` and `*head` (if non-zero) are live slab headers.
-    unsafe {
-        (*hdr(s)).prev = 0;
-        (*hdr(s)).next = *head;
-        if *head != 0 {
-            (*hdr(*head)).prev = s;
-        }
-    }
-    *head = s;
-}
-
-/// Unlink slab `s` from the list `head`.
-#[inline(always)]
-fn unlink(head: &mut usize, s: usize) {
-    // SAFETY: `s` is a live slab header on the list; its neighbours are live headers.
-    unsafe {
-        let h = hdr(s);
-        let (p, n) = ((*h).prev, (*h).next);
-        if p != 0 {
-            (*hdr(p)).next = n;
-        } else {
-            *head = n;
-        }
-        if n != 0 {
-            (*hdr(n)).prev = p;
-        }
-        (*h).prev = 0;
-        (*h).next = 0;
-    }
 }
 
 /// The index of the live slot at `addr` of the live slab `s` of class `cl` (header magic and
@@ -337,6 +317,7 @@ impl<S: PageSource> MemvisorHeap<S> {
             let (hdr_bytes, size) = (cl.hdr as usize, cl.size as usize);
             if (*h).used == cl.nslots {
                 unlink(&mut cl.partial, s);
+                cl.npartial = cl.npartial.wrapping_sub(1);
                 push(&mut cl.full, s);
             }
             self.stats.live[0] += 1;
@@ -409,6 +390,7 @@ impl<S: PageSource> MemvisorHeap<S> {
             }
         }
         push(&mut self.classes[c].partial, page);
+        self.classes[c].npartial = self.classes[c].npartial.wrapping_add(1);
         self.classes[c].slabs += 1;
         self.stats.slabs_made += 1;
         page
@@ -487,7 +469,16 @@ impl<S: PageSource> MemvisorHeap<S> {
             if was_full {
                 let cl = &mut self.classes[c];
                 unlink(&mut cl.full, s);
-                push(&mut cl.partial, s);
+                // A class with many partly used slabs fills its head slab before the slab
+                // that got a slot back, so the others drain and go back (a class whose
+                // objects mostly died keeps few sparse slabs); with few, the slab that got
+                // a slot back is the head (its lines are warm).
+                if cl.npartial >= QUEUE_FROM {
+                    push_second(&mut cl.partial, s);
+                } else {
+                    push(&mut cl.partial, s);
+                }
+                cl.npartial = cl.npartial.wrapping_add(1);
             } else if (*h).used == 0 {
                 if (*h).prev == 0 && (*h).next == 0 {
                     // The class's only partial slab: kept, unless the heap is about to
@@ -496,6 +487,7 @@ impl<S: PageSource> MemvisorHeap<S> {
                 } else {
                     // Empty and not the class's only partial slab: a spare page now.
                     unlink(&mut self.classes[c].partial, s);
+                    self.classes[c].npartial = self.classes[c].npartial.wrapping_sub(1);
                     (*h).magic = 0;
                     self.classes[c].slabs -= 1;
                     self.stats.slabs_freed += 1;
@@ -534,6 +526,7 @@ impl<S: PageSource> MemvisorHeap<S> {
                     continue;
                 }
                 unlink(&mut self.classes[c].partial, s);
+                self.classes[c].npartial = self.classes[c].npartial.wrapping_sub(1);
                 (*h).magic = 0;
             }
             self.empty_slabs &= !(1 << c);

@@ -69,9 +69,11 @@ impl<S: PageSource> MemvisorHeap<S> {
         };
         for (c, cl) in self.classes.iter().enumerate() {
             let nslots = NSLOTS[c] as usize;
+            let mut npartial = 0u16;
             for (head, full) in [(cl.partial, false), (cl.full, true)] {
                 let (mut s, mut prev) = (head, 0);
                 while s != 0 {
+                    npartial = npartial.wrapping_add(u16::from(!full));
                     if !s.is_multiple_of(PAGE_SIZE) || !self.slabs.contains(s) {
                         return corrupt(s, "slab not a page of the store");
                     }
@@ -118,6 +120,9 @@ impl<S: PageSource> MemvisorHeap<S> {
             if a.slabs[c] != cl.slabs as usize {
                 return corrupt(c, "class's slab count");
             }
+            if npartial != cl.npartial {
+                return corrupt(c, "class's partial slab count");
+            }
         }
         let st = self.slabs.stats();
         if a.slabs.iter().sum::<usize>() != st.slab_pages {
@@ -159,6 +164,9 @@ impl<S: PageSource> MemvisorHeap<S> {
                     // SAFETY: a list member is a live slab header.
                     *head = unsafe { (*hdr(s)).next };
                     cl.slabs -= 1;
+                    if !full {
+                        cl.npartial = cl.npartial.wrapping_sub(1);
+                    }
                     self.slabs.unmap_slab(s);
                 }
             }

@@ -8,6 +8,7 @@ mod park;
 mod pf_model;
 mod pf_unit;
 mod registry;
+mod slab_order;
 mod stress;
 
 use std::string::String;
