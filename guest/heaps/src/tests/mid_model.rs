@@ -391,3 +391,34 @@ fn free_region_tail_goes_back() {
     assert_eq!(src.mapped_pages(), 0, "returned with the pages it had left");
     m.clear(&mut src);
 }
+
+/// Blocks of just over half a region (a 32 KiB buffer and its header) take a region each
+/// the first two times; from the third region on, such a block gets a region one page
+/// bigger, which holds two of them. Blocks of other sizes keep exact regions.
+#[test]
+fn blocks_of_just_over_half_a_region_get_regions_for_two_from_the_third() {
+    let mut src = HostPageSource::new();
+    let mut m = Mid::new();
+    let n = 32 * 1024 + 48;
+    let v: Vec<_> = (0..6).map(|_| m.alloc(&mut src, n).unwrap()).collect();
+    let st = m.stats();
+    assert_eq!((st.regions, st.region_pages), (4, 16 + 16 + 17 + 17));
+    m.audit().unwrap();
+    for p in v {
+        m.free(&mut src, p, n).unwrap();
+    }
+    m.audit().unwrap();
+    // 40 KiB blocks: one per region (two would need 5 pages more), exact regions.
+    let mut m2 = Mid::new();
+    let n2 = 40 * 1024;
+    let w: Vec<_> = (0..4).map(|_| m2.alloc(&mut src, n2).unwrap()).collect();
+    assert_eq!(m2.stats().region_pages, 4 * 16);
+    for p in w {
+        m2.free(&mut src, p, n2).unwrap();
+    }
+    m.release_spare(&mut src);
+    m.clear(&mut src);
+    m2.release_spare(&mut src);
+    m2.clear(&mut src);
+    assert_eq!(src.mapped_pages(), 0);
+}

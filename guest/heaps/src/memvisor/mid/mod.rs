@@ -30,7 +30,8 @@
 //! page must be registered (the regions' page registry, or the region of the last lookup,
 //! a range check kept only while that region is mapped) and the block must start a live
 //! block (the region's live-start bitmap). Regions have [`REGION_PAGES`] pages (the largest
-//! request gets one of its size, 17 pages), 64 once the path holds 2 MiB: the guest's page
+//! request gets one of its size, 17 pages; a block of just over half a region gets 17 pages
+//! holding two once it is the third such region, `region.rs`), 64 once the path holds 2 MiB: the guest's page
 //! pool serves runs of up to 16 pages from one 64-page chunk and maps larger runs on their
 //! own, so both sizes cost one page-source call per 64 pages. A region whose blocks are all
 //! freed stays in place as a spare, off the lists (up to [`MAX_SPARES`]; the dv's region
@@ -222,6 +223,9 @@ pub struct Mid {
     dv: usize,
     /// Size of `dv`.
     dv_size: usize,
+    /// Regions mapped so far for a block of just over half a region (see `region.rs`,
+    /// `region_pages_for`).
+    twins: usize,
     stats: MidStats,
 }
 
@@ -242,6 +246,7 @@ impl Mid {
             spare_pages: 0,
             dv: 0,
             dv_size: 0,
+            twins: 0,
             stats: MidStats {
                 live: 0,
                 small: 0,

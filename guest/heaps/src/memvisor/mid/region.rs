@@ -7,6 +7,16 @@ use super::{
 };
 use crate::{at, map_dirty, shrink, unmap, HeapError, PageSource, PAGE_SIZE};
 
+/// Regions mapped for blocks of just over half a region (one fits, two do not, two fit in
+/// one page more: a 32 KiB buffer and its header) before such a block gets a region one
+/// page bigger, which holds two of them. A program that keeps allocating such buffers (tar:
+/// 261 of 32,816 bytes) then fills regions instead of leaving a hole smaller than a buffer
+/// beside each (the tar validation trace: 186 → 164 pages, BENCHMARKS.md, thirteenth
+/// session); one or two such buffers (gcc-cc1) keep exact regions. The bigger region is
+/// a page-source call of its own in the guest (its pool serves runs up to 16 pages from
+/// one 64-page mapping).
+pub(super) const TWINS_FROM: usize = 2;
+
 /// Whole free pages a region's tail must have to be given back ([`Mid::trim_tails`]).
 pub(super) const TRIM_MIN: usize = 7;
 
@@ -39,7 +49,10 @@ impl Mid {
         self.region_pages_for(block_size(n))
     }
 
-    /// Pages of a new region for a block of `need` bytes.
+    /// Pages of a new region for a block of `need` bytes: [`REGION_PAGES`] (or
+    /// [`REGION_MAX`] once the path holds [`REGION_BIG_AT`] pages), one more for a block of
+    /// just over half a region from the [`TWINS_FROM`]-th such region on, more for a block
+    /// that needs them.
     fn region_pages_for(&self, need: usize) -> usize {
         // Small regions while the path is small (the last region's free tail is what it
         // wastes at a peak), big ones once it holds REGION_BIG_AT pages (less header and
@@ -51,10 +64,20 @@ impl Mid {
         } else {
             REGION_PAGES
         };
+        if self.twins >= TWINS_FROM && self.twin(pages, need) {
+            return pages + 1;
+        }
         while first_offset(pages) + need + 8 > pages * PAGE_SIZE {
             pages += 1;
         }
         pages
+    }
+
+    /// Is a block of `need` bytes just over half a region of `pages` pages: one fits, two
+    /// do not, and two fit in one page more?
+    fn twin(&self, pages: usize, need: usize) -> bool {
+        let fits = |p: usize, n: usize| first_offset(p) + n + 8 <= p * PAGE_SIZE;
+        fits(pages, need) && !fits(pages, 2 * need) && fits(pages + 1, 2 * need)
     }
 
     /// Map a region for a block of `need` bytes and make its free block the dv.
@@ -65,7 +88,15 @@ impl Mid {
         src: &mut S,
         need: usize,
     ) -> Result<(), HeapError> {
+        let base = if self.stats.region_pages >= REGION_BIG_AT {
+            REGION_MAX
+        } else {
+            REGION_PAGES
+        };
         let pages = self.region_pages_for(need);
+        if self.twin(base, need) {
+            self.twins += 1;
+        }
         if pages * PAGE_SIZE >= 1 << (9 + FL) {
             return Err(HeapError::TooLarge { size: need });
         }
