@@ -17,8 +17,10 @@
 //! block may sit in a slot of a slightly larger class ([`borrowable`]: one of the next
 //! [`BORROW`] classes, at most 1.25 × its size) when its own class has no free slot and that
 //! class has a partly used slab: a size the program uses for a few blocks only does not cost
-//! a slab page of its own. A free accepts a slab of the layout's class or of a class it may
-//! borrow from.
+//! a slab page of its own. Such a class may borrow at every request for as long as the
+//! program runs, so the class it borrowed from last is tried first, in `slab_alloc` itself
+//! (`Class::lend`), and the free of a borrowed slot is inlined too. A free accepts a slab of
+//! the layout's class or of a class it may borrow from.
 //!
 //! At the heap's high-water mark, a class of at least [`SMALL_MIN_CLASS`] bytes without a
 //! free slot (and no lender, no spare page) takes a hole of the mid-size regions if they hold
@@ -187,8 +189,11 @@ pub(super) struct Class {
     pub(super) recip: u32,
     /// Slot bytes.
     pub(super) size: u16,
-    /// Slab header bytes.
-    pub(super) hdr: u16,
+    /// Slab header bytes (at most 64).
+    pub(super) hdr: u8,
+    /// The larger class this class last borrowed a slot from ([`borrowable`]), 0 if none:
+    /// tried first while this class has no slab (`slab_alloc`).
+    pub(super) lend: u8,
     /// Slots of a slab.
     pub(super) nslots: u16,
     /// Slabs on the partial list (modulo 2^16: it only decides [`QUEUE_FROM`]).
@@ -200,13 +205,15 @@ impl Class {
     /// Class `c` with no slab.
     const fn empty(c: usize) -> Class {
         assert!(RECIP[c] <= u32::MAX as u64 && CLASSES[c] <= u16::MAX as usize);
+        assert!(HDR[c] <= u8::MAX as u16 && NCLASS <= u8::MAX as usize);
         Class {
             partial: 0,
             full: 0,
             slabs: 0,
             recip: RECIP[c] as u32,
             size: CLASSES[c] as u16,
-            hdr: HDR[c],
+            hdr: HDR[c] as u8,
+            lend: 0,
             nslots: NSLOTS[c],
             npartial: 0,
         }
@@ -255,6 +262,17 @@ impl<S: PageSource> MemvisorHeap<S> {
     pub(super) fn slab_alloc(&mut self, c: usize, align: usize) -> Option<NonNull<u8>> {
         let s = self.classes[c].partial;
         if s == 0 {
+            // A class without a slab borrows from the class it borrowed from last, if that
+            // class still has a free slot (the checks `lender` made then still hold: the
+            // class has no slab, and the lender's slots are 16-byte aligned or 8 is asked).
+            let cl = &self.classes[c];
+            let d = cl.lend as usize;
+            if d != 0 && cl.slabs == 0 && (align <= 8 || class_size(d).is_multiple_of(16)) {
+                let sd = self.classes[d].partial;
+                if sd != 0 {
+                    return self.slab_take(d, sd);
+                }
+            }
             return self.slab_alloc_slow(c, align);
         }
         self.slab_take(c, s)
@@ -266,6 +284,7 @@ impl<S: PageSource> MemvisorHeap<S> {
     #[inline(never)]
     fn slab_alloc_slow(&mut self, c: usize, align: usize) -> Option<NonNull<u8>> {
         if let Some(d) = self.lender(c, align) {
+            self.classes[c].lend = d as u8;
             let s = self.classes[d].partial;
             return self.slab_take(d, s);
         }
@@ -436,10 +455,10 @@ impl<S: PageSource> MemvisorHeap<S> {
         Ok(())
     }
 
-    /// `slab_release` of a slot borrowed from class `c` (kept apart so that the hot path
-    /// keeps a constant class's tables folded).
-    #[cold]
-    #[inline(never)]
+    /// `slab_release` of a slot borrowed from class `c` (inline: a class without a slab of
+    /// its own may borrow at every request, and the call cost more than the tables it saved;
+    /// the sed trace, BENCHMARKS.md, thirteenth session).
+    #[inline(always)]
     fn slab_release_borrowed(&mut self, addr: usize, c: usize, s: usize) -> Result<(), HeapError> {
         self.slab_release(addr, c, s)
     }

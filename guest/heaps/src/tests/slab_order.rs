@@ -115,3 +115,46 @@ fn churn_with_many_partial_slabs_keeps_the_lists_consistent() {
     assert_eq!(a.live, 0);
     assert_eq!(h.stats().bad_frees, 0);
 }
+
+/// A class without a slab borrows from the class it borrowed from last while that class has
+/// a free slot (`Class::lend`), and takes a slab of its own once no lender has one.
+#[test]
+fn a_class_without_a_slab_keeps_borrowing_from_its_lender() {
+    let mut h: H = MemvisorHeap::new(HostPageSource::new(), HostPageSource::new());
+    let (l40, l48) = (
+        Layout::from_size_align(40, 8).expect("layout"),
+        Layout::from_size_align(48, 8).expect("layout"),
+    );
+    let Route::Slab(c48) = route(48, 8) else {
+        panic!("48 B not on a slab")
+    };
+    let first = h.alloc(l48).expect("alloc");
+    let page = slab_of(first);
+    for _ in 0..3 {
+        let v: Vec<_> = (0..10).map(|_| h.alloc(l40).expect("alloc")).collect();
+        assert!(
+            v.iter().all(|&p| slab_of(p) == page),
+            "borrowed from the 48 B slab"
+        );
+        for p in v {
+            h.dealloc(p, l40);
+        }
+        assert_eq!(h.audit_slabs().expect("slab audit").live, 1);
+    }
+    // Fill the 48 B slab with 40 B blocks: the next one takes a slab of its own.
+    let rest: Vec<_> = (1..NSLOTS[c48] as usize)
+        .map(|_| h.alloc(l40).expect("alloc"))
+        .collect();
+    assert!(rest.iter().all(|&p| slab_of(p) == page));
+    let own = h.alloc(l40).expect("alloc");
+    assert_ne!(slab_of(own), page);
+    let a = h.audit_slabs().expect("slab audit");
+    assert_eq!(a.live, NSLOTS[c48] as usize + 1);
+    for p in rest {
+        h.dealloc(p, l40);
+    }
+    h.dealloc(own, l40);
+    h.dealloc(first, l48);
+    assert_eq!(h.audit_slabs().expect("slab audit").live, 0);
+    assert_eq!(h.stats().bad_frees, 0);
+}
