@@ -20,6 +20,13 @@ pub(super) const TWINS_FROM: usize = 2;
 /// Whole free pages a region's tail must have to be given back ([`Mid::trim_tails`]).
 pub(super) const TRIM_MIN: usize = 7;
 
+/// Is a block of `need` bytes just over half a region of `pages` pages: one fits, two do not,
+/// and two fit in one page more?
+fn twin(pages: usize, need: usize) -> bool {
+    let fits = |p: usize, n: usize| first_offset(p) + n + 8 <= p * PAGE_SIZE;
+    fits(pages, need) && !fits(pages, 2 * need) && fits(pages + 1, 2 * need)
+}
+
 impl Mid {
     /// Header address of the region `va` lies in, 0 if none: the hint's region if it holds
     /// `va`, else the registry's answer (which becomes the hint). The registry holds each
@@ -59,12 +66,8 @@ impl Mid {
         // tail per page; one page-source call per region either way: the guest's pool serves
         // runs up to a quarter of its 64-page chunk from one chunk and maps bigger runs on
         // their own, so 16 and 64 pages cost the same per page, 32 twice as much).
-        let mut pages = if self.stats.region_pages >= REGION_BIG_AT {
-            REGION_MAX
-        } else {
-            REGION_PAGES
-        };
-        if self.twins >= TWINS_FROM && self.twin(pages, need) {
+        let mut pages = self.base_pages();
+        if self.twins >= TWINS_FROM && twin(pages, need) {
             return pages + 1;
         }
         while first_offset(pages) + need + 8 > pages * PAGE_SIZE {
@@ -73,11 +76,14 @@ impl Mid {
         pages
     }
 
-    /// Is a block of `need` bytes just over half a region of `pages` pages: one fits, two
-    /// do not, and two fit in one page more?
-    fn twin(&self, pages: usize, need: usize) -> bool {
-        let fits = |p: usize, n: usize| first_offset(p) + n + 8 <= p * PAGE_SIZE;
-        fits(pages, need) && !fits(pages, 2 * need) && fits(pages + 1, 2 * need)
+    /// Pages of a region before a request's needs: [`REGION_PAGES`], or [`REGION_MAX`] once
+    /// the path holds [`REGION_BIG_AT`] pages.
+    fn base_pages(&self) -> usize {
+        if self.stats.region_pages >= REGION_BIG_AT {
+            REGION_MAX
+        } else {
+            REGION_PAGES
+        }
     }
 
     /// Map a region for a block of `need` bytes and make its free block the dv.
@@ -88,13 +94,9 @@ impl Mid {
         src: &mut S,
         need: usize,
     ) -> Result<(), HeapError> {
-        let base = if self.stats.region_pages >= REGION_BIG_AT {
-            REGION_MAX
-        } else {
-            REGION_PAGES
-        };
+        let base = self.base_pages();
         let pages = self.region_pages_for(need);
-        if self.twin(base, need) {
+        if twin(base, need) {
             self.twins += 1;
         }
         if pages * PAGE_SIZE >= 1 << (9 + FL) {
